@@ -1,0 +1,171 @@
+/* The engine: start and stop the shards, run work on a shard, read per-shard stats.
+ * One engine per process. Actors, memory and networking have their own headers. */
+#ifndef PITH_ENGINE_H
+#define PITH_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <pith/api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A value for pith_config_t.shards: take $PITH_SHARDS if set, else one shard per CPU of the
+ * CPU list, else one shard per core that hwloc finds. */
+#define PITH_AUTO (-1)
+
+/* pith_config_t.flags */
+#define PITH_CFG_NO_PIN    (1u << 0) /* do not pin shard threads to CPUs */
+#define PITH_CFG_RING_COOP (1u << 1) /* do not ask io_uring for SINGLE_ISSUER|DEFER_TASKRUN */
+#define PITH_CFG_RING_PLAIN                                                                        \
+    (1u << 2) /* ask io_uring for no setup flags beyond CQSIZE (oldest kernels; tests) */
+
+/* Any task function, as the stall detector names it; compare after a cast to this type. */
+typedef void (*pith_anyfn_t)(void);
+
+/* What the stall detector saw: a task on `shard` that kept running past the threshold. */
+typedef struct pith_stall {
+    unsigned shard;
+    pith_anyfn_t fn;     /* the function that was running */
+    const char *fn_name; /* its symbol name where the dynamic linker knows it, else NULL */
+    uint64_t ns;         /* how long it had been running when seen (a lower bound) */
+} pith_stall_t;
+
+typedef struct pith_config {
+    /* Number of shards (> 0), or PITH_AUTO. 0 and values above 4096 are rejected. */
+    int shards;
+    /* CPUs (OS numbering) the shards are pinned to, shard i on cpus[i % ncpus]. NULL: take
+     * $PITH_CPUS ("0-3,8,10"), else the first hardware thread of each core. */
+    const unsigned *cpus;
+    unsigned ncpus;
+    /* Messages carried by one mesh batch (default 64, 1..65536). */
+    unsigned batch_msgs;
+    /* Capacity of each shard-to-shard SPSC ring, in batches (default 256; power of two >= 4). */
+    unsigned ring_batches;
+    /* Full batches that may wait on the sender for one destination whose ring is full before
+     * pith_submit returns -EAGAIN (default 64, >= 1). */
+    unsigned backlog_batches;
+    /* Tasks a shard runs per loop iteration before it services rings, I/O and timers
+     * (default 256). */
+    unsigned budget;
+    /* Tasks a shard may queue for itself before pith_submit returns -EAGAIN (default 1 << 20). */
+    unsigned local_queue_max;
+    /* Busy polling after the last piece of work before a shard sleeps (default 50 us). */
+    uint64_t poll_ns;
+    /* Stall threshold (default 20 ms); 0 turns the detector off. */
+    uint64_t stall_ns;
+    /* How long pith_engine_stop lets queued work keep running before it releases what is
+     * left (default 1 s). */
+    uint64_t drain_ns;
+    /* io_uring submission queue entries per shard (default 256); the CQ gets 16 times that. */
+    unsigned io_entries;
+    unsigned flags; /* PITH_CFG_* */
+    /* Called from the stall detector's thread for each reported stall (rate-limited to one
+     * per shard per second); NULL prints a line on stderr. */
+    void (*on_stall)(const pith_stall_t *stall, void *ctx);
+    void *stall_ctx;
+} pith_config_t;
+
+/* Fills *cfg with the defaults above (shards = PITH_AUTO, cpus = NULL). */
+PITH_API void pith_config_init(pith_config_t *cfg);
+
+/* Starts the engine: creates the shards, pins them, sets up each shard's io_uring on its own
+ * thread, and returns once every shard runs its loop. cfg may be NULL for the defaults; it is
+ * copied, the caller keeps ownership. Call from a thread outside the engine.
+ * Errors: -EINVAL a bad config value (see pith_last_error()), -EALREADY the engine runs,
+ * -ENOMEM, -EAGAIN threads could not be created, or the errno of io_uring_setup when a shard
+ * could not get a ring even without optional flags. A failed start leaves nothing behind.
+ * A CPU that exists but refuses pinning is not an error: see pith_shard_stats_t.pinned. */
+PITH_API int pith_engine_start(const pith_config_t *cfg);
+
+/* What the last pith_engine_stop did with the work it found. */
+typedef struct pith_stop_report {
+    uint64_t drain_ns;        /* how long queued work was allowed to run */
+    bool quiescent;           /* every queue ran empty before the drain deadline */
+    uint64_t released_tasks;  /* tasks that never ran: queued when the deadline passed */
+    uint64_t released_timers; /* timers that were still pending, released without firing */
+} pith_stop_report_t;
+
+/* Stops the engine. External submission is refused at once (-ESHUTDOWN); work already queued
+ * keeps running, and may queue more work on other shards, until every shard is idle with every
+ * queue empty or until cfg.drain_ns passes; then timers are released, whatever is still queued
+ * is released without running (counted in the report), threads are joined and all memory is
+ * freed. Call from a thread outside the engine.
+ * Errors: -EDEADLK called from a shard, -ESHUTDOWN no engine runs. */
+PITH_API int pith_engine_stop(void);
+
+/* Copies the report of the last completed pith_engine_stop. Errors: -ENOENT none yet. */
+PITH_API int pith_engine_stop_report(pith_stop_report_t *out);
+
+/* Number of shards of the running engine, 0 when none runs. Any thread. */
+PITH_API unsigned pith_shard_count(void);
+
+/* The calling shard's index, or -1 on a thread outside the engine. */
+PITH_API int pith_shard_id(void);
+
+/* CLOCK_MONOTONIC in nanoseconds: the clock timers and stats use. Any thread. */
+PITH_API uint64_t pith_now_ns(void);
+
+/* A unit of work: runs on one shard, must not block. */
+typedef void (*pith_fn_t)(void *arg);
+
+/* Runs fn(arg) on `shard`, once, soon. From a shard thread the task joins the mesh batch for
+ * that shard (or the local queue when shard is the caller's own); tasks sent from one shard to
+ * another run in the order they were submitted. From another thread it goes through the
+ * shard's multi-producer inbox and wakes the shard if it sleeps. arg stays the caller's.
+ * Errors: -EINVAL shard out of range or fn NULL; -ESHUTDOWN no engine runs, or it is stopping
+ * and the caller is outside the engine; -EAGAIN backpressure: the ring to that shard is full and
+ * cfg.backlog_batches batches already wait (or the local queue is at cfg.local_queue_max) —
+ * retry later, e.g. from a task submitted to your own shard; -ENOMEM. */
+PITH_API int pith_submit(unsigned shard, pith_fn_t fn, void *arg);
+
+typedef void *(*pith_call_fn_t)(void *arg);
+typedef void (*pith_done_fn_t)(void *result, void *ctx);
+
+/* Runs result = fn(arg) on `shard`, then done(result, ctx) back on the calling shard. Call from
+ * a shard thread; outside threads use pith_call_wait. The reply travels the mesh like any task,
+ * so done runs even when the engine starts stopping meanwhile, unless the drain deadline passes.
+ * Errors: as pith_submit, and -EPERM called from outside the engine, -EINVAL done NULL. */
+PITH_API int pith_call(unsigned shard, pith_call_fn_t fn, void *arg, pith_done_fn_t done,
+                       void *ctx);
+
+/* Runs fn(arg) on `shard` and blocks the calling thread until it returns; *result (if not NULL)
+ * receives its return value. For threads outside the engine. Errors: -EDEADLK called from a
+ * shard; otherwise as pith_submit. */
+PITH_API int pith_call_wait(unsigned shard, pith_call_fn_t fn, void *arg, void **result);
+
+/* Counters of one shard. Each is written by that shard only and read here without stopping it,
+ * so a snapshot is not atomic as a whole. */
+typedef struct pith_shard_stats {
+    unsigned shard;
+    int cpu;                 /* CPU the shard was meant to run on, -1 when not pinned */
+    bool pinned;             /* pinning was asked for and succeeded */
+    uint32_t ring_flags;     /* io_uring setup flags the ring got (IORING_SETUP_*) */
+    uint32_t ring_features;  /* io_uring features the kernel reported (IORING_FEAT_*) */
+    uint64_t loops;          /* loop iterations */
+    uint64_t sleeps;         /* times the shard blocked in its ring's wait */
+    uint64_t tasks_run;      /* tasks run, from every source */
+    uint64_t msgs_out;       /* tasks published to other shards */
+    uint64_t msgs_in;        /* tasks taken from other shards' rings */
+    uint64_t batches_out;    /* batches published to other shards */
+    uint64_t batches_in;     /* batches taken from other shards' rings */
+    uint64_t ring_full;      /* publish attempts that found a ring full */
+    uint64_t backpressure;   /* -EAGAIN returned to submitters on this shard */
+    uint64_t wakes_sent;     /* IORING_OP_MSG_RING wake-ups sent to sleeping shards */
+    uint64_t external_in;    /* tasks taken from the external inbox */
+    uint64_t timers_fired;   /* timer callbacks run */
+    uint64_t timers_pending; /* timers waiting now */
+    uint64_t stalls;         /* stalls the detector saw on this shard */
+} pith_shard_stats_t;
+
+/* Copies shard `shard`'s counters. Any thread while the engine runs.
+ * Errors: -ESHUTDOWN no engine, -EINVAL shard out of range or out NULL. */
+PITH_API int pith_shard_stats(unsigned shard, pith_shard_stats_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,9 @@
+/* Pith's umbrella header: include this one. Each layer's contract lives in its own header. */
+#ifndef PITH_PITH_H
+#define PITH_PITH_H
+
+#include <pith/error.h>
+#include <pith/engine.h>
+#include <pith/timer.h>
+
+#endif

@@ -1,0 +1,57 @@
+/* The shard's io_uring: setup with the best flags the kernel grants, submission, and dispatch of
+ * completions to their operations. Knows nothing of shards, meshes or actors. */
+#ifndef PITH_IO_H
+#define PITH_IO_H
+
+#include <liburing.h>
+#include <stdint.h>
+
+struct io_op;
+/* Runs on the ring's thread when the operation's CQE is reaped. */
+typedef void (*io_done_fn)(struct io_op *op, int res, uint32_t cqe_flags);
+
+/* An operation in flight: its address is the SQE's user_data. Embed it in the owner's state. */
+struct io_op {
+    io_done_fn done;
+};
+
+/* user_data of the CQE that IORING_OP_MSG_RING posts to wake a ring: nothing to dispatch. */
+#define IO_WAKE_TAG ((uint64_t)1)
+
+/* Which setup flags to ask for. IO_MODE_BEST falls back to COOP and then PLAIN by itself. */
+enum io_mode {
+    IO_MODE_BEST,  /* SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG */
+    IO_MODE_COOP,  /* COOP_TASKRUN | TASKRUN_FLAG */
+    IO_MODE_PLAIN, /* nothing beyond CQSIZE */
+};
+
+struct io_ring {
+    struct io_uring ring;
+    uint32_t flags;    /* setup flags the kernel accepted */
+    uint32_t features; /* IORING_FEAT_* */
+    uint64_t wake_failures;
+};
+
+/* Sets the ring up on the calling thread (SINGLE_ISSUER ties it to that thread). The CQ gets
+ * 16 * sq_entries so that completions of in-flight work cannot overflow it. Returns 0 or the
+ * -errno of the last attempt. */
+int io_ring_init(struct io_ring *r, unsigned sq_entries, enum io_mode mode);
+void io_ring_exit(struct io_ring *r);
+
+/* An SQE, submitting what is queued first if the SQ is full; NULL only if that fails. */
+struct io_uring_sqe *io_ring_sqe(struct io_ring *r);
+
+/* Queues an IORING_OP_MSG_RING that posts a CQE tagged IO_WAKE_TAG to the ring `target_fd`.
+ * It is submitted by the next io_ring_poll or io_ring_wait; success posts nothing here. */
+int io_ring_queue_wake(struct io_ring *r, int target_fd);
+
+/* Submits what is queued and dispatches the completions that are ready, without blocking.
+ * Enters the kernel only when there is something to submit, deferred task work is flagged, or
+ * the CQ overflowed. Returns the number of CQEs dispatched. */
+unsigned io_ring_poll(struct io_ring *r);
+
+/* Submits what is queued and blocks until at least one CQE arrives or timeout_ns passes
+ * (UINT64_MAX: no timeout), then dispatches what is ready. Returns the CQEs dispatched. */
+unsigned io_ring_wait(struct io_ring *r, uint64_t timeout_ns);
+
+#endif

@@ -1,0 +1,113 @@
+/* io_uring setup with fallbacks, SQE acquisition, and completion dispatch for one shard. */
+#include "io.h"
+
+#include <errno.h>
+#include <string.h>
+
+static const uint32_t mode_flags[] = {
+    [IO_MODE_BEST] =
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+    [IO_MODE_COOP] = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+    [IO_MODE_PLAIN] = 0,
+};
+
+int io_ring_init(struct io_ring *r, unsigned sq_entries, enum io_mode mode)
+{
+    int err = -EINVAL;
+    memset(r, 0, sizeof(*r));
+    for (unsigned m = mode; m <= IO_MODE_PLAIN; m++) {
+        struct io_uring_params p;
+        memset(&p, 0, sizeof(p));
+        p.flags = mode_flags[m] | IORING_SETUP_CQSIZE;
+        p.cq_entries = sq_entries * 16;
+        err = io_uring_queue_init_params(sq_entries, &r->ring, &p);
+        if (err == 0) {
+            r->flags = p.flags;
+            r->features = p.features;
+            return 0;
+        }
+        /* -EINVAL: a flag this kernel does not know. Anything else (ENOMEM, EPERM under a
+         * seccomp sandbox, EMFILE) will not be cured by asking for fewer flags, but trying
+         * costs nothing and the last error is what the caller sees. */
+    }
+    return err;
+}
+
+void io_ring_exit(struct io_ring *r)
+{
+    io_uring_queue_exit(&r->ring);
+}
+
+struct io_uring_sqe *io_ring_sqe(struct io_ring *r)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (sqe == NULL && io_uring_submit(&r->ring) >= 0)
+        sqe = io_uring_get_sqe(&r->ring);
+    return sqe;
+}
+
+/* Failed wake-ups come back as CQEs on the sender's ring (success is skipped). */
+static void wake_failed(struct io_op *op, int res, uint32_t cqe_flags)
+{
+    (void)op;
+    (void)res;
+    (void)cqe_flags;
+}
+static struct io_op wake_op = {.done = wake_failed};
+
+int io_ring_queue_wake(struct io_ring *r, int target_fd)
+{
+    struct io_uring_sqe *sqe = io_ring_sqe(r);
+    if (sqe == NULL)
+        return -EBUSY;
+    io_uring_prep_msg_ring(sqe, target_fd, 0, IO_WAKE_TAG, 0);
+    io_uring_sqe_set_flags(sqe, IOSQE_CQE_SKIP_SUCCESS);
+    io_uring_sqe_set_data(sqe, &wake_op);
+    return 0;
+}
+
+static unsigned dispatch(struct io_ring *r)
+{
+    struct io_uring_cqe *cqe;
+    unsigned head, n = 0;
+    io_uring_for_each_cqe(&r->ring, head, cqe)
+    {
+        uint64_t ud = cqe->user_data;
+        n++;
+        if (ud == IO_WAKE_TAG || ud == 0)
+            continue;
+        struct io_op *op = (struct io_op *)(uintptr_t)ud;
+        if (op == &wake_op)
+            r->wake_failures++;
+        op->done(op, cqe->res, cqe->flags);
+    }
+    io_uring_cq_advance(&r->ring, n);
+    return n;
+}
+
+unsigned io_ring_poll(struct io_ring *r)
+{
+    /* With TASKRUN_FLAG the kernel raises IORING_SQ_TASKRUN when completions wait as deferred
+     * task work; they reach the CQ only on an enter with GETEVENTS. Checking the flag keeps the
+     * busy loop free of syscalls while nothing is pending. */
+    unsigned sq_flags = __atomic_load_n(r->ring.sq.kflags, __ATOMIC_RELAXED);
+    if (io_uring_sq_ready(&r->ring) > 0 || (sq_flags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)))
+        io_uring_submit_and_get_events(&r->ring);
+    if (io_uring_cq_ready(&r->ring) == 0)
+        return 0;
+    return dispatch(r);
+}
+
+unsigned io_ring_wait(struct io_ring *r, uint64_t timeout_ns)
+{
+    struct io_uring_cqe *cqe;
+    struct __kernel_timespec ts, *tsp = NULL;
+    if (timeout_ns != UINT64_MAX) {
+        ts.tv_sec = (long long)(timeout_ns / 1000000000u);
+        ts.tv_nsec = (long long)(timeout_ns % 1000000000u);
+        tsp = &ts;
+    }
+    /* -ETIME (timeout) and -EINTR (a signal) both just end the wait. */
+    (void)io_uring_submit_and_wait_timeout(&r->ring, &cqe, 1, tsp, NULL);
+    return dispatch(r);
+}

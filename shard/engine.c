@@ -1,0 +1,333 @@
+/* Engine lifecycle: start (config, shards, mesh, threads), the stop protocol (drain, detect
+ * quiescence, halt, release, free), and the read-only queries on a running engine. */
+#include "shard.h"
+
+#include <pith/error.h>
+
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+struct engine pith_engine;
+
+/* Serialises start and stop; never taken by a shard thread. */
+static pthread_mutex_t lifecycle = PTHREAD_MUTEX_INITIALIZER;
+
+uint64_t pith_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+unsigned pith_shard_count(void)
+{
+    return atomic_load(&pith_engine.nshards);
+}
+
+int pith_shard_id(void)
+{
+    return pith_self ? (int)pith_self->id : -1;
+}
+
+static void shard_free(struct shard *s, pith_stop_report_t *rep)
+{
+    if (s == NULL)
+        return;
+    /* Tasks a shard gave itself and never ran. */
+    for (uint32_t i = s->lq_head; i != s->lq_tail; i++) {
+        task_released(&s->lq[i & s->lq_mask]);
+        rep->released_tasks++;
+    }
+    inbox_release(s, &rep->released_tasks);
+    mesh_shard_fini(s, &rep->released_tasks);
+    rep->released_timers += s->timers.len;
+    timers_fini(&s->timers);
+    free(s->lq);
+    if (s->efd >= 0)
+        close(s->efd);
+    if (s->ring_fd >= 0)
+        io_ring_exit(&s->io);
+    free(s);
+}
+
+/* Frees everything of an engine whose shard threads are gone. */
+static void engine_teardown(struct engine *e, pith_stop_report_t *rep)
+{
+    if (e->shards != NULL) {
+        for (unsigned i = 0; i < e->n; i++)
+            shard_free(e->shards[i], rep);
+        free(e->shards);
+        e->shards = NULL;
+    }
+    mesh_destroy(e);
+    free(e->scan);
+    e->scan = NULL;
+    free(e->cpu_list);
+    e->cpu_list = NULL;
+    topo_close(e);
+    e->n = 0;
+}
+
+static int shards_create(struct engine *e)
+{
+    e->shards = calloc(e->n, sizeof(*e->shards));
+    e->scan = calloc(e->n, sizeof(*e->scan));
+    if (e->shards == NULL || e->scan == NULL)
+        return -ENOMEM;
+    for (unsigned i = 0; i < e->n; i++) {
+        struct shard *s = aligned_alloc(CACHE_LINE, sizeof(*s));
+        if (s == NULL)
+            return -ENOMEM;
+        memset(s, 0, sizeof(*s));
+        s->id = i;
+        s->eng = e;
+        s->ring_fd = -1;
+        s->efd = -1;
+        s->cpu = (e->cfg.flags & PITH_CFG_NO_PIN) ? -1 : (int)e->cpu_list[i % e->cfg.ncpus];
+        e->shards[i] = s;
+    }
+    return mesh_create(e);
+}
+
+int pith_engine_start(const pith_config_t *cfg)
+{
+    struct engine *e = &pith_engine;
+    if (pith_self != NULL) {
+        set_last_error("pith_engine_start called from a shard of the running engine");
+        return -EALREADY;
+    }
+    pthread_mutex_lock(&lifecycle);
+    if (atomic_load(&e->state) != ENGINE_OFF) {
+        pthread_mutex_unlock(&lifecycle);
+        set_last_error("the engine is already running");
+        return -EALREADY;
+    }
+    set_last_error("%s", "");
+    atomic_store(&e->ext_pushed, 0);
+    atomic_store(&e->wd_parked, 0);
+    atomic_store(&e->wd_stop, 0);
+
+    int err = topo_open(e);
+    if (err == 0)
+        err = config_resolve(e, cfg);
+    if (err == 0) {
+        atomic_store(&e->state, ENGINE_STARTING);
+        err = shards_create(e);
+    }
+    unsigned created = 0;
+    if (err == 0) {
+        sem_init(&e->ready, 0, 0);
+        sem_init(&e->go, 0, 0);
+        for (; created < e->n; created++) {
+            struct shard *s = e->shards[created];
+            int rc = pthread_create(&s->thread, NULL, shard_main, s);
+            if (rc != 0) {
+                err = -rc;
+                set_last_error("could not create the thread of shard %u", created);
+                break;
+            }
+        }
+        for (unsigned i = 0; i < created; i++)
+            while (sem_wait(&e->ready) != 0)
+                ;
+        for (unsigned i = 0; err == 0 && i < e->n; i++) {
+            if (e->shards[i]->init_err) {
+                err = e->shards[i]->init_err;
+                set_last_error("shard %u: io_uring or eventfd set-up failed: %s", i,
+                               pith_strerror(err));
+            }
+        }
+        atomic_store(&e->state, err == 0 ? ENGINE_RUNNING : ENGINE_HALT);
+        for (unsigned i = 0; i < created; i++)
+            sem_post(&e->go);
+    }
+    if (err == 0 && e->cfg.stall_ns > 0) {
+        err = stall_start(e);
+        if (err) {
+            set_last_error("could not start the stall detector thread");
+            atomic_store(&e->state, ENGINE_HALT);
+            for (unsigned i = 0; i < e->n; i++)
+                shard_wake_external(e->shards[i]);
+        }
+    }
+    if (err != 0) {
+        for (unsigned i = 0; i < created; i++) {
+            uint64_t one = 1;
+            if (e->shards[i]->efd >= 0 && write(e->shards[i]->efd, &one, sizeof(one)) < 0)
+                perror("pith: eventfd write");
+            pthread_join(e->shards[i]->thread, NULL);
+        }
+        if (created > 0) {
+            sem_destroy(&e->ready);
+            sem_destroy(&e->go);
+        }
+        pith_stop_report_t ignored = {0};
+        engine_teardown(e, &ignored);
+        atomic_store(&e->state, ENGINE_OFF);
+        pthread_mutex_unlock(&lifecycle);
+        return err;
+    }
+    atomic_store(&e->nshards, e->n);
+    pthread_mutex_unlock(&lifecycle);
+    return 0;
+}
+
+/* True when every shard slept through the whole scan and every task ever sent has run. A
+ * sleeping shard has an empty local queue; sleep_epoch moves whenever it wakes up to work and
+ * sleeps again, so equal epochs before and after the counter reads mean nobody ran anything in
+ * between, and balanced counters mean nothing is left in a ring, a batch or an inbox. */
+static bool quiescent(struct engine *e)
+{
+    for (unsigned i = 0; i < e->n; i++) {
+        struct shard *s = e->shards[i];
+        if (atomic_load(&s->sleep_state) == AWAKE)
+            return false;
+        e->scan[i] = atomic_load(&s->sleep_epoch);
+    }
+    uint64_t sent = 0, ran = 0, ext = 0;
+    for (unsigned i = 0; i < e->n; i++) {
+        sent += atomic_load(&e->shards[i]->remote_sent);
+        ran += atomic_load(&e->shards[i]->remote_run);
+        ext += atomic_load(&e->shards[i]->external_run);
+    }
+    if (sent != ran || ext != atomic_load(&e->ext_pushed))
+        return false;
+    for (unsigned i = 0; i < e->n; i++) {
+        struct shard *s = e->shards[i];
+        if (atomic_load(&s->sleep_state) == AWAKE || atomic_load(&s->sleep_epoch) != e->scan[i])
+            return false;
+    }
+    return true;
+}
+
+static void pause_briefly(void)
+{
+    struct timespec ts = {0, 20000};
+    nanosleep(&ts, NULL);
+}
+
+int pith_engine_stop(void)
+{
+    struct engine *e = &pith_engine;
+    if (pith_self != NULL)
+        return -EDEADLK;
+    pthread_mutex_lock(&lifecycle);
+    if (atomic_load(&e->state) != ENGINE_RUNNING) {
+        pthread_mutex_unlock(&lifecycle);
+        return -ESHUTDOWN;
+    }
+    pith_stop_report_t rep = {0};
+
+    /* 1. Refuse outside submissions; wait for those already inside (see ext_enter). */
+    atomic_store(&e->state, ENGINE_DRAINING);
+    while (atomic_load(&e->ext_users) > 0)
+        sched_yield();
+
+    /* 2. Let queued work run until the engine is quiet or the deadline passes. Shards that
+     * sleep with a timer pending wake, find DRAINING and sleep without one. */
+    for (unsigned i = 0; i < e->n; i++)
+        shard_wake_external(e->shards[i]);
+    uint64_t t0 = pith_now_ns();
+    for (;;) {
+        if (quiescent(e)) {
+            rep.quiescent = true;
+            break;
+        }
+        if (pith_now_ns() - t0 >= e->cfg.drain_ns)
+            break;
+        pause_briefly();
+    }
+    rep.drain_ns = pith_now_ns() - t0;
+
+    /* 3. Halt: every shard leaves its loop at the top of its next iteration. The eventfd is
+     * written unconditionally so a sleeper cannot miss it. */
+    atomic_store(&e->state, ENGINE_HALT);
+    for (unsigned i = 0; i < e->n; i++) {
+        uint64_t one = 1;
+        if (write(e->shards[i]->efd, &one, sizeof(one)) < 0)
+            perror("pith: eventfd write");
+    }
+    for (unsigned i = 0; i < e->n; i++)
+        pthread_join(e->shards[i]->thread, NULL);
+    stall_stop(e);
+    atomic_store(&e->nshards, 0);
+    while (atomic_load(&e->stat_users) > 0)
+        sched_yield();
+
+    /* 4. Single-threaded from here: release what never ran and free everything. */
+    sem_destroy(&e->ready);
+    sem_destroy(&e->go);
+    engine_teardown(e, &rep);
+    if (rep.released_tasks > 0)
+        fprintf(stderr, "pith: stop released %llu tasks that had not run after %.1f ms\n",
+                (unsigned long long)rep.released_tasks, (double)rep.drain_ns / 1e6);
+    e->last_stop = rep;
+    e->have_last_stop = true;
+    atomic_store(&e->state, ENGINE_OFF);
+    pthread_mutex_unlock(&lifecycle);
+    return 0;
+}
+
+int pith_engine_stop_report(pith_stop_report_t *out)
+{
+    if (out == NULL)
+        return -EINVAL;
+    pthread_mutex_lock(&lifecycle);
+    int err = pith_engine.have_last_stop ? 0 : -ENOENT;
+    if (err == 0)
+        *out = pith_engine.last_stop;
+    pthread_mutex_unlock(&lifecycle);
+    return err;
+}
+
+int pith_shard_stats(unsigned shard, pith_shard_stats_t *out)
+{
+    struct engine *e = &pith_engine;
+    if (out == NULL)
+        return -EINVAL;
+    bool outside = pith_self == NULL;
+    if (outside) {
+        /* Dekker with stop, as ext_enter: stop stores HALT, then waits for stat_users. */
+        atomic_fetch_add(&e->stat_users, 1);
+        int st = atomic_load(&e->state);
+        if (st != ENGINE_RUNNING && st != ENGINE_DRAINING) {
+            atomic_fetch_sub(&e->stat_users, 1);
+            return -ESHUTDOWN;
+        }
+    }
+    int err = 0;
+    if (shard >= e->n) {
+        err = -EINVAL;
+    } else {
+        const struct shard *s = e->shards[shard];
+        const struct shard_counters *c = &s->st;
+        memset(out, 0, sizeof(*out));
+        out->shard = shard;
+        out->cpu = s->pinned ? s->cpu : -1;
+        out->pinned = s->pinned;
+        out->ring_flags = s->io.flags;
+        out->ring_features = s->io.features;
+        out->loops = atomic_load_explicit(&c->loops, memory_order_relaxed);
+        out->sleeps = atomic_load_explicit(&c->sleeps, memory_order_relaxed);
+        out->tasks_run = atomic_load_explicit(&s->task_seq, memory_order_relaxed);
+        out->msgs_out = atomic_load_explicit(&c->msgs_out, memory_order_relaxed);
+        out->msgs_in = atomic_load_explicit(&c->msgs_in, memory_order_relaxed);
+        out->batches_out = atomic_load_explicit(&c->batches_out, memory_order_relaxed);
+        out->batches_in = atomic_load_explicit(&c->batches_in, memory_order_relaxed);
+        out->ring_full = atomic_load_explicit(&c->ring_full, memory_order_relaxed);
+        out->backpressure = atomic_load_explicit(&c->backpressure, memory_order_relaxed);
+        out->wakes_sent = atomic_load_explicit(&c->wakes_sent, memory_order_relaxed);
+        out->external_in = atomic_load_explicit(&c->external_in, memory_order_relaxed);
+        out->timers_fired = atomic_load_explicit(&c->timers_fired, memory_order_relaxed);
+        out->timers_pending = atomic_load_explicit(&c->timers_pending, memory_order_relaxed);
+        out->stalls = atomic_load_explicit(&c->stalls, memory_order_relaxed);
+    }
+    if (outside)
+        atomic_fetch_sub(&e->stat_users, 1);
+    return err;
+}

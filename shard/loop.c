@@ -1,0 +1,211 @@
+/* The shard thread: its set-up on its own CPU, and the loop that runs work, drains and publishes
+ * the mesh, drives the ring, fires timers, and sleeps when there is nothing to do. */
+#include "shard.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+
+__thread struct shard *pith_self;
+
+#define LQ_INITIAL 1024u
+
+int lq_grow(struct shard *s, bool force)
+{
+    uint32_t cap = s->lq_mask + 1;
+    if (cap >= s->eng->cfg.local_queue_max && !force)
+        return -EAGAIN;
+    if (cap > UINT32_MAX / 2)
+        return -ENOMEM;
+    struct task *q = malloc((size_t)cap * 2 * sizeof(*q));
+    if (q == NULL)
+        return -ENOMEM;
+    uint32_t len = lq_len(s);
+    for (uint32_t i = 0; i < len; i++)
+        q[i] = s->lq[(s->lq_head + i) & s->lq_mask];
+    free(s->lq);
+    s->lq = q;
+    s->lq_head = 0;
+    s->lq_tail = len;
+    s->lq_mask = cap * 2 - 1;
+    return 0;
+}
+
+void run_task(struct shard *s, const struct task *t, unsigned src)
+{
+    pith_anyfn_t fn = t->done == NULL ? (pith_anyfn_t)t->fn.run
+                      : t->fn.call    ? (pith_anyfn_t)t->fn.call
+                                      : (pith_anyfn_t)t->done;
+    /* Relaxed: the stall detector only needs to see these values eventually; it reads them
+     * from another thread, and atomics keep that read defined. */
+    atomic_store_explicit(&s->cur_fn, fn, memory_order_relaxed);
+    stat_add(&s->task_seq, 1);
+    if (t->done == NULL) {
+        t->fn.run(t->arg);
+    } else if (t->fn.call != NULL) {
+        struct task reply = {.arg = t->fn.call(t->arg), .done = t->done, .ctx = t->ctx};
+        /* Replies ignore the backlog bound: each answers a call that was itself bounded. */
+        if (shard_send(s, src, &reply, true) != 0)
+            fprintf(stderr, "pith: shard %u: out of memory, reply to shard %u lost\n", s->id, src);
+    } else {
+        t->done(t->arg, t->ctx);
+    }
+    atomic_store_explicit(&s->cur_fn, NULL, memory_order_relaxed);
+}
+
+static unsigned run_local(struct shard *s, unsigned budget)
+{
+    unsigned ran = 0;
+    while (ran < budget && s->lq_head != s->lq_tail) {
+        /* Copy out first: the task may push to the queue and make it grow. */
+        struct task t = s->lq[s->lq_head++ & s->lq_mask];
+        run_task(s, &t, s->id);
+        ran++;
+    }
+    return ran;
+}
+
+static void arm_efd(struct shard *s)
+{
+    struct io_uring_sqe *sqe = io_ring_sqe(&s->io);
+    if (sqe == NULL)
+        return; /* retried by the next wake; the inbox is also checked before each sleep */
+    io_uring_prep_read(sqe, s->efd, &s->efd_buf, sizeof(s->efd_buf), 0);
+    io_uring_sqe_set_data(sqe, &s->efd_op);
+}
+
+static void efd_done(struct io_op *op, int res, uint32_t cqe_flags)
+{
+    (void)res;
+    (void)cqe_flags;
+    struct shard *s = (struct shard *)((char *)op - offsetof(struct shard, efd_op));
+    arm_efd(s);
+}
+
+/* Announce sleep, look once more, and block in the ring's wait. */
+static void shard_sleep(struct shard *s, uint64_t timeout_ns)
+{
+    struct engine *e = s->eng;
+    stat_add(&s->sleep_epoch, 1);
+    /* Dekker with every waker (mesh_publish, shard_wake_external): the seq_cst exchange
+     * orders our announcement before the loads below, as their fence orders their publish
+     * before their load of sleep_state. Either we see their work now, or they see ASLEEP
+     * and send the wake-up. */
+    atomic_exchange(&s->sleep_state, ASLEEP);
+    if (mesh_inbound_pending(s) || inbox_pending(s) || atomic_load(&e->state) == ENGINE_HALT) {
+        atomic_store(&s->sleep_state, AWAKE);
+        return;
+    }
+    stat_add(&s->st.sleeps, 1);
+    io_ring_wait(&s->io, timeout_ns);
+    atomic_exchange(&s->sleep_state, AWAKE);
+    /* Pairs with the watchdog's parking (stall.c): it stores wd_parked then re-reads our
+     * state; we stored AWAKE (seq_cst) and now read wd_parked. */
+    if (atomic_load(&e->wd_parked))
+        stall_unpark(e);
+}
+
+static void shard_loop(struct shard *s)
+{
+    struct engine *e = s->eng;
+    const unsigned budget = e->cfg.budget;
+    uint64_t idle_since = 0;
+
+    for (;;) {
+        int state = atomic_load_explicit(&e->state, memory_order_acquire);
+        if (state == ENGINE_HALT)
+            break;
+        stat_add(&s->st.loops, 1);
+        unsigned work = run_local(s, budget);
+        work += mesh_drain(s, budget);
+        work += inbox_drain(s);
+        if (s->ndirty > 0)
+            work += mesh_publish(s);
+        work += io_ring_poll(&s->io);
+        bool timers_live = state == ENGINE_RUNNING && s->timers.len > 0;
+        if (timers_live)
+            work += timers_fire(s, pith_now_ns(), budget * 4);
+        if (work > 0 || s->ndirty > 0) {
+            /* Batches still waiting for ring space keep us polling: nobody will wake us to
+             * retry them. */
+            idle_since = 0;
+            continue;
+        }
+
+        uint64_t now = pith_now_ns();
+        if (idle_since == 0)
+            idle_since = now;
+        uint64_t next = timers_live ? timers_next(&s->timers) : UINT64_MAX;
+        /* While draining for stop, sleep at once so the stopper can see quiescence. */
+        uint64_t poll = state == ENGINE_RUNNING ? e->cfg.poll_ns : 0;
+        bool timer_soon = next != UINT64_MAX && next <= now + poll;
+        if (now - idle_since < poll || timer_soon) {
+            __builtin_ia32_pause();
+            continue;
+        }
+        shard_sleep(s, next == UINT64_MAX ? UINT64_MAX : (next > now ? next - now : 0));
+        idle_since = 0;
+    }
+}
+
+static enum io_mode ring_mode(unsigned flags)
+{
+    if (flags & PITH_CFG_RING_PLAIN)
+        return IO_MODE_PLAIN;
+    if (flags & PITH_CFG_RING_COOP)
+        return IO_MODE_COOP;
+    return IO_MODE_BEST;
+}
+
+static int shard_init(struct shard *s)
+{
+    struct engine *e = s->eng;
+    char name[16];
+    snprintf(name, sizeof(name), "pith/%u", s->id);
+    pthread_setname_np(pthread_self(), name);
+    if (s->cpu >= 0) {
+        s->pinned = topo_pin_self(e, (unsigned)s->cpu);
+        if (!s->pinned)
+            fprintf(stderr, "pith: warning: shard %u could not be pinned to CPU %d\n", s->id,
+                    s->cpu);
+    }
+    /* Timer wake-ups as precise as the kernel allows (the default slack is 50 us). */
+    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+
+    int err = io_ring_init(&s->io, e->cfg.io_entries, ring_mode(e->cfg.flags));
+    if (err)
+        return err;
+    s->ring_fd = s->io.ring.ring_fd;
+    s->efd = eventfd(0, EFD_CLOEXEC);
+    if (s->efd < 0)
+        return -errno;
+    s->efd_op.done = efd_done;
+    s->lq = malloc(LQ_INITIAL * sizeof(*s->lq));
+    if (s->lq == NULL)
+        return -ENOMEM;
+    s->lq_mask = LQ_INITIAL - 1;
+    err = mesh_shard_init(s);
+    if (err)
+        return err;
+    return timers_init(&s->timers);
+}
+
+void *shard_main(void *arg)
+{
+    struct shard *s = arg;
+    struct engine *e = s->eng;
+    pith_self = s;
+    s->init_err = shard_init(s);
+    sem_post(&e->ready);
+    while (sem_wait(&e->go) != 0)
+        ; /* EINTR */
+    if (atomic_load(&e->state) == ENGINE_RUNNING) {
+        arm_efd(s);
+        shard_loop(s);
+    }
+    pith_self = NULL;
+    return NULL;
+}

@@ -1,0 +1,335 @@
+/* The N x N mesh of SPSC rings between shards: batches, publishing, draining, giving batches
+ * back to their owner. What a task does once it arrives is loop.c's business. */
+#include "shard.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+int mesh_create(struct engine *e)
+{
+    size_t n = e->n;
+    e->pairs = aligned_alloc(CACHE_LINE, n * n * sizeof(struct pair));
+    if (e->pairs == NULL)
+        return -ENOMEM;
+    memset(e->pairs, 0, n * n * sizeof(struct pair));
+    for (size_t i = 0; i < n * n; i++) {
+        struct pair *p = &e->pairs[i];
+        if (i / n == i % n)
+            continue; /* a shard sends to itself through its local queue */
+        p->slots = calloc(e->cfg.ring_batches, sizeof(ck_ring_buffer_t));
+        if (p->slots == NULL)
+            return -ENOMEM;
+        ck_ring_init(&p->ring, e->cfg.ring_batches);
+        atomic_init(&p->consumed, 0);
+    }
+    return 0;
+}
+
+static size_t batch_bytes(const struct engine *e)
+{
+    return sizeof(struct batch) + (size_t)e->cfg.batch_msgs * sizeof(struct task);
+}
+
+static struct batch *batch_get(struct shard *s)
+{
+    struct batch *b = s->free_batches;
+    if (b != NULL) {
+        s->free_batches = b->next;
+    } else {
+        size_t bytes = (batch_bytes(s->eng) + CACHE_LINE - 1) & ~(size_t)(CACHE_LINE - 1);
+        b = aligned_alloc(CACHE_LINE, bytes);
+        if (b == NULL)
+            return NULL;
+    }
+    b->next = NULL;
+    b->count = 0;
+    return b;
+}
+
+static void batch_put(struct shard *s, struct batch *b)
+{
+    b->next = s->free_batches;
+    s->free_batches = b;
+}
+
+static void free_list(struct batch *b, uint64_t *released)
+{
+    while (b != NULL) {
+        struct batch *next = b->next;
+        if (released)
+            *released += b->count;
+        free(b);
+        b = next;
+    }
+}
+
+int mesh_shard_init(struct shard *s)
+{
+    unsigned n = s->eng->n;
+    s->out = calloc(n, sizeof(*s->out));
+    s->dirty = calloc(n, sizeof(*s->dirty));
+    s->consumed = calloc(n, sizeof(*s->consumed));
+    if (s->out == NULL || s->dirty == NULL || s->consumed == NULL)
+        return -ENOMEM;
+    return 0;
+}
+
+/* Gives back to the free list the batches that dst has finished with. */
+static void reclaim(struct shard *s, struct outbound *o, unsigned dst)
+{
+    struct pair *p = mesh_pair(s->eng, s->id, dst);
+    /* Acquire pairs with the consumer's release store in mesh_drain: its reads of these
+     * batches are complete before we write into them again. */
+    uint64_t done = atomic_load_explicit(&p->consumed, memory_order_acquire);
+    while (o->reclaimed < done) {
+        struct batch *b = o->sent_head;
+        o->sent_head = b->next;
+        if (o->sent_head == NULL)
+            o->sent_tail = NULL;
+        batch_put(s, b);
+        o->reclaimed++;
+    }
+}
+
+static void mark_dirty(struct shard *s, struct outbound *o, unsigned dst)
+{
+    if (!o->dirty) {
+        o->dirty = true;
+        s->dirty[s->ndirty++] = dst;
+    }
+}
+
+/* Pushes waiting batches into the ring, oldest first, until it is full. */
+static unsigned push_waiting(struct shard *s, struct outbound *o, unsigned dst)
+{
+    struct pair *p = mesh_pair(s->eng, s->id, dst);
+    unsigned pushed = 0, msgs = 0;
+    while (o->wait_head != NULL) {
+        struct batch *b = o->wait_head;
+        /* Everything written into b happens before dst acquires it in mesh_drain. */
+        tsan_release(b);
+        tsan_ring_begin();
+        bool ok = ck_ring_enqueue_spsc(&p->ring, p->slots, b);
+        tsan_ring_end();
+        if (!ok) {
+            stat_add(&s->st.ring_full, 1);
+            break;
+        }
+        o->wait_head = b->next;
+        if (o->wait_head == NULL)
+            o->wait_tail = NULL;
+        o->waiting--;
+        msgs += b->count;
+        b->next = NULL;
+        if (o->sent_tail)
+            o->sent_tail->next = b;
+        else
+            o->sent_head = b;
+        o->sent_tail = b;
+        o->published++;
+        pushed++;
+    }
+    if (pushed) {
+        stat_add(&s->st.batches_out, pushed);
+        stat_add(&s->st.msgs_out, msgs);
+    }
+    return pushed;
+}
+
+static void wait_append(struct outbound *o, struct batch *b)
+{
+    b->next = NULL;
+    if (o->wait_tail)
+        o->wait_tail->next = b;
+    else
+        o->wait_head = b;
+    o->wait_tail = b;
+    o->waiting++;
+}
+
+/* Moves the open batch (if it holds anything) behind the waiting ones and pushes what fits. */
+void mesh_flush(struct shard *s, struct outbound *o, unsigned dst)
+{
+    if (o->open != NULL && o->open->count > 0) {
+        wait_append(o, o->open);
+        o->open = NULL;
+    }
+    reclaim(s, o, dst);
+    push_waiting(s, o, dst);
+}
+
+int mesh_open_batch(struct shard *s, unsigned dst, bool force)
+{
+    struct outbound *o = &s->out[dst];
+    if (o->open != NULL && o->open->count >= s->eng->cfg.batch_msgs) {
+        wait_append(o, o->open);
+        o->open = NULL;
+    }
+    if (o->open != NULL)
+        return 0;
+    if (o->waiting > 0) {
+        reclaim(s, o, dst);
+        push_waiting(s, o, dst);
+    }
+    if (o->waiting >= s->eng->cfg.backlog_batches && !force) {
+        stat_add(&s->st.backpressure, 1);
+        return -EAGAIN;
+    }
+    if (s->free_batches == NULL)
+        reclaim(s, o, dst);
+    struct batch *b = batch_get(s);
+    if (b == NULL)
+        return -ENOMEM;
+    o->open = b;
+    mark_dirty(s, o, dst);
+    return 0;
+}
+
+/* Step 3 of the loop: publish every destination's batches, then wake the ones that sleep. */
+unsigned mesh_publish(struct shard *s)
+{
+    struct engine *e = s->eng;
+    unsigned woke_candidates[64];
+    unsigned ncand = 0, published = 0, keep = 0;
+    bool overflow = false;
+
+    for (unsigned i = 0; i < s->ndirty; i++) {
+        unsigned dst = s->dirty[i];
+        struct outbound *o = &s->out[dst];
+        mesh_flush(s, o, dst);
+        /* Batches pushed by shard_send when they filled up count too: compare with the last
+         * check, not with the start of this flush. */
+        if (o->published != o->wake_checked) {
+            o->wake_checked = o->published;
+            published++;
+            if (ncand < 64)
+                woke_candidates[ncand++] = dst;
+            else
+                overflow = true;
+        }
+        if (o->waiting > 0 || o->open != NULL)
+            s->dirty[keep++] = dst;
+        else
+            o->dirty = false;
+    }
+    s->ndirty = keep;
+    if (published == 0)
+        return 0;
+
+    /* Dekker with the sleeper in loop.c: we stored the ring's producer index (inside ck, a
+     * plain store after ck's store fence), it stored sleep_state = ASLEEP with a seq_cst
+     * exchange. Each side then loads the other's variable. The full fence here keeps our
+     * load of sleep_state from passing our index store, so at least one side sees the other:
+     * either the sleeper finds the batch when it re-checks its rings, or we find it asleep. */
+    atomic_thread_fence(memory_order_seq_cst);
+    unsigned limit = overflow ? e->n : ncand;
+    for (unsigned i = 0; i < limit; i++) {
+        unsigned dst = overflow ? i : woke_candidates[i];
+        if (dst == s->id)
+            continue;
+        struct shard *d = e->shards[dst];
+        uint32_t st = atomic_load_explicit(&d->sleep_state, memory_order_seq_cst);
+        if (st != ASLEEP)
+            continue;
+        /* One wake-up per sleep: only the waker that moves ASLEEP to WOKEN sends it. */
+        uint32_t expect = ASLEEP;
+        if (atomic_compare_exchange_strong(&d->sleep_state, &expect, WOKEN)) {
+            if (io_ring_queue_wake(&s->io, d->ring_fd) == 0)
+                stat_add(&s->st.wakes_sent, 1);
+        }
+    }
+    return published;
+}
+
+/* Step 2 of the loop: run the tasks of inbound batches, starting where the last drain stopped
+ * so that no source is favoured, until `budget` tasks ran. Returns the tasks run. */
+unsigned mesh_drain(struct shard *s, unsigned budget)
+{
+    struct engine *e = s->eng;
+    unsigned n = e->n, ran = 0, batches = 0;
+    unsigned src = s->next_src;
+    for (unsigned k = 0; k < n && ran < budget; k++, src = (src + 1 == n) ? 0 : src + 1) {
+        if (src == s->id)
+            continue;
+        struct pair *p = mesh_pair(e, src, s->id);
+        while (ran < budget) {
+            struct batch *b;
+            tsan_ring_begin();
+            bool ok = ck_ring_dequeue_spsc(&p->ring, p->slots, &b);
+            tsan_ring_end();
+            if (!ok)
+                break;
+            tsan_acquire(b);
+            uint32_t count = b->count;
+            for (uint32_t i = 0; i < count; i++)
+                run_task(s, &b->tasks[i], src);
+            ran += count;
+            batches++;
+            stat_add(&s->remote_run, count);
+            /* Release pairs with the owner's acquire in reclaim(): every read of b above
+             * happens before the owner reuses it. */
+            atomic_store_explicit(&p->consumed, ++s->consumed[src], memory_order_release);
+        }
+    }
+    s->next_src = src;
+    if (batches) {
+        stat_add(&s->st.batches_in, batches);
+        stat_add(&s->st.msgs_in, ran);
+    }
+    return ran;
+}
+
+bool mesh_inbound_pending(struct shard *s)
+{
+    struct engine *e = s->eng;
+    for (unsigned src = 0; src < e->n; src++) {
+        if (src == s->id)
+            continue;
+        if (ck_ring_size(&mesh_pair(e, src, s->id)->ring) > 0)
+            return true;
+    }
+    return false;
+}
+
+/* After the shard threads are joined: count what was never run and free the batches. */
+void mesh_shard_fini(struct shard *s, uint64_t *released)
+{
+    if (s->out != NULL) {
+        for (unsigned d = 0; d < s->eng->n; d++) {
+            struct outbound *o = &s->out[d];
+            free_list(o->open, released);
+            free_list(o->wait_head, released);
+            /* Sent batches the destination never took out of its ring were not run. */
+            if (d != s->id) {
+                struct pair *p = mesh_pair(s->eng, s->id, d);
+                uint64_t taken = o->published - ck_ring_size(&p->ring); /* dequeued by d */
+                uint64_t i = o->reclaimed;
+                for (struct batch *b = o->sent_head; b != NULL; b = b->next, i++) {
+                    if (i >= taken && released)
+                        *released += b->count;
+                }
+            }
+            free_list(o->sent_head, NULL);
+        }
+    }
+    free_list(s->free_batches, NULL);
+    free(s->out);
+    free(s->dirty);
+    free(s->consumed);
+    s->out = NULL;
+    s->dirty = NULL;
+    s->consumed = NULL;
+    s->free_batches = NULL;
+}
+
+void mesh_destroy(struct engine *e)
+{
+    if (e->pairs == NULL)
+        return;
+    for (size_t i = 0; i < (size_t)e->n * e->n; i++)
+        free(e->pairs[i].slots);
+    free(e->pairs);
+    e->pairs = NULL;
+}

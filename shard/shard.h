@@ -1,0 +1,279 @@
+/* Private to shard/: the engine, the shard, the mesh's batches and rings, and the inline fast
+ * paths of sending and running tasks. Nothing here is part of the public API. */
+#ifndef PITH_SHARD_H
+#define PITH_SHARD_H
+
+#include <ck_ring.h>
+#include <hwloc.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <pith/engine.h>
+#include <pith/timer.h>
+
+#include "io.h"
+#include "tsan.h"
+
+#define CACHE_LINE 64
+#define MAX_SHARDS 4096
+
+/* One unit of work: 32 bytes, copied into batches and queues by value.
+ *   done == NULL               a submitted task: fn.run(arg)
+ *   done != NULL, fn.call set  a call: done(fn.call(arg), ctx) back on the source shard
+ *   done != NULL, fn.call NULL the reply of a call: done(arg, ctx) */
+struct task {
+    union {
+        pith_fn_t run;
+        pith_call_fn_t call;
+    } fn;
+    void *arg;
+    pith_done_fn_t done;
+    void *ctx;
+};
+
+/* A batch of tasks for one destination, owned (allocated and freed) by the sending shard. */
+struct batch {
+    struct batch *next; /* the owner's lists: free, waiting, sent */
+    uint32_t count;
+    uint32_t reserved;
+    struct task tasks[];
+};
+
+/* One ordered pair (src -> dst) of the N x N mesh. */
+struct pair {
+    ck_ring_t ring; /* ck pads the consumer and producer indexes onto separate lines */
+    ck_ring_buffer_t *slots;
+    /* Batches dst has finished with, in ring order. Written only by dst with a release store
+     * after it ran every task of the batch; src reads it with acquire before it reuses those
+     * batches, so dst's reads of a batch happen before src's next writes to it. */
+    alignas(CACHE_LINE) _Atomic uint64_t consumed;
+    char pad[CACHE_LINE - sizeof(uint64_t)];
+};
+
+/* What a shard keeps for one destination. Touched only by the sending shard. */
+struct outbound {
+    struct batch *open;                  /* being filled */
+    struct batch *wait_head, *wait_tail; /* full or flushed batches the ring has not taken */
+    unsigned waiting;
+    struct batch *sent_head, *sent_tail; /* in the ring or being run, oldest first */
+    uint64_t published;                  /* batches pushed into the ring */
+    uint64_t reclaimed;                  /* of those, back on the free list */
+    uint64_t wake_checked;               /* `published` when a wake-up was last considered */
+    bool dirty;                          /* listed in shard.dirty */
+};
+
+/* A task pushed by a thread outside the engine (multi-producer, single consumer). */
+struct inbox_node {
+    struct inbox_node *next;
+    struct task task;
+};
+
+/* Per-shard timers: a 4-ary min-heap of (deadline, arming order) over a slot table. */
+struct timer_slot {
+    uint64_t deadline;
+    uint64_t period;
+    pith_fn_t fn;
+    void *arg;
+    uint32_t heap_pos; /* index in the heap, or TIMER_FREE */
+    uint32_t seq;      /* low bits of the arming counter, part of the id */
+};
+struct timer_ent {
+    uint64_t deadline;
+    uint64_t order;
+    uint32_t slot;
+};
+struct timers {
+    struct timer_ent *heap;
+    uint32_t len, cap;
+    struct timer_slot *slots;
+    uint32_t nslots, slots_cap;
+    uint32_t *free_slots; /* stack of free slot indexes */
+    uint32_t nfree;
+    uint64_t armed; /* arming counter: order and id sequence */
+};
+
+/* sleep_state values. A shard announces ASLEEP before it blocks; a waker that moves it from
+ * ASLEEP to WOKEN with a CAS owns the one wake-up of that sleep. */
+enum { AWAKE = 0, ASLEEP = 1, WOKEN = 2 };
+
+/* Counters: written by their shard only (the stall count by the watchdog only), read by any
+ * thread. Relaxed atomics, so readers never see torn values and TSan sees no race. */
+struct shard_counters {
+    _Atomic uint64_t loops, sleeps, msgs_out, msgs_in, batches_out, batches_in, ring_full,
+        backpressure, wakes_sent, external_in, timers_fired, timers_pending, stalls;
+};
+
+static inline void stat_add(_Atomic uint64_t *c, uint64_t n)
+{
+    /* Single writer: a load and a store, no locked instruction. */
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+struct engine;
+
+struct shard {
+    unsigned id;
+    int cpu;
+    bool pinned;
+    int ring_fd; /* set before the engine runs, then read by other shards for MSG_RING */
+    struct engine *eng;
+    pthread_t thread;
+    int init_err;
+
+    struct io_ring io;
+    int efd;             /* eventfd that outside threads write to wake this shard */
+    struct io_op efd_op; /* the read that is always armed on efd */
+    uint64_t efd_buf;
+
+    /* local run queue: tasks this shard gave itself */
+    struct task *lq;
+    uint32_t lq_head, lq_tail, lq_mask;
+
+    struct outbound *out; /* [nshards] */
+    unsigned *dirty;      /* destinations with something to publish */
+    unsigned ndirty;
+    struct batch *free_batches;
+    unsigned next_src;  /* where the next inbound drain starts, for fairness */
+    uint64_t *consumed; /* [nshards]: batches taken from each source's ring and finished */
+
+    struct timers timers;
+    uint64_t last_work_ns;
+
+    /* Written by this shard, read by the stop protocol (wakers, stopper, watchdog). */
+    alignas(CACHE_LINE) _Atomic uint32_t sleep_state;
+    _Atomic uint64_t sleep_epoch;  /* +1 at each announcement of sleep */
+    _Atomic uint64_t remote_sent;  /* tasks appended for other shards */
+    _Atomic uint64_t remote_run;   /* tasks from other shards run */
+    _Atomic uint64_t external_run; /* tasks from the inbox run */
+
+    /* Outside threads push here. */
+    alignas(CACHE_LINE) _Atomic(struct inbox_node *) inbox;
+
+    /* The stall detector reads these; the shard writes them around each task. */
+    alignas(CACHE_LINE) _Atomic(pith_anyfn_t) cur_fn;
+    _Atomic uint64_t task_seq;
+
+    alignas(CACHE_LINE) struct shard_counters st;
+};
+
+enum engine_state { ENGINE_OFF = 0, ENGINE_STARTING, ENGINE_RUNNING, ENGINE_DRAINING, ENGINE_HALT };
+
+struct engine {
+    pith_config_t cfg; /* resolved: shards > 0, cpus filled */
+    unsigned *cpu_list;
+    unsigned n;
+    struct shard **shards;
+    struct pair *pairs; /* pairs[src * n + dst] */
+    hwloc_topology_t topo;
+    sem_t ready, go; /* shards post ready after set-up; the starter posts go once decided */
+    uint64_t *scan;  /* [n] scratch for the stop protocol's quiescence scan */
+
+    _Atomic int state;
+    _Atomic unsigned nshards; /* n while the engine runs, else 0; readable by any thread */
+    _Atomic int stat_users;   /* outside readers of stats; stop waits for 0 before freeing */
+    /* Outside threads inside pith_submit/pith_call_wait; stop waits for 0. */
+    _Atomic int ext_users;
+    _Atomic uint64_t ext_pushed;
+
+    /* stall detector */
+    pthread_t watchdog;
+    bool watchdog_on;
+    _Atomic uint32_t wd_parked; /* futex word: 1 while the watchdog sleeps until a shard wakes */
+    _Atomic int wd_stop;
+
+    pith_stop_report_t last_stop;
+    bool have_last_stop;
+};
+
+extern struct engine pith_engine;
+extern __thread struct shard *pith_self;
+
+static inline struct pair *mesh_pair(struct engine *e, unsigned src, unsigned dst)
+{
+    return &e->pairs[(size_t)src * e->n + dst];
+}
+
+/* config.c */
+int config_resolve(struct engine *e, const pith_config_t *user);
+void set_last_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* topo.c */
+int topo_open(struct engine *e);
+void topo_close(struct engine *e);
+int topo_default_cpus(struct engine *e, unsigned **cpus, unsigned *ncpus);
+bool topo_cpu_exists(struct engine *e, unsigned cpu);
+bool topo_pin_self(struct engine *e, unsigned cpu);
+
+/* mesh.c */
+int mesh_create(struct engine *e);
+void mesh_destroy(struct engine *e);
+int mesh_shard_init(struct shard *s);
+void mesh_shard_fini(struct shard *s, uint64_t *released);
+int mesh_open_batch(struct shard *s, unsigned dst, bool force);
+void mesh_flush(struct shard *s, struct outbound *o, unsigned dst);
+unsigned mesh_publish(struct shard *s);
+unsigned mesh_drain(struct shard *s, unsigned budget);
+bool mesh_inbound_pending(struct shard *s);
+
+/* inbox.c */
+int inbox_push(struct shard *s, const struct task *t);
+unsigned inbox_drain(struct shard *s);
+bool inbox_pending(struct shard *s);
+void inbox_release(struct shard *s, uint64_t *released);
+void shard_wake_external(struct shard *s);
+
+/* timer.c */
+int timers_init(struct timers *t);
+void timers_fini(struct timers *t);
+unsigned timers_fire(struct shard *s, uint64_t now, unsigned budget);
+uint64_t timers_next(const struct timers *t); /* UINT64_MAX when none */
+
+/* stall.c */
+int stall_start(struct engine *e);
+void stall_stop(struct engine *e);
+void stall_unpark(struct engine *e);
+
+/* loop.c */
+void *shard_main(void *arg);
+void run_task(struct shard *s, const struct task *t, unsigned src);
+int lq_grow(struct shard *s, bool force);
+
+/* submit.c */
+int shard_send(struct shard *s, unsigned dst, const struct task *t, bool force);
+void task_released(const struct task *t);
+
+/* The hot path of sending: append to the open batch for dst when it has room. */
+static inline int shard_send_fast(struct shard *s, unsigned dst, const struct task *t)
+{
+    struct outbound *o = &s->out[dst];
+    struct batch *b = o->open;
+    if (b != NULL && b->count + 1 < s->eng->cfg.batch_msgs) {
+        b->tasks[b->count++] = *t;
+        stat_add(&s->remote_sent, 1);
+        return 0;
+    }
+    return shard_send(s, dst, t, false);
+}
+
+static inline unsigned lq_len(const struct shard *s)
+{
+    return s->lq_tail - s->lq_head;
+}
+
+static inline int lq_push(struct shard *s, const struct task *t, bool force)
+{
+    if (lq_len(s) > s->lq_mask) {
+        int err = lq_grow(s, force);
+        if (err)
+            return err;
+    }
+    s->lq[s->lq_tail++ & s->lq_mask] = *t;
+    return 0;
+}
+
+#endif

@@ -1,0 +1,131 @@
+/* Getting a task to a shard: the mesh from shard threads, the inbox from outside threads, and
+ * the call forms built on them. */
+#include "shard.h"
+
+#include <errno.h>
+#include <semaphore.h>
+#include <stdlib.h>
+
+int shard_send(struct shard *s, unsigned dst, const struct task *t, bool force)
+{
+    if (dst == s->id)
+        return lq_push(s, t, force);
+    int err = mesh_open_batch(s, dst, force);
+    if (err)
+        return err;
+    struct outbound *o = &s->out[dst];
+    struct batch *b = o->open;
+    b->tasks[b->count++] = *t;
+    stat_add(&s->remote_sent, 1);
+    if (b->count >= s->eng->cfg.batch_msgs)
+        mesh_flush(s, o, dst); /* full: hand it to the ring now, not at the end of the turn */
+    return 0;
+}
+
+/* Outside threads register while they touch the engine so that stop can wait for them. */
+static int ext_enter(struct engine *e)
+{
+    /* Dekker with pith_engine_stop: we increment ext_users and then load state; stop stores
+     * state and then loads ext_users. Both seq_cst, so either we see DRAINING and back out,
+     * or stop sees us and waits. */
+    atomic_fetch_add(&e->ext_users, 1);
+    if (atomic_load(&e->state) != ENGINE_RUNNING) {
+        atomic_fetch_sub(&e->ext_users, 1);
+        return -ESHUTDOWN;
+    }
+    return 0;
+}
+
+static void ext_exit(struct engine *e)
+{
+    atomic_fetch_sub(&e->ext_users, 1);
+}
+
+static int submit_task(unsigned shard, const struct task *t)
+{
+    struct shard *self = pith_self;
+    if (self != NULL) {
+        if (shard >= self->eng->n)
+            return -EINVAL;
+        int err = shard == self->id ? lq_push(self, t, false) : shard_send_fast(self, shard, t);
+        if (err == -EAGAIN && shard == self->id)
+            stat_add(&self->st.backpressure, 1);
+        return err;
+    }
+    struct engine *e = &pith_engine;
+    int err = ext_enter(e);
+    if (err)
+        return err;
+    if (shard >= e->n)
+        err = -EINVAL;
+    else
+        err = inbox_push(e->shards[shard], t);
+    ext_exit(e);
+    return err;
+}
+
+int pith_submit(unsigned shard, pith_fn_t fn, void *arg)
+{
+    if (fn == NULL)
+        return -EINVAL;
+    struct task t = {.fn.run = fn, .arg = arg};
+    return submit_task(shard, &t);
+}
+
+int pith_call(unsigned shard, pith_call_fn_t fn, void *arg, pith_done_fn_t done, void *ctx)
+{
+    if (fn == NULL || done == NULL)
+        return -EINVAL;
+    if (pith_self == NULL)
+        return atomic_load(&pith_engine.state) == ENGINE_OFF ? -ESHUTDOWN : -EPERM;
+    struct task t = {.fn.call = fn, .arg = arg, .done = done, .ctx = ctx};
+    return submit_task(shard, &t);
+}
+
+struct waiter {
+    pith_call_fn_t fn;
+    void *arg;
+    void *result;
+    int err;
+    sem_t done;
+};
+
+static void call_wait_run(void *p)
+{
+    struct waiter *w = p;
+    w->result = w->fn(w->arg);
+    sem_post(&w->done);
+}
+
+int pith_call_wait(unsigned shard, pith_call_fn_t fn, void *arg, void **result)
+{
+    if (pith_self != NULL)
+        return -EDEADLK;
+    if (fn == NULL)
+        return -EINVAL;
+    struct waiter w = {.fn = fn, .arg = arg};
+    if (sem_init(&w.done, 0, 0) != 0)
+        return -errno;
+    struct task t = {.fn.run = call_wait_run, .arg = &w};
+    int err = submit_task(shard, &t);
+    if (err == 0) {
+        while (sem_wait(&w.done) != 0)
+            ; /* EINTR */
+        err = w.err;
+        if (err == 0 && result != NULL)
+            *result = w.result;
+    }
+    sem_destroy(&w.done);
+    return err;
+}
+
+/* A task that will never run because the engine stopped first. Only a blocked caller of
+ * pith_call_wait needs telling; the arguments of other tasks stay their submitters'. */
+void task_released(const struct task *t)
+{
+    if (t->done == NULL && t->fn.run == call_wait_run) {
+        struct waiter *w = t->arg;
+        w->err = -ECANCELED;
+        sem_post(&w->done);
+    }
+}
