@@ -13,8 +13,9 @@
 extern "C" {
 #endif
 
-/* Names a timer for pith_timer_cancel. 0 is never a valid id, and an id is never reused while
- * the engine runs, so cancelling a timer that already fired is detected, not misapplied. */
+/* Names a timer for pith_timer_cancel. 0 is never a valid id. An id carries its shard, its slot
+ * and a 28-bit arming sequence, so cancelling a timer that already fired is detected, not
+ * misapplied to a newer one, until 2^28 more timers have been armed on that shard. */
 typedef uint64_t pith_timer_id_t;
 
 /* Arms a timer on the calling shard: fn(arg) runs on this shard once delay_ns has passed, and

@@ -1,0 +1,51 @@
+#!/bin/sh
+# Pith's developer entry point: installs what is missing (Debian 12), builds, runs.
+#   ./pith.sh run    install, build, run pith-bench --quick (the main job)
+#   ./pith.sh test   install, build, run the whole test suite
+#   ./pith.sh deps   install only
+# BUILD_DIR (default: build) and MESON_ARGS pass through to meson.
+set -eu
+cd "$(dirname "$0")"
+
+PACKAGES="gcc libc6-dev meson ninja-build pkg-config python3 liburing-dev libhwloc-dev libck-dev libcriterion-dev valgrind"
+BUILD_DIR=${BUILD_DIR:-build}
+
+deps() {
+    missing=""
+    for p in $PACKAGES; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+            missing="$missing $p"
+    done
+    [ -z "$missing" ] && return 0
+    echo "pith.sh: installing:$missing"
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing
+}
+
+build() {
+    if [ ! -f "$BUILD_DIR/build.ninja" ]; then
+        # shellcheck disable=SC2086
+        meson setup "$BUILD_DIR" -Dwerror=true ${MESON_ARGS:-}
+    fi
+    ninja -C "$BUILD_DIR"
+}
+
+case "${1:-}" in
+deps) deps ;;
+run)
+    deps
+    build
+    shift
+    exec "$BUILD_DIR/perf/pith-bench" --quick "$@"
+    ;;
+test)
+    deps
+    build
+    meson test -C "$BUILD_DIR" --print-errorlogs
+    ;;
+*)
+    echo "usage: $0 run|test|deps" >&2
+    exit 2
+    ;;
+esac
