@@ -59,6 +59,8 @@ static void shard_free(struct shard *s, pith_stop_report_t *rep)
 static void engine_teardown(struct engine *e, pith_stop_report_t *rep)
 {
     if (e->shards != NULL) {
+        if (e->pairs != NULL)
+            mesh_release_unrun(e, &rep->released_tasks);
         for (unsigned i = 0; i < e->n; i++)
             shard_free(e->shards[i], rep);
         free(e->shards);

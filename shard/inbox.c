@@ -69,9 +69,10 @@ unsigned inbox_drain(struct shard *s)
         struct inbox_node *next = n->next;
         struct task t = n->task;
         free(n);
-        run_task(s, &t, s->id);
+        run_task(s, &t);
         n = next;
     }
+    tasks_done(s);
     stat_add(&s->external_run, ran);
     stat_add(&s->st.external_in, ran);
     return ran;

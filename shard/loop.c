@@ -34,37 +34,17 @@ int lq_grow(struct shard *s, bool force)
     return 0;
 }
 
-void run_task(struct shard *s, const struct task *t, unsigned src)
-{
-    pith_anyfn_t fn = t->done == NULL ? (pith_anyfn_t)t->fn.run
-                      : t->fn.call    ? (pith_anyfn_t)t->fn.call
-                                      : (pith_anyfn_t)t->done;
-    /* Relaxed: the stall detector only needs to see these values eventually; it reads them
-     * from another thread, and atomics keep that read defined. */
-    atomic_store_explicit(&s->cur_fn, fn, memory_order_relaxed);
-    stat_add(&s->task_seq, 1);
-    if (t->done == NULL) {
-        t->fn.run(t->arg);
-    } else if (t->fn.call != NULL) {
-        struct task reply = {.arg = t->fn.call(t->arg), .done = t->done, .ctx = t->ctx};
-        /* Replies ignore the backlog bound: each answers a call that was itself bounded. */
-        if (shard_send(s, src, &reply, true) != 0)
-            fprintf(stderr, "pith: shard %u: out of memory, reply to shard %u lost\n", s->id, src);
-    } else {
-        t->done(t->arg, t->ctx);
-    }
-    atomic_store_explicit(&s->cur_fn, NULL, memory_order_relaxed);
-}
-
 static unsigned run_local(struct shard *s, unsigned budget)
 {
     unsigned ran = 0;
     while (ran < budget && s->lq_head != s->lq_tail) {
         /* Copy out first: the task may push to the queue and make it grow. */
         struct task t = s->lq[s->lq_head++ & s->lq_mask];
-        run_task(s, &t, s->id);
+        run_task(s, &t);
         ran++;
     }
+    if (ran)
+        tasks_done(s);
     return ran;
 }
 

@@ -18,7 +18,7 @@ int mesh_create(struct engine *e)
         struct pair *p = &e->pairs[i];
         if (i / n == i % n)
             continue; /* a shard sends to itself through its local queue */
-        p->slots = calloc(e->cfg.ring_batches, sizeof(ck_ring_buffer_t));
+        p->slots = aligned_alloc(CACHE_LINE, (size_t)e->cfg.ring_batches * sizeof(struct envelope));
         if (p->slots == NULL)
             return -ENOMEM;
         ck_ring_init(&p->ring, e->cfg.ring_batches);
@@ -58,8 +58,10 @@ static void free_list(struct batch *b, uint64_t *released)
 {
     while (b != NULL) {
         struct batch *next = b->next;
-        if (released)
-            *released += b->count;
+        for (uint32_t i = 0; released != NULL && i < b->count; i++) {
+            task_released(&b->tasks[i]);
+            (*released)++;
+        }
         free(b);
         b = next;
     }
@@ -70,8 +72,7 @@ int mesh_shard_init(struct shard *s)
     unsigned n = s->eng->n;
     s->out = calloc(n, sizeof(*s->out));
     s->dirty = calloc(n, sizeof(*s->dirty));
-    s->consumed = calloc(n, sizeof(*s->consumed));
-    if (s->out == NULL || s->dirty == NULL || s->consumed == NULL)
+    if (s->out == NULL || s->dirty == NULL)
         return -ENOMEM;
     return 0;
 }
@@ -79,17 +80,18 @@ int mesh_shard_init(struct shard *s)
 /* Gives back to the free list the batches that dst has finished with. */
 static void reclaim(struct shard *s, struct outbound *o, unsigned dst)
 {
+    if (o->sent_head == NULL)
+        return;
     struct pair *p = mesh_pair(s->eng, s->id, dst);
     /* Acquire pairs with the consumer's release store in mesh_drain: its reads of these
      * batches are complete before we write into them again. */
     uint64_t done = atomic_load_explicit(&p->consumed, memory_order_acquire);
-    while (o->reclaimed < done) {
+    while (o->sent_head != NULL && o->sent_head->seq < done) {
         struct batch *b = o->sent_head;
         o->sent_head = b->next;
         if (o->sent_head == NULL)
             o->sent_tail = NULL;
         batch_put(s, b);
-        o->reclaimed++;
     }
 }
 
@@ -101,33 +103,44 @@ static void mark_dirty(struct shard *s, struct outbound *o, unsigned dst)
     }
 }
 
-/* Pushes waiting batches into the ring, oldest first, until it is full. */
+/* Pushes waiting batches into the ring, oldest first, until it is full. A batch of at most
+ * ENVELOPE_TASKS tasks goes inline in its ring slot and straight back to the free list. */
 static unsigned push_waiting(struct shard *s, struct outbound *o, unsigned dst)
 {
     struct pair *p = mesh_pair(s->eng, s->id, dst);
     unsigned pushed = 0, msgs = 0;
     while (o->wait_head != NULL) {
-        struct batch *b = o->wait_head;
-        /* Everything written into b happens before dst acquires it in mesh_drain. */
-        tsan_release(b);
-        tsan_ring_begin();
-        bool ok = ck_ring_enqueue_spsc(&p->ring, p->slots, b);
-        tsan_ring_end();
-        if (!ok) {
+        struct envelope *slot = ck_ring_enqueue_reserve_spsc_envelope(&p->ring, p->slots);
+        if (slot == NULL) {
             stat_add(&s->st.ring_full, 1);
             break;
         }
+        struct batch *b = o->wait_head;
         o->wait_head = b->next;
         if (o->wait_head == NULL)
             o->wait_tail = NULL;
         o->waiting--;
         msgs += b->count;
-        b->next = NULL;
-        if (o->sent_tail)
-            o->sent_tail->next = b;
-        else
-            o->sent_head = b;
-        o->sent_tail = b;
+        if (b->count <= ENVELOPE_TASKS) {
+            slot->batch = NULL;
+            slot->count = b->count;
+            for (uint32_t i = 0; i < b->count; i++)
+                slot->tasks[i] = b->tasks[i];
+            batch_put(s, b);
+        } else {
+            slot->batch = b;
+            b->seq = o->published;
+            b->next = NULL;
+            if (o->sent_tail)
+                o->sent_tail->next = b;
+            else
+                o->sent_head = b;
+            o->sent_tail = b;
+        }
+        /* Everything this shard wrote before the commit (the slot, the batch, whatever the
+         * tasks point to) happens before dst's acquire after its dequeue. */
+        tsan_release(&p->ring);
+        ck_ring_enqueue_commit_spsc(&p->ring);
         o->published++;
         pushed++;
     }
@@ -255,26 +268,35 @@ unsigned mesh_drain(struct shard *s, unsigned budget)
             continue;
         struct pair *p = mesh_pair(e, src, s->id);
         while (ran < budget) {
-            struct batch *b;
+            struct envelope env;
             tsan_ring_begin();
-            bool ok = ck_ring_dequeue_spsc(&p->ring, p->slots, &b);
+            bool ok = ck_ring_dequeue_spsc_envelope(&p->ring, p->slots, &env);
             tsan_ring_end();
             if (!ok)
                 break;
-            tsan_acquire(b);
+            tsan_acquire(&p->ring);
+            batches++;
+            if (env.batch == NULL) {
+                for (uint32_t i = 0; i < env.count; i++)
+                    run_task(s, &env.tasks[i]);
+                ran += env.count;
+                stat_add(&s->remote_run, env.count);
+                continue;
+            }
+            struct batch *b = env.batch;
             uint32_t count = b->count;
             for (uint32_t i = 0; i < count; i++)
-                run_task(s, &b->tasks[i], src);
+                run_task(s, &b->tasks[i]);
             ran += count;
-            batches++;
             stat_add(&s->remote_run, count);
             /* Release pairs with the owner's acquire in reclaim(): every read of b above
              * happens before the owner reuses it. */
-            atomic_store_explicit(&p->consumed, ++s->consumed[src], memory_order_release);
+            atomic_store_explicit(&p->consumed, b->seq + 1, memory_order_release);
         }
     }
     s->next_src = src;
     if (batches) {
+        tasks_done(s);
         stat_add(&s->st.batches_in, batches);
         stat_add(&s->st.msgs_in, ran);
     }
@@ -293,7 +315,30 @@ bool mesh_inbound_pending(struct shard *s)
     return false;
 }
 
-/* After the shard threads are joined: count what was never run and free the batches. */
+/* After the shard threads are joined: count the tasks still sitting in the rings. Call before
+ * mesh_shard_fini frees the batches those entries point to. */
+void mesh_release_unrun(struct engine *e, uint64_t *released)
+{
+    for (size_t i = 0; i < (size_t)e->n * e->n; i++) {
+        struct pair *p = &e->pairs[i];
+        struct envelope env;
+        if (p->slots == NULL)
+            continue;
+        while (ck_ring_dequeue_spsc_envelope(&p->ring, p->slots, &env)) {
+            if (env.batch == NULL) {
+                for (uint32_t k = 0; k < env.count; k++)
+                    task_released(&env.tasks[k]);
+                *released += env.count;
+                continue;
+            }
+            for (uint32_t k = 0; k < env.batch->count; k++)
+                task_released(&env.batch->tasks[k]);
+            *released += env.batch->count;
+        }
+    }
+}
+
+/* After the shard threads are joined: count the tasks never published, free every batch. */
 void mesh_shard_fini(struct shard *s, uint64_t *released)
 {
     if (s->out != NULL) {
@@ -301,26 +346,14 @@ void mesh_shard_fini(struct shard *s, uint64_t *released)
             struct outbound *o = &s->out[d];
             free_list(o->open, released);
             free_list(o->wait_head, released);
-            /* Sent batches the destination never took out of its ring were not run. */
-            if (d != s->id) {
-                struct pair *p = mesh_pair(s->eng, s->id, d);
-                uint64_t taken = o->published - ck_ring_size(&p->ring); /* dequeued by d */
-                uint64_t i = o->reclaimed;
-                for (struct batch *b = o->sent_head; b != NULL; b = b->next, i++) {
-                    if (i >= taken && released)
-                        *released += b->count;
-                }
-            }
             free_list(o->sent_head, NULL);
         }
     }
     free_list(s->free_batches, NULL);
     free(s->out);
     free(s->dirty);
-    free(s->consumed);
     s->out = NULL;
     s->dirty = NULL;
-    s->consumed = NULL;
     s->free_batches = NULL;
 }
 

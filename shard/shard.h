@@ -21,35 +21,41 @@
 #define CACHE_LINE 64
 #define MAX_SHARDS 4096
 
-/* One unit of work: 32 bytes, copied into batches and queues by value.
- *   done == NULL               a submitted task: fn.run(arg)
- *   done != NULL, fn.call set  a call: done(fn.call(arg), ctx) back on the source shard
- *   done != NULL, fn.call NULL the reply of a call: done(arg, ctx) */
+/* One unit of work: 16 bytes, copied into batches, ring slots and queues by value. Calls and
+ * replies are tasks too: their arg is a call record (submit.c). */
 struct task {
-    union {
-        pith_fn_t run;
-        pith_call_fn_t call;
-    } fn;
+    pith_fn_t fn;
     void *arg;
-    pith_done_fn_t done;
-    void *ctx;
 };
 
 /* A batch of tasks for one destination, owned (allocated and freed) by the sending shard. */
 struct batch {
     struct batch *next; /* the owner's lists: free, waiting, sent */
+    uint64_t seq;       /* index of the ring entry that carried it */
     uint32_t count;
-    uint32_t reserved;
+    uint32_t reserved[3]; /* header of 32 bytes: tasks[] stay 16-byte aligned */
     struct task tasks[];
 };
+
+/* One ring slot, one cache line: up to ENVELOPE_TASKS tasks travel inline, so a lightly loaded
+ * pair costs the receiver no access to the sender's memory; a fuller batch goes by pointer. */
+#define ENVELOPE_TASKS 3
+struct envelope {
+    struct batch *batch; /* NULL: the tasks are inline */
+    uint32_t count;      /* inline tasks */
+    uint32_t reserved;
+    struct task tasks[ENVELOPE_TASKS];
+};
+CK_RING_PROTOTYPE(envelope, envelope)
 
 /* One ordered pair (src -> dst) of the N x N mesh. */
 struct pair {
     ck_ring_t ring; /* ck pads the consumer and producer indexes onto separate lines */
-    ck_ring_buffer_t *slots;
-    /* Batches dst has finished with, in ring order. Written only by dst with a release store
-     * after it ran every task of the batch; src reads it with acquire before it reuses those
-     * batches, so dst's reads of a batch happen before src's next writes to it. */
+    struct envelope *slots;
+    /* Ring entries dst has finished with, as the index of the last batch entry + 1. Written
+     * only by dst with a release store after it ran every task of that batch; src reads it
+     * with acquire before it reuses batches, so dst's reads of a batch happen before src's
+     * next writes to it. Inline entries need no return and do not move it. */
     alignas(CACHE_LINE) _Atomic uint64_t consumed;
     char pad[CACHE_LINE - sizeof(uint64_t)];
 };
@@ -60,8 +66,7 @@ struct outbound {
     struct batch *wait_head, *wait_tail; /* full or flushed batches the ring has not taken */
     unsigned waiting;
     struct batch *sent_head, *sent_tail; /* in the ring or being run, oldest first */
-    uint64_t published;                  /* batches pushed into the ring */
-    uint64_t reclaimed;                  /* of those, back on the free list */
+    uint64_t published;                  /* ring entries pushed */
     uint64_t wake_checked;               /* `published` when a wake-up was last considered */
     bool dirty;                          /* listed in shard.dirty */
 };
@@ -191,7 +196,8 @@ struct engine {
 };
 
 extern struct engine pith_engine;
-extern __thread struct shard *pith_self;
+/* initial-exec: a plain %fs-relative load on the hot path, no __tls_get_addr call. */
+extern __thread struct shard *pith_self __attribute__((tls_model("initial-exec")));
 
 static inline struct pair *mesh_pair(struct engine *e, unsigned src, unsigned dst)
 {
@@ -211,6 +217,7 @@ bool topo_pin_self(struct engine *e, unsigned cpu);
 
 /* mesh.c */
 int mesh_create(struct engine *e);
+void mesh_release_unrun(struct engine *e, uint64_t *released);
 void mesh_destroy(struct engine *e);
 int mesh_shard_init(struct shard *s);
 void mesh_shard_fini(struct shard *s, uint64_t *released);
@@ -240,7 +247,20 @@ void stall_unpark(struct engine *e);
 
 /* loop.c */
 void *shard_main(void *arg);
-void run_task(struct shard *s, const struct task *t, unsigned src);
+/* Runs one task, telling the stall detector what runs; the caller ends a group of tasks with
+ * tasks_done() so an idle shard never looks stalled. */
+static inline void run_task(struct shard *s, const struct task *t)
+{
+    /* Relaxed: the watchdog only needs these eventually; atomics keep its reads defined. */
+    atomic_store_explicit(&s->cur_fn, (pith_anyfn_t)t->fn, memory_order_relaxed);
+    stat_add(&s->task_seq, 1);
+    t->fn(t->arg);
+}
+
+static inline void tasks_done(struct shard *s)
+{
+    atomic_store_explicit(&s->cur_fn, NULL, memory_order_relaxed);
+}
 int lq_grow(struct shard *s, bool force);
 
 /* submit.c */

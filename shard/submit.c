@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <semaphore.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 int shard_send(struct shard *s, unsigned dst, const struct task *t, bool force)
@@ -68,18 +69,60 @@ int pith_submit(unsigned shard, pith_fn_t fn, void *arg)
 {
     if (fn == NULL)
         return -EINVAL;
-    struct task t = {.fn.run = fn, .arg = arg};
+    struct task t = {.fn = fn, .arg = arg};
     return submit_task(shard, &t);
+}
+
+/* A pith_call in flight: allocated by the calling shard, carried to the callee and back as a
+ * task argument, freed by the caller when the reply has run (memory goes home). */
+struct call {
+    pith_call_fn_t fn;
+    void *arg;
+    pith_done_fn_t done;
+    void *ctx;
+    void *result;
+    unsigned src;
+};
+
+static void call_reply(void *p)
+{
+    struct call *c = p;
+    atomic_store_explicit(&pith_self->cur_fn, (pith_anyfn_t)c->done, memory_order_relaxed);
+    c->done(c->result, c->ctx);
+    free(c);
+}
+
+static void call_run(void *p)
+{
+    struct call *c = p;
+    struct shard *s = pith_self;
+    /* Name the user's function to the stall detector, not this trampoline. */
+    atomic_store_explicit(&s->cur_fn, (pith_anyfn_t)c->fn, memory_order_relaxed);
+    c->result = c->fn(c->arg);
+    struct task reply = {.fn = call_reply, .arg = c};
+    /* Replies ignore the backlog bound: each answers a call that was itself bounded. */
+    if (shard_send(s, c->src, &reply, true) != 0)
+        fprintf(stderr, "pith: shard %u: out of memory, reply to shard %u lost\n", s->id, c->src);
 }
 
 int pith_call(unsigned shard, pith_call_fn_t fn, void *arg, pith_done_fn_t done, void *ctx)
 {
     if (fn == NULL || done == NULL)
         return -EINVAL;
-    if (pith_self == NULL)
+    struct shard *self = pith_self;
+    if (self == NULL)
         return atomic_load(&pith_engine.state) == ENGINE_OFF ? -ESHUTDOWN : -EPERM;
-    struct task t = {.fn.call = fn, .arg = arg, .done = done, .ctx = ctx};
-    return submit_task(shard, &t);
+    if (shard >= self->eng->n)
+        return -EINVAL;
+    struct call *c = malloc(sizeof(*c));
+    if (c == NULL)
+        return -ENOMEM;
+    *c = (struct call){.fn = fn, .arg = arg, .done = done, .ctx = ctx, .src = self->id};
+    struct task t = {.fn = call_run, .arg = c};
+    int err = submit_task(shard, &t);
+    if (err)
+        free(c);
+    return err;
 }
 
 struct waiter {
@@ -106,7 +149,7 @@ int pith_call_wait(unsigned shard, pith_call_fn_t fn, void *arg, void **result)
     struct waiter w = {.fn = fn, .arg = arg};
     if (sem_init(&w.done, 0, 0) != 0)
         return -errno;
-    struct task t = {.fn.run = call_wait_run, .arg = &w};
+    struct task t = {.fn = call_wait_run, .arg = &w};
     int err = submit_task(shard, &t);
     if (err == 0) {
         while (sem_wait(&w.done) != 0)
@@ -119,13 +162,16 @@ int pith_call_wait(unsigned shard, pith_call_fn_t fn, void *arg, void **result)
     return err;
 }
 
-/* A task that will never run because the engine stopped first. Only a blocked caller of
- * pith_call_wait needs telling; the arguments of other tasks stay their submitters'. */
+/* A task that will never run because the engine stopped first. A blocked caller of
+ * pith_call_wait is told; a call record is freed (its done never runs). The arguments of other
+ * tasks stay their submitters'. */
 void task_released(const struct task *t)
 {
-    if (t->done == NULL && t->fn.run == call_wait_run) {
+    if (t->fn == call_wait_run) {
         struct waiter *w = t->arg;
         w->err = -ECANCELED;
         sem_post(&w->done);
+    } else if (t->fn == call_run || t->fn == call_reply) {
+        free(t->arg);
     }
 }

@@ -119,7 +119,7 @@ unsigned timers_fire(struct shard *s, uint64_t now, unsigned budget)
     while (t->len > 0 && t->heap[0].deadline <= now && fired < budget) {
         uint32_t slot = t->heap[0].slot;
         struct timer_slot *ts = &t->slots[slot];
-        struct task task = {.fn.run = ts->fn, .arg = ts->arg};
+        struct task task = {.fn = ts->fn, .arg = ts->arg};
         if (ts->period > 0) {
             /* Keep the phase: the next deadline is a whole number of periods later, skipping
              * the ones already missed rather than firing a burst to catch up. */
@@ -136,10 +136,11 @@ unsigned timers_fire(struct shard *s, uint64_t now, unsigned budget)
         }
         /* The callback may arm or cancel timers (even itself): nothing of the table is held
          * across it. */
-        run_task(s, &task, s->id);
+        run_task(s, &task);
         fired++;
     }
     if (fired) {
+        tasks_done(s);
         stat_add(&s->st.timers_fired, fired);
         publish_pending(s);
     }
