@@ -4,6 +4,7 @@
 #define PITH_IO_H
 
 #include <liburing.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 struct io_op;
@@ -27,6 +28,7 @@ enum io_mode {
 
 struct io_ring {
     struct io_uring ring;
+    bool poll_wait;    /* block in ppoll on the ring fd instead of io_uring_enter (valgrind) */
     uint32_t flags;    /* setup flags the kernel accepted */
     uint32_t features; /* IORING_FEAT_* */
     uint64_t wake_failures;

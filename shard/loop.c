@@ -126,7 +126,12 @@ static void shard_loop(struct shard *s)
             __builtin_ia32_pause();
             continue;
         }
-        shard_sleep(s, next == UINT64_MAX ? UINT64_MAX : (next > now ? next - now : 0));
+        /* Wake one poll window before the next timer and spin to it: the kernel's wake-up
+         * latency (tens of microseconds on a VM) then stays out of timer jitter. */
+        uint64_t timeout = UINT64_MAX;
+        if (next != UINT64_MAX)
+            timeout = next > now + poll ? next - now - poll : 0;
+        shard_sleep(s, timeout);
         idle_since = 0;
     }
 }
@@ -182,7 +187,9 @@ void *shard_main(void *arg)
     sem_post(&e->ready);
     while (sem_wait(&e->go) != 0)
         ; /* EINTR */
-    if (atomic_load(&e->state) == ENGINE_RUNNING) {
+    /* Not `== RUNNING`: a stop may begin before this thread gets here, and the stop protocol
+     * needs every shard in its loop to drain it and to see it sleep. */
+    if (atomic_load(&e->state) != ENGINE_HALT) {
         arm_efd(s);
         shard_loop(s);
     }

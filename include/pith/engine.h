@@ -52,7 +52,8 @@ typedef struct pith_config {
     unsigned budget;
     /* Tasks a shard may queue for itself before pith_submit returns -EAGAIN (default 1 << 20). */
     unsigned local_queue_max;
-    /* Busy polling after the last piece of work before a shard sleeps (default 50 us). */
+    /* Busy polling after the last piece of work before a shard sleeps (default 50 us). A
+     * sleeping shard also wakes this long before its next timer and spins to the deadline. */
     uint64_t poll_ns;
     /* Stall threshold (default 20 ms); 0 turns the detector off. */
     uint64_t stall_ns;
