@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include <pith/engine.h>
+#include <pith/error.h>
 #include <pith/timer.h>
 
 #include "io.h"
