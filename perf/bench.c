@@ -1,0 +1,395 @@
+/* pith-bench: the row registry, options, the run loop and the output. Each row's measurement
+ * lives in a bench_*.c file by concern; this file only decides what runs and prints results. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <pith/pith.h>
+
+#include "bench.h"
+#include "machine.h"
+#include "report.h"
+
+/* One row of the registry. A baseline must come before the rows that quote it, so that it is
+ * measured first; --filter pulls in the baselines of the rows it selects. */
+typedef struct bench_row {
+    const char *name;
+    bench_fn_t fn;
+    uint64_t n_quick, n_full; /* iterations: round trips, messages, firings; see each row */
+    const char *baseline;
+} bench_row_t;
+
+static const bench_row_t rows[] = {
+    {"raw.c2c_rtt_ns", bench_raw_c2c_rtt, 200000, 2000000, NULL},
+    {"mesh.rtt_ns", bench_mesh_rtt, 200000, 2000000, "raw.c2c_rtt_ns"},
+    {"mesh.throughput_batch1_mps", bench_mesh_throughput_batch1, 20000000, 100000000, NULL},
+    {"mesh.throughput_mps", bench_mesh_throughput, 20000000, 100000000,
+     "mesh.throughput_batch1_mps"},
+    {"raw.wake_rtt_ns", bench_raw_wake_rtt, 20000, 200000, NULL},
+    {"mesh.wake_rtt_ns", bench_mesh_wake_rtt, 20000, 200000, "raw.wake_rtt_ns"},
+    {"raw.nanosleep_jitter_p99_ns", bench_raw_nanosleep_jitter, 500, 3000, NULL},
+    {"timer.jitter_p99_ns", bench_timer_jitter, 500, 3000, "raw.nanosleep_jitter_p99_ns"},
+    /* n is the measured window in milliseconds: the issue asks for 2 s, quick keeps it. */
+    {"idle.cpu_pct", bench_idle_cpu, 2000, 2000, NULL},
+};
+#define NROWS (sizeof(rows) / sizeof(rows[0]))
+
+static bool progress_shown;
+
+static void progress_clear(void)
+{
+    if (progress_shown) {
+        fputs("\r\033[K", stderr);
+        progress_shown = false;
+    }
+}
+
+static void progress(unsigned i, unsigned n, const char *name)
+{
+    /* Only for a person watching: a log file gets the notes, not a stream of carriage returns. */
+    if (!isatty(STDERR_FILENO))
+        return;
+    fprintf(stderr, "\r\033[K[%u/%u] %s ...", i, n, name);
+    fflush(stderr);
+    progress_shown = true;
+}
+
+void bench_note(const char *fmt, ...)
+{
+    progress_clear();
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("note: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+int bench_engine_start(const pith_config_t *cfg, char *why, size_t whylen)
+{
+    int rc = pith_engine_start(cfg);
+    if (rc != 0) {
+        const char *detail = pith_last_error();
+        snprintf(why, whylen, "pith_engine_start: %s%s%s", pith_strerror(rc), detail[0] ? ": " : "",
+                 detail);
+    }
+    return rc;
+}
+
+void bench_engine_stop(const char *row)
+{
+    int rc = pith_engine_stop();
+    if (rc != 0) {
+        bench_note("%s: pith_engine_stop: %s", row, pith_strerror(rc));
+        return;
+    }
+    pith_stop_report_t rep;
+    if (pith_engine_stop_report(&rep) == 0 &&
+        (!rep.quiescent || rep.released_tasks || rep.released_timers))
+        bench_note("%s: engine stop was not clean: quiescent=%s released_tasks=%llu "
+                   "released_timers=%llu",
+                   row, rep.quiescent ? "yes" : "no", (unsigned long long)rep.released_tasks,
+                   (unsigned long long)rep.released_timers);
+}
+
+int bench_pin_self(int cpu)
+{
+    if (cpu < 0)
+        return 0;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET((unsigned)cpu, &set);
+    return -pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+int bench_wait(const bench_env_t *env, sem_t *sem)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl); /* sem_timedwait's clock */
+    double whole = floor(env->wait_s);
+    dl.tv_sec += (time_t)whole;
+    dl.tv_nsec += (long)((env->wait_s - whole) * 1e9);
+    if (dl.tv_nsec >= 1000000000L) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000L;
+    }
+    while (sem_timedwait(sem, &dl) != 0) {
+        if (errno != EINTR)
+            return -errno;
+    }
+    return 0;
+}
+
+uint64_t bench_clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+bench_stats_t bench_stats(unsigned shard)
+{
+    bench_stats_t b = {0};
+    pith_shard_stats_t st;
+    if (pith_shard_stats(shard, &st) != 0)
+        return b;
+    b.loops = st.loops;
+    b.sleeps = st.sleeps;
+    b.msgs_out = st.msgs_out;
+    b.batches_out = st.batches_out;
+    b.ring_full = st.ring_full;
+    b.backpressure = st.backpressure;
+    b.wakes_sent = st.wakes_sent;
+    b.timers_pending = st.timers_pending;
+    return b;
+}
+
+bench_stats_t bench_stats_delta(bench_stats_t a, bench_stats_t b)
+{
+    bench_stats_t d = {
+        .loops = a.loops - b.loops,
+        .sleeps = a.sleeps - b.sleeps,
+        .msgs_out = a.msgs_out - b.msgs_out,
+        .batches_out = a.batches_out - b.batches_out,
+        .ring_full = a.ring_full - b.ring_full,
+        .backpressure = a.backpressure - b.backpressure,
+        .wakes_sent = a.wakes_sent - b.wakes_sent,
+        .timers_pending = a.timers_pending,
+    };
+    return d;
+}
+
+static void usage(FILE *f)
+{
+    fputs("usage: pith-bench [--quick] [--json] [--filter NAME] [--shards N]\n"
+          "\n"
+          "Per-core microbenchmarks of the Pith engine, each beside a baseline measured in the\n"
+          "same run.\n"
+          "\n"
+          "  --quick        fewer iterations (well under a minute on 2 CPUs)\n"
+          "  --json         print one JSON object on stdout instead of the table\n"
+          "  --filter NAME  run only rows whose name contains NAME, plus their baselines\n"
+          "  --shards N     shards per engine (default 2; cross-shard rows need >= 2)\n"
+          "  --help         this text\n"
+          "\n"
+          "rows:\n",
+          f);
+    for (size_t i = 0; i < NROWS; i++) {
+        if (rows[i].baseline)
+            fprintf(f, "  %-28s (baseline %s)\n", rows[i].name, rows[i].baseline);
+        else
+            fprintf(f, "  %s\n", rows[i].name);
+    }
+}
+
+static int row_index(const char *name)
+{
+    for (size_t i = 0; i < NROWS; i++)
+        if (strcmp(rows[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* The CPUs for the raw two-thread baselines: shards 0 and 1 as the probe saw them, else the
+ * first two CPUs this process may run on. */
+static void pick_raw_cpus(const machine_t *m, bench_env_t *env)
+{
+    env->cpu_a = env->cpu_b = -1;
+    if (m->engine_seen && m->shards >= 2 && m->shard_cpu[0] >= 0 && m->shard_cpu[1] >= 0 &&
+        m->shard_cpu[0] != m->shard_cpu[1]) {
+        env->cpu_a = m->shard_cpu[0];
+        env->cpu_b = m->shard_cpu[1];
+        return;
+    }
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) != 0)
+        return;
+    if (m->engine_seen && m->shards >= 1 && m->shard_cpu[0] >= 0 &&
+        CPU_ISSET((unsigned)m->shard_cpu[0], &set))
+        env->cpu_a = m->shard_cpu[0];
+    for (int c = 0; c < CPU_SETSIZE; c++) {
+        if (!CPU_ISSET((unsigned)c, &set) || c == env->cpu_a)
+            continue;
+        if (env->cpu_a < 0)
+            env->cpu_a = c;
+        else if (env->cpu_b < 0)
+            env->cpu_b = c;
+    }
+}
+
+/* Starts an engine once to learn where shards run and which ring flags they get. */
+static void probe_engine(machine_t *m, const bench_env_t *env)
+{
+    pith_config_t cfg;
+    pith_config_init(&cfg);
+    cfg.shards = (int)env->shards;
+    char why[256];
+    if (bench_engine_start(&cfg, why, sizeof(why)) != 0) {
+        bench_note("probe: %s; engine rows will be skipped", why);
+        m->shards = env->shards;
+        return;
+    }
+    machine_collect_shards(m);
+    /* Stop only after every shard has run its loop: a shard thread that first gets the CPU
+     * after the stop began may skip its loop, and the stop then waits out cfg.drain_ns. */
+    uint64_t deadline = bench_clock_ns() + 1000000000ull;
+    for (unsigned i = 0; i < m->shards; i++) {
+        pith_shard_stats_t st;
+        while (pith_shard_stats(i, &st) == 0 && st.loops == 0 && bench_clock_ns() < deadline)
+            sched_yield();
+    }
+    bench_engine_stop("probe");
+    for (unsigned i = 0; i < m->shards && i < MACHINE_MAX_SHARDS; i++)
+        for (unsigned j = 0; j < i; j++)
+            if (m->shard_cpu[i] >= 0 && m->shard_cpu[i] == m->shard_cpu[j]) {
+                bench_note("shards %u and %u share CPU %d: their figures include time-slicing", j,
+                           i, m->shard_cpu[i]);
+                return;
+            }
+}
+
+int main(int argc, char **argv)
+{
+    bench_env_t env = {.shards = 2};
+    bool json = false;
+    const char *filter = NULL;
+
+    static const struct option opts[] = {
+        {"quick", no_argument, NULL, 'q'},        {"json", no_argument, NULL, 'j'},
+        {"filter", required_argument, NULL, 'f'}, {"shards", required_argument, NULL, 's'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'q':
+            env.quick = true;
+            break;
+        case 'j':
+            json = true;
+            break;
+        case 'f':
+            filter = optarg;
+            break;
+        case 's': {
+            char *end;
+            errno = 0;
+            unsigned long v = strtoul(optarg, &end, 10);
+            if (errno || end == optarg || *end || optarg[0] == '-' || v < 1 || v > 4096) {
+                fprintf(stderr, "pith-bench: --shards wants a number from 1 to 4096, not '%s'\n",
+                        optarg);
+                return 2;
+            }
+            env.shards = (unsigned)v;
+            break;
+        }
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            fputs("pith-bench: try --help\n", stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "pith-bench: unexpected argument '%s'; try --help\n", argv[optind]);
+        return 2;
+    }
+    env.wait_s = env.quick ? 60.0 : 600.0;
+
+    bool selected[NROWS] = {0};
+    unsigned nselected = 0;
+    for (size_t i = 0; i < NROWS; i++)
+        selected[i] = !filter || strstr(rows[i].name, filter);
+    for (size_t i = 0; i < NROWS; i++) {
+        if (!selected[i] || !rows[i].baseline)
+            continue;
+        int b = row_index(rows[i].baseline);
+        if (b >= 0 && !selected[b]) {
+            selected[b] = true;
+            bench_note("running %s as the baseline of %s", rows[b].name, rows[i].name);
+        }
+    }
+    for (size_t i = 0; i < NROWS; i++)
+        nselected += selected[i];
+    if (nselected == 0) {
+        fprintf(stderr, "pith-bench: no row name contains '%s'; --help lists the rows\n", filter);
+        return 2;
+    }
+
+    machine_t m;
+    machine_collect_host(&m);
+    probe_engine(&m, &env);
+    pick_raw_cpus(&m, &env);
+    if (env.shards > (unsigned)m.cpus_online)
+        bench_note("%u shards on %ld CPUs: shards share CPUs", env.shards, m.cpus_online);
+
+    result_t results[NROWS];
+    skipped_t skips[NROWS];
+    size_t nresults = 0, nskips = 0;
+    bool failed = false;
+    unsigned done = 0;
+    for (size_t i = 0; i < NROWS; i++) {
+        if (!selected[i])
+            continue;
+        progress(++done, nselected, rows[i].name);
+        result_t r = {.name = rows[i].name, .baseline = rows[i].baseline};
+        r.p50 = r.p99 = r.p999 = r.ratio = NAN;
+        char why[sizeof(skips[0].reason)] = "";
+        int rc =
+            rows[i].fn(&env, env.quick ? rows[i].n_quick : rows[i].n_full, &r, why, sizeof(why));
+        if (rc == 0) {
+            results[nresults++] = r;
+            continue;
+        }
+        if (rc < 0)
+            failed = true;
+        skips[nskips].name = rows[i].name;
+        skips[nskips].failed = rc < 0;
+        snprintf(skips[nskips].reason, sizeof(skips[nskips].reason), "%s",
+                 why[0] ? why : "no reason given");
+        bench_note("%s %s: %s", rc < 0 ? "failed" : "skipped", rows[i].name, skips[nskips].reason);
+        nskips++;
+    }
+    progress_clear();
+
+    for (size_t i = 0; i < nresults; i++) {
+        if (!results[i].baseline)
+            continue;
+        const result_t *base = NULL;
+        for (size_t j = 0; j < nresults; j++)
+            if (strcmp(results[j].name, results[i].baseline) == 0)
+                base = &results[j];
+        if (base && base->value > 0 && isfinite(base->value))
+            results[i].ratio = results[i].value / base->value;
+        else
+            bench_note("%s: no ratio, baseline %s has no usable value", results[i].name,
+                       results[i].baseline);
+    }
+    m.load_end = machine_loadavg();
+
+    if (json) {
+        fputs("{\"pith_bench\":1,", stdout);
+        fprintf(stdout, "\"quick\":%s,", env.quick ? "true" : "false");
+        machine_print_json(stdout, &m);
+        fputc(',', stdout);
+        report_json_results(stdout, results, nresults, skips, nskips);
+        fputs("}\n", stdout);
+    } else {
+        machine_print_text(stdout, &m);
+        report_table(stdout, results, nresults);
+        for (size_t i = 0; i < nskips; i++)
+            printf("%s: %s: %s\n", skips[i].failed ? "failed" : "skipped", skips[i].name,
+                   skips[i].reason);
+    }
+    fflush(stdout);
+    return failed ? 1 : 0;
+}

@@ -1,0 +1,84 @@
+/* What pith-bench's benchmark files share: the row signature, the run's environment, and small
+ * helpers for notes, engine start/stop, pinning and waiting. Private to perf/. */
+#ifndef PITH_PERF_BENCH_H
+#define PITH_PERF_BENCH_H
+
+#include <semaphore.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <pith/pith.h>
+
+#include "report.h"
+
+/* What every row may read about this run. */
+typedef struct bench_env {
+    bool quick;
+    unsigned shards; /* cfg.shards for every engine a row starts */
+    /* CPUs for the two-thread raw baselines: where shards 0 and 1 ran in the probe start, so a
+     * baseline and its engine figure use the same pair of CPUs. */
+    int cpu_a, cpu_b;
+    double wait_s; /* how long a row waits for the engine before it gives up */
+} bench_env_t;
+
+/* Outcome of a row function besides 0 (done): */
+#define BENCH_SKIP 1    /* cannot run in this configuration; `why` says why */
+#define BENCH_FAIL (-1) /* tried and failed; `why` says how */
+
+/* A row: measures with n iterations (its quick or full count) and fills r->value, and the
+ * percentiles where it has samples. r->name and r->baseline are set by the caller. */
+typedef int (*bench_fn_t)(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                          size_t whylen);
+
+/* Prints "note: ..." on stderr, clearing the progress line first. */
+void bench_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* pith_engine_start(cfg); on failure fills why with the error and pith_last_error(). */
+int bench_engine_start(const pith_config_t *cfg, char *why, size_t whylen);
+
+/* pith_engine_stop(); notes a failure, or work the stop had to release, under the row's name. */
+void bench_engine_stop(const char *row);
+
+/* Pins the calling thread to cpu (no-op for cpu < 0). Returns 0 or a negative errno. */
+int bench_pin_self(int cpu);
+
+/* sem_wait with EINTR retried and env->wait_s as deadline. Returns 0 or -ETIMEDOUT. */
+int bench_wait(const bench_env_t *env, sem_t *sem);
+
+/* CLOCK_MONOTONIC in ns, read directly, for the raw baselines (no engine code on their path). */
+uint64_t bench_clock_ns(void);
+
+/* Delta of the counters that rows quote in notes, between two pith_shard_stats snapshots. */
+typedef struct bench_stats {
+    uint64_t loops, sleeps, msgs_out, batches_out, ring_full, backpressure, wakes_sent;
+    uint64_t timers_pending;
+} bench_stats_t;
+
+/* Snapshot of shard `shard`'s counters; zeroes on error. */
+bench_stats_t bench_stats(unsigned shard);
+bench_stats_t bench_stats_delta(bench_stats_t after, bench_stats_t before);
+
+/* bench_raw.c */
+int bench_raw_c2c_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_raw_wake_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_raw_nanosleep_jitter(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                               size_t whylen);
+/* bench_mesh.c */
+int bench_mesh_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_mesh_throughput_batch1(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                                 size_t whylen);
+int bench_mesh_throughput(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                          size_t whylen);
+int bench_mesh_wake_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+/* bench_timer.c */
+int bench_timer_jitter(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+/* bench_idle.c */
+int bench_idle_cpu(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+
+/* Period of the timer jitter rows, engine and raw alike. */
+#define BENCH_TIMER_PERIOD_NS 1000000ull
+/* Firings dropped at the start of both timer rows before recording. */
+#define BENCH_TIMER_WARMUP 10u
+
+#endif

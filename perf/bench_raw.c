@@ -1,0 +1,264 @@
+/* The raw baselines: what the hardware and kernel give two plain threads without the engine —
+ * a cache-line ping-pong, an eventfd wake-up ping-pong, and clock_nanosleep lateness. They run
+ * while no engine runs, on the CPUs the shards use, so the engine's figures have a floor. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench.h"
+
+/* Round trips dropped before recording, so that faults, frequency ramp and cold caches stay
+ * out of the percentiles; the engine rows drop the same share. */
+#define WARMUP_DIV 20
+
+struct pair {
+    int cpu_a, cpu_b;
+    uint64_t warmup, n;
+    samples_t s;
+    pthread_barrier_t ready;
+    int pin_err;
+    int io_err;
+    /* The ping-pong line, alone on its cache line so that only the counter moves between the
+     * two cores. */
+    _Alignas(64) _Atomic uint64_t line;
+    char pad[64 - sizeof(uint64_t)];
+    int efd_ping, efd_pong;
+};
+
+static void pair_pin(struct pair *p, int cpu)
+{
+    int rc = bench_pin_self(cpu);
+    if (rc != 0)
+        p->pin_err = rc; /* racy between the two threads, but any one error is enough to note */
+    pthread_barrier_wait(&p->ready);
+}
+
+/* Each round trip is timed on its own with two CLOCK_MONOTONIC reads, as mesh.rtt_ns times its
+ * round trips with pith_now_ns(): the clock's cost (~20 ns through the vDSO) is in both, and
+ * per-trip timestamps give true percentiles rather than averages of batches. */
+static void *c2c_ping(void *arg)
+{
+    struct pair *p = arg;
+    pair_pin(p, p->cpu_a);
+    for (uint64_t i = 0; i < p->warmup + p->n; i++) {
+        uint64_t t0 = bench_clock_ns();
+        /* release pairs with the pong thread's acquire load: it sees the line only after
+         * everything this thread wrote before; acquire below pairs with its release store. */
+        atomic_store_explicit(&p->line, 2 * i + 1, memory_order_release);
+        while (atomic_load_explicit(&p->line, memory_order_acquire) != 2 * i + 2)
+            ;
+        uint64_t t1 = bench_clock_ns();
+        if (i >= p->warmup)
+            samples_add(&p->s, (int64_t)(t1 - t0));
+    }
+    return NULL;
+}
+
+/* Busy-waits without a pause instruction: the point is the floor of a line's transfer, and a
+ * pause (up to ~140 cycles on recent x86) would add to what is measured. */
+static void *c2c_pong(void *arg)
+{
+    struct pair *p = arg;
+    pair_pin(p, p->cpu_b);
+    for (uint64_t i = 0; i < p->warmup + p->n; i++) {
+        while (atomic_load_explicit(&p->line, memory_order_acquire) != 2 * i + 1)
+            ;
+        atomic_store_explicit(&p->line, 2 * i + 2, memory_order_release);
+    }
+    return NULL;
+}
+
+static void efd_write(struct pair *p, int fd)
+{
+    uint64_t one = 1;
+    while (write(fd, &one, sizeof(one)) != (ssize_t)sizeof(one)) {
+        if (errno != EINTR) {
+            p->io_err = -errno;
+            return;
+        }
+    }
+}
+
+static void efd_read(struct pair *p, int fd)
+{
+    uint64_t v;
+    while (read(fd, &v, sizeof(v)) != (ssize_t)sizeof(v)) {
+        if (errno != EINTR) {
+            p->io_err = -errno;
+            return;
+        }
+    }
+}
+
+/* Each thread blocks in read(2) on its own eventfd, so every round trip wakes a sleeping thread
+ * twice: the kernel's wake-up path, which mesh.wake_rtt_ns pays through io_uring instead. */
+static void *wake_ping(void *arg)
+{
+    struct pair *p = arg;
+    pair_pin(p, p->cpu_a);
+    for (uint64_t i = 0; i < p->warmup + p->n && !p->io_err; i++) {
+        uint64_t t0 = bench_clock_ns();
+        efd_write(p, p->efd_pong);
+        efd_read(p, p->efd_ping);
+        uint64_t t1 = bench_clock_ns();
+        if (i >= p->warmup)
+            samples_add(&p->s, (int64_t)(t1 - t0));
+    }
+    return NULL;
+}
+
+static void *wake_pong(void *arg)
+{
+    struct pair *p = arg;
+    pair_pin(p, p->cpu_b);
+    for (uint64_t i = 0; i < p->warmup + p->n && !p->io_err; i++) {
+        efd_read(p, p->efd_pong);
+        efd_write(p, p->efd_ping);
+    }
+    return NULL;
+}
+
+static int run_pair(const bench_env_t *env, const char *name, uint64_t n, void *(*ping)(void *),
+                    void *(*pong)(void *), struct pair *p, result_t *r, char *why, size_t whylen)
+{
+    if (env->cpu_a < 0 || env->cpu_b < 0) {
+        snprintf(why, whylen, "needs two CPUs this process may run on");
+        return BENCH_SKIP;
+    }
+    p->cpu_a = env->cpu_a;
+    p->cpu_b = env->cpu_b;
+    p->n = n;
+    p->warmup = n / WARMUP_DIV;
+    if (samples_init(&p->s, n) != 0) {
+        snprintf(why, whylen, "out of memory for %llu samples", (unsigned long long)n);
+        return BENCH_FAIL;
+    }
+    pthread_barrier_init(&p->ready, NULL, 2);
+    pthread_t ta, tb;
+    int rc = pthread_create(&tb, NULL, pong, p);
+    if (rc == 0) {
+        rc = pthread_create(&ta, NULL, ping, p);
+        if (rc != 0) {
+            /* The pong thread waits at the barrier for a partner that never comes. */
+            pthread_cancel(tb);
+        } else {
+            pthread_join(ta, NULL);
+        }
+        pthread_join(tb, NULL);
+    }
+    pthread_barrier_destroy(&p->ready);
+    if (rc != 0) {
+        snprintf(why, whylen, "pthread_create: %s", strerror(rc));
+        samples_free(&p->s);
+        return BENCH_FAIL;
+    }
+    if (p->io_err) {
+        snprintf(why, whylen, "eventfd I/O: %s", strerror(-p->io_err));
+        samples_free(&p->s);
+        return BENCH_FAIL;
+    }
+    if (p->pin_err)
+        bench_note("%s: could not pin to CPUs %d and %d (%s); measured unpinned", name, p->cpu_a,
+                   p->cpu_b, strerror(-p->pin_err));
+    samples_sort(&p->s);
+    result_set_pcts(r, &p->s);
+    r->value = r->p50;
+    samples_free(&p->s);
+    return 0;
+}
+
+int bench_raw_c2c_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen)
+{
+    static struct pair p; /* static: its cache line stays aligned whatever the stack does */
+    memset(&p, 0, sizeof(p));
+    atomic_init(&p.line, 0);
+    return run_pair(env, r->name, n, c2c_ping, c2c_pong, &p, r, why, whylen);
+}
+
+int bench_raw_wake_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen)
+{
+    static struct pair p;
+    memset(&p, 0, sizeof(p));
+    p.efd_ping = eventfd(0, EFD_CLOEXEC);
+    p.efd_pong = eventfd(0, EFD_CLOEXEC);
+    int rc;
+    if (p.efd_ping < 0 || p.efd_pong < 0) {
+        snprintf(why, whylen, "eventfd: %s", strerror(errno));
+        rc = BENCH_FAIL;
+    } else {
+        rc = run_pair(env, r->name, n, wake_ping, wake_pong, &p, r, why, whylen);
+    }
+    if (p.efd_ping >= 0)
+        close(p.efd_ping);
+    if (p.efd_pong >= 0)
+        close(p.efd_pong);
+    return rc;
+}
+
+struct sleeper {
+    int cpu;
+    uint64_t n;
+    samples_t s;
+    int pin_err;
+    int64_t early; /* wake-ups before the deadline: should never happen */
+};
+
+/* The same schedule as timer.jitter_p99_ns: absolute deadlines one period apart, lateness
+ * measured against the deadline (not against the previous wake-up), so a late wake-up does not
+ * shift the ones after it. */
+static void *sleeper_main(void *arg)
+{
+    struct sleeper *sl = arg;
+    sl->pin_err = bench_pin_self(sl->cpu);
+    /* The default timer slack (50 us) would widen every deadline; shards ask the kernel for the
+     * tightest slack, so the baseline does too and both rows measure wake-up, not slack. */
+    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+    uint64_t deadline = bench_clock_ns() + BENCH_TIMER_PERIOD_NS;
+    for (uint64_t i = 0; i < BENCH_TIMER_WARMUP + sl->n; i++) {
+        struct timespec ts = {.tv_sec = (time_t)(deadline / 1000000000ull),
+                              .tv_nsec = (long)(deadline % 1000000000ull)};
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+            ;
+        int64_t late = (int64_t)(bench_clock_ns() - deadline);
+        if (i >= BENCH_TIMER_WARMUP) {
+            samples_add(&sl->s, late);
+            sl->early += late < 0;
+        }
+        deadline += BENCH_TIMER_PERIOD_NS;
+    }
+    return NULL;
+}
+
+int bench_raw_nanosleep_jitter(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                               size_t whylen)
+{
+    struct sleeper sl = {.cpu = env->cpu_a, .n = n};
+    if (samples_init(&sl.s, n) != 0) {
+        snprintf(why, whylen, "out of memory for %llu samples", (unsigned long long)n);
+        return BENCH_FAIL;
+    }
+    pthread_t t;
+    int rc = pthread_create(&t, NULL, sleeper_main, &sl);
+    if (rc != 0) {
+        snprintf(why, whylen, "pthread_create: %s", strerror(rc));
+        samples_free(&sl.s);
+        return BENCH_FAIL;
+    }
+    pthread_join(t, NULL);
+    if (sl.pin_err)
+        bench_note("%s: could not pin to CPU %d (%s); measured unpinned", r->name, sl.cpu,
+                   strerror(-sl.pin_err));
+    if (sl.early)
+        bench_note("%s: %lld of %llu wake-ups came before their deadline", r->name,
+                   (long long)sl.early, (unsigned long long)n);
+    samples_sort(&sl.s);
+    result_set_pcts(r, &sl.s);
+    r->value = r->p99;
+    samples_free(&sl.s);
+    return 0;
+}

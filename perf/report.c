@@ -1,0 +1,176 @@
+/* Sample percentiles and the output of result rows (text table, JSON). No engine code here. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "report.h"
+
+int samples_init(samples_t *s, size_t cap)
+{
+    s->n = 0;
+    s->cap = cap;
+    s->v = calloc(cap ? cap : 1, sizeof(*s->v));
+    return s->v ? 0 : -ENOMEM;
+}
+
+void samples_free(samples_t *s)
+{
+    free(s->v);
+    s->v = NULL;
+    s->n = s->cap = 0;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+void samples_sort(samples_t *s)
+{
+    size_t n = s->n < s->cap ? s->n : s->cap;
+    qsort(s->v, n, sizeof(*s->v), cmp_i64);
+}
+
+bool samples_pct(const samples_t *s, double q, double *out)
+{
+    size_t n = s->n < s->cap ? s->n : s->cap;
+    /* 1 / (1 - q) rounded, so that 0.999 asks for 1000 samples despite binary rounding. */
+    size_t need = (size_t)llround(1.0 / (1.0 - q));
+    if (n == 0 || n < need)
+        return false;
+    /* Nearest rank: the smallest sample with at least q of all samples at or below it. */
+    size_t rank = (size_t)ceil(q * (double)n);
+    if (rank < 1)
+        rank = 1;
+    *out = (double)s->v[rank - 1];
+    return true;
+}
+
+void result_set_pcts(result_t *r, const samples_t *s)
+{
+    r->p50 = r->p99 = r->p999 = NAN;
+    samples_pct(s, 0.50, &r->p50);
+    samples_pct(s, 0.99, &r->p99);
+    samples_pct(s, 0.999, &r->p999);
+    r->samples = s->n < s->cap ? s->n : s->cap;
+}
+
+const char *result_unit(const char *name)
+{
+    const char *u = strrchr(name, '_');
+    return u ? u + 1 : "";
+}
+
+/* Enough digits to read, few enough to line up: integers for large figures (nanoseconds),
+ * decimals for small ones (ratios, percentages, millions per second). */
+static void fmt_num(char *buf, size_t len, double x)
+{
+    if (isnan(x))
+        snprintf(buf, len, "-");
+    else if (fabs(x) >= 100.0)
+        snprintf(buf, len, "%.0f", x);
+    else if (fabs(x) >= 1.0)
+        snprintf(buf, len, "%.2f", x);
+    else
+        snprintf(buf, len, "%.3f", x);
+}
+
+void report_table(FILE *f, const result_t *rows, size_t nrows)
+{
+    size_t wname = strlen("name");
+    for (size_t i = 0; i < nrows; i++) {
+        size_t l = strlen(rows[i].name);
+        if (l > wname)
+            wname = l;
+    }
+    size_t wbase = strlen("baseline");
+    for (size_t i = 0; i < nrows; i++) {
+        size_t l = rows[i].baseline ? strlen(rows[i].baseline) : 1;
+        if (l > wbase)
+            wbase = l;
+    }
+
+    fprintf(f, "%-*s %12s %-5s %12s %12s %12s %9s  %-*s %8s\n", (int)wname, "name", "value", "unit",
+            "p50", "p99", "p999", "n", (int)wbase, "baseline", "ratio");
+    for (size_t i = 0; i < nrows; i++) {
+        const result_t *r = &rows[i];
+        char v[32], p50[32], p99[32], p999[32], n[32], ratio[32];
+        fmt_num(v, sizeof(v), r->value);
+        fmt_num(p50, sizeof(p50), r->p50);
+        fmt_num(p99, sizeof(p99), r->p99);
+        fmt_num(p999, sizeof(p999), r->p999);
+        if (r->samples)
+            snprintf(n, sizeof(n), "%zu", r->samples);
+        else
+            snprintf(n, sizeof(n), "-");
+        if (isnan(r->ratio))
+            snprintf(ratio, sizeof(ratio), "-");
+        else
+            snprintf(ratio, sizeof(ratio), "%.2fx", r->ratio);
+        fprintf(f, "%-*s %12s %-5s %12s %12s %12s %9s  %-*s %8s\n", (int)wname, r->name, v,
+                result_unit(r->name), p50, p99, p999, n, (int)wbase,
+                r->baseline ? r->baseline : "-", ratio);
+    }
+}
+
+void json_string(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            fprintf(f, "\\%c", *p);
+        else if (*p < 0x20)
+            fprintf(f, "\\u%04x", *p);
+        else
+            fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+void json_number(FILE *f, double x)
+{
+    if (isnan(x) || isinf(x))
+        fputs("null", f);
+    else
+        fprintf(f, "%.10g", x);
+}
+
+void report_json_results(FILE *f, const result_t *rows, size_t nrows, const skipped_t *skips,
+                         size_t nskips)
+{
+    fputs("\"results\":[", f);
+    for (size_t i = 0; i < nrows; i++) {
+        const result_t *r = &rows[i];
+        fputs(i ? ",{\"name\":" : "{\"name\":", f);
+        json_string(f, r->name);
+        fputs(",\"value\":", f);
+        json_number(f, r->value);
+        fputs(",\"unit\":", f);
+        json_string(f, result_unit(r->name));
+        fputs(",\"p50\":", f);
+        json_number(f, r->p50);
+        fputs(",\"p99\":", f);
+        json_number(f, r->p99);
+        fputs(",\"p999\":", f);
+        json_number(f, r->p999);
+        fprintf(f, ",\"samples\":%zu,\"baseline\":", r->samples);
+        if (r->baseline)
+            json_string(f, r->baseline);
+        else
+            fputs("null", f);
+        fputs(",\"ratio\":", f);
+        json_number(f, r->ratio);
+        fputc('}', f);
+    }
+    fputs("],\"skipped\":[", f);
+    for (size_t i = 0; i < nskips; i++) {
+        fputs(i ? ",{\"name\":" : "{\"name\":", f);
+        json_string(f, skips[i].name);
+        fprintf(f, ",\"failed\":%s,\"reason\":", skips[i].failed ? "true" : "false");
+        json_string(f, skips[i].reason);
+        fputc('}', f);
+    }
+    fputc(']', f);
+}
