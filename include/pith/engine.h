@@ -50,7 +50,8 @@ typedef struct pith_config {
     /* Tasks a shard runs per loop iteration before it services rings, I/O and timers
      * (default 256). */
     unsigned budget;
-    /* Tasks a shard may queue for itself before pith_submit returns -EAGAIN (default 1 << 20). */
+    /* Tasks a shard may queue for itself before pith_submit returns -EAGAIN (default 1 << 20,
+     * at least 1024). */
     unsigned local_queue_max;
     /* Busy polling after the last piece of work before a shard sleeps (default 50 us). A
      * sleeping shard also wakes this long before its next timer and spins to the deadline. */
