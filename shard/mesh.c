@@ -54,6 +54,25 @@ static void batch_put(struct shard *s, struct batch *b)
     s->free_batches = b;
 }
 
+static void fifo_push(struct batch_fifo *f, struct batch *b)
+{
+    b->next = NULL;
+    if (f->tail)
+        f->tail->next = b;
+    else
+        f->head = b;
+    f->tail = b;
+}
+
+static struct batch *fifo_pop(struct batch_fifo *f)
+{
+    struct batch *b = f->head;
+    f->head = b->next;
+    if (f->head == NULL)
+        f->tail = NULL;
+    return b;
+}
+
 static void free_list(struct batch *b, uint64_t *released)
 {
     while (b != NULL) {
@@ -80,19 +99,14 @@ int mesh_shard_init(struct shard *s)
 /* Gives back to the free list the batches that dst has finished with. */
 static void reclaim(struct shard *s, struct outbound *o, unsigned dst)
 {
-    if (o->sent_head == NULL)
+    if (o->sent.head == NULL)
         return;
     struct pair *p = mesh_pair(s->eng, s->id, dst);
     /* Acquire pairs with the consumer's release store in mesh_drain: its reads of these
      * batches are complete before we write into them again. */
     uint64_t done = atomic_load_explicit(&p->consumed, memory_order_acquire);
-    while (o->sent_head != NULL && o->sent_head->seq < done) {
-        struct batch *b = o->sent_head;
-        o->sent_head = b->next;
-        if (o->sent_head == NULL)
-            o->sent_tail = NULL;
-        batch_put(s, b);
-    }
+    while (o->sent.head != NULL && o->sent.head->seq < done)
+        batch_put(s, fifo_pop(&o->sent));
 }
 
 static void mark_dirty(struct shard *s, struct outbound *o, unsigned dst)
@@ -109,16 +123,13 @@ static unsigned push_waiting(struct shard *s, struct outbound *o, unsigned dst)
 {
     struct pair *p = mesh_pair(s->eng, s->id, dst);
     unsigned pushed = 0, msgs = 0;
-    while (o->wait_head != NULL) {
+    while (o->wait.head != NULL) {
         struct envelope *slot = ck_ring_enqueue_reserve_spsc_envelope(&p->ring, p->slots);
         if (slot == NULL) {
             stat_add(&s->st.ring_full, 1);
             break;
         }
-        struct batch *b = o->wait_head;
-        o->wait_head = b->next;
-        if (o->wait_head == NULL)
-            o->wait_tail = NULL;
+        struct batch *b = fifo_pop(&o->wait);
         o->waiting--;
         msgs += b->count;
         if (b->count <= ENVELOPE_TASKS) {
@@ -130,12 +141,7 @@ static unsigned push_waiting(struct shard *s, struct outbound *o, unsigned dst)
         } else {
             slot->batch = b;
             b->seq = o->published;
-            b->next = NULL;
-            if (o->sent_tail)
-                o->sent_tail->next = b;
-            else
-                o->sent_head = b;
-            o->sent_tail = b;
+            fifo_push(&o->sent, b);
         }
         /* Everything this shard wrote before the commit (the slot, the batch, whatever the
          * tasks point to) happens before dst's acquire after its dequeue. */
@@ -153,12 +159,7 @@ static unsigned push_waiting(struct shard *s, struct outbound *o, unsigned dst)
 
 static void wait_append(struct outbound *o, struct batch *b)
 {
-    b->next = NULL;
-    if (o->wait_tail)
-        o->wait_tail->next = b;
-    else
-        o->wait_head = b;
-    o->wait_tail = b;
+    fifo_push(&o->wait, b);
     o->waiting++;
 }
 
@@ -345,8 +346,8 @@ void mesh_shard_fini(struct shard *s, uint64_t *released)
         for (unsigned d = 0; d < s->eng->n; d++) {
             struct outbound *o = &s->out[d];
             free_list(o->open, released);
-            free_list(o->wait_head, released);
-            free_list(o->sent_head, NULL);
+            free_list(o->wait.head, released);
+            free_list(o->sent.head, NULL);
         }
     }
     free_list(s->free_batches, NULL);

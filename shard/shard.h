@@ -61,15 +61,20 @@ struct pair {
     char pad[CACHE_LINE - sizeof(uint64_t)];
 };
 
+/* Batches in order, linked through batch.next. */
+struct batch_fifo {
+    struct batch *head, *tail;
+};
+
 /* What a shard keeps for one destination. Touched only by the sending shard. */
 struct outbound {
-    struct batch *open;                  /* being filled */
-    struct batch *wait_head, *wait_tail; /* full or flushed batches the ring has not taken */
-    unsigned waiting;
-    struct batch *sent_head, *sent_tail; /* in the ring or being run, oldest first */
-    uint64_t published;                  /* ring entries pushed */
-    uint64_t wake_checked;               /* `published` when a wake-up was last considered */
-    bool dirty;                          /* listed in shard.dirty */
+    struct batch *open;     /* being filled */
+    struct batch_fifo wait; /* full or flushed batches the ring has not taken */
+    unsigned waiting;       /* batches in `wait` */
+    struct batch_fifo sent; /* in the ring or being run, oldest first */
+    uint64_t published;     /* ring entries pushed */
+    uint64_t wake_checked;  /* `published` when a wake-up was last considered */
+    bool dirty;             /* listed in shard.dirty */
 };
 
 /* A task pushed by a thread outside the engine (multi-producer, single consumer). */
