@@ -21,7 +21,7 @@ struct io_op {
 
 /* Which setup flags to ask for. IO_MODE_BEST falls back to COOP and then PLAIN by itself. */
 enum io_mode {
-    IO_MODE_BEST,  /* SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG */
+    IO_MODE_BEST,  /* SINGLE_ISSUER | DEFER_TASKRUN | COOP_TASKRUN | TASKRUN_FLAG */
     IO_MODE_COOP,  /* COOP_TASKRUN | TASKRUN_FLAG */
     IO_MODE_PLAIN, /* nothing beyond CQSIZE */
 };
