@@ -4,6 +4,7 @@
 #define PITH_IO_H
 
 #include <liburing.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -31,7 +32,8 @@ struct io_ring {
     bool poll_wait;    /* block in ppoll on the ring fd instead of io_uring_enter (valgrind) */
     uint32_t flags;    /* setup flags the kernel accepted */
     uint32_t features; /* IORING_FEAT_* */
-    uint64_t wake_failures;
+    /* MSG_RING wake-ups the kernel refused; written by the ring's thread, read by any. */
+    _Atomic uint64_t wake_failures;
 };
 
 /* Sets the ring up on the calling thread (SINGLE_ISSUER ties it to that thread). The CQ gets

@@ -92,8 +92,10 @@ static unsigned dispatch(struct io_ring *r)
         if (ud == IO_WAKE_TAG || ud == 0)
             continue;
         struct io_op *op = (struct io_op *)(uintptr_t)ud;
-        if (op == &wake_op)
-            r->wake_failures++;
+        if (op == &wake_op) /* single writer: no locked instruction needed */
+            atomic_store_explicit(&r->wake_failures,
+                                  atomic_load_explicit(&r->wake_failures, memory_order_relaxed) + 1,
+                                  memory_order_relaxed);
         op->done(op, cqe->res, cqe->flags);
     }
     io_uring_cq_advance(&r->ring, n);

@@ -324,6 +324,7 @@ int pith_shard_stats(unsigned shard, pith_shard_stats_t *out)
         out->ring_full = atomic_load_explicit(&c->ring_full, memory_order_relaxed);
         out->backpressure = atomic_load_explicit(&c->backpressure, memory_order_relaxed);
         out->wakes_sent = atomic_load_explicit(&c->wakes_sent, memory_order_relaxed);
+        out->wake_failures = atomic_load_explicit(&s->io.wake_failures, memory_order_relaxed);
         out->external_in = atomic_load_explicit(&c->external_in, memory_order_relaxed);
         out->timers_fired = atomic_load_explicit(&c->timers_fired, memory_order_relaxed);
         out->timers_pending = atomic_load_explicit(&c->timers_pending, memory_order_relaxed);

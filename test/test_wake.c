@@ -29,6 +29,7 @@ Test(wake, pingpong_between_sleeping_shards_never_loses_a_wakeup, .timeout = 120
                   sleeps, rounds);
     cr_assert_geq(wakes, rounds / 2, "%" PRIu64 " wake-ups sent in %" PRIu64 " round trips", wakes,
                   rounds);
+    cr_assert_eq(st[0].wake_failures + st[1].wake_failures, 0, "the kernel refused wake-ups");
     test_stop(NULL);
 }
 

@@ -156,6 +156,7 @@ typedef struct pith_shard_stats {
     uint64_t ring_full;      /* publish attempts that found a ring full */
     uint64_t backpressure;   /* -EAGAIN returned to submitters on this shard */
     uint64_t wakes_sent;     /* IORING_OP_MSG_RING wake-ups sent to sleeping shards */
+    uint64_t wake_failures;  /* of those, wake-ups the kernel refused (should stay 0) */
     uint64_t external_in;    /* tasks taken from the external inbox */
     uint64_t timers_fired;   /* timer callbacks run */
     uint64_t timers_pending; /* timers waiting now */
