@@ -153,7 +153,6 @@ struct shard {
     uint64_t *consumed; /* [nshards]: batches taken from each source's ring and finished */
 
     struct timers timers;
-    uint64_t last_work_ns;
 
     /* Written by this shard, read by the stop protocol (wakers, stopper, watchdog). */
     alignas(CACHE_LINE) _Atomic uint32_t sleep_state;
