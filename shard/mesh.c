@@ -73,14 +73,20 @@ static struct batch *fifo_pop(struct batch_fifo *f)
     return b;
 }
 
+/* Tasks that will never run: tell their owners (task_released) and count them. */
+static void release_tasks(const struct task *t, uint32_t n, uint64_t *released)
+{
+    for (uint32_t i = 0; i < n; i++)
+        task_released(&t[i]);
+    *released += n;
+}
+
 static void free_list(struct batch *b, uint64_t *released)
 {
     while (b != NULL) {
         struct batch *next = b->next;
-        for (uint32_t i = 0; released != NULL && i < b->count; i++) {
-            task_released(&b->tasks[i]);
-            (*released)++;
-        }
+        if (released != NULL)
+            release_tasks(b->tasks, b->count, released);
         free(b);
         b = next;
     }
@@ -277,22 +283,17 @@ unsigned mesh_drain(struct shard *s, unsigned budget)
                 break;
             tsan_acquire(&p->ring);
             batches++;
-            if (env.batch == NULL) {
-                for (uint32_t i = 0; i < env.count; i++)
-                    run_task(s, &env.tasks[i]);
-                ran += env.count;
-                stat_add(&s->remote_run, env.count);
-                continue;
-            }
             struct batch *b = env.batch;
-            uint32_t count = b->count;
+            const struct task *tasks = b ? b->tasks : env.tasks;
+            uint32_t count = b ? b->count : env.count;
             for (uint32_t i = 0; i < count; i++)
-                run_task(s, &b->tasks[i]);
+                run_task(s, &tasks[i]);
             ran += count;
             stat_add(&s->remote_run, count);
             /* Release pairs with the owner's acquire in reclaim(): every read of b above
-             * happens before the owner reuses it. */
-            atomic_store_explicit(&p->consumed, b->seq + 1, memory_order_release);
+             * happens before the owner reuses it. Inline entries have nothing to return. */
+            if (b != NULL)
+                atomic_store_explicit(&p->consumed, b->seq + 1, memory_order_release);
         }
     }
     s->next_src = src;
@@ -326,15 +327,10 @@ void mesh_release_unrun(struct engine *e, uint64_t *released)
         if (p->slots == NULL)
             continue;
         while (ck_ring_dequeue_spsc_envelope(&p->ring, p->slots, &env)) {
-            if (env.batch == NULL) {
-                for (uint32_t k = 0; k < env.count; k++)
-                    task_released(&env.tasks[k]);
-                *released += env.count;
-                continue;
-            }
-            for (uint32_t k = 0; k < env.batch->count; k++)
-                task_released(&env.batch->tasks[k]);
-            *released += env.batch->count;
+            if (env.batch == NULL)
+                release_tasks(env.tasks, env.count, released);
+            else
+                release_tasks(env.batch->tasks, env.batch->count, released);
         }
     }
 }
