@@ -115,29 +115,28 @@ unsigned io_ring_poll(struct io_ring *r)
     return dispatch(r);
 }
 
-/* Flushes deferred completions unconditionally, then dispatches. */
-static unsigned io_ring_poll_all(struct io_ring *r)
+/* The valgrind path: block in ppoll on the ring fd, then submit and reap without blocking. */
+static unsigned poll_wait(struct io_ring *r, uint64_t timeout_ns)
 {
+    struct pollfd pfd = {.fd = r->ring.ring_fd, .events = POLLIN};
+    struct timespec ts = {(time_t)(timeout_ns / 1000000000u), (long)(timeout_ns % 1000000000u)};
+    io_uring_submit(&r->ring);
+    if (io_uring_cq_ready(&r->ring) == 0)
+        (void)ppoll(&pfd, 1, timeout_ns == UINT64_MAX ? NULL : &ts, NULL);
     io_uring_submit_and_get_events(&r->ring);
     return dispatch(r);
 }
 
 unsigned io_ring_wait(struct io_ring *r, uint64_t timeout_ns)
 {
+    if (r->poll_wait)
+        return poll_wait(r, timeout_ns);
     struct io_uring_cqe *cqe;
     struct __kernel_timespec ts, *tsp = NULL;
     if (timeout_ns != UINT64_MAX) {
         ts.tv_sec = (long long)(timeout_ns / 1000000000u);
         ts.tv_nsec = (long long)(timeout_ns % 1000000000u);
         tsp = &ts;
-    }
-    if (r->poll_wait) {
-        io_uring_submit(&r->ring);
-        struct pollfd pfd = {.fd = r->ring.ring_fd, .events = POLLIN};
-        struct timespec pts = {(time_t)(tsp ? ts.tv_sec : 0), (long)(tsp ? ts.tv_nsec : 0)};
-        if (io_uring_cq_ready(&r->ring) == 0)
-            (void)ppoll(&pfd, 1, tsp ? &pts : NULL, NULL);
-        return io_ring_poll_all(r);
     }
     /* -ETIME (timeout) and -EINTR (a signal) both just end the wait. */
     (void)io_uring_submit_and_wait_timeout(&r->ring, &cqe, 1, tsp, NULL);
