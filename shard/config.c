@@ -185,6 +185,13 @@ int config_resolve(struct engine *e, const pith_config_t *user)
         set_last_error("%s", why);
         return -EINVAL;
     }
+    char mem_why[200];
+    int err = mem_config_resolve(&c.mem, (unsigned)c.shards, mem_why, sizeof(mem_why));
+    if (err) {
+        free(cpus);
+        set_last_error("%s", mem_why);
+        return err;
+    }
 
     c.cpus = cpus;
     c.ncpus = ncpus;

@@ -45,6 +45,7 @@ static void shard_free(struct shard *s, pith_stop_report_t *rep)
     }
     inbox_release(s, &rep->released_tasks);
     mesh_shard_fini(s, &rep->released_tasks);
+    rep->mem_in_use += mem_home_release(s->mem);
     rep->released_timers += s->timers.len;
     timers_fini(&s->timers);
     free(s->lq);
@@ -140,7 +141,7 @@ int pith_engine_start(const pith_config_t *cfg)
         for (unsigned i = 0; err == 0 && i < e->n; i++) {
             if (e->shards[i]->init_err) {
                 err = e->shards[i]->init_err;
-                set_last_error("shard %u: io_uring or eventfd set-up failed: %s", i,
+                set_last_error("shard %u: memory, io_uring or eventfd set-up failed: %s", i,
                                pith_strerror(err));
             }
         }
@@ -287,21 +288,34 @@ int pith_engine_stop_report(pith_stop_report_t *out)
     return err;
 }
 
+/* Outside readers of a running engine's shards: the Dekker with stop of pith_shard_stats. */
+static bool reader_enter(struct engine *e, bool outside)
+{
+    if (!outside)
+        return true;
+    atomic_fetch_add(&e->stat_users, 1);
+    int st = atomic_load(&e->state);
+    if (st != ENGINE_RUNNING && st != ENGINE_DRAINING) {
+        atomic_fetch_sub(&e->stat_users, 1);
+        return false;
+    }
+    return true;
+}
+
+static void reader_leave(struct engine *e, bool outside)
+{
+    if (outside)
+        atomic_fetch_sub(&e->stat_users, 1);
+}
+
 int pith_shard_stats(unsigned shard, pith_shard_stats_t *out)
 {
     struct engine *e = &pith_engine;
     if (out == NULL)
         return -EINVAL;
     bool outside = pith_self == NULL;
-    if (outside) {
-        /* Dekker with stop, as ext_enter: stop stores HALT, then waits for stat_users. */
-        atomic_fetch_add(&e->stat_users, 1);
-        int st = atomic_load(&e->state);
-        if (st != ENGINE_RUNNING && st != ENGINE_DRAINING) {
-            atomic_fetch_sub(&e->stat_users, 1);
-            return -ESHUTDOWN;
-        }
-    }
+    if (!reader_enter(e, outside))
+        return -ESHUTDOWN;
     int err = 0;
     if (shard >= e->n) {
         err = -EINVAL;
@@ -330,7 +344,36 @@ int pith_shard_stats(unsigned shard, pith_shard_stats_t *out)
         out->timers_pending = atomic_load_explicit(&c->timers_pending, memory_order_relaxed);
         out->stalls = atomic_load_explicit(&c->stalls, memory_order_relaxed);
     }
-    if (outside)
-        atomic_fetch_sub(&e->stat_users, 1);
+    reader_leave(e, outside);
+    return err;
+}
+
+int pith_mem_stats(int shard, pith_mem_stats_t *out)
+{
+    struct engine *e = &pith_engine;
+    if (out == NULL || shard < PITH_MEM_OUTSIDE)
+        return -EINVAL;
+    if (shard == PITH_MEM_OUTSIDE) {
+        mem_outside_stats(out);
+        return 0;
+    }
+    bool outside = pith_self == NULL;
+    if (!reader_enter(e, outside))
+        return -ESHUTDOWN;
+    int err = (unsigned)shard >= e->n ? -EINVAL : mem_home_stats(e->shards[shard]->mem, out);
+    reader_leave(e, outside);
+    return err;
+}
+
+int pith_mem_extent_info(int shard, unsigned i, pith_mem_extent_t *out)
+{
+    struct engine *e = &pith_engine;
+    if (out == NULL || shard < 0)
+        return -EINVAL;
+    bool outside = pith_self == NULL;
+    if (!reader_enter(e, outside))
+        return -ESHUTDOWN;
+    int err = (unsigned)shard >= e->n ? -EINVAL : mem_home_extent(e->shards[shard]->mem, i, out);
+    reader_leave(e, outside);
     return err;
 }

@@ -134,6 +134,7 @@ static void shard_loop(struct shard *s)
         uint64_t timeout = UINT64_MAX;
         if (next != UINT64_MAX)
             timeout = next > now + poll ? next - now - poll : 0;
+        mem_home_idle(s->mem);
         shard_sleep(s, timeout);
         idle_since = 0;
     }
@@ -163,7 +164,11 @@ static int shard_init(struct shard *s)
     /* Timer wake-ups as precise as the kernel allows (the default slack is 50 us). */
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
 
-    int err = io_ring_init(&s->io, e->cfg.io_entries, ring_mode(e->cfg.flags));
+    /* First, on this thread and after pinning: the extents are placed where it runs. */
+    int err = mem_home_open(&s->mem, s->id, &e->cfg.mem, e->topo, s->pinned ? s->cpu : -1);
+    if (err)
+        return err;
+    err = io_ring_init(&s->io, e->cfg.io_entries, ring_mode(e->cfg.flags));
     if (err)
         return err;
     s->ring_fd = s->io.ring.ring_fd;
@@ -196,6 +201,8 @@ void *shard_main(void *arg)
         arm_efd(s);
         shard_loop(s);
     }
+    mesh_shard_exit(s);
+    mem_home_close(s->mem);
     pith_self = NULL;
     return NULL;
 }

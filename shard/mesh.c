@@ -39,7 +39,7 @@ static struct batch *batch_get(struct shard *s)
         s->free_batches = b->next;
     } else {
         size_t bytes = (batch_bytes(s->eng) + CACHE_LINE - 1) & ~(size_t)(CACHE_LINE - 1);
-        b = aligned_alloc(CACHE_LINE, bytes);
+        b = pith_aligned_alloc(CACHE_LINE, bytes); /* from this shard's heap */
         if (b == NULL)
             return NULL;
     }
@@ -87,7 +87,7 @@ static void free_list(struct batch *b, uint64_t *released)
         struct batch *next = b->next;
         if (released != NULL)
             release_tasks(b->tasks, b->count, released);
-        free(b);
+        pith_free(b);
         b = next;
     }
 }
@@ -333,6 +333,17 @@ void mesh_release_unrun(struct engine *e, uint64_t *released)
                 release_tasks(env.batch->tasks, env.batch->count, released);
         }
     }
+}
+
+/* On the shard's thread as it leaves its loop: free the batches nobody can still read, into the
+ * heap they came from. What other shards may still hold waits for mesh_shard_fini. */
+void mesh_shard_exit(struct shard *s)
+{
+    if (s->out != NULL)
+        for (unsigned d = 0; d < s->eng->n; d++)
+            reclaim(s, &s->out[d], d);
+    free_list(s->free_batches, NULL);
+    s->free_batches = NULL;
 }
 
 /* After the shard threads are joined: count the tasks never published, free every batch. */

@@ -17,6 +17,7 @@
 #include <pith/timer.h>
 
 #include "io.h"
+#include "mem.h"
 #include "tsan.h"
 
 #define CACHE_LINE 64
@@ -136,6 +137,7 @@ struct shard {
     pthread_t thread;
     int init_err;
 
+    struct mem_home *mem; /* made on the shard's thread; freed after every shard is joined */
     struct io_ring io;
     int efd;             /* eventfd that outside threads write to wake this shard */
     struct io_op efd_op; /* the read that is always armed on efd */
@@ -225,6 +227,7 @@ int mesh_create(struct engine *e);
 void mesh_release_unrun(struct engine *e, uint64_t *released);
 void mesh_destroy(struct engine *e);
 int mesh_shard_init(struct shard *s);
+void mesh_shard_exit(struct shard *s);
 void mesh_shard_fini(struct shard *s, uint64_t *released);
 int mesh_open_batch(struct shard *s, unsigned dst, bool force);
 void mesh_flush(struct shard *s, struct outbound *o, unsigned dst);

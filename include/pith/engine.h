@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include <pith/api.h>
+#include <pith/mem.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -68,6 +69,8 @@ typedef struct pith_config {
      * per shard per second); NULL prints a line on stderr. */
     void (*on_stall)(const pith_stall_t *stall, void *ctx);
     void *stall_ctx;
+    /* Each shard's memory (pith/mem.h); zeros take the defaults. */
+    pith_mem_config_t mem;
 } pith_config_t;
 
 /* Fills *cfg with the defaults above (shards = PITH_AUTO, cpus = NULL). */
@@ -88,6 +91,9 @@ typedef struct pith_stop_report {
     bool quiescent;           /* every queue ran empty before the drain deadline */
     uint64_t released_tasks;  /* tasks that never ran: queued when the deadline passed */
     uint64_t released_timers; /* timers that were still pending, released without firing */
+    /* Bytes still held in blocks the shards allocated (pith_malloc): their accounts are kept
+     * so that freeing them later stays safe. */
+    uint64_t mem_in_use;
 } pith_stop_report_t;
 
 /* Stops the engine. External submission is refused at once (-ESHUTDOWN); work already queued

@@ -4,6 +4,7 @@
 
 #include <pith/error.h>
 #include <pith/engine.h>
+#include <pith/mem.h>
 #include <pith/timer.h>
 
 #endif

@@ -1,8 +1,9 @@
-/* ThreadSanitizer annotations for the hand-offs that go through Concurrency Kit's rings.
+/* ThreadSanitizer annotations for hand-offs TSan cannot see: Concurrency Kit's rings (shard/) and
+ * blocks that mimalloc, uninstrumented, passes from one thread to another (mem/).
  * ck's loads, stores and fences are inline assembly that TSan cannot see; without these, every
  * batch handed from one shard to another would be reported as a race. No-ops in other builds. */
-#ifndef PITH_SHARD_TSAN_H
-#define PITH_SHARD_TSAN_H
+#ifndef PITH_MEM_TSAN_H
+#define PITH_MEM_TSAN_H
 
 #if defined(PITH_TSAN) && PITH_TSAN
 void __tsan_acquire(void *addr);

@@ -1,0 +1,551 @@
+/* Allocation: the public pith_malloc family, the block header that names each block's account,
+ * growth of a profile up to the cap, and the owner table of a home. */
+#include "mem.h"
+#include "tsan.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define asan_poison(p, n)   ASAN_POISON_MEMORY_REGION(p, n)
+#define asan_unpoison(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#define NO_ASAN             __attribute__((no_sanitize("address")))
+#else
+#define asan_poison(p, n)   ((void)0)
+#define asan_unpoison(p, n) ((void)0)
+#define NO_ASAN
+#endif
+
+#define LIKELY(x)   __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* Every block starts with this header: the account it is charged to and what it was asked
+ * for. meta: size (bits 0-47), log2 of the alignment (48-53), profile (54-55), magic (56-63).
+ * The user's pointer follows the header and keeps the header's 16-byte alignment. */
+struct blk {
+    struct mem_owner *owner;
+    uint64_t meta;
+};
+_Static_assert(sizeof(struct blk) == MEM_HDR, "header size");
+
+#define META_SIZE_MAX ((UINT64_C(1) << 48) - 1)
+#define MAGIC_LIVE    UINT64_C(0xB7)
+#define MAGIC_DEAD    UINT64_C(0x5D)
+
+static inline uint64_t meta_make(size_t size, unsigned align_log2, pith_mem_profile_t prof)
+{
+    return (uint64_t)size | ((uint64_t)align_log2 << 48) | ((uint64_t)prof << 54) |
+           (MAGIC_LIVE << 56);
+}
+static inline size_t meta_size(uint64_t m)
+{
+    return (size_t)(m & META_SIZE_MAX);
+}
+static inline size_t meta_align(uint64_t m)
+{
+    return (size_t)1 << ((m >> 48) & 63);
+}
+static inline pith_mem_profile_t meta_prof(uint64_t m)
+{
+    return (pith_mem_profile_t)((m >> 54) & 3);
+}
+
+/* Allocations outside the engine: many threads, so every update is an atomic add. */
+static struct mem_owner outside = {.tag = 0, .home = NULL};
+static _Atomic uint64_t outside_bad_frees;
+static _Atomic int outside_warned;
+
+/* Single-writer counter: a load and a store, no locked instruction. */
+static inline void add1(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static inline void charge(struct mem_owner *o, size_t n)
+{
+    int64_t local = atomic_load_explicit(&o->local, memory_order_relaxed) + (int64_t)n;
+    atomic_store_explicit(&o->local, local, memory_order_relaxed);
+    add1(&o->allocs, 1);
+    int64_t use = local - atomic_load_explicit(&o->remote, memory_order_relaxed);
+    if (use > (int64_t)atomic_load_explicit(&o->peak, memory_order_relaxed))
+        atomic_store_explicit(&o->peak, (uint64_t)use, memory_order_relaxed);
+}
+
+/* A block of this shard changed size in place. */
+static inline void resize(struct mem_owner *o, size_t old, size_t now)
+{
+    int64_t local =
+        atomic_load_explicit(&o->local, memory_order_relaxed) - (int64_t)old + (int64_t)now;
+    atomic_store_explicit(&o->local, local, memory_order_relaxed);
+    int64_t use = local - atomic_load_explicit(&o->remote, memory_order_relaxed);
+    if (use > (int64_t)atomic_load_explicit(&o->peak, memory_order_relaxed))
+        atomic_store_explicit(&o->peak, (uint64_t)use, memory_order_relaxed);
+}
+
+static inline void credit_local(struct mem_owner *o, size_t n)
+{
+    atomic_store_explicit(&o->local,
+                          atomic_load_explicit(&o->local, memory_order_relaxed) - (int64_t)n,
+                          memory_order_relaxed);
+    add1(&o->frees, 1);
+}
+
+/* Frees from a thread that is not the owner's shard: an atomic add on the owner's remote line.
+ * Relaxed: the count is only read for accounting; mimalloc orders the block's own return. */
+static inline void credit_remote(struct mem_owner *o, size_t n)
+{
+    atomic_fetch_add_explicit(&o->remote, (int64_t)n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&o->remote_frees, 1, memory_order_relaxed);
+}
+
+static void outside_peak(int64_t use)
+{
+    uint64_t peak = atomic_load_explicit(&outside.peak, memory_order_relaxed);
+    while (use > (int64_t)peak &&
+           !atomic_compare_exchange_weak_explicit(&outside.peak, &peak, (uint64_t)use,
+                                                  memory_order_relaxed, memory_order_relaxed))
+        ;
+}
+
+static unsigned log2_of(size_t v)
+{
+    return (unsigned)__builtin_ctzll((unsigned long long)v);
+}
+
+static inline void *heap_alloc(mi_heap_t *hp, size_t n, size_t align, bool zero)
+{
+    if (align <= MEM_HDR)
+        return zero ? mi_heap_zalloc(hp, n) : mi_heap_malloc(hp, n);
+    return zero ? mi_heap_zalloc_aligned_at(hp, n, align, MEM_HDR)
+                : mi_heap_malloc_aligned_at(hp, n, align, MEM_HDR);
+}
+
+/* Grows `prof` by one extent: max(grow, what it has), at least `need` bytes, within the cap. */
+int mem_prof_grow(struct mem_home *h, pith_mem_profile_t prof, size_t need)
+{
+    struct mem_prof *p = &h->prof[prof];
+    if (p->n == MEM_MAX_EXTENTS)
+        return -ENOMEM;
+    size_t size = p->n == 0 && prof == PITH_MEM_WARM ? h->cfg.initial : h->cfg.grow;
+    if (p->reserved > size)
+        size = p->reserved;
+    if (need > size)
+        size = (need + MEM_GRAIN - 1) & ~(MEM_GRAIN - 1);
+    size_t room = h->cfg.cap - h->reserved;
+    if (size > room)
+        size = room & ~(MEM_GRAIN - 1);
+    if (size == 0 || size < need)
+        return -ENOMEM;
+    unsigned ev = 0;
+    struct extent *x = NULL;
+    int err = extent_get(&x, size, prof, h->cfg.flags, h->topo, h->node, h->strict, &ev);
+    if (ev & EV_LOCK_REFUSED)
+        add1(&h->st.lock_failures, 1);
+    if (ev & EV_BIND_FAILED)
+        add1(&h->st.bind_failures, 1);
+    if (ev & EV_ARENA_FULL)
+        add1(&h->st.arena_failures, 1);
+    unsigned fresh = ev & ~h->warned;
+    h->warned |= ev;
+    if (fresh & EV_LOCK_REFUSED)
+        mem_warn(h, "memory not locked (RLIMIT_MEMLOCK or permission): pages may be swapped");
+    if (fresh & EV_BIND_FAILED)
+        mem_warn(h, "could not bind memory to NUMA node %d", h->node);
+    if (fresh & EV_ARENA_FULL)
+        mem_warn(h, "mimalloc's arena table is full: this shard uses its thread's heap");
+    if (err)
+        return err;
+    mi_heap_t *heap = mi_heap_new_in_arena(x->arena);
+    if (heap == NULL) {
+        extent_put(x);
+        return -ENOMEM;
+    }
+    p->ext[p->n] = x;
+    p->heap[p->n] = heap;
+    p->cur = p->n++;
+    if (h->reserved > 0)
+        add1(&h->st.grows, 1);
+    p->reserved += size;
+    h->reserved += size;
+    unsigned i = atomic_load_explicit(&h->nall, memory_order_relaxed);
+    h->all[i] = x;
+    atomic_store_explicit(&h->nall, i + 1, memory_order_release);
+    if (h->reserved >= h->cfg.cap / 8 * 7)
+        h->pressure = true;
+    return 0;
+}
+
+/* The current heap is full: try the profile's other heaps (frees may have made room), then
+ * grow, then (only when mimalloc has no arena left) the thread's own heap. */
+static struct blk *alloc_slow(struct mem_home *h, pith_mem_profile_t prof, size_t n, size_t align,
+                              bool zero)
+{
+    struct mem_prof *p = &h->prof[prof];
+    for (unsigned i = 0; i < p->n; i++) {
+        if (i == p->cur)
+            continue;
+        struct blk *b = heap_alloc(p->heap[i], n, align, zero);
+        if (b != NULL) {
+            p->cur = i;
+            return b;
+        }
+    }
+    /* Room for mimalloc's segment header beside a block of its own segment size. */
+    size_t need = n + align + ((size_t)1 << 20);
+    int err;
+    while ((err = mem_prof_grow(h, prof, p->n == 0 ? 0 : need)) == 0) {
+        struct blk *b = heap_alloc(p->heap[p->cur], n, align, zero);
+        if (b != NULL)
+            return b;
+        if (p->reserved >= need)
+            need = p->reserved + MEM_GRAIN;
+    }
+    if (err == -ENOSPC) {
+        if ((size_t)mem_owner_in_use(&h->total) + n > h->cfg.cap)
+            return NULL;
+        return align <= MEM_HDR ? (zero ? mi_zalloc(n) : mi_malloc(n))
+                                : (zero ? mi_zalloc_aligned_at(n, align, MEM_HDR)
+                                        : mi_malloc_aligned_at(n, align, MEM_HDR));
+    }
+    h->pressure = true;
+    return NULL;
+}
+
+static inline void *finish(struct blk *b, struct mem_owner *o, size_t size, size_t align,
+                           pith_mem_profile_t prof)
+{
+    /* The block may have been freed last by another thread, through mimalloc's lists that
+     * TSan cannot see; its release in pith_free pairs with this. */
+    tsan_acquire(b);
+    asan_unpoison(b, MEM_HDR + size);
+    b->owner = o;
+    b->meta = meta_make(size, log2_of(align), prof);
+    return b + 1;
+}
+
+void *mem_alloc(struct mem_home *h, size_t size, size_t align, pith_mem_profile_t prof,
+                struct mem_owner *o, bool zero)
+{
+    if (UNLIKELY(size > META_SIZE_MAX - MEM_HDR - align)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    size_t n = size + MEM_HDR;
+    if (UNLIKELY(o->budget != 0) && (size_t)mem_owner_in_use(o) + n > o->budget) {
+        add1(&o->refusals, 1);
+        add1(&h->st.budget_refusals, 1);
+        errno = ENOMEM;
+        return NULL;
+    }
+    struct mem_prof *p = &h->prof[prof];
+    struct blk *b = LIKELY(p->n > 0) ? heap_alloc(p->heap[p->cur], n, align, zero) : NULL;
+    if (UNLIKELY(b == NULL)) {
+        b = alloc_slow(h, prof, n, align, zero);
+        if (b == NULL) {
+            add1(&h->st.cap_refusals, 1);
+            errno = ENOMEM;
+            return NULL;
+        }
+    }
+    charge(o, n);
+    if (o != &h->total)
+        charge(&h->total, n);
+    return finish(b, o, size, align, prof);
+}
+
+static void *outside_alloc(size_t size, size_t align, pith_mem_profile_t prof, bool zero)
+{
+    if (!atomic_exchange_explicit(&outside_warned, 1, memory_order_relaxed))
+        mem_warn(NULL, "pith_malloc outside the engine: using the process heap "
+                       "(counted under PITH_MEM_OUTSIDE)");
+    if (size > META_SIZE_MAX - MEM_HDR - align) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    size_t n = size + MEM_HDR;
+    struct blk *b = align <= MEM_HDR ? (zero ? mi_zalloc(n) : mi_malloc(n))
+                                     : (zero ? mi_zalloc_aligned_at(n, align, MEM_HDR)
+                                             : mi_malloc_aligned_at(n, align, MEM_HDR));
+    if (b == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    int64_t use =
+        atomic_fetch_add_explicit(&outside.local, (int64_t)n, memory_order_relaxed) + (int64_t)n;
+    atomic_fetch_add_explicit(&outside.allocs, 1, memory_order_relaxed);
+    outside_peak(use);
+    return finish(b, &outside, size, align, prof);
+}
+
+static void *alloc_any(size_t size, size_t align, pith_mem_profile_t prof, uint64_t tag, bool zero)
+{
+    if (align == 0)
+        align = MEM_HDR;
+    if (UNLIKELY((align & (align - 1)) != 0 || (unsigned)prof >= PITH_MEM_PROFILES)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (align < MEM_HDR)
+        align = MEM_HDR;
+    struct mem_home *h = mem_self;
+    if (UNLIKELY(h == NULL))
+        return outside_alloc(size, align, prof, zero);
+    struct mem_owner *o = tag == 0 ? &h->anon : mem_owner_get(h, tag, true);
+    if (UNLIKELY(o == NULL)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return mem_alloc(h, size, align, prof, o, zero);
+}
+
+void *pith_malloc(size_t size)
+{
+    struct mem_home *h = mem_self;
+    if (LIKELY(h != NULL))
+        return mem_alloc(h, size, MEM_HDR, PITH_MEM_WARM, &h->anon, false);
+    return outside_alloc(size, MEM_HDR, PITH_MEM_WARM, false);
+}
+
+void *pith_calloc(size_t count, size_t size)
+{
+    size_t total;
+    if (__builtin_mul_overflow(count, size, &total)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return alloc_any(total, 0, PITH_MEM_WARM, 0, true);
+}
+
+void *pith_aligned_alloc(size_t align, size_t size)
+{
+    if (align == 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return alloc_any(size, align, PITH_MEM_WARM, 0, false);
+}
+
+void *pith_malloc_ex(size_t size, size_t align, pith_mem_profile_t profile, uint64_t owner)
+{
+    return alloc_any(size, align, profile, owner, false);
+}
+
+/* Reads the header of what claims to be a live block; 0 when it is not one. Not checked by
+ * ASan: a freed block's header is poisoned, and telling the caller is our job here. */
+static NO_ASAN uint64_t live_meta(const struct blk *b)
+{
+    uint64_t m = b->meta;
+    return (m >> 56) == MAGIC_LIVE ? m : 0;
+}
+
+static void bad_free(const void *p)
+{
+    struct mem_home *h = mem_self;
+    atomic_fetch_add_explicit(h ? &h->bad_frees : &outside_bad_frees, 1, memory_order_relaxed);
+    static _Atomic int warned;
+    if (!atomic_exchange_explicit(&warned, 1, memory_order_relaxed))
+        mem_warn(h,
+                 "pith_free/pith_realloc of %p, which is not a live pith block (double "
+                 "free?): ignored",
+                 p);
+}
+
+void pith_free(void *p)
+{
+    if (p == NULL)
+        return;
+    struct blk *b = (struct blk *)p - 1;
+    uint64_t m = live_meta(b);
+    if (UNLIKELY(m == 0)) {
+        bad_free(p);
+        return;
+    }
+    b->meta = (m & ~(UINT64_C(0xFF) << 56)) | (MAGIC_DEAD << 56);
+    size_t n = meta_size(m) + MEM_HDR;
+    struct mem_owner *o = b->owner;
+    struct mem_home *h = o->home;
+    if (LIKELY(h != NULL && h == mem_self)) {
+        credit_local(o, n);
+        if (o != &h->total)
+            credit_local(&h->total, n);
+    } else if (h != NULL) {
+        credit_remote(o, n);
+        if (o != &h->total)
+            credit_remote(&h->total, n);
+    } else {
+        atomic_fetch_sub_explicit(&outside.local, (int64_t)n, memory_order_relaxed);
+        atomic_fetch_add_explicit(&outside.frees, 1, memory_order_relaxed);
+    }
+    /* Pairs with the acquire in finish(): whoever gets this block next sees our writes. */
+    tsan_release(b);
+    asan_poison(b, mi_usable_size(b));
+    mi_free(b);
+}
+
+size_t pith_malloc_usable_size(const void *p)
+{
+    if (p == NULL)
+        return 0;
+    const struct blk *b = (const struct blk *)p - 1;
+    if (live_meta(b) == 0)
+        return 0;
+    return mi_usable_size(b) - MEM_HDR;
+}
+
+void *pith_realloc(void *p, size_t size)
+{
+    if (p == NULL)
+        return pith_malloc(size);
+    if (size == 0) {
+        pith_free(p);
+        return NULL;
+    }
+    struct blk *b = (struct blk *)p - 1;
+    uint64_t m = live_meta(b);
+    if (m == 0) {
+        bad_free(p);
+        errno = EINVAL;
+        return NULL;
+    }
+    struct mem_owner *o = b->owner;
+    struct mem_home *h = o->home;
+    size_t old = meta_size(m), align = meta_align(m);
+    /* In place when the block is ours and already big enough: only the accounts change. */
+    if (h != NULL && h == mem_self && size <= META_SIZE_MAX - MEM_HDR - align &&
+        size + MEM_HDR <= mi_usable_size(b)) {
+        if (size > old && o->budget != 0 && (size_t)mem_owner_in_use(o) + size - old > o->budget) {
+            add1(&o->refusals, 1);
+            add1(&h->st.budget_refusals, 1);
+            errno = ENOMEM;
+            return NULL;
+        }
+        resize(o, old, size);
+        if (o != &h->total)
+            resize(&h->total, old, size);
+        asan_unpoison(b, MEM_HDR + size);
+        b->meta = meta_make(size, log2_of(align), meta_prof(m));
+        return p;
+    }
+    void *q = alloc_any(size, align, meta_prof(m), o->tag, false);
+    if (q == NULL)
+        return NULL;
+    memcpy(q, p, old < size ? old : size);
+    pith_free(p);
+    return q;
+}
+
+/* ---- owner table ---- */
+
+#define DEAD_SLOT ((struct mem_owner *)1)
+
+static unsigned slot_of(uint64_t tag, unsigned cap)
+{
+    tag ^= tag >> 33;
+    tag *= UINT64_C(0xff51afd7ed558ccd);
+    tag ^= tag >> 33;
+    return (unsigned)tag & (cap - 1);
+}
+
+static int table_grow(struct mem_home *h)
+{
+    unsigned cap = h->owners_cap ? h->owners_cap * 2 : 64;
+    struct mem_owner **t = calloc(cap, sizeof(*t));
+    if (t == NULL)
+        return -ENOMEM;
+    for (unsigned i = 0; i < h->owners_cap; i++) {
+        struct mem_owner *o = h->owners[i];
+        if (o == NULL || o == DEAD_SLOT)
+            continue;
+        unsigned j = slot_of(o->tag, cap);
+        while (t[j] != NULL)
+            j = (j + 1) & (cap - 1);
+        t[j] = o;
+    }
+    free(h->owners);
+    h->owners = t;
+    h->owners_cap = cap;
+    h->owners_dead = 0;
+    return 0;
+}
+
+struct mem_owner *mem_owner_get(struct mem_home *h, uint64_t tag, bool create)
+{
+    if (tag == 0)
+        return &h->anon;
+    if (h->last_owner != NULL && h->last_owner->tag == tag)
+        return h->last_owner;
+    if (h->owners_cap > 0) {
+        unsigned j = slot_of(tag, h->owners_cap);
+        for (struct mem_owner *o; (o = h->owners[j]) != NULL; j = (j + 1) & (h->owners_cap - 1))
+            if (o != DEAD_SLOT && o->tag == tag)
+                return h->last_owner = o;
+    }
+    if (!create)
+        return NULL;
+    if ((h->owners_len + h->owners_dead + 1) * 2 > h->owners_cap && table_grow(h) != 0)
+        return NULL;
+    struct mem_owner *o = aligned_alloc(MEM_LINE, sizeof(*o));
+    if (o == NULL)
+        return NULL;
+    memset(o, 0, sizeof(*o));
+    o->tag = tag;
+    o->home = h;
+    unsigned j = slot_of(tag, h->owners_cap);
+    while (h->owners[j] != NULL && h->owners[j] != DEAD_SLOT)
+        j = (j + 1) & (h->owners_cap - 1);
+    if (h->owners[j] == DEAD_SLOT)
+        h->owners_dead--;
+    h->owners[j] = o;
+    h->owners_len++;
+    return h->last_owner = o;
+}
+
+int pith_mem_owner_forget(uint64_t owner)
+{
+    struct mem_home *h = mem_self;
+    if (h == NULL)
+        return -EPERM;
+    if (owner == 0 || h->owners_cap == 0)
+        return owner == 0 ? -EINVAL : -ENOENT;
+    unsigned j = slot_of(owner, h->owners_cap);
+    for (struct mem_owner *o; (o = h->owners[j]) != NULL; j = (j + 1) & (h->owners_cap - 1)) {
+        if (o == DEAD_SLOT || o->tag != owner)
+            continue;
+        /* No live block names it, so no free can reach it after this. */
+        if (mem_owner_in_use(o) != 0)
+            return -EBUSY;
+        h->owners[j] = DEAD_SLOT;
+        h->owners_len--;
+        h->owners_dead++;
+        if (h->last_owner == o)
+            h->last_owner = NULL;
+        free(o);
+        return 0;
+    }
+    return -ENOENT;
+}
+
+void mem_owner_table_free(struct mem_home *h)
+{
+    for (unsigned i = 0; i < h->owners_cap; i++)
+        if (h->owners[i] != NULL && h->owners[i] != DEAD_SLOT)
+            free(h->owners[i]);
+    free(h->owners);
+    h->owners = NULL;
+    h->owners_cap = 0;
+}
+
+void mem_outside_stats(pith_mem_stats_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->shard = PITH_MEM_OUTSIDE;
+    out->node = -1;
+    out->in_use = (size_t)mem_owner_in_use(&outside);
+    out->peak = atomic_load_explicit(&outside.peak, memory_order_relaxed);
+    out->allocs = atomic_load_explicit(&outside.allocs, memory_order_relaxed);
+    out->frees = atomic_load_explicit(&outside.frees, memory_order_relaxed);
+    out->bad_frees = atomic_load_explicit(&outside_bad_frees, memory_order_relaxed);
+}
