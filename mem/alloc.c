@@ -4,8 +4,12 @@
 #include "tsan.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef PITH_HAVE_VALGRIND_H
+#include <valgrind/valgrind.h>
+#endif
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -123,6 +127,59 @@ static inline void *heap_alloc(mi_heap_t *hp, size_t n, size_t align, bool zero)
                 : mi_heap_malloc_aligned_at(hp, n, align, MEM_HDR);
 }
 
+/* Under valgrind, mimalloc's free is replaced by memcheck's (mi_free and free share an
+ * address in Debian's libmimalloc), so blocks come from libc there: memcheck then sees every
+ * block, and the header, accounts, budgets and cap work as everywhere else. Fixed per process. */
+bool mem_plain;
+
+__attribute__((constructor)) static void mem_detect(void)
+{
+#ifdef PITH_HAVE_VALGRIND_H
+    mem_plain = RUNNING_ON_VALGRIND;
+#endif
+}
+
+/* A block outside any shard heap: the calling thread's mimalloc heap, or libc under valgrind.
+ * In plain mode an aligned block sits `align` bytes into its allocation, header just before. */
+static struct blk *sys_alloc(size_t n, size_t align, bool zero)
+{
+    if (!mem_plain)
+        return align <= MEM_HDR ? (zero ? mi_zalloc(n) : mi_malloc(n))
+                                : (zero ? mi_zalloc_aligned_at(n, align, MEM_HDR)
+                                        : mi_malloc_aligned_at(n, align, MEM_HDR));
+    if (align <= MEM_HDR)
+        return zero ? calloc(1, n) : malloc(n);
+    void *base;
+    if (posix_memalign(&base, align, align - MEM_HDR + n) != 0)
+        return NULL;
+    if (zero)
+        memset(base, 0, align - MEM_HDR + n);
+    return (struct blk *)((char *)base + align - MEM_HDR);
+}
+
+static void *blk_base(struct blk *b, uint64_t meta)
+{
+    size_t align = meta_align(meta);
+    return align <= MEM_HDR ? (void *)b : (char *)b + MEM_HDR - align;
+}
+
+static void blk_release(struct blk *b, uint64_t meta)
+{
+    if (mem_plain)
+        free(blk_base(b, meta));
+    else
+        mi_free(b);
+}
+
+/* Bytes from the header to the end of the block. */
+static size_t blk_usable(const struct blk *b, uint64_t meta)
+{
+    if (!mem_plain)
+        return mi_usable_size(b);
+    char *base = blk_base((struct blk *)b, meta);
+    return malloc_usable_size(base) - (size_t)((const char *)b - base);
+}
+
 /* Grows `prof` by one extent: max(grow, what it has), at least `need` bytes, within the cap. */
 int mem_prof_grow(struct mem_home *h, pith_mem_profile_t prof, size_t need)
 {
@@ -158,8 +215,8 @@ int mem_prof_grow(struct mem_home *h, pith_mem_profile_t prof, size_t need)
         mem_warn(h, "mimalloc's arena table is full: this shard uses its thread's heap");
     if (err)
         return err;
-    mi_heap_t *heap = mi_heap_new_in_arena(x->arena);
-    if (heap == NULL) {
+    mi_heap_t *heap = mem_plain ? NULL : mi_heap_new_in_arena(x->arena);
+    if (heap == NULL && !mem_plain) {
         extent_put(x);
         return -ENOMEM;
     }
@@ -206,12 +263,25 @@ static struct blk *alloc_slow(struct mem_home *h, pith_mem_profile_t prof, size_
     if (err == -ENOSPC) {
         if ((size_t)mem_owner_in_use(&h->total) + n > h->cfg.cap)
             return NULL;
-        return align <= MEM_HDR ? (zero ? mi_zalloc(n) : mi_malloc(n))
-                                : (zero ? mi_zalloc_aligned_at(n, align, MEM_HDR)
-                                        : mi_malloc_aligned_at(n, align, MEM_HDR));
+        return sys_alloc(n, align, zero);
     }
     h->pressure = true;
     return NULL;
+}
+
+/* Plain mode: libc blocks, with the shard's extents grown as if the heap lived in them, so
+ * reserved, the cap and the profile's extents behave as in a normal run. */
+static struct blk *plain_alloc(struct mem_home *h, pith_mem_profile_t prof, size_t n, size_t align,
+                               bool zero)
+{
+    struct mem_prof *p = &h->prof[prof];
+    while ((size_t)mem_owner_in_use(&h->total) + n > h->reserved || p->n == 0) {
+        if (mem_prof_grow(h, prof, p->n == 0 ? 0 : n) != 0) {
+            h->pressure = true;
+            return NULL;
+        }
+    }
+    return sys_alloc(n, align, zero);
 }
 
 static inline void *finish(struct blk *b, struct mem_owner *o, size_t size, size_t align,
@@ -241,14 +311,18 @@ void *mem_alloc(struct mem_home *h, size_t size, size_t align, pith_mem_profile_
         return NULL;
     }
     struct mem_prof *p = &h->prof[prof];
-    struct blk *b = LIKELY(p->n > 0) ? heap_alloc(p->heap[p->cur], n, align, zero) : NULL;
+    struct blk *b;
+    if (UNLIKELY(mem_plain)) {
+        b = plain_alloc(h, prof, n, align, zero);
+    } else {
+        b = LIKELY(p->n > 0) ? heap_alloc(p->heap[p->cur], n, align, zero) : NULL;
+        if (UNLIKELY(b == NULL))
+            b = alloc_slow(h, prof, n, align, zero);
+    }
     if (UNLIKELY(b == NULL)) {
-        b = alloc_slow(h, prof, n, align, zero);
-        if (b == NULL) {
-            add1(&h->st.cap_refusals, 1);
-            errno = ENOMEM;
-            return NULL;
-        }
+        add1(&h->st.cap_refusals, 1);
+        errno = ENOMEM;
+        return NULL;
     }
     charge(o, n);
     if (o != &h->total)
@@ -266,9 +340,7 @@ static void *outside_alloc(size_t size, size_t align, pith_mem_profile_t prof, b
         return NULL;
     }
     size_t n = size + MEM_HDR;
-    struct blk *b = align <= MEM_HDR ? (zero ? mi_zalloc(n) : mi_malloc(n))
-                                     : (zero ? mi_zalloc_aligned_at(n, align, MEM_HDR)
-                                             : mi_malloc_aligned_at(n, align, MEM_HDR));
+    struct blk *b = sys_alloc(n, align, zero);
     if (b == NULL) {
         errno = ENOMEM;
         return NULL;
@@ -381,8 +453,8 @@ void pith_free(void *p)
     }
     /* Pairs with the acquire in finish(): whoever gets this block next sees our writes. */
     tsan_release(b);
-    asan_poison(b, mi_usable_size(b));
-    mi_free(b);
+    asan_poison(b, blk_usable(b, m));
+    blk_release(b, m);
 }
 
 size_t pith_malloc_usable_size(const void *p)
@@ -390,9 +462,8 @@ size_t pith_malloc_usable_size(const void *p)
     if (p == NULL)
         return 0;
     const struct blk *b = (const struct blk *)p - 1;
-    if (live_meta(b) == 0)
-        return 0;
-    return mi_usable_size(b) - MEM_HDR;
+    uint64_t m = live_meta(b);
+    return m == 0 ? 0 : blk_usable(b, m) - MEM_HDR;
 }
 
 void *pith_realloc(void *p, size_t size)
@@ -415,7 +486,7 @@ void *pith_realloc(void *p, size_t size)
     size_t old = meta_size(m), align = meta_align(m);
     /* In place when the block is ours and already big enough: only the accounts change. */
     if (h != NULL && h == mem_self && size <= META_SIZE_MAX - MEM_HDR - align &&
-        size + MEM_HDR <= mi_usable_size(b)) {
+        size + MEM_HDR <= blk_usable(b, m)) {
         if (size > old && o->budget != 0 && (size_t)mem_owner_in_use(o) + size - old > o->budget) {
             add1(&o->refusals, 1);
             add1(&h->st.budget_refusals, 1);

@@ -71,8 +71,13 @@ static bool lock_range(void *base, size_t size, bool whole, unsigned flags)
 {
     if (flags & PITH_MEM_NO_LOCK)
         return false; /* the caller asked us to behave as if mlock were refused */
+    /* valgrind 3.19 does not know mlock2 (glibc then says EINVAL): lock it all there, which
+     * also faults it in. */
+    whole |= mem_plain;
     for (int attempt = 0; attempt < 2; attempt++) {
         int rc = whole ? mlock(base, size) : mlock2(base, size, MLOCK_ONFAULT);
+        if (rc != 0 && (errno == ENOSYS || errno == EINVAL) && !whole)
+            rc = mlock(base, size);
         if (rc == 0)
             return true;
         if ((errno != ENOMEM && errno != EPERM && errno != EAGAIN) || !raise_memlock())

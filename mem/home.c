@@ -194,6 +194,9 @@ void mem_home_close(struct mem_home *h)
         return;
     /* mi_heap_delete, not destroy: pages with live blocks move to this thread's backing heap
      * and are abandoned when it exits; blocks freed later by anyone stay valid frees. */
+    mem_self = NULL;
+    if (mem_plain)
+        return;
     for (int p = 0; p < PITH_MEM_PROFILES; p++) {
         struct mem_prof *pr = &h->prof[p];
         for (unsigned i = 0; i < pr->n; i++) {
@@ -202,7 +205,6 @@ void mem_home_close(struct mem_home *h)
         }
     }
     mi_heap_collect(mi_heap_get_default(), true);
-    mem_self = NULL;
 }
 
 size_t mem_home_release(struct mem_home *h)
@@ -238,7 +240,7 @@ size_t mem_home_release(struct mem_home *h)
 
 static void collect(struct mem_home *h, bool force)
 {
-    for (int p = 0; p < PITH_MEM_PROFILES; p++)
+    for (int p = 0; p < PITH_MEM_PROFILES && !mem_plain; p++)
         for (unsigned i = 0; i < h->prof[p].n; i++)
             mi_heap_collect(h->prof[p].heap[i], force);
     h->collected_remote = atomic_load_explicit(&h->total.remote, memory_order_relaxed);

@@ -123,6 +123,7 @@ void mem_home_idle(struct mem_home *h);
 extern __thread struct mem_home *mem_self __attribute__((tls_model("initial-exec")));
 
 /* alloc.c */
+extern bool mem_plain; /* under valgrind: blocks from libc, no mimalloc heaps */
 void *mem_alloc(struct mem_home *h, size_t size, size_t align, pith_mem_profile_t prof,
                 struct mem_owner *o, bool zero);
 int mem_prof_grow(struct mem_home *h, pith_mem_profile_t prof, size_t need);
