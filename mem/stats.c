@@ -41,7 +41,9 @@ static void thp_bytes(struct extent *const *xs, unsigned n, size_t *huge)
     while (fgets(line, sizeof(line), f) != NULL) {
         unsigned long a, b;
         size_t kb;
-        if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, ':') == NULL) {
+        char perms[8];
+        /* A mapping's first line: "start-end perms offset dev inode path". */
+        if (sscanf(line, "%lx-%lx %7s", &a, &b, perms) == 3) {
             lo = a;
             hi = b;
         } else if (sscanf(line, "AnonHugePages: %zu kB", &kb) == 1 && kb > 0) {
