@@ -97,12 +97,15 @@ static inline void credit_local(struct mem_owner *o, size_t n)
     add1(&o->frees, 1);
 }
 
-/* Frees from a thread that is not the owner's shard: an atomic add on the owner's remote line.
- * Relaxed: the count is only read for accounting; mimalloc orders the block's own return. */
+/* Frees from a thread that is not the owner's shard: atomic adds on the owner's remote line.
+ * The add to `remote` is the freeing thread's last access to the account, with release: the
+ * owner's shard may free the account (pith_mem_owner_forget, mem_home_release) as soon as it
+ * sees in use reach 0, and its acquire load of `remote` (mem_owner_idle, mem.h) orders that after
+ * everything we did to it. */
 static inline void credit_remote(struct mem_owner *o, size_t n)
 {
-    atomic_fetch_add_explicit(&o->remote, (int64_t)n, memory_order_relaxed);
     atomic_fetch_add_explicit(&o->remote_frees, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&o->remote, (int64_t)n, memory_order_release);
 }
 
 static void outside_peak(int64_t use)
@@ -119,8 +122,17 @@ static unsigned log2_of(size_t v)
     return (unsigned)__builtin_ctzll((unsigned long long)v);
 }
 
+/* ASan: mimalloc clears a zeroed block with an intercepted memset, and a recycled block is
+ * still poisoned from its last pith_free; finish() zeroes after unpoisoning instead. */
+#if defined(__SANITIZE_ADDRESS__)
+#define ZERO_IN_FINISH 1
+#else
+#define ZERO_IN_FINISH 0
+#endif
+
 static inline void *heap_alloc(mi_heap_t *hp, size_t n, size_t align, bool zero)
 {
+    zero &= !ZERO_IN_FINISH;
     if (align <= MEM_HDR)
         return zero ? mi_heap_zalloc(hp, n) : mi_heap_malloc(hp, n);
     return zero ? mi_heap_zalloc_aligned_at(hp, n, align, MEM_HDR)
@@ -143,6 +155,7 @@ __attribute__((constructor)) static void mem_detect(void)
  * In plain mode an aligned block sits `align` bytes into its allocation, header just before. */
 static struct blk *sys_alloc(size_t n, size_t align, bool zero)
 {
+    zero &= !ZERO_IN_FINISH || mem_plain;
     if (!mem_plain)
         return align <= MEM_HDR ? (zero ? mi_zalloc(n) : mi_malloc(n))
                                 : (zero ? mi_zalloc_aligned_at(n, align, MEM_HDR)
@@ -275,8 +288,12 @@ static struct blk *plain_alloc(struct mem_home *h, pith_mem_profile_t prof, size
                                bool zero)
 {
     struct mem_prof *p = &h->prof[prof];
-    while ((size_t)mem_owner_in_use(&h->total) + n > h->reserved || p->n == 0) {
-        if (mem_prof_grow(h, prof, p->n == 0 ? 0 : n) != 0) {
+    size_t use = (size_t)mem_owner_in_use(&h->total);
+    while (use + n > h->reserved || p->n == 0) {
+        int err = mem_prof_grow(h, prof, p->n == 0 ? 0 : n);
+        if (err == -ENOSPC && use + n <= h->cfg.cap)
+            break; /* no arena to account it to: as the normal path, the thread's heap */
+        if (err) {
             h->pressure = true;
             return NULL;
         }
@@ -285,7 +302,7 @@ static struct blk *plain_alloc(struct mem_home *h, pith_mem_profile_t prof, size
 }
 
 static inline void *finish(struct blk *b, struct mem_owner *o, size_t size, size_t align,
-                           pith_mem_profile_t prof)
+                           pith_mem_profile_t prof, bool zero)
 {
     /* The block may have been freed last by another thread, through mimalloc's lists that
      * TSan cannot see; its release in pith_free pairs with this. */
@@ -293,6 +310,8 @@ static inline void *finish(struct blk *b, struct mem_owner *o, size_t size, size
     asan_unpoison(b, MEM_HDR + size);
     b->owner = o;
     b->meta = meta_make(size, log2_of(align), prof);
+    if (ZERO_IN_FINISH && zero && !mem_plain)
+        memset(b + 1, 0, size);
     return b + 1;
 }
 
@@ -327,7 +346,7 @@ void *mem_alloc(struct mem_home *h, size_t size, size_t align, pith_mem_profile_
     charge(o, n);
     if (o != &h->total)
         charge(&h->total, n);
-    return finish(b, o, size, align, prof);
+    return finish(b, o, size, align, prof, zero);
 }
 
 static void *outside_alloc(size_t size, size_t align, pith_mem_profile_t prof, bool zero)
@@ -349,7 +368,7 @@ static void *outside_alloc(size_t size, size_t align, pith_mem_profile_t prof, b
         atomic_fetch_add_explicit(&outside.local, (int64_t)n, memory_order_relaxed) + (int64_t)n;
     atomic_fetch_add_explicit(&outside.allocs, 1, memory_order_relaxed);
     outside_peak(use);
-    return finish(b, &outside, size, align, prof);
+    return finish(b, &outside, size, align, prof, zero);
 }
 
 static void *alloc_any(size_t size, size_t align, pith_mem_profile_t prof, uint64_t tag, bool zero)
@@ -586,7 +605,7 @@ int pith_mem_owner_forget(uint64_t owner)
         if (o == DEAD_SLOT || o->tag != owner)
             continue;
         /* No live block names it, so no free can reach it after this. */
-        if (mem_owner_in_use(o) != 0)
+        if (!mem_owner_idle(o))
             return -EBUSY;
         h->owners[j] = DEAD_SLOT;
         h->owners_len--;

@@ -101,17 +101,17 @@ static bool bind_range(hwloc_topology_t topo, void *base, size_t size, int node,
 /* Brings a pooled extent's lock state to what the profile and flags ask now. */
 static void relock(struct extent *x, unsigned flags, unsigned *events)
 {
-    bool want = x->profile != PITH_MEM_COLD && !(flags & PITH_MEM_NO_LOCK);
-    if (want && !x->locked) {
-        x->locked = lock_range(x->base, x->size, x->prefaulted, flags);
-        if (!x->locked)
-            *events |= EV_LOCK_REFUSED;
-    } else if (!want && x->locked) {
-        munlock(x->base, x->size);
+    if (x->profile == PITH_MEM_COLD)
+        return;
+    if (flags & PITH_MEM_NO_LOCK) {
+        if (x->locked)
+            munlock(x->base, x->size);
         x->locked = false;
-        if (x->profile != PITH_MEM_COLD)
-            *events |= EV_LOCK_REFUSED;
+    } else if (!x->locked) {
+        x->locked = lock_range(x->base, x->size, x->prefaulted, flags);
     }
+    if (!x->locked)
+        *events |= EV_LOCK_REFUSED;
 }
 
 static struct extent *pool_take(size_t size, pith_mem_profile_t profile, unsigned flags, int node)
@@ -122,9 +122,8 @@ static struct extent *pool_take(size_t size, pith_mem_profile_t profile, unsigne
         struct extent *c = *pp;
         if (c->size != size || c->profile != profile || c->node != node)
             continue;
-        if (c->backing == PITH_MEM_HUGETLB && (flags & PITH_MEM_NO_HUGETLB))
-            continue;
-        if (c->backing == PITH_MEM_THP && (flags & PITH_MEM_NO_THP))
+        /* Made under the same page policy: neither more nor less than the flags allow. */
+        if (c->made_with != (flags & (PITH_MEM_NO_HUGETLB | PITH_MEM_NO_THP)))
             continue;
         x = c;
         *pp = c->next;
@@ -271,6 +270,7 @@ int extent_get(struct extent **out, size_t size, pith_mem_profile_t profile, uns
         return -ENOMEM;
     x->size = size;
     x->profile = profile;
+    x->made_with = flags & (PITH_MEM_NO_HUGETLB | PITH_MEM_NO_THP);
     int err = map_new(x, flags, topo, node, strict, events);
     if (err) {
         free(x);

@@ -66,7 +66,9 @@ static int parse_size(const char *text, size_t *out)
     }
     if (shift) {
         end++;
-        if (toupper((unsigned char)*end) == 'B' || toupper((unsigned char)*end) == 'I')
+        if (toupper((unsigned char)*end) == 'I')
+            end++;
+        if (toupper((unsigned char)*end) == 'B')
             end++;
     }
     if (*end != '\0' || v > (SIZE_MAX >> shift))
@@ -217,12 +219,12 @@ size_t mem_home_release(struct mem_home *h)
             extent_put(pr->ext[i]);
         pr->n = 0;
     }
-    size_t live = (size_t)mem_owner_in_use(&h->total);
-    if (live == 0) {
+    if (mem_owner_idle(&h->total)) {
         mem_owner_table_free(h);
         free(h);
         return 0;
     }
+    size_t live = (size_t)mem_owner_in_use(&h->total);
     mem_warn(h,
              "%zu bytes in live blocks at stop; their accounts stay so that late frees are "
              "safe",

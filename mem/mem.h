@@ -31,6 +31,7 @@ struct extent {
     bool locked;
     bool prefaulted;
     int node;
+    unsigned made_with;  /* PITH_MEM_NO_HUGETLB | PITH_MEM_NO_THP as they were when mapped */
     struct extent *next; /* the pool's list */
 };
 
@@ -129,6 +130,13 @@ void *mem_alloc(struct mem_home *h, size_t size, size_t align, pith_mem_profile_
 int mem_prof_grow(struct mem_home *h, pith_mem_profile_t prof, size_t need);
 struct mem_owner *mem_owner_get(struct mem_home *h, uint64_t tag, bool create);
 void mem_owner_table_free(struct mem_home *h);
+/* True when no block is charged to `o`, for the owner's shard about to free the account; the
+ * acquire pairs with the release in credit_remote. */
+static inline bool mem_owner_idle(struct mem_owner *o)
+{
+    int64_t remote = atomic_load_explicit(&o->remote, memory_order_acquire);
+    return atomic_load_explicit(&o->local, memory_order_relaxed) == remote;
+}
 static inline int64_t mem_owner_in_use(const struct mem_owner *o)
 {
     int64_t v = atomic_load_explicit(&o->local, memory_order_relaxed) -

@@ -59,11 +59,88 @@ typedef struct bench_stats {
 bench_stats_t bench_stats(unsigned shard);
 bench_stats_t bench_stats_delta(bench_stats_t after, bench_stats_t before);
 
+/* --- the memory rows: bench_mem.c drives an allocator on shard 0; bench_raw.c and bench_mem.c
+ * each define the allocators they measure with BENCH_ALLOC_LOOPS, so every timed loop has the
+ * same shape and only the calls differ. --- */
+
+/* The block size of the alloc/free rows and of the remote free rows. */
+#define BENCH_ALLOC_SIZE 64u
+
+/* Keeps p alive as far as the compiler knows: an allocation it cannot see used could otherwise
+ * be paired with its free and both dropped. Costs no instruction. */
+static inline void bench_escape(void *p)
+{
+    __asm__ volatile("" : : "r"(p) : "memory");
+}
+
+typedef struct bench_allocator {
+    const char *label; /* as the notes name it */
+    void *(*alloc)(size_t size);
+    void (*free)(void *p);
+    /* k pairs of an allocation of BENCH_ALLOC_SIZE bytes and its free (LIFO: the next
+     * allocation gets the block just freed). false when an allocation failed. */
+    bool (*pairs)(unsigned k);
+    /* k allocations into v[0..k), then their frees in allocation order. false when an
+     * allocation failed (what was allocated is freed). */
+    bool (*burst)(void **v, unsigned k);
+} bench_allocator_t;
+
+/* Defines static pfx##_pairs and pfx##_burst calling alloc_call and free_call directly. */
+#define BENCH_ALLOC_LOOPS(pfx, alloc_call, free_call)                                              \
+    static bool pfx##_pairs(unsigned k)                                                            \
+    {                                                                                              \
+        for (unsigned i = 0; i < k; i++) {                                                         \
+            void *p = alloc_call(BENCH_ALLOC_SIZE);                                                \
+            if (p == NULL)                                                                         \
+                return false;                                                                      \
+            bench_escape(p);                                                                       \
+            free_call(p);                                                                          \
+        }                                                                                          \
+        return true;                                                                               \
+    }                                                                                              \
+    static bool pfx##_burst(void **v, unsigned k)                                                  \
+    {                                                                                              \
+        unsigned got = 0;                                                                          \
+        while (got < k && (v[got] = alloc_call(BENCH_ALLOC_SIZE)) != NULL)                         \
+            bench_escape(v[got++]);                                                                \
+        for (unsigned i = 0; i < got; i++)                                                         \
+            free_call(v[i]);                                                                       \
+        return got == k;                                                                           \
+    }
+
+/* Times a->pairs (or a->burst) on shard 0: n pairs in samples of 1000, the first twentieth
+ * dropped; fills r with ns per pair (value = p50). */
+int bench_alloc_pairs(const bench_env_t *env, const bench_allocator_t *a, bool burst, uint64_t n,
+                      result_t *r, char *why, size_t whylen);
+/* Minor page faults on shard 0's thread over the allocation pattern of the page-fault rows,
+ * one warm-up pass then n measured passes; value = the most faults of a measured pass. */
+int bench_alloc_faults(const bench_env_t *env, const bench_allocator_t *a, uint64_t n, result_t *r,
+                       char *why, size_t whylen);
+
 /* bench_raw.c */
 int bench_raw_c2c_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_raw_wake_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_raw_nanosleep_jitter(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                                size_t whylen);
+int bench_raw_malloc_free(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                          size_t whylen);
+int bench_raw_mi_malloc_free(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                             size_t whylen);
+int bench_raw_malloc_free_burst(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                                size_t whylen);
+int bench_raw_malloc_page_faults(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                                 size_t whylen);
+/* bench_mem.c */
+int bench_mem_alloc_free(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_mem_alloc_free_burst(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                               size_t whylen);
+int bench_mem_local_free(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_mem_remote_free(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                          size_t whylen);
+int bench_mem_warm_page_faults(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                               size_t whylen);
+int bench_mem_hot_page_faults(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                              size_t whylen);
 /* bench_mesh.c */
 int bench_mesh_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_mesh_throughput_batch1(const bench_env_t *env, uint64_t n, result_t *r, char *why,

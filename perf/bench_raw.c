@@ -1,14 +1,21 @@
 /* The raw baselines: what the hardware and kernel give two plain threads without the engine —
  * a cache-line ping-pong, an eventfd wake-up ping-pong, and clock_nanosleep lateness. They run
- * while no engine runs, on the CPUs the shards use, so the engine's figures have a floor. */
+ * while no engine runs, on the CPUs the shards use, so the engine's figures have a floor.
+ * The allocator baselines (glibc's malloc, mimalloc) are the exception: they run on shard 0's
+ * thread through bench_mem.c's harness, the very thread and loop pith_malloc is timed on. */
+#include <dlfcn.h>
 #include <errno.h>
+#include <gnu/libc-version.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <mimalloc.h>
 
 #include "bench.h"
 
@@ -261,4 +268,98 @@ int bench_raw_nanosleep_jitter(const bench_env_t *env, uint64_t n, result_t *r, 
     r->value = r->p99;
     samples_free(&sl.s);
     return 0;
+}
+
+/* --- allocators ---
+ * libpith links libmimalloc, which exports malloc and free and, on glibc systems, also
+ * __libc_malloc, __libc_free and the rest of glibc's internal names: in this process every one
+ * of them binds to mimalloc (libmimalloc comes before libc in the search order). glibc's own
+ * allocator is therefore looked up in libc.so.6 itself, where dlsym sees only glibc. */
+static void *(*glibc_malloc)(size_t size);
+static void (*glibc_free)(void *p);
+
+BENCH_ALLOC_LOOPS(libc, glibc_malloc, glibc_free)
+BENCH_ALLOC_LOOPS(mi, mi_malloc, mi_free)
+
+static char libc_label[96];
+static bench_allocator_t libc_allocator_v = {
+    .pairs = libc_pairs,
+    .burst = libc_burst,
+};
+
+/* glibc's __libc_malloc and __libc_free, checked to live in another object than mimalloc's. */
+static const bench_allocator_t *libc_allocator(char *why, size_t whylen)
+{
+    if (glibc_malloc != NULL)
+        return &libc_allocator_v;
+    void *h = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    if (h == NULL) {
+        snprintf(why, whylen, "dlopen(libc.so.6, RTLD_NOLOAD): %s", dlerror());
+        return NULL;
+    }
+    void *m = dlsym(h, "__libc_malloc"), *f = dlsym(h, "__libc_free");
+    dlclose(h); /* RTLD_NOLOAD: only drops the reference it took; libc stays */
+    /* Function and object pointers converted by copying: ISO C has no cast between them. */
+    void *(*mi_fn)(size_t) = mi_malloc;
+    void *mi_addr;
+    memcpy(&mi_addr, &mi_fn, sizeof(mi_addr));
+    Dl_info gi, mi;
+    if (m == NULL || f == NULL || dladdr(m, &gi) == 0 || dladdr(mi_addr, &mi) == 0 ||
+        gi.dli_fbase == mi.dli_fbase) {
+        snprintf(why, whylen, "glibc's __libc_malloc/__libc_free not found apart from mimalloc");
+        return NULL;
+    }
+    memcpy(&glibc_malloc, &m, sizeof(m));
+    memcpy(&glibc_free, &f, sizeof(f));
+    snprintf(libc_label, sizeof(libc_label),
+             "glibc %s malloc/free (__libc_malloc/__libc_free of %s)", gnu_get_libc_version(),
+             gi.dli_fname);
+    libc_allocator_v.label = libc_label;
+    libc_allocator_v.alloc = glibc_malloc;
+    libc_allocator_v.free = glibc_free;
+    return &libc_allocator_v;
+}
+
+static const bench_allocator_t *mi_allocator(void)
+{
+    static char label[96];
+    static bench_allocator_t a = {
+        .alloc = mi_malloc,
+        .free = mi_free,
+        .pairs = mi_pairs,
+        .burst = mi_burst,
+    };
+    int v = mi_version(); /* the library's, not the header's: 209 is 2.0.9 */
+    snprintf(label, sizeof(label),
+             "mimalloc %d.%d.%d mi_malloc/mi_free (the thread's default heap)", v / 100,
+             v / 10 % 10, v % 10);
+    a.label = label;
+    return &a;
+}
+
+int bench_raw_malloc_free(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen)
+{
+    const bench_allocator_t *a = libc_allocator(why, whylen);
+    return a ? bench_alloc_pairs(env, a, false, n, r, why, whylen) : BENCH_SKIP;
+}
+
+/* Not a goal's baseline: a reference for what pith's header and accounts add to mimalloc. */
+int bench_raw_mi_malloc_free(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                             size_t whylen)
+{
+    return bench_alloc_pairs(env, mi_allocator(), false, n, r, why, whylen);
+}
+
+int bench_raw_malloc_free_burst(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                                size_t whylen)
+{
+    const bench_allocator_t *a = libc_allocator(why, whylen);
+    return a ? bench_alloc_pairs(env, a, true, n, r, why, whylen) : BENCH_SKIP;
+}
+
+int bench_raw_malloc_page_faults(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                                 size_t whylen)
+{
+    const bench_allocator_t *a = libc_allocator(why, whylen);
+    return a ? bench_alloc_faults(env, a, n, r, why, whylen) : BENCH_SKIP;
 }

@@ -1,5 +1,5 @@
 /* Collects and prints the machine facts quoted beside pith-bench's figures. Reads /proc, /sys,
- * uname, hwloc and pith_shard_stats; measures nothing. */
+ * uname, hwloc, pith_shard_stats and pith_mem_stats; measures nothing. */
 #include <ctype.h>
 #include <math.h>
 #include <string.h>
@@ -109,7 +109,110 @@ void machine_collect_shards(machine_t *m)
         m->shard_cpu[i] = st.cpu;
         m->shard_pinned[i] = st.pinned;
         m->ring_flags[i] = st.ring_flags;
+        machine_mem_collect(i, &m->mem[i]);
     }
+}
+
+int machine_mem_collect(unsigned shard, machine_mem_t *mm)
+{
+    memset(mm, 0, sizeof(*mm));
+    pith_mem_stats_t st;
+    int rc = pith_mem_stats((int)shard, &st);
+    if (rc != 0)
+        return rc;
+    mm->node = st.node;
+    mm->cap = st.cap;
+    mm->reserved = st.reserved;
+    mm->committed = st.committed;
+    mm->locked = st.locked;
+    mm->huge = st.huge;
+    mm->extents = st.extents;
+    for (unsigned i = 0; i < st.extents && i < MACHINE_MEM_EXTENTS; i++) {
+        rc = pith_mem_extent_info((int)shard, i, &mm->ext[i]);
+        if (rc != 0) {
+            mm->extents = i; /* an engine stopping under us: keep what was read */
+            break;
+        }
+    }
+    mm->seen = true;
+    return 0;
+}
+
+static const char *profile_name(pith_mem_profile_t p)
+{
+    switch (p) {
+    case PITH_MEM_WARM:
+        return "warm";
+    case PITH_MEM_HOT:
+        return "hot";
+    case PITH_MEM_COLD:
+        return "cold";
+    }
+    return "?";
+}
+
+static const char *backing_name(pith_mem_backing_t b)
+{
+    switch (b) {
+    case PITH_MEM_HUGETLB:
+        return "hugetlb";
+    case PITH_MEM_THP:
+        return "thp";
+    case PITH_MEM_PLAIN:
+        return "plain";
+    }
+    return "?";
+}
+
+/* Locked whole (prefaulted extents), on fault, or not at all; cold extents are never locked. */
+static const char *lock_name(const pith_mem_extent_t *x)
+{
+    if (x->locked)
+        return x->prefaulted ? "locked" : "locked(onfault)";
+    return x->prefaulted ? "prefaulted unlocked" : "unlocked";
+}
+
+static unsigned mem_described(const machine_mem_t *mm)
+{
+    return mm->extents < MACHINE_MEM_EXTENTS ? mm->extents : MACHINE_MEM_EXTENTS;
+}
+
+#define MIB(x) ((x) >> 20)
+
+void machine_mem_format(const machine_mem_t *mm, char *buf, size_t len)
+{
+    size_t off = 0;
+#define PUT(...)                                                                                   \
+    do {                                                                                           \
+        int w_ = snprintf(buf + off, off < len ? len - off : 0, __VA_ARGS__);                      \
+        off += w_ > 0 ? (size_t)w_ : 0;                                                            \
+    } while (0)
+    buf[0] = '\0';
+    if (!mm->seen) {
+        PUT("not read");
+        return;
+    }
+    if (mm->node >= 0)
+        PUT("node %d", mm->node);
+    else
+        PUT("node -");
+    for (unsigned i = 0; i < mem_described(mm); i++) {
+        const pith_mem_extent_t *x = &mm->ext[i];
+        PUT(", %s %zu MiB %s %s", profile_name(x->profile), MIB(x->size), backing_name(x->backing),
+            lock_name(x));
+        /* Only when the extent is not where the shard binds: "unbound", or another node. */
+        if (x->node != mm->node) {
+            if (x->node < 0)
+                PUT(" unbound");
+            else
+                PUT(" node %d", x->node);
+        }
+    }
+    if (mm->extents > mem_described(mm))
+        PUT(", ... (%u extents)", mm->extents);
+    PUT(", resident %zu MiB (huge %zu MiB, locked %zu MiB), cap %zu MiB", MIB(mm->committed),
+        MIB(mm->huge), MIB(mm->locked), MIB(mm->cap));
+#undef PUT
 }
 
 void machine_ring_flags_name(uint32_t flags, char *buf, size_t len)
@@ -192,6 +295,43 @@ void machine_print_text(FILE *f, const machine_t *m)
     }
     fprintf(f, " thp=%s hugetlb=%ld load1=%.2f->%.2f\n", m->thp, m->hugetlb, m->load_start,
             m->load_end);
+    /* What each shard's memory got when the probe engine started: hugepages or not, locked or
+     * not, bound where. Later engines take the same extents back from the process's pool. */
+    if (m->engine_seen) {
+        for (unsigned i = 0; i < described(m); i++) {
+            char line[512];
+            machine_mem_format(&m->mem[i], line, sizeof(line));
+            fprintf(f, "mem shard %u: %s\n", i, line);
+        }
+        if (m->shards > described(m))
+            fprintf(f, "mem shard ...: %u more not shown\n", m->shards - described(m));
+    }
+}
+
+/* One shard's memory: {"shard":0,"node":0,"cap":...,"extents":[{"profile":"warm",...}]}; byte
+ * counts are bytes, "node" -1 where none. null for a shard whose memory could not be read. */
+static void mem_json(FILE *f, unsigned shard, const machine_mem_t *mm)
+{
+    if (shard)
+        fputc(',', f);
+    if (!mm->seen) {
+        fputs("null", f);
+        return;
+    }
+    fprintf(f,
+            "{\"shard\":%u,\"node\":%d,\"cap\":%zu,\"reserved\":%zu,\"resident\":%zu,"
+            "\"locked\":%zu,\"huge\":%zu,\"extent_count\":%u,\"extents\":[",
+            shard, mm->node, mm->cap, mm->reserved, mm->committed, mm->locked, mm->huge,
+            mm->extents);
+    for (unsigned i = 0; i < mem_described(mm); i++) {
+        const pith_mem_extent_t *x = &mm->ext[i];
+        fprintf(f,
+                "%s{\"profile\":\"%s\",\"size\":%zu,\"backing\":\"%s\",\"locked\":%s,"
+                "\"prefaulted\":%s,\"node\":%d}",
+                i ? "," : "", profile_name(x->profile), x->size, backing_name(x->backing),
+                x->locked ? "true" : "false", x->prefaulted ? "true" : "false", x->node);
+    }
+    fputs("]}", f);
 }
 
 void machine_print_json(FILE *f, const machine_t *m)
@@ -219,9 +359,12 @@ void machine_print_json(FILE *f, const machine_t *m)
                 fputc(',', f);
             json_string(f, name);
         }
+        fputs("],\"mem\":[", f);
+        for (unsigned i = 0; i < described(m); i++)
+            mem_json(f, i, &m->mem[i]);
         fputc(']', f);
     } else {
-        fputs(",\"shard_cpus\":null,\"shard_pinned\":null,\"ring_flags\":null", f);
+        fputs(",\"shard_cpus\":null,\"shard_pinned\":null,\"ring_flags\":null,\"mem\":null", f);
     }
     fputs(",\"thp\":", f);
     json_string(f, m->thp);

@@ -1,5 +1,5 @@
 /* The machine facts pith-bench prints beside its figures: CPUs, kernel, where the shards ran,
- * the io_uring setup flags they got, hugepage mode and load. */
+ * the io_uring setup flags they got, the memory each shard got, hugepage mode and load. */
 #ifndef PITH_PERF_MACHINE_H
 #define PITH_PERF_MACHINE_H
 
@@ -7,7 +7,19 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define MACHINE_MAX_SHARDS 64 /* shards described one by one; the count is always exact */
+#include <pith/mem.h>
+
+#define MACHINE_MAX_SHARDS  64 /* shards described one by one; the count is always exact */
+#define MACHINE_MEM_EXTENTS 8  /* extents described per shard; the count is always exact */
+
+/* One shard's memory as pith_mem_stats and pith_mem_extent_info report it. */
+typedef struct machine_mem {
+    bool seen; /* false: the calls failed */
+    int node;  /* NUMA node the shard binds to, -1 none */
+    size_t cap, reserved, committed, locked, huge;
+    unsigned extents;
+    pith_mem_extent_t ext[MACHINE_MEM_EXTENTS];
+} machine_mem_t;
 
 typedef struct machine {
     long cpus_online;
@@ -23,13 +35,20 @@ typedef struct machine {
     int shard_cpu[MACHINE_MAX_SHARDS];
     bool shard_pinned[MACHINE_MAX_SHARDS];
     uint32_t ring_flags[MACHINE_MAX_SHARDS];
+    machine_mem_t mem[MACHINE_MAX_SHARDS]; /* what each shard's memory got at start */
 } machine_t;
 
 /* Facts that need no engine. */
 void machine_collect_host(machine_t *m);
 
-/* Reads each shard's cpu, pinned and ring_flags; call while the engine runs. */
+/* Reads each shard's cpu, pinned, ring_flags and memory; call while the engine runs. */
 void machine_collect_shards(machine_t *m);
+
+/* Reads shard `shard`'s memory; call while the engine runs. Returns 0 or a negative errno. */
+int machine_mem_collect(unsigned shard, machine_mem_t *mm);
+
+/* "node 0, warm 32 MiB thp locked(onfault), resident 2 MiB (huge 2 MiB), cap 6144 MiB" */
+void machine_mem_format(const machine_mem_t *mm, char *buf, size_t len);
 
 /* Writes the IORING_SETUP_* names of flags, '|'-separated ("none" for 0). */
 void machine_ring_flags_name(uint32_t flags, char *buf, size_t len);

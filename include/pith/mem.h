@@ -75,7 +75,8 @@ PITH_API void *pith_malloc_ex(size_t size, size_t align, pith_mem_profile_t prof
 /* Usable bytes of a live block: at least what was asked for. */
 PITH_API size_t pith_malloc_usable_size(const void *p);
 
-/* Owners live on the shard that charges them: these act on the calling shard's view.
+/* Owners live on the shard that charges them: these act on the calling shard's view. Owner 0
+ * is the shard's untagged allocations (pith_malloc and the mesh's batches among them).
  * Sets the most bytes `owner` may hold on this shard (0: no limit). An allocation that would go
  * over fails with ENOMEM and counts a refusal. Errors: -EPERM outside the engine, -ENOMEM. */
 PITH_API int pith_mem_owner_budget(uint64_t owner, size_t budget);
@@ -92,7 +93,7 @@ typedef struct pith_mem_owner_stats {
 PITH_API int pith_mem_owner_stats(uint64_t owner, pith_mem_owner_stats_t *out);
 
 /* Forgets `owner` on the calling shard (its budget and counters). Errors: -EBUSY it still holds
- * bytes here, -ENOENT unknown, -EPERM outside the engine. */
+ * bytes here, -ENOENT unknown, -EINVAL owner 0 (always kept), -EPERM outside the engine. */
 PITH_API int pith_mem_owner_forget(uint64_t owner);
 
 /* Gives memory back on the calling shard: collects frees other threads made into its heaps and
