@@ -130,6 +130,8 @@ static unsigned log2_of(size_t v)
 #define ZERO_IN_FINISH 0
 #endif
 
+static inline void *bin_next(const struct blk *b);
+
 static inline void *heap_alloc(mi_heap_t *hp, size_t n, size_t align, bool zero)
 {
     zero &= !ZERO_IN_FINISH;
@@ -302,7 +304,7 @@ static struct blk *plain_alloc(struct mem_home *h, pith_mem_profile_t prof, size
 }
 
 static inline void *finish(struct blk *b, struct mem_owner *o, size_t size, size_t align,
-                           pith_mem_profile_t prof, bool zero)
+                           pith_mem_profile_t prof, bool zero, bool binned)
 {
     /* The block may have been freed last by another thread, through mimalloc's lists that
      * TSan cannot see; its release in pith_free pairs with this. */
@@ -310,7 +312,7 @@ static inline void *finish(struct blk *b, struct mem_owner *o, size_t size, size
     asan_unpoison(b, MEM_HDR + size);
     b->owner = o;
     b->meta = meta_make(size, log2_of(align), prof);
-    if (ZERO_IN_FINISH && zero && !mem_plain)
+    if (zero && (binned || (ZERO_IN_FINISH && !mem_plain)))
         memset(b + 1, 0, size);
     return b + 1;
 }
@@ -330,13 +332,28 @@ void *mem_alloc(struct mem_home *h, size_t size, size_t align, pith_mem_profile_
         return NULL;
     }
     struct mem_prof *p = &h->prof[prof];
-    struct blk *b;
+    struct blk *b = NULL;
+    bool binned = false;
     if (UNLIKELY(mem_plain)) {
         b = plain_alloc(h, prof, n, align, zero);
     } else {
-        b = LIKELY(p->n > 0) ? heap_alloc(p->heap[p->cur], n, align, zero) : NULL;
+        /* Small warm blocks are allocated at their class size, so any block of a class fits
+         * any request of that class. */
+        size_t want = n;
+        if (prof == PITH_MEM_WARM && align == MEM_HDR && n <= MEM_BIN_MAX) {
+            want = (n + 15) & ~(size_t)15;
+            unsigned c = (unsigned)(want >> 4) - 1;
+            b = h->bins[c].head;
+            if (b != NULL) {
+                h->bins[c].head = bin_next(b);
+                h->bins[c].count--;
+                binned = true;
+            }
+        }
+        if (b == NULL && LIKELY(p->n > 0))
+            b = heap_alloc(p->heap[p->cur], want, align, zero);
         if (UNLIKELY(b == NULL))
-            b = alloc_slow(h, prof, n, align, zero);
+            b = alloc_slow(h, prof, want, align, zero);
     }
     if (UNLIKELY(b == NULL)) {
         add1(&h->st.cap_refusals, 1);
@@ -346,7 +363,7 @@ void *mem_alloc(struct mem_home *h, size_t size, size_t align, pith_mem_profile_
     charge(o, n);
     if (o != &h->total)
         charge(&h->total, n);
-    return finish(b, o, size, align, prof, zero);
+    return finish(b, o, size, align, prof, zero, binned);
 }
 
 static void *outside_alloc(size_t size, size_t align, pith_mem_profile_t prof, bool zero)
@@ -368,7 +385,7 @@ static void *outside_alloc(size_t size, size_t align, pith_mem_profile_t prof, b
         atomic_fetch_add_explicit(&outside.local, (int64_t)n, memory_order_relaxed) + (int64_t)n;
     atomic_fetch_add_explicit(&outside.allocs, 1, memory_order_relaxed);
     outside_peak(use);
-    return finish(b, &outside, size, align, prof, zero);
+    return finish(b, &outside, size, align, prof, zero, false);
 }
 
 static void *alloc_any(size_t size, size_t align, pith_mem_profile_t prof, uint64_t tag, bool zero)
@@ -384,7 +401,7 @@ static void *alloc_any(size_t size, size_t align, pith_mem_profile_t prof, uint6
     struct mem_home *h = mem_self;
     if (UNLIKELY(h == NULL))
         return outside_alloc(size, align, prof, zero);
-    struct mem_owner *o = tag == 0 ? &h->anon : mem_owner_get(h, tag, true);
+    struct mem_owner *o = tag == 0 ? &h->total : mem_owner_get(h, tag, true);
     if (UNLIKELY(o == NULL)) {
         errno = ENOMEM;
         return NULL;
@@ -396,7 +413,7 @@ void *pith_malloc(size_t size)
 {
     struct mem_home *h = mem_self;
     if (LIKELY(h != NULL))
-        return mem_alloc(h, size, MEM_HDR, PITH_MEM_WARM, &h->anon, false);
+        return mem_alloc(h, size, MEM_HDR, PITH_MEM_WARM, &h->total, false);
     return outside_alloc(size, MEM_HDR, PITH_MEM_WARM, false);
 }
 
@@ -432,6 +449,12 @@ static NO_ASAN uint64_t live_meta(const struct blk *b)
     return (m >> 56) == MAGIC_LIVE ? m : 0;
 }
 
+/* The link of a block in a bin, which ASan has poisoned with the rest of the block. */
+static inline NO_ASAN void *bin_next(const struct blk *b)
+{
+    return (void *)b->owner;
+}
+
 static void bad_free(const void *p)
 {
     struct mem_home *h = mem_self;
@@ -462,6 +485,18 @@ void pith_free(void *p)
         credit_local(o, n);
         if (o != &h->total)
             credit_local(&h->total, n);
+        if (n <= MEM_BIN_MAX && (m & (UINT64_C(0xFF) << 48)) == (UINT64_C(4) << 48) && !mem_plain) {
+            /* warm (profile 0) and 16-byte aligned (log2 4): keep it for the next request */
+            unsigned c = (unsigned)(((n + 15) >> 4) - 1);
+            if (h->bins[c].count < MEM_BIN_DEPTH) {
+                b->owner = h->bins[c].head;
+                tsan_release(b);
+                asan_poison(b, (n + 15) & ~(size_t)15);
+                h->bins[c].head = b;
+                h->bins[c].count++;
+                return;
+            }
+        }
     } else if (h != NULL) {
         credit_remote(o, n);
         if (o != &h->total)
@@ -564,7 +599,7 @@ static int table_grow(struct mem_home *h)
 struct mem_owner *mem_owner_get(struct mem_home *h, uint64_t tag, bool create)
 {
     if (tag == 0)
-        return &h->anon;
+        return &h->total;
     if (h->last_owner != NULL && h->last_owner->tag == tag)
         return h->last_owner;
     if (h->owners_cap > 0) {
@@ -626,6 +661,20 @@ void mem_owner_table_free(struct mem_home *h)
     free(h->owners);
     h->owners = NULL;
     h->owners_cap = 0;
+}
+
+void mem_bins_flush(struct mem_home *h)
+{
+    for (unsigned c = 0; c < MEM_BIN_CLASSES; c++) {
+        struct blk *b = h->bins[c].head;
+        while (b != NULL) {
+            struct blk *next = bin_next(b);
+            mi_free(b);
+            b = next;
+        }
+        h->bins[c].head = NULL;
+        h->bins[c].count = 0;
+    }
 }
 
 void mem_outside_stats(pith_mem_stats_t *out)

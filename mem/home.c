@@ -178,7 +178,6 @@ int mem_home_open(struct mem_home **out, unsigned id, const pith_mem_config_t *c
     h->topo = topo;
     h->node = cpu_node(topo, cpu, &h->strict);
     h->total.home = h;
-    h->anon.home = h;
     int err = mem_prof_grow(h, PITH_MEM_WARM, 0);
     /* A full arena table is not fatal: allocations then use the thread's mimalloc heap. */
     if (err && err != -ENOSPC) {
@@ -196,6 +195,7 @@ void mem_home_close(struct mem_home *h)
         return;
     /* mi_heap_delete, not destroy: pages with live blocks move to this thread's backing heap
      * and are abandoned when it exits; blocks freed later by anyone stay valid frees. */
+    mem_bins_flush(h);
     mem_self = NULL;
     if (mem_plain)
         return;
@@ -276,6 +276,7 @@ int pith_mem_reclaim(void)
     struct mem_home *h = mem_self;
     if (h == NULL)
         return -EPERM;
+    mem_bins_flush(h);
     collect(h, true);
     advise_cold(h, true);
     return 0;

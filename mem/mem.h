@@ -19,6 +19,9 @@
 /* Extents per profile of one shard; growth doubles, so 16 reach far past any RAM. */
 #define MEM_MAX_EXTENTS 16
 #define MEM_LINE        64
+#define MEM_BIN_MAX     256 /* largest (size + header) kept in a bin */
+#define MEM_BIN_CLASSES (MEM_BIN_MAX / 16)
+#define MEM_BIN_DEPTH   64
 
 /* One mapping handed to mimalloc as an exclusive arena. Made on a shard's thread, kept for the
  * life of the process (mimalloc cannot forget an arena) and reused by later engines. */
@@ -93,12 +96,21 @@ struct mem_home {
     struct extent *all[PITH_MEM_PROFILES * MEM_MAX_EXTENTS];
     _Atomic unsigned nall;
 
-    struct mem_owner total; /* the shard's own account */
-    struct mem_owner anon;  /* owner 0 */
+    /* The shard's account, charged for every block; also owner 0 (untagged blocks), whose
+     * budget is then a budget on untagged allocations. */
+    struct mem_owner total;
     /* owner tag -> account, open addressing (linear probing); the last hit is cached */
     struct mem_owner **owners;
     unsigned owners_cap, owners_len, owners_dead;
     struct mem_owner *last_owner;
+
+    /* Freed small warm blocks of this shard, by 16-byte size class of (size + header), kept
+     * for the next allocation of that class: a pop and a push instead of two calls into
+     * mimalloc. Linked through the header's owner field; flushed to mimalloc at close. */
+    struct {
+        void *head;
+        unsigned count;
+    } bins[MEM_BIN_CLASSES];
 
     struct mem_counters st;
     _Atomic uint64_t bad_frees;
@@ -130,6 +142,7 @@ void *mem_alloc(struct mem_home *h, size_t size, size_t align, pith_mem_profile_
 int mem_prof_grow(struct mem_home *h, pith_mem_profile_t prof, size_t need);
 struct mem_owner *mem_owner_get(struct mem_home *h, uint64_t tag, bool create);
 void mem_owner_table_free(struct mem_home *h);
+void mem_bins_flush(struct mem_home *h);
 /* True when no block is charged to `o`, for the owner's shard about to free the account; the
  * acquire pairs with the release in credit_remote. */
 static inline bool mem_owner_idle(struct mem_owner *o)
