@@ -61,32 +61,26 @@ static struct mem_owner outside = {.tag = 0, .home = NULL};
 static _Atomic uint64_t outside_bad_frees;
 static _Atomic int outside_warned;
 
-/* Single-writer counter: a load and a store, no locked instruction. */
-static inline void add1(_Atomic uint64_t *c, uint64_t n)
+/* Adds delta to the owner's local bytes (its shard only) and moves the peak if in use passed it. */
+static inline void local_add(struct mem_owner *o, int64_t delta)
 {
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
-                          memory_order_relaxed);
+    int64_t local = atomic_load_explicit(&o->local, memory_order_relaxed) + delta;
+    atomic_store_explicit(&o->local, local, memory_order_relaxed);
+    int64_t use = local - atomic_load_explicit(&o->remote, memory_order_relaxed);
+    if (use > (int64_t)atomic_load_explicit(&o->peak, memory_order_relaxed))
+        atomic_store_explicit(&o->peak, (uint64_t)use, memory_order_relaxed);
 }
 
 static inline void charge(struct mem_owner *o, size_t n)
 {
-    int64_t local = atomic_load_explicit(&o->local, memory_order_relaxed) + (int64_t)n;
-    atomic_store_explicit(&o->local, local, memory_order_relaxed);
-    add1(&o->allocs, 1);
-    int64_t use = local - atomic_load_explicit(&o->remote, memory_order_relaxed);
-    if (use > (int64_t)atomic_load_explicit(&o->peak, memory_order_relaxed))
-        atomic_store_explicit(&o->peak, (uint64_t)use, memory_order_relaxed);
+    local_add(o, (int64_t)n);
+    stat_add(&o->allocs, 1);
 }
 
 /* A block of this shard changed size in place. */
 static inline void resize(struct mem_owner *o, size_t old, size_t now)
 {
-    int64_t local =
-        atomic_load_explicit(&o->local, memory_order_relaxed) - (int64_t)old + (int64_t)now;
-    atomic_store_explicit(&o->local, local, memory_order_relaxed);
-    int64_t use = local - atomic_load_explicit(&o->remote, memory_order_relaxed);
-    if (use > (int64_t)atomic_load_explicit(&o->peak, memory_order_relaxed))
-        atomic_store_explicit(&o->peak, (uint64_t)use, memory_order_relaxed);
+    local_add(o, (int64_t)now - (int64_t)old);
 }
 
 static inline void credit_local(struct mem_owner *o, size_t n)
@@ -94,7 +88,7 @@ static inline void credit_local(struct mem_owner *o, size_t n)
     atomic_store_explicit(&o->local,
                           atomic_load_explicit(&o->local, memory_order_relaxed) - (int64_t)n,
                           memory_order_relaxed);
-    add1(&o->frees, 1);
+    stat_add(&o->frees, 1);
 }
 
 /* Frees from a thread that is not the owner's shard: atomic adds on the owner's remote line.
@@ -215,11 +209,11 @@ int mem_prof_grow(struct mem_home *h, pith_mem_profile_t prof, size_t need)
     struct extent *x = NULL;
     int err = extent_get(&x, size, prof, h->cfg.flags, h->topo, h->node, h->strict, &ev);
     if (ev & EV_LOCK_REFUSED)
-        add1(&h->st.lock_failures, 1);
+        stat_add(&h->st.lock_failures, 1);
     if (ev & EV_BIND_FAILED)
-        add1(&h->st.bind_failures, 1);
+        stat_add(&h->st.bind_failures, 1);
     if (ev & EV_ARENA_FULL)
-        add1(&h->st.arena_failures, 1);
+        stat_add(&h->st.arena_failures, 1);
     unsigned fresh = ev & ~h->warned;
     h->warned |= ev;
     if (fresh & EV_LOCK_REFUSED)
@@ -239,7 +233,7 @@ int mem_prof_grow(struct mem_home *h, pith_mem_profile_t prof, size_t need)
     p->heap[p->n] = heap;
     p->cur = p->n++;
     if (h->reserved > 0)
-        add1(&h->st.grows, 1);
+        stat_add(&h->st.grows, 1);
     p->reserved += size;
     h->reserved += size;
     unsigned i = atomic_load_explicit(&h->nall, memory_order_relaxed);
@@ -326,8 +320,8 @@ void *mem_alloc(struct mem_home *h, size_t size, size_t align, pith_mem_profile_
     }
     size_t n = size + MEM_HDR;
     if (UNLIKELY(o->budget != 0) && (size_t)mem_owner_in_use(o) + n > o->budget) {
-        add1(&o->refusals, 1);
-        add1(&h->st.budget_refusals, 1);
+        stat_add(&o->refusals, 1);
+        stat_add(&h->st.budget_refusals, 1);
         errno = ENOMEM;
         return NULL;
     }
@@ -356,7 +350,7 @@ void *mem_alloc(struct mem_home *h, size_t size, size_t align, pith_mem_profile_
             b = alloc_slow(h, prof, want, align, zero);
     }
     if (UNLIKELY(b == NULL)) {
-        add1(&h->st.cap_refusals, 1);
+        stat_add(&h->st.cap_refusals, 1);
         errno = ENOMEM;
         return NULL;
     }
@@ -542,8 +536,8 @@ void *pith_realloc(void *p, size_t size)
     if (h != NULL && h == mem_self && size <= META_SIZE_MAX - MEM_HDR - align &&
         size + MEM_HDR <= blk_usable(b, m)) {
         if (size > old && o->budget != 0 && (size_t)mem_owner_in_use(o) + size - old > o->budget) {
-            add1(&o->refusals, 1);
-            add1(&h->st.budget_refusals, 1);
+            stat_add(&o->refusals, 1);
+            stat_add(&h->st.budget_refusals, 1);
             errno = ENOMEM;
             return NULL;
         }

@@ -253,10 +253,7 @@ static void advise_cold(struct mem_home *h, bool pageout)
     struct mem_prof *pr = &h->prof[PITH_MEM_COLD];
     for (unsigned i = 0; i < pr->n; i++)
         if (extent_advise_cold(pr->ext[i], pageout) == 0)
-            atomic_store_explicit(&h->st.cold_advice,
-                                  atomic_load_explicit(&h->st.cold_advice, memory_order_relaxed) +
-                                      1,
-                                  memory_order_relaxed);
+            stat_add(&h->st.cold_advice, 1);
 }
 
 void mem_home_idle(struct mem_home *h)

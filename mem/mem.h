@@ -45,6 +45,14 @@ enum {
     EV_ARENA_FULL = 1u << 2,
 };
 
+/* Single-writer counter (shard/ uses it too): a load and a store, no locked instruction. Relaxed
+ * atomics, so readers on other threads never see torn values and TSan sees no race. */
+static inline void stat_add(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
 /* extent.c */
 int extent_get(struct extent **out, size_t size, pith_mem_profile_t profile, unsigned flags,
                hwloc_topology_t topo, int node, bool strict, unsigned *events);

@@ -119,13 +119,6 @@ struct shard_counters {
         backpressure, wakes_sent, external_in, timers_fired, timers_pending, stalls;
 };
 
-static inline void stat_add(_Atomic uint64_t *c, uint64_t n)
-{
-    /* Single writer: a load and a store, no locked instruction. */
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
-                          memory_order_relaxed);
-}
-
 struct engine;
 
 struct shard {
