@@ -25,23 +25,44 @@
 #define LIKELY(x)   __builtin_expect(!!(x), 1)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
 
-/* Every block starts with this header: the account it is charged to and what it was asked
- * for. meta: size (bits 0-47), log2 of the alignment (48-53), profile (54-55), magic (56-63).
- * The user's pointer follows the header and keeps the header's 16-byte alignment. */
+/* Every block starts with this header; the user's pointer follows it and keeps its 16-byte
+ * alignment.
+ * - word: the account the block is charged to (a struct mem_owner, 64-byte aligned) with the
+ *   block's state in the low 6 bits: LIVE_BIG, LIVE_SMALL (mem.h), or DEAD, so that a second
+ *   free finds DEAD. One compare of the word tells pith_free a small live block of the
+ *   shard's own account.
+ * - meta: size (bits 0-47), log2 of the alignment (48-53), profile (54-55) and a kind byte
+ *   (56-63): BIG, or SMALL for a block of a cache class, whose size is then its class size
+ *   minus the header, whatever was asked. Blocks of a class are interchangeable, so taking
+ *   one from the cache writes `word` and nothing else. */
 struct blk {
-    struct mem_owner *owner;
+    uintptr_t word;
     uint64_t meta;
 };
 _Static_assert(sizeof(struct blk) == MEM_HDR, "header size");
+_Static_assert(alignof(struct mem_owner) >= 64, "the state bits need 64-byte aligned owners");
 
+#define STATE_MASK    ((uintptr_t)63)
 #define META_SIZE_MAX ((UINT64_C(1) << 48) - 1)
-#define MAGIC_LIVE    UINT64_C(0xB7)
-#define MAGIC_DEAD    UINT64_C(0x5D)
+#define KIND_BIG      UINT64_C(0xB7)
+#define KIND_SMALL    UINT64_C(0xB9)
+#define SMALL_MAX     (MEM_BIN_MAX - MEM_HDR) /* largest size asked for of a small block */
 
-static inline uint64_t meta_make(size_t size, unsigned align_log2, pith_mem_profile_t prof)
+static inline uint64_t meta_make(size_t size, unsigned align_log2, pith_mem_profile_t prof,
+                                 uint64_t kind)
 {
-    return (uint64_t)size | ((uint64_t)align_log2 << 48) | ((uint64_t)prof << 54) |
-           (MAGIC_LIVE << 56);
+    return (uint64_t)size | ((uint64_t)align_log2 << 48) | ((uint64_t)prof << 54) | (kind << 56);
+}
+static inline struct mem_owner *word_owner(uintptr_t w)
+{
+    return (struct mem_owner *)(w & ~STATE_MASK);
+}
+/* Class of a small block from its size asked for; its bytes with the header are (c + 1) * 16,
+ * and its meta size field is c * 16. Class 0 is never used: a cached block needs room for its
+ * link after the header. */
+static inline unsigned small_class(size_t size)
+{
+    return (unsigned)((size + (size == 0) + MEM_HDR + 15) >> 4) - 1;
 }
 static inline size_t meta_size(uint64_t m)
 {
@@ -123,8 +144,6 @@ static unsigned log2_of(size_t v)
 #else
 #define ZERO_IN_FINISH 0
 #endif
-
-static inline void *bin_next(const struct blk *b);
 
 static inline void *heap_alloc(mi_heap_t *hp, size_t n, size_t align, bool zero)
 {
@@ -298,15 +317,88 @@ static struct blk *plain_alloc(struct mem_home *h, pith_mem_profile_t prof, size
 }
 
 static inline void *finish(struct blk *b, struct mem_owner *o, size_t size, size_t align,
-                           pith_mem_profile_t prof, bool zero, bool binned)
+                           pith_mem_profile_t prof, bool zero, uint64_t kind)
 {
     /* The block may have been freed last by another thread, through mimalloc's lists that
      * TSan cannot see; its release in pith_free pairs with this. */
     tsan_acquire(b);
     asan_unpoison(b, MEM_HDR + size);
-    b->owner = o;
-    b->meta = meta_make(size, log2_of(align), prof);
-    if (zero && (binned || (ZERO_IN_FINISH && !mem_plain)))
+    b->word = (uintptr_t)o | (kind == KIND_SMALL ? MEM_LIVE_SMALL : MEM_LIVE_BIG);
+    b->meta = meta_make(size, log2_of(align), prof, kind);
+    if (zero && ZERO_IN_FINISH && !mem_plain)
+        memset(b + 1, 0, size);
+    return b + 1;
+}
+
+/* ---- the cache of freed small blocks (struct mem_home, mem.h) ----
+ * A shard that frees a small block of its own usually wants one of the same class soon: the
+ * block waits here instead of going back to mimalloc. The hot slot is what makes the common
+ * free-then-malloc cheap: its stores do not depend on anything loaded from the block, so the
+ * next allocation is not held up behind the free's loads. Cached blocks are poisoned under
+ * ASan; their links are read and written unchecked. */
+
+static inline NO_ASAN void *bin_next(const struct blk *b)
+{
+    return *(void *const *)(b + 1);
+}
+static inline NO_ASAN void bin_set_next(struct blk *b, void *next)
+{
+    *(void **)(b + 1) = next;
+}
+static inline NO_ASAN uintptr_t blk_word(const struct blk *b)
+{
+    return b->word;
+}
+
+/* A cached block of class c, or NULL. */
+static inline struct blk *cache_take(struct mem_home *h, unsigned c)
+{
+    if (atomic_load_explicit(&h->hot_size, memory_order_relaxed) == c * 16) {
+        uintptr_t w = atomic_load_explicit(&h->hot, memory_order_relaxed);
+        atomic_store_explicit(&h->hot_size, MEM_HOT_NONE, memory_order_relaxed);
+        atomic_store_explicit(&h->hot, 0, memory_order_relaxed);
+        return (struct blk *)w;
+    }
+    struct blk *b = h->bins[c].head;
+    if (b != NULL) {
+        h->bins[c].head = bin_next(b);
+        unsigned k = atomic_load_explicit(&h->bins[c].count, memory_order_relaxed);
+        atomic_store_explicit(&h->bins[c].count, k - 1, memory_order_relaxed);
+    }
+    return b;
+}
+
+/* Keeps a freed small block (already marked DEAD) of class c; false when c is full. */
+static inline bool cache_put(struct mem_home *h, struct blk *b, unsigned c)
+{
+    if (atomic_load_explicit(&h->hot, memory_order_relaxed) == 0) {
+        atomic_store_explicit(&h->hot_size, (uint8_t)(c * 16), memory_order_relaxed);
+        atomic_store_explicit(&h->hot, (uintptr_t)b, memory_order_relaxed);
+    } else {
+        unsigned k = atomic_load_explicit(&h->bins[c].count, memory_order_relaxed);
+        if (k >= MEM_BIN_DEPTH)
+            return false;
+        bin_set_next(b, h->bins[c].head);
+        h->bins[c].head = b;
+        atomic_store_explicit(&h->bins[c].count, k + 1, memory_order_relaxed);
+    }
+    stat_inc(&h->cached_frees);
+    /* Pairs with the acquire in cache_give; same thread, but TSan may have seen the block
+     * handed between threads by mimalloc before. */
+    tsan_release(b);
+    asan_poison(b, (size_t)(c + 1) * 16);
+    return true;
+}
+
+/* Hands out a block taken from the cache, charged to o (the caller charged a tagged owner). */
+static inline void *cache_give(struct blk *b, struct mem_owner *o, bool zero)
+{
+    tsan_acquire(b);
+    asan_unpoison(b, MEM_HDR);
+    size_t size = meta_size(b->meta);
+    asan_unpoison(b, MEM_HDR + size);
+    b->word = (uintptr_t)o | MEM_LIVE_SMALL;
+    if (zero)
         memset(b + 1, 0, size);
     return b + 1;
 }
@@ -318,36 +410,29 @@ void *mem_alloc(struct mem_home *h, size_t size, size_t align, pith_mem_profile_
         errno = ENOMEM;
         return NULL;
     }
-    size_t n = size + MEM_HDR;
-    if (UNLIKELY(o->budget != 0) && (size_t)mem_owner_in_use(o) + n > o->budget) {
+    bool small = prof == PITH_MEM_WARM && align == MEM_HDR && size <= SMALL_MAX;
+    unsigned c = small_class(size);
+    size_t n = small ? (size_t)(c + 1) * 16 : size + MEM_HDR;
+    if (UNLIKELY(o->budget != 0) && mem_in_use(h, o) + n > o->budget) {
         stat_add(&o->refusals, 1);
         stat_add(&h->st.budget_refusals, 1);
         errno = ENOMEM;
         return NULL;
     }
+    struct blk *b;
+    if (small && (b = cache_take(h, c)) != NULL) {
+        /* Still charged to total: only a tagged owner's account moves. */
+        if (o != &h->total)
+            charge(o, n);
+        return cache_give(b, o, zero);
+    }
     struct mem_prof *p = &h->prof[prof];
-    struct blk *b = NULL;
-    bool binned = false;
     if (UNLIKELY(mem_plain)) {
         b = plain_alloc(h, prof, n, align, zero);
     } else {
-        /* Small warm blocks are allocated at their class size, so any block of a class fits
-         * any request of that class. */
-        size_t want = n;
-        if (prof == PITH_MEM_WARM && align == MEM_HDR && n <= MEM_BIN_MAX) {
-            want = (n + 15) & ~(size_t)15;
-            unsigned c = (unsigned)(want >> 4) - 1;
-            b = h->bins[c].head;
-            if (b != NULL) {
-                h->bins[c].head = bin_next(b);
-                h->bins[c].count--;
-                binned = true;
-            }
-        }
-        if (b == NULL && LIKELY(p->n > 0))
-            b = heap_alloc(p->heap[p->cur], want, align, zero);
+        b = LIKELY(p->n > 0) ? heap_alloc(p->heap[p->cur], n, align, zero) : NULL;
         if (UNLIKELY(b == NULL))
-            b = alloc_slow(h, prof, want, align, zero);
+            b = alloc_slow(h, prof, n, align, zero);
     }
     if (UNLIKELY(b == NULL)) {
         stat_add(&h->st.cap_refusals, 1);
@@ -357,7 +442,7 @@ void *mem_alloc(struct mem_home *h, size_t size, size_t align, pith_mem_profile_
     charge(o, n);
     if (o != &h->total)
         charge(&h->total, n);
-    return finish(b, o, size, align, prof, zero, binned);
+    return finish(b, o, n - MEM_HDR, align, prof, zero, small ? KIND_SMALL : KIND_BIG);
 }
 
 static void *outside_alloc(size_t size, size_t align, pith_mem_profile_t prof, bool zero)
@@ -379,7 +464,7 @@ static void *outside_alloc(size_t size, size_t align, pith_mem_profile_t prof, b
         atomic_fetch_add_explicit(&outside.local, (int64_t)n, memory_order_relaxed) + (int64_t)n;
     atomic_fetch_add_explicit(&outside.allocs, 1, memory_order_relaxed);
     outside_peak(use);
-    return finish(b, &outside, size, align, prof, zero, false);
+    return finish(b, &outside, size, align, prof, zero, KIND_BIG);
 }
 
 static void *alloc_any(size_t size, size_t align, pith_mem_profile_t prof, uint64_t tag, bool zero)
@@ -406,8 +491,24 @@ static void *alloc_any(size_t size, size_t align, pith_mem_profile_t prof, uint6
 void *pith_malloc(size_t size)
 {
     struct mem_home *h = mem_self;
-    if (LIKELY(h != NULL))
+    if (LIKELY(h != NULL)) {
+        /* The hot slot first, inline: the block freed last, when it has the class asked.
+         * Class c holds c * 16 bytes after the header, so a size of 1 to 240 fits the block
+         * when it rounds up to hot_size. Size 0 and sizes that wrap round to 0, sizes past
+         * 240 to 256 or more: never a hot_size. */
+        if (atomic_load_explicit(&h->hot_size, memory_order_relaxed) ==
+            ((size + 15) & ~(size_t)15)) {
+            struct blk *b = (struct blk *)atomic_load_explicit(&h->hot, memory_order_relaxed);
+            atomic_store_explicit(&h->hot_size, MEM_HOT_NONE, memory_order_relaxed);
+            atomic_store_explicit(&h->hot, 0, memory_order_relaxed);
+            tsan_acquire(b);
+            asan_unpoison(b, MEM_HDR);
+            asan_unpoison(b, MEM_HDR + meta_size(b->meta));
+            b->word = h->live_word;
+            return b + 1;
+        }
         return mem_alloc(h, size, MEM_HDR, PITH_MEM_WARM, &h->total, false);
+    }
     return outside_alloc(size, MEM_HDR, PITH_MEM_WARM, false);
 }
 
@@ -440,13 +541,11 @@ void *pith_malloc_ex(size_t size, size_t align, pith_mem_profile_t profile, uint
 static NO_ASAN uint64_t live_meta(const struct blk *b)
 {
     uint64_t m = b->meta;
-    return (m >> 56) == MAGIC_LIVE ? m : 0;
-}
-
-/* The link of a block in a bin, which ASan has poisoned with the rest of the block. */
-static inline NO_ASAN void *bin_next(const struct blk *b)
-{
-    return (void *)b->owner;
+    uintptr_t state = b->word & STATE_MASK;
+    if ((state == MEM_LIVE_BIG && (m >> 56) == KIND_BIG) ||
+        (state == MEM_LIVE_SMALL && (m >> 56) == KIND_SMALL))
+        return m;
+    return 0;
 }
 
 static void bad_free(const void *p)
@@ -461,36 +560,24 @@ static void bad_free(const void *p)
                  p);
 }
 
-void pith_free(void *p)
+static void free_slow(struct blk *b)
 {
-    if (p == NULL)
-        return;
-    struct blk *b = (struct blk *)p - 1;
     uint64_t m = live_meta(b);
     if (UNLIKELY(m == 0)) {
-        bad_free(p);
+        bad_free(b + 1);
         return;
     }
-    b->meta = (m & ~(UINT64_C(0xFF) << 56)) | (MAGIC_DEAD << 56);
+    uintptr_t w = b->word;
+    b->word = (w & ~STATE_MASK) | MEM_DEAD;
     size_t n = meta_size(m) + MEM_HDR;
-    struct mem_owner *o = b->owner;
+    struct mem_owner *o = word_owner(w);
     struct mem_home *h = o->home;
     if (LIKELY(h != NULL && h == mem_self)) {
-        credit_local(o, n);
         if (o != &h->total)
-            credit_local(&h->total, n);
-        if (n <= MEM_BIN_MAX && (m & (UINT64_C(0xFF) << 48)) == (UINT64_C(4) << 48) && !mem_plain) {
-            /* warm (profile 0) and 16-byte aligned (log2 4): keep it for the next request */
-            unsigned c = (unsigned)(((n + 15) >> 4) - 1);
-            if (h->bins[c].count < MEM_BIN_DEPTH) {
-                b->owner = h->bins[c].head;
-                tsan_release(b);
-                asan_poison(b, (n + 15) & ~(size_t)15);
-                h->bins[c].head = b;
-                h->bins[c].count++;
-                return;
-            }
-        }
+            credit_local(o, n);
+        if ((m >> 56) == KIND_SMALL && h->cache_on && cache_put(h, b, (unsigned)(n >> 4) - 1))
+            return; /* still charged to total until it leaves the cache */
+        credit_local(&h->total, n);
     } else if (h != NULL) {
         credit_remote(o, n);
         if (o != &h->total)
@@ -505,13 +592,39 @@ void pith_free(void *p)
     blk_release(b, m);
 }
 
+void pith_free(void *p)
+{
+    if (p == NULL)
+        return;
+    struct blk *b = (struct blk *)p - 1;
+    struct mem_home *h = mem_self;
+    /* Inline: a small block of this shard's own account into the empty hot slot (never empty
+     * while the cache is off). The stores do not depend on the hot slot's value. A small block
+     * is warm and 16-byte aligned, with c * 16 bytes after the header in meta's low byte. */
+    if (LIKELY(h != NULL && blk_word(b) == h->live_word)) {
+        uint64_t m = b->meta;
+        if (LIKELY(atomic_load_explicit(&h->hot, memory_order_relaxed) == 0)) {
+            b->word = h->dead_word;
+            atomic_store_explicit(&h->hot_size, (uint8_t)m, memory_order_relaxed);
+            atomic_store_explicit(&h->hot, (uintptr_t)b, memory_order_relaxed);
+            stat_inc(&h->cached_frees);
+            tsan_release(b);
+            asan_poison(b, (size_t)(uint8_t)m + MEM_HDR);
+            return;
+        }
+    }
+    free_slow(b);
+}
+
 size_t pith_malloc_usable_size(const void *p)
 {
     if (p == NULL)
         return 0;
     const struct blk *b = (const struct blk *)p - 1;
     uint64_t m = live_meta(b);
-    return m == 0 ? 0 : blk_usable(b, m) - MEM_HDR;
+    if (m == 0)
+        return 0;
+    return (m >> 56) == KIND_SMALL ? meta_size(m) : blk_usable(b, m) - MEM_HDR;
 }
 
 void *pith_realloc(void *p, size_t size)
@@ -529,13 +642,16 @@ void *pith_realloc(void *p, size_t size)
         errno = EINVAL;
         return NULL;
     }
-    struct mem_owner *o = b->owner;
+    struct mem_owner *o = word_owner(b->word);
     struct mem_home *h = o->home;
     size_t old = meta_size(m), align = meta_align(m);
+    /* A small block keeps its class: in place while the size fits it, unchanged. */
+    if ((m >> 56) == KIND_SMALL && size <= old)
+        return p;
     /* In place when the block is ours and already big enough: only the accounts change. */
-    if (h != NULL && h == mem_self && size <= META_SIZE_MAX - MEM_HDR - align &&
-        size + MEM_HDR <= blk_usable(b, m)) {
-        if (size > old && o->budget != 0 && (size_t)mem_owner_in_use(o) + size - old > o->budget) {
+    if ((m >> 56) == KIND_BIG && h != NULL && h == mem_self &&
+        size <= META_SIZE_MAX - MEM_HDR - align && size + MEM_HDR <= blk_usable(b, m)) {
+        if (size > old && o->budget != 0 && mem_in_use(h, o) + size - old > o->budget) {
             stat_add(&o->refusals, 1);
             stat_add(&h->st.budget_refusals, 1);
             errno = ENOMEM;
@@ -545,7 +661,7 @@ void *pith_realloc(void *p, size_t size)
         if (o != &h->total)
             resize(&h->total, old, size);
         asan_unpoison(b, MEM_HDR + size);
-        b->meta = meta_make(size, log2_of(align), meta_prof(m));
+        b->meta = meta_make(size, log2_of(align), meta_prof(m), KIND_BIG);
         return p;
     }
     void *q = alloc_any(size, align, meta_prof(m), o->tag, false);
@@ -657,8 +773,18 @@ void mem_owner_table_free(struct mem_home *h)
     h->owners_cap = 0;
 }
 
+/* Gives the cached blocks back to mimalloc and their bytes back to total. Their frees were
+ * counted when they were cached. */
 void mem_bins_flush(struct mem_home *h)
 {
+    size_t bytes;
+    size_t n = mem_cached(h, &bytes);
+    uintptr_t w = atomic_load_explicit(&h->hot, memory_order_relaxed);
+    if (w > MEM_HOT_OFF) {
+        atomic_store_explicit(&h->hot_size, MEM_HOT_NONE, memory_order_relaxed);
+        atomic_store_explicit(&h->hot, 0, memory_order_relaxed);
+        mi_free((void *)w);
+    }
     for (unsigned c = 0; c < MEM_BIN_CLASSES; c++) {
         struct blk *b = h->bins[c].head;
         while (b != NULL) {
@@ -667,8 +793,19 @@ void mem_bins_flush(struct mem_home *h)
             b = next;
         }
         h->bins[c].head = NULL;
-        h->bins[c].count = 0;
+        atomic_store_explicit(&h->bins[c].count, 0, memory_order_relaxed);
     }
+    stat_add(&h->flushed, n);
+    local_add(&h->total, -(int64_t)bytes);
+}
+
+void mem_cache_enable(struct mem_home *h, bool on)
+{
+    mem_bins_flush(h);
+    h->cache_on = on;
+    /* Off: the hot slot looks full, so pith_free's inline path passes it by. */
+    atomic_store_explicit(&h->hot_size, MEM_HOT_NONE, memory_order_relaxed);
+    atomic_store_explicit(&h->hot, on ? 0 : MEM_HOT_OFF, memory_order_relaxed);
 }
 
 void mem_outside_stats(pith_mem_stats_t *out)

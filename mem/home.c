@@ -178,6 +178,9 @@ int mem_home_open(struct mem_home **out, unsigned id, const pith_mem_config_t *c
     h->topo = topo;
     h->node = cpu_node(topo, cpu, &h->strict);
     h->total.home = h;
+    h->live_word = (uintptr_t)&h->total | MEM_LIVE_SMALL;
+    h->dead_word = (uintptr_t)&h->total | MEM_DEAD;
+    mem_cache_enable(h, !mem_plain);
     int err = mem_prof_grow(h, PITH_MEM_WARM, 0);
     /* A full arena table is not fatal: allocations then use the thread's mimalloc heap. */
     if (err && err != -ENOSPC) {
@@ -288,6 +291,10 @@ int pith_mem_owner_budget(uint64_t owner, size_t budget)
     if (o == NULL)
         return -ENOMEM;
     o->budget = budget;
+    if (o == &h->total) {
+        /* Cache hits skip the accounts, so owner 0's budget turns the cache off. */
+        mem_cache_enable(h, budget == 0 && !mem_plain);
+    }
     return 0;
 }
 
@@ -301,10 +308,10 @@ int pith_mem_owner_stats(uint64_t owner, pith_mem_owner_stats_t *out)
     struct mem_owner *o = mem_owner_get(h, owner, false);
     if (o == NULL)
         return -ENOENT;
-    out->in_use = (size_t)mem_owner_in_use(o);
+    out->in_use = mem_in_use(h, o);
     out->peak = atomic_load_explicit(&o->peak, memory_order_relaxed);
     out->budget = o->budget;
-    out->allocs = atomic_load_explicit(&o->allocs, memory_order_relaxed);
+    out->allocs = mem_allocs(h, o);
     out->refusals = atomic_load_explicit(&o->refusals, memory_order_relaxed);
     return 0;
 }

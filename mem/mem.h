@@ -19,9 +19,12 @@
 /* Extents per profile of one shard; growth doubles, so 16 reach far past any RAM. */
 #define MEM_MAX_EXTENTS 16
 #define MEM_LINE        64
-#define MEM_BIN_MAX     256 /* largest (size + header) kept in a bin */
+/* Small blocks: warm, 16-byte aligned, size + header at most MEM_BIN_MAX. They are made and
+ * charged at their class size (size + header rounded up to 16 bytes), and a freed one waits in
+ * the shard's cache for the next request of its class (alloc.c). */
+#define MEM_BIN_MAX     256
 #define MEM_BIN_CLASSES (MEM_BIN_MAX / 16)
-#define MEM_BIN_DEPTH   64
+#define MEM_BIN_DEPTH   64 /* blocks per class in the cache's lists, besides the hot slot */
 
 /* One mapping handed to mimalloc as an exclusive arena. Made on a shard's thread, kept for the
  * life of the process (mimalloc cannot forget an arena) and reused by later engines. */
@@ -51,6 +54,19 @@ static inline void stat_add(_Atomic uint64_t *c, uint64_t n)
 {
     atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
                           memory_order_relaxed);
+}
+
+/* stat_add(c, 1) in one instruction where the compiler emits three (it does not merge an atomic
+ * load and store): a plain add to memory, not locked, so single-writer only. An aligned 8-byte
+ * store is single-copy atomic on x86-64, so relaxed readers see the old value or the new. TSan
+ * cannot see into asm, so its builds keep stat_add. */
+static inline void stat_inc(_Atomic uint64_t *c)
+{
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+    __asm__("addq $1, %0" : "+m"(*(uint64_t *)c));
+#else
+    stat_add(c, 1);
+#endif
 }
 
 /* extent.c */
@@ -112,13 +128,27 @@ struct mem_home {
     unsigned owners_cap, owners_len, owners_dead;
     struct mem_owner *last_owner;
 
-    /* Freed small warm blocks of this shard, by 16-byte size class of (size + header), kept
-     * for the next allocation of that class: a pop and a push instead of two calls into
-     * mimalloc. Linked through the header's owner field; flushed to mimalloc at close. */
+    /* The cache of freed small blocks (class c holds blocks of (c + 1) * 16 bytes with the
+     * header). `hot` is the last block freed (0: none) and `hot_size` its bytes after the header,
+     * 16 * its class, or MEM_HOT_NONE when the slot has no block; behind it a
+     * list per class, linked through the first word after the header. Cached blocks stay
+     * charged to `total` (so a cache hit touches no account of the shard): the shard's bytes
+     * in use are total's minus mem_cached_bytes(). Written by the shard only; the atomics are
+     * for stats readers on other threads (relaxed: the values only add up once the shard is
+     * quiet). Off (cache_on false, hot = MEM_HOT_OFF) under valgrind and while owner 0 has a
+     * budget. */
+    alignas(MEM_LINE) _Atomic uintptr_t hot; /* pith_malloc and pith_free inline: this line */
+    _Atomic uint8_t hot_size;
+    bool cache_on;
+    uintptr_t live_word, dead_word; /* header words of a small block of total, live and freed */
+    _Atomic uint64_t cached_frees;
     struct {
         void *head;
-        unsigned count;
+        _Atomic unsigned count;
     } bins[MEM_BIN_CLASSES];
+    /* Frees the cache kept, and blocks it gave back to mimalloc: allocations it served are
+     * cached_frees - flushed - the blocks in it now. */
+    _Atomic uint64_t flushed;
 
     struct mem_counters st;
     _Atomic uint64_t bad_frees;
@@ -151,6 +181,8 @@ int mem_prof_grow(struct mem_home *h, pith_mem_profile_t prof, size_t need);
 struct mem_owner *mem_owner_get(struct mem_home *h, uint64_t tag, bool create);
 void mem_owner_table_free(struct mem_home *h);
 void mem_bins_flush(struct mem_home *h);
+/* Turns the cache of small blocks on or off, giving back what it holds. */
+void mem_cache_enable(struct mem_home *h, bool on);
 /* True when no block is charged to `o`, for the owner's shard about to free the account; the
  * acquire pairs with the release in credit_remote. */
 static inline bool mem_owner_idle(struct mem_owner *o)
@@ -163,6 +195,62 @@ static inline int64_t mem_owner_in_use(const struct mem_owner *o)
     int64_t v = atomic_load_explicit(&o->local, memory_order_relaxed) -
                 atomic_load_explicit(&o->remote, memory_order_relaxed);
     return v < 0 ? 0 : v;
+}
+
+#define MEM_HOT_OFF  ((uintptr_t)1) /* hot while the cache is off */
+#define MEM_HOT_NONE 1              /* hot_size with no block in the slot: no request's size */
+
+/* A block header's state: the low bits of its owner word (alloc.c). */
+#define MEM_LIVE_BIG   ((uintptr_t)0x2D)
+#define MEM_LIVE_SMALL ((uintptr_t)0x33)
+#define MEM_DEAD       ((uintptr_t)0x12)
+
+/* Blocks waiting in the home's cache and their bytes. */
+static inline size_t mem_cached(struct mem_home *h, size_t *bytes)
+{
+    size_t n = 0, b = 0;
+    for (unsigned c = 0; c < MEM_BIN_CLASSES; c++) {
+        size_t k = atomic_load_explicit(&h->bins[c].count, memory_order_relaxed);
+        n += k;
+        b += k * (c + 1) * 16;
+    }
+    unsigned c = atomic_load_explicit(&h->hot_size, memory_order_relaxed) / 16;
+    if (atomic_load_explicit(&h->hot, memory_order_relaxed) > MEM_HOT_OFF && c < MEM_BIN_CLASSES) {
+        n++;
+        b += ((size_t)c + 1) * 16;
+    }
+    if (bytes != NULL)
+        *bytes = b;
+    return n;
+}
+static inline size_t mem_cached_bytes(struct mem_home *h)
+{
+    size_t b;
+    mem_cached(h, &b);
+    return b;
+}
+/* Bytes in live blocks charged to `o` of home `h`; for owner 0 the cache is left out. */
+static inline size_t mem_in_use(struct mem_home *h, const struct mem_owner *o)
+{
+    int64_t v = mem_owner_in_use(o);
+    if (o == &h->total)
+        v -= (int64_t)mem_cached_bytes(h);
+    return v < 0 ? 0 : (size_t)v;
+}
+/* Allocations and frees counted for `o`; owner 0's include those the cache served. */
+static inline uint64_t mem_allocs(struct mem_home *h, const struct mem_owner *o)
+{
+    uint64_t n = atomic_load_explicit(&o->allocs, memory_order_relaxed);
+    if (o != &h->total)
+        return n;
+    uint64_t kept = atomic_load_explicit(&h->cached_frees, memory_order_relaxed);
+    uint64_t gone = atomic_load_explicit(&h->flushed, memory_order_relaxed) + mem_cached(h, NULL);
+    return kept > gone ? n + kept - gone : n;
+}
+static inline uint64_t mem_frees(struct mem_home *h, const struct mem_owner *o)
+{
+    uint64_t n = atomic_load_explicit(&o->frees, memory_order_relaxed);
+    return o == &h->total ? n + atomic_load_explicit(&h->cached_frees, memory_order_relaxed) : n;
 }
 
 /* stats.c */

@@ -83,10 +83,10 @@ int mem_home_stats(struct mem_home *h, pith_mem_stats_t *out)
         out->huge += huge[i] < res ? huge[i] : res;
     }
     out->extents = n;
-    out->in_use = (size_t)mem_owner_in_use(&h->total);
+    out->in_use = mem_in_use(h, &h->total);
     out->peak = atomic_load_explicit(&h->total.peak, memory_order_relaxed);
-    out->allocs = atomic_load_explicit(&h->total.allocs, memory_order_relaxed);
-    out->frees = atomic_load_explicit(&h->total.frees, memory_order_relaxed);
+    out->allocs = mem_allocs(h, &h->total);
+    out->frees = mem_frees(h, &h->total);
     out->remote_frees = atomic_load_explicit(&h->total.remote_frees, memory_order_relaxed);
     out->budget_refusals = atomic_load_explicit(&h->st.budget_refusals, memory_order_relaxed);
     out->grows = atomic_load_explicit(&h->st.grows, memory_order_relaxed);

@@ -17,6 +17,15 @@
 #define MiB ((size_t)1 << 20)
 #define HDR ((size_t)16) /* what the accounts add to each block */
 
+/* What an account counts for a warm, 16-byte aligned block of `size` bytes: a small block
+ * (size + header <= 256) its 16-byte class, at least 32 bytes; any other size + header. */
+static size_t charged(size_t size)
+{
+    if (size + HDR > 256)
+        return size + HDR;
+    return size <= 16 ? 32 : (size + HDR + 15) & ~(size_t)15;
+}
+
 /* ---- helpers ---- */
 
 static const char *const mem_env[] = {
@@ -1150,7 +1159,7 @@ Test(mem, realloc_grows_shrinks_moves_and_frees, .timeout = 30)
         cr_assert_eq(b0.in_use, a0.in_use, "shard 0 still holds %zd bytes",
                      (ssize_t)(b0.in_use - a0.in_use));
         cr_assert_eq(b0.remote_frees, a0.remote_frees + 1);
-        cr_assert_eq(b1.in_use, a1.in_use + size + HDR);
+        cr_assert_eq(b1.in_use, a1.in_use + charged(size));
         call_on(1, free_fn, rs.q);
         cr_assert_eq(stats_of(1).in_use, a1.in_use);
         cr_assert_eq(stats_of(1).frees, b1.frees + 1);
@@ -1703,14 +1712,14 @@ static void *owner_table_fn(void *arg)
             ot_wrong(t);
     }
     for (unsigned t = 1; t <= OT_N; t++)
-        ot_check(t, t % 2 == 0, t % 100 + HDR, 1);
+        ot_check(t, t % 2 == 0, charged(t % 100), 1);
     for (unsigned t = 1; t <= OT_N; t += 2) {
         ot.blk[t] = pith_malloc_ex(8, 0, PITH_MEM_WARM, t);
         if (ot.blk[t] == NULL)
             ot_wrong(t);
     }
     for (unsigned t = 1; t <= OT_N; t++)
-        ot_check(t, true, t % 2 ? 8 + HDR : t % 100 + HDR, 1);
+        ot_check(t, true, t % 2 ? charged(8) : charged(t % 100), 1);
     for (unsigned t = 1; t <= OT_N; t++) {
         pith_free(ot.blk[t]);
         if (pith_mem_owner_forget(t) != 0)
@@ -2077,4 +2086,160 @@ Test(mem, forgetting_an_owner_races_no_remote_free, .timeout = 60)
     cr_assert_eq(st.remote_frees, before.remote_frees + fr.rounds);
     test_stop(NULL);
     sem_destroy(&fr.finished);
+}
+
+/* ---- the cache of small blocks ---- */
+
+#define SC_LIVE 64
+
+static struct {
+    unsigned wrong, first_wrong_step;
+    unsigned budget_wrong, budget_refused;
+    int budget_err;
+    bool hot_reused, double_free_counted, distinct_after;
+} sc;
+
+static void sc_wrong(unsigned step)
+{
+    if (sc.wrong++ == 0)
+        sc.first_wrong_step = step;
+}
+
+/* Random small and not quite small sizes, freed in random order: after every step the shard's
+ * in_use, allocs and frees move by exactly what was done, whether the cache or mimalloc
+ * served the block. */
+static void sc_check(const pith_mem_stats_t *a, size_t expect, uint64_t allocs, uint64_t frees,
+                     unsigned step)
+{
+    pith_mem_stats_t b = stats_of(0);
+    if (b.in_use != a->in_use + expect || b.allocs != a->allocs + allocs ||
+        b.frees != a->frees + frees || b.peak < b.in_use)
+        sc_wrong(step);
+}
+
+static void *small_cache_fn(void *arg)
+{
+    (void)arg;
+    pith_mem_stats_t a = stats_of(0);
+    void *live[SC_LIVE];
+    size_t sizes[SC_LIVE];
+    unsigned n = 0;
+    size_t expect = 0;
+    uint64_t allocs = 0, frees = 0;
+    uint32_t x = 2463534242u;
+    for (unsigned step = 0; step < 20000; step++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        if (n == 0 || (n < SC_LIVE && (x & 1))) {
+            size_t s = (x >> 8) % 260;
+            unsigned char *p = pith_malloc(s);
+            if (p == NULL || pith_malloc_usable_size(p) < s) {
+                sc_wrong(step);
+                break;
+            }
+            memset(p, (int)(step & 0xFF), s);
+            if (s > 0)
+                p[0] = (unsigned char)n;
+            live[n] = p;
+            sizes[n++] = s;
+            expect += charged(s);
+            allocs++;
+        } else {
+            unsigned k = (x >> 8) % n;
+            unsigned char *p = live[k];
+            if (sizes[k] > 0 && p[0] != (unsigned char)k)
+                sc_wrong(step); /* someone else got this block while it was live */
+            pith_free(p);
+            expect -= charged(sizes[k]);
+            frees++;
+            live[k] = live[--n];
+            sizes[k] = sizes[n];
+            if (k < n && sizes[k] > 0)
+                ((unsigned char *)live[k])[0] = (unsigned char)k;
+        }
+        if (step % 97 == 0)
+            sc_check(&a, expect, allocs, frees, step);
+    }
+    while (n > 0) {
+        pith_free(live[--n]);
+        expect -= charged(sizes[n]);
+        frees++;
+    }
+    sc_check(&a, expect, allocs, frees, 20000);
+
+    /* A freed small block reused at once; a second free of it is refused and does not put it
+     * in the cache twice. */
+    void *p = pith_malloc(32);
+    pith_free(p);
+    void *q = pith_malloc(32);
+    sc.hot_reused = q == p;
+    uint64_t bad = stats_of(0).bad_frees;
+    pith_free(q);
+    /* Under valgrind, reading a freed block's header is an error of its own. */
+    if (!test_on_valgrind())
+        pith_free(q);
+    sc.double_free_counted = test_on_valgrind() || stats_of(0).bad_frees == bad + 1;
+    void *r1 = pith_malloc(32), *r2 = pith_malloc(32);
+    sc.distinct_after = r1 != NULL && r2 != NULL && r1 != r2;
+    pith_free(r1);
+    pith_free(r2);
+
+    /* Owner 0's budget holds for every block, whether the cache or mimalloc serves it: random
+     * sizes against a 1000 B budget are granted exactly when they fit. */
+    size_t base = stats_of(0).in_use, budget = base + 1000, held = 0;
+    sc.budget_err = pith_mem_owner_budget(0, budget);
+    for (unsigned step = 0; step < 5000; step++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        if (n == 0 || (n < SC_LIVE && (x & 1))) {
+            size_t s = 1 + (x >> 8) % 240;
+            void *b = pith_malloc(s);
+            bool fits = base + held + charged(s) <= budget;
+            if ((b != NULL) != fits)
+                sc.budget_wrong++;
+            if (b == NULL) {
+                sc.budget_refused++;
+                continue;
+            }
+            live[n] = b;
+            sizes[n++] = s;
+            held += charged(s);
+        } else {
+            unsigned k = (x >> 8) % n;
+            pith_free(live[k]);
+            held -= charged(sizes[k]);
+            live[k] = live[--n];
+            sizes[k] = sizes[n];
+        }
+        if (stats_of(0).in_use != base + held)
+            sc.budget_wrong++;
+    }
+    while (n > 0)
+        pith_free(live[--n]);
+    pith_mem_owner_budget(0, 0);
+    return NULL;
+}
+
+Test(mem, small_block_cache_keeps_exact_accounts, .timeout = 30)
+{
+    pith_config_t cfg = mem_config(1);
+    test_start(&cfg);
+    pith_mem_stats_t before = stats_of(0);
+    call_on(0, small_cache_fn, NULL);
+    cr_assert_eq(sc.wrong, 0, "%u checks failed, the first at step %u", sc.wrong,
+                 sc.first_wrong_step);
+    if (!test_on_valgrind()) {
+        /* Under valgrind blocks come from libc and there is no cache. */
+        cr_assert(sc.hot_reused, "a freed 32 B block was not the next one handed out");
+        cr_assert(sc.distinct_after, "a double free put a block in the cache twice");
+    }
+    cr_assert(sc.double_free_counted, "the second free was not refused and counted");
+    cr_assert_eq(sc.budget_err, 0);
+    cr_assert_eq(sc.budget_wrong, 0, "%u allocations under owner 0's budget went wrong",
+                 sc.budget_wrong);
+    cr_assert_gt(sc.budget_refused, 0, "the budget was never reached");
+    cr_assert_eq(stats_of(0).in_use, before.in_use);
+    test_stop(NULL);
 }

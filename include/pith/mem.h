@@ -82,8 +82,9 @@ PITH_API size_t pith_malloc_usable_size(const void *p);
 PITH_API int pith_mem_owner_budget(uint64_t owner, size_t budget);
 
 typedef struct pith_mem_owner_stats {
-    size_t in_use; /* bytes held now (size asked for + header, per block) */
-    size_t peak;
+    size_t in_use; /* bytes held now: per block its size + header; a small block (warm,
+                      16-byte aligned, size + header <= 256) counts that rounded up to 16 */
+    size_t peak;   /* highest in_use; for owner 0, as pith_mem_stats's peak */
     size_t budget; /* 0: none */
     uint64_t allocs;
     uint64_t refusals; /* allocations refused for the budget */
@@ -136,8 +137,10 @@ typedef struct pith_mem_stats {
     size_t committed; /* of those, resident now */
     size_t locked;    /* of those, resident and locked */
     size_t huge;      /* of those, backed by hugepages (hugetlb or THP) */
-    size_t in_use;    /* bytes in live blocks allocated here (asked + header) */
-    size_t peak;      /* highest in_use seen by this shard */
+    size_t in_use;    /* bytes in live blocks allocated here (as owners count them) */
+    size_t peak;      /* most bytes the shard's heaps had out at once: live blocks plus the
+                         small freed blocks the shard keeps for reuse (at most 16 classes x 65,
+                         under 140 KiB), so peak >= in_use */
     unsigned extents; /* extents made, all profiles */
     size_t profile_reserved[PITH_MEM_PROFILES];
     uint64_t allocs;          /* blocks allocated here */
