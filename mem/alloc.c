@@ -214,7 +214,12 @@ int mem_prof_grow(struct mem_home *h, pith_mem_profile_t prof, size_t need)
     struct mem_prof *p = &h->prof[prof];
     if (p->n == MEM_MAX_EXTENTS)
         return -ENOMEM;
-    size_t size = p->n == 0 && prof == PITH_MEM_WARM ? h->cfg.initial : h->cfg.grow;
+    size_t first[PITH_MEM_PROFILES] = {
+        [PITH_MEM_WARM] = h->cfg.initial,
+        [PITH_MEM_HOT] = h->cfg.hot_initial,
+        [PITH_MEM_COLD] = h->cfg.cold_initial,
+    };
+    size_t size = p->n == 0 && first[prof] ? first[prof] : h->cfg.grow;
     if (p->reserved > size)
         size = p->reserved;
     if (need > size)

@@ -101,6 +101,8 @@ int mem_config_resolve(pith_mem_config_t *c, unsigned nshards, char *why, size_t
         size_t offset;
     } sizes[] = {
         {"PITH_MEM_INITIAL", offsetof(pith_mem_config_t, initial)},
+        {"PITH_MEM_HOT_INITIAL", offsetof(pith_mem_config_t, hot_initial)},
+        {"PITH_MEM_COLD_INITIAL", offsetof(pith_mem_config_t, cold_initial)},
         {"PITH_MEM_GROW", offsetof(pith_mem_config_t, grow)},
         {"PITH_MEM_CAP", offsetof(pith_mem_config_t, cap)},
     };
@@ -138,11 +140,17 @@ int mem_config_resolve(pith_mem_config_t *c, unsigned nshards, char *why, size_t
             c->cap = 2 * MEM_GRAIN;
     }
     c->initial = round_grain(c->initial);
+    c->hot_initial = round_grain(c->hot_initial);
+    c->cold_initial = round_grain(c->cold_initial);
     c->grow = round_grain(c->grow);
     c->cap = round_grain(c->cap);
-    if (c->cap < c->initial) {
-        snprintf(why, whylen, "mem.cap (%zu MiB) is below mem.initial (%zu MiB)", c->cap >> 20,
-                 c->initial >> 20);
+    size_t at_start;
+    if (__builtin_add_overflow(c->initial, c->hot_initial, &at_start) ||
+        __builtin_add_overflow(at_start, c->cold_initial, &at_start) || c->cap < at_start) {
+        snprintf(why, whylen,
+                 "mem.cap (%zu MiB) is below mem.initial + hot_initial + cold_initial (%zu + "
+                 "%zu + %zu MiB)",
+                 c->cap >> 20, c->initial >> 20, c->hot_initial >> 20, c->cold_initial >> 20);
         return -EINVAL;
     }
     return 0;
@@ -166,6 +174,20 @@ static int cpu_node(hwloc_topology_t topo, int cpu, bool *multi)
     return node;
 }
 
+/* mem_home_open could not make an extent it needs: give back what it made. */
+static void mem_home_open_failed(struct mem_home *h)
+{
+    for (int p = 0; p < PITH_MEM_PROFILES; p++) {
+        struct mem_prof *pr = &h->prof[p];
+        for (unsigned i = 0; i < pr->n; i++) {
+            if (pr->heap[i] != NULL)
+                mi_heap_delete(pr->heap[i]);
+            extent_put(pr->ext[i]);
+        }
+    }
+    free(h);
+}
+
 int mem_home_open(struct mem_home **out, unsigned id, const pith_mem_config_t *cfg,
                   hwloc_topology_t topo, int cpu)
 {
@@ -181,10 +203,15 @@ int mem_home_open(struct mem_home **out, unsigned id, const pith_mem_config_t *c
     h->live_word = (uintptr_t)&h->total | MEM_LIVE_SMALL;
     h->dead_word = (uintptr_t)&h->total | MEM_DEAD;
     mem_cache_enable(h, !mem_plain);
+    /* The warm extent, then the hot and cold ones asked for. A full arena table is not fatal:
+     * allocations then use the thread's mimalloc heap. */
     int err = mem_prof_grow(h, PITH_MEM_WARM, 0);
-    /* A full arena table is not fatal: allocations then use the thread's mimalloc heap. */
+    if ((err == 0 || err == -ENOSPC) && cfg->hot_initial)
+        err = mem_prof_grow(h, PITH_MEM_HOT, 0);
+    if ((err == 0 || err == -ENOSPC) && cfg->cold_initial)
+        err = mem_prof_grow(h, PITH_MEM_COLD, 0);
     if (err && err != -ENOSPC) {
-        free(h);
+        mem_home_open_failed(h);
         return err;
     }
     mem_self = h;

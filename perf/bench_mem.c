@@ -42,11 +42,15 @@ static int need_two_shards(const bench_env_t *env, char *why, size_t whylen)
     return BENCH_SKIP;
 }
 
-static int start_engine(const bench_env_t *env, uint64_t poll_ns, char *why, size_t whylen)
+/* hot_initial: cfg.mem.hot_initial, so that the hot profile's extent is made (prefaulted and
+ * locked) at start rather than by the first hot allocation. */
+static int start_engine(const bench_env_t *env, uint64_t poll_ns, size_t hot_initial, char *why,
+                        size_t whylen)
 {
     pith_config_t cfg;
     pith_config_init(&cfg);
     cfg.shards = (int)env->shards;
+    cfg.mem.hot_initial = hot_initial;
     if (poll_ns)
         cfg.poll_ns = poll_ns;
     return bench_engine_start(&cfg, why, whylen) != 0 ? BENCH_FAIL : 0;
@@ -144,7 +148,7 @@ int bench_alloc_pairs(const bench_env_t *env, const bench_allocator_t *a, bool b
         snprintf(why, whylen, "out of memory for %llu samples", (unsigned long long)nsamples);
         return BENCH_FAIL;
     }
-    int rc = start_engine(env, 0, why, whylen);
+    int rc = start_engine(env, 0, 0, why, whylen);
     if (rc != 0) {
         samples_free(&s);
         return rc;
@@ -269,7 +273,8 @@ int bench_alloc_faults(const bench_env_t *env, const bench_allocator_t *a, uint6
         snprintf(why, whylen, "out of memory for %llu samples", (unsigned long long)n);
         return BENCH_FAIL;
     }
-    int rc = start_engine(env, 0, why, whylen);
+    bool hot = a == &hot_allocator;
+    int rc = start_engine(env, 0, hot ? (size_t)32 << 20 : 0, why, whylen);
     if (rc != 0) {
         samples_free(&s);
         return rc;
@@ -302,9 +307,10 @@ int bench_alloc_faults(const bench_env_t *env, const bench_allocator_t *a, uint6
     bench_note("%s: %s on shard 0 (CPU %d) of %u shards; each pass allocates %u blocks of "
                "64 B..4 KiB in turn, writes them in full, frees them in allocation order; minor "
                "faults of the shard thread: warm-up pass %ld, then %llu passes %ld in all, %ld "
-               "at most (the value); major faults %ld",
+               "at most (the value); major faults %ld%s",
                r->name, a->label, cpu, env->shards, FAULT_BLOCKS, warm_min, (unsigned long long)n,
-               total, most, warm_maj + maj);
+               total, most, warm_maj + maj,
+               hot ? "; the hot extent was made at start (cfg.mem.hot_initial = 32 MiB)" : "");
     if (mrc == 0) {
         char line[512];
         machine_mem_format(&mm, line, sizeof(line));
@@ -466,7 +472,7 @@ static int run_xfree(const bench_env_t *env, bool remote, uint64_t n, result_t *
     sem_init(&x.finished, 0, 0);
     uint64_t chunks = (n + CHUNK_BLOCKS - 1) / CHUNK_BLOCKS;
     uint64_t warm = chunks / WARMUP_DIV > 2 * CREDITS ? chunks / WARMUP_DIV : 2 * CREDITS;
-    rc = start_engine(env, BUSY_POLL_NS, why, whylen);
+    rc = start_engine(env, BUSY_POLL_NS, 0, why, whylen);
     if (rc != 0) {
         sem_destroy(&x.finished);
         return rc;

@@ -357,6 +357,63 @@ Test(mem, sizes_round_up_to_32_mib_and_the_environment_overrides_them, .timeout 
     test_stop(NULL);
 }
 
+static struct {
+    pith_mem_stats_t before, after;
+    int err;
+} hi;
+
+static void *hot_cold_first_fn(void *arg)
+{
+    (void)arg;
+    hi.before = stats_of(0);
+    void *h = pith_malloc_ex(4096, 0, PITH_MEM_HOT, 0);
+    void *c = pith_malloc_ex(4096, 0, PITH_MEM_COLD, 0);
+    hi.after = stats_of(0);
+    hi.err = h != NULL && c != NULL ? 0 : errno;
+    pith_free(h);
+    pith_free(c);
+    return NULL;
+}
+
+Test(mem, hot_and_cold_initial_make_their_extents_at_start, .timeout = 30)
+{
+    pith_config_t cfg = mem_config(2);
+    cfg.mem.hot_initial = 1; /* rounds up to 32 MiB */
+    setenv("PITH_MEM_COLD_INITIAL", "40M", 1);
+    int rc = pith_engine_start(&cfg);
+    unsetenv("PITH_MEM_COLD_INITIAL");
+    cr_assert_eq(rc, 0, "pith_engine_start: %d: %s", rc, pith_last_error());
+    for (int s = 0; s < 2; s++) {
+        pith_mem_stats_t st = stats_of(s);
+        cr_assert_eq(st.extents, 3, "shard %d has %u extents", s, st.extents);
+        cr_assert_eq(st.profile_reserved[PITH_MEM_WARM], 32 * MiB);
+        cr_assert_eq(st.profile_reserved[PITH_MEM_HOT], 32 * MiB);
+        cr_assert_eq(st.profile_reserved[PITH_MEM_COLD], 64 * MiB, "PITH_MEM_COLD_INITIAL=40M");
+        pith_mem_extent_t hot = extent_of(s, 1), cold = extent_of(s, 2);
+        cr_assert_eq(hot.profile, PITH_MEM_HOT);
+        cr_assert(hot.prefaulted, "shard %d: the hot extent was not prefaulted at start", s);
+        if (lock_expected())
+            cr_assert(hot.locked, "shard %d: the hot extent is not locked", s);
+        cr_assert_eq(cold.profile, PITH_MEM_COLD);
+        cr_assert_not(cold.locked);
+    }
+    /* The first allocations in those profiles find their extents made. */
+    call_on(0, hot_cold_first_fn, NULL);
+    cr_assert_eq(hi.err, 0);
+    cr_assert_eq(hi.after.extents, hi.before.extents);
+    cr_assert_eq(hi.after.grows, hi.before.grows);
+    cr_assert_eq(hi.after.reserved, hi.before.reserved);
+    test_stop(NULL);
+
+    cfg = mem_config(1);
+    cfg.mem.cap = 64 * MiB;
+    cfg.mem.hot_initial = 64 * MiB;
+    assert_start_einval(&cfg, "hot_initial", "initial + hot_initial above the cap");
+    cfg = mem_config(1);
+    cfg.mem.cold_initial = SIZE_MAX - 16 * MiB;
+    assert_start_einval(&cfg, "cold_initial", "a cold_initial that wraps");
+}
+
 /* ---- 2. growth up to the cap ---- */
 
 #define GROW_MAX 1000

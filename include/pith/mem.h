@@ -34,11 +34,16 @@ typedef enum pith_mem_profile {
 #define PITH_MEM_NO_BIND    (1u << 3) /* do not bind extents to the shard's NUMA node */
 
 /* Memory of each shard. Sizes are rounded up to 32 MiB, mimalloc's arena granule. The
- * environment overrides these fields when set: PITH_MEM_INITIAL, PITH_MEM_GROW, PITH_MEM_CAP
- * (bytes, with an optional K, M or G suffix), and PITH_MEM_HUGETLB=0, PITH_MEM_THP=0,
- * PITH_MEM_LOCK=0, PITH_MEM_BIND=0 for the flags. */
+ * environment overrides these fields when set: PITH_MEM_INITIAL, PITH_MEM_HOT_INITIAL,
+ * PITH_MEM_COLD_INITIAL, PITH_MEM_GROW, PITH_MEM_CAP (bytes, with an optional K, M or G suffix),
+ * and PITH_MEM_HUGETLB=0, PITH_MEM_THP=0, PITH_MEM_LOCK=0, PITH_MEM_BIND=0 for the flags. */
 typedef struct pith_mem_config {
     size_t initial; /* reserved for the warm profile at start (default 32 MiB) */
+    /* Reserved for the hot and cold profiles at start. 0 (default): a profile's first extent
+     * is made by its first allocation, on the shard's loop; a hot extent is prefaulted and
+     * locked then, which takes milliseconds. A latency-minded application sets hot_initial. */
+    size_t hot_initial;
+    size_t cold_initial;
     /* Smallest growth step (default 32 MiB). A profile grows by max(grow, what it already
      * has), so reaching the cap takes few extents: a process may have 64 mimalloc arenas. */
     size_t grow;
