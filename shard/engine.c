@@ -31,7 +31,14 @@ unsigned pith_shard_count(void)
 
 int pith_shard_id(void)
 {
-    return pith_self ? (int)pith_self->id : -1;
+    return shard_cur ? (int)shard_cur->id : -1;
+}
+
+struct shard_hooks shard_hooks;
+
+void shard_hooks_set(const struct shard_hooks *h)
+{
+    shard_hooks = *h;
 }
 
 static void shard_free(struct shard *s, pith_stop_report_t *rep)
@@ -100,7 +107,7 @@ static int shards_create(struct engine *e)
 int pith_engine_start(const pith_config_t *cfg)
 {
     struct engine *e = &pith_engine;
-    if (pith_self != NULL) {
+    if (shard_cur != NULL) {
         set_last_error("pith_engine_start called from a shard of the running engine");
         return -EALREADY;
     }
@@ -171,6 +178,8 @@ int pith_engine_start(const pith_config_t *cfg)
         }
         pith_stop_report_t ignored = {0};
         engine_teardown(e, &ignored);
+        if (shard_hooks.engine_gone != NULL)
+            shard_hooks.engine_gone();
         atomic_store(&e->state, ENGINE_OFF);
         pthread_mutex_unlock(&lifecycle);
         return err;
@@ -217,7 +226,7 @@ static void pause_briefly(void)
 int pith_engine_stop(void)
 {
     struct engine *e = &pith_engine;
-    if (pith_self != NULL)
+    if (shard_cur != NULL)
         return -EDEADLK;
     pthread_mutex_lock(&lifecycle);
     if (atomic_load(&e->state) != ENGINE_RUNNING) {
@@ -266,6 +275,8 @@ int pith_engine_stop(void)
     sem_destroy(&e->ready);
     sem_destroy(&e->go);
     engine_teardown(e, &rep);
+    if (shard_hooks.engine_gone != NULL)
+        shard_hooks.engine_gone();
     if (rep.released_tasks > 0)
         fprintf(stderr, "pith: stop released %llu tasks that had not run after %.1f ms\n",
                 (unsigned long long)rep.released_tasks, (double)rep.drain_ns / 1e6);
@@ -308,12 +319,22 @@ static void reader_leave(struct engine *e, bool outside)
         atomic_fetch_sub(&e->stat_users, 1);
 }
 
+bool shard_reader_enter(void)
+{
+    return reader_enter(&pith_engine, shard_cur == NULL);
+}
+
+void shard_reader_leave(void)
+{
+    reader_leave(&pith_engine, shard_cur == NULL);
+}
+
 int pith_shard_stats(unsigned shard, pith_shard_stats_t *out)
 {
     struct engine *e = &pith_engine;
     if (out == NULL)
         return -EINVAL;
-    bool outside = pith_self == NULL;
+    bool outside = shard_cur == NULL;
     if (!reader_enter(e, outside))
         return -ESHUTDOWN;
     int err = 0;
@@ -357,7 +378,7 @@ int pith_mem_stats(int shard, pith_mem_stats_t *out)
         mem_outside_stats(out);
         return 0;
     }
-    bool outside = pith_self == NULL;
+    bool outside = shard_cur == NULL;
     if (!reader_enter(e, outside))
         return -ESHUTDOWN;
     int err = (unsigned)shard >= e->n ? -EINVAL : mem_home_stats(e->shards[shard]->mem, out);
@@ -370,7 +391,7 @@ int pith_mem_extent_info(int shard, unsigned i, pith_mem_extent_t *out)
     struct engine *e = &pith_engine;
     if (out == NULL || shard < 0)
         return -EINVAL;
-    bool outside = pith_self == NULL;
+    bool outside = shard_cur == NULL;
     if (!reader_enter(e, outside))
         return -ESHUTDOWN;
     int err = (unsigned)shard >= e->n ? -EINVAL : mem_home_extent(e->shards[shard]->mem, i, out);

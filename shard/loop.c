@@ -9,7 +9,7 @@
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 
-__thread struct shard *pith_self;
+__thread struct shard *shard_cur;
 
 #define LQ_INITIAL 1024u
 
@@ -190,7 +190,7 @@ void *shard_main(void *arg)
 {
     struct shard *s = arg;
     struct engine *e = s->eng;
-    pith_self = s;
+    shard_cur = s;
     s->init_err = shard_init(s);
     sem_post(&e->ready);
     while (sem_wait(&e->go) != 0)
@@ -201,8 +201,10 @@ void *shard_main(void *arg)
         arm_efd(s);
         shard_loop(s);
     }
+    if (shard_hooks.shard_exit != NULL)
+        shard_hooks.shard_exit(s->id);
     mesh_shard_exit(s);
     mem_home_close(s->mem);
-    pith_self = NULL;
+    shard_cur = NULL;
     return NULL;
 }

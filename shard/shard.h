@@ -16,6 +16,7 @@
 #include <pith/error.h>
 #include <pith/timer.h>
 
+#include "hooks.h"
 #include "io.h"
 #include "mem.h"
 #include "tsan.h"
@@ -197,7 +198,7 @@ struct engine {
 
 extern struct engine pith_engine;
 /* initial-exec: a plain %fs-relative load on the hot path, no __tls_get_addr call. */
-extern __thread struct shard *pith_self __attribute__((tls_model("initial-exec")));
+extern __thread struct shard *shard_cur __attribute__((tls_model("initial-exec")));
 
 static inline struct pair *mesh_pair(struct engine *e, unsigned src, unsigned dst)
 {
@@ -263,6 +264,9 @@ static inline void tasks_done(struct shard *s)
     atomic_store_explicit(&s->cur_fn, NULL, memory_order_relaxed);
 }
 int lq_grow(struct shard *s, bool force);
+
+/* engine.c: the upper layer's hooks (hooks.h), NULL members when none are set. */
+extern struct shard_hooks shard_hooks;
 
 /* submit.c */
 int shard_send(struct shard *s, unsigned dst, const struct task *t, bool force);

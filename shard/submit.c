@@ -44,7 +44,7 @@ static void ext_exit(struct engine *e)
 
 static int submit_task(unsigned shard, const struct task *t)
 {
-    struct shard *self = pith_self;
+    struct shard *self = shard_cur;
     if (self != NULL) {
         if (shard >= self->eng->n)
             return -EINVAL;
@@ -87,7 +87,7 @@ struct call {
 static void call_reply(void *p)
 {
     struct call *c = p;
-    atomic_store_explicit(&pith_self->cur_fn, (pith_anyfn_t)c->done, memory_order_relaxed);
+    atomic_store_explicit(&shard_cur->cur_fn, (pith_anyfn_t)c->done, memory_order_relaxed);
     c->done(c->result, c->ctx);
     free(c);
 }
@@ -95,7 +95,7 @@ static void call_reply(void *p)
 static void call_run(void *p)
 {
     struct call *c = p;
-    struct shard *s = pith_self;
+    struct shard *s = shard_cur;
     /* Name the user's function to the stall detector, not this trampoline. */
     atomic_store_explicit(&s->cur_fn, (pith_anyfn_t)c->fn, memory_order_relaxed);
     c->result = c->fn(c->arg);
@@ -109,7 +109,7 @@ int pith_call(unsigned shard, pith_call_fn_t fn, void *arg, pith_done_fn_t done,
 {
     if (fn == NULL || done == NULL)
         return -EINVAL;
-    struct shard *self = pith_self;
+    struct shard *self = shard_cur;
     if (self == NULL)
         return atomic_load(&pith_engine.state) == ENGINE_OFF ? -ESHUTDOWN : -EPERM;
     if (shard >= self->eng->n)
@@ -142,7 +142,7 @@ static void call_wait_run(void *p)
 
 int pith_call_wait(unsigned shard, pith_call_fn_t fn, void *arg, void **result)
 {
-    if (pith_self != NULL)
+    if (shard_cur != NULL)
         return -EDEADLK;
     if (fn == NULL)
         return -EINVAL;
@@ -173,5 +173,7 @@ void task_released(const struct task *t)
         sem_post(&w->done);
     } else if (t->fn == call_run || t->fn == call_reply) {
         free(t->arg);
+    } else if (shard_hooks.release != NULL) {
+        shard_hooks.release(t->fn, t->arg);
     }
 }

@@ -163,7 +163,7 @@ static int grow(void **p, uint32_t *cap, size_t elem, uint32_t limit)
 int pith_timer_add(uint64_t delay_ns, uint64_t period_ns, pith_fn_t fn, void *arg,
                    pith_timer_id_t *id)
 {
-    struct shard *s = pith_self;
+    struct shard *s = shard_cur;
     if (s == NULL)
         return -EPERM;
     if (fn == NULL)
@@ -202,7 +202,7 @@ int pith_timer_add(uint64_t delay_ns, uint64_t period_ns, pith_fn_t fn, void *ar
 
 int pith_timer_cancel(pith_timer_id_t id)
 {
-    struct shard *s = pith_self;
+    struct shard *s = shard_cur;
     if (s == NULL)
         return -EPERM;
     struct timers *t = &s->timers;

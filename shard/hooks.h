@@ -1,0 +1,28 @@
+/* How the layer above the shards (core/) plugs into them without the shards knowing it. Private
+ * to libpith; core/ sets the hooks once, from a constructor, before any engine starts. */
+#ifndef PITH_SHARD_HOOKS_H
+#define PITH_SHARD_HOOKS_H
+
+#include <stdbool.h>
+
+#include <pith/engine.h>
+
+struct shard_hooks {
+    /* On each shard's thread when it has left its loop for good, before its memory closes:
+     * what it owns must end here. Work it queues then never runs. */
+    void (*shard_exit)(unsigned shard);
+    /* On the stopping thread once every shard is joined and no reader is left: free what the
+     * upper layer kept for this engine. */
+    void (*engine_gone)(void);
+    /* A task that will never run, at stop: true when the hook knew fn and released arg. */
+    bool (*release)(pith_fn_t fn, void *arg);
+};
+
+void shard_hooks_set(const struct shard_hooks *h);
+
+/* Readers of per-shard state from any thread: between enter (true) and leave, the engine's
+ * memory stays; enter fails once the engine stops. On shard threads both cost nothing. */
+bool shard_reader_enter(void);
+void shard_reader_leave(void);
+
+#endif
