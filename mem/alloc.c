@@ -82,14 +82,20 @@ static struct mem_owner outside = {.tag = 0, .home = NULL};
 static _Atomic uint64_t outside_bad_frees;
 static _Atomic int outside_warned;
 
-/* Adds delta to the owner's local bytes (its shard only) and moves the peak if in use passed it. */
+/* Adds delta to the owner's local bytes (its shard only) and moves the peak if in use passed it.
+ * `remote` only grows, so local - remote_seen (an older reading) is at least in use: the line
+ * that other shards' frees write is read only when that bound passes the peak, not on every
+ * allocation of a shard whose blocks are freed elsewhere. */
 static inline void local_add(struct mem_owner *o, int64_t delta)
 {
     int64_t local = atomic_load_explicit(&o->local, memory_order_relaxed) + delta;
     atomic_store_explicit(&o->local, local, memory_order_relaxed);
-    int64_t use = local - atomic_load_explicit(&o->remote, memory_order_relaxed);
-    if (use > (int64_t)atomic_load_explicit(&o->peak, memory_order_relaxed))
-        atomic_store_explicit(&o->peak, (uint64_t)use, memory_order_relaxed);
+    int64_t peak = (int64_t)atomic_load_explicit(&o->peak, memory_order_relaxed);
+    if (delta <= 0 || local - o->remote_seen <= peak)
+        return;
+    o->remote_seen = atomic_load_explicit(&o->remote, memory_order_relaxed);
+    if (local - o->remote_seen > peak)
+        atomic_store_explicit(&o->peak, (uint64_t)(local - o->remote_seen), memory_order_relaxed);
 }
 
 static inline void charge(struct mem_owner *o, size_t n)

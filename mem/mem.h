@@ -88,6 +88,7 @@ struct mem_owner {
     _Atomic uint64_t allocs;
     _Atomic uint64_t frees;
     _Atomic uint64_t refusals;
+    int64_t remote_seen; /* a reading of `remote` by the home's shard (alloc.c, local_add) */
     alignas(MEM_LINE) _Atomic int64_t remote;
     _Atomic uint64_t remote_frees;
 };
