@@ -2,6 +2,7 @@
 #ifndef PITH_PITH_H
 #define PITH_PITH_H
 
+#include <pith/actor.h>
 #include <pith/error.h>
 #include <pith/engine.h>
 #include <pith/mem.h>

@@ -1,0 +1,874 @@
+/* Actors: spawn, refs, mailboxes and turns on the shards' local queues, send, become, stop.
+ * A turn is a task on the actor's shard: when a message reaches an idle actor, one turn is
+ * queued; it handles up to turn_msgs messages and queues itself again behind the shard's other
+ * work while mail remains, so a flooded actor never starves the rest. */
+#include "core.h"
+#include "hooks.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LIKELY(x)   __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+#define DEFAULT_MAILBOX 4096
+#define DEFAULT_TURN    64
+
+/* The running engine's actor state; NULL between engines. Set by a shard thread with a CAS,
+ * cleared by engine_gone once no shard and no reader is left. */
+static _Atomic(struct core_engine *) core_eng;
+/* The calling shard's actors; NULL outside the engine or before its first actor. */
+static __thread struct core_shard *core_self __attribute__((tls_model("initial-exec")));
+/* The actor whose behaviour (or hook) runs on this thread, for the `from` of its sends. */
+static __thread pith_ref_t core_current __attribute__((tls_model("initial-exec")));
+
+/* Each shard's generation count, carried from one engine to the next (written by the
+ * shard thread as it exits, read by the next engine's thread of that index, which the join and
+ * the next thread creation order after it): a ref of an earlier engine stays stale. */
+static uint32_t gen_carry[REF_MAX_SHARDS];
+
+static struct core_engine *engine_get(void)
+{
+    struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
+    if (ce != NULL)
+        return ce;
+    unsigned n = pith_shard_count();
+    if (n == 0)
+        return NULL;
+    ce = calloc(1, sizeof(*ce) + n * sizeof(ce->shards[0]));
+    if (ce == NULL)
+        return NULL;
+    ce->n = n;
+    struct core_engine *expected = NULL;
+    /* Release: the winner's initialised fields are visible to whoever loads it with acquire. */
+    if (!atomic_compare_exchange_strong_explicit(&core_eng, &expected, ce, memory_order_acq_rel,
+                                                 memory_order_acquire)) {
+        free(ce);
+        return expected;
+    }
+    return ce;
+}
+
+/* The calling shard's actor table, made on first use. NULL outside the engine or on ENOMEM. */
+struct core_shard *core_shard_get(void)
+{
+    struct core_shard *cs = core_self;
+    if (LIKELY(cs != NULL))
+        return cs;
+    int id = pith_shard_id();
+    if (id < 0)
+        return NULL;
+    struct core_engine *ce = engine_get();
+    if (ce == NULL)
+        return NULL;
+    cs = calloc(1, sizeof(*cs));
+    if (cs == NULL)
+        return NULL;
+    cs->id = (unsigned)id;
+    cs->last_gen = gen_carry[id];
+    /* Release: readers on other threads (stats) load it with acquire. */
+    atomic_store_explicit(&ce->shards[id], cs, memory_order_release);
+    core_self = cs;
+    return cs;
+}
+
+static inline struct type_counters *ctr(const struct core_shard *cs, const struct type_rec *r)
+{
+    return &r->per_shard[cs->id];
+}
+
+struct type_counters *core_counters(const struct core_shard *cs, const struct type_rec *r)
+{
+    return ctr(cs, r);
+}
+
+static inline void bump(_Atomic uint64_t *c, uint64_t n)
+{
+    /* Single writer (the shard): a relaxed load and store; readers never see torn values. */
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+void core_bump(_Atomic uint64_t *c, uint64_t n)
+{
+    bump(c, n);
+}
+
+pith_ref_t core_current_ref(void)
+{
+    return core_current;
+}
+
+/* The record of `type`, listed on first use. Types are few: a list searched from the last hit. */
+static struct type_rec *type_get(struct core_shard *cs, const pith_actor_type_t *type)
+{
+    if (cs->last != NULL && cs->last->type == type)
+        return cs->last;
+    struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
+    struct type_rec *head = atomic_load_explicit(&ce->types, memory_order_acquire);
+    for (struct type_rec *r = head; r != NULL; r = r->next)
+        if (r->type == type)
+            return cs->last = r;
+    struct type_rec *r = calloc(1, sizeof(*r));
+    struct type_counters *pc = r ? aligned_alloc(CORE_LINE, ce->n * sizeof(*pc)) : NULL;
+    if (pc == NULL) {
+        free(r);
+        return NULL;
+    }
+    memset(pc, 0, ce->n * sizeof(*pc));
+    r->type = type;
+    r->per_shard = pc;
+    r->mailbox_max = type->mailbox_max ? type->mailbox_max : DEFAULT_MAILBOX;
+    r->turn_msgs = type->turn_msgs ? type->turn_msgs : DEFAULT_TURN;
+    /* Push with release so that a reader who finds r sees it whole; another shard may have
+     * listed the same type meanwhile: then two records count it, and stats sum both. */
+    r->next = head;
+    while (!atomic_compare_exchange_weak_explicit(&ce->types, &r->next, r, memory_order_release,
+                                                  memory_order_relaxed))
+        ;
+    return cs->last = r;
+}
+
+/* ---- the table of records ---- */
+
+static inline struct actor *rec_at(const struct core_shard *cs, uint32_t slot)
+{
+    return &cs->chunks[slot >> CHUNK_SHIFT][slot & (CHUNK_SIZE - 1)];
+}
+
+/* The live actor `ref` names on this shard, or NULL. */
+static inline struct actor *lookup(const struct core_shard *cs, pith_ref_t ref)
+{
+    uint32_t slot = ref_slot(ref);
+    if (UNLIKELY(slot >= cs->used))
+        return NULL;
+    struct actor *a = rec_at(cs, slot);
+    return (a->gen & REF_GEN_MASK) == ref_gen(ref) ? a : NULL;
+}
+
+struct actor *core_lookup(const struct core_shard *cs, pith_ref_t ref)
+{
+    return ref_shard(ref) == cs->id ? lookup(cs, ref) : NULL;
+}
+
+static int slot_alloc(struct core_shard *cs, uint32_t *slot)
+{
+    if (cs->free_head != 0) {
+        *slot = cs->free_head - 1;
+        cs->free_head = (uint32_t)(uintptr_t)rec_at(cs, *slot)->head;
+        return 0;
+    }
+    if (cs->used > REF_SLOT_MASK)
+        return -ENOMEM;
+    if ((cs->used & (CHUNK_SIZE - 1)) == 0 && (cs->used >> CHUNK_SHIFT) == cs->nchunks) {
+        if (cs->nchunks == cs->chunks_cap) {
+            uint32_t cap = cs->chunks_cap ? cs->chunks_cap * 2 : 16;
+            struct actor **grown = realloc(cs->chunks, cap * sizeof(*grown));
+            if (grown == NULL)
+                return -ENOMEM;
+            cs->chunks = grown;
+            cs->chunks_cap = cap;
+        }
+        struct actor *c = pith_aligned_alloc(CORE_LINE, CHUNK_SIZE * sizeof(struct actor));
+        if (c == NULL)
+            return -ENOMEM;
+        /* gen 0 everywhere: free, and no ref matches it (generations start at 1). */
+        memset(c, 0, CHUNK_SIZE * sizeof(struct actor));
+        cs->chunks[cs->nchunks++] = c;
+    }
+    *slot = cs->used++;
+    return 0;
+}
+
+/* Gives every chunk back once no actor is left, so that a shard's table costs nothing after a
+ * wave of actors has come and gone. A stale ref from before then names a slot past `used`, or
+ * a record whose new actor has a later generation (pith_spawn). */
+static void table_trim(struct core_shard *cs)
+{
+    if (cs->live != 0 || cs->nchunks == 0)
+        return;
+    for (uint32_t i = 0; i < cs->nchunks; i++)
+        pith_free(cs->chunks[i]);
+    free(cs->chunks);
+    cs->chunks = NULL;
+    cs->nchunks = cs->chunks_cap = 0;
+    cs->free_head = 0;
+    cs->used = 0;
+}
+
+/* A shard whose actors come and go one at a time would otherwise free and clear a whole chunk
+ * at every stop and spawn: the table goes only once it has stayed empty for TRIM_DELAY_NS. */
+#define TRIM_DELAY_NS (UINT64_C(10) * 1000 * 1000)
+
+static void trim_timer(void *arg)
+{
+    (void)arg;
+    struct core_shard *cs = core_self;
+    if (cs == NULL)
+        return;
+    cs->trim_armed = false;
+    table_trim(cs);
+}
+
+static void trim_soon(struct core_shard *cs)
+{
+    if (cs->live != 0 || cs->nchunks == 0 || cs->trim_armed || cs->closing)
+        return;
+    if (pith_timer_add(TRIM_DELAY_NS, 0, trim_timer, NULL, NULL) == 0)
+        cs->trim_armed = true;
+    else
+        table_trim(cs);
+}
+
+/* ---- ending an actor ---- */
+
+static void mailbox_drop_all(struct core_shard *cs, struct actor *a)
+{
+    struct amsg *m = a->head;
+    uint64_t n = 0;
+    while (m != NULL) {
+        struct amsg *next = m->next;
+        pith_free(m);
+        m = next;
+        n++;
+    }
+    a->head = a->tail = NULL;
+    a->depth = 0;
+    if (n)
+        bump(&ctr(cs, a->rec)->dropped, n);
+}
+
+static void actor_end(struct core_shard *cs, struct actor *a, uint32_t slot, int reason)
+{
+    struct type_rec *r = a->rec;
+    pith_ref_t ref = ref_make(cs->id, a->gen & REF_GEN_MASK, slot);
+    if (a->gen & A_STOP)
+        map_del(&cs->stop_reasons, ref);
+    mailbox_drop_all(cs, a);
+    if (r->type->terminate != NULL) {
+        struct pith_actor self = {a, ref_make(cs->id, a->gen & REF_GEN_MASK, slot)};
+        a->gen |= A_RUNNING;
+        pith_ref_t outer = core_current;
+        core_current = self.ref;
+        r->type->terminate(&self, a->state, reason);
+        core_current = outer;
+        /* Messages it sent itself meanwhile are dropped with the rest. */
+        mailbox_drop_all(cs, a);
+    }
+    pith_free(a->state);
+    bump(&ctr(cs, r)->stopped, 1);
+    if (reason != PITH_EXIT_NORMAL && reason != PITH_EXIT_SHUTDOWN)
+        bump(&ctr(cs, r)->failed, 1);
+    memset(a, 0, sizeof(*a));
+    a->head = (struct amsg *)(uintptr_t)cs->free_head; /* gen 0: free */
+    cs->free_head = slot + 1;
+    cs->live--;
+    /* The ref is stale from here: what follows may stop other actors of this shard (links),
+     * which may in turn look this one up. */
+    if (cs->timers.len)
+        core_timers_end(cs, ref);
+    if (cs->names_of.len)
+        core_names_end(cs, ref);
+    if (cs->muted.len)
+        core_mute_drained(cs, ref);
+    if (cs->watchers.len)
+        core_watchers_end(cs, ref, reason);
+    trim_soon(cs);
+}
+
+/* ---- turns ---- */
+
+static void turn_task(void *arg);
+
+int core_schedule(struct core_shard *cs, struct actor *a, pith_ref_t ref)
+{
+    int err = pith_submit(cs->id, turn_task, (void *)(uintptr_t)ref);
+    if (err == 0) {
+        a->gen |= A_SCHEDULED;
+        bump(&ctr(cs, a->rec)->turns, 1);
+    }
+    return err;
+}
+
+static void turn_task(void *arg)
+{
+    pith_ref_t ref = (pith_ref_t)(uintptr_t)arg;
+    struct core_shard *cs = core_self;
+    if (cs == NULL || cs->closing)
+        return;
+    struct actor *a = lookup(cs, ref);
+    if (a == NULL)
+        return; /* stopped after this turn was queued */
+    uint32_t slot = ref_slot(ref);
+    struct type_rec *r = a->rec;
+    struct type_counters *c = ctr(cs, r);
+    if (a->gen & A_MUTED) {
+        a->gen &= ~A_SCHEDULED; /* the unmute schedules it again */
+        return;
+    }
+    struct pith_actor self = {a, ref};
+    uint32_t n = 0;
+    int status = 0;
+    while (n < r->turn_msgs && a->head != NULL) {
+        struct amsg *m = a->head;
+        a->head = m->next;
+        if (a->head == NULL)
+            a->tail = NULL;
+        a->depth--;
+        pith_msg_t msg = {
+            .type = m->type, .len = m->len, .from = m->from, .req = m->req, .data = m + 1};
+        a->gen |= A_RUNNING;
+        core_current = ref;
+        if (UNLIKELY(++cs->sample == HIST_SAMPLE)) {
+            cs->sample = 0;
+            uint64_t t0 = pith_now_ns();
+            status = a->behaviour(&self, a->state, &msg);
+            bump(&c->hist[hist_bucket(pith_now_ns() - t0)], 1);
+        } else {
+            status = a->behaviour(&self, a->state, &msg);
+        }
+        core_current = PITH_REF_NONE;
+        a->gen &= ~A_RUNNING;
+        pith_free(m);
+        n++;
+        if (status != 0 || (a->gen & (A_STOP | A_MUTED)))
+            break; /* a sender muted by this message gets no more of this turn */
+    }
+    bump(&c->messages, n);
+    if (UNLIKELY(cs->muted.len != 0) && a->depth <= r->mailbox_max / 2)
+        core_mute_drained(cs, ref);
+    if (status == 0 && (a->gen & A_STOP))
+        status = (int)(intptr_t)map_get(&cs->stop_reasons, ref); /* 0 when not there: normal */
+    if (status != 0 || (a->gen & A_STOP)) {
+        actor_end(cs, a, slot, status);
+        return;
+    }
+    a->gen &= ~A_SCHEDULED;
+    if (a->head != NULL && !(a->gen & A_MUTED) && core_schedule(cs, a, ref) != 0) {
+        /* The local queue refused (it only does when memory runs out): the mail waits for the
+         * next message to schedule the actor again. */
+    }
+}
+
+/* ---- messages ---- */
+
+struct amsg *core_msg_make(pith_ref_t to, pith_ref_t from, uint32_t type, const void *data,
+                           uint32_t len)
+{
+    struct amsg *m = pith_malloc(sizeof(*m) + len);
+    if (m == NULL)
+        return NULL;
+    m->next = NULL;
+    m->to = to;
+    m->from = from;
+    m->req = 0;
+    m->type = type;
+    m->len = len;
+    m->pad = 0;
+    if (len)
+        memcpy(m + 1, data, len);
+    return m;
+}
+
+int core_enqueue(struct core_shard *cs, struct actor *a, struct amsg *m)
+{
+    struct type_rec *r = a->rec;
+    struct type_counters *c = ctr(cs, r);
+    if (UNLIKELY(a->depth >= r->mailbox_max)) {
+        if (r->type->overflow == PITH_OVERFLOW_MUTE_SENDER) {
+            if (core_mute_full(cs, a, m) != 0) {
+                bump(&c->rejected, 1);
+                return -EAGAIN;
+            }
+            goto take;
+        }
+        if (r->type->overflow != PITH_OVERFLOW_DROP_OLDEST) {
+            bump(&c->rejected, 1);
+            return -EAGAIN;
+        }
+        struct amsg *old = a->head;
+        a->head = old->next;
+        if (a->head == NULL)
+            a->tail = NULL;
+        a->depth--;
+        pith_free(old);
+        bump(&c->dropped, 1);
+    }
+take:
+    m->next = NULL;
+    if (a->tail != NULL)
+        a->tail->next = m;
+    else
+        a->head = m;
+    a->tail = m;
+    a->depth++;
+    if (a->depth > atomic_load_explicit(&c->mailbox_max, memory_order_relaxed))
+        atomic_store_explicit(&c->mailbox_max, a->depth, memory_order_relaxed);
+    if (!(a->gen & (A_SCHEDULED | A_MUTED))) {
+        int err = core_schedule(cs, a, m->to);
+        if (err != 0) {
+            /* Take it back out: it is the tail. */
+            a->depth--;
+            if (a->head == m) {
+                a->head = a->tail = NULL;
+            } else {
+                struct amsg *p = a->head;
+                while (p->next != m)
+                    p = p->next;
+                p->next = NULL;
+                a->tail = p;
+            }
+            return err;
+        }
+    }
+    return 0;
+}
+
+/* A message from another thread, run on the receiving shard. */
+static void deliver_task(void *arg)
+{
+    struct amsg *m = arg;
+    struct core_shard *cs = core_shard_get();
+    struct actor *a = cs != NULL && !cs->closing ? lookup(cs, m->to) : NULL;
+    if (a == NULL) {
+        if (cs != NULL)
+            bump(&cs->dead_letters, 1);
+        pith_free(m);
+        return;
+    }
+    if (core_enqueue(cs, a, m) != 0)
+        pith_free(m);
+}
+
+int pith_send(pith_ref_t to, uint32_t type, const void *data, uint32_t len)
+{
+    unsigned n = pith_shard_count();
+    if (n == 0)
+        return -ESHUTDOWN;
+    if (ref_gen(to) == 0 || ref_shard(to) >= n || (data == NULL && len > 0) ||
+        len > UINT32_MAX - sizeof(struct amsg))
+        return -EINVAL;
+    unsigned dst = ref_shard(to);
+    struct core_shard *cs = core_self;
+    int me = pith_shard_id();
+    if (me >= 0 && (unsigned)me == dst) {
+        if (cs == NULL && (cs = core_shard_get()) == NULL)
+            return -ENOMEM;
+        if (cs->closing)
+            return -ESHUTDOWN;
+        struct actor *a = lookup(cs, to);
+        if (a == NULL)
+            return -ESRCH;
+        if (a->depth >= a->rec->mailbox_max && a->rec->type->overflow == PITH_OVERFLOW_REJECT) {
+            bump(&ctr(cs, a->rec)->rejected, 1);
+            return -EAGAIN;
+        }
+        struct amsg *m = core_msg_make(to, core_current, type, data, len);
+        if (m == NULL)
+            return -ENOMEM;
+        int err = core_enqueue(cs, a, m);
+        if (err)
+            pith_free(m);
+        return err;
+    }
+    if (cs != NULL && cs->closing)
+        return -ESHUTDOWN;
+    struct amsg *m = core_msg_make(to, me >= 0 ? core_current : PITH_REF_NONE, type, data, len);
+    if (m == NULL)
+        return -ENOMEM;
+    int err = pith_submit(dst, deliver_task, m);
+    if (err)
+        pith_free(m);
+    return err;
+}
+
+int core_send_msg(struct amsg *m)
+{
+    unsigned n = pith_shard_count();
+    if (n == 0 || ref_shard(m->to) >= n || ref_gen(m->to) == 0) {
+        pith_free(m);
+        return n == 0 ? -ESHUTDOWN : -EINVAL;
+    }
+    int me = pith_shard_id();
+    if (me >= 0 && (unsigned)me == ref_shard(m->to)) {
+        struct core_shard *cs = core_shard_get();
+        struct actor *a = cs != NULL && !cs->closing ? lookup(cs, m->to) : NULL;
+        int err = a == NULL ? (cs == NULL    ? -ENOMEM
+                               : cs->closing ? -ESHUTDOWN
+                                             : -ESRCH)
+                            : core_enqueue(cs, a, m);
+        if (err)
+            pith_free(m);
+        return err;
+    }
+    int err = pith_submit(ref_shard(m->to), deliver_task, m);
+    if (err)
+        pith_free(m);
+    return err;
+}
+
+/* ---- spawn ---- */
+
+int pith_spawn(const pith_actor_type_t *type, void *arg, pith_ref_t *out)
+{
+    if (out != NULL)
+        *out = PITH_REF_NONE;
+    if (type == NULL || type->behaviour == NULL || (unsigned)type->profile >= PITH_MEM_PROFILES ||
+        (unsigned)type->overflow > PITH_OVERFLOW_MUTE_SENDER)
+        return -EINVAL;
+    if (pith_shard_id() < 0)
+        return -EPERM;
+    struct core_shard *cs = core_shard_get();
+    if (cs == NULL)
+        return -ENOMEM;
+    if (cs->closing)
+        return -ESHUTDOWN;
+    struct type_rec *r = type_get(cs, type);
+    if (r == NULL)
+        return -ENOMEM;
+    void *state = NULL;
+    if (type->state_size > 0) {
+        state = pith_malloc_ex(type->state_size, 0, type->profile, 0);
+        if (state == NULL)
+            return -ENOMEM;
+        memset(state, 0, type->state_size);
+    }
+    uint32_t slot;
+    int err = slot_alloc(cs, &slot);
+    if (err) {
+        pith_free(state);
+        return err;
+    }
+    struct actor *a = rec_at(cs, slot);
+    /* The shard's next generation: it keeps counting across records, table_trim and
+     * engines, so a ref from before names no later actor (until 2^24 spawns). */
+    uint32_t gen = cs->last_gen = (cs->last_gen + 1) & REF_GEN_MASK;
+    if (gen == 0)
+        gen = cs->last_gen = 1;
+    *a = (struct actor){.rec = r, .behaviour = type->behaviour, .state = state, .gen = gen};
+    cs->live++;
+    pith_ref_t ref = ref_make(cs->id, gen, slot);
+    bump(&ctr(cs, r)->spawned, 1);
+    if (type->init != NULL) {
+        struct pith_actor self = {a, ref};
+        pith_ref_t outer = core_current;
+        core_current = ref;
+        a->gen |= A_RUNNING;
+        err = type->init(&self, state, arg);
+        a->gen &= ~A_RUNNING;
+        core_current = outer;
+        if (err != 0) {
+            /* Not started: no terminate, and it does not count as spawned. */
+            mailbox_drop_all(cs, a);
+            pith_free(state);
+            bump(&ctr(cs, r)->spawned, (uint64_t)-1);
+            memset(a, 0, sizeof(*a));
+            a->head = (struct amsg *)(uintptr_t)cs->free_head;
+            cs->free_head = slot + 1;
+            cs->live--;
+            trim_soon(cs);
+            return err < 0 ? err : -err;
+        }
+        if (a->gen & A_STOP) {
+            actor_end(cs, a, slot, PITH_EXIT_NORMAL);
+            if (out != NULL)
+                *out = ref;
+            return 0;
+        }
+    }
+    if (out != NULL)
+        *out = ref;
+    return 0;
+}
+
+struct spawn_req {
+    const pith_actor_type_t *type;
+    void *arg;
+    pith_spawned_fn_t done;
+    void *ctx;
+    pith_ref_t ref;
+    int err;
+};
+
+static void *spawn_remote(void *arg)
+{
+    struct spawn_req *q = arg;
+    q->err = pith_spawn(q->type, q->arg, &q->ref);
+    return q;
+}
+
+static void spawn_done(void *result, void *ctx)
+{
+    (void)ctx;
+    struct spawn_req *q = result;
+    q->done(q->ref, q->err, q->ctx);
+    free(q);
+}
+
+int pith_spawn_on(unsigned shard, const pith_actor_type_t *type, void *arg, pith_spawned_fn_t done,
+                  void *ctx)
+{
+    if (type == NULL || done == NULL)
+        return -EINVAL;
+    struct spawn_req *q = malloc(sizeof(*q));
+    if (q == NULL)
+        return -ENOMEM;
+    *q = (struct spawn_req){.type = type, .arg = arg, .done = done, .ctx = ctx};
+    int err = pith_call(shard, spawn_remote, q, spawn_done, NULL);
+    if (err)
+        free(q);
+    return err;
+}
+
+/* ---- self, become, stop ---- */
+
+pith_ref_t pith_self(const pith_actor_t *self)
+{
+    return self != NULL ? self->ref : PITH_REF_NONE;
+}
+
+void pith_become(pith_actor_t *self, pith_behaviour_t behaviour)
+{
+    if (self != NULL && behaviour != NULL)
+        self->a->behaviour = behaviour;
+}
+
+unsigned pith_ref_shard(pith_ref_t ref)
+{
+    return ref_shard(ref);
+}
+
+int core_stop_here(struct core_shard *cs, pith_ref_t ref, int reason)
+{
+    struct actor *a = core_lookup(cs, ref);
+    if (a == NULL)
+        return -ESRCH;
+    if (a->gen & A_RUNNING) {
+        /* The running behaviour's caller ends it; the first reason given wins. */
+        if (!(a->gen & A_STOP)) {
+            a->gen |= A_STOP;
+            if (reason != PITH_EXIT_NORMAL &&
+                map_put(&cs->stop_reasons, ref, (void *)(intptr_t)reason) != 0)
+                return -ENOMEM;
+        }
+        return 0;
+    }
+    actor_end(cs, a, ref_slot(ref), reason);
+    return 0;
+}
+
+static void stop_task(void *arg)
+{
+    struct core_shard *cs = core_shard_get();
+    if (cs == NULL || cs->closing)
+        return;
+    if (core_stop_here(cs, (pith_ref_t)(uintptr_t)arg, PITH_EXIT_NORMAL) != 0)
+        bump(&cs->dead_letters, 1);
+}
+
+static void kill_task(void *arg)
+{
+    struct core_shard *cs = core_shard_get();
+    if (cs == NULL || cs->closing)
+        return;
+    if (core_stop_here(cs, (pith_ref_t)(uintptr_t)arg, PITH_EXIT_KILLED) != 0)
+        bump(&cs->dead_letters, 1);
+}
+
+static int stop_any(pith_ref_t ref, int reason, pith_fn_t remote)
+{
+    unsigned n = pith_shard_count();
+    if (n == 0)
+        return -ESHUTDOWN;
+    if (ref_gen(ref) == 0 || ref_shard(ref) >= n)
+        return -EINVAL;
+    int me = pith_shard_id();
+    if (me >= 0 && (unsigned)me == ref_shard(ref)) {
+        struct core_shard *cs = core_shard_get();
+        if (cs == NULL)
+            return -ENOMEM;
+        if (cs->closing)
+            return -ESHUTDOWN;
+        return core_stop_here(cs, ref, reason);
+    }
+    return pith_submit(ref_shard(ref), remote, (void *)(uintptr_t)ref);
+}
+
+int pith_kill(pith_ref_t ref)
+{
+    return stop_any(ref, PITH_EXIT_KILLED, kill_task);
+}
+
+int pith_stop(pith_ref_t ref)
+{
+    return stop_any(ref, PITH_EXIT_NORMAL, stop_task);
+}
+
+/* ---- stats ---- */
+
+/* The upper edge of the bucket holding the q-quantile (q in thousandths) of h. */
+static uint64_t hist_quantile(const uint64_t *h, uint64_t total, unsigned q)
+{
+    uint64_t want = (total * q + 999) / 1000, seen = 0;
+    for (unsigned b = 0; b < HIST_BUCKETS; b++) {
+        seen += h[b];
+        if (seen >= want && want > 0)
+            return hist_upper(b);
+    }
+    return 0;
+}
+
+int pith_actor_type_stats(const pith_actor_type_t *type, pith_actor_type_stats_t *out)
+{
+    if (type == NULL || out == NULL)
+        return -EINVAL;
+    if (!shard_reader_enter())
+        return -ESHUTDOWN;
+    memset(out, 0, sizeof(*out));
+    uint64_t hist[HIST_BUCKETS] = {0};
+    struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
+    for (struct type_rec *r = ce ? atomic_load_explicit(&ce->types, memory_order_acquire) : NULL;
+         r != NULL; r = r->next) {
+        if (r->type != type)
+            continue;
+        for (unsigned i = 0; i < ce->n; i++) {
+            const struct type_counters *c = &r->per_shard[i];
+            out->spawned += atomic_load_explicit(&c->spawned, memory_order_relaxed);
+            out->stopped += atomic_load_explicit(&c->stopped, memory_order_relaxed);
+            out->failed += atomic_load_explicit(&c->failed, memory_order_relaxed);
+            out->messages += atomic_load_explicit(&c->messages, memory_order_relaxed);
+            out->rejected += atomic_load_explicit(&c->rejected, memory_order_relaxed);
+            out->dropped += atomic_load_explicit(&c->dropped, memory_order_relaxed);
+            out->turns += atomic_load_explicit(&c->turns, memory_order_relaxed);
+            out->restarts += atomic_load_explicit(&c->restarts, memory_order_relaxed);
+            out->mutes += atomic_load_explicit(&c->mutes, memory_order_relaxed);
+            for (unsigned b = 0; b < HIST_BUCKETS; b++) {
+                uint64_t k = atomic_load_explicit(&c->hist[b], memory_order_relaxed);
+                hist[b] += k;
+                out->handler_samples += k;
+            }
+            uint64_t mx = atomic_load_explicit(&c->mailbox_max, memory_order_relaxed);
+            if (mx > out->mailbox_max)
+                out->mailbox_max = mx;
+        }
+    }
+    out->live = out->spawned > out->stopped ? out->spawned - out->stopped : 0;
+    out->handler_p50_ns = hist_quantile(hist, out->handler_samples, 500);
+    out->handler_p99_ns = hist_quantile(hist, out->handler_samples, 990);
+    out->handler_p999_ns = hist_quantile(hist, out->handler_samples, 999);
+    shard_reader_leave();
+    return 0;
+}
+
+int pith_dead_letters(unsigned shard, uint64_t *out)
+{
+    if (out == NULL)
+        return -EINVAL;
+    if (!shard_reader_enter())
+        return -ESHUTDOWN;
+    int err = 0;
+    *out = 0;
+    if (shard >= pith_shard_count()) {
+        err = -EINVAL;
+    } else {
+        struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
+        struct core_shard *cs =
+            ce ? atomic_load_explicit(&ce->shards[shard], memory_order_acquire) : NULL;
+        if (cs != NULL)
+            *out = atomic_load_explicit(&cs->dead_letters, memory_order_relaxed);
+    }
+    shard_reader_leave();
+    return err;
+}
+
+int pith_core_stats(unsigned shard, pith_core_stats_t *out)
+{
+    if (out == NULL)
+        return -EINVAL;
+    if (!shard_reader_enter())
+        return -ESHUTDOWN;
+    int err = 0;
+    memset(out, 0, sizeof(*out));
+    if (shard >= pith_shard_count()) {
+        err = -EINVAL;
+    } else {
+        struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
+        struct core_shard *cs =
+            ce ? atomic_load_explicit(&ce->shards[shard], memory_order_acquire) : NULL;
+        if (cs != NULL) {
+            out->dead_letters = atomic_load_explicit(&cs->dead_letters, memory_order_relaxed);
+            out->asks = atomic_load_explicit(&cs->asks_made, memory_order_relaxed);
+            out->replies = atomic_load_explicit(&cs->replies, memory_order_relaxed);
+            out->late_replies = atomic_load_explicit(&cs->late_replies, memory_order_relaxed);
+            out->ask_timeouts = atomic_load_explicit(&cs->ask_timeouts, memory_order_relaxed);
+            out->timer_msgs = atomic_load_explicit(&cs->timer_msgs, memory_order_relaxed);
+        }
+    }
+    shard_reader_leave();
+    return err;
+}
+
+/* ---- the shard hooks: stop ---- */
+
+/* The shard has left its loop: every actor still alive ends with PITH_EXIT_SHUTDOWN. */
+static void core_shard_exit(unsigned shard)
+{
+    (void)shard;
+    struct core_shard *cs = core_self;
+    if (cs == NULL)
+        return;
+    cs->closing = true;
+    for (uint32_t slot = 0; slot < cs->used && cs->live > 0; slot++) {
+        struct actor *a = rec_at(cs, slot);
+        if (a->gen != 0 && a->rec != NULL)
+            actor_end(cs, a, slot, PITH_EXIT_SHUTDOWN);
+    }
+    table_trim(cs);
+    core_asks_free(cs);
+    core_watchers_free(cs);
+    core_registry_free(cs);
+    map_free(&cs->timers);
+    map_free(&cs->names_of);
+    map_free(&cs->stop_reasons);
+    core_mute_free(cs);
+    gen_carry[cs->id] = cs->last_gen;
+    core_self = NULL;
+}
+
+static void core_engine_gone(void)
+{
+    struct core_engine *ce = atomic_exchange(&core_eng, NULL);
+    if (ce == NULL)
+        return;
+    for (unsigned i = 0; i < ce->n; i++)
+        free(atomic_load_explicit(&ce->shards[i], memory_order_relaxed));
+    struct type_rec *r = atomic_load_explicit(&ce->types, memory_order_relaxed);
+    while (r != NULL) {
+        struct type_rec *next = r->next;
+        free(r->per_shard);
+        free(r);
+        r = next;
+    }
+    free(ce);
+}
+
+static bool core_release(pith_fn_t fn, void *arg)
+{
+    if (fn == deliver_task || fn == core_ask_task || fn == core_watch_task || fn == core_reg_task ||
+        fn == core_mute_task) {
+        pith_free(arg);
+        return true;
+    }
+    return fn == turn_task || fn == stop_task || fn == kill_task;
+}
+
+__attribute__((constructor)) static void core_hooks(void)
+{
+    static const struct shard_hooks h = {
+        .shard_exit = core_shard_exit,
+        .engine_gone = core_engine_gone,
+        .release = core_release,
+    };
+    shard_hooks_set(&h);
+}

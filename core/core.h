@@ -1,0 +1,204 @@
+/* Private to core/: actors on the shards. Each shard keeps its actors in a table of fixed-size
+ * records (a ref's slot indexes it); the engine-wide part holds each shard's table and the
+ * counters of every actor type seen. */
+#ifndef PITH_CORE_H
+#define PITH_CORE_H
+
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <pith/actor.h>
+#include <pith/engine.h>
+
+#include "map.h"
+
+#define CORE_LINE 64
+
+/* ref = shard (12 bits) | generation (24 bits, never 0) | slot (28 bits). Every spawn on a
+ * shard takes the shard's next generation, so a stale ref cannot name a later actor until 2^24
+ * more spawns on that shard. */
+#define REF_SHARD_SHIFT 52
+#define REF_GEN_SHIFT   28
+#define REF_GEN_MASK    ((UINT32_C(1) << 24) - 1)
+#define REF_SLOT_MASK   ((UINT32_C(1) << 28) - 1)
+#define REF_MAX_SHARDS  4096
+
+static inline pith_ref_t ref_make(unsigned shard, uint32_t gen, uint32_t slot)
+{
+    return ((uint64_t)shard << REF_SHARD_SHIFT) | ((uint64_t)gen << REF_GEN_SHIFT) | slot;
+}
+static inline unsigned ref_shard(pith_ref_t r)
+{
+    return (unsigned)(r >> REF_SHARD_SHIFT);
+}
+static inline uint32_t ref_gen(pith_ref_t r)
+{
+    return (uint32_t)(r >> REF_GEN_SHIFT) & REF_GEN_MASK;
+}
+static inline uint32_t ref_slot(pith_ref_t r)
+{
+    return (uint32_t)r & REF_SLOT_MASK;
+}
+
+/* A message in flight or in a mailbox: this header, then the payload (16-byte aligned).
+ * Allocated by the sending thread with pith_malloc, freed by the receiving shard. */
+struct amsg {
+    struct amsg *next;
+    pith_ref_t to;
+    pith_ref_t from;
+    uint64_t req; /* ask id, 0: none */
+    uint32_t type;
+    uint32_t len;
+    uint64_t pad;
+};
+_Static_assert(sizeof(struct amsg) == 48, "message header: payload 16-byte aligned");
+
+/* Handler times: bucket b covers [lo(b), lo(b + 1)) ns, 4 buckets per power of two. */
+#define HIST_BUCKETS 256
+#define HIST_SAMPLE  16 /* one message in HIST_SAMPLE is timed */
+
+static inline unsigned hist_bucket(uint64_t ns)
+{
+    if (ns < 4)
+        return (unsigned)ns;
+    unsigned e = 63u - (unsigned)__builtin_clzll(ns); /* ns in [2^e, 2^(e+1)) */
+    unsigned b = e * 4 + (unsigned)((ns >> (e - 2)) & 3);
+    return b < HIST_BUCKETS ? b : HIST_BUCKETS - 1;
+}
+/* The smallest value of the next bucket: the upper edge of b. */
+static inline uint64_t hist_upper(unsigned b)
+{
+    if (b < 8)
+        return b < 4 ? b + 1 : 4; /* 0..3 hold one value each; 4..7 are never used */
+    b++;
+    unsigned e = b / 4;
+    return (UINT64_C(1) << e) + ((uint64_t)(b & 3) << (e - 2));
+}
+
+/* Counters of one type on one shard: written by that shard only, relaxed, read by any thread. */
+struct type_counters {
+    alignas(CORE_LINE) _Atomic uint64_t spawned, stopped, failed, messages, rejected, dropped,
+        mailbox_max, turns, restarts, mutes;
+    _Atomic uint64_t hist[HIST_BUCKETS];
+};
+
+/* One actor type seen by this engine, with a counter block per shard. Listed once, never
+ * removed before the engine is gone. */
+struct type_rec {
+    const pith_actor_type_t *type;
+    struct type_rec *next;
+    uint32_t mailbox_max, turn_msgs; /* resolved defaults */
+    struct type_counters *per_shard; /* [n] */
+};
+
+/* Actor record flags, above the 24 generation bits of `gen`. Whether an actor has timers,
+ * watchers, names or muted senders is known from the side tables themselves. */
+#define A_SCHEDULED (UINT32_C(1) << 24) /* a turn is queued or running */
+#define A_RUNNING   (UINT32_C(1) << 25) /* its behaviour is on the stack */
+#define A_STOP      (UINT32_C(1) << 26) /* stop when the behaviour returns */
+#define A_TRAP      (UINT32_C(1) << 27) /* traps exits of linked actors */
+#define A_MUTED     (UINT32_C(1) << 28) /* muted by a full mailbox: no turns until unmuted */
+
+/* One actor: 48 bytes of engine overhead, plus its state's allocation. A free record has gen 0
+ * and links the free list through `head` (as a slot index + 1). */
+struct actor {
+    struct type_rec *rec;
+    pith_behaviour_t behaviour;
+    void *state;
+    struct amsg *head, *tail;
+    uint32_t gen; /* generation (low 20 bits) and A_* flags; 0: free */
+    uint32_t depth;
+};
+_Static_assert(sizeof(struct actor) == 48, "actor record");
+
+/* What a behaviour, init or terminate gets as `self`: on the stack for the call. */
+struct pith_actor {
+    struct actor *a;
+    pith_ref_t ref;
+};
+
+#define CHUNK_SHIFT 12 /* records per chunk: 4096 (192 KiB) */
+#define CHUNK_SIZE  (1u << CHUNK_SHIFT)
+
+/* The actors of one shard; all but the counters are touched by that shard only. */
+struct core_shard {
+    unsigned id;
+    struct actor **chunks;
+    uint32_t nchunks, chunks_cap;
+    uint32_t free_head; /* slot + 1 of the first free record, 0: none */
+    uint32_t used;      /* records ever handed out (the rest of the last chunk is fresh) */
+    uint32_t last_gen;  /* generation of the last spawn */
+    uint64_t live;
+    bool closing;          /* the shard has left its loop: sends and spawns fail */
+    bool trim_armed;       /* a timer will give the empty table back */
+    struct type_rec *last; /* the type of the last spawn */
+    uint64_t ask_seq;
+    uint32_t sample;         /* messages since the last timed one */
+    struct map asks;         /* ask id -> struct ask (asks made here, waiting) */
+    struct map timers;       /* ref -> list of struct atimer (actors that have timers) */
+    struct map watchers;     /* ref -> list of struct watch (watched actors) */
+    struct map names_of;     /* ref -> list of struct name_of (named actors) */
+    struct map registry;     /* name hash -> list of struct reg_ent: this shard's replica */
+    struct map stop_reasons; /* ref -> reason, for running actors asked to end abnormally */
+    struct map muted;        /* receiver ref -> list of struct muted (it muted them) */
+    _Atomic uint64_t dead_letters, asks_made, replies, late_replies, ask_timeouts, timer_msgs;
+};
+
+/* The engine-wide part, made by the first shard that needs it and freed when the engine is
+ * gone (shard hooks). */
+struct core_engine {
+    unsigned n;
+    _Atomic(struct type_rec *) types;
+    _Atomic(struct core_shard *) shards[]; /* [n] */
+};
+
+/* actor.c, for the other files of core/ */
+struct core_shard *core_shard_get(void); /* the calling shard's, made on first use */
+struct actor *core_lookup(const struct core_shard *cs, pith_ref_t ref);
+struct amsg *core_msg_make(pith_ref_t to, pith_ref_t from, uint32_t type, const void *data,
+                           uint32_t len);
+/* Puts m (addressed to a live actor of this shard) in its mailbox; on error m stays the
+ * caller's. */
+int core_enqueue(struct core_shard *cs, struct actor *a, struct amsg *m);
+/* Sends a made message to m->to wherever it lives; m is consumed even on error. */
+int core_send_msg(struct amsg *m);
+/* Ends an actor of this shard now, or when its running behaviour returns. */
+int core_stop_here(struct core_shard *cs, pith_ref_t ref, int reason);
+pith_ref_t core_current_ref(void);
+void core_bump(_Atomic uint64_t *c, uint64_t n);
+struct type_counters *core_counters(const struct core_shard *cs, const struct type_rec *r);
+
+int core_schedule(struct core_shard *cs, struct actor *a, pith_ref_t ref);
+
+/* mute.c: the MUTE_SENDER policy */
+int core_mute_full(struct core_shard *cs, struct actor *a, struct amsg *m); /* 0: take m */
+void core_mute_drained(struct core_shard *cs, pith_ref_t ref);
+void core_mute_task(void *arg);
+void core_mute_free(struct core_shard *cs);
+
+/* ask.c: asks, replies and actor timers */
+void core_ask_task(void *arg); /* a reply travelling to its asking shard */
+void core_timers_end(struct core_shard *cs, pith_ref_t ref);
+void core_asks_free(struct core_shard *cs);
+
+/* watch.c: monitors and links */
+void core_watch_task(void *arg);
+void core_watchers_end(struct core_shard *cs, pith_ref_t ref, int reason);
+void core_watchers_free(struct core_shard *cs);
+
+/* registry.c */
+void core_reg_task(void *arg);
+void core_names_end(struct core_shard *cs, pith_ref_t ref);
+void core_registry_free(struct core_shard *cs);
+
+static inline uint64_t core_hash(const char *s, size_t n)
+{
+    uint64_t h = UINT64_C(1469598103934665603);
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * UINT64_C(1099511628211);
+    return h | 1; /* never 0: map keys are nonzero */
+}
+
+#endif

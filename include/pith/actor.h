@@ -1,0 +1,257 @@
+/* Actors: an actor lives on one shard and runs its behaviour for one message at a time, never
+ * concurrently with itself. Refs name actors from anywhere; messages are copied at send.
+ *
+ * Here: spawn (here or on another shard), refs, bounded mailboxes with reject or drop-oldest
+ * overflow, send, ask and reply with timeouts, actor timers, become, stop and kill, monitors
+ * and links, supervisors, a registry of names, and counters per type and per shard. */
+#ifndef PITH_ACTOR_H
+#define PITH_ACTOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <pith/api.h>
+#include <pith/mem.h>
+#include <pith/timer.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A ref: the actor's shard, slot and generation in 64 bits; never 0. Copy and compare it
+ * freely, on any thread. A ref whose actor has stopped is stale: sends to it fail (or are
+ * counted as dead letters when they cross shards); it never reaches another actor. */
+typedef uint64_t pith_ref_t;
+#define PITH_REF_NONE ((pith_ref_t)0)
+
+/* The shard a ref's actor lives on. */
+PITH_API unsigned pith_ref_shard(pith_ref_t ref);
+
+/* A message as the behaviour sees it. `data` (len bytes, 16-byte aligned) is the receiver's
+ * copy, valid until the behaviour returns. `from` is the sending actor, PITH_REF_NONE when a
+ * task or an outside thread sent it. `req` is nonzero on a request made with pith_ask (answer
+ * it with pith_reply) and on the reply or timeout an asking actor receives. */
+typedef struct pith_msg {
+    uint32_t type; /* the application's tag, below PITH_MSG_RESERVED */
+    uint32_t len;
+    pith_ref_t from;
+    uint64_t req;
+    const void *data;
+} pith_msg_t;
+
+/* Tags from PITH_MSG_RESERVED up are the engine's. */
+#define PITH_MSG_RESERVED 0xFFFFFF00u
+#define PITH_MSG_TIMEOUT  0xFFFFFF01u /* an ask of this actor got no reply in time; see req */
+#define PITH_MSG_DOWN     0xFFFFFF02u /* a monitored (or linked, when trapping) actor ended */
+
+/* The payload of PITH_MSG_DOWN. */
+typedef struct pith_down {
+    pith_ref_t ref; /* the actor that ended */
+    int32_t reason; /* its exit reason */
+    uint32_t link;  /* 1: it was linked (and this actor traps exits), 0: monitored */
+} pith_down_t;
+
+typedef struct pith_actor pith_actor_t;
+
+/* Handles one message. 0: go on. Non-zero: the actor failed; it stops with that status as its
+ * exit reason (its supervisor, when supervision arrives, decides what next). */
+typedef int (*pith_behaviour_t)(pith_actor_t *self, void *state, const pith_msg_t *msg);
+
+/* Why an actor ended, as its terminate hook sees it: PITH_EXIT_NORMAL (pith_stop), a
+ * behaviour's non-zero status, or one of these. */
+#define PITH_EXIT_NORMAL    0
+#define PITH_EXIT_SHUTDOWN  (-100000) /* the engine stopped with the actor alive */
+#define PITH_EXIT_NOPROC    (-100001) /* monitor or link of an actor that had already ended */
+#define PITH_EXIT_KILLED    (-100002) /* pith_kill */
+#define PITH_EXIT_ESCALATED (-100003) /* a supervisor passed its restart intensity */
+
+/* What a full mailbox does with one more message. */
+typedef enum pith_overflow {
+    PITH_OVERFLOW_REJECT = 0,      /* the send fails with -EAGAIN (counted in rejected) */
+    PITH_OVERFLOW_DROP_OLDEST = 1, /* the oldest waiting message is dropped (counted) */
+    /* A message from an actor is taken and its sender muted: it handles no more messages until
+     * this mailbox drains to half the bound (across shards it learns so through the mesh).
+     * What a sender sends before its mute reaches it still comes in, up to 8 times the bound;
+     * past that, and from tasks or outside threads, as REJECT. */
+    PITH_OVERFLOW_MUTE_SENDER = 2,
+} pith_overflow_t;
+
+/* An actor type. The type must outlive its actors (a static object is the usual choice);
+ * counters are kept per type and shard. */
+typedef struct pith_actor_type {
+    const char *name;
+    pith_behaviour_t behaviour;
+    size_t state_size; /* bytes of state, zeroed, 16-byte aligned; 0: none */
+    /* Runs on the actor's shard before any message. Non-zero (a negative errno): the spawn
+     * fails with it and terminate is not called. NULL: nothing to do. */
+    int (*init)(pith_actor_t *self, void *state, void *arg);
+    /* Runs on the actor's shard once, when the actor ends, with the exit reason. */
+    void (*terminate)(pith_actor_t *self, void *state, int reason);
+    uint32_t mailbox_max;       /* messages waiting at most; 0: 4096 */
+    pith_overflow_t overflow;   /* when the mailbox is full */
+    uint32_t turn_msgs;         /* messages per turn before other actors run; 0: 64 */
+    pith_mem_profile_t profile; /* what backs the state (PITH_MEM_WARM by default) */
+} pith_actor_type_t;
+
+/* Spawns an actor of `type` on the calling shard; init(self, state, arg) runs before this
+ * returns. *out (may be NULL) gets its ref. Errors: -EPERM outside the engine, -EINVAL type or
+ * its behaviour NULL, -ENOMEM, -ESHUTDOWN the engine is stopping, or init's error. */
+PITH_API int pith_spawn(const pith_actor_type_t *type, void *arg, pith_ref_t *out);
+
+/* Called on the spawning shard with the new ref, or PITH_REF_NONE and the error. */
+typedef void (*pith_spawned_fn_t)(pith_ref_t ref, int err, void *ctx);
+
+/* Spawns on `shard` (which may be the caller's): the request travels the mesh, init runs
+ * there, and done(ref, err, ctx) runs back on the calling shard. Call from a shard.
+ * Errors now: as pith_call; later, through done: as pith_spawn. */
+PITH_API int pith_spawn_on(unsigned shard, const pith_actor_type_t *type, void *arg,
+                           pith_spawned_fn_t done, void *ctx);
+
+/* Sends a copy of data[0..len) with tag `type` to `to`, from any thread. From a behaviour the
+ * message carries the sender's ref. Order: messages from one sender to one receiver arrive in
+ * the order they were sent (a sender is an actor, a shard's tasks, or an outside thread).
+ * Errors: -EINVAL to is not a ref of this engine, or data NULL with len > 0; -ESRCH the actor
+ * has stopped (same shard only: across shards the message is counted as a dead letter on the
+ * receiving shard); -EAGAIN the receiver's mailbox is full and its type rejects (same shard
+ * only; across shards the receiving shard counts it as rejected), or the mesh pushes back;
+ * -ENOMEM; -ESHUTDOWN no engine, or it is stopping. */
+PITH_API int pith_send(pith_ref_t to, uint32_t type, const void *data, uint32_t len);
+
+/* The running actor's own ref. */
+PITH_API pith_ref_t pith_self(const pith_actor_t *self);
+
+/* Handles the next messages with `behaviour` instead (the current message is finished with
+ * the old one). */
+PITH_API void pith_become(pith_actor_t *self, pith_behaviour_t behaviour);
+
+/* Asks `to` and waits, without blocking, for one reply: the request carries a request id
+ * (msg.req) that the receiver answers with pith_reply. With cb NULL, called from a behaviour,
+ * the reply reaches the asking actor as a message whose req is *req_out; if none came within
+ * timeout_ns it gets a PITH_MSG_TIMEOUT message with that req instead. With cb, cb(reply, 0,
+ * ctx) or cb(NULL, -ETIMEDOUT, ctx) runs on the calling shard (actor or task). A reply after
+ * the timeout is dropped and counted (pith_core_stats). Call from a shard.
+ * Errors: -EPERM outside the engine, -EINVAL timeout 0 or no cb outside a behaviour, and as
+ * pith_send. */
+typedef void (*pith_reply_fn_t)(const pith_msg_t *reply, int err, void *ctx);
+PITH_API int pith_ask(pith_ref_t to, uint32_t type, const void *data, uint32_t len,
+                      uint64_t timeout_ns, pith_reply_fn_t cb, void *ctx, uint64_t *req_out);
+
+/* Answers a request (a message with req != 0) from its behaviour. At most one reply counts.
+ * Errors: -EINVAL request is not a request, -ENOMEM, -ESHUTDOWN, -EAGAIN. */
+PITH_API int pith_reply(const pith_msg_t *request, uint32_t type, const void *data, uint32_t len);
+
+/* Sends the actor a copy of data[0..len) with tag `type` after delay_ns, then every period_ns
+ * if period_ns > 0, until cancelled or until the actor ends (its timers end with it). From the
+ * actor's behaviour or init. Errors: -EINVAL, -ENOMEM, -ESHUTDOWN. */
+PITH_API int pith_actor_timer(pith_actor_t *self, uint64_t delay_ns, uint64_t period_ns,
+                              uint32_t type, const void *data, uint32_t len, pith_timer_id_t *id);
+/* Errors: -ENOENT not a pending timer of this actor. */
+PITH_API int pith_actor_timer_cancel(pith_actor_t *self, pith_timer_id_t id);
+
+/* The actor gets a PITH_MSG_DOWN message when `target` ends (at once, with PITH_EXIT_NOPROC, if
+ * it already has). Errors: -EINVAL, -ENOMEM, -ESHUTDOWN, -EAGAIN. */
+PITH_API int pith_monitor(pith_actor_t *self, pith_ref_t target);
+/* Links the actor and `target` both ways: when either ends with a reason other than
+ * PITH_EXIT_NORMAL, the other ends with the same reason, unless it traps exits: then it gets a
+ * PITH_MSG_DOWN message with link = 1. Errors: as pith_monitor. */
+PITH_API int pith_link(pith_actor_t *self, pith_ref_t target);
+PITH_API void pith_trap_exits(pith_actor_t *self, bool on);
+
+/* Stops the actor with reason PITH_EXIT_NORMAL: messages still in its mailbox are dropped
+ * (counted), terminate runs, the ref goes stale. From the actor's own behaviour it takes
+ * effect when the behaviour returns. From another shard the request travels the mesh.
+ * Errors: -ESRCH already stopped (same shard only), -EINVAL not a ref, -ESHUTDOWN, -ENOMEM,
+ * -EAGAIN. */
+PITH_API int pith_stop(pith_ref_t ref);
+/* As pith_stop, with reason PITH_EXIT_KILLED: links propagate it. */
+PITH_API int pith_kill(pith_ref_t ref);
+
+/* ---- registry: names to refs, on every shard ----
+ * Each shard keeps a replica; a name's home shard (a hash of it) orders its updates and passes
+ * them to every replica, so all shards see the same sequence for a name, shortly after. The
+ * last registration of a name wins; an actor's names go when it ends. Names are at most
+ * PITH_NAME_MAX bytes. */
+#define PITH_NAME_MAX 63
+/* Errors: -EINVAL name empty or too long, or ref not a ref; -ENOMEM; -ESHUTDOWN; -EAGAIN. */
+PITH_API int pith_register(const char *name, pith_ref_t ref);
+PITH_API int pith_unregister(const char *name);
+/* The calling shard's view: PITH_REF_NONE when the name is unknown (or outside the engine). */
+PITH_API pith_ref_t pith_whereis(const char *name);
+
+/* ---- supervisors ---- */
+typedef enum pith_strategy {
+    PITH_ONE_FOR_ONE = 0,  /* restart the child that failed */
+    PITH_ONE_FOR_ALL = 1,  /* stop the others, restart all */
+    PITH_REST_FOR_ONE = 2, /* stop and restart the failed child and those after it */
+} pith_strategy_t;
+
+typedef struct pith_child_spec {
+    const pith_actor_type_t *type;
+    void *arg;        /* passed to init at each start */
+    const char *name; /* registered at each start when not NULL */
+} pith_child_spec_t;
+
+typedef struct pith_supervisor_spec {
+    pith_strategy_t strategy;
+    uint32_t intensity; /* restarts allowed within period_ns (0: 3) */
+    uint64_t period_ns; /* (0: 5 s) */
+    const pith_child_spec_t *children;
+    uint32_t nchildren;
+} pith_supervisor_spec_t;
+
+/* Spawns a supervisor on the calling shard, which starts the children there in order. A child
+ * ending with a reason other than PITH_EXIT_NORMAL or PITH_EXIT_SHUTDOWN is restarted by the
+ * strategy, with fresh state through init; past `intensity` restarts in `period_ns` the
+ * supervisor stops its children and ends with PITH_EXIT_ESCALATED (its own supervisor, or
+ * whoever monitors it, decides next). The spec is copied. Errors: as pith_spawn, and a
+ * child's init error (then the children already started are stopped). */
+PITH_API int pith_supervisor_spawn(const pith_supervisor_spec_t *spec, pith_ref_t *out);
+/* Child i's current ref, from the supervisor's shard; PITH_REF_NONE when unknown. */
+PITH_API pith_ref_t pith_supervisor_child(pith_ref_t sup, uint32_t i);
+
+/* Counters of one actor type, summed over the shards. Each shard writes its own; a read is not
+ * a snapshot of all of them at once. */
+typedef struct pith_actor_type_stats {
+    uint64_t spawned;
+    uint64_t stopped;     /* ended for any reason */
+    uint64_t failed;      /* ended by a non-zero behaviour status */
+    uint64_t live;        /* spawned - stopped */
+    uint64_t messages;    /* handled by the behaviour */
+    uint64_t rejected;    /* refused: mailbox full (REJECT) */
+    uint64_t dropped;     /* dropped: mailbox full (DROP_OLDEST), or waiting at stop */
+    uint64_t mailbox_max; /* deepest mailbox seen */
+    uint64_t turns;       /* times an actor of the type was scheduled */
+    uint64_t restarts;    /* restarts by a supervisor */
+    uint64_t mutes;       /* senders muted by a full mailbox (MUTE_SENDER) */
+    /* Time in the behaviour, from one message in 16 (timing every one would cost more than
+     * many behaviours): samples, and percentiles as the upper edge of a log-scale bucket
+     * (4 buckets per power of two, so within 19% above the true value). 0 without samples. */
+    uint64_t handler_samples;
+    uint64_t handler_p50_ns, handler_p99_ns, handler_p999_ns;
+} pith_actor_type_stats_t;
+
+/* Errors: -EINVAL type or out NULL, -ESHUTDOWN no engine. Any thread. */
+PITH_API int pith_actor_type_stats(const pith_actor_type_t *type, pith_actor_type_stats_t *out);
+
+/* Messages for refs that had gone stale, on `shard`. Errors: -EINVAL, -ESHUTDOWN. */
+PITH_API int pith_dead_letters(unsigned shard, uint64_t *out);
+
+/* Counters of the actor layer on one shard. */
+typedef struct pith_core_stats {
+    uint64_t dead_letters; /* messages for actors that had ended */
+    uint64_t asks;         /* asks made on this shard */
+    uint64_t replies;      /* replies that reached their asker */
+    uint64_t late_replies; /* replies after the timeout, dropped */
+    uint64_t ask_timeouts;
+    uint64_t timer_msgs; /* messages sent by actor timers */
+} pith_core_stats_t;
+
+/* Errors: -EINVAL shard out of range or out NULL, -ESHUTDOWN no engine. Any thread. */
+PITH_API int pith_core_stats(unsigned shard, pith_core_stats_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
