@@ -499,7 +499,10 @@ static void *alloc_any(size_t size, size_t align, pith_mem_profile_t prof, uint6
     return mem_alloc(h, size, align, prof, o, zero);
 }
 
-void *pith_malloc(size_t size)
+/* pith_malloc and pith_free start on a cache line: their inline paths are a handful of
+ * instructions, and where they fall against the line and the op cache moved
+ * mem.alloc_free_ns between 2.2 and 2.8 ns from one build to the next. */
+__attribute__((aligned(64))) void *pith_malloc(size_t size)
 {
     struct mem_home *h = mem_self;
     if (LIKELY(h != NULL)) {
@@ -517,6 +520,20 @@ void *pith_malloc(size_t size)
             asan_unpoison(b, MEM_HDR + meta_size(b->meta));
             b->word = h->live_word;
             return b + 1;
+        }
+        /* Then the class's list: class c holds c * 16 bytes, (size + 15) / 16 for 1 to 240. */
+        if (LIKELY(size - 1 < SMALL_MAX)) {
+            unsigned c = (unsigned)((size + 15) >> 4);
+            struct blk *b = h->bins[c].head;
+            if (b != NULL) {
+                h->bins[c].head = bin_next(b);
+                unsigned k = atomic_load_explicit(&h->bins[c].count, memory_order_relaxed);
+                atomic_store_explicit(&h->bins[c].count, k - 1, memory_order_relaxed);
+                tsan_acquire(b);
+                asan_unpoison(b, (size_t)(c + 1) * 16);
+                b->word = h->live_word;
+                return b + 1;
+            }
         }
         return mem_alloc(h, size, MEM_HDR, PITH_MEM_WARM, &h->total, false);
     }
@@ -603,7 +620,7 @@ static void free_slow(struct blk *b)
     blk_release(b, m);
 }
 
-void pith_free(void *p)
+__attribute__((aligned(64))) void pith_free(void *p)
 {
     if (p == NULL)
         return;
@@ -621,6 +638,19 @@ void pith_free(void *p)
             stat_inc(&h->cached_frees);
             tsan_release(b);
             asan_poison(b, (size_t)(uint8_t)m + MEM_HDR);
+            return;
+        }
+        /* The hot slot is taken: the class's list, when the cache is on and has room. */
+        unsigned c = (uint8_t)m >> 4;
+        unsigned k = atomic_load_explicit(&h->bins[c].count, memory_order_relaxed);
+        if (LIKELY(h->cache_on && k < MEM_BIN_DEPTH)) {
+            b->word = h->dead_word;
+            bin_set_next(b, h->bins[c].head);
+            h->bins[c].head = b;
+            atomic_store_explicit(&h->bins[c].count, k + 1, memory_order_relaxed);
+            stat_inc(&h->cached_frees);
+            tsan_release(b);
+            asan_poison(b, (size_t)(c + 1) * 16);
             return;
         }
     }
