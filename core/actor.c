@@ -67,6 +67,10 @@ struct core_shard *core_shard_get(void)
         return NULL;
     cs->id = (unsigned)id;
     cs->last_gen = gen_carry[id];
+    if (core_slabs_init(cs, ce->n) != 0) {
+        free(cs);
+        return NULL;
+    }
     /* Release: readers on other threads (stats) load it with acquire. */
     atomic_store_explicit(&ce->shards[id], cs, memory_order_release);
     core_self = cs;
@@ -229,7 +233,7 @@ static void mailbox_drop_all(struct core_shard *cs, struct actor *a)
     uint64_t n = 0;
     while (m != NULL) {
         struct amsg *next = m->next;
-        pith_free(m);
+        core_msg_free(m);
         m = next;
         n++;
     }
@@ -291,15 +295,9 @@ int core_schedule(struct core_shard *cs, struct actor *a, pith_ref_t ref)
     return err;
 }
 
-static void turn_task(void *arg)
+/* One turn of a scheduled actor: up to turn_msgs messages. */
+static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
 {
-    pith_ref_t ref = (pith_ref_t)(uintptr_t)arg;
-    struct core_shard *cs = core_self;
-    if (cs == NULL || cs->closing)
-        return;
-    struct actor *a = lookup(cs, ref);
-    if (a == NULL)
-        return; /* stopped after this turn was queued */
     uint32_t slot = ref_slot(ref);
     struct type_rec *r = a->rec;
     struct type_counters *c = ctr(cs, r);
@@ -310,6 +308,9 @@ static void turn_task(void *arg)
     struct pith_actor self = {a, ref};
     uint32_t n = 0;
     int status = 0;
+    /* Running for the whole turn: between messages no code of ours can reach this actor. */
+    a->gen |= A_RUNNING;
+    core_current = ref;
     while (n < r->turn_msgs && a->head != NULL) {
         struct amsg *m = a->head;
         a->head = m->next;
@@ -318,8 +319,6 @@ static void turn_task(void *arg)
         a->depth--;
         pith_msg_t msg = {
             .type = m->type, .len = m->len, .from = m->from, .req = m->req, .data = m + 1};
-        a->gen |= A_RUNNING;
-        core_current = ref;
         if (UNLIKELY(++cs->sample == HIST_SAMPLE)) {
             cs->sample = 0;
             uint64_t t0 = pith_now_ns();
@@ -328,13 +327,13 @@ static void turn_task(void *arg)
         } else {
             status = a->behaviour(&self, a->state, &msg);
         }
-        core_current = PITH_REF_NONE;
-        a->gen &= ~A_RUNNING;
-        pith_free(m);
+        core_msg_free(m);
         n++;
         if (status != 0 || (a->gen & (A_STOP | A_MUTED)))
             break; /* a sender muted by this message gets no more of this turn */
     }
+    core_current = PITH_REF_NONE;
+    a->gen &= ~A_RUNNING;
     bump(&c->messages, n);
     if (UNLIKELY(cs->muted.len != 0) && a->depth <= r->mailbox_max / 2)
         core_mute_drained(cs, ref);
@@ -351,24 +350,48 @@ static void turn_task(void *arg)
     }
 }
 
+static void turn_task(void *arg)
+{
+    pith_ref_t ref = (pith_ref_t)(uintptr_t)arg;
+    struct core_shard *cs = core_self;
+    if (cs == NULL || cs->closing)
+        return;
+    struct actor *a = lookup(cs, ref);
+    if (a != NULL) /* else it stopped after this turn was queued */
+        turn_run(cs, a, ref);
+}
+
 /* ---- messages ---- */
 
-struct amsg *core_msg_make(pith_ref_t to, pith_ref_t from, uint32_t type, const void *data,
-                           uint32_t len)
+struct amsg *core_msg_make_for(int dst, pith_ref_t to, pith_ref_t from, uint32_t type,
+                               const void *data, uint32_t len)
 {
-    struct amsg *m = pith_malloc(sizeof(*m) + len);
-    if (m == NULL)
-        return NULL;
+    struct core_shard *cs = core_self;
+    struct amsg *m = NULL;
+    if (cs != NULL && dst >= 0 && (unsigned)dst != cs->id)
+        m = core_slab_msg(cs, (unsigned)dst, sizeof(*m) + len);
+    if (m == NULL) {
+        m = pith_malloc(sizeof(*m) + len);
+        if (m == NULL)
+            return NULL;
+        m->slab = NULL;
+    }
     m->next = NULL;
     m->to = to;
     m->from = from;
     m->req = 0;
     m->type = type;
     m->len = len;
-    m->pad = 0;
     if (len)
         memcpy(m + 1, data, len);
     return m;
+}
+
+struct amsg *core_msg_make(pith_ref_t to, pith_ref_t from, uint32_t type, const void *data,
+                           uint32_t len)
+{
+    return core_msg_make_for(to != PITH_REF_NONE ? (int)ref_shard(to) : -1, to, from, type, data,
+                             len);
 }
 
 int core_enqueue(struct core_shard *cs, struct actor *a, struct amsg *m)
@@ -392,7 +415,7 @@ int core_enqueue(struct core_shard *cs, struct actor *a, struct amsg *m)
         if (a->head == NULL)
             a->tail = NULL;
         a->depth--;
-        pith_free(old);
+        core_msg_free(old);
         bump(&c->dropped, 1);
     }
 take:
@@ -434,15 +457,35 @@ static void deliver_task(void *arg)
     if (a == NULL) {
         if (cs != NULL)
             bump(&cs->dead_letters, 1);
-        pith_free(m);
+        core_msg_free(m);
         return;
     }
     if (core_enqueue(cs, a, m) != 0)
-        pith_free(m);
+        core_msg_free(m);
 }
 
 int pith_send(pith_ref_t to, uint32_t type, const void *data, uint32_t len)
 {
+    /* The common case first: an actor of this shard, from this shard. */
+    struct core_shard *self_cs = core_self;
+    if (LIKELY(self_cs != NULL && ref_shard(to) == self_cs->id && ref_gen(to) != 0 &&
+               (data != NULL || len == 0) && len <= UINT32_MAX - sizeof(struct amsg) &&
+               !self_cs->closing)) {
+        struct actor *a = lookup(self_cs, to);
+        if (a == NULL)
+            return -ESRCH;
+        if (a->depth >= a->rec->mailbox_max && a->rec->type->overflow == PITH_OVERFLOW_REJECT) {
+            bump(&ctr(self_cs, a->rec)->rejected, 1);
+            return -EAGAIN;
+        }
+        struct amsg *m = core_msg_make_for(-1, to, core_current, type, data, len);
+        if (m == NULL)
+            return -ENOMEM;
+        int err = core_enqueue(self_cs, a, m);
+        if (err)
+            core_msg_free(m);
+        return err;
+    }
     unsigned n = pith_shard_count();
     if (n == 0)
         return -ESHUTDOWN;
@@ -469,7 +512,7 @@ int pith_send(pith_ref_t to, uint32_t type, const void *data, uint32_t len)
             return -ENOMEM;
         int err = core_enqueue(cs, a, m);
         if (err)
-            pith_free(m);
+            core_msg_free(m);
         return err;
     }
     if (cs != NULL && cs->closing)
@@ -479,7 +522,7 @@ int pith_send(pith_ref_t to, uint32_t type, const void *data, uint32_t len)
         return -ENOMEM;
     int err = pith_submit(dst, deliver_task, m);
     if (err)
-        pith_free(m);
+        core_msg_free(m);
     return err;
 }
 
@@ -487,7 +530,7 @@ int core_send_msg(struct amsg *m)
 {
     unsigned n = pith_shard_count();
     if (n == 0 || ref_shard(m->to) >= n || ref_gen(m->to) == 0) {
-        pith_free(m);
+        core_msg_free(m);
         return n == 0 ? -ESHUTDOWN : -EINVAL;
     }
     int me = pith_shard_id();
@@ -499,12 +542,12 @@ int core_send_msg(struct amsg *m)
                                              : -ESRCH)
                             : core_enqueue(cs, a, m);
         if (err)
-            pith_free(m);
+            core_msg_free(m);
         return err;
     }
     int err = pith_submit(ref_shard(m->to), deliver_task, m);
     if (err)
-        pith_free(m);
+        core_msg_free(m);
     return err;
 }
 
@@ -832,6 +875,7 @@ static void core_shard_exit(unsigned shard)
     map_free(&cs->names_of);
     map_free(&cs->stop_reasons);
     core_mute_free(cs);
+    core_slabs_close_all(cs);
     gen_carry[cs->id] = cs->last_gen;
     core_self = NULL;
 }
@@ -855,8 +899,11 @@ static void core_engine_gone(void)
 
 static bool core_release(pith_fn_t fn, void *arg)
 {
-    if (fn == deliver_task || fn == core_ask_task || fn == core_watch_task || fn == core_reg_task ||
-        fn == core_mute_task) {
+    if (fn == deliver_task || fn == core_ask_task) {
+        core_msg_free(arg);
+        return true;
+    }
+    if (fn == core_watch_task || fn == core_reg_task || fn == core_mute_task) {
         pith_free(arg);
         return true;
     }

@@ -26,7 +26,7 @@ static void ask_finish(struct core_shard *cs, uint64_t id, struct ask *k, struct
                               .req = id,
                               .data = reply + 1};
             k->cb(&msg, 0, k->ctx);
-            pith_free(reply);
+            core_msg_free(reply);
         } else {
             k->cb(NULL, -ETIMEDOUT, k->ctx);
         }
@@ -42,9 +42,9 @@ static void ask_finish(struct core_shard *cs, uint64_t id, struct ask *k, struct
         struct actor *a = core_lookup(cs, k->asker);
         if (a == NULL) {
             core_bump(&cs->dead_letters, 1);
-            pith_free(m);
+            core_msg_free(m);
         } else if (core_enqueue(cs, a, m) != 0) {
-            pith_free(m); /* a full mailbox counted it */
+            core_msg_free(m); /* a full mailbox counted it */
         }
     }
     pith_free(k);
@@ -97,7 +97,7 @@ int pith_ask(pith_ref_t to, uint32_t type, const void *data, uint32_t len, uint6
             map_del(&cs->asks, id);
     }
     if (err) {
-        pith_free(m);
+        core_msg_free(m);
         pith_free(k);
         return err;
     }
@@ -124,7 +124,7 @@ void core_ask_task(void *arg)
     if (k == NULL) {
         if (cs != NULL)
             core_bump(&cs->late_replies, 1);
-        pith_free(m);
+        core_msg_free(m);
         return;
     }
     pith_timer_cancel(k->timer);
@@ -142,7 +142,8 @@ int pith_reply(const pith_msg_t *request, uint32_t type, const void *data, uint3
     unsigned dst = (unsigned)(request->req >> 52);
     if (dst >= n)
         return -EINVAL;
-    struct amsg *m = core_msg_make(PITH_REF_NONE, core_current_ref(), type, data, len);
+    struct amsg *m =
+        core_msg_make_for((int)dst, PITH_REF_NONE, core_current_ref(), type, data, len);
     if (m == NULL)
         return -ENOMEM;
     m->req = request->req;
@@ -153,7 +154,7 @@ int pith_reply(const pith_msg_t *request, uint32_t type, const void *data, uint3
     }
     int err = pith_submit(dst, core_ask_task, m);
     if (err)
-        pith_free(m);
+        core_msg_free(m);
     return err;
 }
 
@@ -198,7 +199,7 @@ static void atimer_fire(void *arg)
     if (a != NULL) {
         struct amsg *m = core_msg_make(t->ref, PITH_REF_NONE, t->type, t + 1, t->len);
         if (m != NULL && core_enqueue(cs, a, m) != 0)
-            pith_free(m);
+            core_msg_free(m);
         if (m != NULL)
             core_bump(&cs->timer_msgs, 1);
     }

@@ -43,7 +43,9 @@ static inline uint32_t ref_slot(pith_ref_t r)
 }
 
 /* A message in flight or in a mailbox: this header, then the payload (16-byte aligned).
- * Allocated by the sending thread with pith_malloc, freed by the receiving shard. */
+ * Made by the sending thread, from a slab for another shard (slab.c) or with pith_malloc, and
+ * given back with core_msg_free wherever it ends. */
+struct mslab;
 struct amsg {
     struct amsg *next;
     pith_ref_t to;
@@ -51,7 +53,7 @@ struct amsg {
     uint64_t req; /* ask id, 0: none */
     uint32_t type;
     uint32_t len;
-    uint64_t pad;
+    struct mslab *slab; /* NULL: its own pith_malloc block */
 };
 _Static_assert(sizeof(struct amsg) == 48, "message header: payload 16-byte aligned");
 
@@ -131,7 +133,9 @@ struct core_shard {
     uint32_t used;      /* records ever handed out (the rest of the last chunk is fresh) */
     uint32_t last_gen;  /* generation of the last spawn */
     uint64_t live;
-    bool closing;          /* the shard has left its loop: sends and spawns fail */
+    bool closing;           /* the shard has left its loop: sends and spawns fail */
+    struct slab_out *slabs; /* [nslabs]: this shard's open message slab per destination */
+    unsigned nslabs;
     bool trim_armed;       /* a timer will give the empty table back */
     struct type_rec *last; /* the type of the last spawn */
     uint64_t ask_seq;
@@ -177,6 +181,15 @@ int core_mute_full(struct core_shard *cs, struct actor *a, struct amsg *m); /* 0
 void core_mute_drained(struct core_shard *cs, pith_ref_t ref);
 void core_mute_task(void *arg);
 void core_mute_free(struct core_shard *cs);
+
+/* slab.c: messages for other shards */
+struct amsg *core_slab_msg(struct core_shard *cs, unsigned dst, size_t bytes); /* NULL: none */
+void core_msg_free(struct amsg *m);
+int core_slabs_init(struct core_shard *cs, unsigned n);
+void core_slabs_close_all(struct core_shard *cs);
+/* A message for shard dst (-1: this one or unknown) made by the calling thread. */
+struct amsg *core_msg_make_for(int dst, pith_ref_t to, pith_ref_t from, uint32_t type,
+                               const void *data, uint32_t len);
 
 /* ask.c: asks, replies and actor timers */
 void core_ask_task(void *arg); /* a reply travelling to its asking shard */

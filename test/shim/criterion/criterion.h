@@ -71,6 +71,7 @@ void shim_skip(const char *fmt, ...);
 #define cr_assert_geq(...)      SHIM_GEQ_(__VA_ARGS__, "")
 #define cr_assert_str_eq(...)   SHIM_STREQ_(__VA_ARGS__, "")
 #define cr_assert_str_neq(...)  SHIM_STRNEQ_(__VA_ARGS__, "")
+#define cr_assert_fail(...)     SHIM_CHECK_(0, "failure", __VA_ARGS__, "")
 #define cr_log_info(...)        shim_log(__VA_ARGS__)
 #define cr_skip_test(...)       shim_skip(__VA_ARGS__)
 
