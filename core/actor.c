@@ -317,8 +317,8 @@ static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
         if (a->head == NULL)
             a->tail = NULL;
         a->depth--;
-        pith_msg_t msg = {
-            .type = m->type, .len = m->len, .from = m->from, .req = m->req, .data = m + 1};
+        pith_msg_t msg;
+        core_msg_view(m, &msg);
         if (UNLIKELY(++cs->sample == HIST_SAMPLE)) {
             cs->sample = 0;
             uint64_t t0 = pith_now_ns();
@@ -368,6 +368,8 @@ struct amsg *core_msg_make_for(int dst, pith_ref_t to, pith_ref_t from, uint32_t
 {
     struct core_shard *cs = core_self;
     struct amsg *m = NULL;
+    if (len >= AMSG_BUF)
+        return NULL; /* the API refuses these with -EINVAL first */
     if (cs != NULL && dst >= 0 && (unsigned)dst != cs->id)
         m = core_slab_msg(cs, (unsigned)dst, sizeof(*m) + len);
     if (m == NULL) {
@@ -464,13 +466,16 @@ static void deliver_task(void *arg)
         core_msg_free(m);
 }
 
-int pith_send(pith_ref_t to, uint32_t type, const void *data, uint32_t len)
+/* pith_send and pith_send_buf. flag: AMSG_BUF when data is a buffer's reference, which the
+ * message then owns: *made says whether the message was made (and so owns it, even on error). */
+static int send_impl(pith_ref_t to, uint32_t type, const void *data, uint32_t len, uint32_t flag,
+                     bool *made)
 {
+    *made = false;
     /* The common case first: an actor of this shard, from this shard. */
     struct core_shard *self_cs = core_self;
     if (LIKELY(self_cs != NULL && ref_shard(to) == self_cs->id && ref_gen(to) != 0 &&
-               (data != NULL || len == 0) && len <= UINT32_MAX - sizeof(struct amsg) &&
-               !self_cs->closing)) {
+               (data != NULL || len == 0) && len < AMSG_BUF && !self_cs->closing)) {
         struct actor *a = lookup(self_cs, to);
         if (a == NULL)
             return -ESRCH;
@@ -481,6 +486,8 @@ int pith_send(pith_ref_t to, uint32_t type, const void *data, uint32_t len)
         struct amsg *m = core_msg_make_for(-1, to, core_current, type, data, len);
         if (m == NULL)
             return -ENOMEM;
+        m->len |= flag;
+        *made = true;
         int err = core_enqueue(self_cs, a, m);
         if (err)
             core_msg_free(m);
@@ -489,8 +496,7 @@ int pith_send(pith_ref_t to, uint32_t type, const void *data, uint32_t len)
     unsigned n = pith_shard_count();
     if (n == 0)
         return -ESHUTDOWN;
-    if (ref_gen(to) == 0 || ref_shard(to) >= n || (data == NULL && len > 0) ||
-        len > UINT32_MAX - sizeof(struct amsg))
+    if (ref_gen(to) == 0 || ref_shard(to) >= n || (data == NULL && len > 0) || len >= AMSG_BUF)
         return -EINVAL;
     unsigned dst = ref_shard(to);
     struct core_shard *cs = core_self;
@@ -510,6 +516,8 @@ int pith_send(pith_ref_t to, uint32_t type, const void *data, uint32_t len)
         struct amsg *m = core_msg_make(to, core_current, type, data, len);
         if (m == NULL)
             return -ENOMEM;
+        m->len |= flag;
+        *made = true;
         int err = core_enqueue(cs, a, m);
         if (err)
             core_msg_free(m);
@@ -520,9 +528,29 @@ int pith_send(pith_ref_t to, uint32_t type, const void *data, uint32_t len)
     struct amsg *m = core_msg_make(to, me >= 0 ? core_current : PITH_REF_NONE, type, data, len);
     if (m == NULL)
         return -ENOMEM;
+    m->len |= flag;
+    *made = true;
     int err = pith_submit(dst, deliver_task, m);
     if (err)
         core_msg_free(m);
+    return err;
+}
+
+int pith_send(pith_ref_t to, uint32_t type, const void *data, uint32_t len)
+{
+    bool made;
+    return send_impl(to, type, data, len, 0, &made);
+}
+
+int pith_send_buf(pith_ref_t to, uint32_t type, pith_buf_t *buf)
+{
+    if (buf == NULL)
+        return -EINVAL;
+    pith_buf_ref(buf); /* the message's reference */
+    bool made;
+    int err = send_impl(to, type, &buf, sizeof(buf), AMSG_BUF, &made);
+    if (err && !made)
+        pith_buf_release(buf);
     return err;
 }
 

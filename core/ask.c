@@ -20,11 +20,9 @@ static void ask_finish(struct core_shard *cs, uint64_t id, struct ask *k, struct
 {
     if (k->cb != NULL) {
         if (reply != NULL) {
-            pith_msg_t msg = {.type = reply->type,
-                              .len = reply->len,
-                              .from = reply->from,
-                              .req = id,
-                              .data = reply + 1};
+            pith_msg_t msg;
+            core_msg_view(reply, &msg);
+            msg.req = id;
             k->cb(&msg, 0, k->ctx);
             core_msg_free(reply);
         } else {
@@ -71,7 +69,8 @@ int pith_ask(pith_ref_t to, uint32_t type, const void *data, uint32_t len, uint6
     if (pith_shard_id() < 0)
         return -EPERM;
     unsigned n = pith_shard_count();
-    if (timeout_ns == 0 || ref_gen(to) == 0 || ref_shard(to) >= n || (data == NULL && len > 0))
+    if (timeout_ns == 0 || ref_gen(to) == 0 || ref_shard(to) >= n || (data == NULL && len > 0) ||
+        len >= PITH_MSG_MAX)
         return -EINVAL;
     struct core_shard *cs = core_shard_get();
     if (cs == NULL)
@@ -137,7 +136,7 @@ int pith_reply(const pith_msg_t *request, uint32_t type, const void *data, uint3
     unsigned n = pith_shard_count();
     if (n == 0)
         return -ESHUTDOWN;
-    if (request == NULL || request->req == 0 || (data == NULL && len > 0))
+    if (request == NULL || request->req == 0 || (data == NULL && len > 0) || len >= PITH_MSG_MAX)
         return -EINVAL;
     unsigned dst = (unsigned)(request->req >> 52);
     if (dst >= n)
@@ -216,7 +215,7 @@ int pith_actor_timer(pith_actor_t *self, uint64_t delay_ns, uint64_t period_ns, 
 {
     if (id != NULL)
         *id = 0;
-    if (self == NULL || (data == NULL && len > 0))
+    if (self == NULL || (data == NULL && len > 0) || len >= PITH_MSG_MAX)
         return -EINVAL;
     struct core_shard *cs = core_shard_get();
     if (cs == NULL)

@@ -56,6 +56,32 @@ struct amsg {
     struct mslab *slab; /* NULL: its own pith_malloc block */
 };
 _Static_assert(sizeof(struct amsg) == 48, "message header: payload 16-byte aligned");
+/* In amsg.len: the payload is a pith_buf_t reference (buf.c), owned by the message. */
+#define AMSG_BUF (UINT32_C(1) << 31)
+
+/* A pith_buf_t: this header, then its bytes (16-byte aligned). */
+struct pith_buf {
+    _Atomic uint64_t refs;
+    uint64_t len;
+};
+
+/* The behaviour's view of a message. */
+static inline void core_msg_view(const struct amsg *m, pith_msg_t *out)
+{
+    out->type = m->type;
+    out->from = m->from;
+    out->req = m->req;
+    if (m->len & AMSG_BUF) {
+        struct pith_buf *b = *(struct pith_buf *const *)(m + 1);
+        out->buf = b;
+        out->data = b + 1;
+        out->len = (uint32_t)b->len;
+    } else {
+        out->buf = NULL;
+        out->data = m + 1;
+        out->len = m->len;
+    }
+}
 
 /* Handler times: bucket b covers [lo(b), lo(b + 1)) ns, 4 buckets per power of two. */
 #define HIST_BUCKETS 256

@@ -46,6 +46,8 @@ static void slab_close(struct mslab *s)
 
 void core_msg_free(struct amsg *m)
 {
+    if (m->len & AMSG_BUF)
+        pith_buf_release(*(struct pith_buf **)(m + 1));
     struct mslab *s = m->slab;
     if (s == NULL) {
         pith_free(m);

@@ -32,12 +32,15 @@ PITH_API unsigned pith_ref_shard(pith_ref_t ref);
  * copy, valid until the behaviour returns. `from` is the sending actor, PITH_REF_NONE when a
  * task or an outside thread sent it. `req` is nonzero on a request made with pith_ask (answer
  * it with pith_reply) and on the reply or timeout an asking actor receives. */
+typedef struct pith_buf pith_buf_t;
+
 typedef struct pith_msg {
     uint32_t type; /* the application's tag, below PITH_MSG_RESERVED */
     uint32_t len;
     pith_ref_t from;
     uint64_t req;
     const void *data;
+    pith_buf_t *buf; /* sent with pith_send_buf: data is this buffer's (keep it: pith_buf_ref) */
 } pith_msg_t;
 
 /* Tags from PITH_MSG_RESERVED up are the engine's. */
@@ -117,6 +120,26 @@ PITH_API int pith_spawn_on(unsigned shard, const pith_actor_type_t *type, void *
  * only; across shards the receiving shard counts it as rejected), or the mesh pushes back;
  * -ENOMEM; -ESHUTDOWN no engine, or it is stopping. */
 PITH_API int pith_send(pith_ref_t to, uint32_t type, const void *data, uint32_t len);
+
+/* ---- zero-copy payloads ----
+ * A buffer is filled by whoever made it, then sent any number of times, to any shards, without
+ * copying: receivers see its bytes as the message's data and must not write them. It counts its
+ * references and goes back to the heap of the shard (or thread) that made it when the last one
+ * is released. Payloads that pith_send copies are at most PITH_MSG_MAX bytes; buffers too. */
+#define PITH_MSG_MAX (UINT32_C(1) << 31)
+
+/* A buffer of len bytes, *data where to write them; one reference, the caller's.
+ * NULL with errno: EINVAL (data NULL, len >= PITH_MSG_MAX), ENOMEM. Any thread. */
+PITH_API pith_buf_t *pith_buf_new(size_t len, void **data);
+/* Another reference; returns buf. */
+PITH_API pith_buf_t *pith_buf_ref(pith_buf_t *buf);
+/* Drops a reference; the last one frees the buffer. NULL is ignored. */
+PITH_API void pith_buf_release(pith_buf_t *buf);
+PITH_API const void *pith_buf_data(const pith_buf_t *buf);
+PITH_API size_t pith_buf_len(const pith_buf_t *buf);
+/* As pith_send, with buf's bytes as the payload, not copied: the message holds its own
+ * reference (the caller keeps, and later releases, its own). Errors: as pith_send. */
+PITH_API int pith_send_buf(pith_ref_t to, uint32_t type, pith_buf_t *buf);
 
 /* The running actor's own ref. */
 PITH_API pith_ref_t pith_self(const pith_actor_t *self);
