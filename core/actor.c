@@ -185,6 +185,15 @@ static int slot_alloc(struct core_shard *cs, uint32_t *slot)
     return 0;
 }
 
+/* Puts a record that never held an actor back on the free list. */
+static void slot_free(struct core_shard *cs, uint32_t slot)
+{
+    struct actor *a = rec_at(cs, slot);
+    memset(a, 0, sizeof(*a));
+    a->head = (struct amsg *)(uintptr_t)cs->free_head;
+    cs->free_head = slot + 1;
+}
+
 /* Gives every chunk back once no actor is left, so that a shard's table costs nothing after a
  * wave of actors has come and gone. A stale ref from before then names a slot past `used`, or
  * a record whose new actor has a later generation (pith_spawn). */
@@ -219,7 +228,7 @@ static void trim_soon(struct core_shard *cs)
 {
     if (cs->live != 0 || cs->nchunks == 0 || cs->trim_armed || cs->closing)
         return;
-    if (pith_timer_add(TRIM_DELAY_NS, 0, trim_timer, NULL, NULL) == 0)
+    if (pith_timer_add(TRIM_DELAY_NS, 0, trim_timer, NULL, &cs->trim_timer) == 0)
         cs->trim_armed = true;
     else
         table_trim(cs);
@@ -239,8 +248,10 @@ static void mailbox_drop_all(struct core_shard *cs, struct actor *a)
     }
     a->head = a->tail = NULL;
     a->depth = 0;
-    if (n)
+    if (n) {
         bump(&ctr(cs, a->rec)->dropped, n);
+        bump(&ctr(cs, a->rec)->depth_now, (uint64_t)0 - n);
+    }
 }
 
 static void actor_end(struct core_shard *cs, struct actor *a, uint32_t slot, int reason)
@@ -261,6 +272,10 @@ static void actor_end(struct core_shard *cs, struct actor *a, uint32_t slot, int
         mailbox_drop_all(cs, a);
     }
     pith_free(a->state);
+    /* Its account goes unless the actor left blocks charged to it (then the account stays,
+     * so that their frees still find it). */
+    if (r->type->mem_budget > 0)
+        pith_mem_owner_forget(ref);
     bump(&ctr(cs, r)->stopped, 1);
     if (reason != PITH_EXIT_NORMAL && reason != PITH_EXIT_SHUTDOWN)
         bump(&ctr(cs, r)->failed, 1);
@@ -335,6 +350,7 @@ static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
     core_current = PITH_REF_NONE;
     a->gen &= ~A_RUNNING;
     bump(&c->messages, n);
+    bump(&c->depth_now, (uint64_t)0 - n);
     if (UNLIKELY(cs->muted.len != 0) && a->depth <= r->mailbox_max / 2)
         core_mute_drained(cs, ref);
     if (status == 0 && (a->gen & A_STOP))
@@ -417,6 +433,7 @@ int core_enqueue(struct core_shard *cs, struct actor *a, struct amsg *m)
         if (a->head == NULL)
             a->tail = NULL;
         a->depth--;
+        bump(&c->depth_now, (uint64_t)0 - 1);
         core_msg_free(old);
         bump(&c->dropped, 1);
     }
@@ -428,6 +445,7 @@ take:
         a->head = m;
     a->tail = m;
     a->depth++;
+    bump(&c->depth_now, 1);
     if (a->depth > atomic_load_explicit(&c->mailbox_max, memory_order_relaxed))
         atomic_store_explicit(&c->mailbox_max, a->depth, memory_order_relaxed);
     if (!(a->gen & (A_SCHEDULED | A_MUTED))) {
@@ -435,6 +453,7 @@ take:
         if (err != 0) {
             /* Take it back out: it is the tail. */
             a->depth--;
+            bump(&c->depth_now, (uint64_t)0 - 1);
             if (a->head == m) {
                 a->head = a->tail = NULL;
             } else {
@@ -598,28 +617,36 @@ int pith_spawn(const pith_actor_type_t *type, void *arg, pith_ref_t *out)
     struct type_rec *r = type_get(cs, type);
     if (r == NULL)
         return -ENOMEM;
-    void *state = NULL;
-    if (type->state_size > 0) {
-        state = pith_malloc_ex(type->state_size, 0, type->profile, 0);
-        if (state == NULL)
-            return -ENOMEM;
-        memset(state, 0, type->state_size);
-    }
     uint32_t slot;
     int err = slot_alloc(cs, &slot);
-    if (err) {
-        pith_free(state);
+    if (err)
         return err;
-    }
     struct actor *a = rec_at(cs, slot);
     /* The shard's next generation: it keeps counting across records, table_trim and
      * engines, so a ref from before names no later actor (until 2^24 spawns). */
     uint32_t gen = cs->last_gen = (cs->last_gen + 1) & REF_GEN_MASK;
     if (gen == 0)
         gen = cs->last_gen = 1;
+    pith_ref_t ref = ref_make(cs->id, gen, slot);
+    /* The state, charged to the actor itself (owner tag = its ref) when the type has a
+     * budget, so that the budget covers it too. */
+    void *state = NULL;
+    if (type->mem_budget > 0 && (err = pith_mem_owner_budget(ref, type->mem_budget)) != 0) {
+        slot_free(cs, slot);
+        return err;
+    }
+    if (type->state_size > 0) {
+        state = pith_malloc_ex(type->state_size, 0, type->profile, type->mem_budget > 0 ? ref : 0);
+        if (state == NULL) {
+            if (type->mem_budget > 0)
+                pith_mem_owner_forget(ref);
+            slot_free(cs, slot);
+            return -ENOMEM;
+        }
+        memset(state, 0, type->state_size);
+    }
     *a = (struct actor){.rec = r, .behaviour = type->behaviour, .state = state, .gen = gen};
     cs->live++;
-    pith_ref_t ref = ref_make(cs->id, gen, slot);
     bump(&ctr(cs, r)->spawned, 1);
     if (type->init != NULL) {
         struct pith_actor self = {a, ref};
@@ -633,6 +660,8 @@ int pith_spawn(const pith_actor_type_t *type, void *arg, pith_ref_t *out)
             /* Not started: no terminate, and it does not count as spawned. */
             mailbox_drop_all(cs, a);
             pith_free(state);
+            if (type->mem_budget > 0)
+                pith_mem_owner_forget(ref);
             bump(&ctr(cs, r)->spawned, (uint64_t)-1);
             memset(a, 0, sizeof(*a));
             a->head = (struct amsg *)(uintptr_t)cs->free_head;
@@ -697,6 +726,11 @@ int pith_spawn_on(unsigned shard, const pith_actor_type_t *type, void *arg, pith
 pith_ref_t pith_self(const pith_actor_t *self)
 {
     return self != NULL ? self->ref : PITH_REF_NONE;
+}
+
+uint64_t pith_actor_owner(const pith_actor_t *self)
+{
+    return self != NULL && self->a->rec->type->mem_budget > 0 ? self->ref : 0;
 }
 
 void pith_become(pith_actor_t *self, pith_behaviour_t behaviour)
@@ -814,6 +848,7 @@ int pith_actor_type_stats(const pith_actor_type_t *type, pith_actor_type_stats_t
             out->turns += atomic_load_explicit(&c->turns, memory_order_relaxed);
             out->restarts += atomic_load_explicit(&c->restarts, memory_order_relaxed);
             out->mutes += atomic_load_explicit(&c->mutes, memory_order_relaxed);
+            out->mailbox_now += atomic_load_explicit(&c->depth_now, memory_order_relaxed);
             for (unsigned b = 0; b < HIST_BUCKETS; b++) {
                 uint64_t k = atomic_load_explicit(&c->hist[b], memory_order_relaxed);
                 hist[b] += k;
@@ -896,6 +931,8 @@ static void core_shard_exit(unsigned shard)
             actor_end(cs, a, slot, PITH_EXIT_SHUTDOWN);
     }
     table_trim(cs);
+    if (cs->trim_armed)
+        pith_timer_cancel(cs->trim_timer);
     core_asks_free(cs);
     core_watchers_free(cs);
     core_registry_free(cs);

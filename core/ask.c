@@ -279,8 +279,12 @@ void core_timers_end(struct core_shard *cs, pith_ref_t ref)
 
 void core_asks_free(struct core_shard *cs)
 {
-    for (uint32_t i = 0; i < cs->asks.cap; i++)
-        if (cs->asks.ents[i].key != 0)
-            pith_free(cs->asks.ents[i].val);
+    for (uint32_t i = 0; i < cs->asks.cap; i++) {
+        if (cs->asks.ents[i].key == 0)
+            continue;
+        struct ask *k = cs->asks.ents[i].val;
+        pith_timer_cancel(k->timer); /* ends with the ask, not counted as released */
+        pith_free(k);
+    }
     map_free(&cs->asks);
 }

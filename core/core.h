@@ -108,7 +108,7 @@ static inline uint64_t hist_upper(unsigned b)
 /* Counters of one type on one shard: written by that shard only, relaxed, read by any thread. */
 struct type_counters {
     alignas(CORE_LINE) _Atomic uint64_t spawned, stopped, failed, messages, rejected, dropped,
-        mailbox_max, turns, restarts, mutes;
+        mailbox_max, turns, restarts, mutes, depth_now;
     _Atomic uint64_t hist[HIST_BUCKETS];
 };
 
@@ -162,7 +162,8 @@ struct core_shard {
     bool closing;           /* the shard has left its loop: sends and spawns fail */
     struct slab_out *slabs; /* [nslabs]: this shard's open message slab per destination */
     unsigned nslabs;
-    bool trim_armed;       /* a timer will give the empty table back */
+    bool trim_armed; /* a timer will give the empty table back */
+    pith_timer_id_t trim_timer;
     struct type_rec *last; /* the type of the last spawn */
     uint64_t ask_seq;
     uint32_t sample;         /* messages since the last timed one */

@@ -35,6 +35,7 @@ struct slab_out {
     struct mslab *open;
     uint32_t next_size;
     bool timer_armed;
+    pith_timer_id_t timer;
 };
 
 static void slab_close(struct mslab *s)
@@ -100,7 +101,7 @@ struct amsg *core_slab_msg(struct core_shard *cs, unsigned dst, size_t bytes)
         atomic_init(&s->balance, 0);
         o->open = s;
         if (!o->timer_armed &&
-            pith_timer_add(SLAB_IDLE_NS, 0, slab_tick, (void *)(uintptr_t)dst, NULL) == 0)
+            pith_timer_add(SLAB_IDLE_NS, 0, slab_tick, (void *)(uintptr_t)dst, &o->timer) == 0)
             o->timer_armed = true;
     }
     struct amsg *m = (struct amsg *)((char *)s + s->used);
@@ -127,6 +128,9 @@ void core_slabs_close_all(struct core_shard *cs)
         if (cs->slabs[i].open != NULL)
             slab_close(cs->slabs[i].open);
         cs->slabs[i].open = NULL;
+        /* Our own timers end with us rather than count as released at stop. */
+        if (cs->slabs[i].timer_armed)
+            pith_timer_cancel(cs->slabs[i].timer);
     }
     free(cs->slabs);
     cs->slabs = NULL;

@@ -95,6 +95,11 @@ typedef struct pith_actor_type {
     pith_overflow_t overflow;   /* when the mailbox is full */
     uint32_t turn_msgs;         /* messages per turn before other actors run; 0: 64 */
     pith_mem_profile_t profile; /* what backs the state (PITH_MEM_WARM by default) */
+    /* Bytes each actor may hold (0: no limit, and no account of its own). With a budget the
+     * state is charged to the actor's own account (owner tag = its ref), a spawn whose state
+     * does not fit fails with -ENOMEM, and so does any pith_malloc_ex naming
+     * pith_actor_owner(self) past it. The account goes when the actor ends. */
+    size_t mem_budget;
 } pith_actor_type_t;
 
 /* Spawns an actor of `type` on the calling shard; init(self, state, arg) runs before this
@@ -143,6 +148,9 @@ PITH_API int pith_send_buf(pith_ref_t to, uint32_t type, pith_buf_t *buf);
 
 /* The running actor's own ref. */
 PITH_API pith_ref_t pith_self(const pith_actor_t *self);
+/* The owner tag to pass to pith_malloc_ex for memory the actor's budget covers; 0 (the
+ * shard's own account) when its type has no budget. */
+PITH_API uint64_t pith_actor_owner(const pith_actor_t *self);
 
 /* Handles the next messages with `behaviour` instead (the current message is finished with
  * the old one). */
@@ -244,6 +252,7 @@ typedef struct pith_actor_type_stats {
     uint64_t rejected;    /* refused: mailbox full (REJECT) */
     uint64_t dropped;     /* dropped: mailbox full (DROP_OLDEST), or waiting at stop */
     uint64_t mailbox_max; /* deepest mailbox seen */
+    uint64_t mailbox_now; /* messages waiting in the type's mailboxes now */
     uint64_t turns;       /* times an actor of the type was scheduled */
     uint64_t restarts;    /* restarts by a supervisor */
     uint64_t mutes;       /* senders muted by a full mailbox (MUTE_SENDER) */
