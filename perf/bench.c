@@ -53,6 +53,26 @@ static const bench_row_t rows[] = {
     {"raw.malloc_page_faults", bench_raw_malloc_page_faults, 3, 20, NULL},
     {"mem.warm_page_faults", bench_mem_warm_page_faults, 3, 20, "raw.malloc_page_faults"},
     {"mem.hot_page_faults", bench_mem_hot_page_faults, 3, 20, "raw.malloc_page_faults"},
+    /* n: 8-byte messages from a producer actor to a counter actor (tasks for the raw row). */
+    {"raw.local_task_mps", bench_raw_local_task, 5000000, 40000000, NULL},
+    {"actor.local_send_mps", bench_actor_local_send, 5000000, 40000000, "raw.local_task_mps"},
+    {"actor.remote_send_mps", bench_actor_remote_send, 2000000, 20000000, "mesh.throughput_mps"},
+    /* n: actors spawned, sent one message and stopped, 1000 to a sample (items for the raw). */
+    {"raw.local_oneshot_ns", bench_raw_local_oneshot, 200000, 2000000, NULL},
+    {"actor.spawn_ns", bench_actor_spawn, 200000, 2000000, "raw.local_oneshot_ns"},
+    /* n: idle actors alive at once on shard 0. */
+    {"actor.bytes_per_actor", bench_actor_bytes, 1000000, 1000000, NULL},
+    /* n: ask/reply round trips, one in flight (100 to a sample on one shard, 1 across). */
+    {"actor.ask_rtt_ns", bench_actor_ask_rtt, 200000, 2000000, "raw.local_oneshot_ns"},
+    {"actor.remote_ask_rtt_ns", bench_actor_remote_ask_rtt, 100000, 1000000, "raw.c2c_rtt_ns"},
+    /* Savina (Imam & Sarkar 2014) with its default sizes, the whole run in ms; quick takes a
+     * tenth. n: round trips, messages, messages per actor (60 actors), actors, token hops
+     * (100 actors). */
+    {"savina.pingpong_ms", bench_savina_pingpong, 4000, 40000, NULL},
+    {"savina.counting_ms", bench_savina_counting, 100000, 1000000, NULL},
+    {"savina.fjthroughput_ms", bench_savina_fjthroughput, 1000, 10000, NULL},
+    {"savina.fjcreation_ms", bench_savina_fjcreation, 4000, 40000, NULL},
+    {"savina.threadring_ms", bench_savina_threadring, 10000, 100000, NULL},
 };
 #define NROWS (sizeof(rows) / sizeof(rows[0]))
 

@@ -148,6 +148,30 @@ int bench_mesh_throughput_batch1(const bench_env_t *env, uint64_t n, result_t *r
 int bench_mesh_throughput(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                           size_t whylen);
 int bench_mesh_wake_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+/* bench_actor.c */
+int bench_raw_local_task(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_actor_local_send(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                           size_t whylen);
+int bench_actor_remote_send(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                            size_t whylen);
+int bench_raw_local_oneshot(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                            size_t whylen);
+int bench_actor_spawn(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_actor_bytes(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_actor_ask_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_actor_remote_ask_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                               size_t whylen);
+/* bench_savina.c */
+int bench_savina_pingpong(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                          size_t whylen);
+int bench_savina_counting(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                          size_t whylen);
+int bench_savina_fjthroughput(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                              size_t whylen);
+int bench_savina_fjcreation(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                            size_t whylen);
+int bench_savina_threadring(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                            size_t whylen);
 /* bench_timer.c */
 int bench_timer_jitter(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 /* bench_idle.c */

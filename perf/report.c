@@ -57,8 +57,11 @@ void result_set_pcts(result_t *r, const samples_t *s)
     r->samples = s->n < s->cap ? s->n : s->cap;
 }
 
+/* The unit is the name's last word ("ns", "mps", "faults"); a "bytes_per_X" row is in bytes. */
 const char *result_unit(const char *name)
 {
+    if (strstr(name, "bytes_per_") != NULL)
+        return "bytes";
     const char *u = strrchr(name, '_');
     return u ? u + 1 : "";
 }
