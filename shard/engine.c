@@ -106,6 +106,7 @@ static int shards_create(struct engine *e)
 
 int pith_engine_start(const pith_config_t *cfg)
 {
+    tsc_calibrate(); /* once per process, before any shard reads tsc_per_ns */
     struct engine *e = &pith_engine;
     if (shard_cur != NULL) {
         set_last_error("pith_engine_start called from a shard of the running engine");

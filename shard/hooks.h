@@ -20,6 +20,12 @@ struct shard_hooks {
 
 void shard_hooks_set(const struct shard_hooks *h);
 
+/* pith_submit from a shard without the backpressure bounds (local_queue_max, backlog_batches):
+ * for work the upper layer must not lose and whose amount it bounds itself (an actor's one
+ * queued turn, a mute or unmute, a registry update). Errors: -EPERM not on a shard, -EINVAL,
+ * -ENOMEM. */
+int shard_submit_force(unsigned shard, pith_fn_t fn, void *arg);
+
 /* Readers of per-shard state from any thread: between enter (true) and leave, the engine's
  * memory stays; enter fails once the engine stops. On shard threads both cost nothing. */
 bool shard_reader_enter(void);

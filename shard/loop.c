@@ -107,8 +107,17 @@ static void shard_loop(struct shard *s)
             work += mesh_publish(s);
         work += io_ring_poll(&s->io);
         bool timers_live = state == ENGINE_RUNNING && s->timers.len > 0;
-        if (timers_live)
-            work += timers_fire(s, pith_now_ns(), budget * 4);
+        if (timers_live && (tsc_per_ns == 0 || tsc_now() >= s->timer_gate)) {
+            uint64_t now = pith_now_ns();
+            work += timers_fire(s, now, budget * 4);
+            /* Until the next deadline, the TSC says whether to look again (tsc.c). */
+            uint64_t next = timers_next(&s->timers);
+            if (tsc_per_ns != 0)
+                s->timer_gate = next == UINT64_MAX ? UINT64_MAX
+                                : next <= now
+                                    ? 0
+                                    : tsc_now() + (uint64_t)((double)(next - now) * tsc_per_ns);
+        }
         if (work > 0 || s->ndirty > 0) {
             /* Batches still waiting for ring space keep us polling: nobody will wake us to
              * retry them. */

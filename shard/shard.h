@@ -149,6 +149,7 @@ struct shard {
     uint64_t *consumed; /* [nshards]: batches taken from each source's ring and finished */
 
     struct timers timers;
+    uint64_t timer_gate; /* TSC value before which no timer is due (tsc.c); 0: look now */
 
     /* Written by this shard, read by the stop protocol (wakers, stopper, watchdog). */
     alignas(CACHE_LINE) _Atomic uint32_t sleep_state;
@@ -241,6 +242,18 @@ int timers_init(struct timers *t);
 void timers_fini(struct timers *t);
 unsigned timers_fire(struct shard *s, uint64_t now, unsigned budget);
 uint64_t timers_next(const struct timers *t); /* UINT64_MAX when none */
+
+/* tsc.c: set once by tsc_calibrate before the first engine runs; 0: no usable TSC */
+extern double tsc_per_ns;
+void tsc_calibrate(void);
+static inline uint64_t tsc_now(void)
+{
+#if defined(__x86_64__)
+    return __builtin_ia32_rdtsc();
+#else
+    return 0;
+#endif
+}
 
 /* stall.c */
 int stall_start(struct engine *e);

@@ -65,6 +65,17 @@ static int submit_task(unsigned shard, const struct task *t)
     return err;
 }
 
+int shard_submit_force(unsigned shard, pith_fn_t fn, void *arg)
+{
+    struct shard *self = shard_cur;
+    if (self == NULL)
+        return -EPERM;
+    if (fn == NULL || shard >= self->eng->n)
+        return -EINVAL;
+    struct task t = {.fn = fn, .arg = arg};
+    return shard_send(self, shard, &t, true);
+}
+
 int pith_submit(unsigned shard, pith_fn_t fn, void *arg)
 {
     if (fn == NULL)

@@ -194,6 +194,7 @@ int pith_timer_add(uint64_t delay_ns, uint64_t period_ns, pith_fn_t fn, void *ar
         .deadline = deadline, .period = period_ns, .fn = fn, .arg = arg, .seq = seq};
     t->heap[t->len] = (struct timer_ent){.deadline = deadline, .order = t->armed++, .slot = slot};
     sift_up(t, t->len++);
+    s->timer_gate = 0; /* it may come due before the gate: look at the clock next turn */
     publish_pending(s);
     if (id)
         *id = make_id(s->id, seq, slot);
