@@ -144,11 +144,11 @@ static inline struct actor *rec_at(const struct core_shard *cs, uint32_t slot)
 /* The live actor `ref` names on this shard, or NULL. */
 static inline struct actor *lookup(const struct core_shard *cs, pith_ref_t ref)
 {
-    uint32_t slot = ref_slot(ref);
-    if (UNLIKELY(slot >= cs->used))
-        return NULL;
+    uint32_t slot = ref_slot(ref), gen = ref_gen(ref);
+    if (UNLIKELY(slot >= cs->used || gen == 0))
+        return NULL; /* a free record has generation 0: no ref names it */
     struct actor *a = rec_at(cs, slot);
-    return (a->gen & REF_GEN_MASK) == ref_gen(ref) ? a : NULL;
+    return (a->gen & REF_GEN_MASK) == gen ? a : NULL;
 }
 
 struct actor *core_lookup(const struct core_shard *cs, pith_ref_t ref)
@@ -254,8 +254,24 @@ static void mailbox_drop_all(struct core_shard *cs, struct actor *a)
     }
 }
 
+/* Ends what the side tables hold for an actor that has just ended (its ref already stale). */
+static void side_tables_end(struct core_shard *cs, pith_ref_t ref, int reason)
+{
+    if (cs->stop_reasons.len)
+        map_del(&cs->stop_reasons, ref);
+    if (cs->timers.len)
+        core_timers_end(cs, ref);
+    if (cs->names_of.len)
+        core_names_end(cs, ref);
+    if (cs->muted.len)
+        core_mute_drained(cs, ref);
+    if (cs->watchers.len)
+        core_watchers_end(cs, ref, reason);
+}
+
 static void actor_end(struct core_shard *cs, struct actor *a, uint32_t slot, int reason)
 {
+    cs->ending++;
     struct type_rec *r = a->rec;
     pith_ref_t ref = ref_make(cs->id, a->gen & REF_GEN_MASK, slot);
     if (a->gen & A_STOP)
@@ -268,6 +284,9 @@ static void actor_end(struct core_shard *cs, struct actor *a, uint32_t slot, int
         core_current = self.ref;
         r->type->terminate(&self, a->state, reason);
         core_current = outer;
+        /* A stop asked for from terminate (of itself, or back through a link) is moot. */
+        if (cs->stop_reasons.len)
+            map_del(&cs->stop_reasons, ref);
         /* Messages it sent itself meanwhile are dropped with the rest. */
         mailbox_drop_all(cs, a);
     }
@@ -285,14 +304,16 @@ static void actor_end(struct core_shard *cs, struct actor *a, uint32_t slot, int
     cs->live--;
     /* The ref is stale from here: what follows may stop other actors of this shard (links),
      * which may in turn look this one up. */
-    if (cs->timers.len)
-        core_timers_end(cs, ref);
-    if (cs->names_of.len)
-        core_names_end(cs, ref);
-    if (cs->muted.len)
-        core_mute_drained(cs, ref);
-    if (cs->watchers.len)
-        core_watchers_end(cs, ref, reason);
+    side_tables_end(cs, ref, reason);
+    /* The outermost end runs the link exits that nested ones queued; it stays counted while
+     * it does, so the ends those cause queue theirs here too instead of recursing. */
+    if (cs->ending == 1) {
+        while (cs->nexits > 0) {
+            struct core_exit e = cs->exits[--cs->nexits];
+            core_stop_here(cs, e.ref, e.reason);
+        }
+    }
+    cs->ending--;
     trim_soon(cs);
 }
 
@@ -300,9 +321,11 @@ static void actor_end(struct core_shard *cs, struct actor *a, uint32_t slot, int
 
 static void turn_task(void *arg);
 
+/* Forced past local_queue_max: an actor has at most one turn queued, so the live actors bound
+ * them, and a refused turn would strand its mail. */
 int core_schedule(struct core_shard *cs, struct actor *a, pith_ref_t ref)
 {
-    int err = pith_submit(cs->id, turn_task, (void *)(uintptr_t)ref);
+    int err = shard_submit_force(cs->id, turn_task, (void *)(uintptr_t)ref);
     if (err == 0) {
         a->gen |= A_SCHEDULED;
         bump(&ctr(cs, a->rec)->turns, 1);
@@ -361,8 +384,8 @@ static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
     }
     a->gen &= ~A_SCHEDULED;
     if (a->head != NULL && !(a->gen & A_MUTED) && core_schedule(cs, a, ref) != 0) {
-        /* The local queue refused (it only does when memory runs out): the mail waits for the
-         * next message to schedule the actor again. */
+        /* Out of memory for the local queue: the mail waits for the next message to schedule
+         * the actor again. */
     }
 }
 
@@ -573,7 +596,7 @@ int pith_send_buf(pith_ref_t to, uint32_t type, pith_buf_t *buf)
     return err;
 }
 
-int core_send_msg(struct amsg *m)
+int core_send_msg(struct amsg *m, bool force)
 {
     unsigned n = pith_shard_count();
     if (n == 0 || ref_shard(m->to) >= n || ref_gen(m->to) == 0) {
@@ -592,7 +615,8 @@ int core_send_msg(struct amsg *m)
             core_msg_free(m);
         return err;
     }
-    int err = pith_submit(ref_shard(m->to), deliver_task, m);
+    int err = force ? shard_submit_force(ref_shard(m->to), deliver_task, m)
+                    : pith_submit(ref_shard(m->to), deliver_task, m);
     if (err)
         core_msg_free(m);
     return err;
@@ -663,15 +687,18 @@ int pith_spawn(const pith_actor_type_t *type, void *arg, pith_ref_t *out)
             if (type->mem_budget > 0)
                 pith_mem_owner_forget(ref);
             bump(&ctr(cs, r)->spawned, (uint64_t)-1);
-            memset(a, 0, sizeof(*a));
-            a->head = (struct amsg *)(uintptr_t)cs->free_head;
-            cs->free_head = slot + 1;
+            slot_free(cs, slot);
             cs->live--;
+            /* What init set up for it goes too: a stop asked for, timers, names (taken back),
+             * muted senders (let go), and those who watch it hear it ended with err. */
+            side_tables_end(cs, ref, err < 0 ? err : -err);
             trim_soon(cs);
             return err < 0 ? err : -err;
         }
         if (a->gen & A_STOP) {
-            actor_end(cs, a, slot, PITH_EXIT_NORMAL);
+            /* Stopped during init (by itself, or through a link): with the reason asked for. */
+            int reason = (int)(intptr_t)map_get(&cs->stop_reasons, ref);
+            actor_end(cs, a, slot, reason);
             if (out != NULL)
                 *out = ref;
             return 0;
@@ -939,6 +966,9 @@ static void core_shard_exit(unsigned shard)
     map_free(&cs->timers);
     map_free(&cs->names_of);
     map_free(&cs->stop_reasons);
+    free(cs->exits);
+    cs->exits = NULL;
+    cs->nexits = cs->exits_cap = 0;
     core_mute_free(cs);
     core_slabs_close_all(cs);
     gen_carry[cs->id] = cs->last_gen;

@@ -96,12 +96,13 @@ int pith_ask(pith_ref_t to, uint32_t type, const void *data, uint32_t len, uint6
             map_del(&cs->asks, id);
     }
     if (err) {
-        core_msg_free(m);
+        if (m != NULL)
+            core_msg_free(m);
         pith_free(k);
         return err;
     }
     m->req = id;
-    err = core_send_msg(m);
+    err = core_send_msg(m, false);
     if (err) {
         pith_timer_cancel(k->timer);
         map_del(&cs->asks, id);
@@ -146,11 +147,8 @@ int pith_reply(const pith_msg_t *request, uint32_t type, const void *data, uint3
     if (m == NULL)
         return -ENOMEM;
     m->req = request->req;
-    int me = pith_shard_id();
-    if (me >= 0 && (unsigned)me == dst) {
-        core_ask_task(m);
-        return 0;
-    }
+    /* Through the queue even on the asker's own shard: the asker's callback or turn must not
+     * run inside the replier's behaviour. */
     int err = pith_submit(dst, core_ask_task, m);
     if (err)
         core_msg_free(m);
@@ -198,8 +196,8 @@ static void atimer_fire(void *arg)
     if (a != NULL) {
         struct amsg *m = core_msg_make(t->ref, PITH_REF_NONE, t->type, t + 1, t->len);
         if (m != NULL && core_enqueue(cs, a, m) != 0)
-            core_msg_free(m);
-        if (m != NULL)
+            core_msg_free(m); /* a full mailbox counted it */
+        else if (m != NULL)
             core_bump(&cs->timer_msgs, 1);
     }
     if (!t->periodic || a == NULL) {

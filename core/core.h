@@ -12,6 +12,7 @@
 #include <pith/actor.h>
 #include <pith/engine.h>
 
+#include "hooks.h"
 #include "map.h"
 
 #define CORE_LINE 64
@@ -100,6 +101,8 @@ static inline uint64_t hist_upper(unsigned b)
 {
     if (b < 8)
         return b < 4 ? b + 1 : 4; /* 0..3 hold one value each; 4..7 are never used */
+    if (b >= HIST_BUCKETS - 1)
+        return UINT64_MAX;
     b++;
     unsigned e = b / 4;
     return (UINT64_C(1) << e) + ((uint64_t)(b & 3) << (e - 2));
@@ -129,7 +132,8 @@ struct type_rec {
 #define A_TRAP      (UINT32_C(1) << 27) /* traps exits of linked actors */
 #define A_MUTED     (UINT32_C(1) << 28) /* muted by a full mailbox: no turns until unmuted */
 
-/* One actor: 48 bytes of engine overhead, plus its state's allocation. A free record has gen 0
+/* One actor: 48 bytes of engine overhead, plus its state's allocation. gen holds the 24-bit
+ * generation and the A_* flags. A free record has gen 0
  * and links the free list through `head` (as a slot index + 1). */
 struct actor {
     struct type_rec *rec;
@@ -140,6 +144,12 @@ struct actor {
     uint32_t depth;
 };
 _Static_assert(sizeof(struct actor) == 48, "actor record");
+
+/* A linked actor to end once the actor_end on the stack returns. */
+struct core_exit {
+    pith_ref_t ref;
+    int reason;
+};
 
 /* What a behaviour, init or terminate gets as `self`: on the stack for the call. */
 struct pith_actor {
@@ -174,6 +184,10 @@ struct core_shard {
     struct map registry;     /* name hash -> list of struct reg_ent: this shard's replica */
     struct map stop_reasons; /* ref -> reason, for running actors asked to end abnormally */
     struct map muted;        /* receiver ref -> list of struct muted (it muted them) */
+    struct map mutes;        /* sender ref -> receivers muting it now (mute.c) */
+    uint32_t ending;         /* actor_end calls on the stack */
+    struct core_exit *exits; /* link exits waiting for the outermost actor_end (watch.c) */
+    uint32_t nexits, exits_cap;
     _Atomic uint64_t dead_letters, asks_made, replies, late_replies, ask_timeouts, timer_msgs;
 };
 
@@ -194,7 +208,7 @@ struct amsg *core_msg_make(pith_ref_t to, pith_ref_t from, uint32_t type, const 
  * caller's. */
 int core_enqueue(struct core_shard *cs, struct actor *a, struct amsg *m);
 /* Sends a made message to m->to wherever it lives; m is consumed even on error. */
-int core_send_msg(struct amsg *m);
+int core_send_msg(struct amsg *m, bool force); /* force: past the mesh's backlog bound */
 /* Ends an actor of this shard now, or when its running behaviour returns. */
 int core_stop_here(struct core_shard *cs, pith_ref_t ref, int reason);
 pith_ref_t core_current_ref(void);

@@ -48,6 +48,15 @@ static int grow(struct map *m)
 
 int map_put(struct map *m, uint64_t key, void *val)
 {
+    /* Replacing never grows, so it cannot fail: callers rely on that. */
+    for (uint32_t i = m->cap ? home_of(key, m->cap) : 0; m->cap != 0; i = (i + 1) & (m->cap - 1)) {
+        if (m->ents[i].key == key) {
+            m->ents[i].val = val;
+            return 0;
+        }
+        if (m->ents[i].key == 0)
+            break;
+    }
     if ((m->len + 1) * 2 > m->cap && grow(m) != 0)
         return -ENOMEM;
     uint32_t i = home_of(key, m->cap);

@@ -19,7 +19,7 @@ struct map {
 };
 
 void *map_get(const struct map *m, uint64_t key);
-/* Sets key -> val (val not NULL). Errors: -ENOMEM. */
+/* Sets key -> val (val not NULL). Errors: -ENOMEM, never when key is already there. */
 int map_put(struct map *m, uint64_t key, void *val);
 /* Removes key; returns its value, or NULL. */
 void *map_del(struct map *m, uint64_t key);

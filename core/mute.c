@@ -20,15 +20,29 @@ struct mute_req {
     uint32_t op;
 };
 
+/* A sender may be muted by several receivers: it is unmuted when the last lets it go. The
+ * count lives in core_shard.mutes (sender ref -> count) while it is above 0. */
 static void set_muted(struct core_shard *cs, pith_ref_t sender, bool on)
 {
     struct actor *a = core_lookup(cs, sender);
-    if (a == NULL)
+    uintptr_t count = (uintptr_t)map_get(&cs->mutes, sender);
+    if (a == NULL) {
+        if (count != 0)
+            map_del(&cs->mutes, sender);
         return;
+    }
     if (on) {
+        if (map_put(&cs->mutes, sender, (void *)(count + 1)) != 0 && count == 0)
+            return; /* out of memory: not muted, which only costs memory bounds */
         a->gen |= A_MUTED;
         return;
     }
+    if (count > 1) {
+        map_put(&cs->mutes, sender, (void *)(count - 1)); /* replaces: cannot fail */
+        return;
+    }
+    if (count == 1)
+        map_del(&cs->mutes, sender);
     a->gen &= ~A_MUTED;
     if (a->head != NULL && !(a->gen & A_SCHEDULED))
         (void)core_schedule(cs, a, sender); /* on failure the next message schedules it */
@@ -45,7 +59,8 @@ static void tell(struct core_shard *cs, pith_ref_t sender, uint32_t op)
         return;
     q->sender = sender;
     q->op = op;
-    if (pith_submit(ref_shard(sender), core_mute_task, q) != 0)
+    /* Forced: a lost unmute would leave the sender muted for good. */
+    if (shard_submit_force(ref_shard(sender), core_mute_task, q) != 0)
         pith_free(q);
 }
 
@@ -65,7 +80,7 @@ int core_mute_full(struct core_shard *cs, struct actor *a, struct amsg *m)
      * another shard sends while the mute crosses the mesh); MUTE_HARD_CAP times the bound is a
      * last guard against unbounded growth. */
     if (m->from == PITH_REF_NONE || m->from == m->to ||
-        a->depth >= MUTE_HARD_CAP * a->rec->mailbox_max)
+        a->depth >= (uint64_t)MUTE_HARD_CAP * a->rec->mailbox_max)
         return -EAGAIN;
     struct muted *head = map_get(&cs->muted, m->to);
     for (struct muted *x = head; x != NULL; x = x->next)
@@ -107,4 +122,5 @@ void core_mute_free(struct core_shard *cs)
         }
     }
     map_free(&cs->muted);
+    map_free(&cs->mutes);
 }

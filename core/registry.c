@@ -86,25 +86,12 @@ static int ent_set(struct core_shard *cs, const char *name, uint32_t len, pith_r
     return 0;
 }
 
-/* A change the mesh pushed back on: tried again from a timer until it goes, so that no
- * replica misses one. */
-struct reg_retry {
-    unsigned dst;
-    struct reg_req *q;
-};
-
-static void retry_fire(void *arg)
-{
-    struct reg_retry *r = arg;
-    int err = pith_submit(r->dst, core_reg_task, r->q);
-    if (err == -EAGAIN && pith_timer_add(50000, 0, retry_fire, r, NULL) == 0)
-        return;
-    if (err)
-        pith_free(r->q);
-    pith_free(r);
-}
-
-static int req_send(unsigned dst, uint32_t op, const char *name, uint32_t len, pith_ref_t ref)
+/* Sends a change to shard dst's replica (or home), always through a queue, never run
+ * nested in the caller: changes then reach each shard in the order they were made. From a
+ * shard the send is forced past the mesh's bounds (a lost change would leave a replica wrong
+ * for good); user calls (pith_register/unregister) come with force false and may see -EAGAIN. */
+static int req_send(unsigned dst, uint32_t op, const char *name, uint32_t len, pith_ref_t ref,
+                    bool force)
 {
     struct reg_req *q = pith_malloc(sizeof(*q));
     if (q == NULL)
@@ -114,30 +101,16 @@ static int req_send(unsigned dst, uint32_t op, const char *name, uint32_t len, p
     q->ref = ref;
     memcpy(q->name, name, len);
     q->name[len] = '\0';
-    int me = pith_shard_id();
-    if (me >= 0 && (unsigned)me == dst) {
-        core_reg_task(q);
-        return 0;
-    }
-    int err = pith_submit(dst, core_reg_task, q);
-    if (err == -EAGAIN && me >= 0) {
-        struct reg_retry *r = pith_malloc(sizeof(*r));
-        if (r != NULL) {
-            r->dst = dst;
-            r->q = q;
-            if (pith_timer_add(50000, 0, retry_fire, r, NULL) == 0)
-                return 0;
-            pith_free(r);
-        }
-    }
+    int err = force && pith_shard_id() >= 0 ? shard_submit_force(dst, core_reg_task, q)
+                                            : pith_submit(dst, core_reg_task, q);
     if (err)
         pith_free(q);
     return err;
 }
 
-static unsigned home_of(const char *name, uint32_t len)
+static unsigned home_of(const char *name, uint32_t len, unsigned n)
 {
-    return (unsigned)(core_hash(name, len) % pith_shard_count());
+    return (unsigned)(core_hash(name, len) % n);
 }
 
 /* On the ref's shard: remember (or forget) that the actor has this name. */
@@ -164,7 +137,7 @@ static void name_note(struct core_shard *cs, const char *name, uint32_t len, pit
         return;
     if (a == NULL) {
         /* It ended before its name reached it: take the name back. */
-        req_send(home_of(name, len), R_DEL_IF, name, len, ref);
+        req_send(home_of(name, len, pith_shard_count()), R_DEL_IF, name, len, ref, true);
         return;
     }
     struct name_of *n = pith_malloc(sizeof(*n));
@@ -220,7 +193,7 @@ void core_reg_task(void *arg)
         apply(cs, q->name, q->len, q->ref, set);
         for (unsigned s = 0; s < n; s++)
             if (s != cs->id)
-                (void)req_send(s, set ? R_APPLY_SET : R_APPLY_DEL, q->name, q->len, q->ref);
+                (void)req_send(s, set ? R_APPLY_SET : R_APPLY_DEL, q->name, q->len, q->ref, true);
         break;
     }
     case R_APPLY_SET:
@@ -252,17 +225,18 @@ int pith_register(const char *name, pith_ref_t ref)
     uint32_t len;
     if (name_check(name, &len) != 0 || ref_gen(ref) == 0 || ref_shard(ref) >= n)
         return -EINVAL;
-    return req_send(home_of(name, len), R_SET, name, len, ref);
+    return req_send(home_of(name, len, n), R_SET, name, len, ref, false);
 }
 
 int pith_unregister(const char *name)
 {
-    if (pith_shard_count() == 0)
+    unsigned n = pith_shard_count();
+    if (n == 0)
         return -ESHUTDOWN;
     uint32_t len;
     if (name_check(name, &len) != 0)
         return -EINVAL;
-    return req_send(home_of(name, len), R_DEL, name, len, PITH_REF_NONE);
+    return req_send(home_of(name, len, n), R_DEL, name, len, PITH_REF_NONE, false);
 }
 
 pith_ref_t pith_whereis(const char *name)
@@ -281,7 +255,8 @@ void core_names_end(struct core_shard *cs, pith_ref_t ref)
     while (n != NULL) {
         struct name_of *next = n->next;
         if (!cs->closing)
-            (void)req_send(home_of(n->name, n->len), R_DEL_IF, n->name, n->len, ref);
+            (void)req_send(home_of(n->name, n->len, pith_shard_count()), R_DEL_IF, n->name, n->len,
+                           ref, true);
         pith_free(n);
         n = next;
     }

@@ -8,6 +8,7 @@
 
 #define DEFAULT_INTENSITY 3
 #define DEFAULT_PERIOD_NS (UINT64_C(5) * 1000000000)
+#define MAX_INTENSITY     100000 /* restart times kept: 8 bytes each */
 
 struct sup_state {
     pith_strategy_t strategy;
@@ -77,6 +78,8 @@ static int sup_init(pith_actor_t *self, void *state, void *arg)
     struct sup_state *s = state;
     s->strategy = spec->strategy;
     s->intensity = spec->intensity ? spec->intensity : DEFAULT_INTENSITY;
+    if (s->intensity > MAX_INTENSITY)
+        return -EINVAL;
     s->period_ns = spec->period_ns ? spec->period_ns : DEFAULT_PERIOD_NS;
     s->n = spec->nchildren;
     s->spec = calloc(s->n ? s->n : 1, sizeof(*s->spec));

@@ -4,6 +4,7 @@
 #include "core.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 struct watch {
@@ -27,7 +28,7 @@ static void send_down(pith_ref_t watcher, pith_ref_t target, int reason, bool li
     pith_down_t d = {.ref = target, .reason = reason, .link = link};
     struct amsg *m = core_msg_make(watcher, target, PITH_MSG_DOWN, &d, sizeof(d));
     if (m != NULL)
-        (void)core_send_msg(m); /* a watcher that has ended: nothing to tell */
+        (void)core_send_msg(m, true); /* a watcher that has ended: nothing to tell */
 }
 
 /* An exit signal from `target` (ended with `reason`) for a linked actor of this shard. */
@@ -36,10 +37,25 @@ static void link_exit_here(struct core_shard *cs, pith_ref_t watcher, pith_ref_t
     struct actor *a = core_lookup(cs, watcher);
     if (a == NULL || reason == PITH_EXIT_NORMAL)
         return;
-    if (a->gen & A_TRAP)
+    if (a->gen & A_TRAP) {
         send_down(watcher, target, reason, true);
-    else
+    } else if (cs->ending > 0) {
+        /* Inside another actor's end: queue it, so that a long chain of links ends in a loop
+         * (core_exits_drain) rather than a recursion as deep as the chain. */
+        if (cs->nexits == cs->exits_cap) {
+            uint32_t cap = cs->exits_cap ? cs->exits_cap * 2 : 16;
+            struct core_exit *e = realloc(cs->exits, cap * sizeof(*e));
+            if (e == NULL) {
+                core_stop_here(cs, watcher, reason); /* out of memory: recurse after all */
+                return;
+            }
+            cs->exits = e;
+            cs->exits_cap = cap;
+        }
+        cs->exits[cs->nexits++] = (struct core_exit){watcher, reason};
+    } else {
         core_stop_here(cs, watcher, reason);
+    }
 }
 
 static void signal_watcher(struct core_shard *cs, pith_ref_t watcher, pith_ref_t target, int reason,
@@ -59,7 +75,7 @@ static void signal_watcher(struct core_shard *cs, pith_ref_t watcher, pith_ref_t
     if (q == NULL)
         return;
     *q = (struct watch_req){.target = target, .watcher = watcher, .reason = reason, .op = W_EXIT};
-    if (pith_submit(ref_shard(watcher), core_watch_task, q) != 0)
+    if (shard_submit_force(ref_shard(watcher), core_watch_task, q) != 0)
         pith_free(q);
 }
 
@@ -127,14 +143,41 @@ int pith_monitor(pith_actor_t *self, pith_ref_t target)
     return watch(self, target, false);
 }
 
+/* Takes back our side of a link that could not be made. */
+static void unwatch(struct core_shard *cs, pith_ref_t target, pith_ref_t watcher)
+{
+    struct watch *head = map_get(&cs->watchers, target), *prev = NULL;
+    for (struct watch *w = head; w != NULL; prev = w, w = w->next) {
+        if (w->watcher != watcher || !w->link)
+            continue;
+        if (prev != NULL)
+            prev->next = w->next;
+        else if (w->next != NULL)
+            map_put(&cs->watchers, target, w->next);
+        else
+            map_del(&cs->watchers, target);
+        pith_free(w);
+        return;
+    }
+}
+
 int pith_link(pith_actor_t *self, pith_ref_t target)
 {
-    /* Our side first: if the target has ended, its side signals us at once. */
+    unsigned n = pith_shard_count();
+    if (n == 0)
+        return -ESHUTDOWN;
+    if (self == NULL || ref_gen(target) == 0 || ref_shard(target) >= n || target == self->ref)
+        return -EINVAL;
     struct core_shard *cs = core_shard_get();
-    if (self == NULL || cs == NULL)
-        return self == NULL ? -EINVAL : -ENOMEM;
+    if (cs == NULL)
+        return -ENOMEM;
+    if (cs->closing)
+        return -ESHUTDOWN;
+    /* Our side first: if the target has ended, its side signals us at once. */
     int err = watch_here(cs, self->ref, target, true);
-    return err ? err : watch(self, target, true);
+    if (err == 0 && (err = watch(self, target, true)) != 0)
+        unwatch(cs, self->ref, target);
+    return err;
 }
 
 void pith_trap_exits(pith_actor_t *self, bool on)

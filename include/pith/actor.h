@@ -130,7 +130,7 @@ PITH_API int pith_send(pith_ref_t to, uint32_t type, const void *data, uint32_t 
  * A buffer is filled by whoever made it, then sent any number of times, to any shards, without
  * copying: receivers see its bytes as the message's data and must not write them. It counts its
  * references and goes back to the heap of the shard (or thread) that made it when the last one
- * is released. Payloads that pith_send copies are at most PITH_MSG_MAX bytes; buffers too. */
+ * is released. Payloads that pith_send copies, and buffers, are less than PITH_MSG_MAX bytes. */
 #define PITH_MSG_MAX (UINT32_C(1) << 31)
 
 /* A buffer of len bytes, *data where to write them; one reference, the caller's.
@@ -225,7 +225,7 @@ typedef struct pith_child_spec {
 
 typedef struct pith_supervisor_spec {
     pith_strategy_t strategy;
-    uint32_t intensity; /* restarts allowed within period_ns (0: 3) */
+    uint32_t intensity; /* restarts allowed within period_ns (0: 3; at most 100000) */
     uint64_t period_ns; /* (0: 5 s) */
     const pith_child_spec_t *children;
     uint32_t nchildren;
@@ -246,7 +246,7 @@ PITH_API pith_ref_t pith_supervisor_child(pith_ref_t sup, uint32_t i);
 typedef struct pith_actor_type_stats {
     uint64_t spawned;
     uint64_t stopped;     /* ended for any reason */
-    uint64_t failed;      /* ended by a non-zero behaviour status */
+    uint64_t failed;      /* ended with a reason other than NORMAL or SHUTDOWN */
     uint64_t live;        /* spawned - stopped */
     uint64_t messages;    /* handled by the behaviour */
     uint64_t rejected;    /* refused: mailbox full (REJECT) */
