@@ -508,6 +508,28 @@ static void deliver_task(void *arg)
         core_msg_free(m);
 }
 
+/* A send to an actor of the calling shard (cs is core_self). */
+static inline int send_here(struct core_shard *cs, pith_ref_t to, uint32_t type, const void *data,
+                            uint32_t len, uint32_t flag, bool *made)
+{
+    struct actor *a = lookup(cs, to);
+    if (a == NULL)
+        return -ESRCH;
+    if (a->depth >= a->rec->mailbox_max && a->rec->type->overflow == PITH_OVERFLOW_REJECT) {
+        bump(&ctr(cs, a->rec)->rejected, 1);
+        return -EAGAIN;
+    }
+    struct amsg *m = core_msg_make_for(-1, to, core_current, type, data, len);
+    if (m == NULL)
+        return -ENOMEM;
+    m->len |= flag;
+    *made = true;
+    int err = core_enqueue(cs, a, m);
+    if (err)
+        core_msg_free(m);
+    return err;
+}
+
 /* pith_send and pith_send_buf. flag: AMSG_BUF when data is a buffer's reference, which the
  * message then owns: *made says whether the message was made (and so owns it, even on error). */
 static int send_impl(pith_ref_t to, uint32_t type, const void *data, uint32_t len, uint32_t flag,
@@ -515,55 +537,21 @@ static int send_impl(pith_ref_t to, uint32_t type, const void *data, uint32_t le
 {
     *made = false;
     /* The common case first: an actor of this shard, from this shard. */
-    struct core_shard *self_cs = core_self;
-    if (LIKELY(self_cs != NULL && ref_shard(to) == self_cs->id && ref_gen(to) != 0 &&
-               (data != NULL || len == 0) && len < AMSG_BUF && !self_cs->closing)) {
-        struct actor *a = lookup(self_cs, to);
-        if (a == NULL)
-            return -ESRCH;
-        if (a->depth >= a->rec->mailbox_max && a->rec->type->overflow == PITH_OVERFLOW_REJECT) {
-            bump(&ctr(self_cs, a->rec)->rejected, 1);
-            return -EAGAIN;
-        }
-        struct amsg *m = core_msg_make_for(-1, to, core_current, type, data, len);
-        if (m == NULL)
-            return -ENOMEM;
-        m->len |= flag;
-        *made = true;
-        int err = core_enqueue(self_cs, a, m);
-        if (err)
-            core_msg_free(m);
-        return err;
-    }
+    struct core_shard *cs = core_self;
+    if (LIKELY(cs != NULL && ref_shard(to) == cs->id && ref_gen(to) != 0 &&
+               (data != NULL || len == 0) && len < AMSG_BUF && !cs->closing))
+        return send_here(cs, to, type, data, len, flag, made);
     unsigned n = pith_shard_count();
     if (n == 0)
         return -ESHUTDOWN;
     if (ref_gen(to) == 0 || ref_shard(to) >= n || (data == NULL && len > 0) || len >= AMSG_BUF)
         return -EINVAL;
     unsigned dst = ref_shard(to);
-    struct core_shard *cs = core_self;
     int me = pith_shard_id();
     if (me >= 0 && (unsigned)me == dst) {
         if (cs == NULL && (cs = core_shard_get()) == NULL)
             return -ENOMEM;
-        if (cs->closing)
-            return -ESHUTDOWN;
-        struct actor *a = lookup(cs, to);
-        if (a == NULL)
-            return -ESRCH;
-        if (a->depth >= a->rec->mailbox_max && a->rec->type->overflow == PITH_OVERFLOW_REJECT) {
-            bump(&ctr(cs, a->rec)->rejected, 1);
-            return -EAGAIN;
-        }
-        struct amsg *m = core_msg_make(to, core_current, type, data, len);
-        if (m == NULL)
-            return -ENOMEM;
-        m->len |= flag;
-        *made = true;
-        int err = core_enqueue(cs, a, m);
-        if (err)
-            core_msg_free(m);
-        return err;
+        return cs->closing ? -ESHUTDOWN : send_here(cs, to, type, data, len, flag, made);
     }
     if (cs != NULL && cs->closing)
         return -ESHUTDOWN;

@@ -113,18 +113,23 @@ void core_watch_task(void *arg)
     pith_free(q);
 }
 
-static int watch(pith_actor_t *self, pith_ref_t target, bool link)
+/* The checks of pith_monitor and pith_link; *out: the calling shard's actors. */
+static int watch_check(pith_actor_t *self, pith_ref_t target, struct core_shard **out)
 {
     unsigned n = pith_shard_count();
     if (n == 0)
         return -ESHUTDOWN;
     if (self == NULL || ref_gen(target) == 0 || ref_shard(target) >= n || target == self->ref)
         return -EINVAL;
-    struct core_shard *cs = core_shard_get();
+    struct core_shard *cs = *out = core_shard_get();
     if (cs == NULL)
         return -ENOMEM;
-    if (cs->closing)
-        return -ESHUTDOWN;
+    return cs->closing ? -ESHUTDOWN : 0;
+}
+
+/* Registers self as a watcher of target, on target's shard. */
+static int watch(struct core_shard *cs, pith_actor_t *self, pith_ref_t target, bool link)
+{
     if (ref_shard(target) == cs->id)
         return watch_here(cs, target, self->ref, link);
     struct watch_req *q = pith_malloc(sizeof(*q));
@@ -140,7 +145,9 @@ static int watch(pith_actor_t *self, pith_ref_t target, bool link)
 
 int pith_monitor(pith_actor_t *self, pith_ref_t target)
 {
-    return watch(self, target, false);
+    struct core_shard *cs;
+    int err = watch_check(self, target, &cs);
+    return err ? err : watch(cs, self, target, false);
 }
 
 /* Takes back our side of a link that could not be made. */
@@ -163,19 +170,13 @@ static void unwatch(struct core_shard *cs, pith_ref_t target, pith_ref_t watcher
 
 int pith_link(pith_actor_t *self, pith_ref_t target)
 {
-    unsigned n = pith_shard_count();
-    if (n == 0)
-        return -ESHUTDOWN;
-    if (self == NULL || ref_gen(target) == 0 || ref_shard(target) >= n || target == self->ref)
-        return -EINVAL;
-    struct core_shard *cs = core_shard_get();
-    if (cs == NULL)
-        return -ENOMEM;
-    if (cs->closing)
-        return -ESHUTDOWN;
+    struct core_shard *cs;
+    int err = watch_check(self, target, &cs);
+    if (err)
+        return err;
     /* Our side first: if the target has ended, its side signals us at once. */
-    int err = watch_here(cs, self->ref, target, true);
-    if (err == 0 && (err = watch(self, target, true)) != 0)
+    err = watch_here(cs, self->ref, target, true);
+    if (err == 0 && (err = watch(cs, self, target, true)) != 0)
         unwatch(cs, self->ref, target);
     return err;
 }
