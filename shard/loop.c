@@ -101,6 +101,10 @@ static void shard_loop(struct shard *s)
             break;
         stat_add(&s->st.loops, 1);
         unsigned work = run_local(s, budget);
+        /* What that work sent leaves now, not after the drains: a reply is on its way while
+         * we look at the rings. */
+        if (s->ndirty > 0)
+            work += mesh_publish(s);
         work += mesh_drain(s, budget);
         work += inbox_drain(s);
         if (s->ndirty > 0)
