@@ -11,29 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
-#include <time.h>
 
 #include "util.h"
 
 /* ---- helpers ---- */
-
-/* Waits for what a shard does asynchronously (an actor's turn, a delivery across shards) to
- * show in `cond`. Nothing signals the test thread, so it polls, napping 1 ms between looks, at
- * most 20 s (stretched as the timeouts are under sanitizers and valgrind). */
-#define WAIT_FOR(cond)                                                                             \
-    do {                                                                                           \
-        uint64_t polls_ = (uint64_t)(20000 * test_timeout_multiplier());                           \
-        while (!(cond) && polls_-- > 0)                                                            \
-            nap();                                                                                 \
-        cr_assert(cond, "timed out waiting for %s", #cond);                                        \
-    } while (0)
-
-/* The nap of WAIT_FOR's polling loop: 1 ms. */
-static void nap(void)
-{
-    struct timespec ts = {0, 1000 * 1000};
-    nanosleep(&ts, NULL);
-}
 
 static void *call_on(unsigned shard, pith_call_fn_t fn, void *arg)
 {
@@ -374,13 +355,13 @@ Test(actor, spawn_runs_init_first_and_messages_carry_their_sender, .timeout = 30
     /* From a plain task on the actor's shard: no sender. */
     static const char hello[] = "hello";
     cr_assert_eq(send_from(0, ref, 7, hello, sizeof(hello)), 0);
-    WAIT_FOR(atomic_load(&sp.got) == 1);
+    TEST_WAIT_FOR(atomic_load(&sp.got) == 1);
     /* A message without data. */
     cr_assert_eq(send_from(0, ref, 8, NULL, 0), 0);
-    WAIT_FOR(atomic_load(&sp.got) == 2);
+    TEST_WAIT_FOR(atomic_load(&sp.got) == 2);
     /* From a plain task on another shard: no sender either. */
     cr_assert_eq(send_from(1, ref, 9, hello, 3), 0);
-    WAIT_FOR(atomic_load(&sp.got) == 3);
+    TEST_WAIT_FOR(atomic_load(&sp.got) == 3);
 
     /* From actors' behaviours, on this shard and on the other: the sender's ref. */
     sp.receiver = ref;
@@ -388,9 +369,9 @@ Test(actor, spawn_runs_init_first_and_messages_carry_their_sender, .timeout = 30
     pith_ref_t fwd1 = spawn_at(1, &forwarder_type, NULL);
     cr_assert_neq(fwd0, ref);
     cr_assert_eq(send_from(0, fwd0, 1, NULL, 0), 0);
-    WAIT_FOR(atomic_load(&sp.got) == 4);
+    TEST_WAIT_FOR(atomic_load(&sp.got) == 4);
     cr_assert_eq(send_from(0, fwd1, 1, NULL, 0), 0);
-    WAIT_FOR(atomic_load(&sp.got) == 5);
+    TEST_WAIT_FOR(atomic_load(&sp.got) == 5);
     test_sync_shard(0);
     test_assert_no_error(&sp.err);
     cr_assert_eq(atomic_load(&sp.got), 5);
@@ -549,7 +530,7 @@ static void fifo_run(unsigned producer_shard, const pith_actor_type_t *ctype)
     struct producer_arg pa = {.to = cons, .n = ff.n};
     ff.producer = spawn_at(producer_shard, &producer_type, &pa);
     cr_assert_eq(send_from(producer_shard, ff.producer, FIFO_KICK, NULL, 0), 0);
-    WAIT_FOR(atomic_load(&ff.received) >= ff.n || atomic_load(&ff.err.code) != 0);
+    TEST_WAIT_FOR(atomic_load(&ff.received) >= ff.n || atomic_load(&ff.err.code) != 0);
     test_sync_shard(0);
     test_sync_shard(1);
     test_assert_no_error(&ff.err);
@@ -604,11 +585,11 @@ Test(actor, stale_refs_are_esrch_here_and_dead_letters_elsewhere, .timeout = 30)
 
     uint64_t dl0 = dead_letters(0), dl1 = dead_letters(1);
     cr_assert_eq(send_u64_from(1, x, P_PLAIN, 2), 0, "across shards a stale ref is not refused");
-    WAIT_FOR(dead_letters(0) == dl0 + 1);
+    TEST_WAIT_FOR(dead_letters(0) == dl0 + 1);
     /* From a thread outside the engine it is the same. */
     uint64_t v = 3;
     cr_assert_eq(pith_send(x, P_PLAIN, &v, sizeof(v)), 0);
-    WAIT_FOR(dead_letters(0) == dl0 + 2);
+    TEST_WAIT_FOR(dead_letters(0) == dl0 + 2);
     test_sync_shard(0);
     cr_assert_eq(dead_letters(0), dl0 + 2);
     cr_assert_eq(dead_letters(1), dl1, "shard 1 counted dead letters meant for shard 0");
@@ -618,9 +599,9 @@ Test(actor, stale_refs_are_esrch_here_and_dead_letters_elsewhere, .timeout = 30)
     cr_assert_neq(y, x, "a new actor got the stopped actor's ref");
     cr_assert_eq(send_u64_from(0, x, P_PLAIN, 4), -ESRCH);
     cr_assert_eq(send_u64_from(1, x, P_PLAIN, 5), 0);
-    WAIT_FOR(dead_letters(0) == dl0 + 3);
+    TEST_WAIT_FOR(dead_letters(0) == dl0 + 3);
     cr_assert_eq(send_u64_from(0, y, P_PLAIN, 6), 0);
-    WAIT_FOR(atomic_load(&plog.handled) == 1);
+    TEST_WAIT_FOR(atomic_load(&plog.handled) == 1);
     test_sync_shard(0);
     cr_assert_eq(atomic_load(&plog.handled), 1, "a message to a stale ref reached an actor");
     cr_assert_eq(plog.e[0].self, y);
@@ -654,7 +635,7 @@ static void assert_stale_refs_miss(const pith_ref_t *stale, unsigned n, pith_ref
     }
     cr_assert_eq(send_u64_from(0, y, P_PLAIN, 4), 0);
     cr_assert_eq(send_u64_from(1, y, P_PLAIN, 5), 0);
-    WAIT_FOR(plog_seen(4) && plog_seen(5));
+    TEST_WAIT_FOR(plog_seen(4) && plog_seen(5));
     test_sync_shard(0);
     unsigned handled = atomic_load(&plog.handled) - h0;
     uint64_t dl = dead_letters(0) - dl0;
@@ -744,7 +725,7 @@ Test(actor, refs_from_a_previous_engine_never_reach_a_new_actor, .timeout = 60)
         cr_assert(rc == 0 || rc == -EINVAL, "old ref %u from outside: %d", i, rc);
         accepted += rc == 0;
     }
-    WAIT_FOR(dead_letters(0) - dl0 + atomic_load(&plog.handled) >= accepted);
+    TEST_WAIT_FOR(dead_letters(0) - dl0 + atomic_load(&plog.handled) >= accepted);
     test_sync_shard(0);
     cr_assert_eq(atomic_load(&plog.handled), 0,
                  "%u messages sent from outside to refs of the previous engine reached y (%#" PRIx64
@@ -853,7 +834,7 @@ Test(actor, reject_mailbox_refuses_past_its_max, .timeout = 30)
     cr_assert_eq(q.other, 0, "%u sends failed, the first with %d", q.other, q.first_other);
     cr_assert_eq(q.ok, FLOOD_MAX);
     cr_assert_eq(q.eagain, FLOOD_N - FLOOD_MAX);
-    WAIT_FOR(atomic_load(&fl.got) >= FLOOD_MAX);
+    TEST_WAIT_FOR(atomic_load(&fl.got) >= FLOOD_MAX);
     test_sync_shard(0);
     cr_assert_eq(atomic_load(&fl.got), FLOOD_MAX);
     for (unsigned i = 0; i < FLOOD_MAX; i++)
@@ -877,7 +858,7 @@ Test(actor, drop_oldest_mailbox_keeps_the_newest, .timeout = 30)
     cr_assert_eq(q.other, 0, "%u sends failed, the first with %d", q.other, q.first_other);
     cr_assert_eq(q.eagain, 0);
     cr_assert_eq(q.ok, FLOOD_N);
-    WAIT_FOR(atomic_load(&fl.got) >= FLOOD_MAX);
+    TEST_WAIT_FOR(atomic_load(&fl.got) >= FLOOD_MAX);
     test_sync_shard(0);
     cr_assert_eq(atomic_load(&fl.got), FLOOD_MAX);
     for (unsigned i = 0; i < FLOOD_MAX; i++)
@@ -893,6 +874,13 @@ Test(actor, drop_oldest_mailbox_keeps_the_newest, .timeout = 30)
 
 /* From another shard a refusal is not the sender's to see: every send succeeds and the
  * receiving shard counts what its mailbox refused; what got in arrives in order. */
+/* Whether every message of the cross-shard flood was handled or refused. */
+static bool reject_flood_done(void)
+{
+    pith_actor_type_stats_t st = type_stats(&reject_type);
+    return st.messages + st.rejected >= FLOOD_N;
+}
+
 Test(actor, reject_mailbox_across_shards_counts_refusals_on_the_receiver, .timeout = 30)
 {
     memset(&fl, 0, sizeof(fl));
@@ -905,14 +893,7 @@ Test(actor, reject_mailbox_across_shards_counts_refusals_on_the_receiver, .timeo
     cr_assert_eq(q.eagain, 0);
     cr_assert_eq(q.ok, FLOOD_N);
     pith_actor_type_stats_t st;
-    uint64_t polls = (uint64_t)(20000 * test_timeout_multiplier());
-    /* Polled: the deliveries are tasks on shard 0 (see WAIT_FOR). */
-    for (;;) {
-        st = type_stats(&reject_type);
-        if (st.messages + st.rejected >= FLOOD_N || polls-- == 0)
-            break;
-        nap();
-    }
+    TEST_WAIT_FOR(reject_flood_done());
     test_sync_shard(0);
     st = type_stats(&reject_type);
     cr_assert_eq(st.messages + st.rejected, FLOOD_N, "messages %" PRIu64 " + rejected %" PRIu64,
@@ -997,7 +978,7 @@ static void fairness_run(const pith_actor_type_t *atype, unsigned turn)
     call_on(0, fair_fn, &q);
     cr_assert_eq(fair.a_ok, FAIR_N);
     cr_assert_eq(fair.b_rc, 0);
-    WAIT_FOR(atomic_load(&fair.b_ran) == 1 && atomic_load(&fair.a_count) == FAIR_N);
+    TEST_WAIT_FOR(atomic_load(&fair.b_ran) == 1 && atomic_load(&fair.a_count) == FAIR_N);
     test_sync_shard(0);
     uint64_t saw = atomic_load(&fair.b_saw);
     cr_assert_lt(saw, FAIR_N, "B ran only after A had handled all %d messages", FAIR_N);
@@ -1059,7 +1040,7 @@ Test(actor, become_switches_from_the_next_message, .timeout = 30)
     static const uint32_t types[] = {P_PLAIN, P_BECOME, P_PLAIN, P_PLAIN, P_BECOME, P_PLAIN};
     static const int want[] = {1, 1, 2, 2, 2, 1};
     burst_from(0, a, types, 6);
-    WAIT_FOR(atomic_load(&plog.handled) == 6);
+    TEST_WAIT_FOR(atomic_load(&plog.handled) == 6);
     test_sync_shard(0);
     for (unsigned i = 0; i < 6; i++) {
         cr_assert_eq(plog.e[i].val, i);
@@ -1081,7 +1062,7 @@ Test(actor, stop_from_its_behaviour_ends_it_after_that_message, .timeout = 30)
     pith_ref_t a = spawn_at(0, &probe_type, NULL);
     static const uint32_t types[] = {P_PLAIN, P_STOP, P_PLAIN, P_PLAIN, P_PLAIN};
     burst_from(0, a, types, 5);
-    WAIT_FOR(atomic_load(&plog.terminated) >= 1);
+    TEST_WAIT_FOR(atomic_load(&plog.terminated) >= 1);
     test_sync_shard(0);
     cr_assert_eq(atomic_load(&plog.stop_rc), 0, "pith_stop(self) in the behaviour: %d",
                  atomic_load(&plog.stop_rc));
@@ -1114,7 +1095,7 @@ Test(actor, stop_from_another_shard_or_outside_ends_it_on_its_shard, .timeout = 
     pith_ref_t a = spawn_at(0, &probe_type, NULL);
     pith_ref_t b = spawn_at(1, &probe_type, NULL);
     cr_assert_eq(stop_from(1, a), 0);
-    WAIT_FOR(atomic_load(&plog.terminated) >= 1);
+    TEST_WAIT_FOR(atomic_load(&plog.terminated) >= 1);
     test_sync_shard(0);
     cr_assert_eq(atomic_load(&plog.terminated), 1);
     cr_assert_eq(atomic_load(&plog.term_self), a);
@@ -1125,7 +1106,7 @@ Test(actor, stop_from_another_shard_or_outside_ends_it_on_its_shard, .timeout = 
 
     /* From a thread outside the engine. */
     cr_assert_eq(pith_stop(b), 0);
-    WAIT_FOR(atomic_load(&plog.terminated) >= 2);
+    TEST_WAIT_FOR(atomic_load(&plog.terminated) >= 2);
     test_sync_shard(1);
     cr_assert_eq(atomic_load(&plog.terminated), 2);
     cr_assert_eq(atomic_load(&plog.term_self), b);
@@ -1150,7 +1131,7 @@ Test(actor, failing_behaviour_ends_the_actor_with_its_status, .timeout = 30)
     pith_ref_t a = spawn_at(0, &probe_type, NULL);
     static const uint32_t types[] = {P_PLAIN, P_FAIL, P_PLAIN};
     burst_from(0, a, types, 3);
-    WAIT_FOR(atomic_load(&plog.terminated) >= 1);
+    TEST_WAIT_FOR(atomic_load(&plog.terminated) >= 1);
     test_sync_shard(0);
     cr_assert_eq(atomic_load(&plog.handled), 2, "%u messages handled", atomic_load(&plog.handled));
     cr_assert_eq(atomic_load(&plog.terminated), 1);
@@ -1213,7 +1194,7 @@ Test(actor, init_failure_fails_the_spawn_without_terminate, .timeout = 30)
     /* Nothing of it is left: its state went back, and the actor table once it had stayed
      * empty for 10 ms (core/actor.c, TRIM_DELAY_NS). */
     pith_mem_stats_t m1;
-    WAIT_FOR(pith_mem_stats(0, &m1) == 0 && m1.in_use == m0.in_use);
+    TEST_WAIT_FOR(pith_mem_stats(0, &m1) == 0 && m1.in_use == m0.in_use);
     cr_assert_eq(m1.in_use, m0.in_use, "in_use %zu, %zu before the spawn", m1.in_use, m0.in_use);
     test_stop(NULL);
 }
@@ -1268,7 +1249,7 @@ Test(actor, spawn_on_another_shard_replies_on_the_caller, .timeout = 30)
     struct spawn_on_req q = {.shard = 1, .type = &probe_type};
     call_on(0, spawn_on_fn, &q);
     cr_assert_eq(so.rc, 0, "pith_spawn_on: %d (%s)", so.rc, pith_strerror(so.rc));
-    WAIT_FOR(atomic_load(&so.calls) >= 1);
+    TEST_WAIT_FOR(atomic_load(&so.calls) >= 1);
     test_sync_shard(0);
     cr_assert_eq(atomic_load(&so.calls), 1);
     cr_assert_eq(so.err, 0, "done got error %d", so.err);
@@ -1278,7 +1259,7 @@ Test(actor, spawn_on_another_shard_replies_on_the_caller, .timeout = 30)
     cr_assert_eq(pith_ref_shard(so.ref), 1);
     pith_ref_t a = so.ref;
     cr_assert_eq(send_u64_from(0, a, P_PLAIN, 77), 0);
-    WAIT_FOR(atomic_load(&plog.handled) >= 1);
+    TEST_WAIT_FOR(atomic_load(&plog.handled) >= 1);
     test_sync_shard(1);
     cr_assert_eq(plog.e[0].val, 77);
     cr_assert_eq(plog.e[0].shard, 1, "the actor ran on shard %d", plog.e[0].shard);
@@ -1289,7 +1270,7 @@ Test(actor, spawn_on_another_shard_replies_on_the_caller, .timeout = 30)
     q.shard = 0;
     call_on(0, spawn_on_fn, &q);
     cr_assert_eq(so.rc, 0);
-    WAIT_FOR(atomic_load(&so.calls) >= 1);
+    TEST_WAIT_FOR(atomic_load(&so.calls) >= 1);
     test_sync_shard(0);
     cr_assert_eq(so.err, 0);
     cr_assert_eq(so.shard, 0);
@@ -1302,7 +1283,7 @@ Test(actor, spawn_on_another_shard_replies_on_the_caller, .timeout = 30)
     q = (struct spawn_on_req){.shard = 1, .type = &init_fails_type};
     call_on(0, spawn_on_fn, &q);
     cr_assert_eq(so.rc, 0);
-    WAIT_FOR(atomic_load(&so.calls) >= 1);
+    TEST_WAIT_FOR(atomic_load(&so.calls) >= 1);
     test_sync_shard(0);
     cr_assert_eq(so.err, -ENOENT, "done got %d", so.err);
     cr_assert_eq(so.ref, PITH_REF_NONE);
@@ -1399,7 +1380,7 @@ Test(actor, outside_thread_sends_to_actors, .timeout = 30)
         cr_assert_eq(pith_send(a, P_PLAIN, &i, sizeof(i)), 0);
         cr_assert_eq(pith_send(b, P_PLAIN, &i, sizeof(i)), 0);
     }
-    WAIT_FOR(atomic_load(&plog.handled) >= 20);
+    TEST_WAIT_FOR(atomic_load(&plog.handled) >= 20);
     test_sync_shard(0);
     test_sync_shard(1);
     cr_assert_eq(atomic_load(&plog.handled), 20);
@@ -1507,7 +1488,7 @@ Test(actor, a_million_actors_come_and_go_and_give_their_memory_back, .timeout = 
             cr_assert_fail("ref %" PRIu64 " is %#" PRIx64, i, many.refs[i]);
 
     many_pass(n, 1);
-    WAIT_FOR(atomic_load(&many.handled) >= n);
+    TEST_WAIT_FOR(atomic_load(&many.handled) >= n);
     many_pass(n, 2);
     test_sync_shard(0);
     cr_assert_eq(atomic_load(&many.handled), n);
@@ -1524,7 +1505,7 @@ Test(actor, a_million_actors_come_and_go_and_give_their_memory_back, .timeout = 
     /* The empty actor table goes back once it has stayed empty for 10 ms (core/actor.c,
      * TRIM_DELAY_NS): wait for that. */
     pith_mem_stats_t after;
-    WAIT_FOR(pith_mem_stats(0, &after) == 0 && after.in_use == before.in_use);
+    TEST_WAIT_FOR(pith_mem_stats(0, &after) == 0 && after.in_use == before.in_use);
     cr_assert_eq(after.in_use, before.in_use,
                  "shard 0 holds %zu bytes, %zu before the spawns (%+zd)", after.in_use,
                  before.in_use, (ssize_t)(after.in_use - before.in_use));
@@ -1629,7 +1610,7 @@ Test(actor, engine_stop_terminates_live_actors_once_on_their_shards, .timeout = 
         cr_assert_null(rc, "seeding on shard %u: %d", s, (int)(intptr_t)rc);
     }
     /* Let the mail go round a few times. */
-    WAIT_FOR(atomic_load(&live.handled) >= 4 * 6 * LIVE_PAIRS);
+    TEST_WAIT_FOR(atomic_load(&live.handled) >= 4 * 6 * LIVE_PAIRS);
     pith_actor_type_stats_t st = type_stats(&live_type);
     cr_assert_eq(st.live, 2 * LIVE_PAIRS);
     cr_assert_eq(st.stopped, 0);

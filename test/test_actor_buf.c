@@ -4,7 +4,6 @@
  * Actor code runs on shard threads and reports back through globals read after syncing. */
 #include <stdatomic.h>
 #include <string.h>
-#include <time.h>
 
 #include "util.h"
 
@@ -131,11 +130,7 @@ Test(actor_buf, a_buffer_reaches_both_shards_uncopied_and_goes_home, .timeout = 
         cr_assert_eq(j.rc[i], 0, "send %d: %d", i, j.rc[i]);
     cr_assert_eq(j.rc[4], -ESRCH);
     cr_assert_eq(j.rc[5], -EINVAL);
-    /* Nothing signals the test thread: poll, 1 ms naps, bounded. */
-    struct timespec nap = {0, 1000 * 1000};
-    for (uint64_t polls = (uint64_t)(20000 * test_timeout_multiplier());
-         atomic_load(&bt.handled) < 4 && polls > 0; polls--)
-        nanosleep(&nap, NULL);
+    TEST_WAIT_FOR(atomic_load(&bt.handled) >= 4);
     cr_assert_eq(atomic_load(&bt.handled), 4);
     cr_assert_eq(atomic_load(&bt.same_bytes), 4, "a message saw a copy, not the buffer");
     cr_assert_eq(atomic_load(&bt.intact), 4);
@@ -147,12 +142,7 @@ Test(actor_buf, a_buffer_reaches_both_shards_uncopied_and_goes_home, .timeout = 
     for (unsigned s = 0; s < 2; s++)
         cr_assert_eq(pith_call_wait(s, stop_fn, &readers[s], NULL), 0);
     pith_mem_stats_t after = {0};
-    for (uint64_t polls = (uint64_t)(20000 * test_timeout_multiplier()); polls > 0; polls--) {
-        cr_assert_eq(pith_mem_stats(0, &after), 0);
-        if (after.in_use == before.in_use)
-            break;
-        nanosleep(&nap, NULL);
-    }
+    TEST_WAIT_FOR(pith_mem_stats(0, &after) == 0 && after.in_use == before.in_use);
     cr_assert_eq(after.in_use, before.in_use, "shard 0 holds %zu bytes, %zu before", after.in_use,
                  before.in_use);
     pith_stop_report_t rep;

@@ -2,7 +2,6 @@
  * own account, refuses past it, and the account goes with the actor; the type's mailbox_now
  * counts what waits. Actor code runs on shard 0 and reports back through a struct. */
 #include <string.h>
-#include <time.h>
 
 #include "util.h"
 
@@ -171,16 +170,9 @@ Test(actor_mem, mailbox_now_counts_what_waits, .timeout = 30)
     cr_assert_eq(pith_call_wait(0, fill_fn, &f, NULL), 0);
     cr_assert_eq(f.rc, 0);
     cr_assert_eq(f.now_while_full, 300);
-    /* The turns requeue themselves behind other work: poll (1 ms naps, bounded) until the
-     * 300 messages are handled. */
+    /* The turns requeue themselves behind other work: wait until the 300 are handled. */
     pith_actor_type_stats_t st;
-    struct timespec nap = {0, 1000 * 1000};
-    for (uint64_t polls = (uint64_t)(10000 * test_timeout_multiplier()); polls > 0; polls--) {
-        cr_assert_eq(pith_actor_type_stats(&queue_type, &st), 0);
-        if (st.messages == 300)
-            break;
-        nanosleep(&nap, NULL);
-    }
+    TEST_WAIT_FOR(pith_actor_type_stats(&queue_type, &st) == 0 && st.messages == 300);
     cr_assert_eq(st.messages, 300);
     cr_assert_eq(st.mailbox_now, 0);
     cr_assert_geq(st.mailbox_max, 200);

@@ -4,7 +4,6 @@
  * Actor code runs on shard threads and reports back through globals read after the run. */
 #include <stdatomic.h>
 #include <string.h>
-#include <time.h>
 
 #include "util.h"
 
@@ -113,11 +112,7 @@ static void run(unsigned consumer_shard, unsigned producer_shard)
     mt.consumer = c.ref;
     cr_assert_eq(pith_call_wait(producer_shard, spawn_fn, &p, NULL), 0);
     cr_assert_eq(p.rc, 0);
-    /* Nothing signals the test thread: poll, 1 ms naps, bounded (stretched under valgrind). */
-    uint64_t polls = (uint64_t)(30000 * test_timeout_multiplier());
-    struct timespec nap = {0, 1000 * 1000};
-    while (atomic_load(&mt.received) < mt.total && polls-- > 0)
-        nanosleep(&nap, NULL);
+    TEST_WAIT_FOR(atomic_load(&mt.received) >= mt.total);
     cr_assert_eq(atomic_load(&mt.received), mt.total, "%lu of %lu messages arrived",
                  (unsigned long)atomic_load(&mt.received), (unsigned long)mt.total);
     cr_assert_eq(atomic_load(&mt.out_of_order), 0);

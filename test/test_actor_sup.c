@@ -16,36 +16,12 @@
 
 /* ---- helpers ---- */
 
-/* The nap of the polling loops below: 1 ms. */
-static void nap(void)
-{
-    struct timespec ts = {0, 1000 * 1000};
-    nanosleep(&ts, NULL);
-}
-
-/* How many naps a wait may take: nothing signals the test thread when a shard has done what it
- * waits for (a turn, a delivery across shards, a timer), so it polls, 1 ms at a time, for at
- * most 20 s (stretched as the timeouts are under sanitizers and valgrind). */
-static uint64_t wait_polls(void)
-{
-    return (uint64_t)(20000 * test_timeout_multiplier());
-}
-
-/* Waits, bounded (see wait_polls), for `cond` to hold; fails the test when it never does. */
-#define WAIT_FOR(cond)                                                                             \
-    do {                                                                                           \
-        uint64_t polls_ = wait_polls();                                                            \
-        while (!(cond) && polls_-- > 0)                                                            \
-            nap();                                                                                 \
-        cr_assert(cond, "timed out waiting for %s", #cond);                                        \
-    } while (0)
-
 /* Sleeps ms milliseconds: only to give something that must NOT happen (a timer that was
  * cancelled, a reply that came too late) the time to show up if it wrongly did. */
 static void settle_ms(unsigned ms)
 {
-    for (unsigned i = 0; i < ms; i++)
-        nap();
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000 * 1000};
+    nanosleep(&ts, NULL);
 }
 
 static void *call_on(unsigned shard, pith_call_fn_t fn, void *arg)
@@ -253,11 +229,11 @@ static const struct ev *ev_nth(int kind, pith_ref_t self, uint32_t type, unsigne
     return NULL;
 }
 
-/* Waits (bounded, see wait_polls) for the k-th matching entry and returns it. */
+/* Waits (bounded, see TEST_WAIT_FOR) for the k-th matching entry and returns it. */
 static const struct ev *ev_wait(int kind, pith_ref_t self, uint32_t type, unsigned k)
 {
     const struct ev *e;
-    WAIT_FOR((e = ev_nth(kind, self, type, k)) != NULL);
+    TEST_WAIT_FOR((e = ev_nth(kind, self, type, k)) != NULL);
     return e;
 }
 
@@ -684,7 +660,7 @@ Test(actor_sup, ask_timeouts_and_late_replies, .timeout = 60)
     const struct ev *r0 = ev_wait(EV_MSG, late0, T_LATE, 0);
     cr_assert_eq(r0->val, ql.req);
     cr_assert_eq(r0->rc, 0, "the late pith_reply: %d (%s)", r0->rc, pith_strerror(r0->rc));
-    WAIT_FOR(core_stats(0).late_replies == 2);
+    TEST_WAIT_FOR(core_stats(0).late_replies == 2);
     /* The late replies were dropped: nothing more reaches the askers. */
     test_sync_shard(0);
     cr_assert_eq(ev_count(EV_MSG, asker, R_ANSWER), 0, "a late reply reached the actor");
@@ -804,7 +780,7 @@ Test(actor_sup, actor_timers_one_shot_periodic_cancel_and_end_with_the_actor, .t
     armed =
         cmd_wait(t, C_TIMER, (struct cmd){.a = 5 * MS, .b = 5 * MS, .type = T_TICK, .val = 5}, 1);
     cr_assert_eq(armed->rc, 0, "pith_actor_timer: %d (%s)", armed->rc, pith_strerror(armed->rc));
-    WAIT_FOR(ev_count(EV_MSG, t, T_TICK) >= 3);
+    TEST_WAIT_FOR(ev_count(EV_MSG, t, T_TICK) >= 3);
     const struct ev *cancel = cmd_wait(t, C_CANCEL, (struct cmd){0}, 0);
     cr_assert_eq(cancel->rc, 0, "pith_actor_timer_cancel: %d (%s)", cancel->rc,
                  pith_strerror(cancel->rc));
@@ -829,7 +805,7 @@ Test(actor_sup, actor_timers_one_shot_periodic_cancel_and_end_with_the_actor, .t
     pith_ref_t t2 = spawn_at(1, &agent_type, NULL);
     armed = cmd_wait(t2, C_TIMER, (struct cmd){.a = 2 * MS, .b = 2 * MS, .type = T_TICK}, 0);
     cr_assert_eq(armed->rc, 0);
-    WAIT_FOR(ev_count(EV_MSG, t2, T_TICK) >= 3);
+    TEST_WAIT_FOR(ev_count(EV_MSG, t2, T_TICK) >= 3);
     cr_assert_eq(stop_from(1, t2, false), 0);
     cr_assert_eq(term_wait(t2)->rc, PITH_EXIT_NORMAL);
     uint64_t msgs = core_stats(1).timer_msgs;
@@ -840,7 +816,7 @@ Test(actor_sup, actor_timers_one_shot_periodic_cancel_and_end_with_the_actor, .t
     cr_assert_eq(armed->rc, 0);
     armed = cmd_wait(t3, C_TIMER, (struct cmd){.a = LONG_NS, .type = T_ONE}, 1);
     cr_assert_eq(armed->rc, 0);
-    WAIT_FOR(ev_count(EV_MSG, t3, T_TICK) >= 3);
+    TEST_WAIT_FOR(ev_count(EV_MSG, t3, T_TICK) >= 3);
     cr_assert_eq(cmd_wait(t3, C_STOP, (struct cmd){0}, 0)->rc, 0);
     cr_assert_eq(term_wait(t3)->rc, PITH_EXIT_NORMAL);
     cr_assert_eq(timers_pending(1), pending_before);
@@ -852,13 +828,10 @@ Test(actor_sup, actor_timers_one_shot_periodic_cancel_and_end_with_the_actor, .t
     cr_assert_eq(core_stats(1).timer_msgs, msgs3, "timers of ended actors still send");
 
     /* Everything the timers took is back once the actors are gone (the shard may keep its
-     * emptied actor table a short while before it lets it go: poll, bounded). */
+     * emptied actor table a short while before it lets it go: wait, bounded). */
     cr_assert_eq(stop_from(1, t, false), 0);
-    size_t mem_after = mem_in_use(1);
-    for (uint64_t polls = wait_polls(); mem_after != mem_before && polls > 0; polls--) {
-        nap();
-        mem_after = mem_in_use(1);
-    }
+    size_t mem_after;
+    TEST_WAIT_FOR((mem_after = mem_in_use(1)) == mem_before);
     cr_assert_eq(mem_after, mem_before, "shard 1 holds %zu bytes, %zu before", mem_after,
                  mem_before);
     ev_assert_no_overflow();
@@ -1235,7 +1208,7 @@ static uint64_t kid_count(pith_ref_t ref, unsigned i)
 {
     unsigned g = atomic_load(&kids.gets[i]);
     send_to(ref, K_GET, NULL, 0);
-    WAIT_FOR(atomic_load(&kids.gets[i]) == g + 1);
+    TEST_WAIT_FOR(atomic_load(&kids.gets[i]) == g + 1);
     return atomic_load(&kids.counted[i]);
 }
 
@@ -1282,7 +1255,7 @@ static pith_ref_t whereis_on(unsigned shard, const char *name)
 
 /* Waits (bounded) until both shards' replicas map name to ref. */
 #define WAIT_NAME(name, ref)                                                                       \
-    WAIT_FOR(whereis_on(0, (name)) == (ref) && whereis_on(1, (name)) == (ref))
+    TEST_WAIT_FOR(whereis_on(0, (name)) == (ref) && whereis_on(1, (name)) == (ref))
 
 /* Starts a supervisor of KIDS children on shard 0 (child `named` registered as `name`), counts
  * child i up to i + 1, crashes child 1, and checks which children the strategy restarted. */
@@ -1325,7 +1298,7 @@ static void strategy_run(pith_strategy_t strategy, const bool restarted[KIDS], u
         cr_assert_eq(kid_count(old[i], i), i + 1);
 
     send_to(old[1], K_CRASH, NULL, 0);
-    WAIT_FOR(atomic_load(&kids.starts[1]) == 2);
+    TEST_WAIT_FOR(atomic_load(&kids.starts[1]) == 2);
     /* The supervisor restarts in the one turn that handles the crash's DOWN. */
     test_sync_shard(0);
 
@@ -1421,11 +1394,11 @@ Test(actor_sup, supervisor_escalates_past_its_intensity, .timeout = 30)
     refs[2] = sup_child(sup, 2);
     /* Two crashes: two restarts. */
     send_to(refs[0], K_CRASH, NULL, 0);
-    WAIT_FOR(atomic_load(&kids.starts[0]) == 2);
+    TEST_WAIT_FOR(atomic_load(&kids.starts[0]) == 2);
     refs[3] = sup_child(sup, 0);
     cr_assert_neq(refs[3], refs[0]);
     send_to(refs[3], K_CRASH, NULL, 0);
-    WAIT_FOR(atomic_load(&kids.starts[0]) == 3);
+    TEST_WAIT_FOR(atomic_load(&kids.starts[0]) == 3);
     refs[4] = sup_child(sup, 0);
     cr_assert_neq(refs[4], refs[3]);
     cr_assert_neq(refs[4], PITH_REF_NONE);
@@ -1616,7 +1589,8 @@ Test(actor_sup, engine_stop_with_asks_timers_monitors_links_and_a_supervisor_tre
     cr_assert_eq(register_from(0, "stop.agent", ag[1][3]), 0);
     WAIT_NAME("stop.kid", sup_child(sup, 1));
     WAIT_NAME("stop.agent", ag[1][3]);
-    WAIT_FOR(ev_count(EV_MSG, ag[0][3], T_TICK) >= 3 && ev_count(EV_MSG, ag[1][3], T_TICK) >= 3);
+    TEST_WAIT_FOR(ev_count(EV_MSG, ag[0][3], T_TICK) >= 3 &&
+                  ev_count(EV_MSG, ag[1][3], T_TICK) >= 3);
 
     pith_stop_report_t rep;
     test_stop(&rep);

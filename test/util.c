@@ -174,6 +174,17 @@ void test_sync_shard(unsigned shard)
                  (long)(intptr_t)res);
 }
 
+void test_sync_all(void)
+{
+    for (unsigned i = 0; i < pith_shard_count(); i++)
+        test_sync_shard(i);
+}
+
+uint64_t test_wait_deadline(void)
+{
+    return pith_now_ns() + (uint64_t)(20e9 * test_timeout_multiplier());
+}
+
 void test_stats(pith_shard_stats_t *out, unsigned shards)
 {
     for (unsigned i = 0; i < shards; i++)

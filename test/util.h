@@ -47,6 +47,25 @@ void test_assert_no_leaks(void);
  * did before it ahead of what the caller does next. */
 void test_sync_shard(unsigned shard);
 
+/* A round trip to every shard of the running engine: each loop moves on at least once. */
+void test_sync_all(void);
+
+/* When a TEST_WAIT_FOR gives up: 20 s from now, stretched as the timeouts are under sanitizers
+ * and valgrind. */
+uint64_t test_wait_deadline(void);
+
+/* Waits for what the shards do asynchronously (an actor's turn, a delivery across shards, a
+ * timer) to show in `cond`, without sleeping: nothing signals the test thread, so it makes
+ * round trips to every shard (test_sync_all), which also order the shards' writes before its
+ * next look. Bounded in wall time by test_wait_deadline; fails the test if cond never holds. */
+#define TEST_WAIT_FOR(cond)                                                                        \
+    do {                                                                                           \
+        uint64_t deadline_ = test_wait_deadline();                                                 \
+        while (!(cond) && pith_now_ns() < deadline_)                                               \
+            test_sync_all();                                                                       \
+        cr_assert(cond, "timed out waiting for %s", #cond);                                        \
+    } while (0)
+
 /* Runs `rounds` round trips a -> b -> a (a task on a submits to b, whose task submits back) and
  * blocks on a semaphore until the last one is back on a. Asserts no submit failed. */
 void test_pingpong(unsigned a, unsigned b, uint64_t rounds);
