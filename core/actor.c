@@ -508,6 +508,18 @@ static void deliver_task(void *arg)
         core_msg_free(m);
 }
 
+/* The message of a send; flag goes into its length (see send_impl). */
+static inline struct amsg *send_msg(int dst, pith_ref_t to, uint32_t type, const void *data,
+                                    uint32_t len, uint32_t flag, bool *made)
+{
+    struct amsg *m = core_msg_make_for(dst, to, core_current, type, data, len);
+    if (m != NULL) {
+        m->len |= flag;
+        *made = true;
+    }
+    return m;
+}
+
 /* A send to an actor of the calling shard (cs is core_self). */
 static inline int send_here(struct core_shard *cs, pith_ref_t to, uint32_t type, const void *data,
                             uint32_t len, uint32_t flag, bool *made)
@@ -519,11 +531,9 @@ static inline int send_here(struct core_shard *cs, pith_ref_t to, uint32_t type,
         bump(&ctr(cs, a->rec)->rejected, 1);
         return -EAGAIN;
     }
-    struct amsg *m = core_msg_make_for(-1, to, core_current, type, data, len);
+    struct amsg *m = send_msg(-1, to, type, data, len, flag, made);
     if (m == NULL)
         return -ENOMEM;
-    m->len |= flag;
-    *made = true;
     int err = core_enqueue(cs, a, m);
     if (err)
         core_msg_free(m);
@@ -555,11 +565,10 @@ static int send_impl(pith_ref_t to, uint32_t type, const void *data, uint32_t le
     }
     if (cs != NULL && cs->closing)
         return -ESHUTDOWN;
-    struct amsg *m = core_msg_make(to, me >= 0 ? core_current : PITH_REF_NONE, type, data, len);
+    /* Outside the engine core_current is PITH_REF_NONE: the message has no sender. */
+    struct amsg *m = send_msg((int)dst, to, type, data, len, flag, made);
     if (m == NULL)
         return -ENOMEM;
-    m->len |= flag;
-    *made = true;
     int err = pith_submit(dst, deliver_task, m);
     if (err)
         core_msg_free(m);

@@ -169,6 +169,54 @@ uint64_t bench_clock_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+#define WAIT_SLICE_NS 100000000ull
+#define STUCK_NS      5000000000ull
+
+int bench_wait_progress(const bench_env_t *env, sem_t *sem, bench_wait_check_t check, void *ctx)
+{
+    uint64_t last = 0;
+    int err = check(ctx, false, &last);
+    uint64_t start = bench_clock_ns(), last_change = start;
+    while (err == 0) {
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl); /* sem_timedwait's clock */
+        dl.tv_nsec += (long)WAIT_SLICE_NS;
+        if (dl.tv_nsec >= 1000000000L) {
+            dl.tv_sec++;
+            dl.tv_nsec -= 1000000000L;
+        }
+        uint64_t cur;
+        if (sem_timedwait(sem, &dl) == 0)
+            return check(ctx, true, &cur);
+        if (errno != ETIMEDOUT && errno != EINTR)
+            return -errno;
+        if ((err = check(ctx, false, &cur)) != 0)
+            break;
+        uint64_t now = bench_clock_ns();
+        if (cur != last) {
+            last = cur;
+            last_change = now;
+        } else if (now - last_change > STUCK_NS) {
+            return -EDEADLK;
+        }
+        if ((double)(now - start) / 1e9 > env->wait_s)
+            return -ETIMEDOUT;
+    }
+    return err;
+}
+
+const char *bench_wait_strerror(int rc)
+{
+    switch (rc) {
+    case -ETIMEDOUT:
+        return "timed out";
+    case -EDEADLK:
+        return "no progress for 5 s";
+    default:
+        return pith_strerror(rc);
+    }
+}
+
 bench_stats_t bench_stats(unsigned shard)
 {
     bench_stats_t b = {0};

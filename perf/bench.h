@@ -49,6 +49,15 @@ int bench_wait(const bench_env_t *env, sem_t *sem);
 /* CLOCK_MONOTONIC in ns, read directly, for the raw baselines (no engine code on their path). */
 uint64_t bench_clock_ns(void);
 
+/* What bench_wait_progress looks at every 100 ms: the run's failure (non-zero ends the wait with
+ * it; `done`: sem was posted) and, through *progress, a count that moves while the run advances. */
+typedef int (*bench_wait_check_t)(void *ctx, bool done, uint64_t *progress);
+/* As bench_wait, watching the run: returns check's failure (or 0 once sem is posted),
+ * -ETIMEDOUT, or -EDEADLK when the progress count stood still for 5 s. */
+int bench_wait_progress(const bench_env_t *env, sem_t *sem, bench_wait_check_t check, void *ctx);
+/* The words for bench_wait_progress's own errors, else pith_strerror. */
+const char *bench_wait_strerror(int rc);
+
 /* Delta of the counters that rows quote in notes, between two pith_shard_stats snapshots. */
 typedef struct bench_stats {
     uint64_t loops, sleeps, msgs_out, batches_out, ring_full, backpressure, wakes_sent;

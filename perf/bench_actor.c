@@ -36,8 +36,6 @@
 #define IDLE_STATE 64u
 /* How often a waiting row looks at its progress, and how long it lets it stand still before it
  * gives up: a hang in the engine then fails the row in seconds, not after env->wait_s. */
-#define WAIT_SLICE_NS 100000000ull
-#define STUCK_NS      5000000000ull
 
 /* Round trips per sample of the same-shard ask row, as the oneshot row it is compared with
  * times items in batches: a round trip there is a few hundred ns, of which two clock reads would
@@ -93,58 +91,40 @@ static void bump(_Atomic uint64_t *p)
                           memory_order_relaxed);
 }
 
-/* Waits for sem up to env->wait_s, looking every WAIT_SLICE_NS at *progress. Returns 0, a
- * failure the row recorded (*err), -ETIMEDOUT, or -EDEADLK when *progress stood still for
- * STUCK_NS. When `lossy` is set, a message its actors rejected or dropped is lost for good
- * (nobody retries it) and ends the wait with -EPIPE. */
+/* What wait_progress gives bench_wait to look at. */
+struct progress_check {
+    const _Atomic uint64_t *progress;
+    const int *err;
+    const pith_actor_type_t *lossy;
+};
+
+static int progress_check(void *ctx, bool done, uint64_t *progress)
+{
+    const struct progress_check *c = ctx;
+    *progress = load(c->progress);
+    int err = *(const volatile int *)c->err;
+    if (err || done || c->lossy == NULL)
+        return err;
+    pith_actor_type_stats_t ts;
+    if (pith_actor_type_stats(c->lossy, &ts) == 0 && ts.rejected + ts.dropped > 0)
+        return -EPIPE;
+    return 0;
+}
+
+/* Waits for sem (bench_wait_progress) while *progress moves. Returns 0, a failure the row recorded
+ * (*err), -ETIMEDOUT or -EDEADLK. When `lossy` is set, a message its actors rejected or
+ * dropped is lost for good (nobody retries it) and ends the wait with -EPIPE. */
 static int wait_progress(const bench_env_t *env, sem_t *sem, const _Atomic uint64_t *progress,
                          const int *err, const pith_actor_type_t *lossy)
 {
-    uint64_t start = bench_clock_ns(), last_change = start;
-    uint64_t last = load(progress);
-    for (;;) {
-        struct timespec dl;
-        clock_gettime(CLOCK_REALTIME, &dl); /* sem_timedwait's clock */
-        dl.tv_nsec += (long)WAIT_SLICE_NS;
-        if (dl.tv_nsec >= 1000000000L) {
-            dl.tv_sec++;
-            dl.tv_nsec -= 1000000000L;
-        }
-        if (sem_timedwait(sem, &dl) == 0)
-            return *(const volatile int *)err;
-        if (errno != ETIMEDOUT && errno != EINTR)
-            return -errno;
-        if (*(const volatile int *)err)
-            return *(const volatile int *)err;
-        if (lossy != NULL) {
-            pith_actor_type_stats_t ts;
-            if (pith_actor_type_stats(lossy, &ts) == 0 && ts.rejected + ts.dropped > 0)
-                return -EPIPE;
-        }
-        uint64_t now = bench_clock_ns(), cur = load(progress);
-        if (cur != last) {
-            last = cur;
-            last_change = now;
-        } else if (now - last_change > STUCK_NS) {
-            return -EDEADLK;
-        }
-        if ((double)(now - start) / 1e9 > env->wait_s)
-            return -ETIMEDOUT;
-    }
+    struct progress_check c = {progress, err, lossy};
+    return bench_wait_progress(env, sem, progress_check, &c);
 }
 
 static const char *wait_err(int rc)
 {
-    switch (rc) {
-    case -ETIMEDOUT:
-        return "timed out";
-    case -EDEADLK:
-        return "no progress for 5 s";
-    case -EPIPE:
-        return "the counter's mailbox rejected or dropped messages (lost)";
-    default:
-        return pith_strerror(rc);
-    }
+    return rc == -EPIPE ? "the counter's mailbox rejected or dropped messages (lost)"
+                        : bench_wait_strerror(rc);
 }
 
 /* ---- counting: one producer, one counter, n messages of 8 bytes ----

@@ -37,8 +37,6 @@
 #define ASK_TIMEOUT_NS (60ull * 1000000000ull)
 /* How often the waiting thread looks at progress, and how long progress may stand still before
  * the row gives up: a hang fails the row in seconds, not after env->wait_s. */
-#define WAIT_SLICE_NS 100000000ull
-#define STUCK_NS      5000000000ull
 
 enum {
     SV_GO = 1,
@@ -102,49 +100,18 @@ static uint64_t sv_progress(void)
     return sum;
 }
 
-/* Waits for the run up to env->wait_s, looking every WAIT_SLICE_NS at the progress. Returns 0,
- * the run's failure, -ETIMEDOUT, or -EDEADLK when progress stood still for STUCK_NS. */
-static int sv_wait(const bench_env_t *env)
+static int sv_check(void *ctx, bool done, uint64_t *progress)
 {
-    uint64_t start = bench_clock_ns(), last_change = start;
-    uint64_t last = sv_progress();
-    for (;;) {
-        struct timespec dl;
-        clock_gettime(CLOCK_REALTIME, &dl); /* sem_timedwait's clock */
-        dl.tv_nsec += (long)WAIT_SLICE_NS;
-        if (dl.tv_nsec >= 1000000000L) {
-            dl.tv_sec++;
-            dl.tv_nsec -= 1000000000L;
-        }
-        if (sem_timedwait(&sv.finished, &dl) == 0)
-            return atomic_load(&sv.err);
-        if (errno != ETIMEDOUT && errno != EINTR)
-            return -errno;
-        int err = atomic_load(&sv.err);
-        if (err)
-            return err;
-        uint64_t now = bench_clock_ns(), cur = sv_progress();
-        if (cur != last) {
-            last = cur;
-            last_change = now;
-        } else if (now - last_change > STUCK_NS) {
-            return -EDEADLK;
-        }
-        if ((double)(now - start) / 1e9 > env->wait_s)
-            return -ETIMEDOUT;
-    }
+    (void)ctx;
+    (void)done;
+    *progress = sv_progress();
+    return atomic_load(&sv.err);
 }
 
-static const char *sv_err(int rc)
+/* Waits for the run (bench_wait_progress). Returns 0, the run's failure, -ETIMEDOUT or -EDEADLK. */
+static int sv_wait(const bench_env_t *env)
 {
-    switch (rc) {
-    case -ETIMEDOUT:
-        return "timed out";
-    case -EDEADLK:
-        return "no progress for 5 s";
-    default:
-        return pith_strerror(rc);
-    }
+    return bench_wait_progress(env, &sv.finished, sv_check, NULL);
 }
 
 /* Starts the engine; `cross`: the row sends across shards, so they busy-poll when each can have
@@ -337,11 +304,11 @@ static int sv_result(const struct sv_times *t, result_t *r, char *why, size_t wh
 {
     if (t->rc != 0) {
         if (t->failed_run == SV_SETUP)
-            snprintf(why, whylen, "spawning the actors: %s", sv_err(t->rc));
+            snprintf(why, whylen, "spawning the actors: %s", bench_wait_strerror(t->rc));
         else
             snprintf(why, whylen, "%s run %u: %s (progress %llu; %s)",
-                     t->failed_run ? "measured" : "warm-up", t->failed_run, sv_err(t->rc),
-                     (unsigned long long)sv_progress(), what);
+                     t->failed_run ? "measured" : "warm-up", t->failed_run,
+                     bench_wait_strerror(t->rc), (unsigned long long)sv_progress(), what);
         return BENCH_FAIL;
     }
     r->value = r->p50 = t->med;
