@@ -151,12 +151,17 @@ struct shard {
     struct timers timers;
     uint64_t timer_gate; /* TSC value before which no timer is due (tsc.c); 0: look now */
 
-    /* Written by this shard, read by the stop protocol (wakers, stopper, watchdog). */
+    /* Written by this shard, read by the stop protocol (wakers, stopper, watchdog). Every
+     * publish to this shard reads sleep_state, so its line changes only when the shard goes
+     * to sleep or wakes: a counter bumped per message beside it would cost each sender a
+     * cache miss per publish. */
     alignas(CACHE_LINE) _Atomic uint32_t sleep_state;
-    _Atomic uint64_t sleep_epoch;  /* +1 at each announcement of sleep */
-    _Atomic uint64_t remote_sent;  /* tasks appended for other shards */
-    _Atomic uint64_t remote_run;   /* tasks from other shards run */
-    _Atomic uint64_t external_run; /* tasks from the inbox run */
+    _Atomic uint64_t sleep_epoch; /* +1 at each announcement of sleep */
+
+    /* Written by this shard as it works, read by the stop protocol. */
+    alignas(CACHE_LINE) _Atomic uint64_t remote_sent; /* tasks appended for other shards */
+    _Atomic uint64_t remote_run;                      /* tasks from other shards run */
+    _Atomic uint64_t external_run;                    /* tasks from the inbox run */
 
     /* Outside threads push here. */
     alignas(CACHE_LINE) _Atomic(struct inbox_node *) inbox;
