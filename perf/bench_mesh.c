@@ -235,7 +235,7 @@ static int run_stream(const bench_env_t *env, unsigned batch_msgs, uint64_t n, r
     return rc ? BENCH_FAIL : 0;
 }
 
-/* One message per batch: one ck_ring operation per message, the unbatched design. */
+/* One message per batch: one ring operation per message, the unbatched design. */
 int bench_mesh_throughput_batch1(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                                  size_t whylen)
 {

@@ -18,10 +18,8 @@ int mesh_create(struct engine *e)
         struct pair *p = &e->pairs[i];
         if (i / n == i % n)
             continue; /* a shard sends to itself through its local queue */
-        p->slots = aligned_alloc(CACHE_LINE, (size_t)e->cfg.ring_batches * sizeof(struct envelope));
-        if (p->slots == NULL)
+        if (ring_init(&p->ring, e->cfg.ring_batches) != 0)
             return -ENOMEM;
-        ck_ring_init(&p->ring, e->cfg.ring_batches);
         atomic_init(&p->consumed, 0);
     }
     return 0;
@@ -130,7 +128,7 @@ static unsigned push_waiting(struct shard *s, struct outbound *o, unsigned dst)
     struct pair *p = mesh_pair(s->eng, s->id, dst);
     unsigned pushed = 0, msgs = 0;
     while (o->wait.head != NULL) {
-        struct envelope *slot = ck_ring_enqueue_reserve_spsc_envelope(&p->ring, p->slots);
+        struct envelope *slot = ring_reserve(&p->ring);
         if (slot == NULL) {
             stat_add(&s->st.ring_full, 1);
             break;
@@ -150,9 +148,8 @@ static unsigned push_waiting(struct shard *s, struct outbound *o, unsigned dst)
             fifo_push(&o->sent, b);
         }
         /* Everything this shard wrote before the commit (the slot, the batch, whatever the
-         * tasks point to) happens before dst's acquire after its dequeue. */
-        tsan_release(&p->ring);
-        ck_ring_enqueue_commit_spsc(&p->ring);
+         * tasks point to) happens before dst's acquire of the slot (ring.h). */
+        ring_commit(&p->ring, slot);
         o->published++;
         pushed++;
     }
@@ -274,20 +271,21 @@ unsigned mesh_drain(struct shard *s, unsigned budget)
         if (src == s->id)
             continue;
         struct pair *p = mesh_pair(e, src, s->id);
+        bool took = false;
         while (ran < budget) {
-            struct envelope env;
-            tsan_ring_begin();
-            bool ok = ck_ring_dequeue_spsc_envelope(&p->ring, p->slots, &env);
-            tsan_ring_end();
-            if (!ok)
+            const struct envelope *slot = ring_peek(&p->ring);
+            if (slot == NULL)
                 break;
-            tsan_acquire(&p->ring);
-            batches++;
-            struct batch *b = env.batch;
-            const struct task *tasks = b ? b->tasks : env.tasks;
-            uint32_t count = b ? b->count : env.count;
+            /* Past ring_advance the slot stays ours until ring_release: its tasks run from where
+             * they lie. */
+            struct batch *b = slot->batch;
+            const struct task *tasks = b ? b->tasks : slot->tasks;
+            uint32_t count = b ? b->count : slot->count;
+            ring_advance(&p->ring);
             for (uint32_t i = 0; i < count; i++)
                 run_task(s, &tasks[i]);
+            took = true;
+            batches++;
             ran += count;
             stat_add(&s->remote_run, count);
             /* Release pairs with the owner's acquire in reclaim(): every read of b above
@@ -295,6 +293,8 @@ unsigned mesh_drain(struct shard *s, unsigned budget)
             if (b != NULL)
                 atomic_store_explicit(&p->consumed, b->seq + 1, memory_order_release);
         }
+        if (took)
+            ring_release(&p->ring);
     }
     s->next_src = src;
     if (batches) {
@@ -311,7 +311,7 @@ bool mesh_inbound_pending(struct shard *s)
     for (unsigned src = 0; src < e->n; src++) {
         if (src == s->id)
             continue;
-        if (ck_ring_size(&mesh_pair(e, src, s->id)->ring) > 0)
+        if (ring_pending(&mesh_pair(e, src, s->id)->ring))
             return true;
     }
     return false;
@@ -323,14 +323,14 @@ void mesh_release_unrun(struct engine *e, uint64_t *released)
 {
     for (size_t i = 0; i < (size_t)e->n * e->n; i++) {
         struct pair *p = &e->pairs[i];
-        struct envelope env;
-        if (p->slots == NULL)
+        if (p->ring.slots == NULL)
             continue;
-        while (ck_ring_dequeue_spsc_envelope(&p->ring, p->slots, &env)) {
-            if (env.batch == NULL)
-                release_tasks(env.tasks, env.count, released);
+        for (const struct envelope *env; (env = ring_peek(&p->ring)) != NULL;) {
+            if (env->batch == NULL)
+                release_tasks(env->tasks, env->count, released);
             else
-                release_tasks(env.batch->tasks, env.batch->count, released);
+                release_tasks(env->batch->tasks, env->batch->count, released);
+            ring_advance(&p->ring);
         }
     }
 }
@@ -370,7 +370,7 @@ void mesh_destroy(struct engine *e)
     if (e->pairs == NULL)
         return;
     for (size_t i = 0; i < (size_t)e->n * e->n; i++)
-        free(e->pairs[i].slots);
+        ring_fini(&e->pairs[i].ring);
     free(e->pairs);
     e->pairs = NULL;
 }

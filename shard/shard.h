@@ -3,7 +3,6 @@
 #ifndef PITH_SHARD_H
 #define PITH_SHARD_H
 
-#include <ck_ring.h>
 #include <hwloc.h>
 #include <pthread.h>
 #include <semaphore.h>
@@ -19,17 +18,11 @@
 #include "hooks.h"
 #include "io.h"
 #include "mem.h"
+#include "ring.h"
 #include "tsan.h"
 
 #define CACHE_LINE 64
 #define MAX_SHARDS 4096
-
-/* One unit of work: 16 bytes, copied into batches, ring slots and queues by value. Calls and
- * replies are tasks too: their arg is a call record (submit.c). */
-struct task {
-    pith_fn_t fn;
-    void *arg;
-};
 
 /* A batch of tasks for one destination, owned (allocated and freed) by the sending shard. */
 struct batch {
@@ -40,21 +33,9 @@ struct batch {
     struct task tasks[];
 };
 
-/* One ring slot, one cache line: up to ENVELOPE_TASKS tasks travel inline, so a lightly loaded
- * pair costs the receiver no access to the sender's memory; a fuller batch goes by pointer. */
-#define ENVELOPE_TASKS 3
-struct envelope {
-    struct batch *batch; /* NULL: the tasks are inline */
-    uint32_t count;      /* inline tasks */
-    uint32_t reserved;
-    struct task tasks[ENVELOPE_TASKS];
-};
-CK_RING_PROTOTYPE(envelope, envelope)
-
 /* One ordered pair (src -> dst) of the N x N mesh. */
 struct pair {
-    ck_ring_t ring; /* ck pads the consumer and producer indexes onto separate lines */
-    struct envelope *slots;
+    struct ring ring;
     /* Ring entries dst has finished with, as the index of the last batch entry + 1. Written
      * only by dst with a release store after it ran every task of that batch; src reads it
      * with acquire before it reuses batches, so dst's reads of a batch happen before src's
