@@ -31,4 +31,11 @@ int shard_submit_force(unsigned shard, pith_fn_t fn, void *arg);
 bool shard_reader_enter(void);
 void shard_reader_leave(void);
 
+/* The calling shard's table of ring operations (io/fop.h), or NULL off the shards. The
+ * operations report on this shard. */
+struct fops *shard_fops(void);
+
+/* Whether the calling shard's engine has begun to stop: new operations are then refused. */
+bool shard_stopping(void);
+
 #endif

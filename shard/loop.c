@@ -11,7 +11,20 @@
 
 __thread struct shard *shard_cur;
 
+struct fops *shard_fops(void)
+{
+    return shard_cur != NULL ? &shard_cur->fops : NULL;
+}
+
+bool shard_stopping(void)
+{
+    return shard_cur == NULL ||
+           atomic_load_explicit(&shard_cur->eng->state, memory_order_relaxed) != ENGINE_RUNNING;
+}
+
 #define LQ_INITIAL 1024u
+/* How long a stopping shard waits for its cancelled ring operations to report. */
+#define FOPS_DRAIN_NS (UINT64_C(2) * 1000 * 1000 * 1000)
 
 int lq_grow(struct shard *s, bool force)
 {
@@ -185,6 +198,7 @@ static int shard_init(struct shard *s)
     if (err)
         return err;
     s->ring_fd = s->io.ring.ring_fd;
+    fops_init(&s->fops, &s->io, s->id);
     s->efd = eventfd(0, EFD_CLOEXEC);
     if (s->efd < 0)
         return -errno;
@@ -214,6 +228,11 @@ void *shard_main(void *arg)
         arm_efd(s);
         shard_loop(s);
     }
+    /* Operations still in flight report now (cancelled), while what they report to lives. */
+    unsigned stuck = fops_drain(&s->fops, FOPS_DRAIN_NS);
+    if (stuck > 0)
+        fprintf(stderr, "pith: shard %u: %u ring operations never completed at stop\n", s->id,
+                stuck);
     if (shard_hooks.shard_exit != NULL)
         shard_hooks.shard_exit(s->id);
     mesh_shard_exit(s);

@@ -16,6 +16,7 @@
 #include <pith/timer.h>
 
 #include "hooks.h"
+#include "fop.h"
 #include "io.h"
 #include "mem.h"
 #include "ring.h"
@@ -114,6 +115,7 @@ struct shard {
 
     struct mem_home *mem; /* made on the shard's thread; freed after every shard is joined */
     struct io_ring io;
+    struct fops fops;    /* operations on io that report once (io/fop.h) */
     int efd;             /* eventfd that outside threads write to wake this shard */
     struct io_op efd_op; /* the read that is always armed on efd */
     uint64_t efd_buf;

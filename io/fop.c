@@ -1,0 +1,233 @@
+/* Operations that report once: records, ids, linked timeouts, cancellation, the final drain. */
+#include "fop.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <pith/mem.h>
+
+#define FOPS_INITIAL 64u
+/* id: owner (12 bits) | generation (24) | slot (28). A stale id finds nothing unless its slot
+ * holds an operation started exactly a multiple of 2^24 operations later. */
+#define SLOT_BITS 28
+#define GEN_BITS  24
+#define FOPS_MAX  (UINT32_C(1) << SLOT_BITS)
+#define GEN_MASK  ((UINT32_C(1) << GEN_BITS) - 1)
+
+void fops_init(struct fops *t, struct io_ring *r, unsigned owner)
+{
+    memset(t, 0, sizeof(*t));
+    t->ring = r;
+    t->owner = owner;
+    t->gen = 1;
+}
+
+static int grow(struct fops *t)
+{
+    uint32_t cap = t->cap ? t->cap * 2 : FOPS_INITIAL;
+    if (cap > FOPS_MAX)
+        return -ENOMEM;
+    struct fop **slot = realloc(t->slot, cap * sizeof(*slot));
+    if (slot == NULL)
+        return -ENOMEM;
+    t->slot = slot;
+    uint32_t *fr = realloc(t->free, cap * sizeof(*fr));
+    if (fr == NULL)
+        return -ENOMEM; /* slot[] grew, which is harmless: cap stays */
+    t->free = fr;
+    t->cap = cap;
+    return 0;
+}
+
+struct fop *fop_new(struct fops *t, size_t extra, fop_done_fn done)
+{
+    if (t->nfree == 0 && t->used == t->cap && grow(t) != 0)
+        return NULL;
+    struct fop *f = pith_malloc(sizeof(*f) + extra);
+    if (f == NULL)
+        return NULL;
+    memset(f, 0, sizeof(*f));
+    uint32_t idx = t->nfree > 0 ? t->free[--t->nfree] : t->used++;
+    t->slot[idx] = f;
+    f->tab = t;
+    f->done = done;
+    f->id = (uint64_t)t->owner << (GEN_BITS + SLOT_BITS) | (uint64_t)t->gen << SLOT_BITS | idx;
+    if (++t->gen > GEN_MASK)
+        t->gen = 1;
+    t->live++;
+    return f;
+}
+
+/* Takes f out of the table: its id finds nothing from here on. */
+static void fop_unlink(struct fop *f)
+{
+    struct fops *t = f->tab;
+    uint32_t idx = (uint32_t)(f->id & (FOPS_MAX - 1));
+    t->slot[idx] = NULL;
+    t->free[t->nfree++] = idx;
+    t->live--;
+    if (f->fixed)
+        t->fixed_live--;
+}
+
+void fop_discard(struct fop *f)
+{
+    fop_unlink(f);
+    pith_free(f);
+}
+
+struct fop *fops_find(struct fops *t, uint64_t id)
+{
+    uint32_t idx = (uint32_t)(id & (FOPS_MAX - 1));
+    if (id == 0 || idx >= t->used)
+        return NULL;
+    struct fop *f = t->slot[idx];
+    return f != NULL && f->id == id ? f : NULL;
+}
+
+/* Both CQEs in (or the only one): out of the table, report, free. Unlinked first, so that
+ * the outcome's own code sees the operation as finished (a cancel by its id finds nothing,
+ * the buffer set it used is free to go). */
+static void settle(struct fop *f)
+{
+    if (--f->pending > 0)
+        return;
+    int res = f->res;
+    /* The timeout fired and cancelled the operation: say so, rather than -ECANCELED, which
+     * is what the caller gets for its own pith_io_cancel. */
+    if (f->timed_out && res == -ECANCELED)
+        res = -ETIMEDOUT;
+    fop_unlink(f);
+    f->done(f, res);
+    pith_free(f);
+}
+
+static void op_cqe(struct io_op *op, int res, uint32_t cqe_flags)
+{
+    (void)cqe_flags;
+    struct fop *f = (struct fop *)((char *)op - offsetof(struct fop, op));
+    f->res = res;
+    settle(f);
+}
+
+static void timeout_cqe(struct io_op *op, int res, uint32_t cqe_flags)
+{
+    (void)cqe_flags;
+    struct fop *f = (struct fop *)((char *)op - offsetof(struct fop, timeout));
+    f->timed_out = res == -ETIME; /* else -ECANCELED or -ENOENT: the operation ended first */
+    settle(f);
+}
+
+struct io_uring_sqe *fop_sqe(struct fop *f, bool timed)
+{
+    struct io_uring *ring = &f->tab->ring->ring;
+    /* A linked pair must go in one submission: make room for both before taking the first. */
+    unsigned need = timed ? 2 : 1;
+    if (io_uring_sq_space_left(ring) < need) {
+        io_uring_submit(ring);
+        if (io_uring_sq_space_left(ring) < need)
+            return NULL;
+    }
+    return io_uring_get_sqe(ring);
+}
+
+void fop_arm(struct fop *f, struct io_uring_sqe *sqe, uint64_t timeout_ns)
+{
+    f->op.done = op_cqe;
+    io_uring_sqe_set_data(sqe, &f->op);
+    f->pending = 1;
+    if (timeout_ns == 0)
+        return;
+    sqe->flags |= IOSQE_IO_LINK;
+    f->ts.tv_sec = (long long)(timeout_ns / 1000000000u);
+    f->ts.tv_nsec = (long long)(timeout_ns % 1000000000u);
+    struct io_uring_sqe *t = io_uring_get_sqe(&f->tab->ring->ring); /* fop_sqe kept room */
+    io_uring_prep_link_timeout(t, &f->ts, 0);
+    f->timeout.done = timeout_cqe;
+    io_uring_sqe_set_data(t, &f->timeout);
+    f->pending = 2;
+}
+
+int fop_cancel(struct fop *f)
+{
+    if (f->cancelling)
+        return -EALREADY;
+    struct io_uring_sqe *sqe = io_ring_sqe(f->tab->ring);
+    if (sqe == NULL)
+        return -EBUSY;
+    io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)&f->op, 0);
+    io_uring_sqe_set_data64(sqe, 0); /* its own CQE says nothing we need: dispatch skips 0 */
+    f->cancelling = true;
+    return 0;
+}
+
+int fops_register(struct fops *t, const struct iovec *iov, unsigned n)
+{
+    if (t->nbufs > 0)
+        return -EBUSY;
+    struct iovec *copy = malloc(n * sizeof(*copy));
+    if (copy == NULL)
+        return -ENOMEM;
+    memcpy(copy, iov, n * sizeof(*copy));
+    int err = io_uring_register_buffers(&t->ring->ring, iov, n);
+    if (err) {
+        free(copy);
+        return err;
+    }
+    t->bufs = copy;
+    t->nbufs = n;
+    return 0;
+}
+
+int fops_unregister(struct fops *t)
+{
+    if (t->nbufs == 0)
+        return -ENXIO;
+    if (t->fixed_live > 0)
+        return -EBUSY;
+    int err = io_uring_unregister_buffers(&t->ring->ring);
+    if (err)
+        return err;
+    free(t->bufs);
+    t->bufs = NULL;
+    t->nbufs = 0;
+    return 0;
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+unsigned fops_drain(struct fops *t, uint64_t limit_ns)
+{
+    if (t->live > 0) {
+        for (uint32_t i = 0; i < t->used; i++)
+            if (t->slot[i] != NULL && !t->slot[i]->cancelling)
+                (void)fop_cancel(t->slot[i]); /* -EBUSY: the next pass asks again */
+        uint64_t deadline = mono_ns() + limit_ns;
+        while (t->live > 0 && mono_ns() < deadline) {
+            io_ring_wait(t->ring, 10 * 1000 * 1000);
+            for (uint32_t i = 0; i < t->used; i++)
+                if (t->slot[i] != NULL && !t->slot[i]->cancelling)
+                    (void)fop_cancel(t->slot[i]);
+        }
+    }
+    unsigned left = t->live;
+    /* Records the kernel never answered stay allocated: it may still write through them. */
+    if (t->nbufs > 0 && left == 0)
+        (void)io_uring_unregister_buffers(&t->ring->ring);
+    free(t->bufs);
+    free(t->slot);
+    free(t->free);
+    t->bufs = NULL;
+    t->slot = NULL;
+    t->free = NULL;
+    t->nbufs = 0;
+    t->cap = t->used = t->nfree = 0;
+    return left;
+}
