@@ -5,6 +5,7 @@
 #include <pith/actor.h>
 #include <pith/error.h>
 #include <pith/engine.h>
+#include <pith/file.h>
 #include <pith/mem.h>
 #include <pith/timer.h>
 

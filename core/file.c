@@ -1,0 +1,317 @@
+/* pith_file_*: file operations on the calling shard's ring (io/fop.h does the bookkeeping), and
+ * delivery of each outcome to a callback or, as a message, to an actor. */
+#include <pith/file.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core.h"
+#include "fop.h"
+#include "hooks.h"
+
+/* The caller's part of a record: where the outcome goes, then a path or iovec copy. */
+struct fcall {
+    pith_io_done_t done;
+    /* path bytes or struct iovec[], 16-byte aligned */
+    alignas(16) unsigned char tail[];
+};
+
+static void deliver(struct fop *f, int res)
+{
+    struct fcall *c = (struct fcall *)f->data;
+    if (c->done.fn != NULL) {
+        c->done.fn(res, c->done.ctx);
+        return;
+    }
+    pith_io_result_t r = {.res = res, .id = f->id, .ctx = c->done.ctx};
+    /* A stopped actor, or a mailbox full under REJECT, loses the outcome: pith_send counts it
+     * (dead letters, the type's rejected count), as the header says. */
+    (void)pith_send(c->done.to, c->done.type, &r, sizeof(r));
+}
+
+/* Checks what every call shares and makes the record. */
+static int begin(const pith_io_done_t *done, size_t tail, struct fop **out)
+{
+    *out = NULL;
+    struct fops *t = shard_fops();
+    if (t == NULL)
+        return -EPERM;
+    if (done == NULL ||
+        (done->fn == NULL && (done->to == PITH_REF_NONE || done->type >= PITH_MSG_RESERVED)))
+        return -EINVAL;
+    if (shard_stopping())
+        return -ESHUTDOWN;
+    struct fop *f = fop_new(t, sizeof(struct fcall) + tail, deliver);
+    if (f == NULL)
+        return -ENOMEM;
+    struct fcall *c = (struct fcall *)f->data;
+    c->done = *done;
+    *out = f;
+    return 0;
+}
+
+static struct io_uring_sqe *sqe_for(struct fop *f, const pith_io_done_t *done)
+{
+    struct io_uring_sqe *sqe = fop_sqe(f, done->timeout_ns > 0);
+    if (sqe == NULL)
+        fop_discard(f);
+    return sqe;
+}
+
+static int finish(struct fop *f, struct io_uring_sqe *sqe, const pith_io_done_t *done,
+                  pith_io_id_t *id)
+{
+    fop_arm(f, sqe, done->timeout_ns);
+    if (id != NULL)
+        *id = f->id;
+    return 0;
+}
+
+static char *copy_path(struct fop *f, const char *path, size_t n)
+{
+    char *p = (char *)((struct fcall *)f->data)->tail;
+    memcpy(p, path, n);
+    return p;
+}
+
+int pith_file_open(const char *path, int flags, unsigned mode, const pith_io_done_t *done,
+                   pith_io_id_t *id)
+{
+    if (id != NULL)
+        *id = 0;
+    if (path == NULL && shard_fops() != NULL)
+        return -EINVAL;
+    size_t n = path != NULL ? strlen(path) + 1 : 0;
+    struct fop *f;
+    int err = begin(done, n, &f);
+    if (err)
+        return err;
+    struct io_uring_sqe *sqe = sqe_for(f, done);
+    if (sqe == NULL)
+        return -EBUSY;
+    io_uring_prep_openat(sqe, AT_FDCWD, copy_path(f, path, n), flags | O_CLOEXEC, mode);
+    return finish(f, sqe, done, id);
+}
+
+int pith_file_close(int fd, const pith_io_done_t *done, pith_io_id_t *id)
+{
+    if (id != NULL)
+        *id = 0;
+    struct fop *f;
+    int err = begin(done, 0, &f);
+    if (err)
+        return err;
+    struct io_uring_sqe *sqe = sqe_for(f, done);
+    if (sqe == NULL)
+        return -EBUSY;
+    io_uring_prep_close(sqe, fd);
+    return finish(f, sqe, done, id);
+}
+
+/* The registered buffer that holds buf..buf+len, or -1. */
+static int fixed_ok(const struct fops *t, const void *buf, uint32_t len, unsigned index)
+{
+    if (t == NULL || index >= t->nbufs)
+        return -1;
+    uintptr_t b = (uintptr_t)t->bufs[index].iov_base, e = b + t->bufs[index].iov_len;
+    uintptr_t p = (uintptr_t)buf;
+    return p >= b && p <= e && len <= e - p ? 0 : -1;
+}
+
+enum rw { RW_READ, RW_WRITE, RW_READ_FIXED, RW_WRITE_FIXED };
+
+static int rw(enum rw kind, int fd, void *buf, uint32_t len, uint64_t off, unsigned index,
+              const pith_io_done_t *done, pith_io_id_t *id)
+{
+    if (id != NULL)
+        *id = 0;
+    struct fops *t = shard_fops();
+    if (t != NULL && buf == NULL && len > 0)
+        return -EINVAL;
+    bool fixed = kind == RW_READ_FIXED || kind == RW_WRITE_FIXED;
+    if (t != NULL && fixed && fixed_ok(t, buf, len, index) != 0)
+        return -EINVAL;
+    struct fop *f;
+    int err = begin(done, 0, &f);
+    if (err)
+        return err;
+    struct io_uring_sqe *sqe = sqe_for(f, done);
+    if (sqe == NULL)
+        return -EBUSY;
+    switch (kind) {
+    case RW_READ:
+        io_uring_prep_read(sqe, fd, buf, len, off);
+        break;
+    case RW_WRITE:
+        io_uring_prep_write(sqe, fd, buf, len, off);
+        break;
+    case RW_READ_FIXED:
+        io_uring_prep_read_fixed(sqe, fd, buf, len, off, (int)index);
+        break;
+    case RW_WRITE_FIXED:
+        io_uring_prep_write_fixed(sqe, fd, buf, len, off, (int)index);
+        break;
+    }
+    if (fixed) {
+        f->fixed = true;
+        t->fixed_live++;
+    }
+    return finish(f, sqe, done, id);
+}
+
+int pith_file_read(int fd, void *buf, uint32_t len, uint64_t off, const pith_io_done_t *done,
+                   pith_io_id_t *id)
+{
+    return rw(RW_READ, fd, buf, len, off, 0, done, id);
+}
+
+int pith_file_write(int fd, const void *buf, uint32_t len, uint64_t off, const pith_io_done_t *done,
+                    pith_io_id_t *id)
+{
+    return rw(RW_WRITE, fd, (void *)(uintptr_t)buf, len, off, 0, done, id);
+}
+
+int pith_file_read_fixed(int fd, void *buf, uint32_t len, uint64_t off, unsigned index,
+                         const pith_io_done_t *done, pith_io_id_t *id)
+{
+    return rw(RW_READ_FIXED, fd, buf, len, off, index, done, id);
+}
+
+int pith_file_write_fixed(int fd, const void *buf, uint32_t len, uint64_t off, unsigned index,
+                          const pith_io_done_t *done, pith_io_id_t *id)
+{
+    return rw(RW_WRITE_FIXED, fd, (void *)(uintptr_t)buf, len, off, index, done, id);
+}
+
+static int rwv(bool write, int fd, const struct iovec *iov, unsigned iovcnt, uint64_t off,
+               const pith_io_done_t *done, pith_io_id_t *id)
+{
+    if (id != NULL)
+        *id = 0;
+    if (shard_fops() != NULL && (iov == NULL || iovcnt == 0 || iovcnt > IOV_MAX))
+        return -EINVAL;
+    size_t n = (size_t)iovcnt * sizeof(*iov);
+    struct fop *f;
+    int err = begin(done, n, &f);
+    if (err)
+        return err;
+    struct io_uring_sqe *sqe = sqe_for(f, done);
+    if (sqe == NULL)
+        return -EBUSY;
+    /* The kernel may read the array as late as when the operation runs: ours lives as long. */
+    struct iovec *v = (struct iovec *)((struct fcall *)f->data)->tail;
+    memcpy(v, iov, n);
+    if (write)
+        io_uring_prep_writev(sqe, fd, v, iovcnt, off);
+    else
+        io_uring_prep_readv(sqe, fd, v, iovcnt, off);
+    return finish(f, sqe, done, id);
+}
+
+int pith_file_readv(int fd, const struct iovec *iov, unsigned iovcnt, uint64_t off,
+                    const pith_io_done_t *done, pith_io_id_t *id)
+{
+    return rwv(false, fd, iov, iovcnt, off, done, id);
+}
+
+int pith_file_writev(int fd, const struct iovec *iov, unsigned iovcnt, uint64_t off,
+                     const pith_io_done_t *done, pith_io_id_t *id)
+{
+    return rwv(true, fd, iov, iovcnt, off, done, id);
+}
+
+static int sync_op(int fd, unsigned flags, const pith_io_done_t *done, pith_io_id_t *id)
+{
+    if (id != NULL)
+        *id = 0;
+    struct fop *f;
+    int err = begin(done, 0, &f);
+    if (err)
+        return err;
+    struct io_uring_sqe *sqe = sqe_for(f, done);
+    if (sqe == NULL)
+        return -EBUSY;
+    io_uring_prep_fsync(sqe, fd, flags);
+    return finish(f, sqe, done, id);
+}
+
+int pith_file_fsync(int fd, const pith_io_done_t *done, pith_io_id_t *id)
+{
+    return sync_op(fd, 0, done, id);
+}
+
+int pith_file_fdatasync(int fd, const pith_io_done_t *done, pith_io_id_t *id)
+{
+    return sync_op(fd, IORING_FSYNC_DATASYNC, done, id);
+}
+
+int pith_file_statx(const char *path, int flags, unsigned mask, struct statx *out,
+                    const pith_io_done_t *done, pith_io_id_t *id)
+{
+    if (id != NULL)
+        *id = 0;
+    if (shard_fops() != NULL && (path == NULL || out == NULL))
+        return -EINVAL;
+    size_t n = path != NULL ? strlen(path) + 1 : 0;
+    struct fop *f;
+    int err = begin(done, n, &f);
+    if (err)
+        return err;
+    struct io_uring_sqe *sqe = sqe_for(f, done);
+    if (sqe == NULL)
+        return -EBUSY;
+    io_uring_prep_statx(sqe, AT_FDCWD, copy_path(f, path, n), flags, mask, out);
+    return finish(f, sqe, done, id);
+}
+
+int pith_file_unlink(const char *path, int flags, const pith_io_done_t *done, pith_io_id_t *id)
+{
+    if (id != NULL)
+        *id = 0;
+    if (path == NULL && shard_fops() != NULL)
+        return -EINVAL;
+    size_t n = path != NULL ? strlen(path) + 1 : 0;
+    struct fop *f;
+    int err = begin(done, n, &f);
+    if (err)
+        return err;
+    struct io_uring_sqe *sqe = sqe_for(f, done);
+    if (sqe == NULL)
+        return -EBUSY;
+    io_uring_prep_unlinkat(sqe, AT_FDCWD, copy_path(f, path, n), flags);
+    return finish(f, sqe, done, id);
+}
+
+int pith_file_register_buffers(const struct iovec *iov, unsigned n)
+{
+    struct fops *t = shard_fops();
+    if (t == NULL)
+        return -EPERM;
+    if (iov == NULL || n == 0)
+        return -EINVAL;
+    if (shard_stopping())
+        return -ESHUTDOWN;
+    return fops_register(t, iov, n);
+}
+
+int pith_file_unregister_buffers(void)
+{
+    struct fops *t = shard_fops();
+    if (t == NULL)
+        return -EPERM;
+    return fops_unregister(t);
+}
+
+int pith_io_cancel(pith_io_id_t id)
+{
+    struct fops *t = shard_fops();
+    if (t == NULL)
+        return -EPERM;
+    struct fop *f = fops_find(t, id);
+    if (f == NULL)
+        return -ENOENT;
+    return fop_cancel(f);
+}
