@@ -73,6 +73,9 @@ static const bench_row_t rows[] = {
     {"savina.fjthroughput_ms", bench_savina_fjthroughput, 1000, 10000, NULL},
     {"savina.fjcreation_ms", bench_savina_fjcreation, 4000, 40000, NULL},
     {"savina.threadring_ms", bench_savina_threadring, 10000, 100000, NULL},
+    /* n: 4 KiB reads of a page-cached file, one in flight. */
+    {"raw.pread_4k_ns", bench_raw_pread_4k, 20000, 200000, NULL},
+    {"file.read_4k_ns", bench_file_read_4k, 20000, 200000, "raw.pread_4k_ns"},
 };
 #define NROWS (sizeof(rows) / sizeof(rows[0]))
 
