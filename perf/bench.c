@@ -76,6 +76,8 @@ static const bench_row_t rows[] = {
     /* n: 4 KiB reads of a page-cached file, one in flight. */
     {"raw.pread_4k_ns", bench_raw_pread_4k, 20000, 200000, NULL},
     {"file.read_4k_ns", bench_file_read_4k, 20000, 200000, "raw.pread_4k_ns"},
+    {"raw.pread_4k_kops", bench_raw_pread_4k_kops, 20000, 200000, NULL},
+    {"file.read_4k_qd32_kops", bench_file_read_4k_qd32, 20000, 200000, "raw.pread_4k_kops"},
 };
 #define NROWS (sizeof(rows) / sizeof(rows[0]))
 

@@ -168,6 +168,10 @@ int bench_raw_local_oneshot(const bench_env_t *env, uint64_t n, result_t *r, cha
 int bench_actor_spawn(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_raw_pread_4k(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_file_read_4k(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_raw_pread_4k_kops(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                            size_t whylen);
+int bench_file_read_4k_qd32(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                            size_t whylen);
 int bench_actor_bytes(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_actor_ask_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_actor_remote_ask_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why,
