@@ -16,12 +16,20 @@
 #define FOPS_MAX  (UINT32_C(1) << SLOT_BITS)
 #define GEN_MASK  ((UINT32_C(1) << GEN_BITS) - 1)
 
+/* Where each shard's generation count stopped, so that a later engine's ids differ from an
+ * earlier one's: an id kept across a restart finds nothing. Written by shard `owner` as it
+ * ends and read by the next engine's shard `owner` as it starts; the join of the first and
+ * the creation of the second order the two. */
+static uint32_t gen_carry[1u << 12];
+
 void fops_init(struct fops *t, struct io_ring *r, unsigned owner)
 {
     memset(t, 0, sizeof(*t));
     t->ring = r;
-    t->owner = owner;
-    t->gen = 1;
+    t->owner = owner & ((1u << 12) - 1);
+    t->gen = gen_carry[t->owner] + 1;
+    if (t->gen > GEN_MASK)
+        t->gen = 1;
 }
 
 static int grow(struct fops *t)
@@ -95,9 +103,10 @@ static void settle(struct fop *f)
     if (--f->pending > 0)
         return;
     int res = f->res;
-    /* The timeout fired and cancelled the operation: say so, rather than -ECANCELED, which
-     * is what the caller gets for its own pith_io_cancel. */
-    if (f->timed_out && res == -ECANCELED)
+    /* The timeout fired and cut the operation short: say so, rather than -ECANCELED (what the
+     * caller gets for its own pith_io_cancel) or the interrupted worker's -EINTR. An operation
+     * that finished anyway keeps its result: a write that happened is not reported as lost. */
+    if (f->timed_out && (res == -ECANCELED || res == -EINTR))
         res = -ETIMEDOUT;
     fop_unlink(f);
     f->done(f, res);
@@ -116,7 +125,11 @@ static void timeout_cqe(struct io_op *op, int res, uint32_t cqe_flags)
 {
     (void)cqe_flags;
     struct fop *f = (struct fop *)((char *)op - offsetof(struct fop, timeout));
-    f->timed_out = res == -ETIME; /* else -ECANCELED or -ENOENT: the operation ended first */
+    /* -ECANCELED: the operation ended first (or was cancelled) and took its timeout with it.
+     * Anything else means the timer fired: -ETIME when the kernel cancelled the operation,
+     * -EALREADY or -ENOENT when it had already started in a worker and could not be stopped
+     * (it then ends with its real result, or -EINTR when the worker was interrupted). */
+    f->timed_out = res != -ECANCELED;
     settle(f);
 }
 
@@ -212,12 +225,14 @@ unsigned fops_drain(struct fops *t, uint64_t limit_ns)
         uint64_t deadline = mono_ns() + limit_ns;
         while (t->live > 0 && mono_ns() < deadline) {
             io_ring_wait(t->ring, 10 * 1000 * 1000);
+            io_ring_poll(t->ring);
             for (uint32_t i = 0; i < t->used; i++)
                 if (t->slot[i] != NULL && !t->slot[i]->cancelling)
                     (void)fop_cancel(t->slot[i]);
         }
     }
     unsigned left = t->live;
+    gen_carry[t->owner] = t->gen;
     /* Records the kernel never answered stay allocated: it may still write through them. */
     if (t->nbufs > 0 && left == 0)
         (void)io_uring_unregister_buffers(&t->ring->ring);

@@ -55,7 +55,9 @@ int io_ring_queue_wake(struct io_ring *r, int target_fd);
 unsigned io_ring_poll(struct io_ring *r);
 
 /* Submits what is queued and blocks until at least one CQE arrives or timeout_ns passes
- * (UINT64_MAX: no timeout), then dispatches what is ready. Returns the CQEs dispatched. */
+ * (UINT64_MAX: no timeout). Dispatches nothing: completions run their code in the next
+ * io_ring_poll, so that none runs while the shard still reads as asleep. Returns the CQEs
+ * ready. */
 unsigned io_ring_wait(struct io_ring *r, uint64_t timeout_ns);
 
 #endif

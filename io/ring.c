@@ -115,7 +115,7 @@ unsigned io_ring_poll(struct io_ring *r)
     return dispatch(r);
 }
 
-/* The valgrind path: block in ppoll on the ring fd, then submit and reap without blocking. */
+/* The valgrind path: block in ppoll on the ring fd, then submit without blocking. */
 static unsigned poll_wait(struct io_ring *r, uint64_t timeout_ns)
 {
     struct pollfd pfd = {.fd = r->ring.ring_fd, .events = POLLIN};
@@ -124,7 +124,7 @@ static unsigned poll_wait(struct io_ring *r, uint64_t timeout_ns)
     if (io_uring_cq_ready(&r->ring) == 0)
         (void)ppoll(&pfd, 1, timeout_ns == UINT64_MAX ? NULL : &ts, NULL);
     io_uring_submit_and_get_events(&r->ring);
-    return dispatch(r);
+    return io_uring_cq_ready(&r->ring);
 }
 
 unsigned io_ring_wait(struct io_ring *r, uint64_t timeout_ns)
@@ -140,5 +140,5 @@ unsigned io_ring_wait(struct io_ring *r, uint64_t timeout_ns)
     }
     /* -ETIME (timeout) and -EINTR (a signal) both just end the wait. */
     (void)io_uring_submit_and_wait_timeout(&r->ring, &cqe, 1, tsp, NULL);
-    return dispatch(r);
+    return io_uring_cq_ready(&r->ring);
 }

@@ -52,14 +52,16 @@ static void shard_free(struct shard *s, pith_stop_report_t *rep)
     }
     inbox_release(s, &rep->released_tasks);
     mesh_shard_fini(s, &rep->released_tasks);
+    /* The ring first: operations the stop could not reap may still write into this shard's
+     * memory until the ring is gone. */
+    if (s->ring_fd >= 0)
+        io_ring_exit(&s->io);
     rep->mem_in_use += mem_home_release(s->mem);
     rep->released_timers += s->timers.len;
     timers_fini(&s->timers);
     free(s->lq);
     if (s->efd >= 0)
         close(s->efd);
-    if (s->ring_fd >= 0)
-        io_ring_exit(&s->io);
     free(s);
 }
 

@@ -235,10 +235,10 @@ unsigned mesh_publish(struct shard *s)
     if (published == 0)
         return 0;
 
-    /* Dekker with the sleeper in loop.c: we stored the ring's producer index (inside ck, a
-     * plain store after ck's store fence), it stored sleep_state = ASLEEP with a seq_cst
-     * exchange. Each side then loads the other's variable. The full fence here keeps our
-     * load of sleep_state from passing our index store, so at least one side sees the other:
+    /* Dekker with the sleeper in loop.c: we stored each slot's sequence (ring_commit, a
+     * release store), it stored sleep_state = ASLEEP with a seq_cst exchange. Each side then
+     * loads the other's variable. The full fence here keeps our load of sleep_state from
+     * passing our sequence store, so at least one side sees the other:
      * either the sleeper finds the batch when it re-checks its rings, or we find it asleep. */
     atomic_thread_fence(memory_order_seq_cst);
     unsigned limit = overflow ? e->n : ncand;

@@ -848,6 +848,80 @@ Test(file, cancel_ends_a_read_with_ecanceled_once, .init = tmp_setup, .fini = tm
         close_pipe(cx.p[i]);
 }
 
+/* An id kept from one engine finds nothing in the next, although the next engine's first
+ * operation on that shard takes the same slot of the same table. */
+static struct {
+    int p[2];
+    uint8_t buf[8];
+    pith_io_id_t old_id, new_id;
+    int rc_old_read, rc_new_read, rc_cancel_old, rc_cancel_new;
+    _Atomic int64_t res;
+    atomic_uint calls;
+} rs;
+
+static void rs_done(int64_t res, void *ctx)
+{
+    (void)ctx;
+    atomic_store(&rs.res, res);
+    atomic_fetch_add(&rs.calls, 1);
+}
+
+static void *rs_first(void *arg)
+{
+    (void)arg;
+    pith_io_done_t d = {.fn = rs_done};
+    rs.rc_old_read = pith_file_read(rs.p[0], rs.buf, sizeof rs.buf, PITH_FILE_POS, &d, &rs.old_id);
+    return NULL;
+}
+
+static void *rs_second(void *arg)
+{
+    (void)arg;
+    pith_io_done_t d = {.fn = rs_done};
+    rs.rc_new_read = pith_file_read(rs.p[0], rs.buf, sizeof rs.buf, PITH_FILE_POS, &d, &rs.new_id);
+    rs.rc_cancel_old = pith_io_cancel(rs.old_id);
+    return NULL;
+}
+
+static void *rs_cancel_new(void *arg)
+{
+    (void)arg;
+    rs.rc_cancel_new = pith_io_cancel(rs.new_id);
+    return NULL;
+}
+
+Test(file, an_id_from_an_earlier_engine_finds_nothing_in_the_next, .init = tmp_setup,
+     .fini = tmp_cleanup, .timeout = 30)
+{
+    memset(&rs, 0, sizeof rs);
+    make_pipe(rs.p);
+    pith_config_t cfg = test_config(1);
+    test_start(&cfg);
+    call_on(0, rs_first, NULL);
+    cr_assert_eq(rs.rc_old_read, 0, "first read: %d (%s)", rs.rc_old_read,
+                 pith_strerror(rs.rc_old_read));
+    test_stop(NULL);
+    cr_assert_eq(atomic_load(&rs.calls), 1, "the read in flight at stop: %u outcomes",
+                 atomic_load(&rs.calls));
+    cr_assert_eq(atomic_load(&rs.res), -ECANCELED);
+
+    test_start(&cfg);
+    call_on(0, rs_second, NULL);
+    cr_assert_eq(rs.rc_new_read, 0, "second read: %d (%s)", rs.rc_new_read,
+                 pith_strerror(rs.rc_new_read));
+    cr_assert_neq(rs.new_id, rs.old_id, "the second engine's first read reused the first's id");
+    cr_assert_eq(rs.rc_cancel_old, -ENOENT, "cancel by the first engine's id: %d (%s)",
+                 rs.rc_cancel_old, pith_strerror(rs.rc_cancel_old));
+    test_sync_all();
+    cr_assert_eq(atomic_load(&rs.calls), 1, "the stale id cancelled the new read");
+    call_on(0, rs_cancel_new, NULL);
+    cr_assert_eq(rs.rc_cancel_new, 0);
+    TEST_WAIT_FOR(atomic_load(&rs.calls) == 2);
+    cr_assert_eq(atomic_load(&rs.res), -ECANCELED);
+    test_stop(NULL);
+    close_pipe(rs.p);
+}
+
 /* Inside an operation's own outcome it has finished: there is nothing left to cancel, and no
  * other outcome will come. */
 static struct {

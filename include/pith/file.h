@@ -36,7 +36,9 @@ typedef struct pith_io_done {
     pith_ref_t to;   /* this actor gets a message of `type` whose payload is a pith_io_result_t */
     uint32_t type;   /* (below PITH_MSG_RESERVED) */
     /* 0: none. Otherwise a timeout linked to the operation: if it has not completed after
-     * timeout_ns, the kernel cancels it and the outcome is -ETIMEDOUT. */
+     * timeout_ns, the kernel cancels it and the outcome is -ETIMEDOUT. Work a kernel worker
+     * has already begun (fsync, a blocking open) may not stop: its real result comes when it
+     * ends, or -ETIMEDOUT if the worker was interrupted. */
     uint64_t timeout_ns;
 } pith_io_done_t;
 
