@@ -32,14 +32,18 @@ static void deliver(struct fop *f, int res)
     (void)pith_send(c->done.to, c->done.type, &r, sizeof(r));
 }
 
-/* Checks what every call shares and makes the record. */
-static int begin(const pith_io_done_t *done, size_t tail, struct fop **out)
+/* What every call shares, in the header's order: *id cleared, -EPERM off the shards, -EINVAL
+ * for `bad` arguments or a bad `done`, -ESHUTDOWN, then the record (with `tail` bytes for a
+ * copy) and its SQE. On success the caller preps *sqe and ends with finish(). */
+static int start(const pith_io_done_t *done, bool bad, size_t tail, pith_io_id_t *id,
+                 struct fop **out, struct io_uring_sqe **sqe)
 {
-    *out = NULL;
+    if (id != NULL)
+        *id = 0;
     struct fops *t = shard_fops();
     if (t == NULL)
         return -EPERM;
-    if (done == NULL ||
+    if (bad || done == NULL ||
         (done->fn == NULL && (done->to == PITH_REF_NONE || done->type >= PITH_MSG_RESERVED)))
         return -EINVAL;
     if (shard_stopping())
@@ -47,78 +51,95 @@ static int begin(const pith_io_done_t *done, size_t tail, struct fop **out)
     struct fop *f = fop_new(t, sizeof(struct fcall) + tail, deliver);
     if (f == NULL)
         return -ENOMEM;
-    struct fcall *c = (struct fcall *)f->data;
-    c->done = *done;
+    *sqe = fop_sqe(f, done->timeout_ns > 0);
+    if (*sqe == NULL) {
+        fop_discard(f);
+        return -EBUSY;
+    }
+    ((struct fcall *)f->data)->done = *done;
     *out = f;
     return 0;
 }
 
-static struct io_uring_sqe *sqe_for(struct fop *f, const pith_io_done_t *done)
+static int finish(struct fop *f, struct io_uring_sqe *sqe, pith_io_id_t *id)
 {
-    struct io_uring_sqe *sqe = fop_sqe(f, done->timeout_ns > 0);
-    if (sqe == NULL)
-        fop_discard(f);
-    return sqe;
-}
-
-static int finish(struct fop *f, struct io_uring_sqe *sqe, const pith_io_done_t *done,
-                  pith_io_id_t *id)
-{
-    fop_arm(f, sqe, done->timeout_ns);
+    fop_arm(f, sqe, ((struct fcall *)f->data)->done.timeout_ns);
     if (id != NULL)
         *id = f->id;
     return 0;
 }
 
-static char *copy_path(struct fop *f, const char *path, size_t n)
+/* start() for a call that names a path: the record carries a copy of it in *copy. */
+static int start_path(const char *path, const pith_io_done_t *done, bool bad, pith_io_id_t *id,
+                      struct fop **f, struct io_uring_sqe **sqe, const char **copy)
 {
-    char *p = (char *)((struct fcall *)f->data)->tail;
+    size_t n = path != NULL ? strlen(path) + 1 : 0;
+    int err = start(done, bad || path == NULL, n, id, f, sqe);
+    if (err)
+        return err;
+    char *p = (char *)((struct fcall *)(*f)->data)->tail;
     memcpy(p, path, n);
-    return p;
+    *copy = p;
+    return 0;
 }
 
 int pith_file_open(const char *path, int flags, unsigned mode, const pith_io_done_t *done,
                    pith_io_id_t *id)
 {
-    if (id != NULL)
-        *id = 0;
-    if (path == NULL && shard_fops() != NULL)
-        return -EINVAL;
-    size_t n = path != NULL ? strlen(path) + 1 : 0;
     struct fop *f;
-    int err = begin(done, n, &f);
+    struct io_uring_sqe *sqe;
+    const char *p;
+    int err = start_path(path, done, false, id, &f, &sqe, &p);
     if (err)
         return err;
-    struct io_uring_sqe *sqe = sqe_for(f, done);
-    if (sqe == NULL)
-        return -EBUSY;
-    io_uring_prep_openat(sqe, AT_FDCWD, copy_path(f, path, n), flags | O_CLOEXEC, mode);
-    return finish(f, sqe, done, id);
+    io_uring_prep_openat(sqe, AT_FDCWD, p, flags | O_CLOEXEC, mode);
+    return finish(f, sqe, id);
+}
+
+int pith_file_statx(const char *path, int flags, unsigned mask, struct statx *out,
+                    const pith_io_done_t *done, pith_io_id_t *id)
+{
+    struct fop *f;
+    struct io_uring_sqe *sqe;
+    const char *p;
+    int err = start_path(path, done, out == NULL, id, &f, &sqe, &p);
+    if (err)
+        return err;
+    io_uring_prep_statx(sqe, AT_FDCWD, p, flags, mask, out);
+    return finish(f, sqe, id);
+}
+
+int pith_file_unlink(const char *path, int flags, const pith_io_done_t *done, pith_io_id_t *id)
+{
+    struct fop *f;
+    struct io_uring_sqe *sqe;
+    const char *p;
+    int err = start_path(path, done, false, id, &f, &sqe, &p);
+    if (err)
+        return err;
+    io_uring_prep_unlinkat(sqe, AT_FDCWD, p, flags);
+    return finish(f, sqe, id);
 }
 
 int pith_file_close(int fd, const pith_io_done_t *done, pith_io_id_t *id)
 {
-    if (id != NULL)
-        *id = 0;
     struct fop *f;
-    int err = begin(done, 0, &f);
+    struct io_uring_sqe *sqe;
+    int err = start(done, false, 0, id, &f, &sqe);
     if (err)
         return err;
-    struct io_uring_sqe *sqe = sqe_for(f, done);
-    if (sqe == NULL)
-        return -EBUSY;
     io_uring_prep_close(sqe, fd);
-    return finish(f, sqe, done, id);
+    return finish(f, sqe, id);
 }
 
-/* The registered buffer that holds buf..buf+len, or -1. */
-static int fixed_ok(const struct fops *t, const void *buf, uint32_t len, unsigned index)
+/* Whether buf..buf+len lies inside registered buffer `index`. */
+static bool fixed_ok(const struct fops *t, const void *buf, uint32_t len, unsigned index)
 {
     if (t == NULL || index >= t->nbufs)
-        return -1;
+        return false;
     uintptr_t b = (uintptr_t)t->bufs[index].iov_base, e = b + t->bufs[index].iov_len;
     uintptr_t p = (uintptr_t)buf;
-    return p >= b && p <= e && len <= e - p ? 0 : -1;
+    return p >= b && p <= e && len <= e - p;
 }
 
 enum rw { RW_READ, RW_WRITE, RW_READ_FIXED, RW_WRITE_FIXED };
@@ -126,21 +147,14 @@ enum rw { RW_READ, RW_WRITE, RW_READ_FIXED, RW_WRITE_FIXED };
 static int rw(enum rw kind, int fd, void *buf, uint32_t len, uint64_t off, unsigned index,
               const pith_io_done_t *done, pith_io_id_t *id)
 {
-    if (id != NULL)
-        *id = 0;
     struct fops *t = shard_fops();
-    if (t != NULL && buf == NULL && len > 0)
-        return -EINVAL;
     bool fixed = kind == RW_READ_FIXED || kind == RW_WRITE_FIXED;
-    if (t != NULL && fixed && fixed_ok(t, buf, len, index) != 0)
-        return -EINVAL;
+    bool bad = (buf == NULL && len > 0) || (fixed && !fixed_ok(t, buf, len, index));
     struct fop *f;
-    int err = begin(done, 0, &f);
+    struct io_uring_sqe *sqe;
+    int err = start(done, bad, 0, id, &f, &sqe);
     if (err)
         return err;
-    struct io_uring_sqe *sqe = sqe_for(f, done);
-    if (sqe == NULL)
-        return -EBUSY;
     switch (kind) {
     case RW_READ:
         io_uring_prep_read(sqe, fd, buf, len, off);
@@ -155,11 +169,8 @@ static int rw(enum rw kind, int fd, void *buf, uint32_t len, uint64_t off, unsig
         io_uring_prep_write_fixed(sqe, fd, buf, len, off, (int)index);
         break;
     }
-    if (fixed) {
-        f->fixed = true;
-        t->fixed_live++;
-    }
-    return finish(f, sqe, done, id);
+    f->fixed = fixed;
+    return finish(f, sqe, id);
 }
 
 int pith_file_read(int fd, void *buf, uint32_t len, uint64_t off, const pith_io_done_t *done,
@@ -189,18 +200,13 @@ int pith_file_write_fixed(int fd, const void *buf, uint32_t len, uint64_t off, u
 static int rwv(bool write, int fd, const struct iovec *iov, unsigned iovcnt, uint64_t off,
                const pith_io_done_t *done, pith_io_id_t *id)
 {
-    if (id != NULL)
-        *id = 0;
-    if (shard_fops() != NULL && (iov == NULL || iovcnt == 0 || iovcnt > IOV_MAX))
-        return -EINVAL;
-    size_t n = (size_t)iovcnt * sizeof(*iov);
+    bool bad = iov == NULL || iovcnt == 0 || iovcnt > IOV_MAX;
+    size_t n = bad ? 0 : (size_t)iovcnt * sizeof(*iov);
     struct fop *f;
-    int err = begin(done, n, &f);
+    struct io_uring_sqe *sqe;
+    int err = start(done, bad, n, id, &f, &sqe);
     if (err)
         return err;
-    struct io_uring_sqe *sqe = sqe_for(f, done);
-    if (sqe == NULL)
-        return -EBUSY;
     /* The kernel may read the array as late as when the operation runs: ours lives as long. */
     struct iovec *v = (struct iovec *)((struct fcall *)f->data)->tail;
     memcpy(v, iov, n);
@@ -208,7 +214,7 @@ static int rwv(bool write, int fd, const struct iovec *iov, unsigned iovcnt, uin
         io_uring_prep_writev(sqe, fd, v, iovcnt, off);
     else
         io_uring_prep_readv(sqe, fd, v, iovcnt, off);
-    return finish(f, sqe, done, id);
+    return finish(f, sqe, id);
 }
 
 int pith_file_readv(int fd, const struct iovec *iov, unsigned iovcnt, uint64_t off,
@@ -225,17 +231,13 @@ int pith_file_writev(int fd, const struct iovec *iov, unsigned iovcnt, uint64_t 
 
 static int sync_op(int fd, unsigned flags, const pith_io_done_t *done, pith_io_id_t *id)
 {
-    if (id != NULL)
-        *id = 0;
     struct fop *f;
-    int err = begin(done, 0, &f);
+    struct io_uring_sqe *sqe;
+    int err = start(done, false, 0, id, &f, &sqe);
     if (err)
         return err;
-    struct io_uring_sqe *sqe = sqe_for(f, done);
-    if (sqe == NULL)
-        return -EBUSY;
     io_uring_prep_fsync(sqe, fd, flags);
-    return finish(f, sqe, done, id);
+    return finish(f, sqe, id);
 }
 
 int pith_file_fsync(int fd, const pith_io_done_t *done, pith_io_id_t *id)
@@ -246,43 +248,6 @@ int pith_file_fsync(int fd, const pith_io_done_t *done, pith_io_id_t *id)
 int pith_file_fdatasync(int fd, const pith_io_done_t *done, pith_io_id_t *id)
 {
     return sync_op(fd, IORING_FSYNC_DATASYNC, done, id);
-}
-
-int pith_file_statx(const char *path, int flags, unsigned mask, struct statx *out,
-                    const pith_io_done_t *done, pith_io_id_t *id)
-{
-    if (id != NULL)
-        *id = 0;
-    if (shard_fops() != NULL && (path == NULL || out == NULL))
-        return -EINVAL;
-    size_t n = path != NULL ? strlen(path) + 1 : 0;
-    struct fop *f;
-    int err = begin(done, n, &f);
-    if (err)
-        return err;
-    struct io_uring_sqe *sqe = sqe_for(f, done);
-    if (sqe == NULL)
-        return -EBUSY;
-    io_uring_prep_statx(sqe, AT_FDCWD, copy_path(f, path, n), flags, mask, out);
-    return finish(f, sqe, done, id);
-}
-
-int pith_file_unlink(const char *path, int flags, const pith_io_done_t *done, pith_io_id_t *id)
-{
-    if (id != NULL)
-        *id = 0;
-    if (path == NULL && shard_fops() != NULL)
-        return -EINVAL;
-    size_t n = path != NULL ? strlen(path) + 1 : 0;
-    struct fop *f;
-    int err = begin(done, n, &f);
-    if (err)
-        return err;
-    struct io_uring_sqe *sqe = sqe_for(f, done);
-    if (sqe == NULL)
-        return -EBUSY;
-    io_uring_prep_unlinkat(sqe, AT_FDCWD, copy_path(f, path, n), flags);
-    return finish(f, sqe, done, id);
 }
 
 int pith_file_register_buffers(const struct iovec *iov, unsigned n)

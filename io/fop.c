@@ -150,6 +150,8 @@ void fop_arm(struct fop *f, struct io_uring_sqe *sqe, uint64_t timeout_ns)
 {
     f->op.done = op_cqe;
     io_uring_sqe_set_data(sqe, &f->op);
+    if (f->fixed)
+        f->tab->fixed_live++; /* fops_unregister waits for these; fop_unlink counts them off */
     f->pending = 1;
     if (timeout_ns == 0)
         return;
@@ -218,18 +220,14 @@ static uint64_t mono_ns(void)
 
 unsigned fops_drain(struct fops *t, uint64_t limit_ns)
 {
-    if (t->live > 0) {
+    uint64_t deadline = mono_ns() + limit_ns;
+    while (t->live > 0 && mono_ns() < deadline) {
+        /* Ask once per operation; one refused for want of an SQE is asked again next pass. */
         for (uint32_t i = 0; i < t->used; i++)
             if (t->slot[i] != NULL && !t->slot[i]->cancelling)
-                (void)fop_cancel(t->slot[i]); /* -EBUSY: the next pass asks again */
-        uint64_t deadline = mono_ns() + limit_ns;
-        while (t->live > 0 && mono_ns() < deadline) {
-            io_ring_wait(t->ring, 10 * 1000 * 1000);
-            io_ring_poll(t->ring);
-            for (uint32_t i = 0; i < t->used; i++)
-                if (t->slot[i] != NULL && !t->slot[i]->cancelling)
-                    (void)fop_cancel(t->slot[i]);
-        }
+                (void)fop_cancel(t->slot[i]);
+        io_ring_wait(t->ring, 10 * 1000 * 1000);
+        io_ring_poll(t->ring);
     }
     unsigned left = t->live;
     gen_carry[t->owner] = t->gen;

@@ -26,7 +26,8 @@ struct fop {
     uint64_t id;
     int32_t res;
     uint8_t pending; /* CQEs still to come */
-    bool timed_out, cancelling, fixed;
+    bool timed_out, cancelling;
+    bool fixed; /* uses the registered buffer set: set before fop_arm */
     struct __kernel_timespec ts;
     /* The caller's part: `extra` bytes asked of fop_new, 16-byte aligned. */
     alignas(16) unsigned char data[];

@@ -20,7 +20,6 @@
 #include "io.h"
 #include "mem.h"
 #include "ring.h"
-#include "tsan.h"
 
 #define CACHE_LINE 64
 #define MAX_SHARDS 4096
