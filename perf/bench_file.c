@@ -35,9 +35,20 @@ static uint64_t next_off(struct fbench *b)
     return (uint64_t)(b->rng >> 8) % PAGES * READ_BYTES;
 }
 
+/* What make_file made, if anything; safe to call twice. */
+static void drop_file(struct fbench *b)
+{
+    if (b->fd >= 0)
+        close(b->fd);
+    b->fd = -1;
+    free(b->buf);
+    b->buf = NULL;
+}
+
 /* A 64 MiB file, filled and read once so that every page is in the page cache. */
 static int make_file(struct fbench *b, char *why, size_t whylen)
 {
+    b->buf = NULL;
     snprintf(b->path, sizeof(b->path), "/tmp/pith-bench-file-XXXXXX");
     b->fd = mkstemp(b->path);
     if (b->fd < 0) {
@@ -48,7 +59,7 @@ static int make_file(struct fbench *b, char *why, size_t whylen)
     b->buf = aligned_alloc(4096, 1u << 20);
     if (b->buf == NULL) {
         snprintf(why, whylen, "no memory for the buffer");
-        close(b->fd);
+        drop_file(b);
         return BENCH_FAIL;
     }
     for (size_t i = 0; i < (1u << 20); i++)
@@ -56,8 +67,7 @@ static int make_file(struct fbench *b, char *why, size_t whylen)
     for (uint64_t off = 0; off < FILE_BYTES; off += 1u << 20) {
         if (pwrite(b->fd, b->buf, 1u << 20, (off_t)off) != (ssize_t)(1u << 20)) {
             snprintf(why, whylen, "writing the file: %s", strerror(errno));
-            close(b->fd);
-            free(b->buf);
+            drop_file(b);
             return BENCH_FAIL;
         }
     }
@@ -65,12 +75,6 @@ static int make_file(struct fbench *b, char *why, size_t whylen)
         (void)!pread(b->fd, b->buf, 1u << 20, (off_t)off);
     b->rng = 12345;
     return 0;
-}
-
-static void drop_file(struct fbench *b)
-{
-    close(b->fd);
-    free(b->buf);
 }
 
 struct raw_run {
@@ -114,7 +118,6 @@ static int run_raw(const bench_env_t *env, uint64_t n, bool rate, struct fbench 
     if (make_file(b, why, whylen) != 0)
         return BENCH_FAIL;
     if (samples_init(&b->s, n) != 0) {
-        drop_file(b);
         snprintf(why, whylen, "no memory for samples");
         return BENCH_FAIL;
     }
@@ -150,8 +153,7 @@ int bench_raw_pread_4k(const bench_env_t *env, uint64_t n, result_t *r, char *wh
                    x.pin_err ? " (pinning failed)" : "");
     }
     samples_free(&b.s);
-    if (b.buf != NULL)
-        drop_file(&b);
+    drop_file(&b); /* the file and buffer of run_raw or run_reads, made or not */
     return rc;
 }
 
@@ -168,8 +170,7 @@ int bench_raw_pread_4k_kops(const bench_env_t *env, uint64_t n, result_t *r, cha
                    r->name, env->cpu_a);
     }
     samples_free(&b.s);
-    if (b.buf != NULL)
-        drop_file(&b);
+    drop_file(&b); /* the file and buffer of run_raw or run_reads, made or not */
     return rc;
 }
 
@@ -233,7 +234,6 @@ static int run_reads(const bench_env_t *env, unsigned depth, uint64_t n, struct 
     if (make_file(b, why, whylen) != 0)
         return BENCH_FAIL;
     if (samples_init(&b->s, depth == 1 ? n : 1) != 0) {
-        drop_file(b);
         snprintf(why, whylen, "no memory for samples");
         return BENCH_FAIL;
     }
@@ -277,8 +277,7 @@ int bench_file_read_4k(const bench_env_t *env, uint64_t n, result_t *r, char *wh
                    r->name, (unsigned long long)n, env->cpu_a, env->shards);
     }
     samples_free(&b.s);
-    if (b.buf != NULL)
-        drop_file(&b);
+    drop_file(&b); /* the file and buffer of run_raw or run_reads, made or not */
     return rc;
 }
 
@@ -297,7 +296,6 @@ int bench_file_read_4k_qd32(const bench_env_t *env, uint64_t n, result_t *r, cha
                    r->name, (unsigned long long)n, env->cpu_a, secs);
     }
     samples_free(&b.s);
-    if (b.buf != NULL)
-        drop_file(&b);
+    drop_file(&b); /* the file and buffer of run_raw or run_reads, made or not */
     return rc;
 }
