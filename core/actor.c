@@ -1009,5 +1009,5 @@ __attribute__((constructor)) static void core_hooks(void)
         .engine_gone = core_engine_gone,
         .release = core_release,
     };
-    shard_hooks_set(&h);
+    shard_hooks_add(&h);
 }

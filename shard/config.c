@@ -37,6 +37,8 @@ void pith_config_init(pith_config_t *cfg)
     cfg->stall_ns = 20000000;
     cfg->drain_ns = 1000000000;
     cfg->io_entries = 256;
+    cfg->net_bufs = 256;
+    cfg->net_buf_size = 16384;
 }
 
 /* Parses a CPU list such as "0-3,8,10" into a new array. */
@@ -180,6 +182,10 @@ int config_resolve(struct engine *e, const pith_config_t *user)
         why = "local_queue_max must be at least 1024";
     else if (c.io_entries == 0 || c.io_entries > 4096)
         why = "io_entries must be 1..4096";
+    else if (c.net_bufs != 0 && (!pow2(c.net_bufs) || c.net_bufs > 32768))
+        why = "net_bufs must be a power of two, 1..32768";
+    else if (c.net_buf_size != 0 && (c.net_buf_size < 64 || c.net_buf_size > (1u << 20)))
+        why = "net_buf_size must be 64..1048576";
     if (why) {
         free(cpus);
         set_last_error("%s", why);
@@ -193,6 +199,10 @@ int config_resolve(struct engine *e, const pith_config_t *user)
         return err;
     }
 
+    if (c.net_bufs == 0)
+        c.net_bufs = 256;
+    if (c.net_buf_size == 0)
+        c.net_buf_size = 16384;
     c.cpus = cpus;
     c.ncpus = ncpus;
     e->cfg = c;

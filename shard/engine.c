@@ -34,11 +34,43 @@ int pith_shard_id(void)
     return shard_cur ? (int)shard_cur->id : -1;
 }
 
-struct shard_hooks shard_hooks;
+#define MAX_HOOK_LAYERS 4
+static struct shard_hooks hook_layers[MAX_HOOK_LAYERS];
+static unsigned n_hook_layers;
 
-void shard_hooks_set(const struct shard_hooks *h)
+void shard_hooks_add(const struct shard_hooks *h)
 {
-    shard_hooks = *h;
+    if (n_hook_layers < MAX_HOOK_LAYERS) /* constructors only: no engine runs yet */
+        hook_layers[n_hook_layers++] = *h;
+}
+
+void shard_hooks_ring_exit(unsigned shard)
+{
+    for (unsigned i = 0; i < n_hook_layers; i++)
+        if (hook_layers[i].ring_exit != NULL)
+            hook_layers[i].ring_exit(shard);
+}
+
+void shard_hooks_shard_exit(unsigned shard)
+{
+    for (unsigned i = 0; i < n_hook_layers; i++)
+        if (hook_layers[i].shard_exit != NULL)
+            hook_layers[i].shard_exit(shard);
+}
+
+void shard_hooks_engine_gone(void)
+{
+    for (unsigned i = 0; i < n_hook_layers; i++)
+        if (hook_layers[i].engine_gone != NULL)
+            hook_layers[i].engine_gone();
+}
+
+bool shard_hooks_release(pith_fn_t fn, void *arg)
+{
+    for (unsigned i = 0; i < n_hook_layers; i++)
+        if (hook_layers[i].release != NULL && hook_layers[i].release(fn, arg))
+            return true;
+    return false;
 }
 
 static void shard_free(struct shard *s, pith_stop_report_t *rep)
@@ -181,8 +213,7 @@ int pith_engine_start(const pith_config_t *cfg)
         }
         pith_stop_report_t ignored = {0};
         engine_teardown(e, &ignored);
-        if (shard_hooks.engine_gone != NULL)
-            shard_hooks.engine_gone();
+        shard_hooks_engine_gone();
         atomic_store(&e->state, ENGINE_OFF);
         pthread_mutex_unlock(&lifecycle);
         return err;
@@ -278,8 +309,7 @@ int pith_engine_stop(void)
     sem_destroy(&e->ready);
     sem_destroy(&e->go);
     engine_teardown(e, &rep);
-    if (shard_hooks.engine_gone != NULL)
-        shard_hooks.engine_gone();
+    shard_hooks_engine_gone();
     if (rep.released_tasks > 0)
         fprintf(stderr, "pith: stop released %llu tasks that had not run after %.1f ms\n",
                 (unsigned long long)rep.released_tasks, (double)rep.drain_ns / 1e6);

@@ -1,5 +1,6 @@
-/* How the layer above the shards (core/) plugs into them without the shards knowing it. Private
- * to libpith; core/ sets the hooks once, from a constructor, before any engine starts. */
+/* How the layers above the shards (core/, net/) plug into them without the shards knowing it.
+ * Private to libpith; each layer adds its hooks once, from a constructor, before any engine
+ * starts. */
 #ifndef PITH_SHARD_HOOKS_H
 #define PITH_SHARD_HOOKS_H
 
@@ -8,6 +9,10 @@
 #include <pith/engine.h>
 
 struct shard_hooks {
+    /* On each shard's thread when it has left its loop for good, before the ring's file
+     * operations are drained: what keeps operations on the ring (sockets) ends them here and
+     * reaps their completions itself. */
+    void (*ring_exit)(unsigned shard);
     /* On each shard's thread when it has left its loop for good, before its memory closes:
      * what it owns must end here. Work it queues then never runs. */
     void (*shard_exit)(unsigned shard);
@@ -18,7 +23,13 @@ struct shard_hooks {
     bool (*release)(pith_fn_t fn, void *arg);
 };
 
-void shard_hooks_set(const struct shard_hooks *h);
+/* Adds a layer's hooks (at most 4 layers); members left NULL are skipped. Each event calls
+ * the layers in the order they were added; `release` stops at the first that knew the task. */
+void shard_hooks_add(const struct shard_hooks *h);
+void shard_hooks_ring_exit(unsigned shard);
+void shard_hooks_shard_exit(unsigned shard);
+void shard_hooks_engine_gone(void);
+bool shard_hooks_release(pith_fn_t fn, void *arg);
 
 /* pith_submit from a shard without the backpressure bounds (local_queue_max, backlog_batches):
  * for work the upper layer must not lose and whose amount it bounds itself (an actor's one
@@ -37,5 +48,10 @@ struct fops *shard_fops(void);
 
 /* Whether the calling shard's engine has begun to stop: new operations are then refused. */
 bool shard_stopping(void);
+
+/* The calling shard's ring and the running engine's resolved configuration; NULL off the
+ * shards. */
+struct io_ring *shard_io(void);
+const pith_config_t *shard_config(void);
 
 #endif

@@ -16,6 +16,16 @@ struct fops *shard_fops(void)
     return shard_cur != NULL ? &shard_cur->fops : NULL;
 }
 
+struct io_ring *shard_io(void)
+{
+    return shard_cur != NULL ? &shard_cur->io : NULL;
+}
+
+const pith_config_t *shard_config(void)
+{
+    return shard_cur != NULL ? &shard_cur->eng->cfg : NULL;
+}
+
 bool shard_stopping(void)
 {
     return shard_cur == NULL ||
@@ -228,13 +238,14 @@ void *shard_main(void *arg)
         arm_efd(s);
         shard_loop(s);
     }
-    /* Operations still in flight report now (cancelled), while what they report to lives. */
+    /* Sockets end first (their completions reaped by their layer), then operations still in
+     * flight report (cancelled), while what they report to lives. */
+    shard_hooks_ring_exit(s->id);
     unsigned stuck = fops_drain(&s->fops, FOPS_DRAIN_NS);
     if (stuck > 0)
         fprintf(stderr, "pith: shard %u: %u ring operations never completed at stop\n", s->id,
                 stuck);
-    if (shard_hooks.shard_exit != NULL)
-        shard_hooks.shard_exit(s->id);
+    shard_hooks_shard_exit(s->id);
     mesh_shard_exit(s);
     mem_home_close(s->mem);
     shard_cur = NULL;

@@ -265,8 +265,6 @@ static inline void tasks_done(struct shard *s)
 }
 int lq_grow(struct shard *s, bool force);
 
-/* engine.c: the upper layer's hooks (hooks.h), NULL members when none are set. */
-extern struct shard_hooks shard_hooks;
 
 /* submit.c */
 int shard_send(struct shard *s, unsigned dst, const struct task *t, bool force);

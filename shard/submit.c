@@ -184,7 +184,7 @@ void task_released(const struct task *t)
         sem_post(&w->done);
     } else if (t->fn == call_run || t->fn == call_reply) {
         free(t->arg);
-    } else if (shard_hooks.release != NULL) {
-        shard_hooks.release(t->fn, t->arg);
+    } else {
+        (void)shard_hooks_release(t->fn, t->arg);
     }
 }

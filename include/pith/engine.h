@@ -64,6 +64,11 @@ typedef struct pith_config {
     uint64_t drain_ns;
     /* io_uring submission queue entries per shard (default 256); the CQ gets 16 times that. */
     unsigned io_entries;
+    /* Receive buffers each shard provides to the kernel for its TCP connections (pith/net.h):
+     * how many (0 or default 256, a power of two up to 32768) and of how many bytes (0 or default
+     * 16384, 64..1 MiB). Set up on a shard when it first uses TCP. */
+    unsigned net_bufs;
+    unsigned net_buf_size;
     unsigned flags; /* PITH_CFG_* */
     /* Called from the stall detector's thread for each reported stall (rate-limited to one
      * per shard per second); NULL prints a line on stderr. */

@@ -7,6 +7,7 @@
 #include <pith/engine.h>
 #include <pith/file.h>
 #include <pith/mem.h>
+#include <pith/net.h>
 #include <pith/timer.h>
 
 #endif
