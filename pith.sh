@@ -7,7 +7,9 @@
 set -eu
 cd "$(dirname "$0")"
 
-PACKAGES="gcc libc6-dev meson ninja-build pkg-config python3 liburing-dev libhwloc-dev libmimalloc-dev libcriterion-dev valgrind"
+# redis-tools: redis-cli for the pith-kv integration test; clang and libclang-rt-14-dev: the
+# libFuzzer target of the RESP parser (.ci/run).
+PACKAGES="gcc libc6-dev meson ninja-build pkg-config python3 liburing-dev libhwloc-dev libmimalloc-dev libcriterion-dev valgrind redis-tools clang libclang-rt-14-dev"
 BUILD_DIR=${BUILD_DIR:-build}
 
 deps() {

@@ -1,0 +1,1071 @@
+/* pith-kv: a key-value server that speaks RESP2, on Pith's TCP layer.
+ *
+ *   pith-kv [--port N] [--host ADDR] [--shards N] [--max-bulk BYTES] [--acceptor]
+ *           [--request-timeout SECONDS] [--poll-us MICROSECONDS]
+ *
+ * Keys are spread over the shards by hash; each shard owns its part of the key space. A
+ * connection lives on one shard; a command whose key another shard owns travels the mesh there
+ * (pith_call) and its reply comes back. Replies leave in request order per connection: each
+ * command that cannot answer at once holds a slot in the connection's queue, and the queue is
+ * written out from its head as slots fill, so pipelining is correct. */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <pith/pith.h>
+
+#include "resp.h"
+#include "store.h"
+
+#define MAX_SLOTS    1024u /* replies a connection may wait for before it stops reading */
+#define RESUME_SLOTS 256u
+#define ARGS_CAP     65536u /* arguments per command */
+#define TICK_NS      (100ull * 1000 * 1000)
+
+/* ---- options and per-shard state ---- */
+
+static struct {
+    const char *host;
+    int port;
+    int shards;
+    size_t max_bulk;
+    bool acceptor;
+    uint64_t request_timeout_ns;
+    long long poll_us; /* -1: the engine's default */
+} opt = {"127.0.0.1", 6379, PITH_AUTO, 8u << 20, false, 30ull * 1000 * 1000 * 1000, -1};
+
+static struct resp_limits limits;
+static unsigned nshards;
+static uint64_t started_ns;
+
+struct kconn;
+
+struct kshard {
+    struct store st;
+    struct resp_arg *args; /* [ARGS_CAP] parse scratch */
+    struct kconn *conns;   /* open connections, for the slow-request sweep */
+    _Atomic uint64_t nconns, commands, connections;
+};
+static struct kshard *kshards[4096];
+
+static struct kshard *me(void)
+{
+    return kshards[pith_shard_id()];
+}
+
+static void count(_Atomic uint64_t *c, int64_t d)
+{
+    /* One writer (the owning shard): a relaxed load and store. */
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + (uint64_t)d,
+                          memory_order_relaxed);
+}
+
+static int64_t now_ms(void)
+{
+    return (int64_t)(pith_now_ns() / 1000000);
+}
+
+/* ---- commands ---- */
+
+enum cmd {
+    C_GET,
+    C_SET,
+    C_INCRBY, /* INCR, DECR, INCRBY, DECRBY after their argument is resolved */
+    C_EXPIRE, /* EXPIRE and PEXPIRE, in ms */
+    C_TTL,
+    C_PTTL,
+    /* one key of a multi-key command, executed where the key lives */
+    C_MGET1,
+    C_DEL1,
+    C_EXISTS1,
+    C_MSET1,
+    /* one shard's part of a whole-space command */
+    C_DBSIZE1,
+    C_FLUSH1,
+};
+
+/* How a slot's parts make one reply. */
+enum combine { RAW, ARRAY, SUM, OK };
+
+struct slot {
+    struct slot *next;
+    uint32_t pending, nparts;
+    uint8_t combine;
+    bool failed;
+    long long sum;
+    struct resp_out *parts; /* [nparts] */
+    struct resp_out one;    /* parts when nparts == 1 */
+};
+
+struct kconn {
+    pith_conn_t id;
+    struct kshard *ks;
+    struct kconn *next, *prev; /* the shard's list */
+    struct resp_out out;       /* replies ready before any slot */
+    struct slot *head, *tail;
+    unsigned nslots;
+    unsigned reqs; /* requests on other shards not yet back */
+    bool closed, quitting, paused;
+    uint64_t partial_since; /* when the unfinished command at the buffer's end began */
+};
+
+/* A command, or one key of one, sent to the shard that owns the key. */
+struct req {
+    struct kconn *kc;
+    struct slot *slot;
+    uint32_t part;
+    int err;
+    uint16_t cmd;
+    uint16_t argc;
+    long long n; /* integer operand (INCRBY, EXPIRE) or result (DEL1, EXISTS1, DBSIZE1) */
+    int64_t expire_ms;
+    struct resp_out r;
+    struct resp_arg a[];
+};
+
+static bool parse_ll(const struct resp_arg *a, long long *out)
+{
+    if (a->len == 0 || a->len > 20)
+        return false;
+    char buf[24];
+    memcpy(buf, a->p, a->len);
+    buf[a->len] = 0;
+    const char *s = buf;
+    bool neg = *s == '-';
+    if (neg)
+        s++;
+    if (*s == 0 || (*s == '0' && s[1] != 0))
+        return false;
+    unsigned long long v = 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9')
+            return false;
+        unsigned d = (unsigned)(*s - '0');
+        if (v > (ULLONG_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    if (neg) {
+        if (v > (unsigned long long)LLONG_MAX + 1)
+            return false;
+        *out = v == (unsigned long long)LLONG_MAX + 1 ? LLONG_MIN : -(long long)v;
+    } else {
+        if (v > (unsigned long long)LLONG_MAX)
+            return false;
+        *out = (long long)v;
+    }
+    return !(neg && v == 0); /* "-0" is not an integer Redis takes */
+}
+
+static bool is(const struct resp_arg *a, const char *name)
+{
+    size_t n = strlen(name);
+    return a->len == n && strncasecmp(a->p, name, n) == 0;
+}
+
+static unsigned owner(const struct resp_arg *key, uint64_t *h)
+{
+    *h = kv_hash(key->p, key->len);
+    return (unsigned)((*h >> 40) % nshards);
+}
+
+#define NOT_INT "ERR value is not an integer or out of range"
+
+/* Runs a keyed command on the shard that owns its key, appending the reply to o (or, for the
+ * parts that add up, setting *n). a[0] is the key. */
+static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, long long *n,
+                    int64_t expire_ms, struct resp_out *o)
+{
+    struct store *st = &ks->st;
+    int64_t now = now_ms();
+    uint64_t h = kv_hash(a[0].p, a[0].len);
+    struct entry *e;
+    int err = 0;
+    switch (cmd) {
+    case C_GET:
+    case C_MGET1:
+        e = store_get(st, a[0].p, a[0].len, h, now);
+        err = e != NULL ? resp_put_bulk(o, entry_val(e), e->vlen) : resp_put_null(o);
+        break;
+    case C_SET: {
+        /* a: key value [options]; the options were checked by the caller, expire_ms is
+         * absolute (0: none); *n carries NX (1), XX (2), KEEPTTL (4). */
+        e = store_get(st, a[0].p, a[0].len, h, now);
+        if (((*n & 1) && e != NULL) || ((*n & 2) && e == NULL)) {
+            err = resp_put_null(o);
+            break;
+        }
+        int64_t exp = (*n & 4) && e != NULL ? e->expire_ms : expire_ms;
+        if (store_set(st, a[0].p, a[0].len, h, a[1].p, a[1].len, exp) == NULL)
+            err = resp_put_error(o, "OOM command not allowed when used memory > 'maxmemory'");
+        else
+            err = resp_put_simple(o, "OK");
+        break;
+    }
+    case C_MSET1:
+        if (store_set(st, a[0].p, a[0].len, h, a[1].p, a[1].len, 0) == NULL)
+            err = -ENOMEM;
+        break;
+    case C_INCRBY: {
+        e = store_get(st, a[0].p, a[0].len, h, now);
+        long long v = 0;
+        if (e != NULL) {
+            struct resp_arg cur = {entry_val(e), e->vlen};
+            if (!parse_ll(&cur, &v)) {
+                err = resp_put_error(o, NOT_INT);
+                break;
+            }
+        }
+        if ((*n > 0 && v > LLONG_MAX - *n) || (*n < 0 && v < LLONG_MIN - *n)) {
+            err = resp_put_error(o, "ERR increment or decrement would overflow");
+            break;
+        }
+        v += *n;
+        char buf[24];
+        int len = snprintf(buf, sizeof(buf), "%lld", v);
+        if (store_set(st, a[0].p, a[0].len, h, buf, (size_t)len, e != NULL ? e->expire_ms : 0) ==
+            NULL)
+            err = resp_put_error(o, "OOM command not allowed when used memory > 'maxmemory'");
+        else
+            err = resp_put_int(o, v);
+        break;
+    }
+    case C_EXPIRE:
+        e = store_get(st, a[0].p, a[0].len, h, now);
+        if (e == NULL) {
+            err = resp_put_int(o, 0);
+        } else if (expire_ms <= now) {
+            store_del(st, a[0].p, a[0].len, h, now);
+            err = resp_put_int(o, 1);
+        } else {
+            store_set_expire(st, e, expire_ms);
+            err = resp_put_int(o, 1);
+        }
+        break;
+    case C_TTL:
+    case C_PTTL:
+        e = store_get(st, a[0].p, a[0].len, h, now);
+        if (e == NULL)
+            err = resp_put_int(o, -2);
+        else if (e->expire_ms == 0)
+            err = resp_put_int(o, -1);
+        else
+            err = resp_put_int(o, cmd == C_PTTL ? e->expire_ms - now
+                                                : (e->expire_ms - now + 500) / 1000);
+        break;
+    case C_DEL1:
+        *n = store_del(st, a[0].p, a[0].len, h, now);
+        break;
+    case C_EXISTS1:
+        *n = store_get(st, a[0].p, a[0].len, h, now) != NULL;
+        break;
+    default:
+        break;
+    }
+    return err; /* -ENOMEM: no memory for the reply or the entry; the slot reports it */
+}
+
+static void exec_shard(struct kshard *ks, unsigned cmd, long long *n)
+{
+    if (cmd == C_DBSIZE1)
+        *n = (long long)ks->st.n;
+    else if (cmd == C_FLUSH1)
+        store_clear(&ks->st);
+}
+
+/* ---- reply order ---- */
+
+static void kconn_free(struct kconn *kc)
+{
+    while (kc->head != NULL) {
+        struct slot *s = kc->head;
+        kc->head = s->next;
+        if (s->parts != &s->one)
+            for (uint32_t i = 0; i < s->nparts; i++)
+                resp_out_free(&s->parts[i]);
+        resp_out_free(&s->one);
+        if (s->parts != &s->one)
+            free(s->parts);
+        free(s);
+    }
+    resp_out_free(&kc->out);
+    free(kc);
+}
+
+static int send_out(struct kconn *kc, struct resp_out *o)
+{
+    if (o->len == 0)
+        return 0;
+    int err = pith_conn_send(kc->id, o->p, o->len);
+    o->len = 0;
+    return err;
+}
+
+/* Writes out every reply that is ready, in order. */
+static void flush(struct kconn *kc)
+{
+    if (kc->closed)
+        return;
+    (void)send_out(kc, &kc->out);
+    while (kc->head != NULL && kc->head->pending == 0) {
+        struct slot *s = kc->head;
+        struct resp_out tmp = {0};
+        if (s->failed) {
+            (void)resp_put_error(&tmp, "ERR out of memory");
+        } else if (s->combine == RAW) {
+            (void)send_out(kc, &s->one);
+        } else if (s->combine == ARRAY) {
+            (void)resp_put_array(&tmp, s->nparts);
+            (void)send_out(kc, &tmp);
+            for (uint32_t i = 0; i < s->nparts; i++)
+                (void)send_out(kc, &s->parts[i]);
+        } else if (s->combine == SUM) {
+            (void)resp_put_int(&tmp, s->sum);
+        } else {
+            (void)resp_put_simple(&tmp, "OK");
+        }
+        (void)send_out(kc, &tmp);
+        resp_out_free(&tmp);
+        kc->head = s->next;
+        if (kc->head == NULL)
+            kc->tail = NULL;
+        kc->nslots--;
+        if (s->parts != &s->one) {
+            for (uint32_t i = 0; i < s->nparts; i++)
+                resp_out_free(&s->parts[i]);
+            free(s->parts);
+        }
+        resp_out_free(&s->one);
+        free(s);
+    }
+    if (kc->paused && kc->nslots <= RESUME_SLOTS) {
+        kc->paused = false;
+        (void)pith_conn_resume(kc->id);
+    }
+    if (kc->quitting && kc->head == NULL)
+        (void)pith_conn_close(kc->id);
+}
+
+static struct slot *slot_new(struct kconn *kc, uint32_t nparts, uint8_t combine)
+{
+    struct slot *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->nparts = nparts;
+    s->combine = combine;
+    if (nparts > 1) {
+        s->parts = calloc(nparts, sizeof(*s->parts));
+        if (s->parts == NULL) {
+            free(s);
+            return NULL;
+        }
+    } else {
+        s->parts = &s->one;
+    }
+    /* Replies already made go first. */
+    (void)send_out(kc, &kc->out);
+    if (kc->tail != NULL)
+        kc->tail->next = s;
+    else
+        kc->head = s;
+    kc->tail = s;
+    kc->nslots++;
+    return s;
+}
+
+static void part_done(struct slot *s, uint32_t part, int err, long long n, struct resp_out *r)
+{
+    if (err)
+        s->failed = true;
+    else if (s->combine == SUM)
+        s->sum += n;
+    if (r != NULL && r->len > 0) {
+        if (s->parts[part].len == 0) {
+            resp_out_free(&s->parts[part]);
+            s->parts[part] = *r;
+            memset(r, 0, sizeof(*r));
+        } else {
+            (void)resp_put_raw(&s->parts[part], r->p, r->len);
+        }
+    }
+    s->pending--;
+}
+
+static void *req_run(void *arg)
+{
+    struct req *q = arg;
+    struct kshard *ks = me();
+    if (q->cmd == C_DBSIZE1 || q->cmd == C_FLUSH1)
+        exec_shard(ks, q->cmd, &q->n);
+    else
+        q->err = exec_key(ks, q->cmd, q->a, &q->n, q->expire_ms, &q->r);
+    return q;
+}
+
+static void req_back(void *result, void *ctx)
+{
+    (void)ctx;
+    struct req *q = result;
+    struct kconn *kc = q->kc;
+    part_done(q->slot, q->part, q->err, q->n, &q->r);
+    resp_out_free(&q->r);
+    free(q);
+    kc->reqs--;
+    if (kc->closed) {
+        if (kc->reqs == 0)
+            kconn_free(kc);
+        return;
+    }
+    flush(kc);
+}
+
+/* Part `part` of slot s: run here, or on the owner of its key. */
+static void run_part(struct kconn *kc, struct slot *s, uint32_t part, unsigned shard, unsigned cmd,
+                     const struct resp_arg *a, unsigned argc, long long n, int64_t expire_ms)
+{
+    s->pending++;
+    if (shard == (unsigned)pith_shard_id()) {
+        struct resp_out r = {0};
+        int err = 0;
+        if (cmd == C_DBSIZE1 || cmd == C_FLUSH1)
+            exec_shard(kc->ks, cmd, &n);
+        else
+            err = exec_key(kc->ks, cmd, a, &n, expire_ms, &r);
+        part_done(s, part, err, n, &r);
+        resp_out_free(&r);
+        return;
+    }
+    size_t bytes = sizeof(struct req) + argc * sizeof(struct resp_arg);
+    for (unsigned i = 0; i < argc; i++)
+        bytes += a[i].len;
+    struct req *q = malloc(bytes);
+    if (q == NULL) {
+        s->failed = true;
+        s->pending--;
+        return;
+    }
+    memset(q, 0, sizeof(*q));
+    q->kc = kc;
+    q->slot = s;
+    q->part = part;
+    q->cmd = (uint16_t)cmd;
+    q->argc = (uint16_t)argc;
+    q->n = n;
+    q->expire_ms = expire_ms;
+    char *p = (char *)&q->a[argc];
+    for (unsigned i = 0; i < argc; i++) {
+        memcpy(p, a[i].p, a[i].len);
+        q->a[i].p = p;
+        q->a[i].len = a[i].len;
+        p += a[i].len;
+    }
+    if (pith_call(shard, req_run, q, req_back, NULL) != 0) {
+        free(q);
+        s->failed = true;
+        s->pending--;
+        return;
+    }
+    kc->reqs++;
+}
+
+/* A keyed command on one key: answered at once when this shard owns the key and nothing is
+ * waiting ahead of it, else through a slot. */
+static void keyed(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsigned argc,
+                  long long n, int64_t expire_ms)
+{
+    uint64_t h;
+    unsigned shard = owner(&a[0], &h);
+    if (shard == (unsigned)pith_shard_id() && kc->head == NULL) {
+        if (exec_key(kc->ks, cmd, a, &n, expire_ms, &kc->out) != 0)
+            (void)resp_put_error(&kc->out, "ERR out of memory");
+        return;
+    }
+    struct slot *s = slot_new(kc, 1, RAW);
+    if (s == NULL) {
+        (void)resp_put_error(&kc->out, "ERR out of memory");
+        return;
+    }
+    run_part(kc, s, 0, shard, cmd, a, argc, n, expire_ms);
+}
+
+static void reply_error(struct kconn *kc, const char *msg)
+{
+    if (kc->head == NULL) {
+        (void)resp_put_error(&kc->out, msg);
+        return;
+    }
+    struct slot *s = slot_new(kc, 1, RAW);
+    if (s != NULL)
+        (void)resp_put_error(&s->one, msg);
+}
+
+static void reply_simple(struct kconn *kc, const char *msg)
+{
+    if (kc->head == NULL) {
+        (void)resp_put_simple(&kc->out, msg);
+        return;
+    }
+    struct slot *s = slot_new(kc, 1, RAW);
+    if (s != NULL)
+        (void)resp_put_simple(&s->one, msg);
+}
+
+static struct resp_out *reply_buf(struct kconn *kc)
+{
+    if (kc->head == NULL)
+        return &kc->out;
+    struct slot *s = slot_new(kc, 1, RAW);
+    return s != NULL ? &s->one : NULL;
+}
+
+static void wrong_args(struct kconn *kc, const struct resp_arg *name)
+{
+    char lower[33];
+    size_t n = name->len < 32 ? name->len : 32;
+    for (size_t i = 0; i < n; i++)
+        lower[i] =
+            (char)(name->p[i] >= 'A' && name->p[i] <= 'Z' ? name->p[i] - 'A' + 'a' : name->p[i]);
+    lower[n] = 0;
+    char msg[96];
+    snprintf(msg, sizeof(msg), "ERR wrong number of arguments for '%s' command", lower);
+    reply_error(kc, msg);
+}
+
+static void multi(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsigned argc,
+                  unsigned step, uint8_t combine)
+{
+    uint32_t nparts = argc / step;
+    struct slot *s = slot_new(kc, nparts, combine);
+    if (s == NULL) {
+        reply_error(kc, "ERR out of memory");
+        return;
+    }
+    for (uint32_t i = 0; i < nparts; i++) {
+        uint64_t h;
+        unsigned shard = owner(&a[i * step], &h);
+        run_part(kc, s, i, shard, cmd, &a[i * step], step, 0, 0);
+    }
+}
+
+static void whole(struct kconn *kc, unsigned cmd, uint8_t combine)
+{
+    struct slot *s = slot_new(kc, nshards, combine);
+    if (s == NULL) {
+        reply_error(kc, "ERR out of memory");
+        return;
+    }
+    for (unsigned i = 0; i < nshards; i++)
+        run_part(kc, s, i, i, cmd, NULL, 0, 0, 0);
+}
+
+static void info(struct kconn *kc, const struct resp_arg *section)
+{
+    uint64_t keys = 0, expires = 0, bytes = 0, conns = 0, cmds = 0, total = 0;
+    for (unsigned i = 0; i < nshards; i++) {
+        struct kshard *ks = kshards[i];
+        keys += atomic_load_explicit(&ks->st.keys, memory_order_relaxed);
+        expires += atomic_load_explicit(&ks->st.expires, memory_order_relaxed);
+        bytes += atomic_load_explicit(&ks->st.bytes, memory_order_relaxed);
+        conns += atomic_load_explicit(&ks->nconns, memory_order_relaxed);
+        cmds += atomic_load_explicit(&ks->commands, memory_order_relaxed);
+        total += atomic_load_explicit(&ks->connections, memory_order_relaxed);
+    }
+    char text[1024];
+    int len = 0;
+    bool all = section == NULL || is(section, "all") || is(section, "everything") ||
+               is(section, "default");
+#define SECTION(name) (all || is(section, name))
+    if (SECTION("server"))
+        len += snprintf(text + len, sizeof(text) - (size_t)len,
+                        "# Server\r\nredis_version:7.0.0\r\npith_kv_version:0.1.0\r\n"
+                        "redis_mode:standalone\r\nprocess_id:%d\r\ntcp_port:%d\r\n"
+                        "uptime_in_seconds:%llu\r\nshards:%u\r\n\r\n",
+                        (int)getpid(), opt.port,
+                        (unsigned long long)((pith_now_ns() - started_ns) / 1000000000u), nshards);
+    if (SECTION("clients"))
+        len += snprintf(text + len, sizeof(text) - (size_t)len,
+                        "# Clients\r\nconnected_clients:%llu\r\n\r\n", (unsigned long long)conns);
+    if (SECTION("memory"))
+        len += snprintf(text + len, sizeof(text) - (size_t)len,
+                        "# Memory\r\nused_memory_dataset:%llu\r\n\r\n", (unsigned long long)bytes);
+    if (SECTION("stats"))
+        len += snprintf(text + len, sizeof(text) - (size_t)len,
+                        "# Stats\r\ntotal_connections_received:%llu\r\n"
+                        "total_commands_processed:%llu\r\n\r\n",
+                        (unsigned long long)total, (unsigned long long)cmds);
+    if (SECTION("keyspace")) {
+        len += snprintf(text + len, sizeof(text) - (size_t)len, "# Keyspace\r\n");
+        if (keys > 0)
+            len += snprintf(text + len, sizeof(text) - (size_t)len,
+                            "db0:keys=%llu,expires=%llu,avg_ttl=0\r\n", (unsigned long long)keys,
+                            (unsigned long long)expires);
+    }
+#undef SECTION
+    struct resp_out *o = reply_buf(kc);
+    if (o != NULL)
+        (void)resp_put_bulk(o, text, (size_t)len);
+}
+
+/* SET key value [EX s | PX ms] [NX | XX] [KEEPTTL]: NX/XX/KEEPTTL as bits of *flags. */
+static const char *set_options(const struct resp_arg *a, unsigned argc, long long *flags,
+                               int64_t *expire_ms)
+{
+    *flags = 0;
+    *expire_ms = 0;
+    bool have_expire = false;
+    for (unsigned i = 3; i < argc; i++) {
+        if (is(&a[i], "NX") && !(*flags & 2)) {
+            *flags |= 1;
+        } else if (is(&a[i], "XX") && !(*flags & 1)) {
+            *flags |= 2;
+        } else if (is(&a[i], "KEEPTTL") && !have_expire) {
+            *flags |= 4;
+        } else if ((is(&a[i], "EX") || is(&a[i], "PX")) && !have_expire && !(*flags & 4) &&
+                   i + 1 < argc) {
+            long long v;
+            if (!parse_ll(&a[i + 1], &v))
+                return NOT_INT;
+            bool px = is(&a[i], "PX");
+            if (v <= 0 || v > (px ? LLONG_MAX / 2 : LLONG_MAX / 2000))
+                return "ERR invalid expire time in 'set' command";
+            *expire_ms = now_ms() + (px ? v : v * 1000);
+            have_expire = true;
+            i++;
+        } else {
+            return "ERR syntax error";
+        }
+    }
+    return NULL;
+}
+
+static void command(struct kconn *kc, struct resp_arg *a, unsigned argc)
+{
+    count(&kc->ks->commands, 1);
+    const struct resp_arg *name = &a[0];
+    long long n;
+    int64_t exp;
+    const char *why;
+    switch (name->len) {
+    case 3:
+        if (is(name, "GET")) {
+            if (argc != 2)
+                break;
+            keyed(kc, C_GET, &a[1], 1, 0, 0);
+            return;
+        }
+        if (is(name, "SET")) {
+            if (argc < 3)
+                break;
+            if ((why = set_options(a, argc, &n, &exp)) != NULL) {
+                reply_error(kc, why);
+                return;
+            }
+            keyed(kc, C_SET, &a[1], 2, n, exp);
+            return;
+        }
+        if (is(name, "DEL")) {
+            if (argc < 2)
+                break;
+            multi(kc, C_DEL1, &a[1], argc - 1, 1, SUM);
+            return;
+        }
+        if (is(name, "TTL")) {
+            if (argc != 2)
+                break;
+            keyed(kc, C_TTL, &a[1], 1, 0, 0);
+            return;
+        }
+        goto unknown;
+    case 4:
+        if (is(name, "PING")) {
+            if (argc > 2)
+                break;
+            if (argc == 1) {
+                reply_simple(kc, "PONG");
+            } else {
+                struct resp_out *o = reply_buf(kc);
+                if (o != NULL)
+                    (void)resp_put_bulk(o, a[1].p, a[1].len);
+            }
+            return;
+        }
+        if (is(name, "ECHO")) {
+            if (argc != 2)
+                break;
+            struct resp_out *o = reply_buf(kc);
+            if (o != NULL)
+                (void)resp_put_bulk(o, a[1].p, a[1].len);
+            return;
+        }
+        if (is(name, "INCR") || is(name, "DECR")) {
+            if (argc != 2)
+                break;
+            keyed(kc, C_INCRBY, &a[1], 1, is(name, "INCR") ? 1 : -1, 0);
+            return;
+        }
+        if (is(name, "MGET")) {
+            if (argc < 2)
+                break;
+            multi(kc, C_MGET1, &a[1], argc - 1, 1, ARRAY);
+            return;
+        }
+        if (is(name, "MSET")) {
+            if (argc < 3 || (argc - 1) % 2 != 0)
+                break;
+            multi(kc, C_MSET1, &a[1], argc - 1, 2, OK);
+            return;
+        }
+        if (is(name, "PTTL")) {
+            if (argc != 2)
+                break;
+            keyed(kc, C_PTTL, &a[1], 1, 0, 0);
+            return;
+        }
+        if (is(name, "INFO")) {
+            if (argc > 2)
+                break;
+            info(kc, argc == 2 ? &a[1] : NULL);
+            return;
+        }
+        if (is(name, "QUIT")) {
+            reply_simple(kc, "OK");
+            kc->quitting = true;
+            return;
+        }
+        goto unknown;
+    case 6:
+        if (is(name, "INCRBY") || is(name, "DECRBY")) {
+            if (argc != 3)
+                break;
+            if (!parse_ll(&a[2], &n) || (is(name, "DECRBY") && n == LLONG_MIN)) {
+                reply_error(kc, NOT_INT);
+                return;
+            }
+            keyed(kc, C_INCRBY, &a[1], 1, is(name, "DECRBY") ? -n : n, 0);
+            return;
+        }
+        if (is(name, "EXISTS")) {
+            if (argc < 2)
+                break;
+            multi(kc, C_EXISTS1, &a[1], argc - 1, 1, SUM);
+            return;
+        }
+        if (is(name, "EXPIRE")) {
+            if (argc != 3)
+                break;
+            if (!parse_ll(&a[2], &n) || n > LLONG_MAX / 2000 || n < -(LLONG_MAX / 2000)) {
+                reply_error(kc, NOT_INT);
+                return;
+            }
+            keyed(kc, C_EXPIRE, &a[1], 1, 0, now_ms() + n * 1000);
+            return;
+        }
+        if (is(name, "DBSIZE")) {
+            if (argc != 1)
+                break;
+            whole(kc, C_DBSIZE1, SUM);
+            return;
+        }
+        if (is(name, "SELECT")) {
+            if (argc != 2)
+                break;
+            if (a[1].len == 1 && a[1].p[0] == '0')
+                reply_simple(kc, "OK");
+            else
+                reply_error(kc, "ERR DB index is out of range");
+            return;
+        }
+        if (is(name, "CONFIG") || is(name, "CLIENT")) {
+            /* Enough for clients that ask at connect time (redis-benchmark reads CONFIG GET
+             * save and appendonly): an empty answer. */
+            if (is(name, "CONFIG")) {
+                struct resp_out *o = reply_buf(kc);
+                if (o != NULL)
+                    (void)resp_put_array(o, 0);
+            } else {
+                reply_simple(kc, "OK");
+            }
+            return;
+        }
+        goto unknown;
+    case 7:
+        if (is(name, "PEXPIRE")) {
+            if (argc != 3)
+                break;
+            if (!parse_ll(&a[2], &n) || n > LLONG_MAX / 2 || n < -(LLONG_MAX / 2)) {
+                reply_error(kc, NOT_INT);
+                return;
+            }
+            keyed(kc, C_EXPIRE, &a[1], 1, 0, now_ms() + n);
+            return;
+        }
+        if (is(name, "COMMAND")) {
+            struct resp_out *o = reply_buf(kc);
+            if (o != NULL)
+                (void)resp_put_array(o, 0);
+            return;
+        }
+        if (is(name, "FLUSHDB")) {
+            whole(kc, C_FLUSH1, OK);
+            return;
+        }
+        goto unknown;
+    case 8:
+        if (is(name, "FLUSHALL")) {
+            whole(kc, C_FLUSH1, OK);
+            return;
+        }
+        goto unknown;
+    default:
+        goto unknown;
+    }
+    wrong_args(kc, name);
+    return;
+unknown : {
+    char msg[160];
+    int n2 = (int)(name->len < 64 ? name->len : 64);
+    snprintf(msg, sizeof(msg), "ERR unknown command '%.*s'", n2, name->p);
+    reply_error(kc, msg);
+}
+}
+
+/* ---- connections ---- */
+
+static void *on_open(pith_conn_t c, void *ctx)
+{
+    (void)ctx;
+    struct kconn *kc = calloc(1, sizeof(*kc));
+    if (kc == NULL) {
+        (void)pith_conn_abort(c);
+        return NULL;
+    }
+    kc->id = c;
+    kc->ks = me();
+    kc->next = kc->ks->conns;
+    if (kc->next != NULL)
+        kc->next->prev = kc;
+    kc->ks->conns = kc;
+    count(&kc->ks->nconns, 1);
+    count(&kc->ks->connections, 1);
+    return kc;
+}
+
+static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
+{
+    (void)c;
+    struct kconn *kc = cctx;
+    if (kc == NULL || kc->quitting)
+        return len; /* after QUIT or a protocol error, input is dropped */
+    struct kshard *ks = kc->ks;
+    const char *buf = data;
+    size_t off = 0;
+    while (off < len) {
+        if (kc->nslots >= MAX_SLOTS) {
+            kc->paused = true;
+            (void)pith_conn_pause(kc->id);
+            break;
+        }
+        unsigned argc;
+        const char *err;
+        ssize_t r = resp_parse(buf + off, len - off, &limits, ks->args, ARGS_CAP, &argc, &err);
+        if (r == 0)
+            break;
+        if (r < 0) {
+            reply_error(kc, err);
+            kc->quitting = true;
+            off = len;
+            break;
+        }
+        off += (size_t)r;
+        if (argc > 0)
+            command(kc, ks->args, argc);
+        if (kc->quitting) {
+            off = len;
+            break;
+        }
+    }
+    if (off < len && !kc->paused) {
+        if (kc->partial_since == 0 || off > 0)
+            kc->partial_since = pith_now_ns();
+    } else {
+        kc->partial_since = 0;
+    }
+    flush(kc);
+    return off;
+}
+
+static void on_close(pith_conn_t c, void *cctx, int reason)
+{
+    (void)c;
+    (void)reason;
+    struct kconn *kc = cctx;
+    if (kc == NULL)
+        return;
+    struct kshard *ks = kc->ks;
+    if (kc->prev != NULL)
+        kc->prev->next = kc->next;
+    else
+        ks->conns = kc->next;
+    if (kc->next != NULL)
+        kc->next->prev = kc->prev;
+    count(&ks->nconns, -1);
+    kc->closed = true;
+    if (kc->reqs == 0)
+        kconn_free(kc);
+}
+
+static const pith_tcp_handler_t handler = {
+    .on_open = on_open,
+    .on_data = on_data,
+    .on_close = on_close,
+};
+
+/* Every 100 ms on each shard: expire some keys, and close connections whose unfinished command
+ * has waited longer than the request timeout (a client that trickles a request never ties
+ * memory down for long). */
+static void tick(void *arg)
+{
+    struct kshard *ks = arg;
+    uint64_t now = pith_now_ns();
+    store_expire_step(&ks->st, now_ms(), 64);
+    for (struct kconn *kc = ks->conns; kc != NULL; kc = kc->next)
+        if (kc->partial_since != 0 && now - kc->partial_since > opt.request_timeout_ns &&
+            !kc->quitting) {
+            kc->quitting = true;
+            reply_error(kc, "ERR request timed out");
+            flush(kc);
+        }
+}
+
+static void *shard_up(void *arg)
+{
+    (void)arg;
+    struct kshard *ks = calloc(1, sizeof(*ks));
+    if (ks == NULL || store_init(&ks->st) != 0)
+        return (void *)(intptr_t)-ENOMEM;
+    ks->args = malloc(ARGS_CAP * sizeof(*ks->args));
+    if (ks->args == NULL)
+        return (void *)(intptr_t)-ENOMEM;
+    kshards[pith_shard_id()] = ks;
+    if (pith_timer_add(TICK_NS, TICK_NS, tick, ks, NULL) != 0)
+        return (void *)(intptr_t)-ENOMEM;
+    return NULL;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: pith-kv [--port N] [--host ADDR] [--shards N] [--max-bulk BYTES]\n"
+                    "               [--acceptor] [--request-timeout SECONDS] [--poll-us US]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        char *end = NULL;
+        if (strcmp(argv[i], "--port") == 0 && v) {
+            long p = strtol(v, &end, 10);
+            if (*end || p < 0 || p > 65535)
+                usage();
+            opt.port = (int)p;
+            i++;
+        } else if (strcmp(argv[i], "--host") == 0 && v) {
+            opt.host = v;
+            i++;
+        } else if (strcmp(argv[i], "--shards") == 0 && v) {
+            long s = strtol(v, &end, 10);
+            if (*end || s < 1 || s > 4096)
+                usage();
+            opt.shards = (int)s;
+            i++;
+        } else if (strcmp(argv[i], "--max-bulk") == 0 && v) {
+            unsigned long long b = strtoull(v, &end, 10);
+            if (*end || b == 0 || b > (1ull << 31))
+                usage();
+            opt.max_bulk = (size_t)b;
+            i++;
+        } else if (strcmp(argv[i], "--request-timeout") == 0 && v) {
+            unsigned long long t = strtoull(v, &end, 10);
+            if (*end || t == 0 || t > 86400)
+                usage();
+            opt.request_timeout_ns = t * 1000000000ull;
+            i++;
+        } else if (strcmp(argv[i], "--poll-us") == 0 && v) {
+            long long p = strtoll(v, &end, 10);
+            if (*end || p < 0 || p > 1000000)
+                usage();
+            opt.poll_us = p;
+            i++;
+        } else if (strcmp(argv[i], "--acceptor") == 0) {
+            opt.acceptor = true;
+        } else {
+            usage();
+        }
+    }
+    limits.max_bulk = opt.max_bulk;
+    limits.max_args = ARGS_CAP;
+
+    /* SIGINT and SIGTERM are taken by sigwait below; block them before any shard thread
+     * exists so that every thread inherits the mask. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    pith_config_t cfg;
+    pith_config_init(&cfg);
+    cfg.shards = opt.shards;
+    if (opt.poll_us >= 0)
+        cfg.poll_ns = (uint64_t)opt.poll_us * 1000;
+    int err = pith_engine_start(&cfg);
+    if (err) {
+        fprintf(stderr, "pith-kv: engine: %s (%s)\n", pith_strerror(err), pith_last_error());
+        return 1;
+    }
+    nshards = pith_shard_count();
+    started_ns = pith_now_ns();
+    for (unsigned i = 0; i < nshards; i++) {
+        void *res = NULL;
+        err = pith_call_wait(i, shard_up, NULL, &res);
+        if (err == 0 && res != NULL)
+            err = (int)(intptr_t)res;
+        if (err) {
+            fprintf(stderr, "pith-kv: shard %u: %s\n", i, pith_strerror(err));
+            pith_engine_stop();
+            return 1;
+        }
+    }
+    pith_listen_config_t lc = {0};
+    lc.host = opt.host;
+    lc.port = (uint16_t)opt.port;
+    lc.spread = opt.acceptor ? PITH_TCP_ACCEPTOR : PITH_TCP_REUSEPORT;
+    lc.conn.handler = &handler;
+    /* A bulk of max_bulk bytes and a pipeline's worth of replies fit; past it, a connection is
+     * closed rather than let grow. */
+    lc.conn.max_buffered = 2 * opt.max_bulk + (4u << 20);
+    pith_listener_t l;
+    err = pith_tcp_listen(&lc, &l);
+    if (err) {
+        fprintf(stderr, "pith-kv: listen on %s:%d: %s\n", opt.host, opt.port, pith_strerror(err));
+        pith_engine_stop();
+        return 1;
+    }
+    printf("pith-kv: listening on %s:%d with %u shards (%s)\n", opt.host, pith_tcp_listener_port(l),
+           nshards, opt.acceptor ? "acceptor" : "reuseport");
+    fflush(stdout);
+    int sig;
+    while (sigwait(&sigs, &sig) != 0)
+        ;
+    (void)pith_tcp_unlisten(l);
+    pith_engine_stop();
+    return 0;
+}
