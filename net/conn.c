@@ -426,6 +426,9 @@ static void send_cqe(struct io_op *op, int res, uint32_t flags)
     struct net_shard *ns = c->ns;
     c->sending = false;
     c->ops--;
+    /* Held across the body: conn_fail below may make the connection freeable, and only the
+     * conn_maybe_free at the end may free it. */
+    c->in_cb++;
     if (res < 0) {
         if (res == -ECONNRESET)
             net_add(&ns->st.resets, 1);
@@ -438,12 +441,11 @@ static void send_cqe(struct io_op *op, int res, uint32_t flags)
         net_add(&ns->st.bytes_out, (uint64_t)res);
         if (c->state != C_DEAD)
             advance(c, (size_t)res);
-        c->in_cb++;
         after_send(c);
-        c->in_cb--;
         if (c->unsent > 0 && !c->sending)
             send_kick(c);
     }
+    c->in_cb--;
     conn_maybe_free(c);
 }
 
