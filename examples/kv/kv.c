@@ -612,36 +612,74 @@ static void info(struct kconn *kc, const struct resp_arg *section)
         (void)resp_put_bulk(o, text, (size_t)len);
 }
 
-/* SET key value [EX s | PX ms] [NX | XX] [KEEPTTL]: NX/XX/KEEPTTL as bits of *flags. */
+/* now + ms, or false when it would overflow (Redis: "invalid expire time"). */
+static bool expire_at(long long v, bool ms, int64_t *at)
+{
+    if (!ms && (v > LLONG_MAX / 1000 || v < LLONG_MIN / 1000))
+        return false;
+    long long d = ms ? v : v * 1000;
+    int64_t now = now_ms();
+    if ((d > 0 && now > LLONG_MAX - d) || (d < 0 && now < LLONG_MIN - d))
+        return false;
+    *at = now + d;
+    return true;
+}
+
+/* SET key value [EX s | PX ms] [NX | XX] [KEEPTTL]: NX/XX/KEEPTTL as bits of *flags. As in
+ * Redis, EX (or PX) may repeat and the last one counts; EX with PX is a syntax error. */
 static const char *set_options(const struct resp_arg *a, unsigned argc, long long *flags,
                                int64_t *expire_ms)
 {
     *flags = 0;
     *expire_ms = 0;
-    bool have_expire = false;
+    int unit = 0; /* 1: EX, 2: PX */
     for (unsigned i = 3; i < argc; i++) {
+        int u = is(&a[i], "EX") ? 1 : is(&a[i], "PX") ? 2 : 0;
         if (is(&a[i], "NX") && !(*flags & 2)) {
             *flags |= 1;
         } else if (is(&a[i], "XX") && !(*flags & 1)) {
             *flags |= 2;
-        } else if (is(&a[i], "KEEPTTL") && !have_expire) {
+        } else if (is(&a[i], "KEEPTTL") && unit == 0) {
             *flags |= 4;
-        } else if ((is(&a[i], "EX") || is(&a[i], "PX")) && !have_expire && !(*flags & 4) &&
-                   i + 1 < argc) {
+        } else if (u != 0 && (unit == 0 || unit == u) && !(*flags & 4) && i + 1 < argc) {
             long long v;
             if (!parse_ll(&a[i + 1], &v))
                 return NOT_INT;
-            bool px = is(&a[i], "PX");
-            if (v <= 0 || v > (px ? LLONG_MAX / 2 : LLONG_MAX / 2000))
+            if (v <= 0 || !expire_at(v, u == 2, expire_ms))
                 return "ERR invalid expire time in 'set' command";
-            *expire_ms = now_ms() + (px ? v : v * 1000);
-            have_expire = true;
+            unit = u;
             i++;
         } else {
             return "ERR syntax error";
         }
     }
     return NULL;
+}
+
+/* FLUSHALL / FLUSHDB [ASYNC | SYNC]: both flush at once. */
+static void flush_cmd(struct kconn *kc, const struct resp_arg *a, unsigned argc)
+{
+    if (argc > 2 || (argc == 2 && !is(&a[1], "ASYNC") && !is(&a[1], "SYNC")))
+        reply_error(kc, "ERR syntax error");
+    else
+        whole(kc, C_FLUSH1, OK);
+}
+
+static void unknown(struct kconn *kc, const struct resp_arg *a, unsigned argc)
+{
+    /* Redis's wording: the name, then the first arguments, up to about 128 bytes of them. */
+    char msg[400];
+    int len = snprintf(msg, sizeof(msg), "ERR unknown command '%.*s', with args beginning with: ",
+                       (int)(a[0].len < 128 ? a[0].len : 128), a[0].p);
+    int args = 0;
+    for (unsigned i = 1; i < argc && args < 128; i++) {
+        int room = 128 - args;
+        int n = snprintf(msg + len, sizeof(msg) - (size_t)len, "'%.*s' ",
+                         (int)(a[i].len < (size_t)room ? a[i].len : (size_t)room), a[i].p);
+        len += n;
+        args += n;
+    }
+    reply_error(kc, msg);
 }
 
 static void command(struct kconn *kc, struct resp_arg *a, unsigned argc)
@@ -743,8 +781,12 @@ static void command(struct kconn *kc, struct resp_arg *a, unsigned argc)
         if (is(name, "INCRBY") || is(name, "DECRBY")) {
             if (argc != 3)
                 break;
-            if (!parse_ll(&a[2], &n) || (is(name, "DECRBY") && n == LLONG_MIN)) {
+            if (!parse_ll(&a[2], &n)) {
                 reply_error(kc, NOT_INT);
+                return;
+            }
+            if (is(name, "DECRBY") && n == LLONG_MIN) {
+                reply_error(kc, "ERR decrement would overflow");
                 return;
             }
             keyed(kc, C_INCRBY, &a[1], 1, is(name, "DECRBY") ? -n : n, 0);
@@ -759,11 +801,15 @@ static void command(struct kconn *kc, struct resp_arg *a, unsigned argc)
         if (is(name, "EXPIRE")) {
             if (argc != 3)
                 break;
-            if (!parse_ll(&a[2], &n) || n > LLONG_MAX / 2000 || n < -(LLONG_MAX / 2000)) {
+            if (!parse_ll(&a[2], &n)) {
                 reply_error(kc, NOT_INT);
                 return;
             }
-            keyed(kc, C_EXPIRE, &a[1], 1, 0, now_ms() + n * 1000);
+            if (!expire_at(n, false, &exp)) {
+                reply_error(kc, "ERR invalid expire time in 'expire' command");
+                return;
+            }
+            keyed(kc, C_EXPIRE, &a[1], 1, 0, exp);
             return;
         }
         if (is(name, "DBSIZE")) {
@@ -798,11 +844,15 @@ static void command(struct kconn *kc, struct resp_arg *a, unsigned argc)
         if (is(name, "PEXPIRE")) {
             if (argc != 3)
                 break;
-            if (!parse_ll(&a[2], &n) || n > LLONG_MAX / 2 || n < -(LLONG_MAX / 2)) {
+            if (!parse_ll(&a[2], &n)) {
                 reply_error(kc, NOT_INT);
                 return;
             }
-            keyed(kc, C_EXPIRE, &a[1], 1, 0, now_ms() + n);
+            if (!expire_at(n, true, &exp)) {
+                reply_error(kc, "ERR invalid expire time in 'pexpire' command");
+                return;
+            }
+            keyed(kc, C_EXPIRE, &a[1], 1, 0, exp);
             return;
         }
         if (is(name, "COMMAND")) {
@@ -812,13 +862,13 @@ static void command(struct kconn *kc, struct resp_arg *a, unsigned argc)
             return;
         }
         if (is(name, "FLUSHDB")) {
-            whole(kc, C_FLUSH1, OK);
+            flush_cmd(kc, a, argc);
             return;
         }
         goto unknown;
     case 8:
         if (is(name, "FLUSHALL")) {
-            whole(kc, C_FLUSH1, OK);
+            flush_cmd(kc, a, argc);
             return;
         }
         goto unknown;
@@ -827,12 +877,8 @@ static void command(struct kconn *kc, struct resp_arg *a, unsigned argc)
     }
     wrong_args(kc, name);
     return;
-unknown : {
-    char msg[160];
-    int n2 = (int)(name->len < 64 ? name->len : 64);
-    snprintf(msg, sizeof(msg), "ERR unknown command '%.*s'", n2, name->p);
-    reply_error(kc, msg);
-}
+unknown:
+    unknown(kc, a, argc);
 }
 
 /* ---- connections ---- */
