@@ -78,6 +78,14 @@ static const bench_row_t rows[] = {
     {"file.read_4k_ns", bench_file_read_4k, 20000, 200000, "raw.pread_4k_ns"},
     {"raw.pread_4k_kops", bench_raw_pread_4k_kops, 20000, 200000, NULL},
     {"file.read_4k_qd32_kops", bench_file_read_4k_qd32, 20000, 200000, "raw.pread_4k_kops"},
+    /* n: echoed 64 B requests over 50 loopback connections in a closed loop, after a tenth as
+     * many for warm-up; a cpu row reuses the run of the rps row before it. */
+    {"raw.epoll_echo_rps", bench_raw_epoll_echo_rps, 200000, 2000000, NULL},
+    {"raw.epoll_echo_cpu_us_per_req", bench_raw_epoll_echo_cpu, 200000, 2000000, NULL},
+    {"net.echo_rps", bench_net_echo_rps, 200000, 2000000, "raw.epoll_echo_rps"},
+    {"net.echo_cpu_us_per_req", bench_net_echo_cpu, 200000, 2000000,
+     "raw.epoll_echo_cpu_us_per_req"},
+    {"net.echo_2shards_rps", bench_net_echo_2shards_rps, 200000, 2000000, "raw.epoll_echo_rps"},
 };
 #define NROWS (sizeof(rows) / sizeof(rows[0]))
 

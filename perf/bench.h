@@ -189,6 +189,15 @@ int bench_savina_threadring(const bench_env_t *env, uint64_t n, result_t *r, cha
                             size_t whylen);
 /* bench_timer.c */
 int bench_timer_jitter(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+/* bench_net.c */
+int bench_raw_epoll_echo_rps(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                             size_t whylen);
+int bench_raw_epoll_echo_cpu(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                             size_t whylen);
+int bench_net_echo_rps(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_net_echo_cpu(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_net_echo_2shards_rps(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                               size_t whylen);
 /* bench_idle.c */
 int bench_idle_cpu(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 

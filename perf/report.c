@@ -62,6 +62,8 @@ const char *result_unit(const char *name)
 {
     if (strstr(name, "bytes_per_") != NULL)
         return "bytes";
+    if (strstr(name, "_us_per_") != NULL)
+        return "us";
     const char *u = strrchr(name, '_');
     return u ? u + 1 : "";
 }
