@@ -1031,8 +1031,13 @@ void conn_exit_all(struct net_shard *ns)
     }
     for (uint32_t i = 0; i < ns->used; i++) {
         struct conn *c = ns->slot[i];
-        if (c != NULL)
-            conn_fail(c, c->state == C_CLOSING ? c->reason : -ESHUTDOWN);
+        if (c == NULL)
+            continue;
+        /* Output still queued at the deadline is dropped: a reset, so that the peer does not
+         * take the truncated stream for a complete one. */
+        if (c->state == C_CLOSING && c->unsent > 0)
+            c->reset_on_close = true;
+        conn_fail(c, c->state == C_CLOSING ? c->reason : -ESHUTDOWN);
     }
 }
 

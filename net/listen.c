@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "net.h"
@@ -77,7 +78,8 @@ static void part_free(struct net_shard *ns, struct lpart *p)
     if (p->retry != 0)
         (void)pith_timer_cancel(p->retry);
     close(p->fd);
-    atomic_fetch_sub_explicit(&p->l->parts_open, 1, memory_order_relaxed);
+    /* Release: the close happens before an unlistening thread that sees the count drop. */
+    atomic_fetch_sub_explicit(&p->l->parts_open, 1, memory_order_release);
     free(p);
 }
 
@@ -200,7 +202,7 @@ static void *install(void *arg)
     if (p == NULL) {
         int err = ns == NULL ? (shard_stopping() ? -ESHUTDOWN : errno ? -errno : -ENOMEM) : -ENOMEM;
         close(fd);
-        atomic_fetch_sub_explicit(&l->parts_open, 1, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&l->parts_open, 1, memory_order_release);
         return (void *)(intptr_t)err;
     }
     p->op.done = accept_cqe;
@@ -337,7 +339,7 @@ int pith_tcp_listen(const pith_listen_config_t *cfg, pith_listener_t *out)
             if (e != 0) { /* never installed: its socket closes here */
                 close(l->fds[i]);
                 l->fds[i] = -1;
-                atomic_fetch_sub_explicit(&l->parts_open, 1, memory_order_relaxed);
+                atomic_fetch_sub_explicit(&l->parts_open, 1, memory_order_release);
             }
         }
         if (e != 0 && first_err == 0)
@@ -406,6 +408,16 @@ int pith_tcp_unlisten(pith_listener_t id)
             (void)unlisten_on(l);
         else
             (void)pith_submit(s, unlisten_task, l);
+    }
+    /* From outside, return once every socket is closed: each closes when its accept's last
+     * completion reaches its shard, which is a loop turn or two away. Bounded at 2 s. */
+    if (outside) {
+        uint64_t deadline = pith_now_ns() + UINT64_C(2000000000);
+        while (atomic_load_explicit(&l->parts_open, memory_order_acquire) > 0 &&
+               pith_now_ns() < deadline) {
+            struct timespec ts = {0, 100000};
+            nanosleep(&ts, NULL);
+        }
     }
     return 0;
 }

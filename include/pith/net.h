@@ -69,9 +69,10 @@ typedef struct pith_tcp_open {
 /* How connections behave. Zeros take the defaults. */
 typedef struct pith_tcp_opts {
     /* Callbacks; or, when NULL, actor_type: each connection spawns an actor of that type on its
-     * shard (init's arg is a pith_tcp_open_t *) and gets the messages above. If the actor stops,
-     * its connection is closed. An actor that wants the connection closed calls
-     * pith_conn_close. */
+     * shard (init's arg is a pith_tcp_open_t *) and gets the messages above. An actor that
+     * wants the connection closed calls pith_conn_close before it stops; the connection of an
+     * actor that stopped without closing it is reset at its next event (bytes arriving, end of
+     * stream, output drained) or by idle_timeout_ns. */
     const pith_tcp_handler_t *handler;
     const pith_actor_type_t *actor_type;
     void *ctx;
@@ -107,7 +108,7 @@ typedef struct pith_listen_config {
     /* Open connections per shard at most (default 4096). More are accepted and closed at once,
      * and the shard's refused counter goes up. The shard's completion queue must hold a
      * completion per connection on top of its receive buffers: a shard whose ring is too small
-     * (cfg.io_entries * 16 < net_bufs + 2 * max_conns + 64) lowers the bound to what fits. */
+     * (cfg.io_entries * 16 < net_bufs + 3 * max_conns + 64) lowers the bound to what fits. */
     unsigned max_conns;
     pith_tcp_opts_t conn;
 } pith_listen_config_t;
