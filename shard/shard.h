@@ -265,7 +265,6 @@ static inline void tasks_done(struct shard *s)
 }
 int lq_grow(struct shard *s, bool force);
 
-
 /* submit.c */
 int shard_send(struct shard *s, unsigned dst, const struct task *t, bool force);
 void task_released(const struct task *t);
