@@ -169,11 +169,9 @@ int fop_cancel(struct fop *f)
 {
     if (f->cancelling)
         return -EALREADY;
-    struct io_uring_sqe *sqe = io_ring_sqe(f->tab->ring);
-    if (sqe == NULL)
-        return -EBUSY;
-    io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)&f->op, 0);
-    io_uring_sqe_set_data64(sqe, 0); /* its own CQE says nothing we need: dispatch skips 0 */
+    int err = io_ring_queue_cancel(f->tab->ring, &f->op);
+    if (err)
+        return err;
     f->cancelling = true;
     return 0;
 }

@@ -49,6 +49,10 @@ struct io_uring_sqe *io_ring_sqe(struct io_ring *r);
  * It is submitted by the next io_ring_poll or io_ring_wait; success posts nothing here. */
 int io_ring_queue_wake(struct io_ring *r, int target_fd);
 
+/* Queues an IORING_OP_ASYNC_CANCEL of the operation whose user_data is `target`. Its own CQE
+ * carries user_data 0, which dispatch skips. -EBUSY: no SQE even after a submit. */
+int io_ring_queue_cancel(struct io_ring *r, const void *target);
+
 /* Submits what is queued and dispatches the completions that are ready, without blocking.
  * Enters the kernel only when there is something to submit, deferred task work is flagged, or
  * the CQ overflowed. Returns the number of CQEs dispatched. */

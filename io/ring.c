@@ -81,6 +81,16 @@ int io_ring_queue_wake(struct io_ring *r, int target_fd)
     return 0;
 }
 
+int io_ring_queue_cancel(struct io_ring *r, const void *target)
+{
+    struct io_uring_sqe *sqe = io_ring_sqe(r);
+    if (sqe == NULL)
+        return -EBUSY;
+    io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)target, 0);
+    io_uring_sqe_set_data64(sqe, 0);
+    return 0;
+}
+
 static unsigned dispatch(struct io_ring *r)
 {
     struct io_uring_cqe *cqe;

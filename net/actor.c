@@ -9,7 +9,7 @@
 
 static void *a_open(pith_conn_t c, void *ctx)
 {
-    struct conn *k = conn_find(net_shard_peek(pith_conn_shard(c)), c);
+    struct conn *k = conn_by_id(c);
     pith_tcp_open_t open = {.conn = c, .ctx = ctx};
     pith_ref_t ref = PITH_REF_NONE;
     if (k == NULL || pith_spawn(k->o.actor_type, &open, &ref) != 0) {
@@ -22,7 +22,7 @@ static void *a_open(pith_conn_t c, void *ctx)
 void net_actor_retry(void *arg)
 {
     uint64_t id = (uint64_t)(uintptr_t)arg;
-    struct conn *c = conn_find(net_shard_peek(pith_conn_shard(id)), id);
+    struct conn *c = conn_by_id(id);
     if (c != NULL)
         conn_resume(c, PAUSE_ACTOR);
 }
@@ -33,7 +33,7 @@ static size_t a_data(pith_conn_t c, void *cctx, const void *data, size_t len)
     int err = pith_send(ref, PITH_MSG_TCP_DATA, data, (uint32_t)len);
     if (err == 0)
         return len;
-    struct conn *k = conn_find(net_shard_peek(pith_conn_shard(c)), c);
+    struct conn *k = conn_by_id(c);
     if (err == -EAGAIN && k != NULL) {
         /* A full mailbox: keep the bytes (they count against max_buffered), stop reading, and
          * offer them again shortly. */

@@ -75,15 +75,9 @@ static struct conn *owned(pith_conn_t id, int *err)
 
 static void cancel_op(struct conn *c, struct io_op *op)
 {
-    struct io_uring_sqe *sqe = io_ring_sqe(c->ns->ring);
-    if (sqe == NULL) {
-        /* No SQE even after a submit: end the operation through the socket instead. */
-        if (c->fd >= 0)
-            shutdown(c->fd, SHUT_RDWR);
-        return;
-    }
-    io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)op, 0);
-    io_uring_sqe_set_data64(sqe, 0); /* its own CQE tells nothing we need: dispatch skips 0 */
+    /* No SQE even after a submit: end the operation through the socket instead. */
+    if (io_ring_queue_cancel(c->ns->ring, op) != 0 && c->fd >= 0)
+        shutdown(c->fd, SHUT_RDWR);
 }
 
 /* ---- receiving ---- */
@@ -148,14 +142,14 @@ static void rearm_task(void *arg)
         struct conn *c = list;
         list = c->starved_next;
         c->starved = false;
-        net_add(&ns->st.recv_rearms, 1);
+        stat_add(&ns->st.recv_rearms, 1);
         arm_recv(c);
     }
 }
 
 static void over_limit(struct conn *c)
 {
-    net_add(&c->ns->st.over_limit, 1);
+    stat_add(&c->ns->st.over_limit, 1);
     conn_fail(c, -ENOBUFS);
 }
 
@@ -213,7 +207,7 @@ static void deliver(struct conn *c, const uint8_t *data, size_t len)
 {
     struct net_shard *ns = c->ns;
     c->bytes_in += len;
-    net_add(&ns->st.bytes_in, len);
+    stat_add(&ns->st.bytes_in, len);
     if (c->o.idle_ns != 0)
         c->last_rx = pith_now_ns();
     if (c->state != C_OPEN)
@@ -265,10 +259,10 @@ static void recv_cqe(struct io_op *op, int res, uint32_t flags)
         if (!more)
             eof(c);
     } else if (res == -ENOBUFS) {
-        net_add(&ns->st.recv_nobufs, 1);
+        stat_add(&ns->st.recv_nobufs, 1);
     } else if (res < 0 && res != -ECANCELED) {
         if (res == -ECONNRESET)
-            net_add(&ns->st.resets, 1);
+            stat_add(&ns->st.resets, 1);
         conn_fail(c, res);
     }
     c->in_cb--;
@@ -279,7 +273,7 @@ static void recv_cqe(struct io_op *op, int res, uint32_t flags)
         if (res == -ENOBUFS) {
             starve(c);
         } else {
-            net_add(&ns->st.recv_rearms, 1);
+            stat_add(&ns->st.recv_rearms, 1);
             arm_recv(c);
         }
     }
@@ -354,7 +348,7 @@ static void send_kick(struct conn *c)
 static void kick_task(void *arg)
 {
     uint64_t id = (uint64_t)(uintptr_t)arg;
-    struct conn *c = conn_find(net_shard_peek(pith_conn_shard(id)), id);
+    struct conn *c = conn_by_id(id);
     if (c == NULL)
         return;
     c->kick_queued = false;
@@ -431,14 +425,14 @@ static void send_cqe(struct io_op *op, int res, uint32_t flags)
     c->in_cb++;
     if (res < 0) {
         if (res == -ECONNRESET)
-            net_add(&ns->st.resets, 1);
+            stat_add(&ns->st.resets, 1);
         if (res != -ECANCELED)
             conn_fail(c, res);
     } else {
         if ((size_t)res < c->fly)
-            net_add(&ns->st.partial_sends, 1);
+            stat_add(&ns->st.partial_sends, 1);
         c->bytes_out += (uint64_t)res;
-        net_add(&ns->st.bytes_out, (uint64_t)res);
+        stat_add(&ns->st.bytes_out, (uint64_t)res);
         if (c->state != C_DEAD)
             advance(c, (size_t)res);
         after_send(c);
@@ -453,7 +447,7 @@ static void water_check(struct conn *c)
 {
     if (c->unsent > c->o.high && !(c->pause & PAUSE_WATER)) {
         c->pause |= PAUSE_WATER;
-        net_add(&c->ns->st.paused, 1);
+        stat_add(&c->ns->st.paused, 1);
         stop_recv(c);
     }
 }
@@ -610,7 +604,7 @@ static void arm_idle(struct conn *c, uint64_t delay)
 static void idle_fire(void *arg)
 {
     uint64_t id = (uint64_t)(uintptr_t)arg;
-    struct conn *c = conn_find(net_shard_peek(pith_conn_shard(id)), id);
+    struct conn *c = conn_by_id(id);
     if (c == NULL)
         return;
     c->idle_timer = 0;
@@ -618,7 +612,7 @@ static void idle_fire(void *arg)
         return;
     uint64_t quiet = pith_now_ns() - c->last_rx;
     if (quiet >= c->o.idle_ns) {
-        net_add(&c->ns->st.idle_closed, 1);
+        stat_add(&c->ns->st.idle_closed, 1);
         c->reset_on_close = true;
         conn_fail(c, -ETIMEDOUT);
         return;
@@ -629,7 +623,7 @@ static void idle_fire(void *arg)
 static void linger_fire(void *arg)
 {
     uint64_t id = (uint64_t)(uintptr_t)arg;
-    struct conn *c = conn_find(net_shard_peek(pith_conn_shard(id)), id);
+    struct conn *c = conn_by_id(id);
     if (c == NULL)
         return;
     c->linger_timer = 0;
@@ -644,7 +638,7 @@ void conn_start(struct conn *c)
     struct net_shard *ns = c->ns;
     c->state = C_OPEN;
     c->counted = true;
-    net_add(&ns->st.conns_open, 1);
+    stat_add(&ns->st.conns_open, 1);
     int one = 1;
     (void)setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (c->o.idle_ns != 0) {
@@ -700,7 +694,7 @@ void conn_maybe_free(struct conn *c)
         c->fd = -1;
     }
     if (c->counted)
-        net_add(&ns->st.conns_open, (uint64_t)-1);
+        stat_add(&ns->st.conns_open, (uint64_t)-1);
     /* The id finds nothing from here: on_close sees the connection gone. */
     conn_release_slot(c);
     if (c->o.handler->on_close != NULL && (c->opened || c->o.handler != &net_actor_handler))
@@ -781,7 +775,7 @@ int pith_conn_pause(pith_conn_t id)
 static void resume_task(void *arg)
 {
     uint64_t id = (uint64_t)(uintptr_t)arg;
-    struct conn *c = conn_find(net_shard_peek(pith_conn_shard(id)), id);
+    struct conn *c = conn_by_id(id);
     if (c == NULL)
         return;
     c->resume_queued = false;
@@ -858,13 +852,13 @@ int conn_adopt(struct net_shard *ns, int fd, struct listener *l)
     unsigned limit = l->max_conns < ns->max_conns_fit ? l->max_conns : ns->max_conns_fit;
     if (ns->exiting || shard_stopping() ||
         atomic_load_explicit(&ns->st.conns_open, memory_order_relaxed) >= limit) {
-        net_add(&ns->st.refused, 1);
+        stat_add(&ns->st.refused, 1);
         close(fd);
         return -EMFILE;
     }
     struct conn *c = conn_alloc(ns);
     if (c == NULL) {
-        net_add(&ns->st.refused, 1);
+        stat_add(&ns->st.refused, 1);
         close(fd);
         return -ENOMEM;
     }
@@ -872,7 +866,7 @@ int conn_adopt(struct net_shard *ns, int fd, struct listener *l)
     c->o = l->o;
     c->recv_op.done = recv_cqe;
     c->send_op.done = send_cqe;
-    net_add(&ns->st.accepted, 1);
+    stat_add(&ns->st.accepted, 1);
     conn_start(c);
     return 0;
 }
@@ -886,7 +880,7 @@ static void connect_settle(struct conn *c)
         if (c->connect_timed_out && (r == -ECANCELED || r == -EINTR))
             r = -ETIMEDOUT;
         if (r == 0) {
-            net_add(&c->ns->st.connected, 1);
+            stat_add(&c->ns->st.connected, 1);
             conn_start(c);
             return;
         }
@@ -896,7 +890,7 @@ static void connect_settle(struct conn *c)
     conn_maybe_free(c);
 }
 
-void conn_connect_cqe(struct io_op *op, int res, uint32_t flags)
+static void conn_connect_cqe(struct io_op *op, int res, uint32_t flags)
 {
     (void)flags;
     struct conn *c = CONN_OF(op, conn_op);
@@ -905,7 +899,7 @@ void conn_connect_cqe(struct io_op *op, int res, uint32_t flags)
     connect_settle(c);
 }
 
-void conn_connect_to_cqe(struct io_op *op, int res, uint32_t flags)
+static void conn_connect_to_cqe(struct io_op *op, int res, uint32_t flags)
 {
     (void)flags;
     struct conn *c = CONN_OF(op, to_op);
@@ -916,7 +910,7 @@ void conn_connect_to_cqe(struct io_op *op, int res, uint32_t flags)
     connect_settle(c);
 }
 
-static int parse_addr(const char *host, uint16_t port, struct sockaddr_storage *ss, socklen_t *len)
+int net_parse_addr(const char *host, uint16_t port, struct sockaddr_storage *ss, socklen_t *len)
 {
     memset(ss, 0, sizeof(*ss));
     struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
@@ -943,11 +937,6 @@ static int parse_addr(const char *host, uint16_t port, struct sockaddr_storage *
     return -EINVAL;
 }
 
-int net_parse_addr(const char *host, uint16_t port, struct sockaddr_storage *ss, socklen_t *len)
-{
-    return parse_addr(host, port, ss, len);
-}
-
 int pith_tcp_connect(const char *host, uint16_t port, const pith_tcp_opts_t *opts,
                      uint64_t timeout_ns, pith_conn_t *out)
 {
@@ -961,7 +950,7 @@ int pith_tcp_connect(const char *host, uint16_t port, const pith_tcp_opts_t *opt
         return err;
     struct sockaddr_storage ss;
     socklen_t sl;
-    if (host == NULL || port == 0 || parse_addr(host, port, &ss, &sl) != 0)
+    if (host == NULL || port == 0 || net_parse_addr(host, port, &ss, &sl) != 0)
         return -EINVAL;
     if (shard_stopping())
         return -ESHUTDOWN;

@@ -21,7 +21,7 @@ static uint32_t next_gen = 1;
 #define DEF_MAX_CONNS 4096u
 #define RETRY_NS      UINT64_C(10000000)
 
-struct listener *listener_get(uint32_t idx)
+static struct listener *listener_get(uint32_t idx)
 {
     return idx < NET_MAX_LISTENERS ? table[idx] : NULL;
 }
@@ -95,11 +95,7 @@ static void part_stop(struct net_shard *ns, struct lpart *p)
         part_free(ns, p);
         return;
     }
-    struct io_uring_sqe *sqe = io_ring_sqe(ns->ring);
-    if (sqe != NULL) {
-        io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)&p->op, 0);
-        io_uring_sqe_set_data64(sqe, 0);
-    }
+    (void)io_ring_queue_cancel(ns->ring, &p->op); /* the shutdown ends it anyway */
 }
 
 static unsigned conns_of(unsigned shard)
@@ -179,7 +175,7 @@ static void accept_cqe(struct io_op *op, int res, uint32_t flags)
         part_free(ns, p);
         return;
     }
-    net_add(&ns->st.accept_rearms, 1);
+    stat_add(&ns->st.accept_rearms, 1);
     if (res < 0 && res != -ECANCELED) {
         /* Out of descriptors or memory: try again a little later rather than spin. */
         retry_later(p);

@@ -15,6 +15,7 @@
 
 #include "hooks.h"
 #include "io.h"
+#include "mem.h" /* stat_add: single-writer counters */
 
 /* The buffer group id of the shard's provided receive buffers. */
 #define NET_BGID 7
@@ -29,13 +30,6 @@ struct net_counters {
     _Atomic uint64_t conns_open, accepted, connected, refused, over_limit, idle_closed, resets,
         bytes_in, bytes_out, recv_nobufs, recv_rearms, accept_rearms, partial_sends, paused;
 };
-
-static inline void net_add(_Atomic uint64_t *c, uint64_t n)
-{
-    /* Single writer (the shard): a relaxed load and store, no locked instruction. */
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
-                          memory_order_relaxed);
-}
 
 /* Connection options after defaults. */
 struct conn_opts {
@@ -146,9 +140,10 @@ struct net_shard {
 struct net_shard *net_shard_get(void); /* the calling shard's, made on first use */
 struct net_shard *net_shard_peek(unsigned shard);
 struct conn *conn_find(struct net_shard *ns, uint64_t id);
+/* The live connection an id names, on whichever shard's table it points to; NULL if none. */
+struct conn *conn_by_id(uint64_t id);
 struct conn *conn_alloc(struct net_shard *ns);
 void conn_release_slot(struct conn *c);
-struct listener *listener_get(uint32_t idx);
 /* bufring.c */
 int bufring_open(struct net_shard *ns);
 void bufring_close(struct net_shard *ns);
@@ -164,8 +159,6 @@ void conn_maybe_free(struct conn *c);
 void conn_exit_all(struct net_shard *ns);
 int conn_opts_resolve(struct conn_opts *o, const pith_tcp_opts_t *in);
 int conn_adopt(struct net_shard *ns, int fd, struct listener *l);
-void conn_connect_cqe(struct io_op *op, int res, uint32_t flags);
-void conn_connect_to_cqe(struct io_op *op, int res, uint32_t flags);
 void conn_resume(struct conn *c, uint8_t bit);
 int net_parse_addr(const char *host, uint16_t port, struct sockaddr_storage *ss, socklen_t *len);
 bool net_conn_task(pith_fn_t fn);

@@ -110,6 +110,11 @@ struct conn *conn_find(struct net_shard *ns, uint64_t id)
     return c != NULL && c->id == id ? c : NULL;
 }
 
+struct conn *conn_by_id(uint64_t id)
+{
+    return conn_find(net_shard_peek(pith_conn_shard(id)), id);
+}
+
 unsigned pith_conn_shard(pith_conn_t c)
 {
     return (unsigned)(c >> 52);
