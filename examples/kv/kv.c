@@ -59,13 +59,6 @@ static struct kshard *me(void)
     return kshards[pith_shard_id()];
 }
 
-static void count(_Atomic uint64_t *c, int64_t d)
-{
-    /* One writer (the owning shard): a relaxed load and store. */
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + (uint64_t)d,
-                          memory_order_relaxed);
-}
-
 static int64_t now_ms(void)
 {
     return (int64_t)(pith_now_ns() / 1000000);
@@ -281,18 +274,23 @@ static void exec_shard(struct kshard *ks, unsigned cmd, long long *n)
 
 /* ---- reply order ---- */
 
+static void slot_free(struct slot *s)
+{
+    if (s->parts != &s->one) {
+        for (uint32_t i = 0; i < s->nparts; i++)
+            resp_out_free(&s->parts[i]);
+        free(s->parts);
+    }
+    resp_out_free(&s->one);
+    free(s);
+}
+
 static void kconn_free(struct kconn *kc)
 {
     while (kc->head != NULL) {
         struct slot *s = kc->head;
         kc->head = s->next;
-        if (s->parts != &s->one)
-            for (uint32_t i = 0; i < s->nparts; i++)
-                resp_out_free(&s->parts[i]);
-        resp_out_free(&s->one);
-        if (s->parts != &s->one)
-            free(s->parts);
-        free(s);
+        slot_free(s);
     }
     resp_out_free(&kc->out);
     free(kc);
@@ -336,13 +334,7 @@ static void flush(struct kconn *kc)
         if (kc->head == NULL)
             kc->tail = NULL;
         kc->nslots--;
-        if (s->parts != &s->one) {
-            for (uint32_t i = 0; i < s->nparts; i++)
-                resp_out_free(&s->parts[i]);
-            free(s->parts);
-        }
-        resp_out_free(&s->one);
-        free(s);
+        slot_free(s);
     }
     if (kc->paused && kc->nslots <= RESUME_SLOTS) {
         kc->paused = false;

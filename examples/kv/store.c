@@ -9,13 +9,6 @@
 
 #define INITIAL_BUCKETS 1024u
 
-static void count(_Atomic uint64_t *c, int64_t d)
-{
-    /* One writer (the owning shard): a relaxed load and store, no locked instruction. */
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + (uint64_t)d,
-                          memory_order_relaxed);
-}
-
 uint64_t kv_hash(const void *p, size_t n)
 {
     /* 8 bytes at a time with a multiply-xorshift mix; keys are short. */

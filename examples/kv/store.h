@@ -25,6 +25,14 @@ struct store {
     _Atomic uint64_t keys, expires, bytes;
 };
 
+/* Adds d to a counter written by one shard only: a relaxed load and store, no locked
+ * instruction; other shards read it relaxed (INFO). */
+static inline void count(_Atomic uint64_t *c, int64_t d)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + (uint64_t)d,
+                          memory_order_relaxed);
+}
+
 uint64_t kv_hash(const void *p, size_t n);
 
 int store_init(struct store *s);
