@@ -231,6 +231,26 @@ static int open_socket(const struct sockaddr_storage *ss, socklen_t sl, bool reu
     return fd;
 }
 
+/* Whether another socket already listens on ss (an explicit port). SO_REUSEPORT lets sockets
+ * of the same user share a port, so without this a second server started on a port in use
+ * would join the first one's group and silently take half of its connections. A socket bound
+ * with SO_REUSEADDR alone conflicts with any listener; it is closed before the group binds.
+ * Another process of the same user can still join the group afterwards: that is what
+ * SO_REUSEPORT allows, and no option forbids it. Returns 0 or the errno of bind. */
+static int probe_free(const struct sockaddr_storage *ss, socklen_t sl)
+{
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    int err = 0;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, (const struct sockaddr *)ss, sl) != 0)
+        err = -errno;
+    close(fd);
+    return err;
+}
+
 static int bound_port(int fd)
 {
     struct sockaddr_storage ss;
@@ -288,6 +308,13 @@ int pith_tcp_listen(const pith_listen_config_t *cfg, pith_listener_t *out)
     for (int i = 0; i < l->nfds; i++)
         l->fds[i] = -1;
     int backlog = cfg->backlog ? cfg->backlog : DEF_BACKLOG;
+    if (cfg->spread == PITH_TCP_REUSEPORT && cfg->port != 0) {
+        err = probe_free(&ss, sl);
+        if (err) {
+            listener_free(l);
+            return err;
+        }
+    }
     for (int i = 0; i < l->nfds; i++) {
         int fd = open_socket(&ss, sl, cfg->spread == PITH_TCP_REUSEPORT, backlog);
         if (fd < 0) {

@@ -1872,6 +1872,28 @@ Test(net, bad_configs_are_einval_and_no_engine_is_eshutdown, .timeout = 30)
     lc.port = (uint16_t)local_port(taken);
     cr_assert_eq(pith_tcp_listen(&lc, &l), -EADDRINUSE);
     close(taken);
+
+    /* A listener with SO_REUSEPORT (another server of the same user) is not joined: its port
+     * is in use. Without the check the kernel would add our sockets to its group. */
+    taken = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    cr_assert_eq(setsockopt(taken, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)), 0);
+    cr_assert_eq(bind(taken, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(taken, 8), 0);
+    lc.port = (uint16_t)local_port(taken);
+    cr_assert_eq(pith_tcp_listen(&lc, &l), -EADDRINUSE, "joined another SO_REUSEPORT group");
+    close(taken);
+    /* Nor is our own: a second listen on a listening port fails, and the first still works. */
+    pith_listener_t first;
+    lc.port = 0;
+    cr_assert_eq(pith_tcp_listen(&lc, &first), 0);
+    lc.port = (uint16_t)pith_tcp_listener_port(first);
+    cr_assert_eq(pith_tcp_listen(&lc, &l), -EADDRINUSE, "a second listener on the same port");
+    cr_assert_eq(l, 0);
+    cr_assert_eq(pith_tcp_unlisten(first), 0);
+    /* Once it is gone the port can be listened on again. */
+    cr_assert_eq(pith_tcp_listen(&lc, &l), 0);
+    cr_assert_eq(pith_tcp_unlisten(l), 0);
     test_stop(NULL);
     cr_assert_eq(pith_tcp_listen(&lc, &l), -ESHUTDOWN, "listen after the engine stopped");
 }

@@ -92,7 +92,9 @@ typedef struct pith_tcp_opts {
 /* How a listener spreads connections over the shards. */
 typedef enum pith_tcp_spread {
     /* One socket per shard bound with SO_REUSEPORT: the kernel hashes each connection to a
-     * shard. No hand-off, but the spread follows the hash, not the load. */
+     * shard. No hand-off, but the spread follows the hash, not the load. A port another
+     * socket already listens on is refused with -EADDRINUSE, SO_REUSEPORT or not, so two
+     * servers never split one port's connections by accident. */
     PITH_TCP_REUSEPORT = 0,
     /* One socket, accepted on acceptor_shard, each connection handed to the shard with the
      * fewest open connections (the acceptor included). */
