@@ -215,6 +215,8 @@ void listen_install_task(void *arg)
     (void)install(arg);
 }
 
+/* A socket bound to ss with SO_REUSEADDR (and SO_REUSEPORT when asked), listening unless
+ * backlog is negative; or -errno. */
 static int open_socket(const struct sockaddr_storage *ss, socklen_t sl, bool reuseport, int backlog)
 {
     int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -223,7 +225,8 @@ static int open_socket(const struct sockaddr_storage *ss, socklen_t sl, bool reu
     int one = 1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
         (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) ||
-        bind(fd, (const struct sockaddr *)ss, sl) != 0 || listen(fd, backlog) != 0) {
+        bind(fd, (const struct sockaddr *)ss, sl) != 0 ||
+        (backlog >= 0 && listen(fd, backlog) != 0)) {
         int err = -errno;
         close(fd);
         return err;
@@ -239,16 +242,11 @@ static int open_socket(const struct sockaddr_storage *ss, socklen_t sl, bool reu
  * SO_REUSEPORT allows, and no option forbids it. Returns 0 or the errno of bind. */
 static int probe_free(const struct sockaddr_storage *ss, socklen_t sl)
 {
-    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = open_socket(ss, sl, false, -1);
     if (fd < 0)
-        return -errno;
-    int one = 1;
-    int err = 0;
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-        bind(fd, (const struct sockaddr *)ss, sl) != 0)
-        err = -errno;
+        return fd;
     close(fd);
-    return err;
+    return 0;
 }
 
 static int bound_port(int fd)

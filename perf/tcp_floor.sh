@@ -21,7 +21,7 @@ kernel.perf_event_paranoid <= 0.
 
 Examples:
   perf/tcp_floor.sh -- build/perf/pith-bench --filter raw.epoll_echo_rps
-  taskset -c 1 redis-server --port 16379 --save '' --appendonly no & 
+  taskset -c 1 redis-server --port 16379 --save '' --appendonly no &
   perf/tcp_floor.sh --pid $! -- taskset -c 0 redis-benchmark -p 16379 -t get -n 500000 -P 1
 EOF
 }
@@ -43,16 +43,10 @@ command -v perf >/dev/null || { echo "tcp_floor.sh: perf not found (apt-get inst
 data=$(mktemp "${TMPDIR:-/tmp}/tcp_floor.XXXXXX")
 trap 'rm -f "$data" "$data.old"' EXIT
 if [ -n "$PID" ]; then
-    target=(-p "$PID")
     what="process $PID"
-else
-    target=(-C "$CPU")
-    what="CPU $CPU"
-fi
-if [ -n "$PID" ]; then
     # perf record -p takes no workload: it records until interrupted, once COMMAND is done.
     kill -0 "$PID" 2>/dev/null || { echo "tcp_floor.sh: no process $PID" >&2; exit 1; }
-    perf record -q -g "${target[@]}" -o "$data" 2>/dev/null &
+    perf record -q -g -p "$PID" -o "$data" 2>/dev/null &
     rec=$!
     sleep 0.3 # perf attaches
     rc=0
@@ -61,7 +55,8 @@ if [ -n "$PID" ]; then
     wait "$rec" || true
     [ "$rc" = 0 ] || { echo "tcp_floor.sh: the command failed ($rc)" >&2; exit 1; }
 else
-    perf record -q -g "${target[@]}" -o "$data" -- "$@"
+    what="CPU $CPU"
+    perf record -q -g -C "$CPU" -o "$data" -- "$@"
 fi
 
 perf script -i "$data" -F comm,ip,sym 2>/dev/null | awk -v what="$what" '
