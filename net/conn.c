@@ -28,6 +28,9 @@
 static void kick_task(void *arg);
 static void rearm_task(void *arg);
 static void resume_task(void *arg);
+static void conn_start(struct conn *c); /* open: on_open, then reading */
+static void conn_fail(struct conn *c, int reason);
+static void conn_maybe_free(struct conn *c);
 
 int conn_opts_resolve(struct conn_opts *o, const pith_tcp_opts_t *in)
 {
@@ -142,14 +145,14 @@ static void rearm_task(void *arg)
         struct conn *c = list;
         list = c->starved_next;
         c->starved = false;
-        stat_add(&ns->st.recv_rearms, 1);
+        stat_inc(&ns->st.recv_rearms);
         arm_recv(c);
     }
 }
 
 static void over_limit(struct conn *c)
 {
-    stat_add(&c->ns->st.over_limit, 1);
+    stat_inc(&c->ns->st.over_limit);
     conn_fail(c, -ENOBUFS);
 }
 
@@ -259,10 +262,10 @@ static void recv_cqe(struct io_op *op, int res, uint32_t flags)
         if (!more)
             eof(c);
     } else if (res == -ENOBUFS) {
-        stat_add(&ns->st.recv_nobufs, 1);
+        stat_inc(&ns->st.recv_nobufs);
     } else if (res < 0 && res != -ECANCELED) {
         if (res == -ECONNRESET)
-            stat_add(&ns->st.resets, 1);
+            stat_inc(&ns->st.resets);
         conn_fail(c, res);
     }
     c->in_cb--;
@@ -273,7 +276,7 @@ static void recv_cqe(struct io_op *op, int res, uint32_t flags)
         if (res == -ENOBUFS) {
             starve(c);
         } else {
-            stat_add(&ns->st.recv_rearms, 1);
+            stat_inc(&ns->st.recv_rearms);
             arm_recv(c);
         }
     }
@@ -425,19 +428,17 @@ static void send_cqe(struct io_op *op, int res, uint32_t flags)
     c->in_cb++;
     if (res < 0) {
         if (res == -ECONNRESET)
-            stat_add(&ns->st.resets, 1);
+            stat_inc(&ns->st.resets);
         if (res != -ECANCELED)
             conn_fail(c, res);
     } else {
         if ((size_t)res < c->fly)
-            stat_add(&ns->st.partial_sends, 1);
+            stat_inc(&ns->st.partial_sends);
         c->bytes_out += (uint64_t)res;
         stat_add(&ns->st.bytes_out, (uint64_t)res);
         if (c->state != C_DEAD)
             advance(c, (size_t)res);
         after_send(c);
-        if (c->unsent > 0 && !c->sending)
-            send_kick(c);
     }
     c->in_cb--;
     conn_maybe_free(c);
@@ -447,7 +448,7 @@ static void water_check(struct conn *c)
 {
     if (c->unsent > c->o.high && !(c->pause & PAUSE_WATER)) {
         c->pause |= PAUSE_WATER;
-        stat_add(&c->ns->st.paused, 1);
+        stat_inc(&c->ns->st.paused);
         stop_recv(c);
     }
 }
@@ -496,40 +497,10 @@ static void queued(struct conn *c, size_t n)
         kick_later(c);
 }
 
-static int copy_in(struct conn *c, const void *data, size_t len)
-{
-    while (len > 0) {
-        struct seg *s = seg_room(c, 1);
-        if (s == NULL)
-            return -ENOMEM;
-        if (s->cap - s->len < len && s->len > 0) {
-            s = seg_room(c, len);
-            if (s == NULL)
-                return -ENOMEM;
-        }
-        size_t take = s->cap - s->len < len ? s->cap - s->len : len;
-        memcpy(s->data + s->len, data, take);
-        s->len += (uint32_t)take;
-        data = (const uint8_t *)data + take;
-        len -= take;
-    }
-    return 0;
-}
-
 int pith_conn_send(pith_conn_t id, const void *data, size_t len)
 {
-    if (data == NULL && len > 0)
-        return -EINVAL;
-    int err = 0;
-    struct conn *c = owned(id, &err);
-    if (c == NULL)
-        return err;
-    if ((err = may_queue(c, len)) != 0 || len == 0)
-        return err;
-    if ((err = copy_in(c, data, len)) != 0)
-        return err;
-    queued(c, len);
-    return 0;
+    struct iovec v = {.iov_base = (void *)data, .iov_len = len};
+    return pith_conn_sendv(id, &v, 1);
 }
 
 int pith_conn_sendv(pith_conn_t id, const struct iovec *iov, int iovcnt)
@@ -612,7 +583,7 @@ static void idle_fire(void *arg)
         return;
     uint64_t quiet = pith_now_ns() - c->last_rx;
     if (quiet >= c->o.idle_ns) {
-        stat_add(&c->ns->st.idle_closed, 1);
+        stat_inc(&c->ns->st.idle_closed);
         c->reset_on_close = true;
         conn_fail(c, -ETIMEDOUT);
         return;
@@ -633,14 +604,11 @@ static void linger_fire(void *arg)
     }
 }
 
-void conn_start(struct conn *c)
+static void conn_start(struct conn *c)
 {
     struct net_shard *ns = c->ns;
     c->state = C_OPEN;
-    c->counted = true;
-    stat_add(&ns->st.conns_open, 1);
-    int one = 1;
-    (void)setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    stat_inc(&ns->st.conns_open);
     if (c->o.idle_ns != 0) {
         c->last_rx = pith_now_ns();
         arm_idle(c, c->o.idle_ns);
@@ -655,7 +623,7 @@ void conn_start(struct conn *c)
     conn_maybe_free(c);
 }
 
-void conn_fail(struct conn *c, int reason)
+static void conn_fail(struct conn *c, int reason)
 {
     if (c->state == C_DEAD)
         return;
@@ -680,7 +648,7 @@ void conn_fail(struct conn *c, int reason)
     conn_maybe_free(c);
 }
 
-void conn_maybe_free(struct conn *c)
+static void conn_maybe_free(struct conn *c)
 {
     if (c->state != C_DEAD || c->ops > 0 || c->in_cb > 0)
         return;
@@ -693,11 +661,11 @@ void conn_maybe_free(struct conn *c)
         close(c->fd);
         c->fd = -1;
     }
-    if (c->counted)
+    if (c->opened)
         stat_add(&ns->st.conns_open, (uint64_t)-1);
     /* The id finds nothing from here: on_close sees the connection gone. */
     conn_release_slot(c);
-    if (c->o.handler->on_close != NULL && (c->opened || c->o.handler != &net_actor_handler))
+    if (c->o.handler->on_close != NULL)
         c->o.handler->on_close(c->id, c->opened ? c->cctx : NULL, c->reason);
     pith_free(c->in);
     pith_free(c);
@@ -852,13 +820,13 @@ int conn_adopt(struct net_shard *ns, int fd, struct listener *l)
     unsigned limit = l->max_conns < ns->max_conns_fit ? l->max_conns : ns->max_conns_fit;
     if (ns->exiting || shard_stopping() ||
         atomic_load_explicit(&ns->st.conns_open, memory_order_relaxed) >= limit) {
-        stat_add(&ns->st.refused, 1);
+        stat_inc(&ns->st.refused);
         close(fd);
         return -EMFILE;
     }
     struct conn *c = conn_alloc(ns);
     if (c == NULL) {
-        stat_add(&ns->st.refused, 1);
+        stat_inc(&ns->st.refused);
         close(fd);
         return -ENOMEM;
     }
@@ -866,7 +834,7 @@ int conn_adopt(struct net_shard *ns, int fd, struct listener *l)
     c->o = l->o;
     c->recv_op.done = recv_cqe;
     c->send_op.done = send_cqe;
-    stat_add(&ns->st.accepted, 1);
+    stat_inc(&ns->st.accepted);
     conn_start(c);
     return 0;
 }
@@ -880,7 +848,7 @@ static void connect_settle(struct conn *c)
         if (c->connect_timed_out && (r == -ECANCELED || r == -EINTR))
             r = -ETIMEDOUT;
         if (r == 0) {
-            stat_add(&c->ns->st.connected, 1);
+            stat_inc(&c->ns->st.connected);
             conn_start(c);
             return;
         }
@@ -967,6 +935,9 @@ int pith_tcp_connect(const char *host, uint16_t port, const pith_tcp_opts_t *opt
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
+    /* Accepted sockets inherit it from the listener (open_socket). */
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct conn *c = conn_alloc(ns);
     if (c == NULL) {
         close(fd);

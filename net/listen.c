@@ -2,6 +2,8 @@
  * hands each connection to the shard with the fewest open ones. Multishot accept, armed again
  * whenever a completion comes without IORING_CQE_F_MORE. */
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,7 +177,7 @@ static void accept_cqe(struct io_op *op, int res, uint32_t flags)
         part_free(ns, p);
         return;
     }
-    stat_add(&ns->st.accept_rearms, 1);
+    stat_inc(&ns->st.accept_rearms);
     if (res < 0 && res != -ECANCELED) {
         /* Out of descriptors or memory: try again a little later rather than spin. */
         retry_later(p);
@@ -215,8 +217,8 @@ void listen_install_task(void *arg)
     (void)install(arg);
 }
 
-/* A socket bound to ss with SO_REUSEADDR (and SO_REUSEPORT when asked), listening unless
- * backlog is negative; or -errno. */
+/* A socket bound to ss with SO_REUSEADDR and TCP_NODELAY (and SO_REUSEPORT when asked), listening
+ * unless backlog is negative; or -errno. */
 static int open_socket(const struct sockaddr_storage *ss, socklen_t sl, bool reuseport, int backlog)
 {
     int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -225,6 +227,8 @@ static int open_socket(const struct sockaddr_storage *ss, socklen_t sl, bool reu
     int one = 1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
         (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) ||
+        /* Accepted connections inherit it: no setsockopt per connection. */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0 ||
         bind(fd, (const struct sockaddr *)ss, sl) != 0 ||
         (backlog >= 0 && listen(fd, backlog) != 0)) {
         int err = -errno;

@@ -65,8 +65,7 @@ struct conn {
     uint8_t in_cb; /* callbacks of this connection running: freeing waits */
     bool recv_armed, recv_cancel, sending, rd_eof, shut_req, shut_done, reset_on_close;
     bool kick_queued, resume_queued, starved, connect_timed_out;
-    bool counted; /* in conns_open */
-    bool opened;  /* on_open ran */
+    bool opened; /* on_open ran (and conns_open counts it) */
     int reason;
     int connect_res;
     struct conn_opts o;
@@ -153,9 +152,6 @@ static inline uint8_t *bufring_addr(struct net_shard *ns, unsigned bid)
 }
 void bufring_put(struct net_shard *ns, unsigned bid);
 /* conn.c */
-void conn_start(struct conn *c); /* open: on_open, then reading */
-void conn_fail(struct conn *c, int reason);
-void conn_maybe_free(struct conn *c);
 void conn_exit_all(struct net_shard *ns);
 int conn_opts_resolve(struct conn_opts *o, const pith_tcp_opts_t *in);
 int conn_adopt(struct net_shard *ns, int fd, struct listener *l);
