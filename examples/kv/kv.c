@@ -124,36 +124,7 @@ struct req {
 
 static bool parse_ll(const struct resp_arg *a, long long *out)
 {
-    if (a->len == 0 || a->len > 20)
-        return false;
-    char buf[24];
-    memcpy(buf, a->p, a->len);
-    buf[a->len] = 0;
-    const char *s = buf;
-    bool neg = *s == '-';
-    if (neg)
-        s++;
-    if (*s == 0 || (*s == '0' && s[1] != 0))
-        return false;
-    unsigned long long v = 0;
-    for (; *s; s++) {
-        if (*s < '0' || *s > '9')
-            return false;
-        unsigned d = (unsigned)(*s - '0');
-        if (v > (ULLONG_MAX - d) / 10)
-            return false;
-        v = v * 10 + d;
-    }
-    if (neg) {
-        if (v > (unsigned long long)LLONG_MAX + 1)
-            return false;
-        *out = v == (unsigned long long)LLONG_MAX + 1 ? LLONG_MIN : -(long long)v;
-    } else {
-        if (v > (unsigned long long)LLONG_MAX)
-            return false;
-        *out = (long long)v;
-    }
-    return !(neg && v == 0); /* "-0" is not an integer Redis takes */
+    return resp_parse_ll(a->p, a->len, out);
 }
 
 static bool is(const struct resp_arg *a, const char *name)
@@ -188,8 +159,9 @@ static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, l
         break;
     case C_SET: {
         /* a: key value [options]; the options were checked by the caller, expire_ms is
-         * absolute (0: none); *n carries NX (1), XX (2), KEEPTTL (4). */
-        e = store_get(st, a[0].p, a[0].len, h, now);
+         * absolute (0: none); *n carries NX (1), XX (2), KEEPTTL (4). A plain SET needs no
+         * lookup: store_set finds the entry itself. */
+        e = *n != 0 ? store_get(st, a[0].p, a[0].len, h, now) : NULL;
         if (((*n & 1) && e != NULL) || ((*n & 2) && e == NULL)) {
             err = resp_put_null(o);
             break;
@@ -267,7 +239,7 @@ static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, l
 static void exec_shard(struct kshard *ks, unsigned cmd, long long *n)
 {
     if (cmd == C_DBSIZE1)
-        *n = (long long)ks->st.n;
+        *n = (long long)atomic_load_explicit(&ks->st.keys, memory_order_relaxed);
     else if (cmd == C_FLUSH1)
         store_clear(&ks->st);
 }
@@ -466,6 +438,33 @@ static void run_part(struct kconn *kc, struct slot *s, uint32_t part, unsigned s
     kc->reqs++;
 }
 
+/* Where the next reply goes: straight out when nothing waits ahead of it, else its own slot.
+ * With no memory for a slot it cannot go in order, so the connection ends once the replies
+ * before it are out (NULL). */
+static struct resp_out *reply_buf(struct kconn *kc)
+{
+    if (kc->head == NULL)
+        return &kc->out;
+    struct slot *s = slot_new(kc, 1, RAW);
+    if (s == NULL)
+        kc->quitting = true;
+    return s != NULL ? &s->one : NULL;
+}
+
+static void reply_error(struct kconn *kc, const char *msg)
+{
+    struct resp_out *o = reply_buf(kc);
+    if (o != NULL)
+        (void)resp_put_error(o, msg);
+}
+
+static void reply_simple(struct kconn *kc, const char *msg)
+{
+    struct resp_out *o = reply_buf(kc);
+    if (o != NULL)
+        (void)resp_put_simple(o, msg);
+}
+
 /* A keyed command on one key: answered at once when this shard owns the key and nothing is
  * waiting ahead of it, else through a slot. */
 static void keyed(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsigned argc,
@@ -480,40 +479,10 @@ static void keyed(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsi
     }
     struct slot *s = slot_new(kc, 1, RAW);
     if (s == NULL) {
-        (void)resp_put_error(&kc->out, "ERR out of memory");
+        reply_error(kc, "ERR out of memory");
         return;
     }
     run_part(kc, s, 0, shard, cmd, a, argc, n, expire_ms);
-}
-
-static void reply_error(struct kconn *kc, const char *msg)
-{
-    if (kc->head == NULL) {
-        (void)resp_put_error(&kc->out, msg);
-        return;
-    }
-    struct slot *s = slot_new(kc, 1, RAW);
-    if (s != NULL)
-        (void)resp_put_error(&s->one, msg);
-}
-
-static void reply_simple(struct kconn *kc, const char *msg)
-{
-    if (kc->head == NULL) {
-        (void)resp_put_simple(&kc->out, msg);
-        return;
-    }
-    struct slot *s = slot_new(kc, 1, RAW);
-    if (s != NULL)
-        (void)resp_put_simple(&s->one, msg);
-}
-
-static struct resp_out *reply_buf(struct kconn *kc)
-{
-    if (kc->head == NULL)
-        return &kc->out;
-    struct slot *s = slot_new(kc, 1, RAW);
-    return s != NULL ? &s->one : NULL;
 }
 
 static void wrong_args(struct kconn *kc, const struct resp_arg *name)

@@ -37,9 +37,7 @@ static ssize_t fail(const char **err, int code, const char *msg)
     return -code;
 }
 
-/* Redis's string2ll: an optional '-', then "0" or digits without a leading zero, nothing else,
- * within long long's range. */
-static bool parse_ll(const char *p, size_t n, long long *out)
+bool resp_parse_ll(const char *p, size_t n, long long *out)
 {
     if (n == 1 && p[0] == '0') {
         *out = 0;
@@ -86,7 +84,7 @@ static ssize_t read_header(const char *buf, size_t len, size_t *pos, long long *
     size_t n = (size_t)(cr - line);
     if (n + 1 == avail)
         return 0;
-    if (cr[1] != '\n' || !parse_ll(line + 1, n - 1, val))
+    if (cr[1] != '\n' || !resp_parse_ll(line + 1, n - 1, val))
         return fail(err, EPROTO, invalid);
     *pos += n + 2;
     return 1;

@@ -3,6 +3,7 @@
 #ifndef PITH_KV_RESP_H
 #define PITH_KV_RESP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -51,6 +52,11 @@ struct resp_arg {
  * calls but the scratch area above. */
 ssize_t resp_parse(const char *buf, size_t len, const struct resp_limits *lim,
                    struct resp_arg *args, unsigned cap, unsigned *argc, const char **err);
+
+/* Redis's string2ll: n bytes at p that are an optional '-', then "0" or digits without a
+ * leading zero, nothing else, within long long's range ("-0" is not). True and *out set, or
+ * false. The "*N" and "$L" headers are read with it; commands read their integers with it. */
+bool resp_parse_ll(const char *p, size_t n, long long *out);
 
 /* A growing reply buffer: len bytes at p are ready to send; cap is the allocation's size.
  * Zero-initialise it before the first write; resp_out_free releases it. Owned by its caller;

@@ -50,7 +50,6 @@ static void unlink_free(struct store *s, struct entry **pp)
 {
     struct entry *e = *pp;
     *pp = e->next;
-    s->n--;
     count(&s->keys, -1);
     if (e->expire_ms != 0)
         count(&s->expires, -1);
@@ -65,20 +64,11 @@ void store_clear(struct store *s)
             unlink_free(s, &s->b[i]);
 }
 
-void store_fini(struct store *s)
-{
-    if (s->b == NULL)
-        return;
-    store_clear(s);
-    pith_free(s->b);
-    s->b = NULL;
-}
-
 /* Doubles the buckets when the table is fuller than one entry per bucket. Done at once: with
  * many keys this is a pause (noted in the README), traded for a simple table. */
 static void maybe_grow(struct store *s)
 {
-    if (s->n <= s->mask + 1)
+    if (atomic_load_explicit(&s->keys, memory_order_relaxed) <= s->mask + 1)
         return;
     size_t nb = (s->mask + 1) * 2;
     struct entry **b = pith_calloc(nb, sizeof(*b));
@@ -154,7 +144,6 @@ struct entry *store_set(struct store *s, const char *k, size_t kl, uint64_t h, c
     } else {
         e->next = NULL;
         *pp = e;
-        s->n++;
         count(&s->keys, 1);
     }
     count(&s->bytes, (int64_t)entry_bytes(e));

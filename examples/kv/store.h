@@ -19,10 +19,9 @@ struct entry {
 
 struct store {
     struct entry **b;
-    size_t mask; /* buckets - 1 */
-    size_t n;
-    size_t cursor; /* where active expiry looks next */
-    _Atomic uint64_t keys, expires, bytes;
+    size_t mask;                           /* buckets - 1 */
+    size_t cursor;                         /* where active expiry looks next */
+    _Atomic uint64_t keys, expires, bytes; /* written by the owning shard only */
 };
 
 /* Adds d to a counter written by one shard only: a relaxed load and store, no locked
@@ -36,7 +35,6 @@ static inline void count(_Atomic uint64_t *c, int64_t d)
 uint64_t kv_hash(const void *p, size_t n);
 
 int store_init(struct store *s);
-void store_fini(struct store *s);
 /* The live entry for key, or NULL (an expired one is deleted on the way). */
 struct entry *store_get(struct store *s, const char *k, size_t kl, uint64_t h, int64_t now);
 /* Inserts or replaces; the new entry, or NULL when out of memory (nothing changed). */
