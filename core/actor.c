@@ -284,9 +284,8 @@ static void actor_end(struct core_shard *cs, struct actor *a, uint32_t slot, int
         core_current = self.ref;
         r->type->terminate(&self, a->state, reason);
         core_current = outer;
-        /* A stop asked for from terminate (of itself, or back through a link) is moot. */
-        if (cs->stop_reasons.len)
-            map_del(&cs->stop_reasons, ref);
+        /* A stop asked for from terminate (of itself, or back through a link) is moot:
+         * side_tables_end drops it. */
         /* Messages it sent itself meanwhile are dropped with the rest. */
         mailbox_drop_all(cs, a);
     }

@@ -41,7 +41,7 @@ static void link_exit_here(struct core_shard *cs, pith_ref_t watcher, pith_ref_t
         send_down(watcher, target, reason, true);
     } else if (cs->ending > 0) {
         /* Inside another actor's end: queue it, so that a long chain of links ends in a loop
-         * (core_exits_drain) rather than a recursion as deep as the chain. */
+         * (drained in actor_end) rather than a recursion as deep as the chain. */
         if (cs->nexits == cs->exits_cap) {
             uint32_t cap = cs->exits_cap ? cs->exits_cap * 2 : 16;
             struct core_exit *e = realloc(cs->exits, cap * sizeof(*e));
