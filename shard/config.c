@@ -33,6 +33,7 @@ void pith_config_init(pith_config_t *cfg)
     cfg->backlog_batches = 64;
     cfg->budget = 256;
     cfg->local_queue_max = 1u << 20;
+    cfg->lane_slots = 512;
     cfg->poll_ns = 50000;
     cfg->stall_ns = 20000000;
     cfg->drain_ns = 1000000000;
@@ -180,6 +181,8 @@ int config_resolve(struct engine *e, const pith_config_t *user)
         why = "budget must be at least 1";
     else if (c.local_queue_max < 1024)
         why = "local_queue_max must be at least 1024";
+    else if (!pow2(c.lane_slots) || c.lane_slots < 16 || c.lane_slots > 65536)
+        why = "lane_slots must be a power of two, 16..65536";
     else if (c.io_entries == 0 || c.io_entries > 4096)
         why = "io_entries must be 1..4096";
     else if (c.net_bufs != 0 && (!pow2(c.net_bufs) || c.net_bufs > 32768))

@@ -65,6 +65,42 @@ void shard_hooks_engine_gone(void)
             hook_layers[i].engine_gone();
 }
 
+void shard_hooks_stopping(void)
+{
+    for (unsigned i = 0; i < n_hook_layers; i++)
+        if (hook_layers[i].stopping != NULL)
+            hook_layers[i].stopping();
+}
+
+const char *shard_hooks_describe(unsigned shard, pith_anyfn_t *fn)
+{
+    for (unsigned i = 0; i < n_hook_layers; i++) {
+        const char *label =
+            hook_layers[i].describe != NULL ? hook_layers[i].describe(shard, fn) : NULL;
+        if (label != NULL)
+            return label;
+    }
+    return NULL;
+}
+
+void shard_quiesce(void)
+{
+    struct engine *e = &pith_engine;
+    unsigned n = e->n;
+    if (shard_cur != NULL || n == 0)
+        return;
+    for (unsigned i = 0; i < n; i++) {
+        struct shard *s = e->shards[i];
+        /* Acquire pairs with the loop's release increment of loops (and with the seq_cst
+         * exchange that announces sleep): whatever the shard did in the iteration we waited
+         * out happens before our return. */
+        uint64_t seen = atomic_load_explicit(&s->st.loops, memory_order_acquire);
+        while (atomic_load_explicit(&s->st.loops, memory_order_acquire) == seen &&
+               atomic_load(&s->sleep_state) == AWAKE && atomic_load(&e->state) != ENGINE_HALT)
+            sched_yield();
+    }
+}
+
 bool shard_hooks_release(pith_fn_t fn, void *arg)
 {
     for (unsigned i = 0; i < n_hook_layers; i++)
@@ -82,7 +118,7 @@ static void shard_free(struct shard *s, pith_stop_report_t *rep)
         task_released(&s->lq[i & s->lq_mask]);
         rep->released_tasks++;
     }
-    inbox_release(s, &rep->released_tasks);
+    lanes_release(s, &rep->released_tasks);
     mesh_shard_fini(s, &rep->released_tasks);
     /* The ring first: operations the stop could not reap may still write into this shard's
      * memory until the ring is gone. */
@@ -153,7 +189,7 @@ int pith_engine_start(const pith_config_t *cfg)
         return -EALREADY;
     }
     set_last_error("%s", "");
-    atomic_store(&e->ext_pushed, 0);
+    atomic_fetch_add(&e->epoch, 1);
     atomic_store(&e->wd_parked, 0);
     atomic_store(&e->wd_stop, 0);
 
@@ -224,28 +260,32 @@ int pith_engine_start(const pith_config_t *cfg)
 }
 
 /* True when every shard slept through the whole scan and every task ever sent has run. A
- * sleeping shard has an empty local queue; sleep_epoch moves whenever it wakes up to work and
- * sleeps again, so equal epochs before and after the counter reads mean nobody ran anything in
- * between, and balanced counters mean nothing is left in a ring, a batch or an inbox. */
+ * sleeping shard has an empty local queue and has found its ingress lanes empty, but for those
+ * it parked (lanes_held); sleep_epoch moves whenever it wakes up to work and sleeps again, so
+ * equal epochs before and after the counter reads mean nobody ran anything in between, and
+ * balanced counters mean nothing is left in a ring or a batch. No producer pushes to a lane
+ * once producers_stop has returned. */
 static bool quiescent(struct engine *e)
 {
+    /* WOKEN counts as awake: a producer that pushed to a lane woke the shard, which will run
+     * the record before it sleeps again. */
     for (unsigned i = 0; i < e->n; i++) {
         struct shard *s = e->shards[i];
-        if (atomic_load(&s->sleep_state) == AWAKE)
+        if (atomic_load(&s->sleep_state) != ASLEEP)
             return false;
         e->scan[i] = atomic_load(&s->sleep_epoch);
     }
-    uint64_t sent = 0, ran = 0, ext = 0;
+    uint64_t sent = 0, ran = 0, held = 0;
     for (unsigned i = 0; i < e->n; i++) {
         sent += atomic_load(&e->shards[i]->remote_sent);
         ran += atomic_load(&e->shards[i]->remote_run);
-        ext += atomic_load(&e->shards[i]->external_run);
+        held += atomic_load(&e->shards[i]->lanes_held);
     }
-    if (sent != ran || ext != atomic_load(&e->ext_pushed))
+    if (sent != ran || held != 0)
         return false;
     for (unsigned i = 0; i < e->n; i++) {
         struct shard *s = e->shards[i];
-        if (atomic_load(&s->sleep_state) == AWAKE || atomic_load(&s->sleep_epoch) != e->scan[i])
+        if (atomic_load(&s->sleep_state) != ASLEEP || atomic_load(&s->sleep_epoch) != e->scan[i])
             return false;
     }
     return true;
@@ -269,10 +309,10 @@ int pith_engine_stop(void)
     }
     pith_stop_report_t rep = {0};
 
-    /* 1. Refuse outside submissions; wait for those already inside (see ext_enter). */
+    /* 1. Refuse outside submissions; wait for those already inside (see producer_enter). */
     atomic_store(&e->state, ENGINE_DRAINING);
-    while (atomic_load(&e->ext_users) > 0)
-        sched_yield();
+    producers_stop();
+    shard_hooks_stopping();
 
     /* 2. Let queued work run until the engine is quiet or the deadline passes. Shards that
      * sleep with a timer pending wake, find DRAINING and sleep without one. */
@@ -309,6 +349,7 @@ int pith_engine_stop(void)
     sem_destroy(&e->ready);
     sem_destroy(&e->go);
     engine_teardown(e, &rep);
+    producers_teardown();
     shard_hooks_engine_gone();
     if (rep.released_tasks > 0)
         fprintf(stderr, "pith: stop released %llu tasks that had not run after %.1f ms\n",

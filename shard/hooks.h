@@ -21,6 +21,13 @@ struct shard_hooks {
     void (*engine_gone)(void);
     /* A task that will never run, at stop: true when the hook knew fn and released arg. */
     bool (*release)(pith_fn_t fn, void *arg);
+    /* On the stopping thread once threads outside are refused (shards still run): wake what
+     * outside threads wait on, so that they return -ESHUTDOWN. */
+    void (*stopping)(void);
+    /* From the stall detector's thread: what runs on `shard` when the task it sees is the
+     * layer's (an actor's turn): the label (an actor type's name) and the function to name
+     * (its behaviour) through *fn. NULL: not the layer's. */
+    const char *(*describe)(unsigned shard, pith_anyfn_t *fn);
 };
 
 /* Adds a layer's hooks (at most 4 layers); members left NULL are skipped. Each event calls
@@ -30,6 +37,18 @@ void shard_hooks_ring_exit(unsigned shard);
 void shard_hooks_shard_exit(unsigned shard);
 void shard_hooks_engine_gone(void);
 bool shard_hooks_release(pith_fn_t fn, void *arg);
+void shard_hooks_stopping(void);
+const char *shard_hooks_describe(unsigned shard, pith_anyfn_t *fn);
+
+/* On a shard: tells the stall detector that fn runs now (until the task that called this
+ * returns). */
+void shard_note_running(pith_anyfn_t fn);
+
+/* Off the shards, while the engine runs: returns once every shard has finished the loop
+ * iteration it was in when this was called (it began another, or it sleeps). What a shard
+ * found through shared state before then, and uses only within an iteration, is no longer in
+ * use after. A shard stuck in a long task holds it up. */
+void shard_quiesce(void);
 
 /* pith_submit from a shard without the backpressure bounds (local_queue_max, backlog_batches):
  * for work the upper layer must not lose and whose amount it bounds itself (an actor's one

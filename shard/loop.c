@@ -26,6 +26,12 @@ const pith_config_t *shard_config(void)
     return shard_cur != NULL ? &shard_cur->eng->cfg : NULL;
 }
 
+void shard_note_running(pith_anyfn_t fn)
+{
+    if (shard_cur != NULL)
+        atomic_store_explicit(&shard_cur->cur_fn, fn, memory_order_relaxed);
+}
+
 bool shard_stopping(void)
 {
     return shard_cur == NULL ||
@@ -68,6 +74,8 @@ static unsigned run_local(struct shard *s, unsigned budget)
     }
     if (ran)
         tasks_done(s);
+    if (s->lq_room != NULL && lq_len(s) <= s->eng->cfg.local_queue_max / 2)
+        room_fire(s, &s->lq_room);
     return ran;
 }
 
@@ -75,7 +83,7 @@ static void arm_efd(struct shard *s)
 {
     struct io_uring_sqe *sqe = io_ring_sqe(&s->io);
     if (sqe == NULL)
-        return; /* retried by the next wake; the inbox is also checked before each sleep */
+        return; /* retried by the next wake; the lanes are also checked before each sleep */
     io_uring_prep_read(sqe, s->efd, &s->efd_buf, sizeof(s->efd_buf), 0);
     io_uring_sqe_set_data(sqe, &s->efd_op);
 }
@@ -98,7 +106,7 @@ static void shard_sleep(struct shard *s, uint64_t timeout_ns)
      * before their load of sleep_state. Either we see their work now, or they see ASLEEP
      * and send the wake-up. */
     atomic_exchange(&s->sleep_state, ASLEEP);
-    if (mesh_inbound_pending(s) || inbox_pending(s) || atomic_load(&e->state) == ENGINE_HALT) {
+    if (mesh_inbound_pending(s) || lanes_pending(s) || atomic_load(&e->state) == ENGINE_HALT) {
         atomic_store(&s->sleep_state, AWAKE);
         return;
     }
@@ -122,14 +130,18 @@ static void shard_loop(struct shard *s)
         int state = atomic_load_explicit(&e->state, memory_order_acquire);
         if (state == ENGINE_HALT)
             break;
-        stat_add(&s->st.loops, 1);
+        /* Release: shard_quiesce's acquire load that sees this iteration begin sees the end
+         * of the last one. */
+        atomic_store_explicit(&s->st.loops,
+                              atomic_load_explicit(&s->st.loops, memory_order_relaxed) + 1,
+                              memory_order_release);
         unsigned work = run_local(s, budget);
         /* What that work sent leaves now, not after the drains: a reply is on its way while
          * we look at the rings. */
         if (s->ndirty > 0)
             work += mesh_publish(s);
         work += mesh_drain(s, budget);
-        work += inbox_drain(s);
+        work += lanes_drain(s, budget);
         if (s->ndirty > 0)
             work += mesh_publish(s);
         work += io_ring_poll(&s->io);

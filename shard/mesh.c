@@ -175,6 +175,71 @@ void mesh_flush(struct shard *s, struct outbound *o, unsigned dst)
     }
     reclaim(s, o, dst);
     push_waiting(s, o, dst);
+    if (o->room != NULL && o->waiting <= s->eng->cfg.backlog_batches / 2)
+        room_fire(s, &o->room);
+}
+
+void room_fire(struct shard *s, struct room_wait **list)
+{
+    /* Oldest first: the list is newest first. */
+    struct room_wait *fifo = NULL;
+    for (struct room_wait *w = *list, *next; w != NULL; w = next) {
+        next = w->next;
+        w->next = fifo;
+        fifo = w;
+    }
+    *list = NULL;
+    while (fifo != NULL) {
+        struct room_wait *w = fifo;
+        if (lq_push(s, &w->task, true) != 0)
+            break; /* out of memory: the rest wait for the next look */
+        fifo = w->next;
+        pith_free(w);
+    }
+    for (struct room_wait *w = fifo, *next; w != NULL; w = next) {
+        next = w->next;
+        w->next = *list;
+        *list = w;
+    }
+}
+
+void room_free(struct room_wait **list)
+{
+    for (struct room_wait *w = *list, *next; w != NULL; w = next) {
+        next = w->next;
+        pith_free(w);
+    }
+    *list = NULL;
+}
+
+int pith_when_shard_room(unsigned shard, pith_fn_t fn, void *arg)
+{
+    struct shard *s = shard_cur;
+    if (s == NULL)
+        return atomic_load(&pith_engine.state) == ENGINE_OFF ? -ESHUTDOWN : -EPERM;
+    if (fn == NULL || shard >= s->eng->n)
+        return -EINVAL;
+    if (atomic_load_explicit(&s->eng->state, memory_order_relaxed) != ENGINE_RUNNING)
+        return -ESHUTDOWN;
+    struct task t = {.fn = fn, .arg = arg};
+    struct room_wait **list;
+    if (shard == s->id) {
+        if (lq_len(s) <= s->eng->cfg.local_queue_max / 2)
+            return lq_push(s, &t, true);
+        list = &s->lq_room;
+    } else {
+        struct outbound *o = &s->out[shard];
+        if (o->waiting <= s->eng->cfg.backlog_batches / 2)
+            return lq_push(s, &t, true);
+        list = &o->room;
+    }
+    struct room_wait *w = pith_malloc(sizeof(*w));
+    if (w == NULL)
+        return -ENOMEM;
+    w->task = t;
+    w->next = *list;
+    *list = w;
+    return 0;
 }
 
 int mesh_open_batch(struct shard *s, unsigned dst, bool force)
@@ -339,9 +404,12 @@ void mesh_release_unrun(struct engine *e, uint64_t *released)
  * heap they came from. What other shards may still hold waits for mesh_shard_fini. */
 void mesh_shard_exit(struct shard *s)
 {
+    room_free(&s->lq_room);
     if (s->out != NULL)
-        for (unsigned d = 0; d < s->eng->n; d++)
+        for (unsigned d = 0; d < s->eng->n; d++) {
             reclaim(s, &s->out[d], d);
+            room_free(&s->out[d].room);
+        }
     free_list(s->free_batches, NULL);
     s->free_batches = NULL;
 }

@@ -18,6 +18,7 @@
 #include "hooks.h"
 #include "fop.h"
 #include "io.h"
+#include "lane.h"
 #include "mem.h"
 #include "ring.h"
 
@@ -49,6 +50,12 @@ struct batch_fifo {
     struct batch *head, *tail;
 };
 
+/* A pith_when_shard_room callback waiting for room. */
+struct room_wait {
+    struct room_wait *next;
+    struct task task;
+};
+
 /* What a shard keeps for one destination. Touched only by the sending shard. */
 struct outbound {
     struct batch *open;     /* being filled */
@@ -58,12 +65,7 @@ struct outbound {
     uint64_t published;     /* ring entries pushed */
     uint64_t wake_checked;  /* `published` when a wake-up was last considered */
     bool dirty;             /* listed in shard.dirty */
-};
-
-/* A task pushed by a thread outside the engine (multi-producer, single consumer). */
-struct inbox_node {
-    struct inbox_node *next;
-    struct task task;
+    struct room_wait *room; /* callbacks waiting for `waiting` to drain to half the backlog */
 };
 
 /* Per-shard timers: a 4-ary min-heap of (deadline, arming order) over a slot table. */
@@ -122,6 +124,7 @@ struct shard {
     /* local run queue: tasks this shard gave itself */
     struct task *lq;
     uint32_t lq_head, lq_tail, lq_mask;
+    struct room_wait *lq_room; /* callbacks waiting for it to drain to half local_queue_max */
 
     struct outbound *out; /* [nshards] */
     unsigned *dirty;      /* destinations with something to publish */
@@ -143,10 +146,12 @@ struct shard {
     /* Written by this shard as it works, read by the stop protocol. */
     alignas(CACHE_LINE) _Atomic uint64_t remote_sent; /* tasks appended for other shards */
     _Atomic uint64_t remote_run;                      /* tasks from other shards run */
-    _Atomic uint64_t external_run;                    /* tasks from the inbox run */
+    _Atomic uint64_t lanes_held; /* ingress lanes parked with a record waiting (lane.c) */
 
-    /* Outside threads push here. */
-    alignas(CACHE_LINE) _Atomic(struct inbox_node *) inbox;
+    /* Ingress lanes (lane.c): the shard's own list, and the stack producers push new ones on. */
+    struct lane **lanes;
+    unsigned nlanes, lanes_cap, next_lane;
+    alignas(CACHE_LINE) _Atomic(struct lane *) new_lanes;
 
     /* The stall detector reads these; the shard writes them around each task. */
     alignas(CACHE_LINE) _Atomic(pith_anyfn_t) cur_fn;
@@ -170,9 +175,8 @@ struct engine {
     _Atomic int state;
     _Atomic unsigned nshards; /* n while the engine runs, else 0; readable by any thread */
     _Atomic int stat_users;   /* outside readers of stats; stop waits for 0 before freeing */
-    /* Outside threads inside pith_submit/pith_call_wait; stop waits for 0. */
-    _Atomic int ext_users;
-    _Atomic uint64_t ext_pushed;
+    /* +1 at each start: producers registered with an earlier engine register again (lane.c). */
+    _Atomic uint64_t epoch;
 
     /* stall detector */
     pthread_t watchdog;
@@ -216,12 +220,12 @@ void mesh_flush(struct shard *s, struct outbound *o, unsigned dst);
 unsigned mesh_publish(struct shard *s);
 unsigned mesh_drain(struct shard *s, unsigned budget);
 bool mesh_inbound_pending(struct shard *s);
+/* Moves the callbacks of *list to the local queue (forced); what cannot move stays. */
+void room_fire(struct shard *s, struct room_wait **list);
+void room_free(struct room_wait **list);
 
-/* inbox.c */
-int inbox_push(struct shard *s, const struct task *t);
-unsigned inbox_drain(struct shard *s);
-bool inbox_pending(struct shard *s);
-void inbox_release(struct shard *s, uint64_t *released);
+/* Wakes s if it sleeps, from a thread outside the engine (eventfd), after that thread made work
+ * visible to it (lane.c). */
 void shard_wake_external(struct shard *s);
 
 /* timer.c */

@@ -42,6 +42,14 @@ void stall_unpark(struct engine *e)
 static void report(struct engine *e, unsigned shard, pith_anyfn_t fn, uint64_t ns)
 {
     pith_stall_t st = {.shard = shard, .fn = fn, .ns = ns};
+    /* An engine function such as an actor's turn names nothing a reader knows: the layer that
+     * owns it says what really runs. */
+    pith_anyfn_t inner = fn;
+    const char *label = shard_hooks_describe(shard, &inner);
+    if (label != NULL) {
+        st.actor_type = label;
+        st.fn = fn = inner;
+    }
     Dl_info info;
     void *addr;
     memcpy(&addr, &fn, sizeof(addr)); /* dladdr takes an object pointer */
@@ -51,8 +59,15 @@ static void report(struct engine *e, unsigned shard, pith_anyfn_t fn, uint64_t n
         e->cfg.on_stall(&st, e->cfg.stall_ctx);
         return;
     }
-    fprintf(stderr, "pith: stall: shard %u has been running %s (%p) for %.1f ms\n", shard,
-            st.fn_name ? st.fn_name : "?", addr, (double)ns / 1e6);
+    if (st.actor_type != NULL)
+        fprintf(stderr,
+                "pith: stall: shard %u has been running a behaviour of actor type \"%s\" "
+                "(%s, %p) for %.1f ms\n",
+                shard, st.actor_type, st.fn_name ? st.fn_name : "not exported", addr,
+                (double)ns / 1e6);
+    else
+        fprintf(stderr, "pith: stall: shard %u has been running %s (%p) for %.1f ms\n", shard,
+                st.fn_name ? st.fn_name : "?", addr, (double)ns / 1e6);
 }
 
 /* True when every shard slept through the last two samples without waking. */

@@ -1,5 +1,5 @@
-/* Getting a task to a shard: the mesh from shard threads, the inbox from outside threads, and
- * the call forms built on them. */
+/* Getting a task to a shard: the mesh from shard threads, ingress lanes (lane.c) from outside
+ * threads, and the call forms built on them. */
 #include "shard.h"
 
 #include <errno.h>
@@ -23,23 +23,33 @@ int shard_send(struct shard *s, unsigned dst, const struct task *t, bool force)
     return 0;
 }
 
-/* Outside threads register while they touch the engine so that stop can wait for them. */
-static int ext_enter(struct engine *e)
+/* A task from the calling thread's lane to `shard`: a record of no bytes whose handler runs it. */
+static int lane_task(struct lane *l, void *arg, uint64_t aux, const void *data, uint32_t len)
 {
-    /* Dekker with pith_engine_stop: we increment ext_users and then load state; stop stores
-     * state and then loads ext_users. Both seq_cst, so either we see DRAINING and back out,
-     * or stop sees us and waits. */
-    atomic_fetch_add(&e->ext_users, 1);
-    if (atomic_load(&e->state) != ENGINE_RUNNING) {
-        atomic_fetch_sub(&e->ext_users, 1);
-        return -ESHUTDOWN;
-    }
+    (void)data;
+    (void)len;
+    struct task t = {.fn = (pith_fn_t)(uintptr_t)aux, .arg = arg};
+    if (l == NULL)
+        task_released(&t);
+    else
+        run_task(shard_cur, &t);
     return 0;
 }
 
-static void ext_exit(struct engine *e)
+/* From a thread outside the engine: through its own lane. timeout_ns as lane_push. */
+static int submit_outside(unsigned shard, const struct task *t, uint64_t timeout_ns)
 {
-    atomic_fetch_sub(&e->ext_users, 1);
+    struct producer *p = producer_self();
+    if (p == NULL)
+        return -ENOMEM;
+    int err = producer_enter(p);
+    if (err)
+        return err;
+    err = lane_push(p, shard, lane_task, t->arg, (uint64_t)(uintptr_t)t->fn, NULL, 0, NULL, 0,
+                    timeout_ns);
+    if (err != -ESHUTDOWN)
+        producer_leave(p);
+    return err;
 }
 
 static int submit_task(unsigned shard, const struct task *t)
@@ -53,16 +63,7 @@ static int submit_task(unsigned shard, const struct task *t)
             stat_add(&self->st.backpressure, 1);
         return err;
     }
-    struct engine *e = &pith_engine;
-    int err = ext_enter(e);
-    if (err)
-        return err;
-    if (shard >= e->n)
-        err = -EINVAL;
-    else
-        err = inbox_push(e->shards[shard], t);
-    ext_exit(e);
-    return err;
+    return submit_outside(shard, t, 0);
 }
 
 int shard_submit_force(unsigned shard, pith_fn_t fn, void *arg)
@@ -161,7 +162,8 @@ int pith_call_wait(unsigned shard, pith_call_fn_t fn, void *arg, void **result)
     if (sem_init(&w.done, 0, 0) != 0)
         return -errno;
     struct task t = {.fn = call_wait_run, .arg = &w};
-    int err = submit_task(shard, &t);
+    /* A blocking call: wait for room in the lane rather than fail. */
+    int err = submit_outside(shard, &t, UINT64_MAX);
     if (err == 0) {
         while (sem_wait(&w.done) != 0)
             ; /* EINTR */

@@ -29,9 +29,13 @@ typedef void (*pith_anyfn_t)(void);
 /* What the stall detector saw: a task on `shard` that kept running past the threshold. */
 typedef struct pith_stall {
     unsigned shard;
-    pith_anyfn_t fn;     /* the function that was running */
+    /* The function that was running: the task's, or for an actor's turn its behaviour. */
+    pith_anyfn_t fn;
     const char *fn_name; /* its symbol name where the dynamic linker knows it, else NULL */
-    uint64_t ns;         /* how long it had been running when seen (a lower bound) */
+    /* The name of the actor type whose behaviour ran (pith_actor_type_t.name), or NULL when
+     * the task was not an actor's turn or the type has no name. */
+    const char *actor_type;
+    uint64_t ns; /* how long it had been running when seen (a lower bound) */
 } pith_stall_t;
 
 typedef struct pith_config {
@@ -54,6 +58,10 @@ typedef struct pith_config {
     /* Tasks a shard may queue for itself before pith_submit returns -EAGAIN (default 1 << 20,
      * at least 1024). */
     unsigned local_queue_max;
+    /* Slots of 64 bytes in each ingress lane: the bounded queue from one thread outside the
+     * engine (or one client, pith/client.h) to one shard (default 512; a power of two,
+     * 16..65536). A task, or a message of up to 32 bytes, takes one slot. */
+    unsigned lane_slots;
     /* Busy polling after the last piece of work before a shard sleeps (default 50 us). A
      * sleeping shard also wakes this long before its next timer and spins to the deadline. */
     uint64_t poll_ns;
@@ -126,14 +134,25 @@ typedef void (*pith_fn_t)(void *arg);
 
 /* Runs fn(arg) on `shard`, once, soon. From a shard thread the task joins the mesh batch for
  * that shard (or the local queue when shard is the caller's own); tasks sent from one shard to
- * another run in the order they were submitted. From another thread it goes through the
- * shard's multi-producer inbox and wakes the shard if it sleeps. arg stays the caller's.
+ * another run in the order they were submitted. From another thread it goes through that
+ * thread's own ingress lane to the shard (bounded: cfg.lane_slots; FIFO per thread and shard)
+ * and wakes the shard if it sleeps; nothing is allocated per task. arg stays the caller's.
  * Errors: -EINVAL shard out of range or fn NULL; -ESHUTDOWN no engine runs, or it is stopping
  * and the caller is outside the engine; -EAGAIN backpressure: the ring to that shard is full and
- * cfg.backlog_batches batches already wait (or the local queue is at cfg.local_queue_max) —
- * retry later, e.g. from a task submitted to your own shard; -ENOMEM. */
+ * cfg.backlog_batches batches already wait (or the local queue is at cfg.local_queue_max), or
+ * the calling thread's lane to it is full — wait with pith_when_shard_room on a shard, or use
+ * pith_call_wait / pith_client_call (pith/client.h), which wait for room, outside; -ENOMEM. */
 PITH_API int pith_submit(unsigned shard, pith_fn_t fn, void *arg);
 
+/* Runs fn(arg) once on the calling shard when pith_submit or pith_call to `shard` would no
+ * longer get -EAGAIN: its mesh backlog (or, for the calling shard itself, its local queue) has
+ * drained to half its bound. Call from a shard; threads outside wait inside pith_call_wait or
+ * pith_client_call instead. Errors: -EPERM outside the engine, -EINVAL shard out of range or fn
+ * NULL, -ENOMEM, -ESHUTDOWN. */
+PITH_API int pith_when_shard_room(unsigned shard, pith_fn_t fn, void *arg);
+
+/* pith_call's function returns a result that travels back to the caller; pith_submit's returns
+ * nothing, because nothing travels back: a task is fire-and-forget. */
 typedef void *(*pith_call_fn_t)(void *arg);
 typedef void (*pith_done_fn_t)(void *result, void *ctx);
 
@@ -145,8 +164,10 @@ PITH_API int pith_call(unsigned shard, pith_call_fn_t fn, void *arg, pith_done_f
                        void *ctx);
 
 /* Runs fn(arg) on `shard` and blocks the calling thread until it returns; *result (if not NULL)
- * receives its return value. For threads outside the engine. Errors: -EDEADLK called from a
- * shard; otherwise as pith_submit. */
+ * receives its return value. For threads outside the engine: it waits for room in the thread's
+ * lane instead of failing with -EAGAIN. When the engine stops first it returns once the task has
+ * run, or with -ECANCELED once the stop released it. Errors: -EDEADLK called from a shard;
+ * otherwise as pith_submit but -EAGAIN. */
 PITH_API int pith_call_wait(unsigned shard, pith_call_fn_t fn, void *arg, void **result);
 
 /* Counters of one shard. Each is written by that shard only and read here without stopping it,
@@ -168,7 +189,7 @@ typedef struct pith_shard_stats {
     uint64_t backpressure;   /* -EAGAIN returned to submitters on this shard */
     uint64_t wakes_sent;     /* IORING_OP_MSG_RING wake-ups sent to sleeping shards */
     uint64_t wake_failures;  /* of those, wake-ups the kernel refused (should stay 0) */
-    uint64_t external_in;    /* tasks taken from the external inbox */
+    uint64_t external_in;    /* records run from ingress lanes (threads outside the engine) */
     uint64_t timers_fired;   /* timer callbacks run */
     uint64_t timers_pending; /* timers waiting now */
     uint64_t stalls;         /* stalls the detector saw on this shard */

@@ -1,0 +1,128 @@
+/* Ingress lanes: how threads outside the engine hand work to a shard. Each outside producer (a
+ * thread, or a client handle of core/) has one bounded single-producer/single-consumer lane per
+ * shard it talks to; records are copied into the lane, so the hot path allocates nothing. The
+ * layers above use the records' handlers to carry their own payloads (core/: actor messages).
+ * Private to libpith. */
+#ifndef PITH_SHARD_LANE_H
+#define PITH_SHARD_LANE_H
+
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <pith/engine.h>
+
+struct lane;
+struct shard;
+
+/* Runs one record on the lane's shard, with the record's bytes (data, len: 16-byte aligned,
+ * in the lane, valid during the call only). Returns 0 when done with it, LANE_PARK to keep it
+ * and stop draining this lane until lane_unpark (the upper layer promises to call it), or
+ * LANE_RETRY to keep it and look again at the next drain. Called with l == NULL at stop for a
+ * record that will never run: release what it holds and return 0. */
+typedef int (*lane_fn_t)(struct lane *l, void *arg, uint64_t aux, const void *data, uint32_t len);
+#define LANE_PARK  1
+#define LANE_RETRY 2
+
+#define LANE_SLOT 64u
+#define LANE_HDR  32u /* the record header; its bytes follow, 16-byte aligned */
+
+/* The first slot of a record. A record covers ceil((LANE_HDR + len) / LANE_SLOT) slots in a
+ * row; fn NULL marks padding up to the end of the ring (a record never wraps). */
+struct lane_slot {
+    /* Position of the record + 1. Stored last by the producer with release; the consumer's
+     * acquire load that finds its head + 1 here makes the rest of the record visible. */
+    _Atomic uint32_t seq;
+    uint32_t len;
+    lane_fn_t fn;
+    void *arg;
+    uint64_t aux;
+};
+_Static_assert(sizeof(struct lane_slot) == LANE_HDR, "record header");
+
+struct lane {
+    struct lane_slot *slots; /* cap slots of LANE_SLOT bytes; read-only after creation */
+    uint32_t mask;
+    unsigned shard;
+    /* The producer's identity for the upper layer (core: a client's ref). Written by the
+     * producer before the records it covers, read by the shard after their seq (acquire). */
+    _Atomic uint64_t owner;
+    struct lane *next_new; /* the shard's adoption stack (shard.new_lanes) */
+
+    /* The producer's line. */
+    alignas(64) uint32_t tail; /* next position to write */
+    uint32_t head_seen;        /* head_pub as last read */
+
+    /* The consumer's line: touched by the shard only. */
+    alignas(64) uint32_t head;
+    bool parked; /* not drained until lane_unpark */
+
+    /* Shared, rarely written. */
+    alignas(64) _Atomic uint32_t head_pub; /* head as released by the consumer */
+    /* Futex word: 1 while the producer waits for room. The consumer clears it and wakes. */
+    _Atomic uint32_t room_wait;
+    _Atomic uint32_t closed; /* the producer is gone: free the lane once it is empty */
+    /* 2 at creation: the producer's reference and the shard's. Whoever drops the last frees
+     * the lane (acq_rel, so that all of one side's accesses happen before the other's free). */
+    _Atomic uint32_t refs;
+};
+
+/* One outside producer: a thread's own (made on its first pith_submit, pith_call_wait or
+ * pith_send, closed when it exits) or a client's. Used by one thread at a time. */
+struct producer {
+    struct producer *prev, *next; /* the engine's list, under its producers lock */
+    /* 1 while the owner is inside the engine (between producer_enter and producer_leave); the
+     * stopper waits for 0 once it has refused new entries. */
+    _Atomic uint32_t busy;
+    _Atomic uint64_t epoch; /* the engine this producer is registered with; 0: none */
+    struct lane **lanes;    /* [n], a lane made on first use (under the producers lock) */
+    unsigned n;
+    uint64_t owner;    /* copied into each lane it makes */
+    uint32_t lane_cap; /* slots per lane (a power of two) */
+    /* What the layer above keeps for this producer (core/: the thread's client), and how it
+     * lets go of it when the thread exits; for the thread's own producer only. */
+    void *upper;
+    void (*upper_fini)(struct producer *p);
+};
+
+/* Engine-side state of the lanes of one shard lives in struct shard (shard.h). */
+
+/* Makes p an empty producer (not registered). */
+void producer_init(struct producer *p, uint64_t owner);
+/* Sets the identity p's lanes carry, for its records from now on. p's own thread. */
+void producer_set_owner(struct producer *p, uint64_t owner);
+/* Registers p with the running engine if it is not, and marks it inside: until producer_leave
+ * the engine's memory stays. Errors: -ESHUTDOWN no engine, or it is stopping; -ENOMEM. */
+int producer_enter(struct producer *p);
+void producer_leave(struct producer *p);
+/* Unregisters p and lets go of its lanes (their records still run). From p's own thread,
+ * outside producer_enter. */
+void producer_close(struct producer *p);
+
+/* Appends a record (bytes: head[0..hlen) then data[0..len)) to p's lane to `shard` and wakes the
+ * shard if it sleeps; inside
+ * producer_enter. When the lane is full: -EAGAIN if timeout_ns is 0, else waits for room until
+ * timeout_ns (UINT64_MAX: no limit) passes, then -ETIMEDOUT. While it waits the producer is
+ * outside; -ESHUTDOWN: the engine began to stop meanwhile, and the producer stays outside.
+ * After any other return it is still inside. Errors: -EINVAL shard out of range or len too
+ * large for a lane (lane_max_len), -ENOMEM. */
+int lane_push(struct producer *p, unsigned shard, lane_fn_t fn, void *arg, uint64_t aux,
+              const void *head, uint32_t hlen, const void *data, uint32_t len, uint64_t timeout_ns);
+/* The largest record a lane of p takes. */
+uint32_t lane_max_len(const struct producer *p);
+
+/* On the lane's shard: drain it again. */
+void lane_unpark(struct lane *l);
+
+/* The calling thread's own producer, made on first use; NULL on ENOMEM. Off the shards. */
+struct producer *producer_self(void);
+
+/* shard/ internals (loop.c, engine.c) */
+unsigned lanes_drain(struct shard *s, unsigned budget);
+bool lanes_pending(struct shard *s);
+void lanes_release(struct shard *s, uint64_t *released);
+void producers_stop(void);     /* the stopper, after refusing entries: wait for those inside */
+void producers_teardown(void); /* the stopper, single-threaded: detach every producer */
+
+#endif
