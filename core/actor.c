@@ -2,6 +2,7 @@
  * A turn is a task on the actor's shard: when a message reaches an idle actor, one turn is
  * queued; it handles up to turn_msgs messages and queues itself again behind the shard's other
  * work while mail remains, so a flooded actor never starves the rest. */
+#include "clients.h"
 #include "core.h"
 #include "hooks.h"
 
@@ -9,26 +10,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LIKELY(x)   __builtin_expect(!!(x), 1)
-#define UNLIKELY(x) __builtin_expect(!!(x), 0)
-
 #define DEFAULT_MAILBOX 4096
 #define DEFAULT_TURN    64
 
-/* The running engine's actor state; NULL between engines. Set by a shard thread with a CAS,
- * cleared by engine_gone once no shard and no reader is left. */
-static _Atomic(struct core_engine *) core_eng;
-/* The calling shard's actors; NULL outside the engine or before its first actor. */
-static __thread struct core_shard *core_self __attribute__((tls_model("initial-exec")));
-/* The actor whose behaviour (or hook) runs on this thread, for the `from` of its sends. */
-static __thread pith_ref_t core_current __attribute__((tls_model("initial-exec")));
+_Atomic(struct core_engine *) core_eng;
+__thread struct core_shard *core_self;
+__thread pith_ref_t core_current;
 
 /* Each shard's generation count, carried from one engine to the next (written by the
  * shard thread as it exits, read by the next engine's thread of that index, which the join and
  * the next thread creation order after it): a ref of an earlier engine stays stale. */
 static uint32_t gen_carry[REF_MAX_SHARDS];
 
-static struct core_engine *engine_get(void)
+struct core_engine *core_engine_get(void)
 {
     struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
     if (ce != NULL)
@@ -59,7 +53,7 @@ struct core_shard *core_shard_get(void)
     int id = pith_shard_id();
     if (id < 0)
         return NULL;
-    struct core_engine *ce = engine_get();
+    struct core_engine *ce = core_engine_get();
     if (ce == NULL)
         return NULL;
     cs = calloc(1, sizeof(*cs));
@@ -136,24 +130,9 @@ static struct type_rec *type_get(struct core_shard *cs, const pith_actor_type_t 
 
 /* ---- the table of records ---- */
 
-static inline struct actor *rec_at(const struct core_shard *cs, uint32_t slot)
-{
-    return &cs->chunks[slot >> CHUNK_SHIFT][slot & (CHUNK_SIZE - 1)];
-}
-
-/* The live actor `ref` names on this shard, or NULL. */
-static inline struct actor *lookup(const struct core_shard *cs, pith_ref_t ref)
-{
-    uint32_t slot = ref_slot(ref), gen = ref_gen(ref);
-    if (UNLIKELY(slot >= cs->used || gen == 0))
-        return NULL; /* a free record has generation 0: no ref names it */
-    struct actor *a = rec_at(cs, slot);
-    return (a->gen & REF_GEN_MASK) == gen ? a : NULL;
-}
-
 struct actor *core_lookup(const struct core_shard *cs, pith_ref_t ref)
 {
-    return ref_shard(ref) == cs->id ? lookup(cs, ref) : NULL;
+    return ref_shard(ref) == cs->id ? core_find(cs, ref) : NULL;
 }
 
 static int slot_alloc(struct core_shard *cs, uint32_t *slot)
@@ -236,18 +215,22 @@ static void trim_soon(struct core_shard *cs)
 
 /* ---- ending an actor ---- */
 
-static void mailbox_drop_all(struct core_shard *cs, struct actor *a)
+/* Drops what waits in the mailbox of the ending actor `ref`; senders other than itself hear of
+ * it (-ECANCELED). */
+static void mailbox_drop_all(struct core_shard *cs, struct actor *a, pith_ref_t ref)
 {
     struct amsg *m = a->head;
     uint64_t n = 0;
+    a->head = a->tail = NULL;
+    a->depth = 0;
     while (m != NULL) {
         struct amsg *next = m->next;
+        if (m->from != ref)
+            core_undelivered(cs, m, -ECANCELED);
         core_msg_free(m);
         m = next;
         n++;
     }
-    a->head = a->tail = NULL;
-    a->depth = 0;
     if (n) {
         bump(&ctr(cs, a->rec)->dropped, n);
         bump(&ctr(cs, a->rec)->depth_now, (uint64_t)0 - n);
@@ -265,6 +248,12 @@ static void side_tables_end(struct core_shard *cs, pith_ref_t ref, int reason)
         core_names_end(cs, ref);
     if (cs->muted.len)
         core_mute_drained(cs, ref);
+    if (cs->folded.len)
+        map_del(&cs->folded, ref);
+    if (cs->parked.len)
+        core_lanes_resume(cs, ref); /* their records find the actor gone */
+    if (cs->room.len)
+        core_room_fire(cs, ref);
     if (cs->watchers.len)
         core_watchers_end(cs, ref, reason);
 }
@@ -276,7 +265,7 @@ static void actor_end(struct core_shard *cs, struct actor *a, uint32_t slot, int
     pith_ref_t ref = ref_make(cs->id, a->gen & REF_GEN_MASK, slot);
     if (a->gen & A_STOP)
         map_del(&cs->stop_reasons, ref);
-    mailbox_drop_all(cs, a);
+    mailbox_drop_all(cs, a, ref);
     if (r->type->terminate != NULL) {
         struct pith_actor self = {a, ref_make(cs->id, a->gen & REF_GEN_MASK, slot)};
         a->gen |= A_RUNNING;
@@ -287,7 +276,7 @@ static void actor_end(struct core_shard *cs, struct actor *a, uint32_t slot, int
         /* A stop asked for from terminate (of itself, or back through a link) is moot:
          * side_tables_end drops it. */
         /* Messages it sent itself meanwhile are dropped with the rest. */
-        mailbox_drop_all(cs, a);
+        mailbox_drop_all(cs, a, ref);
     }
     pith_free(a->state);
     /* Its account goes unless the actor left blocks charged to it (then the account stays,
@@ -317,6 +306,21 @@ static void actor_end(struct core_shard *cs, struct actor *a, uint32_t slot, int
 }
 
 /* ---- turns ---- */
+
+/* After a turn: what waits for this actor's mailbox to have room. */
+static void mailbox_drained(struct core_shard *cs, struct actor *a, pith_ref_t ref)
+{
+    if (a->depth <= a->rec->mailbox_max / 2) {
+        if (cs->muted.len)
+            core_mute_drained(cs, ref);
+        if (cs->parked.len)
+            core_lanes_resume(cs, ref);
+        if (cs->room.len)
+            core_room_fire(cs, ref);
+    }
+    if (cs->folded.len)
+        core_folded_flush(cs, a, ref);
+}
 
 static void turn_task(void *arg);
 
@@ -348,6 +352,7 @@ static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
     /* Running for the whole turn: between messages no code of ours can reach this actor. */
     a->gen |= A_RUNNING;
     core_current = ref;
+    atomic_store_explicit(&cs->running, r, memory_order_relaxed);
     while (n < r->turn_msgs && a->head != NULL) {
         struct amsg *m = a->head;
         a->head = m->next;
@@ -356,6 +361,7 @@ static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
         a->depth--;
         pith_msg_t msg;
         core_msg_view(m, &msg);
+        atomic_store_explicit(&cs->running_fn, (pith_anyfn_t)a->behaviour, memory_order_relaxed);
         if (UNLIKELY(++cs->sample == HIST_SAMPLE)) {
             cs->sample = 0;
             uint64_t t0 = pith_now_ns();
@@ -370,11 +376,12 @@ static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
             break; /* a sender muted by this message gets no more of this turn */
     }
     core_current = PITH_REF_NONE;
+    atomic_store_explicit(&cs->running, NULL, memory_order_relaxed);
     a->gen &= ~A_RUNNING;
     bump(&c->messages, n);
     bump(&c->depth_now, (uint64_t)0 - n);
-    if (UNLIKELY(cs->muted.len != 0) && a->depth <= r->mailbox_max / 2)
-        core_mute_drained(cs, ref);
+    if (UNLIKELY(core_waiters(cs)))
+        mailbox_drained(cs, a, ref);
     if (status == 0 && (a->gen & A_STOP))
         status = (int)(intptr_t)map_get(&cs->stop_reasons, ref); /* 0 when not there: normal */
     if (status != 0 || (a->gen & A_STOP)) {
@@ -394,228 +401,9 @@ static void turn_task(void *arg)
     struct core_shard *cs = core_self;
     if (cs == NULL || cs->closing)
         return;
-    struct actor *a = lookup(cs, ref);
+    struct actor *a = core_find(cs, ref);
     if (a != NULL) /* else it stopped after this turn was queued */
         turn_run(cs, a, ref);
-}
-
-/* ---- messages ---- */
-
-struct amsg *core_msg_make_for(int dst, pith_ref_t to, pith_ref_t from, uint32_t type,
-                               const void *data, uint32_t len)
-{
-    struct core_shard *cs = core_self;
-    struct amsg *m = NULL;
-    if (len >= AMSG_BUF)
-        return NULL; /* the API refuses these with -EINVAL first */
-    if (cs != NULL && dst >= 0 && (unsigned)dst != cs->id)
-        m = core_slab_msg(cs, (unsigned)dst, sizeof(*m) + len);
-    if (m == NULL) {
-        m = pith_malloc(sizeof(*m) + len);
-        if (m == NULL)
-            return NULL;
-        m->slab = NULL;
-    }
-    m->next = NULL;
-    m->to = to;
-    m->from = from;
-    m->req = 0;
-    m->type = type;
-    m->len = len;
-    if (len)
-        memcpy(m + 1, data, len);
-    return m;
-}
-
-struct amsg *core_msg_make(pith_ref_t to, pith_ref_t from, uint32_t type, const void *data,
-                           uint32_t len)
-{
-    return core_msg_make_for(to != PITH_REF_NONE ? (int)ref_shard(to) : -1, to, from, type, data,
-                             len);
-}
-
-int core_enqueue(struct core_shard *cs, struct actor *a, struct amsg *m)
-{
-    struct type_rec *r = a->rec;
-    struct type_counters *c = ctr(cs, r);
-    if (UNLIKELY(a->depth >= r->mailbox_max)) {
-        if (r->type->overflow == PITH_OVERFLOW_MUTE_SENDER) {
-            if (core_mute_full(cs, a, m) != 0) {
-                bump(&c->rejected, 1);
-                return -EAGAIN;
-            }
-            goto take;
-        }
-        if (r->type->overflow != PITH_OVERFLOW_DROP_OLDEST) {
-            bump(&c->rejected, 1);
-            return -EAGAIN;
-        }
-        struct amsg *old = a->head;
-        a->head = old->next;
-        if (a->head == NULL)
-            a->tail = NULL;
-        a->depth--;
-        bump(&c->depth_now, (uint64_t)0 - 1);
-        core_msg_free(old);
-        bump(&c->dropped, 1);
-    }
-take:
-    m->next = NULL;
-    if (a->tail != NULL)
-        a->tail->next = m;
-    else
-        a->head = m;
-    a->tail = m;
-    a->depth++;
-    bump(&c->depth_now, 1);
-    if (a->depth > atomic_load_explicit(&c->mailbox_max, memory_order_relaxed))
-        atomic_store_explicit(&c->mailbox_max, a->depth, memory_order_relaxed);
-    if (!(a->gen & (A_SCHEDULED | A_MUTED))) {
-        int err = core_schedule(cs, a, m->to);
-        if (err != 0) {
-            /* Take it back out: it is the tail. */
-            a->depth--;
-            bump(&c->depth_now, (uint64_t)0 - 1);
-            if (a->head == m) {
-                a->head = a->tail = NULL;
-            } else {
-                struct amsg *p = a->head;
-                while (p->next != m)
-                    p = p->next;
-                p->next = NULL;
-                a->tail = p;
-            }
-            return err;
-        }
-    }
-    return 0;
-}
-
-/* A message from another thread, run on the receiving shard. */
-static void deliver_task(void *arg)
-{
-    struct amsg *m = arg;
-    struct core_shard *cs = core_shard_get();
-    struct actor *a = cs != NULL && !cs->closing ? lookup(cs, m->to) : NULL;
-    if (a == NULL) {
-        if (cs != NULL)
-            bump(&cs->dead_letters, 1);
-        core_msg_free(m);
-        return;
-    }
-    if (core_enqueue(cs, a, m) != 0)
-        core_msg_free(m);
-}
-
-/* The message of a send; flag goes into its length (see send_impl). */
-static inline struct amsg *send_msg(int dst, pith_ref_t to, uint32_t type, const void *data,
-                                    uint32_t len, uint32_t flag, bool *made)
-{
-    struct amsg *m = core_msg_make_for(dst, to, core_current, type, data, len);
-    if (m != NULL) {
-        m->len |= flag;
-        *made = true;
-    }
-    return m;
-}
-
-/* A send to an actor of the calling shard (cs is core_self). */
-static inline int send_here(struct core_shard *cs, pith_ref_t to, uint32_t type, const void *data,
-                            uint32_t len, uint32_t flag, bool *made)
-{
-    struct actor *a = lookup(cs, to);
-    if (a == NULL)
-        return -ESRCH;
-    if (a->depth >= a->rec->mailbox_max && a->rec->type->overflow == PITH_OVERFLOW_REJECT) {
-        bump(&ctr(cs, a->rec)->rejected, 1);
-        return -EAGAIN;
-    }
-    struct amsg *m = send_msg(-1, to, type, data, len, flag, made);
-    if (m == NULL)
-        return -ENOMEM;
-    int err = core_enqueue(cs, a, m);
-    if (err)
-        core_msg_free(m);
-    return err;
-}
-
-/* pith_send and pith_send_buf. flag: AMSG_BUF when data is a buffer's reference, which the
- * message then owns: *made says whether the message was made (and so owns it, even on error). */
-static int send_impl(pith_ref_t to, uint32_t type, const void *data, uint32_t len, uint32_t flag,
-                     bool *made)
-{
-    *made = false;
-    /* The common case first: an actor of this shard, from this shard. */
-    struct core_shard *cs = core_self;
-    if (LIKELY(cs != NULL && ref_shard(to) == cs->id && ref_gen(to) != 0 &&
-               (data != NULL || len == 0) && len < AMSG_BUF && !cs->closing))
-        return send_here(cs, to, type, data, len, flag, made);
-    unsigned n = pith_shard_count();
-    if (n == 0)
-        return -ESHUTDOWN;
-    if (ref_gen(to) == 0 || ref_shard(to) >= n || (data == NULL && len > 0) || len >= AMSG_BUF)
-        return -EINVAL;
-    unsigned dst = ref_shard(to);
-    int me = pith_shard_id();
-    if (me >= 0 && (unsigned)me == dst) {
-        if (cs == NULL && (cs = core_shard_get()) == NULL)
-            return -ENOMEM;
-        return cs->closing ? -ESHUTDOWN : send_here(cs, to, type, data, len, flag, made);
-    }
-    if (cs != NULL && cs->closing)
-        return -ESHUTDOWN;
-    /* Outside the engine core_current is PITH_REF_NONE: the message has no sender. */
-    struct amsg *m = send_msg((int)dst, to, type, data, len, flag, made);
-    if (m == NULL)
-        return -ENOMEM;
-    int err = pith_submit(dst, deliver_task, m);
-    if (err)
-        core_msg_free(m);
-    return err;
-}
-
-int pith_send(pith_ref_t to, uint32_t type, const void *data, uint32_t len)
-{
-    bool made;
-    return send_impl(to, type, data, len, 0, &made);
-}
-
-int pith_send_buf(pith_ref_t to, uint32_t type, pith_buf_t *buf)
-{
-    if (buf == NULL)
-        return -EINVAL;
-    pith_buf_ref(buf); /* the message's reference */
-    bool made;
-    int err = send_impl(to, type, &buf, sizeof(buf), AMSG_BUF, &made);
-    if (err && !made)
-        pith_buf_release(buf);
-    return err;
-}
-
-int core_send_msg(struct amsg *m, bool force)
-{
-    unsigned n = pith_shard_count();
-    if (n == 0 || ref_shard(m->to) >= n || ref_gen(m->to) == 0) {
-        core_msg_free(m);
-        return n == 0 ? -ESHUTDOWN : -EINVAL;
-    }
-    int me = pith_shard_id();
-    if (me >= 0 && (unsigned)me == ref_shard(m->to)) {
-        struct core_shard *cs = core_shard_get();
-        struct actor *a = cs != NULL && !cs->closing ? lookup(cs, m->to) : NULL;
-        int err = a == NULL ? (cs == NULL    ? -ENOMEM
-                               : cs->closing ? -ESHUTDOWN
-                                             : -ESRCH)
-                            : core_enqueue(cs, a, m);
-        if (err)
-            core_msg_free(m);
-        return err;
-    }
-    int err = force ? shard_submit_force(ref_shard(m->to), deliver_task, m)
-                    : pith_submit(ref_shard(m->to), deliver_task, m);
-    if (err)
-        core_msg_free(m);
-    return err;
 }
 
 /* ---- spawn ---- */
@@ -678,7 +466,7 @@ int pith_spawn(const pith_actor_type_t *type, void *arg, pith_ref_t *out)
         core_current = outer;
         if (err != 0) {
             /* Not started: no terminate, and it does not count as spawned. */
-            mailbox_drop_all(cs, a);
+            mailbox_drop_all(cs, a, ref);
             pith_free(state);
             if (type->mem_budget > 0)
                 pith_mem_owner_forget(ref);
@@ -932,6 +720,13 @@ int pith_core_stats(unsigned shard, pith_core_stats_t *out)
             out->late_replies = atomic_load_explicit(&cs->late_replies, memory_order_relaxed);
             out->ask_timeouts = atomic_load_explicit(&cs->ask_timeouts, memory_order_relaxed);
             out->timer_msgs = atomic_load_explicit(&cs->timer_msgs, memory_order_relaxed);
+            out->undelivered = atomic_load_explicit(&cs->undelivered, memory_order_relaxed);
+            out->undelivered_folded =
+                atomic_load_explicit(&cs->undelivered_folded, memory_order_relaxed);
+            out->undelivered_tasks =
+                atomic_load_explicit(&cs->undelivered_tasks, memory_order_relaxed);
+            out->undelivered_unhandled =
+                atomic_load_explicit(&cs->undelivered_unhandled, memory_order_relaxed);
         }
     }
     shard_reader_leave();
@@ -966,6 +761,9 @@ static void core_shard_exit(unsigned shard)
     cs->exits = NULL;
     cs->nexits = cs->exits_cap = 0;
     core_mute_free(cs);
+    map_free(&cs->folded);
+    core_lanes_free(cs);
+    core_room_free(cs);
     core_slabs_close_all(cs);
     gen_carry[cs->id] = cs->last_gen;
     core_self = NULL;
@@ -976,6 +774,7 @@ static void core_engine_gone(void)
     struct core_engine *ce = atomic_exchange(&core_eng, NULL);
     if (ce == NULL)
         return;
+    core_clients_gone(ce);
     for (unsigned i = 0; i < ce->n; i++)
         free(atomic_load_explicit(&ce->shards[i], memory_order_relaxed));
     struct type_rec *r = atomic_load_explicit(&ce->types, memory_order_relaxed);
@@ -990,15 +789,33 @@ static void core_engine_gone(void)
 
 static bool core_release(pith_fn_t fn, void *arg)
 {
-    if (fn == deliver_task || fn == core_ask_task) {
+    if (fn == core_deliver_task || fn == core_ask_task) {
         core_msg_free(arg);
         return true;
     }
-    if (fn == core_watch_task || fn == core_reg_task || fn == core_mute_task) {
+    if (fn == core_watch_task || fn == core_reg_task || fn == core_mute_task ||
+        fn == core_undelivered_task || fn == core_room_task || fn == core_room_send) {
         pith_free(arg);
         return true;
     }
     return fn == turn_task || fn == stop_task || fn == kill_task;
+}
+
+/* The stall detector's question: what runs on `shard`, when it is an actor's turn. */
+static const char *core_describe(unsigned shard, pith_anyfn_t *fn)
+{
+    if (*fn != (pith_anyfn_t)turn_task)
+        return NULL;
+    struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
+    struct core_shard *cs = ce != NULL && shard < ce->n
+                                ? atomic_load_explicit(&ce->shards[shard], memory_order_acquire)
+                                : NULL;
+    const struct type_rec *r =
+        cs != NULL ? atomic_load_explicit(&cs->running, memory_order_relaxed) : NULL;
+    if (r == NULL)
+        return NULL;
+    *fn = atomic_load_explicit(&cs->running_fn, memory_order_relaxed);
+    return r->type->name != NULL ? r->type->name : "";
 }
 
 __attribute__((constructor)) static void core_hooks(void)
@@ -1007,6 +824,8 @@ __attribute__((constructor)) static void core_hooks(void)
         .shard_exit = core_shard_exit,
         .engine_gone = core_engine_gone,
         .release = core_release,
+        .stopping = core_clients_stopping,
+        .describe = core_describe,
     };
     shard_hooks_add(&h);
 }

@@ -1,6 +1,7 @@
 /* ask and reply, and actor timers. An ask is remembered on the asking shard under its request
  * id (shard in the top 12 bits, a sequence below) with a shard timer for its timeout; the reply
  * travels to that shard and finds it there, or finds nothing and is counted as late. */
+#include "clients.h"
 #include "core.h"
 
 #include <errno.h>
@@ -37,15 +38,33 @@ static void ask_finish(struct core_shard *cs, uint64_t id, struct ask *k, struct
     if (m != NULL) {
         m->to = k->asker;
         m->req = id;
+        m->len |= AMSG_ADMIT; /* the asker asked for it: past its mailbox's bound */
         struct actor *a = core_lookup(cs, k->asker);
         if (a == NULL) {
             core_bump(&cs->dead_letters, 1);
             core_msg_free(m);
         } else if (core_enqueue(cs, a, m) != 0) {
-            core_msg_free(m); /* a full mailbox counted it */
+            core_msg_free(m); /* out of memory for its turn */
         }
     }
     pith_free(k);
+}
+
+bool core_ask_fail(struct core_shard *cs, const pith_undelivered_t *u)
+{
+    struct ask *k = map_del(&cs->asks, u->req);
+    if (k == NULL)
+        return false;
+    pith_timer_cancel(k->timer);
+    if (k->cb != NULL) {
+        k->cb(NULL, u->reason, k->ctx);
+    } else {
+        struct actor *a = core_lookup(cs, k->asker);
+        if (a != NULL)
+            core_notice_actor(cs, a, k->asker, u);
+    }
+    pith_free(k);
+    return true;
 }
 
 static void ask_timeout(void *arg)
@@ -69,8 +88,8 @@ int pith_ask(pith_ref_t to, uint32_t type, const void *data, uint32_t len, uint6
     if (pith_shard_id() < 0)
         return -EPERM;
     unsigned n = pith_shard_count();
-    if (timeout_ns == 0 || ref_gen(to) == 0 || ref_shard(to) >= n || (data == NULL && len > 0) ||
-        len >= PITH_MSG_MAX)
+    if (timeout_ns == 0 || ref_gen(to) == 0 || (ref_shard(to) >= n && !ref_is_client(to)) ||
+        (data == NULL && len > 0) || len >= PITH_MSG_MAX || type >= PITH_MSG_RESERVED)
         return -EINVAL;
     struct core_shard *cs = core_shard_get();
     if (cs == NULL)
@@ -137,16 +156,35 @@ int pith_reply(const pith_msg_t *request, uint32_t type, const void *data, uint3
     unsigned n = pith_shard_count();
     if (n == 0)
         return -ESHUTDOWN;
-    if (request == NULL || request->req == 0 || (data == NULL && len > 0) || len >= PITH_MSG_MAX)
+    if (request == NULL || request->req == 0 || (data == NULL && len > 0) || len >= PITH_MSG_MAX ||
+        type >= PITH_MSG_RESERVED)
         return -EINVAL;
-    unsigned dst = (unsigned)(request->req >> 52);
-    if (dst >= n)
+    uint64_t req = request->req;
+    unsigned dst = req_shard(req);
+    bool client = req_is_client(req);
+    if (dst >= n && !client)
         return -EINVAL;
+    if (pith_shard_id() < 0)
+        return client_reply_outside(req, type, data, len);
+    if (client) {
+        /* Straight into the asking client's inbox from here. */
+        struct core_shard *cs = core_shard_get();
+        if (cs == NULL)
+            return -ENOMEM;
+        struct amsg *m = core_msg_make_for(-1, PITH_REF_NONE, core_current_ref(), type, data, len);
+        if (m == NULL)
+            return -ENOMEM;
+        m->req = req;
+        int err = client_deliver_req(cs, m);
+        if (err)
+            core_msg_free(m);
+        return err;
+    }
     struct amsg *m =
         core_msg_make_for((int)dst, PITH_REF_NONE, core_current_ref(), type, data, len);
     if (m == NULL)
         return -ENOMEM;
-    m->req = request->req;
+    m->req = req;
     /* Through the queue even on the asker's own shard: the asker's callback or turn must not
      * run inside the replier's behaviour. */
     int err = pith_submit(dst, core_ask_task, m);
@@ -213,7 +251,8 @@ int pith_actor_timer(pith_actor_t *self, uint64_t delay_ns, uint64_t period_ns, 
 {
     if (id != NULL)
         *id = 0;
-    if (self == NULL || (data == NULL && len > 0) || len >= PITH_MSG_MAX)
+    if (self == NULL || (data == NULL && len > 0) || len >= PITH_MSG_MAX ||
+        type >= PITH_MSG_RESERVED)
         return -EINVAL;
     struct core_shard *cs = core_shard_get();
     if (cs == NULL)

@@ -17,6 +17,9 @@
 
 #define CORE_LINE 64
 
+#define LIKELY(x)   __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+
 /* ref = shard (12 bits) | generation (24 bits, never 0) | slot (28 bits). Every spawn on a
  * shard takes the shard's next generation, so a stale ref cannot name a later actor until 2^24
  * more spawns on that shard. */
@@ -43,6 +46,40 @@ static inline uint32_t ref_slot(pith_ref_t r)
     return (uint32_t)r & REF_SLOT_MASK;
 }
 
+/* Clients (client.c) have refs whose shard field is PITH_CLIENT_SHARD (pith/client.h). */
+#define REF_CLIENT_SHARD 4095u
+static inline bool ref_is_client(pith_ref_t r)
+{
+    return ref_shard(r) == REF_CLIENT_SHARD && ref_gen(r) != 0;
+}
+
+/* The `from` of a message a task sent on shard s: generation 0, so no actor's, and the behaviour
+ * sees PITH_REF_NONE; its shard says where a notice of its loss goes (undelivered.c). */
+static inline pith_ref_t ref_task(unsigned s)
+{
+    return ref_make(s, 0, REF_SLOT_MASK);
+}
+static inline bool ref_is_task(pith_ref_t r)
+{
+    return r != PITH_REF_NONE && ref_gen(r) == 0 && ref_slot(r) == REF_SLOT_MASK;
+}
+
+/* Request ids. An ask made on a shard: the shard in the top 12 bits, a sequence below. A
+ * client's: REF_CLIENT_SHARD on top, the client's slot in the next 20 bits, a sequence below. */
+#define REQ_SHARD_SHIFT 52
+static inline unsigned req_shard(uint64_t req)
+{
+    return (unsigned)(req >> REQ_SHARD_SHIFT);
+}
+static inline bool req_is_client(uint64_t req)
+{
+    return req_shard(req) == REF_CLIENT_SHARD;
+}
+static inline uint32_t req_client_slot(uint64_t req)
+{
+    return (uint32_t)(req >> 32) & 0xFFFFFu;
+}
+
 /* A message in flight or in a mailbox: this header, then the payload (16-byte aligned).
  * Made by the sending thread, from a slab for another shard (slab.c) or with pith_malloc, and
  * given back with core_msg_free wherever it ends. */
@@ -57,8 +94,13 @@ struct amsg {
     struct mslab *slab; /* NULL: its own pith_malloc block */
 };
 _Static_assert(sizeof(struct amsg) == 48, "message header: payload 16-byte aligned");
-/* In amsg.len: the payload is a pith_buf_t reference (buf.c), owned by the message. */
-#define AMSG_BUF (UINT32_C(1) << 31)
+/* In amsg.len, above the payload's length: the payload is a pith_buf_t reference (buf.c), owned
+ * by the message; the message comes in past the mailbox's bound (the receiver asked for it:
+ * replies, DOWN, timeouts, io results, notices within their own bound). */
+#define AMSG_BUF      (UINT32_C(1) << 31)
+#define AMSG_ADMIT    (UINT32_C(1) << 30)
+#define AMSG_LEN_MASK (AMSG_ADMIT - 1)
+_Static_assert(PITH_MSG_MAX - 1 == AMSG_LEN_MASK, "payload lengths fit below the flags");
 
 /* A pith_buf_t: this header, then its bytes (16-byte aligned). */
 struct pith_buf {
@@ -70,7 +112,7 @@ struct pith_buf {
 static inline void core_msg_view(const struct amsg *m, pith_msg_t *out)
 {
     out->type = m->type;
-    out->from = m->from;
+    out->from = ref_gen(m->from) != 0 ? m->from : PITH_REF_NONE;
     out->req = m->req;
     if (m->len & AMSG_BUF) {
         struct pith_buf *b = *(struct pith_buf *const *)(m + 1);
@@ -80,7 +122,7 @@ static inline void core_msg_view(const struct amsg *m, pith_msg_t *out)
     } else {
         out->buf = NULL;
         out->data = m + 1;
-        out->len = m->len;
+        out->len = m->len & AMSG_LEN_MASK;
     }
 }
 
@@ -185,30 +227,96 @@ struct core_shard {
     struct map stop_reasons; /* ref -> reason, for running actors asked to end abnormally */
     struct map muted;        /* receiver ref -> list of struct muted (it muted them) */
     struct map mutes;        /* sender ref -> receivers muting it now (mute.c) */
+    struct map folded;       /* actor ref -> notices folded while its mailbox was full */
+    struct map parked;       /* actor ref -> client lanes waiting for its mailbox (ingress.c) */
+    struct map room;         /* actor ref -> pith_when_room callbacks waiting (room.c) */
     uint32_t ending;         /* actor_end calls on the stack */
     struct core_exit *exits; /* link exits waiting for the outermost actor_end (watch.c) */
     uint32_t nexits, exits_cap;
     _Atomic uint64_t dead_letters, asks_made, replies, late_replies, ask_timeouts, timer_msgs;
+    _Atomic uint64_t undelivered, undelivered_folded, undelivered_tasks, undelivered_unhandled;
+    uint64_t unhandled_report_ns; /* when the default handler last printed */
+    /* What runs, for the stall detector (shard_hooks.describe): the type of the actor whose
+     * turn runs (NULL between turns) and its behaviour. Written by the shard, read by the
+     * watchdog; relaxed, as the watchdog's reads are best effort. */
+    _Atomic(const struct type_rec *) running;
+    _Atomic(pith_anyfn_t) running_fn;
 };
 
-/* The engine-wide part, made by the first shard that needs it and freed when the engine is
- * gone (shard hooks). */
+/* The engine-wide part, made by the first shard (or client) that needs it and freed when the
+ * engine is gone (shard hooks). */
+struct ctable;
 struct core_engine {
     unsigned n;
     _Atomic(struct type_rec *) types;
+    _Atomic(struct ctable *) clients;      /* client.c, made by the first client */
     _Atomic(struct core_shard *) shards[]; /* [n] */
 };
 
+/* The running engine's actor state; NULL between engines. Set with a CAS by the first thread
+ * that needs it, cleared by engine_gone once no shard and no reader is left. */
+extern _Atomic(struct core_engine *) core_eng;
+/* The calling shard's actors; NULL outside the engine or before its first actor. */
+extern __thread struct core_shard *core_self __attribute__((tls_model("initial-exec")));
+/* The actor whose behaviour (or hook) runs on this thread, for the `from` of its sends. */
+extern __thread pith_ref_t core_current __attribute__((tls_model("initial-exec")));
+
+static inline struct actor *rec_at(const struct core_shard *cs, uint32_t slot)
+{
+    return &cs->chunks[slot >> CHUNK_SHIFT][slot & (CHUNK_SIZE - 1)];
+}
+
+/* The live actor `ref` names on this shard (cs->id == ref_shard(ref)), or NULL. */
+static inline struct actor *core_find(const struct core_shard *cs, pith_ref_t ref)
+{
+    uint32_t slot = ref_slot(ref), gen = ref_gen(ref);
+    if (UNLIKELY(slot >= cs->used || gen == 0))
+        return NULL; /* a free record has generation 0: no ref names it */
+    struct actor *a = rec_at(cs, slot);
+    return (a->gen & REF_GEN_MASK) == gen ? a : NULL;
+}
+
 /* actor.c, for the other files of core/ */
-struct core_shard *core_shard_get(void); /* the calling shard's, made on first use */
+struct core_engine *core_engine_get(void); /* made on first use; NULL: no engine, or ENOMEM */
+struct core_shard *core_shard_get(void);   /* the calling shard's, made on first use */
 struct actor *core_lookup(const struct core_shard *cs, pith_ref_t ref);
 struct amsg *core_msg_make(pith_ref_t to, pith_ref_t from, uint32_t type, const void *data,
                            uint32_t len);
-/* Puts m (addressed to a live actor of this shard) in its mailbox; on error m stays the
- * caller's. */
+/* send.c */
+/* Puts m (addressed to a live actor of this shard) in its mailbox, by the type's overflow
+ * policy; on error (-EAGAIN full, -ENOMEM) m stays the caller's. */
 int core_enqueue(struct core_shard *cs, struct actor *a, struct amsg *m);
-/* Sends a made message to m->to wherever it lives; m is consumed even on error. */
-int core_send_msg(struct amsg *m, bool force); /* force: past the mesh's backlog bound */
+/* Sends a made message to m->to (an actor or a client) wherever it lives; m is consumed even
+ * on error. force: past the mesh's backlog bound. */
+int core_send_msg(struct amsg *m, bool force);
+/* A message from another shard, run on the receiving shard. */
+void core_deliver_task(void *arg);
+/* pith_send's core for the layers of libpith (net, files): flags AMSG_ADMIT. Refuses nothing
+ * for its tag. */
+int core_send_sys(pith_ref_t to, uint32_t type, const void *data, uint32_t len, uint32_t flags);
+
+/* undelivered.c: telling senders */
+/* m (not consumed) will not be delivered, for `reason`: tell its sender, as actor.h says. */
+void core_undelivered(struct core_shard *cs, const struct amsg *m, int reason);
+/* The notices folded for an actor of this shard whose mailbox has room again. */
+void core_folded_flush(struct core_shard *cs, struct actor *a, pith_ref_t ref);
+void core_undelivered_task(void *arg);
+/* A notice for an actor of this shard (its mailbox, or folded). */
+void core_notice_actor(struct core_shard *cs, struct actor *a, pith_ref_t ref,
+                       const pith_undelivered_t *u);
+
+/* room.c: pith_when_room */
+void core_room_fire(struct core_shard *cs, pith_ref_t ref);
+void core_room_task(void *arg);
+void core_room_send(void *arg);
+void core_room_free(struct core_shard *cs);
+
+/* What an actor of this shard's turn end or end owes the side tables that wait for its
+ * mailbox: mutes, parked lanes, room callbacks, folded notices (actor.c). */
+static inline bool core_waiters(const struct core_shard *cs)
+{
+    return (cs->muted.len | cs->parked.len | cs->room.len | cs->folded.len) != 0;
+}
 /* Ends an actor of this shard now, or when its running behaviour returns. */
 int core_stop_here(struct core_shard *cs, pith_ref_t ref, int reason);
 pith_ref_t core_current_ref(void);
@@ -231,9 +339,15 @@ void core_slabs_close_all(struct core_shard *cs);
 /* A message for shard dst (-1: this one or unknown) made by the calling thread. */
 struct amsg *core_msg_make_for(int dst, pith_ref_t to, pith_ref_t from, uint32_t type,
                                const void *data, uint32_t len);
+/* As pith_malloc, without the warning for the first allocation outside the engine: for
+ * libpith's own blocks. */
+void *core_alloc(size_t size);
 
 /* ask.c: asks, replies and actor timers */
 void core_ask_task(void *arg); /* a reply travelling to its asking shard */
+/* Ends the ask u->req of this shard with u->reason (its request was not delivered): its
+ * callback, or a PITH_MSG_UNDELIVERED to the asking actor. false: no such ask (it had ended). */
+bool core_ask_fail(struct core_shard *cs, const pith_undelivered_t *u);
 void core_timers_end(struct core_shard *cs, pith_ref_t ref);
 void core_asks_free(struct core_shard *cs);
 

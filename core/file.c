@@ -27,9 +27,9 @@ static void deliver(struct fop *f, int res)
         return;
     }
     pith_io_result_t r = {.res = res, .id = f->id, .ctx = c->done.ctx};
-    /* A stopped actor, or a mailbox full under REJECT, loses the outcome: pith_send counts it
-     * (dead letters, the type's rejected count), as the header says. */
-    (void)pith_send(c->done.to, c->done.type, &r, sizeof(r));
+    /* The actor asked for it: it comes in past the mailbox's bound. A stopped actor loses it
+     * (a dead letter, as the header says). */
+    (void)core_send_sys(c->done.to, c->done.type, &r, sizeof(r), AMSG_ADMIT);
 }
 
 /* What every call shares, in the header's order: *id cleared, -EPERM off the shards, -EINVAL

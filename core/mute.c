@@ -79,7 +79,7 @@ int core_mute_full(struct core_shard *cs, struct actor *a, struct amsg *m)
      * their mute reaches them comes in (it is bounded by one turn each, plus what a sender on
      * another shard sends while the mute crosses the mesh); MUTE_HARD_CAP times the bound is a
      * last guard against unbounded growth. */
-    if (m->from == PITH_REF_NONE || m->from == m->to ||
+    if (ref_gen(m->from) == 0 || ref_is_client(m->from) || m->from == m->to ||
         a->depth >= (uint64_t)MUTE_HARD_CAP * a->rec->mailbox_max)
         return -EAGAIN;
     struct muted *head = map_get(&cs->muted, m->to);

@@ -27,8 +27,10 @@ static void send_down(pith_ref_t watcher, pith_ref_t target, int reason, bool li
 {
     pith_down_t d = {.ref = target, .reason = reason, .link = link};
     struct amsg *m = core_msg_make(watcher, target, PITH_MSG_DOWN, &d, sizeof(d));
-    if (m != NULL)
-        (void)core_send_msg(m, true); /* a watcher that has ended: nothing to tell */
+    if (m == NULL)
+        return;
+    m->len |= AMSG_ADMIT;         /* the watcher asked for it: past its mailbox's bound */
+    (void)core_send_msg(m, true); /* a watcher that has ended: nothing to tell */
 }
 
 /* An exit signal from `target` (ended with `reason`) for a linked actor of this shard. */

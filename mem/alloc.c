@@ -456,9 +456,10 @@ void *mem_alloc(struct mem_home *h, size_t size, size_t align, pith_mem_profile_
     return finish(b, o, n - MEM_HDR, align, prof, zero, small ? KIND_SMALL : KIND_BIG);
 }
 
-static void *outside_alloc(size_t size, size_t align, pith_mem_profile_t prof, bool zero)
+static void *outside_alloc_as(size_t size, size_t align, pith_mem_profile_t prof, bool zero,
+                              bool quiet)
 {
-    if (!atomic_exchange_explicit(&outside_warned, 1, memory_order_relaxed))
+    if (!quiet && !atomic_exchange_explicit(&outside_warned, 1, memory_order_relaxed))
         mem_warn(NULL, "pith_malloc outside the engine: using the process heap "
                        "(counted under PITH_MEM_OUTSIDE)");
     if (size > META_SIZE_MAX - MEM_HDR - align) {
@@ -476,6 +477,18 @@ static void *outside_alloc(size_t size, size_t align, pith_mem_profile_t prof, b
     atomic_fetch_add_explicit(&outside.allocs, 1, memory_order_relaxed);
     outside_peak(use);
     return finish(b, &outside, size, align, prof, zero, KIND_BIG);
+}
+
+static void *outside_alloc(size_t size, size_t align, pith_mem_profile_t prof, bool zero)
+{
+    return outside_alloc_as(size, align, prof, zero, false);
+}
+
+void *mem_malloc_lib(size_t size)
+{
+    if (mem_self != NULL)
+        return pith_malloc(size);
+    return outside_alloc_as(size, MEM_HDR, PITH_MEM_WARM, false, true);
 }
 
 static void *alloc_any(size_t size, size_t align, pith_mem_profile_t prof, uint64_t tag, bool zero)

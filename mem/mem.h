@@ -258,6 +258,9 @@ static inline uint64_t mem_frees(struct mem_home *h, const struct mem_owner *o)
 int mem_home_stats(struct mem_home *h, pith_mem_stats_t *out);
 int mem_home_extent(struct mem_home *h, unsigned i, pith_mem_extent_t *out);
 void mem_outside_stats(pith_mem_stats_t *out);
+/* pith_malloc for libpith's own blocks: outside the engine it takes the process heap (counted
+ * under PITH_MEM_OUTSIDE) without the warning meant for applications. */
+void *mem_malloc_lib(size_t size);
 
 void mem_warn(struct mem_home *h, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -3,6 +3,7 @@
  * ref. */
 #include <errno.h>
 
+#include "core.h"
 #include "net.h"
 
 #define RETRY_NS UINT64_C(1000000)
@@ -30,7 +31,8 @@ void net_actor_retry(void *arg)
 static size_t a_data(pith_conn_t c, void *cctx, const void *data, size_t len)
 {
     pith_ref_t ref = (pith_ref_t)(uintptr_t)cctx;
-    int err = pith_send(ref, PITH_MSG_TCP_DATA, data, (uint32_t)len);
+    /* Held to the mailbox's bound: a full one pushes back on the socket. */
+    int err = core_send_sys(ref, PITH_MSG_TCP_DATA, data, (uint32_t)len, 0);
     if (err == 0)
         return len;
     struct conn *k = conn_by_id(c);
@@ -48,13 +50,13 @@ static size_t a_data(pith_conn_t c, void *cctx, const void *data, size_t len)
 
 static void a_eof(pith_conn_t c, void *cctx)
 {
-    if (pith_send((pith_ref_t)(uintptr_t)cctx, PITH_MSG_TCP_EOF, NULL, 0) != 0)
+    if (core_send_sys((pith_ref_t)(uintptr_t)cctx, PITH_MSG_TCP_EOF, NULL, 0, AMSG_ADMIT) != 0)
         (void)pith_conn_abort(c);
 }
 
 static void a_drain(pith_conn_t c, void *cctx)
 {
-    if (pith_send((pith_ref_t)(uintptr_t)cctx, PITH_MSG_TCP_DRAIN, NULL, 0) != 0)
+    if (core_send_sys((pith_ref_t)(uintptr_t)cctx, PITH_MSG_TCP_DRAIN, NULL, 0, AMSG_ADMIT) != 0)
         (void)pith_conn_abort(c);
 }
 
@@ -63,7 +65,8 @@ static void a_close(pith_conn_t c, void *cctx, int reason)
     (void)c;
     int32_t r = reason;
     if (cctx != NULL)
-        (void)pith_send((pith_ref_t)(uintptr_t)cctx, PITH_MSG_TCP_CLOSED, &r, sizeof(r));
+        (void)core_send_sys((pith_ref_t)(uintptr_t)cctx, PITH_MSG_TCP_CLOSED, &r, sizeof(r),
+                            AMSG_ADMIT);
 }
 
 const pith_tcp_handler_t net_actor_handler = {

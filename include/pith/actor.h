@@ -29,9 +29,10 @@ typedef uint64_t pith_ref_t;
 PITH_API unsigned pith_ref_shard(pith_ref_t ref);
 
 /* A message as the behaviour sees it. `data` (len bytes, 16-byte aligned) is the receiver's
- * copy, valid until the behaviour returns. `from` is the sending actor, PITH_REF_NONE when a
- * task or an outside thread sent it. `req` is nonzero on a request made with pith_ask (answer
- * it with pith_reply) and on the reply or timeout an asking actor receives. */
+ * copy, valid until the behaviour returns. `from` is the sending actor or client (pith/client.h;
+ * a thread outside the engine sends as its own client), PITH_REF_NONE when a task sent it. `req` is
+ * nonzero on a request made with pith_ask (answer it with pith_reply) and on the reply or timeout
+ * an asking actor receives. */
 typedef struct pith_buf pith_buf_t;
 
 typedef struct pith_msg {
@@ -43,10 +44,12 @@ typedef struct pith_msg {
     pith_buf_t *buf; /* sent with pith_send_buf: data is this buffer's (keep it: pith_buf_ref) */
 } pith_msg_t;
 
-/* Tags from PITH_MSG_RESERVED up are the engine's. */
-#define PITH_MSG_RESERVED 0xFFFFFF00u
-#define PITH_MSG_TIMEOUT  0xFFFFFF01u /* an ask of this actor got no reply in time; see req */
-#define PITH_MSG_DOWN     0xFFFFFF02u /* a monitored (or linked, when trapping) actor ended */
+/* Tags from PITH_MSG_RESERVED up are the engine's: the calls that send refuse them (-EINVAL),
+ * so that no application can forge one. */
+#define PITH_MSG_RESERVED    0xFFFFFF00u
+#define PITH_MSG_TIMEOUT     0xFFFFFF01u /* an ask of this actor got no reply in time; see req */
+#define PITH_MSG_DOWN        0xFFFFFF02u /* a monitored (or linked, when trapping) actor ended */
+#define PITH_MSG_UNDELIVERED 0xFFFFFF03u /* a message this actor sent was not delivered */
 
 /* The payload of PITH_MSG_DOWN. */
 typedef struct pith_down {
@@ -54,6 +57,33 @@ typedef struct pith_down {
     int32_t reason; /* its exit reason */
     uint32_t link;  /* 1: it was linked (and this actor traps exits), 0: monitored */
 } pith_down_t;
+
+/* The payload of PITH_MSG_UNDELIVERED, and what pith_on_undelivered's handler gets.
+ *
+ * The rule every path keeps: every queue is bounded, and no message is lost without its sender
+ * being able to know. A send that fails at once returns -errno (same shard: a full mailbox,
+ * a stopped actor; any shard: the mesh or a lane pushing back). A message that was accepted and
+ * then not delivered comes back as one of these: to the sending actor as a PITH_MSG_UNDELIVERED
+ * message, to a client (pith/client.h) through pith_client_receive, to an ask as its failure
+ * (at once, not at its timeout), and for a message a task sent, to the handler set with
+ * pith_on_undelivered on the shard that sent it. Engine messages (tags from PITH_MSG_RESERVED)
+ * and replies to asks that already ended are not reported back; what an engine stop releases is
+ * counted in its report instead. */
+typedef struct pith_undelivered {
+    pith_ref_t to; /* the receiver; PITH_REF_NONE in a summary */
+    uint64_t req;  /* the message's request id (an ask or a reply), 0: none */
+    uint32_t type; /* its tag; 0 in a summary */
+    /* -EAGAIN: the receiver's mailbox was full and its type rejects (or mutes, and the message
+     * came past the hard bound); -ESRCH: no such actor when it arrived; -ENOBUFS: pushed out of
+     * a full PITH_OVERFLOW_DROP_OLDEST mailbox; -ECANCELED: the receiver ended with it still in
+     * its mailbox. */
+    int32_t reason;
+    /* Messages this notice stands for: 1, or more in a summary. When notices themselves find
+     * no room (the sender's mailbox is past twice its bound, or a client's inbox is full), they
+     * are folded into a count and one summary (to and type 0, reason -ENOBUFS) carries it once
+     * there is room, so the total stays exact. */
+    uint64_t count;
+} pith_undelivered_t;
 
 typedef struct pith_actor pith_actor_t;
 
@@ -69,14 +99,22 @@ typedef int (*pith_behaviour_t)(pith_actor_t *self, void *state, const pith_msg_
 #define PITH_EXIT_KILLED    (-100002) /* pith_kill */
 #define PITH_EXIT_ESCALATED (-100003) /* a supervisor passed its restart intensity */
 
-/* What a full mailbox does with one more message. */
+/* What a full mailbox does with one more message. Whatever the policy, a client's message (a
+ * thread outside the engine) waits in its lane until the mailbox has room: the client is
+ * pushed back (pith_client_send), never refused by the mailbox. Engine messages (PITH_MSG_DOWN,
+ * PITH_MSG_TIMEOUT, replies to this actor's asks, PITH_MSG_UNDELIVERED) come in past the bound:
+ * the actor asked for each of them. */
 typedef enum pith_overflow {
-    PITH_OVERFLOW_REJECT = 0,      /* the send fails with -EAGAIN (counted in rejected) */
-    PITH_OVERFLOW_DROP_OLDEST = 1, /* the oldest waiting message is dropped (counted) */
+    /* The send fails with -EAGAIN on the receiver's shard; from another shard the message
+     * comes back undelivered (-EAGAIN). Counted in rejected. */
+    PITH_OVERFLOW_REJECT = 0,
+    /* The oldest waiting message is dropped (counted) and comes back to its sender
+     * undelivered (-ENOBUFS). */
+    PITH_OVERFLOW_DROP_OLDEST = 1,
     /* A message from an actor is taken and its sender muted: it handles no more messages until
      * this mailbox drains to half the bound (across shards it learns so through the mesh).
      * What a sender sends before its mute reaches it still comes in, up to 8 times the bound;
-     * past that, and from tasks or outside threads, as REJECT. */
+     * past that, and from tasks, as REJECT. */
     PITH_OVERFLOW_MUTE_SENDER = 2,
 } pith_overflow_t;
 
@@ -116,14 +154,18 @@ typedef void (*pith_spawned_fn_t)(pith_ref_t ref, int err, void *ctx);
 PITH_API int pith_spawn_on(unsigned shard, const pith_actor_type_t *type, void *arg,
                            pith_spawned_fn_t done, void *ctx);
 
-/* Sends a copy of data[0..len) with tag `type` to `to`, from any thread. From a behaviour the
- * message carries the sender's ref. Order: messages from one sender to one receiver arrive in
- * the order they were sent (a sender is an actor, a shard's tasks, or an outside thread).
- * Errors: -EINVAL to is not a ref of this engine, or data NULL with len > 0; -ESRCH the actor
- * has stopped (same shard only: across shards the message is counted as a dead letter on the
- * receiving shard); -EAGAIN the receiver's mailbox is full and its type rejects (same shard
- * only; across shards the receiving shard counts it as rejected), or the mesh pushes back;
- * -ENOMEM; -ESHUTDOWN no engine, or it is stopping. */
+/* Sends a copy of data[0..len) with tag `type` to `to` (an actor or a client), from any
+ * thread. From a behaviour the message carries the sender's ref; from a thread outside the
+ * engine it is pith_client_send from that thread's own client without waiting (pith/client.h).
+ * Order: messages from one sender to one receiver arrive in the order they were sent (a sender
+ * is an actor, a shard's tasks, or a client).
+ * Errors: -EINVAL to is not a ref of this engine, type is reserved (PITH_MSG_RESERVED and up),
+ * or data NULL with len > 0; -ESRCH the actor (or client) is gone (known at once on the
+ * receiver's shard, and for clients; otherwise the message comes back undelivered); -EAGAIN the
+ * receiver's mailbox is full and its type rejects (same shard; otherwise the message comes back
+ * undelivered), a client's inbox from this shard is full, or the mesh or the caller's lane
+ * pushes back (pith_when_room, pith_client_send with a timeout); -ENOMEM; -ESHUTDOWN no engine,
+ * or it is stopping. On any error nothing was sent. */
 PITH_API int pith_send(pith_ref_t to, uint32_t type, const void *data, uint32_t len);
 
 /* ---- zero-copy payloads ----
@@ -131,7 +173,7 @@ PITH_API int pith_send(pith_ref_t to, uint32_t type, const void *data, uint32_t 
  * copying: receivers see its bytes as the message's data and must not write them. It counts its
  * references and goes back to the heap of the shard (or thread) that made it when the last one
  * is released. Payloads that pith_send copies, and buffers, are less than PITH_MSG_MAX bytes. */
-#define PITH_MSG_MAX (UINT32_C(1) << 31)
+#define PITH_MSG_MAX (UINT32_C(1) << 30)
 
 /* A buffer of len bytes, *data where to write them; one reference, the caller's.
  * NULL with errno: EINVAL (data NULL, len >= PITH_MSG_MAX), ENOMEM. Any thread. */
@@ -152,6 +194,24 @@ PITH_API pith_ref_t pith_self(const pith_actor_t *self);
  * shard's own account) when its type has no budget. */
 PITH_API uint64_t pith_actor_owner(const pith_actor_t *self);
 
+/* ---- backpressure: waiting for room, and hearing about losses ----
+ * Runs fn(arg) once on the calling shard when a send to `to` may succeed again: for an actor
+ * of this shard, when its mailbox has drained to half its bound (or it has ended); for an actor
+ * of another shard, when the mesh to that shard takes more and that actor's mailbox has drained
+ * to half (the request travels there and back). A callback is not a reservation: the send can
+ * find the room taken again, and then waits again. Call from a shard (a behaviour or a task).
+ * Errors: -EPERM outside the engine (clients wait inside pith_client_send), -EINVAL to is not an
+ * actor's ref or fn NULL, -ENOMEM, -ESHUTDOWN. */
+PITH_API int pith_when_room(pith_ref_t to, pith_fn_t fn, void *arg);
+
+/* Where messages sent by tasks (code that is not a behaviour) come back when they are not
+ * delivered: fn(notice, ctx) runs on the shard that sent the message. One handler for the
+ * whole engine; NULL restores the default, which counts them (pith_core_stats) and prints at
+ * most one line a second per shard on stderr. Set it before starting the engine, or from any
+ * thread while it runs (a notice already on its way may still see the old one). */
+typedef void (*pith_undelivered_fn_t)(const pith_undelivered_t *notice, void *ctx);
+PITH_API void pith_on_undelivered(pith_undelivered_fn_t fn, void *ctx);
+
 /* Handles the next messages with `behaviour` instead (the current message is finished with
  * the old one). */
 PITH_API void pith_become(pith_actor_t *self, pith_behaviour_t behaviour);
@@ -160,8 +220,11 @@ PITH_API void pith_become(pith_actor_t *self, pith_behaviour_t behaviour);
  * (msg.req) that the receiver answers with pith_reply. With cb NULL, called from a behaviour,
  * the reply reaches the asking actor as a message whose req is *req_out; if none came within
  * timeout_ns it gets a PITH_MSG_TIMEOUT message with that req instead. With cb, cb(reply, 0,
- * ctx) or cb(NULL, -ETIMEDOUT, ctx) runs on the calling shard (actor or task). A reply after
- * the timeout is dropped and counted (pith_core_stats). Call from a shard.
+ * ctx) or cb(NULL, -ETIMEDOUT, ctx) runs on the calling shard (actor or task). A request that
+ * is not delivered ends the ask at once with its reason (pith_undelivered_t): cb(NULL, reason,
+ * ctx), or a PITH_MSG_UNDELIVERED message whose req is the ask's. A reply after the ask ended
+ * is dropped and counted (pith_core_stats). Call from a shard. Threads outside the engine use
+ * pith_client_ask.
  * Errors: -EPERM outside the engine, -EINVAL timeout 0 or no cb outside a behaviour, and as
  * pith_send. */
 typedef void (*pith_reply_fn_t)(const pith_msg_t *reply, int err, void *ctx);
@@ -169,12 +232,15 @@ PITH_API int pith_ask(pith_ref_t to, uint32_t type, const void *data, uint32_t l
                       uint64_t timeout_ns, pith_reply_fn_t cb, void *ctx, uint64_t *req_out);
 
 /* Answers a request (a message with req != 0) from its behaviour. At most one reply counts.
- * Errors: -EINVAL request is not a request, -ENOMEM, -ESHUTDOWN, -EAGAIN. */
+ * Errors: -EINVAL request is not a request, or type is reserved; -ENOMEM; -ESHUTDOWN; -EAGAIN
+ * the mesh pushes back, or the asking client's inbox from this shard is full. */
 PITH_API int pith_reply(const pith_msg_t *request, uint32_t type, const void *data, uint32_t len);
 
 /* Sends the actor a copy of data[0..len) with tag `type` after delay_ns, then every period_ns
- * if period_ns > 0, until cancelled or until the actor ends (its timers end with it). From the
- * actor's behaviour or init. Errors: -EINVAL, -ENOMEM, -ESHUTDOWN. */
+ * if period_ns > 0, until cancelled or until the actor ends (its timers end with it). A tick
+ * that finds the mailbox full (and its type not dropping the oldest) is skipped and counted
+ * (the type's rejected count): the next one comes at its time. From the actor's behaviour or
+ * init. Errors: -EINVAL self NULL, type reserved, data NULL with len > 0; -ENOMEM; -ESHUTDOWN. */
 PITH_API int pith_actor_timer(pith_actor_t *self, uint64_t delay_ns, uint64_t period_ns,
                               uint32_t type, const void *data, uint32_t len, pith_timer_id_t *id);
 /* Errors: -ENOENT not a pending timer of this actor. */
@@ -277,6 +343,14 @@ typedef struct pith_core_stats {
     uint64_t late_replies; /* replies after the timeout, dropped */
     uint64_t ask_timeouts;
     uint64_t timer_msgs; /* messages sent by actor timers */
+    /* Notices of undelivered messages made on this shard (pith_undelivered_t), and of those,
+     * the ones folded into a summary because they found no room. */
+    uint64_t undelivered;
+    uint64_t undelivered_folded;
+    /* Notices for messages this shard's tasks sent: given to the pith_on_undelivered handler,
+     * or only counted and printed when there is none. */
+    uint64_t undelivered_tasks;
+    uint64_t undelivered_unhandled;
 } pith_core_stats_t;
 
 /* Errors: -EINVAL shard out of range or out NULL, -ESHUTDOWN no engine. Any thread. */

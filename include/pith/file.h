@@ -27,9 +27,8 @@ typedef uint64_t pith_io_id_t;
 typedef void (*pith_io_fn_t)(int64_t res, void *ctx);
 
 /* Where an outcome goes, and the operation's time limit. An outcome sent to an actor is a
- * message like any other: if the actor has stopped it is a dead letter, and a full mailbox
- * applies its type's overflow policy (REJECT drops and counts it). Where an outcome must not be
- * lost, use a callback. */
+ * message like any other, except that it comes in past the mailbox's bound (the actor asked
+ * for it); if the actor has stopped it is a dead letter. */
 typedef struct pith_io_done {
     pith_io_fn_t fn; /* called with the result, or, when NULL: */
     void *ctx;       /* (given back to fn, and in pith_io_result_t.ctx) */

@@ -3,6 +3,7 @@
 #define PITH_PITH_H
 
 #include <pith/actor.h>
+#include <pith/client.h>
 #include <pith/error.h>
 #include <pith/engine.h>
 #include <pith/file.h>
