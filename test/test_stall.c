@@ -16,6 +16,7 @@ static struct {
     atomic_uintptr_t fn, ctx;
     atomic_uint_fast64_t ns;
     char name[128]; /* written before `reported` is posted, read after */
+    char actor_type[128];
     sem_t reported, spun;
 } sl;
 
@@ -29,6 +30,8 @@ static void record_stall(const pith_stall_t *s, void *ctx)
     atomic_store(&sl.ctx, (uintptr_t)ctx);
     if (s->fn_name != NULL)
         snprintf(sl.name, sizeof sl.name, "%s", s->fn_name);
+    if (s->actor_type != NULL)
+        snprintf(sl.actor_type, sizeof sl.actor_type, "%s", s->actor_type);
     sem_post(&sl.reported);
 }
 
@@ -92,6 +95,37 @@ Test(stall, report_names_an_exported_function, .timeout = 30)
     sem_wait(&sl.reported);
     sem_wait(&sl.spun);
     cr_assert_str_eq(sl.name, "pith_test_stall_spin");
+    test_stop(NULL);
+}
+
+/* A behaviour that stalls: the report names its type and the behaviour, not the engine's turn. */
+static int stalling_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)self;
+    (void)state;
+    (void)msg;
+    pith_test_stall_spin((void *)(uintptr_t)100);
+    return 0;
+}
+
+static const pith_actor_type_t stalling_type = {.name = "stall.slow_actor",
+                                                .behaviour = stalling_behaviour};
+
+Test(stall, report_names_the_actor_type_and_behaviour_of_a_stalling_turn, .timeout = 30)
+{
+    init_sl();
+    pith_config_t cfg = stall_config(5 * MS);
+    test_start(&cfg);
+    pith_client_t *c = pith_client_self();
+    pith_ref_t a;
+    cr_assert_eq(pith_client_spawn(c, 1, &stalling_type, NULL, 5 * MS * 1000, &a), 0);
+    cr_assert_eq(pith_client_send(c, a, 1, NULL, 0, 5 * MS * 1000), 0);
+    sem_wait(&sl.reported);
+    sem_wait(&sl.spun);
+    cr_assert_eq(atomic_load(&sl.shard), 1);
+    cr_assert_str_eq(sl.actor_type, "stall.slow_actor");
+    cr_assert_eq(atomic_load(&sl.fn), (uintptr_t)stalling_behaviour,
+                 "the report names the behaviour");
     test_stop(NULL);
 }
 

@@ -1,0 +1,457 @@
+/* Clients (pith/client.h): a thread outside the engine with a ref, an inbox, and blocking ask,
+ * spawn and call; its lifetime across thread exits and engine stops. */
+#include <pthread.h>
+#include <inttypes.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "util.h"
+
+#define SEC (1000ull * MS)
+
+enum { T_DATA = 1, T_ECHO = 2, T_TELL = 3, T_SLOW = 4, T_QUIET = 5 };
+
+static _Atomic uint64_t delivered;
+
+/* Counts T_DATA; answers T_ECHO with the same bytes; T_TELL: sends "hi" to the sender. */
+static int echo(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)self;
+    (void)state;
+    switch (msg->type) {
+    case T_DATA:
+        atomic_fetch_add(&delivered, 1);
+        return 0;
+    case T_ECHO:
+        return pith_reply(msg, T_ECHO, msg->data, msg->len);
+    case T_TELL:
+        return pith_send(msg->from, T_TELL, "hi", 2);
+    default:
+        return 0;
+    }
+}
+
+static const pith_actor_type_t echo_type = {.name = "client.echo", .behaviour = echo};
+
+static int failing_init(pith_actor_t *self, void *state, void *arg)
+{
+    (void)self;
+    (void)state;
+    (void)arg;
+    return -EPERM;
+}
+
+static const pith_actor_type_t failing_type = {
+    .name = "client.failing", .behaviour = echo, .init = failing_init};
+
+static void *shard_of_call(void *arg)
+{
+    return (void *)((uintptr_t)arg + (uintptr_t)pith_shard_id());
+}
+
+Test(client, main_spawns_asks_and_receives_without_semaphores, .timeout = 30)
+{
+    pith_config_t cfg = test_config(2);
+    test_start(&cfg);
+    pith_client_t *c = pith_client_open(NULL);
+    cr_assert_not_null(c, "pith_client_open: errno %d", errno);
+    pith_ref_t me = pith_client_ref(c);
+    cr_assert_eq(pith_ref_shard(me), PITH_CLIENT_SHARD);
+
+    pith_ref_t a = PITH_REF_NONE;
+    cr_assert_eq(pith_client_spawn(c, 1, &echo_type, NULL, 5 * SEC, &a), 0);
+    cr_assert_eq(pith_ref_shard(a), 1u);
+
+    pith_msg_t reply;
+    cr_assert_eq(pith_client_ask(c, a, T_ECHO, "ping", 4, 5 * SEC, &reply), 0);
+    cr_assert_eq(reply.type, (uint32_t)T_ECHO);
+    cr_assert_eq(reply.len, 4u);
+    cr_assert_eq(memcmp(reply.data, "ping", 4), 0);
+    cr_assert_eq(reply.from, a, "the reply comes from the actor");
+
+    /* The actor sends to the client's ref; the client receives it. */
+    cr_assert_eq(pith_client_send(c, a, T_TELL, NULL, 0, 0), 0);
+    pith_msg_t m;
+    cr_assert_eq(pith_client_receive(c, &m, 5 * SEC), 0);
+    cr_assert_eq(m.type, (uint32_t)T_TELL);
+    cr_assert_eq(m.from, a);
+    cr_assert_eq(m.len, 2u);
+    cr_assert_eq(memcmp(m.data, "hi", 2), 0);
+
+    void *r = NULL;
+    cr_assert_eq(pith_client_call(c, 1, shard_of_call, (void *)(uintptr_t)40, 5 * SEC, &r), 0);
+    cr_assert_eq((uintptr_t)r, 41u, "the call ran on shard 1");
+
+    pith_client_stats_t st;
+    cr_assert_eq(pith_client_stats(c, &st), 0);
+    cr_assert_eq(st.sent, 4u, "spawn, ask, send and call went through the lanes");
+    cr_assert_eq(st.late, 0u);
+    pith_client_close(c);
+    test_stop(NULL);
+}
+
+Test(client, receive_returns_eagain_at_once_and_etimedout_after_waiting, .timeout = 30)
+{
+    pith_config_t cfg = test_config(1);
+    test_start(&cfg);
+    pith_client_t *c = pith_client_open(NULL);
+    cr_assert_not_null(c);
+    pith_msg_t m;
+    cr_assert_eq(pith_client_receive(c, &m, 0), -EAGAIN);
+    cr_assert_eq(pith_client_receive(c, &m, 5 * MS), -ETIMEDOUT);
+    cr_assert_eq(pith_client_receive(NULL, &m, 0), -EINVAL);
+    cr_assert_eq(pith_client_receive(c, NULL, 0), -EINVAL);
+    pith_client_close(c);
+    test_stop(NULL);
+}
+
+Test(client, spawn_returns_init_error_and_bad_arguments_are_einval, .timeout = 30)
+{
+    pith_config_t cfg = test_config(2);
+    test_start(&cfg);
+    pith_client_t *c = pith_client_open(NULL);
+    cr_assert_not_null(c);
+    pith_ref_t a = 1;
+    cr_assert_eq(pith_client_spawn(c, 0, &failing_type, NULL, 5 * SEC, &a), -EPERM);
+    cr_assert_eq(a, PITH_REF_NONE);
+    cr_assert_eq(pith_client_spawn(c, 2, &echo_type, NULL, 5 * SEC, &a), -EINVAL);
+    cr_assert_eq(pith_client_spawn(c, 0, &echo_type, NULL, 0, &a), -EINVAL);
+    cr_assert_eq(pith_client_call(c, 0, NULL, NULL, SEC, NULL), -EINVAL);
+    cr_assert_eq(pith_client_send(c, PITH_REF_NONE, T_DATA, NULL, 0, 0), -EINVAL);
+    cr_assert_eq(pith_client_send(c, a, PITH_MSG_DOWN, NULL, 0, 0), -EINVAL,
+                 "a reserved tag is refused");
+    pith_client_config_t bad;
+    pith_client_config_init(&bad);
+    bad.inbox_max = 1u << 20;
+    errno = 0;
+    cr_assert_null(pith_client_open(&bad));
+    cr_assert_eq(errno, EINVAL);
+    pith_client_close(c);
+    test_stop(NULL);
+}
+
+Test(client, an_ask_of_a_stopped_actor_fails_with_esrch_before_its_timeout, .timeout = 30)
+{
+    pith_config_t cfg = test_config(2);
+    test_start(&cfg);
+    pith_client_t *c = pith_client_open(NULL);
+    cr_assert_not_null(c);
+    pith_ref_t a;
+    cr_assert_eq(pith_client_spawn(c, 1, &echo_type, NULL, 5 * SEC, &a), 0);
+    cr_assert_eq(pith_stop(a), 0);
+    test_sync_shard(1);
+    pith_msg_t reply;
+    /* With a 60 s timeout, only the undelivered notice can end this within the test's time. */
+    cr_assert_eq(pith_client_ask(c, a, T_ECHO, "x", 1, 60 * SEC, &reply), -ESRCH);
+    pith_client_stats_t st;
+    pith_client_stats(c, &st);
+    cr_assert_eq(st.undelivered, 1u);
+    pith_client_close(c);
+    test_stop(NULL);
+}
+
+/* ---- a shard that finds a client's inbox full ---- */
+
+static struct {
+    pith_ref_t client;
+    unsigned n;
+    _Atomic uint64_t accepted, refused;
+} flood;
+
+static void flood_client(void *arg)
+{
+    (void)arg;
+    for (unsigned i = 0; i < flood.n; i++) {
+        int rc = pith_send(flood.client, T_DATA, &i, sizeof(i));
+        if (rc == 0)
+            atomic_fetch_add(&flood.accepted, 1);
+        else if (rc == -EAGAIN)
+            atomic_fetch_add(&flood.refused, 1);
+    }
+}
+
+Test(client, a_full_inbox_refuses_the_shard_with_eagain_and_keeps_order, .timeout = 30)
+{
+    pith_config_t cfg = test_config(1);
+    test_start(&cfg);
+    pith_client_config_t ccfg;
+    pith_client_config_init(&ccfg);
+    ccfg.inbox_max = 16;
+    pith_client_t *c = pith_client_open(&ccfg);
+    cr_assert_not_null(c);
+    memset(&flood, 0, sizeof(flood));
+    flood.client = pith_client_ref(c);
+    flood.n = 100;
+    cr_assert_eq(pith_submit(0, flood_client, NULL), 0);
+    test_sync_shard(0);
+    cr_assert_eq(atomic_load(&flood.accepted), 16u, "the inbox took its bound");
+    cr_assert_eq(atomic_load(&flood.refused), 84u, "every other send was refused at once");
+    for (unsigned i = 0; i < 16; i++) {
+        pith_msg_t m;
+        cr_assert_eq(pith_client_receive(c, &m, 0), 0);
+        unsigned v;
+        memcpy(&v, m.data, sizeof(v));
+        cr_assert_eq(v, i, "in the order sent");
+    }
+    pith_msg_t m;
+    cr_assert_eq(pith_client_receive(c, &m, 0), -EAGAIN);
+    pith_client_close(c);
+    test_stop(NULL);
+}
+
+/* A notice that finds the client's inbox full is folded into a count: one summary carries it. */
+Test(client, notices_past_a_full_inbox_come_back_as_one_exact_summary, .timeout = 30)
+{
+    pith_config_t cfg = test_config(1);
+    test_start(&cfg);
+    pith_client_config_t ccfg;
+    pith_client_config_init(&ccfg);
+    ccfg.inbox_max = 4;
+    pith_client_t *c = pith_client_open(&ccfg);
+    cr_assert_not_null(c);
+    pith_ref_t a;
+    cr_assert_eq(pith_client_spawn(c, 0, &echo_type, NULL, 5 * SEC, &a), 0);
+    cr_assert_eq(pith_stop(a), 0);
+    test_sync_shard(0);
+    /* 20 messages for a stopped actor: each comes back undelivered (-ESRCH). */
+    for (unsigned i = 0; i < 20; i++)
+        cr_assert_eq(pith_client_send(c, a, T_DATA, &i, sizeof(i), 5 * SEC), 0);
+    /* Through the same lane: the sends have been handled when the call returns. */
+    cr_assert_eq(pith_client_call(c, 0, shard_of_call, NULL, 5 * SEC, NULL), 0);
+    uint64_t notices = 0, summaries = 0, total = 0;
+    pith_msg_t m;
+    while (pith_client_receive(c, &m, 0) == 0) {
+        cr_assert_eq(m.type, PITH_MSG_UNDELIVERED);
+        cr_assert_eq(m.len, sizeof(pith_undelivered_t));
+        const pith_undelivered_t *u = m.data;
+        if (u->count == 1 && u->to == a) {
+            cr_assert_eq(u->reason, -ESRCH);
+            cr_assert_eq(u->type, (uint32_t)T_DATA);
+            notices++;
+        } else {
+            cr_assert_eq(u->to, PITH_REF_NONE);
+            cr_assert_eq(u->reason, -ENOBUFS);
+            summaries++;
+        }
+        total += u->count;
+    }
+    cr_assert_eq(notices, 4u,
+                 "the inbox held its bound of notices: %lu notices, %lu summaries, %lu in all",
+                 (unsigned long)notices, (unsigned long)summaries, (unsigned long)total);
+    cr_assert_eq(summaries, 1u);
+    cr_assert_eq(total, 20u, "every undelivered message is accounted for");
+    pith_client_close(c);
+    test_stop(NULL);
+}
+
+/* ---- messages between clients, large payloads, buffers ---- */
+
+Test(client, clients_send_to_each_other_and_large_payloads_travel_whole, .timeout = 30)
+{
+    pith_config_t cfg = test_config(2);
+    test_start(&cfg);
+    pith_client_t *a = pith_client_open(NULL), *b = pith_client_open(NULL);
+    cr_assert_not_null(a);
+    cr_assert_not_null(b);
+    cr_assert_eq(pith_client_send(a, pith_client_ref(b), T_DATA, "ab", 2, 5 * SEC), 0);
+    pith_msg_t m;
+    cr_assert_eq(pith_client_receive(b, &m, 5 * SEC), 0);
+    cr_assert_eq(m.from, pith_client_ref(a));
+    cr_assert_eq(memcmp(m.data, "ab", 2), 0);
+
+    /* Larger than a lane takes: by pointer, whole. */
+    size_t big = 1u << 20;
+    char *buf = malloc(big);
+    cr_assert_not_null(buf);
+    for (size_t i = 0; i < big; i++)
+        buf[i] = (char)(i * 7);
+    cr_assert_eq(pith_client_send(a, pith_client_ref(b), T_DATA, buf, (uint32_t)big, 5 * SEC), 0);
+    cr_assert_eq(pith_client_receive(b, &m, 5 * SEC), 0);
+    cr_assert_eq(m.len, big);
+    cr_assert_eq(memcmp(m.data, buf, big), 0);
+    free(buf);
+
+    void *data;
+    pith_buf_t *pb = pith_buf_new(64, &data);
+    cr_assert_not_null(pb);
+    memset(data, 0x5a, 64);
+    cr_assert_eq(pith_client_send_buf(a, pith_client_ref(b), T_DATA, pb, 5 * SEC), 0);
+    pith_buf_release(pb);
+    cr_assert_eq(pith_client_receive(b, &m, 5 * SEC), 0);
+    cr_assert_eq(m.len, 64u);
+    cr_assert_not_null(m.buf);
+    cr_assert_eq(((const unsigned char *)m.data)[63], 0x5a);
+
+    pith_ref_t gone = pith_client_ref(a);
+    pith_client_close(a);
+    /* A closed client's ref is stale at once. */
+    cr_assert_eq(pith_client_send(b, gone, T_DATA, "x", 1, 0), -ESRCH);
+    pith_client_close(b);
+    test_stop(NULL);
+}
+
+/* ---- threads that exit, engines that stop ---- */
+
+/* Sends 1000 messages from the thread's own client, waiting for room, and exits. */
+static void *thread_sends_and_exits(void *arg)
+{
+    pith_ref_t a = *(pith_ref_t *)arg;
+    pith_client_t *c = pith_client_self();
+    if (c == NULL)
+        return (void *)(intptr_t)-errno;
+    for (unsigned i = 0; i < 1000; i++) {
+        int rc = pith_client_send(c, a, T_DATA, &i, sizeof(i), 10 * SEC);
+        if (rc != 0)
+            return (void *)(intptr_t)rc;
+    }
+    return NULL;
+}
+
+Test(client, threads_that_exit_without_closing_lose_no_message_and_leak_nothing, .timeout = 60)
+{
+    pith_config_t cfg = test_config(2);
+    test_start(&cfg);
+    atomic_store(&delivered, 0);
+    pith_client_t *c = pith_client_self();
+    cr_assert_not_null(c);
+    pith_ref_t a;
+    cr_assert_eq(pith_client_spawn(c, 1, &echo_type, NULL, 5 * SEC, &a), 0);
+    for (int round = 0; round < 8; round++) {
+        pthread_t t;
+        cr_assert_eq(pthread_create(&t, NULL, thread_sends_and_exits, &a), 0);
+        void *rc;
+        pthread_join(t, &rc);
+        cr_assert_null(rc, "a send failed: %d", (int)(intptr_t)rc);
+    }
+    TEST_WAIT_FOR(atomic_load(&delivered) >= 8000);
+    cr_assert_eq(atomic_load(&delivered), 8000u);
+    test_stop(NULL);
+}
+
+static struct {
+    pith_client_t *c;
+    pith_ref_t full;
+    _Atomic int receive_rc, send_rc;
+    _Atomic uint64_t sent;
+    _Atomic int ready;
+} blocked;
+
+static void *blocked_receiver(void *arg)
+{
+    (void)arg;
+    pith_msg_t m;
+    atomic_fetch_add(&blocked.ready, 1);
+    atomic_store(&blocked.receive_rc, pith_client_receive(blocked.c, &m, PITH_FOREVER));
+    return NULL;
+}
+
+static void *blocked_sender(void *arg)
+{
+    (void)arg;
+    pith_client_t *c = pith_client_self();
+    if (c == NULL)
+        return NULL;
+    atomic_fetch_add(&blocked.ready, 1);
+    int rc = 0;
+    for (unsigned i = 0; rc == 0; i++) {
+        rc = pith_client_send(c, blocked.full, T_DATA, &i, sizeof(i), PITH_FOREVER);
+        if (rc == 0)
+            atomic_fetch_add(&blocked.sent, 1);
+    }
+    atomic_store(&blocked.send_rc, rc);
+    return NULL;
+}
+
+/* Holds its shard until the blocked receiver has been told of the stop. */
+static int holder(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)self;
+    (void)state;
+    (void)msg;
+    while (atomic_load(&blocked.receive_rc) == 0)
+        sched_yield();
+    return 0;
+}
+
+static const pith_actor_type_t holder_type = {
+    .name = "client.holder", .behaviour = holder, .mailbox_max = 4};
+
+Test(client, stop_returns_eshutdown_to_clients_blocked_in_receive_and_in_send, .timeout = 60)
+{
+    pith_config_t cfg = test_config(2);
+    cfg.lane_slots = 16;
+    cfg.drain_ns = 50 * MS;
+    cfg.stall_ns = 0;
+    test_start(&cfg);
+    memset(&blocked, 0, sizeof(blocked));
+    blocked.c = pith_client_open(NULL);
+    cr_assert_not_null(blocked.c);
+    cr_assert_eq(pith_client_spawn(blocked.c, 1, &holder_type, NULL, 5 * SEC, &blocked.full), 0);
+    pthread_t r, s;
+    cr_assert_eq(pthread_create(&r, NULL, blocked_receiver, NULL), 0);
+    cr_assert_eq(pthread_create(&s, NULL, blocked_sender, NULL), 0);
+    /* The first message holds shard 1; then the sender's lane of 16 slots fills. */
+    while (atomic_load(&blocked.ready) < 2 || atomic_load(&blocked.sent) < 16)
+        sched_yield();
+    cr_assert_eq(pith_engine_stop(), 0);
+    pthread_join(r, NULL);
+    pthread_join(s, NULL);
+    cr_assert_eq(atomic_load(&blocked.receive_rc), -ESHUTDOWN);
+    cr_assert_eq(atomic_load(&blocked.send_rc), -ESHUTDOWN);
+    pith_msg_t m;
+    cr_assert_eq(pith_client_receive(blocked.c, &m, 0), -ESHUTDOWN, "after the stop");
+    pith_client_close(blocked.c); /* after the stop: frees the handle */
+    test_assert_no_leaks();
+}
+
+Test(client, the_thread_client_follows_the_engine_and_an_opened_one_does_not, .timeout = 30)
+{
+    pith_config_t cfg = test_config(1);
+    test_start(&cfg);
+    pith_client_t *own = pith_client_self();
+    pith_client_t *opened = pith_client_open(NULL);
+    cr_assert_not_null(own);
+    cr_assert_not_null(opened);
+    pith_ref_t first = pith_client_ref(own);
+    test_stop(NULL);
+    cr_assert_null(pith_client_self());
+    cr_assert_eq(errno, ESHUTDOWN);
+    test_start(&cfg);
+    pith_client_t *again = pith_client_self();
+    cr_assert_eq(again, own, "one client per thread");
+    cr_assert_neq(pith_client_ref(again), first, "with a ref of the new engine");
+    pith_ref_t a;
+    cr_assert_eq(pith_client_spawn(again, 0, &echo_type, NULL, 5 * SEC, &a), 0);
+    cr_assert_eq(pith_client_spawn(opened, 0, &echo_type, NULL, 5 * SEC, &a), -ESHUTDOWN,
+                 "a client opened in the last engine belongs to it");
+    pith_client_close(opened);
+    test_stop(NULL);
+}
+
+static struct {
+    int receive_rc, open_errno, self_errno;
+} on_shard;
+
+static void *client_calls_here(void *arg)
+{
+    (void)arg;
+    pith_msg_t m;
+    on_shard.receive_rc = pith_client_receive(NULL, &m, 0);
+    errno = 0;
+    on_shard.open_errno = pith_client_open(NULL) == NULL ? errno : 0;
+    errno = 0;
+    on_shard.self_errno = pith_client_self() == NULL ? errno : 0;
+    return NULL;
+}
+
+Test(client, client_calls_from_a_shard_are_edeadlk, .timeout = 30)
+{
+    pith_config_t cfg = test_config(1);
+    test_start(&cfg);
+    cr_assert_eq(pith_call_wait(0, client_calls_here, NULL, NULL), 0);
+    cr_assert_eq(on_shard.receive_rc, -EDEADLK);
+    cr_assert_eq(on_shard.open_errno, EDEADLK);
+    cr_assert_eq(on_shard.self_errno, EDEADLK);
+    test_stop(NULL);
+}
