@@ -66,7 +66,12 @@ int main(void)
         fprintf(stderr, "the application's own definitions were not the ones it reached\n");
         return 1;
     }
-    printf("engine round trip done; the application's ring_init, map_get, mem_alloc, mesh_create "
-           "and variables are its own\n");
+    if (strcmp(pith_version(), PITH_VERSION) != 0) {
+        fprintf(stderr, "libpith is %s, its headers %s\n", pith_version(), PITH_VERSION);
+        return 1;
+    }
+    printf("libpith %s: engine round trip done; the application's ring_init, map_get, mem_alloc, "
+           "mesh_create and variables are its own\n",
+           pith_version());
     return 0;
 }
