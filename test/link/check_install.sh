@@ -28,9 +28,11 @@ want=$( (cd "$src_inc/pith" && ls -- *.h) | sort)
 want=$(printf '%s\nversion.h\n' "$want" | sort -u)
 have=$( (cd "$dest$includedir/pith" && ls) | sort)
 if [ "$want" = "$have" ]; then
-    echo "ok 1 - the install holds the public headers and the generated version.h: $(echo $have)"
+    echo "ok 1 - the install holds the public headers and the generated version.h: $(echo "$have" | tr '\n' ' ')"
 else
-    echo "not ok 1 - installed headers differ: want $(echo $want); have $(echo $have)"
+    echo "not ok 1 - installed headers differ"
+    echo "# want: $(echo "$want" | tr '\n' ' ')"
+    echo "# have: $(echo "$have" | tr '\n' ' ')"
     exit 1
 fi
 
