@@ -276,8 +276,10 @@ static void listener_free(struct listener *l)
 
 int pith_tcp_listen(const pith_listen_config_t *cfg, pith_listener_t *out)
 {
-    if (out != NULL)
-        *out = 0;
+    /* The id is the only way to pith_tcp_unlisten: without it the port stays taken. */
+    if (out == NULL)
+        return -EINVAL;
+    *out = 0;
     if (cfg == NULL)
         return -EINVAL;
     struct conn_opts o;
@@ -374,8 +376,7 @@ int pith_tcp_listen(const pith_listen_config_t *cfg, pith_listener_t *out)
         (void)pith_tcp_unlisten(l->id);
         return first_err;
     }
-    if (out != NULL)
-        *out = l->id;
+    *out = l->id;
     return 0;
 }
 

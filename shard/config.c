@@ -154,16 +154,27 @@ int config_resolve(struct engine *e, const pith_config_t *user)
     } else {
         int err = topo_default_cpus(e, &cpus, &ncpus);
         if (err) {
-            set_last_error("hwloc found no usable CPU");
+            char usable[128];
+            topo_usable_list(e, usable, sizeof(usable));
+            set_last_error("found no CPU to run shards on (this process may use: \"%s\")", usable);
             return err;
         }
     }
     for (unsigned i = 0; i < ncpus; i++) {
-        if (!topo_cpu_exists(e, cpus[i])) {
-            unsigned bad = cpus[i];
+        const char *what = c.cpus ? "cpus" : "PITH_CPUS";
+        unsigned bad = cpus[i];
+        if (!topo_cpu_exists(e, bad)) {
             free(cpus);
-            set_last_error("%s: CPU %u does not exist on this machine (%ld online)",
-                           c.cpus ? "cpus" : "PITH_CPUS", bad, sysconf(_SC_NPROCESSORS_ONLN));
+            set_last_error("%s: CPU %u does not exist on this machine (%ld online)", what, bad,
+                           sysconf(_SC_NPROCESSORS_ONLN));
+            return -EINVAL;
+        }
+        if (!topo_cpu_usable(e, bad)) {
+            char usable[128];
+            topo_usable_list(e, usable, sizeof(usable));
+            free(cpus);
+            set_last_error("%s: CPU %u is outside the CPUs this process may use (%s)", what, bad,
+                           usable);
             return -EINVAL;
         }
     }

@@ -169,6 +169,8 @@ struct engine {
     struct shard **shards;
     struct pair *pairs; /* pairs[src * n + dst] */
     hwloc_topology_t topo;
+    /* CPUs the process may use: hwloc's allowed set within the affinity mask it started with. */
+    hwloc_bitmap_t usable;
     sem_t ready, go; /* shards post ready after set-up; the starter posts go once decided */
     uint64_t *scan;  /* [n] scratch for the stop protocol's quiescence scan */
 
@@ -206,6 +208,9 @@ int topo_open(struct engine *e);
 void topo_close(struct engine *e);
 int topo_default_cpus(struct engine *e, unsigned **cpus, unsigned *ncpus);
 bool topo_cpu_exists(struct engine *e, unsigned cpu);
+bool topo_cpu_usable(struct engine *e, unsigned cpu);
+/* The usable CPUs as a list such as "0-3,8", into buf. */
+void topo_usable_list(struct engine *e, char *buf, size_t size);
 bool topo_pin_self(struct engine *e, unsigned cpu);
 
 /* mesh.c */

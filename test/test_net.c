@@ -1802,6 +1802,33 @@ static void *connect_bad_fn(void *arg)
     return NULL;
 }
 
+/* Without *out nobody could name the listener to unlisten it: its port would stay taken until
+ * the engine stops. */
+Test(net, listen_without_out_is_einval_and_takes_no_port, .timeout = 30)
+{
+    pith_config_t cfg = test_config(2);
+    test_start(&cfg);
+    int probe = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = loopback(0);
+    cr_assert_eq(bind(probe, (struct sockaddr *)&a, sizeof a), 0);
+    int port = local_port(probe);
+    close(probe);
+
+    pith_listen_config_t lc = listen_config(&echo_handler);
+    lc.port = (uint16_t)port;
+    int rc = pith_tcp_listen(&lc, NULL);
+    cr_assert_eq(rc, -EINVAL, "pith_tcp_listen(&cfg, NULL): %d (%s)", rc, pith_strerror(rc));
+
+    /* Nothing listens there: a plain socket binds and listens on the port. */
+    int mine = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    a = loopback(port);
+    cr_assert_eq(bind(mine, (struct sockaddr *)&a, sizeof a), 0, "port %d was taken: %s", port,
+                 strerror(errno));
+    cr_assert_eq(listen(mine, 8), 0);
+    close(mine);
+    test_stop(NULL);
+}
+
 Test(net, bad_configs_are_einval_and_no_engine_is_eshutdown, .timeout = 30)
 {
     pith_tcp_handler_t ok = {.on_data = null_data};

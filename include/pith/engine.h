@@ -14,7 +14,7 @@ extern "C" {
 #endif
 
 /* A value for pith_config_t.shards: take $PITH_SHARDS if set, else one shard per CPU of the
- * CPU list, else one shard per core that hwloc finds. */
+ * CPU list (pith_config_t.cpus), whose default is one CPU per core the process may use. */
 #define PITH_AUTO (-1)
 
 /* pith_config_t.flags */
@@ -39,10 +39,16 @@ typedef struct pith_stall {
 } pith_stall_t;
 
 typedef struct pith_config {
-    /* Number of shards (> 0), or PITH_AUTO. 0 and values above 4096 are rejected. */
+    /* Number of shards (> 0), or PITH_AUTO: one per CPU of the list below, so under
+     * `taskset -c 1` one shard, on CPU 1. 0 and values above 4096 are rejected. */
     int shards;
     /* CPUs (OS numbering) the shards are pinned to, shard i on cpus[i % ncpus]. NULL: take
-     * $PITH_CPUS ("0-3,8,10"), else the first hardware thread of each core. */
+     * $PITH_CPUS ("0-3,8,10"), else, of each core, the first hardware thread the process may
+     * use. The CPUs a process may use are those hwloc allows (cgroup cpusets) within the
+     * affinity mask the process had when libpith was loaded (taskset, or sched_setaffinity
+     * before exec); the application pinning its own threads later changes nothing here. A CPU
+     * given here or in $PITH_CPUS that does not exist or is outside those makes
+     * pith_engine_start fail with -EINVAL, and pith_last_error() names it and the CPUs allowed. */
     const unsigned *cpus;
     unsigned ncpus;
     /* Messages carried by one mesh batch (default 64, 1..65536). */
@@ -92,9 +98,10 @@ PITH_API void pith_config_init(pith_config_t *cfg);
 /* Starts the engine: creates the shards, pins them, sets up each shard's io_uring on its own
  * thread, and returns once every shard runs its loop. cfg may be NULL for the defaults; it is
  * copied, the caller keeps ownership. Call from a thread outside the engine.
- * Errors: -EINVAL a bad config value (see pith_last_error()), -EALREADY the engine runs,
- * -ENOMEM, -EAGAIN threads could not be created, or the errno of io_uring_setup when a shard
- * could not get a ring even without optional flags. A failed start leaves nothing behind.
+ * Errors: -EINVAL a bad config value, such as a CPU the process may not use (see
+ * pith_last_error()), -EALREADY the engine runs, -ENODEV no CPU to run shards on, -ENOMEM,
+ * -EAGAIN threads could not be created, or the errno of io_uring_setup when a shard could not
+ * get a ring even without optional flags. A failed start leaves nothing behind.
  * A CPU that exists but refuses pinning is not an error: see pith_shard_stats_t.pinned. */
 PITH_API int pith_engine_start(const pith_config_t *cfg);
 

@@ -115,11 +115,14 @@ typedef struct pith_listen_config {
     pith_tcp_opts_t conn;
 } pith_listen_config_t;
 
-/* Listens on host:port on every shard. From any thread while the engine runs; the sockets are
- * bound before it returns (so errors such as -EADDRINUSE come back here) and each shard starts
- * accepting when it next runs its loop. Errors: -EINVAL a bad address or option (handler and
- * actor_type both NULL, on_data NULL, watermarks out of order, acceptor_shard out of range),
- * -ESHUTDOWN no engine or it is stopping, -ENOMEM, or the errno of socket/bind/listen. */
+/* Listens on host:port on every shard; *out receives the listener's id, the only way to
+ * pith_tcp_unlisten it (out is required: a listener nobody can name would hold its port until
+ * the engine stops). From any thread while the engine runs; the sockets are bound before it
+ * returns (so errors such as -EADDRINUSE come back here) and each shard starts accepting when it
+ * next runs its loop. On an error *out (if out is not NULL) is 0 and nothing listens.
+ * Errors: -EINVAL out or cfg NULL, or a bad address or option (handler and actor_type both
+ * NULL, on_data NULL, watermarks out of order, acceptor_shard out of range), -ESHUTDOWN no
+ * engine or it is stopping, -ENOMEM, or the errno of socket/bind/listen. */
 PITH_API int pith_tcp_listen(const pith_listen_config_t *cfg, pith_listener_t *out);
 /* The port a listener is bound to, or -ENOENT. Any thread. */
 PITH_API int pith_tcp_listener_port(pith_listener_t l);
@@ -129,7 +132,8 @@ PITH_API int pith_tcp_unlisten(pith_listener_t l);
 
 /* Opens a connection from the calling shard to host:port; it belongs to this shard. The
  * outcome comes later: on_open (or the actor's spawn), or on_close with cctx NULL and the
- * error (-ETIMEDOUT after timeout_ns, 0: no limit; -ECONNREFUSED...). *out names it at once.
+ * error (-ETIMEDOUT after timeout_ns, 0: no limit; -ECONNREFUSED...). *out (if out is not
+ * NULL) names it at once; the callbacks and the actor's pith_tcp_open_t name it too.
  * Errors now: -EPERM not on a shard, -EINVAL, -ESHUTDOWN, -ENOMEM, -EMFILE, -EBUSY no SQE. */
 PITH_API int pith_tcp_connect(const char *host, uint16_t port, const pith_tcp_opts_t *opts,
                               uint64_t timeout_ns, pith_conn_t *out);

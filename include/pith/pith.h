@@ -10,5 +10,6 @@
 #include <pith/mem.h>
 #include <pith/net.h>
 #include <pith/timer.h>
+#include <pith/version.h>
 
 #endif
