@@ -974,23 +974,25 @@ int pith_tcp_connect(const char *host, uint16_t port, const pith_tcp_opts_t *opt
  * connection ends with -ESHUTDOWN. */
 void conn_exit_all(struct net_shard *ns)
 {
-    for (uint32_t i = 0; i < ns->used; i++) {
-        struct conn *c = ns->slot[i];
+    for (uint32_t i = 0; i < ns->conns.end; i++) {
+        struct conn *c = slots_at(&ns->conns, i);
         if (c != NULL && c->state == C_OPEN)
             close_graceful(c, -ESHUTDOWN);
     }
     uint64_t deadline = pith_now_ns() + UINT64_C(250000000);
     for (;;) {
         bool left = false;
-        for (uint32_t i = 0; i < ns->used && !left; i++)
-            left = ns->slot[i] != NULL && ns->slot[i]->state == C_CLOSING;
+        for (uint32_t i = 0; i < ns->conns.end && !left; i++) {
+            struct conn *c = slots_at(&ns->conns, i);
+            left = c != NULL && c->state == C_CLOSING;
+        }
         if (!left || pith_now_ns() >= deadline)
             break;
         io_ring_wait(ns->ring, 10 * 1000 * 1000);
         io_ring_poll(ns->ring);
     }
-    for (uint32_t i = 0; i < ns->used; i++) {
-        struct conn *c = ns->slot[i];
+    for (uint32_t i = 0; i < ns->conns.end; i++) {
+        struct conn *c = slots_at(&ns->conns, i);
         if (c == NULL)
             continue;
         /* Output still queued at the deadline is dropped: a reset, so that the peer does not

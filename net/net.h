@@ -15,7 +15,8 @@
 
 #include "hooks.h"
 #include "io.h"
-#include "mem.h" /* stat_add: single-writer counters */
+#include "mem.h"   /* stat_add: single-writer counters */
+#include "slots.h" /* ids of connections and listeners */
 
 /* The buffer group id of the shard's provided receive buffers. */
 #define NET_BGID 7
@@ -100,7 +101,7 @@ struct lpart {
 };
 
 struct listener {
-    uint64_t id; /* index + 1 | generation << 32 */
+    uint64_t id; /* in the listener table (listen.c) */
     pith_tcp_spread_t spread;
     unsigned acceptor;
     unsigned max_conns;
@@ -123,12 +124,8 @@ struct net_shard {
     unsigned nbufs, buf_size;
     bool br_registered;
     unsigned max_conns_fit; /* what the completion queue can carry */
-    /* connections: slot table */
-    struct conn **slot;
-    uint32_t *free;
-    uint32_t cap, used, nfree, live;
-    uint32_t gen;
-    struct conn *starved; /* waiting for buffers to re-arm */
+    struct slots conns;     /* by id; the shard is the owner in every id */
+    struct conn *starved;   /* waiting for buffers to re-arm */
     bool rearm_queued;
     struct lpart *parts;
     bool exiting;
