@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <pith/mem.h>
 
@@ -171,26 +170,24 @@ int fops_unregister(struct fops *t)
     return 0;
 }
 
-static uint64_t mono_ns(void)
+/* io_ring_settle's test: every operation has reported. Until then, asks each to cancel once;
+ * one refused for want of an SQE is asked again on the next pass. */
+static bool ops_quiet(void *arg)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    struct fops *t = arg;
+    if (t->ops.live == 0)
+        return true;
+    for (uint32_t i = 0; i < t->ops.end; i++) {
+        struct fop *f = slots_at(&t->ops, i);
+        if (f != NULL && !f->cancelling)
+            (void)fop_cancel(f);
+    }
+    return false;
 }
 
 unsigned fops_drain(struct fops *t, uint64_t limit_ns)
 {
-    uint64_t deadline = mono_ns() + limit_ns;
-    while (t->ops.live > 0 && mono_ns() < deadline) {
-        /* Ask once per operation; one refused for want of an SQE is asked again next pass. */
-        for (uint32_t i = 0; i < t->ops.end; i++) {
-            struct fop *f = slots_at(&t->ops, i);
-            if (f != NULL && !f->cancelling)
-                (void)fop_cancel(f);
-        }
-        io_ring_wait(t->ring, 10 * 1000 * 1000);
-        io_ring_poll(t->ring);
-    }
+    (void)io_ring_settle(t->ring, limit_ns, ops_quiet, t);
     unsigned left = t->ops.live;
     /* Records the kernel never answered stay allocated: it may still write through them. */
     if (t->nbufs > 0 && left == 0)

@@ -970,6 +970,18 @@ int pith_tcp_connect(const char *host, uint16_t port, const pith_tcp_opts_t *opt
     return 0;
 }
 
+/* No connection is still sending what it had queued before its close. */
+static bool none_closing(void *arg)
+{
+    struct net_shard *ns = arg;
+    for (uint32_t i = 0; i < ns->conns.end; i++) {
+        struct conn *c = slots_at(&ns->conns, i);
+        if (c != NULL && c->state == C_CLOSING)
+            return false;
+    }
+    return true;
+}
+
 /* At stop: connections with output left get a short, bounded chance to send it; then every
  * connection ends with -ESHUTDOWN. */
 void conn_exit_all(struct net_shard *ns)
@@ -979,18 +991,7 @@ void conn_exit_all(struct net_shard *ns)
         if (c != NULL && c->state == C_OPEN)
             close_graceful(c, -ESHUTDOWN);
     }
-    uint64_t deadline = pith_now_ns() + UINT64_C(250000000);
-    for (;;) {
-        bool left = false;
-        for (uint32_t i = 0; i < ns->conns.end && !left; i++) {
-            struct conn *c = slots_at(&ns->conns, i);
-            left = c != NULL && c->state == C_CLOSING;
-        }
-        if (!left || pith_now_ns() >= deadline)
-            break;
-        io_ring_wait(ns->ring, 10 * 1000 * 1000);
-        io_ring_poll(ns->ring);
-    }
+    (void)io_ring_settle(ns->ring, UINT64_C(250000000), none_closing, ns);
     for (uint32_t i = 0; i < ns->conns.end; i++) {
         struct conn *c = slots_at(&ns->conns, i);
         if (c == NULL)

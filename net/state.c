@@ -131,14 +131,11 @@ int pith_net_stats(unsigned shard, pith_net_stats_t *out)
     return err;
 }
 
-/* Bounded wait for the last completions of this shard's sockets. */
-static void reap(struct net_shard *ns)
+/* Every socket of the shard has had its last completion: connections and listeners are freed. */
+static bool sockets_gone(void *arg)
 {
-    uint64_t deadline = pith_now_ns() + UINT64_C(2000000000);
-    while ((ns->conns.live > 0 || ns->parts != NULL) && pith_now_ns() < deadline) {
-        io_ring_wait(ns->ring, 10 * 1000 * 1000);
-        io_ring_poll(ns->ring);
-    }
+    struct net_shard *ns = arg;
+    return ns->conns.live == 0 && ns->parts == NULL;
 }
 
 static void net_ring_exit(unsigned shard)
@@ -149,7 +146,7 @@ static void net_ring_exit(unsigned shard)
     ns->exiting = true;
     listen_exit_all(ns);
     conn_exit_all(ns);
-    reap(ns);
+    (void)io_ring_settle(ns->ring, UINT64_C(2000000000), sockets_gone, ns);
     /* The buffers go only when no receive can still write into them. */
     if (ns->conns.live == 0)
         bufring_close(ns);
