@@ -148,13 +148,44 @@ static inline uint8_t *bufring_addr(struct net_shard *ns, unsigned bid)
     return ns->bufs + (size_t)bid * ns->buf_size;
 }
 void bufring_put(struct net_shard *ns, unsigned bid);
-/* conn.c */
-void conn_exit_all(struct net_shard *ns);
+/* The connection an io_op of it belongs to. */
+#define CONN_OF(op, member) ((struct conn *)((char *)(op)-offsetof(struct conn, member)))
+
+/* conn.c: the connection's lifecycle */
 int conn_opts_resolve(struct conn_opts *o, const pith_tcp_opts_t *in);
+/* The connection id names if it lives on the calling shard; else NULL and *err is -EPERM (not
+ * its shard) or -ENOENT. */
+struct conn *conn_owned(pith_conn_t id, int *err);
+/* Ends one of c's operations in flight: an ASYNC_CANCEL, or a shutdown of the socket when no
+ * SQE can be had. */
+void conn_cancel_op(struct conn *c, struct io_op *op);
+void conn_start(struct conn *c); /* open: on_open, then reading */
+/* Ends c now with `reason`: output dropped, operations cancelled; freed once they report. */
+void conn_fail(struct conn *c, int reason);
+void conn_maybe_free(struct conn *c);
+/* Stops reading and ends c once its queued output is sent (or the linger bound passes). */
+void conn_close_graceful(struct conn *c, int reason);
+void conn_finish_close(struct conn *c); /* CLOSING with nothing left to send: ends it */
+void conn_over_limit(struct conn *c);   /* past max_buffered: counted, ended with -ENOBUFS */
 int conn_adopt(struct net_shard *ns, int fd, struct listener *l);
 void conn_resume(struct conn *c, uint8_t bit);
-int net_parse_addr(const char *host, uint16_t port, struct sockaddr_storage *ss, socklen_t *len);
+void conn_resume_task(void *arg);
+void conn_exit_all(struct net_shard *ns);
 bool net_conn_task(pith_fn_t fn);
+/* recv.c: input */
+void recv_arm(struct conn *c);      /* unless paused, starved, closing or armed */
+void recv_stop(struct conn *c);     /* cancels the armed receive */
+void recv_unstarve(struct conn *c); /* off the list of receives waiting for buffers */
+void recv_feed(struct conn *c);     /* offers the kept input again */
+void recv_cqe(struct io_op *op, int res, uint32_t flags);
+void recv_rearm_task(void *arg);
+/* send.c: output */
+void send_kick(struct conn *c); /* starts a send of what is queued, if none is in flight */
+void send_drop_output(struct conn *c);
+void send_cqe(struct io_op *op, int res, uint32_t flags);
+void send_kick_task(void *arg);
+/* connect.c */
+int net_parse_addr(const char *host, uint16_t port, struct sockaddr_storage *ss, socklen_t *len);
 /* listen.c */
 void listen_exit_all(struct net_shard *ns);
 void adopt_task(void *arg);
