@@ -62,11 +62,17 @@ struct conn *conn_owned(pith_conn_t id, int *err)
     return c;
 }
 
+/* After asking the ring to cancel one of c's operations: when that found no SQE even after a
+ * submit (-EBUSY), the socket's shutdown ends the operation instead. */
+static void cancel_or_shut(struct conn *c, int err)
+{
+    if (err == -EBUSY && c->fd >= 0)
+        shutdown(c->fd, SHUT_RDWR);
+}
+
 void conn_cancel_op(struct conn *c, struct io_op *op)
 {
-    /* No SQE even after a submit: end the operation through the socket instead. */
-    if (io_ring_queue_cancel(c->ns->ring, op) != 0 && c->fd >= 0)
-        shutdown(c->fd, SHUT_RDWR);
+    cancel_or_shut(c, io_ring_queue_cancel(c->ns->ring, op));
 }
 
 void conn_over_limit(struct conn *c)
@@ -144,7 +150,6 @@ void conn_fail(struct conn *c, int reason)
 {
     if (c->state == C_DEAD)
         return;
-    bool connecting = c->state == C_CONNECTING;
     c->state = C_DEAD;
     c->reason = reason;
     if (reason == -ECONNABORTED || reason == -ENOBUFS)
@@ -155,8 +160,8 @@ void conn_fail(struct conn *c, int reason)
         recv_stop(c);
     if (c->sending)
         conn_cancel_op(c, &c->send_op);
-    if (connecting && c->ops > 0)
-        conn_cancel_op(c, &c->conn_op); /* the connect in flight (its timeout goes with it) */
+    if (c->connect != NULL) /* the connect in flight, and its timeout with it */
+        cancel_or_shut(c, fop_cancel(c->connect));
     if (c->idle_timer != 0)
         (void)pith_timer_cancel(c->idle_timer);
     if (c->linger_timer != 0)

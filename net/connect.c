@@ -7,43 +7,30 @@
 
 #include "net.h"
 
-static void connect_settle(struct conn *c)
+/* The fop's part of a connect's record: what the outcome goes to, and the target, which
+ * stays put until the kernel has read it. */
+struct connect_op {
+    struct conn *c;
+    struct sockaddr_storage addr;
+};
+
+/* The connect's outcome (-ETIMEDOUT when its timeout cut it short), after its last CQE: the
+ * connection opens, or ends with the error unless something ended it first. */
+static void connect_done(struct fop *f, int res)
 {
-    if (c->ops > 0)
-        return;
+    struct conn *c = ((struct connect_op *)f->data)->c;
+    c->connect = NULL; /* the record goes when this returns */
+    c->ops--;
     if (c->state == C_CONNECTING) {
-        int r = c->connect_res;
-        if (c->connect_timed_out && (r == -ECANCELED || r == -EINTR))
-            r = -ETIMEDOUT;
-        if (r == 0) {
+        if (res == 0) {
             stat_inc(&c->ns->st.connected);
             conn_start(c);
             return;
         }
         c->state = C_DEAD;
-        c->reason = r;
+        c->reason = res;
     }
     conn_maybe_free(c);
-}
-
-static void conn_connect_cqe(struct io_op *op, int res, uint32_t flags)
-{
-    (void)flags;
-    struct conn *c = CONN_OF(op, conn_op);
-    c->ops--;
-    c->connect_res = res;
-    connect_settle(c);
-}
-
-static void conn_connect_to_cqe(struct io_op *op, int res, uint32_t flags)
-{
-    (void)flags;
-    struct conn *c = CONN_OF(op, to_op);
-    c->ops--;
-    /* -ECANCELED: the connect ended first. Anything else: the timer fired. */
-    if (res != -ECANCELED)
-        c->connect_timed_out = true;
-    connect_settle(c);
 }
 
 int net_parse_addr(const char *host, uint16_t port, struct sockaddr_storage *ss, socklen_t *len)
@@ -93,13 +80,6 @@ int pith_tcp_connect(const char *host, uint16_t port, const pith_tcp_opts_t *opt
     struct net_shard *ns = net_shard_get();
     if (ns == NULL)
         return errno ? -errno : -ENOMEM;
-    struct io_uring *ring = &ns->ring->ring;
-    unsigned need = timeout_ns > 0 ? 2 : 1;
-    if (io_uring_sq_space_left(ring) < need) {
-        io_uring_submit(ring);
-        if (io_uring_sq_space_left(ring) < need)
-            return -EBUSY;
-    }
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
@@ -107,32 +87,33 @@ int pith_tcp_connect(const char *host, uint16_t port, const pith_tcp_opts_t *opt
     int one = 1;
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct conn *c = conn_alloc(ns);
-    if (c == NULL) {
+    struct fop *f =
+        c != NULL ? fop_new(shard_fops(), sizeof(struct connect_op), connect_done) : NULL;
+    struct io_uring_sqe *sqe = f != NULL ? fop_sqe(f, timeout_ns > 0) : NULL;
+    if (sqe == NULL) {
+        /* Nothing was queued and no callback has run: undone without a trace. */
+        err = f != NULL ? -EBUSY : -ENOMEM;
+        if (f != NULL)
+            fop_discard(f);
+        if (c != NULL) {
+            conn_release_slot(c);
+            pith_free(c);
+        }
         close(fd);
-        return -ENOMEM;
+        return err;
     }
     c->fd = fd;
     c->o = o;
     c->state = C_CONNECTING;
-    c->addr = ss;
-    c->addrlen = sl;
     c->recv_op.done = recv_cqe;
     c->send_op.done = send_cqe;
-    c->conn_op.done = conn_connect_cqe;
-    c->to_op.done = conn_connect_to_cqe;
-    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-    io_uring_prep_connect(sqe, fd, (struct sockaddr *)&c->addr, c->addrlen);
-    io_uring_sqe_set_data(sqe, &c->conn_op);
+    struct connect_op *co = (struct connect_op *)f->data;
+    co->c = c;
+    co->addr = ss;
+    io_uring_prep_connect(sqe, fd, (struct sockaddr *)&co->addr, sl);
+    fop_arm(f, sqe, timeout_ns);
+    c->connect = f;
     c->ops = 1;
-    if (timeout_ns > 0) {
-        sqe->flags |= IOSQE_IO_LINK;
-        c->ts.tv_sec = (long long)(timeout_ns / 1000000000u);
-        c->ts.tv_nsec = (long long)(timeout_ns % 1000000000u);
-        struct io_uring_sqe *t = io_uring_get_sqe(ring);
-        io_uring_prep_link_timeout(t, &c->ts, 0);
-        io_uring_sqe_set_data(t, &c->to_op);
-        c->ops = 2;
-    }
     if (out != NULL)
         *out = c->id;
     return 0;

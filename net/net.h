@@ -14,6 +14,7 @@
 #include <pith/pith.h>
 
 #include "hooks.h"
+#include "fop.h"
 #include "io.h"
 #include "mem.h"   /* stat_add: single-writer counters */
 #include "slots.h" /* ids of connections and listeners */
@@ -56,7 +57,7 @@ enum { PAUSE_APP = 1, PAUSE_WATER = 2, PAUSE_ACTOR = 4 };
 struct net_shard;
 
 struct conn {
-    struct io_op recv_op, send_op, conn_op, to_op;
+    struct io_op recv_op, send_op;
     struct net_shard *ns;
     uint64_t id;
     int fd;
@@ -65,10 +66,9 @@ struct conn {
     uint8_t ops;   /* operations whose last CQE has not come */
     uint8_t in_cb; /* callbacks of this connection running: freeing waits */
     bool recv_armed, recv_cancel, sending, rd_eof, shut_req, shut_done, reset_on_close;
-    bool kick_queued, resume_queued, starved, connect_timed_out;
+    bool kick_queued, resume_queued, starved;
     bool opened; /* on_open ran (and conns_open counts it) */
     int reason;
-    int connect_res;
     struct conn_opts o;
     void *cctx;
     pith_ref_t actor;
@@ -85,9 +85,7 @@ struct conn {
     pith_timer_id_t idle_timer, linger_timer;
     uint64_t bytes_in, bytes_out;
     struct conn *starved_next;
-    struct __kernel_timespec ts;
-    struct sockaddr_storage addr; /* the connect's target */
-    socklen_t addrlen;
+    struct fop *connect; /* an outbound connect in flight (connect.c) */
 };
 
 /* A listener's socket on one shard. */
