@@ -4,67 +4,35 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <pith/mem.h>
-
-#define FOPS_INITIAL 64u
-/* id: owner (12 bits) | generation (24) | slot (28). A stale id finds nothing unless its slot
- * holds an operation started exactly a multiple of 2^24 operations later. */
-#define SLOT_BITS 28
-#define GEN_BITS  24
-#define FOPS_MAX  (UINT32_C(1) << SLOT_BITS)
-#define GEN_MASK  ((UINT32_C(1) << GEN_BITS) - 1)
 
 /* Where each shard's generation count stopped, so that a later engine's ids differ from an
  * earlier one's: an id kept across a restart finds nothing. Written by shard `owner` as it
  * ends and read by the next engine's shard `owner` as it starts; the join of the first and
  * the creation of the second order the two. */
-static uint32_t gen_carry[1u << 12];
+static uint32_t gen_keep[SLOTS_OWNERS];
 
 void fops_init(struct fops *t, struct io_ring *r, unsigned owner)
 {
     memset(t, 0, sizeof(*t));
     t->ring = r;
-    t->owner = owner & ((1u << 12) - 1);
-    t->gen = gen_carry[t->owner] + 1;
-    if (t->gen > GEN_MASK)
-        t->gen = 1;
-}
-
-static int grow(struct fops *t)
-{
-    uint32_t cap = t->cap ? t->cap * 2 : FOPS_INITIAL;
-    if (cap > FOPS_MAX)
-        return -ENOMEM;
-    struct fop **slot = realloc(t->slot, cap * sizeof(*slot));
-    if (slot == NULL)
-        return -ENOMEM;
-    t->slot = slot;
-    uint32_t *fr = realloc(t->free, cap * sizeof(*fr));
-    if (fr == NULL)
-        return -ENOMEM; /* slot[] grew, which is harmless: cap stays */
-    t->free = fr;
-    t->cap = cap;
-    return 0;
+    owner &= SLOTS_OWNERS - 1;
+    slots_init(&t->ops, owner, SLOTS_MAX, &gen_keep[owner]);
 }
 
 struct fop *fop_new(struct fops *t, size_t extra, fop_done_fn done)
 {
-    if (t->nfree == 0 && t->used == t->cap && grow(t) != 0)
-        return NULL;
     struct fop *f = pith_malloc(sizeof(*f) + extra);
     if (f == NULL)
         return NULL;
     memset(f, 0, sizeof(*f));
-    uint32_t idx = t->nfree > 0 ? t->free[--t->nfree] : t->used++;
-    t->slot[idx] = f;
+    if (slots_add(&t->ops, f, &f->id) != 0) {
+        pith_free(f);
+        return NULL;
+    }
     f->tab = t;
     f->done = done;
-    f->id = (uint64_t)t->owner << (GEN_BITS + SLOT_BITS) | (uint64_t)t->gen << SLOT_BITS | idx;
-    if (++t->gen > GEN_MASK)
-        t->gen = 1;
-    t->live++;
     return f;
 }
 
@@ -72,10 +40,7 @@ struct fop *fop_new(struct fops *t, size_t extra, fop_done_fn done)
 static void fop_unlink(struct fop *f)
 {
     struct fops *t = f->tab;
-    uint32_t idx = (uint32_t)(f->id & (FOPS_MAX - 1));
-    t->slot[idx] = NULL;
-    t->free[t->nfree++] = idx;
-    t->live--;
+    slots_remove(&t->ops, f->id);
     if (f->fixed)
         t->fixed_live--;
 }
@@ -88,11 +53,7 @@ void fop_discard(struct fop *f)
 
 struct fop *fops_find(struct fops *t, uint64_t id)
 {
-    uint32_t idx = (uint32_t)(id & (FOPS_MAX - 1));
-    if (id == 0 || idx >= t->used)
-        return NULL;
-    struct fop *f = t->slot[idx];
-    return f != NULL && f->id == id ? f : NULL;
+    return slots_find(&t->ops, id);
 }
 
 /* Both CQEs in (or the only one): out of the table, report, free. Unlinked first, so that
@@ -209,36 +170,31 @@ int fops_unregister(struct fops *t)
     return 0;
 }
 
-static uint64_t mono_ns(void)
+/* io_ring_settle's test: every operation has reported. Until then, asks each to cancel once;
+ * one refused for want of an SQE is asked again on the next pass. */
+static bool ops_quiet(void *arg)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    struct fops *t = arg;
+    if (t->ops.live == 0)
+        return true;
+    for (uint32_t i = 0; i < t->ops.end; i++) {
+        struct fop *f = slots_at(&t->ops, i);
+        if (f != NULL && !f->cancelling)
+            (void)fop_cancel(f);
+    }
+    return false;
 }
 
 unsigned fops_drain(struct fops *t, uint64_t limit_ns)
 {
-    uint64_t deadline = mono_ns() + limit_ns;
-    while (t->live > 0 && mono_ns() < deadline) {
-        /* Ask once per operation; one refused for want of an SQE is asked again next pass. */
-        for (uint32_t i = 0; i < t->used; i++)
-            if (t->slot[i] != NULL && !t->slot[i]->cancelling)
-                (void)fop_cancel(t->slot[i]);
-        io_ring_wait(t->ring, 10 * 1000 * 1000);
-        io_ring_poll(t->ring);
-    }
-    unsigned left = t->live;
-    gen_carry[t->owner] = t->gen;
+    (void)io_ring_settle(t->ring, limit_ns, ops_quiet, t);
+    unsigned left = t->ops.live;
     /* Records the kernel never answered stay allocated: it may still write through them. */
     if (t->nbufs > 0 && left == 0)
         (void)io_uring_unregister_buffers(&t->ring->ring);
     free(t->bufs);
-    free(t->slot);
-    free(t->free);
     t->bufs = NULL;
-    t->slot = NULL;
-    t->free = NULL;
     t->nbufs = 0;
-    t->cap = t->used = t->nfree = 0;
+    slots_fini(&t->ops);
     return left;
 }

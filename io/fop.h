@@ -12,6 +12,7 @@
 #include <sys/uio.h>
 
 #include "io.h"
+#include "slots.h"
 
 struct fop;
 /* The outcome, once every CQE of the operation has arrived: the operation's result, or
@@ -36,11 +37,7 @@ struct fop {
 /* A ring's table of operations in flight. */
 struct fops {
     struct io_ring *ring;
-    struct fop **slot; /* [cap]; NULL: free */
-    uint32_t *free;    /* free slot indexes */
-    uint32_t cap, used, nfree, live;
-    unsigned owner; /* in every id: which ring's table it names (the shard) */
-    uint32_t gen;   /* in every id; never 0 */
+    struct slots ops; /* the records by id; its owner (the shard) is in every id */
     uint32_t fixed_live;
     unsigned nbufs; /* registered buffers; 0: none */
     struct iovec *bufs;

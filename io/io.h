@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 struct io_op;
 /* Runs on the ring's thread when the operation's CQE is reaped. */
@@ -53,6 +54,14 @@ int io_ring_queue_wake(struct io_ring *r, int target_fd);
  * carries user_data 0, which dispatch skips. -EBUSY: no SQE even after a submit. */
 int io_ring_queue_cancel(struct io_ring *r, const void *target);
 
+/* CLOCK_MONOTONIC in nanoseconds: pith_now_ns, here so that io/ keeps its own deadlines. */
+static inline uint64_t io_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 /* Submits what is queued and dispatches the completions that are ready, without blocking.
  * Enters the kernel only when there is something to submit, deferred task work is flagged, or
  * the CQ overflowed. Returns the number of CQEs dispatched. */
@@ -63,5 +72,14 @@ unsigned io_ring_poll(struct io_ring *r);
  * io_ring_poll, so that none runs while the shard still reads as asleep. Returns the CQEs
  * ready. */
 unsigned io_ring_wait(struct io_ring *r, uint64_t timeout_ns);
+
+/* Whether what io_ring_settle waits for has ended. When it has not, it may queue what moves the
+ * rest on (a cancel that found no SQE on the last pass). */
+typedef bool (*io_quiet_fn)(void *arg);
+
+/* At the end of a ring's life, on its thread: submits, waits and dispatches completions until
+ * quiet(arg) holds or limit_ns has passed, blocking at most 10 ms at a time. Returns quiet's
+ * last answer. */
+bool io_ring_settle(struct io_ring *r, uint64_t limit_ns, io_quiet_fn quiet, void *arg);
 
 #endif

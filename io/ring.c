@@ -152,3 +152,17 @@ unsigned io_ring_wait(struct io_ring *r, uint64_t timeout_ns)
     (void)io_uring_submit_and_wait_timeout(&r->ring, &cqe, 1, tsp, NULL);
     return io_uring_cq_ready(&r->ring);
 }
+
+bool io_ring_settle(struct io_ring *r, uint64_t limit_ns, io_quiet_fn quiet, void *arg)
+{
+    uint64_t deadline = io_now_ns() + limit_ns;
+    for (;;) {
+        if (quiet(arg))
+            return true;
+        if (io_now_ns() >= deadline)
+            return false;
+        /* Short waits: quiet may have queued SQEs that only the next pass submits. */
+        io_ring_wait(r, 10 * 1000 * 1000);
+        io_ring_poll(r);
+    }
+}

@@ -12,29 +12,24 @@
 
 #include "net.h"
 
-/* Listeners of the running engine, by index. Written under `lock`; a shard reads an entry only
- * from a task submitted after the entry was written (pith_submit orders the two). Entries go
- * when the engine is gone. */
+/* Listeners of the running engine, by id; taken under `lock`, by shards too. Entries go when
+ * the engine is gone, and the table with them; its generations go on in the next engine's. */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static struct listener *table[NET_MAX_LISTENERS];
-static uint32_t next_gen = 1;
+static struct slots table;
+static uint32_t gen_keep;
 
 #define DEF_BACKLOG   4096
 #define DEF_MAX_CONNS 4096u
 #define RETRY_NS      UINT64_C(10000000)
 
-static struct listener *listener_get(uint32_t idx)
+/* The listener in slot i, for a task that carries its slot: listeners stay until the engine
+ * is gone, so it is there. Under the lock: another thread may be growing the table. */
+static struct listener *listener_get(uint32_t i)
 {
-    return idx < NET_MAX_LISTENERS ? table[idx] : NULL;
-}
-
-static struct listener *lookup(pith_listener_t id)
-{
-    uint32_t idx = (uint32_t)(id & 0xFFFFFFFFu);
-    if (idx == 0 || idx > NET_MAX_LISTENERS)
-        return NULL;
-    struct listener *l = table[idx - 1];
-    return l != NULL && l->id == id ? l : NULL;
+    pthread_mutex_lock(&lock);
+    struct listener *l = slots_at(&table, i);
+    pthread_mutex_unlock(&lock);
+    return l;
 }
 
 static void accept_cqe(struct io_op *op, int res, uint32_t flags);
@@ -151,7 +146,7 @@ static void hand_out(struct net_shard *ns, struct lpart *p, int fd)
         (void)conn_adopt(ns, fd, l);
         return;
     }
-    uint32_t idx = (uint32_t)(l->id & 0xFFFFFFFFu) - 1;
+    uint32_t idx = slots_slot(l->id);
     if (pith_submit(to, adopt_task, (void *)(uintptr_t)((uint64_t)idx << 32 | (uint32_t)fd)) != 0) {
         /* The mesh pushes back: keep it here rather than drop it. */
         (void)conn_adopt(ns, fd, l);
@@ -336,19 +331,15 @@ int pith_tcp_listen(const pith_listen_config_t *cfg, pith_listener_t *out)
         }
     }
     pthread_mutex_lock(&lock);
-    int idx = -1;
-    for (int i = 0; i < NET_MAX_LISTENERS && idx < 0; i++)
-        if (table[i] == NULL)
-            idx = i;
-    if (idx >= 0) {
-        l->id = (uint64_t)next_gen++ << 32 | (uint32_t)(idx + 1);
-        table[idx] = l;
-    }
+    if (table.gen == 0) /* the engine's first listener */
+        slots_init(&table, 0, NET_MAX_LISTENERS, &gen_keep);
+    err = slots_add(&table, l, &l->id);
     pthread_mutex_unlock(&lock);
-    if (idx < 0) {
+    if (err) {
         listener_free(l);
-        return -ENOSPC;
+        return err;
     }
+    uint32_t idx = slots_slot(l->id);
     atomic_store_explicit(&l->parts_open, (unsigned)l->nfds, memory_order_relaxed);
     bool outside = pith_shard_id() < 0;
     int first_err = 0;
@@ -383,7 +374,7 @@ int pith_tcp_listen(const pith_listen_config_t *cfg, pith_listener_t *out)
 int pith_tcp_listener_port(pith_listener_t id)
 {
     pthread_mutex_lock(&lock);
-    struct listener *l = lookup(id);
+    struct listener *l = slots_find(&table, id);
     int port = l != NULL ? l->port : -ENOENT;
     pthread_mutex_unlock(&lock);
     return port;
@@ -415,7 +406,7 @@ int pith_tcp_unlisten(pith_listener_t id)
     if (n == 0)
         return -ESHUTDOWN;
     pthread_mutex_lock(&lock);
-    struct listener *l = lookup(id);
+    struct listener *l = slots_find(&table, id);
     bool first = l != NULL && !l->unlistened;
     if (first)
         l->unlistened = true;
@@ -459,10 +450,13 @@ void listen_exit_all(struct net_shard *ns)
 void net_listeners_gone(void)
 {
     pthread_mutex_lock(&lock);
-    for (int i = 0; i < NET_MAX_LISTENERS; i++) {
-        if (table[i] != NULL)
-            listener_free(table[i]);
-        table[i] = NULL;
+    for (uint32_t i = 0; i < table.end; i++) {
+        struct listener *l = slots_at(&table, i);
+        if (l != NULL) {
+            slots_remove(&table, l->id);
+            listener_free(l);
+        }
     }
+    slots_fini(&table);
     pthread_mutex_unlock(&lock);
 }

@@ -14,8 +14,10 @@
 #include <pith/pith.h>
 
 #include "hooks.h"
+#include "fop.h"
 #include "io.h"
-#include "mem.h" /* stat_add: single-writer counters */
+#include "mem.h"   /* stat_add: single-writer counters */
+#include "slots.h" /* ids of connections and listeners */
 
 /* The buffer group id of the shard's provided receive buffers. */
 #define NET_BGID 7
@@ -55,7 +57,7 @@ enum { PAUSE_APP = 1, PAUSE_WATER = 2, PAUSE_ACTOR = 4 };
 struct net_shard;
 
 struct conn {
-    struct io_op recv_op, send_op, conn_op, to_op;
+    struct io_op recv_op, send_op;
     struct net_shard *ns;
     uint64_t id;
     int fd;
@@ -64,10 +66,9 @@ struct conn {
     uint8_t ops;   /* operations whose last CQE has not come */
     uint8_t in_cb; /* callbacks of this connection running: freeing waits */
     bool recv_armed, recv_cancel, sending, rd_eof, shut_req, shut_done, reset_on_close;
-    bool kick_queued, resume_queued, starved, connect_timed_out;
+    bool kick_queued, resume_queued, starved;
     bool opened; /* on_open ran (and conns_open counts it) */
     int reason;
-    int connect_res;
     struct conn_opts o;
     void *cctx;
     pith_ref_t actor;
@@ -84,9 +85,7 @@ struct conn {
     pith_timer_id_t idle_timer, linger_timer;
     uint64_t bytes_in, bytes_out;
     struct conn *starved_next;
-    struct __kernel_timespec ts;
-    struct sockaddr_storage addr; /* the connect's target */
-    socklen_t addrlen;
+    struct fop *connect; /* an outbound connect in flight (connect.c) */
 };
 
 /* A listener's socket on one shard. */
@@ -100,7 +99,7 @@ struct lpart {
 };
 
 struct listener {
-    uint64_t id; /* index + 1 | generation << 32 */
+    uint64_t id; /* in the listener table (listen.c) */
     pith_tcp_spread_t spread;
     unsigned acceptor;
     unsigned max_conns;
@@ -123,12 +122,8 @@ struct net_shard {
     unsigned nbufs, buf_size;
     bool br_registered;
     unsigned max_conns_fit; /* what the completion queue can carry */
-    /* connections: slot table */
-    struct conn **slot;
-    uint32_t *free;
-    uint32_t cap, used, nfree, live;
-    uint32_t gen;
-    struct conn *starved; /* waiting for buffers to re-arm */
+    struct slots conns;     /* by id; the shard is the owner in every id */
+    struct conn *starved;   /* waiting for buffers to re-arm */
     bool rearm_queued;
     struct lpart *parts;
     bool exiting;
@@ -151,13 +146,44 @@ static inline uint8_t *bufring_addr(struct net_shard *ns, unsigned bid)
     return ns->bufs + (size_t)bid * ns->buf_size;
 }
 void bufring_put(struct net_shard *ns, unsigned bid);
-/* conn.c */
-void conn_exit_all(struct net_shard *ns);
+/* The connection an io_op of it belongs to. */
+#define CONN_OF(op, member) ((struct conn *)((char *)(op)-offsetof(struct conn, member)))
+
+/* conn.c: the connection's lifecycle */
 int conn_opts_resolve(struct conn_opts *o, const pith_tcp_opts_t *in);
+/* The connection id names if it lives on the calling shard; else NULL and *err is -EPERM (not
+ * its shard) or -ENOENT. */
+struct conn *conn_owned(pith_conn_t id, int *err);
+/* Ends one of c's operations in flight: an ASYNC_CANCEL, or a shutdown of the socket when no
+ * SQE can be had. */
+void conn_cancel_op(struct conn *c, struct io_op *op);
+void conn_start(struct conn *c); /* open: on_open, then reading */
+/* Ends c now with `reason`: output dropped, operations cancelled; freed once they report. */
+void conn_fail(struct conn *c, int reason);
+void conn_maybe_free(struct conn *c);
+/* Stops reading and ends c once its queued output is sent (or the linger bound passes). */
+void conn_close_graceful(struct conn *c, int reason);
+void conn_finish_close(struct conn *c); /* CLOSING with nothing left to send: ends it */
+void conn_over_limit(struct conn *c);   /* past max_buffered: counted, ended with -ENOBUFS */
 int conn_adopt(struct net_shard *ns, int fd, struct listener *l);
 void conn_resume(struct conn *c, uint8_t bit);
-int net_parse_addr(const char *host, uint16_t port, struct sockaddr_storage *ss, socklen_t *len);
+void conn_resume_task(void *arg);
+void conn_exit_all(struct net_shard *ns);
 bool net_conn_task(pith_fn_t fn);
+/* recv.c: input */
+void recv_arm(struct conn *c);      /* unless paused, starved, closing or armed */
+void recv_stop(struct conn *c);     /* cancels the armed receive */
+void recv_unstarve(struct conn *c); /* off the list of receives waiting for buffers */
+void recv_feed(struct conn *c);     /* offers the kept input again */
+void recv_cqe(struct io_op *op, int res, uint32_t flags);
+void recv_rearm_task(void *arg);
+/* send.c: output */
+void send_kick(struct conn *c); /* starts a send of what is queued, if none is in flight */
+void send_drop_output(struct conn *c);
+void send_cqe(struct io_op *op, int res, uint32_t flags);
+void send_kick_task(void *arg);
+/* connect.c */
+int net_parse_addr(const char *host, uint16_t port, struct sockaddr_storage *ss, socklen_t *len);
 /* listen.c */
 void listen_exit_all(struct net_shard *ns);
 void adopt_task(void *arg);

@@ -13,24 +13,11 @@
  * been joined. */
 static _Atomic(struct net_shard *) shards[4096];
 
-/* id: shard (12 bits) | generation (20) | slot (32). */
-#define SLOT_MASK UINT64_C(0xFFFFFFFF)
-#define GEN_MASK  ((UINT32_C(1) << 20) - 1)
-
-static int grow(struct net_shard *ns)
-{
-    uint32_t cap = ns->cap ? ns->cap * 2 : 64;
-    struct conn **slot = realloc(ns->slot, cap * sizeof(*slot));
-    if (slot == NULL)
-        return -ENOMEM;
-    ns->slot = slot;
-    uint32_t *fr = realloc(ns->free, cap * sizeof(*fr));
-    if (fr == NULL)
-        return -ENOMEM; /* slot[] grew, which is harmless: cap stays */
-    ns->free = fr;
-    ns->cap = cap;
-    return 0;
-}
+/* Where each shard's connection generations stopped, so that an id kept from one engine names
+ * nothing in the next (io/slots.h). Written by the stopping thread once every shard is joined
+ * (net_engine_gone), read by the next engine's shard on its first TCP use: the stop returns
+ * before the next start begins, which orders the two. */
+static uint32_t gen_keep[SLOTS_OWNERS];
 
 struct net_shard *net_shard_peek(unsigned shard)
 {
@@ -53,7 +40,7 @@ struct net_shard *net_shard_get(void)
     ns->ring = shard_io();
     ns->nbufs = cfg->net_bufs;
     ns->buf_size = cfg->net_buf_size;
-    ns->gen = 1;
+    slots_init(&ns->conns, (unsigned)me, SLOTS_MAX, &gen_keep[me]);
     /* The CQ holds io_entries * 16 (io/ring.c). Leave room for the receive buffers (each
      * completion that carries data holds one until it is handled), a margin for the shard's
      * other work, and NET_CQE_PER_CONN per connection. */
@@ -75,39 +62,27 @@ struct net_shard *net_shard_get(void)
 
 struct conn *conn_alloc(struct net_shard *ns)
 {
-    if (ns->nfree == 0 && ns->used == ns->cap && grow(ns) != 0)
-        return NULL;
     struct conn *c = pith_malloc(sizeof(*c));
     if (c == NULL)
         return NULL;
     memset(c, 0, sizeof(*c));
-    uint32_t idx = ns->nfree > 0 ? ns->free[--ns->nfree] : ns->used++;
-    ns->slot[idx] = c;
+    if (slots_add(&ns->conns, c, &c->id) != 0) {
+        pith_free(c);
+        return NULL;
+    }
     c->ns = ns;
     c->fd = -1;
-    c->id = (uint64_t)ns->shard << 52 | (uint64_t)ns->gen << 32 | idx;
-    if (++ns->gen > GEN_MASK)
-        ns->gen = 1;
-    ns->live++;
     return c;
 }
 
 void conn_release_slot(struct conn *c)
 {
-    struct net_shard *ns = c->ns;
-    uint32_t idx = (uint32_t)(c->id & SLOT_MASK);
-    ns->slot[idx] = NULL;
-    ns->free[ns->nfree++] = idx;
-    ns->live--;
+    slots_remove(&c->ns->conns, c->id);
 }
 
 struct conn *conn_find(struct net_shard *ns, uint64_t id)
 {
-    uint32_t idx = (uint32_t)(id & SLOT_MASK);
-    if (ns == NULL || id == 0 || idx >= ns->used)
-        return NULL;
-    struct conn *c = ns->slot[idx];
-    return c != NULL && c->id == id ? c : NULL;
+    return ns != NULL ? slots_find(&ns->conns, id) : NULL;
 }
 
 struct conn *conn_by_id(uint64_t id)
@@ -117,7 +92,7 @@ struct conn *conn_by_id(uint64_t id)
 
 unsigned pith_conn_shard(pith_conn_t c)
 {
-    return (unsigned)(c >> 52);
+    return slots_owner(c);
 }
 
 int pith_net_stats(unsigned shard, pith_net_stats_t *out)
@@ -156,14 +131,11 @@ int pith_net_stats(unsigned shard, pith_net_stats_t *out)
     return err;
 }
 
-/* Bounded wait for the last completions of this shard's sockets. */
-static void reap(struct net_shard *ns)
+/* Every socket of the shard has had its last completion: connections and listeners are freed. */
+static bool sockets_gone(void *arg)
 {
-    uint64_t deadline = pith_now_ns() + UINT64_C(2000000000);
-    while ((ns->live > 0 || ns->parts != NULL) && pith_now_ns() < deadline) {
-        io_ring_wait(ns->ring, 10 * 1000 * 1000);
-        io_ring_poll(ns->ring);
-    }
+    struct net_shard *ns = arg;
+    return ns->conns.live == 0 && ns->parts == NULL;
 }
 
 static void net_ring_exit(unsigned shard)
@@ -174,9 +146,9 @@ static void net_ring_exit(unsigned shard)
     ns->exiting = true;
     listen_exit_all(ns);
     conn_exit_all(ns);
-    reap(ns);
+    (void)io_ring_settle(ns->ring, UINT64_C(2000000000), sockets_gone, ns);
     /* The buffers go only when no receive can still write into them. */
-    if (ns->live == 0)
+    if (ns->conns.live == 0)
         bufring_close(ns);
 }
 
@@ -188,11 +160,10 @@ static void net_engine_gone(void)
             continue;
         atomic_store_explicit(&shards[i], NULL, memory_order_relaxed);
         /* Connections the kernel never answered for stay allocated: it may write into them. */
-        if (ns->live == 0) {
-            free(ns->slot);
-            free(ns->free);
+        bool left = ns->conns.live > 0;
+        slots_fini(&ns->conns);
+        if (!left)
             free(ns);
-        }
     }
 }
 

@@ -19,9 +19,7 @@ static pthread_mutex_t lifecycle = PTHREAD_MUTEX_INITIALIZER;
 
 uint64_t pith_now_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    return io_now_ns();
 }
 
 unsigned pith_shard_count(void)

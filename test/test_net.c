@@ -1363,6 +1363,32 @@ Test(net, connect_to_a_target_that_drops_syns_times_out_with_etimedout, .timeout
     test_stop(NULL);
 }
 
+Test(net, a_connect_closed_in_flight_ends_at_once_with_reason_0_and_its_timeout_with_it,
+     .timeout = 30)
+{
+    pith_config_t cfg = test_config(1);
+    test_start(&cfg);
+    int port, filler;
+    int l = syn_sink(&port, &filler);
+
+    /* The timeout is longer than TEST_WAIT_FOR waits: only the close can end the connect. */
+    pith_conn_t id = connect_from(0, port, 60000 * MS, NULL);
+    cr_assert_eq(conn_do(id, OP_SEND, "x", 1), -EPIPE, "a send before the connect is done");
+    cr_assert_eq(conn_do(id, OP_CLOSE, NULL, 0), 0);
+    TEST_WAIT_FOR(atomic_load(&out.closes) == 1);
+    cr_assert_eq(atomic_load(&out.opens), 0);
+    cr_assert_eq(atomic_load(&out.reason), 0, "reason %d (%s)", atomic_load(&out.reason),
+                 pith_strerror(atomic_load(&out.reason)));
+    cr_assert_null(atomic_load(&out.close_cctx));
+    cr_assert_eq(conn_do(id, OP_CLOSE, NULL, 0), -ENOENT);
+    cr_assert_eq(stats_of(0).connected, 0);
+    cr_assert_eq(stats_of(0).conns_open, 0);
+    close(filler);
+    close(l);
+    test_stop(NULL);
+    cr_assert_eq(atomic_load(&out.closes), 1);
+}
+
 /* ---- 10: actor mode ---- */
 
 #define ACT_MAX 8
