@@ -309,10 +309,11 @@ static bool lane_room(struct lane *l, uint32_t total)
  * (outside). */
 static int wait_room(struct producer *p, struct lane *l, uint32_t total, uint64_t deadline)
 {
-    /* Dekker with the consumer (lanes_drain): the exchange orders room_wait = 1 before our
-     * reload of head_pub; the consumer releases head_pub, fences, then loads room_wait. Either
-     * we see the room or it sees us waiting and wakes us. */
+    /* Dekker with the consumer (drain_one): our exchange of room_wait and load of head_pub,
+     * its store of head_pub and load of room_wait, all seq_cst. Either we see the room or it
+     * sees us waiting and wakes us. */
     atomic_exchange(&l->room_wait, 1);
+    l->head_seen = atomic_load(&l->head_pub);
     if (lane_room(l, total)) {
         atomic_store_explicit(&l->room_wait, 0, memory_order_relaxed);
         return 0;
@@ -469,13 +470,12 @@ static unsigned drain_one(struct shard *s, struct lane *l, unsigned budget)
         moved = true;
     }
     if (moved) {
-        /* Release pairs with lane_room's acquire (see there). */
-        atomic_store_explicit(&l->head_pub, l->head, memory_order_release);
-        /* Dekker with wait_room: the fence orders the release above before our load of
-         * room_wait. */
-        atomic_thread_fence(memory_order_seq_cst);
-        if (atomic_load_explicit(&l->room_wait, memory_order_relaxed) != 0 &&
-            atomic_exchange(&l->room_wait, 0) != 0)
+        /* seq_cst, and a release for lane_room's acquire (see there). Dekker with wait_room:
+         * this store and our load of room_wait below, its exchange of room_wait and its load of
+         * head_pub, all seq_cst, fall in one total order, so either it sees the room or we see
+         * it waiting. (A fence here would do the same; ThreadSanitizer does not model one.) */
+        atomic_store(&l->head_pub, l->head);
+        if (atomic_load(&l->room_wait) != 0 && atomic_exchange(&l->room_wait, 0) != 0)
             futex_wake_all(&l->room_wait);
     }
     return ran;
