@@ -65,12 +65,22 @@ static const bench_row_t rows[] = {
     /* n: ask/reply round trips, one in flight (100 to a sample on one shard, 1 across). */
     {"actor.ask_rtt_ns", bench_actor_ask_rtt, 200000, 2000000, "raw.local_oneshot_ns"},
     {"actor.remote_ask_rtt_ns", bench_actor_remote_ask_rtt, 100000, 1000000, "raw.c2c_rtt_ns"},
+    /* Threads outside the engine. n: 16-byte messages from one thread (the raw rings: to one
+     * thread), ask round trips, messages fanned out over 100k actors. */
+    {"raw.ingress_ring_mps", bench_raw_ingress_ring, 20000000, 100000000, NULL},
+    {"raw.slotseq_ring_mps", bench_raw_slotseq_ring, 20000000, 100000000, "raw.ingress_ring_mps"},
+    {"ck.ring_spsc_mps", bench_ck_ring, 20000000, 100000000, "raw.ingress_ring_mps"},
+    {"ingress.send_mps", bench_ingress_send, 5000000, 50000000, "raw.ingress_ring_mps"},
+    {"ingress.rtt_ns", bench_ingress_rtt, 100000, 1000000, "raw.c2c_rtt_ns"},
+    {"ingress.fanout_mps", bench_ingress_fanout, 2000000, 20000000, "ingress.send_mps"},
     /* Savina (Imam & Sarkar 2014) with its default sizes, the whole run in ms; quick takes a
      * tenth. n: round trips, messages, messages per actor (60 actors), actors, token hops
      * (100 actors). */
     {"savina.pingpong_ms", bench_savina_pingpong, 4000, 40000, NULL},
     {"savina.counting_ms", bench_savina_counting, 100000, 1000000, NULL},
     {"savina.fjthroughput_ms", bench_savina_fjthroughput, 1000, 10000, NULL},
+    {"savina.fjthroughput_main_ms", bench_savina_fjthroughput_main, 1000, 10000,
+     "savina.fjthroughput_ms"},
     {"savina.fjcreation_ms", bench_savina_fjcreation, 4000, 40000, NULL},
     {"savina.threadring_ms", bench_savina_threadring, 10000, 100000, NULL},
     /* n: 4 KiB reads of a page-cached file, one in flight. */
