@@ -352,7 +352,7 @@ static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
     /* Running for the whole turn: between messages no code of ours can reach this actor. */
     a->gen |= A_RUNNING;
     core_current = ref;
-    atomic_store_explicit(&cs->running, r, memory_order_relaxed);
+    atomic_store_explicit(&cs->running, r, memory_order_release); /* see core_describe */
     while (n < r->turn_msgs && a->head != NULL) {
         struct amsg *m = a->head;
         a->head = m->next;
@@ -810,8 +810,10 @@ static const char *core_describe(unsigned shard, pith_anyfn_t *fn)
     struct core_shard *cs = ce != NULL && shard < ce->n
                                 ? atomic_load_explicit(&ce->shards[shard], memory_order_acquire)
                                 : NULL;
+    /* Acquire pairs with turn_run's release: the record (and its type) the shard saw are
+     * visible here. */
     const struct type_rec *r =
-        cs != NULL ? atomic_load_explicit(&cs->running, memory_order_relaxed) : NULL;
+        cs != NULL ? atomic_load_explicit(&cs->running, memory_order_acquire) : NULL;
     if (r == NULL)
         return NULL;
     *fn = atomic_load_explicit(&cs->running_fn, memory_order_relaxed);

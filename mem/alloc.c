@@ -331,8 +331,11 @@ static inline void *finish(struct blk *b, struct mem_owner *o, size_t size, size
                            pith_mem_profile_t prof, bool zero, uint64_t kind)
 {
     /* The block may have been freed last by another thread, through mimalloc's lists that
-     * TSan cannot see; its release in pith_free pairs with this. */
+     * TSan cannot see; its release in pith_free pairs with this. Its memory may also have been
+     * part of a block of another size that another thread freed (mimalloc re-carves pages):
+     * that free released on the owner's home, which this acquires. */
     tsan_acquire(b);
+    tsan_acquire(o->home != NULL ? (void *)o->home : (void *)&outside);
     asan_unpoison(b, MEM_HDR + size);
     b->word = (uintptr_t)o | (kind == KIND_SMALL ? MEM_LIVE_SMALL : MEM_LIVE_BIG);
     b->meta = meta_make(size, log2_of(align), prof, kind);
@@ -627,8 +630,10 @@ static void free_slow(struct blk *b)
         atomic_fetch_sub_explicit(&outside.local, (int64_t)n, memory_order_relaxed);
         atomic_fetch_add_explicit(&outside.frees, 1, memory_order_relaxed);
     }
-    /* Pairs with the acquire in finish(): whoever gets this block next sees our writes. */
+    /* Pairs with the acquire in finish(): whoever gets this block (or memory of it, under
+     * another block's header) next sees our writes. */
     tsan_release(b);
+    tsan_release(h != NULL ? (void *)h : (void *)&outside);
     asan_poison(b, blk_usable(b, m));
     blk_release(b, m);
 }
