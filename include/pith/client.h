@@ -36,8 +36,10 @@ extern "C" {
 /* The shard field of every client's ref (pith_ref_shard): no shard has this index. */
 #define PITH_CLIENT_SHARD 4095u
 
+/* A client: opaque, the opener's (or, for pith_client_self, its thread's). */
 typedef struct pith_client pith_client_t;
 
+/* How a client behaves: pith_client_config_init fills the defaults, pith_client_open copies it. */
 typedef struct pith_client_config {
     /* Messages each shard may queue for this client before its sends to it fail with -EAGAIN
      * (default 1024; rounded up to a power of two, 4..65536). */

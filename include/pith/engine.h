@@ -28,7 +28,7 @@ typedef void (*pith_anyfn_t)(void);
 
 /* What the stall detector saw: a task on `shard` that kept running past the threshold. */
 typedef struct pith_stall {
-    unsigned shard;
+    unsigned shard; /* the shard it ran on */
     /* The function that was running: the task's, or for an actor's turn its behaviour. */
     pith_anyfn_t fn;
     const char *fn_name; /* its symbol name where the dynamic linker knows it, else NULL */
@@ -38,9 +38,11 @@ typedef struct pith_stall {
     uint64_t ns; /* how long it had been running when seen (a lower bound) */
 } pith_stall_t;
 
+/* How the engine runs: pith_config_init fills the defaults, pith_engine_start copies it. */
 typedef struct pith_config {
     /* Number of shards (> 0), or PITH_AUTO: one per CPU of the list below, so under
-     * `taskset -c 1` one shard, on CPU 1. 0 and values above 4096 are rejected. */
+     * `taskset -c 1` one shard, on CPU 1. 0 and values above 4095 are rejected (4095 is the
+     * shard field of clients' refs, pith/client.h). */
     int shards;
     /* CPUs (OS numbering) the shards are pinned to, shard i on cpus[i % ncpus]. NULL: take
      * $PITH_CPUS ("0-3,8,10"), else, of each core, the first hardware thread the process may
@@ -50,7 +52,7 @@ typedef struct pith_config {
      * given here or in $PITH_CPUS that does not exist or is outside those makes
      * pith_engine_start fail with -EINVAL, and pith_last_error() names it and the CPUs allowed. */
     const unsigned *cpus;
-    unsigned ncpus;
+    unsigned ncpus; /* entries of cpus */
     /* Messages carried by one mesh batch (default 64, 1..65536). */
     unsigned batch_msgs;
     /* Capacity of each shard-to-shard SPSC ring, in batches (default 256; power of two >= 4). */
@@ -82,12 +84,12 @@ typedef struct pith_config {
      * how many (0 or default 256, a power of two up to 32768) and of how many bytes (0 or default
      * 16384, 64..1 MiB). Set up on a shard when it first uses TCP. */
     unsigned net_bufs;
-    unsigned net_buf_size;
+    unsigned net_buf_size; /* bytes of each of them (see net_bufs) */
     unsigned flags; /* PITH_CFG_* */
     /* Called from the stall detector's thread for each reported stall (rate-limited to one
      * per shard per second); NULL prints a line on stderr. */
     void (*on_stall)(const pith_stall_t *stall, void *ctx);
-    void *stall_ctx;
+    void *stall_ctx; /* on_stall's ctx */
     /* Each shard's memory (pith/mem.h); zeros take the defaults. */
     pith_mem_config_t mem;
 } pith_config_t;
@@ -161,6 +163,7 @@ PITH_API int pith_when_shard_room(unsigned shard, pith_fn_t fn, void *arg);
 /* pith_call's function returns a result that travels back to the caller; pith_submit's returns
  * nothing, because nothing travels back: a task is fire-and-forget. */
 typedef void *(*pith_call_fn_t)(void *arg);
+/* What pith_call runs back on the calling shard with fn's result. */
 typedef void (*pith_done_fn_t)(void *result, void *ctx);
 
 /* Runs result = fn(arg) on `shard`, then done(result, ctx) back on the calling shard. Call from
@@ -180,7 +183,7 @@ PITH_API int pith_call_wait(unsigned shard, pith_call_fn_t fn, void *arg, void *
 /* Counters of one shard. Each is written by that shard only and read here without stopping it,
  * so a snapshot is not atomic as a whole. */
 typedef struct pith_shard_stats {
-    unsigned shard;
+    unsigned shard; /* the shard these are of */
     int cpu;                 /* CPU the shard was meant to run on, -1 when not pinned */
     bool pinned;             /* pinning was asked for and succeeded */
     uint32_t ring_flags;     /* io_uring setup flags the ring got (IORING_SETUP_*) */

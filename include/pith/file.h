@@ -43,9 +43,9 @@ typedef struct pith_io_done {
 
 /* The payload of the message an actor gets. */
 typedef struct pith_io_result {
-    int64_t res;
-    pith_io_id_t id;
-    void *ctx;
+    int64_t res;     /* what the system call returned (bytes, a descriptor, 0), or -errno */
+    pith_io_id_t id; /* the operation's id, as the call that started it gave it */
+    void *ctx;       /* the pith_io_done_t's ctx */
 } pith_io_result_t;
 
 /* As the offset of a read or write: use and advance the file position (pipes, sockets). */
@@ -66,23 +66,29 @@ typedef struct pith_io_result {
  * -EINVAL: path NULL. */
 PITH_API int pith_file_open(const char *path, int flags, unsigned mode, const pith_io_done_t *done,
                             pith_io_id_t *id);
+/* close(fd): the outcome is 0 or -errno. The descriptor is the caller's until then. */
 PITH_API int pith_file_close(int fd, const pith_io_done_t *done, pith_io_id_t *id);
 
-/* pread/pwrite at `off` (PITH_FILE_POS: the file position): the outcome is the byte count,
- * which may be short. -EINVAL: buf NULL with len > 0. */
+/* pread at `off` (PITH_FILE_POS: the file position): the outcome is the byte count, which may
+ * be short. buf stays the caller's, and must stay valid, until the outcome. -EINVAL: buf NULL
+ * with len > 0. */
 PITH_API int pith_file_read(int fd, void *buf, uint32_t len, uint64_t off,
                             const pith_io_done_t *done, pith_io_id_t *id);
+/* pwrite, as pith_file_read: the outcome is the byte count written, which may be short. */
 PITH_API int pith_file_write(int fd, const void *buf, uint32_t len, uint64_t off,
                              const pith_io_done_t *done, pith_io_id_t *id);
 
-/* preadv/pwritev; the iovec array is copied, the buffers it names are not.
- * -EINVAL: iov NULL, iovcnt 0 or over IOV_MAX. */
+/* preadv; the iovec array is copied, the buffers it names are not (they stay the caller's until
+ * the outcome). -EINVAL: iov NULL, iovcnt 0 or over IOV_MAX. */
 PITH_API int pith_file_readv(int fd, const struct iovec *iov, unsigned iovcnt, uint64_t off,
                              const pith_io_done_t *done, pith_io_id_t *id);
+/* pwritev, as pith_file_readv. */
 PITH_API int pith_file_writev(int fd, const struct iovec *iov, unsigned iovcnt, uint64_t off,
                               const pith_io_done_t *done, pith_io_id_t *id);
 
+/* fsync(fd): the outcome is 0 once the file's data and metadata are durable, or -errno. */
 PITH_API int pith_file_fsync(int fd, const pith_io_done_t *done, pith_io_id_t *id);
+/* fdatasync(fd): as pith_file_fsync, for the data (and the metadata needed to read it back). */
 PITH_API int pith_file_fdatasync(int fd, const pith_io_done_t *done, pith_io_id_t *id);
 
 struct statx;
@@ -104,11 +110,11 @@ PITH_API int pith_file_register_buffers(const struct iovec *iov, unsigned n);
 /* Errors: -EPERM not on a shard; -ENXIO no set registered; -EBUSY fixed operations in flight. */
 PITH_API int pith_file_unregister_buffers(void);
 
-/* As pith_file_read and pith_file_write, into or from registered buffer `index`; buf..buf+len
- * must lie inside it. -EINVAL: no registered set, index out of range, or the span outside the
- * buffer. */
+/* As pith_file_read, into registered buffer `index`; buf..buf+len must lie inside it.
+ * -EINVAL: no registered set, index out of range, or the span outside the buffer. */
 PITH_API int pith_file_read_fixed(int fd, void *buf, uint32_t len, uint64_t off, unsigned index,
                                   const pith_io_done_t *done, pith_io_id_t *id);
+/* As pith_file_write, from registered buffer `index`, with pith_file_read_fixed's errors. */
 PITH_API int pith_file_write_fixed(int fd, const void *buf, uint32_t len, uint64_t off,
                                    unsigned index, const pith_io_done_t *done, pith_io_id_t *id);
 

@@ -25,6 +25,7 @@ typedef enum pith_mem_profile {
     PITH_MEM_HOT = 1,
     PITH_MEM_COLD = 2,
 } pith_mem_profile_t;
+/* How many profiles there are (array sizes). */
 #define PITH_MEM_PROFILES 3
 
 /* pith_mem_config_t.flags: turn off what the machine offers (tests, or to compare). */
@@ -43,7 +44,7 @@ typedef struct pith_mem_config {
      * is made by its first allocation, on the shard's loop; a hot extent is prefaulted and
      * locked then, which takes milliseconds. A latency-minded application sets hot_initial. */
     size_t hot_initial;
-    size_t cold_initial;
+    size_t cold_initial; /* as hot_initial, for the cold profile (nothing to prefault) */
     /* Smallest growth step (default 32 MiB). A profile grows by max(grow, what it already
      * has), so reaching the cap takes few extents: a process may have 64 mimalloc arenas. */
     size_t grow;
@@ -60,6 +61,7 @@ typedef struct pith_mem_config {
  * budget reached, see pith_mem_stats) or EINVAL (a bad alignment). Never aborts.
  * Each block carries a 16-byte header; accounting counts the size asked for plus the header. */
 PITH_API void *pith_malloc(size_t size);
+/* As pith_malloc, zeroed, for count * size bytes (ENOMEM when that overflows). */
 PITH_API void *pith_calloc(size_t count, size_t size);
 /* As realloc(3): NULL p allocates; size 0 frees p and returns NULL. A block may be resized by
  * any shard: it stays with its owner tag, and moves to the caller's heap if it must move.
@@ -86,12 +88,13 @@ PITH_API size_t pith_malloc_usable_size(const void *p);
  * over fails with ENOMEM and counts a refusal. Errors: -EPERM outside the engine, -ENOMEM. */
 PITH_API int pith_mem_owner_budget(uint64_t owner, size_t budget);
 
+/* The account of one owner on the calling shard (pith_mem_owner_stats). */
 typedef struct pith_mem_owner_stats {
     size_t in_use; /* bytes held now: per block its size + header; a small block (warm,
                       16-byte aligned, size + header <= 256) counts that rounded up to 16 */
     size_t peak;   /* highest in_use; for owner 0, as pith_mem_stats's peak */
     size_t budget; /* 0: none */
-    uint64_t allocs;
+    uint64_t allocs;   /* blocks allocated for this owner */
     uint64_t refusals; /* allocations refused for the budget */
 } pith_mem_owner_stats_t;
 
@@ -114,11 +117,12 @@ typedef enum pith_mem_backing {
     PITH_MEM_PLAIN = 2,   /* base pages */
 } pith_mem_backing_t;
 
+/* One extent of a shard: what it asked for and what the system gave (pith_mem_extent_info). */
 typedef struct pith_mem_extent {
-    void *base;
-    size_t size;
-    pith_mem_profile_t profile;
-    pith_mem_backing_t backing;
+    void *base;                 /* where it is mapped */
+    size_t size;                /* bytes mapped */
+    pith_mem_profile_t profile; /* the profile it backs */
+    pith_mem_backing_t backing; /* the pages it got */
     bool locked;     /* mlock succeeded (on fault, or whole for the hot profile) */
     bool prefaulted; /* every page was touched when the extent was made */
     int node;        /* NUMA node it is bound to, -1 when not bound */
@@ -135,7 +139,7 @@ PITH_API int pith_mem_extent_info(int shard, unsigned i, pith_mem_extent_t *out)
  * asked (mincore, /proc/self/smaps), so locked <= committed <= reserved and huge <= committed.
  * The counters are each written by one thread and read here without stopping it. */
 typedef struct pith_mem_stats {
-    int shard;
+    int shard;        /* the shard, or PITH_MEM_OUTSIDE */
     int node;         /* NUMA node the shard binds its extents to, -1 none */
     size_t cap;       /* the shard's cap */
     size_t reserved;  /* extent bytes mapped */
@@ -147,7 +151,7 @@ typedef struct pith_mem_stats {
                          small freed blocks the shard keeps for reuse (at most 16 classes x 65,
                          under 140 KiB), so peak >= in_use */
     unsigned extents; /* extents made, all profiles */
-    size_t profile_reserved[PITH_MEM_PROFILES];
+    size_t profile_reserved[PITH_MEM_PROFILES]; /* reserved, per profile */
     uint64_t allocs;          /* blocks allocated here */
     uint64_t frees;           /* of those, freed by this shard */
     uint64_t remote_frees;    /* of those, freed by another thread */

@@ -62,7 +62,7 @@ typedef struct pith_tcp_handler {
 
 /* What an actor-mode connection's init gets as `arg`. */
 typedef struct pith_tcp_open {
-    pith_conn_t conn;
+    pith_conn_t conn; /* the connection the actor is spawned for */
     void *ctx; /* the listener's or the connect's */
 } pith_tcp_open_t;
 
@@ -74,7 +74,9 @@ typedef struct pith_tcp_opts {
      * actor that stopped without closing it is reset at its next event (bytes arriving, end of
      * stream, output drained) or by idle_timeout_ns. */
     const pith_tcp_handler_t *handler;
-    const pith_actor_type_t *actor_type;
+    const pith_actor_type_t *actor_type; /* used when handler is NULL */
+    /* Given to on_open (or the actor's pith_tcp_open_t). The handler, the actor type and what
+     * ctx points to must stay valid while connections made with these options live. */
     void *ctx;
     /* Close a connection that received nothing for this long (-ETIMEDOUT). 0: never. */
     uint64_t idle_timeout_ns;
@@ -83,7 +85,8 @@ typedef struct pith_tcp_opts {
     size_t max_buffered;
     /* Unsent output above high pauses reading; below low resumes it (defaults 1 MiB, 256 KiB;
      * low <= high < max_buffered). */
-    size_t high_watermark, low_watermark;
+    size_t high_watermark;
+    size_t low_watermark; /* see high_watermark */
     /* How long a graceful close waits for queued output to leave before it resets the
      * connection (default 5 s). */
     uint64_t linger_ns;
@@ -101,18 +104,20 @@ typedef enum pith_tcp_spread {
     PITH_TCP_ACCEPTOR = 1,
 } pith_tcp_spread_t;
 
+/* Where and how to listen: zeros take the defaults; pith_tcp_listen copies it (but not what
+ * conn's pointers point to, see pith_tcp_opts_t.ctx). */
 typedef struct pith_listen_config {
     const char *host; /* numeric address; NULL: every IPv4 address */
     uint16_t port;    /* 0: the kernel picks one (pith_tcp_listener_port) */
     int backlog;      /* 0: 4096 */
-    pith_tcp_spread_t spread;
-    unsigned acceptor_shard; /* PITH_TCP_ACCEPTOR */
+    pith_tcp_spread_t spread; /* how connections are spread over the shards */
+    unsigned acceptor_shard;  /* PITH_TCP_ACCEPTOR */
     /* Open connections per shard at most (default 4096). More are accepted and closed at once,
      * and the shard's refused counter goes up. The shard's completion queue must hold a
      * completion per connection on top of its receive buffers: a shard whose ring is too small
      * (cfg.io_entries * 16 < net_bufs + 3 * max_conns + 64) lowers the bound to what fits. */
     unsigned max_conns;
-    pith_tcp_opts_t conn;
+    pith_tcp_opts_t conn; /* how the connections it accepts behave */
 } pith_listen_config_t;
 
 /* Listens on host:port on every shard; *out receives the listener's id, the only way to
@@ -138,7 +143,7 @@ PITH_API int pith_tcp_unlisten(pith_listener_t l);
 PITH_API int pith_tcp_connect(const char *host, uint16_t port, const pith_tcp_opts_t *opts,
                               uint64_t timeout_ns, pith_conn_t *out);
 
-/* The shard a connection lives on. */
+/* The shard a connection lives on (a stale id still tells its shard). Any thread. */
 PITH_API unsigned pith_conn_shard(pith_conn_t c);
 
 /* Queues a copy of data[0..len) (the iovecs' bytes) for sending, in call order. Errors:
@@ -146,31 +151,45 @@ PITH_API unsigned pith_conn_shard(pith_conn_t c);
  * was shut for writing, -ENOBUFS past max_buffered (the connection is then closed), -ENOMEM,
  * -EINVAL data NULL with len > 0. */
 PITH_API int pith_conn_send(pith_conn_t c, const void *data, size_t len);
+/* As pith_conn_send, with the bytes of iov[0..iovcnt) in one piece (the bytes are copied).
+ * Errors: as pith_conn_send, and -EINVAL iovcnt negative, iov NULL with iovcnt > 0, or an entry
+ * with iov_base NULL and iov_len > 0. */
 PITH_API int pith_conn_sendv(pith_conn_t c, const struct iovec *iov, int iovcnt);
-/* Queues buf's bytes without copying them; the queue holds a reference until they are sent. */
+/* Queues buf's bytes without copying them; the queue holds a reference of its own until they
+ * are sent (the caller keeps and releases its own). Errors: as pith_conn_send, and -EINVAL buf
+ * NULL. */
 PITH_API int pith_conn_send_buf(pith_conn_t c, pith_buf_t *buf);
 
-/* Stops and resumes reading (the application's own backpressure; independent of the
- * watermarks). Bytes already received keep arriving until the kernel has stopped. */
+/* The calls below act on a connection of the calling shard. Their errors: -EPERM not called on
+ * the connection's shard, -ENOENT no such connection (it closed: a stale id), and as each says. */
+
+/* Stops reading (the application's own backpressure, independent of the watermarks). Bytes
+ * already received keep arriving until the kernel has stopped. Errors: -EPIPE it is closing. */
 PITH_API int pith_conn_pause(pith_conn_t c);
+/* Resumes reading after pith_conn_pause; input kept from before is offered first. Errors:
+ * -EPIPE it is closing. */
 PITH_API int pith_conn_resume(pith_conn_t c);
 
 /* Half-close: after the queued output, our side is shut (the peer reads end of stream);
- * receiving goes on. */
+ * receiving goes on. Errors: -EPIPE it is closing. */
 PITH_API int pith_conn_shutdown(pith_conn_t c);
-/* Closes once the queued output has left (at most linger_ns), then on_close(0). */
+/* Closes once the queued output has left (at most linger_ns), then on_close(0). A connect in
+ * flight ends at once, with on_close(0). */
 PITH_API int pith_conn_close(pith_conn_t c);
 /* Closes now with a reset; queued output is dropped. on_close(-ECONNABORTED). */
 PITH_API int pith_conn_abort(pith_conn_t c);
 
+/* What pith_conn_info tells of a connection. */
 typedef struct pith_conn_info {
-    unsigned shard;
-    uint64_t bytes_in, bytes_out;
-    size_t unsent;   /* queued output not yet taken by the kernel */
-    size_t buffered; /* unconsumed input held */
-    int peer_port;
-    char peer[46]; /* numeric address */
+    unsigned shard;     /* where it lives */
+    uint64_t bytes_in;  /* received since it opened */
+    uint64_t bytes_out; /* taken by the kernel since it opened */
+    size_t unsent;      /* queued output not yet taken by the kernel */
+    size_t buffered;    /* unconsumed input held */
+    int peer_port;      /* 0 when the peer is unknown (not connected yet, or gone) */
+    char peer[46];      /* numeric address, "" when unknown */
 } pith_conn_info_t;
+/* Fills *out for a connection of the calling shard. Errors: -EINVAL out NULL, -EPERM, -ENOENT. */
 PITH_API int pith_conn_info(pith_conn_t c, pith_conn_info_t *out);
 
 /* Counters of one shard's networking; any thread while the engine runs. */
@@ -182,13 +201,16 @@ typedef struct pith_net_stats {
     uint64_t over_limit;  /* closed for passing max_buffered */
     uint64_t idle_closed; /* closed by the idle timeout */
     uint64_t resets;      /* ended by the peer's reset */
-    uint64_t bytes_in, bytes_out;
+    uint64_t bytes_in;    /* received, all connections */
+    uint64_t bytes_out;   /* taken by the kernel, all connections */
     uint64_t recv_nobufs; /* receives that found no provided buffer (re-armed) */
     uint64_t recv_rearms; /* multishot receives armed again after they ended */
-    uint64_t accept_rearms;
+    uint64_t accept_rearms; /* multishot accepts armed again after they ended */
     uint64_t partial_sends; /* sends the kernel took only part of */
     uint64_t paused;        /* times reading was paused by the high watermark */
 } pith_net_stats_t;
+/* Copies shard `shard`'s counters (zeros for a shard that never used TCP). Any thread while the
+ * engine runs. Errors: -EINVAL shard out of range or out NULL, -ESHUTDOWN no engine. */
 PITH_API int pith_net_stats(unsigned shard, pith_net_stats_t *out);
 
 #ifdef __cplusplus
