@@ -23,7 +23,8 @@
 #include "ring.h"
 
 #define CACHE_LINE 64
-#define MAX_SHARDS 4096
+/* 4095, not 4096: a ref's shard field of 4095 names a client (pith/client.h). */
+#define MAX_SHARDS 4095
 
 /* A batch of tasks for one destination, owned (allocated and freed) by the sending shard. */
 struct batch {

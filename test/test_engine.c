@@ -168,6 +168,18 @@ Test(config, out_of_range_values_are_einval, .timeout = 30)
             cfg.backlog_batches = 0;
             what = "backlog_batches = 0";
             break;
+        case 7:
+            cfg.shards = 4096; /* the shard field of clients' refs */
+            what = "shards = 4096";
+            break;
+        case 8:
+            cfg.lane_slots = 8;
+            what = "lane_slots = 8 (< 16)";
+            break;
+        case 9:
+            cfg.lane_slots = 1000;
+            what = "lane_slots = 1000 (not a power of two)";
+            break;
         default:
             what = NULL;
             break;
