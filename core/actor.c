@@ -337,9 +337,50 @@ int core_schedule(struct core_shard *cs, struct actor *a, pith_ref_t ref)
 }
 
 /* One turn of a scheduled actor: up to turn_msgs messages. */
+/* One message through the behaviour; one in HIST_SAMPLE is timed. */
+static inline int behave(struct core_shard *cs, struct actor *a, struct pith_actor *self,
+                         const pith_msg_t *msg, struct type_counters *c)
+{
+    atomic_store_explicit(&cs->running_fn, (pith_anyfn_t)a->behaviour, memory_order_relaxed);
+    if (UNLIKELY(++cs->sample == HIST_SAMPLE)) {
+        cs->sample = 0;
+        uint64_t t0 = pith_now_ns();
+        int status = a->behaviour(self, a->state, msg);
+        bump(&c->hist[hist_bucket(pith_now_ns() - t0)], 1);
+        return status;
+    }
+    return a->behaviour(self, a->state, msg);
+}
+
+/* What follows a turn that handled n messages (from_mailbox of them from the mailbox) and ended
+ * with `status`: waiters on the mailbox, the actor's end, or its next turn. */
+static void turn_end(struct core_shard *cs, struct actor *a, pith_ref_t ref, int status, uint32_t n,
+                     uint32_t from_mailbox)
+{
+    struct type_counters *c = ctr(cs, a->rec);
+    core_current = PITH_REF_NONE;
+    atomic_store_explicit(&cs->running, NULL, memory_order_relaxed);
+    a->gen &= ~A_RUNNING;
+    bump(&c->messages, n);
+    if (from_mailbox)
+        bump(&c->depth_now, (uint64_t)0 - from_mailbox);
+    if (UNLIKELY(core_waiters(cs)))
+        mailbox_drained(cs, a, ref);
+    if (status == 0 && (a->gen & A_STOP))
+        status = (int)(intptr_t)map_get(&cs->stop_reasons, ref); /* 0 when not there: normal */
+    if (status != 0 || (a->gen & A_STOP)) {
+        actor_end(cs, a, ref_slot(ref), status);
+        return;
+    }
+    a->gen &= ~A_SCHEDULED;
+    if (a->head != NULL && !(a->gen & A_MUTED) && core_schedule(cs, a, ref) != 0) {
+        /* Out of memory for the local queue: the mail waits for the next message to schedule
+         * the actor again. */
+    }
+}
+
 static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
 {
-    uint32_t slot = ref_slot(ref);
     struct type_rec *r = a->rec;
     struct type_counters *c = ctr(cs, r);
     if (a->gen & A_MUTED) {
@@ -361,38 +402,32 @@ static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
         a->depth--;
         pith_msg_t msg;
         core_msg_view(m, &msg);
-        atomic_store_explicit(&cs->running_fn, (pith_anyfn_t)a->behaviour, memory_order_relaxed);
-        if (UNLIKELY(++cs->sample == HIST_SAMPLE)) {
-            cs->sample = 0;
-            uint64_t t0 = pith_now_ns();
-            status = a->behaviour(&self, a->state, &msg);
-            bump(&c->hist[hist_bucket(pith_now_ns() - t0)], 1);
-        } else {
-            status = a->behaviour(&self, a->state, &msg);
-        }
+        status = behave(cs, a, &self, &msg, c);
         core_msg_free(m);
         n++;
         if (status != 0 || (a->gen & (A_STOP | A_MUTED)))
             break; /* a sender muted by this message gets no more of this turn */
     }
-    core_current = PITH_REF_NONE;
-    atomic_store_explicit(&cs->running, NULL, memory_order_relaxed);
-    a->gen &= ~A_RUNNING;
-    bump(&c->messages, n);
-    bump(&c->depth_now, (uint64_t)0 - n);
-    if (UNLIKELY(core_waiters(cs)))
-        mailbox_drained(cs, a, ref);
-    if (status == 0 && (a->gen & A_STOP))
-        status = (int)(intptr_t)map_get(&cs->stop_reasons, ref); /* 0 when not there: normal */
-    if (status != 0 || (a->gen & A_STOP)) {
-        actor_end(cs, a, slot, status);
-        return;
-    }
-    a->gen &= ~A_SCHEDULED;
-    if (a->head != NULL && !(a->gen & A_MUTED) && core_schedule(cs, a, ref) != 0) {
-        /* Out of memory for the local queue: the mail waits for the next message to schedule
-         * the actor again. */
-    }
+    turn_end(cs, a, ref, status, n, n);
+}
+
+bool core_run_now(struct core_shard *cs, struct actor *a, pith_ref_t ref, const pith_msg_t *msg)
+{
+    if (a->head != NULL || (a->gen & (A_SCHEDULED | A_RUNNING | A_MUTED | A_STOP)))
+        return false;
+    struct type_rec *r = a->rec;
+    struct pith_actor self = {a, ref};
+    /* Scheduled while it runs, so that a send to itself queues no turn of its own before
+     * turn_end has looked at the mailbox. */
+    a->gen |= A_RUNNING | A_SCHEDULED;
+    bump(&ctr(cs, r)->turns, 1);
+    core_current = ref;
+    atomic_store_explicit(&cs->running, r, memory_order_release); /* see core_describe */
+    /* The stall detector names this as a turn (core_describe). */
+    shard_note_running((pith_anyfn_t)turn_task);
+    int status = behave(cs, a, &self, msg, ctr(cs, r));
+    turn_end(cs, a, ref, status, 1, 0);
+    return true;
 }
 
 static void turn_task(void *arg)

@@ -171,14 +171,7 @@ int pith_reply(const pith_msg_t *request, uint32_t type, const void *data, uint3
         struct core_shard *cs = core_shard_get();
         if (cs == NULL)
             return -ENOMEM;
-        struct amsg *m = core_msg_make_for(-1, PITH_REF_NONE, core_current_ref(), type, data, len);
-        if (m == NULL)
-            return -ENOMEM;
-        m->req = req;
-        int err = client_deliver_req(cs, m);
-        if (err)
-            core_msg_free(m);
-        return err;
+        return client_send_copy(cs, PITH_REF_NONE, core_current_ref(), type, req, data, len);
     }
     struct amsg *m =
         core_msg_make_for((int)dst, PITH_REF_NONE, core_current_ref(), type, data, len);

@@ -97,7 +97,27 @@ int client_send_outside(pith_ref_t to, uint32_t type, const void *data, uint32_t
 /* pith_reply from a thread outside the engine. */
 int client_reply_outside(uint64_t req, uint32_t type, const void *data, uint32_t len);
 
+/* An inbox slot (struct envelope) carries a message one of two ways: a struct amsg * in
+ * tasks[0].arg (count 1), or, for a copied payload of up to INBOX_INLINE bytes, the message
+ * itself in the slot (count INBOX_INLINE_TAG | len), which spares the shard an allocation and the
+ * client a free into the shard's heap. */
+#define INBOX_INLINE     24u
+#define INBOX_INLINE_TAG (UINT32_C(1) << 31)
+struct inbox_inline {
+    uint32_t type;
+    uint32_t len;
+    pith_ref_t from;
+    uint64_t req;
+    char data[INBOX_INLINE];
+};
+_Static_assert(sizeof(struct inbox_inline) == 3 * sizeof(struct task), "fits a ring slot");
+
 /* ingress.c: what runs on a shard for a client */
+/* A copy of data[0..len) for the client `to`, or with `to` PITH_REF_NONE for the client whose
+ * ask `req` names (a reply), from this shard. Errors: -ESRCH no such client, -EAGAIN its inbox
+ * from here is full, -ENOMEM. */
+int client_send_copy(struct core_shard *cs, pith_ref_t to, pith_ref_t from, uint32_t type,
+                     uint64_t req, const void *data, uint32_t len);
 /* Puts m (to a client) in the client's inbox from this shard; on error m stays the caller's.
  * Errors: -ESRCH no such client, -EAGAIN its inbox from here is full, -ENOMEM. */
 int client_deliver(struct core_shard *cs, struct amsg *m);

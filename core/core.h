@@ -324,6 +324,10 @@ void core_bump(_Atomic uint64_t *c, uint64_t n);
 struct type_counters *core_counters(const struct core_shard *cs, const struct type_rec *r);
 
 int core_schedule(struct core_shard *cs, struct actor *a, pith_ref_t ref);
+/* Runs an idle actor's behaviour now on msg, a message that never entered its mailbox (a
+ * client's, still in its lane): as a turn of one, ended as any turn. false: the actor is not
+ * idle (mail waits, or a turn is queued or running, or it is muted or stopping): queue msg. */
+bool core_run_now(struct core_shard *cs, struct actor *a, pith_ref_t ref, const pith_msg_t *msg);
 
 /* mute.c: the MUTE_SENDER policy */
 int core_mute_full(struct core_shard *cs, struct actor *a, struct amsg *m); /* 0: take m */

@@ -26,21 +26,13 @@ void client_wake(struct cent *e)
         syscall(SYS_futex, (uint32_t *)&e->wake, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 }
 
+static struct ring *inbox_ring(struct core_shard *cs, struct cent *e);
+
 static int inbox_put(struct core_shard *cs, struct cent *e, struct amsg *m)
 {
-    /* Only this shard writes its ring pointer: relaxed to read it back. */
-    struct ring *r = atomic_load_explicit(&e->inbox[cs->id], memory_order_relaxed);
-    if (r == NULL) {
-        r = aligned_alloc(RING_LINE, sizeof(*r));
-        if (r == NULL)
-            return -ENOMEM;
-        if (ring_init(r, e->inbox_cap) != 0) {
-            free(r);
-            return -ENOMEM;
-        }
-        /* Release: the client that loads it (acquire) finds it set up. */
-        atomic_store_explicit(&e->inbox[cs->id], r, memory_order_release);
-    }
+    struct ring *r = inbox_ring(cs, e);
+    if (r == NULL)
+        return -ENOMEM;
     struct envelope *slot = ring_reserve(r);
     if (slot == NULL)
         return -EAGAIN;
@@ -48,6 +40,61 @@ static int inbox_put(struct core_shard *cs, struct cent *e, struct amsg *m)
     slot->count = 1;
     slot->tasks[0].fn = NULL;
     slot->tasks[0].arg = m;
+    ring_commit(r, slot);
+    client_wake(e);
+    return 0;
+}
+
+static struct ring *inbox_ring(struct core_shard *cs, struct cent *e)
+{
+    /* Only this shard writes its ring pointer: relaxed to read it back. */
+    struct ring *r = atomic_load_explicit(&e->inbox[cs->id], memory_order_relaxed);
+    if (r != NULL)
+        return r;
+    r = aligned_alloc(RING_LINE, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    if (ring_init(r, e->inbox_cap) != 0) {
+        free(r);
+        return NULL;
+    }
+    /* Release: the client that loads it (acquire) finds it set up. */
+    atomic_store_explicit(&e->inbox[cs->id], r, memory_order_release);
+    return r;
+}
+
+int client_send_copy(struct core_shard *cs, pith_ref_t to, pith_ref_t from, uint32_t type,
+                     uint64_t req, const void *data, uint32_t len)
+{
+    struct cent *e =
+        to != PITH_REF_NONE ? client_lookup(to) : client_lookup_slot(req_client_slot(req), &to);
+    if (e == NULL)
+        return -ESRCH;
+    if (len > INBOX_INLINE) {
+        struct amsg *m = core_msg_make_for(-1, to, from, type, data, len);
+        if (m == NULL)
+            return -ENOMEM;
+        m->req = req;
+        int err = inbox_put(cs, e, m);
+        if (err)
+            core_msg_free(m);
+        return err;
+    }
+    struct ring *r = inbox_ring(cs, e);
+    if (r == NULL)
+        return -ENOMEM;
+    struct envelope *slot = ring_reserve(r);
+    if (slot == NULL)
+        return -EAGAIN;
+    struct inbox_inline *in = (struct inbox_inline *)slot->tasks;
+    in->type = type;
+    in->len = len;
+    in->from = from;
+    in->req = req;
+    if (len > 0)
+        memcpy(in->data, data, len);
+    slot->batch = NULL;
+    slot->count = INBOX_INLINE_TAG | len;
     ring_commit(r, slot);
     client_wake(e);
     return 0;
@@ -251,6 +298,24 @@ int client_lane_msg(struct lane *l, void *arg, uint64_t aux, const void *data, u
         /* Full: the record waits in the lane until the mailbox drains to half. */
         if (a->depth >= a->rec->mailbox_max && a->rec->type->overflow != PITH_OVERFLOW_DROP_OLDEST)
             return park(cs, l, to) == 0 ? LANE_PARK : LANE_RETRY;
+    }
+    /* An idle actor runs on the record where it lies: no copy, no turn queued. */
+    if (a != NULL && !(aux & LREC_MSG)) {
+        pith_msg_t msg = {.type = (uint32_t)aux, .from = from, .req = req};
+        pith_buf_t *b = NULL;
+        if (aux & LREC_BUF) {
+            b = rec_ptr(data);
+            msg.buf = b;
+            msg.data = pith_buf_data(b);
+            msg.len = (uint32_t)pith_buf_len(b);
+        } else {
+            msg.data = data;
+            msg.len = len;
+        }
+        if (core_run_now(cs, a, to, &msg)) {
+            pith_buf_release(b); /* the record's reference */
+            return 0;
+        }
     }
     struct amsg *m = rec_msg(to, from, aux, req, data, len);
     if (m == NULL)

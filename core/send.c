@@ -177,6 +177,8 @@ static inline int send_here(struct core_shard *cs, pith_ref_t to, pith_ref_t fro
 static int send_client(struct core_shard *cs, pith_ref_t to, pith_ref_t from, uint32_t type,
                        const void *data, uint32_t len, uint32_t flag, bool *made)
 {
+    if (!(flag & AMSG_BUF))
+        return client_send_copy(cs, to, from, type, 0, data, len);
     struct amsg *m = send_msg(-1, to, from, type, data, len, flag, made);
     if (m == NULL)
         return -ENOMEM;

@@ -457,3 +457,101 @@ Test(client, client_calls_from_a_shard_are_edeadlk, .timeout = 30)
     cr_assert_eq(on_shard.self_errno, EDEADLK);
     test_stop(NULL);
 }
+
+/* ---- a client's messages to an actor: in order, whether they wait or run at once ---- */
+
+static struct {
+    uint64_t next_from_client, next_from_actor;
+    _Atomic uint64_t got, out_of_order;
+    pith_ref_t client;
+} ord;
+
+static int ordered(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)self;
+    (void)state;
+    if (msg->type != T_DATA || msg->len != sizeof(uint64_t))
+        return 0;
+    uint64_t v;
+    memcpy(&v, msg->data, sizeof(v));
+    uint64_t *next = msg->from == ord.client ? &ord.next_from_client : &ord.next_from_actor;
+    if (v != *next)
+        atomic_fetch_add(&ord.out_of_order, 1);
+    *next = v + 1;
+    atomic_fetch_add(&ord.got, 1);
+    return 0;
+}
+
+static const pith_actor_type_t ordered_type = {
+    .name = "client.ordered", .behaviour = ordered, .mailbox_max = 64};
+
+static struct {
+    pith_ref_t target;
+    uint64_t sent, total;
+} other;
+
+/* Another sender on the target's shard, a burst per turn: the mailbox fills and empties, so
+ * the client's messages find the actor idle at times and busy at others. */
+static int other_sender(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)state;
+    (void)msg;
+    for (unsigned i = 0; i < 16 && other.sent < other.total; i++) {
+        if (pith_send(other.target, T_DATA, &other.sent, sizeof(other.sent)) != 0)
+            break;
+        other.sent++;
+    }
+    return other.sent < other.total ? pith_send(pith_self(self), T_QUIET, NULL, 0) : 0;
+}
+
+static const pith_actor_type_t other_type = {.name = "client.other", .behaviour = other_sender};
+
+Test(client, a_clients_messages_arrive_in_order_whether_the_actor_is_idle_or_busy, .timeout = 60)
+{
+    pith_config_t cfg = test_config(2);
+    test_start(&cfg);
+    memset(&ord, 0, sizeof(ord));
+    memset(&other, 0, sizeof(other));
+    pith_client_t *c = pith_client_open(NULL);
+    cr_assert_not_null(c);
+    ord.client = pith_client_ref(c);
+    const uint64_t n = scaled(200000);
+    other.total = n;
+    pith_ref_t o;
+    cr_assert_eq(pith_client_spawn(c, 1, &ordered_type, NULL, 5 * SEC, &other.target), 0);
+    cr_assert_eq(pith_client_spawn(c, 1, &other_type, NULL, 5 * SEC, &o), 0);
+    cr_assert_eq(pith_client_send(c, o, T_QUIET, NULL, 0, 5 * SEC), 0);
+    for (uint64_t i = 0; i < n; i++)
+        cr_assert_eq(pith_client_send(c, other.target, T_DATA, &i, sizeof(i), 10 * SEC), 0);
+    TEST_WAIT_FOR(atomic_load(&ord.got) == 2 * n);
+    cr_assert_eq(atomic_load(&ord.out_of_order), 0u);
+    pith_actor_type_stats_t st;
+    cr_assert_eq(pith_actor_type_stats(&ordered_type, &st), 0);
+    cr_assert_eq(st.messages, 2 * n);
+    cr_assert_leq(st.mailbox_max, 64u);
+    pith_client_close(c);
+    test_stop(NULL);
+}
+
+Test(client, a_message_for_an_idle_actor_never_enters_its_mailbox, .timeout = 30)
+{
+    pith_config_t cfg = test_config(1);
+    test_start(&cfg);
+    pith_client_t *c = pith_client_open(NULL);
+    cr_assert_not_null(c);
+    pith_ref_t a;
+    cr_assert_eq(pith_client_spawn(c, 0, &echo_type, NULL, 5 * SEC, &a), 0);
+    atomic_store(&delivered, 0);
+    for (uint64_t i = 0; i < 100; i++) {
+        cr_assert_eq(pith_client_send(c, a, T_DATA, &i, sizeof(i), 5 * SEC), 0);
+        /* Through the same lane: the message was handled when the call returns. */
+        cr_assert_eq(pith_client_call(c, 0, shard_of_call, NULL, 5 * SEC, NULL), 0);
+    }
+    cr_assert_eq(atomic_load(&delivered), 100u);
+    pith_actor_type_stats_t st;
+    cr_assert_eq(pith_actor_type_stats(&echo_type, &st), 0);
+    cr_assert_eq(st.messages, 100u);
+    cr_assert_eq(st.mailbox_max, 0u, "run where it lay in the lane, never queued");
+    pith_client_close(c);
+    test_stop(NULL);
+}
