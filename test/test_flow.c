@@ -107,7 +107,10 @@ Test(flow, outside_submits_are_bounded_by_the_lane_and_allocate_nothing, .timeou
     for (uint64_t i = 0; i < 10000000 && (rc = pith_submit(0, count_run, NULL)) == 0; i++)
         accepted++;
     cr_assert_eq(rc, -EAGAIN, "a full lane pushes back");
-    cr_assert_eq(accepted, 255u, "the lane's slots, less the one still running");
+    /* 256 slots, less the one still running and, at most, the one of the last call before,
+     * which the shard may not have given back yet (it does so at the end of a drain). */
+    cr_assert(accepted >= 254 && accepted <= 255, "%" PRIu64 " submits took a lane of 256",
+              accepted);
     cr_assert_eq(pith_mem_stats(PITH_MEM_OUTSIDE, &after), 0);
     cr_assert_eq(after.allocs, before.allocs, "nothing was allocated per submit");
     atomic_store(&hold_gate, 1);

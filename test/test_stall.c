@@ -38,10 +38,12 @@ static void record_stall(const pith_stall_t *s, void *ctx)
 /* Exported (the test binary links with --export-dynamic) so that the detector can name it. */
 void pith_test_stall_spin(void *arg);
 
-/* The deliberate stall: busy for arg milliseconds, as a runaway task would be. */
+/* The deliberate stall: busy for arg milliseconds, as a runaway task would be; ten times as
+ * long under valgrind, which runs one thread at a time and may give the watchdog no slice
+ * within a short spin. */
 void pith_test_stall_spin(void *arg)
 {
-    uint64_t end = pith_now_ns() + (uintptr_t)arg * MS;
+    uint64_t end = pith_now_ns() + (uintptr_t)arg * MS * (test_on_valgrind() ? 10 : 1);
     while (pith_now_ns() < end)
         ;
     sem_post(&sl.spun);

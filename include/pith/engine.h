@@ -68,7 +68,10 @@ typedef struct pith_config {
     unsigned local_queue_max;
     /* Slots of 64 bytes in each ingress lane: the bounded queue from one thread outside the
      * engine (or one client, pith/client.h) to one shard (default 512; a power of two,
-     * 16..65536). A task, or a message of up to 32 bytes, takes one slot. */
+     * 16..65536). A task, or a message of up to 32 bytes, takes one slot; a message too large
+     * for half a lane travels by pointer. Each lane costs lane_slots * 64 bytes (32 KiB by
+     * default), made when its thread first reaches that shard and freed once the thread (or
+     * client) has gone and the shard has run what it left. */
     unsigned lane_slots;
     /* Busy polling after the last piece of work before a shard sleeps (default 50 us). A
      * sleeping shard also wakes this long before its next timer and spins to the deadline. */
