@@ -71,6 +71,11 @@ static struct lane *lane_new(uint32_t cap, unsigned shard, uint64_t owner)
     struct lane *l = (struct lane *)mem;
     l->slots = (struct lane_slot *)(mem + head);
     l->mask = cap - 1;
+    /* Positions start four laps short of the 32-bit wrap, so that every lane that carries a
+     * little traffic crosses it early, tests included (as Linux starts jiffies near theirs).
+     * The first lap's slots hold 0, which no position before the wrap expects. */
+    l->tail = l->head_seen = l->head = (uint32_t)0 - 4 * cap;
+    atomic_init(&l->head_pub, l->head);
     l->shard = shard;
     atomic_init(&l->owner, owner);
     atomic_init(&l->refs, 2);
@@ -437,6 +442,7 @@ static unsigned drain_one(struct shard *s, struct lane *l, unsigned budget)
         if (atomic_load_explicit(&r->seq, memory_order_acquire) != l->head + 1)
             break;
         uint32_t n = rec_slots(r->len);
+        bool yield = false;
         if (r->fn != NULL) {
             /* As run_task: the stall detector sees what runs (a handler may name its own). */
             atomic_store_explicit(&s->cur_fn, (pith_anyfn_t)r->fn, memory_order_relaxed);
@@ -451,23 +457,23 @@ static unsigned drain_one(struct shard *s, struct lane *l, unsigned budget)
             if (rc == LANE_RETRY)
                 break;
             ran++;
-            /* The record's other slots held bytes, which may look like the sequence the
-             * next lap expects there: set each to its own position + 1 now, a value no later
-             * lap looks for. Relaxed: ordered before the producer's reuse by the release of
-             * head_pub below. */
-            for (uint32_t i = 1; i < n; i++)
-                atomic_store_explicit(&slot_at(l, l->head + i)->seq, l->head + i + 1,
-                                      memory_order_relaxed);
-            if (s->lq_tail != lq_tail) {
-                /* The record gave this shard work of its own (a turn, a task): that runs
-                 * before the lane's next records, as it would had they come a little later. */
-                l->head += n;
-                moved = true;
-                break;
-            }
+            /* The record gave this shard work of its own (a turn, a task): that runs before
+             * the lane's next records, as it would had they come a little later. */
+            yield = s->lq_tail != lq_tail;
         }
+        /* Every slot but the record's first held bytes, or (padding) whatever an earlier lap
+         * left: either may read as the sequence a later lap expects there, at the 32-bit wrap
+         * too (0 is what a slot never written holds, and what position 2^32 - 1 expects). Each
+         * gets its own position + 1 now, a value no later lap looks for; so every slot is
+         * written once a lap. Relaxed: ordered before the producer's reuse by the release of
+         * head_pub below. */
+        for (uint32_t i = 1; i < n; i++)
+            atomic_store_explicit(&slot_at(l, l->head + i)->seq, l->head + i + 1,
+                                  memory_order_relaxed);
         l->head += n;
         moved = true;
+        if (yield)
+            break;
     }
     if (moved) {
         /* seq_cst, and a release for lane_room's acquire (see there). Dekker with wait_room:
