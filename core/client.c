@@ -62,9 +62,10 @@ struct cent *client_lookup(pith_ref_t ref)
     if (t == NULL || !ref_is_client(ref) || slot >= CLIENT_MAX)
         return NULL;
     struct cslot *s = cslot_at(t, slot);
-    /* Acquire pairs with attach's release of gen, stored after ent: a matching generation
-     * comes with its entry. */
-    if (s == NULL || atomic_load_explicit(&s->gen, memory_order_acquire) != ref_gen(ref))
+    /* seq_cst: the shards' side of detach's Dekker through shard_quiesce (loop.c); it also
+     * acquires attach's release of gen, stored after ent, so a matching generation comes with
+     * its entry. */
+    if (s == NULL || atomic_load(&s->gen) != ref_gen(ref))
         return NULL;
     return atomic_load_explicit(&s->ent, memory_order_acquire);
 }
@@ -75,7 +76,7 @@ struct cent *client_lookup_slot(uint32_t slot, pith_ref_t *ref)
     struct cslot *s = t != NULL && slot < CLIENT_MAX ? cslot_at(t, slot) : NULL;
     if (s == NULL)
         return NULL;
-    uint32_t gen = atomic_load_explicit(&s->gen, memory_order_acquire);
+    uint32_t gen = atomic_load(&s->gen); /* seq_cst: as in client_lookup */
     struct cent *e = atomic_load_explicit(&s->ent, memory_order_acquire);
     if (e == NULL || gen == 0)
         return NULL;
@@ -653,11 +654,12 @@ static int client_wait(struct pith_client *c, uint64_t deadline, bool rings)
         uint64_t until = deadline_of(c->cfg.spin_ns);
         if (until > deadline)
             until = deadline;
-        /* The clock costs more than a look at the rings: read it once in 64 looks. */
+        /* The clock costs more than a look at the rings: read it once in 64 looks. A stop
+         * waits for this client to leave: the spin ends when one begins. */
         for (unsigned k = 1;; k++) {
             if (pending(c, rings))
                 return 0;
-            if ((k & 63) == 0 && pith_now_ns() >= until)
+            if ((k & 63) == 0 && (pith_now_ns() >= until || shard_engine_stopping()))
                 break;
         }
     }

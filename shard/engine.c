@@ -89,12 +89,12 @@ void shard_quiesce(void)
         return;
     for (unsigned i = 0; i < n; i++) {
         struct shard *s = e->shards[i];
-        /* Acquire pairs with the loop's release increment of loops (and with the seq_cst
-         * exchange that announces sleep): whatever the shard did in the iteration we waited
-         * out happens before our return. */
-        uint64_t seen = atomic_load_explicit(&s->st.loops, memory_order_acquire);
-        while (atomic_load_explicit(&s->st.loops, memory_order_acquire) == seen &&
-               atomic_load(&s->sleep_state) == AWAKE && atomic_load(&e->state) != ENGINE_HALT)
+        /* seq_cst, in the Dekker the loop's increment of loops describes (loop.c); it also
+         * acquires that increment (and the exchange that announces sleep), so whatever the
+         * shard did in the iteration we waited out happens before our return. */
+        uint64_t seen = atomic_load(&s->st.loops);
+        while (atomic_load(&s->st.loops) == seen && atomic_load(&s->sleep_state) == AWAKE &&
+               atomic_load(&e->state) != ENGINE_HALT)
             sched_yield();
     }
 }

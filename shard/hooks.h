@@ -47,8 +47,12 @@ void shard_note_running(pith_anyfn_t fn);
 /* Off the shards, while the engine runs: returns once every shard has finished the loop
  * iteration it was in when this was called (it began another, or it sleeps). What a shard
  * found through shared state before then, and uses only within an iteration, is no longer in
- * use after. A shard stuck in a long task holds it up. */
+ * use after, provided the caller changed that state with a seq_cst store and the shard reads
+ * it with a seq_cst load (the Dekker in loop.c). A shard stuck in a long task holds it up. */
 void shard_quiesce(void);
+
+/* Whether the running engine has begun to stop (or none runs). Any thread. */
+bool shard_engine_stopping(void);
 
 /* pith_submit from a shard without the backpressure bounds (local_queue_max, backlog_batches):
  * for work the upper layer must not lose and whose amount it bounds itself (an actor's one

@@ -209,8 +209,9 @@ void producers_stop(void)
 {
     pthread_mutex_lock(&producers_lock);
     for (struct producer *p = producers; p != NULL; p = p->next) {
-        /* Acquire pairs with producer_leave. */
-        while (atomic_load_explicit(&p->busy, memory_order_acquire) != 0)
+        /* seq_cst: our side of producer_enter's Dekker (we stored DRAINING, seq_cst, before
+         * this load); it also acquires producer_leave's release. */
+        while (atomic_load(&p->busy) != 0)
             sched_yield();
         /* Producers waiting for room: they find the engine stopping and return. */
         for (unsigned i = 0; i < p->n; i++) {

@@ -32,6 +32,11 @@ void shard_note_running(pith_anyfn_t fn)
         atomic_store_explicit(&shard_cur->cur_fn, fn, memory_order_relaxed);
 }
 
+bool shard_engine_stopping(void)
+{
+    return atomic_load_explicit(&pith_engine.state, memory_order_relaxed) != ENGINE_RUNNING;
+}
+
 bool shard_stopping(void)
 {
     return shard_cur == NULL ||
@@ -130,11 +135,13 @@ static void shard_loop(struct shard *s)
         int state = atomic_load_explicit(&e->state, memory_order_acquire);
         if (state == ENGINE_HALT)
             break;
-        /* Release: shard_quiesce's acquire load that sees this iteration begin sees the end
-         * of the last one. */
-        atomic_store_explicit(&s->st.loops,
-                              atomic_load_explicit(&s->st.loops, memory_order_relaxed) + 1,
-                              memory_order_release);
+        /* A seq_cst read-modify-write, for shard_quiesce: its Dekker with a closer that stores
+         * (seq_cst) what this iteration may look up, then reads this counter. The RMW orders
+         * the increment before every load of the iteration (a release store would not: a
+         * later load could pass it and still see what the closer has just taken away), so
+         * either the closer sees the new count and waits for the next, or this iteration sees
+         * its store. It also publishes the end of the last iteration (a release). */
+        atomic_fetch_add(&s->st.loops, 1);
         unsigned work = run_local(s, budget);
         /* What that work sent leaves now, not after the drains: a reply is on its way while
          * we look at the rings. */

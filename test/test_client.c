@@ -621,3 +621,39 @@ Test(client, a_lane_crosses_the_wrap_of_its_positions_and_loses_nothing, .timeou
     }
     test_stop(NULL);
 }
+
+static struct {
+    pith_client_t *c;
+    _Atomic int rc, waiting;
+} spinner;
+
+static void *spinning_receiver(void *arg)
+{
+    (void)arg;
+    pith_msg_t m;
+    atomic_store(&spinner.waiting, 1);
+    atomic_store(&spinner.rc, pith_client_receive(spinner.c, &m, PITH_FOREVER));
+    return NULL;
+}
+
+Test(client, a_client_polling_forever_does_not_hold_up_the_stop, .timeout = 60)
+{
+    pith_config_t cfg = test_config(1);
+    test_start(&cfg);
+    pith_client_config_t ccfg;
+    pith_client_config_init(&ccfg);
+    ccfg.spin_ns = PITH_FOREVER; /* it never sleeps: it polls until something comes */
+    memset(&spinner, 0, sizeof(spinner));
+    spinner.c = pith_client_open(&ccfg);
+    cr_assert_not_null(spinner.c);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, spinning_receiver, NULL), 0);
+    while (!atomic_load(&spinner.waiting))
+        sched_yield();
+    /* Without the stop looking into the spin, this stop waits for the spinner forever. */
+    cr_assert_eq(pith_engine_stop(), 0);
+    pthread_join(t, NULL);
+    cr_assert_eq(atomic_load(&spinner.rc), -ESHUTDOWN);
+    pith_client_close(spinner.c);
+    test_assert_no_leaks();
+}
