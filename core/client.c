@@ -277,6 +277,8 @@ static void free_local(struct pith_client *c)
     c->nheld = 0;
 }
 
+static int orphans_retry(struct pith_client *c, uint64_t timeout_ns);
+
 /* Lets go of the client's place in its engine. */
 static void client_release(struct pith_client *c)
 {
@@ -284,15 +286,23 @@ static void client_release(struct pith_client *c)
     if (c->ent == NULL)
         return;
     /* Only while the engine the client belongs to still takes producers: otherwise its stop
-     * takes the entry apart (core_clients_gone). */
+     * takes the entry apart (core_clients_gone), and ends the actors orphans names. */
     if (atomic_load_explicit(&c->p->epoch, memory_order_relaxed) == c->epoch &&
         producer_enter(c->p) == 0) {
-        if (atomic_load_explicit(&c->p->epoch, memory_order_relaxed) == c->epoch)
-            detach(c);
-        producer_leave(c->p);
+        /* Late-spawned actors still to stop: a bounded wait for room, as the lane drains.
+         * -ESHUTDOWN: the engine began to stop meanwhile, and we are outside. */
+        bool inside = orphans_retry(c, UINT64_C(10000000000)) != -ESHUTDOWN;
+        if (inside) {
+            if (atomic_load_explicit(&c->p->epoch, memory_order_relaxed) == c->epoch)
+                detach(c);
+            producer_leave(c->p);
+        }
     }
     cent_put(c->ent);
     c->ent = NULL;
+    free(c->orphans);
+    c->orphans = NULL;
+    c->norphans = c->orphans_cap = 0;
 }
 
 /* Inside the engine, with the client attached to it. The thread's own client follows the
@@ -303,13 +313,18 @@ static int client_enter(struct pith_client *c)
     if (err)
         return err;
     uint64_t ep = atomic_load_explicit(&c->p->epoch, memory_order_relaxed);
-    if (c->ent != NULL && c->epoch == ep)
+    if (c->ent != NULL && c->epoch == ep) {
+        /* What still finds no room waits for the next call. -ESHUTDOWN: we are outside. */
+        if (UNLIKELY(c->norphans > 0) && orphans_retry(c, 0) == -ESHUTDOWN)
+            return -ESHUTDOWN;
         return 0;
+    }
     if (!c->thread_own) {
         producer_leave(c->p);
         return -ESHUTDOWN;
     }
     free_local(c);
+    c->norphans = 0; /* an earlier engine's actors: its stop ended them */
     if (c->ent != NULL) {
         cent_put(c->ent); /* an earlier engine's, taken apart at its stop */
         c->ent = NULL;
@@ -539,12 +554,18 @@ int client_reply_outside(uint64_t req, uint32_t type, const void *data, uint32_t
         return -EINVAL;
     }
     uint64_t head[2] = {req, 0};
-    if (len > lane_max_len(c->p) - sizeof(head)) {
-        producer_leave(c->p);
-        return -EMSGSIZE;
+    if (len <= lane_max_len(c->p) - sizeof(head)) {
+        err = lane_push(c->p, dst, client_lane_msg, NULL, type | LREC_REQ, head, sizeof(head), data,
+                        len, 0);
+    } else {
+        /* Too large for a lane: the reply travels by pointer, as a large send does. */
+        struct amsg *m = core_msg_make_for(-1, PITH_REF_NONE, c->ref, type, data, len);
+        err = m == NULL ? -ENOMEM
+                        : lane_push(c->p, dst, client_lane_msg, NULL, type | LREC_REQ | LREC_MSG,
+                                    head, sizeof(head), &m, sizeof(m), 0);
+        if (err && m != NULL)
+            core_msg_free(m);
     }
-    err = lane_push(c->p, dst, client_lane_msg, NULL, type | LREC_REQ, head, sizeof(head), data,
-                    len, 0);
     if (err != -ESHUTDOWN)
         producer_leave(c->p);
     return err;
@@ -694,6 +715,39 @@ static int client_wait(struct pith_client *c, uint64_t deadline, bool rings)
     return 0;
 }
 
+/* Asks the shard of an actor nobody knows of to stop it; kept for later when the lane is full
+ * (or memory short). Inside. */
+static void orphan_stop(struct pith_client *c, pith_ref_t ref)
+{
+    if (lane_push(c->p, ref_shard(ref), client_lane_stop, (void *)(uintptr_t)ref, 0, NULL, 0, NULL,
+                  0, 0) == 0)
+        return;
+    if (c->norphans == c->orphans_cap) {
+        uint32_t cap = c->orphans_cap ? c->orphans_cap * 2 : 8;
+        pith_ref_t *grown = realloc(c->orphans, cap * sizeof(*grown));
+        if (grown == NULL)
+            return; /* out of memory: the actor lives until the engine stops */
+        c->orphans = grown;
+        c->orphans_cap = cap;
+    }
+    c->orphans[c->norphans++] = ref;
+}
+
+/* Asks again for the stops that found the lane full, waiting up to timeout_ns for room (inside;
+ * -ESHUTDOWN: outside). */
+static int orphans_retry(struct pith_client *c, uint64_t timeout_ns)
+{
+    while (c->norphans > 0) {
+        pith_ref_t ref = c->orphans[c->norphans - 1];
+        int err = lane_push(c->p, ref_shard(ref), client_lane_stop, (void *)(uintptr_t)ref, 0, NULL,
+                            0, NULL, 0, timeout_ns);
+        if (err)
+            return err;
+        c->norphans--;
+    }
+    return 0;
+}
+
 /* Whether m answers a call of this client that has ended (it then disposes of it). */
 static bool late(struct pith_client *c, struct amsg *m)
 {
@@ -705,8 +759,7 @@ static bool late(struct pith_client *c, struct amsg *m)
         memcpy(&sp, m + 1, sizeof(sp));
         /* Spawned after its caller gave up: stop it rather than leave it unknown. */
         if (sp.err == 0)
-            (void)lane_push(c->p, ref_shard(sp.ref), client_lane_stop, (void *)(uintptr_t)sp.ref, 0,
-                            NULL, 0, NULL, 0, 0);
+            orphan_stop(c, sp.ref);
     }
     c->st.late++;
     core_msg_free(m);

@@ -79,6 +79,10 @@ struct pith_client {
     pith_undelivered_t summary; /* the payload of a summary made from cent.folded */
     pith_client_stats_t st;
     bool thread_own; /* pith_client_self's */
+    /* Actors spawned too late for a spawn that gave up, whose stop found the lane full: asked
+     * to stop again at the next call and at close. */
+    pith_ref_t *orphans;
+    uint32_t norphans, orphans_cap;
 };
 
 /* client.c: the table, for the shards' side and the engine's stop */
@@ -123,7 +127,12 @@ int client_send_copy(struct core_shard *cs, pith_ref_t to, pith_ref_t from, uint
 int client_deliver(struct core_shard *cs, struct amsg *m);
 /* As client_deliver for a reply (m->req names the client's slot; m->to is set here). */
 int client_deliver_req(struct core_shard *cs, struct amsg *m);
-/* A notice for a client: into its inbox, or folded into its count. */
+/* An answer to one of a client's own calls (spawn, call, the failure of an ask), past the
+ * inbox's bound: each call has one. m->to names the client; m is consumed on success.
+ * Errors: -ESRCH. */
+int answer_put(struct amsg *m);
+/* A notice for a client: into its inbox (into its answers for the failure of its own ask), or
+ * folded into its count. */
 void client_notice(struct core_shard *cs, pith_ref_t client, const pith_undelivered_t *u);
 int client_lane_msg(struct lane *l, void *arg, uint64_t aux, const void *data, uint32_t len);
 int client_lane_spawn(struct lane *l, void *arg, uint64_t aux, const void *data, uint32_t len);

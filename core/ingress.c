@@ -118,7 +118,7 @@ int client_deliver_req(struct core_shard *cs, struct amsg *m)
 
 /* The engine's answers to a client's spawns and calls: one per call it made, so they are not
  * held to the inbox's bound. A stack that the client takes whole. */
-static int answer_put(struct amsg *m)
+int answer_put(struct amsg *m)
 {
     struct cent *e = client_lookup(m->to);
     if (e == NULL)
@@ -142,7 +142,11 @@ void client_notice(struct core_shard *cs, pith_ref_t client, const pith_undelive
         core_msg_make_for(-1, client, PITH_REF_NONE, PITH_MSG_UNDELIVERED, u, sizeof(*u));
     if (m != NULL) {
         m->req = u->req;
-        if (inbox_put(cs, e, m) == 0)
+        /* The failure of one of the client's own asks: at most one per ask, so it comes past
+         * the inbox's bound, with the answers, and ends the ask at once. */
+        bool own_ask =
+            u->req != 0 && req_is_client(u->req) && req_client_slot(u->req) == ref_slot(client);
+        if ((own_ask ? answer_put(m) : inbox_put(cs, e, m)) == 0)
             return;
         core_msg_free(m);
     }
@@ -262,8 +266,12 @@ static void lane_reply(struct core_shard *cs, struct amsg *m)
 {
     if (req_is_client(m->req)) {
         int err = client_deliver_req(cs, m);
-        if (err)
-            core_msg_free(m); /* the asking client is gone, or not reading: its ask times out */
+        if (err) {
+            /* The asking client is gone, or its inbox from here is full: the replier hears of
+             * it (the asker's ask ends at its timeout). */
+            core_undelivered(cs, m, err);
+            core_msg_free(m);
+        }
         return;
     }
     core_ask_task(m);

@@ -203,10 +203,13 @@ void room_fire(struct shard *s, struct room_wait **list)
     }
 }
 
-void room_free(struct room_wait **list)
+/* At stop: callbacks that will never run are released (their owners told) and counted. */
+void room_free(struct room_wait **list, uint64_t *released)
 {
     for (struct room_wait *w = *list, *next; w != NULL; w = next) {
         next = w->next;
+        task_released(&w->task);
+        (*released)++;
         pith_free(w);
     }
     *list = NULL;
@@ -404,12 +407,9 @@ void mesh_release_unrun(struct engine *e, uint64_t *released)
  * heap they came from. What other shards may still hold waits for mesh_shard_fini. */
 void mesh_shard_exit(struct shard *s)
 {
-    room_free(&s->lq_room);
     if (s->out != NULL)
-        for (unsigned d = 0; d < s->eng->n; d++) {
+        for (unsigned d = 0; d < s->eng->n; d++)
             reclaim(s, &s->out[d], d);
-            room_free(&s->out[d].room);
-        }
     free_list(s->free_batches, NULL);
     s->free_batches = NULL;
 }
@@ -417,9 +417,11 @@ void mesh_shard_exit(struct shard *s)
 /* After the shard threads are joined: count the tasks never published, free every batch. */
 void mesh_shard_fini(struct shard *s, uint64_t *released)
 {
+    room_free(&s->lq_room, released);
     if (s->out != NULL) {
         for (unsigned d = 0; d < s->eng->n; d++) {
             struct outbound *o = &s->out[d];
+            room_free(&o->room, released);
             free_list(o->open, released);
             free_list(o->wait.head, released);
             free_list(o->sent.head, NULL);

@@ -228,7 +228,7 @@ unsigned mesh_drain(struct shard *s, unsigned budget);
 bool mesh_inbound_pending(struct shard *s);
 /* Moves the callbacks of *list to the local queue (forced); what cannot move stays. */
 void room_fire(struct shard *s, struct room_wait **list);
-void room_free(struct room_wait **list);
+void room_free(struct room_wait **list, uint64_t *released);
 
 /* Wakes s if it sleeps, from a thread outside the engine (eventfd), after that thread made work
  * visible to it (lane.c). */

@@ -657,3 +657,213 @@ Test(client, a_client_polling_forever_does_not_hold_up_the_stop, .timeout = 60)
     pith_client_close(spinner.c);
     test_assert_no_leaks();
 }
+
+/* ---- answers that must not wait behind a full inbox ---- */
+
+static struct {
+    pith_ref_t client;
+    uint64_t accepted;
+} fill;
+
+/* From a task on the client's shard: its inbox from here is full when this returns. */
+static void fill_inbox(void *arg)
+{
+    (void)arg;
+    uint64_t i = 0;
+    while (pith_send(fill.client, T_DATA, &i, sizeof(i)) == 0)
+        fill.accepted++, i++;
+}
+
+Test(client, an_ask_that_comes_back_undelivered_ends_at_once_with_a_full_inbox, .timeout = 60)
+{
+    pith_config_t cfg = test_config(1);
+    test_start(&cfg);
+    pith_client_config_t ccfg;
+    pith_client_config_init(&ccfg);
+    ccfg.inbox_max = 4;
+    pith_client_t *c = pith_client_open(&ccfg);
+    cr_assert_not_null(c);
+    pith_ref_t a;
+    cr_assert_eq(pith_client_spawn(c, 0, &echo_type, NULL, 5 * SEC, &a), 0);
+    cr_assert_eq(pith_stop(a), 0);
+    test_sync_shard(0);
+    memset(&fill, 0, sizeof(fill));
+    fill.client = pith_client_ref(c);
+    cr_assert_eq(pith_submit(0, fill_inbox, NULL), 0);
+    test_sync_shard(0);
+    cr_assert_eq(fill.accepted, 4u);
+    /* The ask sets the 4 aside, then its notice must come past the full inbox. */
+    cr_assert_eq(pith_submit(0, fill_inbox, NULL), 0);
+    test_sync_shard(0);
+    pith_msg_t reply;
+    cr_assert_eq(pith_client_ask(c, a, T_ECHO, "x", 1, 30 * SEC, &reply), -ESRCH,
+                 "the notice of the undelivered request did not end the ask");
+    pith_client_close(c);
+    test_stop(NULL);
+}
+
+static struct {
+    pith_ref_t client;
+    _Atomic int ok, bad;
+} big_reply;
+
+#define BIG_REPLY (64u * 1024)
+
+static int ask_the_client(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)self;
+    (void)state;
+    if (msg->type == T_TELL)
+        return pith_ask(big_reply.client, T_ECHO, NULL, 0, 30 * SEC, NULL, NULL, NULL);
+    if (msg->req != 0 && msg->type == T_ECHO) {
+        const unsigned char *d = msg->data;
+        if (msg->len == BIG_REPLY && d[0] == 0x11 && d[BIG_REPLY - 1] == 0x11)
+            atomic_store(&big_reply.ok, 1);
+        else
+            atomic_store(&big_reply.bad, 1);
+    }
+    return 0;
+}
+
+static const pith_actor_type_t asker_of_clients = {.name = "client.asker",
+                                                   .behaviour = ask_the_client};
+
+Test(client, a_client_replies_to_an_actors_ask_with_more_than_a_lane_holds, .timeout = 30)
+{
+    pith_config_t cfg = test_config(2);
+    test_start(&cfg);
+    pith_client_t *c = pith_client_self();
+    cr_assert_not_null(c);
+    memset(&big_reply, 0, sizeof(big_reply));
+    big_reply.client = pith_client_ref(c);
+    pith_ref_t a;
+    cr_assert_eq(pith_client_spawn(c, 1, &asker_of_clients, NULL, 5 * SEC, &a), 0);
+    cr_assert_eq(pith_client_send(c, a, T_TELL, NULL, 0, 5 * SEC), 0);
+    pith_msg_t req;
+    cr_assert_eq(pith_client_receive(c, &req, 5 * SEC), 0);
+    cr_assert_neq(req.req, 0u, "the actor's ask");
+    char *big = malloc(BIG_REPLY);
+    cr_assert_not_null(big);
+    memset(big, 0x11, BIG_REPLY);
+    cr_assert_eq(pith_reply(&req, T_ECHO, big, BIG_REPLY), 0);
+    free(big);
+    TEST_WAIT_FOR(atomic_load(&big_reply.ok) || atomic_load(&big_reply.bad));
+    cr_assert(atomic_load(&big_reply.ok), "the reply came whole");
+    test_stop(NULL);
+}
+
+/* ---- an actor spawned too late is stopped, even when the lane was full then ---- */
+
+static _Atomic int late_gate;
+static uint64_t sink_seen;
+
+/* The first message waits for gate 1, the others for gate 2: shard 1 is held twice. */
+static int gated_sink(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)self;
+    (void)state;
+    (void)msg;
+    int want = sink_seen++ == 0 ? 1 : 2;
+    while (atomic_load(&late_gate) < want)
+        sched_yield();
+    return 0;
+}
+
+static const pith_actor_type_t gated_sink_type = {
+    .name = "client.gated_sink", .behaviour = gated_sink, .mailbox_max = 4};
+static const pith_actor_type_t late_type = {.name = "client.late", .behaviour = echo};
+
+Test(client, actors_spawned_after_their_spawn_gave_up_are_stopped_even_past_a_full_lane,
+     .timeout = 60)
+{
+    pith_config_t cfg = test_config(2);
+    cfg.lane_slots = 16;
+    cfg.stall_ns = 0;
+    test_start(&cfg);
+    atomic_store(&late_gate, 0);
+    sink_seen = 0;
+    pith_client_t *c = pith_client_open(NULL);
+    cr_assert_not_null(c);
+    pith_ref_t sink;
+    cr_assert_eq(pith_client_spawn(c, 1, &gated_sink_type, NULL, 5 * SEC, &sink), 0);
+    /* The first message holds shard 1; the spawns behind it time out. */
+    uint64_t i = 0;
+    cr_assert_eq(pith_client_send(c, sink, T_DATA, &i, sizeof(i), 5 * SEC), 0);
+    pith_ref_t r;
+    for (int k = 0; k < 4; k++)
+        cr_assert_eq(pith_client_spawn(c, 1, &late_type, NULL, 10 * MS, &r), -ETIMEDOUT);
+    atomic_store(&late_gate, 1);
+    pith_actor_type_stats_t st;
+    TEST_WAIT_FOR(pith_actor_type_stats(&late_type, &st) == 0 && st.spawned == 4);
+    /* Shard 1 held again, and the client's lane to it full, when the late answers are read. */
+    cr_assert_eq(pith_client_send(c, sink, T_DATA, &i, sizeof(i), 5 * SEC), 0);
+    while (pith_client_send(c, sink, T_DATA, &i, sizeof(i), 0) == 0)
+        i++;
+    pith_msg_t m;
+    cr_assert_eq(pith_client_receive(c, &m, 0), -EAGAIN, "the 4 late answers are not messages");
+    pith_client_stats_t cst;
+    pith_client_stats(c, &cst);
+    cr_assert_eq(cst.late, 4u);
+    atomic_store(&late_gate, 2);
+    pith_client_close(c); /* asks again for the stops the full lane refused */
+    TEST_WAIT_FOR(pith_actor_type_stats(&late_type, &st) == 0 && st.live == 0);
+    cr_assert_eq(st.stopped, 4u);
+    test_stop(NULL);
+}
+
+/* ---- a client's reply that cannot reach the asking client comes back to the replier ---- */
+
+static struct {
+    pith_client_t *a;
+    pith_ref_t b;
+    _Atomic int ask_rc, asking;
+} rr;
+
+static void *ask_b(void *arg)
+{
+    (void)arg;
+    pith_msg_t reply;
+    atomic_store(&rr.asking, 1);
+    atomic_store(&rr.ask_rc, pith_client_ask(rr.a, rr.b, T_ECHO, "q", 1, 3 * SEC, &reply));
+    return NULL;
+}
+
+Test(client, a_reply_to_a_client_with_a_full_inbox_comes_back_to_the_replier, .timeout = 60)
+{
+    pith_config_t cfg = test_config(1);
+    test_start(&cfg);
+    pith_client_config_t ccfg;
+    pith_client_config_init(&ccfg);
+    ccfg.inbox_max = 4;
+    memset(&rr, 0, sizeof(rr));
+    rr.a = pith_client_open(&ccfg);
+    cr_assert_not_null(rr.a);
+    pith_client_t *b = pith_client_self();
+    cr_assert_not_null(b);
+    rr.b = pith_client_ref(b);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, ask_b, NULL), 0);
+    pith_msg_t req;
+    cr_assert_eq(pith_client_receive(b, &req, 10 * SEC), 0);
+    cr_assert_neq(req.req, 0u);
+    /* A sets aside what comes while it waits, up to 4; past that its inbox stays full. */
+    memset(&fill, 0, sizeof(fill));
+    fill.client = pith_client_ref(rr.a);
+    uint64_t before;
+    do {
+        before = fill.accepted;
+        cr_assert_eq(pith_submit(0, fill_inbox, NULL), 0);
+        test_sync_shard(0);
+    } while (fill.accepted < 8 || fill.accepted != before);
+    cr_assert_eq(pith_reply(&req, T_ECHO, "r", 1), 0, "the lane took the reply");
+    pith_msg_t m;
+    cr_assert_eq(pith_client_receive(b, &m, 10 * SEC), 0, "the replier heard nothing");
+    cr_assert_eq(m.type, PITH_MSG_UNDELIVERED);
+    const pith_undelivered_t *u = m.data;
+    cr_assert_eq(u->reason, -EAGAIN);
+    cr_assert_eq(u->req, req.req);
+    pthread_join(t, NULL);
+    cr_assert_eq(atomic_load(&rr.ask_rc), -ETIMEDOUT);
+    pith_client_close(rr.a);
+    test_stop(NULL);
+}

@@ -751,3 +751,66 @@ Test(flow, reserved_tags_are_refused_with_einval, .timeout = 30)
     cr_assert_eq(pith_send(a, PITH_MSG_DOWN, NULL, 0), -EINVAL, "from outside too");
     test_stop(NULL);
 }
+
+/* ---- room callbacks still waiting when the engine stops are released, not leaked ---- */
+
+/* Holds its shard until the engine begins to stop, then 100 ms more: past the stop's drain. */
+static void hold_past_the_drain(void *arg)
+{
+    (void)arg;
+    atomic_store(&holding, 1);
+    pith_timer_id_t id;
+    while (pith_timer_add(SEC, 0, count_run, NULL, &id) == 0)
+        pith_timer_cancel(id);
+    for (uint64_t t0 = pith_now_ns(); pith_now_ns() - t0 < 100 * MS;)
+        ;
+}
+
+static struct {
+    pith_ref_t target;
+    int when_rc;
+} rs;
+
+static int rs_spawn_rc;
+
+static void *spawn_target(void *arg)
+{
+    (void)arg;
+    rs_spawn_rc = pith_spawn(&recv_reject, NULL, &rs.target);
+    return NULL;
+}
+
+static void flood_then_wait_for_room(void *arg)
+{
+    (void)arg;
+    while (pith_submit(1, count_run, NULL) == 0)
+        ;
+    /* The mesh to shard 1 is full: the request waits on this shard for it to drain. */
+    rs.when_rc = pith_when_room(rs.target, room_fired, (void *)(intptr_t)4);
+}
+
+Test(flow, room_callbacks_waiting_at_stop_are_released, .timeout = 60)
+{
+    pith_config_t cfg = test_config(2);
+    cfg.stall_ns = 0;
+    cfg.ring_batches = 4;
+    cfg.backlog_batches = 4;
+    cfg.drain_ns = 20 * MS;
+    test_start(&cfg);
+    atomic_store(&fired, 0);
+    atomic_store(&holding, 0);
+    cr_assert_eq(pith_call_wait(1, spawn_target, NULL, NULL), 0);
+    cr_assert_eq(rs_spawn_rc, 0);
+    cr_assert_eq(pith_submit(1, hold_past_the_drain, NULL), 0);
+    while (!atomic_load(&holding))
+        sched_yield();
+    cr_assert_eq(pith_submit(0, flood_then_wait_for_room, NULL), 0);
+    test_sync_shard(0);
+    cr_assert_eq(rs.when_rc, 0);
+    pith_stop_report_t rep;
+    test_stop(&rep);
+    cr_assert_eq(atomic_load(&fired), 0, "it never had room");
+    cr_assert_geq(rep.released_tasks, 1u);
+    cr_assert_eq(rep.mem_in_use, 0u, "%" PRIu64 " bytes of the shards' heaps were left held",
+                 rep.mem_in_use);
+}

@@ -99,9 +99,10 @@ typedef int (*pith_behaviour_t)(pith_actor_t *self, void *state, const pith_msg_
 #define PITH_EXIT_KILLED    (-100002) /* pith_kill */
 #define PITH_EXIT_ESCALATED (-100003) /* a supervisor passed its restart intensity */
 
-/* What a full mailbox does with one more message. Whatever the policy, a client's message (a
- * thread outside the engine) waits in its lane until the mailbox has room: the client is
- * pushed back (pith_client_send), never refused by the mailbox. Engine messages (PITH_MSG_DOWN,
+/* What a full mailbox does with one more message. Under REJECT and MUTE_SENDER, a client's
+ * message (a thread outside the engine) waits in its lane until the mailbox has drained to
+ * half: the client is pushed back (pith_client_send), never refused by the mailbox. Under
+ * DROP_OLDEST it is taken like any other, and the oldest comes back to its sender. Engine messages (PITH_MSG_DOWN,
  * PITH_MSG_TIMEOUT, replies to this actor's asks, PITH_MSG_UNDELIVERED) come in past the bound:
  * the actor asked for each of them. */
 typedef enum pith_overflow {
@@ -231,9 +232,12 @@ typedef void (*pith_reply_fn_t)(const pith_msg_t *reply, int err, void *ctx);
 PITH_API int pith_ask(pith_ref_t to, uint32_t type, const void *data, uint32_t len,
                       uint64_t timeout_ns, pith_reply_fn_t cb, void *ctx, uint64_t *req_out);
 
-/* Answers a request (a message with req != 0) from its behaviour. At most one reply counts.
- * Errors: -EINVAL request is not a request, or type is reserved; -ENOMEM; -ESHUTDOWN; -EAGAIN
- * the mesh pushes back, or the asking client's inbox from this shard is full. */
+/* Answers a request (a message with req != 0): from its behaviour, or from a client that
+ * received it (pith/client.h). At most one reply counts. A reply from a client to another
+ * client's ask that finds the asker gone, or its inbox full, comes back to the replying
+ * client as PITH_MSG_UNDELIVERED. Errors: -EINVAL request is not a request, or type is
+ * reserved; -ENOMEM; -ESHUTDOWN; -EAGAIN the mesh pushes back, the asking client's inbox from
+ * this shard is full, or (from a client) its lane is full. */
 PITH_API int pith_reply(const pith_msg_t *request, uint32_t type, const void *data, uint32_t len);
 
 /* Sends the actor a copy of data[0..len) with tag `type` after delay_ns, then every period_ns

@@ -8,11 +8,13 @@
  *
  * Flow control: a client reaches each shard through its own bounded lane (cfg.lane_slots of the
  * engine, FIFO per client and shard). A message for an actor whose mailbox is full waits in the
- * lane, whatever the actor type's overflow policy, so a client's message is never refused by a
- * mailbox: the client is pushed back instead, and a send waits for room (up to its timeout) or
- * fails with -EAGAIN. What comes back undelivered (the actor had gone) arrives in the inbox as a
+ * lane (for a REJECT or MUTE_SENDER type; a DROP_OLDEST mailbox takes it and drops its oldest),
+ * so a client's message is not refused by a mailbox: the client is pushed back instead, and a
+ * send waits for room (up to its timeout) or fails with -EAGAIN. What comes back undelivered
+ * (the actor had gone, or its oldest message was dropped) arrives in the inbox as a
  * PITH_MSG_UNDELIVERED message (pith/actor.h). Each shard may queue inbox_max messages for a
- * client; a shard that finds that inbox full gets -EAGAIN at once.
+ * client; a shard that finds that inbox full gets -EAGAIN at once. The engine's answers to the
+ * client's own spawns, calls and failed asks come past that bound (one per call).
  *
  * Threads: a client is used by one thread at a time (handing it over needs the caller's own
  * synchronisation). None of these calls may be made from a shard: they return -EDEADLK (or NULL
