@@ -346,8 +346,10 @@ int pith_engine_stop(void)
     /* 4. Single-threaded from here: release what never ran and free everything. */
     sem_destroy(&e->ready);
     sem_destroy(&e->go);
-    engine_teardown(e, &rep);
+    /* Producers first: once they are detached, a producer that closes no longer touches the
+     * shards that engine_teardown frees. */
     producers_teardown();
+    engine_teardown(e, &rep);
     shard_hooks_engine_gone();
     if (rep.released_tasks > 0)
         fprintf(stderr, "pith: stop released %llu tasks that had not run after %.1f ms\n",

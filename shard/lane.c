@@ -114,16 +114,24 @@ void producer_set_owner(struct producer *p, uint64_t owner)
             atomic_store_explicit(&p->lanes[i]->owner, owner, memory_order_relaxed);
 }
 
-/* Drops the producer's references to the lanes of an engine it no longer uses. */
-static void drop_lanes(struct producer *p, bool close)
+/* Drops the producer's references to its lanes and marks them closed. `live`: the lanes are
+ * the running engine's, whose shards count those left with records (orphans). */
+static void drop_lanes(struct producer *p, bool live)
 {
     for (unsigned i = 0; i < p->n; i++) {
         struct lane *l = p->lanes[i];
         if (l == NULL)
             continue;
-        /* Release: the shard that sees closed (acquire) sees every record written before. */
-        if (close)
-            atomic_store_explicit(&l->closed, 1, memory_order_release);
+        /* A lane the shard has just emptied may count as an orphan for a moment: that only
+         * delays a new lane's start. */
+        if (live && l->tail != atomic_load(&l->head_pub)) {
+            l->orphan = true;
+            atomic_fetch_add_explicit(&pith_engine.shards[l->shard]->orphans, 1,
+                                      memory_order_relaxed);
+        }
+        /* Release: the shard that sees closed (acquire) sees every record written before,
+         * and `orphan`. */
+        atomic_store_explicit(&l->closed, 1, memory_order_release);
         lane_put(l);
     }
     free(p->lanes);
@@ -141,7 +149,7 @@ static int producer_register(struct producer *p)
         err = -ESHUTDOWN;
     } else if (atomic_load_explicit(&p->epoch, memory_order_relaxed) != ep) {
         /* Lanes of an earlier engine: that engine let go of them at its stop. */
-        drop_lanes(p, true);
+        drop_lanes(p, false);
         p->lanes = calloc(e->n, sizeof(*p->lanes));
         if (p->lanes == NULL) {
             err = -ENOMEM;
@@ -191,7 +199,10 @@ void producer_leave(struct producer *p)
 void producer_close(struct producer *p)
 {
     pthread_mutex_lock(&producers_lock);
-    if (atomic_load_explicit(&p->epoch, memory_order_relaxed) != 0) {
+    /* Listed: the lanes belong to the running (or stopping) engine, whose shards still live
+     * (producers_teardown unlists every producer, under this lock, before they are freed). */
+    bool live = atomic_load_explicit(&p->epoch, memory_order_relaxed) != 0;
+    if (live) {
         /* Still listed by a running (or stopping) engine: unlist it. */
         if (p->prev != NULL)
             p->prev->next = p->next;
@@ -201,7 +212,7 @@ void producer_close(struct producer *p)
             p->next->prev = p->prev;
         atomic_store_explicit(&p->epoch, 0, memory_order_relaxed);
     }
-    drop_lanes(p, true);
+    drop_lanes(p, live);
     pthread_mutex_unlock(&producers_lock);
 }
 
@@ -278,15 +289,23 @@ struct producer *producer_self(void)
 
 /* ---- pushing ---- */
 
-static struct lane *lane_get(struct producer *p, unsigned shard)
+/* p's lane to `shard`, made when it has none; NULL with *err -ENOMEM, or -EAGAIN while the
+ * shard holds LANE_ORPHANS_MAX lanes of producers that have gone. */
+static struct lane *lane_get(struct producer *p, unsigned shard, int *err)
 {
     struct lane *l = p->lanes[shard];
     if (l != NULL)
         return l;
-    l = lane_new(p->lane_cap, shard, p->owner);
-    if (l == NULL)
-        return NULL;
     struct shard *s = pith_engine.shards[shard];
+    if (atomic_load_explicit(&s->orphans, memory_order_relaxed) >= LANE_ORPHANS_MAX) {
+        *err = -EAGAIN;
+        return NULL;
+    }
+    l = lane_new(p->lane_cap, shard, p->owner);
+    if (l == NULL) {
+        *err = -ENOMEM;
+        return NULL;
+    }
     struct lane *head = atomic_load_explicit(&s->new_lanes, memory_order_relaxed);
     do {
         l->next_new = head;
@@ -348,11 +367,31 @@ int lane_push(struct producer *p, unsigned shard, lane_fn_t fn, void *arg, uint6
         return -EINVAL;
     uint32_t tail_len = len;
     len += hlen;
-    struct lane *l = lane_get(p, shard);
-    if (l == NULL)
-        return -ENOMEM;
-    uint32_t need = rec_slots(len), cap = l->mask + 1;
+    int err = 0;
+    struct lane *l = lane_get(p, shard, &err);
     uint64_t deadline = UINT64_MAX;
+    while (l == NULL) {
+        if (err != -EAGAIN || timeout_ns == 0)
+            return err;
+        /* Too many lanes left behind by producers that have gone: wait for the shard to run
+         * them, looking every millisecond (outside meanwhile; a rare path). */
+        if (deadline == UINT64_MAX && timeout_ns != UINT64_MAX)
+            deadline = pith_now_ns() + timeout_ns;
+        if (deadline != UINT64_MAX && pith_now_ns() >= deadline)
+            return -ETIMEDOUT;
+        uint64_t epoch = atomic_load_explicit(&p->epoch, memory_order_relaxed);
+        producer_leave(p);
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+        if ((err = producer_enter(p)) != 0)
+            return err;
+        if (atomic_load_explicit(&p->epoch, memory_order_relaxed) != epoch) {
+            producer_leave(p);
+            return -ESHUTDOWN;
+        }
+        l = lane_get(p, shard, &err);
+    }
+    uint32_t need = rec_slots(len), cap = l->mask + 1;
     for (;;) {
         uint32_t at = l->tail & l->mask;
         uint32_t pad = at + need > cap ? cap - at : 0;
@@ -509,6 +548,8 @@ unsigned lanes_drain(struct shard *s, unsigned budget)
         if (!l->parked && atomic_load_explicit(&l->closed, memory_order_acquire) && lane_empty(l)) {
             s->lanes[i] = s->lanes[--s->nlanes];
             n--;
+            if (l->orphan)
+                atomic_fetch_sub_explicit(&s->orphans, 1, memory_order_relaxed);
             lane_put(l);
             if (i >= n)
                 i = 0;

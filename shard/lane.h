@@ -57,6 +57,9 @@ struct lane {
     /* The consumer's line: touched by the shard only. */
     alignas(64) uint32_t head;
     bool parked; /* not drained until lane_unpark */
+    /* Set by the producer as it closed the lane with records left in it (before closed, which
+     * publishes it): the shard counts it in shard.orphans until it frees the lane. */
+    bool orphan;
 
     /* Shared, rarely written. */
     alignas(64) _Atomic uint32_t head_pub; /* head as released by the consumer */
@@ -87,6 +90,11 @@ struct producer {
 };
 
 /* Engine-side state of the lanes of one shard lives in struct shard (shard.h). */
+
+/* Lanes a shard may hold whose producers have gone with records left in them. Past it, a new
+ * lane to that shard waits for room (or is -EAGAIN), so that closing clients, or threads that
+ * send and exit, cannot get around the lanes' bound. */
+#define LANE_ORPHANS_MAX 64
 
 /* Makes p an empty producer (not registered). */
 void producer_init(struct producer *p, uint64_t owner);

@@ -153,6 +153,8 @@ struct shard {
     struct lane **lanes;
     unsigned nlanes, lanes_cap, next_lane;
     alignas(CACHE_LINE) _Atomic(struct lane *) new_lanes;
+    /* Lanes whose producer has gone with records still in them (lane.c, LANE_ORPHANS_MAX). */
+    _Atomic uint32_t orphans;
 
     /* The stall detector reads these; the shard writes them around each task. */
     alignas(CACHE_LINE) _Atomic(pith_anyfn_t) cur_fn;

@@ -814,3 +814,51 @@ Test(flow, room_callbacks_waiting_at_stop_are_released, .timeout = 60)
     cr_assert_eq(rep.mem_in_use, 0u, "%" PRIu64 " bytes of the shards' heaps were left held",
                  rep.mem_in_use);
 }
+
+/* ---- producers that go away with full lanes cannot get around the bound ---- */
+
+/* Keeps its mailbox of one full with its own message: a client's records wait in their lanes. */
+static int self_feeder(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)state;
+    (void)msg;
+    (void)pith_send(pith_self(self), F_GO, NULL, 0);
+    return 0;
+}
+
+static const pith_actor_type_t self_feeder_type = {
+    .name = "flow.self_feeder", .behaviour = self_feeder, .mailbox_max = 1, .turn_msgs = 1};
+
+Test(flow, clients_that_close_with_full_lanes_push_back_new_ones, .timeout = 120)
+{
+    pith_config_t cfg = test_config(2);
+    cfg.lane_slots = 16;
+    cfg.stall_ns = 0;
+    cfg.drain_ns = 10 * MS;
+    test_start(&cfg);
+    pith_client_t *own = pith_client_self();
+    pith_ref_t a;
+    cr_assert_eq(pith_client_spawn(own, 1, &self_feeder_type, NULL, 5 * SEC, &a), 0);
+    cr_assert_eq(pith_client_send(own, a, F_GO, NULL, 0, 5 * SEC), 0);
+    /* Each client fills a lane to shard 1 and closes: its records stay (they would still
+     * run), its lane is left behind. */
+    int refused_at = -1;
+    for (int k = 0; k < 200 && refused_at < 0; k++) {
+        pith_client_t *c = pith_client_open(NULL);
+        cr_assert_not_null(c);
+        uint64_t i = 0;
+        int rc = pith_client_send(c, a, F_DATA, &i, sizeof(i), 0);
+        if (rc == -EAGAIN)
+            refused_at = k;
+        else
+            cr_assert_eq(rc, 0);
+        while (rc == 0)
+            rc = pith_client_send(c, a, F_DATA, &i, sizeof(i), 0);
+        pith_client_close(c);
+    }
+    cr_assert_eq(refused_at, 64, "the first refusal came after %d lanes left behind (-1: none)",
+                 refused_at);
+    pith_stop_report_t rep;
+    test_stop(&rep);
+    cr_assert_geq(rep.released_tasks, 64u * 15, "the stop released what the lanes held");
+}

@@ -14,7 +14,10 @@
  * (the actor had gone, or its oldest message was dropped) arrives in the inbox as a
  * PITH_MSG_UNDELIVERED message (pith/actor.h). Each shard may queue inbox_max messages for a
  * client; a shard that finds that inbox full gets -EAGAIN at once. The engine's answers to the
- * client's own spawns, calls and failed asks come past that bound (one per call).
+ * client's own spawns, calls and failed asks come past that bound (one per call). A client that
+ * closes (or a thread that exits) with records still in its lanes leaves them to run; a shard
+ * holds at most 64 such lanes, and past that a new lane to it waits for room like a full one,
+ * so that opening and closing clients does not get around the bound.
  *
  * Threads: a client is used by one thread at a time (handing it over needs the caller's own
  * synchronisation). None of these calls may be made from a shard: they return -EDEADLK (or NULL

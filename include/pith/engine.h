@@ -71,7 +71,8 @@ typedef struct pith_config {
      * 16..65536). A task, or a message of up to 32 bytes, takes one slot; a message too large
      * for half a lane travels by pointer. Each lane costs lane_slots * 64 bytes (32 KiB by
      * default), made when its thread first reaches that shard and freed once the thread (or
-     * client) has gone and the shard has run what it left. */
+     * client) has gone and the shard has run what it left; a shard keeps at most 64 lanes so
+     * left with records, and past that a new lane waits (or is -EAGAIN) until one empties. */
     unsigned lane_slots;
     /* Busy polling after the last piece of work before a shard sleeps (default 50 us). A
      * sleeping shard also wakes this long before its next timer and spins to the deadline. */
