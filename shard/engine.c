@@ -438,6 +438,9 @@ int pith_shard_stats(unsigned shard, pith_shard_stats_t *out)
         out->timers_fired = atomic_load_explicit(&c->timers_fired, memory_order_relaxed);
         out->timers_pending = atomic_load_explicit(&c->timers_pending, memory_order_relaxed);
         out->stalls = atomic_load_explicit(&c->stalls, memory_order_relaxed);
+        out->lanes = atomic_load_explicit(&c->lanes, memory_order_relaxed);
+        out->lanes_dormant = atomic_load_explicit(&c->lanes_dormant, memory_order_relaxed);
+        out->lanes_orphaned = atomic_load_explicit(&s->orphans, memory_order_relaxed);
     }
     reader_leave(e, outside);
     return err;

@@ -35,11 +35,10 @@ static void futex_wait_until(_Atomic uint32_t *word, uint32_t val, uint64_t dead
 
 void shard_wake_external(struct shard *s)
 {
-    /* Dekker with the sleeper (loop.c): our caller's release store published its work, and
-     * this fence keeps the load of sleep_state after it; the sleeper exchanges ASLEEP in and
-     * then looks at its lanes once more. One of us sees the other. */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&s->sleep_state, memory_order_relaxed) != ASLEEP)
+    /* Dekker with the sleeper (loop.c): our caller published its work with a seq_cst
+     * read-modify-write, and this load is seq_cst; the sleeper exchanges ASLEEP in and then
+     * looks at its lanes once more (seq_cst). One of us sees the other. */
+    if (atomic_load(&s->sleep_state) != ASLEEP)
         return;
     uint32_t expect = ASLEEP;
     if (atomic_compare_exchange_strong(&s->sleep_state, &expect, WOKEN)) {
@@ -76,6 +75,7 @@ static struct lane *lane_new(uint32_t cap, unsigned shard, uint64_t owner)
      * The first lap's slots hold 0, which no position before the wrap expects. */
     l->tail = l->head_seen = l->head = (uint32_t)0 - 4 * cap;
     atomic_init(&l->head_pub, l->head);
+    l->dormant_idx = LANE_ACTIVE;
     l->shard = shard;
     atomic_init(&l->owner, owner);
     atomic_init(&l->refs, 2);
@@ -114,6 +114,24 @@ void producer_set_owner(struct producer *p, uint64_t owner)
             atomic_store_explicit(&p->lanes[i]->owner, owner, memory_order_relaxed);
 }
 
+static void new_lanes_push(struct shard *s, struct lane *l)
+{
+    struct lane *head = atomic_load_explicit(&s->new_lanes, memory_order_relaxed);
+    do {
+        l->next_new = head;
+        /* Release: the lane's fields are visible to the shard's acquire exchange (adopt). */
+    } while (!atomic_compare_exchange_weak_explicit(&s->new_lanes, &head, l, memory_order_release,
+                                                    memory_order_relaxed));
+}
+
+/* A dormant lane back to its shard's list; the one that moves asleep from 1 to 0 does it. */
+static void hand_back(struct lane *l)
+{
+    uint32_t one = 1;
+    if (atomic_compare_exchange_strong(&l->asleep, &one, 0))
+        new_lanes_push(pith_engine.shards[l->shard], l);
+}
+
 /* Drops the producer's references to its lanes and marks them closed. `live`: the lanes are
  * the running engine's, whose shards count those left with records (orphans). */
 static void drop_lanes(struct producer *p, bool live)
@@ -129,9 +147,13 @@ static void drop_lanes(struct producer *p, bool live)
             atomic_fetch_add_explicit(&pith_engine.shards[l->shard]->orphans, 1,
                                       memory_order_relaxed);
         }
-        /* Release: the shard that sees closed (acquire) sees every record written before,
-         * and `orphan`. */
-        atomic_store_explicit(&l->closed, 1, memory_order_release);
+        /* seq_cst, and a release: the shard that sees closed (acquire) sees every record
+         * written before, and `orphan`; and our Dekker with a shard that puts the lane to
+         * sleep (go_dormant): either it sees closed and keeps the lane, or we see it asleep
+         * and hand it back, so that the shard frees it. */
+        atomic_store(&l->closed, 1);
+        if (live && atomic_load(&l->asleep) != 0)
+            hand_back(l);
         lane_put(l);
     }
     free(p->lanes);
@@ -306,12 +328,7 @@ static struct lane *lane_get(struct producer *p, unsigned shard, int *err)
         *err = -ENOMEM;
         return NULL;
     }
-    struct lane *head = atomic_load_explicit(&s->new_lanes, memory_order_relaxed);
-    do {
-        l->next_new = head;
-        /* Release: the lane's fields are visible to the shard's acquire exchange. */
-    } while (!atomic_compare_exchange_weak_explicit(&s->new_lanes, &head, l, memory_order_release,
-                                                    memory_order_relaxed));
+    new_lanes_push(s, l);
     p->lanes[shard] = l;
     return l;
 }
@@ -413,10 +430,15 @@ int lane_push(struct producer *p, unsigned shard, lane_fn_t fn, void *arg, uint6
                 /* Release: the consumer that finds the padding finds it whole. */
                 atomic_store_explicit(&ps->seq, l->tail + 1, memory_order_release);
             }
-            /* Release: the record's fields and bytes, and whatever arg points to, are written
-             * before the shard can see the sequence (its acquire load in lanes_drain). */
-            atomic_store_explicit(&r->seq, pos + 1, memory_order_release);
+            /* A seq_cst read-modify-write: a release (the record's fields and bytes, and
+             * whatever arg points to, are written before the shard can see the sequence: its
+             * acquire load in drain_one), and our side of two Dekkers, with a shard that puts
+             * the lane to sleep (go_dormant) and with a shard that goes to sleep itself
+             * (shard_wake_external): the loads below come after it. */
+            atomic_exchange(&r->seq, pos + 1);
             l->tail = pos + need;
+            if (__builtin_expect(atomic_load(&l->asleep) != 0, 0))
+                hand_back(l);
             shard_wake_external(pith_engine.shards[shard]);
             return 0;
         }
@@ -432,10 +454,51 @@ int lane_push(struct producer *p, unsigned shard, lane_fn_t fn, void *arg, uint6
 
 /* ---- the shard's side ---- */
 
-/* Takes the lanes producers made since the last look. */
+/* Takes l out of the shard's dormant list (it is back, or going). */
+static void dormant_remove(struct shard *s, struct lane *l)
+{
+    if (l->dormant_idx == LANE_ACTIVE)
+        return;
+    struct lane *last = s->dormant[--s->ndormant];
+    s->dormant[l->dormant_idx] = last;
+    last->dormant_idx = l->dormant_idx;
+    l->dormant_idx = LANE_ACTIVE;
+}
+
+/* Lane i of the shard's list has been empty for a while: off the list, unless a record or the
+ * producer's close comes meanwhile. Returns whether it left. */
+static bool go_dormant(struct shard *s, unsigned i)
+{
+    struct lane *l = s->lanes[i];
+    if (s->ndormant == s->dormant_cap) {
+        unsigned cap = s->dormant_cap ? s->dormant_cap * 2 : 8;
+        struct lane **grown = realloc(s->dormant, cap * sizeof(*grown));
+        if (grown == NULL)
+            return false; /* out of memory: it stays on the list, which costs only time */
+        s->dormant = grown;
+        s->dormant_cap = cap;
+    }
+    /* Dekker with lane_push and drop_lanes: we store asleep, then look at the lane's next slot
+     * and at closed; the producer publishes (or closes), then looks at asleep. All seq_cst:
+     * either we see its record or its close, or it sees the lane asleep and hands it back. */
+    atomic_store(&l->asleep, 1);
+    if (atomic_load(&slot_at(l, l->head)->seq) == l->head + 1 || atomic_load(&l->closed) != 0) {
+        if (atomic_exchange(&l->asleep, 0) == 1)
+            return false; /* taken back before the producer saw it asleep: stays listed */
+        /* The producer saw it asleep and is handing it back: adopt brings it again. */
+        s->lanes[i] = s->lanes[--s->nlanes];
+        return true;
+    }
+    s->lanes[i] = s->lanes[--s->nlanes];
+    l->dormant_idx = s->ndormant;
+    s->dormant[s->ndormant++] = l;
+    return true;
+}
+
+/* Takes the lanes producers made (or handed back) since the last look. */
 static void adopt(struct shard *s)
 {
-    /* Acquire pairs with lane_get's release CAS. */
+    /* Acquire pairs with new_lanes_push's release CAS. */
     struct lane *l = atomic_exchange_explicit(&s->new_lanes, NULL, memory_order_acquire);
     while (l != NULL) {
         struct lane *next = l->next_new;
@@ -457,6 +520,8 @@ static void adopt(struct shard *s)
             s->lanes = grown;
             s->lanes_cap = cap;
         }
+        dormant_remove(s, l);
+        l->idle = 0;
         s->lanes[s->nlanes++] = l;
         l = next;
     }
@@ -537,8 +602,11 @@ unsigned lanes_drain(struct shard *s, unsigned budget)
     if (atomic_load_explicit(&s->new_lanes, memory_order_relaxed) != NULL)
         adopt(s);
     unsigned n = s->nlanes;
-    if (n == 0)
+    if (n == 0) {
+        atomic_store_explicit(&s->st.lanes, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->st.lanes_dormant, s->ndormant, memory_order_relaxed);
         return 0;
+    }
     unsigned ran = 0, i = s->next_lane < n ? s->next_lane : 0;
     for (unsigned k = 0; k < n && ran < budget; k++) {
         struct lane *l = s->lanes[i];
@@ -555,6 +623,14 @@ unsigned lanes_drain(struct shard *s, unsigned budget)
                 i = 0;
             continue;
         }
+        if (l->parked || !lane_empty(l))
+            l->idle = 0;
+        else if (++l->idle >= LANE_DORMANT_AFTER && go_dormant(s, i)) {
+            n--;
+            if (i >= n)
+                i = 0;
+            continue;
+        }
         i = i + 1 == n ? 0 : i + 1;
     }
     s->next_lane = i;
@@ -562,6 +638,8 @@ unsigned lanes_drain(struct shard *s, unsigned budget)
         tasks_done(s);
         stat_add(&s->st.external_in, ran);
     }
+    atomic_store_explicit(&s->st.lanes, s->nlanes, memory_order_relaxed);
+    atomic_store_explicit(&s->st.lanes_dormant, s->ndormant, memory_order_relaxed);
     return ran;
 }
 
@@ -598,7 +676,11 @@ void lanes_release(struct shard *s, uint64_t *released)
         atomic_store_explicit(&l->head_pub, l->head, memory_order_release);
         lane_put(l);
     }
+    /* Dormant lanes are empty: only the shard's reference to let go of. */
+    for (unsigned i = 0; i < s->ndormant; i++)
+        lane_put(s->dormant[i]);
     free(s->lanes);
-    s->lanes = NULL;
-    s->nlanes = s->lanes_cap = 0;
+    free(s->dormant);
+    s->lanes = s->dormant = NULL;
+    s->nlanes = s->lanes_cap = s->ndormant = s->dormant_cap = 0;
 }

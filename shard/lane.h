@@ -60,12 +60,18 @@ struct lane {
     /* Set by the producer as it closed the lane with records left in it (before closed, which
      * publishes it): the shard counts it in shard.orphans until it frees the lane. */
     bool orphan;
+    uint32_t idle;        /* drains in a row that found it empty */
+    unsigned dormant_idx; /* its place in shard.dormant, LANE_ACTIVE while in shard.lanes */
 
     /* Shared, rarely written. */
     alignas(64) _Atomic uint32_t head_pub; /* head as released by the consumer */
     /* Futex word: 1 while the producer waits for room. The consumer clears it and wakes. */
     _Atomic uint32_t room_wait;
     _Atomic uint32_t closed; /* the producer is gone: free the lane once it is empty */
+    /* 1 while the lane is dormant: empty for LANE_DORMANT_AFTER drains, it left the shard's
+     * list, so that idle lanes cost a shard nothing. The producer that puts a record in (or
+     * closes it) takes it back to 0 and hands the lane to the shard again (new_lanes). */
+    _Atomic uint32_t asleep;
     /* 2 at creation: the producer's reference and the shard's. Whoever drops the last frees
      * the lane (acq_rel, so that all of one side's accesses happen before the other's free). */
     _Atomic uint32_t refs;
@@ -90,6 +96,10 @@ struct producer {
 };
 
 /* Engine-side state of the lanes of one shard lives in struct shard (shard.h). */
+
+/* Drains in a row that find a lane empty before it goes dormant (lane.asleep). */
+#define LANE_DORMANT_AFTER 4096u
+#define LANE_ACTIVE        (~0u)
 
 /* Lanes a shard may hold whose producers have gone with records left in them. Past it, a new
  * lane to that shard waits for room (or is -EAGAIN), so that closing clients, or threads that

@@ -102,6 +102,7 @@ enum { AWAKE = 0, ASLEEP = 1, WOKEN = 2 };
 struct shard_counters {
     _Atomic uint64_t loops, sleeps, msgs_out, msgs_in, batches_out, batches_in, ring_full,
         backpressure, wakes_sent, external_in, timers_fired, timers_pending, stalls;
+    _Atomic uint32_t lanes, lanes_dormant; /* copies of nlanes and ndormant for readers */
 };
 
 struct engine;
@@ -152,6 +153,8 @@ struct shard {
     /* Ingress lanes (lane.c): the shard's own list, and the stack producers push new ones on. */
     struct lane **lanes;
     unsigned nlanes, lanes_cap, next_lane;
+    struct lane **dormant; /* lanes idle long enough to leave `lanes` (lane.asleep) */
+    unsigned ndormant, dormant_cap;
     alignas(CACHE_LINE) _Atomic(struct lane *) new_lanes;
     /* Lanes whose producer has gone with records still in them (lane.c, LANE_ORPHANS_MAX). */
     _Atomic uint32_t orphans;
@@ -232,8 +235,8 @@ bool mesh_inbound_pending(struct shard *s);
 void room_fire(struct shard *s, struct room_wait **list);
 void room_free(struct room_wait **list, uint64_t *released);
 
-/* Wakes s if it sleeps, from a thread outside the engine (eventfd), after that thread made work
- * visible to it (lane.c). */
+/* Wakes s if it sleeps, from a thread outside the engine (eventfd). For a wake-up that must not
+ * be lost, the caller publishes its work with a seq_cst read-modify-write before (lane.c). */
 void shard_wake_external(struct shard *s);
 
 /* timer.c */

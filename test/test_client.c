@@ -867,3 +867,40 @@ Test(client, a_reply_to_a_client_with_a_full_inbox_comes_back_to_the_replier, .t
     pith_client_close(rr.a);
     test_stop(NULL);
 }
+
+/* ---- idle lanes cost a shard nothing, and come back with their next record ---- */
+
+#define IDLE_CLIENTS 500
+
+Test(client, idle_clients_lanes_leave_the_shards_list_and_come_back, .timeout = 120)
+{
+    pith_config_t cfg = test_config(1);
+    cfg.lane_slots = 16;
+    cfg.poll_ns = 10 * MS * 1000; /* the shard keeps draining while the test looks */
+    test_start(&cfg);
+    pith_client_t *own = pith_client_self();
+    pith_ref_t a;
+    cr_assert_eq(pith_client_spawn(own, 0, &echo_type, NULL, 5 * SEC, &a), 0);
+    atomic_store(&delivered, 0);
+    static pith_client_t *cs[IDLE_CLIENTS];
+    uint64_t i = 0;
+    for (unsigned k = 0; k < IDLE_CLIENTS; k++) {
+        cs[k] = pith_client_open(NULL);
+        cr_assert_not_null(cs[k]);
+        cr_assert_eq(pith_client_send(cs[k], a, T_DATA, &i, sizeof(i), 5 * SEC), 0);
+    }
+    TEST_WAIT_FOR(atomic_load(&delivered) == IDLE_CLIENTS);
+    pith_shard_stats_t st;
+    TEST_WAIT_FOR(pith_shard_stats(0, &st) == 0 && st.lanes_dormant >= IDLE_CLIENTS);
+    cr_assert_leq(st.lanes, 2u, "only the lanes still in use are looked at: %u", st.lanes);
+    /* Each comes back with its next message. */
+    for (unsigned k = 0; k < IDLE_CLIENTS; k++)
+        cr_assert_eq(pith_client_send(cs[k], a, T_DATA, &i, sizeof(i), 5 * SEC), 0);
+    TEST_WAIT_FOR(atomic_load(&delivered) == 2 * IDLE_CLIENTS);
+    TEST_WAIT_FOR(pith_shard_stats(0, &st) == 0 && st.lanes_dormant >= IDLE_CLIENTS);
+    /* Closed while dormant: handed back and freed. */
+    for (unsigned k = 0; k < IDLE_CLIENTS; k++)
+        pith_client_close(cs[k]);
+    TEST_WAIT_FOR(pith_shard_stats(0, &st) == 0 && st.lanes_dormant + st.lanes <= 2);
+    test_stop(NULL);
+}
