@@ -254,6 +254,8 @@ static void side_tables_end(struct core_shard *cs, pith_ref_t ref, int reason)
         core_lanes_resume(cs, ref); /* their records find the actor gone */
     if (cs->room.len)
         core_room_fire(cs, ref);
+    if (cs->watching.len)
+        core_watching_end(cs, ref);
     if (cs->watchers.len)
         core_watchers_end(cs, ref, reason);
 }

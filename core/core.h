@@ -222,6 +222,7 @@ struct core_shard {
     struct map asks;         /* ask id -> struct ask (asks made here, waiting) */
     struct map timers;       /* ref -> list of struct atimer (actors that have timers) */
     struct map watchers;     /* ref -> list of struct watch (watched actors) */
+    struct map watching;     /* ref -> list of struct watching (watch.c: actors that watch) */
     struct map names_of;     /* ref -> list of struct name_of (named actors) */
     struct map registry;     /* name hash -> list of struct reg_ent: this shard's replica */
     struct map stop_reasons; /* ref -> reason, for running actors asked to end abnormally */
@@ -358,6 +359,8 @@ void core_asks_free(struct core_shard *cs);
 /* watch.c: monitors and links */
 void core_watch_task(void *arg);
 void core_watchers_end(struct core_shard *cs, pith_ref_t ref, int reason);
+/* What an actor of this shard that has ended still had in its watches of others. */
+void core_watching_end(struct core_shard *cs, pith_ref_t ref);
 void core_watchers_free(struct core_shard *cs);
 
 /* registry.c */

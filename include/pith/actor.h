@@ -247,13 +247,42 @@ PITH_API int pith_actor_timer(pith_actor_t *self, uint64_t delay_ns, uint64_t pe
 PITH_API int pith_actor_timer_cancel(pith_actor_t *self, pith_timer_id_t id);
 
 /* The actor gets a PITH_MSG_DOWN message when `target` ends (at once, with PITH_EXIT_NOPROC, if
- * it already has). Errors: -EINVAL, -ENOMEM, -ESHUTDOWN, -EAGAIN. */
+ * it already has). Each call is a monitor of its own: monitoring twice brings two DOWNs. From
+ * the actor's behaviour or init. Errors: -EINVAL, -ENOMEM, -ESHUTDOWN, -EAGAIN. */
 PITH_API int pith_monitor(pith_actor_t *self, pith_ref_t target);
 /* Links the actor and `target` both ways: when either ends with a reason other than
  * PITH_EXIT_NORMAL, the other ends with the same reason, unless it traps exits: then it gets a
- * PITH_MSG_DOWN message with link = 1. Errors: as pith_monitor. */
+ * PITH_MSG_DOWN message with link = 1. A link is one, however often it is made: linking an
+ * actor already linked to `target` does nothing. Errors: as pith_monitor. */
 PITH_API int pith_link(pith_actor_t *self, pith_ref_t target);
 PITH_API void pith_trap_exits(pith_actor_t *self, bool on);
+
+/* Undoes one pith_monitor of `target` by the actor. When it returns 0, the behaviour will not
+ * see a PITH_MSG_DOWN for that monitor, wherever the target lives and whenever it ends:
+ *  - the target still runs: its shard forgets the monitor (across shards the request travels;
+ *    a target that ends before it arrives sends its DOWN anyway, and the actor's shard drops
+ *    that DOWN when it arrives);
+ *  - the target has ended and its DOWN waits in the actor's mailbox: it is taken out (as
+ *    Erlang's demonitor with flush does);
+ *  - the DOWN was already handled by the behaviour: the monitor had done its work, -ENOENT.
+ * Other messages are not touched: what the target sent before it ended still comes.
+ * From the actor's behaviour (or init or terminate), on its shard.
+ * Errors: -EINVAL self NULL, target not an actor's ref or the actor itself; -ENOENT no such
+ * monitor (never made, already undone, or its DOWN handled); -ENOMEM (nothing changed);
+ * -ESHUTDOWN the engine is stopping. */
+PITH_API int pith_demonitor(pith_actor_t *self, pith_ref_t target);
+
+/* Undoes the link between the actor and `target`, both ways. When it returns 0, the link has no
+ * more effect on either: neither's end reaches the other, the actor gets no PITH_MSG_DOWN with
+ * link = 1 from `target` (one waiting in its mailbox is taken out, one on its way is dropped on
+ * arrival), and an exit signal of `target` already on its way to the actor is dropped too. An
+ * exit signal that reached the actor before the call has had its effect (without trapping, the
+ * actor has ended then, and runs no more behaviour to call this from).
+ * From the actor's behaviour (or init or terminate), on its shard.
+ * Errors: -EINVAL self NULL, target not an actor's ref or the actor itself; -ENOENT no such
+ * link (never made, already undone, or ended with the target and its DOWN handled); -ENOMEM
+ * (nothing changed); -ESHUTDOWN. */
+PITH_API int pith_unlink(pith_actor_t *self, pith_ref_t target);
 
 /* Stops the actor with reason PITH_EXIT_NORMAL: messages still in its mailbox are dropped
  * (counted), terminate runs, the ref goes stale. From the actor's own behaviour it takes
