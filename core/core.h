@@ -318,8 +318,11 @@ static inline bool core_waiters(const struct core_shard *cs)
 {
     return (cs->muted.len | cs->parked.len | cs->room.len | cs->folded.len) != 0;
 }
-/* Ends an actor of this shard now, or when its running behaviour returns. */
+/* Ends an actor of this shard now, or when its running behaviour returns; a supervisor asked
+ * to stop normally begins its orderly stop instead (supervisor.c). Errors: -ESRCH, -ENOMEM. */
 int core_stop_here(struct core_shard *cs, pith_ref_t ref, int reason);
+/* As core_stop_here, without a supervisor's orderly stop: a supervisor too ends now. */
+int core_end_now(struct core_shard *cs, pith_ref_t ref, int reason);
 pith_ref_t core_current_ref(void);
 void core_bump(_Atomic uint64_t *c, uint64_t n);
 struct type_counters *core_counters(const struct core_shard *cs, const struct type_rec *r);
@@ -358,10 +361,21 @@ void core_asks_free(struct core_shard *cs);
 
 /* watch.c: monitors and links */
 void core_watch_task(void *arg);
+/* Makes `watcher` (an actor of any shard) a monitor of `target`, an actor of this shard, for
+ * the engine's own use: pith_demonitor does not know of it. A target that has ended sends its
+ * DOWN (PITH_EXIT_NOPROC) at once. Errors: -ENOMEM. */
+int core_watch_add(struct core_shard *cs, pith_ref_t target, pith_ref_t watcher);
 void core_watchers_end(struct core_shard *cs, pith_ref_t ref, int reason);
 /* What an actor of this shard that has ended still had in its watches of others. */
 void core_watching_end(struct core_shard *cs, pith_ref_t ref);
 void core_watchers_free(struct core_shard *cs);
+
+/* supervisor.c and sup_child.c (sup.h) */
+extern const pith_actor_type_t core_sup_type;
+/* Begins the orderly stop of supervisor a (ref) of this shard. Errors: -ENOMEM, -ESHUTDOWN. */
+int core_sup_stop(struct core_shard *cs, struct actor *a, pith_ref_t ref);
+/* A supervisor's task released at stop: true when it was one (its argument freed). */
+bool core_sup_release(pith_fn_t fn, void *arg);
 
 /* registry.c */
 void core_reg_task(void *arg);

@@ -225,6 +225,11 @@ static int watch_here(struct core_shard *cs, pith_ref_t target, pith_ref_t watch
     return 0;
 }
 
+int core_watch_add(struct core_shard *cs, pith_ref_t target, pith_ref_t watcher)
+{
+    return watch_here(cs, target, watcher, false);
+}
+
 static struct watch *watch_find(const struct core_shard *cs, pith_ref_t target, pith_ref_t watcher,
                                 bool link)
 {

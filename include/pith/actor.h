@@ -286,11 +286,12 @@ PITH_API int pith_unlink(pith_actor_t *self, pith_ref_t target);
 
 /* Stops the actor with reason PITH_EXIT_NORMAL: messages still in its mailbox are dropped
  * (counted), terminate runs, the ref goes stale. From the actor's own behaviour it takes
- * effect when the behaviour returns. From another shard the request travels the mesh.
+ * effect when the behaviour returns. From another shard the request travels the mesh. A
+ * supervisor stops in order instead: its children first, then itself (pith_supervisor_spawn).
  * Errors: -ESRCH already stopped (same shard only), -EINVAL not a ref, -ESHUTDOWN, -ENOMEM,
  * -EAGAIN. */
 PITH_API int pith_stop(pith_ref_t ref);
-/* As pith_stop, with reason PITH_EXIT_KILLED: links propagate it. */
+/* As pith_stop, with reason PITH_EXIT_KILLED: links propagate it. A supervisor ends at once. */
 PITH_API int pith_kill(pith_ref_t ref);
 
 /* ---- registry: names to refs, on every shard ----
@@ -312,10 +313,19 @@ typedef enum pith_strategy {
     PITH_REST_FOR_ONE = 2, /* stop and restart the failed child and those after it */
 } pith_strategy_t;
 
+/* One child of a supervisor: an actor of `type`, or a supervisor of its own (`sup`), which makes
+ * a tree: a nested supervisor restarts its children by its own strategy, and when it gives up
+ * (PITH_EXIT_ESCALATED) its parent's strategy treats it as any child that failed, restarting it
+ * (and with it its whole subtree, with fresh state) or giving up in turn. */
 typedef struct pith_child_spec {
-    const pith_actor_type_t *type;
-    void *arg;        /* passed to init at each start */
-    const char *name; /* registered at each start when not NULL */
+    const pith_actor_type_t *type; /* NULL when sup is set */
+    void *arg;                     /* passed to type's init at each start (not used with sup) */
+    const char *name;              /* registered at each start when not NULL */
+    const struct pith_supervisor_spec *sup; /* the nested supervisor's spec; type NULL */
+    /* Where the child runs: on shard `shard` when on_shard is set, else on its supervisor's
+     * shard (shard must then be 0). */
+    bool on_shard;
+    unsigned shard;
 } pith_child_spec_t;
 
 typedef struct pith_supervisor_spec {
@@ -326,14 +336,40 @@ typedef struct pith_supervisor_spec {
     uint32_t nchildren;
 } pith_supervisor_spec_t;
 
-/* Spawns a supervisor on the calling shard, which starts the children there in order. A child
- * ending with a reason other than PITH_EXIT_NORMAL or PITH_EXIT_SHUTDOWN is restarted by the
- * strategy, with fresh state through init; past `intensity` restarts in `period_ns` the
- * supervisor stops its children and ends with PITH_EXIT_ESCALATED (its own supervisor, or
- * whoever monitors it, decides next). The spec is copied. Errors: as pith_spawn, and a
- * child's init error (then the children already started are stopped). */
+/* Spawns a supervisor on the calling shard, which starts its children in order and monitors
+ * them. The spec is copied whole, nested specs and names included (at most 32 levels of
+ * supervisors and 2^24 children in all, a nested spec counted at each place it is used).
+ *
+ * Starting: a child of the supervisor's shard starts at once; one on another shard is spawned
+ * there (its init runs there) and counts as started only when the answer is back, and the
+ * children after it wait for that. So pith_supervisor_spawn returns once the children up to
+ * the first remote one have started; the others follow.
+ *
+ * Failures: a child ending with a reason other than PITH_EXIT_NORMAL or PITH_EXIT_SHUTDOWN is
+ * restarted by the strategy, with fresh state through init; a child that ends normally is left
+ * ended. A restart first stops the children the strategy names, in reverse start order, each
+ * one's end awaited before the next is stopped and before anything starts again (a child on a
+ * busy shard holds the others up; a nested supervisor's end comes after its whole subtree's),
+ * then starts them in order as above. Past `intensity` restarts in `period_ns`, or when a
+ * child cannot be started after this call returned (its init fails on another shard, or at a
+ * restart), the supervisor stops every child that way and ends with PITH_EXIT_ESCALATED (its
+ * own supervisor, or whoever monitors it, decides next).
+ *
+ * Stopping: pith_stop of a supervisor is orderly: it stops its children as above, nested
+ * supervisors in turn theirs, and ends with PITH_EXIT_NORMAL once the whole subtree has ended;
+ * until then its ref stays valid. pith_kill, a link's exit signal and the engine's stop end it
+ * at once: its children are then stopped without waiting (those of its shard end before it,
+ * those of other shards after, in no promised order).
+ *
+ * Errors: -EINVAL spec or a nested spec invalid (a child with both or neither of type and sup,
+ * a shard out of range or set without on_shard, a bad strategy or intensity, too deep or
+ * cyclic), and as pith_spawn; a child's init error for a child of this shard started before
+ * this returns (then the children already started are stopped). */
 PITH_API int pith_supervisor_spawn(const pith_supervisor_spec_t *spec, pith_ref_t *out);
-/* Child i's current ref, from the supervisor's shard; PITH_REF_NONE when unknown. */
+/* Child i's current ref, from the supervisor's shard: its running instance, wherever it runs.
+ * PITH_REF_NONE when the supervisor does not count one as running (not started yet, its start
+ * still on its way, being stopped, or ended and not restarted), i is out of range, or sup is
+ * not a supervisor of this shard. */
 PITH_API pith_ref_t pith_supervisor_child(pith_ref_t sup, uint32_t i);
 
 /* Counters of one actor type, summed over the shards. Each shard writes its own; a read is not
