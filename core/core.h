@@ -287,6 +287,8 @@ struct amsg *core_msg_make(pith_ref_t to, pith_ref_t from, uint32_t type, const 
 /* Puts m (addressed to a live actor of this shard) in its mailbox, by the type's overflow
  * policy; on error (-EAGAIN full, -ENOMEM) m stays the caller's. */
 int core_enqueue(struct core_shard *cs, struct actor *a, struct amsg *m);
+/* Takes m, which follows prev (NULL: m is the head), out of a's mailbox; m is the caller's. */
+void core_mailbox_take(struct core_shard *cs, struct actor *a, struct amsg *prev, struct amsg *m);
 /* Sends a made message to m->to (an actor or a client) wherever it lives; m is consumed even
  * on error. force: past the mesh's backlog bound. */
 int core_send_msg(struct amsg *m, bool force);

@@ -375,14 +375,7 @@ static bool flush_down(struct core_shard *cs, struct actor *a, pith_ref_t target
         memcpy(&d, m + 1, sizeof(d));
         if (d.ref != target || (d.link != 0) != link)
             continue;
-        if (prev != NULL)
-            prev->next = m->next;
-        else
-            a->head = m->next;
-        if (a->tail == m)
-            a->tail = prev;
-        a->depth--;
-        core_bump(&core_counters(cs, a->rec)->depth_now, (uint64_t)0 - 1);
+        core_mailbox_take(cs, a, prev, m);
         core_msg_free(m);
         return true;
     }
