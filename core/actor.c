@@ -254,6 +254,8 @@ static void side_tables_end(struct core_shard *cs, pith_ref_t ref, int reason)
         core_lanes_resume(cs, ref); /* their records find the actor gone */
     if (cs->room.len)
         core_room_fire(cs, ref);
+    if (cs->watching.len)
+        core_watching_end(cs, ref);
     if (cs->watchers.len)
         core_watchers_end(cs, ref, reason);
 }
@@ -592,6 +594,16 @@ unsigned pith_ref_shard(pith_ref_t ref)
 
 int core_stop_here(struct core_shard *cs, pith_ref_t ref, int reason)
 {
+    /* A supervisor stopped normally stops its children first, and ends once they have. */
+    struct actor *a = core_lookup(cs, ref);
+    if (a != NULL && reason == PITH_EXIT_NORMAL && a->rec->type == &core_sup_type &&
+        !(a->gen & A_RUNNING) && core_sup_stop(cs, a, ref) == 0)
+        return 0;
+    return core_end_now(cs, ref, reason);
+}
+
+int core_end_now(struct core_shard *cs, pith_ref_t ref, int reason)
+{
     struct actor *a = core_lookup(cs, ref);
     if (a == NULL)
         return -ESRCH;
@@ -833,7 +845,7 @@ static bool core_release(pith_fn_t fn, void *arg)
         pith_free(arg);
         return true;
     }
-    return fn == turn_task || fn == stop_task || fn == kill_task;
+    return fn == turn_task || fn == stop_task || fn == kill_task || core_sup_release(fn, arg);
 }
 
 /* The stall detector's question: what runs on `shard`, when it is an actor's turn. */

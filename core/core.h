@@ -222,6 +222,7 @@ struct core_shard {
     struct map asks;         /* ask id -> struct ask (asks made here, waiting) */
     struct map timers;       /* ref -> list of struct atimer (actors that have timers) */
     struct map watchers;     /* ref -> list of struct watch (watched actors) */
+    struct map watching;     /* ref -> list of struct watching (watch.c: actors that watch) */
     struct map names_of;     /* ref -> list of struct name_of (named actors) */
     struct map registry;     /* name hash -> list of struct reg_ent: this shard's replica */
     struct map stop_reasons; /* ref -> reason, for running actors asked to end abnormally */
@@ -286,6 +287,8 @@ struct amsg *core_msg_make(pith_ref_t to, pith_ref_t from, uint32_t type, const 
 /* Puts m (addressed to a live actor of this shard) in its mailbox, by the type's overflow
  * policy; on error (-EAGAIN full, -ENOMEM) m stays the caller's. */
 int core_enqueue(struct core_shard *cs, struct actor *a, struct amsg *m);
+/* Takes m, which follows prev (NULL: m is the head), out of a's mailbox; m is the caller's. */
+void core_mailbox_take(struct core_shard *cs, struct actor *a, struct amsg *prev, struct amsg *m);
 /* Sends a made message to m->to (an actor or a client) wherever it lives; m is consumed even
  * on error. force: past the mesh's backlog bound. */
 int core_send_msg(struct amsg *m, bool force);
@@ -317,8 +320,11 @@ static inline bool core_waiters(const struct core_shard *cs)
 {
     return (cs->muted.len | cs->parked.len | cs->room.len | cs->folded.len) != 0;
 }
-/* Ends an actor of this shard now, or when its running behaviour returns. */
+/* Ends an actor of this shard now, or when its running behaviour returns; a supervisor asked
+ * to stop normally begins its orderly stop instead (supervisor.c). Errors: -ESRCH, -ENOMEM. */
 int core_stop_here(struct core_shard *cs, pith_ref_t ref, int reason);
+/* As core_stop_here, without a supervisor's orderly stop: a supervisor too ends now. */
+int core_end_now(struct core_shard *cs, pith_ref_t ref, int reason);
 pith_ref_t core_current_ref(void);
 void core_bump(_Atomic uint64_t *c, uint64_t n);
 struct type_counters *core_counters(const struct core_shard *cs, const struct type_rec *r);
@@ -357,8 +363,21 @@ void core_asks_free(struct core_shard *cs);
 
 /* watch.c: monitors and links */
 void core_watch_task(void *arg);
+/* Makes `watcher` (an actor of any shard) a monitor of `target`, an actor of this shard, for
+ * the engine's own use: pith_demonitor does not know of it. A target that has ended sends its
+ * DOWN (PITH_EXIT_NOPROC) at once. Errors: -ENOMEM. */
+int core_watch_add(struct core_shard *cs, pith_ref_t target, pith_ref_t watcher);
 void core_watchers_end(struct core_shard *cs, pith_ref_t ref, int reason);
+/* What an actor of this shard that has ended still had in its watches of others. */
+void core_watching_end(struct core_shard *cs, pith_ref_t ref);
 void core_watchers_free(struct core_shard *cs);
+
+/* supervisor.c and sup_child.c (sup.h) */
+extern const pith_actor_type_t core_sup_type;
+/* Begins the orderly stop of supervisor a (ref) of this shard. Errors: -ENOMEM, -ESHUTDOWN. */
+int core_sup_stop(struct core_shard *cs, struct actor *a, pith_ref_t ref);
+/* A supervisor's task released at stop: true when it was one (its argument freed). */
+bool core_sup_release(pith_fn_t fn, void *arg);
 
 /* registry.c */
 void core_reg_task(void *arg);

@@ -46,6 +46,18 @@ struct amsg *core_msg_make(pith_ref_t to, pith_ref_t from, uint32_t type, const 
     return core_msg_make_for(dst, to, from, type, data, len);
 }
 
+void core_mailbox_take(struct core_shard *cs, struct actor *a, struct amsg *prev, struct amsg *m)
+{
+    if (prev != NULL)
+        prev->next = m->next;
+    else
+        a->head = m->next;
+    if (a->tail == m)
+        a->tail = prev;
+    a->depth--;
+    core_bump(&core_counters(cs, a->rec)->depth_now, (uint64_t)0 - 1);
+}
+
 /* DROP_OLDEST: the oldest message that the bound covers (admitted ones stay). */
 static bool drop_oldest(struct core_shard *cs, struct actor *a)
 {
@@ -56,16 +68,8 @@ static bool drop_oldest(struct core_shard *cs, struct actor *a)
     }
     if (old == NULL)
         return false;
-    if (prev != NULL)
-        prev->next = old->next;
-    else
-        a->head = old->next;
-    if (a->tail == old)
-        a->tail = prev;
-    a->depth--;
-    struct type_counters *c = core_counters(cs, a->rec);
-    core_bump(&c->depth_now, (uint64_t)0 - 1);
-    core_bump(&c->dropped, 1);
+    core_mailbox_take(cs, a, prev, old);
+    core_bump(&core_counters(cs, a->rec)->dropped, 1);
     core_undelivered(cs, old, -ENOBUFS);
     core_msg_free(old);
     return true;

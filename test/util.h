@@ -58,11 +58,17 @@ uint64_t test_wait_deadline(void);
  * timer) to show in `cond`, without sleeping: nothing signals the test thread, so it makes
  * round trips to every shard (test_sync_all), which also order the shards' writes before its
  * next look. Bounded in wall time by test_wait_deadline; fails the test if cond never holds. */
-#define TEST_WAIT_FOR(cond)                                                                        \
+#define TEST_WAIT_FOR(cond) TEST_WAIT_WITH(test_sync_all(), cond)
+
+/* As TEST_WAIT_FOR, with round trips to `shard` only: for a wait while another shard is held
+ * busy on purpose (a round trip to that one would not come back until it is let go). */
+#define TEST_WAIT_FOR_ON(shard, cond) TEST_WAIT_WITH(test_sync_shard(shard), cond)
+
+#define TEST_WAIT_WITH(sync, cond)                                                                 \
     do {                                                                                           \
         uint64_t deadline_ = test_wait_deadline();                                                 \
         while (!(cond) && pith_now_ns() < deadline_)                                               \
-            test_sync_all();                                                                       \
+            sync;                                                                                  \
         cr_assert(cond, "timed out waiting for %s", #cond);                                        \
     } while (0)
 

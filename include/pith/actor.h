@@ -251,21 +251,51 @@ PITH_API int pith_actor_timer(pith_actor_t *self, uint64_t delay_ns, uint64_t pe
 PITH_API int pith_actor_timer_cancel(pith_actor_t *self, pith_timer_id_t id);
 
 /* The actor gets a PITH_MSG_DOWN message when `target` ends (at once, with PITH_EXIT_NOPROC, if
- * it already has). Errors: -EINVAL, -ENOMEM, -ESHUTDOWN, -EAGAIN. */
+ * it already has). Each call is a monitor of its own: monitoring twice brings two DOWNs. From
+ * the actor's behaviour or init. Errors: -EINVAL, -ENOMEM, -ESHUTDOWN, -EAGAIN. */
 PITH_API int pith_monitor(pith_actor_t *self, pith_ref_t target);
 /* Links the actor and `target` both ways: when either ends with a reason other than
  * PITH_EXIT_NORMAL, the other ends with the same reason, unless it traps exits: then it gets a
- * PITH_MSG_DOWN message with link = 1. Errors: as pith_monitor. */
+ * PITH_MSG_DOWN message with link = 1. A link is one, however often it is made: linking an
+ * actor already linked to `target` does nothing. Errors: as pith_monitor. */
 PITH_API int pith_link(pith_actor_t *self, pith_ref_t target);
 PITH_API void pith_trap_exits(pith_actor_t *self, bool on);
 
+/* Undoes one pith_monitor of `target` by the actor. When it returns 0, the behaviour will not
+ * see a PITH_MSG_DOWN for that monitor, wherever the target lives and whenever it ends:
+ *  - the target still runs: its shard forgets the monitor (across shards the request travels;
+ *    a target that ends before it arrives sends its DOWN anyway, and the actor's shard drops
+ *    that DOWN when it arrives);
+ *  - the target has ended and its DOWN waits in the actor's mailbox: it is taken out (as
+ *    Erlang's demonitor with flush does);
+ *  - the DOWN was already handled by the behaviour: the monitor had done its work, -ENOENT.
+ * Other messages are not touched: what the target sent before it ended still comes.
+ * From the actor's behaviour (or init or terminate), on its shard.
+ * Errors: -EINVAL self NULL, target not an actor's ref or the actor itself; -ENOENT no such
+ * monitor (never made, already undone, or its DOWN handled); -ENOMEM (nothing changed);
+ * -ESHUTDOWN the engine is stopping. */
+PITH_API int pith_demonitor(pith_actor_t *self, pith_ref_t target);
+
+/* Undoes the link between the actor and `target`, both ways. When it returns 0, the link has no
+ * more effect on either: neither's end reaches the other, the actor gets no PITH_MSG_DOWN with
+ * link = 1 from `target` (one waiting in its mailbox is taken out, one on its way is dropped on
+ * arrival), and an exit signal of `target` already on its way to the actor is dropped too. An
+ * exit signal that reached the actor before the call has had its effect (without trapping, the
+ * actor has ended then, and runs no more behaviour to call this from).
+ * From the actor's behaviour (or init or terminate), on its shard.
+ * Errors: -EINVAL self NULL, target not an actor's ref or the actor itself; -ENOENT no such
+ * link (never made, already undone, or ended with the target and its DOWN handled); -ENOMEM
+ * (nothing changed); -ESHUTDOWN. */
+PITH_API int pith_unlink(pith_actor_t *self, pith_ref_t target);
+
 /* Stops the actor with reason PITH_EXIT_NORMAL: messages still in its mailbox are dropped
  * (counted), terminate runs, the ref goes stale. From the actor's own behaviour it takes
- * effect when the behaviour returns. From another shard the request travels the mesh.
+ * effect when the behaviour returns. From another shard the request travels the mesh. A
+ * supervisor stops in order instead: its children first, then itself (pith_supervisor_spawn).
  * Errors: -ESRCH already stopped (same shard only), -EINVAL not a ref, -ESHUTDOWN, -ENOMEM,
  * -EAGAIN. */
 PITH_API int pith_stop(pith_ref_t ref);
-/* As pith_stop, with reason PITH_EXIT_KILLED: links propagate it. */
+/* As pith_stop, with reason PITH_EXIT_KILLED: links propagate it. A supervisor ends at once. */
 PITH_API int pith_kill(pith_ref_t ref);
 
 /* ---- registry: names to refs, on every shard ----
@@ -287,10 +317,19 @@ typedef enum pith_strategy {
     PITH_REST_FOR_ONE = 2, /* stop and restart the failed child and those after it */
 } pith_strategy_t;
 
+/* One child of a supervisor: an actor of `type`, or a supervisor of its own (`sup`), which makes
+ * a tree: a nested supervisor restarts its children by its own strategy, and when it gives up
+ * (PITH_EXIT_ESCALATED) its parent's strategy treats it as any child that failed, restarting it
+ * (and with it its whole subtree, with fresh state) or giving up in turn. */
 typedef struct pith_child_spec {
-    const pith_actor_type_t *type;
-    void *arg;        /* passed to init at each start */
-    const char *name; /* registered at each start when not NULL */
+    const pith_actor_type_t *type; /* NULL when sup is set */
+    void *arg;                     /* passed to type's init at each start (not used with sup) */
+    const char *name;              /* registered at each start when not NULL */
+    const struct pith_supervisor_spec *sup; /* the nested supervisor's spec; type NULL */
+    /* Where the child runs: on shard `shard` when on_shard is set, else on its supervisor's
+     * shard (shard must then be 0). */
+    bool on_shard;
+    unsigned shard;
 } pith_child_spec_t;
 
 typedef struct pith_supervisor_spec {
@@ -301,14 +340,40 @@ typedef struct pith_supervisor_spec {
     uint32_t nchildren;
 } pith_supervisor_spec_t;
 
-/* Spawns a supervisor on the calling shard, which starts the children there in order. A child
- * ending with a reason other than PITH_EXIT_NORMAL or PITH_EXIT_SHUTDOWN is restarted by the
- * strategy, with fresh state through init; past `intensity` restarts in `period_ns` the
- * supervisor stops its children and ends with PITH_EXIT_ESCALATED (its own supervisor, or
- * whoever monitors it, decides next). The spec is copied. Errors: as pith_spawn, and a
- * child's init error (then the children already started are stopped). */
+/* Spawns a supervisor on the calling shard, which starts its children in order and monitors
+ * them. The spec is copied whole, nested specs and names included (at most 32 levels of
+ * supervisors and 2^24 children in all, a nested spec counted at each place it is used).
+ *
+ * Starting: a child of the supervisor's shard starts at once; one on another shard is spawned
+ * there (its init runs there) and counts as started only when the answer is back, and the
+ * children after it wait for that. So pith_supervisor_spawn returns once the children up to
+ * the first remote one have started; the others follow.
+ *
+ * Failures: a child ending with a reason other than PITH_EXIT_NORMAL or PITH_EXIT_SHUTDOWN is
+ * restarted by the strategy, with fresh state through init; a child that ends normally is left
+ * ended. A restart first stops the children the strategy names, in reverse start order, each
+ * one's end awaited before the next is stopped and before anything starts again (a child on a
+ * busy shard holds the others up; a nested supervisor's end comes after its whole subtree's),
+ * then starts them in order as above. Past `intensity` restarts in `period_ns`, or when a
+ * child cannot be started after this call returned (its init fails on another shard, or at a
+ * restart), the supervisor stops every child that way and ends with PITH_EXIT_ESCALATED (its
+ * own supervisor, or whoever monitors it, decides next).
+ *
+ * Stopping: pith_stop of a supervisor is orderly: it stops its children as above, nested
+ * supervisors in turn theirs, and ends with PITH_EXIT_NORMAL once the whole subtree has ended;
+ * until then its ref stays valid. pith_kill, a link's exit signal and the engine's stop end it
+ * at once: its children are then stopped without waiting (those of its shard end before it,
+ * those of other shards after, in no promised order).
+ *
+ * Errors: -EINVAL spec or a nested spec invalid (a child with both or neither of type and sup,
+ * a shard out of range or set without on_shard, a bad strategy or intensity, too deep or
+ * cyclic), and as pith_spawn; a child's init error for a child of this shard started before
+ * this returns (then the children already started are stopped). */
 PITH_API int pith_supervisor_spawn(const pith_supervisor_spec_t *spec, pith_ref_t *out);
-/* Child i's current ref, from the supervisor's shard; PITH_REF_NONE when unknown. */
+/* Child i's current ref, from the supervisor's shard: its running instance, wherever it runs.
+ * PITH_REF_NONE when the supervisor does not count one as running (not started yet, its start
+ * still on its way, being stopped, or ended and not restarted), i is out of range, or sup is
+ * not a supervisor of this shard. */
 PITH_API pith_ref_t pith_supervisor_child(pith_ref_t sup, uint32_t i);
 
 /* Counters of one actor type, summed over the shards. Each shard writes its own; a read is not
