@@ -9,8 +9,8 @@ cd "$(dirname "$0")"
 
 # redis-tools: redis-cli for the pith-kv integration test; clang and libclang-rt-14-dev: the
 # libFuzzer target of the RESP parser (.ci/run); libck-dev: Concurrency Kit, for the ck_ring row of
-# pith-bench that the ingress lanes are measured against.
-PACKAGES="gcc libc6-dev meson ninja-build pkg-config python3 liburing-dev libhwloc-dev libmimalloc-dev libcriterion-dev libck-dev valgrind redis-tools clang libclang-rt-14-dev"
+# pith-bench that the ingress lanes are measured against; doxygen: the API reference and its check.
+PACKAGES="gcc libc6-dev meson ninja-build pkg-config python3 liburing-dev libhwloc-dev libmimalloc-dev libcriterion-dev libck-dev doxygen valgrind redis-tools clang libclang-rt-14-dev"
 BUILD_DIR=${BUILD_DIR:-build}
 
 deps() {

@@ -23,23 +23,27 @@ extern "C" {
  * freely, on any thread. A ref whose actor has stopped is stale: sends to it fail (or are
  * counted as dead letters when they cross shards); it never reaches another actor. */
 typedef uint64_t pith_ref_t;
+/* No actor: a ref no actor or client ever has. */
 #define PITH_REF_NONE ((pith_ref_t)0)
 
 /* The shard a ref's actor lives on. */
 PITH_API unsigned pith_ref_shard(pith_ref_t ref);
 
-/* A message as the behaviour sees it. `data` (len bytes, 16-byte aligned) is the receiver's
- * copy, valid until the behaviour returns. `from` is the sending actor or client (pith/client.h;
- * a thread outside the engine sends as its own client), PITH_REF_NONE when a task sent it. `req` is
- * nonzero on a request made with pith_ask (answer it with pith_reply) and on the reply or timeout
- * an asking actor receives. */
+/* A reference-counted buffer of bytes that messages carry without copying (pith_buf_new). */
 typedef struct pith_buf pith_buf_t;
 
+/* A message as the behaviour (or a client's receive) sees it. */
 typedef struct pith_msg {
-    uint32_t type; /* the application's tag, below PITH_MSG_RESERVED */
-    uint32_t len;
+    uint32_t type; /* the application's tag, below PITH_MSG_RESERVED (or the engine's) */
+    uint32_t len;  /* bytes at data */
+    /* The sending actor or client (pith/client.h; a thread outside the engine sends as its
+     * own client); PITH_REF_NONE when a task sent it. */
     pith_ref_t from;
+    /* Nonzero on a request made with pith_ask (answer it with pith_reply), and on the reply
+     * or timeout an asker receives. */
     uint64_t req;
+    /* The receiver's copy, 16-byte aligned, valid until the behaviour returns (for a client,
+     * until its next receive, ask, spawn or call). */
     const void *data;
     pith_buf_t *buf; /* sent with pith_send_buf: data is this buffer's (keep it: pith_buf_ref) */
 } pith_msg_t;
@@ -85,6 +89,7 @@ typedef struct pith_undelivered {
     uint64_t count;
 } pith_undelivered_t;
 
+/* An actor as its own behaviour, init and terminate see it: opaque, valid during the call. */
 typedef struct pith_actor pith_actor_t;
 
 /* Handles one message. 0: go on. Non-zero: the actor failed; it stops with that status as its
@@ -102,9 +107,9 @@ typedef int (*pith_behaviour_t)(pith_actor_t *self, void *state, const pith_msg_
 /* What a full mailbox does with one more message. Under REJECT and MUTE_SENDER, a client's
  * message (a thread outside the engine) waits in its lane until the mailbox has drained to
  * half: the client is pushed back (pith_client_send), never refused by the mailbox. Under
- * DROP_OLDEST it is taken like any other, and the oldest comes back to its sender. Engine messages (PITH_MSG_DOWN,
- * PITH_MSG_TIMEOUT, replies to this actor's asks, PITH_MSG_UNDELIVERED) come in past the bound:
- * the actor asked for each of them. */
+ * DROP_OLDEST it is taken like any other, and the oldest comes back to its sender. Engine messages
+ * (PITH_MSG_DOWN, PITH_MSG_TIMEOUT, replies to this actor's asks, PITH_MSG_UNDELIVERED) come in
+ * past the bound: the actor asked for each of them. */
 typedef enum pith_overflow {
     /* The send fails with -EAGAIN on the receiver's shard; from another shard the message
      * comes back undelivered (-EAGAIN). Counted in rejected. */
@@ -122,9 +127,9 @@ typedef enum pith_overflow {
 /* An actor type. The type must outlive its actors (a static object is the usual choice);
  * counters are kept per type and shard. */
 typedef struct pith_actor_type {
-    const char *name;
-    pith_behaviour_t behaviour;
-    size_t state_size; /* bytes of state, zeroed, 16-byte aligned; 0: none */
+    const char *name;           /* for stats, stall reports and people; may be NULL */
+    pith_behaviour_t behaviour; /* required */
+    size_t state_size;          /* bytes of state, zeroed, 16-byte aligned; 0: none */
     /* Runs on the actor's shard before any message. Non-zero (a negative errno): the spawn
      * fails with it and terminate is not called. NULL: nothing to do. */
     int (*init)(pith_actor_t *self, void *state, void *arg);
@@ -150,8 +155,11 @@ PITH_API int pith_spawn(const pith_actor_type_t *type, void *arg, pith_ref_t *ou
 typedef void (*pith_spawned_fn_t)(pith_ref_t ref, int err, void *ctx);
 
 /* Spawns on `shard` (which may be the caller's): the request travels the mesh, init runs
- * there, and done(ref, err, ctx) runs back on the calling shard. Call from a shard.
- * Errors now: as pith_call; later, through done: as pith_spawn. */
+ * there, and done(ref, err, ctx) runs back on the calling shard. arg stays the caller's and
+ * must stay valid until done runs (init reads it on the other shard); type must outlive the
+ * actor. Call from a shard; threads outside use pith_client_spawn. If the engine stops before
+ * the request runs, done never runs. Errors now: as pith_call; later, through done: as
+ * pith_spawn. */
 PITH_API int pith_spawn_on(unsigned shard, const pith_actor_type_t *type, void *arg,
                            pith_spawned_fn_t done, void *ctx);
 
@@ -183,7 +191,9 @@ PITH_API pith_buf_t *pith_buf_new(size_t len, void **data);
 PITH_API pith_buf_t *pith_buf_ref(pith_buf_t *buf);
 /* Drops a reference; the last one frees the buffer. NULL is ignored. */
 PITH_API void pith_buf_release(pith_buf_t *buf);
+/* The buffer's bytes (NULL for NULL). Any thread holding a reference. */
 PITH_API const void *pith_buf_data(const pith_buf_t *buf);
+/* The buffer's length in bytes (0 for NULL). */
 PITH_API size_t pith_buf_len(const pith_buf_t *buf);
 /* As pith_send, with buf's bytes as the payload, not copied: the message holds its own
  * reference (the caller keeps, and later releases, its own). Errors: as pith_send. */
@@ -205,18 +215,21 @@ PITH_API uint64_t pith_actor_owner(const pith_actor_t *self);
  * actor's ref or fn NULL, -ENOMEM, -ESHUTDOWN. */
 PITH_API int pith_when_room(pith_ref_t to, pith_fn_t fn, void *arg);
 
+/* What pith_on_undelivered calls, on the shard whose task sent the message. */
+typedef void (*pith_undelivered_fn_t)(const pith_undelivered_t *notice, void *ctx);
 /* Where messages sent by tasks (code that is not a behaviour) come back when they are not
  * delivered: fn(notice, ctx) runs on the shard that sent the message. One handler for the
  * whole engine; NULL restores the default, which counts them (pith_core_stats) and prints at
  * most one line a second per shard on stderr. Set it before starting the engine, or from any
  * thread while it runs (a notice already on its way may still see the old one). */
-typedef void (*pith_undelivered_fn_t)(const pith_undelivered_t *notice, void *ctx);
 PITH_API void pith_on_undelivered(pith_undelivered_fn_t fn, void *ctx);
 
 /* Handles the next messages with `behaviour` instead (the current message is finished with
  * the old one). */
 PITH_API void pith_become(pith_actor_t *self, pith_behaviour_t behaviour);
 
+/* What pith_ask calls with the reply (valid during the call), or with NULL and the error. */
+typedef void (*pith_reply_fn_t)(const pith_msg_t *reply, int err, void *ctx);
 /* Asks `to` and waits, without blocking, for one reply: the request carries a request id
  * (msg.req) that the receiver answers with pith_reply. With cb NULL, called from a behaviour,
  * the reply reaches the asking actor as a message whose req is *req_out; if none came within
@@ -228,7 +241,6 @@ PITH_API void pith_become(pith_actor_t *self, pith_behaviour_t behaviour);
  * pith_client_ask.
  * Errors: -EPERM outside the engine, -EINVAL timeout 0 or no cb outside a behaviour, and as
  * pith_send. */
-typedef void (*pith_reply_fn_t)(const pith_msg_t *reply, int err, void *ctx);
 PITH_API int pith_ask(pith_ref_t to, uint32_t type, const void *data, uint32_t len,
                       uint64_t timeout_ns, pith_reply_fn_t cb, void *ctx, uint64_t *req_out);
 
@@ -259,6 +271,8 @@ PITH_API int pith_monitor(pith_actor_t *self, pith_ref_t target);
  * PITH_MSG_DOWN message with link = 1. A link is one, however often it is made: linking an
  * actor already linked to `target` does nothing. Errors: as pith_monitor. */
 PITH_API int pith_link(pith_actor_t *self, pith_ref_t target);
+/* With on, the actor traps exits: a linked actor's abnormal end comes as a PITH_MSG_DOWN (link =
+ * 1) instead of ending it too. From the actor's behaviour or init. */
 PITH_API void pith_trap_exits(pith_actor_t *self, bool on);
 
 /* Undoes one pith_monitor of `target` by the actor. When it returns 0, the behaviour will not
@@ -304,8 +318,10 @@ PITH_API int pith_kill(pith_ref_t ref);
  * last registration of a name wins; an actor's names go when it ends. Names are at most
  * PITH_NAME_MAX bytes. */
 #define PITH_NAME_MAX 63
-/* Errors: -EINVAL name empty or too long, or ref not a ref; -ENOMEM; -ESHUTDOWN; -EAGAIN. */
+/* Registers `name` for `ref` (replacing what it named). From a shard. Errors: -EINVAL name
+ * empty or too long, or ref not a ref; -ENOMEM; -ESHUTDOWN; -EAGAIN the mesh pushes back. */
 PITH_API int pith_register(const char *name, pith_ref_t ref);
+/* Takes `name` away, whatever it named. From a shard. Errors: as pith_register. */
 PITH_API int pith_unregister(const char *name);
 /* The calling shard's view: PITH_REF_NONE when the name is unknown (or outside the engine). */
 PITH_API pith_ref_t pith_whereis(const char *name);
@@ -329,15 +345,16 @@ typedef struct pith_child_spec {
     /* Where the child runs: on shard `shard` when on_shard is set, else on its supervisor's
      * shard (shard must then be 0). */
     bool on_shard;
-    unsigned shard;
+    unsigned shard; /* see on_shard */
 } pith_child_spec_t;
 
+/* A supervisor: how it restarts, how often it may, and its children, started in order. */
 typedef struct pith_supervisor_spec {
-    pith_strategy_t strategy;
-    uint32_t intensity; /* restarts allowed within period_ns (0: 3; at most 100000) */
-    uint64_t period_ns; /* (0: 5 s) */
-    const pith_child_spec_t *children;
-    uint32_t nchildren;
+    pith_strategy_t strategy; /* which children a failure restarts */
+    uint32_t intensity;       /* restarts allowed within period_ns (0: 3; at most 100000) */
+    uint64_t period_ns;       /* (0: 5 s) */
+    const pith_child_spec_t *children; /* nchildren specs */
+    uint32_t nchildren;                /* entries of children */
 } pith_supervisor_spec_t;
 
 /* Spawns a supervisor on the calling shard, which starts its children in order and monitors
@@ -379,7 +396,7 @@ PITH_API pith_ref_t pith_supervisor_child(pith_ref_t sup, uint32_t i);
 /* Counters of one actor type, summed over the shards. Each shard writes its own; a read is not
  * a snapshot of all of them at once. */
 typedef struct pith_actor_type_stats {
-    uint64_t spawned;
+    uint64_t spawned;     /* started (init returned 0) */
     uint64_t stopped;     /* ended for any reason */
     uint64_t failed;      /* ended with a reason other than NORMAL or SHUTDOWN */
     uint64_t live;        /* spawned - stopped */
@@ -395,7 +412,9 @@ typedef struct pith_actor_type_stats {
      * many behaviours): samples, and percentiles as the upper edge of a log-scale bucket
      * (4 buckets per power of two, so within 19% above the true value). 0 without samples. */
     uint64_t handler_samples;
-    uint64_t handler_p50_ns, handler_p99_ns, handler_p999_ns;
+    uint64_t handler_p50_ns;  /* see handler_samples */
+    uint64_t handler_p99_ns;  /* see handler_samples */
+    uint64_t handler_p999_ns; /* see handler_samples */
 } pith_actor_type_stats_t;
 
 /* Errors: -EINVAL type or out NULL, -ESHUTDOWN no engine. Any thread. */
@@ -410,16 +429,16 @@ typedef struct pith_core_stats {
     uint64_t asks;         /* asks made on this shard */
     uint64_t replies;      /* replies that reached their asker */
     uint64_t late_replies; /* replies after the timeout, dropped */
-    uint64_t ask_timeouts;
-    uint64_t timer_msgs; /* messages sent by actor timers */
+    uint64_t ask_timeouts; /* asks that got no reply in time */
+    uint64_t timer_msgs;   /* messages sent by actor timers */
     /* Notices of undelivered messages made on this shard (pith_undelivered_t), and of those,
      * the ones folded into a summary because they found no room. */
     uint64_t undelivered;
-    uint64_t undelivered_folded;
+    uint64_t undelivered_folded; /* see undelivered */
     /* Notices for messages this shard's tasks sent: given to the pith_on_undelivered handler,
      * or only counted and printed when there is none. */
     uint64_t undelivered_tasks;
-    uint64_t undelivered_unhandled;
+    uint64_t undelivered_unhandled; /* see undelivered_tasks */
 } pith_core_stats_t;
 
 /* Errors: -EINVAL shard out of range or out NULL, -ESHUTDOWN no engine. Any thread. */

@@ -187,26 +187,26 @@ PITH_API int pith_call_wait(unsigned shard, pith_call_fn_t fn, void *arg, void *
 /* Counters of one shard. Each is written by that shard only and read here without stopping it,
  * so a snapshot is not atomic as a whole. */
 typedef struct pith_shard_stats {
-    unsigned shard;         /* the shard these are of */
-    int cpu;                /* CPU the shard was meant to run on, -1 when not pinned */
-    bool pinned;            /* pinning was asked for and succeeded */
-    uint32_t ring_flags;    /* io_uring setup flags the ring got (IORING_SETUP_*) */
-    uint32_t ring_features; /* io_uring features the kernel reported (IORING_FEAT_*) */
-    uint64_t loops;         /* loop iterations */
-    uint64_t sleeps;        /* times the shard blocked in its ring's wait */
-    uint64_t tasks_run;     /* tasks run, from every source */
-    uint64_t msgs_out;      /* tasks published to other shards */
-    uint64_t msgs_in;       /* tasks taken from other shards' rings */
-    uint64_t batches_out;   /* batches published to other shards */
-    uint64_t batches_in;    /* batches taken from other shards' rings */
-    uint64_t ring_full;     /* publish attempts that found a ring full */
-    uint64_t backpressure;  /* -EAGAIN returned to submitters on this shard */
-    uint64_t wakes_sent;    /* IORING_OP_MSG_RING wake-ups sent to sleeping shards */
-    uint64_t wake_failures; /* of those, wake-ups the kernel refused (should stay 0) */
-    uint64_t external_in;   /* records run from ingress lanes (threads outside the engine) */
-    /* Ingress lanes the shard looks at each loop, lanes it set aside as idle (their next
-     * record brings them back), and lanes left with records by producers that have gone. */
-    uint32_t lanes, lanes_dormant, lanes_orphaned;
+    unsigned shard;          /* the shard these are of */
+    int cpu;                 /* CPU the shard was meant to run on, -1 when not pinned */
+    bool pinned;             /* pinning was asked for and succeeded */
+    uint32_t ring_flags;     /* io_uring setup flags the ring got (IORING_SETUP_*) */
+    uint32_t ring_features;  /* io_uring features the kernel reported (IORING_FEAT_*) */
+    uint64_t loops;          /* loop iterations */
+    uint64_t sleeps;         /* times the shard blocked in its ring's wait */
+    uint64_t tasks_run;      /* tasks run, from every source */
+    uint64_t msgs_out;       /* tasks published to other shards */
+    uint64_t msgs_in;        /* tasks taken from other shards' rings */
+    uint64_t batches_out;    /* batches published to other shards */
+    uint64_t batches_in;     /* batches taken from other shards' rings */
+    uint64_t ring_full;      /* publish attempts that found a ring full */
+    uint64_t backpressure;   /* -EAGAIN returned to submitters on this shard */
+    uint64_t wakes_sent;     /* IORING_OP_MSG_RING wake-ups sent to sleeping shards */
+    uint64_t wake_failures;  /* of those, wake-ups the kernel refused (should stay 0) */
+    uint64_t external_in;    /* records run from ingress lanes (threads outside the engine) */
+    uint32_t lanes;          /* ingress lanes the shard looks at each loop */
+    uint32_t lanes_dormant;  /* lanes set aside as idle (their next record brings them back) */
+    uint32_t lanes_orphaned; /* lanes left with records by producers that have gone */
     uint64_t timers_fired;   /* timer callbacks run */
     uint64_t timers_pending; /* timers waiting now */
     uint64_t stalls;         /* stalls the detector saw on this shard */

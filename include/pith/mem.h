@@ -90,10 +90,10 @@ PITH_API int pith_mem_owner_budget(uint64_t owner, size_t budget);
 
 /* The account of one owner on the calling shard (pith_mem_owner_stats). */
 typedef struct pith_mem_owner_stats {
-    size_t in_use; /* bytes held now: per block its size + header; a small block (warm,
-                      16-byte aligned, size + header <= 256) counts that rounded up to 16 */
-    size_t peak;   /* highest in_use; for owner 0, as pith_mem_stats's peak */
-    size_t budget; /* 0: none */
+    size_t in_use;     /* bytes held now: per block its size + header; a small block (warm,
+                          16-byte aligned, size + header <= 256) counts that rounded up to 16 */
+    size_t peak;       /* highest in_use; for owner 0, as pith_mem_stats's peak */
+    size_t budget;     /* 0: none */
     uint64_t allocs;   /* blocks allocated for this owner */
     uint64_t refusals; /* allocations refused for the budget */
 } pith_mem_owner_stats_t;
@@ -123,9 +123,9 @@ typedef struct pith_mem_extent {
     size_t size;                /* bytes mapped */
     pith_mem_profile_t profile; /* the profile it backs */
     pith_mem_backing_t backing; /* the pages it got */
-    bool locked;     /* mlock succeeded (on fault, or whole for the hot profile) */
-    bool prefaulted; /* every page was touched when the extent was made */
-    int node;        /* NUMA node it is bound to, -1 when not bound */
+    bool locked;                /* mlock succeeded (on fault, or whole for the hot profile) */
+    bool prefaulted;            /* every page was touched when the extent was made */
+    int node;                   /* NUMA node it is bound to, -1 when not bound */
 } pith_mem_extent_t;
 
 /* The i-th extent of `shard` (0 = the first made). Errors: -ENOENT i past the last,
@@ -152,10 +152,10 @@ typedef struct pith_mem_stats {
                          under 140 KiB), so peak >= in_use */
     unsigned extents; /* extents made, all profiles */
     size_t profile_reserved[PITH_MEM_PROFILES]; /* reserved, per profile */
-    uint64_t allocs;          /* blocks allocated here */
-    uint64_t frees;           /* of those, freed by this shard */
-    uint64_t remote_frees;    /* of those, freed by another thread */
-    uint64_t grows;           /* extents added after the first */
+    uint64_t allocs;                            /* blocks allocated here */
+    uint64_t frees;                             /* of those, freed by this shard */
+    uint64_t remote_frees;                      /* of those, freed by another thread */
+    uint64_t grows;                             /* extents added after the first */
     uint64_t cap_refusals;    /* allocations refused because the cap was reached */
     uint64_t budget_refusals; /* allocations refused by an owner's budget */
     uint64_t lock_failures;   /* extents left unlocked because mlock was refused */

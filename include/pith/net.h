@@ -63,7 +63,7 @@ typedef struct pith_tcp_handler {
 /* What an actor-mode connection's init gets as `arg`. */
 typedef struct pith_tcp_open {
     pith_conn_t conn; /* the connection the actor is spawned for */
-    void *ctx; /* the listener's or the connect's */
+    void *ctx;        /* the listener's or the connect's */
 } pith_tcp_open_t;
 
 /* How connections behave. Zeros take the defaults. */
@@ -107,9 +107,9 @@ typedef enum pith_tcp_spread {
 /* Where and how to listen: zeros take the defaults; pith_tcp_listen copies it (but not what
  * conn's pointers point to, see pith_tcp_opts_t.ctx). */
 typedef struct pith_listen_config {
-    const char *host; /* numeric address; NULL: every IPv4 address */
-    uint16_t port;    /* 0: the kernel picks one (pith_tcp_listener_port) */
-    int backlog;      /* 0: 4096 */
+    const char *host;         /* numeric address; NULL: every IPv4 address */
+    uint16_t port;            /* 0: the kernel picks one (pith_tcp_listener_port) */
+    int backlog;              /* 0: 4096 */
     pith_tcp_spread_t spread; /* how connections are spread over the shards */
     unsigned acceptor_shard;  /* PITH_TCP_ACCEPTOR */
     /* Open connections per shard at most (default 4096). More are accepted and closed at once,
@@ -194,17 +194,17 @@ PITH_API int pith_conn_info(pith_conn_t c, pith_conn_info_t *out);
 
 /* Counters of one shard's networking; any thread while the engine runs. */
 typedef struct pith_net_stats {
-    uint64_t conns_open;  /* open now */
-    uint64_t accepted;    /* connections accepted (or adopted from the acceptor) */
-    uint64_t connected;   /* outbound connects that succeeded */
-    uint64_t refused;     /* accepted past max_conns and closed at once */
-    uint64_t over_limit;  /* closed for passing max_buffered */
-    uint64_t idle_closed; /* closed by the idle timeout */
-    uint64_t resets;      /* ended by the peer's reset */
-    uint64_t bytes_in;    /* received, all connections */
-    uint64_t bytes_out;   /* taken by the kernel, all connections */
-    uint64_t recv_nobufs; /* receives that found no provided buffer (re-armed) */
-    uint64_t recv_rearms; /* multishot receives armed again after they ended */
+    uint64_t conns_open;    /* open now */
+    uint64_t accepted;      /* connections accepted (or adopted from the acceptor) */
+    uint64_t connected;     /* outbound connects that succeeded */
+    uint64_t refused;       /* accepted past max_conns and closed at once */
+    uint64_t over_limit;    /* closed for passing max_buffered */
+    uint64_t idle_closed;   /* closed by the idle timeout */
+    uint64_t resets;        /* ended by the peer's reset */
+    uint64_t bytes_in;      /* received, all connections */
+    uint64_t bytes_out;     /* taken by the kernel, all connections */
+    uint64_t recv_nobufs;   /* receives that found no provided buffer (re-armed) */
+    uint64_t recv_rearms;   /* multishot receives armed again after they ended */
     uint64_t accept_rearms; /* multishot accepts armed again after they ended */
     uint64_t partial_sends; /* sends the kernel took only part of */
     uint64_t paused;        /* times reading was paused by the high watermark */
