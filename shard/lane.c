@@ -377,8 +377,46 @@ static int wait_room(struct producer *p, struct lane *l, uint32_t total, uint64_
     return 0;
 }
 
+static int push(struct producer *p, unsigned shard, lane_fn_t fn, void *arg, uint64_t aux,
+                const void *head, uint32_t hlen, const void *data, uint32_t len,
+                uint64_t timeout_ns, bool more);
+
 int lane_push(struct producer *p, unsigned shard, lane_fn_t fn, void *arg, uint64_t aux,
               const void *head, uint32_t hlen, const void *data, uint32_t len, uint64_t timeout_ns)
+{
+    return push(p, shard, fn, arg, aux, head, hlen, data, len, timeout_ns, false);
+}
+
+int lane_push_more(struct producer *p, unsigned shard, lane_fn_t fn, void *arg, uint64_t aux,
+                   const void *head, uint32_t hlen, const void *data, uint32_t len,
+                   uint64_t timeout_ns)
+{
+    return push(p, shard, fn, arg, aux, head, hlen, data, len, timeout_ns, true);
+}
+
+/* After the records are published: hand a dormant lane back, wake a sleeping shard. The caller
+ * has ordered its publishing before these loads with a full barrier (see push). */
+void lane_published(struct lane *l, unsigned shard)
+{
+    if (__builtin_expect(atomic_load(&l->asleep) != 0, 0))
+        hand_back(l);
+    shard_wake_external(pith_engine.shards[shard]);
+}
+
+void lane_flush(struct producer *p, unsigned shard)
+{
+    struct lane *l = shard < p->n ? p->lanes[shard] : NULL;
+    if (l == NULL)
+        return;
+    /* Orders the release stores of the run's records before the loads lane_published makes, in
+     * the two Dekkers push describes. */
+    atomic_thread_fence(memory_order_seq_cst);
+    lane_published(l, shard);
+}
+
+static int push(struct producer *p, unsigned shard, lane_fn_t fn, void *arg, uint64_t aux,
+                const void *head, uint32_t hlen, const void *data, uint32_t len,
+                uint64_t timeout_ns, bool more)
 {
     if (shard >= p->n || len > lane_max_len(p) || hlen > lane_max_len(p) - len)
         return -EINVAL;
@@ -430,22 +468,30 @@ int lane_push(struct producer *p, unsigned shard, lane_fn_t fn, void *arg, uint6
                 /* Release: the consumer that finds the padding finds it whole. */
                 atomic_store_explicit(&ps->seq, l->tail + 1, memory_order_release);
             }
-            /* A seq_cst read-modify-write: a release (the record's fields and bytes, and
-             * whatever arg points to, are written before the shard can see the sequence: its
-             * acquire load in drain_one), and our side of two Dekkers, with a shard that puts
-             * the lane to sleep (go_dormant) and with a shard that goes to sleep itself
-             * (shard_wake_external): the loads below come after it. */
-            atomic_exchange(&r->seq, pos + 1);
             l->tail = pos + need;
-            if (__builtin_expect(atomic_load(&l->asleep) != 0, 0))
-                hand_back(l);
-            shard_wake_external(pith_engine.shards[shard]);
+            if (more) {
+                /* Release: the record's fields and bytes, and whatever arg points to, are
+                 * written before the shard can see the sequence (its acquire load in
+                 * drain_one). The run's last record (or lane_flush) does the rest. */
+                atomic_store_explicit(&r->seq, pos + 1, memory_order_release);
+                return 0;
+            }
+            /* A seq_cst read-modify-write: that release, and our side of two Dekkers, with a
+             * shard that puts the lane to sleep (go_dormant) and with a shard that goes to
+             * sleep itself (shard_wake_external): the loads lane_published makes come after
+             * it. It costs a full barrier, which waits for this slot's line: lane_push_more
+             * lets a run of records pay it once. */
+            atomic_exchange(&r->seq, pos + 1);
+            lane_published(l, shard);
             return 0;
         }
         if (timeout_ns == 0)
             return -EAGAIN;
         if (deadline == UINT64_MAX && timeout_ns != UINT64_MAX)
             deadline = pith_now_ns() + timeout_ns;
+        /* Records of a run (lane_push_more) may be waiting for the shard to see them: it must,
+         * to make the room we wait for. */
+        lane_flush(p, shard);
         int err = wait_room(p, l, pad + need, deadline);
         if (err)
             return err;

@@ -63,11 +63,14 @@ struct lane {
     uint32_t idle;        /* drains in a row that found it empty */
     unsigned dormant_idx; /* its place in shard.dormant, LANE_ACTIVE while in shard.lanes */
 
-    /* Shared, rarely written. */
+    /* Shared, written by the consumer at each drain. */
     alignas(64) _Atomic uint32_t head_pub; /* head as released by the consumer */
     /* Futex word: 1 while the producer waits for room. The consumer clears it and wakes. */
     _Atomic uint32_t room_wait;
-    _Atomic uint32_t closed; /* the producer is gone: free the lane once it is empty */
+
+    /* Shared, rarely written: the producer reads asleep at every record, so it must not sit
+     * on head_pub's line, which the consumer writes at every drain. */
+    alignas(64) _Atomic uint32_t closed; /* the producer is gone: free the lane once empty */
     /* 1 while the lane is dormant: empty for LANE_DORMANT_AFTER drains, it left the shard's
      * list, so that idle lanes cost a shard nothing. The producer that puts a record in (or
      * closes it) takes it back to 0 and hands the lane to the shard again (new_lanes). */
@@ -127,6 +130,51 @@ void producer_close(struct producer *p);
  * large for a lane (lane_max_len), -ENOMEM. */
 int lane_push(struct producer *p, unsigned shard, lane_fn_t fn, void *arg, uint64_t aux,
               const void *head, uint32_t hlen, const void *data, uint32_t len, uint64_t timeout_ns);
+/* As lane_push, without the look at whether the shard sleeps (nor the full barrier it needs):
+ * for all but the last of a run of records to one shard. The caller ends the run with a
+ * lane_push, or with lane_flush, or the records may wait until the shard next wakes. */
+int lane_push_more(struct producer *p, unsigned shard, lane_fn_t fn, void *arg, uint64_t aux,
+                   const void *head, uint32_t hlen, const void *data, uint32_t len,
+                   uint64_t timeout_ns);
+/* Ends a run of lane_push_more to `shard`: wakes the shard if it sleeps. Inside. */
+void lane_flush(struct producer *p, unsigned shard);
+/* After a record's seq_cst publish: hands a dormant lane back, wakes a sleeping shard. */
+void lane_published(struct lane *l, unsigned shard);
+
+/* The part of lane_push (more: lane_push_more) that most records take, inline in the caller:
+ * a lane that exists, room as last seen, no padding, no head bytes, len <= lane_max_len (the
+ * caller's check). False where it did nothing: lane_push then does all of it. Inline because
+ * the record's stores are what the producer waits on (for their lines to come over from the
+ * shard), and every store of a call's frame and spilled arguments, queued behind them, is one
+ * fewer record in flight. Inside. */
+static inline bool lane_push_quick(struct producer *p, unsigned shard, lane_fn_t fn, void *arg,
+                                   uint64_t aux, const void *data, uint32_t len, bool more)
+{
+    struct lane *l = p->lanes[shard];
+    if (l == NULL)
+        return false;
+    uint32_t need = (LANE_HDR + len + LANE_SLOT - 1) / LANE_SLOT, cap = l->mask + 1;
+    uint32_t pos = l->tail;
+    if ((pos & l->mask) + need > cap || pos + need - l->head_seen > cap)
+        return false;
+    struct lane_slot *r =
+        (struct lane_slot *)((char *)l->slots + (size_t)(pos & l->mask) * LANE_SLOT);
+    r->len = len;
+    r->fn = fn;
+    r->arg = arg;
+    r->aux = aux;
+    __builtin_memcpy((char *)r + LANE_HDR, data, len);
+    l->tail = pos + need;
+    if (more) {
+        /* Release: as lane_push_more's. */
+        atomic_store_explicit(&r->seq, pos + 1, memory_order_release);
+        return true;
+    }
+    /* seq_cst: as lane_push's (a release, and our side of its two Dekkers). */
+    atomic_exchange(&r->seq, pos + 1);
+    lane_published(l, shard);
+    return true;
+}
 /* The largest record a lane of p takes. */
 uint32_t lane_max_len(const struct producer *p);
 
