@@ -460,34 +460,108 @@ static int check_to(struct pith_client *c, pith_ref_t to)
                                                                                            : -ESRCH;
 }
 
-/* Pushes a message record for `to` (req: an ask's id, or 0); inside. -ESHUTDOWN: left. */
-static int push_msg(struct pith_client *c, pith_ref_t to, uint32_t type, uint64_t flags,
-                    uint64_t req, const void *data, uint32_t len, uint64_t timeout_ns)
+/* The shard that carries a message for `to` from this client. */
+static inline unsigned dest_shard(const struct pith_client *c, pith_ref_t to)
+{
+    return ref_is_client(to) ? ref_slot(to) % c->p->n : ref_shard(to);
+}
+
+/* One try at pushing a record for `to` (see push_msg_run), waiting up to timeout_ns. */
+static int push_try(struct pith_client *c, pith_ref_t to, uint64_t aux, const uint64_t *head,
+                    uint32_t hlen, const void *data, uint32_t len, uint64_t timeout_ns, bool more)
 {
     struct producer *p = c->p;
-    unsigned dst = ref_is_client(to) ? ref_slot(to) % p->n : ref_shard(to);
+    int (*push)(struct producer *, unsigned, lane_fn_t, void *, uint64_t, const void *, uint32_t,
+                const void *, uint32_t, uint64_t) = more ? lane_push_more : lane_push;
+    return push(p, dest_shard(c, to), client_lane_msg, (void *)(uintptr_t)to, aux, head, hlen, data,
+                len, timeout_ns);
+}
+
+/* Pushes a message record for `to` (req: an ask's id, or 0); inside. -ESHUTDOWN: left. It
+ * waits for room up to timeout_ns, or up to *deadline where deadline is not NULL (a batch's).
+ * more: not the last of a run to its shard (lane_push_more). */
+static int push_msg_run(struct pith_client *c, pith_ref_t to, uint32_t type, uint64_t flags,
+                        uint64_t req, const void *data, uint32_t len, uint64_t timeout_ns,
+                        const uint64_t *deadline, bool more)
+{
     uint64_t head[2] = {req, 0};
     uint32_t hlen = req != 0 ? (uint32_t)sizeof(head) : 0;
     uint64_t aux = type | flags | (req != 0 ? LREC_REQ : 0);
-    int err;
-    if (len <= lane_max_len(p) - hlen) {
-        err = lane_push(p, dst, client_lane_msg, (void *)(uintptr_t)to, aux, head, hlen, data, len,
-                        timeout_ns);
-    } else {
+    struct amsg *m = NULL;
+    if (len > lane_max_len(c->p) - hlen) {
         /* Too large for a lane: the message travels by pointer. */
-        struct amsg *m = core_msg_make_for(-1, to, c->ref, type, data, len);
+        m = core_msg_make_for(-1, to, c->ref, type, data, len);
         if (m == NULL)
             return -ENOMEM;
-        err = lane_push(p, dst, client_lane_msg, (void *)(uintptr_t)to, aux | LREC_MSG, head, hlen,
-                        &m, sizeof(m), timeout_ns);
-        if (err)
-            core_msg_free(m);
+        aux |= LREC_MSG;
+        data = &m;
+        len = sizeof(m);
+    }
+    /* A first try that does not wait (nor read the clock): the common case, inline where it
+     * can be (lane_push_quick). */
+    int err = 0;
+    if (hlen != 0 || !lane_push_quick(c->p, dest_shard(c, to), client_lane_msg,
+                                      (void *)(uintptr_t)to, aux, data, len, more))
+        err = push_try(c, to, aux, head, hlen, data, len, 0, more);
+    if (err == -EAGAIN) {
+        c->st.pushed_back++;
+        if (timeout_ns != 0)
+            err = push_try(c, to, aux, head, hlen, data, len,
+                           deadline != NULL ? time_left(*deadline) : timeout_ns, more);
     }
     if (err == 0)
         c->st.sent++;
-    else if (err == -EAGAIN || err == -ETIMEDOUT)
-        c->st.pushed_back++;
+    else if (m != NULL)
+        core_msg_free(m);
     return err;
+}
+
+static int push_msg(struct pith_client *c, pith_ref_t to, uint32_t type, uint64_t flags,
+                    uint64_t req, const void *data, uint32_t len, uint64_t timeout_ns)
+{
+    return push_msg_run(c, to, type, flags, req, data, len, timeout_ns, NULL, false);
+}
+
+int pith_client_send_batch(pith_client_t *c, const pith_client_msg_t *msgs, unsigned n,
+                           uint64_t timeout_ns)
+{
+    if (pith_shard_id() >= 0)
+        return -EDEADLK;
+    if (c == NULL || (msgs == NULL && n > 0))
+        return -EINVAL;
+    if (n == 0)
+        return 0;
+    int err = client_enter(c);
+    if (err)
+        return err;
+    /* Every record goes in without the look at whether its shard sleeps (lane_push_more);
+     * the shards touched get that look, and the full barrier it needs, once each at the end:
+     * one barrier per shard instead of one per message. */
+    uint64_t touched[(MAX_CLIENT_SHARDS + 63) / 64] = {0};
+    uint64_t deadline = deadline_of(timeout_ns);
+    unsigned sent = 0;
+    for (; sent < n; sent++) {
+        const pith_client_msg_t *m = &msgs[sent];
+        if (m->type >= PITH_MSG_RESERVED || (m->data == NULL && m->len > 0) ||
+            m->len >= PITH_MSG_MAX) {
+            err = -EINVAL;
+            break;
+        }
+        if ((err = check_to(c, m->to)) != 0)
+            break;
+        unsigned d = dest_shard(c, m->to);
+        err = push_msg_run(c, m->to, m->type, 0, 0, m->data, m->len, timeout_ns, &deadline, true);
+        if (err)
+            break;
+        touched[d / 64] |= UINT64_C(1) << (d % 64);
+    }
+    if (err == -ESHUTDOWN)
+        return sent > 0 ? (int)sent : err; /* outside: the stop drains what was sent */
+    for (unsigned w = 0; w < (MAX_CLIENT_SHARDS + 63) / 64; w++)
+        for (uint64_t bits = touched[w]; bits != 0; bits &= bits - 1)
+            lane_flush(c->p, w * 64 + (unsigned)__builtin_ctzll(bits));
+    producer_leave(c->p);
+    return sent > 0 ? (int)sent : err;
 }
 
 static int client_send(struct pith_client *c, pith_ref_t to, uint32_t type, uint64_t flags,

@@ -15,7 +15,8 @@
 #include "lane.h"
 #include "ring.h"
 
-#define CLIENT_SLOT_BITS 16
+#define MAX_CLIENT_SHARDS 4095 /* the engine's most shards */
+#define CLIENT_SLOT_BITS  16
 #define CLIENT_MAX       (1u << CLIENT_SLOT_BITS)
 #define CLIENT_CHUNK     256u
 

@@ -87,6 +87,24 @@ PITH_API pith_ref_t pith_client_ref(const pith_client_t *c);
 PITH_API int pith_client_send(pith_client_t *c, pith_ref_t to, uint32_t type, const void *data,
                               uint32_t len, uint64_t timeout_ns);
 
+/* One message of pith_client_send_batch. */
+typedef struct pith_client_msg {
+    pith_ref_t to;    /* an actor or a client */
+    uint32_t type;    /* below PITH_MSG_RESERVED */
+    uint32_t len;     /* bytes at data */
+    const void *data; /* copied at send */
+} pith_client_msg_t;
+
+/* Sends msgs[0..n) in order, each as pith_client_send would, waiting for room up to timeout_ns
+ * for the whole batch (0: not at all). The messages to one shard are published with one check
+ * of whether that shard sleeps (a full barrier, whose cost is most of a small send's) instead
+ * of one each: the way for a feed handler to pass on what one packet carried. Returns how many
+ * were sent, from the first: n, or fewer when one failed (the rest are not sent); the first's
+ * -errno when none was. Errors: as pith_client_send (-ETIMEDOUT when room did not come in
+ * time), and -EINVAL msgs NULL with n > 0; -ENOMEM. */
+PITH_API int pith_client_send_batch(pith_client_t *c, const pith_client_msg_t *msgs, unsigned n,
+                                    uint64_t timeout_ns);
+
 /* As pith_client_send with buf's bytes as the payload, not copied (pith_send_buf): the message
  * holds its own reference; the caller keeps its own. Errors: as pith_client_send, and -EINVAL
  * buf NULL. */
