@@ -192,11 +192,14 @@ int bench_raw_ingress_ring(const bench_env_t *env, uint64_t n, result_t *r, char
                            size_t whylen);
 int bench_raw_slotseq_ring(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                            size_t whylen);
+int bench_raw_slotseq_wake_ring(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                                size_t whylen);
 int bench_ck_ring(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_ingress_send(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_ingress_send_batch(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                             size_t whylen);
 int bench_ingress_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
-int bench_ingress_fanout(const bench_env_t *env, uint64_t n, result_t *r, char *why,
-                         size_t whylen);
+int bench_ingress_fanout(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_savina_threadring(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                             size_t whylen);
 /* bench_timer.c */

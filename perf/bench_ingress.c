@@ -1,4 +1,5 @@
-/* Threads outside the engine: a thread streaming messages to an actor (ingress.send_mps) beside
+/* Threads outside the engine: a thread streaming messages to an actor one by one
+ * (ingress.send_mps) and 64 at a time (ingress.send_batch_mps) beside
  * the same thread writing into plain SPSC rings that a thread drains (raw.ingress_ring_mps, the
  * lane's own slot-sequenced layout, and Concurrency Kit's ck_ring where it is installed), a
  * client's ask round trip (ingress.rtt_ns), and one thread feeding 100k actors over every shard
@@ -16,13 +17,14 @@
 
 #include "bench.h"
 
-#define SEC               1000000000ull
-#define BUSY_POLL_NS      (10ull * SEC)
-#define WARMUP_DIV        20
-#define RING_SLOTS        512 /* as the engine's default lane */
-#define FANOUT_ACTORS     100000u
-#define FANOUT_PER_SHARD  ((FANOUT_ACTORS + 1) / 2)
-#define MSG_DATA          1
+#define SEC              1000000000ull
+#define BUSY_POLL_NS     (10ull * SEC)
+#define WARMUP_DIV       20
+#define RING_SLOTS       512 /* as the engine's default lane */
+#define FANOUT_ACTORS    100000u
+#define FANOUT_PER_SHARD ((FANOUT_ACTORS + 1) / 2)
+#define MSG_DATA         1
+#define INGRESS_BATCH    64 /* messages per pith_client_send_batch */
 
 /* What every stream row moves: 16 bytes, a sequence and a value. */
 struct msg16 {
@@ -32,7 +34,7 @@ struct msg16 {
 
 /* ---- the raw rings: one producer thread, one consumer thread, nothing else ---- */
 
-enum ring_kind { RING_LAMPORT, RING_SLOTSEQ, RING_CK };
+enum ring_kind { RING_LAMPORT, RING_SLOTSEQ, RING_SLOTSEQ_WAKE, RING_CK };
 
 /* A Lamport ring with cached indices: 16-byte entries, four to a line; the producer publishes
  * its index per message, the consumer its own once per drain. */
@@ -59,6 +61,8 @@ struct slotseq {
     _Alignas(64) uint32_t tail, head_seen;
     _Alignas(64) uint32_t head;
     _Alignas(64) _Atomic uint32_t head_pub;
+    /* RING_SLOTSEQ_WAKE: what a consumer that may sleep would announce (never set here). */
+    _Alignas(64) _Atomic uint32_t asleep;
 };
 
 #ifdef PITH_BENCH_CK
@@ -107,15 +111,24 @@ static void *raw_producer(void *arg)
             atomic_store_explicit(&q->tail, t + 1, memory_order_release);
             break;
         }
-        case RING_SLOTSEQ: {
+        case RING_SLOTSEQ:
+        case RING_SLOTSEQ_WAKE: {
             struct slotseq *q = &r->ss;
             while (q->tail - q->head_seen > q->mask)
                 q->head_seen = atomic_load_explicit(&q->head_pub, memory_order_acquire);
             struct seq_slot *s = &q->slots[q->tail & q->mask];
             s->m = m;
             q->tail++;
-            /* Release: the payload is written before the consumer sees the sequence. */
-            atomic_store_explicit(&s->seq, q->tail, memory_order_release);
+            if (r->kind == RING_SLOTSEQ) {
+                /* Release: the payload is written before the consumer sees the sequence. */
+                atomic_store_explicit(&s->seq, q->tail, memory_order_release);
+                break;
+            }
+            /* What a consumer that sleeps needs of each publish: a full barrier (here a
+             * seq_cst exchange, as the lanes publish) before a look at its sleep word. */
+            atomic_exchange(&s->seq, q->tail);
+            if (atomic_load(&q->asleep) != 0)
+                r->pin_err = -EINVAL; /* never: nobody sleeps in this row */
             break;
         }
         case RING_CK:
@@ -152,7 +165,8 @@ static void *raw_consumer(void *arg)
             atomic_store_explicit(&q->head, h, memory_order_release);
             break;
         }
-        case RING_SLOTSEQ: {
+        case RING_SLOTSEQ:
+        case RING_SLOTSEQ_WAKE: {
             struct slotseq *q = &r->ss;
             bool took = false;
             for (;;) {
@@ -185,8 +199,8 @@ static void *raw_consumer(void *arg)
     return NULL;
 }
 
-static int raw_ring(const bench_env_t *env, enum ring_kind kind, uint64_t n, result_t *r,
-                    char *why, size_t whylen)
+static int raw_ring(const bench_env_t *env, enum ring_kind kind, uint64_t n, result_t *r, char *why,
+                    size_t whylen)
 {
     static struct raw_stream rs;
     memset(&rs, 0, sizeof(rs));
@@ -216,8 +230,8 @@ static int raw_ring(const bench_env_t *env, enum ring_kind kind, uint64_t n, res
         pthread_barrier_destroy(&rs.ready);
         uint64_t want = 3 * (n * (n - 1) / 2);
         if (rs.sum != want) {
-            snprintf(why, whylen, "the consumer summed %llu, not %llu",
-                     (unsigned long long)rs.sum, (unsigned long long)want);
+            snprintf(why, whylen, "the consumer summed %llu, not %llu", (unsigned long long)rs.sum,
+                     (unsigned long long)want);
             rc = BENCH_FAIL;
         } else {
             r->value = (double)n / ((double)(rs.t_end - rs.t_start) / 1e9) / 1e6;
@@ -253,6 +267,18 @@ int bench_raw_slotseq_ring(const bench_env_t *env, uint64_t n, result_t *r, char
     if (rc == 0)
         bench_note("%s: the same, through the ingress lane's layout alone: a 64-byte slot per "
                    "message carrying the position it was written for, polled by the consumer",
+                   r->name);
+    return rc;
+}
+
+int bench_raw_slotseq_wake_ring(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                                size_t whylen)
+{
+    int rc = raw_ring(env, RING_SLOTSEQ_WAKE, n, r, why, whylen);
+    if (rc == 0)
+        bench_note("%s: the same layout with what a consumer that may sleep costs each publish "
+                   "(a seq_cst exchange, then a look at its sleep word): the floor of the ingress "
+                   "lanes, whose shards sleep when idle",
                    r->name);
     return rc;
 }
@@ -329,7 +355,10 @@ static void unpin_self(void)
         pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }
 
-int bench_ingress_send(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen)
+/* Streams n messages to a sink actor, one pith_client_send each (batch 1) or batch at a time
+ * with pith_client_send_batch. */
+static int ingress_stream(const bench_env_t *env, uint64_t n, unsigned batch, result_t *r,
+                          char *why, size_t whylen)
 {
     memset(&sk, 0, sizeof(sk));
     sk.n = n;
@@ -343,12 +372,37 @@ int bench_ingress_send(const bench_env_t *env, uint64_t n, result_t *r, char *wh
     pith_ref_t a = PITH_REF_NONE;
     rc = c == NULL ? -errno : pith_client_spawn(c, 0, &sink_type, NULL, 5 * SEC, &a);
     uint64_t t0 = pith_now_ns(), pushed = 0;
-    for (uint64_t i = 0; rc == 0 && i < n; i++) {
-        struct msg16 m = {.seq = i, .value = i * 3};
-        rc = pith_client_send(c, a, MSG_DATA, &m, sizeof(m), 0);
-        if (rc == -EAGAIN) {
-            pushed++;
-            rc = pith_client_send(c, a, MSG_DATA, &m, sizeof(m), 10 * SEC);
+    if (batch <= 1) {
+        for (uint64_t i = 0; rc == 0 && i < n; i++) {
+            struct msg16 m = {.seq = i, .value = i * 3};
+            rc = pith_client_send(c, a, MSG_DATA, &m, sizeof(m), 0);
+            if (rc == -EAGAIN) {
+                pushed++;
+                rc = pith_client_send(c, a, MSG_DATA, &m, sizeof(m), 10 * SEC);
+            }
+        }
+    } else {
+        struct msg16 m[INGRESS_BATCH];
+        pith_client_msg_t b[INGRESS_BATCH];
+        for (unsigned k = 0; k < batch; k++)
+            b[k] =
+                (pith_client_msg_t){.to = a, .type = MSG_DATA, .len = sizeof(m[k]), .data = &m[k]};
+        for (uint64_t i = 0; rc == 0 && i < n;) {
+            unsigned k = n - i < batch ? (unsigned)(n - i) : batch;
+            for (unsigned j = 0; j < k; j++)
+                m[j] = (struct msg16){.seq = i + j, .value = (i + j) * 3};
+            int sent = pith_client_send_batch(c, b, k, 0);
+            if (sent == -EAGAIN || (sent >= 0 && (unsigned)sent < k)) {
+                pushed++;
+                unsigned done = sent > 0 ? (unsigned)sent : 0;
+                int more = pith_client_send_batch(c, b + done, k - done, 10 * SEC);
+                sent = more < 0 ? more : (int)(done + (unsigned)more);
+            }
+            if (sent < 0)
+                rc = sent;
+            else if ((unsigned)sent < k)
+                rc = -ETIMEDOUT;
+            i += k;
         }
     }
     if (rc == 0)
@@ -369,11 +423,23 @@ int bench_ingress_send(const bench_env_t *env, uint64_t n, result_t *r, char *wh
     }
     r->value = (double)n / ((double)(sk.t_end - t0) / 1e9) / 1e6;
     bench_note("%s: a client thread on CPU %d sends %llu 16-byte messages to one actor on a shard "
-               "on CPU %d (busy-polling), waiting for room when its lane is full (%llu times); "
+               "on CPU %d (busy-polling), %s, waiting for room when its lane is full (%llu times); "
                "from the first send to the actor's last message",
                r->name, env->cpu_a, (unsigned long long)n, env->cpu_b,
+               batch <= 1 ? "one pith_client_send each" : "pith_client_send_batch of 64",
                (unsigned long long)pushed);
     return 0;
+}
+
+int bench_ingress_send(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen)
+{
+    return ingress_stream(env, n, 1, r, why, whylen);
+}
+
+int bench_ingress_send_batch(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                             size_t whylen)
+{
+    return ingress_stream(env, n, INGRESS_BATCH, r, why, whylen);
 }
 
 /* ---- an outside client's ask round trip ---- */
@@ -481,8 +547,7 @@ static void *fan_stop(void *arg)
     return NULL;
 }
 
-int bench_ingress_fanout(const bench_env_t *env, uint64_t n, result_t *r, char *why,
-                         size_t whylen)
+int bench_ingress_fanout(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen)
 {
     memset(&fan, 0, sizeof(fan));
     fan.nrefs = FANOUT_ACTORS;
@@ -546,8 +611,7 @@ int bench_ingress_fanout(const bench_env_t *env, uint64_t n, result_t *r, char *
         return BENCH_FAIL;
     }
     if (got + failed + cst.undelivered != n) {
-        snprintf(why, whylen,
-                 "delivered %llu + failed %llu + reported %llu != sent %llu: a loss",
+        snprintf(why, whylen, "delivered %llu + failed %llu + reported %llu != sent %llu: a loss",
                  (unsigned long long)got, (unsigned long long)failed,
                  (unsigned long long)cst.undelivered, (unsigned long long)n);
         return BENCH_FAIL;
