@@ -335,6 +335,17 @@ static int client_enter(struct pith_client *c)
     return err;
 }
 
+/* client_enter for the calls that hand out a message (receive, ask, spawn, call): the last one
+ * handed out is freed first, as their documentation promises. */
+static int client_enter_reading(struct pith_client *c)
+{
+    if (c->current != NULL) {
+        core_msg_free(c->current);
+        c->current = NULL;
+    }
+    return client_enter(c);
+}
+
 pith_client_t *pith_client_open(const pith_client_config_t *cfg)
 {
     if (pith_shard_id() >= 0) {
@@ -855,11 +866,7 @@ int pith_client_receive(pith_client_t *c, pith_msg_t *out, uint64_t timeout_ns)
         return -EDEADLK;
     if (c == NULL || out == NULL)
         return -EINVAL;
-    if (c->current != NULL) {
-        core_msg_free(c->current);
-        c->current = NULL;
-    }
-    int err = client_enter(c);
+    int err = client_enter_reading(c);
     if (err)
         return err;
     uint64_t deadline = deadline_of(timeout_ns);
@@ -921,15 +928,11 @@ static uint64_t next_req(struct pith_client *c)
            c->seq;
 }
 
-/* What asks, spawns and calls share: free the last message, enter, push, await. */
+/* What asks, spawns and calls share: enter (freeing the last message), push, await. */
 static int call_common(struct pith_client *c, unsigned shard, lane_fn_t fn, void *arg,
                        const void *data, uint32_t len, uint64_t timeout_ns, struct amsg **answer)
 {
-    if (c->current != NULL) {
-        core_msg_free(c->current);
-        c->current = NULL;
-    }
-    int err = client_enter(c);
+    int err = client_enter_reading(c);
     if (err)
         return err;
     if (shard >= c->p->n) {
@@ -1008,11 +1011,7 @@ int pith_client_ask(pith_client_t *c, pith_ref_t to, uint32_t type, const void *
     if (c == NULL || reply == NULL || timeout_ns == 0 || type >= PITH_MSG_RESERVED ||
         (data == NULL && len > 0) || len >= PITH_MSG_MAX)
         return -EINVAL;
-    if (c->current != NULL) {
-        core_msg_free(c->current);
-        c->current = NULL;
-    }
-    int err = client_enter(c);
+    int err = client_enter_reading(c);
     if (err)
         return err;
     err = check_to(c, to);
