@@ -163,7 +163,8 @@ static inline bool lane_push_quick(struct producer *p, unsigned shard, lane_fn_t
     r->fn = fn;
     r->arg = arg;
     r->aux = aux;
-    __builtin_memcpy((char *)r + LANE_HDR, data, len);
+    if (len > 0) /* data may be NULL then, which memcpy may not be given */
+        __builtin_memcpy((char *)r + LANE_HDR, data, len);
     l->tail = pos + need;
     if (more) {
         /* Release: as lane_push_more's. */
