@@ -408,9 +408,18 @@ void lane_flush(struct producer *p, unsigned shard)
     struct lane *l = shard < p->n ? p->lanes[shard] : NULL;
     if (l == NULL)
         return;
-    /* Orders the release stores of the run's records before the loads lane_published makes, in
-     * the two Dekkers push describes. */
+        /* Orders the release stores of the run's records before the loads lane_published makes, in
+         * the two Dekkers push describes: the shard's side is seq_cst operations (its exchange of
+         * its sleep word, then its seq_cst load of the slot at its head), so a seq_cst fence here
+         * makes either it see the records or us see it asleep. */
+#if defined(PITH_TSAN) && PITH_TSAN
+    /* gcc refuses the fence under -fsanitize=thread, which does not model fences and checks no
+     * Dekker: a seq_cst read-modify-write, a full barrier on the machine, stands in. */
+    static _Atomic uint32_t tsan_fence;
+    atomic_fetch_add(&tsan_fence, 1);
+#else
     atomic_thread_fence(memory_order_seq_cst);
+#endif
     lane_published(l, shard);
 }
 

@@ -667,12 +667,18 @@ static int fold_sender(pith_actor_t *self, void *state, const pith_msg_t *msg)
         return 0;
     }
     if (msg->type == F_HOLD) {
-        /* Holds this shard until shard 1 has made every notice: then they all come in one
-         * drain, past twice this mailbox's bound, whatever the machine's speed. */
+        /* Holds this shard until shard 1 has made every notice and published them (two more
+         * of its loop iterations: the one that made them ends by publishing its batches):
+         * then they all come in one drain, past twice this mailbox's bound, whatever the
+         * machine's speed. */
         pith_core_stats_t cst;
+        pith_shard_stats_t sst;
         uint64_t deadline = pith_now_ns() + 10 * SEC;
         while (pith_core_stats(1, &cst) == 0 && cst.undelivered < fl.total &&
                pith_now_ns() < deadline)
+            ;
+        uint64_t loops = pith_shard_stats(1, &sst) == 0 ? sst.loops : 0;
+        while (pith_shard_stats(1, &sst) == 0 && sst.loops < loops + 2 && pith_now_ns() < deadline)
             ;
         return 0;
     }
