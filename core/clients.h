@@ -17,8 +17,8 @@
 
 #define MAX_CLIENT_SHARDS 4095 /* the engine's most shards */
 #define CLIENT_SLOT_BITS  16
-#define CLIENT_MAX       (1u << CLIENT_SLOT_BITS)
-#define CLIENT_CHUNK     256u
+#define CLIENT_MAX        (1u << CLIENT_SLOT_BITS)
+#define CLIENT_CHUNK      256u
 
 /* Internal message tags, between the engine and its clients. */
 #define MSG_SPAWNED (PITH_MSG_RESERVED + 0x20u) /* payload: struct spawned */

@@ -770,9 +770,8 @@ static int fjthroughput(const bench_env_t *env, uint64_t n, result_t *r, char *w
     rc = sv_result(&t, r, why, whylen, "messages handled, all shards");
     if (rc == 0) {
         char loc[512];
-        snprintf(loc, sizeof(loc),
-                 "%u actors round-robin over %s (actor i on shard i %% %u), %s%s", FJ_ACTORS,
-                 where, env->shards,
+        snprintf(loc, sizeof(loc), "%u actors round-robin over %s (actor i on shard i %% %u), %s%s",
+                 FJ_ACTORS, where, env->shards,
                  from_main ? "all fed from the main thread through its client (the run's time "
                              "from main's first send to the last actor's end)"
                            : "each shard's actors fed by a sender task on that shard (all "
@@ -789,8 +788,8 @@ static int fjthroughput(const bench_env_t *env, uint64_t n, result_t *r, char *w
                    (unsigned long long)eagain, (unsigned long long)ts.messages,
                    ts.messages == (uint64_t)(t.runs + 1) * total ? "as expected" : "MISMATCH");
         if (from_main)
-            bench_note("%s: main's lanes were full %llu times (it then waited for room)",
-                       r->name, (unsigned long long)fjt_pushed);
+            bench_note("%s: main's lanes were full %llu times (it then waited for room)", r->name,
+                       (unsigned long long)fjt_pushed);
     }
     sv_end();
     return rc;
