@@ -150,6 +150,7 @@ static struct {
     _Atomic uint64_t bad_notices, room_waits;
     _Atomic int32_t expect_reason;
     _Atomic int failed;
+    _Atomic int gate_up, holding_sender; /* the folding test's two holds */
 } fl;
 
 static int receiver(pith_actor_t *self, void *state, const pith_msg_t *msg)
@@ -670,7 +671,8 @@ static int fold_sender(pith_actor_t *self, void *state, const pith_msg_t *msg)
         /* Holds this shard until shard 1 has made every notice and published them (two more
          * of its loop iterations: the one that made them ends by publishing its batches):
          * then they all come in one drain, past twice this mailbox's bound, whatever the
-         * machine's speed. */
+         * machine's speed. Shard 1 makes none before this hold begins (gate_shard_1). */
+        atomic_store(&fl.holding_sender, 1);
         pith_core_stats_t cst;
         pith_shard_stats_t sst;
         uint64_t deadline = pith_now_ns() + 10 * SEC;
@@ -693,6 +695,17 @@ static int fold_sender(pith_actor_t *self, void *state, const pith_msg_t *msg)
 static const pith_actor_type_t fold_type = {
     .name = "flow.fold", .behaviour = fold_sender, .mailbox_max = 4};
 
+/* Holds shard 1 until the sender's hold has begun, so that no notice reaches shard 0 early, in
+ * pieces small enough to be taken one by one (under TSan a timer of 1 us can be late enough). */
+static void gate_shard_1(void *arg)
+{
+    (void)arg;
+    atomic_store(&fl.gate_up, 1);
+    uint64_t deadline = pith_now_ns() + 10 * SEC;
+    while (!atomic_load(&fl.holding_sender) && pith_now_ns() < deadline)
+        ;
+}
+
 Test(flow, notices_past_twice_the_senders_bound_fold_into_an_exact_summary, .timeout = 30)
 {
     pith_config_t cfg = test_config(2);
@@ -706,6 +719,8 @@ Test(flow, notices_past_twice_the_senders_bound_fold_into_an_exact_summary, .tim
     cr_assert_eq(pith_stop(fl.receiver), 0);
     test_sync_shard(1);
     cr_assert_eq(pith_client_spawn(c, 0, &fold_type, NULL, 5 * SEC, &s), 0);
+    cr_assert_eq(pith_submit(1, gate_shard_1, NULL), 0);
+    TEST_WAIT_FOR(atomic_load(&fl.gate_up));
     cr_assert_eq(pith_client_send(c, s, F_GO, NULL, 0, 5 * SEC), 0);
     TEST_WAIT_FOR(atomic_load(&fl.noticed) >= fl.total);
     cr_assert_eq(atomic_load(&fl.noticed), fl.total, "every message accounted for once");
