@@ -7,10 +7,11 @@
 set -eu
 cd "$(dirname "$0")"
 
-# redis-tools: redis-cli for the pith-kv integration test; clang and libclang-rt-14-dev: the
-# libFuzzer target of the RESP parser (.ci/run); libck-dev: Concurrency Kit, for the ck_ring row of
+# redis-tools: redis-cli for the pith-kv integration test; redis-server: the kv-redis test
+# compares pith-kv's replies with it (the test starts its own on a loopback port and stops it);
+# clang and libclang-rt-14-dev: the libFuzzer target of the RESP parser (.ci/run); libck-dev: Concurrency Kit, for the ck_ring row of
 # pith-bench that the ingress lanes are measured against; doxygen: the API reference and its check.
-PACKAGES="gcc libc6-dev meson ninja-build pkg-config python3 liburing-dev libhwloc-dev libmimalloc-dev libcriterion-dev libck-dev doxygen valgrind redis-tools clang libclang-rt-14-dev"
+PACKAGES="gcc libc6-dev meson ninja-build pkg-config python3 liburing-dev libhwloc-dev libmimalloc-dev libcriterion-dev libck-dev doxygen valgrind redis-tools redis-server clang libclang-rt-14-dev"
 BUILD_DIR=${BUILD_DIR:-build}
 
 deps() {
@@ -24,6 +25,16 @@ deps() {
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing
+    # Debian starts redis-server as a system service on port 6379 when systemd runs; the tests
+    # start their own, so the service this install started is stopped and disabled again.
+    case " $missing " in
+    *" redis-server "*)
+        if [ -d /run/systemd/system ]; then
+            $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
+            echo "pith.sh: redis-server installed for the tests; its system service is left off"
+        fi
+        ;;
+    esac
 }
 
 build() {

@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <pith/pith.h>
@@ -27,6 +29,9 @@
 #define RESUME_SLOTS 256u
 #define ARGS_CAP     65536u /* arguments per command */
 #define TICK_NS      (100ull * 1000 * 1000)
+#define BUSY_TICK_NS (10ull * 1000 * 1000) /* the next tick, while expiry or a rehash has more */
+#define EXPIRE_SLICE (1000ull * 1000)      /* the most one tick spends on active expiry, ns */
+#define REHASH_SLICE (250ull * 1000)       /* and on moving buckets of a rehash */
 
 /* ---- options and per-shard state ---- */
 
@@ -50,7 +55,8 @@ struct kshard {
     struct store st;
     struct resp_arg *args; /* [ARGS_CAP] parse scratch */
     struct kconn *conns;   /* open connections, for the slow-request sweep */
-    _Atomic uint64_t nconns, commands, connections;
+    bool more_armed;       /* a busy housekeeping round is coming */
+    _Atomic uint64_t nconns, commands, connections, expired;
 };
 static struct kshard *kshards[4096];
 
@@ -59,9 +65,13 @@ static struct kshard *me(void)
     return kshards[pith_shard_id()];
 }
 
+/* Expiry is kept as Redis keeps it, in Unix time (ms): EXPIREAT, EXPIRETIME and the overflow
+ * limits then mean what they mean in Redis. */
 static int64_t now_ms(void)
 {
-    return (int64_t)(pith_now_ns() / 1000000);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- commands ---- */
@@ -70,9 +80,12 @@ enum cmd {
     C_GET,
     C_SET,
     C_INCRBY, /* INCR, DECR, INCRBY, DECRBY after their argument is resolved */
-    C_EXPIRE, /* EXPIRE and PEXPIRE, in ms */
+    C_EXPIRE, /* EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT: absolute ms, NX/XX/GT/LT in n */
     C_TTL,
     C_PTTL,
+    C_EXPIRETIME,
+    C_PEXPIRETIME,
+    C_PERSIST,
     /* one key of a multi-key command, executed where the key lives */
     C_MGET1,
     C_DEL1,
@@ -141,6 +154,17 @@ static unsigned owner(const struct resp_arg *key, uint64_t *h)
 
 #define NOT_INT "ERR value is not an integer or out of range"
 
+/* SET's options in n */
+#define SET_NX      1
+#define SET_XX      2
+#define SET_KEEPTTL 4
+#define SET_GET     8
+/* EXPIRE's options in n */
+#define EXP_NX 1
+#define EXP_XX 2
+#define EXP_GT 4
+#define EXP_LT 8
+
 /* Runs a keyed command on the shard that owns its key, appending the reply to o (or, for the
  * parts that add up, setting *n). a[0] is the key. */
 static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, long long *n,
@@ -159,18 +183,26 @@ static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, l
         break;
     case C_SET: {
         /* a: key value [options]; the options were checked by the caller, expire_ms is
-         * absolute (0: none); *n carries NX (1), XX (2), KEEPTTL (4). A plain SET needs no
-         * lookup: store_set finds the entry itself. */
+         * absolute (0: none); *n carries SET_NX, SET_XX, SET_KEEPTTL, SET_GET. A plain SET
+         * needs no lookup: store_set finds the entry itself. With GET the reply is the old
+         * value (or nil), whether or not NX or XX let the write happen, as in Redis. */
         e = *n != 0 ? store_get(st, a[0].p, a[0].len, h, now) : NULL;
-        if (((*n & 1) && e != NULL) || ((*n & 2) && e == NULL)) {
-            err = resp_put_null(o);
+        if ((*n & SET_GET) &&
+            (err = e != NULL ? resp_put_bulk(o, entry_val(e), e->vlen) : resp_put_null(o)) != 0)
+            break;
+        if (((*n & SET_NX) && e != NULL) || ((*n & SET_XX) && e == NULL)) {
+            if (!(*n & SET_GET))
+                err = resp_put_null(o);
             break;
         }
-        int64_t exp = (*n & 4) && e != NULL ? e->expire_ms : expire_ms;
-        if (store_set(st, a[0].p, a[0].len, h, a[1].p, a[1].len, exp) == NULL)
+        int64_t exp = (*n & SET_KEEPTTL) && e != NULL ? e->expire_ms : expire_ms;
+        if (store_set(st, a[0].p, a[0].len, h, a[1].p, a[1].len, exp) == NULL) {
+            if (*n & SET_GET)
+                o->len = 0; /* the old value is not the answer after all */
             err = resp_put_error(o, "OOM command not allowed when used memory > 'maxmemory'");
-        else
+        } else if (!(*n & SET_GET)) {
             err = resp_put_simple(o, "OK");
+        }
         break;
     }
     case C_MSET1:
@@ -201,28 +233,46 @@ static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, l
             err = resp_put_int(o, v);
         break;
     }
-    case C_EXPIRE:
+    case C_EXPIRE: {
+        /* Redis 7's conditions: NX only without an expiry, XX only with one, GT only later
+         * than the current one (none counts as never), LT only earlier. */
         e = store_get(st, a[0].p, a[0].len, h, now);
-        if (e == NULL) {
+        int64_t cur = e != NULL ? e->expire_ms : 0;
+        if (e == NULL || ((*n & EXP_NX) && cur != 0) || ((*n & EXP_XX) && cur == 0) ||
+            ((*n & EXP_GT) && (cur == 0 || expire_ms <= cur)) ||
+            ((*n & EXP_LT) && cur != 0 && expire_ms >= cur)) {
             err = resp_put_int(o, 0);
         } else if (expire_ms <= now) {
             store_del(st, a[0].p, a[0].len, h, now);
             err = resp_put_int(o, 1);
+        } else if (store_set_expire(st, e, expire_ms) != 0) {
+            err = resp_put_error(o, "OOM command not allowed when used memory > 'maxmemory'");
         } else {
-            store_set_expire(st, e, expire_ms);
             err = resp_put_int(o, 1);
         }
         break;
+    }
+    case C_PERSIST:
+        e = store_get(st, a[0].p, a[0].len, h, now);
+        err = resp_put_int(o, e != NULL && e->expire_ms != 0 && store_set_expire(st, e, 0) == 0);
+        break;
     case C_TTL:
     case C_PTTL:
+    case C_EXPIRETIME:
+    case C_PEXPIRETIME:
         e = store_get(st, a[0].p, a[0].len, h, now);
         if (e == NULL)
             err = resp_put_int(o, -2);
         else if (e->expire_ms == 0)
             err = resp_put_int(o, -1);
+        else if (cmd == C_PTTL)
+            err = resp_put_int(o, e->expire_ms - now);
+        else if (cmd == C_TTL)
+            err = resp_put_int(o, (e->expire_ms - now + 500) / 1000);
+        else if (cmd == C_PEXPIRETIME)
+            err = resp_put_int(o, e->expire_ms);
         else
-            err = resp_put_int(o, cmd == C_PTTL ? e->expire_ms - now
-                                                : (e->expire_ms - now + 500) / 1000);
+            err = resp_put_int(o, e->expire_ms / 1000);
         break;
     case C_DEL1:
         *n = store_del(st, a[0].p, a[0].len, h, now);
@@ -241,7 +291,7 @@ static void exec_shard(struct kshard *ks, unsigned cmd, long long *n)
     if (cmd == C_DBSIZE1)
         *n = (long long)atomic_load_explicit(&ks->st.keys, memory_order_relaxed);
     else if (cmd == C_FLUSH1)
-        store_clear(&ks->st);
+        (void)store_clear(&ks->st); /* without memory for a new table: empty, and usable */
 }
 
 /* ---- reply order ---- */
@@ -573,48 +623,122 @@ static void info(struct kconn *kc, const struct resp_arg *section)
         (void)resp_put_bulk(o, text, (size_t)len);
 }
 
-/* now + ms, or false when it would overflow (Redis: "invalid expire time"). */
-static bool expire_at(long long v, bool ms, int64_t *at)
+/* EXPIRE, PEXPIRE, EXPIREAT and PEXPIREAT: the absolute time in ms, or false where Redis says
+ * "invalid expire time" (a unit conversion or the addition of the base time overflows; a
+ * negative time is allowed and deletes the key). */
+static bool expire_at(long long v, bool ms, bool absolute, int64_t *at)
 {
-    if (!ms && (v > LLONG_MAX / 1000 || v < LLONG_MIN / 1000))
+    if (!ms) {
+        if (v > LLONG_MAX / 1000 || v < LLONG_MIN / 1000)
+            return false;
+        v *= 1000;
+    }
+    int64_t base = absolute ? 0 : now_ms();
+    if (v > LLONG_MAX - base)
         return false;
-    long long d = ms ? v : v * 1000;
-    int64_t now = now_ms();
-    if ((d > 0 && now > LLONG_MAX - d) || (d < 0 && now < LLONG_MIN - d))
-        return false;
-    *at = now + d;
+    *at = v + base;
     return true;
 }
 
-/* SET key value [EX s | PX ms] [NX | XX] [KEEPTTL]: NX/XX/KEEPTTL as bits of *flags. As in
- * Redis, EX (or PX) may repeat and the last one counts; EX with PX is a syntax error. */
+/* SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms | KEEPTTL], as Redis 7 parses
+ * it: first the words (a syntax error wins), then the time. The same expiry option may repeat
+ * and the last counts; two different ones, or one with KEEPTTL, are a syntax error. */
 static const char *set_options(const struct resp_arg *a, unsigned argc, long long *flags,
                                int64_t *expire_ms)
 {
+    static const char *const units[] = {"EX", "PX", "EXAT", "PXAT"};
     *flags = 0;
     *expire_ms = 0;
-    int unit = 0; /* 1: EX, 2: PX */
+    int unit = -1;
+    const struct resp_arg *when = NULL;
     for (unsigned i = 3; i < argc; i++) {
-        int u = is(&a[i], "EX") ? 1 : is(&a[i], "PX") ? 2 : 0;
-        if (is(&a[i], "NX") && !(*flags & 2)) {
-            *flags |= 1;
-        } else if (is(&a[i], "XX") && !(*flags & 1)) {
-            *flags |= 2;
-        } else if (is(&a[i], "KEEPTTL") && unit == 0) {
-            *flags |= 4;
-        } else if (u != 0 && (unit == 0 || unit == u) && !(*flags & 4) && i + 1 < argc) {
-            long long v;
-            if (!parse_ll(&a[i + 1], &v))
-                return NOT_INT;
-            if (v <= 0 || !expire_at(v, u == 2, expire_ms))
-                return "ERR invalid expire time in 'set' command";
+        int u = -1;
+        for (int k = 0; k < 4; k++)
+            if (is(&a[i], units[k]))
+                u = k;
+        if (is(&a[i], "NX") && !(*flags & SET_XX)) {
+            *flags |= SET_NX;
+        } else if (is(&a[i], "XX") && !(*flags & SET_NX)) {
+            *flags |= SET_XX;
+        } else if (is(&a[i], "GET")) {
+            *flags |= SET_GET;
+        } else if (is(&a[i], "KEEPTTL") && unit < 0) {
+            *flags |= SET_KEEPTTL;
+        } else if (u >= 0 && (unit < 0 || unit == u) && !(*flags & SET_KEEPTTL) && i + 1 < argc) {
             unit = u;
-            i++;
+            when = &a[++i];
         } else {
             return "ERR syntax error";
         }
     }
+    if (when == NULL)
+        return NULL;
+    long long v;
+    if (!parse_ll(when, &v))
+        return NOT_INT;
+    bool secs = unit == 0 || unit == 2, relative = unit < 2;
+    if (v <= 0 || (secs && v > LLONG_MAX / 1000))
+        return "ERR invalid expire time in 'set' command";
+    if (secs)
+        v *= 1000;
+    int64_t base = relative ? now_ms() : 0;
+    if (v > LLONG_MAX - base)
+        return "ERR invalid expire time in 'set' command";
+    *expire_ms = v + base;
     return NULL;
+}
+
+/* EXPIRE-family options (a[3..]): NX, XX, GT, LT in *flags, or Redis's error (in buf when it
+ * names the option). */
+static const char *expire_options(const struct resp_arg *a, unsigned argc, long long *flags,
+                                  char *buf, size_t size)
+{
+    *flags = 0;
+    for (unsigned i = 3; i < argc; i++) {
+        if (is(&a[i], "NX")) {
+            *flags |= EXP_NX;
+        } else if (is(&a[i], "XX")) {
+            *flags |= EXP_XX;
+        } else if (is(&a[i], "GT")) {
+            *flags |= EXP_GT;
+        } else if (is(&a[i], "LT")) {
+            *flags |= EXP_LT;
+        } else {
+            snprintf(buf, size, "ERR Unsupported option %.*s",
+                     (int)(a[i].len < 128 ? a[i].len : 128), a[i].p);
+            return buf;
+        }
+    }
+    if ((*flags & EXP_NX) && (*flags & (EXP_XX | EXP_GT | EXP_LT)))
+        return "ERR NX and XX, GT or LT options at the same time are not compatible";
+    if ((*flags & EXP_GT) && (*flags & EXP_LT))
+        return "ERR GT and LT options at the same time are not compatible";
+    return NULL;
+}
+
+/* EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT key time [NX | XX | GT | LT]. */
+static void expire_cmd(struct kconn *kc, struct resp_arg *a, unsigned argc, bool ms, bool absolute)
+{
+    long long flags, v;
+    int64_t at;
+    char buf[160];
+    const char *why = expire_options(a, argc, &flags, buf, sizeof(buf));
+    if (why == NULL && !parse_ll(&a[2], &v))
+        why = NOT_INT;
+    if (why == NULL && !expire_at(v, ms, absolute, &at)) {
+        char msg[80], lower[16];
+        size_t n = a[0].len < sizeof(lower) - 1 ? a[0].len : sizeof(lower) - 1;
+        for (size_t i = 0; i < n; i++)
+            lower[i] = (char)(a[0].p[i] | 0x20);
+        lower[n] = 0;
+        snprintf(msg, sizeof(msg), "ERR invalid expire time in '%s' command", lower);
+        reply_error(kc, msg);
+        return;
+    }
+    if (why != NULL)
+        reply_error(kc, why);
+    else
+        keyed(kc, C_EXPIRE, &a[1], 1, flags, at);
 }
 
 /* FLUSHALL / FLUSHDB [ASYNC | SYNC]: both flush at once. */
@@ -760,17 +884,9 @@ static void command(struct kconn *kc, struct resp_arg *a, unsigned argc)
             return;
         }
         if (is(name, "EXPIRE")) {
-            if (argc != 3)
+            if (argc < 3)
                 break;
-            if (!parse_ll(&a[2], &n)) {
-                reply_error(kc, NOT_INT);
-                return;
-            }
-            if (!expire_at(n, false, &exp)) {
-                reply_error(kc, "ERR invalid expire time in 'expire' command");
-                return;
-            }
-            keyed(kc, C_EXPIRE, &a[1], 1, 0, exp);
+            expire_cmd(kc, a, argc, false, false);
             return;
         }
         if (is(name, "DBSIZE")) {
@@ -803,17 +919,15 @@ static void command(struct kconn *kc, struct resp_arg *a, unsigned argc)
         goto unknown;
     case 7:
         if (is(name, "PEXPIRE")) {
-            if (argc != 3)
+            if (argc < 3)
                 break;
-            if (!parse_ll(&a[2], &n)) {
-                reply_error(kc, NOT_INT);
-                return;
-            }
-            if (!expire_at(n, true, &exp)) {
-                reply_error(kc, "ERR invalid expire time in 'pexpire' command");
-                return;
-            }
-            keyed(kc, C_EXPIRE, &a[1], 1, 0, exp);
+            expire_cmd(kc, a, argc, true, false);
+            return;
+        }
+        if (is(name, "PERSIST")) {
+            if (argc != 2)
+                break;
+            keyed(kc, C_PERSIST, &a[1], 1, 0, 0);
             return;
         }
         if (is(name, "COMMAND")) {
@@ -830,6 +944,29 @@ static void command(struct kconn *kc, struct resp_arg *a, unsigned argc)
     case 8:
         if (is(name, "FLUSHALL")) {
             flush_cmd(kc, a, argc);
+            return;
+        }
+        if (is(name, "EXPIREAT")) {
+            if (argc < 3)
+                break;
+            expire_cmd(kc, a, argc, false, true);
+            return;
+        }
+        goto unknown;
+    case 9:
+        if (is(name, "PEXPIREAT")) {
+            if (argc < 3)
+                break;
+            expire_cmd(kc, a, argc, true, true);
+            return;
+        }
+        goto unknown;
+    case 10:
+    case 11:
+        if (is(name, "EXPIRETIME") || is(name, "PEXPIRETIME")) {
+            if (argc != 2)
+                break;
+            keyed(kc, is(name, "EXPIRETIME") ? C_EXPIRETIME : C_PEXPIRETIME, &a[1], 1, 0, 0);
             return;
         }
         goto unknown;
@@ -933,14 +1070,31 @@ static const pith_tcp_handler_t handler = {
     .on_close = on_close,
 };
 
-/* Every 100 ms on each shard: expire some keys, and close connections whose unfinished command
- * has waited longer than the request timeout (a client that trickles a request never ties
- * memory down for long). */
+/* The store's housekeeping, in slices: Redis's active expiry cycle (at most EXPIRE_SLICE) and
+ * the rehash in progress (REHASH_SLICE). While either has more to do, it comes back after
+ * BUSY_TICK_NS rather than at the next tick, so a million keys that expire together go within
+ * about a second and no slice holds the shard's other connections for more than a millisecond. */
+static void housekeeping(void *arg)
+{
+    struct kshard *ks = arg;
+    ks->more_armed = false;
+    bool more;
+    size_t gone = store_expire_cycle(&ks->st, now_ms(), pith_now_ns() + EXPIRE_SLICE, &more);
+    count(&ks->expired, (int64_t)gone);
+    more |= store_rehash_for(&ks->st, pith_now_ns() + REHASH_SLICE);
+    if (more && pith_timer_add(BUSY_TICK_NS, 0, housekeeping, ks, NULL) == 0)
+        ks->more_armed = true;
+}
+
+/* Every 100 ms on each shard: housekeeping (unless a busy round is already coming), and close
+ * connections whose unfinished command has waited longer than the request timeout (a client
+ * that trickles a request never ties memory down for long). */
 static void tick(void *arg)
 {
     struct kshard *ks = arg;
     uint64_t now = pith_now_ns();
-    store_expire_step(&ks->st, now_ms(), 64);
+    if (!ks->more_armed)
+        housekeeping(ks);
     for (struct kconn *kc = ks->conns; kc != NULL; kc = kc->next)
         if (kc->partial_since != 0 && now - kc->partial_since > opt.request_timeout_ns &&
             !kc->quitting) {
@@ -1018,6 +1172,15 @@ int main(int argc, char **argv)
     }
     limits.max_bulk = opt.max_bulk;
     limits.max_args = ARGS_CAP;
+
+    /* The key of the store's hash, new in every process: nobody outside can build keys that
+     * share a bucket or a shard (hash flooding). */
+    unsigned char key[16];
+    if (getrandom(key, sizeof(key), 0) != (ssize_t)sizeof(key)) {
+        perror("pith-kv: getrandom");
+        return 1;
+    }
+    kv_hash_seed(key);
 
     /* SIGINT and SIGTERM are taken by sigwait below; block them before any shard thread
      * exists so that every thread inherits the mask. */

@@ -1,49 +1,222 @@
-/* The per-shard hash table of pith-kv. Entries come from the shard's heap (pith_malloc). */
+/* The per-shard hash table of pith-kv. Entries, tables and the expiry array come from the
+ * shard's heap (pith_malloc), so they count against its memory cap. */
 #include "store.h"
 
 #include <errno.h>
-#include <stdbool.h>
 #include <string.h>
+#include <time.h>
 
 #include <pith/mem.h>
 
+#include "siphash.h"
+
 #define INITIAL_BUCKETS 1024u
+#define STEP_EMPTY      10u /* empty buckets a rehash step may pass over per bucket it moves */
+#define EXP_SAMPLE      20u /* entries the expiry cycle looks at before deciding to go on */
+#define EXP_MIN_CAP     64u
+
+static unsigned char hash_key[16];
+
+void kv_hash_seed(const unsigned char key[16])
+{
+    memcpy(hash_key, key, sizeof(hash_key));
+}
 
 uint64_t kv_hash(const void *p, size_t n)
 {
-    /* 8 bytes at a time with a multiply-xorshift mix; keys are short. */
-    const unsigned char *s = p;
-    uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xC2B2AE3D27D4EB4Full);
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, s, 8);
-        h = (h ^ w) * 0xFF51AFD7ED558CCDull;
-        h ^= h >> 32;
-        s += 8;
-        n -= 8;
-    }
-    uint64_t w = 0;
-    memcpy(&w, s, n);
-    h = (h ^ w) * 0xC4CEB9FE1A85EC53ull;
-    h ^= h >> 29;
-    h *= 0xFF51AFD7ED558CCDull;
-    h ^= h >> 32;
-    return h;
+    return siphash(hash_key, p, n, 1, 3);
 }
 
-int store_init(struct store *s)
+static uint64_t mono_ns(void)
 {
-    memset(s, 0, sizeof(*s));
-    s->b = pith_calloc(INITIAL_BUCKETS, sizeof(*s->b));
-    if (s->b == NULL)
-        return -ENOMEM;
-    s->mask = INITIAL_BUCKETS - 1;
-    return 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 static size_t entry_bytes(const struct entry *e)
 {
     return sizeof(*e) + e->klen + e->vlen;
+}
+
+static bool table_new(struct table *t, size_t buckets)
+{
+    t->b = pith_calloc(buckets, sizeof(*t->b));
+    t->mask = buckets - 1;
+    return t->b != NULL;
+}
+
+int store_init(struct store *s)
+{
+    memset(s, 0, sizeof(*s));
+    return table_new(&s->t[0], INITIAL_BUCKETS) ? 0 : -ENOMEM;
+}
+
+bool store_rehashing(const struct store *s)
+{
+    return s->t[1].b != NULL;
+}
+
+size_t store_buckets(const struct store *s)
+{
+    const struct table *t = &s->t[store_rehashing(s) ? 1 : 0];
+    return t->b != NULL ? t->mask + 1 : 0;
+}
+
+/* ---- the expiry array ---- */
+
+static int exp_reserve(struct store *s)
+{
+    if (s->nexp < s->capexp)
+        return 0;
+    size_t cap = s->capexp != 0 ? s->capexp * 2 : EXP_MIN_CAP;
+    struct entry **a = pith_realloc(s->exp, cap * sizeof(*a));
+    if (a == NULL)
+        return -ENOMEM;
+    s->exp = a;
+    s->capexp = cap;
+    return 0;
+}
+
+/* Room was reserved. */
+static void exp_add(struct store *s, struct entry *e)
+{
+    e->xi = (uint32_t)s->nexp;
+    s->exp[s->nexp++] = e;
+    count(&s->expires, 1);
+}
+
+static void exp_remove(struct store *s, struct entry *e)
+{
+    struct entry *last = s->exp[--s->nexp];
+    s->exp[e->xi] = last;
+    last->xi = e->xi;
+    count(&s->expires, -1);
+    /* Give the array back as it empties; a failed shrink keeps the larger one. */
+    if (s->capexp > EXP_MIN_CAP && s->nexp < s->capexp / 4) {
+        struct entry **a = pith_realloc(s->exp, (s->capexp / 2) * sizeof(*a));
+        if (a != NULL) {
+            s->exp = a;
+            s->capexp /= 2;
+        }
+    }
+}
+
+/* ---- rehash ---- */
+
+/* Moves up to n non-empty buckets of t[0] into t[1]; ends the rehash when t[0] is empty. */
+static void rehash_step(struct store *s, unsigned n)
+{
+    struct table *from = &s->t[0], *to = &s->t[1];
+    if (to->b == NULL)
+        return;
+    unsigned empty = n * STEP_EMPTY;
+    while (n > 0 && s->rehash <= from->mask) {
+        struct entry *e = from->b[s->rehash];
+        if (e == NULL) {
+            s->rehash++;
+            if (--empty == 0)
+                break;
+            continue;
+        }
+        while (e != NULL) {
+            struct entry *next = e->next;
+            size_t j = e->hash & to->mask;
+            e->next = to->b[j];
+            to->b[j] = e;
+            e = next;
+        }
+        from->b[s->rehash++] = NULL;
+        s->rehash_steps++;
+        n--;
+    }
+    if (s->rehash > from->mask) {
+        pith_free(from->b);
+        *from = *to;
+        memset(to, 0, sizeof(*to));
+        s->rehash = 0;
+    }
+}
+
+/* Starts moving into a table of `buckets`; without memory for it, the old table stays (longer
+ * chains, still correct). */
+static void rehash_start(struct store *s, size_t buckets)
+{
+    if (store_rehashing(s) || buckets == s->t[0].mask + 1)
+        return;
+    if (!table_new(&s->t[1], buckets)) {
+        memset(&s->t[1], 0, sizeof(s->t[1]));
+        return;
+    }
+    s->rehash = 0;
+}
+
+static size_t pow2_at_least(size_t n)
+{
+    size_t b = INITIAL_BUCKETS;
+    while (b < n)
+        b *= 2;
+    return b;
+}
+
+/* Grows past one entry per bucket (to twice the buckets). */
+static void maybe_grow(struct store *s)
+{
+    size_t keys = atomic_load_explicit(&s->keys, memory_order_relaxed);
+    if (!store_rehashing(s) && keys > s->t[0].mask + 1)
+        rehash_start(s, (s->t[0].mask + 1) * 2);
+}
+
+/* Shrinks below one entry per eight buckets (to the smallest table that holds one per bucket). */
+static void maybe_shrink(struct store *s)
+{
+    size_t keys = atomic_load_explicit(&s->keys, memory_order_relaxed);
+    size_t buckets = s->t[0].mask + 1;
+    if (!store_rehashing(s) && s->t[0].b != NULL && buckets > INITIAL_BUCKETS && keys < buckets / 8)
+        rehash_start(s, pow2_at_least(keys));
+}
+
+bool store_rehash_for(struct store *s, uint64_t deadline_ns)
+{
+    maybe_shrink(s);
+    while (store_rehashing(s)) {
+        rehash_step(s, 128);
+        if (mono_ns() >= deadline_ns)
+            break;
+    }
+    return store_rehashing(s);
+}
+
+/* ---- lookups ---- */
+
+/* Where key is in its chain (a pointer to the link that points at it), or NULL. While a rehash
+ * goes, the key is in t[0] when its bucket there has not moved yet, else in t[1]. */
+static struct entry **find(struct store *s, const char *k, size_t kl, uint64_t h)
+{
+    for (int i = 0; i < 2; i++) {
+        struct table *t = &s->t[i];
+        if (t->b == NULL)
+            break;
+        struct entry **pp = &t->b[h & t->mask];
+        for (; *pp != NULL; pp = &(*pp)->next)
+            if ((*pp)->hash == h && (*pp)->klen == kl && memcmp((*pp)->data, k, kl) == 0)
+                return pp;
+    }
+    return NULL;
+}
+
+/* The link that points at e (which is in the store). */
+static struct entry **link_of(struct store *s, const struct entry *e)
+{
+    for (int i = 0; i < 2; i++) {
+        struct table *t = &s->t[i];
+        if (t->b == NULL)
+            break;
+        for (struct entry **pp = &t->b[e->hash & t->mask]; *pp != NULL; pp = &(*pp)->next)
+            if (*pp == e)
+                return pp;
+    }
+    return NULL;
 }
 
 static void unlink_free(struct store *s, struct entry **pp)
@@ -52,57 +225,19 @@ static void unlink_free(struct store *s, struct entry **pp)
     *pp = e->next;
     count(&s->keys, -1);
     if (e->expire_ms != 0)
-        count(&s->expires, -1);
+        exp_remove(s, e);
     count(&s->bytes, -(int64_t)entry_bytes(e));
     pith_free(e);
 }
 
-void store_clear(struct store *s)
-{
-    for (size_t i = 0; i <= s->mask; i++)
-        while (s->b[i] != NULL)
-            unlink_free(s, &s->b[i]);
-}
-
-/* Doubles the buckets when the table is fuller than one entry per bucket. Done at once: with
- * many keys this is a pause (noted in the README), traded for a simple table. */
-static void maybe_grow(struct store *s)
-{
-    if (atomic_load_explicit(&s->keys, memory_order_relaxed) <= s->mask + 1)
-        return;
-    size_t nb = (s->mask + 1) * 2;
-    struct entry **b = pith_calloc(nb, sizeof(*b));
-    if (b == NULL)
-        return; /* longer chains, still correct */
-    for (size_t i = 0; i <= s->mask; i++) {
-        struct entry *e = s->b[i];
-        while (e != NULL) {
-            struct entry *next = e->next;
-            size_t j = e->hash & (nb - 1);
-            e->next = b[j];
-            b[j] = e;
-            e = next;
-        }
-    }
-    pith_free(s->b);
-    s->b = b;
-    s->mask = nb - 1;
-}
-
-static struct entry **find(struct store *s, const char *k, size_t kl, uint64_t h)
-{
-    struct entry **pp = &s->b[h & s->mask];
-    for (; *pp != NULL; pp = &(*pp)->next)
-        if ((*pp)->hash == h && (*pp)->klen == kl && memcmp((*pp)->data, k, kl) == 0)
-            return pp;
-    return pp;
-}
-
 struct entry *store_get(struct store *s, const char *k, size_t kl, uint64_t h, int64_t now)
 {
+    rehash_step(s, 1);
     struct entry **pp = find(s, k, kl, h);
+    if (pp == NULL)
+        return NULL;
     struct entry *e = *pp;
-    if (e != NULL && e->expire_ms != 0 && e->expire_ms <= now) {
+    if (e->expire_ms != 0 && e->expire_ms <= now) {
         unlink_free(s, pp);
         return NULL;
     }
@@ -114,18 +249,26 @@ struct entry *store_set(struct store *s, const char *k, size_t kl, uint64_t h, c
 {
     if (kl > UINT32_MAX || vl > UINT32_MAX)
         return NULL;
-    struct entry **pp = find(s, k, kl, h);
-    struct entry *old = *pp;
-    struct entry *e;
-    if (old != NULL && old->vlen == vl) {
-        e = old; /* same size: overwrite in place */
-        if ((old->expire_ms != 0) != (expire_ms != 0))
-            count(&s->expires, expire_ms != 0 ? 1 : -1);
-        memcpy(e->data + kl, v, vl);
-        e->expire_ms = expire_ms;
-        return e;
+    rehash_step(s, 1);
+    if (s->t[0].b == NULL && !table_new(&s->t[0], INITIAL_BUCKETS)) {
+        memset(&s->t[0], 0, sizeof(s->t[0]));
+        return NULL;
     }
-    e = pith_malloc(sizeof(*e) + kl + vl);
+    if (expire_ms != 0 && exp_reserve(s) != 0)
+        return NULL;
+    struct entry **pp = find(s, k, kl, h);
+    struct entry *old = pp != NULL ? *pp : NULL;
+    if (old != NULL && old->vlen == vl) {
+        /* Same size: overwrite in place. */
+        if (old->expire_ms != 0 && expire_ms == 0)
+            exp_remove(s, old);
+        else if (old->expire_ms == 0 && expire_ms != 0)
+            exp_add(s, old);
+        memcpy(old->data + kl, v, vl);
+        old->expire_ms = expire_ms;
+        return old;
+    }
+    struct entry *e = pith_malloc(sizeof(*e) + kl + vl);
     if (e == NULL)
         return NULL;
     e->hash = h;
@@ -135,52 +278,125 @@ struct entry *store_set(struct store *s, const char *k, size_t kl, uint64_t h, c
     memcpy(e->data, k, kl);
     memcpy(e->data + kl, v, vl);
     if (old != NULL) {
+        /* In old's place in its chain; old's place in the expiry array too, when both have
+         * one. */
         e->next = old->next;
         *pp = e;
+        if (old->expire_ms != 0 && expire_ms != 0) {
+            e->xi = old->xi;
+            s->exp[e->xi] = e;
+        } else if (old->expire_ms != 0) {
+            exp_remove(s, old);
+        } else if (expire_ms != 0) {
+            exp_add(s, e);
+        }
         count(&s->bytes, -(int64_t)entry_bytes(old));
-        if (old->expire_ms != 0)
-            count(&s->expires, -1);
         pith_free(old);
     } else {
-        e->next = NULL;
-        *pp = e;
+        struct table *t = &s->t[store_rehashing(s) ? 1 : 0];
+        size_t j = h & t->mask;
+        e->next = t->b[j];
+        t->b[j] = e;
         count(&s->keys, 1);
+        if (expire_ms != 0)
+            exp_add(s, e);
     }
     count(&s->bytes, (int64_t)entry_bytes(e));
-    if (expire_ms != 0)
-        count(&s->expires, 1);
     maybe_grow(s);
     return e;
 }
 
 int store_del(struct store *s, const char *k, size_t kl, uint64_t h, int64_t now)
 {
+    rehash_step(s, 1);
     struct entry **pp = find(s, k, kl, h);
-    struct entry *e = *pp;
-    if (e == NULL)
+    if (pp == NULL)
         return 0;
+    struct entry *e = *pp;
     bool live = e->expire_ms == 0 || e->expire_ms > now;
     unlink_free(s, pp);
     return live ? 1 : 0;
 }
 
-void store_set_expire(struct store *s, struct entry *e, int64_t expire_ms)
+int store_set_expire(struct store *s, struct entry *e, int64_t expire_ms)
 {
-    if ((e->expire_ms != 0) != (expire_ms != 0))
-        count(&s->expires, expire_ms != 0 ? 1 : -1);
+    if (e->expire_ms == 0 && expire_ms != 0) {
+        if (exp_reserve(s) != 0)
+            return -ENOMEM;
+        exp_add(s, e);
+    } else if (e->expire_ms != 0 && expire_ms == 0) {
+        exp_remove(s, e);
+    }
     e->expire_ms = expire_ms;
+    return 0;
 }
 
-void store_expire_step(struct store *s, int64_t now, unsigned budget)
+size_t store_expire_cycle(struct store *s, int64_t now, uint64_t deadline_ns, bool *more)
 {
-    for (unsigned i = 0; i < budget; i++) {
-        size_t j = s->cursor++ & s->mask;
-        struct entry **pp = &s->b[j];
-        while (*pp != NULL) {
-            if ((*pp)->expire_ms != 0 && (*pp)->expire_ms <= now)
-                unlink_free(s, pp);
-            else
-                pp = &(*pp)->next;
+    size_t deleted = 0;
+    *more = false;
+    while (s->nexp > 0) {
+        unsigned looked = 0, expired = 0;
+        for (; looked < EXP_SAMPLE && s->nexp > 0; looked++) {
+            if (s->exp_cursor >= s->nexp)
+                s->exp_cursor = 0;
+            struct entry *e = s->exp[s->exp_cursor];
+            if (e->expire_ms <= now) {
+                /* The array's last entry takes e's index: the cursor stays to look at it. */
+                unlink_free(s, link_of(s, e));
+                expired++;
+            } else {
+                s->exp_cursor++;
+            }
+        }
+        deleted += expired;
+        if (expired * 4 <= looked)
+            break;
+        if (mono_ns() >= deadline_ns) {
+            *more = s->nexp > 0;
+            break;
         }
     }
+    return deleted;
+}
+
+static void free_entries(struct store *s)
+{
+    for (int i = 0; i < 2; i++) {
+        struct table *t = &s->t[i];
+        if (t->b == NULL)
+            continue;
+        for (size_t j = 0; j <= t->mask; j++) {
+            struct entry *e = t->b[j];
+            while (e != NULL) {
+                struct entry *next = e->next;
+                pith_free(e);
+                e = next;
+            }
+        }
+        pith_free(t->b);
+        memset(t, 0, sizeof(*t));
+    }
+    pith_free(s->exp);
+    s->exp = NULL;
+    s->nexp = s->capexp = s->exp_cursor = 0;
+    s->rehash = 0;
+    atomic_store_explicit(&s->keys, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->expires, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->bytes, 0, memory_order_relaxed);
+}
+
+int store_clear(struct store *s)
+{
+    free_entries(s);
+    if (!table_new(&s->t[0], INITIAL_BUCKETS)) {
+        memset(&s->t[0], 0, sizeof(s->t[0]));
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+void store_free(struct store *s)
+{
+    free_entries(s);
 }
