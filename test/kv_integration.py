@@ -593,7 +593,7 @@ CLI_GROUPS = {
 # no configuration): checked on pith-kv only.
 CLI_PITH_ONLY = [
     (["SELECT", "1"], e("ERR DB index is out of range")),
-    (["CONFIG", "GET", "save"], "(empty array)"),
+    (["CONFIG", "GET", "save"], '1) "save"\n2) ""'),  # as Redis with persistence off
     (["COMMAND"], "(empty array)"),
     (["INFO", "server"], matches(r"# Server\r\nredis_version:[0-9.]+\r\n(?s:.*)")),
     (["INFO", "nosuchsection"], ""),

@@ -108,6 +108,35 @@ CASES = {
         ("PEXPIRE", "k", "0"), ("GET", "k"), ("EXPIRE", "k"), ("EXPIREAT", "k"),
         ("PERSIST",), ("PERSIST", "a", "b"), ("EXPIRETIME", "a", "b"),
     ],
+    "CONFIG": [
+        ("CONFIG", "GET", "timeout"), ("CONFIG", "GET", "maxclients"), ("CONFIG", "GET", "TIMEOUT"),
+        ("CONFIG", "GET", "save"), ("CONFIG", "GET", "appendonly"), ("CONFIG", "GET", "nomatch"),
+        ("CONFIG", "GET", "timeout", "nomatch"), ("CONFIG", "GET", "maxmemory-policy"),
+        ("CONFIG", "SET", "timeout", "abc"), ("CONFIG", "SET", "timeout", "-1"),
+        ("CONFIG", "SET", "timeout", "2147483648"), ("CONFIG", "SET", "foo", "bar"),
+        ("CONFIG", "SET", "timeout"), ("CONFIG", "GET"), ("CONFIG",), ("CONFIG", "foo"),
+        ("CONFIG", "SET", "timeout", "1", "timeout", "2"),
+        ("CONFIG", "SET", "timeout", "1", "TIMEOUT", "2"), ("CONFIG", "SET", "timeout", "10", "foo"),
+        ("CONFIG", "SET", "databases", "3"), ("CONFIG", "SET", "maxclients", "0"),
+        ("CONFIG", "SET", "timeout", "7", "maxclients", "0"), ("CONFIG", "GET", "timeout"),
+        ("CONFIG", "SET", "timeout", "7", "maxclients", "5000"), ("CONFIG", "GET", "timeout"),
+        ("CONFIG", "GET", "maxclients"),
+        ("CONFIG", "SET", "timeout", "0", "maxclients", "10000"), ("CONFIG", "RESETSTAT"),
+        ("CONFIG", "RESETSTAT", "x"),
+    ],
+    "CLIENT": [
+        ("CLIENT",), ("CLIENT", "foo"), ("CLIENT", "GETNAME"), ("CLIENT", "SETNAME", "a b"),
+        ("CLIENT", "SETNAME", "a\nb"), ("CLIENT", "SETNAME", "a", "b"),
+        ("CLIENT", "SETNAME", "worker-1"), ("CLIENT", "GETNAME"), ("CLIENT", "SETNAME", ""),
+        ("CLIENT", "GETNAME"), ("CLIENT", "ID", "x"), ("CLIENT", "KILL"),
+        ("CLIENT", "KILL", "1.2.3.4:5"), ("CLIENT", "KILL", "ID", "99999"),
+        ("CLIENT", "KILL", "ID", "abc"), ("CLIENT", "KILL", "ID", "0"), ("CLIENT", "KILL", "foo", "bar"),
+        ("CLIENT", "KILL", "ID", "1", "SKIPME"), ("CLIENT", "KILL", "ADDR", "1.2.3.4:5"),
+        ("CLIENT", "KILL", "SKIPME", "maybe"), ("CLIENT", "REPLY", "foo"), ("CLIENT", "REPLY"),
+        ("CLIENT", "REPLY", "ON"), ("CLIENT", "LIST", "TYPE", "pubsub"),
+        ("CLIENT", "LIST", "TYPE", "bogus"), ("CLIENT", "LIST", "ID", "abc"),
+        ("CLIENT", "LIST", "ID", "99999"), ("CLIENT", "LIST", "foo"), ("CLIENT", "INFO", "x"),
+    ],
     "counters keep their expiry": [
         ("SET", "c", "1", "EX", "100"), ("INCR", "c"), ("TTL", "c", {"tol": 1}),
         ("INCRBY", "c", "10"), ("DECR", "c"), ("PTTL", "c", {"tol": 1000}),
@@ -130,6 +159,146 @@ def same_replies(a_port, b_port, script):
                       f"{args}: redis {want[1]}, pith-kv {got[1]} (tolerance {tol})")
             else:
                 check(got == want, f"{args}: redis {show(want)}, pith-kv {show(got)}")
+
+
+def raw_exchange(port, payload, end=b"+PONG\r\n"):
+    """Sends payload, then reads until the bytes end with `end`: the exact byte stream."""
+    with Conn(port) as c:
+        c.send(payload)
+        while not c.buf.endswith(end):
+            c._fill()
+        return bytes(c.buf)
+
+
+def client_reply_modes(a_port, b_port):
+    """CLIENT REPLY OFF / SKIP / ON in one pipeline: the same bytes come back from both."""
+    script = [("FLUSHALL",), ("SET", "r", "1"), ("CLIENT", "REPLY", "OFF"), ("SET", "r", "2"), ("GET", "r"),
+              ("MGET", "r", "x", "y"), ("CLIENT", "REPLY", "SKIP"), ("CLIENT", "REPLY", "ON"),
+              ("GET", "r"), ("CLIENT", "REPLY", "SKIP"), ("GET", "r"), ("DBSIZE",),
+              ("CLIENT", "REPLY", "SKIP"), ("MGET", "r", "a", "b", "c"), ("INCR", "r"),
+              ("CLIENT", "REPLY", "OFF"), ("CLIENT", "REPLY", "SKIP"), ("GET", "r"),
+              ("CLIENT", "REPLY", "ON"), ("GET", "r"), ("PING",)]
+    payload = b"".join(cmd(*c) for c in script)
+    want, got = raw_exchange(a_port, payload), raw_exchange(b_port, payload)
+    check(got == want, f"redis sent {want!r}, pith-kv sent {got!r}")
+
+
+def clients_by_name(port):
+    """CLIENT ID is unique, SETNAME shows in CLIENT LIST and INFO across shards, CLIENT KILL by
+    ID and by ADDR closes that connection and counts it, and SKIPME spares the caller."""
+    conns = [Conn(port) for _ in range(6)]
+    try:
+        ids = [c.call("CLIENT", "ID")[1] for c in conns]
+        check(len(set(ids)) == 6 and all(i > 0 for i in ids), f"ids {ids}")
+        for n, c in enumerate(conns):
+            check(c.call("CLIENT", "SETNAME", f"c{n}") == ("+", "OK"), "SETNAME")
+        listing = conns[0].call("CLIENT", "LIST")
+        check(listing[0] == "$", f"CLIENT LIST: {show(listing)}")
+        lines = listing[1].decode().splitlines()
+        fields = [dict(f.split("=", 1) for f in line.split(" ")) for line in lines]
+        mine = {int(f["id"]): f["name"] for f in fields}
+        for n, i in enumerate(ids):
+            check(mine.get(i) == f"c{n}", f"id {i} named {mine.get(i)!r} in {lines}")
+        check(all(f["cmd"] in ("client|setname", "client|list") for f in fields
+                  if int(f["id"]) in ids), f"cmd= fields: {[f['cmd'] for f in fields]}")
+        info = conns[2].call("CLIENT", "INFO")[1].decode()
+        check(f"id={ids[2]} " in info and " name=c2 " in info and info.endswith("\n"),
+              f"CLIENT INFO: {info!r}")
+        only = conns[0].call("CLIENT", "LIST", "ID", str(ids[3]), str(ids[4]))[1].decode()
+        check(sorted(int(dict(f.split("=", 1) for f in l.split(" "))["id"])
+                     for l in only.splitlines()) == sorted([ids[3], ids[4]]),
+              f"CLIENT LIST ID: {only!r}")
+        check(conns[0].call("CLIENT", "KILL", "ID", str(ids[1])) == (":", 1), "KILL ID")
+        conns[1].expect_close()
+        addr = next(f["addr"] for f in fields if int(f["id"]) == ids[2])
+        check(conns[0].call("CLIENT", "KILL", "ADDR", addr) == (":", 1), "KILL ADDR")
+        conns[2].expect_close()
+        check(conns[3].call("CLIENT", "KILL", addr) == ("-", "ERR No such client"),
+              "the old form for a client gone")
+        own = next(f["addr"] for f in fields if int(f["id"]) == ids[3])
+        check(conns[3].call("CLIENT", "KILL", "ADDR", own) == (":", 0), "SKIPME yes by default")
+        check(conns[3].call("PING") == ("+", "PONG"), "the caller is spared")
+        check(conns[3].call("CLIENT", "KILL", "ADDR", own, "SKIPME", "no") == (":", 1),
+              "SKIPME no")
+        conns[3].expect_close()
+        for sub in (("NO-EVICT", "on"), ("PAUSE", "10"), ("TRACKING", "on")):
+            got = conns[0].call("CLIENT", *sub)
+            check(got[0] == "-" and "unknown subcommand" in got[1], f"CLIENT {sub}: {got}")
+    finally:
+        for c in conns:
+            c.close()
+
+
+def maxclients_line(port, limit):
+    """With `limit` clients connected, the next one reads Redis's error line and is closed."""
+    conns = []
+    try:
+        for _ in range(limit):
+            conns.append(Conn(port))
+            check(conns[-1].call("PING") == ("+", "PONG"), "a client within maxclients")
+        extra = Conn(port)
+        conns.append(extra)
+        check(extra.reply() == ("-", "ERR max number of clients reached"), "the error line")
+        extra.expect_close()
+        conns.pop().close()
+        # A place freed is a place taken again.
+        conns.pop().close()
+        wait_until(lambda: connected(port, conns[0]) == limit - 1, 5.0, "the close counted")
+        again = Conn(port)
+        conns.append(again)
+        check(again.call("PING") == ("+", "PONG"), "a client after one left")
+        stats = again.call("INFO", "stats")[1].decode()
+        check("rejected_connections:1\r\n" in stats, f"INFO stats: {stats!r}")
+    finally:
+        for c in conns:
+            c.close()
+
+
+def connected(port, via):
+    text = via.call("INFO", "clients")[1].decode()
+    return int(text.split("connected_clients:")[1].split("\r\n")[0])
+
+
+def many_idle_clients(port, n=1500):
+    """More connections on one shard than the engine's default bound fits there (1,258 on a
+    2-CPU box): with maxclients 10000 each is taken and answers."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n + 100:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 200), hard))
+    conns = []
+    try:
+        for _ in range(n):
+            conns.append(Conn(port))
+        for c in conns:
+            c.send(cmd("PING"))
+        for c in conns:
+            check(c.reply() == ("+", "PONG"), "PING on an idle connection")
+    finally:
+        for c in conns:
+            c.close()
+
+
+def idle_timeout(port, via_config):
+    """An idle client is closed after `timeout` seconds; one that keeps talking is not."""
+    with Conn(port) as admin:
+        if via_config:
+            check(admin.call("CONFIG", "SET", "timeout", "1") == ("+", "OK"), "CONFIG SET")
+        idle, busy = Conn(port), Conn(port)
+        try:
+            check(idle.call("PING") == ("+", "PONG") and busy.call("PING") == ("+", "PONG"), "up")
+            start = time.monotonic()
+            while time.monotonic() - start < 2.5:
+                check(busy.call("PING") == ("+", "PONG"), "the busy client")
+                time.sleep(0.2)
+            idle.expect_close(timeout=3.0)
+            check(busy.call("PING") == ("+", "PONG"), "the busy client after 2.5 s")
+        finally:
+            idle.close()
+            busy.close()
+        if via_config:
+            with Conn(port) as again:
+                check(again.call("CONFIG", "SET", "timeout", "0") == ("+", "OK"), "reset")
 
 
 def dbsize(port):
@@ -188,11 +357,35 @@ def main(argv):
                     timed, "redis-server", redis.port)
             tap.run("pith-kv: expired keys go within about a second among 200,000",
                     timed, "pith-kv", kv.port)
+            tap.run("same bytes as redis-server: CLIENT REPLY OFF, SKIP and ON in a pipeline",
+                    client_reply_modes, redis.port, kv.port)
+            tap.run("CLIENT ID, SETNAME, LIST, INFO and KILL across shards", clients_by_name,
+                    kv.port)
+            tap.run("CONFIG SET timeout 1 closes idle clients at run time", idle_timeout,
+                    kv.port, True)
             tap.run("pith-kv is still running after the checks", kv.alive)
     finally:
         if kv.proc is not None:
             tap.run("pith-kv: SIGTERM stops it with status 0", kv.stop)
         redis.stop()
+
+    # Connection limits, each on a server of its own.
+    for tag, args, fn, fargs in [
+        ("--maxclients 5: the sixth client reads Redis's error line",
+         ["--shards", "2", "--maxclients", "5"], maxclients_line, (5,)),
+        ("1,500 idle connections on one shard are all served", ["--shards", "1"],
+         many_idle_clients, ()),
+        ("--timeout 1 closes idle clients", ["--shards", "2", "--timeout", "1"], idle_timeout,
+         (False,)),
+    ]:
+        server = Server(exe, args)
+        if not tap.run(f"pith-kv {' '.join(args)} starts", server.start):
+            continue
+        try:
+            tap.run(tag, fn, server.port, *fargs)
+            tap.run(f"pith-kv {' '.join(args)} is still running", server.alive)
+        finally:
+            tap.run(f"pith-kv {' '.join(args)}: SIGTERM stops it", server.stop)
     return tap.finish()
 
 

@@ -17,11 +17,13 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <pith/pith.h>
 
+#include "config.h"
 #include "resp.h"
 #include "store.h"
 
@@ -42,8 +44,10 @@ static struct {
     size_t max_bulk;
     bool acceptor;
     uint64_t request_timeout_ns;
-    long long poll_us; /* -1: the engine's default */
-} opt = {"127.0.0.1", 6379, PITH_AUTO, 8u << 20, false, 30ull * 1000 * 1000 * 1000, -1};
+    long long poll_us;   /* -1: the engine's default */
+    uint64_t timeout_s;  /* idle clients: Redis's timeout */
+    uint64_t maxclients; /* Redis's maxclients */
+} opt = {"127.0.0.1", 6379, PITH_AUTO, 8u << 20, false, 30ull * 1000 * 1000 * 1000, -1, 0, 10000};
 
 static struct resp_limits limits;
 static unsigned nshards;
@@ -94,16 +98,26 @@ enum cmd {
     /* one shard's part of a whole-space command */
     C_DBSIZE1,
     C_FLUSH1,
+    C_CLIST1, /* CLIENT LIST: the lines of this shard's connections (a: ids, or none: all) */
+    C_CKILL1, /* CLIENT KILL: a = id, addr, laddr, the id to spare ("" for any); n: killed */
 };
 
-/* How a slot's parts make one reply. */
-enum combine { RAW, ARRAY, SUM, OK };
+static bool shard_cmd(unsigned cmd)
+{
+    return cmd >= C_DBSIZE1;
+}
+
+/* How a slot's parts make one reply: as they are, an array of them, the sum of their integers,
+ * +OK, one bulk string of their bytes (CLIENT LIST), +OK when the sum is not 0 or else "No
+ * such client" (the old form of CLIENT KILL). */
+enum combine { RAW, ARRAY, SUM, OK, CONCAT, KILLED };
 
 struct slot {
     struct slot *next;
     uint32_t pending, nparts;
     uint8_t combine;
     bool failed;
+    bool mute; /* CLIENT REPLY OFF or SKIP: made, then not sent */
     long long sum;
     struct resp_out *parts; /* [nparts] */
     struct resp_out one;    /* parts when nparts == 1 */
@@ -118,8 +132,21 @@ struct kconn {
     unsigned nslots;
     unsigned reqs; /* requests on other shards not yet back */
     bool closed, quitting, paused;
-    uint64_t partial_since; /* when the unfinished command at the buffer's end began */
+    uint8_t reply_mode;            /* CLIENT REPLY: REPLY_ON or REPLY_OFF */
+    bool skip_next, skip_now;      /* CLIENT REPLY SKIP: the next command's reply, this one's */
+    uint64_t partial_since;        /* when the unfinished command at the buffer's end began */
+    uint64_t cid;                  /* CLIENT ID */
+    uint64_t opened_ns, active_ns; /* when it opened, and last sent or took bytes */
+    uint64_t bytes_out;            /* at the last idle check */
+    char *name;                    /* CLIENT SETNAME, NUL-terminated; NULL: none */
+    char cmd[32];                  /* the last command, for CLIENT LIST */
 };
+
+enum { REPLY_ON, REPLY_OFF };
+
+/* Over all shards: connections open (against maxclients), refused, and the last CLIENT ID
+ * given. Relaxed read-modify-writes: they count, nothing is published through them. */
+static _Atomic uint64_t clients_now, clients_refused, last_cid;
 
 /* A command, or one key of one, sent to the shard that owns the key. */
 struct req {
@@ -286,12 +313,106 @@ static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, l
     return err; /* -ENOMEM: no memory for the reply or the entry; the slot reports it */
 }
 
-static void exec_shard(struct kshard *ks, unsigned cmd, long long *n)
+/* One line of CLIENT LIST / CLIENT INFO, in Redis's format; fields pith-kv has no counterpart
+ * for (fd, the query buffer's free room, the reply buffer's sizes) are 0 or -1. */
+static int client_line(struct kconn *kc, uint64_t now, struct resp_out *o)
 {
-    if (cmd == C_DBSIZE1)
+    pith_conn_info_t ci;
+    if (pith_conn_info(kc->id, &ci) != 0)
+        memset(&ci, 0, sizeof(ci));
+    char head[256], tail[320];
+    int hl = snprintf(head, sizeof(head),
+                      "id=%llu addr=%s:%d laddr=%s:%d fd=-1 name=", (unsigned long long)kc->cid,
+                      ci.peer, ci.peer_port, kv_cfg.bind, kv_cfg.port);
+    int tl = snprintf(
+        tail, sizeof(tail),
+        " age=%llu idle=%llu flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=%zu qbuf-free=0 "
+        "argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=%u omem=%zu tot-mem=%zu events=r cmd=%s "
+        "user=default redir=-1 resp=2\n",
+        (unsigned long long)((now - kc->opened_ns) / 1000000000u),
+        (unsigned long long)((now - kc->active_ns) / 1000000000u), ci.buffered, kc->nslots,
+        ci.unsent, sizeof(*kc) + ci.buffered + ci.unsent, kc->cmd[0] ? kc->cmd : "NULL");
+    int err = resp_put_raw(o, head, (size_t)hl);
+    if (err == 0 && kc->name != NULL)
+        err = resp_put_raw(o, kc->name, strlen(kc->name));
+    return err != 0 ? err : resp_put_raw(o, tail, (size_t)tl);
+}
+
+static bool arg_eq(const struct resp_arg *a, const char *s)
+{
+    return a->len == strlen(s) && memcmp(a->p, s, a->len) == 0;
+}
+
+/* Does kc match CLIENT KILL's filter (a: id, addr, laddr, each "" for any)? */
+static bool kill_match(struct kconn *kc, const struct resp_arg *a)
+{
+    if (a[0].len > 0) {
+        long long id;
+        if (!parse_ll(&a[0], &id) || (uint64_t)id != kc->cid)
+            return false;
+    }
+    if (a[1].len > 0) {
+        pith_conn_info_t ci;
+        char addr[64];
+        if (pith_conn_info(kc->id, &ci) != 0)
+            return false;
+        snprintf(addr, sizeof(addr), "%s:%d", ci.peer, ci.peer_port);
+        if (!arg_eq(&a[1], addr))
+            return false;
+    }
+    if (a[2].len > 0) {
+        char addr[64];
+        snprintf(addr, sizeof(addr), "%s:%d", kv_cfg.bind, kv_cfg.port);
+        if (!arg_eq(&a[2], addr))
+            return false;
+    }
+    return true;
+}
+
+static int exec_shard(struct kshard *ks, unsigned cmd, const struct resp_arg *a, unsigned argc,
+                      long long *n, struct resp_out *o)
+{
+    int err = 0;
+    uint64_t now = pith_now_ns();
+    switch (cmd) {
+    case C_DBSIZE1:
         *n = (long long)atomic_load_explicit(&ks->st.keys, memory_order_relaxed);
-    else if (cmd == C_FLUSH1)
+        break;
+    case C_FLUSH1:
         (void)store_clear(&ks->st); /* without memory for a new table: empty, and usable */
+        break;
+    case C_CLIST1:
+        for (struct kconn *kc = ks->conns; kc != NULL && err == 0; kc = kc->next) {
+            bool want = argc == 0;
+            for (unsigned i = 0; i < argc && !want; i++) {
+                long long id;
+                want = parse_ll(&a[i], &id) && (uint64_t)id == kc->cid;
+            }
+            if (want)
+                err = client_line(kc, now, o);
+        }
+        break;
+    case C_CKILL1: {
+        long long spare = 0;
+        if (a[3].len > 0)
+            (void)parse_ll(&a[3], &spare);
+        *n = 0;
+        for (struct kconn *kc = ks->conns, *next; kc != NULL; kc = next) {
+            next = kc->next;
+            if (kc->quitting || (uint64_t)spare == kc->cid || !kill_match(kc, a))
+                continue;
+            (*n)++;
+            /* The killer itself (SKIPME no) goes once its reply is out, as in Redis. */
+            kc->quitting = true;
+            if (kc->head == NULL)
+                (void)pith_conn_close(kc->id);
+        }
+        break;
+    }
+    default:
+        break;
+    }
+    return err;
 }
 
 /* ---- reply order ---- */
@@ -315,6 +436,7 @@ static void kconn_free(struct kconn *kc)
         slot_free(s);
     }
     resp_out_free(&kc->out);
+    free(kc->name);
     free(kc);
 }
 
@@ -336,7 +458,9 @@ static void flush(struct kconn *kc)
     while (kc->head != NULL && kc->head->pending == 0) {
         struct slot *s = kc->head;
         struct resp_out tmp = {0};
-        if (s->failed) {
+        if (s->mute) {
+            /* CLIENT REPLY OFF or SKIP: the reply was made, and is dropped */
+        } else if (s->failed) {
             (void)resp_put_error(&tmp, "ERR out of memory");
         } else if (s->combine == RAW) {
             (void)send_out(kc, &s->one);
@@ -345,6 +469,22 @@ static void flush(struct kconn *kc)
             (void)send_out(kc, &tmp);
             for (uint32_t i = 0; i < s->nparts; i++)
                 (void)send_out(kc, &s->parts[i]);
+        } else if (s->combine == CONCAT) {
+            size_t total = 0;
+            for (uint32_t i = 0; i < s->nparts; i++)
+                total += s->parts[i].len;
+            char hdr[32];
+            int hl = snprintf(hdr, sizeof(hdr), "$%zu\r\n", total);
+            (void)resp_put_raw(&tmp, hdr, (size_t)hl);
+            (void)send_out(kc, &tmp);
+            for (uint32_t i = 0; i < s->nparts; i++)
+                (void)send_out(kc, &s->parts[i]);
+            (void)resp_put_raw(&tmp, "\r\n", 2);
+        } else if (s->combine == KILLED) {
+            if (s->sum > 0)
+                (void)resp_put_simple(&tmp, "OK");
+            else
+                (void)resp_put_error(&tmp, "ERR No such client");
         } else if (s->combine == SUM) {
             (void)resp_put_int(&tmp, s->sum);
         } else {
@@ -397,7 +537,7 @@ static void part_done(struct slot *s, uint32_t part, int err, long long n, struc
 {
     if (err)
         s->failed = true;
-    else if (s->combine == SUM)
+    else if (s->combine == SUM || s->combine == KILLED)
         s->sum += n;
     if (r != NULL && r->len > 0) {
         if (s->parts[part].len == 0) {
@@ -415,8 +555,8 @@ static void *req_run(void *arg)
 {
     struct req *q = arg;
     struct kshard *ks = me();
-    if (q->cmd == C_DBSIZE1 || q->cmd == C_FLUSH1)
-        exec_shard(ks, q->cmd, &q->n);
+    if (shard_cmd(q->cmd))
+        q->err = exec_shard(ks, q->cmd, q->a, q->argc, &q->n, &q->r);
     else
         q->err = exec_key(ks, q->cmd, q->a, &q->n, q->expire_ms, &q->r);
     return q;
@@ -447,8 +587,8 @@ static void run_part(struct kconn *kc, struct slot *s, uint32_t part, unsigned s
     if (shard == (unsigned)pith_shard_id()) {
         struct resp_out r = {0};
         int err = 0;
-        if (cmd == C_DBSIZE1 || cmd == C_FLUSH1)
-            exec_shard(kc->ks, cmd, &n);
+        if (shard_cmd(cmd))
+            err = exec_shard(kc->ks, cmd, a, argc, &n, &r);
         else
             err = exec_key(kc->ks, cmd, a, &n, expire_ms, &r);
         part_done(s, part, err, n, &r);
@@ -564,7 +704,9 @@ static void multi(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsi
     }
 }
 
-static void whole(struct kconn *kc, unsigned cmd, uint8_t combine)
+/* A command every shard does its part of, with the same arguments. */
+static void whole(struct kconn *kc, unsigned cmd, uint8_t combine, const struct resp_arg *a,
+                  unsigned argc)
 {
     struct slot *s = slot_new(kc, nshards, combine);
     if (s == NULL) {
@@ -572,12 +714,12 @@ static void whole(struct kconn *kc, unsigned cmd, uint8_t combine)
         return;
     }
     for (unsigned i = 0; i < nshards; i++)
-        run_part(kc, s, i, i, cmd, NULL, 0, 0, 0);
+        run_part(kc, s, i, i, cmd, a, argc, 0, 0);
 }
 
 static void info(struct kconn *kc, const struct resp_arg *section)
 {
-    uint64_t keys = 0, expires = 0, bytes = 0, conns = 0, cmds = 0, total = 0;
+    uint64_t keys = 0, expires = 0, bytes = 0, conns = 0, cmds = 0, total = 0, expired = 0;
     for (unsigned i = 0; i < nshards; i++) {
         struct kshard *ks = kshards[i];
         keys += atomic_load_explicit(&ks->st.keys, memory_order_relaxed);
@@ -586,6 +728,7 @@ static void info(struct kconn *kc, const struct resp_arg *section)
         conns += atomic_load_explicit(&ks->nconns, memory_order_relaxed);
         cmds += atomic_load_explicit(&ks->commands, memory_order_relaxed);
         total += atomic_load_explicit(&ks->connections, memory_order_relaxed);
+        expired += atomic_load_explicit(&ks->expired, memory_order_relaxed);
     }
     char text[1024];
     int len = 0;
@@ -601,15 +744,20 @@ static void info(struct kconn *kc, const struct resp_arg *section)
                         (unsigned long long)((pith_now_ns() - started_ns) / 1000000000u), nshards);
     if (SECTION("clients"))
         len += snprintf(text + len, sizeof(text) - (size_t)len,
-                        "# Clients\r\nconnected_clients:%llu\r\n\r\n", (unsigned long long)conns);
+                        "# Clients\r\nconnected_clients:%llu\r\nmaxclients:%llu\r\n\r\n",
+                        (unsigned long long)conns, (unsigned long long)setting(&kv_cfg.maxclients));
     if (SECTION("memory"))
         len += snprintf(text + len, sizeof(text) - (size_t)len,
                         "# Memory\r\nused_memory_dataset:%llu\r\n\r\n", (unsigned long long)bytes);
     if (SECTION("stats"))
-        len += snprintf(text + len, sizeof(text) - (size_t)len,
-                        "# Stats\r\ntotal_connections_received:%llu\r\n"
-                        "total_commands_processed:%llu\r\n\r\n",
-                        (unsigned long long)total, (unsigned long long)cmds);
+        len += snprintf(
+            text + len, sizeof(text) - (size_t)len,
+            "# Stats\r\ntotal_connections_received:%llu\r\n"
+            "total_commands_processed:%llu\r\nrejected_connections:%llu\r\n"
+            "expired_keys:%llu\r\n\r\n",
+            (unsigned long long)total, (unsigned long long)cmds,
+            (unsigned long long)atomic_load_explicit(&clients_refused, memory_order_relaxed),
+            (unsigned long long)expired);
     if (SECTION("keyspace")) {
         len += snprintf(text + len, sizeof(text) - (size_t)len, "# Keyspace\r\n");
         if (keys > 0)
@@ -747,7 +895,7 @@ static void flush_cmd(struct kconn *kc, const struct resp_arg *a, unsigned argc)
     if (argc > 2 || (argc == 2 && !is(&a[1], "ASYNC") && !is(&a[1], "SYNC")))
         reply_error(kc, "ERR syntax error");
     else
-        whole(kc, C_FLUSH1, OK);
+        whole(kc, C_FLUSH1, OK, NULL, 0);
 }
 
 static void unknown(struct kconn *kc, const struct resp_arg *a, unsigned argc)
@@ -767,7 +915,294 @@ static void unknown(struct kconn *kc, const struct resp_arg *a, unsigned argc)
     reply_error(kc, msg);
 }
 
+/* "ERR wrong number of arguments for 'config|get' command" and the like. */
+static void wrong_sub_args(struct kconn *kc, const struct resp_arg *name,
+                           const struct resp_arg *sub)
+{
+    char msg[160];
+    int len = snprintf(msg, sizeof(msg), "ERR wrong number of arguments for '");
+    for (size_t i = 0; i < name->len && i < 16; i++)
+        msg[len++] = (char)(name->p[i] | 0x20);
+    msg[len++] = '|';
+    for (size_t i = 0; i < sub->len && i < 32; i++)
+        msg[len++] = (char)(sub->p[i] >= 'A' && sub->p[i] <= 'Z' ? sub->p[i] | 0x20 : sub->p[i]);
+    snprintf(msg + len, sizeof(msg) - (size_t)len, "' command");
+    reply_error(kc, msg);
+}
+
+static void unknown_sub(struct kconn *kc, const char *cmd, const struct resp_arg *sub)
+{
+    char msg[200];
+    snprintf(msg, sizeof(msg), "ERR unknown subcommand '%.*s'. Try %s HELP.",
+             (int)(sub->len < 128 ? sub->len : 128), sub->p, cmd);
+    reply_error(kc, msg);
+}
+
+static void help(struct kconn *kc, const char *const *lines)
+{
+    struct resp_out *o = reply_buf(kc);
+    if (o == NULL)
+        return;
+    unsigned n = 0;
+    while (lines[n] != NULL)
+        n++;
+    (void)resp_put_array(o, n);
+    for (unsigned i = 0; i < n; i++)
+        (void)resp_put_simple(o, lines[i]);
+}
+
+/* CONFIG GET pattern [pattern ...] | SET name value [name value ...] | RESETSTAT | HELP */
+static void config_cmd(struct kconn *kc, const struct resp_arg *a, unsigned argc)
+{
+    static const char *const lines[] = {
+        "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+        "GET <pattern>",
+        "    Return parameters matching the glob-like <pattern> and their values.",
+        "SET <directive> <value>",
+        "    Set the configuration <directive> to <value>.",
+        "RESETSTAT",
+        "    Reset statistics reported by the INFO command.",
+        "HELP",
+        "    Print this help.",
+        NULL};
+    if (argc < 2) {
+        wrong_args(kc, &a[0]);
+    } else if (is(&a[1], "GET")) {
+        struct resp_out *o;
+        if (argc < 3)
+            wrong_sub_args(kc, &a[0], &a[1]);
+        else if ((o = reply_buf(kc)) != NULL)
+            (void)config_get(o, &a[2], argc - 2);
+    } else if (is(&a[1], "SET")) {
+        char buf[256];
+        const char *why;
+        if (argc < 4)
+            wrong_sub_args(kc, &a[0], &a[1]);
+        else if ((why = config_set(&a[2], argc - 2, buf, sizeof(buf))) != NULL)
+            reply_error(kc, why);
+        else
+            reply_simple(kc, "OK");
+    } else if (is(&a[1], "RESETSTAT") && argc == 2) {
+        for (unsigned i = 0; i < nshards; i++) {
+            atomic_store_explicit(&kshards[i]->commands, 0, memory_order_relaxed);
+            atomic_store_explicit(&kshards[i]->connections, 0, memory_order_relaxed);
+            atomic_store_explicit(&kshards[i]->expired, 0, memory_order_relaxed);
+        }
+        atomic_store_explicit(&clients_refused, 0, memory_order_relaxed);
+        reply_simple(kc, "OK");
+    } else if (is(&a[1], "HELP") && argc == 2) {
+        help(kc, lines);
+    } else if (is(&a[1], "RESETSTAT") || is(&a[1], "HELP")) {
+        wrong_sub_args(kc, &a[0], &a[1]);
+    } else {
+        unknown_sub(kc, "CONFIG", &a[1]);
+    }
+}
+
+/* CLIENT KILL addr (the old form) or CLIENT KILL [ID id] [ADDR ip:port] [LADDR ip:port]
+ * [SKIPME yes|no]: every shard closes its matching connections. */
+static void client_kill(struct kconn *kc, const struct resp_arg *a, unsigned argc)
+{
+    char spare[24];
+    struct resp_arg f[4] = {{"", 0}, {"", 0}, {"", 0}, {spare, 0}};
+    f[3].len = (size_t)snprintf(spare, sizeof(spare), "%llu", (unsigned long long)kc->cid);
+    if (argc == 3) {
+        f[1] = a[2];
+        f[3].len = 0; /* the old form may kill the caller itself */
+        whole(kc, C_CKILL1, KILLED, f, 4);
+        return;
+    }
+    if (argc % 2 != 0) {
+        reply_error(kc, "ERR syntax error");
+        return;
+    }
+    for (unsigned i = 2; i < argc; i += 2) {
+        long long id;
+        if (is(&a[i], "ID")) {
+            if (!parse_ll(&a[i + 1], &id) || id <= 0) {
+                reply_error(kc, "ERR client-id should be greater than 0");
+                return;
+            }
+            f[0] = a[i + 1];
+        } else if (is(&a[i], "ADDR")) {
+            f[1] = a[i + 1];
+        } else if (is(&a[i], "LADDR")) {
+            f[2] = a[i + 1];
+        } else if (is(&a[i], "SKIPME") && (is(&a[i + 1], "yes") || is(&a[i + 1], "no"))) {
+            f[3].len = is(&a[i + 1], "yes") ? strlen(spare) : 0;
+        } else {
+            reply_error(kc, "ERR syntax error");
+            return;
+        }
+    }
+    whole(kc, C_CKILL1, SUM, f, 4);
+}
+
+/* CLIENT ID | GETNAME | SETNAME name | INFO | LIST [TYPE t] [ID id ...] | KILL ... |
+ * REPLY ON|OFF|SKIP | HELP; every other subcommand is an error. */
+static void client_cmd(struct kconn *kc, const struct resp_arg *a, unsigned argc)
+{
+    static const char *const lines[] = {
+        "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+        "GETNAME",
+        "    Return the name of the current connection.",
+        "ID",
+        "    Return the ID of the current connection.",
+        "INFO",
+        "    Return information about the current client connection.",
+        "KILL <ip:port>",
+        "    Kill connection made from <ip:port>.",
+        "KILL <option> <value> [<option> <value> [...]]",
+        "    Kill connections. Options are: ID <client-id>, ADDR <ip:port>, LADDR <ip:port>,",
+        "    SKIPME (YES|NO).",
+        "LIST [options ...]",
+        "    Return information about client connections. Options: TYPE (NORMAL|MASTER|",
+        "    REPLICA|PUBSUB), ID <id> [<id> ...].",
+        "REPLY (ON|OFF|SKIP)",
+        "    Control the replies sent to the current connection.",
+        "SETNAME <name>",
+        "    Assign the name <name> to the current connection.",
+        "HELP",
+        "    Print this help.",
+        NULL};
+    if (argc < 2) {
+        wrong_args(kc, &a[0]);
+        return;
+    }
+    const struct resp_arg *sub = &a[1];
+    struct resp_out *o;
+    if (is(sub, "ID") || is(sub, "GETNAME") || is(sub, "INFO") || is(sub, "HELP")) {
+        if (argc != 2) {
+            wrong_sub_args(kc, &a[0], sub);
+        } else if (is(sub, "HELP")) {
+            help(kc, lines);
+        } else if ((o = reply_buf(kc)) == NULL) {
+            return;
+        } else if (is(sub, "ID")) {
+            (void)resp_put_int(o, (long long)kc->cid);
+        } else if (is(sub, "GETNAME")) {
+            (void)(kc->name != NULL ? resp_put_bulk(o, kc->name, strlen(kc->name))
+                                    : resp_put_null(o));
+        } else {
+            struct resp_out line = {0};
+            if (client_line(kc, pith_now_ns(), &line) == 0)
+                (void)resp_put_bulk(o, line.p, line.len);
+            resp_out_free(&line);
+        }
+    } else if (is(sub, "SETNAME")) {
+        if (argc != 3) {
+            wrong_sub_args(kc, &a[0], sub);
+            return;
+        }
+        for (size_t i = 0; i < a[2].len; i++)
+            if (a[2].p[i] < '!' || a[2].p[i] > '~') {
+                reply_error(kc, "ERR Client names cannot contain spaces, newlines or special "
+                                "characters.");
+                return;
+            }
+        char *name = NULL;
+        if (a[2].len > 0 && (name = malloc(a[2].len + 1)) == NULL) {
+            reply_error(kc, "ERR out of memory");
+            return;
+        }
+        if (name != NULL) {
+            memcpy(name, a[2].p, a[2].len);
+            name[a[2].len] = 0;
+        }
+        free(kc->name);
+        kc->name = name;
+        reply_simple(kc, "OK");
+    } else if (is(sub, "LIST")) {
+        if (argc == 2) {
+            whole(kc, C_CLIST1, CONCAT, NULL, 0);
+        } else if (argc == 4 && is(&a[2], "TYPE")) {
+            if (is(&a[3], "NORMAL")) {
+                whole(kc, C_CLIST1, CONCAT, NULL, 0);
+            } else if (is(&a[3], "MASTER") || is(&a[3], "REPLICA") || is(&a[3], "SLAVE") ||
+                       is(&a[3], "PUBSUB")) {
+                if ((o = reply_buf(kc)) != NULL)
+                    (void)resp_put_bulk(o, "", 0);
+            } else {
+                char msg[160];
+                snprintf(msg, sizeof(msg), "ERR Unknown client type '%.*s'",
+                         (int)(a[3].len < 64 ? a[3].len : 64), a[3].p);
+                reply_error(kc, msg);
+            }
+        } else if (argc >= 4 && is(&a[2], "ID")) {
+            for (unsigned i = 3; i < argc; i++) {
+                long long id;
+                if (!parse_ll(&a[i], &id) || id <= 0) {
+                    reply_error(kc, "ERR Invalid client ID");
+                    return;
+                }
+            }
+            whole(kc, C_CLIST1, CONCAT, &a[3], argc - 3);
+        } else {
+            reply_error(kc, "ERR syntax error");
+        }
+    } else if (is(sub, "KILL")) {
+        if (argc < 3)
+            wrong_sub_args(kc, &a[0], sub);
+        else
+            client_kill(kc, a, argc);
+    } else if (is(sub, "REPLY")) {
+        if (argc != 3) {
+            wrong_sub_args(kc, &a[0], sub);
+        } else if (is(&a[2], "ON")) {
+            kc->reply_mode = REPLY_ON;
+            kc->skip_now = false;
+            reply_simple(kc, "OK");
+        } else if (is(&a[2], "OFF")) {
+            kc->reply_mode = REPLY_OFF;
+        } else if (is(&a[2], "SKIP")) {
+            kc->skip_next = kc->reply_mode != REPLY_OFF; /* as Redis: no effect under OFF */
+        } else {
+            reply_error(kc, "ERR syntax error");
+        }
+    } else {
+        unknown_sub(kc, "CLIENT", sub);
+    }
+}
+
+static void run_command(struct kconn *kc, struct resp_arg *a, unsigned argc);
+
+/* The name CLIENT LIST shows as cmd=: lower case, with the subcommand after '|'. */
+static void remember_name(struct kconn *kc, const struct resp_arg *a, unsigned argc)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < a[0].len && n < sizeof(kc->cmd) - 1; i++)
+        kc->cmd[n++] = (char)(a[0].p[i] >= 'A' && a[0].p[i] <= 'Z' ? a[0].p[i] | 0x20 : a[0].p[i]);
+    if (argc >= 2 && (is(&a[0], "CLIENT") || is(&a[0], "CONFIG")) && n < sizeof(kc->cmd) - 1) {
+        kc->cmd[n++] = '|';
+        for (size_t i = 0; i < a[1].len && n < sizeof(kc->cmd) - 1; i++)
+            kc->cmd[n++] =
+                (char)(a[1].p[i] >= 'A' && a[1].p[i] <= 'Z' ? a[1].p[i] | 0x20 : a[1].p[i]);
+    }
+    kc->cmd[n] = 0;
+}
+
+/* Runs one command; under CLIENT REPLY OFF or SKIP its reply is made and then dropped: the
+ * bytes it added to the ready buffer are cut off, and the slots it opened are marked mute. (A
+ * command writes to the buffer or opens slots, and a new slot first sends what the buffer
+ * held, so the mark stays right.) */
 static void command(struct kconn *kc, struct resp_arg *a, unsigned argc)
+{
+    remember_name(kc, a, argc);
+    kc->skip_now = kc->skip_next;
+    kc->skip_next = false;
+    size_t mark = kc->out.len;
+    struct slot *tail = kc->tail;
+    run_command(kc, a, argc);
+    if (kc->reply_mode == REPLY_ON && !kc->skip_now)
+        return;
+    struct slot *s = tail != NULL ? tail->next : kc->head;
+    if (s == NULL && kc->out.len >= mark)
+        kc->out.len = mark;
+    for (; s != NULL; s = s->next)
+        s->mute = true;
+}
+
+static void run_command(struct kconn *kc, struct resp_arg *a, unsigned argc)
 {
     count(&kc->ks->commands, 1);
     const struct resp_arg *name = &a[0];
@@ -892,7 +1327,7 @@ static void command(struct kconn *kc, struct resp_arg *a, unsigned argc)
         if (is(name, "DBSIZE")) {
             if (argc != 1)
                 break;
-            whole(kc, C_DBSIZE1, SUM);
+            whole(kc, C_DBSIZE1, SUM, NULL, 0);
             return;
         }
         if (is(name, "SELECT")) {
@@ -904,16 +1339,12 @@ static void command(struct kconn *kc, struct resp_arg *a, unsigned argc)
                 reply_error(kc, "ERR DB index is out of range");
             return;
         }
-        if (is(name, "CONFIG") || is(name, "CLIENT")) {
-            /* Enough for clients that ask at connect time (redis-benchmark reads CONFIG GET
-             * save and appendonly): an empty answer. */
-            if (is(name, "CONFIG")) {
-                struct resp_out *o = reply_buf(kc);
-                if (o != NULL)
-                    (void)resp_put_array(o, 0);
-            } else {
-                reply_simple(kc, "OK");
-            }
+        if (is(name, "CONFIG")) {
+            config_cmd(kc, a, argc);
+            return;
+        }
+        if (is(name, "CLIENT")) {
+            client_cmd(kc, a, argc);
             return;
         }
         goto unknown;
@@ -984,12 +1415,25 @@ unknown:
 static void *on_open(pith_conn_t c, void *ctx)
 {
     (void)ctx;
+    /* maxclients over all shards, with Redis's error line for the one past it. */
+    if (atomic_fetch_add_explicit(&clients_now, 1, memory_order_relaxed) >=
+        setting(&kv_cfg.maxclients)) {
+        atomic_fetch_sub_explicit(&clients_now, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&clients_refused, 1, memory_order_relaxed);
+        static const char full[] = "-ERR max number of clients reached\r\n";
+        if (pith_conn_send(c, full, sizeof(full) - 1) != 0 || pith_conn_close(c) != 0)
+            (void)pith_conn_abort(c);
+        return NULL;
+    }
     struct kconn *kc = calloc(1, sizeof(*kc));
     if (kc == NULL) {
+        atomic_fetch_sub_explicit(&clients_now, 1, memory_order_relaxed);
         (void)pith_conn_abort(c);
         return NULL;
     }
     kc->id = c;
+    kc->cid = atomic_fetch_add_explicit(&last_cid, 1, memory_order_relaxed) + 1;
+    kc->opened_ns = kc->active_ns = pith_now_ns();
     kc->ks = me();
     kc->next = kc->ks->conns;
     if (kc->next != NULL)
@@ -1007,6 +1451,7 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
     if (kc == NULL || kc->quitting)
         return len; /* after QUIT or a protocol error, input is dropped */
     struct kshard *ks = kc->ks;
+    kc->active_ns = pith_now_ns();
     const char *buf = data;
     size_t off = 0;
     while (off < len) {
@@ -1059,6 +1504,7 @@ static void on_close(pith_conn_t c, void *cctx, int reason)
     if (kc->next != NULL)
         kc->next->prev = kc->prev;
     count(&ks->nconns, -1);
+    atomic_fetch_sub_explicit(&clients_now, 1, memory_order_relaxed);
     kc->closed = true;
     if (kc->reqs == 0)
         kconn_free(kc);
@@ -1086,6 +1532,25 @@ static void housekeeping(void *arg)
         ks->more_armed = true;
 }
 
+/* Closes connections idle (nothing received, nothing of their output taken) for longer than
+ * the timeout setting, as Redis's `timeout` does. */
+static void idle_sweep(struct kshard *ks, uint64_t now)
+{
+    uint64_t timeout = setting(&kv_cfg.timeout_s);
+    if (timeout == 0)
+        return;
+    for (struct kconn *kc = ks->conns, *next; kc != NULL; kc = next) {
+        next = kc->next;
+        pith_conn_info_t ci;
+        if (pith_conn_info(kc->id, &ci) == 0 && ci.bytes_out != kc->bytes_out) {
+            kc->bytes_out = ci.bytes_out;
+            kc->active_ns = now;
+        }
+        if (now - kc->active_ns > timeout * 1000000000ull && !kc->closed)
+            (void)pith_conn_close(kc->id);
+    }
+}
+
 /* Every 100 ms on each shard: housekeeping (unless a busy round is already coming), and close
  * connections whose unfinished command has waited longer than the request timeout (a client
  * that trickles a request never ties memory down for long). */
@@ -1095,6 +1560,7 @@ static void tick(void *arg)
     uint64_t now = pith_now_ns();
     if (!ks->more_armed)
         housekeeping(ks);
+    idle_sweep(ks, now);
     for (struct kconn *kc = ks->conns; kc != NULL; kc = kc->next)
         if (kc->partial_since != 0 && now - kc->partial_since > opt.request_timeout_ns &&
             !kc->quitting) {
@@ -1119,10 +1585,52 @@ static void *shard_up(void *arg)
     return NULL;
 }
 
+#define CONN_MARGIN    64u   /* connections past maxclients a shard takes, to refuse in words */
+#define NET_BUFS       256u  /* the engine's default receive buffers per shard */
+#define CQE_PER_CONN   3u    /* completions the engine keeps room for per connection */
+#define MAX_IO_ENTRIES 4096u /* a CQ of 65,536, io_uring's most */
+
+/* The io_uring size that holds `conns` connections on one shard (see pith_listen_config_t's
+ * max_conns: cfg.io_entries * 16 >= net_bufs + 3 * max_conns + 64). */
+static unsigned ring_entries_for(uint64_t conns)
+{
+    uint64_t need = (NET_BUFS + CQE_PER_CONN * conns + 64 + 15) / 16;
+    unsigned e = 256;
+    while (e < need && e < MAX_IO_ENTRIES)
+        e *= 2;
+    return e;
+}
+
+/* The most clients this process can hold, at most `want`: as Redis does, raise the soft limit
+ * on open files toward what `want` needs (the hard limit caps it), and keep 32 descriptors for
+ * the engine's own (rings, eventfds, listeners); the largest ring caps it too. */
+static uint64_t clients_limit(uint64_t want)
+{
+    struct rlimit rl;
+    const uint64_t reserved = 32 + CONN_MARGIN;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return want;
+    uint64_t need = want + reserved;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+        rlim_t cur =
+            rl.rlim_max == RLIM_INFINITY || rl.rlim_max > need ? (rlim_t)need : rl.rlim_max;
+        struct rlimit nl = {cur, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &nl) == 0)
+            rl.rlim_cur = cur;
+    }
+    uint64_t fit = rl.rlim_cur == RLIM_INFINITY ? want
+                   : rl.rlim_cur > reserved     ? rl.rlim_cur - reserved
+                                                : 1;
+    uint64_t ring = ((uint64_t)MAX_IO_ENTRIES * 16 - NET_BUFS - 64) / CQE_PER_CONN - CONN_MARGIN;
+    fit = fit < ring ? fit : ring;
+    return want < fit ? want : fit;
+}
+
 static void usage(void)
 {
     fprintf(stderr, "usage: pith-kv [--port N] [--host ADDR] [--shards N] [--max-bulk BYTES]\n"
-                    "               [--acceptor] [--request-timeout SECONDS] [--poll-us US]\n");
+                    "               [--acceptor] [--request-timeout SECONDS] [--poll-us US]\n"
+                    "               [--timeout SECONDS] [--maxclients N]\n");
     exit(2);
 }
 
@@ -1164,6 +1672,18 @@ int main(int argc, char **argv)
                 usage();
             opt.poll_us = p;
             i++;
+        } else if (strcmp(argv[i], "--timeout") == 0 && v) {
+            unsigned long long t = strtoull(v, &end, 10);
+            if (*end || *v == '-' || t > 2147483647ull)
+                usage();
+            opt.timeout_s = t;
+            i++;
+        } else if (strcmp(argv[i], "--maxclients") == 0 && v) {
+            unsigned long long m = strtoull(v, &end, 10);
+            if (*end || *v == '-' || m == 0 || m > 4294967295ull)
+                usage();
+            opt.maxclients = m;
+            i++;
         } else if (strcmp(argv[i], "--acceptor") == 0) {
             opt.acceptor = true;
         } else {
@@ -1172,6 +1692,10 @@ int main(int argc, char **argv)
     }
     limits.max_bulk = opt.max_bulk;
     limits.max_args = ARGS_CAP;
+    atomic_store(&kv_cfg.timeout_s, opt.timeout_s);
+    atomic_store(&kv_cfg.max_bulk, opt.max_bulk);
+    kv_cfg.port = opt.port;
+    kv_cfg.bind = opt.host;
 
     /* The key of the store's hash, new in every process: nobody outside can build keys that
      * share a bucket or a shard (hash flooding). */
@@ -1194,6 +1718,15 @@ int main(int argc, char **argv)
     pith_config_t cfg;
     pith_config_init(&cfg);
     cfg.shards = opt.shards;
+    /* Room for maxclients connections on any one shard (the kernel's SO_REUSEPORT hash may
+     * send them all to one), plus a margin that lets the one past maxclients be told so. */
+    uint64_t limit = clients_limit(opt.maxclients);
+    if (limit < opt.maxclients) {
+        fprintf(stderr, "pith-kv: maxclients %llu lowered to %llu (file descriptors, rings)\n",
+                (unsigned long long)opt.maxclients, (unsigned long long)limit);
+        opt.maxclients = limit;
+    }
+    cfg.io_entries = ring_entries_for(limit + CONN_MARGIN);
     if (opt.poll_us >= 0)
         cfg.poll_ns = (uint64_t)opt.poll_us * 1000;
     int err = pith_engine_start(&cfg);
@@ -1203,6 +1736,8 @@ int main(int argc, char **argv)
     }
     nshards = pith_shard_count();
     started_ns = pith_now_ns();
+    kv_cfg.maxclients_limit = clients_limit(UINT32_MAX);
+    atomic_store(&kv_cfg.maxclients, opt.maxclients);
     for (unsigned i = 0; i < nshards; i++) {
         void *res = NULL;
         err = pith_call_wait(i, shard_up, NULL, &res);
@@ -1219,6 +1754,7 @@ int main(int argc, char **argv)
     lc.port = (uint16_t)opt.port;
     lc.spread = opt.acceptor ? PITH_TCP_ACCEPTOR : PITH_TCP_REUSEPORT;
     lc.conn.handler = &handler;
+    lc.max_conns = (unsigned)(opt.maxclients + CONN_MARGIN);
     /* A bulk of max_bulk bytes and a pipeline's worth of replies fit; past it, a connection is
      * closed rather than let grow. */
     lc.conn.max_buffered = 2 * opt.max_bulk + (4u << 20);

@@ -1,0 +1,154 @@
+/* CONFIG GET / CONFIG SET over pith-kv's settings (config.h). */
+#include "config.h"
+
+#include <fnmatch.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+struct kv_settings kv_cfg;
+
+enum kind {
+    MUTABLE_INT, /* an integer in [lo, hi] */
+    FIXED,       /* read-only here: CONFIG SET is "can't set immutable config" */
+};
+
+struct setting_def {
+    const char *name;
+    enum kind kind;
+    _Atomic uint64_t *v; /* MUTABLE_INT, and FIXED integers */
+    uint64_t lo, hi;
+    const char *text; /* FIXED strings */
+};
+
+/* Ours, in the order CONFIG GET lists them. */
+static struct setting_def defs[] = {
+    {"timeout", MUTABLE_INT, &kv_cfg.timeout_s, 0, 2147483647, NULL},
+    {"maxclients", MUTABLE_INT, &kv_cfg.maxclients, 1, 4294967295u, NULL},
+    {"proto-max-bulk-len", FIXED, &kv_cfg.max_bulk, 0, 0, NULL},
+    {"port", FIXED, NULL, 0, 0, NULL},
+    {"bind", FIXED, NULL, 0, 0, NULL},
+    {"databases", FIXED, NULL, 0, 0, "1"},
+    {"save", FIXED, NULL, 0, 0, ""},
+    {"appendonly", FIXED, NULL, 0, 0, "no"},
+    {"maxmemory", FIXED, NULL, 0, 0, "0"},
+    {"maxmemory-policy", FIXED, NULL, 0, 0, "noeviction"},
+};
+#define NDEFS (sizeof(defs) / sizeof(defs[0]))
+
+static int value_of(const struct setting_def *d, char *buf, size_t size)
+{
+    if (strcmp(d->name, "port") == 0)
+        return snprintf(buf, size, "%d", kv_cfg.port);
+    if (strcmp(d->name, "bind") == 0)
+        return snprintf(buf, size, "%s", kv_cfg.bind);
+    if (d->v != NULL)
+        return snprintf(buf, size, "%" PRIu64, setting(d->v));
+    return snprintf(buf, size, "%s", d->text);
+}
+
+static bool has_glob(const struct resp_arg *p)
+{
+    return memchr(p->p, '*', p->len) || memchr(p->p, '?', p->len) || memchr(p->p, '[', p->len);
+}
+
+int config_get(struct resp_out *o, const struct resp_arg *pats, unsigned n)
+{
+    /* Each setting once, whichever patterns match it; a pattern without a glob is a name, and
+     * Redis answers with the name as it was asked (CONFIG GET TIMEOUT gives TIMEOUT). */
+    const struct resp_arg *named[NDEFS] = {0};
+    bool hit[NDEFS] = {0};
+    unsigned count = 0;
+    for (unsigned i = 0; i < n; i++) {
+        char pat[128];
+        if (pats[i].len >= sizeof(pat))
+            continue;
+        memcpy(pat, pats[i].p, pats[i].len);
+        pat[pats[i].len] = 0;
+        bool glob = has_glob(&pats[i]);
+        for (unsigned j = 0; j < NDEFS; j++) {
+            bool m = glob ? fnmatch(pat, defs[j].name, FNM_CASEFOLD) == 0
+                          : strcasecmp(pat, defs[j].name) == 0;
+            if (!m || hit[j])
+                continue;
+            hit[j] = true;
+            named[j] = glob ? NULL : &pats[i];
+            count++;
+        }
+    }
+    int err = resp_put_array(o, 2 * (long long)count);
+    for (unsigned j = 0; j < NDEFS && err == 0; j++) {
+        if (!hit[j])
+            continue;
+        char val[64];
+        int len = value_of(&defs[j], val, sizeof(val));
+        err = named[j] != NULL ? resp_put_bulk(o, named[j]->p, named[j]->len)
+                               : resp_put_bulk(o, defs[j].name, strlen(defs[j].name));
+        if (err == 0)
+            err = resp_put_bulk(o, val, (size_t)len);
+    }
+    return err;
+}
+
+static const struct setting_def *find_def(const struct resp_arg *name)
+{
+    for (unsigned j = 0; j < NDEFS; j++)
+        if (strlen(defs[j].name) == name->len && strncasecmp(defs[j].name, name->p, name->len) == 0)
+            return &defs[j];
+    return NULL;
+}
+
+static const char *failed(char *buf, size_t size, const struct resp_arg *name, const char *why)
+{
+    snprintf(buf, size, "ERR CONFIG SET failed (possibly related to argument '%.*s') - %s",
+             (int)(name->len < 64 ? name->len : 64), name->p, why);
+    return buf;
+}
+
+const char *config_set(const struct resp_arg *a, unsigned n, char *buf, size_t size)
+{
+    if (n % 2 != 0)
+        return "ERR syntax error";
+    /* Check every pair first, then apply: all or none, as in Redis. */
+    uint64_t values[NDEFS];
+    const struct setting_def *which[NDEFS];
+    unsigned pairs = 0;
+    for (unsigned i = 0; i + 1 < n; i += 2) {
+        const struct setting_def *d = find_def(&a[i]);
+        if (d == NULL) {
+            snprintf(buf, size, "ERR Unknown option or number of arguments for CONFIG SET - '%.*s'",
+                     (int)(a[i].len < 64 ? a[i].len : 64), a[i].p);
+            return buf;
+        }
+        for (unsigned k = 0; k < pairs; k++)
+            if (which[k] == d)
+                return failed(buf, size, &a[i], "duplicate parameter");
+        if (d->kind == FIXED)
+            return failed(buf, size, &a[i], "can't set immutable config");
+        long long v;
+        if (!resp_parse_ll(a[i + 1].p, a[i + 1].len, &v))
+            return failed(buf, size, &a[i], "argument couldn't be parsed into an integer");
+        if (v < 0 || (uint64_t)v < d->lo || (uint64_t)v > d->hi) {
+            char why[96];
+            snprintf(why, sizeof(why),
+                     "argument must be between %" PRIu64 " and %" PRIu64 " inclusive", d->lo,
+                     d->hi);
+            return failed(buf, size, &a[i], why);
+        }
+        if (d->v == &kv_cfg.maxclients && (uint64_t)v > kv_cfg.maxclients_limit) {
+            char why[128];
+            snprintf(why, sizeof(why),
+                     "The operating system is not able to handle the specified number of "
+                     "clients, try with %" PRIu64,
+                     kv_cfg.maxclients_limit);
+            return failed(buf, size, &a[i], why);
+        }
+        which[pairs] = d;
+        values[pairs++] = (uint64_t)v;
+    }
+    for (unsigned k = 0; k < pairs; k++)
+        atomic_store_explicit(which[k]->v, values[k], memory_order_relaxed);
+    return NULL;
+}

@@ -1,0 +1,37 @@
+/* pith-kv's settings: what the command line sets and CONFIG GET / CONFIG SET read and change at
+ * run time, with Redis's names, ranges and error texts. Values live in relaxed atomics: any
+ * shard may change one (CONFIG SET) and every shard reads them (a setting takes effect on each
+ * shard at its next use; no ordering with other data is needed). */
+#ifndef PITH_KV_CONFIG_H
+#define PITH_KV_CONFIG_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "resp.h"
+
+struct kv_settings {
+    _Atomic uint64_t timeout_s;  /* close clients idle this long; 0: never (Redis: timeout) */
+    _Atomic uint64_t maxclients; /* connections at most, over all shards */
+    _Atomic uint64_t max_bulk;   /* proto-max-bulk-len */
+    uint64_t maxclients_limit;   /* what the file descriptor limit and the rings allow */
+    int port;
+    const char *bind;
+};
+
+extern struct kv_settings kv_cfg;
+
+static inline uint64_t setting(_Atomic uint64_t *v)
+{
+    return atomic_load_explicit(v, memory_order_relaxed);
+}
+
+/* CONFIG GET pattern [pattern ...]: appends the array of matching names and values (glob
+ * patterns, case-insensitive, each setting once). */
+int config_get(struct resp_out *o, const struct resp_arg *pats, unsigned n);
+/* CONFIG SET name value [name value ...]: all or none. NULL when applied, else the error line
+ * (which may be written into buf). n counts the arguments after SET. */
+const char *config_set(const struct resp_arg *a, unsigned n, char *buf, size_t size);
+
+#endif
