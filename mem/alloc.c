@@ -22,6 +22,32 @@
 #define NO_ASAN
 #endif
 
+/* ASan, for a block handed back to mimalloc (free_slow): mimalloc may build a segment of its
+ * own in that memory later, and it starts a segment by memset-ing the segment's header (about
+ * 40 KiB in mimalloc 2.0) at a segment-aligned address. Segments are aligned to 32 MiB in 2.0
+ * (4, 8 or 16 in other builds); a block of 16 MiB or more gets a segment of its own, so its
+ * memory may start a segment after it is freed. ASan's memset interceptor would report our
+ * poison there as a use-after-poison inside mimalloc. So the poison leaves out, in every
+ * 4 MiB-aligned stretch the block covers, the first ASAN_SEG_HEAD bytes: the rest of the block
+ * stays poisoned and use after free there is still caught. */
+#define ASAN_SEG_ALIGN (4u << 20)
+#define ASAN_SEG_HEAD  (256u << 10)
+
+static void asan_poison_returned(void *p, size_t n)
+{
+    (void)p;
+    (void)n;
+#if defined(__SANITIZE_ADDRESS__)
+    asan_poison(p, n);
+    uintptr_t lo = (uintptr_t)p, hi = lo + n;
+    for (uintptr_t a = lo & ~(uintptr_t)(ASAN_SEG_ALIGN - 1); a < hi; a += ASAN_SEG_ALIGN) {
+        uintptr_t from = a > lo ? a : lo, to = a + ASAN_SEG_HEAD < hi ? a + ASAN_SEG_HEAD : hi;
+        if (from < to)
+            asan_unpoison((void *)from, to - from);
+    }
+#endif
+}
+
 #define LIKELY(x)   __builtin_expect(!!(x), 1)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
 
@@ -634,7 +660,7 @@ static void free_slow(struct blk *b)
      * another block's header) next sees our writes. */
     tsan_release(b);
     tsan_release(h != NULL ? (void *)h : (void *)&outside);
-    asan_poison(b, blk_usable(b, m));
+    asan_poison_returned(b, blk_usable(b, m));
     blk_release(b, m);
 }
 
