@@ -17,7 +17,9 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <stdarg.h>
 #include <sys/resource.h>
+#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -27,9 +29,17 @@
 #include "resp.h"
 #include "store.h"
 
-#define MAX_SLOTS    1024u /* replies a connection may wait for before it stops reading */
-#define RESUME_SLOTS 256u
-#define ARGS_CAP     65536u /* arguments per command */
+#define MAX_SLOTS     1024u /* replies a connection may wait for before it stops reading */
+#define RESUME_SLOTS  256u
+#define MAX_REMOTE    128u /* requests on other shards a connection may have before it stops */
+#define RESUME_REMOTE 32u
+/* One on_data runs at most this many commands, this long, or makes this many reply bytes, then
+ * lets the shard's other connections run and comes back (fair shards; see on_data). */
+#define SLICE_CMDS   1000u
+#define SLICE_NS     (250ull * 1000)
+#define SLICE_BYTES  (1u << 20)
+#define OUT_CHUNK    (64u << 10) /* the ready buffer goes out past this; larger is freed after */
+#define ARGS_CAP     65536u      /* arguments per command */
 #define TICK_NS      (100ull * 1000 * 1000)
 #define BUSY_TICK_NS (10ull * 1000 * 1000) /* the next tick, while expiry or a rehash has more */
 #define EXPIRE_SLICE (1000ull * 1000)      /* the most one tick spends on active expiry, ns */
@@ -61,6 +71,7 @@ struct kshard {
     struct kconn *conns;   /* open connections, for the slow-request sweep */
     bool more_armed;       /* a busy housekeeping round is coming */
     _Atomic uint64_t nconns, commands, connections, expired;
+    _Atomic size_t buckets; /* the store's, for INFO (written by the shard's tick) */
 };
 static struct kshard *kshards[4096];
 
@@ -130,7 +141,9 @@ struct kconn {
     struct resp_out out;       /* replies ready before any slot */
     struct slot *head, *tail;
     unsigned nslots;
-    unsigned reqs; /* requests on other shards not yet back */
+    unsigned reqs;  /* requests on other shards not yet back */
+    unsigned holds; /* tasks queued for it (a yield); it is freed when both are 0 */
+    bool yielding;  /* a yield task is queued */
     bool closed, quitting, paused;
     uint8_t reply_mode;            /* CLIENT REPLY: REPLY_ON or REPLY_OFF */
     bool skip_next, skip_now;      /* CLIENT REPLY SKIP: the next command's reply, this one's */
@@ -446,6 +459,8 @@ static int send_out(struct kconn *kc, struct resp_out *o)
         return 0;
     int err = pith_conn_send(kc->id, o->p, o->len);
     o->len = 0;
+    if (o->cap > OUT_CHUNK)
+        resp_out_free(o); /* a burst's buffer goes back; the next reply starts small */
     return err;
 }
 
@@ -498,7 +513,7 @@ static void flush(struct kconn *kc)
         kc->nslots--;
         slot_free(s);
     }
-    if (kc->paused && kc->nslots <= RESUME_SLOTS) {
+    if (kc->paused && kc->nslots <= RESUME_SLOTS && kc->reqs <= RESUME_REMOTE) {
         kc->paused = false;
         (void)pith_conn_resume(kc->id);
     }
@@ -572,7 +587,7 @@ static void req_back(void *result, void *ctx)
     free(q);
     kc->reqs--;
     if (kc->closed) {
-        if (kc->reqs == 0)
+        if (kc->reqs == 0 && kc->holds == 0)
             kconn_free(kc);
         return;
     }
@@ -717,9 +732,53 @@ static void whole(struct kconn *kc, unsigned cmd, uint8_t combine, const struct 
         run_part(kc, s, i, i, cmd, a, argc, 0, 0);
 }
 
+static char run_id[41]; /* INFO's run_id: 40 hex digits, new in every process */
+
+static void human(char *buf, size_t size, uint64_t bytes)
+{
+    static const char units[] = "BKMGTP";
+    double v = (double)bytes;
+    int u = 0;
+    while (v >= 1024 && u < 5) {
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, size, "%lluB", (unsigned long long)bytes);
+    else
+        snprintf(buf, size, "%.2f%c", v, units[u]);
+}
+
+static uint64_t rss_bytes(void)
+{
+    unsigned long long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%llu %llu", &pages, &resident) != 2)
+            resident = 0;
+        fclose(f);
+    }
+    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Appends printf-style text to o (INFO's body); errors only lose the text. */
+__attribute__((format(printf, 2, 3))) static void add(struct resp_out *o, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        (void)resp_put_raw(o, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
+/* INFO [section]: Redis's sections and the fields clients read, with pith-kv's own "Shards"
+ * section (one line per shard). Figures are read from every shard's relaxed counters. */
 static void info(struct kconn *kc, const struct resp_arg *section)
 {
     uint64_t keys = 0, expires = 0, bytes = 0, conns = 0, cmds = 0, total = 0, expired = 0;
+    uint64_t used = 0, peak = 0;
     for (unsigned i = 0; i < nshards; i++) {
         struct kshard *ks = kshards[i];
         keys += atomic_load_explicit(&ks->st.keys, memory_order_relaxed);
@@ -729,46 +788,108 @@ static void info(struct kconn *kc, const struct resp_arg *section)
         cmds += atomic_load_explicit(&ks->commands, memory_order_relaxed);
         total += atomic_load_explicit(&ks->connections, memory_order_relaxed);
         expired += atomic_load_explicit(&ks->expired, memory_order_relaxed);
+        pith_mem_stats_t ms;
+        if (pith_mem_stats((int)i, &ms) == 0) {
+            used += ms.in_use;
+            peak += ms.peak;
+        }
     }
-    char text[1024];
-    int len = 0;
     bool all = section == NULL || is(section, "all") || is(section, "everything") ||
                is(section, "default");
 #define SECTION(name) (all || is(section, name))
-    if (SECTION("server"))
-        len += snprintf(text + len, sizeof(text) - (size_t)len,
-                        "# Server\r\nredis_version:7.0.0\r\npith_kv_version:0.1.0\r\n"
-                        "redis_mode:standalone\r\nprocess_id:%d\r\ntcp_port:%d\r\n"
-                        "uptime_in_seconds:%llu\r\nshards:%u\r\n\r\n",
-                        (int)getpid(), opt.port,
-                        (unsigned long long)((pith_now_ns() - started_ns) / 1000000000u), nshards);
+    struct resp_out t = {0};
+    uint64_t now = pith_now_ns();
+    if (SECTION("server")) {
+        struct utsname u;
+        if (uname(&u) != 0)
+            memset(&u, 0, sizeof(u));
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t up = (now - started_ns) / 1000000000u;
+        add(&t,
+            "# Server\r\nredis_version:7.0.0\r\nredis_git_sha1:00000000\r\nredis_git_dirty:0\r\n"
+            "redis_build_id:0\r\nredis_mode:standalone\r\nos:%s %s %s\r\narch_bits:%d\r\n"
+            "multiplexing_api:io_uring\r\nprocess_id:%d\r\nprocess_supervised:no\r\n",
+            u.sysname, u.release, u.machine, (int)(sizeof(void *) * 8), (int)getpid());
+        add(&t,
+            "run_id:%s\r\ntcp_port:%d\r\nserver_time_usec:%lld\r\nuptime_in_seconds:%llu\r\n"
+            "uptime_in_days:%llu\r\nhz:10\r\nexecutable:\r\nconfig_file:\r\n"
+            "pith_kv_version:0.1.0\r\npith_version:%s\r\nshards:%u\r\n\r\n",
+            run_id, opt.port, (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000,
+            (unsigned long long)up, (unsigned long long)(up / 86400), pith_version(), nshards);
+    }
     if (SECTION("clients"))
-        len += snprintf(text + len, sizeof(text) - (size_t)len,
-                        "# Clients\r\nconnected_clients:%llu\r\nmaxclients:%llu\r\n\r\n",
-                        (unsigned long long)conns, (unsigned long long)setting(&kv_cfg.maxclients));
-    if (SECTION("memory"))
-        len += snprintf(text + len, sizeof(text) - (size_t)len,
-                        "# Memory\r\nused_memory_dataset:%llu\r\n\r\n", (unsigned long long)bytes);
+        add(&t,
+            "# Clients\r\nconnected_clients:%llu\r\nmaxclients:%llu\r\nblocked_clients:0\r\n\r\n",
+            (unsigned long long)conns, (unsigned long long)setting(&kv_cfg.maxclients));
+    if (SECTION("memory")) {
+        char h_used[32], h_rss[32], h_peak[32];
+        uint64_t rss = rss_bytes();
+        human(h_used, sizeof(h_used), used);
+        human(h_rss, sizeof(h_rss), rss);
+        human(h_peak, sizeof(h_peak), peak);
+        add(&t,
+            "# Memory\r\nused_memory:%llu\r\nused_memory_human:%s\r\nused_memory_rss:%llu\r\n"
+            "used_memory_rss_human:%s\r\nused_memory_peak:%llu\r\nused_memory_peak_human:%s\r\n"
+            "used_memory_dataset:%llu\r\nmaxmemory:0\r\nmaxmemory_human:0B\r\n"
+            "maxmemory_policy:noeviction\r\nmem_allocator:mimalloc (pith shard heaps)\r\n\r\n",
+            (unsigned long long)used, h_used, (unsigned long long)rss, h_rss,
+            (unsigned long long)peak, h_peak, (unsigned long long)bytes);
+    }
     if (SECTION("stats"))
-        len += snprintf(
-            text + len, sizeof(text) - (size_t)len,
-            "# Stats\r\ntotal_connections_received:%llu\r\n"
-            "total_commands_processed:%llu\r\nrejected_connections:%llu\r\n"
-            "expired_keys:%llu\r\n\r\n",
+        add(&t,
+            "# Stats\r\ntotal_connections_received:%llu\r\ntotal_commands_processed:%llu\r\n"
+            "rejected_connections:%llu\r\nexpired_keys:%llu\r\nevicted_keys:0\r\n\r\n",
             (unsigned long long)total, (unsigned long long)cmds,
             (unsigned long long)atomic_load_explicit(&clients_refused, memory_order_relaxed),
             (unsigned long long)expired);
+    if (SECTION("cpu")) {
+        struct rusage ru, rc;
+        if (getrusage(RUSAGE_SELF, &ru) != 0)
+            memset(&ru, 0, sizeof(ru));
+        if (getrusage(RUSAGE_CHILDREN, &rc) != 0)
+            memset(&rc, 0, sizeof(rc));
+#define SECS(tv) ((double)(tv).tv_sec + (double)(tv).tv_usec / 1e6)
+        add(&t,
+            "# CPU\r\nused_cpu_sys:%.6f\r\nused_cpu_user:%.6f\r\nused_cpu_sys_children:%.6f\r\n"
+            "used_cpu_user_children:%.6f\r\n\r\n",
+            SECS(ru.ru_stime), SECS(ru.ru_utime), SECS(rc.ru_stime), SECS(rc.ru_utime));
+#undef SECS
+    }
+    if (SECTION("shards")) {
+        add(&t, "# Shards\r\n");
+        for (unsigned i = 0; i < nshards; i++) {
+            struct kshard *ks = kshards[i];
+            pith_mem_stats_t ms;
+            if (pith_mem_stats((int)i, &ms) != 0)
+                memset(&ms, 0, sizeof(ms));
+            add(&t,
+                "shard%u:keys=%llu,expires=%llu,clients=%llu,commands=%llu,expired=%llu,"
+                "used_memory=%llu,buckets=%zu\r\n",
+                i, (unsigned long long)atomic_load_explicit(&ks->st.keys, memory_order_relaxed),
+                (unsigned long long)atomic_load_explicit(&ks->st.expires, memory_order_relaxed),
+                (unsigned long long)atomic_load_explicit(&ks->nconns, memory_order_relaxed),
+                (unsigned long long)atomic_load_explicit(&ks->commands, memory_order_relaxed),
+                (unsigned long long)atomic_load_explicit(&ks->expired, memory_order_relaxed),
+                (unsigned long long)ms.in_use,
+                atomic_load_explicit(&ks->buckets, memory_order_relaxed));
+        }
+        add(&t, "\r\n");
+    }
     if (SECTION("keyspace")) {
-        len += snprintf(text + len, sizeof(text) - (size_t)len, "# Keyspace\r\n");
+        add(&t, "# Keyspace\r\n");
         if (keys > 0)
-            len += snprintf(text + len, sizeof(text) - (size_t)len,
-                            "db0:keys=%llu,expires=%llu,avg_ttl=0\r\n", (unsigned long long)keys,
-                            (unsigned long long)expires);
+            add(&t, "db0:keys=%llu,expires=%llu,avg_ttl=0\r\n", (unsigned long long)keys,
+                (unsigned long long)expires);
     }
 #undef SECTION
+    /* Redis ends the text without the last section's blank line. */
+    if (t.len >= 4 && memcmp(t.p + t.len - 4, "\r\n\r\n", 4) == 0)
+        t.len -= 2;
     struct resp_out *o = reply_buf(kc);
     if (o != NULL)
-        (void)resp_put_bulk(o, text, (size_t)len);
+        (void)resp_put_bulk(o, t.p != NULL ? t.p : "", t.len);
+    resp_out_free(&t);
 }
 
 /* EXPIRE, PEXPIRE, EXPIREAT and PEXPIREAT: the absolute time in ms, or false where Redis says
@@ -1444,6 +1565,47 @@ static void *on_open(pith_conn_t c, void *ctx)
     return kc;
 }
 
+static size_t slot_bytes(const struct slot *s)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < s->nparts; i++)
+        n += s->parts[i].len;
+    return n;
+}
+
+static void kc_release(struct kconn *kc)
+{
+    kc->holds--;
+    if (kc->closed && kc->reqs == 0 && kc->holds == 0)
+        kconn_free(kc);
+}
+
+/* After the shard's other queued work: the connection is offered what it left unread (pausing
+ * and resuming it makes the engine offer kept input again, from a task of its own; if the
+ * output is over its high watermark, that waits for the drain). */
+static void yield_task(void *arg)
+{
+    struct kconn *kc = arg;
+    kc->yielding = false;
+    if (!kc->closed && !kc->paused && !kc->quitting) {
+        (void)pith_conn_pause(kc->id);
+        (void)pith_conn_resume(kc->id);
+    }
+    kc_release(kc);
+}
+
+/* Queues yield_task; false when it cannot (the shard's queue is full): then the slice goes on. */
+static bool yield(struct kconn *kc)
+{
+    if (kc->yielding)
+        return true;
+    if (pith_submit((unsigned)pith_shard_id(), yield_task, kc) != 0)
+        return false;
+    kc->yielding = true;
+    kc->holds++;
+    return true;
+}
+
 static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
 {
     (void)c;
@@ -1451,15 +1613,33 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
     if (kc == NULL || kc->quitting)
         return len; /* after QUIT or a protocol error, input is dropped */
     struct kshard *ks = kc->ks;
-    kc->active_ns = pith_now_ns();
+    uint64_t t0 = pith_now_ns();
+    kc->active_ns = t0;
     const char *buf = data;
-    size_t off = 0;
+    size_t off = 0, made = 0;
+    unsigned cmds = 0;
+    bool yielded = false;
     while (off < len) {
-        if (kc->nslots >= MAX_SLOTS) {
+        if (kc->nslots >= MAX_SLOTS || kc->reqs >= MAX_REMOTE) {
             kc->paused = true;
             (void)pith_conn_pause(kc->id);
             break;
         }
+        if (kc->out.len >= OUT_CHUNK && kc->head == NULL) {
+            made += kc->out.len;
+            (void)send_out(kc, &kc->out);
+        }
+        /* The slice is over: the rest of the input waits, and this connection queues behind
+         * the shard's other work (yield), so one pipeline cannot hold the shard, nor build
+         * its whole reply before any of it leaves. */
+        if (cmds >= SLICE_CMDS || made + kc->out.len >= SLICE_BYTES ||
+            (cmds % 32 == 31 && pith_now_ns() - t0 >= SLICE_NS)) {
+            yielded = yield(kc);
+            if (yielded)
+                break;
+        }
+        cmds++;
+        struct slot *tail = kc->tail;
         unsigned argc;
         const char *err;
         ssize_t r = resp_parse(buf + off, len - off, &limits, ks->args, ARGS_CAP, &argc, &err);
@@ -1474,12 +1654,17 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
         off += (size_t)r;
         if (argc > 0)
             command(kc, ks->args, argc);
+        /* Replies made into slots (behind a reply still coming from another shard) count
+         * toward the slice's bytes too. */
+        for (struct slot *n = tail != NULL ? tail->next : kc->head; n != NULL && n != tail;
+             n = n->next)
+            made += slot_bytes(n);
         if (kc->quitting) {
             off = len;
             break;
         }
     }
-    if (off < len && !kc->paused) {
+    if (off < len && !kc->paused && !yielded) {
         if (kc->partial_since == 0 || off > 0)
             kc->partial_since = pith_now_ns();
     } else {
@@ -1506,7 +1691,7 @@ static void on_close(pith_conn_t c, void *cctx, int reason)
     count(&ks->nconns, -1);
     atomic_fetch_sub_explicit(&clients_now, 1, memory_order_relaxed);
     kc->closed = true;
-    if (kc->reqs == 0)
+    if (kc->reqs == 0 && kc->holds == 0)
         kconn_free(kc);
 }
 
@@ -1528,6 +1713,7 @@ static void housekeeping(void *arg)
     size_t gone = store_expire_cycle(&ks->st, now_ms(), pith_now_ns() + EXPIRE_SLICE, &more);
     count(&ks->expired, (int64_t)gone);
     more |= store_rehash_for(&ks->st, pith_now_ns() + REHASH_SLICE);
+    atomic_store_explicit(&ks->buckets, store_buckets(&ks->st), memory_order_relaxed);
     if (more && pith_timer_add(BUSY_TICK_NS, 0, housekeeping, ks, NULL) == 0)
         ks->more_armed = true;
 }
@@ -1705,6 +1891,13 @@ int main(int argc, char **argv)
         return 1;
     }
     kv_hash_seed(key);
+    unsigned char rid[20];
+    if (getrandom(rid, sizeof(rid), 0) != (ssize_t)sizeof(rid)) {
+        perror("pith-kv: getrandom");
+        return 1;
+    }
+    for (int i = 0; i < 20; i++)
+        snprintf(run_id + 2 * i, 3, "%02x", rid[i]);
 
     /* SIGINT and SIGTERM are taken by sigwait below; block them before any shard thread
      * exists so that every thread inherits the mask. */

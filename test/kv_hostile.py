@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""pith-kv under hostile clients (loopback, bounded loops, stops by itself): reply amplification
+(a few KB of pipelined GETs of a large value), many clients that never read, and the shard's
+other clients meanwhile. Checks that the server's memory stays bounded, that other clients on
+the attacker's shard are still answered, and that every reply the attacker asked for comes,
+whole and in order, once it reads. TAP on stdout; not a benchmark (perf/kv_amplify.py
+measures the latencies).
+
+    kv_hostile.py PITH_KV [--no-rss]
+
+--no-rss skips the memory bounds (sanitizer builds, whose allocators hold freed memory)."""
+
+import os
+import socket
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kv_integration import Conn, Failure, Server, Tap, check, cmd  # noqa: E402
+
+MIB = 1 << 20
+
+
+def rss(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise Failure("no VmRSS")
+
+
+class Peak:
+    """Samples a process's RSS every 10 ms until stopped."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+        self.t = threading.Thread(target=self.run)
+        self.t.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, rss(self.pid))
+            time.sleep(0.01)
+
+    def end(self):
+        self.stop.set()
+        self.t.join()
+        return self.peak
+
+
+def read_exact_replies(sock, n, size, deadline):
+    """Reads n bulk replies of `size` bytes of 'x' from a raw socket."""
+    want = b"$%d\r\n" % size + b"x" * size + b"\r\n"
+    buf = bytearray()
+    got = 0
+    while got < n:
+        if time.monotonic() > deadline:
+            raise Failure(f"{got} of {n} replies before the deadline")
+        chunk = sock.recv(4 * MIB)
+        if not chunk:
+            raise Failure(f"closed after {got} of {n} replies")
+        buf += chunk
+        while len(buf) >= len(want):
+            check(buf[: len(want)] == want, f"reply {got} is not the value")
+            del buf[: len(want)]
+            got += 1
+    check(not buf, f"{len(buf)} bytes past the last reply")
+
+
+def amplification(server, check_rss):
+    """One write of 200 GETs of a 4 MiB value (800 MiB of replies), not read for 2 s: the
+    server holds a bounded part of it, a PING on the same shard is answered, and then all 200
+    replies come, exact."""
+    size, gets = 4 * MIB, 200
+    with Conn(server.port) as c:
+        check(c.call("SET", "big", b"x" * size) == ("+", "OK"), "SET big")
+    base = rss(server.proc.pid)
+    peak = Peak(server.proc.pid)
+    att = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        att.sendall(b"".join(cmd("GET", "big") for _ in range(gets)))
+        end = time.monotonic() + 2.0
+        with Conn(server.port, timeout=5.0) as other:
+            while time.monotonic() < end:
+                t0 = time.monotonic()
+                check(other.call("PING") == ("+", "PONG"), "PING beside the attacker")
+                check(time.monotonic() - t0 < 2.0, "a PING took 2 s beside the attacker")
+                time.sleep(0.05)
+        held = peak.peak - base
+        read_exact_replies(att, gets, size, time.monotonic() + 60)
+    finally:
+        att.close()
+        peak.end()
+    print(f"# amplification: peak RSS {held / MIB:.0f} MiB above the start while not read",
+          flush=True)
+    if check_rss:
+        check(held < 128 * MIB, f"held {held / MIB:.0f} MiB of 800 MiB of replies")
+
+
+def non_readers(server, check_rss, conns=20, gets=50):
+    """20 clients each pipeline 50 GETs of a 2 MiB value (2 GB of replies in all) and never
+    read: memory stays bounded and another client is still served."""
+    size = 2 * MIB
+    with Conn(server.port) as c:
+        check(c.call("SET", "big", b"x" * size) == ("+", "OK"), "SET big")
+    base = rss(server.proc.pid)
+    peak = Peak(server.proc.pid)
+    socks = []
+    try:
+        payload = b"".join(cmd("GET", "big") for _ in range(gets))
+        for _ in range(conns):
+            s = socket.create_connection(("127.0.0.1", server.port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            s.sendall(payload)
+            socks.append(s)
+        time.sleep(2.0)
+        with Conn(server.port, timeout=5.0) as other:
+            check(other.call("PING") == ("+", "PONG"), "PING beside the non-readers")
+    finally:
+        for s in socks:
+            s.close()
+        held = peak.end() - base
+    print(f"# non-readers: peak RSS {held / MIB:.0f} MiB above the start for {conns} clients",
+          flush=True)
+    if check_rss:
+        check(held < conns * 16 * MIB, f"held {held / MIB:.0f} MiB for {conns} clients")
+
+
+def main(argv):
+    args = [a for a in argv[1:] if a != "--no-rss"]
+    if len(args) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    check_rss = "--no-rss" not in argv
+    tap = Tap()
+    server = Server(args[0], ["--shards", "1", "--max-bulk", str(8 * MIB)])
+    if tap.run("pith-kv --shards 1 starts", server.start):
+        try:
+            tap.run("reply amplification: bounded memory, the shard's others served, every "
+                    "reply delivered", amplification, server, check_rss)
+            tap.run("clients that never read: bounded memory, others served", non_readers,
+                    server, check_rss)
+            tap.run("pith-kv is still running", server.alive)
+        finally:
+            tap.run("SIGTERM stops it", server.stop)
+    return tap.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
