@@ -127,6 +127,30 @@ def non_readers(server, check_rss, conns=20, gets=50):
         check(held < conns * 16 * MIB, f"held {held / MIB:.0f} MiB for {conns} clients")
 
 
+def shutdown_under_non_readers(exe):
+    """SIGTERM while 32 clients hold pipelines of 1 MiB replies they never read: the server
+    exits 0 within STOP_TIMEOUT (Server.stop), and says how long it took."""
+    server = Server(exe, ["--shards", "2"]).start()
+    socks = []
+    try:
+        with Conn(server.port) as c:
+            check(c.call("SET", "big", b"x" * MIB) == ("+", "OK"), "SET big")
+        payload = b"".join(cmd("GET", "big") for _ in range(100))
+        for _ in range(32):
+            s = socket.create_connection(("127.0.0.1", server.port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            s.sendall(payload)
+            socks.append(s)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        server.stop()
+        print(f"# SIGTERM to exit with 32 non-readers: {time.monotonic() - t0:.2f} s", flush=True)
+    finally:
+        server.kill()
+        for s in socks:
+            s.close()
+
+
 def main(argv):
     args = [a for a in argv[1:] if a != "--no-rss"]
     if len(args) != 1:
@@ -144,6 +168,8 @@ def main(argv):
             tap.run("pith-kv is still running", server.alive)
         finally:
             tap.run("SIGTERM stops it", server.stop)
+    tap.run("SIGTERM with 32 clients not reading 100 MiB of replies each: a prompt exit",
+            shutdown_under_non_readers, args[0])
     return tap.finish()
 
 
