@@ -54,10 +54,12 @@ static struct {
     size_t max_bulk;
     bool acceptor;
     uint64_t request_timeout_ns;
-    long long poll_us;   /* -1: the engine's default */
-    uint64_t timeout_s;  /* idle clients: Redis's timeout */
-    uint64_t maxclients; /* Redis's maxclients */
-} opt = {"127.0.0.1", 6379, PITH_AUTO, 8u << 20, false, 30ull * 1000 * 1000 * 1000, -1, 0, 10000};
+    long long poll_us;                            /* -1: the engine's default */
+    uint64_t timeout_s;                           /* idle clients: Redis's timeout */
+    uint64_t maxclients;                          /* Redis's maxclients */
+    unsigned mesh_ring, mesh_batch, mesh_backlog; /* the engine's, 0: its defaults */
+} opt = {"127.0.0.1", 6379, PITH_AUTO, 8u << 20, false, 30ull * 1000 * 1000 * 1000,
+         -1,          0,    10000,     0,        0,     0};
 
 static struct resp_limits limits;
 static unsigned nshards;
@@ -69,9 +71,12 @@ struct kshard {
     struct store st;
     struct resp_arg *args; /* [ARGS_CAP] parse scratch */
     struct kconn *conns;   /* open connections, for the slow-request sweep */
+    struct kconn *zombies; /* closed ones whose requests or callbacks have not come back */
+    struct req *live;      /* requests sent and not done: what stop may leave behind */
     bool more_armed;       /* a busy housekeeping round is coming */
     _Atomic uint64_t nconns, commands, connections, expired;
-    _Atomic size_t buckets; /* the store's, for INFO (written by the shard's tick) */
+    _Atomic uint64_t room_waits; /* requests the mesh pushed back, that waited for room */
+    _Atomic size_t buckets;      /* the store's, for INFO (written by the shard's tick) */
 };
 static struct kshard *kshards[4096];
 
@@ -141,10 +146,13 @@ struct kconn {
     struct resp_out out;       /* replies ready before any slot */
     struct slot *head, *tail;
     unsigned nslots;
-    unsigned reqs;  /* requests on other shards not yet back */
-    unsigned holds; /* tasks queued for it (a yield); it is freed when both are 0 */
-    bool yielding;  /* a yield task is queued */
+    unsigned reqs;                /* requests on other shards not yet back */
+    unsigned holds;               /* callbacks queued for it (yield, room); freed when both are 0 */
+    bool yielding;                /* a yield task is queued */
+    bool room_armed;              /* a pith_when_shard_room callback is coming */
+    struct req *wait, *wait_tail; /* requests the mesh pushed back, in order */
     bool closed, quitting, paused;
+    bool zombie;                   /* on the shard's zombies list */
     uint8_t reply_mode;            /* CLIENT REPLY: REPLY_ON or REPLY_OFF */
     bool skip_next, skip_now;      /* CLIENT REPLY SKIP: the next command's reply, this one's */
     uint64_t partial_since;        /* when the unfinished command at the buffer's end began */
@@ -162,16 +170,26 @@ enum { REPLY_ON, REPLY_OFF };
 static _Atomic uint64_t clients_now, clients_refused, last_cid;
 
 /* A command, or one key of one, sent to the shard that owns the key. */
+/* A command, one shard's keys of a multi-key command (all of them, in one message: a shard
+ * applies them in one task, so no other command on that shard sees a part of them), or one
+ * shard's part of a whole-space command, sent to the shard that does it. */
 struct req {
+    struct req *next;          /* in the connection's queue of requests waiting for room */
+    struct req *lnext, *lprev; /* in its shard's list of live requests (freed at exit) */
     struct kconn *kc;
     struct slot *slot;
-    uint32_t part;
+    unsigned shard;
     int err;
     uint16_t cmd;
-    uint16_t argc;
-    long long n; /* integer operand (INCRBY, EXPIRE) or result (DEL1, EXISTS1, DBSIZE1) */
+    uint32_t argc;  /* arguments in a[] */
+    uint32_t nkeys; /* keys of a multi-key command (step arguments each), else 0 */
+    uint32_t step;
+    uint32_t part; /* the slot's part of a single request */
+    uint32_t *idx; /* [nkeys] the slot's part of each key */
+    long long n;   /* integer operand (INCRBY, EXPIRE) or result (DEL1, EXISTS1, DBSIZE1) */
     int64_t expire_ms;
-    struct resp_out r;
+    struct resp_out r;     /* a single request's reply */
+    struct resp_out *outs; /* [nkeys] each key's reply (MGET) */
     struct resp_arg a[];
 };
 
@@ -443,6 +461,14 @@ static void slot_free(struct slot *s)
 
 static void kconn_free(struct kconn *kc)
 {
+    if (kc->zombie) {
+        if (kc->prev != NULL)
+            kc->prev->next = kc->next;
+        else
+            kc->ks->zombies = kc->next;
+        if (kc->next != NULL)
+            kc->next->prev = kc->prev;
+    }
     while (kc->head != NULL) {
         struct slot *s = kc->head;
         kc->head = s->next;
@@ -548,22 +574,38 @@ static struct slot *slot_new(struct kconn *kc, uint32_t nparts, uint8_t combine)
     return s;
 }
 
-static void part_done(struct slot *s, uint32_t part, int err, long long n, struct resp_out *r)
+/* Moves r into part `part` of slot s (appending when that part already has bytes). */
+static void part_put(struct slot *s, uint32_t part, struct resp_out *r)
 {
-    if (err)
-        s->failed = true;
-    else if (s->combine == SUM || s->combine == KILLED)
-        s->sum += n;
-    if (r != NULL && r->len > 0) {
-        if (s->parts[part].len == 0) {
-            resp_out_free(&s->parts[part]);
-            s->parts[part] = *r;
-            memset(r, 0, sizeof(*r));
-        } else {
-            (void)resp_put_raw(&s->parts[part], r->p, r->len);
-        }
+    if (r->len == 0)
+        return;
+    if (s->parts[part].len == 0) {
+        resp_out_free(&s->parts[part]);
+        s->parts[part] = *r;
+        memset(r, 0, sizeof(*r));
+    } else {
+        (void)resp_put_raw(&s->parts[part], r->p, r->len);
     }
-    s->pending--;
+}
+
+/* Runs keys[0..nkeys) of a multi-key command (key i's arguments at a[keys[i] * step], or at
+ * a[i * step] when keys is NULL), each reply into outs[i] (MGET), adding up *n (DEL, EXISTS).
+ * 0, or -ENOMEM when a key's reply or entry could not be made. */
+static int exec_keys(struct kshard *ks, unsigned cmd, const struct resp_arg *a, unsigned step,
+                     const uint32_t *keys, uint32_t nkeys, long long *n, struct resp_out *outs)
+{
+    int err = 0;
+    *n = 0;
+    for (uint32_t i = 0; i < nkeys; i++) {
+        long long k = 0;
+        const struct resp_arg *ka = &a[(size_t)(keys != NULL ? keys[i] : i) * step];
+        struct resp_out discard = {0};
+        int e = exec_key(ks, cmd, ka, &k, 0, outs != NULL ? &outs[i] : &discard);
+        resp_out_free(&discard);
+        err = err != 0 ? err : e;
+        *n += k;
+    }
+    return err;
 }
 
 static void *req_run(void *arg)
@@ -572,9 +614,53 @@ static void *req_run(void *arg)
     struct kshard *ks = me();
     if (shard_cmd(q->cmd))
         q->err = exec_shard(ks, q->cmd, q->a, q->argc, &q->n, &q->r);
+    else if (q->idx != NULL)
+        q->err = exec_keys(ks, q->cmd, q->a, q->step, NULL, q->nkeys, &q->n, q->outs);
     else
         q->err = exec_key(ks, q->cmd, q->a, &q->n, q->expire_ms, &q->r);
     return q;
+}
+
+static void req_free(struct req *q)
+{
+    struct kshard *ks = q->kc->ks;
+    if (q->lprev != NULL)
+        q->lprev->lnext = q->lnext;
+    else
+        ks->live = q->lnext;
+    if (q->lnext != NULL)
+        q->lnext->lprev = q->lprev;
+    resp_out_free(&q->r);
+    if (q->outs != NULL)
+        for (uint32_t i = 0; i < q->nkeys; i++)
+            resp_out_free(&q->outs[i]);
+    free(q->outs);
+    free(q->idx);
+    free(q);
+}
+
+/* A request is done (or failed): its results go into its slot. */
+static void req_done(struct req *q)
+{
+    struct slot *s = q->slot;
+    if (q->err)
+        s->failed = true;
+    else if (s->combine == SUM || s->combine == KILLED)
+        s->sum += q->n;
+    if (q->idx != NULL && q->outs != NULL)
+        for (uint32_t i = 0; i < q->nkeys; i++)
+            part_put(s, q->idx[i], &q->outs[i]);
+    else
+        part_put(s, q->part, &q->r);
+    s->pending--;
+    req_free(q);
+}
+
+static void kc_release(struct kconn *kc)
+{
+    kc->holds--;
+    if (kc->closed && kc->reqs == 0 && kc->holds == 0)
+        kconn_free(kc);
 }
 
 static void req_back(void *result, void *ctx)
@@ -582,9 +668,7 @@ static void req_back(void *result, void *ctx)
     (void)ctx;
     struct req *q = result;
     struct kconn *kc = q->kc;
-    part_done(q->slot, q->part, q->err, q->n, &q->r);
-    resp_out_free(&q->r);
-    free(q);
+    req_done(q);
     kc->reqs--;
     if (kc->closed) {
         if (kc->reqs == 0 && kc->holds == 0)
@@ -594,6 +678,119 @@ static void req_back(void *result, void *ctx)
     flush(kc);
 }
 
+static void room_cb(void *arg);
+
+/* Sends q to its shard; when the mesh pushes back (-EAGAIN), q waits in the connection's queue
+ * (behind any that already wait, so that requests reach each shard in command order) until
+ * pith_when_shard_room says there is room. Nothing fails for backpressure. */
+static void req_send(struct kconn *kc, struct req *q)
+{
+    if (kc->wait == NULL) {
+        int rc = pith_call(q->shard, req_run, q, req_back, NULL);
+        if (rc == 0) {
+            kc->reqs++;
+            return;
+        }
+        if (rc != -EAGAIN) {
+            q->err = rc;
+            req_done(q);
+            return;
+        }
+    }
+    q->next = NULL;
+    count(&kc->ks->room_waits, 1);
+    if (kc->wait_tail != NULL)
+        kc->wait_tail->next = q;
+    else
+        kc->wait = q;
+    kc->wait_tail = q;
+    if (!kc->room_armed) {
+        if (pith_when_shard_room(kc->wait->shard, room_cb, kc) == 0) {
+            kc->room_armed = true;
+            kc->holds++;
+        } else {
+            /* No memory even to wait: what waits fails now ("ERR out of memory"). */
+            while (kc->wait != NULL) {
+                struct req *w = kc->wait;
+                kc->wait = w->next;
+                w->err = -ENOMEM;
+                req_done(w);
+            }
+            kc->wait_tail = NULL;
+        }
+    }
+}
+
+/* There is room toward the first waiting request's shard: send what waits, in order, until the
+ * mesh pushes back again; once none waits, the connection's input is offered again. */
+static void room_cb(void *arg)
+{
+    struct kconn *kc = arg;
+    kc->room_armed = false;
+    while (kc->wait != NULL) {
+        struct req *q = kc->wait;
+        if (kc->closed) {
+            kc->wait = q->next;
+            q->err = -ECANCELED;
+            req_done(q);
+            continue;
+        }
+        int rc = pith_call(q->shard, req_run, q, req_back, NULL);
+        if (rc == -EAGAIN) {
+            if (pith_when_shard_room(q->shard, room_cb, kc) == 0) {
+                kc->room_armed = true;
+                kc->holds++;
+                break;
+            }
+            rc = -ENOMEM;
+        }
+        kc->wait = q->next;
+        if (rc == 0) {
+            kc->reqs++;
+        } else {
+            q->err = rc;
+            req_done(q);
+        }
+    }
+    if (kc->wait == NULL)
+        kc->wait_tail = NULL;
+    if (!kc->closed && kc->wait == NULL) {
+        flush(kc);
+        if (!kc->paused && !kc->quitting && !kc->closed) {
+            (void)pith_conn_pause(kc->id);
+            (void)pith_conn_resume(kc->id);
+        }
+    }
+    kc_release(kc);
+}
+
+static struct req *req_new(struct kconn *kc, struct slot *s, unsigned shard, unsigned cmd,
+                           size_t argc, size_t bytes)
+{
+    struct req *q = malloc(sizeof(struct req) + argc * sizeof(struct resp_arg) + bytes);
+    if (q == NULL)
+        return NULL;
+    memset(q, 0, sizeof(*q));
+    q->kc = kc;
+    q->slot = s;
+    q->shard = shard;
+    q->lnext = kc->ks->live;
+    if (q->lnext != NULL)
+        q->lnext->lprev = q;
+    kc->ks->live = q;
+    q->cmd = (uint16_t)cmd;
+    q->argc = (uint32_t)argc;
+    return q;
+}
+
+static void arg_copy(struct req *q, size_t at, char **p, const struct resp_arg *a)
+{
+    memcpy(*p, a->p, a->len);
+    q->a[at].p = *p;
+    q->a[at].len = a->len;
+    *p += a->len;
+}
+
 /* Part `part` of slot s: run here, or on the owner of its key. */
 static void run_part(struct kconn *kc, struct slot *s, uint32_t part, unsigned shard, unsigned cmd,
                      const struct resp_arg *a, unsigned argc, long long n, int64_t expire_ms)
@@ -601,46 +798,36 @@ static void run_part(struct kconn *kc, struct slot *s, uint32_t part, unsigned s
     s->pending++;
     if (shard == (unsigned)pith_shard_id()) {
         struct resp_out r = {0};
-        int err = 0;
+        int err;
         if (shard_cmd(cmd))
             err = exec_shard(kc->ks, cmd, a, argc, &n, &r);
         else
             err = exec_key(kc->ks, cmd, a, &n, expire_ms, &r);
-        part_done(s, part, err, n, &r);
+        if (err)
+            s->failed = true;
+        else if (s->combine == SUM || s->combine == KILLED)
+            s->sum += n;
+        part_put(s, part, &r);
         resp_out_free(&r);
+        s->pending--;
         return;
     }
-    size_t bytes = sizeof(struct req) + argc * sizeof(struct resp_arg);
+    size_t bytes = 0;
     for (unsigned i = 0; i < argc; i++)
         bytes += a[i].len;
-    struct req *q = malloc(bytes);
+    struct req *q = req_new(kc, s, shard, cmd, argc, bytes);
     if (q == NULL) {
         s->failed = true;
         s->pending--;
         return;
     }
-    memset(q, 0, sizeof(*q));
-    q->kc = kc;
-    q->slot = s;
     q->part = part;
-    q->cmd = (uint16_t)cmd;
-    q->argc = (uint16_t)argc;
     q->n = n;
     q->expire_ms = expire_ms;
     char *p = (char *)&q->a[argc];
-    for (unsigned i = 0; i < argc; i++) {
-        memcpy(p, a[i].p, a[i].len);
-        q->a[i].p = p;
-        q->a[i].len = a[i].len;
-        p += a[i].len;
-    }
-    if (pith_call(shard, req_run, q, req_back, NULL) != 0) {
-        free(q);
-        s->failed = true;
-        s->pending--;
-        return;
-    }
-    kc->reqs++;
+    for (unsigned i = 0; i < argc; i++)
+        arg_copy(q, i, &p, &a[i]);
+    req_send(kc, q);
 }
 
 /* Where the next reply goes: straight out when nothing waits ahead of it, else its own slot.
@@ -703,20 +890,86 @@ static void wrong_args(struct kconn *kc, const struct resp_arg *name)
     reply_error(kc, msg);
 }
 
+/* A multi-key command (MGET, DEL, EXISTS, MSET): its keys grouped by the shard that owns
+ * them, one request per shard with all of that shard's keys in command order. */
 static void multi(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsigned argc,
                   unsigned step, uint8_t combine)
 {
     uint32_t nparts = argc / step;
     struct slot *s = slot_new(kc, nparts, combine);
-    if (s == NULL) {
-        reply_error(kc, "ERR out of memory");
-        return;
+    uint16_t *shard_of = malloc((size_t)nparts * sizeof(*shard_of));
+    uint32_t *count = calloc(nshards, sizeof(*count));
+    size_t *bytes = calloc(nshards, sizeof(*bytes));
+    if (s == NULL || shard_of == NULL || count == NULL || bytes == NULL) {
+        if (s != NULL)
+            s->failed = true;
+        else
+            reply_error(kc, "ERR out of memory");
+        goto out;
     }
     for (uint32_t i = 0; i < nparts; i++) {
         uint64_t h;
-        unsigned shard = owner(&a[i * step], &h);
-        run_part(kc, s, i, shard, cmd, &a[i * step], step, 0, 0);
+        shard_of[i] = (uint16_t)owner(&a[(size_t)i * step], &h);
+        count[shard_of[i]]++;
+        for (unsigned k = 0; k < step; k++)
+            bytes[shard_of[i]] += a[(size_t)i * step + k].len;
     }
+    unsigned self = (unsigned)pith_shard_id();
+    for (unsigned sh = 0; sh < nshards; sh++) {
+        uint32_t n = count[sh];
+        if (n == 0)
+            continue;
+        s->pending++;
+        if (sh == self) {
+            /* This shard's keys: now, each reply straight into its part. */
+            long long sum = 0;
+            for (uint32_t i = 0; i < nparts; i++) {
+                if (shard_of[i] != sh)
+                    continue;
+                long long k = 0;
+                struct resp_out discard = {0};
+                int e = exec_key(kc->ks, cmd, &a[(size_t)i * step], &k, 0,
+                                 combine == ARRAY ? &s->parts[i] : &discard);
+                resp_out_free(&discard);
+                if (e)
+                    s->failed = true;
+                sum += k;
+            }
+            if (combine == SUM)
+                s->sum += sum;
+            s->pending--;
+            continue;
+        }
+        struct req *q = req_new(kc, s, sh, cmd, (size_t)n * step, bytes[sh]);
+        if (q != NULL) {
+            q->nkeys = n;
+            q->step = step;
+            q->idx = malloc((size_t)n * sizeof(*q->idx));
+            q->outs = combine == ARRAY ? calloc(n, sizeof(*q->outs)) : NULL;
+        }
+        if (q == NULL || q->idx == NULL || (combine == ARRAY && q->outs == NULL)) {
+            if (q != NULL)
+                req_free(q);
+            s->failed = true;
+            s->pending--;
+            continue;
+        }
+        char *p = (char *)&q->a[(size_t)n * step];
+        uint32_t j = 0;
+        for (uint32_t i = 0; i < nparts; i++) {
+            if (shard_of[i] != sh)
+                continue;
+            q->idx[j] = i;
+            for (unsigned k = 0; k < step; k++)
+                arg_copy(q, (size_t)j * step + k, &p, &a[(size_t)i * step + k]);
+            j++;
+        }
+        req_send(kc, q);
+    }
+out:
+    free(shard_of);
+    free(count);
+    free(bytes);
 }
 
 /* A command every shard does its part of, with the same arguments. */
@@ -865,14 +1118,15 @@ static void info(struct kconn *kc, const struct resp_arg *section)
                 memset(&ms, 0, sizeof(ms));
             add(&t,
                 "shard%u:keys=%llu,expires=%llu,clients=%llu,commands=%llu,expired=%llu,"
-                "used_memory=%llu,buckets=%zu\r\n",
+                "used_memory=%llu,buckets=%zu,room_waits=%llu\r\n",
                 i, (unsigned long long)atomic_load_explicit(&ks->st.keys, memory_order_relaxed),
                 (unsigned long long)atomic_load_explicit(&ks->st.expires, memory_order_relaxed),
                 (unsigned long long)atomic_load_explicit(&ks->nconns, memory_order_relaxed),
                 (unsigned long long)atomic_load_explicit(&ks->commands, memory_order_relaxed),
                 (unsigned long long)atomic_load_explicit(&ks->expired, memory_order_relaxed),
                 (unsigned long long)ms.in_use,
-                atomic_load_explicit(&ks->buckets, memory_order_relaxed));
+                atomic_load_explicit(&ks->buckets, memory_order_relaxed),
+                (unsigned long long)atomic_load_explicit(&ks->room_waits, memory_order_relaxed));
         }
         add(&t, "\r\n");
     }
@@ -1573,13 +1827,6 @@ static size_t slot_bytes(const struct slot *s)
     return n;
 }
 
-static void kc_release(struct kconn *kc)
-{
-    kc->holds--;
-    if (kc->closed && kc->reqs == 0 && kc->holds == 0)
-        kconn_free(kc);
-}
-
 /* After the shard's other queued work: the connection is offered what it left unread (pausing
  * and resuming it makes the engine offer kept input again, from a task of its own; if the
  * output is over its high watermark, that waits for the drain). */
@@ -1620,6 +1867,12 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
     unsigned cmds = 0;
     bool yielded = false;
     while (off < len) {
+        /* Requests wait for room in the mesh: the rest of the input waits for them (room_cb
+         * offers it again), so commands keep their order and nothing is refused. */
+        if (kc->wait != NULL) {
+            yielded = true;
+            break;
+        }
         if (kc->nslots >= MAX_SLOTS || kc->reqs >= MAX_REMOTE) {
             kc->paused = true;
             (void)pith_conn_pause(kc->id);
@@ -1691,8 +1944,18 @@ static void on_close(pith_conn_t c, void *cctx, int reason)
     count(&ks->nconns, -1);
     atomic_fetch_sub_explicit(&clients_now, 1, memory_order_relaxed);
     kc->closed = true;
-    if (kc->reqs == 0 && kc->holds == 0)
+    if (kc->reqs == 0 && kc->holds == 0) {
         kconn_free(kc);
+        return;
+    }
+    /* Kept until its requests and callbacks come back; on the zombies list meanwhile, so that
+     * what the engine's stop leaves behind is freed at exit. */
+    kc->zombie = true;
+    kc->prev = NULL;
+    kc->next = ks->zombies;
+    if (kc->next != NULL)
+        kc->next->prev = kc;
+    ks->zombies = kc;
 }
 
 static const pith_tcp_handler_t handler = {
@@ -1814,10 +2077,33 @@ static uint64_t clients_limit(uint64_t want)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: pith-kv [--port N] [--host ADDR] [--shards N] [--max-bulk BYTES]\n"
-                    "               [--acceptor] [--request-timeout SECONDS] [--poll-us US]\n"
-                    "               [--timeout SECONDS] [--maxclients N]\n");
+    fprintf(stderr,
+            "usage: pith-kv [--port N] [--host ADDR] [--shards N] [--max-bulk BYTES]\n"
+            "               [--acceptor] [--request-timeout SECONDS] [--poll-us US]\n"
+            "               [--timeout SECONDS] [--maxclients N]\n"
+            "               [--mesh-ring BATCHES] [--mesh-batch MSGS] [--mesh-backlog N]\n");
     exit(2);
+}
+
+/* On each shard at SIGTERM: every connection is reset now. */
+static void *close_all(void *arg)
+{
+    (void)arg;
+    for (struct kconn *kc = me()->conns, *next; kc != NULL; kc = next) {
+        next = kc->next;
+        kc->quitting = true;
+        (void)pith_conn_abort(kc->id);
+    }
+    return NULL;
+}
+
+static unsigned mesh_arg(const char *v)
+{
+    char *end;
+    unsigned long m = strtoul(v, &end, 10);
+    if (*end || *v == '-' || m == 0 || m > 65536)
+        usage();
+    return (unsigned)m;
 }
 
 int main(int argc, char **argv)
@@ -1870,6 +2156,15 @@ int main(int argc, char **argv)
                 usage();
             opt.maxclients = m;
             i++;
+        } else if (strcmp(argv[i], "--mesh-ring") == 0 && v) {
+            opt.mesh_ring = mesh_arg(v);
+            i++;
+        } else if (strcmp(argv[i], "--mesh-batch") == 0 && v) {
+            opt.mesh_batch = mesh_arg(v);
+            i++;
+        } else if (strcmp(argv[i], "--mesh-backlog") == 0 && v) {
+            opt.mesh_backlog = mesh_arg(v);
+            i++;
         } else if (strcmp(argv[i], "--acceptor") == 0) {
             opt.acceptor = true;
         } else {
@@ -1920,6 +2215,14 @@ int main(int argc, char **argv)
         opt.maxclients = limit;
     }
     cfg.io_entries = ring_entries_for(limit + CONN_MARGIN);
+    /* Mesh sizes (the engine checks them): a small mesh makes backpressure common, which the
+     * tests use. */
+    if (opt.mesh_ring)
+        cfg.ring_batches = opt.mesh_ring;
+    if (opt.mesh_batch)
+        cfg.batch_msgs = opt.mesh_batch;
+    if (opt.mesh_backlog)
+        cfg.backlog_batches = opt.mesh_backlog;
     if (opt.poll_us >= 0)
         cfg.poll_ns = (uint64_t)opt.poll_us * 1000;
     int err = pith_engine_start(&cfg);
@@ -1964,7 +2267,20 @@ int main(int argc, char **argv)
     int sig;
     while (sigwait(&sigs, &sig) != 0)
         ;
+    /* Prompt shutdown: no new clients, every connection reset (its unsent replies dropped, as
+     * when Redis exits), then the engine stops. */
     (void)pith_tcp_unlisten(l);
+    for (unsigned i = 0; i < nshards; i++)
+        (void)pith_call_wait(i, close_all, NULL, NULL);
     pith_engine_stop();
+    /* The engine's threads are gone: what it released without running (requests on their way
+     * between shards) is freed here. */
+    for (unsigned i = 0; i < nshards; i++) {
+        struct kshard *ks = kshards[i];
+        while (ks->live != NULL)
+            req_free(ks->live);
+        while (ks->zombies != NULL)
+            kconn_free(ks->zombies);
+    }
     return 0;
 }
