@@ -190,6 +190,34 @@ def backpressure(server):
         check(c.call("DBSIZE") == (":", 8 * 401), "DBSIZE after the DEL")
 
 
+def maxmemory_bounds_writes(exe):
+    """--maxmemory 4mb: SETs of 1 KiB values are taken until the data passes 4 MiB, then get
+    Redis's -OOM error; reads and deletes still work, and after FLUSHALL writes do again."""
+    server = Server(exe, ["--shards", "2", "--maxmemory", "4mb"]).start()
+    try:
+        with Conn(server.port) as c:
+            value = b"v" * 1024
+            taken, oom = 0, None
+            for start in range(0, 20000, 500):
+                for r in pipelined(c, [("SET", f"k{i}", value) for i in range(start, start + 500)]):
+                    if r == ("+", "OK") and oom is None:
+                        taken += 1
+                    elif r[0] == "-":
+                        oom = r
+                if oom is not None:
+                    break
+            check(oom == ("-", "OOM command not allowed when used memory > 'maxmemory'."),
+                  f"the refusal: {oom}")
+            check(3000 <= taken <= 4096, f"{taken} values of 1 KiB taken under 4 MiB")
+            check(c.call("GET", "k0") == ("$", value), "reads go on")
+            check(c.call("DEL", "k0") == (":", 1), "deletes go on")
+            check(c.call("FLUSHALL") == ("+", "OK"), "FLUSHALL")
+            check(c.call("SET", "k0", value) == ("+", "OK"), "writes after the flush")
+        server.stop()
+    finally:
+        server.kill()
+
+
 def shutdown_under_non_readers(exe, limit):
     """SIGTERM while 32 clients hold pipelines of 1 MiB replies they never read: the server
     exits 0 within `limit` seconds (5; 60 in sanitizer builds, where copying the replies is
@@ -240,6 +268,8 @@ def main(argv):
             tap.run("SIGTERM stops it", server.stop)
     tap.run("SIGTERM with 32 clients not reading 100 MiB of replies each: a prompt exit",
             shutdown_under_non_readers, args[0], 5.0 if check_rss else 60.0)
+    tap.run("--maxmemory: writes past it get -OOM, reads and deletes go on",
+            maxmemory_bounds_writes, args[0])
     small = Server(args[0], ["--shards", "2", "--mesh-ring", "4", "--mesh-batch", "1",
                              "--mesh-backlog", "1"])
     if tap.run("pith-kv with a mesh of a few messages starts", small.start):

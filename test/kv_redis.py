@@ -137,6 +137,15 @@ CASES = {
         ("CLIENT", "LIST", "TYPE", "bogus"), ("CLIENT", "LIST", "ID", "abc"),
         ("CLIENT", "LIST", "ID", "99999"), ("CLIENT", "LIST", "foo"), ("CLIENT", "INFO", "x"),
     ],
+    "maxmemory": [
+        ("SET", "k", "v"), ("CONFIG", "SET", "maxmemory", "1"), ("SET", "a", "b"), ("INCR", "c"),
+        ("DECRBY", "c", "2"), ("MSET", "a", "1", "b", "2"), ("GET", "k"), ("EXPIRE", "k", "100"),
+        ("PERSIST", "k"), ("DEL", "k"), ("EXISTS", "k"), ("CONFIG", "SET", "maxmemory", "abc"),
+        ("CONFIG", "SET", "maxmemory", "-1"), ("CONFIG", "SET", "maxmemory", "1x"),
+        ("CONFIG", "GET", "maxmemory"), ("CONFIG", "SET", "maxmemory", "1gb"),
+        ("CONFIG", "GET", "maxmemory"), ("SET", "a", "b"), ("CONFIG", "SET", "maxmemory", "5MB"),
+        ("CONFIG", "GET", "maxmemory"), ("CONFIG", "SET", "maxmemory", "0"), ("SET", "a", "b"),
+    ],
     "counters keep their expiry": [
         ("SET", "c", "1", "EX", "100"), ("INCR", "c"), ("TTL", "c", {"tol": 1}),
         ("INCRBY", "c", "10"), ("DECR", "c"), ("PTTL", "c", {"tol": 1000}),

@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include <fnmatch.h>
+#include <limits.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@ struct kv_settings kv_cfg;
 
 enum kind {
     MUTABLE_INT, /* an integer in [lo, hi] */
+    MUTABLE_MEM, /* a memory value (parse_memory) in [lo, hi] */
     FIXED,       /* read-only here: CONFIG SET is "can't set immutable config" */
 };
 
@@ -33,7 +35,7 @@ static struct setting_def defs[] = {
     {"databases", FIXED, NULL, 0, 0, "1"},
     {"save", FIXED, NULL, 0, 0, ""},
     {"appendonly", FIXED, NULL, 0, 0, "no"},
-    {"maxmemory", FIXED, NULL, 0, 0, "0"},
+    {"maxmemory", MUTABLE_MEM, &kv_cfg.maxmemory, 0, 9223372036854775807ull, NULL},
     {"maxmemory-policy", FIXED, NULL, 0, 0, "noeviction"},
 };
 #define NDEFS (sizeof(defs) / sizeof(defs[0]))
@@ -128,8 +130,14 @@ const char *config_set(const struct resp_arg *a, unsigned n, char *buf, size_t s
         if (d->kind == FIXED)
             return failed(buf, size, &a[i], "can't set immutable config");
         long long v;
-        if (!resp_parse_ll(a[i + 1].p, a[i + 1].len, &v))
+        uint64_t m;
+        if (d->kind == MUTABLE_MEM) {
+            if (!parse_memory(a[i + 1].p, a[i + 1].len, &m) || m > (uint64_t)LLONG_MAX)
+                return failed(buf, size, &a[i], "argument must be a memory value");
+            v = (long long)m;
+        } else if (!resp_parse_ll(a[i + 1].p, a[i + 1].len, &v)) {
             return failed(buf, size, &a[i], "argument couldn't be parsed into an integer");
+        }
         if (v < 0 || (uint64_t)v < d->lo || (uint64_t)v > d->hi) {
             char why[96];
             snprintf(why, sizeof(why),
@@ -151,4 +159,31 @@ const char *config_set(const struct resp_arg *a, unsigned n, char *buf, size_t s
     for (unsigned k = 0; k < pairs; k++)
         atomic_store_explicit(which[k]->v, values[k], memory_order_relaxed);
     return NULL;
+}
+
+bool parse_memory(const char *p, size_t n, uint64_t *out)
+{
+    static const struct {
+        const char *unit;
+        uint64_t mul;
+    } units[] = {{"", 1},        {"b", 1},         {"k", 1000},        {"kb", 1024},
+                 {"m", 1000000}, {"mb", 1u << 20}, {"g", 1000000000u}, {"gb", 1u << 30}};
+    size_t digits = 0;
+    while (digits < n && p[digits] >= '0' && p[digits] <= '9')
+        digits++;
+    if (digits == 0 || digits > 19)
+        return false;
+    long long v;
+    if (!resp_parse_ll(p, digits, &v) || v < 0)
+        return false;
+    for (size_t u = 0; u < sizeof(units) / sizeof(units[0]); u++) {
+        size_t ul = strlen(units[u].unit);
+        if (ul != n - digits || strncasecmp(p + digits, units[u].unit, ul) != 0)
+            continue;
+        if ((uint64_t)v > UINT64_MAX / units[u].mul)
+            return false;
+        *out = (uint64_t)v * units[u].mul;
+        return true;
+    }
+    return false;
 }

@@ -6,6 +6,7 @@
 #define PITH_KV_CONFIG_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -15,6 +16,7 @@ struct kv_settings {
     _Atomic uint64_t timeout_s;  /* close clients idle this long; 0: never (Redis: timeout) */
     _Atomic uint64_t maxclients; /* connections at most, over all shards */
     _Atomic uint64_t max_bulk;   /* proto-max-bulk-len */
+    _Atomic uint64_t maxmemory;  /* bytes of data past which writes get -OOM; 0: none */
     uint64_t maxclients_limit;   /* what the file descriptor limit and the rings allow */
     int port;
     const char *bind;
@@ -33,5 +35,9 @@ int config_get(struct resp_out *o, const struct resp_arg *pats, unsigned n);
 /* CONFIG SET name value [name value ...]: all or none. NULL when applied, else the error line
  * (which may be written into buf). n counts the arguments after SET. */
 const char *config_set(const struct resp_arg *a, unsigned n, char *buf, size_t size);
+
+/* A Redis memory value ("100", "1k" = 1000, "1kb" = 1024, m/mb, g/gb; case-insensitive) into
+ * *out: false when it is not one (or is negative, or overflows). */
+bool parse_memory(const char *p, size_t n, uint64_t *out);
 
 #endif

@@ -58,8 +58,16 @@ static struct {
     uint64_t timeout_s;                           /* idle clients: Redis's timeout */
     uint64_t maxclients;                          /* Redis's maxclients */
     unsigned mesh_ring, mesh_batch, mesh_backlog; /* the engine's, 0: its defaults */
-} opt = {"127.0.0.1", 6379, PITH_AUTO, 8u << 20, false, 30ull * 1000 * 1000 * 1000,
-         -1,          0,    10000,     0,        0,     0};
+    uint64_t maxmemory;                           /* Redis's maxmemory, 0: none */
+} opt = {
+    .host = "127.0.0.1",
+    .port = 6379,
+    .shards = PITH_AUTO,
+    .max_bulk = 8u << 20,
+    .request_timeout_ns = 30ull * 1000 * 1000 * 1000,
+    .poll_us = -1,
+    .maxclients = 10000,
+};
 
 static struct resp_limits limits;
 static unsigned nshards;
@@ -211,6 +219,7 @@ static unsigned owner(const struct resp_arg *key, uint64_t *h)
 }
 
 #define NOT_INT "ERR value is not an integer or out of range"
+#define OOM_ERR "OOM command not allowed when used memory > 'maxmemory'."
 
 /* SET's options in n */
 #define SET_NX      1
@@ -257,7 +266,7 @@ static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, l
         if (store_set(st, a[0].p, a[0].len, h, a[1].p, a[1].len, exp) == NULL) {
             if (*n & SET_GET)
                 o->len = 0; /* the old value is not the answer after all */
-            err = resp_put_error(o, "OOM command not allowed when used memory > 'maxmemory'");
+            err = resp_put_error(o, OOM_ERR);
         } else if (!(*n & SET_GET)) {
             err = resp_put_simple(o, "OK");
         }
@@ -286,7 +295,7 @@ static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, l
         int len = snprintf(buf, sizeof(buf), "%lld", v);
         if (store_set(st, a[0].p, a[0].len, h, buf, (size_t)len, e != NULL ? e->expire_ms : 0) ==
             NULL)
-            err = resp_put_error(o, "OOM command not allowed when used memory > 'maxmemory'");
+            err = resp_put_error(o, OOM_ERR);
         else
             err = resp_put_int(o, v);
         break;
@@ -304,7 +313,7 @@ static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, l
             store_del(st, a[0].p, a[0].len, h, now);
             err = resp_put_int(o, 1);
         } else if (store_set_expire(st, e, expire_ms) != 0) {
-            err = resp_put_error(o, "OOM command not allowed when used memory > 'maxmemory'");
+            err = resp_put_error(o, OOM_ERR);
         } else {
             err = resp_put_int(o, 1);
         }
@@ -1076,18 +1085,20 @@ static void info(struct kconn *kc, const struct resp_arg *section)
             "# Clients\r\nconnected_clients:%llu\r\nmaxclients:%llu\r\nblocked_clients:0\r\n\r\n",
             (unsigned long long)conns, (unsigned long long)setting(&kv_cfg.maxclients));
     if (SECTION("memory")) {
-        char h_used[32], h_rss[32], h_peak[32];
+        char h_used[32], h_rss[32], h_peak[32], h_max[32];
         uint64_t rss = rss_bytes();
+        human(h_max, sizeof(h_max), setting(&kv_cfg.maxmemory));
         human(h_used, sizeof(h_used), used);
         human(h_rss, sizeof(h_rss), rss);
         human(h_peak, sizeof(h_peak), peak);
         add(&t,
             "# Memory\r\nused_memory:%llu\r\nused_memory_human:%s\r\nused_memory_rss:%llu\r\n"
             "used_memory_rss_human:%s\r\nused_memory_peak:%llu\r\nused_memory_peak_human:%s\r\n"
-            "used_memory_dataset:%llu\r\nmaxmemory:0\r\nmaxmemory_human:0B\r\n"
+            "used_memory_dataset:%llu\r\nmaxmemory:%llu\r\nmaxmemory_human:%s\r\n"
             "maxmemory_policy:noeviction\r\nmem_allocator:mimalloc (pith shard heaps)\r\n\r\n",
             (unsigned long long)used, h_used, (unsigned long long)rss, h_rss,
-            (unsigned long long)peak, h_peak, (unsigned long long)bytes);
+            (unsigned long long)peak, h_peak, (unsigned long long)bytes,
+            (unsigned long long)setting(&kv_cfg.maxmemory), h_max);
     }
     if (SECTION("stats"))
         add(&t,
@@ -1577,10 +1588,38 @@ static void command(struct kconn *kc, struct resp_arg *a, unsigned argc)
         s->mute = true;
 }
 
+/* The data's memory over all shards (entries, tables, expiry arrays): what maxmemory bounds. */
+static uint64_t data_memory(void)
+{
+    uint64_t used = 0;
+    for (unsigned i = 0; i < nshards; i++)
+        used += atomic_load_explicit(&kshards[i]->st.bytes, memory_order_relaxed) +
+                atomic_load_explicit(&kshards[i]->st.overhead, memory_order_relaxed);
+    return used;
+}
+
+/* The commands that may grow the data (Redis's "denyoom"), refused past maxmemory with Redis's
+ * error (its noeviction policy); reads, deletes and expiry changes still run. */
+static bool denied_for_memory(const struct resp_arg *name)
+{
+    uint64_t max = setting(&kv_cfg.maxmemory);
+    if (max == 0 || data_memory() <= max)
+        return false;
+    static const char *const grow[] = {"SET", "MSET", "INCR", "DECR", "INCRBY", "DECRBY"};
+    for (size_t i = 0; i < sizeof(grow) / sizeof(grow[0]); i++)
+        if (is(name, grow[i]))
+            return true;
+    return false;
+}
+
 static void run_command(struct kconn *kc, struct resp_arg *a, unsigned argc)
 {
     count(&kc->ks->commands, 1);
     const struct resp_arg *name = &a[0];
+    if (denied_for_memory(name)) {
+        reply_error(kc, OOM_ERR);
+        return;
+    }
     long long n;
     int64_t exp;
     const char *why;
@@ -2080,7 +2119,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: pith-kv [--port N] [--host ADDR] [--shards N] [--max-bulk BYTES]\n"
             "               [--acceptor] [--request-timeout SECONDS] [--poll-us US]\n"
-            "               [--timeout SECONDS] [--maxclients N]\n"
+            "               [--timeout SECONDS] [--maxclients N] [--maxmemory BYTES]\n"
             "               [--mesh-ring BATCHES] [--mesh-batch MSGS] [--mesh-backlog N]\n");
     exit(2);
 }
@@ -2156,6 +2195,10 @@ int main(int argc, char **argv)
                 usage();
             opt.maxclients = m;
             i++;
+        } else if (strcmp(argv[i], "--maxmemory") == 0 && v) {
+            if (!parse_memory(v, strlen(v), &opt.maxmemory) || opt.maxmemory > (uint64_t)LLONG_MAX)
+                usage();
+            i++;
         } else if (strcmp(argv[i], "--mesh-ring") == 0 && v) {
             opt.mesh_ring = mesh_arg(v);
             i++;
@@ -2175,6 +2218,7 @@ int main(int argc, char **argv)
     limits.max_args = ARGS_CAP;
     atomic_store(&kv_cfg.timeout_s, opt.timeout_s);
     atomic_store(&kv_cfg.max_bulk, opt.max_bulk);
+    atomic_store(&kv_cfg.maxmemory, opt.maxmemory);
     kv_cfg.port = opt.port;
     kv_cfg.bind = opt.host;
 

@@ -39,17 +39,27 @@ static size_t entry_bytes(const struct entry *e)
     return sizeof(*e) + e->klen + e->vlen;
 }
 
-static bool table_new(struct table *t, size_t buckets)
+static bool table_new(struct store *s, struct table *t, size_t buckets)
 {
     t->b = pith_calloc(buckets, sizeof(*t->b));
     t->mask = buckets - 1;
+    if (t->b != NULL)
+        count(&s->overhead, (int64_t)(buckets * sizeof(*t->b)));
     return t->b != NULL;
+}
+
+static void table_free(struct store *s, struct table *t)
+{
+    if (t->b != NULL)
+        count(&s->overhead, -(int64_t)((t->mask + 1) * sizeof(*t->b)));
+    pith_free(t->b);
+    memset(t, 0, sizeof(*t));
 }
 
 int store_init(struct store *s)
 {
     memset(s, 0, sizeof(*s));
-    return table_new(&s->t[0], INITIAL_BUCKETS) ? 0 : -ENOMEM;
+    return table_new(s, &s->t[0], INITIAL_BUCKETS) ? 0 : -ENOMEM;
 }
 
 bool store_rehashing(const struct store *s)
@@ -73,6 +83,7 @@ static int exp_reserve(struct store *s)
     struct entry **a = pith_realloc(s->exp, cap * sizeof(*a));
     if (a == NULL)
         return -ENOMEM;
+    count(&s->overhead, (int64_t)((cap - s->capexp) * sizeof(*a)));
     s->exp = a;
     s->capexp = cap;
     return 0;
@@ -96,6 +107,7 @@ static void exp_remove(struct store *s, struct entry *e)
     if (s->capexp > EXP_MIN_CAP && s->nexp < s->capexp / 4) {
         struct entry **a = pith_realloc(s->exp, (s->capexp / 2) * sizeof(*a));
         if (a != NULL) {
+            count(&s->overhead, -(int64_t)((s->capexp / 2) * sizeof(*a)));
             s->exp = a;
             s->capexp /= 2;
         }
@@ -131,7 +143,7 @@ static void rehash_step(struct store *s, unsigned n)
         n--;
     }
     if (s->rehash > from->mask) {
-        pith_free(from->b);
+        table_free(s, from);
         *from = *to;
         memset(to, 0, sizeof(*to));
         s->rehash = 0;
@@ -144,7 +156,7 @@ static void rehash_start(struct store *s, size_t buckets)
 {
     if (store_rehashing(s) || buckets == s->t[0].mask + 1)
         return;
-    if (!table_new(&s->t[1], buckets)) {
+    if (!table_new(s, &s->t[1], buckets)) {
         memset(&s->t[1], 0, sizeof(s->t[1]));
         return;
     }
@@ -250,7 +262,7 @@ struct entry *store_set(struct store *s, const char *k, size_t kl, uint64_t h, c
     if (kl > UINT32_MAX || vl > UINT32_MAX)
         return NULL;
     rehash_step(s, 1);
-    if (s->t[0].b == NULL && !table_new(&s->t[0], INITIAL_BUCKETS)) {
+    if (s->t[0].b == NULL && !table_new(s, &s->t[0], INITIAL_BUCKETS)) {
         memset(&s->t[0], 0, sizeof(s->t[0]));
         return NULL;
     }
@@ -374,9 +386,9 @@ static void free_entries(struct store *s)
                 e = next;
             }
         }
-        pith_free(t->b);
-        memset(t, 0, sizeof(*t));
+        table_free(s, t);
     }
+    count(&s->overhead, -(int64_t)(s->capexp * sizeof(*s->exp)));
     pith_free(s->exp);
     s->exp = NULL;
     s->nexp = s->capexp = s->exp_cursor = 0;
@@ -389,7 +401,7 @@ static void free_entries(struct store *s)
 int store_clear(struct store *s)
 {
     free_entries(s);
-    if (!table_new(&s->t[0], INITIAL_BUCKETS)) {
+    if (!table_new(s, &s->t[0], INITIAL_BUCKETS)) {
         memset(&s->t[0], 0, sizeof(s->t[0]));
         return -ENOMEM;
     }

@@ -39,6 +39,7 @@ struct store {
     size_t exp_cursor;     /* where the expiry cycle looks next */
     uint64_t rehash_steps; /* buckets moved, for the tests and INFO */
     _Atomic uint64_t keys, expires, bytes; /* written by the owning shard only */
+    _Atomic uint64_t overhead;             /* bytes of the tables and the expiry array (likewise) */
 };
 
 /* Adds d to a counter written by one shard only: a relaxed load and store, no locked
