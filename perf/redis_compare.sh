@@ -23,6 +23,7 @@ pith-kv / redis.
   --no-pin            no taskset
   --pith-port P       (default 16380)
   --redis-port P      (default 16379)
+  --no-amplify        skip the amplification rows (perf/kv_amplify.py, last)
   -h, --help          this text
 
 Environment:
@@ -43,6 +44,7 @@ PIN=1
 PITH_PORT=16380
 REDIS_PORT=16379
 CLIENTS=50
+AMPLIFY=1
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -52,6 +54,7 @@ while [ $# -gt 0 ]; do
     --server-cpus) SERVER_CPUS=${2:?}; shift 2 ;;
     --bench-cpus) BENCH_CPUS=${2:?}; shift 2 ;;
     --no-pin) PIN=0; shift ;;
+    --no-amplify) AMPLIFY=0; shift ;;
     --pith-port) PITH_PORT=${2:?}; shift 2 ;;
     --redis-port) REDIS_PORT=${2:?}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -281,3 +284,12 @@ echo "req/cpu_s: requests over the server's CPU-seconds in that test (higher is 
     "p99 ratio: lower is better. CPU counts at 1/$TCK s, so short runs (-n small) are coarse." \
     "other%: the machine's busy time besides the server and redis-benchmark, in % of one CPU" \
     "(tick-sampled: a few % either way)."
+
+# The amplification rows: the victims' latency beside one client that pipelines GETs of a large
+# value, alone and attacked, on pith-kv (one shard, so all share the attacker's) and on
+# redis-server; both servers started by the script itself.
+if [ "$AMPLIFY" = 1 ] && [ -z "${PITH_KV_CMD:-}" ]; then
+    echo
+    echo "== reply amplification (perf/kv_amplify.py)"
+    python3 "$(dirname "$0")/kv_amplify.py" "${pith_cmd[0]}" "$(command -v redis-server)"
+fi
