@@ -165,7 +165,7 @@ def backpressure(server):
     """A mesh of a few messages between the shards (--mesh-ring 4 --mesh-batch 1
     --mesh-backlog 1): 8 clients pipeline SETs, GETs, INCRs and MSET/MGET/EXISTS/DEL of 4,000
     keys; every reply is right (requests waited for room instead of failing), and requests did
-    wait. Then one DEL of 30,000 keys."""
+    wait. Then an MSET, an EXISTS and a DEL of 100,000 keys."""
     errors = []
     threads = [threading.Thread(target=backpressure_client, args=(server.port, i, errors))
                for i in range(8)]
@@ -181,12 +181,13 @@ def backpressure(server):
                     if f.startswith("room_waits="))
         print(f"# backpressure: {waits} requests waited for room", flush=True)
         check(waits > 0, f"no request waited for room: {text!r}")
-        n = 30000
+        n = 100000  # 200,001 arguments: past the parse scratch's usual 65,536, which grows
         mset = ["MSET"]
         for j in range(n):
             mset += [f"big:{j}", "x"]
-        check(c.call(*mset) == ("+", "OK"), "MSET of 30,000 keys")
-        check(c.call("DEL", *[f"big:{j}" for j in range(n)]) == (":", n), "DEL of 30,000 keys")
+        check(c.call(*mset) == ("+", "OK"), "MSET of 100,000 keys")
+        check(c.call("EXISTS", *[f"big:{j}" for j in range(n)]) == (":", n), "EXISTS of them")
+        check(c.call("DEL", *[f"big:{j}" for j in range(n)]) == (":", n), "DEL of them")
         check(c.call("DBSIZE") == (":", 8 * 401), "DBSIZE after the DEL")
 
 

@@ -39,7 +39,8 @@
 #define SLICE_NS     (250ull * 1000)
 #define SLICE_BYTES  (1u << 20)
 #define OUT_CHUNK    (64u << 10) /* the ready buffer goes out past this; larger is freed after */
-#define ARGS_CAP     65536u      /* arguments per command */
+#define ARGS_CAP     65536u      /* the parse scratch's usual room, in arguments */
+#define ARGS_MAX     (1u << 22)  /* arguments per command at most (the input bound comes first) */
 #define TICK_NS      (100ull * 1000 * 1000)
 #define BUSY_TICK_NS (10ull * 1000 * 1000) /* the next tick, while expiry or a rehash has more */
 #define EXPIRE_SLICE (1000ull * 1000)      /* the most one tick spends on active expiry, ns */
@@ -77,7 +78,8 @@ struct kconn;
 
 struct kshard {
     struct store st;
-    struct resp_arg *args; /* [ARGS_CAP] parse scratch */
+    struct resp_arg *args; /* [args_cap] parse scratch */
+    unsigned args_cap;
     struct kconn *conns;   /* open connections, for the slow-request sweep */
     struct kconn *zombies; /* closed ones whose requests or callbacks have not come back */
     struct req *live;      /* requests sent and not done: what stop may leave behind */
@@ -1892,6 +1894,36 @@ static bool yield(struct kconn *kc)
     return true;
 }
 
+/* A command with more arguments than the scratch holds (but within ARGS_MAX): the scratch
+ * grows to fit it; true when it did. Redis takes as many as its query buffer holds; here the
+ * connection's input bound (max_buffered) comes first. */
+static bool args_grow(struct kshard *ks, const char *buf, size_t len)
+{
+    const char *eol = len > 1 && buf[0] == '*' ? memchr(buf, '\r', len) : NULL;
+    long long count;
+    if (eol == NULL || !resp_parse_ll(buf + 1, (size_t)(eol - buf - 1), &count) ||
+        count <= (long long)ks->args_cap || count > (long long)ARGS_MAX)
+        return false;
+    struct resp_arg *a = malloc((size_t)count * sizeof(*a));
+    if (a == NULL)
+        return false;
+    free(ks->args);
+    ks->args = a;
+    ks->args_cap = (unsigned)count;
+    return true;
+}
+
+/* After a large command, the scratch goes back to its usual size. */
+static void args_shrink(struct kshard *ks)
+{
+    struct resp_arg *a;
+    if (ks->args_cap > ARGS_CAP && (a = malloc(ARGS_CAP * sizeof(*a))) != NULL) {
+        free(ks->args);
+        ks->args = a;
+        ks->args_cap = ARGS_CAP;
+    }
+}
+
 static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
 {
     (void)c;
@@ -1934,7 +1966,9 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
         struct slot *tail = kc->tail;
         unsigned argc;
         const char *err;
-        ssize_t r = resp_parse(buf + off, len - off, &limits, ks->args, ARGS_CAP, &argc, &err);
+        ssize_t r = resp_parse(buf + off, len - off, &limits, ks->args, ks->args_cap, &argc, &err);
+        if (r == -E2BIG && args_grow(ks, buf + off, len - off))
+            r = resp_parse(buf + off, len - off, &limits, ks->args, ks->args_cap, &argc, &err);
         if (r == 0)
             break;
         if (r < 0) {
@@ -1946,6 +1980,7 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
         off += (size_t)r;
         if (argc > 0)
             command(kc, ks->args, argc);
+        args_shrink(ks);
         /* Replies made into slots (behind a reply still coming from another shard) count
          * toward the slice's bytes too. */
         for (struct slot *n = tail != NULL ? tail->next : kc->head; n != NULL && n != tail;
@@ -2065,6 +2100,7 @@ static void *shard_up(void *arg)
     if (ks == NULL || store_init(&ks->st) != 0)
         return (void *)(intptr_t)-ENOMEM;
     ks->args = malloc(ARGS_CAP * sizeof(*ks->args));
+    ks->args_cap = ARGS_CAP;
     if (ks->args == NULL)
         return (void *)(intptr_t)-ENOMEM;
     kshards[pith_shard_id()] = ks;
@@ -2215,7 +2251,7 @@ int main(int argc, char **argv)
         }
     }
     limits.max_bulk = opt.max_bulk;
-    limits.max_args = ARGS_CAP;
+    limits.max_args = ARGS_MAX;
     atomic_store(&kv_cfg.timeout_s, opt.timeout_s);
     atomic_store(&kv_cfg.max_bulk, opt.max_bulk);
     atomic_store(&kv_cfg.maxmemory, opt.maxmemory);
