@@ -900,7 +900,7 @@ BAD_INPUT = [
     ("non-numeric bulk length", b"*1\r\n$x1\r\n", "ERR Protocol error: invalid bulk length"),
     ("bulk length over --max-bulk", b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1025\r\n",
      "ERR Protocol error: invalid bulk length"),
-    ("bulk without '$'", b"*1\r\nPING\r\n", "ERR Protocol error: expected '$'"),
+    ("bulk without '$'", b"*1\r\nPING\r\n", "ERR Protocol error: expected '$', got 'P'"),
     ("bulk data without its CRLF", b"*1\r\n$4\r\nPINGxx", "ERR Protocol error:"),
     ("inline line over 64 KiB, no newline", b"A" * 70000,
      "ERR Protocol error: too big inline request"),

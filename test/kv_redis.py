@@ -179,6 +179,24 @@ def raw_exchange(port, payload, end=b"+PONG\r\n"):
         return bytes(c.buf)
 
 
+def protocol_errors(a_port, b_port):
+    """Malformed requests: the same error bytes from both (then both close)."""
+    for payload in (b"*1\r\nfoo\r\n", b"*1\r\n\r\n", b"*2\r\n$3\r\nGET\r\n:1\r\n",
+                    b"*abc\r\n", b"*1\r\n$abc\r\n", b"*1\r\n$-5\r\n"):
+        got = []
+        for port in (a_port, b_port):
+            with socket.create_connection((HOST, port), timeout=10) as s:
+                s.sendall(payload)
+                data = b""
+                while not data.endswith(b"\r\n"):
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                got.append(data)
+        check(got[0] == got[1], f"{payload!r}: redis {got[0]!r}, pith-kv {got[1]!r}")
+
+
 def client_reply_modes(a_port, b_port):
     """CLIENT REPLY OFF / SKIP / ON in one pipeline: the same bytes come back from both."""
     script = [("FLUSHALL",), ("SET", "r", "1"), ("CLIENT", "REPLY", "OFF"), ("SET", "r", "2"), ("GET", "r"),
@@ -366,6 +384,8 @@ def main(argv):
                     timed, "redis-server", redis.port)
             tap.run("pith-kv: expired keys go within about a second among 200,000",
                     timed, "pith-kv", kv.port)
+            tap.run("same bytes as redis-server: protocol errors", protocol_errors, redis.port,
+                    kv.port)
             tap.run("same bytes as redis-server: CLIENT REPLY OFF, SKIP and ON in a pipeline",
                     client_reply_modes, redis.port, kv.port)
             tap.run("CLIENT ID, SETNAME, LIST, INFO and KILL across shards", clients_by_name,

@@ -440,12 +440,14 @@ Test(resp, incomplete_requests_wait_for_more_bytes)
     }
 }
 
-#define BAD_MBULK  "ERR Protocol error: invalid multibulk length"
-#define BAD_BULK   "ERR Protocol error: invalid bulk length"
-#define NO_DOLLAR  "ERR Protocol error: expected '$'"
-#define NO_CRLF    "ERR Protocol error: expected CRLF after bulk data"
-#define UNBALANCED "ERR Protocol error: unbalanced quotes in request"
-#define TOO_MANY   "ERR Protocol error: too many arguments in request"
+#define BAD_MBULK       "ERR Protocol error: invalid multibulk length"
+#define BAD_BULK        "ERR Protocol error: invalid bulk length"
+#define NO_DOLLAR       "ERR Protocol error: expected '$', got 'G'"
+#define NO_DOLLAR_COLON "ERR Protocol error: expected '$', got ':'"
+#define NO_DOLLAR_CR    "ERR Protocol error: expected '$', got '\r'"
+#define NO_CRLF         "ERR Protocol error: expected CRLF after bulk data"
+#define UNBALANCED      "ERR Protocol error: unbalanced quotes in request"
+#define TOO_MANY        "ERR Protocol error: too many arguments in request"
 
 static const struct {
     const char *req;
@@ -470,8 +472,8 @@ static const struct {
     {LIT("*65\r\n"), -E2BIG, TOO_MANY},
     /* each element's type */
     {LIT("*1\r\nGET\r\n"), -EPROTO, NO_DOLLAR},
-    {LIT("*2\r\n$3\r\nGET\r\n:1\r\n"), -EPROTO, NO_DOLLAR},
-    {LIT("*1\r\n\r\n"), -EPROTO, NO_DOLLAR},
+    {LIT("*2\r\n$3\r\nGET\r\n:1\r\n"), -EPROTO, NO_DOLLAR_COLON},
+    {LIT("*1\r\n\r\n"), -EPROTO, NO_DOLLAR_CR},
     /* bulk lengths */
     {LIT("*1\r\n$-1\r\n"), -EPROTO, BAD_BULK},
     {LIT("*1\r\n$-5\r\n"), -EPROTO, BAD_BULK},

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 /* Redis's own wording where Redis has one, so that clients see the errors they know. */
@@ -15,10 +16,21 @@
 #define MSG_BIG_MBULK  "ERR Protocol error: too big mbulk count string"
 #define MSG_BIG_BULK   "ERR Protocol error: too big bulk count string"
 #define MSG_BIG_INLINE "ERR Protocol error: too big inline request"
-#define MSG_NO_DOLLAR  "ERR Protocol error: expected '$'"
+#define MSG_NO_DOLLAR  "ERR Protocol error: expected '$', got '%c'"
 #define MSG_NO_CRLF    "ERR Protocol error: expected CRLF after bulk data"
 #define MSG_TOO_MANY   "ERR Protocol error: too many arguments in request"
 #define MSG_UNBALANCED "ERR Protocol error: unbalanced quotes in request"
+
+/* Redis names the byte it found instead of '$'; one message per byte value, made once before
+ * main, so that *err stays a static string. A '\r' or '\n' shows as ' ' once the reply writer
+ * has cleaned the line, as in Redis; a NUL ends the text early (Redis sends the byte). */
+static char no_dollar[256][sizeof(MSG_NO_DOLLAR)];
+
+__attribute__((constructor)) static void no_dollar_init(void)
+{
+    for (int c = 0; c < 256; c++)
+        snprintf(no_dollar[c], sizeof(no_dollar[c]), MSG_NO_DOLLAR, c);
+}
 
 static const struct resp_limits default_limits = {
     .max_bulk = 512u * 1024 * 1024,
@@ -110,7 +122,7 @@ static ssize_t parse_array(const char *buf, size_t len, const struct resp_limits
         if (pos == len)
             return 0;
         if (buf[pos] != '$')
-            return fail(err, EPROTO, MSG_NO_DOLLAR);
+            return fail(err, EPROTO, no_dollar[(unsigned char)buf[pos]]);
         long long n;
         r = read_header(buf, len, &pos, &n, MSG_BIG_BULK, MSG_BAD_BULK, err);
         if (r <= 0)
