@@ -464,10 +464,10 @@ static void slot_free(struct slot *s)
     if (s->parts != &s->one) {
         for (uint32_t i = 0; i < s->nparts; i++)
             resp_out_free(&s->parts[i]);
-        free(s->parts);
+        pith_free(s->parts);
     }
     resp_out_free(&s->one);
-    free(s);
+    pith_free(s);
 }
 
 static void kconn_free(struct kconn *kc)
@@ -486,8 +486,8 @@ static void kconn_free(struct kconn *kc)
         slot_free(s);
     }
     resp_out_free(&kc->out);
-    free(kc->name);
-    free(kc);
+    pith_free(kc->name);
+    pith_free(kc);
 }
 
 static int send_out(struct kconn *kc, struct resp_out *o)
@@ -560,15 +560,15 @@ static void flush(struct kconn *kc)
 
 static struct slot *slot_new(struct kconn *kc, uint32_t nparts, uint8_t combine)
 {
-    struct slot *s = calloc(1, sizeof(*s));
+    struct slot *s = pith_calloc(1, sizeof(*s));
     if (s == NULL)
         return NULL;
     s->nparts = nparts;
     s->combine = combine;
     if (nparts > 1) {
-        s->parts = calloc(nparts, sizeof(*s->parts));
+        s->parts = pith_calloc(nparts, sizeof(*s->parts));
         if (s->parts == NULL) {
-            free(s);
+            pith_free(s);
             return NULL;
         }
     } else {
@@ -645,9 +645,9 @@ static void req_free(struct req *q)
     if (q->outs != NULL)
         for (uint32_t i = 0; i < q->nkeys; i++)
             resp_out_free(&q->outs[i]);
-    free(q->outs);
-    free(q->idx);
-    free(q);
+    pith_free(q->outs);
+    pith_free(q->idx);
+    pith_free(q);
 }
 
 /* A request is done (or failed): its results go into its slot. */
@@ -778,7 +778,7 @@ static void room_cb(void *arg)
 static struct req *req_new(struct kconn *kc, struct slot *s, unsigned shard, unsigned cmd,
                            size_t argc, size_t bytes)
 {
-    struct req *q = malloc(sizeof(struct req) + argc * sizeof(struct resp_arg) + bytes);
+    struct req *q = pith_malloc(sizeof(struct req) + argc * sizeof(struct resp_arg) + bytes);
     if (q == NULL)
         return NULL;
     memset(q, 0, sizeof(*q));
@@ -908,9 +908,9 @@ static void multi(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsi
 {
     uint32_t nparts = argc / step;
     struct slot *s = slot_new(kc, nparts, combine);
-    uint16_t *shard_of = malloc((size_t)nparts * sizeof(*shard_of));
-    uint32_t *count = calloc(nshards, sizeof(*count));
-    size_t *bytes = calloc(nshards, sizeof(*bytes));
+    uint16_t *shard_of = pith_malloc((size_t)nparts * sizeof(*shard_of));
+    uint32_t *count = pith_calloc(nshards, sizeof(*count));
+    size_t *bytes = pith_calloc(nshards, sizeof(*bytes));
     if (s == NULL || shard_of == NULL || count == NULL || bytes == NULL) {
         if (s != NULL)
             s->failed = true;
@@ -955,8 +955,8 @@ static void multi(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsi
         if (q != NULL) {
             q->nkeys = n;
             q->step = step;
-            q->idx = malloc((size_t)n * sizeof(*q->idx));
-            q->outs = combine == ARRAY ? calloc(n, sizeof(*q->outs)) : NULL;
+            q->idx = pith_malloc((size_t)n * sizeof(*q->idx));
+            q->outs = combine == ARRAY ? pith_calloc(n, sizeof(*q->outs)) : NULL;
         }
         if (q == NULL || q->idx == NULL || (combine == ARRAY && q->outs == NULL)) {
             if (q != NULL)
@@ -978,9 +978,9 @@ static void multi(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsi
         req_send(kc, q);
     }
 out:
-    free(shard_of);
-    free(count);
-    free(bytes);
+    pith_free(shard_of);
+    pith_free(count);
+    pith_free(bytes);
 }
 
 /* A command every shard does its part of, with the same arguments. */
@@ -1489,7 +1489,7 @@ static void client_cmd(struct kconn *kc, const struct resp_arg *a, unsigned argc
                 return;
             }
         char *name = NULL;
-        if (a[2].len > 0 && (name = malloc(a[2].len + 1)) == NULL) {
+        if (a[2].len > 0 && (name = pith_malloc(a[2].len + 1)) == NULL) {
             reply_error(kc, "ERR out of memory");
             return;
         }
@@ -1497,7 +1497,7 @@ static void client_cmd(struct kconn *kc, const struct resp_arg *a, unsigned argc
             memcpy(name, a[2].p, a[2].len);
             name[a[2].len] = 0;
         }
-        free(kc->name);
+        pith_free(kc->name);
         kc->name = name;
         reply_simple(kc, "OK");
     } else if (is(sub, "LIST")) {
@@ -1841,7 +1841,7 @@ static void *on_open(pith_conn_t c, void *ctx)
             (void)pith_conn_abort(c);
         return NULL;
     }
-    struct kconn *kc = calloc(1, sizeof(*kc));
+    struct kconn *kc = pith_calloc(1, sizeof(*kc));
     if (kc == NULL) {
         atomic_fetch_sub_explicit(&clients_now, 1, memory_order_relaxed);
         (void)pith_conn_abort(c);
@@ -1904,10 +1904,10 @@ static bool args_grow(struct kshard *ks, const char *buf, size_t len)
     if (eol == NULL || !resp_parse_ll(buf + 1, (size_t)(eol - buf - 1), &count) ||
         count <= (long long)ks->args_cap || count > (long long)ARGS_MAX)
         return false;
-    struct resp_arg *a = malloc((size_t)count * sizeof(*a));
+    struct resp_arg *a = pith_malloc((size_t)count * sizeof(*a));
     if (a == NULL)
         return false;
-    free(ks->args);
+    pith_free(ks->args);
     ks->args = a;
     ks->args_cap = (unsigned)count;
     return true;
@@ -1917,8 +1917,8 @@ static bool args_grow(struct kshard *ks, const char *buf, size_t len)
 static void args_shrink(struct kshard *ks)
 {
     struct resp_arg *a;
-    if (ks->args_cap > ARGS_CAP && (a = malloc(ARGS_CAP * sizeof(*a))) != NULL) {
-        free(ks->args);
+    if (ks->args_cap > ARGS_CAP && (a = pith_malloc(ARGS_CAP * sizeof(*a))) != NULL) {
+        pith_free(ks->args);
         ks->args = a;
         ks->args_cap = ARGS_CAP;
     }
@@ -2096,10 +2096,10 @@ static void tick(void *arg)
 static void *shard_up(void *arg)
 {
     (void)arg;
-    struct kshard *ks = calloc(1, sizeof(*ks));
+    struct kshard *ks = pith_calloc(1, sizeof(*ks));
     if (ks == NULL || store_init(&ks->st) != 0)
         return (void *)(intptr_t)-ENOMEM;
-    ks->args = malloc(ARGS_CAP * sizeof(*ks->args));
+    ks->args = pith_malloc(ARGS_CAP * sizeof(*ks->args));
     ks->args_cap = ARGS_CAP;
     if (ks->args == NULL)
         return (void *)(intptr_t)-ENOMEM;

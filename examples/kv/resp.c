@@ -16,6 +16,18 @@
 #define MSG_BIG_MBULK  "ERR Protocol error: too big mbulk count string"
 #define MSG_BIG_BULK   "ERR Protocol error: too big bulk count string"
 #define MSG_BIG_INLINE "ERR Protocol error: too big inline request"
+/* Reply buffers: from the shard's heap in pith-kv (built with RESP_PITH_ALLOC), so that they
+ * count against the shard's memory cap; plain malloc for the parser's tests and fuzz target,
+ * which run without an engine. */
+#ifdef RESP_PITH_ALLOC
+#include <pith/mem.h>
+#define resp_realloc pith_realloc
+#define resp_free    pith_free
+#else
+#define resp_realloc realloc
+#define resp_free    free
+#endif
+
 #define MSG_NO_DOLLAR  "ERR Protocol error: expected '$', got '%c'"
 #define MSG_NO_CRLF    "ERR Protocol error: expected CRLF after bulk data"
 #define MSG_TOO_MANY   "ERR Protocol error: too many arguments in request"
@@ -336,7 +348,7 @@ static int reserve(struct resp_out *o, size_t n)
     size_t cap = o->cap > 0 ? o->cap : 256;
     while (cap < need)
         cap = cap > (size_t)PTRDIFF_MAX / 2 ? need : cap * 2;
-    char *p = realloc(o->p, cap);
+    char *p = resp_realloc(o->p, cap);
     if (p == NULL)
         return -ENOMEM;
     o->p = p;
@@ -471,7 +483,7 @@ void resp_out_free(struct resp_out *o)
 {
     if (o == NULL)
         return;
-    free(o->p);
+    resp_free(o->p);
     o->p = NULL;
     o->len = 0;
     o->cap = 0;
