@@ -244,6 +244,10 @@ static int gated(pith_actor_t *self, void *state, const pith_msg_t *msg)
 
 static const pith_actor_type_t gated_type = {.name = "batch.gated", .behaviour = gated};
 
+/* A timed wait, not an event: the batch is to find the lane full and wait in its middle, and
+ * nothing another thread can read says that a producer waits (a client's counters are its own
+ * thread's). The lane of 16 slots fills within microseconds of the call, so 100 ms is ample;
+ * were it ever too short, the pushed_back assertion would fail rather than pass wrongly. */
 static void *open_gate_later(void *arg)
 {
     (void)arg;

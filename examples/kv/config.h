@@ -17,7 +17,7 @@ struct kv_settings {
     _Atomic uint64_t maxclients; /* connections at most, over all shards */
     _Atomic uint64_t max_bulk;   /* proto-max-bulk-len */
     _Atomic uint64_t maxmemory;  /* bytes of data past which writes get -OOM; 0: none */
-    uint64_t maxclients_limit;   /* what the file descriptor limit and the rings allow */
+    uint64_t maxclients_limit;   /* the start value, which the rings were sized for */
     int port;
     const char *bind;
 };

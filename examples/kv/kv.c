@@ -2064,13 +2064,18 @@ static void idle_sweep(struct kshard *ks, uint64_t now)
         return;
     for (struct kconn *kc = ks->conns, *next; kc != NULL; kc = next) {
         next = kc->next;
+        if (now - kc->active_ns <= timeout * 1000000000ull || kc->closed)
+            continue;
+        /* Idle on input: output the kernel took since the last look counts as activity. Only
+         * candidates are asked (pith_conn_info makes a system call), so a client that stopped
+         * reading goes within twice the timeout. */
         pith_conn_info_t ci;
         if (pith_conn_info(kc->id, &ci) == 0 && ci.bytes_out != kc->bytes_out) {
             kc->bytes_out = ci.bytes_out;
             kc->active_ns = now;
+            continue;
         }
-        if (now - kc->active_ns > timeout * 1000000000ull && !kc->closed)
-            (void)pith_conn_close(kc->id);
+        (void)pith_conn_close(kc->id);
     }
 }
 
@@ -2312,7 +2317,9 @@ int main(int argc, char **argv)
     }
     nshards = pith_shard_count();
     started_ns = pith_now_ns();
-    kv_cfg.maxclients_limit = clients_limit(UINT32_MAX);
+    /* The rings and the listener were sized for this many: CONFIG SET maxclients may lower it
+     * and raise it back, not past it. */
+    kv_cfg.maxclients_limit = opt.maxclients;
     atomic_store(&kv_cfg.maxclients, opt.maxclients);
     for (unsigned i = 0; i < nshards; i++) {
         void *res = NULL;
