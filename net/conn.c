@@ -320,18 +320,25 @@ int pith_conn_info(pith_conn_t id, pith_conn_info_t *out)
     out->bytes_out = c->bytes_out;
     out->unsent = c->unsent;
     out->buffered = c->in_len;
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof(ss);
-    if (c->fd >= 0 && getpeername(c->fd, (struct sockaddr *)&ss, &len) == 0) {
-        if (ss.ss_family == AF_INET) {
-            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-            inet_ntop(AF_INET, &a->sin_addr, out->peer, sizeof(out->peer));
-            out->peer_port = ntohs(a->sin_port);
-        } else if (ss.ss_family == AF_INET6) {
-            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-            inet_ntop(AF_INET6, &a->sin6_addr, out->peer, sizeof(out->peer));
-            out->peer_port = ntohs(a->sin6_port);
+    if (!c->peer_known) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        if (c->fd >= 0 && getpeername(c->fd, (struct sockaddr *)&ss, &len) == 0) {
+            if (ss.ss_family == AF_INET) {
+                struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+                c->peer_known = inet_ntop(AF_INET, &a->sin_addr, c->peer, sizeof(c->peer)) != NULL;
+                c->peer_port = ntohs(a->sin_port);
+            } else if (ss.ss_family == AF_INET6) {
+                struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+                c->peer_known =
+                    inet_ntop(AF_INET6, &a->sin6_addr, c->peer, sizeof(c->peer)) != NULL;
+                c->peer_port = ntohs(a->sin6_port);
+            }
         }
+    }
+    if (c->peer_known) {
+        memcpy(out->peer, c->peer, sizeof(out->peer));
+        out->peer_port = c->peer_port;
     }
     return 0;
 }

@@ -86,6 +86,11 @@ struct conn {
     uint64_t bytes_in, bytes_out;
     struct conn *starved_next;
     struct fop *connect; /* an outbound connect in flight (connect.c) */
+    /* The peer's numeric address, looked up by the first pith_conn_info that finds it (a
+     * connected socket's peer does not change), so later calls make no system call. */
+    char peer[46];
+    uint16_t peer_port;
+    bool peer_known;
 };
 
 /* A listener's socket on one shard. */

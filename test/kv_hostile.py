@@ -191,6 +191,155 @@ def backpressure(server):
         check(c.call("DBSIZE") == (":", 8 * 401), "DBSIZE after the DEL")
 
 
+def info_field(c, section, name):
+    text = c.call("INFO", section)[1].decode()
+    for line in text.split("\r\n"):
+        if line.startswith(name + ":"):
+            return int(line.split(":", 1)[1])
+    raise Failure(f"INFO {section} has no {name}")
+
+
+def closed_within(sock, limit):
+    """Reads (and drops) what the server sends until it closes the socket; how many bytes came.
+    Fails when it is still open after `limit` seconds."""
+    sock.settimeout(limit)
+    got, deadline = 0, time.monotonic() + limit
+    try:
+        while time.monotonic() < deadline:
+            chunk = sock.recv(4 * MIB)
+            if not chunk:
+                return got
+            got += len(chunk)
+    except ConnectionResetError:
+        return got
+    except socket.timeout:
+        pass
+    raise Failure(f"still open {limit} s later ({got} bytes read)")
+
+
+def big_replies(exe):
+    """Replies past the engine's window stream out whole: an MGET of 24 values of 1 MiB (a
+    24 MiB reply, which used to reset the connection), a pipeline of 24 GETs of them, and a
+    64 MiB value (past the old 8 MiB bulk bound; the default is Redis's 512 MB)."""
+    server = Server(exe, ["--shards", "2"]).start()
+    try:
+        with Conn(server.port, timeout=120.0) as c:
+            check(c.call("CONFIG", "GET", "proto-max-bulk-len")
+                  == ("*", [("$", b"proto-max-bulk-len"), ("$", b"536870912")]),
+                  "proto-max-bulk-len is Redis's 512 MB")
+            keys = [f"v{i}" for i in range(24)]
+            vals = [bytes([65 + i]) * MIB for i in range(24)]
+            for k, v in zip(keys, vals):
+                check(c.call("SET", k, v) == ("+", "OK"), f"SET {k}")
+            check(c.call("MGET", *keys) == ("*", [("$", v) for v in vals]),
+                  "MGET of 24 MiB: every value, in order")
+            check(pipelined(c, [("GET", k) for k in keys]) == [("$", v) for v in vals],
+                  "24 pipelined GETs of 1 MiB")
+            huge = b"h" * (64 * MIB)
+            check(c.call("SET", "huge", huge) == ("+", "OK"), "SET of 64 MiB")
+            check(c.call("GET", "huge") == ("$", huge), "GET of 64 MiB")
+        server.stop()
+    finally:
+        server.kill()
+
+
+def output_limits(exe, shards):
+    """--client-output-buffer-limit 'normal 8mb 256kb 1': an MGET whose reply passes the hard
+    limit closes its client at once, and before the whole reply is made; a client that
+    pipelines 32 GETs of 1 MiB and never reads stays over the soft limit and is closed after
+    about a second; a client that reads its replies is served in full. Other clients go on.
+    With one shard every GET is answered where the client is: once the kernel's socket buffers
+    are full, a non-reader holds the engine's queue, which is then past its low watermark
+    (256 KiB) until the client reads, and the server reads nothing more from it. With two
+    shards, the MGET's values are made on both, each within the client's budget."""
+    server = Server(exe, ["--shards", str(shards), "--client-output-buffer-limit",
+                          "normal 8mb 256kb 1"]).start()
+    try:
+        with Conn(server.port, timeout=60.0) as c:
+            keys = [f"v{i}" for i in range(16)]
+            for k in keys:
+                check(c.call("SET", k, b"x" * MIB) == ("+", "OK"), f"SET {k}")
+            hard = socket.create_connection(("127.0.0.1", server.port))
+            hard.sendall(cmd("MGET", *keys))
+            got = closed_within(hard, 20.0)
+            hard.close()
+            check(got < 16 * MIB, f"the hard-limit client read {got} bytes of a 16 MiB reply")
+            check(info_field(c, "stats", "client_output_buffer_limit_disconnections") == 1,
+                  "one client closed for its output limit")
+            if shards > 1:
+                check(c.call("PING") == ("+", "PONG"), "others go on")
+                server.stop()
+                return
+            soft = socket.create_connection(("127.0.0.1", server.port))
+            soft.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            soft.sendall(b"".join(cmd("GET", k) for k in keys + keys))
+            t0 = time.monotonic()
+            deadline = t0 + 30.0
+            while info_field(c, "stats", "client_output_buffer_limit_disconnections") < 2:
+                check(time.monotonic() < deadline, "the non-reader still open after 30 s")
+                time.sleep(0.05)
+            took = time.monotonic() - t0
+            print(f"# non-reader over the soft limit closed after {took:.2f} s", flush=True)
+            check(took >= 1.0, f"closed after {took:.2f} s, before its second over the limit")
+            closed_within(soft, 10.0)
+            soft.close()
+            with Conn(server.port, timeout=60.0) as reader:
+                reader.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MIB)
+                check(pipelined(reader, [("GET", k) for k in keys[:2]]) ==
+                      [("$", b"x" * MIB)] * 2, "a reading client gets 2 MiB in full")
+            check(c.call("PING") == ("+", "PONG"), "others go on")
+        server.stop()
+    finally:
+        server.kill()
+
+
+def client_eviction(exe, check_rss):
+    """--maxmemory-clients 32mb on one shard: ten clients each send 6 MiB of an 8 MiB SET and
+    stop (60 MiB of query buffers): the largest are closed until the rest fit in 32 MiB, as
+    Redis 7's client eviction does; INFO says how many, the closed sockets see their end, the
+    server's memory stays bounded, and a small client is still served."""
+    server = Server(exe, ["--shards", "1", "--maxmemory-clients", "32mb"]).start()
+    socks = []
+    try:
+        base = rss(server.proc.pid)
+        peak = Peak(server.proc.pid)
+        head = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n" % (8 * MIB)
+        for _ in range(10):
+            s = socket.create_connection(("127.0.0.1", server.port))
+            s.sendall(head + b"y" * (6 * MIB))
+            socks.append(s)
+        with Conn(server.port, timeout=30.0) as c:
+            deadline = time.monotonic() + 30.0
+            while info_field(c, "stats", "evicted_clients") < 5:
+                check(time.monotonic() < deadline, "fewer than 5 clients evicted after 30 s")
+                time.sleep(0.05)
+            time.sleep(0.5)
+            evicted = info_field(c, "stats", "evicted_clients")
+            held = info_field(c, "memory", "mem_clients_normal")
+            check(held <= 32 * MIB, f"clients hold {held} bytes, past 32 MiB")
+            closed = 0
+            for s in socks:
+                s.setblocking(False)
+                try:
+                    closed += s.recv(1) == b""
+                except ConnectionResetError:
+                    closed += 1
+                except BlockingIOError:
+                    pass
+            check(closed == evicted, f"{closed} sockets closed, {evicted} clients evicted")
+            check(c.call("SET", "small", "v") == ("+", "OK"), "a small client is served")
+            print(f"# {evicted} of 10 clients evicted; {held / MIB:.1f} MiB held after",
+                  flush=True)
+        grown = peak.end() - base
+        if check_rss:
+            check(grown < 160 * MIB, f"RSS grew {grown / MIB:.0f} MiB for 60 MiB sent")
+        server.stop()
+    finally:
+        for s in socks:
+            s.close()
+        server.kill()
+
+
 def maxmemory_bounds_writes(exe):
     """--maxmemory 4mb: SETs of 1 KiB values are taken until the data passes 4 MiB, then get
     Redis's -OOM error; reads and deletes still work, and after FLUSHALL writes do again."""
@@ -271,6 +420,13 @@ def main(argv):
             shutdown_under_non_readers, args[0], 5.0 if check_rss else 60.0)
     tap.run("--maxmemory: writes past it get -OOM, reads and deletes go on",
             maxmemory_bounds_writes, args[0])
+    tap.run("replies of 24 MiB and values of 64 MiB stream out whole", big_replies, args[0])
+    tap.run("--client-output-buffer-limit: hard closes at once, soft after its seconds, "
+            "readers served", output_limits, args[0], 1)
+    tap.run("--client-output-buffer-limit: an MGET made on two shards stops at the hard limit",
+            output_limits, args[0], 2)
+    tap.run("--maxmemory-clients: the largest clients are evicted, memory stays bounded",
+            client_eviction, args[0], check_rss)
     small = Server(args[0], ["--shards", "2", "--mesh-ring", "4", "--mesh-batch", "1",
                              "--mesh-backlog", "1"])
     if tap.run("pith-kv with a mesh of a few messages starts", small.start):

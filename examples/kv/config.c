@@ -11,10 +11,16 @@
 
 struct kv_settings kv_cfg;
 
+/* client-output-buffer-limit of the classes pith-kv has no clients of (slave, pubsub): kept
+ * only to be shown as they were set; Redis's defaults. Read and written under CONFIG's calls,
+ * which any shard may make: relaxed atomics. */
+static _Atomic uint64_t other_limits[2][3] = {{268435456, 67108864, 60}, {33554432, 8388608, 60}};
+
 enum kind {
-    MUTABLE_INT, /* an integer in [lo, hi] */
-    MUTABLE_MEM, /* a memory value (parse_memory) in [lo, hi] */
-    FIXED,       /* read-only here: CONFIG SET is "can't set immutable config" */
+    MUTABLE_INT,  /* an integer in [lo, hi] */
+    MUTABLE_MEM,  /* a memory value (parse_memory) in [lo, hi] */
+    FIXED,        /* read-only here: CONFIG SET is "can't set immutable config" */
+    OUTPUT_LIMIT, /* client-output-buffer-limit: "class hard soft seconds", normal settable */
 };
 
 struct setting_def {
@@ -37,6 +43,9 @@ static struct setting_def defs[] = {
     {"appendonly", FIXED, NULL, 0, 0, "no"},
     {"maxmemory", MUTABLE_MEM, &kv_cfg.maxmemory, 0, 9223372036854775807ull, NULL},
     {"maxmemory-policy", FIXED, NULL, 0, 0, "noeviction"},
+    {"maxmemory-clients", MUTABLE_MEM, &kv_cfg.maxmemory_clients, 0, 9223372036854775807ull, NULL},
+    {"client-query-buffer-limit", FIXED, &kv_cfg.query_limit, 0, 0, NULL},
+    {"client-output-buffer-limit", OUTPUT_LIMIT, NULL, 0, 0, NULL},
 };
 #define NDEFS (sizeof(defs) / sizeof(defs[0]))
 
@@ -46,6 +55,16 @@ static int value_of(const struct setting_def *d, char *buf, size_t size)
         return snprintf(buf, size, "%d", kv_cfg.port);
     if (strcmp(d->name, "bind") == 0)
         return snprintf(buf, size, "%s", kv_cfg.bind);
+    if (d->kind == OUTPUT_LIMIT)
+        /* The other classes are Redis's defaults: pith-kv has no replicas or pub/sub. */
+        return snprintf(buf, size,
+                        "normal %" PRIu64 " %" PRIu64 " %" PRIu64 " slave %" PRIu64 " %" PRIu64
+                        " %" PRIu64 " pubsub %" PRIu64 " %" PRIu64 " %" PRIu64,
+                        setting(&kv_cfg.obl_hard), setting(&kv_cfg.obl_soft),
+                        setting(&kv_cfg.obl_secs), setting(&other_limits[0][0]),
+                        setting(&other_limits[0][1]), setting(&other_limits[0][2]),
+                        setting(&other_limits[1][0]), setting(&other_limits[1][1]),
+                        setting(&other_limits[1][2]));
     if (d->v != NULL)
         return snprintf(buf, size, "%" PRIu64, setting(d->v));
     return snprintf(buf, size, "%s", d->text);
@@ -84,7 +103,7 @@ int config_get(struct resp_out *o, const struct resp_arg *pats, unsigned n)
     for (unsigned j = 0; j < NDEFS && err == 0; j++) {
         if (!hit[j])
             continue;
-        char val[64];
+        char val[160];
         int len = value_of(&defs[j], val, sizeof(val));
         err = named[j] != NULL ? resp_put_bulk(o, named[j]->p, named[j]->len)
                                : resp_put_bulk(o, defs[j].name, strlen(defs[j].name));
@@ -115,6 +134,11 @@ const char *config_set(const struct resp_arg *a, unsigned n, char *buf, size_t s
         return "ERR syntax error";
     /* Check every pair first, then apply: all or none, as in Redis. */
     uint64_t values[NDEFS];
+    uint64_t obl[3][3] = {
+        {setting(&kv_cfg.obl_hard), setting(&kv_cfg.obl_soft), setting(&kv_cfg.obl_secs)}};
+    for (int c = 0; c < 2; c++)
+        for (int k = 0; k < 3; k++)
+            obl[c + 1][k] = setting(&other_limits[c][k]);
     const struct setting_def *which[NDEFS];
     unsigned pairs = 0;
     for (unsigned i = 0; i + 1 < n; i += 2) {
@@ -129,11 +153,22 @@ const char *config_set(const struct resp_arg *a, unsigned n, char *buf, size_t s
                 return failed(buf, size, &a[i], "duplicate parameter");
         if (d->kind == FIXED)
             return failed(buf, size, &a[i], "can't set immutable config");
+        if (d->kind == OUTPUT_LIMIT) {
+            const char *why = parse_output_limit(a[i + 1].p, a[i + 1].len, obl);
+            if (why != NULL)
+                return failed(buf, size, &a[i], why);
+            which[pairs] = d;
+            values[pairs++] = 0;
+            continue;
+        }
         long long v;
         uint64_t m;
         if (d->kind == MUTABLE_MEM) {
             if (!parse_memory(a[i + 1].p, a[i + 1].len, &m) || m > (uint64_t)LLONG_MAX)
-                return failed(buf, size, &a[i], "argument must be a memory value");
+                return failed(buf, size, &a[i],
+                              d->v == &kv_cfg.maxmemory_clients
+                                  ? "argument must be a memory or percent value"
+                                  : "argument must be a memory value");
             v = (long long)m;
         } else if (!resp_parse_ll(a[i + 1].p, a[i + 1].len, &v)) {
             return failed(buf, size, &a[i], "argument couldn't be parsed into an integer");
@@ -156,8 +191,64 @@ const char *config_set(const struct resp_arg *a, unsigned n, char *buf, size_t s
         which[pairs] = d;
         values[pairs++] = (uint64_t)v;
     }
-    for (unsigned k = 0; k < pairs; k++)
-        atomic_store_explicit(which[k]->v, values[k], memory_order_relaxed);
+    for (unsigned k = 0; k < pairs; k++) {
+        if (which[k]->kind == OUTPUT_LIMIT) {
+            atomic_store_explicit(&kv_cfg.obl_hard, obl[0][0], memory_order_relaxed);
+            atomic_store_explicit(&kv_cfg.obl_soft, obl[0][1], memory_order_relaxed);
+            atomic_store_explicit(&kv_cfg.obl_secs, obl[0][2], memory_order_relaxed);
+            for (int c = 0; c < 2; c++)
+                for (int k = 0; k < 3; k++)
+                    atomic_store_explicit(&other_limits[c][k], obl[c + 1][k], memory_order_relaxed);
+        } else {
+            atomic_store_explicit(which[k]->v, values[k], memory_order_relaxed);
+        }
+    }
+    return NULL;
+}
+
+const char *parse_output_limit(const char *p, size_t n, uint64_t out[3][3])
+{
+    /* Groups of four words: a class, hard, soft (memory values), seconds; checked as Redis
+     * checks them, word count first. Only "normal" has clients here: "replica" (or "slave")
+     * and "pubsub" groups are kept to be shown, and have no effect. */
+    const char *w[64];
+    size_t wl[64];
+    unsigned nw = 0;
+    for (const char *q = p, *end = p + n; q < end;) {
+        while (q < end && *q == ' ')
+            q++;
+        if (q == end)
+            break;
+        if (nw == 64)
+            return "Wrong number of arguments in buffer limit configuration.";
+        w[nw] = q;
+        while (q < end && *q != ' ')
+            q++;
+        wl[nw] = (size_t)(q - w[nw]);
+        nw++;
+    }
+    if (nw == 0 || nw % 4 != 0)
+        return "Wrong number of arguments in buffer limit configuration.";
+    uint64_t got[3][3];
+    memcpy(got, out, sizeof(got));
+    for (unsigned g = 0; g < nw; g += 4) {
+        int cls = wl[g] == 6 && strncasecmp(w[g], "normal", 6) == 0    ? 0
+                  : wl[g] == 7 && strncasecmp(w[g], "replica", 7) == 0 ? 1
+                  : wl[g] == 5 && strncasecmp(w[g], "slave", 5) == 0   ? 1
+                  : wl[g] == 6 && strncasecmp(w[g], "pubsub", 6) == 0  ? 2
+                                                                       : -1;
+        if (cls < 0)
+            return "Invalid client class specified in buffer limit configuration.";
+        uint64_t v[3];
+        long long secs;
+        if (!parse_memory(w[g + 1], wl[g + 1], &v[0]) ||
+            !parse_memory(w[g + 2], wl[g + 2], &v[1]) ||
+            !resp_parse_ll(w[g + 3], wl[g + 3], &secs) || secs < 0)
+            return "Error in hard, soft or soft_seconds setting in buffer limit configuration.";
+        v[2] = (uint64_t)secs;
+        memcpy(got[cls], v, sizeof(v));
+    }
+    memcpy(out, got, sizeof(got));
     return NULL;
 }
 

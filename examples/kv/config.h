@@ -17,7 +17,14 @@ struct kv_settings {
     _Atomic uint64_t maxclients; /* connections at most, over all shards */
     _Atomic uint64_t max_bulk;   /* proto-max-bulk-len */
     _Atomic uint64_t maxmemory;  /* bytes of data past which writes get -OOM; 0: none */
-    uint64_t maxclients_limit;   /* the start value, which the rings were sized for */
+    /* Memory all clients together may hold (input kept for unfinished commands, replies not
+     * yet sent); each shard keeps its share and closes its largest clients past it. */
+    _Atomic uint64_t maxmemory_clients;
+    _Atomic uint64_t query_limit; /* client-query-buffer-limit: one client's unconsumed input */
+    /* client-output-buffer-limit for normal clients: past hard, closed; past soft for longer
+     * than soft_secs, closed. 0: no such limit. */
+    _Atomic uint64_t obl_hard, obl_soft, obl_secs;
+    uint64_t maxclients_limit; /* the start value, which the rings were sized for */
     int port;
     const char *bind;
 };
@@ -39,5 +46,10 @@ const char *config_set(const struct resp_arg *a, unsigned n, char *buf, size_t s
 /* A Redis memory value ("100", "1k" = 1000, "1kb" = 1024, m/mb, g/gb; case-insensitive) into
  * *out: false when it is not one (or is negative, or overflows). */
 bool parse_memory(const char *p, size_t n, uint64_t *out);
+/* client-output-buffer-limit's value ("normal 256mb 64mb 60", more groups allowed): each
+ * group's hard, soft and seconds into its class's row of out (0 normal, 1 slave or replica,
+ * 2 pubsub; rows of classes not named are unchanged). NULL, or Redis's words for what is wrong
+ * with it (out unchanged). */
+const char *parse_output_limit(const char *p, size_t n, uint64_t out[3][3]);
 
 #endif

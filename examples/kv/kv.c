@@ -33,14 +33,26 @@
 #define RESUME_SLOTS  256u
 #define MAX_REMOTE    128u /* requests on other shards a connection may have before it stops */
 #define RESUME_REMOTE 32u
+/* Reply bytes held in slots past which a connection stops reading (replies from other shards
+ * count once they are back), and under which it reads again. */
+#define MAX_HELD    (4u << 20)
+#define RESUME_HELD (1u << 20)
 /* One on_data runs at most this many commands, this long, or makes this many reply bytes, then
  * lets the shard's other connections run and comes back (fair shards; see on_data). */
-#define SLICE_CMDS   1000u
-#define SLICE_NS     (250ull * 1000)
-#define SLICE_BYTES  (1u << 20)
-#define OUT_CHUNK    (64u << 10) /* the ready buffer goes out past this; larger is freed after */
-#define ARGS_CAP     65536u      /* the parse scratch's usual room, in arguments */
-#define ARGS_MAX     (1u << 22)  /* arguments per command at most (the input bound comes first) */
+#define SLICE_CMDS  1000u
+#define SLICE_NS    (250ull * 1000)
+#define SLICE_BYTES (1u << 20)
+#define OUT_CHUNK   (64u << 10) /* the ready buffer goes out past this; larger is freed after */
+/* Output streams to the engine in pieces of OUT_PIECE while its queue for the connection holds
+ * less than OUT_WINDOW; past that the rest stays here until the queue drains (on_drain), so a
+ * reply of any size is neither refused nor held twice. The engine stops reading a connection
+ * whose queue passes HIGH_WATER and calls on_drain once it is under LOW_WATER. */
+#define OUT_PIECE    (256u << 10)
+#define OUT_WINDOW   (2u << 20)
+#define HIGH_WATER   (1u << 20)
+#define LOW_WATER    (256u << 10)
+#define ARGS_CAP     65536u     /* the parse scratch's usual room, in arguments */
+#define ARGS_MAX     (1u << 22) /* arguments per command at most (the input bound comes first) */
 #define TICK_NS      (100ull * 1000 * 1000)
 #define BUSY_TICK_NS (10ull * 1000 * 1000) /* the next tick, while expiry or a rehash has more */
 #define EXPIRE_SLICE (1000ull * 1000)      /* the most one tick spends on active expiry, ns */
@@ -60,11 +72,15 @@ static struct {
     uint64_t maxclients;                          /* Redis's maxclients */
     unsigned mesh_ring, mesh_batch, mesh_backlog; /* the engine's, 0: its defaults */
     uint64_t maxmemory;                           /* Redis's maxmemory, 0: none */
+    uint64_t query_limit;                         /* Redis's client-query-buffer-limit */
+    uint64_t clients_mem;                         /* maxmemory-clients; 0: a quarter of RAM */
+    uint64_t obl_hard, obl_soft, obl_secs;        /* client-output-buffer-limit normal */
 } opt = {
     .host = "127.0.0.1",
     .port = 6379,
     .shards = PITH_AUTO,
-    .max_bulk = 8u << 20,
+    .max_bulk = 512u << 20,
+    .query_limit = 1u << 30,
     .request_timeout_ns = 30ull * 1000 * 1000 * 1000,
     .poll_us = -1,
     .maxclients = 10000,
@@ -86,7 +102,12 @@ struct kshard {
     bool more_armed;       /* a busy housekeeping round is coming */
     _Atomic uint64_t nconns, commands, connections, expired;
     _Atomic uint64_t room_waits; /* requests the mesh pushed back, that waited for room */
-    _Atomic size_t buckets;      /* the store's, for INFO (written by the shard's tick) */
+    /* Client memory: what this shard's connections hold (input kept for an unfinished command,
+     * replies not yet taken by the kernel), against its share of maxmemory-clients. */
+    size_t client_mem;
+    _Atomic uint64_t client_mem_pub;           /* client_mem, for INFO */
+    _Atomic uint64_t evicted, out_limit_kills; /* clients closed for the share, for their limit */
+    _Atomic size_t buckets; /* the store's, for INFO (written by the shard's tick) */
 };
 static struct kshard *kshards[4096];
 
@@ -143,7 +164,12 @@ struct slot {
     uint32_t pending, nparts;
     uint8_t combine;
     bool failed;
-    bool mute; /* CLIENT REPLY OFF or SKIP: made, then not sent */
+    bool mute;     /* CLIENT REPLY OFF or SKIP: made, then not sent */
+    bool counted;  /* its bytes are in held (and the connection's slot_bytes) */
+    uint8_t stage; /* streaming out: 0 header, 1 parts, 2 trailer */
+    uint32_t at;   /* the part being streamed */
+    size_t off;    /* bytes of it already handed to the engine */
+    size_t held;   /* bytes of its parts not yet handed to the engine, when counted */
     long long sum;
     struct resp_out *parts; /* [nparts] */
     struct resp_out one;    /* parts when nparts == 1 */
@@ -154,6 +180,14 @@ struct kconn {
     struct kshard *ks;
     struct kconn *next, *prev; /* the shard's list */
     struct resp_out out;       /* replies ready before any slot */
+    size_t out_off;            /* bytes of out already handed to the engine */
+    size_t slot_bytes;         /* bytes held in slots (their held, summed) */
+    size_t unsent;             /* the engine's queue for it: as last asked, plus what went since */
+    size_t qbuf;               /* input left unconsumed by the last on_data */
+    size_t charged;            /* what the shard's client_mem counts for it */
+    uint64_t soft_since;       /* since when its output is over the soft limit; 0: it is not */
+    bool out_wait;             /* the engine's queue is full: the rest waits for on_drain */
+    bool over;                 /* a reply passed what it may hold: it is closed */
     struct slot *head, *tail;
     unsigned nslots;
     unsigned reqs;                /* requests on other shards not yet back */
@@ -198,6 +232,7 @@ struct req {
     uint32_t *idx; /* [nkeys] the slot's part of each key */
     long long n;   /* integer operand (INCRBY, EXPIRE) or result (DEL1, EXISTS1, DBSIZE1) */
     int64_t expire_ms;
+    size_t budget;         /* what its replies may hold (exec_keys) */
     struct resp_out r;     /* a single request's reply */
     struct resp_out *outs; /* [nkeys] each key's reply (MGET) */
     struct resp_arg a[];
@@ -362,6 +397,8 @@ static int client_line(struct kconn *kc, uint64_t now, struct resp_out *o)
     pith_conn_info_t ci;
     if (pith_conn_info(kc->id, &ci) != 0)
         memset(&ci, 0, sizeof(ci));
+    /* omem: replies held here and in the engine's queue */
+    size_t omem = kc->out.len - kc->out_off + kc->slot_bytes + ci.unsent;
     char head[256], tail[320];
     int hl = snprintf(head, sizeof(head),
                       "id=%llu addr=%s:%d laddr=%s:%d fd=-1 name=", (unsigned long long)kc->cid,
@@ -372,8 +409,8 @@ static int client_line(struct kconn *kc, uint64_t now, struct resp_out *o)
         "argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=%u omem=%zu tot-mem=%zu events=r cmd=%s "
         "user=default redir=-1 resp=2\n",
         (unsigned long long)((now - kc->opened_ns) / 1000000000u),
-        (unsigned long long)((now - kc->active_ns) / 1000000000u), ci.buffered, kc->nslots,
-        ci.unsent, sizeof(*kc) + ci.buffered + ci.unsent, kc->cmd[0] ? kc->cmd : "NULL");
+        (unsigned long long)((now - kc->active_ns) / 1000000000u), ci.buffered, kc->nslots, omem,
+        sizeof(*kc) + ci.buffered + omem, kc->cmd[0] ? kc->cmd : "NULL");
     int err = resp_put_raw(o, head, (size_t)hl);
     if (err == 0 && kc->name != NULL)
         err = resp_put_raw(o, kc->name, strlen(kc->name));
@@ -490,72 +527,259 @@ static void kconn_free(struct kconn *kc)
     pith_free(kc);
 }
 
-static int send_out(struct kconn *kc, struct resp_out *o)
+/* Whether n more bytes (at most OUT_PIECE) may go to the engine's queue now. The engine is
+ * asked for its figure only when the estimate says the window may be full, so small replies cost
+ * nothing. When the queue is past the window it is past HIGH_WATER: the engine has stopped
+ * reading the connection and calls on_drain once the queue is under LOW_WATER. */
+static bool out_room(struct kconn *kc, size_t n)
 {
-    if (o->len == 0)
-        return 0;
-    int err = pith_conn_send(kc->id, o->p, o->len);
-    o->len = 0;
-    if (o->cap > OUT_CHUNK)
-        resp_out_free(o); /* a burst's buffer goes back; the next reply starts small */
-    return err;
+    if (kc->out_wait)
+        return false;
+    if (kc->unsent + n > OUT_WINDOW) {
+        pith_conn_info_t ci;
+        if (pith_conn_info(kc->id, &ci) != 0)
+            return true; /* closing: the send fails and the bytes are dropped */
+        kc->unsent = ci.unsent;
+        if (kc->unsent + n > OUT_WINDOW && kc->unsent > HIGH_WATER) {
+            kc->out_wait = true;
+            return false;
+        }
+    }
+    kc->unsent += n;
+    return true;
 }
 
-/* Writes out every reply that is ready, in order. */
+/* Hands o's bytes from *off on to the engine, piece by piece while the window has room; a
+ * slot's bytes leave its held count as they go. True when all of them went. */
+static bool push(struct kconn *kc, struct resp_out *o, size_t *off, struct slot *s)
+{
+    while (*off < o->len) {
+        size_t n = o->len - *off < OUT_PIECE ? o->len - *off : OUT_PIECE;
+        if (!out_room(kc, n))
+            return false;
+        (void)pith_conn_send(kc->id, o->p + *off, n); /* fails only when closing: dropped */
+        *off += n;
+        if (s != NULL) {
+            size_t d = n < s->held ? n : s->held;
+            s->held -= d;
+            kc->slot_bytes -= d;
+        }
+    }
+    return true;
+}
+
+/* A reply of a few bytes (a header, an integer, +OK): always goes, after what went before. */
+static void push_small(struct kconn *kc, struct resp_out *t)
+{
+    if (t->len > 0 && pith_conn_send(kc->id, t->p, t->len) == 0)
+        kc->unsent += t->len;
+    resp_out_free(t);
+}
+
+/* The replies ready before any slot: true when all of them went. */
+static bool push_out(struct kconn *kc)
+{
+    if (!push(kc, &kc->out, &kc->out_off, NULL))
+        return false;
+    kc->out.len = kc->out_off = 0;
+    if (kc->out.cap > OUT_CHUNK)
+        resp_out_free(&kc->out); /* a burst's buffer goes back; the next reply starts small */
+    return true;
+}
+
+/* Streams slot s (ready) from where it stopped: true when all of it went. */
+static bool push_slot(struct kconn *kc, struct slot *s)
+{
+    struct resp_out t = {0};
+    if (s->mute) {
+        /* CLIENT REPLY OFF or SKIP: the reply was made, and is dropped */
+        kc->slot_bytes -= s->held;
+        s->held = 0;
+        return true;
+    }
+    if (s->failed) {
+        (void)resp_put_error(&t, "ERR out of memory");
+        push_small(kc, &t);
+        return true;
+    }
+    switch (s->combine) {
+    case RAW:
+        return push(kc, &s->one, &s->off, s);
+    case ARRAY:
+    case CONCAT:
+        if (s->stage == 0) {
+            if (s->combine == ARRAY) {
+                (void)resp_put_array(&t, s->nparts);
+            } else {
+                size_t total = 0;
+                for (uint32_t i = 0; i < s->nparts; i++)
+                    total += s->parts[i].len;
+                char hdr[32];
+                int hl = snprintf(hdr, sizeof(hdr), "$%zu\r\n", total);
+                (void)resp_put_raw(&t, hdr, (size_t)hl);
+            }
+            push_small(kc, &t);
+            s->stage = 1;
+        }
+        for (; s->at < s->nparts; s->at++, s->off = 0) {
+            if (!push(kc, &s->parts[s->at], &s->off, s))
+                return false;
+            resp_out_free(&s->parts[s->at]); /* sent: its memory goes back now */
+        }
+        if (s->combine == CONCAT) {
+            (void)resp_put_raw(&t, "\r\n", 2);
+            push_small(kc, &t);
+        }
+        return true;
+    case KILLED:
+        if (s->sum > 0)
+            (void)resp_put_simple(&t, "OK");
+        else
+            (void)resp_put_error(&t, "ERR No such client");
+        break;
+    case SUM:
+        (void)resp_put_int(&t, s->sum);
+        break;
+    default:
+        (void)resp_put_simple(&t, "OK");
+        break;
+    }
+    push_small(kc, &t);
+    return true;
+}
+
+static void kc_release(struct kconn *kc);
+
+static void drop_task(void *arg)
+{
+    struct kconn *kc = arg;
+    if (!kc->closed)
+        (void)pith_conn_abort(kc->id);
+    kc_release(kc);
+}
+
+/* Closes a client for its memory, as Redis frees one past its output limit or evicted: reset,
+ * its queued replies dropped, its memory no longer charged. The reset itself runs from a task
+ * (its on_close must not free a connection that a caller up the stack still walks), or now when
+ * the shard's queue is full. */
+static void drop_client(struct kconn *kc, _Atomic uint64_t *why)
+{
+    struct kshard *ks = kc->ks;
+    count(why, 1);
+    ks->client_mem -= kc->charged;
+    kc->charged = 0;
+    kc->quitting = kc->over = true;
+    if (pith_submit((unsigned)pith_shard_id(), drop_task, kc) == 0)
+        kc->holds++;
+    else
+        (void)pith_conn_abort(kc->id);
+}
+
+/* What one reply may hold at most while it is made (an MGET's values): the client's hard
+ * output limit, else its shard's share of maxmemory-clients. */
+static size_t reply_budget(void)
+{
+    uint64_t hard = setting(&kv_cfg.obl_hard);
+    uint64_t share = setting(&kv_cfg.maxmemory_clients) / nshards;
+    uint64_t b = hard != 0 && (share == 0 || hard < share) ? hard : share;
+    return b == 0 || b > SIZE_MAX ? SIZE_MAX : (size_t)b;
+}
+
+/* The replies kc holds: here, and in the engine's queue (asked now: the estimate only grows
+ * between looks, and the kernel may have taken them since). */
+static size_t out_held(struct kconn *kc)
+{
+    if (kc->unsent > 0) {
+        pith_conn_info_t ci;
+        if (pith_conn_info(kc->id, &ci) == 0)
+            kc->unsent = ci.unsent;
+    }
+    return kc->out.len - kc->out_off + kc->slot_bytes + kc->unsent;
+}
+
+/* Charges what kc holds (its unconsumed input and its replies) to its shard. */
+static void charge(struct kconn *kc, size_t out)
+{
+    size_t total = out + kc->qbuf;
+    kc->ks->client_mem += total - kc->charged;
+    kc->charged = total;
+}
+
+/* Charges kc's memory to its shard and enforces the limits: the client's own output limits
+ * (client-output-buffer-limit: over hard, closed at once; over soft for longer than its
+ * seconds, closed), and the shard's share of maxmemory-clients: past it, the shard's largest
+ * clients are closed until it fits (Redis 7's client eviction). */
+static void account(struct kconn *kc)
+{
+    if (kc->closed || kc->over)
+        return;
+    struct kshard *ks = kc->ks;
+    size_t out = out_held(kc);
+    uint64_t hard = setting(&kv_cfg.obl_hard), soft = setting(&kv_cfg.obl_soft);
+    if (hard != 0 && out > hard) {
+        drop_client(kc, &ks->out_limit_kills);
+        return;
+    }
+    if (soft != 0 && out > soft) {
+        uint64_t now = pith_now_ns();
+        if (kc->soft_since == 0) {
+            kc->soft_since = now;
+        } else if (now - kc->soft_since > setting(&kv_cfg.obl_secs) * 1000000000ull) {
+            drop_client(kc, &ks->out_limit_kills);
+            return;
+        }
+    } else {
+        kc->soft_since = 0;
+    }
+    charge(kc, out);
+    uint64_t share = setting(&kv_cfg.maxmemory_clients) / nshards;
+    if (share != 0 && ks->client_mem > share) {
+        /* Other clients' charges are from their last activity: bring them up to date before
+         * anyone is closed for them. */
+        for (struct kconn *c = ks->conns; c != NULL; c = c->next)
+            if (!c->over && c != kc)
+                charge(c, out_held(c));
+    }
+    while (share != 0 && ks->client_mem > share) {
+        struct kconn *big = NULL;
+        for (struct kconn *c = ks->conns; c != NULL; c = c->next)
+            if (!c->over && (big == NULL || c->charged > big->charged))
+                big = c;
+        if (big == NULL || big->charged == 0)
+            break;
+        drop_client(big, &ks->evicted);
+    }
+    atomic_store_explicit(&ks->client_mem_pub, ks->client_mem, memory_order_relaxed);
+}
+
+/* Writes out every reply that is ready, in order, as far as the engine's window allows; the
+ * rest goes when the queue drains (on_drain). */
 static void flush(struct kconn *kc)
 {
-    if (kc->closed)
+    if (kc->closed || kc->over)
         return;
-    (void)send_out(kc, &kc->out);
-    while (kc->head != NULL && kc->head->pending == 0) {
+    bool all = push_out(kc);
+    while (all && kc->head != NULL && kc->head->pending == 0) {
         struct slot *s = kc->head;
-        struct resp_out tmp = {0};
-        if (s->mute) {
-            /* CLIENT REPLY OFF or SKIP: the reply was made, and is dropped */
-        } else if (s->failed) {
-            (void)resp_put_error(&tmp, "ERR out of memory");
-        } else if (s->combine == RAW) {
-            (void)send_out(kc, &s->one);
-        } else if (s->combine == ARRAY) {
-            (void)resp_put_array(&tmp, s->nparts);
-            (void)send_out(kc, &tmp);
-            for (uint32_t i = 0; i < s->nparts; i++)
-                (void)send_out(kc, &s->parts[i]);
-        } else if (s->combine == CONCAT) {
-            size_t total = 0;
-            for (uint32_t i = 0; i < s->nparts; i++)
-                total += s->parts[i].len;
-            char hdr[32];
-            int hl = snprintf(hdr, sizeof(hdr), "$%zu\r\n", total);
-            (void)resp_put_raw(&tmp, hdr, (size_t)hl);
-            (void)send_out(kc, &tmp);
-            for (uint32_t i = 0; i < s->nparts; i++)
-                (void)send_out(kc, &s->parts[i]);
-            (void)resp_put_raw(&tmp, "\r\n", 2);
-        } else if (s->combine == KILLED) {
-            if (s->sum > 0)
-                (void)resp_put_simple(&tmp, "OK");
-            else
-                (void)resp_put_error(&tmp, "ERR No such client");
-        } else if (s->combine == SUM) {
-            (void)resp_put_int(&tmp, s->sum);
-        } else {
-            (void)resp_put_simple(&tmp, "OK");
+        if (!push_slot(kc, s)) {
+            all = false;
+            break;
         }
-        (void)send_out(kc, &tmp);
-        resp_out_free(&tmp);
         kc->head = s->next;
         if (kc->head == NULL)
             kc->tail = NULL;
         kc->nslots--;
+        kc->slot_bytes -= s->held;
         slot_free(s);
     }
-    if (kc->paused && kc->nslots <= RESUME_SLOTS && kc->reqs <= RESUME_REMOTE) {
+    if (kc->paused && kc->nslots <= RESUME_SLOTS && kc->reqs <= RESUME_REMOTE &&
+        kc->slot_bytes <= RESUME_HELD) {
         kc->paused = false;
         (void)pith_conn_resume(kc->id);
     }
-    if (kc->quitting && kc->head == NULL)
+    if (kc->quitting && kc->head == NULL && all)
         (void)pith_conn_close(kc->id);
+    account(kc);
 }
 
 static struct slot *slot_new(struct kconn *kc, uint32_t nparts, uint8_t combine)
@@ -575,7 +799,7 @@ static struct slot *slot_new(struct kconn *kc, uint32_t nparts, uint8_t combine)
         s->parts = &s->one;
     }
     /* Replies already made go first. */
-    (void)send_out(kc, &kc->out);
+    (void)push_out(kc);
     if (kc->tail != NULL)
         kc->tail->next = s;
     else
@@ -601,13 +825,18 @@ static void part_put(struct slot *s, uint32_t part, struct resp_out *r)
 
 /* Runs keys[0..nkeys) of a multi-key command (key i's arguments at a[keys[i] * step], or at
  * a[i * step] when keys is NULL), each reply into outs[i] (MGET), adding up *n (DEL, EXISTS).
- * 0, or -ENOMEM when a key's reply or entry could not be made. */
+ * 0, -ENOMEM when a key's reply or entry could not be made, or -ENOBUFS when the replies passed
+ * budget bytes (it stops there). */
 static int exec_keys(struct kshard *ks, unsigned cmd, const struct resp_arg *a, unsigned step,
-                     const uint32_t *keys, uint32_t nkeys, long long *n, struct resp_out *outs)
+                     const uint32_t *keys, uint32_t nkeys, long long *n, struct resp_out *outs,
+                     size_t budget)
 {
     int err = 0;
+    size_t made = 0;
     *n = 0;
     for (uint32_t i = 0; i < nkeys; i++) {
+        if (outs != NULL && i > 0 && (made += outs[i - 1].len) > budget)
+            return -ENOBUFS; /* the reply would pass what the client may hold */
         long long k = 0;
         const struct resp_arg *ka = &a[(size_t)(keys != NULL ? keys[i] : i) * step];
         struct resp_out discard = {0};
@@ -626,7 +855,7 @@ static void *req_run(void *arg)
     if (shard_cmd(q->cmd))
         q->err = exec_shard(ks, q->cmd, q->a, q->argc, &q->n, &q->r);
     else if (q->idx != NULL)
-        q->err = exec_keys(ks, q->cmd, q->a, q->step, NULL, q->nkeys, &q->n, q->outs);
+        q->err = exec_keys(ks, q->cmd, q->a, q->step, NULL, q->nkeys, &q->n, q->outs, q->budget);
     else
         q->err = exec_key(ks, q->cmd, q->a, &q->n, q->expire_ms, &q->r);
     return q;
@@ -658,11 +887,22 @@ static void req_done(struct req *q)
         s->failed = true;
     else if (s->combine == SUM || s->combine == KILLED)
         s->sum += q->n;
-    if (q->idx != NULL && q->outs != NULL)
-        for (uint32_t i = 0; i < q->nkeys; i++)
+    size_t add = 0;
+    if (q->idx != NULL && q->outs != NULL) {
+        for (uint32_t i = 0; i < q->nkeys; i++) {
+            add += q->outs[i].len;
             part_put(s, q->idx[i], &q->outs[i]);
-    else
+        }
+    } else {
+        add = q->r.len;
         part_put(s, q->part, &q->r);
+    }
+    if (s->counted) {
+        s->held += add;
+        q->kc->slot_bytes += add;
+    }
+    if (q->err == -ENOBUFS && !q->kc->closed && !q->kc->over)
+        drop_client(q->kc, &q->kc->ks->out_limit_kills); /* its reply passed the budget */
     s->pending--;
     req_free(q);
 }
@@ -926,6 +1166,7 @@ static void multi(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsi
             bytes[shard_of[i]] += a[(size_t)i * step + k].len;
     }
     unsigned self = (unsigned)pith_shard_id();
+    size_t budget = reply_budget(), made = 0;
     for (unsigned sh = 0; sh < nshards; sh++) {
         uint32_t n = count[sh];
         if (n == 0)
@@ -937,10 +1178,18 @@ static void multi(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsi
             for (uint32_t i = 0; i < nparts; i++) {
                 if (shard_of[i] != sh)
                     continue;
+                if (combine == ARRAY && made > budget) {
+                    /* The reply would pass what the client may hold: it is closed. */
+                    s->failed = true;
+                    if (!kc->over)
+                        drop_client(kc, &kc->ks->out_limit_kills);
+                    break;
+                }
                 long long k = 0;
                 struct resp_out discard = {0};
                 int e = exec_key(kc->ks, cmd, &a[(size_t)i * step], &k, 0,
                                  combine == ARRAY ? &s->parts[i] : &discard);
+                made += combine == ARRAY ? s->parts[i].len : 0;
                 resp_out_free(&discard);
                 if (e)
                     s->failed = true;
@@ -955,6 +1204,7 @@ static void multi(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsi
         if (q != NULL) {
             q->nkeys = n;
             q->step = step;
+            q->budget = budget;
             q->idx = pith_malloc((size_t)n * sizeof(*q->idx));
             q->outs = combine == ARRAY ? pith_calloc(n, sizeof(*q->outs)) : NULL;
         }
@@ -1042,9 +1292,12 @@ __attribute__((format(printf, 2, 3))) static void add(struct resp_out *o, const 
 static void info(struct kconn *kc, const struct resp_arg *section)
 {
     uint64_t keys = 0, expires = 0, bytes = 0, conns = 0, cmds = 0, total = 0, expired = 0;
-    uint64_t used = 0, peak = 0;
+    uint64_t used = 0, peak = 0, cmem = 0, evicted = 0, obl_kills = 0;
     for (unsigned i = 0; i < nshards; i++) {
         struct kshard *ks = kshards[i];
+        cmem += atomic_load_explicit(&ks->client_mem_pub, memory_order_relaxed);
+        evicted += atomic_load_explicit(&ks->evicted, memory_order_relaxed);
+        obl_kills += atomic_load_explicit(&ks->out_limit_kills, memory_order_relaxed);
         keys += atomic_load_explicit(&ks->st.keys, memory_order_relaxed);
         expires += atomic_load_explicit(&ks->st.expires, memory_order_relaxed);
         bytes += atomic_load_explicit(&ks->st.bytes, memory_order_relaxed);
@@ -1097,18 +1350,22 @@ static void info(struct kconn *kc, const struct resp_arg *section)
             "# Memory\r\nused_memory:%llu\r\nused_memory_human:%s\r\nused_memory_rss:%llu\r\n"
             "used_memory_rss_human:%s\r\nused_memory_peak:%llu\r\nused_memory_peak_human:%s\r\n"
             "used_memory_dataset:%llu\r\nmaxmemory:%llu\r\nmaxmemory_human:%s\r\n"
-            "maxmemory_policy:noeviction\r\nmem_allocator:mimalloc (pith shard heaps)\r\n\r\n",
+            "maxmemory_policy:noeviction\r\nmem_clients_slaves:0\r\nmem_clients_normal:%llu\r\n"
+            "maxmemory_clients:%llu\r\nmem_allocator:mimalloc (pith shard heaps)\r\n\r\n",
             (unsigned long long)used, h_used, (unsigned long long)rss, h_rss,
             (unsigned long long)peak, h_peak, (unsigned long long)bytes,
-            (unsigned long long)setting(&kv_cfg.maxmemory), h_max);
+            (unsigned long long)setting(&kv_cfg.maxmemory), h_max, (unsigned long long)cmem,
+            (unsigned long long)setting(&kv_cfg.maxmemory_clients));
     }
     if (SECTION("stats"))
         add(&t,
             "# Stats\r\ntotal_connections_received:%llu\r\ntotal_commands_processed:%llu\r\n"
-            "rejected_connections:%llu\r\nexpired_keys:%llu\r\nevicted_keys:0\r\n\r\n",
+            "rejected_connections:%llu\r\nexpired_keys:%llu\r\nevicted_keys:0\r\n"
+            "evicted_clients:%llu\r\nclient_output_buffer_limit_disconnections:%llu\r\n\r\n",
             (unsigned long long)total, (unsigned long long)cmds,
             (unsigned long long)atomic_load_explicit(&clients_refused, memory_order_relaxed),
-            (unsigned long long)expired);
+            (unsigned long long)expired, (unsigned long long)evicted,
+            (unsigned long long)obl_kills);
     if (SECTION("cpu")) {
         struct rusage ru, rc;
         if (getrusage(RUSAGE_SELF, &ru) != 0)
@@ -1131,7 +1388,7 @@ static void info(struct kconn *kc, const struct resp_arg *section)
                 memset(&ms, 0, sizeof(ms));
             add(&t,
                 "shard%u:keys=%llu,expires=%llu,clients=%llu,commands=%llu,expired=%llu,"
-                "used_memory=%llu,buckets=%zu,room_waits=%llu\r\n",
+                "used_memory=%llu,buckets=%zu,room_waits=%llu,client_memory=%llu\r\n",
                 i, (unsigned long long)atomic_load_explicit(&ks->st.keys, memory_order_relaxed),
                 (unsigned long long)atomic_load_explicit(&ks->st.expires, memory_order_relaxed),
                 (unsigned long long)atomic_load_explicit(&ks->nconns, memory_order_relaxed),
@@ -1139,7 +1396,9 @@ static void info(struct kconn *kc, const struct resp_arg *section)
                 (unsigned long long)atomic_load_explicit(&ks->expired, memory_order_relaxed),
                 (unsigned long long)ms.in_use,
                 atomic_load_explicit(&ks->buckets, memory_order_relaxed),
-                (unsigned long long)atomic_load_explicit(&ks->room_waits, memory_order_relaxed));
+                (unsigned long long)atomic_load_explicit(&ks->room_waits, memory_order_relaxed),
+                (unsigned long long)atomic_load_explicit(&ks->client_mem_pub,
+                                                         memory_order_relaxed));
         }
         add(&t, "\r\n");
     }
@@ -1944,19 +2203,20 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
             yielded = true;
             break;
         }
-        if (kc->nslots >= MAX_SLOTS || kc->reqs >= MAX_REMOTE) {
+        if (kc->nslots >= MAX_SLOTS || kc->reqs >= MAX_REMOTE || kc->slot_bytes >= MAX_HELD) {
             kc->paused = true;
             (void)pith_conn_pause(kc->id);
             break;
         }
-        if (kc->out.len >= OUT_CHUNK && kc->head == NULL) {
-            made += kc->out.len;
-            (void)send_out(kc, &kc->out);
+        if (kc->out.len - kc->out_off >= OUT_CHUNK && kc->head == NULL) {
+            size_t before = kc->out.len - kc->out_off;
+            (void)push_out(kc);
+            made += before - (kc->out.len - kc->out_off);
         }
         /* The slice is over: the rest of the input waits, and this connection queues behind
          * the shard's other work (yield), so one pipeline cannot hold the shard, nor build
          * its whole reply before any of it leaves. */
-        if (cmds >= SLICE_CMDS || made + kc->out.len >= SLICE_BYTES ||
+        if (cmds >= SLICE_CMDS || made + kc->out.len - kc->out_off >= SLICE_BYTES ||
             (cmds % 32 == 31 && pith_now_ns() - t0 >= SLICE_NS)) {
             yielded = yield(kc);
             if (yielded)
@@ -1982,10 +2242,16 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
             command(kc, ks->args, argc);
         args_shrink(ks);
         /* Replies made into slots (behind a reply still coming from another shard) count
-         * toward the slice's bytes too. */
+         * toward the slice's bytes too, and from now on toward the client's memory. */
         for (struct slot *n = tail != NULL ? tail->next : kc->head; n != NULL && n != tail;
-             n = n->next)
-            made += slot_bytes(n);
+             n = n->next) {
+            if (n->counted)
+                continue;
+            n->counted = true;
+            n->held = slot_bytes(n);
+            kc->slot_bytes += n->held;
+            made += n->held;
+        }
         if (kc->quitting) {
             off = len;
             break;
@@ -1997,8 +2263,21 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
     } else {
         kc->partial_since = 0;
     }
+    kc->qbuf = len - off; /* what the engine keeps for the next offer */
     flush(kc);
     return off;
+}
+
+/* The engine's queue for the connection fell under LOW_WATER: the replies that waited go on. */
+static void on_drain(pith_conn_t c, void *cctx)
+{
+    (void)c;
+    struct kconn *kc = cctx;
+    if (kc == NULL)
+        return;
+    kc->out_wait = false;
+    kc->unsent = LOW_WATER; /* at most that; the next look tells */
+    flush(kc);
 }
 
 static void on_close(pith_conn_t c, void *cctx, int reason)
@@ -2017,6 +2296,9 @@ static void on_close(pith_conn_t c, void *cctx, int reason)
         kc->next->prev = kc->prev;
     count(&ks->nconns, -1);
     atomic_fetch_sub_explicit(&clients_now, 1, memory_order_relaxed);
+    ks->client_mem -= kc->charged;
+    kc->charged = 0;
+    atomic_store_explicit(&ks->client_mem_pub, ks->client_mem, memory_order_relaxed);
     kc->closed = true;
     if (kc->reqs == 0 && kc->holds == 0) {
         kconn_free(kc);
@@ -2035,6 +2317,7 @@ static void on_close(pith_conn_t c, void *cctx, int reason)
 static const pith_tcp_handler_t handler = {
     .on_open = on_open,
     .on_data = on_data,
+    .on_drain = on_drain,
     .on_close = on_close,
 };
 
@@ -2089,6 +2372,11 @@ static void tick(void *arg)
     if (!ks->more_armed)
         housekeeping(ks);
     idle_sweep(ks, now);
+    /* A client over its soft output limit is closed once it has been over for its seconds,
+     * whether or not anything else happens on it. */
+    for (struct kconn *kc = ks->conns; kc != NULL; kc = kc->next)
+        if (kc->soft_since != 0)
+            account(kc);
     for (struct kconn *kc = ks->conns; kc != NULL; kc = kc->next)
         if (kc->partial_since != 0 && now - kc->partial_since > opt.request_timeout_ns &&
             !kc->quitting) {
@@ -2161,6 +2449,8 @@ static void usage(void)
             "usage: pith-kv [--port N] [--host ADDR] [--shards N] [--max-bulk BYTES]\n"
             "               [--acceptor] [--request-timeout SECONDS] [--poll-us US]\n"
             "               [--timeout SECONDS] [--maxclients N] [--maxmemory BYTES]\n"
+            "               [--maxmemory-clients BYTES] [--client-query-buffer-limit BYTES]\n"
+            "               [--client-output-buffer-limit 'normal HARD SOFT SECONDS']\n"
             "               [--mesh-ring BATCHES] [--mesh-batch MSGS] [--mesh-backlog N]\n");
     exit(2);
 }
@@ -2240,6 +2530,24 @@ int main(int argc, char **argv)
             if (!parse_memory(v, strlen(v), &opt.maxmemory) || opt.maxmemory > (uint64_t)LLONG_MAX)
                 usage();
             i++;
+        } else if (strcmp(argv[i], "--maxmemory-clients") == 0 && v) {
+            if (!parse_memory(v, strlen(v), &opt.clients_mem) || opt.clients_mem == 0 ||
+                opt.clients_mem > (uint64_t)LLONG_MAX)
+                usage();
+            i++;
+        } else if (strcmp(argv[i], "--client-query-buffer-limit") == 0 && v) {
+            if (!parse_memory(v, strlen(v), &opt.query_limit) || opt.query_limit < (1u << 20) ||
+                opt.query_limit > (1ull << 40))
+                usage();
+            i++;
+        } else if (strcmp(argv[i], "--client-output-buffer-limit") == 0 && v) {
+            uint64_t l[3][3] = {{0}};
+            if (parse_output_limit(v, strlen(v), l) != NULL)
+                usage();
+            opt.obl_hard = l[0][0];
+            opt.obl_soft = l[0][1];
+            opt.obl_secs = l[0][2];
+            i++;
         } else if (strcmp(argv[i], "--mesh-ring") == 0 && v) {
             opt.mesh_ring = mesh_arg(v);
             i++;
@@ -2260,6 +2568,17 @@ int main(int argc, char **argv)
     atomic_store(&kv_cfg.timeout_s, opt.timeout_s);
     atomic_store(&kv_cfg.max_bulk, opt.max_bulk);
     atomic_store(&kv_cfg.maxmemory, opt.maxmemory);
+    if (opt.clients_mem == 0) {
+        /* Redis leaves maxmemory-clients off; here client memory is always bounded, by default
+         * to a quarter of the machine's memory. */
+        long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+        opt.clients_mem = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page / 4 : 1u << 30;
+    }
+    atomic_store(&kv_cfg.maxmemory_clients, opt.clients_mem);
+    atomic_store(&kv_cfg.query_limit, opt.query_limit);
+    atomic_store(&kv_cfg.obl_hard, opt.obl_hard);
+    atomic_store(&kv_cfg.obl_soft, opt.obl_soft);
+    atomic_store(&kv_cfg.obl_secs, opt.obl_secs);
     kv_cfg.port = opt.port;
     kv_cfg.bind = opt.host;
 
@@ -2338,9 +2657,11 @@ int main(int argc, char **argv)
     lc.spread = opt.acceptor ? PITH_TCP_ACCEPTOR : PITH_TCP_REUSEPORT;
     lc.conn.handler = &handler;
     lc.max_conns = (unsigned)(opt.maxclients + CONN_MARGIN);
-    /* A bulk of max_bulk bytes and a pipeline's worth of replies fit; past it, a connection is
-     * closed rather than let grow. */
-    lc.conn.max_buffered = 2 * opt.max_bulk + (4u << 20);
+    /* A client's unconsumed input up to client-query-buffer-limit (past it the engine closes
+     * it, as Redis does), plus the output window; replies past the window wait here. */
+    lc.conn.max_buffered = opt.query_limit + OUT_WINDOW + 2 * OUT_PIECE;
+    lc.conn.high_watermark = HIGH_WATER;
+    lc.conn.low_watermark = LOW_WATER;
     pith_listener_t l;
     err = pith_tcp_listen(&lc, &l);
     if (err) {
