@@ -23,12 +23,14 @@
 #endif
 
 /* ASan, for a block handed back to mimalloc (free_slow): mimalloc may build a segment of its
- * own in that memory later, and it starts a segment by memset-ing the segment's header (about
- * 40 KiB in mimalloc 2.0) at a segment-aligned address. Segments are aligned to 32 MiB in 2.0
- * (4, 8 or 16 in other builds); a block of 16 MiB or more gets a segment of its own, so its
- * memory may start a segment after it is freed. ASan's memset interceptor would report our
- * poison there as a use-after-poison inside mimalloc. So the poison leaves out, in every
- * 4 MiB-aligned stretch the block covers, the first ASAN_SEG_HEAD bytes: the rest of the block
+ * own in that memory later, and it starts a segment by memset-ing the segment's header at a
+ * segment-aligned address: about 40 KiB for a normal segment, and for a huge one (a block of
+ * 16 MiB or more gets a segment of its own) an 80-byte slice entry per 64 KiB of the segment
+ * (333 KB for a 260 MiB segment). Segments are aligned to 32 MiB in mimalloc 2.0 (4, 8 or 16
+ * in other builds). ASan's memset interceptor would report our poison there as a
+ * use-after-poison inside mimalloc. So the poison leaves out, at every 4 MiB-aligned address
+ * the block covers, what a segment starting there and reaching to the block's end would
+ * clear (at least ASAN_SEG_HEAD): the rest of the block, all but about 0.1% of a big one,
  * stays poisoned and use after free there is still caught. */
 #define ASAN_SEG_ALIGN (4u << 20)
 #define ASAN_SEG_HEAD  (256u << 10)
@@ -41,7 +43,10 @@ static void asan_poison_returned(void *p, size_t n)
     asan_poison(p, n);
     uintptr_t lo = (uintptr_t)p, hi = lo + n;
     for (uintptr_t a = lo & ~(uintptr_t)(ASAN_SEG_ALIGN - 1); a < hi; a += ASAN_SEG_ALIGN) {
-        uintptr_t from = a > lo ? a : lo, to = a + ASAN_SEG_HEAD < hi ? a + ASAN_SEG_HEAD : hi;
+        uintptr_t head = ((hi - a) >> 16) * 80 + (64u << 10);
+        if (head < ASAN_SEG_HEAD)
+            head = ASAN_SEG_HEAD;
+        uintptr_t from = a > lo ? a : lo, to = hi - a > head ? a + head : hi;
         if (from < to)
             asan_unpoison((void *)from, to - from);
     }
