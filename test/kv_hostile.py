@@ -340,6 +340,82 @@ def client_eviction(exe, check_rss):
         server.kill()
 
 
+def isolation(exe, seconds=2.0):
+    """Commands over several shards look atomic to every other client, as in Redis: 3 shards,
+    8 keys spread over them. Phase 1: one writer MSETs all 8 keys to its counter i, i+1, ...;
+    readers check that an MGET of them sees one value, that an EXISTS counts 8 (once set), and
+    that a GET of the first key then a GET of the last sees the last at least as new. Phase 2:
+    the writer alternates MSET of all 8 and DEL of all 8; an MGET sees all or none, EXISTS 0
+    or 8. Loopback, bounded by time; fails on the first half-applied command seen."""
+    server = Server(exe, ["--shards", "3"]).start()
+    keys = [f"iso:{i}" for i in range(8)]
+    bad, reads, stop = [], [0], threading.Event()
+    phase = [1]
+
+    def writer():
+        with Conn(server.port, timeout=30.0) as c:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                if phase[0] == 2 and i % 2 == 0:
+                    r = c.call("DEL", *keys)
+                    if r[0] != ":":
+                        bad.append(f"DEL: {r}")
+                    continue
+                r = c.call("MSET", *[x for k in keys for x in (k, str(i))])
+                if r != ("+", "OK"):
+                    bad.append(f"MSET: {r}")
+
+    def mget_reader():
+        with Conn(server.port, timeout=30.0) as c:
+            while not stop.is_set():
+                r = c.call("MGET", *keys)
+                vals = {v for _, v in r[1]}
+                if len(vals) != 1:
+                    bad.append(f"MGET saw {sorted(map(str, vals))}")
+                n = c.call("EXISTS", *keys)[1]
+                if n not in (0, 8):
+                    bad.append(f"EXISTS counted {n} of 8")
+                reads[0] += 2
+
+    def order_reader():
+        with Conn(server.port, timeout=30.0) as c:
+            while not stop.is_set():
+                first = c.call("GET", keys[0])[1]
+                last = c.call("GET", keys[-1])[1]
+                if phase[0] == 1 and first is not None and (last is None or
+                                                            int(last) < int(first)):
+                    bad.append(f"GET {keys[0]} gave {first}, then GET {keys[-1]} gave {last}")
+                reads[0] += 2
+
+    try:
+        with Conn(server.port) as c:
+            check(c.call("MSET", *[x for k in keys for x in (k, "0")]) == ("+", "OK"), "MSET")
+        threads = [threading.Thread(target=f) for f in
+                   (writer, mget_reader, mget_reader, order_reader)]
+        for t in threads:
+            t.start()
+        time.sleep(seconds)
+        phase[0] = 2
+        time.sleep(seconds)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        with Conn(server.port) as c:
+            text = c.call("INFO", "shards")[1].decode()
+        spanned = sum(int(f.split("=")[1]) for f in text.replace("\r\n", ",").split(",")
+                      if f.startswith("multi_shard="))
+        print(f"# {reads[0]} reads, {spanned} commands over several shards, "
+              f"{len(bad)} half-applied seen", flush=True)
+        check(not bad, f"{len(bad)} half-applied commands seen, first: {bad[:3]}")
+        check(reads[0] > 100, f"only {reads[0]} reads")
+        check(spanned > 100, f"only {spanned} commands spanned shards: the keys share one")
+        server.stop()
+    finally:
+        stop.set()
+        server.kill()
+
+
 def maxmemory_bounds_writes(exe):
     """--maxmemory 4mb: SETs of 1 KiB values are taken until the data passes 4 MiB, then get
     Redis's -OOM error; reads and deletes still work, and after FLUSHALL writes do again."""
@@ -427,6 +503,8 @@ def main(argv):
             output_limits, args[0], 2)
     tap.run("--maxmemory-clients: the largest clients are evicted, memory stays bounded",
             client_eviction, args[0], check_rss)
+    tap.run("MSET, DEL, MGET and EXISTS over several shards look atomic to other clients",
+            isolation, args[0])
     small = Server(args[0], ["--shards", "2", "--mesh-ring", "4", "--mesh-batch", "1",
                              "--mesh-backlog", "1"])
     if tap.run("pith-kv with a mesh of a few messages starts", small.start):

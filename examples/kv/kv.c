@@ -26,6 +26,7 @@
 #include <pith/pith.h>
 
 #include "config.h"
+#include "locks.h"
 #include "resp.h"
 #include "store.h"
 
@@ -107,7 +108,13 @@ struct kshard {
     size_t client_mem;
     _Atomic uint64_t client_mem_pub;           /* client_mem, for INFO */
     _Atomic uint64_t evicted, out_limit_kills; /* clients closed for the share, for their limit */
-    _Atomic size_t buckets; /* the store's, for INFO (written by the shard's tick) */
+    /* Commands over several shards (see "Commands over several shards"): the keys they hold
+     * here, the requests waiting for them (FIFO), and replies that found no room to go back. */
+    struct locks locks;
+    struct req *park, *park_tail;
+    struct req *backlog;
+    _Atomic uint64_t txns, parked; /* multi-shard commands begun here; requests that waited */
+    _Atomic size_t buckets;        /* the store's, for INFO (written by the shard's tick) */
 };
 static struct kshard *kshards[4096];
 
@@ -184,9 +191,11 @@ struct kconn {
     size_t slot_bytes;         /* bytes held in slots (their held, summed) */
     size_t unsent;             /* the engine's queue for it: as last asked, plus what went since */
     size_t qbuf;               /* input left unconsumed by the last on_data */
+    size_t req_bytes;          /* its requests' copies of their arguments, while they live */
     size_t charged;            /* what the shard's client_mem counts for it */
     uint64_t soft_since;       /* since when its output is over the soft limit; 0: it is not */
     bool out_wait;             /* the engine's queue is full: the rest waits for on_drain */
+    unsigned locking;          /* its command over several shards still taking locks */
     bool over;                 /* a reply passed what it may hold: it is closed */
     struct slot *head, *tail;
     unsigned nslots;
@@ -217,13 +226,22 @@ static _Atomic uint64_t clients_now, clients_refused, last_cid;
 /* A command, one shard's keys of a multi-key command (all of them, in one message: a shard
  * applies them in one task, so no other command on that shard sees a part of them), or one
  * shard's part of a whole-space command, sent to the shard that does it. */
+struct txn;
+
+/* What a request does where it arrives: run (a command, one shard's keys of one, a part of a
+ * whole-space command), or one step of a command over several shards. */
+enum phase { PH_RUN, PH_LOCK, PH_COMMIT, PH_RELEASE };
+
 struct req {
-    struct req *next;          /* in the connection's queue of requests waiting for room */
+    struct req *next; /* in the connection's queue waiting for room, or a shard's park list */
     struct req *lnext, *lprev; /* in its shard's list of live requests (freed at exit) */
     struct kconn *kc;
     struct slot *slot;
+    struct txn *txn; /* the command over several shards it is a part of, or NULL */
     unsigned shard;
+    unsigned from; /* the connection's shard, where the reply goes */
     int err;
+    uint8_t phase;
     uint16_t cmd;
     uint32_t argc;  /* arguments in a[] */
     uint32_t nkeys; /* keys of a multi-key command (step arguments each), else 0 */
@@ -233,6 +251,7 @@ struct req {
     long long n;   /* integer operand (INCRBY, EXPIRE) or result (DEL1, EXISTS1, DBSIZE1) */
     int64_t expire_ms;
     size_t budget;         /* what its replies may hold (exec_keys) */
+    size_t bytes;          /* charged to its connection (req_bytes) while it lives */
     struct resp_out r;     /* a single request's reply */
     struct resp_out *outs; /* [nkeys] each key's reply (MGET) */
     struct resp_arg a[];
@@ -700,7 +719,7 @@ static size_t out_held(struct kconn *kc)
 /* Charges what kc holds (its unconsumed input and its replies) to its shard. */
 static void charge(struct kconn *kc, size_t out)
 {
-    size_t total = out + kc->qbuf;
+    size_t total = out + kc->qbuf + kc->req_bytes;
     kc->ks->client_mem += total - kc->charged;
     kc->charged = total;
 }
@@ -848,22 +867,195 @@ static int exec_keys(struct kshard *ks, unsigned cmd, const struct resp_arg *a, 
     return err;
 }
 
+/* ---- commands over several shards ----
+ *
+ * A command whose keys live on several shards (MGET, MSET, DEL, EXISTS) must look to every
+ * other client as if it ran at one instant, as in Redis: nobody sees an MSET applied on one
+ * shard and not yet on another, nor an MGET that read one shard before a write and another
+ * after it. It runs as a transaction under two-phase locking:
+ *
+ *   1. LOCK, one shard after another in increasing shard order: the shard locks the command's
+ *      keys there (an MGET or EXISTS reads them at the same time); the next shard is asked
+ *      once this one answered. Taking shards in one global order means two such commands never
+ *      wait for each other in a cycle: one waiting at shard i holds only shards below i.
+ *   2. COMMIT (MSET, DEL), to all shards at once: each applies its keys and unlocks them; the
+ *      reply goes once every shard has. A read (MGET, EXISTS) answers after step 1 and sends
+ *      RELEASE, which only unlocks.
+ *
+ * While a key is locked, any other request that names it waits in its shard's park list (a
+ * GET, a SET, another transaction's LOCK), as does any request of a connection that already
+ * has one waiting there (a connection's commands keep their order on a shard). Each unlock
+ * runs the park list in order. A request that waited sends its reply back itself
+ * (send_back). With no lock held and nobody waiting, a shard's commands pay one test. */
+
+struct txn {
+    struct kconn *kc;
+    struct slot *s;
+    uint32_t n;    /* shards, and requests in q */
+    uint32_t at;   /* the shard whose LOCK is out */
+    uint32_t back; /* COMMITs answered */
+    uint32_t live; /* requests not yet freed: the txn goes with the last */
+    bool write;    /* MSET, DEL: COMMIT; else RELEASE */
+    struct req *q[];
+};
+
+static bool busy(const struct kshard *ks)
+{
+    return ks->locks.n > 0 || ks->park != NULL;
+}
+
+/* The keys a request names: one shard's keys of a multi-key command, the key of a keyed one,
+ * none for a part of a whole-space command. */
+static uint32_t req_nkeys(const struct req *q)
+{
+    return shard_cmd(q->cmd) ? 0 : q->idx != NULL ? q->nkeys : 1;
+}
+
+static const struct resp_arg *req_key(const struct req *q, uint32_t j)
+{
+    return &q->a[(size_t)j * (q->idx != NULL ? q->step : 1)];
+}
+
+/* Whether key k is locked here by another command than `mine`. */
+static bool held(const struct kshard *ks, const struct resp_arg *k, const struct txn *mine)
+{
+    if (ks->locks.n == 0)
+        return false;
+    const void *o = locks_owner(&ks->locks, k->p, k->len, kv_hash(k->p, k->len));
+    return o != NULL && o != mine;
+}
+
+/* Whether connection kc has a request in this shard's park list before `upto`. */
+static bool kc_parked(const struct kshard *ks, const struct kconn *kc, const struct req *upto)
+{
+    for (const struct req *p = ks->park; p != NULL && p != upto; p = p->next)
+        if (p->kc == kc)
+            return true;
+    return false;
+}
+
+/* Whether q must wait here (behind `upto`'s predecessors when it is parked itself). */
+static bool must_wait(const struct kshard *ks, const struct req *q, const struct req *upto)
+{
+    if (kc_parked(ks, q->kc, upto))
+        return true;
+    for (uint32_t j = 0, n = req_nkeys(q); j < n; j++)
+        if (held(ks, req_key(q, j), q->txn))
+            return true;
+    return false;
+}
+
+static void park(struct kshard *ks, struct req *q)
+{
+    q->next = NULL;
+    if (ks->park_tail != NULL)
+        ks->park_tail->next = q;
+    else
+        ks->park = q;
+    ks->park_tail = q;
+    count(&ks->parked, 1);
+}
+
+static void unlock_keys(struct kshard *ks, struct req *q, uint32_t upto)
+{
+    for (uint32_t j = 0; j < upto; j++) {
+        const struct resp_arg *k = req_key(q, j);
+        locks_drop(&ks->locks, k->p, k->len, kv_hash(k->p, k->len), q->txn);
+    }
+}
+
+/* Runs q here, now (nothing it names is locked by another command). */
+static void run_here(struct kshard *ks, struct req *q)
+{
+    if (q->phase == PH_LOCK) {
+        uint32_t j = 0, n = q->nkeys;
+        for (; j < n; j++) {
+            const struct resp_arg *k = req_key(q, j);
+            if (locks_take(&ks->locks, k->p, k->len, kv_hash(k->p, k->len), q->txn) != 0)
+                break; /* -ENOMEM: what was taken is given back, and the command fails */
+        }
+        if (j < n) {
+            unlock_keys(ks, q, j);
+            q->err = -ENOMEM;
+        } else if (q->cmd == C_MGET1 || q->cmd == C_EXISTS1) {
+            q->err =
+                exec_keys(ks, q->cmd, q->a, q->step, NULL, q->nkeys, &q->n, q->outs, q->budget);
+        }
+    } else if (shard_cmd(q->cmd)) {
+        q->err = exec_shard(ks, q->cmd, q->a, q->argc, &q->n, &q->r);
+    } else if (q->idx != NULL) {
+        q->err = exec_keys(ks, q->cmd, q->a, q->step, NULL, q->nkeys, &q->n, q->outs, q->budget);
+    } else {
+        q->err = exec_key(ks, q->cmd, q->a, &q->n, q->expire_ms, &q->r);
+    }
+}
+
+static void req_back(void *result, void *ctx);
+
+static void back_task(void *arg)
+{
+    req_back(arg, NULL);
+}
+
+/* A request that waited here is done: its reply goes to the connection's shard. With no room
+ * there now, it goes when there is (or, with no memory even to wait, at the next tick). */
+static void send_back(void *arg)
+{
+    struct req *q = arg;
+    int rc = pith_submit(q->from, back_task, q);
+    if (rc == 0)
+        return;
+    if (rc == -EAGAIN && pith_when_shard_room(q->from, send_back, q) == 0)
+        return;
+    struct kshard *ks = me();
+    q->next = ks->backlog;
+    ks->backlog = q;
+}
+
+/* Keys were unlocked here: the requests that wait run, in order, as far as they can. */
+static void wake(struct kshard *ks)
+{
+    struct req *prev = NULL;
+    for (struct req *p = ks->park, *next; p != NULL; p = next) {
+        next = p->next;
+        if (must_wait(ks, p, p)) {
+            prev = p;
+            continue;
+        }
+        if (prev != NULL)
+            prev->next = next;
+        else
+            ks->park = next;
+        if (ks->park_tail == p)
+            ks->park_tail = prev;
+        run_here(ks, p);
+        send_back(p);
+    }
+}
+
 static void *req_run(void *arg)
 {
     struct req *q = arg;
     struct kshard *ks = me();
-    if (shard_cmd(q->cmd))
-        q->err = exec_shard(ks, q->cmd, q->a, q->argc, &q->n, &q->r);
-    else if (q->idx != NULL)
-        q->err = exec_keys(ks, q->cmd, q->a, q->step, NULL, q->nkeys, &q->n, q->outs, q->budget);
-    else
-        q->err = exec_key(ks, q->cmd, q->a, &q->n, q->expire_ms, &q->r);
+    if (q->phase == PH_COMMIT || q->phase == PH_RELEASE) {
+        if (q->phase == PH_COMMIT)
+            q->err = exec_keys(ks, q->cmd, q->a, q->step, NULL, q->nkeys, &q->n, NULL, SIZE_MAX);
+        unlock_keys(ks, q, q->nkeys);
+        wake(ks);
+        return q;
+    }
+    if (busy(ks) && must_wait(ks, q, NULL)) {
+        park(ks, q);
+        return NULL; /* the reply goes later, from send_back */
+    }
+    run_here(ks, q);
     return q;
 }
 
 static void req_free(struct req *q)
 {
     struct kshard *ks = q->kc->ks;
+    q->kc->req_bytes -= q->bytes;
     if (q->lprev != NULL)
         q->lprev->lnext = q->lnext;
     else
@@ -876,11 +1068,13 @@ static void req_free(struct req *q)
             resp_out_free(&q->outs[i]);
     pith_free(q->outs);
     pith_free(q->idx);
+    if (q->txn != NULL && --q->txn->live == 0)
+        pith_free(q->txn);
     pith_free(q);
 }
 
-/* A request is done (or failed): its results go into its slot. */
-static void req_done(struct req *q)
+/* A request's results go into its slot. */
+static void req_results(struct req *q)
 {
     struct slot *s = q->slot;
     if (q->err)
@@ -903,9 +1097,17 @@ static void req_done(struct req *q)
     }
     if (q->err == -ENOBUFS && !q->kc->closed && !q->kc->over)
         drop_client(q->kc, &q->kc->ks->out_limit_kills); /* its reply passed the budget */
-    s->pending--;
+}
+
+/* A request is done (or failed): its results go into its slot. */
+static void req_done(struct req *q)
+{
+    req_results(q);
+    q->slot->pending--;
     req_free(q);
 }
+
+static void txn_back(struct req *q);
 
 static void kc_release(struct kconn *kc)
 {
@@ -918,9 +1120,14 @@ static void req_back(void *result, void *ctx)
 {
     (void)ctx;
     struct req *q = result;
+    if (q == NULL)
+        return; /* it waits where it went; send_back brings it */
     struct kconn *kc = q->kc;
-    req_done(q);
     kc->reqs--;
+    if (q->txn != NULL)
+        txn_back(q);
+    else
+        req_done(q);
     if (kc->closed) {
         if (kc->reqs == 0 && kc->holds == 0)
             kconn_free(kc);
@@ -942,11 +1149,16 @@ static void req_send(struct kconn *kc, struct req *q)
             kc->reqs++;
             return;
         }
-        if (rc != -EAGAIN) {
+        if (rc != -EAGAIN && (q->phase == PH_RUN || q->phase == PH_LOCK)) {
             q->err = rc;
-            req_done(q);
+            if (q->txn != NULL)
+                txn_back(q);
+            else
+                req_done(q);
             return;
         }
+        /* A COMMIT or RELEASE is never dropped (its shard holds locks for it): it waits for
+         * room like one the mesh pushed back. */
     }
     q->next = NULL;
     count(&kc->ks->room_waits, 1);
@@ -960,14 +1172,29 @@ static void req_send(struct kconn *kc, struct req *q)
             kc->room_armed = true;
             kc->holds++;
         } else {
-            /* No memory even to wait: what waits fails now ("ERR out of memory"). */
+            /* No memory even to wait: what waits fails now ("ERR out of memory"), except the
+             * COMMITs and RELEASEs, which go at the next tick. */
+            struct req *keep = NULL, *keep_tail = NULL;
             while (kc->wait != NULL) {
                 struct req *w = kc->wait;
                 kc->wait = w->next;
+                if (w->phase == PH_COMMIT || w->phase == PH_RELEASE) {
+                    w->next = NULL;
+                    if (keep_tail != NULL)
+                        keep_tail->next = w;
+                    else
+                        keep = w;
+                    keep_tail = w;
+                    continue;
+                }
                 w->err = -ENOMEM;
-                req_done(w);
+                if (w->txn != NULL)
+                    txn_back(w);
+                else
+                    req_done(w);
             }
-            kc->wait_tail = NULL;
+            kc->wait = keep;
+            kc->wait_tail = keep_tail;
         }
     }
 }
@@ -980,12 +1207,13 @@ static void room_cb(void *arg)
     kc->room_armed = false;
     while (kc->wait != NULL) {
         struct req *q = kc->wait;
-        if (kc->closed) {
+        if (kc->closed && q->txn == NULL) {
             kc->wait = q->next;
             q->err = -ECANCELED;
             req_done(q);
             continue;
         }
+        /* A transaction's steps go on for a closed connection: its shards hold locks. */
         int rc = pith_call(q->shard, req_run, q, req_back, NULL);
         if (rc == -EAGAIN) {
             if (pith_when_shard_room(q->shard, room_cb, kc) == 0) {
@@ -995,12 +1223,17 @@ static void room_cb(void *arg)
             }
             rc = -ENOMEM;
         }
+        if (rc != 0 && (q->phase == PH_COMMIT || q->phase == PH_RELEASE))
+            break; /* never dropped: the tick tries again */
         kc->wait = q->next;
         if (rc == 0) {
             kc->reqs++;
         } else {
             q->err = rc;
-            req_done(q);
+            if (q->txn != NULL)
+                txn_back(q);
+            else
+                req_done(q);
         }
     }
     if (kc->wait == NULL)
@@ -1018,13 +1251,18 @@ static void room_cb(void *arg)
 static struct req *req_new(struct kconn *kc, struct slot *s, unsigned shard, unsigned cmd,
                            size_t argc, size_t bytes)
 {
-    struct req *q = pith_malloc(sizeof(struct req) + argc * sizeof(struct resp_arg) + bytes);
+    size_t size = sizeof(struct req) + argc * sizeof(struct resp_arg) + bytes;
+    struct req *q = pith_malloc(size);
     if (q == NULL)
         return NULL;
     memset(q, 0, sizeof(*q));
+    /* With what the keys' locks may take where it goes (a command over several shards). */
+    q->bytes = size + argc * 48;
+    kc->req_bytes += q->bytes;
     q->kc = kc;
     q->slot = s;
     q->shard = shard;
+    q->from = (unsigned)pith_shard_id();
     q->lnext = kc->ks->live;
     if (q->lnext != NULL)
         q->lnext->lprev = q;
@@ -1042,12 +1280,23 @@ static void arg_copy(struct req *q, size_t at, char **p, const struct resp_arg *
     *p += a->len;
 }
 
+/* Whether a command of kc on key k must wait on this shard (see "Commands over several
+ * shards"): k is locked, or kc already has a request waiting here. */
+static bool local_wait(struct kconn *kc, const struct resp_arg *k)
+{
+    struct kshard *ks = kc->ks;
+    return busy(ks) && (held(ks, k, NULL) || kc_parked(ks, kc, NULL));
+}
+
 /* Part `part` of slot s: run here, or on the owner of its key. */
 static void run_part(struct kconn *kc, struct slot *s, uint32_t part, unsigned shard, unsigned cmd,
                      const struct resp_arg *a, unsigned argc, long long n, int64_t expire_ms)
 {
     s->pending++;
-    if (shard == (unsigned)pith_shard_id()) {
+    /* Here, unless its key is locked or the connection already waits here (then it waits). */
+    bool here = shard == (unsigned)pith_shard_id();
+    bool wait = here && !shard_cmd(cmd) && local_wait(kc, &a[0]);
+    if (here && !wait) {
         struct resp_out r = {0};
         int err;
         if (shard_cmd(cmd))
@@ -1078,7 +1327,12 @@ static void run_part(struct kconn *kc, struct slot *s, uint32_t part, unsigned s
     char *p = (char *)&q->a[argc];
     for (unsigned i = 0; i < argc; i++)
         arg_copy(q, i, &p, &a[i]);
-    req_send(kc, q);
+    if (wait) {
+        kc->reqs++;
+        park(kc->ks, q);
+    } else {
+        req_send(kc, q);
+    }
 }
 
 /* Where the next reply goes: straight out when nothing waits ahead of it, else its own slot.
@@ -1115,7 +1369,7 @@ static void keyed(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsi
 {
     uint64_t h;
     unsigned shard = owner(&a[0], &h);
-    if (shard == (unsigned)pith_shard_id() && kc->head == NULL) {
+    if (shard == (unsigned)pith_shard_id() && kc->head == NULL && !local_wait(kc, &a[0])) {
         if (exec_key(kc->ks, cmd, a, &n, expire_ms, &kc->out) != 0)
             (void)resp_put_error(&kc->out, "ERR out of memory");
         return;
@@ -1141,95 +1395,215 @@ static void wrong_args(struct kconn *kc, const struct resp_arg *name)
     reply_error(kc, msg);
 }
 
+/* One shard's keys of a multi-key command, in one request (all of them in command order):
+ * NULL when there is no memory for it. */
+static struct req *keys_req(struct kconn *kc, struct slot *s, unsigned sh, unsigned cmd,
+                            const struct resp_arg *a, uint32_t nparts, unsigned step,
+                            const uint16_t *shard_of, uint32_t n, size_t bytes, size_t budget)
+{
+    struct req *q = req_new(kc, s, sh, cmd, (size_t)n * step, bytes);
+    if (q == NULL)
+        return NULL;
+    q->nkeys = n;
+    q->step = step;
+    q->budget = budget;
+    q->idx = pith_malloc((size_t)n * sizeof(*q->idx));
+    q->outs = s->combine == ARRAY ? pith_calloc(n, sizeof(*q->outs)) : NULL;
+    if (q->idx == NULL || (s->combine == ARRAY && q->outs == NULL)) {
+        req_free(q);
+        return NULL;
+    }
+    char *p = (char *)&q->a[(size_t)n * step];
+    uint32_t j = 0;
+    for (uint32_t i = 0; i < nparts; i++) {
+        if (shard_of[i] != sh)
+            continue;
+        q->idx[j] = i;
+        for (unsigned k = 0; k < step; k++)
+            arg_copy(q, (size_t)j * step + k, &p, &a[(size_t)i * step + k]);
+        j++;
+    }
+    return q;
+}
+
+/* The connection may go on with the commands after its command over several shards. */
+static void txn_locked(struct txn *t)
+{
+    struct kconn *kc = t->kc;
+    if (--kc->locking == 0 && !kc->closed && !kc->paused && !kc->quitting && kc->wait == NULL) {
+        (void)pith_conn_pause(kc->id);
+        (void)pith_conn_resume(kc->id);
+    }
+}
+
+static void txn_send(struct txn *t, struct req *q, uint8_t phase)
+{
+    q->phase = phase;
+    req_send(t->kc, q);
+}
+
+/* A step of a command over several shards came back (see "Commands over several shards"). */
+static void txn_back(struct req *q)
+{
+    struct txn *t = q->txn;
+    struct slot *s = t->s;
+    if (q->phase == PH_LOCK) {
+        if (q->err != 0) {
+            /* Nothing is locked for q: the shards before it unlock, the rest never start. */
+            uint32_t at = t->at;
+            txn_locked(t);
+            req_results(q);
+            for (uint32_t i = at + 1; i < t->n; i++)
+                req_free(t->q[i]);
+            req_free(q);
+            s->pending--;
+            for (uint32_t i = 0; i < at; i++)
+                txn_send(t, t->q[i], PH_RELEASE);
+            return;
+        }
+        if (!t->write)
+            req_results(q); /* what it read, under its locks */
+        if (++t->at < t->n) {
+            txn_send(t, t->q[t->at], PH_LOCK);
+            return;
+        }
+        /* Every key is locked: a write applies everywhere, a read is answered. */
+        uint32_t n = t->n;
+        txn_locked(t);
+        if (!t->write)
+            s->pending--;
+        for (uint32_t i = 0; i < n; i++)
+            txn_send(t, t->q[i], t->write ? PH_COMMIT : PH_RELEASE);
+        return;
+    }
+    if (q->phase == PH_COMMIT) {
+        req_results(q);
+        if (++t->back == t->n)
+            s->pending--;
+    }
+    req_free(q);
+}
+
 /* A multi-key command (MGET, DEL, EXISTS, MSET): its keys grouped by the shard that owns
- * them, one request per shard with all of that shard's keys in command order. */
+ * them, one request per shard with all of that shard's keys in command order. On one shard
+ * it runs as one task there; over several, as a transaction (see "Commands over several
+ * shards"). */
 static void multi(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsigned argc,
                   unsigned step, uint8_t combine)
 {
     uint32_t nparts = argc / step;
     struct slot *s = slot_new(kc, nparts, combine);
     uint16_t *shard_of = pith_malloc((size_t)nparts * sizeof(*shard_of));
-    uint32_t *count = pith_calloc(nshards, sizeof(*count));
+    uint32_t *per = pith_calloc(nshards, sizeof(*per));
     size_t *bytes = pith_calloc(nshards, sizeof(*bytes));
-    if (s == NULL || shard_of == NULL || count == NULL || bytes == NULL) {
+    struct txn *t = NULL;
+    if (s == NULL || shard_of == NULL || per == NULL || bytes == NULL) {
         if (s != NULL)
             s->failed = true;
         else
             reply_error(kc, "ERR out of memory");
         goto out;
     }
+    unsigned used = 0, only = 0;
     for (uint32_t i = 0; i < nparts; i++) {
         uint64_t h;
         shard_of[i] = (uint16_t)owner(&a[(size_t)i * step], &h);
-        count[shard_of[i]]++;
+        if (per[shard_of[i]]++ == 0) {
+            used++;
+            only = shard_of[i];
+        }
         for (unsigned k = 0; k < step; k++)
             bytes[shard_of[i]] += a[(size_t)i * step + k].len;
     }
     unsigned self = (unsigned)pith_shard_id();
     size_t budget = reply_budget(), made = 0;
-    for (unsigned sh = 0; sh < nshards; sh++) {
-        uint32_t n = count[sh];
-        if (n == 0)
-            continue;
-        s->pending++;
-        if (sh == self) {
-            /* This shard's keys: now, each reply straight into its part. */
-            long long sum = 0;
-            for (uint32_t i = 0; i < nparts; i++) {
-                if (shard_of[i] != sh)
-                    continue;
-                if (combine == ARRAY && made > budget) {
-                    /* The reply would pass what the client may hold: it is closed. */
-                    s->failed = true;
-                    if (!kc->over)
-                        drop_client(kc, &kc->ks->out_limit_kills);
-                    break;
-                }
-                long long k = 0;
-                struct resp_out discard = {0};
-                int e = exec_key(kc->ks, cmd, &a[(size_t)i * step], &k, 0,
-                                 combine == ARRAY ? &s->parts[i] : &discard);
-                made += combine == ARRAY ? s->parts[i].len : 0;
-                resp_out_free(&discard);
-                if (e)
-                    s->failed = true;
-                sum += k;
-            }
-            if (combine == SUM)
-                s->sum += sum;
-            s->pending--;
-            continue;
-        }
-        struct req *q = req_new(kc, s, sh, cmd, (size_t)n * step, bytes[sh]);
-        if (q != NULL) {
-            q->nkeys = n;
-            q->step = step;
-            q->budget = budget;
-            q->idx = pith_malloc((size_t)n * sizeof(*q->idx));
-            q->outs = combine == ARRAY ? pith_calloc(n, sizeof(*q->outs)) : NULL;
-        }
-        if (q == NULL || q->idx == NULL || (combine == ARRAY && q->outs == NULL)) {
-            if (q != NULL)
-                req_free(q);
+    s->pending++;
+    if (used > 1) {
+        t = pith_calloc(1, sizeof(*t) + used * sizeof(t->q[0]));
+        if (t == NULL) {
             s->failed = true;
             s->pending--;
-            continue;
+            goto out;
         }
-        char *p = (char *)&q->a[(size_t)n * step];
-        uint32_t j = 0;
-        for (uint32_t i = 0; i < nparts; i++) {
-            if (shard_of[i] != sh)
+        t->kc = kc;
+        t->s = s;
+        t->write = cmd == C_MSET1 || cmd == C_DEL1;
+        for (unsigned sh = 0; sh < nshards; sh++) {
+            if (per[sh] == 0)
                 continue;
-            q->idx[j] = i;
-            for (unsigned k = 0; k < step; k++)
-                arg_copy(q, (size_t)j * step + k, &p, &a[(size_t)i * step + k]);
-            j++;
+            struct req *q =
+                keys_req(kc, s, sh, cmd, a, nparts, step, shard_of, per[sh], bytes[sh], budget);
+            if (q == NULL) {
+                for (uint32_t i = 0; i < t->n; i++)
+                    req_free(t->q[i]);
+                s->failed = true;
+                s->pending--;
+                goto out;
+            }
+            q->txn = t;
+            t->q[t->n++] = q;
         }
-        req_send(kc, q);
+        t->live = t->n;
+        kc->locking++;
+        count(&kc->ks->txns, 1);
+        txn_send(t, t->q[0], PH_LOCK);
+        t = NULL; /* its requests own it now */
+        goto out;
     }
+    if (only != self) {
+        struct req *q =
+            keys_req(kc, s, only, cmd, a, nparts, step, shard_of, per[only], bytes[only], budget);
+        if (q == NULL) {
+            s->failed = true;
+            s->pending--;
+        } else {
+            req_send(kc, q);
+        }
+        goto out;
+    }
+    if (busy(kc->ks)) {
+        /* A key of it may be locked, or the connection wait here already: as a request, it
+         * waits if it must. */
+        struct req *q =
+            keys_req(kc, s, self, cmd, a, nparts, step, shard_of, per[self], bytes[self], budget);
+        if (q == NULL) {
+            s->failed = true;
+            s->pending--;
+        } else if (must_wait(kc->ks, q, NULL)) {
+            kc->reqs++;
+            park(kc->ks, q);
+        } else {
+            run_here(kc->ks, q);
+            req_done(q);
+        }
+        goto out;
+    }
+    /* All on this shard: now, each reply straight into its part. */
+    long long sum = 0;
+    for (uint32_t i = 0; i < nparts; i++) {
+        if (combine == ARRAY && made > budget) {
+            /* The reply would pass what the client may hold: it is closed. */
+            s->failed = true;
+            if (!kc->over)
+                drop_client(kc, &kc->ks->out_limit_kills);
+            break;
+        }
+        long long k = 0;
+        struct resp_out discard = {0};
+        int e = exec_key(kc->ks, cmd, &a[(size_t)i * step], &k, 0,
+                         combine == ARRAY ? &s->parts[i] : &discard);
+        made += combine == ARRAY ? s->parts[i].len : 0;
+        resp_out_free(&discard);
+        if (e)
+            s->failed = true;
+        sum += k;
+    }
+    if (combine == SUM)
+        s->sum += sum;
+    s->pending--;
 out:
     pith_free(shard_of);
-    pith_free(count);
+    pith_free(per);
     pith_free(bytes);
 }
 
@@ -1388,7 +1762,8 @@ static void info(struct kconn *kc, const struct resp_arg *section)
                 memset(&ms, 0, sizeof(ms));
             add(&t,
                 "shard%u:keys=%llu,expires=%llu,clients=%llu,commands=%llu,expired=%llu,"
-                "used_memory=%llu,buckets=%zu,room_waits=%llu,client_memory=%llu\r\n",
+                "used_memory=%llu,buckets=%zu,room_waits=%llu,client_memory=%llu,"
+                "multi_shard=%llu,lock_waits=%llu\r\n",
                 i, (unsigned long long)atomic_load_explicit(&ks->st.keys, memory_order_relaxed),
                 (unsigned long long)atomic_load_explicit(&ks->st.expires, memory_order_relaxed),
                 (unsigned long long)atomic_load_explicit(&ks->nconns, memory_order_relaxed),
@@ -1397,8 +1772,9 @@ static void info(struct kconn *kc, const struct resp_arg *section)
                 (unsigned long long)ms.in_use,
                 atomic_load_explicit(&ks->buckets, memory_order_relaxed),
                 (unsigned long long)atomic_load_explicit(&ks->room_waits, memory_order_relaxed),
-                (unsigned long long)atomic_load_explicit(&ks->client_mem_pub,
-                                                         memory_order_relaxed));
+                (unsigned long long)atomic_load_explicit(&ks->client_mem_pub, memory_order_relaxed),
+                (unsigned long long)atomic_load_explicit(&ks->txns, memory_order_relaxed),
+                (unsigned long long)atomic_load_explicit(&ks->parked, memory_order_relaxed));
         }
         add(&t, "\r\n");
     }
@@ -2199,7 +2575,9 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
     while (off < len) {
         /* Requests wait for room in the mesh: the rest of the input waits for them (room_cb
          * offers it again), so commands keep their order and nothing is refused. */
-        if (kc->wait != NULL) {
+        if (kc->wait != NULL || kc->locking > 0) {
+            /* Or a command over several shards still takes its locks: the commands after it
+             * wait, so that none runs on a shard before it (txn_back offers the input). */
             yielded = true;
             break;
         }
@@ -2372,6 +2750,21 @@ static void tick(void *arg)
     if (!ks->more_armed)
         housekeeping(ks);
     idle_sweep(ks, now);
+    /* Replies and transaction steps that found no memory even to wait for room: again. */
+    struct req *back = ks->backlog;
+    ks->backlog = NULL;
+    while (back != NULL) {
+        struct req *q = back;
+        back = q->next;
+        send_back(q);
+    }
+    for (int list = 0; list < 2; list++)
+        for (struct kconn *kc = list ? ks->zombies : ks->conns; kc != NULL; kc = kc->next)
+            if (kc->wait != NULL && !kc->room_armed &&
+                pith_when_shard_room(kc->wait->shard, room_cb, kc) == 0) {
+                kc->room_armed = true;
+                kc->holds++;
+            }
     /* A client over its soft output limit is closed once it has been over for its seconds,
      * whether or not anything else happens on it. */
     for (struct kconn *kc = ks->conns; kc != NULL; kc = kc->next)
@@ -2689,6 +3082,7 @@ int main(int argc, char **argv)
             req_free(ks->live);
         while (ks->zombies != NULL)
             kconn_free(ks->zombies);
+        locks_free(&ks->locks);
     }
     return 0;
 }
