@@ -367,6 +367,41 @@ def expire_among_many(port, plain=200000, soon=1000):
     return time.monotonic() - set_at
 
 
+def info_stat(c, section, name):
+    for line in c.call("INFO", section)[1].decode().split("\r\n"):
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1]
+    raise Failure(f"INFO {section} has no {name}")
+
+
+def keyspace_stats(a_port, b_port):
+    """keyspace_hits and keyspace_misses count as Redis counts them (the keys of GET, MGET,
+    EXISTS, TTL and its kin, SET ... GET; not INCR, EXPIRE, SET NX, PERSIST), and
+    avg_ttl estimates the keys' remaining TTL as Redis does, from the expiry cycle's samples."""
+    got = {}
+    for port in (a_port, b_port):
+        with Conn(port) as c:
+            check(c.call("FLUSHALL") == ("+", "OK"), "FLUSHALL")
+            check(c.call("CONFIG", "RESETSTAT") == ("+", "OK"), "RESETSTAT")
+            for args in [("SET", "a", "1"), ("GET", "a"), ("GET", "b"), ("MGET", "a", "b", "c"),
+                         ("INCR", "n"), ("EXISTS", "a", "zz"), ("TTL", "a"), ("PTTL", "zz"),
+                         ("SET", "a", "2", "GET"), ("SET", "q", "2", "GET"), ("EXPIRE", "a", "9"),
+                         ("SET", "a", "3", "NX"), ("PERSIST", "a"), ("EXPIRETIME", "a")]:
+                c.call(*args)
+            for i in range(100):
+                c.call("SET", f"t{i}", "v", "EX", "1000")
+
+            def avg_ttl():
+                db0 = dict(f.split("=") for f in info_stat(c, "keyspace", "db0").split(","))
+                return int(db0["avg_ttl"])
+
+            got[port] = (info_stat(c, "stats", "keyspace_hits"),
+                         info_stat(c, "stats", "keyspace_misses"))
+            wait_until(lambda: 900000 <= avg_ttl() <= 1000000, 5.0,
+                       "avg_ttl near the keys' 1000 s")
+    check(got[a_port] == got[b_port], f"hits, misses: redis {got[a_port]}, pith-kv {got[b_port]}")
+
+
 def main(argv):
     if len(argv) != 3:
         print(__doc__, file=sys.stderr)
@@ -402,6 +437,8 @@ def main(argv):
                     kv.port)
             tap.run("same bytes as redis-server: CLIENT REPLY OFF, SKIP and ON in a pipeline",
                     client_reply_modes, redis.port, kv.port)
+            tap.run("same as redis-server: keyspace_hits, keyspace_misses, avg_ttl",
+                    keyspace_stats, redis.port, kv.port)
             tap.run("CLIENT ID, SETNAME, LIST, INFO and KILL across shards", clients_by_name,
                     kv.port)
             tap.run("CONFIG SET timeout 1 closes idle clients at run time", idle_timeout,

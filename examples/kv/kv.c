@@ -114,7 +114,10 @@ struct kshard {
     struct req *park, *park_tail;
     struct req *backlog;
     _Atomic uint64_t txns, parked; /* multi-shard commands begun here; requests that waited */
-    _Atomic size_t buckets;        /* the store's, for INFO (written by the shard's tick) */
+    /* Keys found and not found by the commands Redis counts (keyspace_hits): GET, MGET, EXISTS,
+     * TTL and its kin, SET's GET option. */
+    _Atomic uint64_t hits, misses;
+    _Atomic size_t buckets; /* the store's, for INFO (written by the shard's tick) */
 };
 static struct kshard *kshards[4096];
 
@@ -302,6 +305,7 @@ static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, l
     case C_GET:
     case C_MGET1:
         e = store_get(st, a[0].p, a[0].len, h, now);
+        count(e != NULL ? &ks->hits : &ks->misses, 1);
         err = e != NULL ? resp_put_bulk(o, entry_val(e), e->vlen) : resp_put_null(o);
         break;
     case C_SET: {
@@ -310,6 +314,8 @@ static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, l
          * needs no lookup: store_set finds the entry itself. With GET the reply is the old
          * value (or nil), whether or not NX or XX let the write happen, as in Redis. */
         e = *n != 0 ? store_get(st, a[0].p, a[0].len, h, now) : NULL;
+        if (*n & SET_GET)
+            count(e != NULL ? &ks->hits : &ks->misses, 1); /* a read, as Redis counts it */
         if ((*n & SET_GET) &&
             (err = e != NULL ? resp_put_bulk(o, entry_val(e), e->vlen) : resp_put_null(o)) != 0)
             break;
@@ -384,6 +390,7 @@ static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, l
     case C_EXPIRETIME:
     case C_PEXPIRETIME:
         e = store_get(st, a[0].p, a[0].len, h, now);
+        count(e != NULL ? &ks->hits : &ks->misses, 1);
         if (e == NULL)
             err = resp_put_int(o, -2);
         else if (e->expire_ms == 0)
@@ -402,6 +409,7 @@ static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, l
         break;
     case C_EXISTS1:
         *n = store_get(st, a[0].p, a[0].len, h, now) != NULL;
+        count(*n ? &ks->hits : &ks->misses, 1);
         break;
     default:
         break;
@@ -1666,9 +1674,14 @@ __attribute__((format(printf, 2, 3))) static void add(struct resp_out *o, const 
 static void info(struct kconn *kc, const struct resp_arg *section)
 {
     uint64_t keys = 0, expires = 0, bytes = 0, conns = 0, cmds = 0, total = 0, expired = 0;
-    uint64_t used = 0, peak = 0, cmem = 0, evicted = 0, obl_kills = 0;
+    uint64_t used = 0, peak = 0, cmem = 0, evicted = 0, obl_kills = 0, hits = 0, misses = 0;
+    double ttl_weighted = 0;
     for (unsigned i = 0; i < nshards; i++) {
         struct kshard *ks = kshards[i];
+        hits += atomic_load_explicit(&ks->hits, memory_order_relaxed);
+        misses += atomic_load_explicit(&ks->misses, memory_order_relaxed);
+        ttl_weighted += (double)atomic_load_explicit(&ks->st.avg_ttl, memory_order_relaxed) *
+                        (double)atomic_load_explicit(&ks->st.expires, memory_order_relaxed);
         cmem += atomic_load_explicit(&ks->client_mem_pub, memory_order_relaxed);
         evicted += atomic_load_explicit(&ks->evicted, memory_order_relaxed);
         obl_kills += atomic_load_explicit(&ks->out_limit_kills, memory_order_relaxed);
@@ -1735,11 +1748,12 @@ static void info(struct kconn *kc, const struct resp_arg *section)
         add(&t,
             "# Stats\r\ntotal_connections_received:%llu\r\ntotal_commands_processed:%llu\r\n"
             "rejected_connections:%llu\r\nexpired_keys:%llu\r\nevicted_keys:0\r\n"
-            "evicted_clients:%llu\r\nclient_output_buffer_limit_disconnections:%llu\r\n\r\n",
+            "evicted_clients:%llu\r\nclient_output_buffer_limit_disconnections:%llu\r\n"
+            "keyspace_hits:%llu\r\nkeyspace_misses:%llu\r\n\r\n",
             (unsigned long long)total, (unsigned long long)cmds,
             (unsigned long long)atomic_load_explicit(&clients_refused, memory_order_relaxed),
-            (unsigned long long)expired, (unsigned long long)evicted,
-            (unsigned long long)obl_kills);
+            (unsigned long long)expired, (unsigned long long)evicted, (unsigned long long)obl_kills,
+            (unsigned long long)hits, (unsigned long long)misses);
     if (SECTION("cpu")) {
         struct rusage ru, rc;
         if (getrusage(RUSAGE_SELF, &ru) != 0)
@@ -1781,8 +1795,9 @@ static void info(struct kconn *kc, const struct resp_arg *section)
     if (SECTION("keyspace")) {
         add(&t, "# Keyspace\r\n");
         if (keys > 0)
-            add(&t, "db0:keys=%llu,expires=%llu,avg_ttl=0\r\n", (unsigned long long)keys,
-                (unsigned long long)expires);
+            add(&t, "db0:keys=%llu,expires=%llu,avg_ttl=%llu\r\n", (unsigned long long)keys,
+                (unsigned long long)expires,
+                (unsigned long long)(expires > 0 ? ttl_weighted / (double)expires : 0));
     }
 #undef SECTION
     /* Redis ends the text without the last section's blank line. */
@@ -2010,6 +2025,8 @@ static void config_cmd(struct kconn *kc, const struct resp_arg *a, unsigned argc
             atomic_store_explicit(&kshards[i]->commands, 0, memory_order_relaxed);
             atomic_store_explicit(&kshards[i]->connections, 0, memory_order_relaxed);
             atomic_store_explicit(&kshards[i]->expired, 0, memory_order_relaxed);
+            atomic_store_explicit(&kshards[i]->hits, 0, memory_order_relaxed);
+            atomic_store_explicit(&kshards[i]->misses, 0, memory_order_relaxed);
         }
         atomic_store_explicit(&clients_refused, 0, memory_order_relaxed);
         reply_simple(kc, "OK");

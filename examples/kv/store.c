@@ -346,6 +346,7 @@ int store_set_expire(struct store *s, struct entry *e, int64_t expire_ms)
 size_t store_expire_cycle(struct store *s, int64_t now, uint64_t deadline_ns, bool *more)
 {
     size_t deleted = 0;
+    int64_t ttl_sum = 0, ttl_n = 0;
     *more = false;
     while (s->nexp > 0) {
         unsigned looked = 0, expired = 0;
@@ -358,6 +359,8 @@ size_t store_expire_cycle(struct store *s, int64_t now, uint64_t deadline_ns, bo
                 unlink_free(s, link_of(s, e));
                 expired++;
             } else {
+                ttl_sum += e->expire_ms - now;
+                ttl_n++;
                 s->exp_cursor++;
             }
         }
@@ -368,6 +371,15 @@ size_t store_expire_cycle(struct store *s, int64_t now, uint64_t deadline_ns, bo
             *more = s->nexp > 0;
             break;
         }
+    }
+    /* Redis's estimate: the sample's mean, into a running average that moves by 1/50. */
+    if (ttl_n > 0) {
+        uint64_t avg = atomic_load_explicit(&s->avg_ttl, memory_order_relaxed);
+        uint64_t mean = (uint64_t)(ttl_sum / ttl_n);
+        atomic_store_explicit(&s->avg_ttl, avg == 0 ? mean : avg / 50 * 49 + mean / 50,
+                              memory_order_relaxed);
+    } else if (s->nexp == 0) {
+        atomic_store_explicit(&s->avg_ttl, 0, memory_order_relaxed);
     }
     return deleted;
 }
@@ -401,6 +413,7 @@ static void free_entries(struct store *s)
 int store_clear(struct store *s)
 {
     free_entries(s);
+    atomic_store_explicit(&s->avg_ttl, 0, memory_order_relaxed); /* as Redis's FLUSHALL */
     if (!table_new(s, &s->t[0], INITIAL_BUCKETS)) {
         memset(&s->t[0], 0, sizeof(s->t[0]));
         return -ENOMEM;

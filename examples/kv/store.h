@@ -40,6 +40,7 @@ struct store {
     uint64_t rehash_steps; /* buckets moved, for the tests and INFO */
     _Atomic uint64_t keys, expires, bytes; /* written by the owning shard only */
     _Atomic uint64_t overhead;             /* bytes of the tables and the expiry array (likewise) */
+    _Atomic uint64_t avg_ttl; /* ms: Redis's estimate from the expiry cycle's samples; 0: none */
 };
 
 /* Adds d to a counter written by one shard only: a relaxed load and store, no locked
@@ -71,9 +72,10 @@ int store_del(struct store *s, const char *k, size_t kl, uint64_t h, int64_t now
 /* 0, or -ENOMEM when the expiry array cannot grow (nothing changed). */
 int store_set_expire(struct store *s, struct entry *e, int64_t expire_ms);
 /* Redis's active expiry: looks at the entries with an expiry 20 at a time and deletes those
- * past `now`, going on while more than a quarter of a batch was expired and the clock
- * (CLOCK_MONOTONIC, ns) has not passed deadline_ns. Returns how many it deleted; *more says
- * that it stopped for the deadline with expired entries likely left. */
+ * past `now` (and, as Redis does, folds the remaining TTLs it saw into avg_ttl), going on while
+ * more than a quarter of a batch was expired and the clock (CLOCK_MONOTONIC, ns) has not passed
+ * deadline_ns. Returns how many it deleted; *more says that it stopped for the deadline with
+ * expired entries likely left. */
 size_t store_expire_cycle(struct store *s, int64_t now, uint64_t deadline_ns, bool *more);
 /* Moves buckets of a rehash in progress until it ends or the clock passes deadline_ns, and
  * starts a shrink when the table is mostly empty. True while a rehash is still going. */
