@@ -24,6 +24,9 @@ pith-kv / redis.
   --pith-port P       (default 16380)
   --redis-port P      (default 16379)
   --no-amplify        skip the amplification rows (perf/kv_amplify.py, last)
+  --multi             also MSET4 and MGET4: MSET / MGET of 4 random keys of 100,000 (-r);
+                      with pith-kv on several shards most of them span shards
+  --only-multi        MSET4 and MGET4 only
   -h, --help          this text
 
 Environment:
@@ -45,6 +48,7 @@ PITH_PORT=16380
 REDIS_PORT=16379
 CLIENTS=50
 AMPLIFY=1
+TESTS="set get"
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -55,6 +59,8 @@ while [ $# -gt 0 ]; do
     --bench-cpus) BENCH_CPUS=${2:?}; shift 2 ;;
     --no-pin) PIN=0; shift ;;
     --no-amplify) AMPLIFY=0; shift ;;
+    --multi) TESTS="set get mset4 mget4"; shift ;;
+    --only-multi) TESTS="mset4 mget4"; shift ;;
     --pith-port) PITH_PORT=${2:?}; shift 2 ;;
     --redis-port) REDIS_PORT=${2:?}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -218,8 +224,15 @@ bench() {
     c0=$(children_ticks)
     w0=$(date +%s%N)
     t0=$(cpu_ticks "$pid")
-    csv=$("${bench_pin[@]}" redis-benchmark -p "$port" -t "$test" -n "$N" -c "$CLIENTS" -P "$p" \
-        --csv 2>"$logdir/bench.err") || {
+    local targs label=${test^^}
+    case "$test" in
+    mset4) targs=(-r 100000 MSET k:__rand_int__ v k:__rand_int__ v k:__rand_int__ v
+        k:__rand_int__ v) ;;
+    mget4) targs=(-r 100000 MGET k:__rand_int__ k:__rand_int__ k:__rand_int__ k:__rand_int__) ;;
+    *) targs=(-t "$test") ;;
+    esac
+    csv=$("${bench_pin[@]}" redis-benchmark -p "$port" -n "$N" -c "$CLIENTS" -P "$p" \
+        --csv "${targs[@]}" 2>"$logdir/bench.err") || {
         echo "redis_compare.sh: redis-benchmark against $name failed:" >&2
         cat "$logdir/bench.err" >&2
         exit 1
@@ -230,7 +243,9 @@ bench() {
     m1=$(machine_ticks)
     # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",
     # "p99_latency_ms","max_latency_ms"
-    line=$(printf '%s\n' "$csv" | tr -d '"' | awk -F, -v t="${test^^}" '$1 == t')
+    # A command of its own (MSET4, MGET4) is named by its whole line: its one row is the second.
+    line=$(printf '%s\n' "$csv" | tr -d '"' | awk -F, -v t="$label" -v own="${#targs[@]}" \
+        'BEGIN { OFS = "," } (own > 2 && NR == 2) { $1 = t; print } (own <= 2 && $1 == t)')
     if [ -z "$line" ]; then
         echo "redis_compare.sh: no $test line in redis-benchmark's output against $name:" >&2
         printf '%s\n' "$csv" >&2
@@ -245,7 +260,7 @@ bench() {
 }
 
 for p in 16 1; do
-    for test in set get; do
+    for test in $TESTS; do
         bench pith "$PITH_PORT" "$PITH_PID" "$test" "$p"
         bench redis "$REDIS_PORT" "$REDIS_PID" "$test" "$p"
     done

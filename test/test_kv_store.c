@@ -276,3 +276,56 @@ Test(kv_store, the_expiry_cycle_finds_expired_keys_among_many_without_scanning_t
     fprintf(stderr, "expiry cycle: 1000 expired among 102000 in %.3f ms\n",
             (double)r.cycle_ns / 1e6);
 }
+
+/* MSET's two steps (store_entry_new, then store_put): a put replaces a key's entry, with or
+ * without an expiry before, and takes its expiry away as SET does; counts stay right. */
+struct put_result {
+    unsigned wrong;
+    size_t keys, expires, exp_array;
+};
+
+static void *put_prepared(void *arg)
+{
+    struct put_result *r = arg;
+    struct store s;
+    if (store_init(&s) != 0)
+        return (void *)(intptr_t)-ENOMEM;
+    char k[32];
+    for (unsigned long i = 0; i < 100; i++) {
+        size_t kl = key_of(k, i);
+        /* even keys have an expiry, every third key is new at the put */
+        if (i % 3 != 0 &&
+            store_set(&s, k, kl, kv_hash(k, kl), "old", 3, i % 2 ? 0 : INT64_MAX) == NULL)
+            r->wrong++;
+    }
+    struct entry *made[100];
+    for (unsigned long i = 0; i < 100; i++) {
+        size_t kl = key_of(k, i);
+        made[i] = store_entry_new(k, kl, kv_hash(k, kl), "new-value", 9);
+        r->wrong += made[i] == NULL;
+    }
+    for (unsigned long i = 0; i < 100; i++)
+        r->wrong += made[i] == NULL || !store_put(&s, made[i]);
+    for (unsigned long i = 0; i < 100; i++) {
+        size_t kl = key_of(k, i);
+        struct entry *e = store_get(&s, k, kl, kv_hash(k, kl), 0);
+        r->wrong += e == NULL || e->vlen != 9 || memcmp(entry_val(e), "new-value", 9) != 0 ||
+                    e->expire_ms != 0;
+    }
+    r->keys = (size_t)atomic_load(&s.keys);
+    r->expires = (size_t)atomic_load(&s.expires);
+    r->exp_array = s.nexp;
+    store_free(&s);
+    return NULL;
+}
+
+Test(kv_store, prepared_entries_replace_keys_and_their_expiry)
+{
+    kv_hash_seed(seed_a);
+    struct put_result r = {0};
+    cr_assert_eq(on_shard(put_prepared, &r), 0);
+    cr_assert_eq(r.wrong, 0u);
+    cr_assert_eq(r.keys, 100u);
+    cr_assert_eq(r.expires, 0u, "a put takes the expiry away");
+    cr_assert_eq(r.exp_array, 0u);
+}

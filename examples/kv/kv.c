@@ -249,9 +249,10 @@ struct req {
     uint32_t argc;  /* arguments in a[] */
     uint32_t nkeys; /* keys of a multi-key command (step arguments each), else 0 */
     uint32_t step;
-    uint32_t part; /* the slot's part of a single request */
-    uint32_t *idx; /* [nkeys] the slot's part of each key */
-    long long n;   /* integer operand (INCRBY, EXPIRE) or result (DEL1, EXISTS1, DBSIZE1) */
+    uint32_t part;       /* the slot's part of a single request */
+    uint32_t *idx;       /* [nkeys] the slot's part of each key */
+    struct entry **prep; /* [nkeys] an MSET's entries, made at LOCK and put at COMMIT */
+    long long n;         /* integer operand (INCRBY, EXPIRE) or result (DEL1, EXISTS1, DBSIZE1) */
     int64_t expire_ms;
     size_t budget;         /* what its replies may hold (exec_keys) */
     size_t bytes;          /* charged to its connection (req_bytes) while it lives */
@@ -850,6 +851,49 @@ static void part_put(struct slot *s, uint32_t part, struct resp_out *r)
     }
 }
 
+/* An MSET's entries for keys[0..nkeys) (as exec_keys numbers them), made before any is put:
+ * NULL when there is no memory for all of them (none is then kept). */
+static struct entry **mset_prepare(const struct resp_arg *a, unsigned step, const uint32_t *keys,
+                                   uint32_t nkeys)
+{
+    struct entry **es = pith_malloc((size_t)nkeys * sizeof(*es) + 1);
+    if (es == NULL)
+        return NULL;
+    for (uint32_t i = 0; i < nkeys; i++) {
+        const struct resp_arg *ka = &a[(size_t)(keys != NULL ? keys[i] : i) * step];
+        es[i] =
+            store_entry_new(ka[0].p, ka[0].len, kv_hash(ka[0].p, ka[0].len), ka[1].p, ka[1].len);
+        if (es[i] == NULL) {
+            while (i > 0)
+                pith_free(es[--i]);
+            pith_free(es);
+            return NULL;
+        }
+    }
+    return es;
+}
+
+/* Puts an MSET's prepared entries in the store (and frees the array): no memory needed, but for
+ * a store whose FLUSHALL found none for its first table (-ENOMEM). */
+static int mset_put(struct kshard *ks, struct entry **es, uint32_t nkeys)
+{
+    int err = 0;
+    for (uint32_t i = 0; i < nkeys; i++)
+        if (!store_put(&ks->st, es[i]))
+            err = -ENOMEM;
+    pith_free(es);
+    return err;
+}
+
+static void mset_discard(struct entry **es, uint32_t nkeys)
+{
+    if (es == NULL)
+        return;
+    for (uint32_t i = 0; i < nkeys; i++)
+        pith_free(es[i]);
+    pith_free(es);
+}
+
 /* Runs keys[0..nkeys) of a multi-key command (key i's arguments at a[keys[i] * step], or at
  * a[i * step] when keys is NULL), each reply into outs[i] (MGET), adding up *n (DEL, EXISTS).
  * 0, -ENOMEM when a key's reply or entry could not be made, or -ENOBUFS when the replies passed
@@ -861,6 +905,13 @@ static int exec_keys(struct kshard *ks, unsigned cmd, const struct resp_arg *a, 
     int err = 0;
     size_t made = 0;
     *n = 0;
+    if (cmd == C_MSET1) {
+        /* All or nothing: every entry is made before any is put. */
+        struct entry **es = mset_prepare(a, step, keys, nkeys);
+        if (es == NULL)
+            return -ENOMEM;
+        return mset_put(ks, es, nkeys);
+    }
     for (uint32_t i = 0; i < nkeys; i++) {
         if (outs != NULL && i > 0 && (made += outs[i - 1].len) > budget)
             return -ENOBUFS; /* the reply would pass what the client may hold */
@@ -982,6 +1033,8 @@ static void run_here(struct kshard *ks, struct req *q)
             if (locks_take(&ks->locks, k->p, k->len, kv_hash(k->p, k->len), q->txn) != 0)
                 break; /* -ENOMEM: what was taken is given back, and the command fails */
         }
+        if (j == n && q->cmd == C_MSET1 && (q->prep = mset_prepare(q->a, q->step, NULL, n)) == NULL)
+            j = 0; /* no memory for its entries: nothing is locked, and the MSET fails whole */
         if (j < n) {
             unlock_keys(ks, q, j);
             q->err = -ENOMEM;
@@ -1046,8 +1099,13 @@ static void *req_run(void *arg)
     struct req *q = arg;
     struct kshard *ks = me();
     if (q->phase == PH_COMMIT || q->phase == PH_RELEASE) {
-        if (q->phase == PH_COMMIT)
+        if (q->phase == PH_COMMIT && q->prep != NULL)
+            q->err = mset_put(ks, q->prep, q->nkeys);
+        else if (q->phase == PH_COMMIT)
             q->err = exec_keys(ks, q->cmd, q->a, q->step, NULL, q->nkeys, &q->n, NULL, SIZE_MAX);
+        else
+            mset_discard(q->prep, q->nkeys); /* an MSET that failed on another shard */
+        q->prep = NULL;
         unlock_keys(ks, q, q->nkeys);
         wake(ks);
         return q;
@@ -1076,6 +1134,7 @@ static void req_free(struct req *q)
             resp_out_free(&q->outs[i]);
     pith_free(q->outs);
     pith_free(q->idx);
+    mset_discard(q->prep, q->nkeys);
     if (q->txn != NULL && --q->txn->live == 0)
         pith_free(q->txn);
     pith_free(q);
@@ -1586,8 +1645,14 @@ static void multi(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsi
         }
         goto out;
     }
-    /* All on this shard: now, each reply straight into its part. */
+    /* All on this shard: now, each reply straight into its part (an MSET all or nothing). */
     long long sum = 0;
+    if (cmd == C_MSET1) {
+        if (exec_keys(kc->ks, cmd, a, step, NULL, nparts, &sum, NULL, SIZE_MAX) != 0)
+            s->failed = true;
+        s->pending--;
+        goto out;
+    }
     for (uint32_t i = 0; i < nparts; i++) {
         if (combine == ARRAY && made > budget) {
             /* The reply would pass what the client may hold: it is closed. */

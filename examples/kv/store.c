@@ -318,6 +318,52 @@ struct entry *store_set(struct store *s, const char *k, size_t kl, uint64_t h, c
     return e;
 }
 
+struct entry *store_entry_new(const char *k, size_t kl, uint64_t h, const char *v, size_t vl)
+{
+    if (kl > UINT32_MAX || vl > UINT32_MAX)
+        return NULL;
+    struct entry *e = pith_malloc(sizeof(*e) + kl + vl);
+    if (e == NULL)
+        return NULL;
+    e->next = NULL;
+    e->hash = h;
+    e->klen = (uint32_t)kl;
+    e->vlen = (uint32_t)vl;
+    e->expire_ms = 0;
+    memcpy(e->data, k, kl);
+    memcpy(e->data + kl, v, vl);
+    return e;
+}
+
+bool store_put(struct store *s, struct entry *e)
+{
+    rehash_step(s, 1);
+    if (s->t[0].b == NULL && !table_new(s, &s->t[0], INITIAL_BUCKETS)) {
+        memset(&s->t[0], 0, sizeof(s->t[0]));
+        pith_free(e);
+        return false;
+    }
+    struct entry **pp = find(s, e->data, e->klen, e->hash);
+    struct entry *old = pp != NULL ? *pp : NULL;
+    if (old != NULL) {
+        e->next = old->next;
+        *pp = e;
+        if (old->expire_ms != 0)
+            exp_remove(s, old);
+        count(&s->bytes, -(int64_t)entry_bytes(old));
+        pith_free(old);
+    } else {
+        struct table *t = &s->t[store_rehashing(s) ? 1 : 0];
+        size_t j = e->hash & t->mask;
+        e->next = t->b[j];
+        t->b[j] = e;
+        count(&s->keys, 1);
+    }
+    count(&s->bytes, (int64_t)entry_bytes(e));
+    maybe_grow(s);
+    return true;
+}
+
 int store_del(struct store *s, const char *k, size_t kl, uint64_t h, int64_t now)
 {
     rehash_step(s, 1);

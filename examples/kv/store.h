@@ -67,6 +67,13 @@ struct entry *store_get(struct store *s, const char *k, size_t kl, uint64_t h, i
 /* Inserts or replaces; the new entry, or NULL when out of memory (nothing changed). */
 struct entry *store_set(struct store *s, const char *k, size_t kl, uint64_t h, const char *v,
                         size_t vl, int64_t expire_ms);
+/* MSET in two steps, so that a command of many keys is all or nothing: an entry for k = v
+ * (no expiry) made beforehand, outside any store (NULL: no memory; pith_free frees it), then
+ * put in the store in place of k's entry (whose expiry goes, as with SET). store_put needs no
+ * memory, except for the first table after a store_clear that found none: then e is freed and
+ * it returns false. */
+struct entry *store_entry_new(const char *k, size_t kl, uint64_t h, const char *v, size_t vl);
+bool store_put(struct store *s, struct entry *e);
 /* 1 when a live key was deleted, 0 when there was none (an expired one is deleted too). */
 int store_del(struct store *s, const char *k, size_t kl, uint64_t h, int64_t now);
 /* 0, or -ENOMEM when the expiry array cannot grow (nothing changed). */
