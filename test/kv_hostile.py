@@ -267,6 +267,9 @@ def output_limits(exe, shards):
             check(info_field(c, "stats", "client_output_buffer_limit_disconnections") == 1,
                   "one client closed for its output limit")
             if shards > 1:
+                # The MGET stopped on a shard while it held that shard's keys: they are free.
+                check(c.call("EXISTS", *keys) == (":", 16), "its keys are not left locked")
+                check(c.call("SET", keys[0], "y") == ("+", "OK"), "nor written")
                 check(c.call("PING") == ("+", "PONG"), "others go on")
                 server.stop()
                 return
@@ -340,13 +343,30 @@ def client_eviction(exe, check_rss):
         server.kill()
 
 
+def big_header(server):
+    """A multibulk header of 200,000,000 arguments alone (12 bytes) makes the server allocate
+    nothing for them: its parse scratch grows only once the arguments have come."""
+    with Conn(server.port) as c:
+        before = info_field(c, "memory", "used_memory")
+        s = socket.create_connection(("127.0.0.1", server.port))
+        try:
+            s.sendall(b"*200000000\r\n$3\r\nSET\r\n")
+            time.sleep(0.5)
+            check(c.call("PING") == ("+", "PONG"), "PING beside it")
+            grown = info_field(c, "memory", "used_memory") - before
+            check(grown < 16 * MIB, f"used_memory grew {grown} bytes for a 12-byte header")
+        finally:
+            s.close()
+
+
 def isolation(exe, seconds=2.0):
     """Commands over several shards look atomic to every other client, as in Redis: 3 shards,
     8 keys spread over them. Phase 1: one writer MSETs all 8 keys to its counter i, i+1, ...;
     readers check that an MGET of them sees one value, that an EXISTS counts 8 (once set), and
     that a GET of the first key then a GET of the last sees the last at least as new. Phase 2:
-    the writer alternates MSET of all 8 and DEL of all 8; an MGET sees all or none, EXISTS 0
-    or 8. Loopback, bounded by time; fails on the first half-applied command seen."""
+    the writer alternates MSET of all 8 and DEL of all 8 while another client runs FLUSHALL
+    every 10 ms; an MGET sees all or none, EXISTS and DBSIZE 0 or 8. Loopback, bounded by
+    time; fails on the first half-applied command seen."""
     server = Server(exe, ["--shards", "3"]).start()
     keys = [f"iso:{i}" for i in range(8)]
     bad, reads, stop = [], [0], threading.Event()
@@ -376,7 +396,17 @@ def isolation(exe, seconds=2.0):
                 n = c.call("EXISTS", *keys)[1]
                 if n not in (0, 8):
                     bad.append(f"EXISTS counted {n} of 8")
-                reads[0] += 2
+                n = c.call("DBSIZE")[1]
+                if n not in (0, 8):
+                    bad.append(f"DBSIZE counted {n} of 8")
+                reads[0] += 3
+
+    def flusher():
+        with Conn(server.port, timeout=30.0) as c:
+            while not stop.is_set():
+                if phase[0] == 2 and c.call("FLUSHALL") != ("+", "OK"):
+                    bad.append("FLUSHALL failed")
+                time.sleep(0.01)
 
     def order_reader():
         with Conn(server.port, timeout=30.0) as c:
@@ -392,7 +422,7 @@ def isolation(exe, seconds=2.0):
         with Conn(server.port) as c:
             check(c.call("MSET", *[x for k in keys for x in (k, "0")]) == ("+", "OK"), "MSET")
         threads = [threading.Thread(target=f) for f in
-                   (writer, mget_reader, mget_reader, order_reader)]
+                   (writer, mget_reader, mget_reader, order_reader, flusher)]
         for t in threads:
             t.start()
         time.sleep(seconds)
@@ -489,6 +519,8 @@ def main(argv):
                     "reply delivered", amplification, server, check_rss)
             tap.run("clients that never read: bounded memory, others served", non_readers,
                     server, check_rss)
+            tap.run("a header of 200,000,000 arguments alone allocates nothing", big_header,
+                    server)
             tap.run("pith-kv is still running", server.alive)
         finally:
             tap.run("SIGTERM stops it", server.stop)

@@ -892,7 +892,7 @@ def connections_drain(port):
 
 BAD_INPUT = [
     ("non-numeric multibulk length", b"*abc\r\n", "ERR Protocol error: invalid multibulk length"),
-    ("multibulk length over the argument cap (4,194,304)", b"*4194305\r\n",
+    ("multibulk length over the argument cap (268,435,456)", b"*268435457\r\n",
      "ERR Protocol error: invalid multibulk length"),
     ("multibulk header over 64 KiB", b"*" + b"1" * 70000,
      "ERR Protocol error: too big mbulk count string"),

@@ -53,7 +53,7 @@
 #define HIGH_WATER   (1u << 20)
 #define LOW_WATER    (256u << 10)
 #define ARGS_CAP     65536u     /* the parse scratch's usual room, in arguments */
-#define ARGS_MAX     (1u << 22) /* arguments per command at most (the input bound comes first) */
+#define ARGS_MAX     (1u << 28) /* arguments per command at most (the input bound comes first) */
 #define TICK_NS      (100ull * 1000 * 1000)
 #define BUSY_TICK_NS (10ull * 1000 * 1000) /* the next tick, while expiry or a rehash has more */
 #define EXPIRE_SLICE (1000ull * 1000)      /* the most one tick spends on active expiry, ns */
@@ -111,6 +111,7 @@ struct kshard {
     /* Commands over several shards (see "Commands over several shards"): the keys they hold
      * here, the requests waiting for them (FIFO), and replies that found no room to go back. */
     struct locks locks;
+    const struct txn *all; /* a DBSIZE or FLUSHALL over several shards holding this one */
     struct req *park, *park_tail;
     struct req *backlog;
     _Atomic uint64_t txns, parked; /* multi-shard commands begun here; requests that waited */
@@ -199,6 +200,7 @@ struct kconn {
     uint64_t soft_since;       /* since when its output is over the soft limit; 0: it is not */
     bool out_wait;             /* the engine's queue is full: the rest waits for on_drain */
     unsigned locking;          /* its command over several shards still taking locks */
+    bool drop_later;           /* drop_client found no room to queue its reset: the tick does it */
     bool over;                 /* a reply passed what it may hold: it is closed */
     struct slot *head, *tail;
     unsigned nslots;
@@ -700,7 +702,7 @@ static void drop_client(struct kconn *kc, _Atomic uint64_t *why)
     if (pith_submit((unsigned)pith_shard_id(), drop_task, kc) == 0)
         kc->holds++;
     else
-        (void)pith_conn_abort(kc->id);
+        kc->drop_later = true; /* the shard's queue is full: the tick resets it */
 }
 
 /* What one reply may hold at most while it is made (an MGET's values): the client's hard
@@ -805,9 +807,10 @@ static void flush(struct kconn *kc)
         kc->paused = false;
         (void)pith_conn_resume(kc->id);
     }
-    if (kc->quitting && kc->head == NULL && all)
-        (void)pith_conn_close(kc->id);
     account(kc);
+    /* Last: the close may end the connection (on_close) before it returns. */
+    if (kc->quitting && kc->head == NULL && all && !kc->over)
+        (void)pith_conn_close(kc->id);
 }
 
 static struct slot *slot_new(struct kconn *kc, uint32_t nparts, uint8_t combine)
@@ -960,7 +963,7 @@ struct txn {
 
 static bool busy(const struct kshard *ks)
 {
-    return ks->locks.n > 0 || ks->park != NULL;
+    return ks->locks.n > 0 || ks->park != NULL || ks->all != NULL;
 }
 
 /* The keys a request names: one shard's keys of a multi-key command, the key of a keyed one,
@@ -978,6 +981,8 @@ static const struct resp_arg *req_key(const struct req *q, uint32_t j)
 /* Whether key k is locked here by another command than `mine`. */
 static bool held(const struct kshard *ks, const struct resp_arg *k, const struct txn *mine)
 {
+    if (ks->all != NULL && ks->all != mine)
+        return true;
     if (ks->locks.n == 0)
         return false;
     const void *o = locks_owner(&ks->locks, k->p, k->len, kv_hash(k->p, k->len));
@@ -993,11 +998,23 @@ static bool kc_parked(const struct kshard *ks, const struct kconn *kc, const str
     return false;
 }
 
-/* Whether q must wait here (behind `upto`'s predecessors when it is parked itself). */
+/* A DBSIZE's or FLUSHALL's LOCK: it takes the whole shard. */
+static bool locks_all(const struct req *q)
+{
+    return q->phase == PH_LOCK && shard_cmd(q->cmd);
+}
+
+/* Whether q must wait here (behind `upto`'s predecessors when it is parked itself): its
+ * connection has a request waiting ahead of it; it is a LOCK and a whole-shard LOCK waits ahead
+ * (so that those are not starved); it takes the whole shard and anything is locked; or a key of
+ * it is locked by another command. */
 static bool must_wait(const struct kshard *ks, const struct req *q, const struct req *upto)
 {
-    if (kc_parked(ks, q->kc, upto))
-        return true;
+    for (const struct req *p = ks->park; p != NULL && p != upto; p = p->next)
+        if (p->kc == q->kc || (q->phase == PH_LOCK && locks_all(p)))
+            return true;
+    if (locks_all(q))
+        return ks->locks.n > 0 || (ks->all != NULL && ks->all != q->txn);
     for (uint32_t j = 0, n = req_nkeys(q); j < n; j++)
         if (held(ks, req_key(q, j), q->txn))
             return true;
@@ -1015,8 +1032,11 @@ static void park(struct kshard *ks, struct req *q)
     count(&ks->parked, 1);
 }
 
+/* Gives back q's locks here: its first `upto` keys, or the whole shard (DBSIZE, FLUSHALL). */
 static void unlock_keys(struct kshard *ks, struct req *q, uint32_t upto)
 {
+    if (shard_cmd(q->cmd) && ks->all == q->txn)
+        ks->all = NULL;
     for (uint32_t j = 0; j < upto; j++) {
         const struct resp_arg *k = req_key(q, j);
         locks_drop(&ks->locks, k->p, k->len, kv_hash(k->p, k->len), q->txn);
@@ -1026,22 +1046,30 @@ static void unlock_keys(struct kshard *ks, struct req *q, uint32_t upto)
 /* Runs q here, now (nothing it names is locked by another command). */
 static void run_here(struct kshard *ks, struct req *q)
 {
-    if (q->phase == PH_LOCK) {
+    if (q->phase == PH_LOCK && shard_cmd(q->cmd)) {
+        /* DBSIZE, FLUSHALL: the whole shard; DBSIZE counts as it locks. */
+        ks->all = q->txn;
+        if (q->cmd == C_DBSIZE1)
+            q->err = exec_shard(ks, q->cmd, q->a, q->argc, &q->n, &q->r);
+        if (q->err != 0)
+            unlock_keys(ks, q, 0);
+    } else if (q->phase == PH_LOCK) {
         uint32_t j = 0, n = q->nkeys;
         for (; j < n; j++) {
             const struct resp_arg *k = req_key(q, j);
             if (locks_take(&ks->locks, k->p, k->len, kv_hash(k->p, k->len), q->txn) != 0)
-                break; /* -ENOMEM: what was taken is given back, and the command fails */
+                break; /* -ENOMEM */
         }
-        if (j == n && q->cmd == C_MSET1 && (q->prep = mset_prepare(q->a, q->step, NULL, n)) == NULL)
-            j = 0; /* no memory for its entries: nothing is locked, and the MSET fails whole */
-        if (j < n) {
-            unlock_keys(ks, q, j);
+        if (j < n)
             q->err = -ENOMEM;
-        } else if (q->cmd == C_MGET1 || q->cmd == C_EXISTS1) {
+        else if (q->cmd == C_MSET1 && (q->prep = mset_prepare(q->a, q->step, NULL, n)) == NULL)
+            q->err = -ENOMEM; /* no memory for its entries: the MSET fails whole */
+        else if (q->cmd == C_MGET1 || q->cmd == C_EXISTS1)
             q->err =
                 exec_keys(ks, q->cmd, q->a, q->step, NULL, q->nkeys, &q->n, q->outs, q->budget);
-        }
+        /* A LOCK that fails holds nothing (txn_back counts on it): what it took goes back. */
+        if (q->err != 0)
+            unlock_keys(ks, q, j);
     } else if (shard_cmd(q->cmd)) {
         q->err = exec_shard(ks, q->cmd, q->a, q->argc, &q->n, &q->r);
     } else if (q->idx != NULL) {
@@ -1101,6 +1129,8 @@ static void *req_run(void *arg)
     if (q->phase == PH_COMMIT || q->phase == PH_RELEASE) {
         if (q->phase == PH_COMMIT && q->prep != NULL)
             q->err = mset_put(ks, q->prep, q->nkeys);
+        else if (q->phase == PH_COMMIT && shard_cmd(q->cmd))
+            q->err = exec_shard(ks, q->cmd, q->a, q->argc, &q->n, &q->r); /* FLUSHALL */
         else if (q->phase == PH_COMMIT)
             q->err = exec_keys(ks, q->cmd, q->a, q->step, NULL, q->nkeys, &q->n, NULL, SIZE_MAX);
         else
@@ -1176,10 +1206,17 @@ static void req_done(struct req *q)
 
 static void txn_back(struct req *q);
 
+/* A closed connection goes once nothing refers to it: no request out, no callback queued, none
+ * waiting to be sent (a transaction's COMMIT or RELEASE is sent even then). */
+static bool kc_unused(const struct kconn *kc)
+{
+    return kc->closed && kc->reqs == 0 && kc->holds == 0 && kc->wait == NULL;
+}
+
 static void kc_release(struct kconn *kc)
 {
     kc->holds--;
-    if (kc->closed && kc->reqs == 0 && kc->holds == 0)
+    if (kc_unused(kc))
         kconn_free(kc);
 }
 
@@ -1196,7 +1233,7 @@ static void req_back(void *result, void *ctx)
     else
         req_done(q);
     if (kc->closed) {
-        if (kc->reqs == 0 && kc->holds == 0)
+        if (kc_unused(kc))
             kconn_free(kc);
         return;
     }
@@ -1234,35 +1271,11 @@ static void req_send(struct kconn *kc, struct req *q)
     else
         kc->wait = q;
     kc->wait_tail = q;
-    if (!kc->room_armed) {
-        if (pith_when_shard_room(kc->wait->shard, room_cb, kc) == 0) {
-            kc->room_armed = true;
-            kc->holds++;
-        } else {
-            /* No memory even to wait: what waits fails now ("ERR out of memory"), except the
-             * COMMITs and RELEASEs, which go at the next tick. */
-            struct req *keep = NULL, *keep_tail = NULL;
-            while (kc->wait != NULL) {
-                struct req *w = kc->wait;
-                kc->wait = w->next;
-                if (w->phase == PH_COMMIT || w->phase == PH_RELEASE) {
-                    w->next = NULL;
-                    if (keep_tail != NULL)
-                        keep_tail->next = w;
-                    else
-                        keep = w;
-                    keep_tail = w;
-                    continue;
-                }
-                w->err = -ENOMEM;
-                if (w->txn != NULL)
-                    txn_back(w);
-                else
-                    req_done(w);
-            }
-            kc->wait = keep;
-            kc->wait_tail = keep_tail;
-        }
+    /* With no memory even to wait for room, the tick arms it again; what waits keeps waiting,
+     * in order. */
+    if (!kc->room_armed && pith_when_shard_room(kc->wait->shard, room_cb, kc) == 0) {
+        kc->room_armed = true;
+        kc->holds++;
     }
 }
 
@@ -1286,13 +1299,14 @@ static void room_cb(void *arg)
             if (pith_when_shard_room(q->shard, room_cb, kc) == 0) {
                 kc->room_armed = true;
                 kc->holds++;
-                break;
             }
-            rc = -ENOMEM;
+            break; /* else the tick arms it again */
         }
         if (rc != 0 && (q->phase == PH_COMMIT || q->phase == PH_RELEASE))
             break; /* never dropped: the tick tries again */
         kc->wait = q->next;
+        if (kc->wait == NULL)
+            kc->wait_tail = NULL;
         if (rc == 0) {
             kc->reqs++;
         } else {
@@ -1494,9 +1508,8 @@ static struct req *keys_req(struct kconn *kc, struct slot *s, unsigned sh, unsig
 }
 
 /* The connection may go on with the commands after its command over several shards. */
-static void txn_locked(struct txn *t)
+static void txn_locked(struct kconn *kc)
 {
-    struct kconn *kc = t->kc;
     if (--kc->locking == 0 && !kc->closed && !kc->paused && !kc->quitting && kc->wait == NULL) {
         (void)pith_conn_pause(kc->id);
         (void)pith_conn_resume(kc->id);
@@ -1518,7 +1531,7 @@ static void txn_back(struct req *q)
         if (q->err != 0) {
             /* Nothing is locked for q: the shards before it unlock, the rest never start. */
             uint32_t at = t->at;
-            txn_locked(t);
+            struct kconn *kc = t->kc;
             req_results(q);
             for (uint32_t i = at + 1; i < t->n; i++)
                 req_free(t->q[i]);
@@ -1526,6 +1539,7 @@ static void txn_back(struct req *q)
             s->pending--;
             for (uint32_t i = 0; i < at; i++)
                 txn_send(t, t->q[i], PH_RELEASE);
+            txn_locked(kc);
             return;
         }
         if (!t->write)
@@ -1534,13 +1548,14 @@ static void txn_back(struct req *q)
             txn_send(t, t->q[t->at], PH_LOCK);
             return;
         }
-        /* Every key is locked: a write applies everywhere, a read is answered. */
-        uint32_t n = t->n;
-        txn_locked(t);
+        /* Every key is locked: a write applies everywhere, a read is answered. (A COMMIT or
+         * RELEASE is never freed on its way out, so t stays until they come back.) */
         if (!t->write)
             s->pending--;
-        for (uint32_t i = 0; i < n; i++)
+        for (uint32_t i = 0; i < t->n; i++)
             txn_send(t, t->q[i], t->write ? PH_COMMIT : PH_RELEASE);
+        /* Then the connection's next commands: on this shard they queue behind the COMMIT. */
+        txn_locked(t->kc);
         return;
     }
     if (q->phase == PH_COMMIT) {
@@ -1601,8 +1616,11 @@ static void multi(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsi
             struct req *q =
                 keys_req(kc, s, sh, cmd, a, nparts, step, shard_of, per[sh], bytes[sh], budget);
             if (q == NULL) {
-                for (uint32_t i = 0; i < t->n; i++)
+                for (uint32_t i = 0; i < t->n; i++) {
+                    t->q[i]->txn = NULL;
                     req_free(t->q[i]);
+                }
+                pith_free(t);
                 s->failed = true;
                 s->pending--;
                 goto out;
@@ -1689,8 +1707,50 @@ static void whole(struct kconn *kc, unsigned cmd, uint8_t combine, const struct 
         reply_error(kc, "ERR out of memory");
         return;
     }
-    for (unsigned i = 0; i < nshards; i++)
-        run_part(kc, s, i, i, cmd, a, argc, 0, 0);
+    if (nshards == 1 || (cmd != C_DBSIZE1 && cmd != C_FLUSH1)) {
+        for (unsigned i = 0; i < nshards; i++)
+            run_part(kc, s, i, i, cmd, a, argc, 0, 0);
+        return;
+    }
+    /* DBSIZE and FLUSHALL touch every key: a transaction that takes every shard whole, in
+     * shard order, so that neither lands between the shards of an MSET or DEL (see "Commands
+     * over several shards"). */
+    size_t bytes = 0;
+    for (unsigned i = 0; i < argc; i++)
+        bytes += a[i].len;
+    s->pending++;
+    struct txn *t = pith_calloc(1, sizeof(*t) + nshards * sizeof(t->q[0]));
+    if (t == NULL) {
+        s->failed = true;
+        s->pending--;
+        return;
+    }
+    t->kc = kc;
+    t->s = s;
+    t->write = cmd == C_FLUSH1;
+    for (unsigned i = 0; i < nshards; i++) {
+        struct req *q = req_new(kc, s, i, cmd, argc, bytes);
+        if (q == NULL) {
+            for (uint32_t j = 0; j < t->n; j++) {
+                t->q[j]->txn = NULL;
+                req_free(t->q[j]);
+            }
+            pith_free(t);
+            s->failed = true;
+            s->pending--;
+            return;
+        }
+        q->part = i;
+        char *p = (char *)&q->a[argc];
+        for (unsigned k = 0; k < argc; k++)
+            arg_copy(q, k, &p, &a[k]);
+        q->txn = t;
+        t->q[t->n++] = q;
+    }
+    t->live = t->n;
+    kc->locking++;
+    count(&kc->ks->txns, 1);
+    txn_send(t, t->q[0], PH_LOCK);
 }
 
 static char run_id[41]; /* INFO's run_id: 40 hex digits, new in every process */
@@ -2612,22 +2672,27 @@ static bool yield(struct kconn *kc)
 }
 
 /* A command with more arguments than the scratch holds (but within ARGS_MAX): the scratch
- * grows to fit it; true when it did. Redis takes as many as its query buffer holds; here the
- * connection's input bound (max_buffered) comes first. */
-static bool args_grow(struct kshard *ks, const char *buf, size_t len)
+ * grows to fit it once its arguments have come (each takes 6 bytes at least, "$0\r\n\r\n"),
+ * so a header alone never makes the shard allocate, and the scratch (16 bytes an argument)
+ * stays within a small multiple of the input the client sent, which client-query-buffer-limit
+ * bounds (Redis takes as many as its query buffer holds). 1: it grew; 0: not a command it grows
+ * for (or no memory: the command is refused as too large); -1: wait for more input. */
+static int args_grow(struct kshard *ks, const char *buf, size_t len)
 {
     const char *eol = len > 1 && buf[0] == '*' ? memchr(buf, '\r', len) : NULL;
     long long count;
     if (eol == NULL || !resp_parse_ll(buf + 1, (size_t)(eol - buf - 1), &count) ||
         count <= (long long)ks->args_cap || count > (long long)ARGS_MAX)
-        return false;
+        return 0;
+    if ((unsigned long long)len < (unsigned long long)count * 6)
+        return -1;
     struct resp_arg *a = pith_malloc((size_t)count * sizeof(*a));
     if (a == NULL)
-        return false;
+        return 0;
     pith_free(ks->args);
     ks->args = a;
     ks->args_cap = (unsigned)count;
-    return true;
+    return 1;
 }
 
 /* After a large command, the scratch goes back to its usual size. */
@@ -2687,8 +2752,11 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
         unsigned argc;
         const char *err;
         ssize_t r = resp_parse(buf + off, len - off, &limits, ks->args, ks->args_cap, &argc, &err);
-        if (r == -E2BIG && args_grow(ks, buf + off, len - off))
+        int grown = r == -E2BIG ? args_grow(ks, buf + off, len - off) : 0;
+        if (grown > 0)
             r = resp_parse(buf + off, len - off, &limits, ks->args, ks->args_cap, &argc, &err);
+        else if (grown < 0)
+            r = 0; /* its arguments are still coming */
         if (r == 0)
             break;
         if (r < 0) {
@@ -2760,7 +2828,7 @@ static void on_close(pith_conn_t c, void *cctx, int reason)
     kc->charged = 0;
     atomic_store_explicit(&ks->client_mem_pub, ks->client_mem, memory_order_relaxed);
     kc->closed = true;
-    if (kc->reqs == 0 && kc->holds == 0) {
+    if (kc_unused(kc)) {
         kconn_free(kc);
         return;
     }
@@ -2847,18 +2915,27 @@ static void tick(void *arg)
                 kc->room_armed = true;
                 kc->holds++;
             }
+    for (struct kconn *kc = ks->conns, *next; kc != NULL; kc = next) {
+        next = kc->next; /* the reset may end kc (on_close) before it returns */
+        if (kc->drop_later) {
+            kc->drop_later = false;
+            (void)pith_conn_abort(kc->id);
+        }
+    }
     /* A client over its soft output limit is closed once it has been over for its seconds,
      * whether or not anything else happens on it. */
     for (struct kconn *kc = ks->conns; kc != NULL; kc = kc->next)
         if (kc->soft_since != 0)
             account(kc);
-    for (struct kconn *kc = ks->conns; kc != NULL; kc = kc->next)
+    for (struct kconn *kc = ks->conns, *next; kc != NULL; kc = next) {
+        next = kc->next; /* flush's close may end kc before it returns */
         if (kc->partial_since != 0 && now - kc->partial_since > opt.request_timeout_ns &&
             !kc->quitting) {
             kc->quitting = true;
             reply_error(kc, "ERR request timed out");
             flush(kc);
         }
+    }
 }
 
 static void *shard_up(void *arg)

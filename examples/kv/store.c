@@ -392,7 +392,8 @@ int store_set_expire(struct store *s, struct entry *e, int64_t expire_ms)
 size_t store_expire_cycle(struct store *s, int64_t now, uint64_t deadline_ns, bool *more)
 {
     size_t deleted = 0;
-    int64_t ttl_sum = 0, ttl_n = 0;
+    double ttl_sum = 0; /* TTLs reach 2^63 ms: summed as doubles, which cannot overflow */
+    uint64_t ttl_n = 0;
     *more = false;
     while (s->nexp > 0) {
         unsigned looked = 0, expired = 0;
@@ -405,7 +406,7 @@ size_t store_expire_cycle(struct store *s, int64_t now, uint64_t deadline_ns, bo
                 unlink_free(s, link_of(s, e));
                 expired++;
             } else {
-                ttl_sum += e->expire_ms - now;
+                ttl_sum += (double)e->expire_ms - (double)now;
                 ttl_n++;
                 s->exp_cursor++;
             }
@@ -421,7 +422,7 @@ size_t store_expire_cycle(struct store *s, int64_t now, uint64_t deadline_ns, bo
     /* Redis's estimate: the sample's mean, into a running average that moves by 1/50. */
     if (ttl_n > 0) {
         uint64_t avg = atomic_load_explicit(&s->avg_ttl, memory_order_relaxed);
-        uint64_t mean = (uint64_t)(ttl_sum / ttl_n);
+        uint64_t mean = (uint64_t)(ttl_sum / (double)ttl_n);
         atomic_store_explicit(&s->avg_ttl, avg == 0 ? mean : avg / 50 * 49 + mean / 50,
                               memory_order_relaxed);
     } else if (s->nexp == 0) {
