@@ -175,8 +175,11 @@ static unsigned log2_of(size_t v)
 }
 
 /* ASan: mimalloc clears a zeroed block with an intercepted memset, and a recycled block is
- * still poisoned from its last pith_free; finish() zeroes after unpoisoning instead. */
-#if defined(__SANITIZE_ADDRESS__)
+ * still poisoned from its last pith_free; finish() zeroes after unpoisoning instead. TSan: the
+ * same memset runs before finish()'s acquire, so a block another shard freed last (a reply
+ * part made on one shard, sent and freed by the connection's) reads as a race with that free;
+ * finish() zeroes after the acquire instead. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define ZERO_IN_FINISH 1
 #else
 #define ZERO_IN_FINISH 0

@@ -116,6 +116,9 @@ struct kshard {
     struct locks locks;
     const struct txn *all; /* a DBSIZE or FLUSHALL over several shards holding this one */
     struct req *park, *park_tail;
+    unsigned id;           /* this shard's number */
+    uint32_t epoch;        /* wake's passes (see must_wait) */
+    uint32_t whole_parked; /* whole-shard LOCKs in the park list */
     struct req *backlog;
     _Atomic uint64_t txns, parked; /* multi-shard commands begun here; requests that waited */
     /* Keys found and not found by the commands Redis counts (keyspace_hits): GET, MGET, EXISTS,
@@ -189,6 +192,12 @@ struct slot {
     struct resp_out one;    /* parts when nparts == 1 */
 };
 
+/* A connection's requests in one shard's park list, and the last wake pass that kept one there.
+ * Entry i is read and written by shard i only. */
+struct kpark {
+    uint32_t parked, seen;
+};
+
 struct kconn {
     pith_conn_t id;
     struct kshard *ks;
@@ -203,6 +212,7 @@ struct kconn {
     uint64_t soft_since;       /* since when its output is over the soft limit; 0: it is not */
     bool out_wait;             /* the engine's queue is full: the rest waits for on_drain */
     unsigned locking;          /* its command over several shards still taking locks */
+    struct kpark *pk;          /* [nshards] its requests parked on each shard (see must_wait) */
     bool drop_later;           /* drop_client found no room to queue its reset: the tick does it */
     bool over;                 /* a reply passed what it may hold: it is closed */
     struct slot *head, *tail;
@@ -557,6 +567,7 @@ static void kconn_free(struct kconn *kc)
     }
     resp_out_free(&kc->out);
     pith_free(kc->name);
+    pith_free(kc->pk);
     pith_free(kc);
 }
 
@@ -992,13 +1003,10 @@ static bool held(const struct kshard *ks, const struct resp_arg *k, const struct
     return o != NULL && o != mine;
 }
 
-/* Whether connection kc has a request in this shard's park list before `upto`. */
-static bool kc_parked(const struct kshard *ks, const struct kconn *kc, const struct req *upto)
+/* Whether connection kc has a request in this shard's park list. */
+static bool kc_parked(const struct kshard *ks, const struct kconn *kc)
 {
-    for (const struct req *p = ks->park; p != NULL && p != upto; p = p->next)
-        if (p->kc == kc)
-            return true;
-    return false;
+    return kc->pk[ks->id].parked > 0;
 }
 
 /* A DBSIZE's or FLUSHALL's LOCK: it takes the whole shard. */
@@ -1007,15 +1015,19 @@ static bool locks_all(const struct req *q)
     return q->phase == PH_LOCK && shard_cmd(q->cmd);
 }
 
-/* Whether q must wait here (behind `upto`'s predecessors when it is parked itself): its
- * connection has a request waiting ahead of it; it is a LOCK and a whole-shard LOCK waits ahead
- * (so that those are not starved); it takes the whole shard and anything is locked; or a key of
- * it is locked by another command. */
-static bool must_wait(const struct kshard *ks, const struct req *q, const struct req *upto)
+/* Whether q must wait here: its connection has a request waiting ahead of it; it is a LOCK and
+ * a whole-shard LOCK waits ahead (so that those are not starved); it takes the whole shard and
+ * anything is locked; or a key of it is locked by another command. A request arriving is
+ * behind every one parked; in wake's pass, a parked one is behind those the pass kept so far
+ * (their connections marked with the pass's epoch, whole_ahead when one takes a shard whole).
+ * Each test is O(1) but the keys', so a pass is linear in the park list. */
+static bool must_wait(const struct kshard *ks, const struct req *q, bool in_pass, bool whole_ahead)
 {
-    for (const struct req *p = ks->park; p != NULL && p != upto; p = p->next)
-        if (p->kc == q->kc || (q->phase == PH_LOCK && locks_all(p)))
-            return true;
+    const struct kpark *k = &q->kc->pk[ks->id];
+    if (in_pass ? k->seen == ks->epoch : k->parked > 0)
+        return true;
+    if (q->phase == PH_LOCK && (in_pass ? whole_ahead : ks->whole_parked > 0))
+        return true;
     if (locks_all(q))
         return ks->locks.n > 0 || (ks->all != NULL && ks->all != q->txn);
     for (uint32_t j = 0, n = req_nkeys(q); j < n; j++)
@@ -1026,6 +1038,9 @@ static bool must_wait(const struct kshard *ks, const struct req *q, const struct
 
 static void park(struct kshard *ks, struct req *q)
 {
+    q->kc->pk[ks->id].parked++;
+    if (locks_all(q))
+        ks->whole_parked++;
     q->next = NULL;
     if (ks->park_tail != NULL)
         ks->park_tail->next = q;
@@ -1108,9 +1123,14 @@ static void send_back(void *arg)
 static void wake(struct kshard *ks)
 {
     struct req *prev = NULL;
+    bool whole_ahead = false;
+    if (++ks->epoch == 0)
+        ks->epoch = 1; /* 0 is what a connection's mark starts as */
     for (struct req *p = ks->park, *next; p != NULL; p = next) {
         next = p->next;
-        if (must_wait(ks, p, p)) {
+        if (must_wait(ks, p, true, whole_ahead)) {
+            p->kc->pk[ks->id].seen = ks->epoch;
+            whole_ahead |= locks_all(p);
             prev = p;
             continue;
         }
@@ -1120,6 +1140,9 @@ static void wake(struct kshard *ks)
             ks->park = next;
         if (ks->park_tail == p)
             ks->park_tail = prev;
+        p->kc->pk[ks->id].parked--;
+        if (locks_all(p))
+            ks->whole_parked--;
         run_here(ks, p);
         send_back(p);
     }
@@ -1143,7 +1166,7 @@ static void *req_run(void *arg)
         wake(ks);
         return q;
     }
-    if (busy(ks) && must_wait(ks, q, NULL)) {
+    if (busy(ks) && must_wait(ks, q, false, false)) {
         park(ks, q);
         return NULL; /* the reply goes later, from send_back */
     }
@@ -1369,7 +1392,7 @@ static void arg_copy(struct req *q, size_t at, char **p, const struct resp_arg *
 static bool local_wait(struct kconn *kc, const struct resp_arg *k)
 {
     struct kshard *ks = kc->ks;
-    return busy(ks) && (held(ks, k, NULL) || kc_parked(ks, kc, NULL));
+    return busy(ks) && (held(ks, k, NULL) || kc_parked(ks, kc));
 }
 
 /* Part `part` of slot s: run here, or on the owner of its key. */
@@ -1657,7 +1680,7 @@ static void multi(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsi
         if (q == NULL) {
             s->failed = true;
             s->pending--;
-        } else if (must_wait(kc->ks, q, NULL)) {
+        } else if (must_wait(kc->ks, q, false, false)) {
             kc->reqs++;
             park(kc->ks, q);
         } else {
@@ -2622,6 +2645,10 @@ static void *on_open(pith_conn_t c, void *ctx)
         return NULL;
     }
     struct kconn *kc = pith_calloc(1, sizeof(*kc));
+    if (kc != NULL && (kc->pk = pith_calloc(nshards, sizeof(*kc->pk))) == NULL) {
+        pith_free(kc);
+        kc = NULL;
+    }
     if (kc == NULL) {
         atomic_fetch_sub_explicit(&clients_now, 1, memory_order_relaxed);
         (void)pith_conn_abort(c);
@@ -2951,7 +2978,8 @@ static void *shard_up(void *arg)
     ks->args_cap = ARGS_CAP;
     if (ks->args == NULL)
         return (void *)(intptr_t)-ENOMEM;
-    kshards[pith_shard_id()] = ks;
+    ks->id = (unsigned)pith_shard_id();
+    kshards[ks->id] = ks;
     if (pith_timer_add(TICK_NS, TICK_NS, tick, ks, NULL) != 0)
         return (void *)(intptr_t)-ENOMEM;
     return NULL;
