@@ -130,6 +130,45 @@ def non_readers(server, check_rss, conns=20, gets=50):
         check(held < conns * 16 * MIB, f"held {held / MIB:.0f} MiB for {conns} clients")
 
 
+def slow_reader(server, gets=100):
+    """A client pipelines 100 GETs of a 1 MiB value and reads them slowly (64 KiB every 2 ms):
+    what the server holds for it (CLIENT LIST omem, sampled every 10 ms) stays a few MiB."""
+    size = MIB
+    with Conn(server.port) as c:
+        check(c.call("SET", "big", b"x" * size) == ("+", "OK"), "SET big")
+    peak, stop = [0], threading.Event()
+
+    def sample():
+        with Conn(server.port) as c:
+            while not stop.is_set():
+                for line in c.call("CLIENT", "LIST")[1].decode().splitlines():
+                    f = dict(x.split("=", 1) for x in line.split(" ") if "=" in x)
+                    peak[0] = max(peak[0], int(f["omem"]))
+                time.sleep(0.01)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    s = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.sendall(b"".join(cmd("GET", "big") for _ in range(gets)))
+        want = gets * (len(b"$%d\r\n" % size) + size + 2)
+        got, deadline = 0, time.monotonic() + 120
+        while got < want:
+            check(time.monotonic() < deadline, f"{got} of {want} bytes after 120 s")
+            chunk = s.recv(64 * 1024)
+            check(chunk != b"", f"closed after {got} bytes")
+            got += len(chunk)
+            time.sleep(0.002)
+    finally:
+        s.close()
+        stop.set()
+        t.join()
+    print(f"# slow reader of {gets} MiB: the server held at most {peak[0] / MIB:.1f} MiB for it",
+          flush=True)
+    check(peak[0] < 16 * MIB, f"held {peak[0] / MIB:.1f} MiB of replies for a slow reader")
+
+
 def pipelined(c, cmds):
     c.send(b"".join(cmd(*a) for a in cmds))
     return [c.reply() for _ in cmds]
@@ -576,6 +615,8 @@ def main(argv):
                     server, check_rss)
             tap.run("a header of 200,000,000 arguments alone allocates nothing", big_header,
                     server)
+            tap.run("a slow reader of 100 MiB of replies: the server holds a few MiB for it",
+                    slow_reader, server)
             tap.run("pith-kv is still running", server.alive)
         finally:
             tap.run("SIGTERM stops it", server.stop)

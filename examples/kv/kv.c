@@ -2752,6 +2752,14 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
     while (off < len) {
         /* Requests wait for room in the mesh: the rest of the input waits for them (room_cb
          * offers it again), so commands keep their order and nothing is refused. */
+        if (kc->out_wait) {
+            /* The engine's queue is full: nothing more is made until it drains (on_drain
+             * offers the input again). The engine offers kept input as soon as the queue is
+             * under its low watermark, before on_drain runs: without this, each such offer
+             * added a reply here and kc->out grew by a reply per drain (512 MiB seen). */
+            yielded = true;
+            break;
+        }
         if (kc->wait != NULL || kc->locking > 0) {
             /* Or a command over several shards still takes its locks: the commands after it
              * wait, so that none runs on a shard before it (txn_back offers the input). */
@@ -2836,6 +2844,11 @@ static void on_drain(pith_conn_t c, void *cctx)
     kc->out_wait = false;
     kc->unsent = LOW_WATER; /* at most that; the next look tells */
     flush(kc);
+    /* Input that on_data left while the queue was full is offered again. */
+    if (!kc->closed && !kc->over && !kc->out_wait && !kc->paused && !kc->quitting) {
+        (void)pith_conn_pause(kc->id);
+        (void)pith_conn_resume(kc->id);
+    }
 }
 
 static void on_close(pith_conn_t c, void *cctx, int reason)
