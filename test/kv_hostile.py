@@ -382,6 +382,14 @@ def client_eviction(exe, check_rss):
         server.kill()
 
 
+def shards_sum(server, name):
+    """A field of INFO's per-shard lines, summed over the shards."""
+    with Conn(server.port) as c:
+        text = c.call("INFO", "shards")[1].decode()
+    return sum(int(f.split("=")[1]) for f in text.replace("\r\n", ",").split(",")
+               if f.startswith(name + "="))
+
+
 def big_header(server):
     """A multibulk header of 200,000,000 arguments alone (12 bytes) makes the server allocate
     nothing for them: its parse scratch grows only once the arguments have come."""
@@ -470,10 +478,7 @@ def isolation(exe, seconds=2.0):
         stop.set()
         for t in threads:
             t.join(timeout=60)
-        with Conn(server.port) as c:
-            text = c.call("INFO", "shards")[1].decode()
-        spanned = sum(int(f.split("=")[1]) for f in text.replace("\r\n", ",").split(",")
-                      if f.startswith("multi_shard="))
+        spanned = shards_sum(server, "multi_shard")
         print(f"# {reads[0]} reads, {spanned} commands over several shards, "
               f"{len(bad)} half-applied seen", flush=True)
         check(not bad, f"{len(bad)} half-applied commands seen, first: {bad[:3]}")
@@ -526,10 +531,7 @@ def park_flood(exe, clients=40, rounds=60):
             t.join(timeout=120)
         stop.set()
         w.join(timeout=60)
-        with Conn(server.port) as c:
-            text = c.call("INFO", "shards")[1].decode()
-        waits = sum(int(f.split("=")[1]) for f in text.replace("\r\n", ",").split(",")
-                    if f.startswith("lock_waits="))
+        waits = shards_sum(server, "lock_waits")
         print(f"# {clients * rounds * 2} pipelined commands beside a looping MSET: "
               f"{waits} waited for a lock", flush=True)
         check(not bad, f"{len(bad)} wrong: {bad[:3]}")

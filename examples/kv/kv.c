@@ -1592,6 +1592,40 @@ static void txn_back(struct req *q)
     req_free(q);
 }
 
+/* A transaction for slot s of kc over at most n shards; NULL with no memory. */
+static struct txn *txn_new(struct kconn *kc, struct slot *s, unsigned n, bool write)
+{
+    struct txn *t = pith_calloc(1, sizeof(*t) + n * sizeof(t->q[0]));
+    if (t != NULL) {
+        t->kc = kc;
+        t->s = s;
+        t->write = write;
+    }
+    return t;
+}
+
+/* A transaction that could not be set up: its requests and it go, and its slot fails. */
+static void txn_drop(struct txn *t)
+{
+    for (uint32_t i = 0; i < t->n; i++) {
+        t->q[i]->txn = NULL;
+        req_free(t->q[i]);
+    }
+    t->s->failed = true;
+    t->s->pending--;
+    pith_free(t);
+}
+
+/* Starts a transaction whose requests are all made: the first shard's LOCK. Its requests own it
+ * from here (the last one freed frees it). */
+static void txn_start(struct txn *t)
+{
+    t->live = t->n;
+    t->kc->locking++;
+    count(&t->kc->ks->txns, 1);
+    txn_send(t, t->q[0], PH_LOCK);
+}
+
 /* A multi-key command (MGET, DEL, EXISTS, MSET): its keys grouped by the shard that owns
  * them, one request per shard with all of that shard's keys in command order. On one shard
  * it runs as one task there; over several, as a transaction (see "Commands over several
@@ -1604,7 +1638,6 @@ static void multi(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsi
     uint16_t *shard_of = pith_malloc((size_t)nparts * sizeof(*shard_of));
     uint32_t *per = pith_calloc(nshards, sizeof(*per));
     size_t *bytes = pith_calloc(nshards, sizeof(*bytes));
-    struct txn *t = NULL;
     if (s == NULL || shard_of == NULL || per == NULL || bytes == NULL) {
         if (s != NULL)
             s->failed = true;
@@ -1627,38 +1660,25 @@ static void multi(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsi
     size_t budget = reply_budget(), made = 0;
     s->pending++;
     if (used > 1) {
-        t = pith_calloc(1, sizeof(*t) + used * sizeof(t->q[0]));
+        struct txn *t = txn_new(kc, s, used, cmd == C_MSET1 || cmd == C_DEL1);
         if (t == NULL) {
             s->failed = true;
             s->pending--;
             goto out;
         }
-        t->kc = kc;
-        t->s = s;
-        t->write = cmd == C_MSET1 || cmd == C_DEL1;
         for (unsigned sh = 0; sh < nshards; sh++) {
             if (per[sh] == 0)
                 continue;
             struct req *q =
                 keys_req(kc, s, sh, cmd, a, nparts, step, shard_of, per[sh], bytes[sh], budget);
             if (q == NULL) {
-                for (uint32_t i = 0; i < t->n; i++) {
-                    t->q[i]->txn = NULL;
-                    req_free(t->q[i]);
-                }
-                pith_free(t);
-                s->failed = true;
-                s->pending--;
+                txn_drop(t);
                 goto out;
             }
             q->txn = t;
             t->q[t->n++] = q;
         }
-        t->live = t->n;
-        kc->locking++;
-        count(&kc->ks->txns, 1);
-        txn_send(t, t->q[0], PH_LOCK);
-        t = NULL; /* its requests own it now */
+        txn_start(t);
         goto out;
     }
     if (only != self) {
@@ -1745,25 +1765,16 @@ static void whole(struct kconn *kc, unsigned cmd, uint8_t combine, const struct 
     for (unsigned i = 0; i < argc; i++)
         bytes += a[i].len;
     s->pending++;
-    struct txn *t = pith_calloc(1, sizeof(*t) + nshards * sizeof(t->q[0]));
+    struct txn *t = txn_new(kc, s, nshards, cmd == C_FLUSH1);
     if (t == NULL) {
         s->failed = true;
         s->pending--;
         return;
     }
-    t->kc = kc;
-    t->s = s;
-    t->write = cmd == C_FLUSH1;
     for (unsigned i = 0; i < nshards; i++) {
         struct req *q = req_new(kc, s, i, cmd, argc, bytes);
         if (q == NULL) {
-            for (uint32_t j = 0; j < t->n; j++) {
-                t->q[j]->txn = NULL;
-                req_free(t->q[j]);
-            }
-            pith_free(t);
-            s->failed = true;
-            s->pending--;
+            txn_drop(t);
             return;
         }
         q->part = i;
@@ -1773,10 +1784,7 @@ static void whole(struct kconn *kc, unsigned cmd, uint8_t combine, const struct 
         q->txn = t;
         t->q[t->n++] = q;
     }
-    t->live = t->n;
-    kc->locking++;
-    count(&kc->ks->txns, 1);
-    txn_send(t, t->q[0], PH_LOCK);
+    txn_start(t);
 }
 
 static char run_id[41]; /* INFO's run_id: 40 hex digits, new in every process */
