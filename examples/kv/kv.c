@@ -34,10 +34,14 @@
 #define RESUME_SLOTS  256u
 #define MAX_REMOTE    128u /* requests on other shards a connection may have before it stops */
 #define RESUME_REMOTE 32u
-/* Reply bytes held in slots past which a connection stops reading (replies from other shards
- * count once they are back), and under which it reads again. */
+/* Reply bytes held in slots past which a connection stops reading, and under which it reads
+ * again. Replies still coming from other shards count too, each at the size the connection's
+ * recent ones had (reply_est; a new connection assumes REPLY_EST0, so at most 4 requests of
+ * unknown size go out at first): without them, 100 pipelined GETs of a 1 MiB value owned by
+ * another shard were all made before any came back, 100 MiB per non-reading client. */
 #define MAX_HELD    (4u << 20)
 #define RESUME_HELD (1u << 20)
+#define REPLY_EST0  (MAX_HELD / 4)
 /* One on_data runs at most this many commands, this long, or makes this many reply bytes, then
  * lets the shard's other connections run and comes back (fair shards; see on_data). */
 #define SLICE_CMDS  1000u
@@ -218,6 +222,7 @@ struct kconn {
     struct slot *head, *tail;
     unsigned nslots;
     unsigned reqs;                /* requests on other shards not yet back */
+    size_t reply_est;             /* what the next one is expected to bring back (see held_bytes) */
     unsigned holds;               /* callbacks queued for it (yield, room); freed when both are 0 */
     bool yielding;                /* a yield task is queued */
     bool room_armed;              /* a pith_when_shard_room callback is coming */
@@ -433,6 +438,23 @@ static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, l
     return err; /* -ENOMEM: no memory for the reply or the entry; the slot reports it */
 }
 
+/* The reply memory kc holds here (not yet in the engine's queue): the ready buffer's whole
+ * block while replies in it wait, the slots' bytes not yet handed on, and the handed-on front
+ * of the reply being streamed (its block goes when all of it went). Blocks, not bytes, as
+ * Redis counts a client's output memory. */
+static size_t kept_bytes(const struct kconn *kc)
+{
+    size_t n = kc->slot_bytes;
+    if (kc->out.len > kc->out_off)
+        n += kc->out.cap;
+    const struct slot *s = kc->head;
+    if (s != NULL && s->off > 0) {
+        const struct resp_out *o = s->combine == RAW ? &s->one : &s->parts[s->at];
+        n += o->cap - (o->len - s->off);
+    }
+    return n;
+}
+
 /* One line of CLIENT LIST / CLIENT INFO, in Redis's format; fields pith-kv has no counterpart
  * for (fd, the query buffer's free room, the reply buffer's sizes) are 0 or -1. */
 static int client_line(struct kconn *kc, uint64_t now, struct resp_out *o)
@@ -441,7 +463,7 @@ static int client_line(struct kconn *kc, uint64_t now, struct resp_out *o)
     if (pith_conn_info(kc->id, &ci) != 0)
         memset(&ci, 0, sizeof(ci));
     /* omem: replies held here and in the engine's queue */
-    size_t omem = kc->out.len - kc->out_off + kc->slot_bytes + ci.unsent;
+    size_t omem = kept_bytes(kc) + ci.unsent;
     char head[256], tail[320];
     int hl = snprintf(head, sizeof(head),
                       "id=%llu addr=%s:%d laddr=%s:%d fd=-1 name=", (unsigned long long)kc->cid,
@@ -738,7 +760,7 @@ static size_t out_held(struct kconn *kc)
         if (pith_conn_info(kc->id, &ci) == 0)
             kc->unsent = ci.unsent;
     }
-    return kc->out.len - kc->out_off + kc->slot_bytes + kc->unsent;
+    return kept_bytes(kc) + kc->unsent;
 }
 
 /* Charges what kc holds (its unconsumed input and its replies) to its shard. */
@@ -796,6 +818,13 @@ static void account(struct kconn *kc)
     atomic_store_explicit(&ks->client_mem_pub, ks->client_mem, memory_order_relaxed);
 }
 
+/* The reply bytes kc holds in slots, and those its requests on other shards are expected to
+ * bring back (counted against MAX_HELD). */
+static size_t held_bytes(const struct kconn *kc)
+{
+    return kc->slot_bytes + (size_t)kc->reqs * kc->reply_est;
+}
+
 /* Writes out every reply that is ready, in order, as far as the engine's window allows; the
  * rest goes when the queue drains (on_drain). */
 static void flush(struct kconn *kc)
@@ -817,7 +846,7 @@ static void flush(struct kconn *kc)
         slot_free(s);
     }
     if (kc->paused && kc->nslots <= RESUME_SLOTS && kc->reqs <= RESUME_REMOTE &&
-        kc->slot_bytes <= RESUME_HELD) {
+        held_bytes(kc) <= RESUME_HELD) {
         kc->paused = false;
         (void)pith_conn_resume(kc->id);
     }
@@ -1218,6 +1247,9 @@ static void req_results(struct req *q)
         s->held += add;
         q->kc->slot_bytes += add;
     }
+    /* Up at once to a larger reply, halfway down toward a smaller one. */
+    size_t est = q->kc->reply_est;
+    q->kc->reply_est = add >= est ? add : est / 2 + add / 2;
     if (q->err == -ENOBUFS && !q->kc->closed && !q->kc->over)
         drop_client(q->kc, &q->kc->ks->out_limit_kills); /* its reply passed the budget */
 }
@@ -2663,6 +2695,7 @@ static void *on_open(pith_conn_t c, void *ctx)
         return NULL;
     }
     kc->id = c;
+    kc->reply_est = REPLY_EST0;
     kc->cid = atomic_fetch_add_explicit(&last_cid, 1, memory_order_relaxed) + 1;
     kc->opened_ns = kc->active_ns = pith_now_ns();
     kc->ks = me();
@@ -2774,7 +2807,7 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
             yielded = true;
             break;
         }
-        if (kc->nslots >= MAX_SLOTS || kc->reqs >= MAX_REMOTE || kc->slot_bytes >= MAX_HELD) {
+        if (kc->nslots >= MAX_SLOTS || kc->reqs >= MAX_REMOTE || held_bytes(kc) >= MAX_HELD) {
             kc->paused = true;
             (void)pith_conn_pause(kc->id);
             break;

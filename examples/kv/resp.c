@@ -344,10 +344,11 @@ static int reserve(struct resp_out *o, size_t n)
         return 0;
     if (n > (size_t)PTRDIFF_MAX - o->len)
         return -ENOMEM;
+    /* Doubling, for replies that grow a little at a time; but one append past twice the room
+     * gets just what it needs (a 2 MiB value in a new buffer took 4 MiB). */
     size_t need = o->len + n;
     size_t cap = o->cap > 0 ? o->cap : 256;
-    while (cap < need)
-        cap = cap > (size_t)PTRDIFF_MAX / 2 ? need : cap * 2;
+    cap = cap > (size_t)PTRDIFF_MAX / 2 || cap * 2 < need ? need : cap * 2;
     char *p = resp_realloc(o->p, cap);
     if (p == NULL)
         return -ENOMEM;
