@@ -8,7 +8,7 @@
 
 #include <pith/mem.h>
 
-#include "siphash.h"
+#include <pith/hash.h>
 
 #define INITIAL_BUCKETS 1024u
 #define STEP_EMPTY      10u /* empty buckets a rehash step may pass over per bucket it moves */
@@ -24,7 +24,7 @@ void kv_hash_seed(const unsigned char key[16])
 
 uint64_t kv_hash(const void *p, size_t n)
 {
-    return siphash(hash_key, p, n, 1, 3);
+    return pith_siphash(hash_key, p, n, 1, 3);
 }
 
 static uint64_t mono_ns(void)

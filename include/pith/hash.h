@@ -1,21 +1,23 @@
 /* SipHash (Aumasson and Bernstein), a keyed hash: without the 128-bit key, nobody can choose
- * keys that collide. pith-kv hashes with SipHash-1-3, as Redis does: one compression round per
- * word and three at the end. The round counts are parameters so that the tests can check the
- * code against the published SipHash-2-4 vectors; the compiler folds them. */
-#ifndef PITH_KV_SIPHASH_H
-#define PITH_KV_SIPHASH_H
+ * keys that collide. For tables whose keys come from outside (a server's clients, a feed):
+ * pith-kv hashes its keys with SipHash-1-3, as Redis does (one compression round per word and
+ * three at the end), and so does the virtual actors' directory (pith/vactor.h). The round
+ * counts are parameters so that the tests can check the code against the published SipHash-2-4
+ * vectors; the compiler folds them. Header-only: nothing here is exported from libpith. */
+#ifndef PITH_HASH_H
+#define PITH_HASH_H
 
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
-static inline uint64_t sip_rotl(uint64_t x, unsigned b)
+static inline uint64_t pith_sip_rotl(uint64_t x, unsigned b)
 {
     return (x << b) | (x >> (64 - b));
 }
 
 /* A little-endian 64-bit word from 8 bytes (x86 and arm64 load it as it is). */
-static inline uint64_t sip_le64(const unsigned char *p)
+static inline uint64_t pith_sip_le64(const unsigned char *p)
 {
     uint64_t w;
     memcpy(&w, p, 8);
@@ -25,28 +27,30 @@ static inline uint64_t sip_le64(const unsigned char *p)
     return w;
 }
 
-#define SIP_ROUND(v0, v1, v2, v3)                                                                  \
+/* One SipRound over the state words. */
+#define PITH_SIP_ROUND(v0, v1, v2, v3)                                                             \
     do {                                                                                           \
         v0 += v1;                                                                                  \
-        v1 = sip_rotl(v1, 13);                                                                     \
+        v1 = pith_sip_rotl(v1, 13);                                                                \
         v1 ^= v0;                                                                                  \
-        v0 = sip_rotl(v0, 32);                                                                     \
+        v0 = pith_sip_rotl(v0, 32);                                                                \
         v2 += v3;                                                                                  \
-        v3 = sip_rotl(v3, 16);                                                                     \
+        v3 = pith_sip_rotl(v3, 16);                                                                \
         v3 ^= v2;                                                                                  \
         v0 += v3;                                                                                  \
-        v3 = sip_rotl(v3, 21);                                                                     \
+        v3 = pith_sip_rotl(v3, 21);                                                                \
         v3 ^= v0;                                                                                  \
         v2 += v1;                                                                                  \
-        v1 = sip_rotl(v1, 17);                                                                     \
+        v1 = pith_sip_rotl(v1, 17);                                                                \
         v1 ^= v2;                                                                                  \
-        v2 = sip_rotl(v2, 32);                                                                     \
+        v2 = pith_sip_rotl(v2, 32);                                                                \
     } while (0)
 
-/* SipHash-c-d of the n bytes at p under the 16-byte key k. */
-static inline uint64_t siphash(const unsigned char k[16], const void *p, size_t n, int c, int d)
+/* SipHash-c-d of the n bytes at p under the 16-byte key k (c = 1, d = 3: SipHash-1-3). */
+static inline uint64_t pith_siphash(const unsigned char k[16], const void *p, size_t n, int c,
+                                    int d)
 {
-    const uint64_t k0 = sip_le64(k), k1 = sip_le64(k + 8);
+    const uint64_t k0 = pith_sip_le64(k), k1 = pith_sip_le64(k + 8);
     uint64_t v0 = k0 ^ 0x736f6d6570736575ull;
     uint64_t v1 = k1 ^ 0x646f72616e646f6dull;
     uint64_t v2 = k0 ^ 0x6c7967656e657261ull;
@@ -54,10 +58,10 @@ static inline uint64_t siphash(const unsigned char k[16], const void *p, size_t 
     const unsigned char *s = p;
     const uint64_t b = (uint64_t)n << 56;
     for (; n >= 8; n -= 8, s += 8) {
-        uint64_t m = sip_le64(s);
+        uint64_t m = pith_sip_le64(s);
         v3 ^= m;
         for (int i = 0; i < c; i++)
-            SIP_ROUND(v0, v1, v2, v3);
+            PITH_SIP_ROUND(v0, v1, v2, v3);
         v0 ^= m;
     }
     /* The last 0 to 7 bytes, little-endian, under the length's low byte. */
@@ -66,11 +70,11 @@ static inline uint64_t siphash(const unsigned char k[16], const void *p, size_t 
         m |= (uint64_t)s[i] << (8 * i);
     v3 ^= m;
     for (int i = 0; i < c; i++)
-        SIP_ROUND(v0, v1, v2, v3);
+        PITH_SIP_ROUND(v0, v1, v2, v3);
     v0 ^= m;
     v2 ^= 0xff;
     for (int i = 0; i < d; i++)
-        SIP_ROUND(v0, v1, v2, v3);
+        PITH_SIP_ROUND(v0, v1, v2, v3);
     return v0 ^ v1 ^ v2 ^ v3;
 }
 
