@@ -140,6 +140,7 @@ static int slot_alloc(struct core_shard *cs, uint32_t *slot)
     if (cs->free_head != 0) {
         *slot = cs->free_head - 1;
         cs->free_head = (uint32_t)(uintptr_t)rec_at(cs, *slot)->head;
+        cs->chunk_live[*slot >> CHUNK_SHIFT]++;
         return 0;
     }
     if (cs->used > REF_SLOT_MASK)
@@ -151,6 +152,10 @@ static int slot_alloc(struct core_shard *cs, uint32_t *slot)
             if (grown == NULL)
                 return -ENOMEM;
             cs->chunks = grown;
+            uint32_t *counts = realloc(cs->chunk_live, cap * sizeof(*counts));
+            if (counts == NULL)
+                return -ENOMEM; /* chunks stays grown: its capacity is chunk_live's, not more */
+            cs->chunk_live = counts;
             cs->chunks_cap = cap;
         }
         struct actor *c = pith_aligned_alloc(CORE_LINE, CHUNK_SIZE * sizeof(struct actor));
@@ -158,9 +163,11 @@ static int slot_alloc(struct core_shard *cs, uint32_t *slot)
             return -ENOMEM;
         /* gen 0 everywhere: free, and no ref matches it (generations start at 1). */
         memset(c, 0, CHUNK_SIZE * sizeof(struct actor));
+        cs->chunk_live[cs->nchunks] = 0;
         cs->chunks[cs->nchunks++] = c;
     }
     *slot = cs->used++;
+    cs->chunk_live[*slot >> CHUNK_SHIFT]++;
     return 0;
 }
 
@@ -171,26 +178,55 @@ static void slot_free(struct core_shard *cs, uint32_t slot)
     memset(a, 0, sizeof(*a));
     a->head = (struct amsg *)(uintptr_t)cs->free_head;
     cs->free_head = slot + 1;
+    cs->chunk_live[slot >> CHUNK_SHIFT]--;
 }
 
-/* Gives every chunk back once no actor is left, so that a shard's table costs nothing after a
- * wave of actors has come and gone. A stale ref from before then names a slot past `used`, or
- * a record whose new actor has a later generation (pith_spawn). */
+/* Gives chunks back: every one once no actor is left, so that a shard's table costs nothing
+ * after a wave of actors has come and gone; else the empty chunks at the table's end (a wave
+ * beside a few actors that stay, such as virtual actors activated and deactivated in turn),
+ * after which the free list is made again from the records left. A stale ref from before then
+ * names a slot past `used`, or a record whose new actor has a later generation (pith_spawn). */
 static void table_trim(struct core_shard *cs)
 {
-    if (cs->live != 0 || cs->nchunks == 0)
+    if (cs->nchunks == 0)
         return;
-    for (uint32_t i = 0; i < cs->nchunks; i++)
+    uint32_t keep = cs->nchunks;
+    if (cs->live != 0) {
+        while (keep > 1 && cs->chunk_live[keep - 1] == 0)
+            keep--;
+        if (keep == cs->nchunks)
+            return;
+    } else {
+        keep = 0;
+    }
+    for (uint32_t i = keep; i < cs->nchunks; i++)
         pith_free(cs->chunks[i]);
-    free(cs->chunks);
-    cs->chunks = NULL;
-    cs->nchunks = cs->chunks_cap = 0;
+    cs->nchunks = keep;
+    if (keep == 0) {
+        free(cs->chunks);
+        free(cs->chunk_live);
+        cs->chunks = NULL;
+        cs->chunk_live = NULL;
+        cs->chunks_cap = 0;
+        cs->free_head = 0;
+        cs->used = 0;
+        return;
+    }
+    if (cs->used > keep << CHUNK_SHIFT)
+        cs->used = keep << CHUNK_SHIFT;
+    /* The free list, highest slot last out: the records that hold no actor (gen 0). */
     cs->free_head = 0;
-    cs->used = 0;
+    for (uint32_t slot = cs->used; slot-- > 0;) {
+        struct actor *a = rec_at(cs, slot);
+        if (a->gen == 0) {
+            a->head = (struct amsg *)(uintptr_t)cs->free_head;
+            cs->free_head = slot + 1;
+        }
+    }
 }
 
 /* A shard whose actors come and go one at a time would otherwise free and clear a whole chunk
- * at every stop and spawn: the table goes only once it has stayed empty for TRIM_DELAY_NS. */
+ * at every stop and spawn: chunks go only once the table has stayed so for TRIM_DELAY_NS. */
 #define TRIM_DELAY_NS (UINT64_C(10) * 1000 * 1000)
 
 static void trim_timer(void *arg)
@@ -203,9 +239,12 @@ static void trim_timer(void *arg)
     table_trim(cs);
 }
 
-static void trim_soon(struct core_shard *cs)
+/* After an actor of chunk c ended: the table (or its last chunk) may have emptied. */
+static void trim_soon(struct core_shard *cs, uint32_t c)
 {
-    if (cs->live != 0 || cs->nchunks == 0 || cs->trim_armed || cs->closing)
+    if (cs->nchunks == 0 || cs->trim_armed || cs->closing)
+        return;
+    if (cs->live != 0 && (c != cs->nchunks - 1 || cs->chunk_live[c] != 0 || c == 0))
         return;
     if (pith_timer_add(TRIM_DELAY_NS, 0, trim_timer, NULL, &cs->trim_timer) == 0)
         cs->trim_armed = true;
@@ -291,6 +330,7 @@ static void actor_end(struct core_shard *cs, struct actor *a, uint32_t slot, int
     memset(a, 0, sizeof(*a));
     a->head = (struct amsg *)(uintptr_t)cs->free_head; /* gen 0: free */
     cs->free_head = slot + 1;
+    cs->chunk_live[slot >> CHUNK_SHIFT]--;
     cs->live--;
     /* The ref is stale from here: what follows may stop other actors of this shard (links),
      * which may in turn look this one up. */
@@ -304,7 +344,7 @@ static void actor_end(struct core_shard *cs, struct actor *a, uint32_t slot, int
         }
     }
     cs->ending--;
-    trim_soon(cs);
+    trim_soon(cs, slot >> CHUNK_SHIFT);
 }
 
 /* ---- turns ---- */
@@ -513,7 +553,7 @@ int pith_spawn(const pith_actor_type_t *type, void *arg, pith_ref_t *out)
             /* What init set up for it goes too: a stop asked for, timers, names (taken back),
              * muted senders (let go), and those who watch it hear it ended with err. */
             side_tables_end(cs, ref, err < 0 ? err : -err);
-            trim_soon(cs);
+            trim_soon(cs, slot >> CHUNK_SHIFT);
             return err < 0 ? err : -err;
         }
         if (a->gen & A_STOP) {
@@ -795,6 +835,7 @@ static void core_shard_exit(unsigned shard)
         if (a->gen != 0 && a->rec != NULL)
             actor_end(cs, a, slot, PITH_EXIT_SHUTDOWN);
     }
+    core_vactor_exit(cs);
     table_trim(cs);
     if (cs->trim_armed)
         pith_timer_cancel(cs->trim_timer);
@@ -822,8 +863,12 @@ static void core_engine_gone(void)
     if (ce == NULL)
         return;
     core_clients_gone(ce);
-    for (unsigned i = 0; i < ce->n; i++)
-        free(atomic_load_explicit(&ce->shards[i], memory_order_relaxed));
+    for (unsigned i = 0; i < ce->n; i++) {
+        struct core_shard *cs = atomic_load_explicit(&ce->shards[i], memory_order_relaxed);
+        if (cs != NULL)
+            core_vactor_gone(cs);
+        free(cs);
+    }
     struct type_rec *r = atomic_load_explicit(&ce->types, memory_order_relaxed);
     while (r != NULL) {
         struct type_rec *next = r->next;
@@ -845,7 +890,8 @@ static bool core_release(pith_fn_t fn, void *arg)
         pith_free(arg);
         return true;
     }
-    return fn == turn_task || fn == stop_task || fn == kill_task || core_sup_release(fn, arg);
+    return fn == turn_task || fn == stop_task || fn == kill_task || core_sup_release(fn, arg) ||
+           core_vactor_release(fn, arg);
 }
 
 /* The stall detector's question: what runs on `shard`, when it is an actor's turn. */

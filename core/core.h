@@ -207,9 +207,10 @@ struct core_shard {
     unsigned id;
     struct actor **chunks;
     uint32_t nchunks, chunks_cap;
-    uint32_t free_head; /* slot + 1 of the first free record, 0: none */
-    uint32_t used;      /* records ever handed out (the rest of the last chunk is fresh) */
-    uint32_t last_gen;  /* generation of the last spawn */
+    uint32_t *chunk_live; /* [chunks_cap] records in use (an actor, or being spawned) per chunk */
+    uint32_t free_head;   /* slot + 1 of the first free record, 0: none */
+    uint32_t used;        /* records ever handed out (the rest of the last chunk is fresh) */
+    uint32_t last_gen;    /* generation of the last spawn */
     uint64_t live;
     bool closing;           /* the shard has left its loop: sends and spawns fail */
     struct slab_out *slabs; /* [nslabs]: this shard's open message slab per destination */
@@ -242,6 +243,9 @@ struct core_shard {
      * watchdog; relaxed, as the watchdog's reads are best effort. */
     _Atomic(const struct type_rec *) running;
     _Atomic(pith_anyfn_t) running_fn;
+    /* Virtual actors (vactor.c): the directory part and activations of this shard, made on
+     * first use; read by other threads only for counters (release store, acquire load). */
+    _Atomic(struct vshard *) vs;
 };
 
 /* The engine-wide part, made by the first shard (or client) that needs it and freed when the
@@ -358,6 +362,13 @@ void core_ask_task(void *arg); /* a reply travelling to its asking shard */
 /* Ends the ask u->req of this shard with u->reason (its request was not delivered): its
  * callback, or a PITH_MSG_UNDELIVERED to the asking actor. false: no such ask (it had ended). */
 bool core_ask_fail(struct core_shard *cs, const pith_undelivered_t *u);
+/* Opens an ask on this shard (pith_ask's bookkeeping: its id, its timeout): *asker is the
+ * running actor (PITH_REF_NONE in a task), *id the request id for the message. Then
+ * core_ask_close says whether the request went (counted) or not (the ask is taken back).
+ * Errors: -EINVAL no cb outside a behaviour, -ENOMEM. */
+int core_ask_open(struct core_shard *cs, uint64_t timeout_ns, pith_reply_fn_t cb, void *ctx,
+                  pith_ref_t *asker, uint64_t *id);
+void core_ask_close(struct core_shard *cs, uint64_t id, bool sent);
 void core_timers_end(struct core_shard *cs, pith_ref_t ref);
 void core_asks_free(struct core_shard *cs);
 
@@ -378,6 +389,19 @@ extern const pith_actor_type_t core_sup_type;
 int core_sup_stop(struct core_shard *cs, struct actor *a, pith_ref_t ref);
 /* A supervisor's task released at stop: true when it was one (its argument freed). */
 bool core_sup_release(pith_fn_t fn, void *arg);
+
+/* vactor.c: virtual actors */
+void core_vactor_exit(struct core_shard *cs); /* after the shard's actors have ended */
+bool core_vactor_release(pith_fn_t fn, void *arg);
+void core_vactor_gone(struct core_shard *cs); /* the engine is gone: cs's part is freed */
+/* As core_msg_make_for, with `extra` more bytes after the payload (from offset
+ * core_msg_extra_off(len)), which the payload's length does not count. */
+struct amsg *core_msg_make_ext(int dst, pith_ref_t to, pith_ref_t from, uint32_t type,
+                               const void *data, uint32_t len, size_t extra);
+static inline size_t core_msg_extra_off(uint32_t len)
+{
+    return ((size_t)len + 15) & ~(size_t)15;
+}
 
 /* registry.c */
 void core_reg_task(void *arg);
