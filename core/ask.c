@@ -80,6 +80,47 @@ static void ask_timeout(void *arg)
     ask_finish(cs, id, k, NULL);
 }
 
+int core_ask_open(struct core_shard *cs, uint64_t timeout_ns, pith_reply_fn_t cb, void *ctx,
+                  pith_ref_t *asker, uint64_t *id_out)
+{
+    *asker = core_current_ref();
+    if (cb == NULL && *asker == PITH_REF_NONE)
+        return -EINVAL;
+    struct ask *k = pith_malloc(sizeof(*k));
+    if (k == NULL)
+        return -ENOMEM;
+    *k = (struct ask){.asker = cb != NULL ? PITH_REF_NONE : *asker, .cb = cb, .ctx = ctx};
+    uint64_t seq = ++cs->ask_seq & ASK_SEQ_MASK;
+    if (seq == 0)
+        seq = ++cs->ask_seq & ASK_SEQ_MASK;
+    uint64_t id = ((uint64_t)cs->id << 52) | seq;
+    int err = map_put(&cs->asks, id, k);
+    if (err == 0) {
+        err = pith_timer_add(timeout_ns, 0, ask_timeout, (void *)(uintptr_t)id, &k->timer);
+        if (err)
+            map_del(&cs->asks, id);
+    }
+    if (err) {
+        pith_free(k);
+        return err;
+    }
+    *id_out = id;
+    return 0;
+}
+
+void core_ask_close(struct core_shard *cs, uint64_t id, bool sent)
+{
+    if (sent) {
+        core_bump(&cs->asks_made, 1);
+        return;
+    }
+    struct ask *k = map_del(&cs->asks, id);
+    if (k != NULL) {
+        pith_timer_cancel(k->timer);
+        pith_free(k);
+    }
+}
+
 int pith_ask(pith_ref_t to, uint32_t type, const void *data, uint32_t len, uint64_t timeout_ns,
              pith_reply_fn_t cb, void *ctx, uint64_t *req_out)
 {
@@ -96,39 +137,21 @@ int pith_ask(pith_ref_t to, uint32_t type, const void *data, uint32_t len, uint6
         return -ENOMEM;
     if (cs->closing)
         return -ESHUTDOWN;
-    pith_ref_t asker = core_current_ref();
-    if (cb == NULL && asker == PITH_REF_NONE)
-        return -EINVAL;
-    struct ask *k = pith_malloc(sizeof(*k));
-    if (k == NULL)
-        return -ENOMEM;
-    *k = (struct ask){.asker = cb != NULL ? PITH_REF_NONE : asker, .cb = cb, .ctx = ctx};
-    uint64_t seq = ++cs->ask_seq & ASK_SEQ_MASK;
-    if (seq == 0)
-        seq = ++cs->ask_seq & ASK_SEQ_MASK;
-    uint64_t id = ((uint64_t)cs->id << 52) | seq;
-    struct amsg *m = core_msg_make(to, asker, type, data, len);
-    int err = m == NULL ? -ENOMEM : map_put(&cs->asks, id, k);
-    if (err == 0) {
-        err = pith_timer_add(timeout_ns, 0, ask_timeout, (void *)(uintptr_t)id, &k->timer);
-        if (err)
-            map_del(&cs->asks, id);
-    }
-    if (err) {
-        if (m != NULL)
-            core_msg_free(m);
-        pith_free(k);
+    pith_ref_t asker;
+    uint64_t id;
+    int err = core_ask_open(cs, timeout_ns, cb, ctx, &asker, &id);
+    if (err)
         return err;
+    struct amsg *m = core_msg_make(to, asker, type, data, len);
+    if (m == NULL) {
+        core_ask_close(cs, id, false);
+        return -ENOMEM;
     }
     m->req = id;
     err = core_send_msg(m, false);
-    if (err) {
-        pith_timer_cancel(k->timer);
-        map_del(&cs->asks, id);
-        pith_free(k);
+    core_ask_close(cs, id, err == 0);
+    if (err)
         return err;
-    }
-    core_bump(&cs->asks_made, 1);
     if (req_out != NULL)
         *req_out = id;
     return 0;

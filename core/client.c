@@ -1045,3 +1045,99 @@ int pith_client_ask(pith_client_t *c, pith_ref_t to, uint32_t type, const void *
     producer_leave(c->p);
     return err;
 }
+
+/* ---- virtual actors (pith/vactor.h) ----
+ * A client's message for a virtual actor is made whole here, trailer and all, and goes by
+ * pointer through the lane to the key's directory shard (core_lane_vmsg): one lane per shard
+ * keeps the client's messages to one virtual actor in order. */
+
+/* Pushes m for shard dst, waiting up to timeout_ns; m is the lane's on success. */
+static int push_vmsg(struct pith_client *c, unsigned dst, struct amsg *m, uint64_t timeout_ns)
+{
+    int err = lane_push(c->p, dst, core_lane_vmsg, NULL, 0, NULL, 0, &m, sizeof(m), 0);
+    if (err == -EAGAIN) {
+        c->st.pushed_back++;
+        if (timeout_ns != 0)
+            err = lane_push(c->p, dst, core_lane_vmsg, NULL, 0, NULL, 0, &m, sizeof(m), timeout_ns);
+    }
+    if (err == 0)
+        c->st.sent++;
+    return err;
+}
+
+int client_vsend(struct pith_client *c, const pith_vref_t *to, uint32_t type, uint32_t flag,
+                 const void *data, uint32_t len, uint64_t timeout_ns)
+{
+    int err = client_enter(c);
+    if (err)
+        return err;
+    struct amsg *m = core_vmsg_make(-1, to, c->ref, type, data, len, flag);
+    if (m == NULL) {
+        producer_leave(c->p);
+        return -ENOMEM;
+    }
+    err = push_vmsg(c, core_vref_shard(to, c->p->n), m, timeout_ns);
+    if (err) {
+        m->len &= ~AMSG_BUF; /* the caller keeps its buffer's reference */
+        core_msg_free(m);
+    }
+    if (err != -ESHUTDOWN)
+        producer_leave(c->p);
+    return err;
+}
+
+int pith_client_vsend(pith_client_t *c, const pith_vref_t *to, uint32_t type, const void *data,
+                      uint32_t len, uint64_t timeout_ns)
+{
+    if (pith_shard_id() >= 0)
+        return -EDEADLK;
+    if (c == NULL || !core_vref_ok(to) || type >= PITH_MSG_RESERVED || (data == NULL && len > 0) ||
+        len >= PITH_MSG_MAX)
+        return -EINVAL;
+    return client_vsend(c, to, type, 0, data, len, timeout_ns);
+}
+
+int pith_client_vask(pith_client_t *c, const pith_vref_t *to, uint32_t type, const void *data,
+                     uint32_t len, uint64_t timeout_ns, pith_msg_t *reply)
+{
+    if (pith_shard_id() >= 0)
+        return -EDEADLK;
+    if (c == NULL || reply == NULL || timeout_ns == 0 || !core_vref_ok(to) ||
+        type >= PITH_MSG_RESERVED || (data == NULL && len > 0) || len >= PITH_MSG_MAX)
+        return -EINVAL;
+    int err = client_enter_reading(c);
+    if (err)
+        return err;
+    uint64_t deadline = deadline_of(timeout_ns);
+    uint64_t req = next_req(c);
+    struct amsg *m = core_vmsg_make(-1, to, c->ref, type, data, len, 0);
+    if (m == NULL) {
+        producer_leave(c->p);
+        return -ENOMEM;
+    }
+    m->req = req;
+    err = push_vmsg(c, core_vref_shard(to, c->p->n), m, time_left(deadline));
+    if (err) {
+        core_msg_free(m);
+        if (err == -ESHUTDOWN)
+            return err;
+        producer_leave(c->p);
+        return err == -EAGAIN ? -ETIMEDOUT : err;
+    }
+    struct amsg *r = await(c, req, deadline, &err);
+    if (err == -ESHUTDOWN)
+        return err;
+    if (r != NULL) {
+        if (r->type == PITH_MSG_UNDELIVERED &&
+            (r->len & AMSG_LEN_MASK) == sizeof(pith_undelivered_t)) {
+            const pith_undelivered_t *u = (const void *)(r + 1);
+            err = u->reason;
+            c->st.undelivered += u->count;
+            core_msg_free(r);
+        } else {
+            hand_out(c, r, reply);
+        }
+    }
+    producer_leave(c->p);
+    return err;
+}

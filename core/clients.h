@@ -10,6 +10,7 @@
 #include <pthread.h>
 
 #include <pith/client.h>
+#include <pith/vactor.h>
 
 #include "core.h"
 #include "lane.h"
@@ -148,5 +149,21 @@ void core_lanes_free(struct core_shard *cs);
 #define LREC_REQ (UINT64_C(1) << 32) /* the bytes start with a uint64_t request id */
 #define LREC_BUF (UINT64_C(1) << 33) /* the payload is a pith_buf_t * (the record's reference) */
 #define LREC_MSG (UINT64_C(1) << 34) /* the payload is a struct amsg * made by the client */
+
+/* Virtual actors (vactor.c) */
+/* A lane record carrying a virtual message by pointer (its data: the struct amsg *). */
+int core_lane_vmsg(struct lane *l, void *arg, uint64_t aux, const void *data, uint32_t len);
+/* The record waits in lane l until `to`'s mailbox has drained to half. Errors: -ENOMEM. */
+int core_lane_park(struct core_shard *cs, struct lane *l, pith_ref_t to);
+/* A message for virtual actor `to` made by the calling thread for shard dst (-1: unknown),
+ * with its trailer; flag goes into its length (AMSG_BUF). NULL: ENOMEM. */
+struct amsg *core_vmsg_make(int dst, const pith_vref_t *to, pith_ref_t from, uint32_t type,
+                            const void *data, uint32_t len, uint32_t flag);
+unsigned core_vref_shard(const pith_vref_t *to, unsigned n); /* its directory shard */
+bool core_vref_ok(const pith_vref_t *to);                    /* made by pith_vref */
+/* pith_client_vsend's body (client.c); flag AMSG_BUF: data is &buf, whose reference the
+ * message takes when this returns 0. */
+int client_vsend(struct pith_client *c, const pith_vref_t *to, uint32_t type, uint32_t flag,
+                 const void *data, uint32_t len, uint64_t timeout_ns);
 
 #endif

@@ -161,7 +161,7 @@ struct lane_park {
     struct lane *lane;
 };
 
-static int park(struct core_shard *cs, struct lane *l, pith_ref_t to)
+int core_lane_park(struct core_shard *cs, struct lane *l, pith_ref_t to)
 {
     struct lane_park *p = pith_malloc(sizeof(*p));
     if (p == NULL)
@@ -305,7 +305,7 @@ int client_lane_msg(struct lane *l, void *arg, uint64_t aux, const void *data, u
         }
         /* Full: the record waits in the lane until the mailbox drains to half. */
         if (a->depth >= a->rec->mailbox_max && a->rec->type->overflow != PITH_OVERFLOW_DROP_OLDEST)
-            return park(cs, l, to) == 0 ? LANE_PARK : LANE_RETRY;
+            return core_lane_park(cs, l, to) == 0 ? LANE_PARK : LANE_RETRY;
     }
     /* An idle actor runs on the record where it lies: no copy, no turn queued. */
     if (a != NULL && !(aux & LREC_MSG)) {
@@ -346,7 +346,7 @@ int client_lane_msg(struct lane *l, void *arg, uint64_t aux, const void *data, u
         return 0;
     rec_unmake(aux, m);
     /* -EAGAIN: a DROP_OLDEST mailbox full of messages it must keep; else out of memory. */
-    if (err == -EAGAIN && park(cs, l, to) == 0)
+    if (err == -EAGAIN && core_lane_park(cs, l, to) == 0)
         return LANE_PARK;
     return LANE_RETRY;
 }

@@ -13,17 +13,18 @@ void *core_alloc(size_t size)
     return mem_malloc_lib(size);
 }
 
-struct amsg *core_msg_make_for(int dst, pith_ref_t to, pith_ref_t from, uint32_t type,
-                               const void *data, uint32_t len)
+struct amsg *core_msg_make_ext(int dst, pith_ref_t to, pith_ref_t from, uint32_t type,
+                               const void *data, uint32_t len, size_t extra)
 {
     struct core_shard *cs = core_self;
     struct amsg *m = NULL;
     if (len >= PITH_MSG_MAX)
         return NULL; /* the API refuses these with -EINVAL first */
+    size_t body = extra != 0 ? core_msg_extra_off(len) + extra : len;
     if (cs != NULL && dst >= 0 && (unsigned)dst != cs->id)
-        m = core_slab_msg(cs, (unsigned)dst, sizeof(*m) + len);
+        m = core_slab_msg(cs, (unsigned)dst, sizeof(*m) + body);
     if (m == NULL) {
-        m = core_alloc(sizeof(*m) + len);
+        m = core_alloc(sizeof(*m) + body);
         if (m == NULL)
             return NULL;
         m->slab = NULL;
@@ -37,6 +38,12 @@ struct amsg *core_msg_make_for(int dst, pith_ref_t to, pith_ref_t from, uint32_t
     if (len)
         memcpy(m + 1, data, len);
     return m;
+}
+
+struct amsg *core_msg_make_for(int dst, pith_ref_t to, pith_ref_t from, uint32_t type,
+                               const void *data, uint32_t len)
+{
+    return core_msg_make_ext(dst, to, from, type, data, len, 0);
 }
 
 struct amsg *core_msg_make(pith_ref_t to, pith_ref_t from, uint32_t type, const void *data,

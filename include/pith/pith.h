@@ -7,9 +7,11 @@
 #include <pith/error.h>
 #include <pith/engine.h>
 #include <pith/file.h>
+#include <pith/hash.h>
 #include <pith/mem.h>
 #include <pith/net.h>
 #include <pith/timer.h>
+#include <pith/vactor.h>
 #include <pith/version.h>
 
 #endif

@@ -1,0 +1,972 @@
+/* Virtual actors (pith/vactor.h): registered types, virtual refs, and each shard's part of the
+ * directory with its activations.
+ *
+ * A key's directory shard is a jump consistent hash of the key's hash over the shards. That
+ * shard alone keeps the key's entry, so it alone activates, and since the activation lives
+ * there too (hash placement), every message for the key is routed on that shard: from an actor
+ * or task of that shard at once, from another shard through the mesh (vdeliver_task), from a
+ * client through its lane (core_lane_vmsg). Entries are chained under their hash (keys compare
+ * as bytes), found from an activation's ref through a second map, and kept per type in a list
+ * by last use, which an idle sweep reads from its cold end. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include <pith/hash.h>
+#include <pith/vactor.h>
+
+#include "clients.h"
+#include "core.h"
+
+/* ---- types (process-wide) ---- */
+
+struct vtype_rec {
+    const pith_vtype_t *vt;
+    pith_actor_type_t at; /* vt->actor's, with init and terminate wrapped */
+    uint64_t tick_ns;     /* the idle sweep's period: idle_ns / 4; 0: no sweep */
+    uint32_t id;
+};
+
+static struct vtype_rec vtypes[PITH_VTYPES_MAX];
+/* Types registered: a record is whole before its index is published (release; readers load
+ * with acquire), and never changes after. */
+static _Atomic uint32_t nvtypes;
+static pthread_mutex_t vtypes_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned char hash_key[16];
+static pthread_once_t hash_once = PTHREAD_ONCE_INIT;
+
+/* A sweep tick every idle_ns / 4; an activation goes once IDLE_TICKS ticks have passed without
+ * a message: between idle_ns and 1.25 idle_ns after its last one. */
+#define IDLE_TICKS 5u
+#define TICK_MIN   (1000ull * 1000) /* 1 ms */
+
+static void hash_key_init(void)
+{
+    /* A per-process key: nobody outside can pick keys that pile into one directory chain. */
+    size_t got = 0;
+    while (got < sizeof(hash_key)) {
+        ssize_t r = getrandom(hash_key + got, sizeof(hash_key) - got, 0);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    if (got < sizeof(hash_key)) {
+        uint64_t t = pith_now_ns() ^ (uint64_t)(uintptr_t)&got;
+        memcpy(hash_key, &t, sizeof(t));
+    }
+}
+
+static struct vtype_rec *rec_of_vt(const pith_vtype_t *vt)
+{
+    uint32_t n = atomic_load_explicit(&nvtypes, memory_order_acquire);
+    for (uint32_t i = 0; i < n; i++)
+        if (vtypes[i].vt == vt)
+            return &vtypes[i];
+    return NULL;
+}
+
+/* The record of an activation's actor type, or NULL: not a virtual type's. */
+static struct vtype_rec *rec_of_actor_type(const pith_actor_type_t *t)
+{
+    uintptr_t p = (uintptr_t)t, lo = (uintptr_t)&vtypes[0],
+              hi = (uintptr_t)&vtypes[PITH_VTYPES_MAX];
+    if (p < lo || p >= hi)
+        return NULL;
+    struct vtype_rec *r = &vtypes[(p - lo) / sizeof(struct vtype_rec)];
+    return &r->at == t ? r : NULL;
+}
+
+/* The record a ref names (checked: refs are the application's values). */
+static const struct vtype_rec *rec_of_ref(const pith_vref_t *v)
+{
+    if (v == NULL || v->tid == 0 || v->len > PITH_VKEY_MAX)
+        return NULL;
+    uint32_t n = atomic_load_explicit(&nvtypes, memory_order_acquire);
+    if (v->tid > n || vtypes[v->tid - 1].vt != v->type)
+        return NULL;
+    return &vtypes[v->tid - 1];
+}
+
+static int vinit(pith_actor_t *self, void *state, void *arg);
+static void vterminate(pith_actor_t *self, void *state, int reason);
+
+int pith_vtype_register(const pith_vtype_t *t)
+{
+    if (t == NULL || t->name == NULL || t->actor == NULL || t->actor->behaviour == NULL ||
+        (unsigned)t->actor->profile >= PITH_MEM_PROFILES ||
+        (unsigned)t->actor->overflow > PITH_OVERFLOW_MUTE_SENDER)
+        return -EINVAL;
+    size_t nl = strlen(t->name);
+    if (nl == 0 || nl > PITH_NAME_MAX)
+        return -EINVAL;
+    if (t->placement != PITH_PLACE_HASH) {
+        if ((unsigned)t->placement > PITH_PLACE_LEAST_LOADED)
+            return -EINVAL;
+        return -ENOTSUP;
+    }
+    if (t->workers != 0)
+        return -ENOTSUP;
+    pthread_once(&hash_once, hash_key_init);
+    pthread_mutex_lock(&vtypes_lock);
+    uint32_t n = atomic_load_explicit(&nvtypes, memory_order_relaxed);
+    int err = 0;
+    for (uint32_t i = 0; i < n && err == 0; i++) {
+        if (vtypes[i].vt == t)
+            err = 1;
+        else if (strcmp(vtypes[i].vt->name, t->name) == 0)
+            err = -EEXIST;
+    }
+    if (err == 0 && n == PITH_VTYPES_MAX)
+        err = -ENOSPC;
+    if (err == 0) {
+        struct vtype_rec *r = &vtypes[n];
+        r->vt = t;
+        r->at = *t->actor;
+        r->at.init = vinit;
+        r->at.terminate = vterminate;
+        uint64_t idle = t->idle_ns == 0 ? PITH_VIDLE_DEFAULT : t->idle_ns;
+        r->tick_ns = idle == PITH_VIDLE_NEVER ? 0 : idle / 4 < TICK_MIN ? TICK_MIN : idle / 4;
+        r->id = n;
+        /* Release: the record is whole for whoever sees the new count (acquire). */
+        atomic_store_explicit(&nvtypes, n + 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&vtypes_lock);
+    return err > 0 ? 0 : err;
+}
+
+int pith_vref(const pith_vtype_t *type, const void *key, size_t len, pith_vref_t *out)
+{
+    if (out == NULL || (key == NULL && len > 0) || len > PITH_VKEY_MAX)
+        return -EINVAL;
+    struct vtype_rec *r = rec_of_vt(type);
+    if (r == NULL)
+        return -ENOENT;
+    memset(out, 0, sizeof(*out));
+    out->type = type;
+    out->len = (uint32_t)len;
+    out->tid = r->id + 1;
+    if (len > 0)
+        memcpy(out->key, key, len);
+    /* The hash covers the type's name, so one key of two types is two actors (and two
+     * entries that only the chain's byte compare tells apart, if their hashes meet). */
+    unsigned char buf[PITH_NAME_MAX + 1 + PITH_VKEY_MAX];
+    size_t nl = strlen(type->name);
+    memcpy(buf, type->name, nl);
+    buf[nl] = 0;
+    if (len > 0)
+        memcpy(buf + nl + 1, key, len);
+    out->hash = pith_siphash(hash_key, buf, nl + 1 + len, 1, 3);
+    return 0;
+}
+
+/* The directory shard of a hash among n: Lamping and Veach's jump consistent hash, so that a
+ * change of n moves only the keys it must (the same function will range over machines). */
+static unsigned dir_shard(uint64_t h, unsigned n)
+{
+    int64_t b = -1, j = 0;
+    while (j < (int64_t)n) {
+        b = j;
+        h = h * 2862933555777941757ull + 1;
+        j = (int64_t)((double)(b + 1) * ((double)(1ll << 31) / (double)((h >> 33) + 1)));
+    }
+    return (unsigned)b;
+}
+
+/* ---- one shard's part ---- */
+
+struct ventry {
+    struct ventry *chain;       /* entries of the same map key */
+    struct ventry *prev, *next; /* the type's list on this shard, least recently used first */
+    pith_ref_t act;             /* the activation */
+    uint64_t hash;
+    uint64_t activated_ns;
+    uint32_t tick; /* the sweep tick of its last message */
+    uint16_t tid;  /* type index */
+    uint8_t why;   /* PITH_VDEACT_* of a deactivation begun here; 0: none */
+    uint8_t flags;
+    uint32_t klen;
+    unsigned char key[];
+};
+#define E_ACTIVE 1u /* on_activate returned 0 */
+#define E_LISTED 2u /* on its type's list */
+#define E_OFF    4u /* pith_vactor_deactivate asked */
+
+/* One type on one shard. Counters: written by the shard, relaxed; read by any thread. */
+struct vtype_shard {
+    struct ventry *head, *tail;
+    uint32_t tick;
+    uint32_t live;
+    bool armed;
+    pith_timer_id_t timer;
+    _Atomic uint64_t activations, failed, deact[6], messages, lookups, collisions, refused;
+    _Atomic uint64_t live_now, act_max;
+    _Atomic uint64_t hist[HIST_BUCKETS];
+};
+
+struct vshard {
+    struct map dir;    /* hash | 1 -> chain of struct ventry */
+    struct map by_ref; /* activation ref -> struct ventry */
+    /* Made on first use, published with release for counter readers (acquire). */
+    _Atomic(struct vtype_shard *) types[PITH_VTYPES_MAX];
+};
+
+/* A virtual message's trailer, after its payload (core_msg_extra_off): whom it is for. */
+struct vtrail {
+    uint64_t hash;
+    uint32_t tid, klen;
+    unsigned char key[];
+};
+
+static inline struct vtrail *trail_of(struct amsg *m)
+{
+    uint32_t len = m->len & AMSG_LEN_MASK;
+    return (struct vtrail *)((char *)(m + 1) + core_msg_extra_off(len));
+}
+
+static inline void bump(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static struct vshard *vshard_get(struct core_shard *cs)
+{
+    struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
+    if (LIKELY(vs != NULL))
+        return vs;
+    vs = calloc(1, sizeof(*vs));
+    if (vs != NULL)
+        atomic_store_explicit(&cs->vs, vs, memory_order_release); /* see struct vshard */
+    return vs;
+}
+
+static struct vtype_shard *vts_get(struct vshard *vs, uint32_t tid)
+{
+    struct vtype_shard *ts = atomic_load_explicit(&vs->types[tid], memory_order_relaxed);
+    if (LIKELY(ts != NULL))
+        return ts;
+    ts = calloc(1, sizeof(*ts));
+    if (ts != NULL)
+        atomic_store_explicit(&vs->types[tid], ts, memory_order_release); /* see struct vshard */
+    return ts;
+}
+
+static inline uint64_t map_key(uint64_t hash)
+{
+    return hash | 1; /* map keys are nonzero; the entry keeps the whole hash */
+}
+
+static struct ventry *dir_find(struct vshard *vs, struct vtype_shard *ts, uint32_t tid,
+                               uint64_t hash, const unsigned char *key, uint32_t klen)
+{
+    bump(&ts->lookups, 1);
+    for (struct ventry *e = map_get(&vs->dir, map_key(hash)); e != NULL; e = e->chain) {
+        if (e->hash == hash && e->tid == tid && e->klen == klen && memcmp(e->key, key, klen) == 0)
+            return e;
+        bump(&ts->collisions, 1);
+    }
+    return NULL;
+}
+
+static void dir_unlink(struct vshard *vs, struct ventry *e)
+{
+    uint64_t k = map_key(e->hash);
+    struct ventry *first = map_get(&vs->dir, k);
+    if (first == e) {
+        if (e->chain != NULL)
+            (void)map_put(&vs->dir, k, e->chain); /* replacing: cannot fail */
+        else
+            map_del(&vs->dir, k);
+        return;
+    }
+    for (struct ventry *p = first; p != NULL; p = p->chain) {
+        if (p->chain == e) {
+            p->chain = e->chain;
+            return;
+        }
+    }
+}
+
+static void list_unlink(struct vtype_shard *ts, struct ventry *e)
+{
+    if (!(e->flags & E_LISTED))
+        return;
+    if (e->prev != NULL)
+        e->prev->next = e->next;
+    else
+        ts->head = e->next;
+    if (e->next != NULL)
+        e->next->prev = e->prev;
+    else
+        ts->tail = e->prev;
+    e->prev = e->next = NULL;
+    e->flags &= (uint8_t)~E_LISTED;
+}
+
+static void list_append(struct vtype_shard *ts, struct ventry *e)
+{
+    e->next = NULL;
+    e->prev = ts->tail;
+    if (ts->tail != NULL)
+        ts->tail->next = e;
+    else
+        ts->head = e;
+    ts->tail = e;
+    e->flags |= E_LISTED;
+}
+
+/* A message for e: it moves to the warm end, so the list stays in order of last use (the cap
+ * lets the coldest go) and of tick (the sweep reads from the cold end). */
+static inline void touch(struct vtype_shard *ts, struct ventry *e)
+{
+    if (ts->tail != e && (e->flags & E_LISTED)) {
+        list_unlink(ts, e);
+        list_append(ts, e);
+    }
+    e->tick = ts->tick;
+}
+
+static void sweep(void *arg);
+
+static void sweep_arm(struct vtype_shard *ts, const struct vtype_rec *r)
+{
+    if (ts->armed || r->tick_ns == 0)
+        return;
+    if (pith_timer_add(r->tick_ns, 0, sweep, (void *)(uintptr_t)r->id, &ts->timer) == 0)
+        ts->armed = true; /* else the next activation tries again */
+}
+
+/* Whether an activation is idle: no mail, no turn queued or running. */
+static bool idle(const struct actor *a)
+{
+    return a->head == NULL && !(a->gen & (A_SCHEDULED | A_RUNNING | A_MUTED | A_STOP));
+}
+
+static int vdeliver(struct core_shard *cs, struct vshard *vs, uint32_t tid, uint64_t hash,
+                    const unsigned char *key, uint32_t klen, struct amsg *m, struct lane *l);
+
+/* Ends activation e for `why`: what waits in its mailbox is taken out first and given, in
+ * order, to the next activation (made by the first of them), so nothing is lost. */
+static void deactivate(struct core_shard *cs, struct vshard *vs, struct ventry *e, int why)
+{
+    struct actor *a = core_find(cs, e->act);
+    if (a == NULL)
+        return;
+    struct amsg *kept = NULL, *kept_tail = NULL;
+    while (a->head != NULL) {
+        struct amsg *m = a->head;
+        core_mailbox_take(cs, a, NULL, m);
+        m->next = NULL;
+        if (kept_tail != NULL)
+            kept_tail->next = m;
+        else
+            kept = m;
+        kept_tail = m;
+    }
+    unsigned char key[PITH_VKEY_MAX];
+    uint32_t tid = e->tid, klen = e->klen;
+    uint64_t hash = e->hash;
+    memcpy(key, e->key, klen);
+    e->why = (uint8_t)why;
+    /* vterminate runs on_deactivate, the type's terminate, and frees e. */
+    (void)core_end_now(cs, e->act, PITH_EXIT_NORMAL);
+    while (kept != NULL) {
+        struct amsg *m = kept;
+        kept = m->next;
+        m->next = NULL;
+        (void)vdeliver(cs, vs, tid, hash, key, klen, m, NULL);
+    }
+}
+
+/* The least recently used idle activation of the type goes (the cap): true if one did. */
+static bool evict_one(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts)
+{
+    for (struct ventry *e = ts->head; e != NULL; e = e->next) {
+        struct actor *a = core_find(cs, e->act);
+        if (a != NULL && idle(a)) {
+            deactivate(cs, vs, e, PITH_VDEACT_CAP);
+            return true;
+        }
+    }
+    return false;
+}
+
+static void sweep(void *arg)
+{
+    uint32_t tid = (uint32_t)(uintptr_t)arg;
+    struct core_shard *cs = core_self;
+    struct vshard *vs = cs != NULL ? atomic_load_explicit(&cs->vs, memory_order_relaxed) : NULL;
+    struct vtype_shard *ts =
+        vs != NULL ? atomic_load_explicit(&vs->types[tid], memory_order_relaxed) : NULL;
+    if (ts == NULL || cs->closing)
+        return;
+    ts->armed = false;
+    ts->tick++;
+    /* From the cold end while the tick says idle long enough: busy ones count as used now. */
+    struct ventry *e;
+    while ((e = ts->head) != NULL && ts->tick - e->tick >= IDLE_TICKS) {
+        struct actor *a = core_find(cs, e->act);
+        if (a != NULL && !idle(a)) {
+            list_unlink(ts, e);
+            list_append(ts, e);
+            e->tick = ts->tick;
+            continue;
+        }
+        deactivate(cs, vs, e, PITH_VDEACT_IDLE);
+    }
+    if (ts->live > 0)
+        sweep_arm(ts, &vtypes[tid]);
+}
+
+/* Makes key's activation on this shard (its directory shard). Errors: -EAGAIN at the cap with
+ * none idle, -ENOMEM, init's or on_activate's error. */
+static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts,
+                               uint32_t tid, uint64_t hash, const unsigned char *key, uint32_t klen,
+                               int *err)
+{
+    const struct vtype_rec *r = &vtypes[tid];
+    uint64_t t0 = pith_now_ns();
+    if (r->vt->max_per_shard != 0 && ts->live >= r->vt->max_per_shard && !evict_one(cs, vs, ts)) {
+        bump(&ts->refused, 1);
+        *err = -EAGAIN;
+        return NULL;
+    }
+    struct ventry *e = pith_malloc(sizeof(*e) + klen);
+    if (e == NULL) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    memset(e, 0, sizeof(*e));
+    e->hash = hash;
+    e->tid = (uint16_t)tid;
+    e->klen = klen;
+    memcpy(e->key, key, klen);
+    e->chain = map_get(&vs->dir, map_key(hash));
+    if ((*err = map_put(&vs->dir, map_key(hash), e)) != 0) {
+        pith_free(e);
+        return NULL;
+    }
+    pith_ref_t ref;
+    *err = pith_spawn(&r->at, e, &ref); /* vinit files e under ref */
+    if (*err != 0) {
+        dir_unlink(vs, e);
+        pith_free(e);
+        bump(&ts->failed, 1);
+        return NULL;
+    }
+    e->activated_ns = t0;
+    ts->live++;
+    bump(&ts->live_now, 1);
+    if (r->vt->on_activate != NULL) {
+        struct actor *a = core_find(cs, ref);
+        struct pith_actor self = {a, ref};
+        pith_ref_t outer = core_current;
+        core_current = ref;
+        a->gen |= A_RUNNING;
+        *err = r->vt->on_activate(&self, a->state, e->key, klen, PITH_VACT_MESSAGE);
+        if ((a = core_find(cs, ref)) != NULL)
+            a->gen &= ~A_RUNNING;
+        core_current = outer;
+        /* A stop it asked for itself (pith_stop(self) there) ends it as a failure: no turn
+         * follows on_activate to act on it. */
+        if (*err == 0 && (a == NULL || (a->gen & A_STOP)))
+            *err = -ECANCELED;
+        if (*err != 0) {
+            if (a != NULL)
+                (void)core_end_now(cs, ref, *err); /* vterminate frees e */
+            bump(&ts->failed, 1);
+            return NULL;
+        }
+    }
+    e->flags |= E_ACTIVE;
+    e->tick = ts->tick;
+    list_append(ts, e);
+    sweep_arm(ts, r);
+    bump(&ts->activations, 1);
+    uint64_t took = pith_now_ns() - t0;
+    bump(&ts->hist[hist_bucket(took)], 1);
+    if (took > atomic_load_explicit(&ts->act_max, memory_order_relaxed))
+        atomic_store_explicit(&ts->act_max, took, memory_order_relaxed);
+    return e;
+}
+
+static int vinit(pith_actor_t *self, void *state, void *arg)
+{
+    struct ventry *e = arg;
+    struct core_shard *cs = core_self;
+    struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
+    e->act = pith_self(self);
+    int err = map_put(&vs->by_ref, e->act, e);
+    if (err)
+        return err;
+    const pith_actor_type_t *t = vtypes[e->tid].vt->actor;
+    if (t->init != NULL && (err = t->init(self, state, NULL)) != 0)
+        map_del(&vs->by_ref, e->act);
+    return err;
+}
+
+static void vterminate(pith_actor_t *self, void *state, int reason)
+{
+    struct core_shard *cs = core_self;
+    struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
+    pith_ref_t ref = pith_self(self);
+    struct ventry *e = map_get(&vs->by_ref, ref);
+    const struct vtype_rec *r = rec_of_actor_type(self->a->rec->type);
+    struct vtype_shard *ts = atomic_load_explicit(&vs->types[r->id], memory_order_relaxed);
+    if (e != NULL && (e->flags & E_ACTIVE)) {
+        int why = e->why != 0                    ? e->why
+                  : reason == PITH_EXIT_SHUTDOWN ? PITH_VDEACT_SHUTDOWN
+                                                 : PITH_VDEACT_ENDED;
+        if (r->vt->on_deactivate != NULL)
+            r->vt->on_deactivate(self, state, why);
+        bump(&ts->deact[why], 1);
+    }
+    if (r->vt->actor->terminate != NULL)
+        r->vt->actor->terminate(self, state, reason);
+    if (e == NULL)
+        return;
+    map_del(&vs->by_ref, ref);
+    dir_unlink(vs, e);
+    list_unlink(ts, e);
+    ts->live--;
+    bump(&ts->live_now, (uint64_t)0 - 1);
+    pith_free(e);
+}
+
+/* Routes m to the virtual actor (tid, hash, key) on its directory shard, this one, activating
+ * it when it is not; key may point into m. Consumes m: delivered, or told to its sender
+ * (core_undelivered), whose error is then returned. With a client's lane l, m is the lane
+ * record's and is kept (not consumed) when the answer is LANE_PARK (the activation's mailbox is
+ * full and its type would refuse m) or LANE_RETRY (out of memory). */
+static int vdeliver(struct core_shard *cs, struct vshard *vs, uint32_t tid, uint64_t hash,
+                    const unsigned char *key, uint32_t klen, struct amsg *m, struct lane *l)
+{
+    struct vtype_shard *ts = vts_get(vs, tid);
+    int err = -ENOMEM;
+    struct ventry *e = NULL;
+    if (ts != NULL) {
+        bump(&ts->messages, 1);
+        e = dir_find(vs, ts, tid, hash, key, klen);
+        if (e == NULL)
+            e = activate(cs, vs, ts, tid, hash, key, klen, &err);
+    }
+    struct actor *a = e != NULL ? core_find(cs, e->act) : NULL;
+    if (a != NULL) {
+        touch(ts, e);
+        m->to = e->act;
+        if (l != NULL && a->depth >= a->rec->mailbox_max &&
+            a->rec->type->overflow != PITH_OVERFLOW_DROP_OLDEST && !(m->len & AMSG_ADMIT))
+            return core_lane_park(cs, l, e->act) == 0 ? LANE_PARK : LANE_RETRY;
+        err = core_enqueue(cs, a, m);
+        if (err == 0)
+            return 0;
+    } else if (e != NULL) {
+        err = -ESRCH; /* not expected: an entry outlives its activation only inside vterminate */
+    }
+    if (l != NULL && err == -ENOMEM)
+        return LANE_RETRY;
+    core_undelivered(cs, m, err);
+    core_msg_free(m);
+    return err;
+}
+
+/* A virtual message from another shard. */
+static void vdeliver_task(void *arg)
+{
+    struct amsg *m = arg;
+    struct core_shard *cs = core_shard_get();
+    struct vshard *vs = cs != NULL && !cs->closing ? vshard_get(cs) : NULL;
+    if (vs == NULL) {
+        if (cs != NULL && !cs->closing)
+            core_undelivered(cs, m, -ENOMEM);
+        core_msg_free(m);
+        return;
+    }
+    struct vtrail *t = trail_of(m);
+    (void)vdeliver(cs, vs, t->tid, t->hash, t->key, t->klen, m, NULL);
+}
+
+int core_lane_vmsg(struct lane *l, void *arg, uint64_t aux, const void *data, uint32_t len)
+{
+    (void)arg;
+    (void)aux;
+    (void)len;
+    struct amsg *m;
+    memcpy(&m, data, sizeof(m));
+    if (l == NULL) {
+        core_msg_free(m);
+        return 0;
+    }
+    struct core_shard *cs = core_shard_get();
+    if (cs == NULL)
+        return LANE_RETRY;
+    if (cs->closing) {
+        core_msg_free(m);
+        return 0;
+    }
+    struct vshard *vs = vshard_get(cs);
+    if (vs == NULL)
+        return LANE_RETRY;
+    struct vtrail *t = trail_of(m);
+    int r = vdeliver(cs, vs, t->tid, t->hash, t->key, t->klen, m, l);
+    return r == LANE_PARK || r == LANE_RETRY ? r : 0;
+}
+
+/* ---- sends ---- */
+
+/* A virtual message for shard dst (or, dst -1, made here), with its trailer. */
+struct amsg *core_vmsg_make(int dst, const pith_vref_t *to, pith_ref_t from, uint32_t type,
+                            const void *data, uint32_t len, uint32_t flag)
+{
+    struct amsg *m = core_msg_make_ext(dst, PITH_REF_NONE, from, type, data, len,
+                                       sizeof(struct vtrail) + to->len);
+    if (m == NULL)
+        return NULL;
+    m->len |= flag;
+    struct vtrail *t = trail_of(m);
+    t->hash = to->hash;
+    t->tid = to->tid - 1;
+    t->klen = to->len;
+    memcpy(t->key, to->key, to->len);
+    return m;
+}
+
+unsigned core_vref_shard(const pith_vref_t *to, unsigned n)
+{
+    return dir_shard(to->hash, n);
+}
+
+bool core_vref_ok(const pith_vref_t *to)
+{
+    return rec_of_ref(to) != NULL;
+}
+
+/* pith_vsend, pith_vsend_buf and pith_vask on a shard. flag: AMSG_BUF (data is &buf, and the
+ * message owns that reference once made: *made). ask: the request id, 0 for a send. */
+static int vsend_shard(struct core_shard *cs, const pith_vref_t *to, pith_ref_t from, uint32_t type,
+                       const void *data, uint32_t len, uint32_t flag, uint64_t req, bool *made)
+{
+    unsigned n = pith_shard_count();
+    unsigned dst = dir_shard(to->hash, n);
+    if (dst != cs->id) {
+        struct amsg *m = core_vmsg_make((int)dst, to, from, type, data, len, flag);
+        if (m == NULL)
+            return -ENOMEM;
+        *made = true;
+        m->req = req;
+        int err = pith_submit(dst, vdeliver_task, m);
+        if (err)
+            core_msg_free(m);
+        return err;
+    }
+    /* Here: the directory is ours, and a refused message is the caller's error at once. */
+    struct vshard *vs = vshard_get(cs);
+    struct vtype_shard *ts = vs != NULL ? vts_get(vs, to->tid - 1) : NULL;
+    if (ts == NULL)
+        return -ENOMEM;
+    bump(&ts->messages, 1);
+    struct ventry *e = dir_find(vs, ts, to->tid - 1, to->hash, to->key, to->len);
+    int err = 0;
+    if (e == NULL &&
+        (e = activate(cs, vs, ts, to->tid - 1, to->hash, to->key, to->len, &err)) == NULL)
+        return err;
+    touch(ts, e);
+    struct actor *a = core_find(cs, e->act);
+    if (a == NULL)
+        return -ESRCH;
+    if (a->depth >= a->rec->mailbox_max && a->rec->type->overflow == PITH_OVERFLOW_REJECT) {
+        core_bump(&core_counters(cs, a->rec)->rejected, 1);
+        return -EAGAIN;
+    }
+    struct amsg *m = core_msg_make_for(-1, e->act, from, type, data, len);
+    if (m == NULL)
+        return -ENOMEM;
+    *made = true;
+    m->len |= flag;
+    m->req = req;
+    err = core_enqueue(cs, a, m);
+    if (err)
+        core_msg_free(m);
+    return err;
+}
+
+static int vsend_impl(const pith_vref_t *to, uint32_t type, const void *data, uint32_t len,
+                      uint32_t flag, bool *made)
+{
+    *made = false;
+    if (rec_of_ref(to) == NULL || (data == NULL && len > 0) || len >= PITH_MSG_MAX)
+        return -EINVAL;
+    if (pith_shard_count() == 0)
+        return -ESHUTDOWN;
+    if (pith_shard_id() < 0) {
+        pith_client_t *c = pith_client_self();
+        if (c == NULL)
+            return -errno;
+        int err = client_vsend(c, to, type, flag, data, len, 0);
+        *made = err == 0;
+        return err;
+    }
+    struct core_shard *cs = core_shard_get();
+    if (cs == NULL)
+        return -ENOMEM;
+    if (cs->closing)
+        return -ESHUTDOWN;
+    pith_ref_t from = core_current != PITH_REF_NONE ? core_current : ref_task(cs->id);
+    return vsend_shard(cs, to, from, type, data, len, flag, 0, made);
+}
+
+int pith_vsend(const pith_vref_t *to, uint32_t type, const void *data, uint32_t len)
+{
+    if (type >= PITH_MSG_RESERVED)
+        return -EINVAL;
+    bool made;
+    return vsend_impl(to, type, data, len, 0, &made);
+}
+
+int pith_vsend_buf(const pith_vref_t *to, uint32_t type, pith_buf_t *buf)
+{
+    if (buf == NULL || type >= PITH_MSG_RESERVED)
+        return -EINVAL;
+    pith_buf_ref(buf); /* the message's reference */
+    bool made;
+    int err = vsend_impl(to, type, &buf, sizeof(buf), AMSG_BUF, &made);
+    if (err && !made)
+        pith_buf_release(buf);
+    return err;
+}
+
+int pith_vask(const pith_vref_t *to, uint32_t type, const void *data, uint32_t len,
+              uint64_t timeout_ns, pith_reply_fn_t cb, void *ctx, uint64_t *req_out)
+{
+    if (req_out != NULL)
+        *req_out = 0;
+    if (pith_shard_id() < 0)
+        return -EPERM;
+    if (timeout_ns == 0 || rec_of_ref(to) == NULL || (data == NULL && len > 0) ||
+        len >= PITH_MSG_MAX || type >= PITH_MSG_RESERVED)
+        return -EINVAL;
+    struct core_shard *cs = core_shard_get();
+    if (cs == NULL)
+        return -ENOMEM;
+    if (cs->closing)
+        return -ESHUTDOWN;
+    pith_ref_t asker;
+    uint64_t id;
+    int err = core_ask_open(cs, timeout_ns, cb, ctx, &asker, &id);
+    if (err)
+        return err;
+    bool made = false;
+    pith_ref_t from = asker != PITH_REF_NONE ? asker : ref_task(cs->id);
+    err = vsend_shard(cs, to, from, type, data, len, 0, id, &made);
+    core_ask_close(cs, id, err == 0);
+    if (err == 0 && req_out != NULL)
+        *req_out = id;
+    return err;
+}
+
+/* ---- the running activation ---- */
+
+static struct ventry *entry_of(const pith_actor_t *self)
+{
+    struct core_shard *cs = core_self;
+    struct vshard *vs = cs != NULL ? atomic_load_explicit(&cs->vs, memory_order_relaxed) : NULL;
+    if (self == NULL || vs == NULL || rec_of_actor_type(self->a->rec->type) == NULL)
+        return NULL;
+    return map_get(&vs->by_ref, pith_self(self));
+}
+
+const void *pith_vactor_key(const pith_actor_t *self, uint32_t *len)
+{
+    struct ventry *e = entry_of(self);
+    if (e == NULL)
+        return NULL;
+    if (len != NULL)
+        *len = e->klen;
+    return e->key;
+}
+
+static void off_task(void *arg)
+{
+    pith_ref_t ref = (pith_ref_t)(uintptr_t)arg;
+    struct core_shard *cs = core_self;
+    struct vshard *vs = cs != NULL ? atomic_load_explicit(&cs->vs, memory_order_relaxed) : NULL;
+    if (vs == NULL || cs->closing)
+        return;
+    struct ventry *e = map_get(&vs->by_ref, ref);
+    if (e == NULL || !(e->flags & E_OFF))
+        return;
+    struct actor *a = core_find(cs, ref);
+    if (a != NULL && (a->gen & A_RUNNING)) {
+        /* Asked from a turn still on the stack (a task run inside it): after it. */
+        if (shard_submit_force(cs->id, off_task, arg) != 0)
+            e->flags &= (uint8_t)~E_OFF;
+        return;
+    }
+    deactivate(cs, vs, e, PITH_VDEACT_SELF);
+}
+
+int pith_vactor_deactivate(pith_actor_t *self)
+{
+    struct ventry *e = entry_of(self);
+    if (e == NULL || !(e->flags & E_ACTIVE))
+        return -EINVAL;
+    if (e->flags & E_OFF)
+        return 0;
+    int err = shard_submit_force(core_self->id, off_task, (void *)(uintptr_t)e->act);
+    if (err == 0)
+        e->flags |= E_OFF;
+    return err;
+}
+
+/* ---- info and counters ---- */
+
+struct info_req {
+    const pith_vref_t *v;
+    pith_vactor_info_t *out;
+};
+
+static void *info_here(void *arg)
+{
+    struct info_req *q = arg;
+    struct core_shard *cs = core_shard_get();
+    struct vshard *vs = cs != NULL ? vshard_get(cs) : NULL;
+    struct vtype_shard *ts = vs != NULL ? vts_get(vs, q->v->tid - 1) : NULL;
+    if (ts == NULL)
+        return (void *)(intptr_t)-ENOMEM;
+    struct ventry *e = dir_find(vs, ts, q->v->tid - 1, q->v->hash, q->v->key, q->v->len);
+    memset(q->out, 0, sizeof(*q->out));
+    q->out->dir_shard = cs->id;
+    if (e != NULL && (e->flags & E_ACTIVE)) {
+        q->out->active = true;
+        q->out->shard = cs->id;
+        q->out->ref = e->act;
+        q->out->placement = PITH_PLACE_HASH;
+        q->out->activated_ns = e->activated_ns;
+    }
+    return NULL;
+}
+
+int pith_vactor_info(const pith_vref_t *v, uint64_t timeout_ns, pith_vactor_info_t *out)
+{
+    if (rec_of_ref(v) == NULL || out == NULL)
+        return -EINVAL;
+    unsigned n = pith_shard_count();
+    if (n == 0)
+        return -ESHUTDOWN;
+    unsigned dst = dir_shard(v->hash, n);
+    struct info_req q = {v, out};
+    int me = pith_shard_id();
+    if (me >= 0) {
+        if ((unsigned)me != dst)
+            return -EDEADLK;
+        return (int)(intptr_t)info_here(&q);
+    }
+    pith_client_t *c = pith_client_self();
+    if (c == NULL)
+        return -errno;
+    void *res = NULL;
+    int err = pith_client_call(c, dst, info_here, &q, timeout_ns, &res);
+    return err != 0 ? err : (int)(intptr_t)res;
+}
+
+int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out)
+{
+    if (t == NULL || out == NULL)
+        return -EINVAL;
+    const struct vtype_rec *r = rec_of_vt(t);
+    if (r == NULL)
+        return -ENOENT;
+    struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
+    if (ce == NULL)
+        return -ESHUTDOWN;
+    memset(out, 0, sizeof(*out));
+    uint64_t hist[HIST_BUCKETS] = {0};
+    for (unsigned i = 0; i < ce->n; i++) {
+        /* Acquire: pairs with the release stores that published each part. */
+        struct core_shard *cs = atomic_load_explicit(&ce->shards[i], memory_order_acquire);
+        struct vshard *vs = cs != NULL ? atomic_load_explicit(&cs->vs, memory_order_acquire) : NULL;
+        struct vtype_shard *ts =
+            vs != NULL ? atomic_load_explicit(&vs->types[r->id], memory_order_acquire) : NULL;
+        if (ts == NULL)
+            continue;
+#define RD(f) atomic_load_explicit(&ts->f, memory_order_relaxed)
+        out->activations += RD(activations);
+        out->activate_failed += RD(failed);
+        for (unsigned k = 0; k < 6; k++)
+            out->deactivations[k] += RD(deact[k]);
+        out->live += RD(live_now);
+        out->messages += RD(messages);
+        out->lookups += RD(lookups);
+        out->collisions += RD(collisions);
+        out->refused += RD(refused);
+        if (RD(act_max) > out->activate_max_ns)
+            out->activate_max_ns = RD(act_max);
+        for (unsigned b = 0; b < HIST_BUCKETS; b++)
+            hist[b] += RD(hist[b]);
+#undef RD
+    }
+    uint64_t total = 0;
+    for (unsigned b = 0; b < HIST_BUCKETS; b++)
+        total += hist[b];
+    out->activate_samples = total;
+    uint64_t seen = 0;
+    for (unsigned b = 0; b < HIST_BUCKETS && total > 0; b++) {
+        seen += hist[b];
+        if (out->activate_p50_ns == 0 && seen * 2 >= total)
+            out->activate_p50_ns = hist_upper(b);
+        if (seen * 100 >= total * 99) {
+            out->activate_p99_ns = hist_upper(b);
+            break;
+        }
+    }
+    return 0;
+}
+
+/* ---- the shard hooks ---- */
+
+void core_vactor_exit(struct core_shard *cs)
+{
+    struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
+    if (vs == NULL)
+        return;
+    /* Every activation has ended (and its entry gone with it); what an on_activate left
+     * half-made is freed here. */
+    for (uint32_t i = 0; i < vs->dir.cap; i++) {
+        struct ventry *e = vs->dir.ents[i].key != 0 ? vs->dir.ents[i].val : NULL;
+        while (e != NULL) {
+            struct ventry *next = e->chain;
+            pith_free(e);
+            e = next;
+        }
+    }
+    map_free(&vs->dir);
+    map_free(&vs->by_ref);
+    for (unsigned t = 0; t < PITH_VTYPES_MAX; t++) {
+        struct vtype_shard *ts = atomic_load_explicit(&vs->types[t], memory_order_relaxed);
+        if (ts != NULL && ts->armed) {
+            pith_timer_cancel(ts->timer);
+            ts->armed = false;
+        }
+    }
+}
+
+bool core_vactor_release(pith_fn_t fn, void *arg)
+{
+    if (fn == vdeliver_task) {
+        core_msg_free(arg);
+        return true;
+    }
+    return fn == off_task || fn == sweep;
+}
+
+void core_vactor_gone(struct core_shard *cs)
+{
+    struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
+    if (vs == NULL)
+        return;
+    for (unsigned t = 0; t < PITH_VTYPES_MAX; t++)
+        free(atomic_load_explicit(&vs->types[t], memory_order_relaxed));
+    free(vs);
+}

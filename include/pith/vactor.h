@@ -1,0 +1,187 @@
+/* Virtual actors: named by (type, key), never spawned or stopped by the application. The first
+ * message to a key activates exactly one instance of the type's actor on this node; an
+ * activation that has had no message for the type's idle time is deactivated, and the next
+ * message activates a new one. A virtual ref (pith_vref_t) is a plain value that never goes
+ * stale: keep it, copy it, send to it from any thread for as long as the process lives.
+ *
+ * Where an activation lives: each key has a directory shard, picked by a jump consistent hash
+ * of the key's hash over the shards. The directory shard owns the key's entry, so only it
+ * activates, and only once. With PITH_PLACE_HASH (the default, and for now the only placement)
+ * the activation lives on the directory shard too, so every message for a key crosses at most
+ * one ring: messages from one sender to one virtual actor arrive in the order sent, across
+ * activations (a sender is an actor, a shard's tasks, or a client).
+ *
+ * An activation is an ordinary actor of the type's actor type (behaviour, state, mailbox bound
+ * and overflow policy, memory profile, budget): the behaviour answers asks with pith_reply and
+ * sees msg->from as from any send. Its ref (pith_self) names this activation only; give others
+ * the virtual ref. A behaviour's failure or a pith_stop ends the activation (on_deactivate,
+ * then the actor type's terminate, run as for any end); the next message activates afresh. */
+#ifndef PITH_VACTOR_H
+#define PITH_VACTOR_H
+
+#include <stdint.h>
+
+#include <pith/actor.h>
+#include <pith/api.h>
+#include <pith/client.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Keys are at most this many bytes; they compare as bytes (the hash is only a hint). */
+#define PITH_VKEY_MAX 128u
+/* Types registered at most (for the life of the process). */
+#define PITH_VTYPES_MAX 64u
+/* The default idle time: 15 minutes, as Orleans. */
+#define PITH_VIDLE_DEFAULT (UINT64_C(15) * 60 * 1000000000)
+/* idle_ns that means "never deactivate for idleness". */
+#define PITH_VIDLE_NEVER UINT64_MAX
+
+/* Where a new activation goes. */
+typedef enum pith_placement {
+    PITH_PLACE_HASH = 0, /* the key's directory shard */
+    /* Not built yet (pith_vtype_register answers -ENOTSUP): the sender's shard, the least
+     * loaded shard, a NUMA node, the application's function. */
+    PITH_PLACE_LOCAL = 1,
+    PITH_PLACE_LEAST_LOADED = 2,
+} pith_placement_t;
+
+/* Why an activation began (on_activate's reason). */
+#define PITH_VACT_MESSAGE 1 /* a message came for the key */
+
+/* Why an activation ends (on_deactivate's reason). */
+#define PITH_VDEACT_IDLE     1 /* no message for the type's idle time */
+#define PITH_VDEACT_SELF     2 /* pith_vactor_deactivate */
+#define PITH_VDEACT_CAP      3 /* the shard was at the type's cap of activations */
+#define PITH_VDEACT_ENDED    4 /* its behaviour failed, or it was stopped or killed */
+#define PITH_VDEACT_SHUTDOWN 5 /* the engine stopped */
+
+/* A virtual actor type. Register it once (pith_vtype_register) and keep the object alive and
+ * unchanged for the life of the process (a static object is the usual choice). */
+typedef struct pith_vtype {
+    /* Its name: 1 to PITH_NAME_MAX bytes, unique among the registered types; hashed with each
+     * key, so that two types' actors of one key are two actors. */
+    const char *name;
+    /* What an activation is. Its init, if any, runs with arg NULL, before on_activate. */
+    const pith_actor_type_t *actor;
+    /* An activation without a message for this long is deactivated (between idle_ns and
+     * 1.25 idle_ns after its last message); 0: PITH_VIDLE_DEFAULT; PITH_VIDLE_NEVER: never. */
+    uint64_t idle_ns;
+    pith_placement_t placement; /* where activations go (PITH_PLACE_HASH) */
+    /* Runs on the activation's shard after init, before any message: 0 to go on, or a
+     * negative errno: the activation ends (terminate runs, on_deactivate does not) and the
+     * message that caused it comes back undelivered with that reason (an ask fails with it);
+     * the next message tries again. key is valid during the call. NULL: nothing to do. */
+    int (*on_activate)(pith_actor_t *self, void *state, const void *key, uint32_t len, int reason);
+    /* Runs when the activation ends, with a PITH_VDEACT_* reason, before the actor type's
+     * terminate and before its state is freed. NULL: nothing to do. */
+    void (*on_deactivate)(pith_actor_t *self, void *state, int reason);
+    /* Live activations per shard at most (0: no cap). A shard at the cap deactivates its least
+     * recently used idle activation of the type (PITH_VDEACT_CAP) to make room; with none idle,
+     * the message comes back undelivered with -EAGAIN. */
+    uint32_t max_per_shard;
+    /* Stateless workers: not built yet (pith_vtype_register answers -ENOTSUP unless 0). */
+    uint32_t workers;
+} pith_vtype_t;
+
+/* Registers t (copied: t itself must stay, as its address names the type). Any thread, before
+ * or while an engine runs. Errors: -EINVAL t, its name or its actor type invalid (as
+ * pith_spawn checks), a name too long or empty; -EEXIST a type of that name is registered (t
+ * itself: 0, it already is); -ENOTSUP a placement or workers not built yet; -ENOSPC
+ * PITH_VTYPES_MAX types are registered. */
+PITH_API int pith_vtype_register(const pith_vtype_t *t);
+
+/* A virtual ref: a value, valid for the life of the process once made by pith_vref. Copy it
+ * freely; do not change its fields (hash is derived from type and key, and sends trust it). */
+typedef struct pith_vref {
+    const pith_vtype_t *type; /* its type */
+    uint64_t hash;            /* keyed hash of the type's name and the key (a per-process key) */
+    uint32_t len;             /* bytes of key */
+    uint32_t tid;             /* the type's registration, as pith_vref found it */
+    unsigned char key[PITH_VKEY_MAX]; /* the key's bytes, len of them */
+} pith_vref_t;
+
+/* Makes *out name (type, key[0..len)). Any thread. Errors: -EINVAL out NULL, key NULL with
+ * len > 0, len > PITH_VKEY_MAX; -ENOENT type is not registered. */
+PITH_API int pith_vref(const pith_vtype_t *type, const void *key, size_t len, pith_vref_t *out);
+
+/* As pith_send, to the virtual actor `to` (activated if it is not). From a shard (an actor's
+ * behaviour or a task) the message goes to the key's directory shard; from a thread outside the
+ * engine it goes through the thread's own client, without waiting (pith_client_vsend waits).
+ * What is not delivered (the activation's mailbox is full and its type rejects, on_activate
+ * failed, the shard is at its cap with none idle) comes back as pith_send's notices say, with
+ * `to` the activation's ref when there was one.
+ * Errors: -EINVAL to NULL or not made by pith_vref, type reserved, data NULL with len > 0;
+ * -EAGAIN the mailbox is full (same shard) or the mesh or the lane pushes back; -ENOMEM;
+ * -ESHUTDOWN; and on the directory shard, the errors of activating (on_activate's). */
+PITH_API int pith_vsend(const pith_vref_t *to, uint32_t type, const void *data, uint32_t len);
+/* As pith_send_buf, to a virtual actor. */
+PITH_API int pith_vsend_buf(const pith_vref_t *to, uint32_t type, pith_buf_t *buf);
+/* As pith_ask, to a virtual actor: from a shard, with a callback or (from a behaviour) the
+ * reply as a message. Errors: as pith_ask and pith_vsend. */
+PITH_API int pith_vask(const pith_vref_t *to, uint32_t type, const void *data, uint32_t len,
+                       uint64_t timeout_ns, pith_reply_fn_t cb, void *ctx, uint64_t *req_out);
+/* As pith_client_send, to a virtual actor: a client's messages to one virtual actor arrive in
+ * the order sent, and a full mailbox pushes the client back (its message waits in the lane)
+ * instead of refusing it. */
+PITH_API int pith_client_vsend(pith_client_t *c, const pith_vref_t *to, uint32_t type,
+                               const void *data, uint32_t len, uint64_t timeout_ns);
+/* As pith_client_ask, to a virtual actor (activated if it is not); a failed activation ends the
+ * ask with on_activate's error. */
+PITH_API int pith_client_vask(pith_client_t *c, const pith_vref_t *to, uint32_t type,
+                              const void *data, uint32_t len, uint64_t timeout_ns,
+                              pith_msg_t *reply);
+
+/* The running activation's key (*len its bytes; the pointer is valid while the activation
+ * lives). NULL when self is not a virtual actor's activation. From its behaviour, init (not
+ * yet: NULL there), on_activate, on_deactivate or terminate. */
+PITH_API const void *pith_vactor_key(const pith_actor_t *self, uint32_t *len);
+/* Deactivates the running activation once its behaviour returns (PITH_VDEACT_SELF). Messages
+ * already in its mailbox, and those that come later, go to the next activation, in order.
+ * Errors: -EINVAL self is not a virtual actor's activation. */
+PITH_API int pith_vactor_deactivate(pith_actor_t *self);
+
+/* Where a virtual actor is, as its directory shard sees it. */
+typedef struct pith_vactor_info {
+    unsigned dir_shard;    /* the key's directory shard */
+    bool active;           /* an activation lives now */
+    unsigned shard;        /* where it lives, when active */
+    pith_ref_t ref;        /* the activation's ref, when active */
+    uint32_t placement;    /* the pith_placement_t that placed it, when active */
+    uint64_t activated_ns; /* when it began (pith_now_ns), when active */
+} pith_vactor_info_t;
+
+/* Asks the key's directory shard and waits (from a thread outside the engine, through its own
+ * client, up to timeout_ns; on a shard, only when this is the directory shard).
+ * Errors: -EINVAL; -EDEADLK on another shard than the key's directory shard; -ETIMEDOUT;
+ * -ESHUTDOWN. */
+PITH_API int pith_vactor_info(const pith_vref_t *v, uint64_t timeout_ns, pith_vactor_info_t *out);
+
+/* Counters of one virtual type, summed over the shards (each shard writes its own; a read is
+ * not a snapshot of all at once). */
+typedef struct pith_vtype_stats {
+    uint64_t activations;      /* activations that began (on_activate returned 0) */
+    uint64_t activate_failed;  /* on_activate (or init) failed */
+    uint64_t deactivations[6]; /* ended, by PITH_VDEACT_* reason (index 0 unused) */
+    uint64_t live;             /* activations now */
+    uint64_t messages;         /* messages routed to the type through the directory */
+    uint64_t lookups;          /* directory lookups */
+    uint64_t collisions;       /* lookups that passed an entry of the same hash, another key */
+    uint64_t refused;          /* messages refused for the cap, with none idle */
+    /* Time to activate (directory, spawn, init and on_activate), from every activation:
+     * samples and percentiles as pith_actor_type_stats's. */
+    uint64_t activate_samples;
+    uint64_t activate_p50_ns; /* see activate_samples */
+    uint64_t activate_p99_ns; /* see activate_samples */
+    uint64_t activate_max_ns; /* the longest activation */
+} pith_vtype_stats_t;
+
+/* Errors: -EINVAL t or out NULL; -ENOENT not registered; -ESHUTDOWN no engine. Any thread. */
+PITH_API int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,503 @@
+/* Virtual actors (pith/vactor.h): activation on the first message and exactly once under a
+ * storm of first messages from every shard and from outside threads, per-sender order across
+ * activations, idle deactivation and pith_vactor_deactivate, on_activate failing and the retry,
+ * keys that share a hash, the key limit and the API's errors, the cap per shard, activations
+ * alive at engine stop, and many activations coming and going.
+ * Behaviours report in globals (atomics) read by the test thread; nothing asserts on a shard. */
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "util.h"
+
+enum { ADD = 1, GET = 2, SEQ = 3, OFF = 4 };
+
+struct counter {
+    uint64_t n;
+};
+
+static _Atomic uint64_t activated, deactivated[6], seq_bad, seq_seen;
+static _Atomic int fail_next; /* on_activate fails this many more times */
+
+static int counter_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    struct counter *c = state;
+    uint64_t v = 0;
+    if (msg->len >= sizeof(v))
+        memcpy(&v, msg->data, sizeof(v));
+    switch (msg->type) {
+    case ADD:
+        c->n += v;
+        break;
+    case GET:
+        (void)pith_reply(msg, GET, &c->n, sizeof(c->n));
+        break;
+    case OFF:
+        (void)pith_vactor_deactivate(self);
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static int on_act(pith_actor_t *self, void *state, const void *key, uint32_t len, int reason)
+{
+    (void)state;
+    uint32_t klen = 0;
+    const void *k = pith_vactor_key(self, &klen);
+    if (reason != PITH_VACT_MESSAGE || k == NULL || klen != len || memcmp(k, key, len) != 0)
+        return -EPROTO; /* the tests see it as a failed activation */
+    int f = atomic_load(&fail_next);
+    while (f > 0) {
+        if (atomic_compare_exchange_weak(&fail_next, &f, f - 1))
+            return -EIO;
+    }
+    atomic_fetch_add(&activated, 1);
+    return 0;
+}
+
+static void on_deact(pith_actor_t *self, void *state, int reason)
+{
+    (void)self;
+    (void)state;
+    if (reason > 0 && reason < 6)
+        atomic_fetch_add(&deactivated[reason], 1);
+}
+
+static const pith_actor_type_t counter_actor = {
+    .name = "counter",
+    .behaviour = counter_behaviour,
+    .state_size = sizeof(struct counter),
+};
+
+static const pith_vtype_t counter_type = {
+    .name = "counter",
+    .actor = &counter_actor,
+    .on_activate = on_act,
+    .on_deactivate = on_deact,
+};
+
+/* The same actor, deactivated after 20 ms without a message. */
+static const pith_vtype_t quick_type = {
+    .name = "quick",
+    .actor = &counter_actor,
+    .idle_ns = 20 * MS,
+    .on_activate = on_act,
+    .on_deactivate = on_deact,
+};
+
+static pith_vref_t vref_of(const pith_vtype_t *t, const char *key)
+{
+    pith_vref_t v;
+    int rc = pith_vref(t, key, strlen(key), &v);
+    cr_assert_eq(rc, 0, "pith_vref(%s): %d", key, rc);
+    return v;
+}
+
+static uint64_t ask_u64(const pith_vref_t *v)
+{
+    pith_msg_t reply;
+    int rc = pith_client_vask(pith_client_self(), v, GET, NULL, 0, 5000 * MS, &reply);
+    cr_assert_eq(rc, 0, "pith_client_vask: %d (%s)", rc, pith_strerror(rc));
+    cr_assert_eq(reply.len, sizeof(uint64_t));
+    uint64_t n;
+    memcpy(&n, reply.data, sizeof(n));
+    return n;
+}
+
+static void start(int shards)
+{
+    cr_assert_eq(pith_vtype_register(&counter_type), 0);
+    cr_assert_eq(pith_vtype_register(&quick_type), 0);
+    pith_config_t cfg = test_config(shards);
+    test_start(&cfg);
+}
+
+static pith_vtype_stats_t stats_of(const pith_vtype_t *t)
+{
+    pith_vtype_stats_t st;
+    cr_assert_eq(pith_vtype_stats(t, &st), 0);
+    return st;
+}
+
+Test(vactor, first_message_activates_once_and_state_lives_on, .timeout = 30)
+{
+    start(2);
+    pith_vref_t v = vref_of(&counter_type, "AAPL");
+    uint64_t one = 1;
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(pith_vsend(&v, ADD, &one, sizeof(one)), 0);
+    cr_assert_eq(ask_u64(&v), 10);
+    pith_vactor_info_t info;
+    cr_assert_eq(pith_vactor_info(&v, 5000 * MS, &info), 0);
+    cr_assert(info.active);
+    cr_assert_eq(info.shard, info.dir_shard);
+    cr_assert_eq(pith_ref_shard(info.ref), info.shard);
+    pith_vtype_stats_t st = stats_of(&counter_type);
+    cr_assert_eq(st.activations, 1);
+    cr_assert_eq(st.live, 1);
+    cr_assert_eq(atomic_load(&activated), 1);
+    cr_assert_geq(st.activate_samples, 1);
+    test_stop(NULL);
+    cr_assert_eq(atomic_load(&deactivated[PITH_VDEACT_SHUTDOWN]), 1);
+}
+
+/* ---- a storm of first messages ---- */
+
+#define STORM_KEYS 64
+
+struct storm {
+    unsigned rounds;
+    test_error_t err;
+    _Atomic uint64_t sent[STORM_KEYS]; /* sends accepted, per key */
+};
+
+static void *storm_fn(void *arg)
+{
+    struct storm *s = arg;
+    uint64_t one = 1;
+    for (unsigned r = 0; r < s->rounds; r++) {
+        for (unsigned k = 0; k < STORM_KEYS; k++) {
+            char key[16];
+            snprintf(key, sizeof(key), "k%u", k);
+            pith_vref_t v;
+            int rc = pith_vref(&counter_type, key, strlen(key), &v);
+            if (rc == 0)
+                rc = pith_vsend(&v, ADD, &one, sizeof(one));
+            if (rc == 0)
+                atomic_fetch_add(&s->sent[k], 1);
+            else if (rc != -EAGAIN) /* the mesh pushing back: that send did not happen */
+                TEST_NOTE(&s->err, rc);
+        }
+    }
+    return NULL;
+}
+
+static void *outside_storm(void *arg)
+{
+    struct storm *s = arg;
+    uint64_t one = 1;
+    for (unsigned r = 0; r < s->rounds; r++) {
+        for (unsigned k = 0; k < STORM_KEYS; k++) {
+            char key[16];
+            snprintf(key, sizeof(key), "k%u", k);
+            pith_vref_t v;
+            int rc = pith_vref(&counter_type, key, strlen(key), &v);
+            if (rc == 0)
+                rc =
+                    pith_client_vsend(pith_client_self(), &v, ADD, &one, sizeof(one), PITH_FOREVER);
+            if (rc == 0)
+                atomic_fetch_add(&s->sent[k], 1);
+            else
+                TEST_NOTE(&s->err, rc);
+        }
+    }
+    return NULL;
+}
+
+Test(vactor, a_storm_of_first_messages_makes_one_activation_per_key, .timeout = 60)
+{
+    start(3); /* more shards than CPUs on small machines: interleavings vary more */
+    struct storm s = {.rounds = 20};
+    pthread_t outside[2];
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pthread_create(&outside[i], NULL, outside_storm, &s), 0);
+    for (unsigned sh = 0; sh < 3; sh++)
+        cr_assert_eq(pith_call_wait(sh, storm_fn, &s, NULL), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(outside[i], NULL);
+    test_assert_no_error(&s.err);
+    uint64_t total = 0;
+    for (unsigned k = 0; k < STORM_KEYS; k++) {
+        char key[16];
+        snprintf(key, sizeof(key), "k%u", k);
+        pith_vref_t v = vref_of(&counter_type, key);
+        /* The shards' sends cross the mesh, the ask a lane: it may overtake the last ones. */
+        uint64_t sent = atomic_load(&s.sent[k]), n = 0;
+        TEST_WAIT_WITH(n = ask_u64(&v), n >= sent);
+        cr_assert_eq(n, sent, "key %s counted %llu of %llu", key, (unsigned long long)n,
+                     (unsigned long long)sent);
+        total += n;
+    }
+    cr_assert_geq(total, 2u * 20 * STORM_KEYS, "the outside threads' sends all count");
+    cr_assert_eq(stats_of(&counter_type).activations, STORM_KEYS);
+    cr_assert_eq(atomic_load(&activated), STORM_KEYS);
+    test_stop(NULL);
+}
+
+/* ---- order across activations ---- */
+
+/* A sequence per sender: the payload is (sender << 32 | seq). */
+static _Atomic uint32_t next_seq[8];
+
+static int seq_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)state;
+    uint64_t v;
+    memcpy(&v, msg->data, sizeof(v));
+    uint32_t sender = (uint32_t)(v >> 32), seq = (uint32_t)v;
+    if (sender < 8) {
+        if (atomic_load(&next_seq[sender]) != seq)
+            atomic_fetch_add(&seq_bad, 1);
+        atomic_store(&next_seq[sender], seq + 1);
+    }
+    atomic_fetch_add(&seq_seen, 1);
+    if (seq % 7 == 3)
+        (void)pith_vactor_deactivate(self); /* many activations, messages waiting in each */
+    return 0;
+}
+
+/* Two messages a turn: a deactivation asked for in one turn finds messages still waiting. */
+static const pith_actor_type_t seq_actor = {
+    .name = "seq", .behaviour = seq_behaviour, .turn_msgs = 2};
+static const pith_vtype_t seq_type = {
+    .name = "seq",
+    .actor = &seq_actor,
+    .on_activate = on_act,
+    .on_deactivate = on_deact,
+};
+
+struct seq_sender {
+    uint32_t id, n;
+    test_error_t *err;
+};
+
+static void *seq_send_fn(void *arg)
+{
+    struct seq_sender *q = arg;
+    pith_vref_t v;
+    int rc = pith_vref(&seq_type, "book", 4, &v);
+    for (uint32_t i = 0; i < q->n && rc == 0; i++) {
+        uint64_t x = (uint64_t)q->id << 32 | i;
+        rc = pith_vsend(&v, SEQ, &x, sizeof(x));
+        if (rc == -EAGAIN)
+            break; /* the mesh's bound: the test sends few enough not to meet it */
+    }
+    if (rc != 0)
+        TEST_NOTE(q->err, rc);
+    return NULL;
+}
+
+static void *seq_outside_fn(void *arg)
+{
+    struct seq_sender *q = arg;
+    pith_vref_t v;
+    int rc = pith_vref(&seq_type, "book", 4, &v);
+    for (uint32_t i = 0; i < q->n && rc == 0; i++) {
+        uint64_t x = (uint64_t)q->id << 32 | i;
+        rc = pith_client_vsend(pith_client_self(), &v, SEQ, &x, sizeof(x), PITH_FOREVER);
+    }
+    if (rc != 0)
+        TEST_NOTE(q->err, rc);
+    return NULL;
+}
+
+Test(vactor, each_senders_order_holds_across_activations, .timeout = 60)
+{
+    cr_assert_eq(pith_vtype_register(&seq_type), 0);
+    pith_config_t cfg = test_config(2);
+    test_start(&cfg);
+    test_error_t err = {0};
+    uint32_t per = (uint32_t)scaled(500) < 50 ? 50 : (uint32_t)scaled(500);
+    struct seq_sender snd[4] = {{0, per, &err}, {1, per, &err}, {2, per, &err}, {3, per, &err}};
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, seq_outside_fn, &snd[3]), 0);
+    for (unsigned r = 0; r < 3; r++)
+        cr_assert_eq(pith_call_wait(r % 2, seq_send_fn, &snd[r], NULL), 0);
+    pthread_join(t, NULL);
+    test_assert_no_error(&err);
+    TEST_WAIT_FOR(atomic_load(&seq_seen) == 4u * per);
+    cr_assert_eq(atomic_load(&seq_bad), 0, "%llu messages out of order",
+                 (unsigned long long)atomic_load(&seq_bad));
+    pith_vtype_stats_t st = stats_of(&seq_type);
+    cr_assert_gt(st.activations, 10, "only %llu activations", (unsigned long long)st.activations);
+    cr_assert_eq(st.deactivations[PITH_VDEACT_SELF] + st.live, st.activations);
+    test_stop(NULL);
+}
+
+/* ---- idleness ---- */
+
+Test(vactor, an_idle_activation_goes_and_the_next_message_brings_a_new_one, .timeout = 30)
+{
+    start(2);
+    pith_vref_t v = vref_of(&quick_type, "idle");
+    uint64_t five = 5;
+    cr_assert_eq(pith_vsend(&v, ADD, &five, sizeof(five)), 0);
+    cr_assert_eq(ask_u64(&v), 5);
+    uint64_t t0 = pith_now_ns();
+    TEST_WAIT_FOR(stats_of(&quick_type).live == 0);
+    uint64_t took = pith_now_ns() - t0;
+    cr_assert_geq(took, 10 * MS, "gone after %llu ns (idle time 20 ms)", (unsigned long long)took);
+    cr_assert_eq(atomic_load(&deactivated[PITH_VDEACT_IDLE]), 1);
+    cr_assert_eq(ask_u64(&v), 0, "a new activation starts from fresh state");
+    cr_assert_eq(stats_of(&quick_type).activations, 2);
+    test_stop(NULL);
+}
+
+Test(vactor, a_busy_activation_is_not_idle, .timeout = 30)
+{
+    start(1);
+    pith_vref_t v = vref_of(&quick_type, "busy");
+    uint64_t one = 1;
+    uint64_t end = pith_now_ns() + 200 * MS;
+    uint64_t sent = 0;
+    while (pith_now_ns() < end) {
+        cr_assert_eq(
+            pith_client_vsend(pith_client_self(), &v, ADD, &one, sizeof(one), PITH_FOREVER), 0);
+        sent++;
+    }
+    cr_assert_eq(ask_u64(&v), sent, "one activation took every message");
+    cr_assert_eq(stats_of(&quick_type).activations, 1);
+    test_stop(NULL);
+}
+
+/* ---- activation failure ---- */
+
+Test(vactor, a_failed_activation_fails_its_ask_and_the_next_message_retries, .timeout = 30)
+{
+    start(2);
+    pith_vref_t v = vref_of(&counter_type, "flaky");
+    atomic_store(&fail_next, 1);
+    pith_msg_t reply;
+    int rc = pith_client_vask(pith_client_self(), &v, GET, NULL, 0, 5000 * MS, &reply);
+    cr_assert_eq(rc, -EIO, "the ask fails with on_activate's error, got %d", rc);
+    cr_assert_eq(ask_u64(&v), 0);
+    pith_vtype_stats_t st = stats_of(&counter_type);
+    cr_assert_eq(st.activate_failed, 1);
+    cr_assert_eq(st.activations, 1);
+    cr_assert_eq(atomic_load(&deactivated[PITH_VDEACT_ENDED]), 0,
+                 "on_deactivate does not run for an activation that never began");
+    test_stop(NULL);
+}
+
+/* ---- keys ---- */
+
+Test(vactor, keys_with_one_hash_are_two_actors, .timeout = 30)
+{
+    start(2);
+    pith_vref_t a = vref_of(&counter_type, "alpha"), b = vref_of(&counter_type, "beta");
+    b.hash = a.hash; /* a forced collision: the directory compares keys as bytes */
+    uint64_t x = 3, y = 4;
+    cr_assert_eq(pith_vsend(&a, ADD, &x, sizeof(x)), 0);
+    cr_assert_eq(pith_vsend(&b, ADD, &y, sizeof(y)), 0);
+    cr_assert_eq(ask_u64(&a), 3);
+    cr_assert_eq(ask_u64(&b), 4);
+    pith_vtype_stats_t st = stats_of(&counter_type);
+    cr_assert_eq(st.activations, 2);
+    cr_assert_gt(st.collisions, 0);
+    /* One key of two types: two actors. */
+    pith_vref_t q = vref_of(&quick_type, "alpha");
+    cr_assert_eq(ask_u64(&q), 0);
+    test_stop(NULL);
+}
+
+Test(vactor, keys_up_to_the_limit_and_the_api_errors, .timeout = 30)
+{
+    start(2);
+    unsigned char key[PITH_VKEY_MAX + 1];
+    memset(key, 0xAB, sizeof(key));
+    pith_vref_t v;
+    cr_assert_eq(pith_vref(&counter_type, key, PITH_VKEY_MAX, &v), 0);
+    uint64_t two = 2;
+    cr_assert_eq(pith_vsend(&v, ADD, &two, sizeof(two)), 0);
+    cr_assert_eq(ask_u64(&v), 2);
+    cr_assert_eq(pith_vref(&counter_type, key, PITH_VKEY_MAX + 1, &v), -EINVAL);
+    cr_assert_eq(pith_vref(&counter_type, NULL, 1, &v), -EINVAL);
+    cr_assert_eq(pith_vref(&counter_type, "", 0, &v), 0, "the empty key is a key");
+    static const pith_vtype_t unregistered = {.name = "nobody", .actor = &counter_actor};
+    cr_assert_eq(pith_vref(&unregistered, "x", 1, &v), -ENOENT);
+    cr_assert_eq(pith_vtype_register(&counter_type), 0, "registering again is a no-op");
+    static const pith_vtype_t same_name = {.name = "counter", .actor = &counter_actor};
+    cr_assert_eq(pith_vtype_register(&same_name), -EEXIST);
+    static const pith_vtype_t local = {
+        .name = "local", .actor = &counter_actor, .placement = PITH_PLACE_LOCAL};
+    cr_assert_eq(pith_vtype_register(&local), -ENOTSUP);
+    static const pith_vtype_t workers = {.name = "w", .actor = &counter_actor, .workers = 4};
+    cr_assert_eq(pith_vtype_register(&workers), -ENOTSUP);
+    static const pith_vtype_t no_actor = {.name = "none"};
+    cr_assert_eq(pith_vtype_register(&no_actor), -EINVAL);
+    static const pith_vtype_t no_name = {.actor = &counter_actor};
+    cr_assert_eq(pith_vtype_register(&no_name), -EINVAL);
+    pith_vref_t forged = vref_of(&counter_type, "f");
+    forged.tid = 60;
+    cr_assert_eq(pith_vsend(&forged, ADD, &two, sizeof(two)), -EINVAL);
+    cr_assert_eq(pith_vsend(NULL, ADD, &two, sizeof(two)), -EINVAL);
+    pith_vref_t ok = vref_of(&counter_type, "ok");
+    cr_assert_eq(pith_vsend(&ok, PITH_MSG_RESERVED, NULL, 0), -EINVAL);
+    cr_assert_eq(pith_vsend(&ok, ADD, NULL, 8), -EINVAL);
+    cr_assert_eq(pith_vask(&ok, GET, NULL, 0, MS, NULL, NULL, NULL), -EPERM,
+                 "pith_vask is for shards");
+    cr_assert_eq(pith_vactor_deactivate(NULL), -EINVAL);
+    cr_assert_null(pith_vactor_key(NULL, NULL));
+    test_stop(NULL);
+}
+
+/* ---- the cap per shard ---- */
+
+static const pith_vtype_t capped_type = {
+    .name = "capped",
+    .actor = &counter_actor,
+    .max_per_shard = 2,
+    .on_activate = on_act,
+    .on_deactivate = on_deact,
+};
+
+Test(vactor, a_shard_at_its_cap_lets_the_least_recently_used_go, .timeout = 30)
+{
+    cr_assert_eq(pith_vtype_register(&capped_type), 0);
+    pith_config_t cfg = test_config(1);
+    test_start(&cfg);
+    pith_vref_t a = vref_of(&capped_type, "a"), b = vref_of(&capped_type, "b"),
+                c = vref_of(&capped_type, "c");
+    uint64_t one = 1;
+    cr_assert_eq(pith_vsend(&a, ADD, &one, sizeof(one)), 0);
+    cr_assert_eq(ask_u64(&b), 0);
+    cr_assert_eq(ask_u64(&a), 1); /* a used after b: b is the least recently used */
+    cr_assert_eq(ask_u64(&c), 0);
+    pith_vtype_stats_t st = stats_of(&capped_type);
+    cr_assert_eq(st.live, 2);
+    cr_assert_eq(st.deactivations[PITH_VDEACT_CAP], 1);
+    cr_assert_eq(ask_u64(&a), 1, "a stayed");
+    test_stop(NULL);
+}
+
+/* ---- many come and go ---- */
+
+static void *many_fn(void *arg)
+{
+    uint64_t *n = arg;
+    uint64_t one = 1;
+    for (uint64_t i = 0; i < *n; i++) {
+        char key[24];
+        int kl = snprintf(key, sizeof(key), "m%llu", (unsigned long long)i);
+        pith_vref_t v;
+        if (pith_vref(&counter_type, key, (size_t)kl, &v) != 0 ||
+            pith_vsend(&v, ADD, &one, sizeof(one)) != 0 || pith_vsend(&v, OFF, NULL, 0) != 0) {
+            *n = i;
+            break;
+        }
+    }
+    return NULL;
+}
+
+Test(vactor, many_activations_come_and_go_and_their_memory_with_them, .timeout = 120)
+{
+    start(1);
+    pith_vref_t warm = vref_of(&counter_type, "warm");
+    cr_assert_eq(ask_u64(&warm), 0);
+    pith_mem_stats_t before, after;
+    test_sync_all();
+    cr_assert_eq(pith_mem_stats(0, &before), 0);
+    uint64_t want = scaled(100000), n = want;
+    cr_assert_eq(pith_call_wait(0, many_fn, &n, NULL), 0);
+    cr_assert_eq(n, want, "sent to %llu keys of %llu", (unsigned long long)n,
+                 (unsigned long long)want);
+    TEST_WAIT_FOR(stats_of(&counter_type).live == 1);
+    pith_vtype_stats_t st = stats_of(&counter_type);
+    cr_assert_eq(st.activations, want + 1);
+    cr_assert_eq(st.deactivations[PITH_VDEACT_SELF], want);
+    /* The actor table gives its emptied chunks back 10 ms after they emptied. */
+    TEST_WAIT_FOR(pith_mem_stats(0, &after) == 0 && after.in_use <= before.in_use + (64u << 10));
+    test_stop(NULL);
+}
