@@ -319,7 +319,8 @@ static void actor_end(struct core_shard *cs, struct actor *a, uint32_t slot, int
         /* Messages it sent itself meanwhile are dropped with the rest. */
         mailbox_drop_all(cs, a, ref);
     }
-    pith_free(a->state);
+    if (a->state != NULL)
+        pith_free((char *)a->state - atomic_load_explicit(&r->state_prefix, memory_order_relaxed));
     /* Its account goes unless the actor left blocks charged to it (then the account stays,
      * so that their frees still find it). */
     if (r->type->mem_budget > 0)
@@ -487,6 +488,12 @@ static void turn_task(void *arg)
 
 int pith_spawn(const pith_actor_type_t *type, void *arg, pith_ref_t *out)
 {
+    return core_spawn_ex(type, arg, 0, 0, NULL, NULL, out);
+}
+
+int core_spawn_ex(const pith_actor_type_t *type, void *arg, size_t prefix, size_t tail,
+                  core_prep_fn prep, void *ctx, pith_ref_t *out)
+{
     if (out != NULL)
         *out = PITH_REF_NONE;
     if (type == NULL || type->behaviour == NULL || (unsigned)type->profile >= PITH_MEM_PROFILES ||
@@ -515,24 +522,32 @@ int pith_spawn(const pith_actor_type_t *type, void *arg, pith_ref_t *out)
     pith_ref_t ref = ref_make(cs->id, gen, slot);
     /* The state, charged to the actor itself (owner tag = its ref) when the type has a
      * budget, so that the budget covers it too. */
-    void *state = NULL;
+    void *state = NULL, *block = NULL;
     if (type->mem_budget > 0 && (err = pith_mem_owner_budget(ref, type->mem_budget)) != 0) {
         slot_free(cs, slot);
         return err;
     }
-    if (type->state_size > 0) {
-        state = pith_malloc_ex(type->state_size, 0, type->profile, type->mem_budget > 0 ? ref : 0);
-        if (state == NULL) {
+    if (type->state_size > 0 || prefix > 0) {
+        size_t span = prefix > 0 ? core_state_span(type->state_size) : type->state_size;
+        block =
+            pith_malloc_ex(prefix + span + tail, 0, type->profile, type->mem_budget > 0 ? ref : 0);
+        if (block == NULL) {
             if (type->mem_budget > 0)
                 pith_mem_owner_forget(ref);
             slot_free(cs, slot);
             return -ENOMEM;
         }
-        memset(state, 0, type->state_size);
+        memset(block, 0, prefix + type->state_size);
+        state = (char *)block + prefix;
+        /* Relaxed: only this shard frees its actors' states; every spawn of the type stores
+         * the same value. */
+        atomic_store_explicit(&r->state_prefix, (uint32_t)prefix, memory_order_relaxed);
     }
     *a = (struct actor){.rec = r, .behaviour = type->behaviour, .state = state, .gen = gen};
     cs->live++;
     bump(&ctr(cs, r)->spawned, 1);
+    if (prep != NULL)
+        prep(block, ref, ctx);
     if (type->init != NULL) {
         struct pith_actor self = {a, ref};
         pith_ref_t outer = core_current;
@@ -544,7 +559,7 @@ int pith_spawn(const pith_actor_type_t *type, void *arg, pith_ref_t *out)
         if (err != 0) {
             /* Not started: no terminate, and it does not count as spawned. */
             mailbox_drop_all(cs, a, ref);
-            pith_free(state);
+            pith_free(block);
             if (type->mem_budget > 0)
                 pith_mem_owner_forget(ref);
             bump(&ctr(cs, r)->spawned, (uint64_t)-1);

@@ -164,6 +164,9 @@ struct type_rec {
     struct type_rec *next;
     uint32_t mailbox_max, turn_msgs; /* resolved defaults */
     struct type_counters *per_shard; /* [n] */
+    /* Bytes of the state's block before the state (core_spawn_ex: a virtual actor's entry);
+     * every spawn of the type has the same. */
+    _Atomic uint32_t state_prefix;
 };
 
 /* Actor record flags, above the 24 generation bits of `gen`. Whether an actor has timers,
@@ -287,6 +290,18 @@ struct core_shard *core_shard_get(void);   /* the calling shard's, made on first
 struct actor *core_lookup(const struct core_shard *cs, pith_ref_t ref);
 struct amsg *core_msg_make(pith_ref_t to, pith_ref_t from, uint32_t type, const void *data,
                            uint32_t len);
+/* As pith_spawn on the calling shard, with the state in a block of prefix + state_size
+ * (rounded up to 16) + tail bytes: the state is at block + prefix (16-aligned; not NULL even
+ * when state_size is 0), prefix bytes are zeroed, and prep(block, ref, ctx) runs before init
+ * (which gets arg). Every spawn of one type must use one prefix (a multiple of 16). */
+typedef void (*core_prep_fn)(void *block, pith_ref_t ref, void *ctx);
+int core_spawn_ex(const pith_actor_type_t *type, void *arg, size_t prefix, size_t tail,
+                  core_prep_fn prep, void *ctx, pith_ref_t *out);
+static inline size_t core_state_span(size_t state_size)
+{
+    return (state_size + 15) & ~(size_t)15;
+}
+
 /* send.c */
 /* Puts m (addressed to a live actor of this shard) in its mailbox, by the type's overflow
  * policy; on error (-EAGAIN full, -ENOMEM) m stays the caller's. */

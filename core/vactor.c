@@ -176,28 +176,44 @@ static unsigned dir_shard(uint64_t h, unsigned n)
 
 /* ---- one shard's part ---- */
 
+/* A key's entry: the first bytes of its activation's state block (core_spawn_ex), so an
+ * activation finds its entry, and an entry its key (after the state), without a lookup. */
 struct ventry {
-    struct ventry *chain;       /* entries of the same map key */
+    struct ventry *chain;       /* the directory bucket's next */
     struct ventry *prev, *next; /* the type's list on this shard, least recently used first */
     pith_ref_t act;             /* the activation */
     uint64_t hash;
-    uint64_t activated_ns;
     uint32_t tick; /* the sweep tick of its last message */
-    uint16_t tid;  /* type index */
+    uint8_t tid;   /* type index */
     uint8_t why;   /* PITH_VDEACT_* of a deactivation begun here; 0: none */
     uint8_t flags;
-    uint32_t klen;
-    unsigned char key[];
+    uint8_t klen;
 };
+/* The prefix before an activation's state: the entry, 16-aligned. */
+#define VHDR ((sizeof(struct ventry) + 15) & ~(size_t)15)
+_Static_assert(PITH_VKEY_MAX <= 255, "klen fits a byte");
+_Static_assert(PITH_VTYPES_MAX <= 256, "tid fits a byte");
 #define E_ACTIVE 1u /* on_activate returned 0 */
 #define E_LISTED 2u /* on its type's list */
 #define E_OFF    4u /* pith_vactor_deactivate asked */
+#define E_DIR    8u /* in the directory */
+
+static inline unsigned char *entry_key(struct ventry *e)
+{
+    return (unsigned char *)e + VHDR + core_state_span(vtypes[e->tid].vt->actor->state_size);
+}
+
+static inline struct ventry *entry_of_state(void *state)
+{
+    return (struct ventry *)((char *)state - VHDR);
+}
 
 /* One type on one shard. Counters: written by the shard, relaxed; read by any thread. */
 struct vtype_shard {
     struct ventry *head, *tail;
     uint32_t tick;
     uint32_t live;
+    uint32_t sample; /* activations since the last timed one */
     bool armed;
     pith_timer_id_t timer;
     _Atomic uint64_t activations, failed, deact[6], messages, lookups, collisions, refused;
@@ -206,8 +222,11 @@ struct vtype_shard {
 };
 
 struct vshard {
-    struct map dir;    /* hash | 1 -> chain of struct ventry */
-    struct map by_ref; /* activation ref -> struct ventry */
+    /* The directory: buckets of entries chained through ventry.chain, by hash; as many
+     * buckets as entries at most (it doubles past that; a failed doubling leaves the chains
+     * longer, nothing fails). 8 bytes of table per entry, or 16 just after a doubling. */
+    struct ventry **buckets;
+    uint64_t nbuckets, nentries;
     /* Made on first use, published with release for counter readers (acquire). */
     _Atomic(struct vtype_shard *) types[PITH_VTYPES_MAX];
 };
@@ -253,40 +272,66 @@ static struct vtype_shard *vts_get(struct vshard *vs, uint32_t tid)
     return ts;
 }
 
-static inline uint64_t map_key(uint64_t hash)
-{
-    return hash | 1; /* map keys are nonzero; the entry keeps the whole hash */
-}
-
 static struct ventry *dir_find(struct vshard *vs, struct vtype_shard *ts, uint32_t tid,
                                uint64_t hash, const unsigned char *key, uint32_t klen)
 {
     bump(&ts->lookups, 1);
-    for (struct ventry *e = map_get(&vs->dir, map_key(hash)); e != NULL; e = e->chain) {
-        if (e->hash == hash && e->tid == tid && e->klen == klen && memcmp(e->key, key, klen) == 0)
+    if (vs->nbuckets == 0)
+        return NULL;
+    for (struct ventry *e = vs->buckets[hash & (vs->nbuckets - 1)]; e != NULL; e = e->chain) {
+        if (e->hash != hash)
+            continue;
+        if (e->tid == tid && e->klen == klen && memcmp(entry_key(e), key, klen) == 0)
             return e;
         bump(&ts->collisions, 1);
     }
     return NULL;
 }
 
-static void dir_unlink(struct vshard *vs, struct ventry *e)
+static void dir_grow(struct vshard *vs)
 {
-    uint64_t k = map_key(e->hash);
-    struct ventry *first = map_get(&vs->dir, k);
-    if (first == e) {
-        if (e->chain != NULL)
-            (void)map_put(&vs->dir, k, e->chain); /* replacing: cannot fail */
-        else
-            map_del(&vs->dir, k);
-        return;
-    }
-    for (struct ventry *p = first; p != NULL; p = p->chain) {
-        if (p->chain == e) {
-            p->chain = e->chain;
-            return;
+    uint64_t n = vs->nbuckets ? vs->nbuckets * 2 : 64;
+    struct ventry **b = calloc(n, sizeof(*b));
+    if (b == NULL)
+        return; /* longer chains until a later doubling works */
+    for (uint64_t i = 0; i < vs->nbuckets; i++) {
+        for (struct ventry *e = vs->buckets[i], *next; e != NULL; e = next) {
+            next = e->chain;
+            e->chain = b[e->hash & (n - 1)];
+            b[e->hash & (n - 1)] = e;
         }
     }
+    free(vs->buckets);
+    vs->buckets = b;
+    vs->nbuckets = n;
+}
+
+static void dir_insert(struct vshard *vs, struct ventry *e)
+{
+    if (vs->nentries >= vs->nbuckets)
+        dir_grow(vs);
+    if (vs->nbuckets == 0)
+        return; /* no table at all: not found, and activated again by the next message */
+    struct ventry **b = &vs->buckets[e->hash & (vs->nbuckets - 1)];
+    e->chain = *b;
+    *b = e;
+    e->flags |= E_DIR;
+    vs->nentries++;
+}
+
+static void dir_unlink(struct vshard *vs, struct ventry *e)
+{
+    if (!(e->flags & E_DIR))
+        return;
+    for (struct ventry **p = &vs->buckets[e->hash & (vs->nbuckets - 1)]; *p != NULL;
+         p = &(*p)->chain) {
+        if (*p == e) {
+            *p = e->chain;
+            break;
+        }
+    }
+    e->flags &= (uint8_t)~E_DIR;
+    vs->nentries--;
 }
 
 static void list_unlink(struct vtype_shard *ts, struct ventry *e)
@@ -368,7 +413,7 @@ static void deactivate(struct core_shard *cs, struct vshard *vs, struct ventry *
     unsigned char key[PITH_VKEY_MAX];
     uint32_t tid = e->tid, klen = e->klen;
     uint64_t hash = e->hash;
-    memcpy(key, e->key, klen);
+    memcpy(key, entry_key(e), klen);
     e->why = (uint8_t)why;
     /* vterminate runs on_deactivate, the type's terminate, and frees e. */
     (void)core_end_now(cs, e->act, PITH_EXIT_NORMAL);
@@ -420,6 +465,43 @@ static void sweep(void *arg)
         sweep_arm(ts, &vtypes[tid]);
 }
 
+struct prep {
+    struct vshard *vs;
+    struct vtype_shard *ts;
+    uint32_t tid;
+    uint64_t hash;
+    const unsigned char *key;
+    uint32_t klen;
+};
+
+/* core_spawn_ex's step before init: the entry is made and in the directory, so that whatever
+ * init or on_activate sends to the key finds this activation. */
+static void prep_entry(void *block, pith_ref_t ref, void *ctx)
+{
+    const struct prep *p = ctx;
+    struct ventry *e = block;
+    e->act = ref;
+    e->hash = p->hash;
+    e->tid = (uint8_t)p->tid;
+    e->klen = (uint8_t)p->klen;
+    memcpy(entry_key(e), p->key, p->klen);
+    dir_insert(p->vs, e);
+    p->ts->live++;
+    bump(&p->ts->live_now, 1);
+}
+
+/* An entry leaves: the directory, its type's list, the live count. */
+static void entry_drop(struct vshard *vs, struct ventry *e)
+{
+    struct vtype_shard *ts = atomic_load_explicit(&vs->types[e->tid], memory_order_relaxed);
+    if (e->flags & E_DIR) {
+        ts->live--;
+        bump(&ts->live_now, (uint64_t)0 - 1);
+    }
+    dir_unlink(vs, e);
+    list_unlink(ts, e);
+}
+
 /* Makes key's activation on this shard (its directory shard). Errors: -EAGAIN at the cap with
  * none idle, -ENOMEM, init's or on_activate's error. */
 static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts,
@@ -427,45 +509,35 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
                                int *err)
 {
     const struct vtype_rec *r = &vtypes[tid];
-    uint64_t t0 = pith_now_ns();
+    /* One activation in HIST_SAMPLE is timed, the first included (two clock reads cost a
+     * tenth of one). */
+    bool timed = ts->sample++ % HIST_SAMPLE == 0;
+    uint64_t t0 = timed ? pith_now_ns() : 0;
     if (r->vt->max_per_shard != 0 && ts->live >= r->vt->max_per_shard && !evict_one(cs, vs, ts)) {
         bump(&ts->refused, 1);
         *err = -EAGAIN;
         return NULL;
     }
-    struct ventry *e = pith_malloc(sizeof(*e) + klen);
-    if (e == NULL) {
-        *err = -ENOMEM;
-        return NULL;
-    }
-    memset(e, 0, sizeof(*e));
-    e->hash = hash;
-    e->tid = (uint16_t)tid;
-    e->klen = klen;
-    memcpy(e->key, key, klen);
-    e->chain = map_get(&vs->dir, map_key(hash));
-    if ((*err = map_put(&vs->dir, map_key(hash), e)) != 0) {
-        pith_free(e);
-        return NULL;
-    }
+    struct prep p = {vs, ts, tid, hash, key, klen};
     pith_ref_t ref;
-    *err = pith_spawn(&r->at, e, &ref); /* vinit files e under ref */
+    *err = core_spawn_ex(&r->at, NULL, VHDR, klen, prep_entry, &p, &ref);
     if (*err != 0) {
-        dir_unlink(vs, e);
-        pith_free(e);
         bump(&ts->failed, 1);
         return NULL;
     }
-    e->activated_ns = t0;
-    ts->live++;
-    bump(&ts->live_now, 1);
+    struct actor *a = core_find(cs, ref);
+    if (a == NULL) {
+        *err = -ECANCELED; /* it stopped itself in init */
+        bump(&ts->failed, 1);
+        return NULL;
+    }
+    struct ventry *e = entry_of_state(a->state);
     if (r->vt->on_activate != NULL) {
-        struct actor *a = core_find(cs, ref);
         struct pith_actor self = {a, ref};
         pith_ref_t outer = core_current;
         core_current = ref;
         a->gen |= A_RUNNING;
-        *err = r->vt->on_activate(&self, a->state, e->key, klen, PITH_VACT_MESSAGE);
+        *err = r->vt->on_activate(&self, a->state, entry_key(e), klen, PITH_VACT_MESSAGE);
         if ((a = core_find(cs, ref)) != NULL)
             a->gen &= ~A_RUNNING;
         core_current = outer;
@@ -475,7 +547,7 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
             *err = -ECANCELED;
         if (*err != 0) {
             if (a != NULL)
-                (void)core_end_now(cs, ref, *err); /* vterminate frees e */
+                (void)core_end_now(cs, ref, *err); /* vterminate unlinks e */
             bump(&ts->failed, 1);
             return NULL;
         }
@@ -485,37 +557,33 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
     list_append(ts, e);
     sweep_arm(ts, r);
     bump(&ts->activations, 1);
-    uint64_t took = pith_now_ns() - t0;
-    bump(&ts->hist[hist_bucket(took)], 1);
-    if (took > atomic_load_explicit(&ts->act_max, memory_order_relaxed))
-        atomic_store_explicit(&ts->act_max, took, memory_order_relaxed);
+    if (timed) {
+        uint64_t took = pith_now_ns() - t0;
+        bump(&ts->hist[hist_bucket(took)], 1);
+        if (took > atomic_load_explicit(&ts->act_max, memory_order_relaxed))
+            atomic_store_explicit(&ts->act_max, took, memory_order_relaxed);
+    }
     return e;
 }
 
 static int vinit(pith_actor_t *self, void *state, void *arg)
 {
-    struct ventry *e = arg;
-    struct core_shard *cs = core_self;
-    struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
-    e->act = pith_self(self);
-    int err = map_put(&vs->by_ref, e->act, e);
-    if (err)
-        return err;
+    (void)arg;
+    struct ventry *e = entry_of_state(state);
     const pith_actor_type_t *t = vtypes[e->tid].vt->actor;
-    if (t->init != NULL && (err = t->init(self, state, NULL)) != 0)
-        map_del(&vs->by_ref, e->act);
-    return err;
+    int err = t->init != NULL ? t->init(self, state, NULL) : 0;
+    if (err != 0)
+        entry_drop(atomic_load_explicit(&core_self->vs, memory_order_relaxed), e);
+    return err; /* the core frees the block, without terminate */
 }
 
 static void vterminate(pith_actor_t *self, void *state, int reason)
 {
-    struct core_shard *cs = core_self;
-    struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
-    pith_ref_t ref = pith_self(self);
-    struct ventry *e = map_get(&vs->by_ref, ref);
-    const struct vtype_rec *r = rec_of_actor_type(self->a->rec->type);
+    struct vshard *vs = atomic_load_explicit(&core_self->vs, memory_order_relaxed);
+    struct ventry *e = entry_of_state(state);
+    const struct vtype_rec *r = &vtypes[e->tid];
     struct vtype_shard *ts = atomic_load_explicit(&vs->types[r->id], memory_order_relaxed);
-    if (e != NULL && (e->flags & E_ACTIVE)) {
+    if (e->flags & E_ACTIVE) {
         int why = e->why != 0                    ? e->why
                   : reason == PITH_EXIT_SHUTDOWN ? PITH_VDEACT_SHUTDOWN
                                                  : PITH_VDEACT_ENDED;
@@ -525,14 +593,7 @@ static void vterminate(pith_actor_t *self, void *state, int reason)
     }
     if (r->vt->actor->terminate != NULL)
         r->vt->actor->terminate(self, state, reason);
-    if (e == NULL)
-        return;
-    map_del(&vs->by_ref, ref);
-    dir_unlink(vs, e);
-    list_unlink(ts, e);
-    ts->live--;
-    bump(&ts->live_now, (uint64_t)0 - 1);
-    pith_free(e);
+    entry_drop(vs, e); /* the core frees the block, e with it, after this */
 }
 
 /* Routes m to the virtual actor (tid, hash, key) on its directory shard, this one, activating
@@ -770,11 +831,10 @@ int pith_vask(const pith_vref_t *to, uint32_t type, const void *data, uint32_t l
 
 static struct ventry *entry_of(const pith_actor_t *self)
 {
-    struct core_shard *cs = core_self;
-    struct vshard *vs = cs != NULL ? atomic_load_explicit(&cs->vs, memory_order_relaxed) : NULL;
-    if (self == NULL || vs == NULL || rec_of_actor_type(self->a->rec->type) == NULL)
+    if (self == NULL || self->a->state == NULL || rec_of_actor_type(self->a->rec->type) == NULL)
         return NULL;
-    return map_get(&vs->by_ref, pith_self(self));
+    struct ventry *e = entry_of_state(self->a->state);
+    return (e->flags & E_DIR) ? e : NULL;
 }
 
 const void *pith_vactor_key(const pith_actor_t *self, uint32_t *len)
@@ -784,7 +844,7 @@ const void *pith_vactor_key(const pith_actor_t *self, uint32_t *len)
         return NULL;
     if (len != NULL)
         *len = e->klen;
-    return e->key;
+    return entry_key(e);
 }
 
 static void off_task(void *arg)
@@ -794,11 +854,13 @@ static void off_task(void *arg)
     struct vshard *vs = cs != NULL ? atomic_load_explicit(&cs->vs, memory_order_relaxed) : NULL;
     if (vs == NULL || cs->closing)
         return;
-    struct ventry *e = map_get(&vs->by_ref, ref);
-    if (e == NULL || !(e->flags & E_OFF))
-        return;
     struct actor *a = core_find(cs, ref);
-    if (a != NULL && (a->gen & A_RUNNING)) {
+    if (a == NULL || rec_of_actor_type(a->rec->type) == NULL)
+        return; /* it ended meanwhile */
+    struct ventry *e = entry_of_state(a->state);
+    if (!(e->flags & E_OFF) || !(e->flags & E_DIR))
+        return;
+    if (a->gen & A_RUNNING) {
         /* Asked from a turn still on the stack (a task run inside it): after it. */
         if (shard_submit_force(cs->id, off_task, arg) != 0)
             e->flags &= (uint8_t)~E_OFF;
@@ -843,7 +905,6 @@ static void *info_here(void *arg)
         q->out->shard = cs->id;
         q->out->ref = e->act;
         q->out->placement = PITH_PLACE_HASH;
-        q->out->activated_ns = e->activated_ns;
     }
     return NULL;
 }
@@ -931,18 +992,10 @@ void core_vactor_exit(struct core_shard *cs)
     struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
     if (vs == NULL)
         return;
-    /* Every activation has ended (and its entry gone with it); what an on_activate left
-     * half-made is freed here. */
-    for (uint32_t i = 0; i < vs->dir.cap; i++) {
-        struct ventry *e = vs->dir.ents[i].key != 0 ? vs->dir.ents[i].val : NULL;
-        while (e != NULL) {
-            struct ventry *next = e->chain;
-            pith_free(e);
-            e = next;
-        }
-    }
-    map_free(&vs->dir);
-    map_free(&vs->by_ref);
+    /* Every activation has ended, its entry (in its state block) with it. */
+    free(vs->buckets);
+    vs->buckets = NULL;
+    vs->nbuckets = vs->nentries = 0;
     for (unsigned t = 0; t < PITH_VTYPES_MAX; t++) {
         struct vtype_shard *ts = atomic_load_explicit(&vs->types[t], memory_order_relaxed);
         if (ts != NULL && ts->armed) {

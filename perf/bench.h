@@ -176,6 +176,13 @@ int bench_actor_bytes(const bench_env_t *env, uint64_t n, result_t *r, char *why
 int bench_actor_ask_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_actor_remote_ask_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                                size_t whylen);
+/* bench_vactor.c */
+int bench_vactor_call(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_vactor_remote_call(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                             size_t whylen);
+int bench_vactor_activate(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                          size_t whylen);
+int bench_vactor_bytes(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 /* bench_savina.c */
 int bench_savina_pingpong(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                           size_t whylen);

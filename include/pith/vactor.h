@@ -134,8 +134,8 @@ PITH_API int pith_client_vask(pith_client_t *c, const pith_vref_t *to, uint32_t 
                               pith_msg_t *reply);
 
 /* The running activation's key (*len its bytes; the pointer is valid while the activation
- * lives). NULL when self is not a virtual actor's activation. From its behaviour, init (not
- * yet: NULL there), on_activate, on_deactivate or terminate. */
+ * lives). NULL when self is not a virtual actor's activation. From its behaviour, init,
+ * on_activate, on_deactivate or terminate. */
 PITH_API const void *pith_vactor_key(const pith_actor_t *self, uint32_t *len);
 /* Deactivates the running activation once its behaviour returns (PITH_VDEACT_SELF). Messages
  * already in its mailbox, and those that come later, go to the next activation, in order.
@@ -144,12 +144,11 @@ PITH_API int pith_vactor_deactivate(pith_actor_t *self);
 
 /* Where a virtual actor is, as its directory shard sees it. */
 typedef struct pith_vactor_info {
-    unsigned dir_shard;    /* the key's directory shard */
-    bool active;           /* an activation lives now */
-    unsigned shard;        /* where it lives, when active */
-    pith_ref_t ref;        /* the activation's ref, when active */
-    uint32_t placement;    /* the pith_placement_t that placed it, when active */
-    uint64_t activated_ns; /* when it began (pith_now_ns), when active */
+    unsigned dir_shard; /* the key's directory shard */
+    bool active;        /* an activation lives now */
+    unsigned shard;     /* where it lives, when active */
+    pith_ref_t ref;     /* the activation's ref, when active */
+    uint32_t placement; /* the pith_placement_t that placed it, when active */
 } pith_vactor_info_t;
 
 /* Asks the key's directory shard and waits (from a thread outside the engine, through its own
@@ -169,12 +168,12 @@ typedef struct pith_vtype_stats {
     uint64_t lookups;          /* directory lookups */
     uint64_t collisions;       /* lookups that passed an entry of the same hash, another key */
     uint64_t refused;          /* messages refused for the cap, with none idle */
-    /* Time to activate (directory, spawn, init and on_activate), from every activation:
+    /* Time to activate (directory, spawn, init and on_activate), from one activation in 16:
      * samples and percentiles as pith_actor_type_stats's. */
     uint64_t activate_samples;
     uint64_t activate_p50_ns; /* see activate_samples */
     uint64_t activate_p99_ns; /* see activate_samples */
-    uint64_t activate_max_ns; /* the longest activation */
+    uint64_t activate_max_ns; /* the longest timed activation */
 } pith_vtype_stats_t;
 
 /* Errors: -EINVAL t or out NULL; -ENOENT not registered; -ESHUTDOWN no engine. Any thread. */

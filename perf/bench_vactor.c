@@ -1,0 +1,490 @@
+/* Virtual actors (pith/vactor.h): an ask to an active virtual actor on the asker's shard and
+ * across shards, beside the same loop to a plain actor in the same row; the first message to a
+ * new key through to its behaviour; the engine bytes an idle activation holds; and what a
+ * million live activations with their idle sweep running cost a round trip between two shards.
+ * Each row measures its own plain figure in the same run and names it in a note. */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bench.h"
+
+enum { PING = 1, GO = 2 };
+
+#define TIMEOUT_NS (30ull * 1000 * 1000 * 1000)
+
+static int echo_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)self;
+    (void)state;
+    if (msg->req != 0)
+        (void)pith_reply(msg, PING, msg->data, msg->len);
+    return 0;
+}
+
+static const pith_actor_type_t echo_type = {.name = "bench-echo", .behaviour = echo_behaviour};
+static const pith_vtype_t vecho_type = {.name = "bench-vecho", .actor = &echo_type};
+
+/* ---- ask round trips ---- */
+
+struct call_run {
+    bool virt;        /* ask the virtual actor, else the plain one */
+    pith_vref_t v;    /* the virtual actor */
+    pith_ref_t plain; /* the plain actor, on the virtual one's shard */
+    unsigned k;       /* round trips per sample */
+    uint64_t total;   /* round trips in the phase */
+    uint64_t seq, t0; /* done, and the start of the sample in flight */
+    uint64_t req;     /* the ask in flight */
+    samples_t *s;     /* NULL: warm-up */
+    int err;
+    sem_t done;
+};
+
+static struct call_run crun;
+
+static int ask_next(struct call_run *c)
+{
+    if (c->virt)
+        return pith_vask(&c->v, PING, &c->seq, sizeof(c->seq), TIMEOUT_NS, NULL, NULL, &c->req);
+    return pith_ask(c->plain, PING, &c->seq, sizeof(c->seq), TIMEOUT_NS, NULL, NULL, &c->req);
+}
+
+static int asker_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)self;
+    (void)state;
+    struct call_run *c = &crun;
+    if (msg->type == GO) {
+        c->seq = 0;
+        c->t0 = pith_now_ns();
+    } else if (msg->req != 0 && msg->req == c->req && msg->type == PING) {
+        c->seq++;
+        if (c->seq % c->k == 0) {
+            uint64_t now = pith_now_ns();
+            if (c->s != NULL)
+                samples_add(c->s, (int64_t)(now - c->t0));
+            c->t0 = now;
+        }
+        if (c->seq == c->total) {
+            sem_post(&c->done);
+            return 0;
+        }
+    } else {
+        c->err = msg->type == PITH_MSG_TIMEOUT ? -ETIMEDOUT : -EPROTO;
+        sem_post(&c->done);
+        return 0;
+    }
+    int err = ask_next(c);
+    if (err) {
+        c->err = err;
+        sem_post(&c->done);
+    }
+    return 0;
+}
+
+static const pith_actor_type_t asker_type = {.name = "bench-vasker", .behaviour = asker_behaviour};
+
+/* A round trip to a shard: what it did before is done. */
+static void *noop_fn(void *arg)
+{
+    return arg;
+}
+
+struct spawn_req {
+    const pith_actor_type_t *type;
+    pith_ref_t ref;
+    int err;
+};
+
+static void *spawn_fn(void *arg)
+{
+    struct spawn_req *q = arg;
+    q->err = pith_spawn(q->type, NULL, &q->ref);
+    return NULL;
+}
+
+/* A key whose directory shard is `shard`. */
+static int key_on(unsigned shard, const char *prefix, unsigned from, pith_vref_t *out,
+                  unsigned *next)
+{
+    for (unsigned i = from; i < from + 100000; i++) {
+        char key[32];
+        int kl = snprintf(key, sizeof(key), "%s%012u", prefix, i);
+        int rc = pith_vref(&vecho_type, key, (size_t)kl, out);
+        if (rc != 0)
+            return rc;
+        pith_vactor_info_t info;
+        if ((rc = pith_vactor_info(out, TIMEOUT_NS, &info)) != 0)
+            return rc;
+        if (info.dir_shard == shard) {
+            if (next != NULL)
+                *next = i + 1;
+            return 0;
+        }
+    }
+    return -ENOENT;
+}
+
+static int call_phase(const bench_env_t *env, pith_ref_t asker, bool virt, uint64_t total,
+                      samples_t *s)
+{
+    crun.virt = virt;
+    crun.total = total;
+    crun.s = s;
+    crun.err = 0;
+    int rc = pith_send(asker, GO, NULL, 0);
+    if (rc == 0)
+        rc = bench_wait(env, &crun.done);
+    return rc != 0 ? rc : crun.err;
+}
+
+static double p50_of(samples_t *s, unsigned k)
+{
+    samples_sort(s);
+    double v = 0;
+    if (s->n > 0)
+        v = (double)s->v[(s->n < s->cap ? s->n : s->cap) / 2] / k;
+    return v;
+}
+
+static int run_call(const bench_env_t *env, bool remote, uint64_t n, result_t *r, char *why,
+                    size_t whylen)
+{
+    if (remote && env->shards < 2) {
+        snprintf(why, whylen, "needs 2 shards");
+        return BENCH_SKIP;
+    }
+    int err = pith_vtype_register(&vecho_type);
+    if (err) {
+        snprintf(why, whylen, "pith_vtype_register: %s", pith_strerror(err));
+        return BENCH_FAIL;
+    }
+    unsigned k = remote ? 1 : 100, ashard = remote ? 1 : 0;
+    uint64_t nsamples = n / k;
+    samples_t sv[2] = {{0}}, sp[2] = {{0}};
+    for (int i = 0; i < 2; i++)
+        if (samples_init(&sv[i], nsamples) != 0 || samples_init(&sp[i], nsamples) != 0) {
+            snprintf(why, whylen, "out of memory for samples");
+            return BENCH_FAIL;
+        }
+    pith_config_t cfg;
+    pith_config_init(&cfg);
+    cfg.shards = (int)env->shards;
+    if (remote)
+        cfg.poll_ns = 200000; /* as actor.remote_ask_rtt_ns: both shards busy-poll */
+    const char *stage = "start";
+    if (bench_engine_start(&cfg, why, whylen) != 0)
+        return BENCH_FAIL;
+    sem_init(&crun.done, 0, 0);
+    crun.k = k;
+    stage = "key";
+    int rc = key_on(0, "sym", 0, &crun.v, NULL);
+    struct spawn_req sa = {.type = &asker_type}, se = {.type = &echo_type};
+    if (rc == 0) {
+        stage = "spawn";
+        rc = pith_call_wait(ashard, spawn_fn, &sa, NULL);
+        if (rc == 0 && (rc = sa.err) == 0 && (rc = pith_call_wait(0, spawn_fn, &se, NULL)) == 0)
+            rc = se.err;
+        crun.plain = se.ref;
+    }
+    /* Warm-up both ways (activates the virtual actor), then plain, virtual, plain, virtual. */
+    if (rc == 0) {
+        stage = "warm-up";
+        uint64_t w = n / 10 ? n / 10 : 1;
+        rc = call_phase(env, sa.ref, false, w, NULL);
+        if (rc == 0)
+            rc = call_phase(env, sa.ref, true, w, NULL);
+    }
+    for (int i = 0; i < 2 && rc == 0; i++) {
+        stage = "measured phase";
+        rc = call_phase(env, sa.ref, false, nsamples * k, &sp[i]);
+        if (rc == 0)
+            rc = call_phase(env, sa.ref, true, nsamples * k, &sv[i]);
+    }
+    pith_vtype_stats_t vst = {0};
+    (void)pith_vtype_stats(&vecho_type, &vst);
+    int cpu_a = -1, cpu_v = -1;
+    pith_shard_stats_t st;
+    if (pith_shard_stats(ashard, &st) == 0)
+        cpu_a = st.cpu;
+    if (pith_shard_stats(0, &st) == 0)
+        cpu_v = st.cpu;
+    bench_engine_stop(r->name);
+    sem_destroy(&crun.done);
+    if (rc != 0) {
+        snprintf(why, whylen, "%s: %s", stage, bench_wait_strerror(rc));
+        for (int i = 0; i < 2; i++) {
+            samples_free(&sv[i]);
+            samples_free(&sp[i]);
+        }
+        return BENCH_FAIL;
+    }
+    double v[2], p[2];
+    for (int i = 0; i < 2; i++) {
+        p[i] = p50_of(&sp[i], k);
+        v[i] = p50_of(&sv[i], k);
+    }
+    /* The row: both virtual phases' samples together. */
+    samples_t all = {0};
+    if (samples_init(&all, 2 * nsamples) == 0) {
+        for (int i = 0; i < 2; i++)
+            for (size_t j = 0; j < sv[i].n && j < sv[i].cap; j++)
+                samples_add(&all, sv[i].v[j]);
+        samples_sort(&all);
+        result_set_pcts(r, &all);
+        r->p50 /= k;
+        r->p99 /= k;
+        r->p999 /= k;
+        r->value = r->p50;
+        samples_free(&all);
+    }
+    bench_note("%s: %llu round trips of an 8 B pith_vask (cb NULL) to an active virtual actor "
+               "answered by pith_reply, one in flight; asker on shard %u (CPU %d), the virtual "
+               "actor's directory and activation on shard 0 (CPU %d) of %u shards; sample = %u "
+               "round trip%s; %llu activation(s), %llu directory lookups",
+               r->name, (unsigned long long)(2 * nsamples * k), ashard, cpu_a, cpu_v, env->shards,
+               k, k == 1 ? "" : "s", (unsigned long long)vst.activations,
+               (unsigned long long)vst.lookups);
+    bench_note("%s: in this row, alternating phases: plain pith_ask to an actor on shard 0 p50 "
+               "%.0f then %.0f ns, pith_vask %.0f then %.0f ns: virtual / plain %.2fx (the goal "
+               "is <= 1.15x; the baseline row is %s)",
+               r->name, p[0], p[1], v[0], v[1], (v[0] + v[1]) / (p[0] + p[1]),
+               remote ? "actor.remote_ask_rtt_ns" : "actor.ask_rtt_ns");
+    for (int i = 0; i < 2; i++) {
+        samples_free(&sv[i]);
+        samples_free(&sp[i]);
+    }
+    return 0;
+}
+
+int bench_vactor_call(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen)
+{
+    return run_call(env, false, n, r, why, whylen);
+}
+
+int bench_vactor_remote_call(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                             size_t whylen)
+{
+    return run_call(env, true, n, r, why, whylen);
+}
+
+/* ---- activation: the first message to new keys ---- */
+
+static _Atomic uint64_t counted;
+
+enum { OFF = 3 };
+
+static int count_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)state;
+    atomic_store_explicit(&counted, atomic_load_explicit(&counted, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    if (msg->type == OFF)
+        (void)pith_vactor_deactivate(self);
+    return 0;
+}
+
+static const pith_actor_type_t count_type = {.name = "bench-count", .behaviour = count_behaviour};
+static const pith_vtype_t vcount_type = {.name = "bench-vcount", .actor = &count_type};
+
+/* Keys sent to per task: the shard runs the turns of one batch before it takes the next. */
+#define ACT_BATCH 1000u
+
+struct act_run {
+    pith_vref_t *refs;
+    uint64_t n;
+    uint32_t type;   /* PING, or OFF: the activation deactivates itself after it */
+    uint64_t t_send; /* ns inside the tasks that sent the first messages */
+    int err;
+};
+
+static void *send_all(void *arg)
+{
+    struct act_run *a = arg;
+    uint64_t t0 = pith_now_ns();
+    for (uint64_t i = 0; i < a->n; i++) {
+        int rc = pith_vsend(&a->refs[i], a->type, NULL, 0);
+        if (rc != 0) {
+            a->err = rc;
+            break;
+        }
+    }
+    a->t_send += pith_now_ns() - t0;
+    return NULL;
+}
+
+/* Sends to refs[0..n) in batches, each from a task of its own, and waits until the behaviour
+ * has been called `want` times in all. */
+static int send_batches(const bench_env_t *env, pith_vref_t *refs, uint64_t n, uint32_t type,
+                        uint64_t want, uint64_t *t_send)
+{
+    uint64_t t0 = bench_clock_ns();
+    for (uint64_t i = 0; i < n; i += ACT_BATCH) {
+        struct act_run a = {
+            .refs = refs + i, .n = n - i < ACT_BATCH ? n - i : ACT_BATCH, .type = type};
+        int rc = pith_call_wait(0, send_all, &a, NULL);
+        if (rc == 0)
+            rc = a.err;
+        if (rc != 0)
+            return rc;
+        if (t_send != NULL)
+            *t_send += a.t_send;
+    }
+    while (atomic_load(&counted) < want) {
+        if (bench_clock_ns() - t0 > (uint64_t)(env->wait_s * 1e9))
+            return -ETIMEDOUT;
+        (void)pith_call_wait(0, noop_fn, NULL, NULL);
+    }
+    return 0;
+}
+
+/* n vrefs of 16-byte keys whose directory shard is 0 (with several shards each key is checked
+ * with pith_vactor_info, before the timed part). */
+static int refs_on_shard0(const pith_vtype_t *t, pith_vref_t *refs, uint64_t n, unsigned shards)
+{
+    uint64_t got = 0;
+    for (uint64_t i = 0; got < n && i < n * shards * 4 + 1000; i++) {
+        char key[17];
+        snprintf(key, sizeof(key), "%016llx", (unsigned long long)i);
+        int rc = pith_vref(t, key, 16, &refs[got]);
+        if (rc != 0)
+            return rc;
+        if (shards > 1) {
+            pith_vactor_info_t info;
+            if ((rc = pith_vactor_info(&refs[got], TIMEOUT_NS, &info)) != 0)
+                return rc;
+            if (info.dir_shard != 0)
+                continue;
+        }
+        got++;
+    }
+    return got == n ? 0 : -ENOENT;
+}
+
+int bench_vactor_activate(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen)
+{
+    int err = pith_vtype_register(&vcount_type);
+    if (err) {
+        snprintf(why, whylen, "pith_vtype_register: %s", pith_strerror(err));
+        return BENCH_FAIL;
+    }
+    pith_vref_t *refs = malloc(2 * n * sizeof(*refs));
+    if (refs == NULL) {
+        snprintf(why, whylen, "out of memory for %llu refs", (unsigned long long)(2 * n));
+        return BENCH_FAIL;
+    }
+    pith_config_t cfg;
+    pith_config_init(&cfg);
+    cfg.shards = 1; /* one shard: every key's directory shard is 0, and nothing else runs */
+    if (bench_engine_start(&cfg, why, whylen) != 0) {
+        free(refs);
+        return BENCH_FAIL;
+    }
+    int rc = refs_on_shard0(&vcount_type, refs, 2 * n, 1);
+    atomic_store(&counted, 0);
+    const char *stage = "warm-up";
+    /* Warm-up: n keys activated and deactivated, so the measured pass finds its memory. */
+    if (rc == 0)
+        rc = send_batches(env, refs, n, OFF, n, NULL);
+    uint64_t t_send = 0, t0 = 0, t1 = 0;
+    pith_vtype_stats_t v0 = {0}, v1 = {0};
+    if (rc == 0) {
+        stage = "measured pass";
+        (void)pith_vtype_stats(&vcount_type, &v0);
+        t0 = bench_clock_ns();
+        rc = send_batches(env, refs + n, n, PING, 2 * n, &t_send);
+        t1 = bench_clock_ns();
+        (void)pith_vtype_stats(&vcount_type, &v1);
+    }
+    bench_engine_stop(r->name);
+    free(refs);
+    if (rc != 0) {
+        snprintf(why, whylen, "%s: %s", stage, pith_strerror(rc));
+        return BENCH_FAIL;
+    }
+    r->value = (double)(t1 - t0) / (double)n;
+    bench_note("%s: %llu new keys of 16 B (no state, no on_activate), one message each from "
+               "tasks on shard 0 (1 shard), %u keys a task, after a warm-up pass of as many "
+               "activated and deactivated: %.1f ns per key from the first send to the last "
+               "behaviour call (the value, the test thread's round trips included), %.1f ns of it "
+               "inside the sending tasks (directory, spawn, mailbox), %.2f M activations/s; "
+               "%llu activations in the pass; the goal is <= 500 ns and >= 1M/s; baseline "
+               "actor.spawn_ns (spawn, one message, stop)",
+               r->name, (unsigned long long)n, ACT_BATCH, r->value, (double)t_send / (double)n,
+               (double)n / ((double)(t1 - t0) / 1e3),
+               (unsigned long long)(v1.activations - v0.activations));
+    return 0;
+}
+
+/* ---- bytes per idle activation ---- */
+
+/* The process's resident bytes (/proc/self/statm). */
+static uint64_t rss_bytes(void)
+{
+    unsigned long long size = 0, res = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f == NULL)
+        return 0;
+    if (fscanf(f, "%llu %llu", &size, &res) != 2)
+        res = 0;
+    fclose(f);
+    return res * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+int bench_vactor_bytes(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen)
+{
+    int err = pith_vtype_register(&vcount_type);
+    if (err) {
+        snprintf(why, whylen, "pith_vtype_register: %s", pith_strerror(err));
+        return BENCH_FAIL;
+    }
+    pith_vref_t *refs = malloc(n * sizeof(*refs));
+    if (refs == NULL) {
+        snprintf(why, whylen, "out of memory for %llu refs", (unsigned long long)n);
+        return BENCH_FAIL;
+    }
+    pith_config_t cfg;
+    pith_config_init(&cfg);
+    cfg.shards = 1;
+    if (bench_engine_start(&cfg, why, whylen) != 0) {
+        free(refs);
+        return BENCH_FAIL;
+    }
+    int rc = refs_on_shard0(&vcount_type, refs, n, 1);
+    atomic_store(&counted, 0);
+    /* One activation first, so the shard's first-use tables are in the before figures. */
+    if (rc == 0)
+        rc = send_batches(env, refs, 1, PING, 1, NULL);
+    pith_mem_stats_t m0 = {0}, m1 = {0};
+    uint64_t rss0 = 0, rss1 = 0;
+    if (rc == 0) {
+        pith_mem_stats(0, &m0);
+        rss0 = rss_bytes();
+        rc = send_batches(env, refs + 1, n - 1, PING, n, NULL);
+        pith_mem_stats(0, &m1);
+        rss1 = rss_bytes();
+    }
+    pith_vtype_stats_t vst = {0};
+    (void)pith_vtype_stats(&vcount_type, &vst);
+    bench_engine_stop(r->name);
+    free(refs);
+    if (rc != 0) {
+        snprintf(why, whylen, "%s", pith_strerror(rc));
+        return BENCH_FAIL;
+    }
+    double per_heap = ((double)m1.in_use - (double)m0.in_use) / (double)(n - 1);
+    double per_rss = ((double)rss1 - (double)rss0) / (double)(n - 1);
+    r->value = per_rss;
+    bench_note("%s: %llu idle activations (keys of 16 B, no state) on shard 0 (1 shard), %llu "
+               "live after: the process's RSS grew %.1f B per activation (the value: the actor "
+               "record, the directory entry with its key, and the directory's two hash maps); "
+               "of it %.1f B in blocks of the shard's heap (pith_mem_stats in_use: record, entry "
+               "and key; the maps are libc's); the goal is <= 128 B; no baseline "
+               "(actor.bytes_per_actor is a plain actor's)",
+               r->name, (unsigned long long)(n - 1), (unsigned long long)vst.live, per_rss,
+               per_heap);
+    return 0;
+}
