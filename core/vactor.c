@@ -193,10 +193,16 @@ struct ventry {
 #define VHDR ((sizeof(struct ventry) + 15) & ~(size_t)15)
 _Static_assert(PITH_VKEY_MAX <= 255, "klen fits a byte");
 _Static_assert(PITH_VTYPES_MAX <= 256, "tid fits a byte");
-#define E_ACTIVE 1u /* on_activate returned 0 */
-#define E_LISTED 2u /* on its type's list */
-#define E_OFF    4u /* pith_vactor_deactivate asked */
-#define E_DIR    8u /* in the directory */
+#define E_ACTIVE 1u  /* on_activate returned 0 */
+#define E_LISTED 2u  /* on its type's list */
+#define E_OFF    4u  /* pith_vactor_deactivate asked */
+#define E_DIR    8u  /* in the directory */
+#define E_WARM   16u /* pre-warmed, and no message has come yet */
+
+/* A pre-warm travelling as a message (never reaches a behaviour). */
+#define MSG_VPREWARM (PITH_MSG_RESERVED + 0x30u)
+/* Memory is checked for pressure every this many activations (and at each sweep). */
+#define PRESSURE_EVERY 64u
 
 static inline unsigned char *entry_key(struct ventry *e)
 {
@@ -216,7 +222,8 @@ struct vtype_shard {
     uint32_t sample; /* activations since the last timed one */
     bool armed;
     pith_timer_id_t timer;
-    _Atomic uint64_t activations, failed, deact[6], messages, lookups, collisions, refused;
+    _Atomic uint64_t activations, failed, deact[PITH_VDEACT_REASONS], messages, lookups, collisions,
+        refused, prewarms, prewarm_used, prewarm_wasted;
     _Atomic uint64_t live_now, act_max;
     _Atomic uint64_t hist[HIST_BUCKETS];
 };
@@ -374,6 +381,7 @@ static inline void touch(struct vtype_shard *ts, struct ventry *e)
 }
 
 static void sweep(void *arg);
+static void pressure_check(struct core_shard *cs, struct vshard *vs, bool force);
 
 static void sweep_arm(struct vtype_shard *ts, const struct vtype_rec *r)
 {
@@ -461,8 +469,57 @@ static void sweep(void *arg)
         }
         deactivate(cs, vs, e, PITH_VDEACT_IDLE);
     }
+    pressure_check(cs, vs, false);
     if (ts->live > 0)
         sweep_arm(ts, &vtypes[tid]);
+}
+
+/* Memory pressure: past 3/4 of the shard's cap in use, the idle activations of types that
+ * shed (PITH_VTYPE_SHED) go, coldest first, 64 at a time, until under 1/2 or none is idle
+ * (the cap bounds what the shard reserves, and the heap's own room and fragmentation need the
+ * margin: at 7/8 a cap of 64 MiB refused allocations of 256 KiB states). */
+static void pressure_check(struct core_shard *cs, struct vshard *vs, bool force)
+{
+    pith_mem_stats_t ms;
+    if (pith_mem_stats((int)cs->id, &ms) != 0 || ms.cap == 0 ||
+        (!force && ms.in_use <= ms.cap - ms.cap / 4))
+        return;
+    uint32_t n = atomic_load_explicit(&nvtypes, memory_order_acquire);
+    for (unsigned round = 0; round < 1024; round++) {
+        unsigned shed = 0;
+        for (uint32_t t = 0; t < n; t++) {
+            struct vtype_shard *ts = atomic_load_explicit(&vs->types[t], memory_order_relaxed);
+            if (ts == NULL || !(vtypes[t].vt->flags & PITH_VTYPE_SHED))
+                continue;
+            while (shed < 64) {
+                /* From the cold end each time: an on_deactivate may end others. */
+                struct ventry *e = ts->head;
+                struct actor *a = NULL;
+                while (e != NULL && ((a = core_find(cs, e->act)) == NULL || !idle(a)))
+                    e = e->next;
+                if (e == NULL)
+                    break;
+                deactivate(cs, vs, e, PITH_VDEACT_PRESSURE);
+                shed++;
+            }
+        }
+        if (shed == 0 || force || pith_mem_stats((int)cs->id, &ms) != 0 ||
+            ms.in_use <= ms.cap / 2)
+            return;
+    }
+}
+
+/* The related keys of an activation that a message made (resolve queued it): pre-warmed. */
+static void related_task(void *arg)
+{
+    struct vtrail *t = arg;
+    const pith_vtype_t *vt = vtypes[t->tid].vt;
+    pith_vref_t out[16];
+    struct core_shard *cs = core_self;
+    uint32_t n = cs != NULL && !cs->closing ? vt->related(t->key, t->klen, out, 16) : 0;
+    for (uint32_t i = 0; i < n && i < 16; i++)
+        (void)pith_vactor_prewarm(&out[i]);
+    pith_free(t);
 }
 
 struct prep {
@@ -506,12 +563,16 @@ static void entry_drop(struct vshard *vs, struct ventry *e)
  * none idle, -ENOMEM, init's or on_activate's error. */
 static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts,
                                uint32_t tid, uint64_t hash, const unsigned char *key, uint32_t klen,
-                               int *err)
+                               int reason, int *err)
 {
     const struct vtype_rec *r = &vtypes[tid];
     /* One activation in HIST_SAMPLE is timed, the first included (two clock reads cost a
      * tenth of one). */
-    bool timed = ts->sample++ % HIST_SAMPLE == 0;
+    uint32_t nth = ts->sample++;
+    bool timed = nth % HIST_SAMPLE == 0;
+    /* Every PRESSURE_EVERY activations, or each one when states are large. */
+    if (nth % PRESSURE_EVERY == PRESSURE_EVERY - 1 || r->vt->actor->state_size >= 4096)
+        pressure_check(cs, vs, false);
     uint64_t t0 = timed ? pith_now_ns() : 0;
     if (r->vt->max_per_shard != 0 && ts->live >= r->vt->max_per_shard && !evict_one(cs, vs, ts)) {
         bump(&ts->refused, 1);
@@ -521,6 +582,11 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
     struct prep p = {vs, ts, tid, hash, key, klen};
     pith_ref_t ref;
     *err = core_spawn_ex(&r->at, NULL, VHDR, klen, prep_entry, &p, &ref);
+    if (*err == -ENOMEM) {
+        /* Out of memory after all: idle activations that may shed go, and one more try. */
+        pressure_check(cs, vs, true);
+        *err = core_spawn_ex(&r->at, NULL, VHDR, klen, prep_entry, &p, &ref);
+    }
     if (*err != 0) {
         bump(&ts->failed, 1);
         return NULL;
@@ -537,7 +603,7 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
         pith_ref_t outer = core_current;
         core_current = ref;
         a->gen |= A_RUNNING;
-        *err = r->vt->on_activate(&self, a->state, entry_key(e), klen, PITH_VACT_MESSAGE);
+        *err = r->vt->on_activate(&self, a->state, entry_key(e), klen, reason);
         if ((a = core_find(cs, ref)) != NULL)
             a->gen &= ~A_RUNNING;
         core_current = outer;
@@ -553,6 +619,10 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
         }
     }
     e->flags |= E_ACTIVE;
+    if (reason == PITH_VACT_PREWARM) {
+        e->flags |= E_WARM;
+        bump(&ts->prewarms, 1);
+    }
     e->tick = ts->tick;
     list_append(ts, e);
     sweep_arm(ts, r);
@@ -590,10 +660,42 @@ static void vterminate(pith_actor_t *self, void *state, int reason)
         if (r->vt->on_deactivate != NULL)
             r->vt->on_deactivate(self, state, why);
         bump(&ts->deact[why], 1);
+        if (e->flags & E_WARM)
+            bump(&ts->prewarm_wasted, 1);
     }
     if (r->vt->actor->terminate != NULL)
         r->vt->actor->terminate(self, state, reason);
     entry_drop(vs, e); /* the core frees the block, e with it, after this */
+}
+
+static void related_task(void *arg);
+
+/* The activation of (tid, key) on this shard, its directory shard: found, or made for `reason`
+ * (a message's activation pre-warms the type's related keys, from a task of their own). */
+static struct ventry *resolve(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts,
+                              uint32_t tid, uint64_t hash, const unsigned char *key, uint32_t klen,
+                              int reason, int *err)
+{
+    struct ventry *e = dir_find(vs, ts, tid, hash, key, klen);
+    if (e != NULL) {
+        if (reason == PITH_VACT_MESSAGE && (e->flags & E_WARM)) {
+            e->flags &= (uint8_t)~E_WARM;
+            bump(&ts->prewarm_used, 1);
+        }
+        return e;
+    }
+    e = activate(cs, vs, ts, tid, hash, key, klen, reason, err);
+    if (e != NULL && reason == PITH_VACT_MESSAGE && vtypes[tid].vt->related != NULL) {
+        /* Later, not now: the caller still holds e, which a cap could let go. */
+        struct vtrail *t = pith_malloc(sizeof(*t) + klen);
+        if (t != NULL) {
+            *t = (struct vtrail){.hash = hash, .tid = tid, .klen = klen};
+            memcpy(t->key, key, klen);
+            if (pith_submit(cs->id, related_task, t) != 0)
+                pith_free(t); /* the queue is full: no pre-warming this time */
+        }
+    }
+    return e;
 }
 
 /* Routes m to the virtual actor (tid, hash, key) on its directory shard, this one, activating
@@ -607,11 +709,15 @@ static int vdeliver(struct core_shard *cs, struct vshard *vs, uint32_t tid, uint
     struct vtype_shard *ts = vts_get(vs, tid);
     int err = -ENOMEM;
     struct ventry *e = NULL;
+    if (ts != NULL && m->type == MSG_VPREWARM) {
+        if (resolve(cs, vs, ts, tid, hash, key, klen, PITH_VACT_PREWARM, &err) != NULL)
+            err = 0;
+        core_msg_free(m); /* an engine message: its failure is not reported back */
+        return err;
+    }
     if (ts != NULL) {
         bump(&ts->messages, 1);
-        e = dir_find(vs, ts, tid, hash, key, klen);
-        if (e == NULL)
-            e = activate(cs, vs, ts, tid, hash, key, klen, &err);
+        e = resolve(cs, vs, ts, tid, hash, key, klen, PITH_VACT_MESSAGE, &err);
     }
     struct actor *a = e != NULL ? core_find(cs, e->act) : NULL;
     if (a != NULL) {
@@ -727,11 +833,16 @@ static int vsend_shard(struct core_shard *cs, const pith_vref_t *to, pith_ref_t 
     struct vtype_shard *ts = vs != NULL ? vts_get(vs, to->tid - 1) : NULL;
     if (ts == NULL)
         return -ENOMEM;
-    bump(&ts->messages, 1);
-    struct ventry *e = dir_find(vs, ts, to->tid - 1, to->hash, to->key, to->len);
     int err = 0;
-    if (e == NULL &&
-        (e = activate(cs, vs, ts, to->tid - 1, to->hash, to->key, to->len, &err)) == NULL)
+    if (type == MSG_VPREWARM) {
+        struct ventry *w =
+            resolve(cs, vs, ts, to->tid - 1, to->hash, to->key, to->len, PITH_VACT_PREWARM, &err);
+        return w != NULL ? 0 : err;
+    }
+    bump(&ts->messages, 1);
+    struct ventry *e =
+        resolve(cs, vs, ts, to->tid - 1, to->hash, to->key, to->len, PITH_VACT_MESSAGE, &err);
+    if (e == NULL)
         return err;
     touch(ts, e);
     struct actor *a = core_find(cs, e->act);
@@ -825,6 +936,85 @@ int pith_vask(const pith_vref_t *to, uint32_t type, const void *data, uint32_t l
     if (err == 0 && req_out != NULL)
         *req_out = id;
     return err;
+}
+
+int pith_vactor_prewarm(const pith_vref_t *v)
+{
+    bool made;
+    return vsend_impl(v, MSG_VPREWARM, NULL, 0, 0, &made);
+}
+
+/* ---- listing ---- */
+
+struct list_req {
+    uint32_t tid;
+    uint64_t *cursor;
+    pith_vref_t *out;
+    uint32_t max;
+    int got;
+};
+
+#define LIST_SCAN 4096u /* buckets one call looks at, at most */
+
+static void *list_here(void *arg)
+{
+    struct list_req *q = arg;
+    struct core_shard *cs = core_shard_get();
+    struct vshard *vs = cs != NULL ? vshard_get(cs) : NULL;
+    if (vs == NULL) {
+        q->got = -ENOMEM;
+        return NULL;
+    }
+    /* The cursor: the bucket, and how many of its chain were returned already. */
+    uint64_t b = *q->cursor >> 16, skip = *q->cursor & 0xFFFF;
+    uint32_t got = 0;
+    for (uint64_t scanned = 0; b < vs->nbuckets && scanned < LIST_SCAN; b++, scanned++, skip = 0) {
+        uint64_t pos = 0;
+        for (struct ventry *e = vs->buckets[b]; e != NULL; e = e->chain, pos++) {
+            if (pos < skip || e->tid != q->tid || !(e->flags & E_ACTIVE))
+                continue;
+            if (got == q->max || pos >= 0xFFFF) {
+                *q->cursor = b << 16 | pos;
+                q->got = (int)got;
+                return NULL;
+            }
+            pith_vref_t *v = &q->out[got++];
+            memset(v, 0, sizeof(*v));
+            v->type = vtypes[e->tid].vt;
+            v->tid = e->tid + 1u;
+            v->hash = e->hash;
+            v->len = e->klen;
+            memcpy(v->key, entry_key(e), e->klen);
+        }
+    }
+    *q->cursor = b < vs->nbuckets ? b << 16 : 0;
+    q->got = (int)got;
+    return NULL;
+}
+
+int pith_vactor_list(const pith_vtype_t *t, unsigned shard, uint64_t *cursor, pith_vref_t *out,
+                     uint32_t max)
+{
+    const struct vtype_rec *r = t != NULL ? rec_of_vt(t) : NULL;
+    if (t == NULL || cursor == NULL || (out == NULL && max > 0))
+        return -EINVAL;
+    if (r == NULL)
+        return -ENOENT;
+    unsigned n = pith_shard_count();
+    if (n == 0)
+        return -ESHUTDOWN;
+    if (shard >= n)
+        return -EINVAL;
+    struct list_req q = {.tid = r->id, .cursor = cursor, .out = out, .max = max};
+    int me = pith_shard_id();
+    if (me >= 0) {
+        if ((unsigned)me != shard)
+            return -EDEADLK;
+        list_here(&q);
+        return q.got;
+    }
+    int err = pith_call_wait(shard, list_here, &q, NULL);
+    return err != 0 ? err : q.got;
 }
 
 /* ---- the running activation ---- */
@@ -955,8 +1145,11 @@ int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out)
 #define RD(f) atomic_load_explicit(&ts->f, memory_order_relaxed)
         out->activations += RD(activations);
         out->activate_failed += RD(failed);
-        for (unsigned k = 0; k < 6; k++)
+        for (unsigned k = 0; k < PITH_VDEACT_REASONS; k++)
             out->deactivations[k] += RD(deact[k]);
+        out->prewarms += RD(prewarms);
+        out->prewarm_used += RD(prewarm_used);
+        out->prewarm_wasted += RD(prewarm_wasted);
         out->live += RD(live_now);
         out->messages += RD(messages);
         out->lookups += RD(lookups);
@@ -1009,6 +1202,10 @@ bool core_vactor_release(pith_fn_t fn, void *arg)
 {
     if (fn == vdeliver_task) {
         core_msg_free(arg);
+        return true;
+    }
+    if (fn == related_task) {
+        pith_free(arg);
         return true;
     }
     return fn == off_task || fn == sweep;

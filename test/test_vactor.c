@@ -16,7 +16,7 @@ struct counter {
     uint64_t n;
 };
 
-static _Atomic uint64_t activated, deactivated[6], seq_bad, seq_seen;
+static _Atomic uint64_t activated, deactivated[PITH_VDEACT_REASONS], seq_bad, seq_seen, prewarmed;
 static _Atomic int fail_next; /* on_activate fails this many more times */
 
 static int counter_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
@@ -46,8 +46,11 @@ static int on_act(pith_actor_t *self, void *state, const void *key, uint32_t len
     (void)state;
     uint32_t klen = 0;
     const void *k = pith_vactor_key(self, &klen);
-    if (reason != PITH_VACT_MESSAGE || k == NULL || klen != len || memcmp(k, key, len) != 0)
+    if ((reason != PITH_VACT_MESSAGE && reason != PITH_VACT_PREWARM) || k == NULL || klen != len ||
+        memcmp(k, key, len) != 0)
         return -EPROTO; /* the tests see it as a failed activation */
+    if (reason == PITH_VACT_PREWARM)
+        atomic_fetch_add(&prewarmed, 1);
     int f = atomic_load(&fail_next);
     while (f > 0) {
         if (atomic_compare_exchange_weak(&fail_next, &f, f - 1))
@@ -61,7 +64,7 @@ static void on_deact(pith_actor_t *self, void *state, int reason)
 {
     (void)self;
     (void)state;
-    if (reason > 0 && reason < 6)
+    if (reason > 0 && reason < PITH_VDEACT_REASONS)
         atomic_fetch_add(&deactivated[reason], 1);
 }
 
@@ -499,5 +502,159 @@ Test(vactor, many_activations_come_and_go_and_their_memory_with_them, .timeout =
     cr_assert_eq(st.deactivations[PITH_VDEACT_SELF], want);
     /* The actor table gives its emptied chunks back 10 ms after they emptied. */
     TEST_WAIT_FOR(pith_mem_stats(0, &after) == 0 && after.in_use <= before.in_use + (64u << 10));
+    test_stop(NULL);
+}
+
+/* ---- pre-warming ---- */
+
+Test(vactor, prewarm_activates_ahead_and_counts_used_and_wasted, .timeout = 30)
+{
+    start(2);
+    pith_vref_t a = vref_of(&counter_type, "warm-a"), q = vref_of(&quick_type, "warm-q");
+    cr_assert_eq(pith_vactor_prewarm(&a), 0);
+    cr_assert_eq(pith_vactor_prewarm(&q), 0);
+    TEST_WAIT_FOR(atomic_load(&prewarmed) == 2);
+    cr_assert_eq(pith_vactor_prewarm(&a), 0, "pre-warming an active key does nothing");
+    cr_assert_eq(ask_u64(&a), 0);
+    pith_vtype_stats_t st = stats_of(&counter_type);
+    cr_assert_eq(st.activations, 1);
+    cr_assert_eq(st.prewarms, 1);
+    cr_assert_eq(st.prewarm_used, 1);
+    /* The quick one idles out without a message: wasted. */
+    TEST_WAIT_FOR(stats_of(&quick_type).prewarm_wasted == 1);
+    cr_assert_eq(stats_of(&quick_type).prewarm_used, 0);
+    test_stop(NULL);
+}
+
+static uint32_t two_related(const void *key, uint32_t len, pith_vref_t *out, uint32_t max)
+{
+    uint32_t n = 0;
+    for (char c = 'a'; c <= 'b' && n < max; c++) {
+        char k[64];
+        if (len + 2 > sizeof(k))
+            break;
+        memcpy(k, key, len);
+        k[len] = '-';
+        k[len + 1] = c;
+        if (pith_vref(&counter_type, k, len + 2, &out[n]) == 0)
+            n++;
+    }
+    return n;
+}
+
+static const pith_vtype_t book_type = {
+    .name = "book",
+    .actor = &counter_actor,
+    .on_activate = on_act,
+    .related = two_related,
+};
+
+Test(vactor, a_message_prewarms_the_related_keys, .timeout = 30)
+{
+    cr_assert_eq(pith_vtype_register(&book_type), 0);
+    start(2);
+    pith_vref_t b = vref_of(&book_type, "AAPL");
+    uint64_t one = 1;
+    cr_assert_eq(pith_vsend(&b, ADD, &one, sizeof(one)), 0);
+    TEST_WAIT_FOR(stats_of(&counter_type).live == 2);
+    pith_vtype_stats_t st = stats_of(&counter_type);
+    cr_assert_eq(st.prewarms, 2);
+    pith_vref_t ra = vref_of(&counter_type, "AAPL-a");
+    cr_assert_eq(ask_u64(&ra), 0);
+    cr_assert_eq(stats_of(&counter_type).prewarm_used, 1);
+    cr_assert_eq(stats_of(&book_type).prewarms, 0, "the message's own activation is not one");
+    test_stop(NULL);
+}
+
+/* ---- listing ---- */
+
+Test(vactor, listing_pages_through_every_live_activation, .timeout = 60)
+{
+    start(2);
+    enum { N = 1000 };
+    static bool seen[N];
+    uint64_t one = 1;
+    for (unsigned i = 0; i < N; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "L%u", i);
+        pith_vref_t v = vref_of(&counter_type, key);
+        cr_assert_eq(
+            pith_client_vsend(pith_client_self(), &v, ADD, &one, sizeof(one), PITH_FOREVER), 0);
+    }
+    TEST_WAIT_FOR(stats_of(&counter_type).live == N);
+    unsigned found = 0, calls = 0;
+    for (unsigned sh = 0; sh < 2; sh++) {
+        uint64_t cursor = 0;
+        do {
+            pith_vref_t page[37];
+            int n = pith_vactor_list(&counter_type, sh, &cursor, page, 37);
+            cr_assert_geq(n, 0, "pith_vactor_list: %d", n);
+            cr_assert_leq(n, 37);
+            calls++;
+            for (int j = 0; j < n; j++) {
+                unsigned i;
+                cr_assert_eq(page[j].type, &counter_type);
+                cr_assert_eq(sscanf((const char *)page[j].key, "L%u", &i), 1);
+                cr_assert_lt(i, N);
+                if (!seen[i]) {
+                    seen[i] = true;
+                    found++;
+                }
+                /* A listed ref is a ref: it reaches the same activation. */
+                if (j == 0)
+                    cr_assert_eq(ask_u64(&page[j]), 1);
+            }
+        } while (cursor != 0 && calls < 10000);
+    }
+    cr_assert_eq(found, N, "listed %u of %u", found, N);
+    pith_vref_t none;
+    uint64_t cur = 0;
+    cr_assert_eq(pith_vactor_list(&counter_type, 2, &cur, &none, 1), -EINVAL);
+    test_stop(NULL);
+}
+
+/* ---- memory pressure ---- */
+
+struct big {
+    char bytes[256 << 10];
+};
+
+static const pith_actor_type_t big_actor = {
+    .name = "big",
+    .behaviour = counter_behaviour,
+    .state_size = sizeof(struct big),
+};
+
+static const pith_vtype_t big_type = {
+    .name = "big",
+    .actor = &big_actor,
+    .flags = PITH_VTYPE_SHED,
+    .on_deactivate = on_deact,
+};
+
+Test(vactor, memory_pressure_lets_idle_activations_go_before_allocations_fail, .timeout = 60)
+{
+    cr_assert_eq(pith_vtype_register(&big_type), 0);
+    pith_config_t cfg = test_config(1);
+    cfg.mem.cap = 64u << 20;
+    test_start(&cfg);
+    unsigned n = 1000; /* 250 MiB of states against a cap of 64 MiB */
+    for (unsigned i = 0; i < n; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "B%u", i);
+        pith_vref_t v = vref_of(&big_type, key);
+        pith_msg_t reply;
+        int rc = pith_client_vask(pith_client_self(), &v, GET, NULL, 0, 5000 * MS, &reply);
+        cr_assert_eq(rc, 0, "key %u: %d (%s)", i, rc, pith_strerror(rc));
+    }
+    pith_vtype_stats_t st = stats_of(&big_type);
+    cr_assert_eq(st.activations, n);
+    cr_assert_gt(st.deactivations[PITH_VDEACT_PRESSURE], 0);
+    cr_assert_eq(st.activate_failed, 0);
+    cr_assert_lt(st.live * sizeof(struct big), cfg.mem.cap);
+    pith_mem_stats_t ms;
+    cr_assert_eq(pith_mem_stats(0, &ms), 0);
+    cr_assert_eq(ms.cap_refusals, 0, "%llu allocations refused",
+                 (unsigned long long)ms.cap_refusals);
     test_stop(NULL);
 }

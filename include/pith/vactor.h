@@ -49,6 +49,7 @@ typedef enum pith_placement {
 
 /* Why an activation began (on_activate's reason). */
 #define PITH_VACT_MESSAGE 1 /* a message came for the key */
+#define PITH_VACT_PREWARM 2 /* pith_vactor_prewarm, or a related key's activation */
 
 /* Why an activation ends (on_deactivate's reason). */
 #define PITH_VDEACT_IDLE     1 /* no message for the type's idle time */
@@ -56,9 +57,21 @@ typedef enum pith_placement {
 #define PITH_VDEACT_CAP      3 /* the shard was at the type's cap of activations */
 #define PITH_VDEACT_ENDED    4 /* its behaviour failed, or it was stopped or killed */
 #define PITH_VDEACT_SHUTDOWN 5 /* the engine stopped */
+#define PITH_VDEACT_PRESSURE 6 /* its shard's memory was near its cap (PITH_VTYPE_SHED) */
+#define PITH_VDEACT_REASONS  7 /* reasons are below this */
+
+/* pith_vtype_t.flags */
+/* Under memory pressure (a shard's memory in use past 3/4 of its cap, checked every 64
+ * activations, each one when states are 4 KiB or more, and at each idle sweep) the shard
+ * deactivates its least recently used idle activations of the type, down to 1/2, before an
+ * allocation fails; an activation that finds no memory all the same sheds some and tries
+ * once more. */
+#define PITH_VTYPE_SHED (1u << 0)
 
 /* A virtual actor type. Register it once (pith_vtype_register) and keep the object alive and
  * unchanged for the life of the process (a static object is the usual choice). */
+struct pith_vref;
+
 typedef struct pith_vtype {
     /* Its name: 1 to PITH_NAME_MAX bytes, unique among the registered types; hashed with each
      * key, so that two types' actors of one key are two actors. */
@@ -83,6 +96,12 @@ typedef struct pith_vtype {
     uint32_t max_per_shard;
     /* Stateless workers: not built yet (pith_vtype_register answers -ENOTSUP unless 0). */
     uint32_t workers;
+    uint32_t flags; /* PITH_VTYPE_* */
+    /* The keys to pre-warm when this key is activated by a message (the RFC's connected
+     * actors): fills out[0..max) and returns how many (at most max; max is 16). Runs on the
+     * activating shard after on_activate; each is pre-warmed as pith_vactor_prewarm does, and
+     * none of them pre-warms its own related keys. NULL: none. */
+    uint32_t (*related)(const void *key, uint32_t len, struct pith_vref *out, uint32_t max);
 } pith_vtype_t;
 
 /* Registers t (copied: t itself must stay, as its address names the type). Any thread, before
@@ -142,6 +161,24 @@ PITH_API const void *pith_vactor_key(const pith_actor_t *self, uint32_t *len);
  * Errors: -EINVAL self is not a virtual actor's activation. */
 PITH_API int pith_vactor_deactivate(pith_actor_t *self);
 
+/* Activates v ahead of its first message (on_activate's reason PITH_VACT_PREWARM); nothing if
+ * it is active. Any thread; from a shard other than the key's directory shard, and from outside
+ * (through the thread's client, without waiting), it is sent there and done later. Counted as
+ * used when a message reaches it before it is deactivated, else as wasted.
+ * Errors: as pith_vsend (on the directory shard, those of activating). */
+PITH_API int pith_vactor_prewarm(const pith_vref_t *v);
+
+/* Pages through the live activations of t on `shard`, without stopping it for long: from
+ * *cursor (0 to begin), fills out[0..max) with their virtual refs and returns how many, and
+ * sets *cursor for the next call (0 when done). Each call looks at a bounded part of the
+ * shard's directory, so a call may return 0 with *cursor not 0: call again. An activation that
+ * lives through the whole listing is returned at least once (a directory that grew between two
+ * calls may return some twice). From a thread outside the engine (it asks the shard and waits)
+ * or on `shard` itself. Errors: -EINVAL; -ENOENT t not registered; -EDEADLK on another shard;
+ * -ESHUTDOWN. */
+PITH_API int pith_vactor_list(const pith_vtype_t *t, unsigned shard, uint64_t *cursor,
+                              pith_vref_t *out, uint32_t max);
+
 /* Where a virtual actor is, as its directory shard sees it. */
 typedef struct pith_vactor_info {
     unsigned dir_shard; /* the key's directory shard */
@@ -160,14 +197,17 @@ PITH_API int pith_vactor_info(const pith_vref_t *v, uint64_t timeout_ns, pith_va
 /* Counters of one virtual type, summed over the shards (each shard writes its own; a read is
  * not a snapshot of all at once). */
 typedef struct pith_vtype_stats {
-    uint64_t activations;      /* activations that began (on_activate returned 0) */
-    uint64_t activate_failed;  /* on_activate (or init) failed */
-    uint64_t deactivations[6]; /* ended, by PITH_VDEACT_* reason (index 0 unused) */
-    uint64_t live;             /* activations now */
-    uint64_t messages;         /* messages routed to the type through the directory */
-    uint64_t lookups;          /* directory lookups */
-    uint64_t collisions;       /* lookups that passed an entry of the same hash, another key */
-    uint64_t refused;          /* messages refused for the cap, with none idle */
+    uint64_t activations;     /* activations that began (on_activate returned 0) */
+    uint64_t activate_failed; /* on_activate (or init) failed */
+    uint64_t deactivations[PITH_VDEACT_REASONS]; /* ended, by PITH_VDEACT_* (index 0 unused) */
+    uint64_t live;                               /* activations now */
+    uint64_t messages;       /* messages routed to the type through the directory */
+    uint64_t lookups;        /* directory lookups */
+    uint64_t collisions;     /* lookups that passed an entry of the same hash, another key */
+    uint64_t refused;        /* messages refused for the cap, with none idle */
+    uint64_t prewarms;       /* activations made by pith_vactor_prewarm or as related keys */
+    uint64_t prewarm_used;   /* of those, reached by a message before they went */
+    uint64_t prewarm_wasted; /* of those, deactivated without a message */
     /* Time to activate (directory, spawn, init and on_activate), from one activation in 16:
      * samples and percentiles as pith_actor_type_stats's. */
     uint64_t activate_samples;
