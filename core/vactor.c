@@ -106,8 +106,6 @@ int pith_vtype_register(const pith_vtype_t *t)
             return -EINVAL;
         return -ENOTSUP;
     }
-    if (t->workers != 0)
-        return -ENOTSUP;
     pthread_once(&hash_once, hash_key_init);
     pthread_mutex_lock(&vtypes_lock);
     uint32_t n = atomic_load_explicit(&nvtypes, memory_order_relaxed);
@@ -198,6 +196,7 @@ _Static_assert(PITH_VTYPES_MAX <= 256, "tid fits a byte");
 #define E_OFF    4u  /* pith_vactor_deactivate asked */
 #define E_DIR    8u  /* in the directory */
 #define E_WARM   16u /* pre-warmed, and no message has come yet */
+#define E_WORKER 32u /* a stateless worker: in its type's pool, not in the directory */
 
 /* A pre-warm travelling as a message (never reaches a behaviour). */
 #define MSG_VPREWARM (PITH_MSG_RESERVED + 0x30u)
@@ -503,8 +502,7 @@ static void pressure_check(struct core_shard *cs, struct vshard *vs, bool force)
                 shed++;
             }
         }
-        if (shed == 0 || force || pith_mem_stats((int)cs->id, &ms) != 0 ||
-            ms.in_use <= ms.cap / 2)
+        if (shed == 0 || force || pith_mem_stats((int)cs->id, &ms) != 0 || ms.in_use <= ms.cap / 2)
             return;
     }
 }
@@ -525,6 +523,7 @@ static void related_task(void *arg)
 struct prep {
     struct vshard *vs;
     struct vtype_shard *ts;
+    bool worker;
     uint32_t tid;
     uint64_t hash;
     const unsigned char *key;
@@ -542,7 +541,10 @@ static void prep_entry(void *block, pith_ref_t ref, void *ctx)
     e->tid = (uint8_t)p->tid;
     e->klen = (uint8_t)p->klen;
     memcpy(entry_key(e), p->key, p->klen);
-    dir_insert(p->vs, e);
+    if (p->worker)
+        e->flags |= E_WORKER;
+    else
+        dir_insert(p->vs, e);
     p->ts->live++;
     bump(&p->ts->live_now, 1);
 }
@@ -551,11 +553,12 @@ static void prep_entry(void *block, pith_ref_t ref, void *ctx)
 static void entry_drop(struct vshard *vs, struct ventry *e)
 {
     struct vtype_shard *ts = atomic_load_explicit(&vs->types[e->tid], memory_order_relaxed);
-    if (e->flags & E_DIR) {
+    if (e->flags & (E_DIR | E_WORKER)) {
         ts->live--;
         bump(&ts->live_now, (uint64_t)0 - 1);
     }
     dir_unlink(vs, e);
+    e->flags &= (uint8_t)~E_WORKER;
     list_unlink(ts, e);
 }
 
@@ -579,7 +582,7 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
         *err = -EAGAIN;
         return NULL;
     }
-    struct prep p = {vs, ts, tid, hash, key, klen};
+    struct prep p = {vs, ts, r->vt->workers != 0, tid, hash, key, klen};
     pith_ref_t ref;
     *err = core_spawn_ex(&r->at, NULL, VHDR, klen, prep_entry, &p, &ref);
     if (*err == -ENOMEM) {
@@ -668,6 +671,36 @@ static void vterminate(pith_actor_t *self, void *state, int reason)
     entry_drop(vs, e); /* the core frees the block, e with it, after this */
 }
 
+/* A stateless worker of this shard's pool for one message: an idle one (the most recently
+ * used first: its memory is warm), else a new one while the pool is under the type's
+ * `workers`, else the one with the fewest messages waiting. */
+static struct ventry *worker_pick(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts,
+                                  uint32_t tid, uint64_t hash, const unsigned char *key,
+                                  uint32_t klen, int reason, int *err)
+{
+    struct ventry *best = NULL;
+    uint32_t least = UINT32_MAX;
+    for (struct ventry *e = ts->tail; e != NULL; e = e->prev) {
+        struct actor *a = core_find(cs, e->act);
+        if (a == NULL)
+            continue;
+        if (idle(a) || reason == PITH_VACT_PREWARM)
+            return e;
+        if (a->depth < least) {
+            least = a->depth;
+            best = e;
+        }
+    }
+    if (ts->live < vtypes[tid].vt->workers) {
+        struct ventry *e = activate(cs, vs, ts, tid, hash, key, klen, reason, err);
+        if (e != NULL || best == NULL)
+            return e;
+    }
+    if (best == NULL)
+        *err = -EAGAIN;
+    return best;
+}
+
 static void related_task(void *arg);
 
 /* The activation of (tid, key) on this shard, its directory shard: found, or made for `reason`
@@ -676,6 +709,8 @@ static struct ventry *resolve(struct core_shard *cs, struct vshard *vs, struct v
                               uint32_t tid, uint64_t hash, const unsigned char *key, uint32_t klen,
                               int reason, int *err)
 {
+    if (vtypes[tid].vt->workers != 0)
+        return worker_pick(cs, vs, ts, tid, hash, key, klen, reason, err);
     struct ventry *e = dir_find(vs, ts, tid, hash, key, klen);
     if (e != NULL) {
         if (reason == PITH_VACT_MESSAGE && (e->flags & E_WARM)) {
@@ -816,7 +851,8 @@ static int vsend_shard(struct core_shard *cs, const pith_vref_t *to, pith_ref_t 
                        const void *data, uint32_t len, uint32_t flag, uint64_t req, bool *made)
 {
     unsigned n = pith_shard_count();
-    unsigned dst = dir_shard(to->hash, n);
+    /* A stateless worker takes the message on the sender's shard. */
+    unsigned dst = to->type->workers != 0 ? cs->id : dir_shard(to->hash, n);
     if (dst != cs->id) {
         struct amsg *m = core_vmsg_make((int)dst, to, from, type, data, len, flag);
         if (m == NULL)
@@ -1024,7 +1060,7 @@ static struct ventry *entry_of(const pith_actor_t *self)
     if (self == NULL || self->a->state == NULL || rec_of_actor_type(self->a->rec->type) == NULL)
         return NULL;
     struct ventry *e = entry_of_state(self->a->state);
-    return (e->flags & E_DIR) ? e : NULL;
+    return (e->flags & (E_DIR | E_WORKER)) ? e : NULL;
 }
 
 const void *pith_vactor_key(const pith_actor_t *self, uint32_t *len)
@@ -1048,7 +1084,7 @@ static void off_task(void *arg)
     if (a == NULL || rec_of_actor_type(a->rec->type) == NULL)
         return; /* it ended meanwhile */
     struct ventry *e = entry_of_state(a->state);
-    if (!(e->flags & E_OFF) || !(e->flags & E_DIR))
+    if (!(e->flags & E_OFF) || !(e->flags & (E_DIR | E_WORKER)))
         return;
     if (a->gen & A_RUNNING) {
         /* Asked from a turn still on the stack (a task run inside it): after it. */
@@ -1101,7 +1137,7 @@ static void *info_here(void *arg)
 
 int pith_vactor_info(const pith_vref_t *v, uint64_t timeout_ns, pith_vactor_info_t *out)
 {
-    if (rec_of_ref(v) == NULL || out == NULL)
+    if (rec_of_ref(v) == NULL || out == NULL || v->type->workers != 0)
         return -EINVAL;
     unsigned n = pith_shard_count();
     if (n == 0)

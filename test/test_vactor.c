@@ -416,8 +416,6 @@ Test(vactor, keys_up_to_the_limit_and_the_api_errors, .timeout = 30)
     static const pith_vtype_t local = {
         .name = "local", .actor = &counter_actor, .placement = PITH_PLACE_LOCAL};
     cr_assert_eq(pith_vtype_register(&local), -ENOTSUP);
-    static const pith_vtype_t workers = {.name = "w", .actor = &counter_actor, .workers = 4};
-    cr_assert_eq(pith_vtype_register(&workers), -ENOTSUP);
     static const pith_vtype_t no_actor = {.name = "none"};
     cr_assert_eq(pith_vtype_register(&no_actor), -EINVAL);
     static const pith_vtype_t no_name = {.actor = &counter_actor};
@@ -656,5 +654,72 @@ Test(vactor, memory_pressure_lets_idle_activations_go_before_allocations_fail, .
     cr_assert_eq(pith_mem_stats(0, &ms), 0);
     cr_assert_eq(ms.cap_refusals, 0, "%llu allocations refused",
                  (unsigned long long)ms.cap_refusals);
+    test_stop(NULL);
+}
+
+/* ---- stateless workers ---- */
+
+static _Atomic uint64_t work_done;
+static _Atomic pith_ref_t workers_seen[8];
+
+static int work_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)state;
+    (void)msg;
+    pith_ref_t me = pith_self(self);
+    for (int i = 0; i < 8; i++) {
+        pith_ref_t none = PITH_REF_NONE;
+        if (atomic_load(&workers_seen[i]) == me ||
+            atomic_compare_exchange_strong(&workers_seen[i], &none, me))
+            break;
+    }
+    atomic_fetch_add(&work_done, 1);
+    return 0;
+}
+
+static const pith_actor_type_t work_actor = {.name = "work", .behaviour = work_behaviour};
+static const pith_vtype_t pool_type = {
+    .name = "pool", .actor = &work_actor, .workers = 4, .idle_ns = 20 * MS};
+
+static void *send_work(void *arg)
+{
+    int *rc = arg;
+    pith_vref_t v;
+    *rc = pith_vref(&pool_type, "any", 3, &v);
+    for (int i = 0; i < 100 && *rc == 0; i++)
+        *rc = pith_vsend(&v, ADD, NULL, 0);
+    return NULL;
+}
+
+Test(vactor, stateless_workers_share_messages_in_a_pool_per_shard, .timeout = 30)
+{
+    cr_assert_eq(pith_vtype_register(&pool_type), 0);
+    pith_config_t cfg = test_config(2);
+    test_start(&cfg);
+    int rc = 1;
+    cr_assert_eq(pith_call_wait(1, send_work, &rc, NULL), 0);
+    cr_assert_eq(rc, 0, "pith_vsend to a worker type: %d", rc);
+    TEST_WAIT_FOR(atomic_load(&work_done) == 100);
+    unsigned n = 0;
+    for (int i = 0; i < 8; i++) {
+        pith_ref_t r = atomic_load(&workers_seen[i]);
+        if (r != PITH_REF_NONE) {
+            n++;
+            cr_assert_eq(pith_ref_shard(r), 1, "a worker on the sender's shard");
+        }
+    }
+    cr_assert_eq(n, 4, "%u workers took the messages (a pool of 4)", n);
+    pith_vtype_stats_t st = stats_of(&pool_type);
+    cr_assert_eq(st.activations, 4);
+    pith_vref_t v = vref_of(&pool_type, "any");
+    pith_vactor_info_t info;
+    cr_assert_eq(pith_vactor_info(&v, MS * 1000, &info), -EINVAL, "workers have no entry");
+    TEST_WAIT_FOR(stats_of(&pool_type).live == 0);
+    cr_assert_eq(stats_of(&pool_type).deactivations[PITH_VDEACT_IDLE], 4);
+    /* From outside: the key's directory shard takes it. */
+    cr_assert_eq(pith_client_vsend(pith_client_self(), &v, ADD, NULL, 0, PITH_FOREVER), 0);
+    TEST_WAIT_FOR(atomic_load(&work_done) == 101);
+    cr_assert_eq(pith_vactor_prewarm(&v), 0);
+    TEST_WAIT_FOR(stats_of(&pool_type).live >= 1);
     test_stop(NULL);
 }

@@ -94,7 +94,14 @@ typedef struct pith_vtype {
      * recently used idle activation of the type (PITH_VDEACT_CAP) to make room; with none idle,
      * the message comes back undelivered with -EAGAIN. */
     uint32_t max_per_shard;
-    /* Stateless workers: not built yet (pith_vtype_register answers -ENOTSUP unless 0). */
+    /* 0: each key is one actor. N > 0: a stateless worker type, as Orleans's: no directory
+     * entry and no identity; each shard keeps a pool of up to N activations of the type and
+     * gives a message to an idle one, else to a new one while the pool is under N, else to
+     * the one with the fewest messages waiting. A message goes to the sender's own shard (a
+     * client's, to the key's directory shard), so keys only spread clients' messages over the
+     * shards. Order between two messages is kept only while one worker takes both. Workers
+     * go when idle as other activations do; max_per_shard does not apply, pith_vactor_info
+     * answers -EINVAL and pith_vactor_list does not list them. */
     uint32_t workers;
     uint32_t flags; /* PITH_VTYPE_* */
     /* The keys to pre-warm when this key is activated by a message (the RFC's connected
@@ -107,7 +114,7 @@ typedef struct pith_vtype {
 /* Registers t (copied: t itself must stay, as its address names the type). Any thread, before
  * or while an engine runs. Errors: -EINVAL t, its name or its actor type invalid (as
  * pith_spawn checks), a name too long or empty; -EEXIST a type of that name is registered (t
- * itself: 0, it already is); -ENOTSUP a placement or workers not built yet; -ENOSPC
+ * itself: 0, it already is); -ENOTSUP a placement not built yet; -ENOSPC
  * PITH_VTYPES_MAX types are registered. */
 PITH_API int pith_vtype_register(const pith_vtype_t *t);
 
