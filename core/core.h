@@ -359,6 +359,10 @@ int core_mute_full(struct core_shard *cs, struct actor *a, struct amsg *m); /* 0
 void core_mute_drained(struct core_shard *cs, pith_ref_t ref);
 void core_mute_task(void *arg);
 void core_mute_free(struct core_shard *cs);
+/* Holds an actor of this shard from its turns as one more mute would (its mail waits), or lets
+ * that hold go (and schedules it when mail waits): for an activation still loading. Errors:
+ * -ENOMEM (not held). */
+int core_mute_hold(struct core_shard *cs, pith_ref_t ref, bool on);
 
 /* slab.c: messages for other shards */
 struct amsg *core_slab_msg(struct core_shard *cs, unsigned dst, size_t bytes); /* NULL: none */

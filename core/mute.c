@@ -48,6 +48,21 @@ static void set_muted(struct core_shard *cs, pith_ref_t sender, bool on)
         (void)core_schedule(cs, a, sender); /* on failure the next message schedules it */
 }
 
+int core_mute_hold(struct core_shard *cs, pith_ref_t ref, bool on)
+{
+    if (on && core_lookup(cs, ref) != NULL) {
+        uintptr_t count = (uintptr_t)map_get(&cs->mutes, ref);
+        if (count == 0 && map_put(&cs->mutes, ref, (void *)1) != 0)
+            return -ENOMEM;
+        if (count == 0) {
+            core_lookup(cs, ref)->gen |= A_MUTED;
+            return 0;
+        }
+    }
+    set_muted(cs, ref, on);
+    return 0;
+}
+
 static void tell(struct core_shard *cs, pith_ref_t sender, uint32_t op)
 {
     if (ref_shard(sender) == cs->id) {

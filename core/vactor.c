@@ -197,6 +197,7 @@ _Static_assert(PITH_VTYPES_MAX <= 256, "tid fits a byte");
 #define E_DIR    8u  /* in the directory */
 #define E_WARM   16u /* pre-warmed, and no message has come yet */
 #define E_WORKER 32u /* a stateless worker: in its type's pool, not in the directory */
+#define E_LATER  64u /* on_activate answered PITH_VACT_LATER: held until pith_vactor_activated */
 
 /* A pre-warm travelling as a message (never reaches a behaviour). */
 #define MSG_VPREWARM (PITH_MSG_RESERVED + 0x30u)
@@ -612,8 +613,24 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
         core_current = outer;
         /* A stop it asked for itself (pith_stop(self) there) ends it as a failure: no turn
          * follows on_activate to act on it. */
-        if (*err == 0 && (a == NULL || (a->gen & A_STOP)))
+        if (*err >= 0 && (a == NULL || (a->gen & A_STOP)))
             *err = -ECANCELED;
+        if (*err == PITH_VACT_LATER && core_mute_hold(cs, ref, true) != 0) {
+            *err = -ENOMEM;
+        } else if (*err == PITH_VACT_LATER) {
+            /* Held from its turns (as a muted actor is) until pith_vactor_activated; it counts
+             * as busy, so neither the sweep nor a cap lets it go meanwhile. */
+            *err = 0;
+            e->flags |= E_LATER;
+            if (reason == PITH_VACT_PREWARM)
+                e->flags |= E_WARM;
+            e->tick = ts->tick;
+            list_append(ts, e);
+            sweep_arm(ts, r);
+            return e;
+        } else if (*err > 0) {
+            *err = -EINVAL; /* not an answer on_activate may give */
+        }
         if (*err != 0) {
             if (a != NULL)
                 (void)core_end_now(cs, ref, *err); /* vterminate unlinks e */
@@ -1106,6 +1123,43 @@ int pith_vactor_deactivate(pith_actor_t *self)
     if (err == 0)
         e->flags |= E_OFF;
     return err;
+}
+
+int pith_vactor_activated(pith_ref_t act, int err)
+{
+    if (err > 0)
+        return -EINVAL;
+    if (pith_shard_id() < 0)
+        return -EPERM;
+    struct core_shard *cs = core_self;
+    struct vshard *vs = cs != NULL ? atomic_load_explicit(&cs->vs, memory_order_relaxed) : NULL;
+    struct actor *a = vs != NULL && ref_shard(act) == cs->id ? core_find(cs, act) : NULL;
+    if (a == NULL || rec_of_actor_type(a->rec->type) == NULL)
+        return -EINVAL;
+    struct ventry *e = entry_of_state(a->state);
+    if (!(e->flags & E_LATER))
+        return -EINVAL;
+    struct vtype_shard *ts = atomic_load_explicit(&vs->types[e->tid], memory_order_relaxed);
+    e->flags &= (uint8_t)~E_LATER;
+    if (err == 0) {
+        e->flags |= E_ACTIVE;
+        if (e->flags & E_WARM)
+            bump(&ts->prewarms, 1);
+        bump(&ts->activations, 1);
+        core_mute_hold(cs, act, false); /* schedules it for the mail that waited */
+        return 0;
+    }
+    /* Failed: what waited goes back with err, then the activation ends without on_deactivate. */
+    core_mute_hold(cs, act, false);
+    while (a->head != NULL) {
+        struct amsg *m = a->head;
+        core_mailbox_take(cs, a, NULL, m);
+        core_undelivered(cs, m, err);
+        core_msg_free(m);
+    }
+    bump(&ts->failed, 1);
+    (void)core_end_now(cs, act, err);
+    return 0;
 }
 
 /* ---- info and counters ---- */

@@ -723,3 +723,100 @@ Test(vactor, stateless_workers_share_messages_in_a_pool_per_shard, .timeout = 30
     TEST_WAIT_FOR(stats_of(&pool_type).live >= 1);
     test_stop(NULL);
 }
+
+/* ---- activations that finish later ---- */
+
+static _Atomic pith_ref_t loading;
+
+static int later_act(pith_actor_t *self, void *state, const void *key, uint32_t len, int reason)
+{
+    (void)state;
+    (void)key;
+    (void)len;
+    (void)reason;
+    atomic_store(&loading, pith_self(self));
+    return PITH_VACT_LATER;
+}
+
+static const pith_vtype_t later_type = {
+    .name = "later", .actor = &counter_actor, .on_activate = later_act};
+
+struct finish {
+    pith_ref_t ref;
+    int err, rc;
+};
+
+static void *finish_fn(void *arg)
+{
+    struct finish *f = arg;
+    f->rc = pith_vactor_activated(f->ref, f->err);
+    return NULL;
+}
+
+static void finish_activation(int err)
+{
+    TEST_WAIT_FOR(atomic_load(&loading) != PITH_REF_NONE);
+    pith_ref_t ref = atomic_exchange(&loading, PITH_REF_NONE);
+    struct finish f = {ref, err, 12345};
+    cr_assert_eq(pith_call_wait(pith_ref_shard(ref), finish_fn, &f, NULL), 0);
+    cr_assert_eq(f.rc, 0, "pith_vactor_activated: %d", f.rc);
+    f.rc = 12345;
+    cr_assert_eq(pith_call_wait(pith_ref_shard(ref), finish_fn, &f, NULL), 0);
+    cr_assert_eq(f.rc, -EINVAL, "a second pith_vactor_activated: %d", f.rc);
+}
+
+struct asker {
+    const pith_vref_t *v;
+    int rc;
+    uint64_t n;
+};
+
+static void *ask_thread(void *arg)
+{
+    struct asker *q = arg;
+    pith_msg_t reply;
+    q->rc = pith_client_vask(pith_client_self(), q->v, GET, NULL, 0, 10000 * MS, &reply);
+    if (q->rc == 0)
+        memcpy(&q->n, reply.data, sizeof(q->n));
+    return NULL;
+}
+
+Test(vactor, an_activation_finishes_later_and_what_waited_follows_in_order, .timeout = 60)
+{
+    cr_assert_eq(pith_vtype_register(&later_type), 0);
+    start(2);
+    pith_vref_t v = vref_of(&later_type, "loads");
+    uint64_t one = 1;
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(
+            pith_client_vsend(pith_client_self(), &v, ADD, &one, sizeof(one), PITH_FOREVER), 0);
+    struct asker q = {&v, 12345, 0};
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, ask_thread, &q), 0);
+    TEST_WAIT_FOR(atomic_load(&loading) != PITH_REF_NONE);
+    pith_vtype_stats_t st = stats_of(&later_type);
+    cr_assert_eq(st.live, 1);
+    cr_assert_eq(st.activations, 0, "not begun until it is finished");
+    finish_activation(0);
+    pthread_join(t, NULL);
+    cr_assert_eq(q.rc, 0);
+    cr_assert_eq(q.n, 10, "the ask came after the ten adds, and saw them: %llu",
+                 (unsigned long long)q.n);
+    cr_assert_eq(stats_of(&later_type).activations, 1);
+
+    /* A load that fails: what waited fails with its error; the next message tries again. */
+    pith_vref_t w = vref_of(&later_type, "fails");
+    struct asker f = {&w, 12345, 0};
+    cr_assert_eq(pthread_create(&t, NULL, ask_thread, &f), 0);
+    finish_activation(-EIO);
+    pthread_join(t, NULL);
+    cr_assert_eq(f.rc, -EIO, "the waiting ask ends with the load's error, got %d", f.rc);
+    cr_assert_eq(stats_of(&later_type).activate_failed, 1);
+    struct asker g = {&w, 12345, 0};
+    cr_assert_eq(pthread_create(&t, NULL, ask_thread, &g), 0);
+    finish_activation(0);
+    pthread_join(t, NULL);
+    cr_assert_eq(g.rc, 0);
+    cr_assert_eq(stats_of(&later_type).activations, 2);
+    test_stop(NULL);
+}

@@ -51,6 +51,9 @@ typedef enum pith_placement {
 #define PITH_VACT_MESSAGE 1 /* a message came for the key */
 #define PITH_VACT_PREWARM 2 /* pith_vactor_prewarm, or a related key's activation */
 
+/* on_activate's answer when it finishes later (pith_vactor_activated). */
+#define PITH_VACT_LATER 1
+
 /* Why an activation ends (on_deactivate's reason). */
 #define PITH_VDEACT_IDLE     1 /* no message for the type's idle time */
 #define PITH_VDEACT_SELF     2 /* pith_vactor_deactivate */
@@ -85,7 +88,10 @@ typedef struct pith_vtype {
     /* Runs on the activation's shard after init, before any message: 0 to go on, or a
      * negative errno: the activation ends (terminate runs, on_deactivate does not) and the
      * message that caused it comes back undelivered with that reason (an ask fails with it);
-     * the next message tries again. key is valid during the call. NULL: nothing to do. */
+     * the next message tries again. PITH_VACT_LATER: the activation finishes later (its state
+     * loads from a file, say) with pith_vactor_activated; meanwhile messages wait in its
+     * mailbox, bounded by its policy, and are handled in order once it is done. key is valid
+     * during the call. NULL: nothing to do. */
     int (*on_activate)(pith_actor_t *self, void *state, const void *key, uint32_t len, int reason);
     /* Runs when the activation ends, with a PITH_VDEACT_* reason, before the actor type's
      * terminate and before its state is freed. NULL: nothing to do. */
@@ -163,6 +169,14 @@ PITH_API int pith_client_vask(pith_client_t *c, const pith_vref_t *to, uint32_t 
  * lives). NULL when self is not a virtual actor's activation. From its behaviour, init,
  * on_activate, on_deactivate or terminate. */
 PITH_API const void *pith_vactor_key(const pith_actor_t *self, uint32_t *len);
+/* Finishes an activation whose on_activate answered PITH_VACT_LATER: with err 0 it begins and
+ * handles the messages that waited, in order; with a negative errno it ends (terminate runs,
+ * on_deactivate does not) and every message that waited comes back undelivered with err (an
+ * ask fails with it); the next message tries again. On the activation's shard, from any task
+ * or callback (act is pith_self's value in on_activate). Errors: -EINVAL act is not an
+ * activation of this shard waiting to finish, or err > 0; -EPERM off the engine. */
+PITH_API int pith_vactor_activated(pith_ref_t act, int err);
+
 /* Deactivates the running activation once its behaviour returns (PITH_VDEACT_SELF). Messages
  * already in its mailbox, and those that come later, go to the next activation, in order.
  * Errors: -EINVAL self is not a virtual actor's activation. */
