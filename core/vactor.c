@@ -407,10 +407,17 @@ static void deactivate(struct core_shard *cs, struct vshard *vs, struct ventry *
     struct actor *a = core_find(cs, e->act);
     if (a == NULL)
         return;
-    struct amsg *kept = NULL, *kept_tail = NULL;
-    while (a->head != NULL) {
-        struct amsg *m = a->head;
-        core_mailbox_take(cs, a, NULL, m);
+    /* What was sent to the virtual actor goes to the next activation; what this activation
+     * asked for itself (replies to its asks, timeouts, notices: admitted past the bound) stays
+     * and ends with it, as any actor's would. */
+    struct amsg *kept = NULL, *kept_tail = NULL, *prev = NULL;
+    for (struct amsg *m = a->head, *next; m != NULL; m = next) {
+        next = m->next;
+        if (m->len & AMSG_ADMIT) {
+            prev = m;
+            continue;
+        }
+        core_mailbox_take(cs, a, prev, m);
         m->next = NULL;
         if (kept_tail != NULL)
             kept_tail->next = m;
@@ -1151,9 +1158,13 @@ int pith_vactor_activated(pith_ref_t act, int err)
     }
     /* Failed: what waited goes back with err, then the activation ends without on_deactivate. */
     core_mute_hold(cs, act, false);
-    while (a->head != NULL) {
-        struct amsg *m = a->head;
-        core_mailbox_take(cs, a, NULL, m);
+    for (struct amsg *m = a->head, *prev = NULL, *next; m != NULL; m = next) {
+        next = m->next;
+        if (m->len & AMSG_ADMIT) {
+            prev = m; /* its own business (a reply to an ask of on_activate's): ends with it */
+            continue;
+        }
+        core_mailbox_take(cs, a, prev, m);
         core_undelivered(cs, m, err);
         core_msg_free(m);
     }
