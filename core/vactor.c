@@ -223,7 +223,7 @@ struct vtype_shard {
     bool armed;
     pith_timer_id_t timer;
     _Atomic uint64_t activations, failed, deact[PITH_VDEACT_REASONS], messages, lookups, collisions,
-        refused, prewarms, prewarm_used, prewarm_wasted;
+        refused, prewarms, prewarm_used, prewarm_wasted, moves, moves_failed;
     _Atomic uint64_t live_now, act_max;
     _Atomic uint64_t hist[HIST_BUCKETS];
 };
@@ -1173,6 +1173,88 @@ int pith_vactor_activated(pith_ref_t act, int err)
     return 0;
 }
 
+/* ---- a profile per activation ---- */
+
+struct move_req {
+    pith_ref_t act;
+    pith_mem_profile_t profile;
+};
+
+/* Points what pointed at `from` (its directory bucket or chain, its list neighbours) at `to`. */
+static void entry_moved(struct vshard *vs, struct vtype_shard *ts, struct ventry *from,
+                        struct ventry *to)
+{
+    if (to->flags & E_DIR) {
+        for (struct ventry **p = &vs->buckets[to->hash & (vs->nbuckets - 1)]; *p != NULL;
+             p = &(*p)->chain) {
+            if (*p == from) {
+                *p = to;
+                break;
+            }
+        }
+    }
+    if (to->flags & E_LISTED) {
+        if (to->prev != NULL)
+            to->prev->next = to;
+        else
+            ts->head = to;
+        if (to->next != NULL)
+            to->next->prev = to;
+        else
+            ts->tail = to;
+    }
+}
+
+static void move_task(void *arg)
+{
+    struct move_req *q = arg;
+    struct core_shard *cs = core_self;
+    struct vshard *vs = cs != NULL ? atomic_load_explicit(&cs->vs, memory_order_relaxed) : NULL;
+    struct actor *a = vs != NULL && !cs->closing ? core_find(cs, q->act) : NULL;
+    if (a == NULL || rec_of_actor_type(a->rec->type) == NULL) {
+        pith_free(q);
+        return; /* it ended meanwhile */
+    }
+    if (a->gen & A_RUNNING) {
+        /* A task run inside its turn: after it. */
+        if (shard_submit_force(cs->id, move_task, q) != 0)
+            pith_free(q);
+        return;
+    }
+    struct ventry *e = entry_of_state(a->state);
+    const pith_actor_type_t *t = vtypes[e->tid].vt->actor;
+    struct vtype_shard *ts = atomic_load_explicit(&vs->types[e->tid], memory_order_relaxed);
+    size_t size = VHDR + core_state_span(t->state_size) + e->klen;
+    struct ventry *n = pith_malloc_ex(size, 0, q->profile, t->mem_budget > 0 ? q->act : 0);
+    if (n == NULL) {
+        bump(&ts->moves_failed, 1);
+        pith_free(q);
+        return;
+    }
+    memcpy(n, e, size);
+    entry_moved(vs, ts, e, n);
+    a->state = (char *)n + VHDR;
+    pith_free(e);
+    bump(&ts->moves, 1);
+    pith_free(q);
+}
+
+int pith_vactor_set_profile(pith_actor_t *self, pith_mem_profile_t profile)
+{
+    struct ventry *e = entry_of(self);
+    if (e == NULL || (unsigned)profile >= PITH_MEM_PROFILES)
+        return -EINVAL;
+    struct move_req *q = pith_malloc(sizeof(*q));
+    if (q == NULL)
+        return -ENOMEM;
+    q->act = e->act;
+    q->profile = profile;
+    int err = shard_submit_force(core_self->id, move_task, q);
+    if (err)
+        pith_free(q);
+    return err;
+}
+
 /* ---- info and counters ---- */
 
 struct info_req {
@@ -1251,6 +1333,8 @@ int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out)
         out->prewarms += RD(prewarms);
         out->prewarm_used += RD(prewarm_used);
         out->prewarm_wasted += RD(prewarm_wasted);
+        out->profile_moves += RD(moves);
+        out->profile_failed += RD(moves_failed);
         out->live += RD(live_now);
         out->messages += RD(messages);
         out->lookups += RD(lookups);
@@ -1305,7 +1389,7 @@ bool core_vactor_release(pith_fn_t fn, void *arg)
         core_msg_free(arg);
         return true;
     }
-    if (fn == related_task) {
+    if (fn == related_task || fn == move_task) {
         pith_free(arg);
         return true;
     }

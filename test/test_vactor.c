@@ -10,7 +10,7 @@
 
 #include "util.h"
 
-enum { ADD = 1, GET = 2, SEQ = 3, OFF = 4 };
+enum { ADD = 1, GET = 2, SEQ = 3, OFF = 4, HOT = 5 };
 
 struct counter {
     uint64_t n;
@@ -34,6 +34,10 @@ static int counter_behaviour(pith_actor_t *self, void *state, const pith_msg_t *
         break;
     case OFF:
         (void)pith_vactor_deactivate(self);
+        break;
+    case HOT:
+        if (pith_vactor_set_profile(self, PITH_MEM_HOT) != 0)
+            c->n = UINT64_MAX; /* the test sees it */
         break;
     default:
         break;
@@ -818,5 +822,34 @@ Test(vactor, an_activation_finishes_later_and_what_waited_follows_in_order, .tim
     pthread_join(t, NULL);
     cr_assert_eq(g.rc, 0);
     cr_assert_eq(stats_of(&later_type).activations, 2);
+    test_stop(NULL);
+}
+
+/* ---- a profile per activation ---- */
+
+Test(vactor, one_activation_moves_to_hot_memory_with_its_state, .timeout = 30)
+{
+    start(1);
+    pith_vref_t v = vref_of(&counter_type, "hot-key"), w = vref_of(&counter_type, "cold-key");
+    uint64_t seven = 7, one = 1;
+    cr_assert_eq(pith_vsend(&v, ADD, &seven, sizeof(seven)), 0);
+    cr_assert_eq(pith_vsend(&w, ADD, &one, sizeof(one)), 0);
+    pith_mem_stats_t before;
+    test_sync_all();
+    cr_assert_eq(pith_mem_stats(0, &before), 0);
+    cr_assert_eq(pith_vsend(&v, HOT, NULL, 0), 0);
+    TEST_WAIT_FOR(stats_of(&counter_type).profile_moves == 1);
+    cr_assert_eq(ask_u64(&v), 7, "the state moved with it");
+    cr_assert_eq(ask_u64(&w), 1, "the other activation is untouched");
+    cr_assert_eq(pith_vsend(&v, ADD, &one, sizeof(one)), 0);
+    cr_assert_eq(ask_u64(&v), 8, "it goes on from the new place");
+    pith_mem_stats_t after;
+    cr_assert_eq(pith_mem_stats(0, &after), 0);
+    cr_assert_gt(after.profile_reserved[PITH_MEM_HOT], before.profile_reserved[PITH_MEM_HOT],
+                 "a hot extent was made for it");
+    pith_vactor_info_t info;
+    cr_assert_eq(pith_vactor_info(&v, 1000 * MS, &info), 0);
+    cr_assert(info.active);
+    cr_assert_eq(stats_of(&counter_type).profile_failed, 0);
     test_stop(NULL);
 }

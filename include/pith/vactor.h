@@ -200,6 +200,16 @@ PITH_API int pith_vactor_prewarm(const pith_vref_t *v);
 PITH_API int pith_vactor_list(const pith_vtype_t *t, unsigned shard, uint64_t *cursor,
                               pith_vref_t *out, uint32_t max);
 
+/* Moves the running activation's state (with its directory entry) to memory of `profile`
+ * (pith/mem.h: hot is prefaulted and locked, cold may be paged out) once its behaviour returns:
+ * a profile per activation, not only per type, for the keys that matter now. The state's bytes
+ * are copied as they are (pointers in it stay valid: blocks they name do not move). It stays
+ * there until moved again or deactivated; the next activation starts in the type's profile.
+ * Errors: -EINVAL self is not a virtual actor's activation (a stateless worker is one too), or
+ * profile unknown; -ENOMEM (nothing moves). A move that finds no memory of the new profile
+ * when it runs leaves the state where it was, counted in the type's profile_failed. */
+PITH_API int pith_vactor_set_profile(pith_actor_t *self, pith_mem_profile_t profile);
+
 /* Where a virtual actor is, as its directory shard sees it. */
 typedef struct pith_vactor_info {
     unsigned dir_shard; /* the key's directory shard */
@@ -229,6 +239,8 @@ typedef struct pith_vtype_stats {
     uint64_t prewarms;       /* activations made by pith_vactor_prewarm or as related keys */
     uint64_t prewarm_used;   /* of those, reached by a message before they went */
     uint64_t prewarm_wasted; /* of those, deactivated without a message */
+    uint64_t profile_moves;  /* states moved by pith_vactor_set_profile */
+    uint64_t profile_failed; /* moves that found no memory of the profile asked for */
     /* Time to activate (directory, spawn, init and on_activate), from one activation in 16:
      * samples and percentiles as pith_actor_type_stats's. */
     uint64_t activate_samples;
