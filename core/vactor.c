@@ -191,13 +191,14 @@ struct ventry {
 #define VHDR ((sizeof(struct ventry) + 15) & ~(size_t)15)
 _Static_assert(PITH_VKEY_MAX <= 255, "klen fits a byte");
 _Static_assert(PITH_VTYPES_MAX <= 256, "tid fits a byte");
-#define E_ACTIVE 1u  /* on_activate returned 0 */
-#define E_LISTED 2u  /* on its type's list */
-#define E_OFF    4u  /* pith_vactor_deactivate asked */
-#define E_DIR    8u  /* in the directory */
-#define E_WARM   16u /* pre-warmed, and no message has come yet */
-#define E_WORKER 32u /* a stateless worker: in its type's pool, not in the directory */
-#define E_LATER  64u /* on_activate answered PITH_VACT_LATER: held until pith_vactor_activated */
+#define E_ACTIVE 1u   /* on_activate returned 0 */
+#define E_LISTED 2u   /* on its type's list */
+#define E_OFF    4u   /* pith_vactor_deactivate asked */
+#define E_DIR    8u   /* in the directory */
+#define E_WARM   16u  /* pre-warmed, and no message has come yet */
+#define E_WORKER 32u  /* a stateless worker: in its type's pool, not in the directory */
+#define E_LATER  64u  /* on_activate answered PITH_VACT_LATER: held until pith_vactor_activated */
+#define E_ENDING 128u /* its hooks run as it ends: messages to its key wait for the next one */
 
 /* A pre-warm travelling as a message (never reaches a behaviour). */
 #define MSG_VPREWARM (PITH_MSG_RESERVED + 0x30u)
@@ -234,6 +235,13 @@ struct vshard {
      * longer, nothing fails). 8 bytes of table per entry, or 16 just after a doubling. */
     struct ventry **buckets;
     uint64_t nbuckets, nentries;
+    /* Messages sent to a key while its activation ends (from on_deactivate or terminate),
+     * each with its trailer: delivered by held_task once the end is over, in order. */
+    struct amsg *held, *held_tail;
+    bool held_armed;
+    /* The last activate() failed in the application's init or on_activate (not for the
+     * engine's memory): a client's lane does not retry it. */
+    bool app_err;
     /* Made on first use, published with release for counter readers (acquire). */
     _Atomic(struct vtype_shard *) types[PITH_VTYPES_MAX];
 };
@@ -313,12 +321,9 @@ static void dir_grow(struct vshard *vs)
     vs->nbuckets = n;
 }
 
+/* The caller made sure there is a table (activate). */
 static void dir_insert(struct vshard *vs, struct ventry *e)
 {
-    if (vs->nentries >= vs->nbuckets)
-        dir_grow(vs);
-    if (vs->nbuckets == 0)
-        return; /* no table at all: not found, and activated again by the next message */
     struct ventry **b = &vs->buckets[e->hash & (vs->nbuckets - 1)];
     e->chain = *b;
     *b = e;
@@ -387,7 +392,9 @@ static void sweep_arm(struct vtype_shard *ts, const struct vtype_rec *r)
 {
     if (ts->armed || r->tick_ns == 0)
         return;
-    if (pith_timer_add(r->tick_ns, 0, sweep, (void *)(uintptr_t)r->id, &ts->timer) == 0)
+    /* Periodic, so ticks keep to the clock: a one-shot re-armed after each tick would add the
+     * loop's wake-up delay to every tick (20 ms idle times ended after 29-33 ms). */
+    if (pith_timer_add(r->tick_ns, r->tick_ns, sweep, (void *)(uintptr_t)r->id, &ts->timer) == 0)
         ts->armed = true; /* else the next activation tries again */
 }
 
@@ -398,7 +405,8 @@ static bool idle(const struct actor *a)
 }
 
 static int vdeliver(struct core_shard *cs, struct vshard *vs, uint32_t tid, uint64_t hash,
-                    const unsigned char *key, uint32_t klen, struct amsg *m, struct lane *l);
+                    const unsigned char *key, uint32_t klen, struct amsg *m, struct lane *l,
+                    bool moved);
 
 /* Ends activation e for `why`: what waits in its mailbox is taken out first and given, in
  * order, to the next activation (made by the first of them), so nothing is lost. */
@@ -436,7 +444,7 @@ static void deactivate(struct core_shard *cs, struct vshard *vs, struct ventry *
         struct amsg *m = kept;
         kept = m->next;
         m->next = NULL;
-        (void)vdeliver(cs, vs, tid, hash, key, klen, m, NULL);
+        (void)vdeliver(cs, vs, tid, hash, key, klen, m, NULL, true);
     }
 }
 
@@ -462,7 +470,6 @@ static void sweep(void *arg)
         vs != NULL ? atomic_load_explicit(&vs->types[tid], memory_order_relaxed) : NULL;
     if (ts == NULL || cs->closing)
         return;
-    ts->armed = false;
     ts->tick++;
     /* From the cold end while the tick says idle long enough: busy ones count as used now. */
     struct ventry *e;
@@ -477,8 +484,10 @@ static void sweep(void *arg)
         deactivate(cs, vs, e, PITH_VDEACT_IDLE);
     }
     pressure_check(cs, vs, false);
-    if (ts->live > 0)
-        sweep_arm(ts, &vtypes[tid]);
+    if (ts->live == 0 && ts->armed) {
+        pith_timer_cancel(ts->timer); /* nothing left to sweep: the timer goes until needed */
+        ts->armed = false;
+    }
 }
 
 /* Memory pressure: past 3/4 of the shard's cap in use, the idle activations of types that
@@ -582,20 +591,43 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
     uint32_t nth = ts->sample++;
     bool timed = nth % HIST_SAMPLE == 0;
     /* Every PRESSURE_EVERY activations, or each one when states are large. */
-    if (nth % PRESSURE_EVERY == PRESSURE_EVERY - 1 || r->vt->actor->state_size >= 4096)
+    if (nth % PRESSURE_EVERY == PRESSURE_EVERY - 1 || r->vt->actor->state_size >= 4096) {
         pressure_check(cs, vs, false);
+        struct ventry *now = r->vt->workers == 0 ? dir_find(vs, ts, tid, hash, key, klen) : NULL;
+        if (now != NULL)
+            return now; /* an on_deactivate of one that went sent to this key */
+    }
     uint64_t t0 = timed ? pith_now_ns() : 0;
-    if (r->vt->max_per_shard != 0 && ts->live >= r->vt->max_per_shard && !evict_one(cs, vs, ts)) {
-        bump(&ts->refused, 1);
-        *err = -EAGAIN;
+    vs->app_err = false;
+    if (r->vt->workers == 0 && r->vt->max_per_shard != 0 && ts->live >= r->vt->max_per_shard) {
+        if (!evict_one(cs, vs, ts)) {
+            bump(&ts->refused, 1);
+            *err = -EAGAIN;
+            return NULL;
+        }
+        /* The one that went ran on_deactivate, which may have sent to this key. */
+        struct ventry *now = dir_find(vs, ts, tid, hash, key, klen);
+        if (now != NULL)
+            return now;
+    }
+    /* The directory has room before the spawn, so the entry always goes in (a chain grows
+     * when a doubling finds no memory). */
+    if (r->vt->workers == 0 && vs->nentries >= vs->nbuckets)
+        dir_grow(vs);
+    if (r->vt->workers == 0 && vs->nbuckets == 0) {
+        *err = -ENOMEM;
         return NULL;
     }
     struct prep p = {vs, ts, r->vt->workers != 0, tid, hash, key, klen};
     pith_ref_t ref;
     *err = core_spawn_ex(&r->at, NULL, VHDR, klen, prep_entry, &p, &ref);
-    if (*err == -ENOMEM) {
-        /* Out of memory after all: idle activations that may shed go, and one more try. */
+    if (*err == -ENOMEM && !vs->app_err) {
+        /* Out of the engine's memory: idle activations that may shed go, and one more try
+         * (unless what they ran in going made this key's activation already). */
         pressure_check(cs, vs, true);
+        struct ventry *now = r->vt->workers == 0 ? dir_find(vs, ts, tid, hash, key, klen) : NULL;
+        if (now != NULL)
+            return now;
         *err = core_spawn_ex(&r->at, NULL, VHDR, klen, prep_entry, &p, &ref);
     }
     if (*err != 0) {
@@ -638,6 +670,8 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
         } else if (*err > 0) {
             *err = -EINVAL; /* not an answer on_activate may give */
         }
+        if (*err != 0)
+            vs->app_err = true;
         if (*err != 0) {
             if (a != NULL)
                 (void)core_end_now(cs, ref, *err); /* vterminate unlinks e */
@@ -669,8 +703,11 @@ static int vinit(pith_actor_t *self, void *state, void *arg)
     struct ventry *e = entry_of_state(state);
     const pith_actor_type_t *t = vtypes[e->tid].vt->actor;
     int err = t->init != NULL ? t->init(self, state, NULL) : 0;
-    if (err != 0)
-        entry_drop(atomic_load_explicit(&core_self->vs, memory_order_relaxed), e);
+    if (err != 0) {
+        struct vshard *vs = atomic_load_explicit(&core_self->vs, memory_order_relaxed);
+        vs->app_err = true; /* the application's error, not the engine's memory */
+        entry_drop(vs, e);
+    }
     return err; /* the core frees the block, without terminate */
 }
 
@@ -680,6 +717,7 @@ static void vterminate(pith_actor_t *self, void *state, int reason)
     struct ventry *e = entry_of_state(state);
     const struct vtype_rec *r = &vtypes[e->tid];
     struct vtype_shard *ts = atomic_load_explicit(&vs->types[r->id], memory_order_relaxed);
+    e->flags |= E_ENDING;
     if (e->flags & E_ACTIVE) {
         int why = e->why != 0                    ? e->why
                   : reason == PITH_EXIT_SHUTDOWN ? PITH_VDEACT_SHUTDOWN
@@ -693,6 +731,21 @@ static void vterminate(pith_actor_t *self, void *state, int reason)
     if (r->vt->actor->terminate != NULL)
         r->vt->actor->terminate(self, state, reason);
     entry_drop(vs, e); /* the core frees the block, e with it, after this */
+}
+
+static void held_task(void *arg);
+
+/* m (with its trailer) for a key whose activation is ending: it waits for held_task. */
+static void hold(struct core_shard *cs, struct vshard *vs, struct amsg *m)
+{
+    m->next = NULL;
+    if (vs->held_tail != NULL)
+        vs->held_tail->next = m;
+    else
+        vs->held = m;
+    vs->held_tail = m;
+    if (!vs->held_armed && shard_submit_force(cs->id, held_task, NULL) == 0)
+        vs->held_armed = true;
 }
 
 /* A stateless worker of this shard's pool for one message: an idle one (the most recently
@@ -763,7 +816,8 @@ static struct ventry *resolve(struct core_shard *cs, struct vshard *vs, struct v
  * record's and is kept (not consumed) when the answer is LANE_PARK (the activation's mailbox is
  * full and its type would refuse m) or LANE_RETRY (out of memory). */
 static int vdeliver(struct core_shard *cs, struct vshard *vs, uint32_t tid, uint64_t hash,
-                    const unsigned char *key, uint32_t klen, struct amsg *m, struct lane *l)
+                    const unsigned char *key, uint32_t klen, struct amsg *m, struct lane *l,
+                    bool moved)
 {
     struct vtype_shard *ts = vts_get(vs, tid);
     int err = -ENOMEM;
@@ -778,6 +832,12 @@ static int vdeliver(struct core_shard *cs, struct vshard *vs, uint32_t tid, uint
         bump(&ts->messages, 1);
         e = resolve(cs, vs, ts, tid, hash, key, klen, PITH_VACT_MESSAGE, &err);
     }
+    if (e != NULL && (e->flags & E_ENDING)) {
+        if (l != NULL)
+            return LANE_RETRY; /* the record waits in its lane: the end is over at once */
+        hold(cs, vs, m);
+        return 0;
+    }
     struct actor *a = e != NULL ? core_find(cs, e->act) : NULL;
     if (a != NULL) {
         touch(ts, e);
@@ -785,17 +845,48 @@ static int vdeliver(struct core_shard *cs, struct vshard *vs, uint32_t tid, uint
         if (l != NULL && a->depth >= a->rec->mailbox_max &&
             a->rec->type->overflow != PITH_OVERFLOW_DROP_OLDEST && !(m->len & AMSG_ADMIT))
             return core_lane_park(cs, l, e->act) == 0 ? LANE_PARK : LANE_RETRY;
+        /* Moved from the last activation's mailbox: they were taken, so they pass the bound
+         * (admitted for the enqueue only: once in, they are ordinary mail again). */
+        bool admit = moved && !(m->len & AMSG_ADMIT);
+        if (admit)
+            m->len |= AMSG_ADMIT;
         err = core_enqueue(cs, a, m);
+        if (admit)
+            m->len &= ~AMSG_ADMIT;
         if (err == 0)
             return 0;
     } else if (e != NULL) {
         err = -ESRCH; /* not expected: an entry outlives its activation only inside vterminate */
     }
-    if (l != NULL && err == -ENOMEM)
-        return LANE_RETRY;
+    if (l != NULL && err == -ENOMEM && !vs->app_err)
+        return LANE_RETRY; /* the engine's own memory: the record tries again later */
     core_undelivered(cs, m, err);
     core_msg_free(m);
     return err;
+}
+
+/* The messages held while activations ended, now that the ends are over. */
+static void held_task(void *arg)
+{
+    (void)arg;
+    struct core_shard *cs = core_self;
+    struct vshard *vs = cs != NULL ? atomic_load_explicit(&cs->vs, memory_order_relaxed) : NULL;
+    if (vs == NULL)
+        return;
+    vs->held_armed = false;
+    struct amsg *m = vs->held;
+    vs->held = vs->held_tail = NULL;
+    while (m != NULL) {
+        struct amsg *next = m->next;
+        m->next = NULL;
+        if (cs->closing) {
+            core_msg_free(m);
+        } else {
+            struct vtrail *t = trail_of(m);
+            (void)vdeliver(cs, vs, t->tid, t->hash, t->key, t->klen, m, NULL, false);
+        }
+        m = next;
+    }
 }
 
 /* A virtual message from another shard. */
@@ -811,7 +902,7 @@ static void vdeliver_task(void *arg)
         return;
     }
     struct vtrail *t = trail_of(m);
-    (void)vdeliver(cs, vs, t->tid, t->hash, t->key, t->klen, m, NULL);
+    (void)vdeliver(cs, vs, t->tid, t->hash, t->key, t->klen, m, NULL, false);
 }
 
 int core_lane_vmsg(struct lane *l, void *arg, uint64_t aux, const void *data, uint32_t len)
@@ -836,7 +927,7 @@ int core_lane_vmsg(struct lane *l, void *arg, uint64_t aux, const void *data, ui
     if (vs == NULL)
         return LANE_RETRY;
     struct vtrail *t = trail_of(m);
-    int r = vdeliver(cs, vs, t->tid, t->hash, t->key, t->klen, m, l);
+    int r = vdeliver(cs, vs, t->tid, t->hash, t->key, t->klen, m, l, false);
     return r == LANE_PARK || r == LANE_RETRY ? r : 0;
 }
 
@@ -904,6 +995,16 @@ static int vsend_shard(struct core_shard *cs, const pith_vref_t *to, pith_ref_t 
         resolve(cs, vs, ts, to->tid - 1, to->hash, to->key, to->len, PITH_VACT_MESSAGE, &err);
     if (e == NULL)
         return err;
+    if (e->flags & E_ENDING) {
+        /* Sent from its own end (on_deactivate, terminate): for the next activation. */
+        struct amsg *m = core_vmsg_make(-1, to, from, type, data, len, flag);
+        if (m == NULL)
+            return -ENOMEM;
+        *made = true;
+        m->req = req;
+        hold(cs, vs, m);
+        return 0;
+    }
     touch(ts, e);
     struct actor *a = core_find(cs, e->act);
     if (a == NULL)
@@ -1257,28 +1358,46 @@ int pith_vactor_set_profile(pith_actor_t *self, pith_mem_profile_t profile)
 
 /* ---- info and counters ---- */
 
+/* A pith_vactor_info request: the caller's and the shard's, freed by whichever is last (the
+ * caller may stop waiting before the shard runs it). */
 struct info_req {
-    const pith_vref_t *v;
-    pith_vactor_info_t *out;
+    _Atomic uint32_t owners;
+    int err;
+    pith_vref_t v;
+    pith_vactor_info_t out;
 };
 
-static void *info_here(void *arg)
+static void info_put(struct info_req *q)
 {
-    struct info_req *q = arg;
+    /* acq_rel: the last owner sees the other's writes before it frees. */
+    if (atomic_fetch_sub_explicit(&q->owners, 1, memory_order_acq_rel) == 1)
+        free(q);
+}
+
+static void info_here(struct info_req *q)
+{
     struct core_shard *cs = core_shard_get();
     struct vshard *vs = cs != NULL ? vshard_get(cs) : NULL;
-    struct vtype_shard *ts = vs != NULL ? vts_get(vs, q->v->tid - 1) : NULL;
-    if (ts == NULL)
-        return (void *)(intptr_t)-ENOMEM;
-    struct ventry *e = dir_find(vs, ts, q->v->tid - 1, q->v->hash, q->v->key, q->v->len);
-    memset(q->out, 0, sizeof(*q->out));
-    q->out->dir_shard = cs->id;
-    if (e != NULL && (e->flags & E_ACTIVE)) {
-        q->out->active = true;
-        q->out->shard = cs->id;
-        q->out->ref = e->act;
-        q->out->placement = PITH_PLACE_HASH;
+    struct vtype_shard *ts = vs != NULL ? vts_get(vs, q->v.tid - 1) : NULL;
+    memset(&q->out, 0, sizeof(q->out));
+    if (ts == NULL) {
+        q->err = -ENOMEM;
+        return;
     }
+    struct ventry *e = dir_find(vs, ts, q->v.tid - 1, q->v.hash, q->v.key, q->v.len);
+    q->out.dir_shard = cs->id;
+    if (e != NULL && (e->flags & E_ACTIVE)) {
+        q->out.active = true;
+        q->out.shard = cs->id;
+        q->out.ref = e->act;
+        q->out.placement = PITH_PLACE_HASH;
+    }
+}
+
+static void *info_task(void *arg)
+{
+    info_here(arg);
+    info_put(arg);
     return NULL;
 }
 
@@ -1290,19 +1409,36 @@ int pith_vactor_info(const pith_vref_t *v, uint64_t timeout_ns, pith_vactor_info
     if (n == 0)
         return -ESHUTDOWN;
     unsigned dst = dir_shard(v->hash, n);
-    struct info_req q = {v, out};
     int me = pith_shard_id();
     if (me >= 0) {
         if ((unsigned)me != dst)
             return -EDEADLK;
-        return (int)(intptr_t)info_here(&q);
+        struct info_req q = {.v = *v};
+        info_here(&q);
+        if (q.err == 0)
+            *out = q.out;
+        return q.err;
     }
     pith_client_t *c = pith_client_self();
     if (c == NULL)
         return -errno;
-    void *res = NULL;
-    int err = pith_client_call(c, dst, info_here, &q, timeout_ns, &res);
-    return err != 0 ? err : (int)(intptr_t)res;
+    struct info_req *q = calloc(1, sizeof(*q));
+    if (q == NULL)
+        return -ENOMEM;
+    q->v = *v;
+    atomic_init(&q->owners, 2);
+    int err = pith_client_call(c, dst, info_task, q, timeout_ns, NULL);
+    if (err == 0) {
+        err = q->err;
+        if (err == 0)
+            *out = q->out;
+        info_put(q);
+    } else if (err == -ETIMEDOUT) {
+        info_put(q); /* the task may still run: it frees the request */
+    } else {
+        free(q); /* never pushed */
+    }
+    return err;
 }
 
 int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out)
@@ -1312,9 +1448,14 @@ int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out)
     const struct vtype_rec *r = rec_of_vt(t);
     if (r == NULL)
         return -ENOENT;
-    struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
-    if (ce == NULL)
+    /* The engine's parts are freed once it is gone: a reader holds that off meanwhile. */
+    if (!shard_reader_enter())
         return -ESHUTDOWN;
+    struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
+    if (ce == NULL) {
+        shard_reader_leave();
+        return -ESHUTDOWN;
+    }
     memset(out, 0, sizeof(*out));
     uint64_t hist[HIST_BUCKETS] = {0};
     for (unsigned i = 0; i < ce->n; i++) {
@@ -1346,6 +1487,7 @@ int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out)
             hist[b] += RD(hist[b]);
 #undef RD
     }
+    shard_reader_leave();
     uint64_t total = 0;
     for (unsigned b = 0; b < HIST_BUCKETS; b++)
         total += hist[b];
@@ -1371,6 +1513,12 @@ void core_vactor_exit(struct core_shard *cs)
     if (vs == NULL)
         return;
     /* Every activation has ended, its entry (in its state block) with it. */
+    while (vs->held != NULL) {
+        struct amsg *m = vs->held;
+        vs->held = m->next;
+        core_msg_free(m);
+    }
+    vs->held_tail = NULL;
     free(vs->buckets);
     vs->buckets = NULL;
     vs->nbuckets = vs->nentries = 0;
@@ -1393,7 +1541,7 @@ bool core_vactor_release(pith_fn_t fn, void *arg)
         pith_free(arg);
         return true;
     }
-    return fn == off_task || fn == sweep;
+    return fn == off_task || fn == sweep || fn == held_task;
 }
 
 void core_vactor_gone(struct core_shard *cs)

@@ -82,7 +82,9 @@ typedef struct pith_vtype {
     /* What an activation is. Its init, if any, runs with arg NULL, before on_activate. */
     const pith_actor_type_t *actor;
     /* An activation without a message for this long is deactivated (between idle_ns and
-     * 1.25 idle_ns after its last message); 0: PITH_VIDLE_DEFAULT; PITH_VIDLE_NEVER: never. */
+     * 1.25 idle_ns after its last message, plus the shard's timer lateness: a sweep ticks
+     * every idle_ns / 4, and at most every millisecond, so idle times under 4 ms act as 4 ms);
+     * 0: PITH_VIDLE_DEFAULT; PITH_VIDLE_NEVER: never. */
     uint64_t idle_ns;
     pith_placement_t placement; /* where activations go (PITH_PLACE_HASH) */
     /* Runs on the activation's shard after init, before any message: 0 to go on, or a
