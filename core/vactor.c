@@ -9,6 +9,7 @@
  * as bytes), found from an activation's ref through a second map, and kept per type in a list
  * by last use, which an idle sweep reads from its cold end. */
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 
 #include "clients.h"
 #include "core.h"
+#include "mem.h"
 
 /* ---- types (process-wide) ---- */
 
@@ -496,9 +498,10 @@ static void sweep(void *arg)
  * margin: at 7/8 a cap of 64 MiB refused allocations of 256 KiB states). */
 static void pressure_check(struct core_shard *cs, struct vshard *vs, bool force)
 {
-    pith_mem_stats_t ms;
-    if (pith_mem_stats((int)cs->id, &ms) != 0 || ms.cap == 0 ||
-        (!force && ms.in_use <= ms.cap - ms.cap / 4))
+    /* Not pith_mem_stats: it reads the mappings (smaps), which made a million activations
+     * take 22 s. */
+    size_t in_use, cap;
+    if (mem_self_usage(&in_use, &cap) != 0 || cap == 0 || (!force && in_use <= cap - cap / 4))
         return;
     uint32_t n = atomic_load_explicit(&nvtypes, memory_order_acquire);
     for (unsigned round = 0; round < 1024; round++) {
@@ -519,7 +522,7 @@ static void pressure_check(struct core_shard *cs, struct vshard *vs, bool force)
                 shed++;
             }
         }
-        if (shed == 0 || force || pith_mem_stats((int)cs->id, &ms) != 0 || ms.in_use <= ms.cap / 2)
+        if (shed == 0 || force || mem_self_usage(&in_use, &cap) != 0 || in_use <= cap / 2)
             return;
     }
 }
@@ -948,6 +951,12 @@ struct amsg *core_vmsg_make(int dst, const pith_vref_t *to, pith_ref_t from, uin
     t->klen = to->len;
     memcpy(t->key, to->key, to->len);
     return m;
+}
+
+unsigned pith_vref_shard(const pith_vref_t *v)
+{
+    unsigned n = pith_shard_count();
+    return n == 0 || rec_of_ref(v) == NULL ? UINT_MAX : dir_shard(v->hash, n);
 }
 
 unsigned core_vref_shard(const pith_vref_t *to, unsigned n)

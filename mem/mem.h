@@ -256,6 +256,9 @@ static inline uint64_t mem_frees(struct mem_home *h, const struct mem_owner *o)
 
 /* stats.c */
 int mem_home_stats(struct mem_home *h, pith_mem_stats_t *out);
+/* The calling shard's bytes in use and its cap, without pith_mem_stats's look at the mappings
+ * (smaps): for callers that check often. -EPERM off a shard. */
+int mem_self_usage(size_t *in_use, size_t *cap);
 int mem_home_extent(struct mem_home *h, unsigned i, pith_mem_extent_t *out);
 void mem_outside_stats(pith_mem_stats_t *out);
 /* pith_malloc for libpith's own blocks: outside the engine it takes the process heap (counted

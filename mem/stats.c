@@ -114,3 +114,13 @@ int mem_home_extent(struct mem_home *h, unsigned i, pith_mem_extent_t *out)
     out->node = x->node;
     return 0;
 }
+
+int mem_self_usage(size_t *in_use, size_t *cap)
+{
+    struct mem_home *h = mem_self;
+    if (h == NULL)
+        return -EPERM;
+    *in_use = mem_in_use(h, &h->total);
+    *cap = h->cfg.cap;
+    return 0;
+}

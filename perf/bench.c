@@ -66,11 +66,14 @@ static const bench_row_t rows[] = {
     {"actor.ask_rtt_ns", bench_actor_ask_rtt, 200000, 2000000, "raw.local_oneshot_ns"},
     {"actor.remote_ask_rtt_ns", bench_actor_remote_ask_rtt, 100000, 1000000, "raw.c2c_rtt_ns"},
     /* Virtual actors. n: ask round trips (as the two rows above, whose figures are the
-     * baselines), new keys activated, idle activations alive at once. */
+     * baselines), new keys activated, idle activations alive at once. The sweep row runs last
+     * of them: see below. */
     {"vactor.call_ns", bench_vactor_call, 200000, 2000000, "actor.ask_rtt_ns"},
     {"vactor.remote_call_ns", bench_vactor_remote_call, 100000, 1000000, "actor.remote_ask_rtt_ns"},
     {"vactor.activate_ns", bench_vactor_activate, 200000, 1000000, "actor.spawn_ns"},
     {"vactor.bytes_per_idle", bench_vactor_bytes, 1000000, 1000000, NULL},
+    /* n: round trips of the ping-pong, each with and without the live activations. */
+    {"vactor.sweep_rtt_ns", bench_vactor_sweep, 1000000, 2000000, "mesh.rtt_ns"},
     /* Threads outside the engine. n: 16-byte messages from one thread (the raw rings: to one
      * thread), ask round trips, messages fanned out over 100k actors. */
     {"raw.ingress_ring_mps", bench_raw_ingress_ring, 20000000, 100000000, NULL},

@@ -183,6 +183,7 @@ int bench_vactor_remote_call(const bench_env_t *env, uint64_t n, result_t *r, ch
 int bench_vactor_activate(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                           size_t whylen);
 int bench_vactor_bytes(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_vactor_sweep(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 /* bench_savina.c */
 int bench_savina_pingpong(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                           size_t whylen);

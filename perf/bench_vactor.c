@@ -488,3 +488,154 @@ int bench_vactor_bytes(const bench_env_t *env, uint64_t n, result_t *r, char *wh
                per_heap);
     return 0;
 }
+
+/* ---- idle tracking with a million live activations ----
+ * A ping-pong of tasks between shards 0 and 1 (as mesh.rtt_ns), first with no activation, then
+ * with a million idle ones on shard 0 whose idle sweep is armed (idle time 30 s, a tick every
+ * 7.5 s: none is due during the run, and a tick looks at the cold end of the list and stops). */
+
+struct vping {
+    samples_t s;
+    uint64_t n, done, t_sent;
+    int err;
+    sem_t finished;
+};
+
+static void vping_fn(void *arg);
+
+static void vpong_fn(void *arg)
+{
+    struct vping *pp = arg;
+    int rc = pith_submit(0, vping_fn, pp);
+    if (rc != 0) {
+        pp->err = rc;
+        sem_post(&pp->finished);
+    }
+}
+
+static void vping_fn(void *arg)
+{
+    struct vping *pp = arg;
+    if (pp->t_sent) {
+        samples_add(&pp->s, (int64_t)(pith_now_ns() - pp->t_sent));
+        pp->done++;
+    }
+    if (pp->done == pp->n) {
+        sem_post(&pp->finished);
+        return;
+    }
+    pp->t_sent = pith_now_ns();
+    int rc = pith_submit(1, vpong_fn, pp);
+    if (rc != 0) {
+        pp->err = rc;
+        sem_post(&pp->finished);
+    }
+}
+
+static int vping_run(const bench_env_t *env, uint64_t n, double *p50, uint64_t *ns)
+{
+    struct vping pp = {.n = n};
+    if (samples_init(&pp.s, n) != 0)
+        return -ENOMEM;
+    sem_init(&pp.finished, 0, 0);
+    uint64_t t0 = bench_clock_ns();
+    int rc = pith_submit(0, vping_fn, &pp);
+    if (rc == 0)
+        rc = bench_wait(env, &pp.finished);
+    if (rc == 0)
+        rc = pp.err;
+    *ns = bench_clock_ns() - t0;
+    if (rc == 0) {
+        samples_sort(&pp.s);
+        *p50 = (double)pp.s.v[(pp.s.n < pp.s.cap ? pp.s.n : pp.s.cap) / 2];
+    }
+    sem_destroy(&pp.finished);
+    samples_free(&pp.s);
+    return rc;
+}
+
+static const pith_vtype_t vidle_type = {
+    .name = "bench-vidle", .actor = &count_type, .idle_ns = 30000ull * 1000 * 1000};
+
+int bench_vactor_sweep(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen)
+{
+    if (env->shards < 2) {
+        snprintf(why, whylen, "needs 2 shards");
+        return BENCH_SKIP;
+    }
+    int err = pith_vtype_register(&vidle_type);
+    if (err) {
+        snprintf(why, whylen, "pith_vtype_register: %s", pith_strerror(err));
+        return BENCH_FAIL;
+    }
+    const uint64_t live = 1000000;
+    pith_vref_t *refs = malloc(live * sizeof(*refs));
+    if (refs == NULL) {
+        snprintf(why, whylen, "out of memory for refs");
+        return BENCH_FAIL;
+    }
+    pith_config_t cfg;
+    pith_config_init(&cfg);
+    cfg.shards = (int)env->shards;
+    /* The default poll window (not mesh.rtt_ns's 10 s): a round trip is far inside it, so the
+     * shards do not sleep during the ping-pong, and the test thread is not starved while it
+     * makes the activations (with both shards spinning on 2 CPUs that took 22-29 s). */
+    if (bench_engine_start(&cfg, why, whylen) != 0) {
+        free(refs);
+        return BENCH_FAIL;
+    }
+    /* Keys whose directory shard is 0. */
+    uint64_t got = 0;
+    for (uint64_t i = 0; got < live && i < live * env->shards * 4; i++) {
+        char key[17];
+        snprintf(key, sizeof(key), "%016llx", (unsigned long long)i);
+        if (pith_vref(&vidle_type, key, 16, &refs[got]) == 0 && pith_vref_shard(&refs[got]) == 0)
+            got++;
+    }
+    double base = 0, with = 0;
+    uint64_t base_ns = 0, with_ns = 0;
+    const char *stage = "keys";
+    int rc = got == live ? 0 : -ENOENT;
+    if (rc == 0) {
+        stage = "ping-pong without activations";
+        rc = vping_run(env, n, &base, &base_ns);
+    }
+    uint64_t t_act = bench_clock_ns();
+    if (rc == 0) {
+        /* From one task, then the turns. */
+        stage = "activations";
+        atomic_store(&counted, 0);
+        struct act_run a = {.refs = refs, .n = live, .type = PING};
+        rc = pith_call_wait(0, send_all, &a, NULL);
+        if (rc == 0)
+            rc = a.err;
+        while (rc == 0 && atomic_load(&counted) < live)
+            (void)pith_call_wait(0, noop_fn, NULL, NULL);
+    }
+    t_act = bench_clock_ns() - t_act;
+    pith_vtype_stats_t v0 = {0}, v1 = {0};
+    if (rc == 0) {
+        stage = "ping-pong with a million activations";
+        (void)pith_vtype_stats(&vidle_type, &v0);
+        rc = vping_run(env, n, &with, &with_ns);
+        (void)pith_vtype_stats(&vidle_type, &v1);
+    }
+    bench_engine_stop(r->name);
+    free(refs);
+    if (rc != 0) {
+        snprintf(why, whylen, "%s: %s", stage, pith_strerror(rc));
+        return BENCH_FAIL;
+    }
+    r->value = with;
+    bench_note("%s: a task ping-pong between shards 0 and 1 (default poll window), %llu round "
+               "trips: "
+               "p50 %.0f ns with no activation (%.2f s), %.0f ns with %llu idle activations on "
+               "shard 0 (made in %.2f s; the run %.2f s) with their sweep armed (idle time 30 s, "
+               "none due): %.3fx; %llu deactivated meanwhile; the goal is no measurable change "
+               "against mesh.rtt_ns",
+               r->name, (unsigned long long)n, base, (double)base_ns / 1e9, with,
+               (unsigned long long)v0.live, (double)t_act / 1e9, (double)with_ns / 1e9, with / base,
+               (unsigned long long)(v1.deactivations[PITH_VDEACT_IDLE] -
+                                    v0.deactivations[PITH_VDEACT_IDLE]));
+    return 0;
+}

@@ -71,10 +71,10 @@ typedef enum pith_placement {
  * once more. */
 #define PITH_VTYPE_SHED (1u << 0)
 
-/* A virtual actor type. Register it once (pith_vtype_register) and keep the object alive and
- * unchanged for the life of the process (a static object is the usual choice). */
 struct pith_vref;
 
+/* A virtual actor type. Register it once (pith_vtype_register) and keep the object alive and
+ * unchanged for the life of the process (a static object is the usual choice). */
 typedef struct pith_vtype {
     /* Its name: 1 to PITH_NAME_MAX bytes, unique among the registered types; hashed with each
      * key, so that two types' actors of one key are two actors. */
@@ -139,6 +139,10 @@ typedef struct pith_vref {
 /* Makes *out name (type, key[0..len)). Any thread. Errors: -EINVAL out NULL, key NULL with
  * len > 0, len > PITH_VKEY_MAX; -ENOENT type is not registered. */
 PITH_API int pith_vref(const pith_vtype_t *type, const void *key, size_t len, pith_vref_t *out);
+
+/* The directory shard of v in the running engine (where its activation lives, with hash
+ * placement); UINT_MAX when no engine runs or v was not made by pith_vref. Any thread. */
+PITH_API unsigned pith_vref_shard(const pith_vref_t *v);
 
 /* As pith_send, to the virtual actor `to` (activated if it is not). From a shard (an actor's
  * behaviour or a task) the message goes to the key's directory shard; from a thread outside the
