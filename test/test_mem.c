@@ -2374,3 +2374,45 @@ Test(mem, big_blocks_freed_and_reused_as_segments_keep_asan_quiet, .timeout = 12
     cr_assert_geq(segs.grown, 6u * 16u + 4u, "%u reallocs and huge blocks", segs.grown);
     test_stop(NULL);
 }
+
+/* ---- pith_mem_advise ---- */
+
+static void *advise_fn(void *arg)
+{
+    int *rc = arg;
+    size_t big = 1u << 20, got = 0;
+    char *p = pith_malloc_ex(big, 0, PITH_MEM_COLD, 0);
+    if (p == NULL) {
+        rc[0] = -ENOMEM;
+        return NULL;
+    }
+    memset(p, 7, big);
+    rc[0] = pith_mem_advise(p, big, PITH_MEM_DONE, &got);
+    rc[1] = got >= big - 2 * 4096 && got <= big ? 0 : -1; /* whole pages inside only */
+    rc[2] = pith_mem_advise(p, big, PITH_MEM_WILLNEED, NULL);
+    rc[3] = pith_mem_advise(p, big, PITH_MEM_SEQUENTIAL, NULL);
+    rc[4] = pith_mem_advise(p, big, PITH_MEM_NORMAL, NULL);
+    rc[5] = pith_mem_advise(p + 1, 100, PITH_MEM_DONE, &got) == 0 && got == 0 ? 0 : -1;
+    size_t bad = 0;
+    for (size_t i = 0; i < big; i++)
+        bad += p[i] != 7;
+    rc[6] = bad == 0 ? 0 : -1; /* contents never change */
+    pith_free(p);
+    return NULL;
+}
+
+Test(mem, advice_covers_the_whole_pages_of_a_range_and_keeps_its_contents, .timeout = 30)
+{
+    pith_config_t cfg = test_config(1);
+    test_start(&cfg);
+    int rc[7] = {1, 1, 1, 1, 1, 1, 1};
+    cr_assert_eq(pith_call_wait(0, advise_fn, rc, NULL), 0);
+    const char *what[] = {
+        "DONE", "granted", "WILLNEED", "SEQUENTIAL", "NORMAL", "a part of one page", "contents"};
+    for (int i = 0; i < 7; i++)
+        cr_assert_eq(rc[i], 0, "%s: %d (%s)", what[i], rc[i], pith_strerror(rc[i]));
+    int x = 0;
+    cr_assert_eq(pith_mem_advise(NULL, 4096, PITH_MEM_DONE, NULL), -EINVAL);
+    cr_assert_eq(pith_mem_advise(&x, sizeof(x), (pith_mem_advice_t)9, NULL), -EINVAL);
+    test_stop(NULL);
+}

@@ -110,6 +110,23 @@ PITH_API int pith_mem_owner_forget(uint64_t owner);
  * Errors: -EPERM outside the engine. */
 PITH_API int pith_mem_reclaim(void);
 
+/* Hints about how memory will be used (pith_mem_advise), each passed on as the kernel's
+ * madvise advice named beside it. */
+typedef enum pith_mem_advice {
+    PITH_MEM_NORMAL = 0,     /* no particular pattern (MADV_NORMAL): undoes SEQUENTIAL */
+    PITH_MEM_WILLNEED = 1,   /* needed soon (MADV_WILLNEED: pages out in swap are read back) */
+    PITH_MEM_SEQUENTIAL = 2, /* read once, in order (MADV_SEQUENTIAL) */
+    PITH_MEM_DONE = 3,       /* not needed for a while (MADV_COLD: reclaimed first, kept) */
+} pith_mem_advice_t;
+
+/* Advises the kernel about the whole pages inside [p, p + len) (a page shared with bytes outside
+ * the range is left alone, so a block's neighbours are never advised); *granted (may be NULL)
+ * gets the bytes advised, 0 when the range holds no whole page. Contents never change. Locked
+ * memory (the hot profile, and the warm one where mlock was allowed) stays resident whatever
+ * the advice. Any thread. Errors: -EINVAL p NULL or advice unknown; the kernel's -errno (MADV_COLD
+ * needs Linux 5.4). */
+PITH_API int pith_mem_advise(const void *p, size_t len, pith_mem_advice_t advice, size_t *granted);
+
 /* What backs an extent, as the kernel granted it. */
 typedef enum pith_mem_backing {
     PITH_MEM_HUGETLB = 0, /* MAP_HUGETLB 2 MiB pages */
