@@ -81,18 +81,6 @@ struct type_counters *core_counters(const struct core_shard *cs, const struct ty
     return ctr(cs, r);
 }
 
-static inline void bump(_Atomic uint64_t *c, uint64_t n)
-{
-    /* Single writer (the shard): a relaxed load and store; readers never see torn values. */
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
-                          memory_order_relaxed);
-}
-
-void core_bump(_Atomic uint64_t *c, uint64_t n)
-{
-    bump(c, n);
-}
-
 pith_ref_t core_current_ref(void)
 {
     return core_current;
@@ -271,8 +259,8 @@ static void mailbox_drop_all(struct core_shard *cs, struct actor *a, pith_ref_t 
         n++;
     }
     if (n) {
-        bump(&ctr(cs, a->rec)->dropped, n);
-        bump(&ctr(cs, a->rec)->depth_now, (uint64_t)0 - n);
+        core_bump(&ctr(cs, a->rec)->dropped, n);
+        core_bump(&ctr(cs, a->rec)->depth_now, (uint64_t)0 - n);
     }
 }
 
@@ -325,9 +313,9 @@ static void actor_end(struct core_shard *cs, struct actor *a, uint32_t slot, int
      * so that their frees still find it). */
     if (r->type->mem_budget > 0)
         pith_mem_owner_forget(ref);
-    bump(&ctr(cs, r)->stopped, 1);
+    core_bump(&ctr(cs, r)->stopped, 1);
     if (reason != PITH_EXIT_NORMAL && reason != PITH_EXIT_SHUTDOWN)
-        bump(&ctr(cs, r)->failed, 1);
+        core_bump(&ctr(cs, r)->failed, 1);
     memset(a, 0, sizeof(*a));
     a->head = (struct amsg *)(uintptr_t)cs->free_head; /* gen 0: free */
     cs->free_head = slot + 1;
@@ -374,7 +362,7 @@ int core_schedule(struct core_shard *cs, struct actor *a, pith_ref_t ref)
     int err = shard_submit_force(cs->id, turn_task, (void *)(uintptr_t)ref);
     if (err == 0) {
         a->gen |= A_SCHEDULED;
-        bump(&ctr(cs, a->rec)->turns, 1);
+        core_bump(&ctr(cs, a->rec)->turns, 1);
     }
     return err;
 }
@@ -389,7 +377,7 @@ static inline int behave(struct core_shard *cs, struct actor *a, struct pith_act
         cs->sample = 0;
         uint64_t t0 = pith_now_ns();
         int status = a->behaviour(self, a->state, msg);
-        bump(&c->hist[hist_bucket(pith_now_ns() - t0)], 1);
+        core_bump(&c->hist[hist_bucket(pith_now_ns() - t0)], 1);
         return status;
     }
     return a->behaviour(self, a->state, msg);
@@ -404,9 +392,9 @@ static void turn_end(struct core_shard *cs, struct actor *a, pith_ref_t ref, int
     core_current = PITH_REF_NONE;
     atomic_store_explicit(&cs->running, NULL, memory_order_relaxed);
     a->gen &= ~A_RUNNING;
-    bump(&c->messages, n);
+    core_bump(&c->messages, n);
     if (from_mailbox)
-        bump(&c->depth_now, (uint64_t)0 - from_mailbox);
+        core_bump(&c->depth_now, (uint64_t)0 - from_mailbox);
     if (UNLIKELY(core_waiters(cs)))
         mailbox_drained(cs, a, ref);
     if (status == 0 && (a->gen & A_STOP))
@@ -463,7 +451,7 @@ bool core_run_now(struct core_shard *cs, struct actor *a, pith_ref_t ref, const 
     /* Scheduled while it runs, so that a send to itself queues no turn of its own before
      * turn_end has looked at the mailbox. */
     a->gen |= A_RUNNING | A_SCHEDULED;
-    bump(&ctr(cs, r)->turns, 1);
+    core_bump(&ctr(cs, r)->turns, 1);
     core_current = ref;
     atomic_store_explicit(&cs->running, r, memory_order_release); /* see core_describe */
     /* The stall detector names this as a turn (core_describe). */
@@ -545,7 +533,7 @@ int core_spawn_ex(const pith_actor_type_t *type, void *arg, size_t prefix, size_
     }
     *a = (struct actor){.rec = r, .behaviour = type->behaviour, .state = state, .gen = gen};
     cs->live++;
-    bump(&ctr(cs, r)->spawned, 1);
+    core_bump(&ctr(cs, r)->spawned, 1);
     if (prep != NULL)
         prep(block, ref, ctx);
     if (type->init != NULL) {
@@ -562,7 +550,7 @@ int core_spawn_ex(const pith_actor_type_t *type, void *arg, size_t prefix, size_
             pith_free(block);
             if (type->mem_budget > 0)
                 pith_mem_owner_forget(ref);
-            bump(&ctr(cs, r)->spawned, (uint64_t)-1);
+            core_bump(&ctr(cs, r)->spawned, (uint64_t)-1);
             slot_free(cs, slot);
             cs->live--;
             /* What init set up for it goes too: a stop asked for, timers, names (taken back),
@@ -682,7 +670,7 @@ static void stop_task(void *arg)
     if (cs == NULL || cs->closing)
         return;
     if (core_stop_here(cs, (pith_ref_t)(uintptr_t)arg, PITH_EXIT_NORMAL) != 0)
-        bump(&cs->dead_letters, 1);
+        core_bump(&cs->dead_letters, 1);
 }
 
 static void kill_task(void *arg)
@@ -691,7 +679,7 @@ static void kill_task(void *arg)
     if (cs == NULL || cs->closing)
         return;
     if (core_stop_here(cs, (pith_ref_t)(uintptr_t)arg, PITH_EXIT_KILLED) != 0)
-        bump(&cs->dead_letters, 1);
+        core_bump(&cs->dead_letters, 1);
 }
 
 static int stop_any(pith_ref_t ref, int reason, pith_fn_t remote)

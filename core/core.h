@@ -345,7 +345,13 @@ int core_stop_here(struct core_shard *cs, pith_ref_t ref, int reason);
 /* As core_stop_here, without a supervisor's orderly stop: a supervisor too ends now. */
 int core_end_now(struct core_shard *cs, pith_ref_t ref, int reason);
 pith_ref_t core_current_ref(void);
-void core_bump(_Atomic uint64_t *c, uint64_t n);
+/* A counter that only the calling shard writes: a relaxed load and store (a plain add and a
+ * plain store on x86); readers on other threads never see torn values. */
+static inline void core_bump(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
 struct type_counters *core_counters(const struct core_shard *cs, const struct type_rec *r);
 
 int core_schedule(struct core_shard *cs, struct actor *a, pith_ref_t ref);

@@ -261,12 +261,6 @@ static inline struct vtrail *trail_of(struct amsg *m)
     return (struct vtrail *)((char *)(m + 1) + core_msg_extra_off(len));
 }
 
-static inline void bump(_Atomic uint64_t *c, uint64_t n)
-{
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
-                          memory_order_relaxed);
-}
-
 static struct vshard *vshard_get(struct core_shard *cs)
 {
     struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
@@ -292,7 +286,7 @@ static struct vtype_shard *vts_get(struct vshard *vs, uint32_t tid)
 static struct ventry *dir_find(struct vshard *vs, struct vtype_shard *ts, uint32_t tid,
                                uint64_t hash, const unsigned char *key, uint32_t klen)
 {
-    bump(&ts->lookups, 1);
+    core_bump(&ts->lookups, 1);
     if (vs->nbuckets == 0)
         return NULL;
     for (struct ventry *e = vs->buckets[hash & (vs->nbuckets - 1)]; e != NULL; e = e->chain) {
@@ -300,7 +294,7 @@ static struct ventry *dir_find(struct vshard *vs, struct vtype_shard *ts, uint32
             continue;
         if (e->tid == tid && e->klen == klen && memcmp(entry_key(e), key, klen) == 0)
             return e;
-        bump(&ts->collisions, 1);
+        core_bump(&ts->collisions, 1);
     }
     return NULL;
 }
@@ -566,7 +560,7 @@ static void prep_entry(void *block, pith_ref_t ref, void *ctx)
     else
         dir_insert(p->vs, e);
     p->ts->live++;
-    bump(&p->ts->live_now, 1);
+    core_bump(&p->ts->live_now, 1);
 }
 
 /* An entry leaves: the directory, its type's list, the live count. */
@@ -575,7 +569,7 @@ static void entry_drop(struct vshard *vs, struct ventry *e)
     struct vtype_shard *ts = atomic_load_explicit(&vs->types[e->tid], memory_order_relaxed);
     if (e->flags & (E_DIR | E_WORKER)) {
         ts->live--;
-        bump(&ts->live_now, (uint64_t)0 - 1);
+        core_bump(&ts->live_now, (uint64_t)0 - 1);
     }
     dir_unlink(vs, e);
     e->flags &= (uint8_t)~E_WORKER;
@@ -604,7 +598,7 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
     vs->app_err = false;
     if (r->vt->workers == 0 && r->vt->max_per_shard != 0 && ts->live >= r->vt->max_per_shard) {
         if (!evict_one(cs, vs, ts)) {
-            bump(&ts->refused, 1);
+            core_bump(&ts->refused, 1);
             *err = -EAGAIN;
             return NULL;
         }
@@ -634,13 +628,13 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
         *err = core_spawn_ex(&r->at, NULL, VHDR, klen, prep_entry, &p, &ref);
     }
     if (*err != 0) {
-        bump(&ts->failed, 1);
+        core_bump(&ts->failed, 1);
         return NULL;
     }
     struct actor *a = core_find(cs, ref);
     if (a == NULL) {
         *err = -ECANCELED; /* it stopped itself in init */
-        bump(&ts->failed, 1);
+        core_bump(&ts->failed, 1);
         return NULL;
     }
     struct ventry *e = entry_of_state(a->state);
@@ -678,22 +672,22 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
         if (*err != 0) {
             if (a != NULL)
                 (void)core_end_now(cs, ref, *err); /* vterminate unlinks e */
-            bump(&ts->failed, 1);
+            core_bump(&ts->failed, 1);
             return NULL;
         }
     }
     e->flags |= E_ACTIVE;
     if (reason == PITH_VACT_PREWARM) {
         e->flags |= E_WARM;
-        bump(&ts->prewarms, 1);
+        core_bump(&ts->prewarms, 1);
     }
     e->tick = ts->tick;
     list_append(ts, e);
     sweep_arm(ts, r);
-    bump(&ts->activations, 1);
+    core_bump(&ts->activations, 1);
     if (timed) {
         uint64_t took = pith_now_ns() - t0;
-        bump(&ts->hist[hist_bucket(took)], 1);
+        core_bump(&ts->hist[hist_bucket(took)], 1);
         if (took > atomic_load_explicit(&ts->act_max, memory_order_relaxed))
             atomic_store_explicit(&ts->act_max, took, memory_order_relaxed);
     }
@@ -727,9 +721,9 @@ static void vterminate(pith_actor_t *self, void *state, int reason)
                                                  : PITH_VDEACT_ENDED;
         if (r->vt->on_deactivate != NULL)
             r->vt->on_deactivate(self, state, why);
-        bump(&ts->deact[why], 1);
+        core_bump(&ts->deact[why], 1);
         if (e->flags & E_WARM)
-            bump(&ts->prewarm_wasted, 1);
+            core_bump(&ts->prewarm_wasted, 1);
     }
     if (r->vt->actor->terminate != NULL)
         r->vt->actor->terminate(self, state, reason);
@@ -795,7 +789,7 @@ static struct ventry *resolve(struct core_shard *cs, struct vshard *vs, struct v
     if (e != NULL) {
         if (reason == PITH_VACT_MESSAGE && (e->flags & E_WARM)) {
             e->flags &= (uint8_t)~E_WARM;
-            bump(&ts->prewarm_used, 1);
+            core_bump(&ts->prewarm_used, 1);
         }
         return e;
     }
@@ -832,7 +826,7 @@ static int vdeliver(struct core_shard *cs, struct vshard *vs, uint32_t tid, uint
         return err;
     }
     if (ts != NULL) {
-        bump(&ts->messages, 1);
+        core_bump(&ts->messages, 1);
         e = resolve(cs, vs, ts, tid, hash, key, klen, PITH_VACT_MESSAGE, &err);
     }
     if (e != NULL && (e->flags & E_ENDING)) {
@@ -999,7 +993,7 @@ static int vsend_shard(struct core_shard *cs, const pith_vref_t *to, pith_ref_t 
             resolve(cs, vs, ts, to->tid - 1, to->hash, to->key, to->len, PITH_VACT_PREWARM, &err);
         return w != NULL ? 0 : err;
     }
-    bump(&ts->messages, 1);
+    core_bump(&ts->messages, 1);
     struct ventry *e =
         resolve(cs, vs, ts, to->tid - 1, to->hash, to->key, to->len, PITH_VACT_MESSAGE, &err);
     if (e == NULL)
@@ -1261,8 +1255,8 @@ int pith_vactor_activated(pith_ref_t act, int err)
     if (err == 0) {
         e->flags |= E_ACTIVE;
         if (e->flags & E_WARM)
-            bump(&ts->prewarms, 1);
-        bump(&ts->activations, 1);
+            core_bump(&ts->prewarms, 1);
+        core_bump(&ts->activations, 1);
         core_mute_hold(cs, act, false); /* schedules it for the mail that waited */
         return 0;
     }
@@ -1278,7 +1272,7 @@ int pith_vactor_activated(pith_ref_t act, int err)
         core_undelivered(cs, m, err);
         core_msg_free(m);
     }
-    bump(&ts->failed, 1);
+    core_bump(&ts->failed, 1);
     (void)core_end_now(cs, act, err);
     return 0;
 }
@@ -1337,7 +1331,7 @@ static void move_task(void *arg)
     size_t size = VHDR + core_state_span(t->state_size) + e->klen;
     struct ventry *n = pith_malloc_ex(size, 0, q->profile, t->mem_budget > 0 ? q->act : 0);
     if (n == NULL) {
-        bump(&ts->moves_failed, 1);
+        core_bump(&ts->moves_failed, 1);
         pith_free(q);
         return;
     }
@@ -1345,7 +1339,7 @@ static void move_task(void *arg)
     entry_moved(vs, ts, e, n);
     a->state = (char *)n + VHDR;
     pith_free(e);
-    bump(&ts->moves, 1);
+    core_bump(&ts->moves, 1);
     pith_free(q);
 }
 
