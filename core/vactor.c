@@ -206,6 +206,12 @@ _Static_assert(PITH_VTYPES_MAX <= 256, "tid fits a byte");
 #define MSG_VPREWARM (PITH_MSG_RESERVED + 0x30u)
 /* Memory is checked for pressure every this many activations (and at each sweep). */
 #define PRESSURE_EVERY 64u
+/* Messages held for keys whose activation is ending, at most, per shard. */
+#define HELD_MAX 4096u
+/* Entries an eviction looks at from the cold end before it gives up (a cap, memory pressure):
+ * busy ones are rare there (a message moves its activation to the warm end), and a shard
+ * whose cold end is all busy must not scan a million entries per activation. */
+#define SHED_SCAN 256u
 
 static inline unsigned char *entry_key(struct ventry *e)
 {
@@ -240,6 +246,7 @@ struct vshard {
     /* Messages sent to a key while its activation ends (from on_deactivate or terminate),
      * each with its trailer: delivered by held_task once the end is over, in order. */
     struct amsg *held, *held_tail;
+    uint32_t nheld; /* at most HELD_MAX: past it such a send fails with -EAGAIN */
     bool held_armed;
     /* The last activate() failed in the application's init or on_activate (not for the
      * engine's memory): a client's lane does not retry it. */
@@ -447,7 +454,8 @@ static void deactivate(struct core_shard *cs, struct vshard *vs, struct ventry *
 /* The least recently used idle activation of the type goes (the cap): true if one did. */
 static bool evict_one(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts)
 {
-    for (struct ventry *e = ts->head; e != NULL; e = e->next) {
+    unsigned looked = 0;
+    for (struct ventry *e = ts->head; e != NULL && looked++ < SHED_SCAN; e = e->next) {
         struct actor *a = core_find(cs, e->act);
         if (a != NULL && idle(a)) {
             deactivate(cs, vs, e, PITH_VDEACT_CAP);
@@ -472,9 +480,7 @@ static void sweep(void *arg)
     while ((e = ts->head) != NULL && ts->tick - e->tick >= IDLE_TICKS) {
         struct actor *a = core_find(cs, e->act);
         if (a != NULL && !idle(a)) {
-            list_unlink(ts, e);
-            list_append(ts, e);
-            e->tick = ts->tick;
+            touch(ts, e);
             continue;
         }
         deactivate(cs, vs, e, PITH_VDEACT_IDLE);
@@ -508,9 +514,11 @@ static void pressure_check(struct core_shard *cs, struct vshard *vs, bool force)
                 /* From the cold end each time: an on_deactivate may end others. */
                 struct ventry *e = ts->head;
                 struct actor *a = NULL;
-                while (e != NULL && ((a = core_find(cs, e->act)) == NULL || !idle(a)))
+                unsigned looked = 0;
+                while (e != NULL && looked++ < SHED_SCAN &&
+                       ((a = core_find(cs, e->act)) == NULL || !idle(a)))
                     e = e->next;
-                if (e == NULL)
+                if (e == NULL || looked > SHED_SCAN)
                     break;
                 deactivate(cs, vs, e, PITH_VDEACT_PRESSURE);
                 shed++;
@@ -643,14 +651,18 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
         pith_ref_t outer = core_current;
         core_current = ref;
         a->gen |= A_RUNNING;
-        *err = r->vt->on_activate(&self, a->state, entry_key(e), klen, reason);
+        int rc = r->vt->on_activate(&self, a->state, entry_key(e), klen, reason);
         if ((a = core_find(cs, ref)) != NULL)
             a->gen &= ~A_RUNNING;
         core_current = outer;
         /* A stop it asked for itself (pith_stop(self) there) ends it as a failure: no turn
          * follows on_activate to act on it. */
-        if (*err >= 0 && (a == NULL || (a->gen & A_STOP)))
-            *err = -ECANCELED;
+        if (rc >= 0 && (a == NULL || (a->gen & A_STOP)))
+            rc = -ECANCELED;
+        /* The application's answer (a client's lane does not retry it), unless the engine
+         * finds no memory to hold a PITH_VACT_LATER. */
+        *err = rc > 0 && rc != PITH_VACT_LATER ? -EINVAL : rc;
+        vs->app_err = *err != 0 && *err != PITH_VACT_LATER;
         if (*err == PITH_VACT_LATER && core_mute_hold(cs, ref, true) != 0) {
             *err = -ENOMEM;
         } else if (*err == PITH_VACT_LATER) {
@@ -664,11 +676,7 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
             list_append(ts, e);
             sweep_arm(ts, r);
             return e;
-        } else if (*err > 0) {
-            *err = -EINVAL; /* not an answer on_activate may give */
         }
-        if (*err != 0)
-            vs->app_err = true;
         if (*err != 0) {
             if (a != NULL)
                 (void)core_end_now(cs, ref, *err); /* vterminate unlinks e */
@@ -735,6 +743,7 @@ static void held_task(void *arg);
 /* m (with its trailer) for a key whose activation is ending: it waits for held_task. */
 static void hold(struct core_shard *cs, struct vshard *vs, struct amsg *m)
 {
+    vs->nheld++;
     m->next = NULL;
     if (vs->held_tail != NULL)
         vs->held_tail->next = m;
@@ -873,6 +882,7 @@ static void held_task(void *arg)
     vs->held_armed = false;
     struct amsg *m = vs->held;
     vs->held = vs->held_tail = NULL;
+    vs->nheld = 0;
     while (m != NULL) {
         struct amsg *next = m->next;
         m->next = NULL;
@@ -1000,6 +1010,8 @@ static int vsend_shard(struct core_shard *cs, const pith_vref_t *to, pith_ref_t 
         return err;
     if (e->flags & E_ENDING) {
         /* Sent from its own end (on_deactivate, terminate): for the next activation. */
+        if (vs->nheld >= HELD_MAX)
+            return -EAGAIN;
         struct amsg *m = core_vmsg_make(-1, to, from, type, data, len, flag);
         if (m == NULL)
             return -ENOMEM;
@@ -1129,16 +1141,16 @@ static void *list_here(void *arg)
         q->got = -ENOMEM;
         return NULL;
     }
-    /* The cursor: the bucket, and how many of its chain were returned already. */
-    uint64_t b = *q->cursor >> 16, skip = *q->cursor & 0xFFFF;
+    /* The cursor: the bucket, and where in its chain the last call stopped. */
+    uint64_t b = *q->cursor >> 32, skip = *q->cursor & UINT32_MAX;
     uint32_t got = 0;
     for (uint64_t scanned = 0; b < vs->nbuckets && scanned < LIST_SCAN; b++, scanned++, skip = 0) {
         uint64_t pos = 0;
         for (struct ventry *e = vs->buckets[b]; e != NULL; e = e->chain, pos++) {
             if (pos < skip || e->tid != q->tid || !(e->flags & E_ACTIVE))
                 continue;
-            if (got == q->max || pos >= 0xFFFF) {
-                *q->cursor = b << 16 | pos;
+            if (got == q->max) {
+                *q->cursor = b << 32 | pos;
                 q->got = (int)got;
                 return NULL;
             }
@@ -1151,7 +1163,7 @@ static void *list_here(void *arg)
             memcpy(v->key, entry_key(e), e->klen);
         }
     }
-    *q->cursor = b < vs->nbuckets ? b << 16 : 0;
+    *q->cursor = b < vs->nbuckets ? b << 32 : 0;
     q->got = (int)got;
     return NULL;
 }

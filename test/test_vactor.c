@@ -853,3 +853,53 @@ Test(vactor, one_activation_moves_to_hot_memory_with_its_state, .timeout = 30)
     cr_assert_eq(stats_of(&counter_type).profile_failed, 0);
     test_stop(NULL);
 }
+
+/* ---- what an ending activation sends to its own key is bounded ---- */
+
+static _Atomic uint64_t flood_ok, flood_full, flood_seen;
+static const pith_vtype_t flood_type;
+
+static int flood_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)state;
+    if (msg->type == OFF)
+        (void)pith_vactor_deactivate(self);
+    else if (msg->type == ADD)
+        atomic_fetch_add(&flood_seen, 1);
+    return 0;
+}
+
+/* Sends 5,000 messages to its own key as it goes: they wait for the next activation, up to
+ * the shard's bound, and the rest are refused at once. */
+static void flood_deact(pith_actor_t *self, void *state, int reason)
+{
+    (void)state;
+    uint32_t len = 0;
+    const void *key = pith_vactor_key(self, &len);
+    pith_vref_t me;
+    if (reason != PITH_VDEACT_SELF || key == NULL || pith_vref(&flood_type, key, len, &me) != 0)
+        return;
+    for (int i = 0; i < 5000; i++) {
+        int rc = pith_vsend(&me, ADD, NULL, 0);
+        atomic_fetch_add(rc == 0 ? &flood_ok : &flood_full, 1);
+    }
+}
+
+static const pith_actor_type_t flood_actor = {.name = "flood", .behaviour = flood_behaviour};
+static const pith_vtype_t flood_type = {
+    .name = "flood", .actor = &flood_actor, .on_deactivate = flood_deact};
+
+Test(vactor, what_an_ending_activation_sends_to_its_key_is_bounded, .timeout = 30)
+{
+    cr_assert_eq(pith_vtype_register(&flood_type), 0);
+    start(1);
+    pith_vref_t v = vref_of(&flood_type, "f");
+    cr_assert_eq(pith_vsend(&v, OFF, NULL, 0), 0);
+    TEST_WAIT_FOR(atomic_load(&flood_ok) + atomic_load(&flood_full) == 5000);
+    cr_assert_eq(atomic_load(&flood_ok), 4096, "held: %llu",
+                 (unsigned long long)atomic_load(&flood_ok));
+    cr_assert_eq(atomic_load(&flood_full), 5000 - 4096);
+    TEST_WAIT_FOR(atomic_load(&flood_seen) == 4096);
+    cr_assert_eq(stats_of(&flood_type).activations, 2, "the held ones made one activation");
+    test_stop(NULL);
+}
