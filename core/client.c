@@ -1003,6 +1003,29 @@ int pith_client_call(pith_client_t *c, unsigned shard, pith_call_fn_t fn, void *
     return 0;
 }
 
+/* The end of a client's ask whose request went: its reply in *reply, or the reason it came
+ * back undelivered, or -ETIMEDOUT; leaves the producer (unless the engine stopped). */
+static int ask_await(struct pith_client *c, uint64_t req, uint64_t deadline, pith_msg_t *reply)
+{
+    int err = 0;
+    struct amsg *m = await(c, req, deadline, &err);
+    if (err == -ESHUTDOWN)
+        return err;
+    if (m != NULL) {
+        if (m->type == PITH_MSG_UNDELIVERED &&
+            (m->len & AMSG_LEN_MASK) == sizeof(pith_undelivered_t)) {
+            const pith_undelivered_t *u = (const void *)(m + 1);
+            err = u->reason;
+            c->st.undelivered += u->count;
+            core_msg_free(m);
+        } else {
+            hand_out(c, m, reply);
+        }
+    }
+    producer_leave(c->p);
+    return err;
+}
+
 int pith_client_ask(pith_client_t *c, pith_ref_t to, uint32_t type, const void *data, uint32_t len,
                     uint64_t timeout_ns, pith_msg_t *reply)
 {
@@ -1028,22 +1051,7 @@ int pith_client_ask(pith_client_t *c, pith_ref_t to, uint32_t type, const void *
         producer_leave(c->p);
         return err == -EAGAIN ? -ETIMEDOUT : err;
     }
-    struct amsg *m = await(c, req, deadline, &err);
-    if (err == -ESHUTDOWN)
-        return err;
-    if (m != NULL) {
-        if (m->type == PITH_MSG_UNDELIVERED &&
-            (m->len & AMSG_LEN_MASK) == sizeof(pith_undelivered_t)) {
-            const pith_undelivered_t *u = (const void *)(m + 1);
-            err = u->reason;
-            c->st.undelivered += u->count;
-            core_msg_free(m);
-        } else {
-            hand_out(c, m, reply);
-        }
-    }
-    producer_leave(c->p);
-    return err;
+    return ask_await(c, req, deadline, reply);
 }
 
 /* ---- virtual actors (pith/vactor.h) ----
@@ -1124,20 +1132,5 @@ int pith_client_vask(pith_client_t *c, const pith_vref_t *to, uint32_t type, con
         producer_leave(c->p);
         return err == -EAGAIN ? -ETIMEDOUT : err;
     }
-    struct amsg *r = await(c, req, deadline, &err);
-    if (err == -ESHUTDOWN)
-        return err;
-    if (r != NULL) {
-        if (r->type == PITH_MSG_UNDELIVERED &&
-            (r->len & AMSG_LEN_MASK) == sizeof(pith_undelivered_t)) {
-            const pith_undelivered_t *u = (const void *)(r + 1);
-            err = u->reason;
-            c->st.undelivered += u->count;
-            core_msg_free(r);
-        } else {
-            hand_out(c, r, reply);
-        }
-    }
-    producer_leave(c->p);
-    return err;
+    return ask_await(c, req, deadline, reply);
 }
