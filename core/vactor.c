@@ -11,6 +11,8 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -103,11 +105,9 @@ int pith_vtype_register(const pith_vtype_t *t)
     size_t nl = strlen(t->name);
     if (nl == 0 || nl > PITH_NAME_MAX)
         return -EINVAL;
-    if (t->placement != PITH_PLACE_HASH) {
-        if ((unsigned)t->placement > PITH_PLACE_LEAST_LOADED)
-            return -EINVAL;
-        return -ENOTSUP;
-    }
+    if ((unsigned)t->placement > PITH_PLACE_FN ||
+        (t->placement == PITH_PLACE_FN && t->place == NULL))
+        return -EINVAL;
     pthread_once(&hash_once, hash_key_init);
     pthread_mutex_lock(&vtypes_lock);
     uint32_t n = atomic_load_explicit(&nvtypes, memory_order_relaxed);
@@ -188,6 +188,12 @@ struct ventry {
     uint8_t why;   /* PITH_VDEACT_* of a deactivation begun here; 0: none */
     uint8_t flags;
     uint8_t klen;
+    uint16_t xf;     /* X_* */
+    uint16_t cand;   /* rebalancing: the shard its messages come from most, by majority vote */
+    uint16_t votes;  /* rebalancing: cand's lead */
+    uint16_t target; /* X_MIGRATE: the shard it moves to */
+    uint16_t moves;  /* moves of the key's activations since the last fresh one */
+    uint8_t placed;  /* pith_placement_t: how it came here */
 };
 /* The prefix before an activation's state: the entry, 16-aligned. */
 #define VHDR ((sizeof(struct ventry) + 15) & ~(size_t)15)
@@ -201,6 +207,12 @@ _Static_assert(PITH_VTYPES_MAX <= 256, "tid fits a byte");
 #define E_WORKER 32u  /* a stateless worker: in its type's pool, not in the directory */
 #define E_LATER  64u  /* on_activate answered PITH_VACT_LATER: held until pith_vactor_activated */
 #define E_ENDING 128u /* its hooks run as it ends: messages to its key wait for the next one */
+/* ventry.xf */
+#define X_REMOTE  1u  /* a directory entry (struct rentry) of an activation on another shard */
+#define X_GUEST   2u  /* an activation whose directory is another shard */
+#define X_DIRECT  4u  /* a guest that this shard's senders reach without the directory */
+#define X_MIGRATE 8u  /* pith_vactor_migrate asked: it moves to target */
+#define X_REBAL   16u /* the move was rebalancing's */
 
 /* A pre-warm travelling as a message (never reaches a behaviour). */
 #define MSG_VPREWARM (PITH_MSG_RESERVED + 0x30u)
@@ -213,8 +225,32 @@ _Static_assert(PITH_VTYPES_MAX <= 256, "tid fits a byte");
  * whose cold end is all busy must not scan a million entries per activation. */
 #define SHED_SCAN 256u
 
+/* The directory shard's entry for a key whose activation lives on another shard (the host):
+ * it forwards there, and while an activation that ended or moved away gives back what it had
+ * not handled (RETURNED, then GONE, then a marker that comes back once all of it did), it keeps
+ * those and holds newer messages behind them. The key follows, at RHDR. */
+struct rentry {
+    struct ventry e;               /* E_DIR, X_REMOTE; e.act: the host's activation, once it said */
+    struct amsg *ret, *ret_tail;   /* given back, in the order the host had them */
+    struct amsg *held, *held_tail; /* newer, while draining */
+    void *blob;                    /* a move's state, from GONE to the next activation */
+    uint32_t nheld;
+    uint16_t host;
+    uint16_t target; /* a move's shard */
+    uint16_t moves;
+    uint8_t state;  /* R_* */
+    uint8_t placed; /* pith_placement_t */
+    int32_t err;    /* the activation failed: what it gave back fails with this */
+    uint8_t rebal;  /* the move is rebalancing's */
+};
+#define RHDR     ((sizeof(struct rentry) + 15) & ~(size_t)15)
+#define R_ACTIVE 0 /* forwarding to host */
+#define R_DRAIN  1 /* GONE came: holding until the marker is back */
+
 static inline unsigned char *entry_key(struct ventry *e)
 {
+    if (UNLIKELY(e->xf & X_REMOTE))
+        return (unsigned char *)e + RHDR;
     return (unsigned char *)e + VHDR + core_state_span(vtypes[e->tid].vt->actor->state_size);
 }
 
@@ -232,7 +268,8 @@ struct vtype_shard {
     bool armed;
     pith_timer_id_t timer;
     _Atomic uint64_t activations, failed, deact[PITH_VDEACT_REASONS], messages, lookups, collisions,
-        refused, prewarms, prewarm_used, prewarm_wasted, moves, moves_failed;
+        refused, prewarms, prewarm_used, prewarm_wasted, moves, moves_failed, remote, forwards,
+        direct, returned, migrations, rebalances, migrate_failed;
     _Atomic uint64_t live_now, act_max;
     _Atomic uint64_t hist[HIST_BUCKETS];
 };
@@ -251,6 +288,16 @@ struct vshard {
     /* The last activate() failed in the application's init or on_activate (not for the
      * engine's memory): a client's lane does not retry it. */
     bool app_err;
+    /* vterminate told the directory that a guest is gone (act_task must not again). */
+    bool gone_sent;
+    /* This shard's senders' messages to guests whose directory has not yet confirmed that
+     * nothing they sent before is still on its way (X_DIRECT not yet set), each with its
+     * trailer: enqueued once it has, in order. At most HELD_MAX. */
+    struct amsg *ghold, *ghold_tail;
+    uint32_t nghold;
+    uint32_t nguests; /* guests here: 0 spares a sender the lookup */
+    /* A move in progress (migrate_task to vterminate): the state's copy and where it goes. */
+    void *mig_blob;
     /* Made on first use, published with release for counter readers (acquire). */
     _Atomic(struct vtype_shard *) types[PITH_VTYPES_MAX];
 };
@@ -258,9 +305,13 @@ struct vshard {
 /* A virtual message's trailer, after its payload (core_msg_extra_off): whom it is for. */
 struct vtrail {
     uint64_t hash;
-    uint32_t tid, klen;
+    uint32_t tid;
+    uint16_t klen;
+    uint16_t vf; /* V_* */
     unsigned char key[];
 };
+#define V_MOVED 1u /* given back by an activation that ended or moved: passes the next's bound */
+#define V_FWD   2u /* forwarded by the directory: a host without the activation gives it back */
 
 static inline struct vtrail *trail_of(struct amsg *m)
 {
@@ -410,17 +461,17 @@ static bool idle(const struct actor *a)
 static int vdeliver(struct core_shard *cs, struct vshard *vs, uint32_t tid, uint64_t hash,
                     const unsigned char *key, uint32_t klen, struct amsg *m, struct lane *l,
                     bool moved);
+static void give_back(struct core_shard *cs, struct amsg *m);
+static void vdeliver_task(void *arg);
+static void guest_gone(struct core_shard *cs, struct vshard *vs, struct ventry *e, int err);
+static struct amsg *trailed(struct amsg *m, int dst, uint32_t tid, uint64_t hash,
+                            const unsigned char *key, uint32_t klen);
 
-/* Ends activation e for `why`: what waits in its mailbox is taken out first and given, in
- * order, to the next activation (made by the first of them), so nothing is lost. */
-static void deactivate(struct core_shard *cs, struct vshard *vs, struct ventry *e, int why)
+/* Takes what waits in a's mailbox for the virtual actor (not what it asked for itself:
+ * replies to its asks, timeouts, notices, admitted past the bound, stay and end with it, as
+ * any actor's would), in order. */
+static struct amsg *take_mail(struct core_shard *cs, struct actor *a)
 {
-    struct actor *a = core_find(cs, e->act);
-    if (a == NULL)
-        return;
-    /* What was sent to the virtual actor goes to the next activation; what this activation
-     * asked for itself (replies to its asks, timeouts, notices: admitted past the bound) stays
-     * and ends with it, as any actor's would. */
     struct amsg *kept = NULL, *kept_tail = NULL, *prev = NULL;
     for (struct amsg *m = a->head, *next; m != NULL; m = next) {
         next = m->next;
@@ -436,19 +487,51 @@ static void deactivate(struct core_shard *cs, struct vshard *vs, struct ventry *
             kept = m;
         kept_tail = m;
     }
+    return kept;
+}
+
+/* What an ended activation had not handled goes on, in order: on its directory shard, to the
+ * next activation; from a guest, back to the directory shard. */
+static void give_on(struct core_shard *cs, struct vshard *vs, bool guest, uint32_t tid,
+                    uint64_t hash, const unsigned char *key, uint32_t klen, struct amsg *kept)
+{
+    while (kept != NULL) {
+        struct amsg *m = kept;
+        kept = m->next;
+        m->next = NULL;
+        if (!guest) {
+            (void)vdeliver(cs, vs, tid, hash, key, klen, m, NULL, true);
+            continue;
+        }
+        /* A trailer names the key on the way (the mailbox's messages may have none). */
+        struct amsg *f = trailed(m, (int)dir_shard(hash, pith_shard_count()), tid, hash, key, klen);
+        if (f != NULL) {
+            give_back(cs, f);
+        } else {
+            core_undelivered(cs, m, -ENOMEM);
+            core_msg_free(m);
+        }
+    }
+}
+
+/* Ends activation e for `why`: what waits in its mailbox is taken out first and given, in
+ * order, to the next activation (made by the first of them), so nothing is lost. */
+static void deactivate(struct core_shard *cs, struct vshard *vs, struct ventry *e, int why)
+{
+    struct actor *a = core_find(cs, e->act);
+    if (a == NULL)
+        return;
+    /* What was sent to the virtual actor goes to the next activation. */
+    struct amsg *kept = take_mail(cs, a);
     unsigned char key[PITH_VKEY_MAX];
     uint32_t tid = e->tid, klen = e->klen;
     uint64_t hash = e->hash;
     memcpy(key, entry_key(e), klen);
     e->why = (uint8_t)why;
+    bool guest = (e->xf & X_GUEST) != 0;
     /* vterminate runs on_deactivate, the type's terminate, and frees e. */
     (void)core_end_now(cs, e->act, PITH_EXIT_NORMAL);
-    while (kept != NULL) {
-        struct amsg *m = kept;
-        kept = m->next;
-        m->next = NULL;
-        (void)vdeliver(cs, vs, tid, hash, key, klen, m, NULL, true);
-    }
+    give_on(cs, vs, guest, tid, hash, key, klen, kept);
 }
 
 /* The least recently used idle activation of the type goes (the cap): true if one did. */
@@ -542,6 +625,15 @@ static void related_task(void *arg)
     pith_free(t);
 }
 
+/* How an activation begins: why, and for a guest or a moved state, what comes with it. */
+struct how {
+    int reason;     /* PITH_VACT_* */
+    bool guest;     /* its directory is another shard */
+    void *blob;     /* PITH_VACT_MIGRATED: the state's bytes */
+    uint8_t placed; /* pith_placement_t */
+    uint16_t moves;
+};
+
 struct prep {
     struct vshard *vs;
     struct vtype_shard *ts;
@@ -550,6 +642,7 @@ struct prep {
     uint64_t hash;
     const unsigned char *key;
     uint32_t klen;
+    const struct how *how;
 };
 
 /* core_spawn_ex's step before init: the entry is made and in the directory, so that whatever
@@ -563,10 +656,16 @@ static void prep_entry(void *block, pith_ref_t ref, void *ctx)
     e->tid = (uint8_t)p->tid;
     e->klen = (uint8_t)p->klen;
     memcpy(entry_key(e), p->key, p->klen);
+    e->placed = p->how->placed;
+    e->moves = p->how->moves;
     if (p->worker)
         e->flags |= E_WORKER;
     else
         dir_insert(p->vs, e);
+    if (p->how->guest) {
+        e->xf |= X_GUEST;
+        p->vs->nguests++;
+    }
     p->ts->live++;
     core_bump(&p->ts->live_now, 1);
 }
@@ -579,6 +678,10 @@ static void entry_drop(struct vshard *vs, struct ventry *e)
         ts->live--;
         core_bump(&ts->live_now, (uint64_t)0 - 1);
     }
+    if (e->xf & X_GUEST) {
+        vs->nguests--;
+        e->xf &= (uint16_t) ~(X_GUEST | X_DIRECT);
+    }
     dir_unlink(vs, e);
     e->flags &= (uint8_t)~E_WORKER;
     list_unlink(ts, e);
@@ -588,9 +691,10 @@ static void entry_drop(struct vshard *vs, struct ventry *e)
  * none idle, -ENOMEM, init's or on_activate's error. */
 static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts,
                                uint32_t tid, uint64_t hash, const unsigned char *key, uint32_t klen,
-                               int reason, int *err)
+                               const struct how *how, int *err)
 {
     const struct vtype_rec *r = &vtypes[tid];
+    int reason = how->reason;
     /* One activation in HIST_SAMPLE is timed, the first included (two clock reads cost a
      * tenth of one). */
     uint32_t nth = ts->sample++;
@@ -623,9 +727,9 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
         *err = -ENOMEM;
         return NULL;
     }
-    struct prep p = {vs, ts, r->vt->workers != 0, tid, hash, key, klen};
+    struct prep p = {vs, ts, r->vt->workers != 0, tid, hash, key, klen, how};
     pith_ref_t ref;
-    *err = core_spawn_ex(&r->at, NULL, VHDR, klen, prep_entry, &p, &ref);
+    *err = core_spawn_ex(&r->at, how->blob, VHDR, klen, prep_entry, &p, &ref);
     if (*err == -ENOMEM && !vs->app_err) {
         /* Out of the engine's memory: idle activations that may shed go, and one more try
          * (unless what they ran in going made this key's activation already). */
@@ -633,7 +737,7 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
         struct ventry *now = r->vt->workers == 0 ? dir_find(vs, ts, tid, hash, key, klen) : NULL;
         if (now != NULL)
             return now;
-        *err = core_spawn_ex(&r->at, NULL, VHDR, klen, prep_entry, &p, &ref);
+        *err = core_spawn_ex(&r->at, how->blob, VHDR, klen, prep_entry, &p, &ref);
     }
     if (*err != 0) {
         core_bump(&ts->failed, 1);
@@ -704,9 +808,13 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
 
 static int vinit(pith_actor_t *self, void *state, void *arg)
 {
-    (void)arg;
     struct ventry *e = entry_of_state(state);
     const pith_actor_type_t *t = vtypes[e->tid].vt->actor;
+    if (arg != NULL) {
+        /* A move: the old activation's state, byte for byte, instead of init. */
+        memcpy(state, arg, t->state_size);
+        return 0;
+    }
     int err = t->init != NULL ? t->init(self, state, NULL) : 0;
     if (err != 0) {
         struct vshard *vs = atomic_load_explicit(&core_self->vs, memory_order_relaxed);
@@ -723,6 +831,7 @@ static void vterminate(pith_actor_t *self, void *state, int reason)
     const struct vtype_rec *r = &vtypes[e->tid];
     struct vtype_shard *ts = atomic_load_explicit(&vs->types[r->id], memory_order_relaxed);
     e->flags |= E_ENDING;
+    bool moving = e->why == PITH_VDEACT_MIGRATED;
     if (e->flags & E_ACTIVE) {
         int why = e->why != 0                    ? e->why
                   : reason == PITH_EXIT_SHUTDOWN ? PITH_VDEACT_SHUTDOWN
@@ -730,11 +839,14 @@ static void vterminate(pith_actor_t *self, void *state, int reason)
         if (r->vt->on_deactivate != NULL)
             r->vt->on_deactivate(self, state, why);
         core_bump(&ts->deact[why], 1);
-        if (e->flags & E_WARM)
+        if ((e->flags & E_WARM) && !moving)
             core_bump(&ts->prewarm_wasted, 1);
     }
-    if (r->vt->actor->terminate != NULL)
+    /* A moving state lives on in the next activation: what it owns is not let go. */
+    if (r->vt->actor->terminate != NULL && !moving)
         r->vt->actor->terminate(self, state, reason);
+    if (e->xf & X_GUEST)
+        guest_gone(core_self, vs, e, (e->flags & E_ACTIVE) ? 0 : reason < 0 ? reason : -ECANCELED);
     entry_drop(vs, e); /* the core frees the block, e with it, after this */
 }
 
@@ -775,7 +887,8 @@ static struct ventry *worker_pick(struct core_shard *cs, struct vshard *vs, stru
         }
     }
     if (ts->live < vtypes[tid].vt->workers) {
-        struct ventry *e = activate(cs, vs, ts, tid, hash, key, klen, reason, err);
+        struct ventry *e =
+            activate(cs, vs, ts, tid, hash, key, klen, &(struct how){.reason = reason}, err);
         if (e != NULL || best == NULL)
             return e;
     }
@@ -786,11 +899,70 @@ static struct ventry *worker_pick(struct core_shard *cs, struct vshard *vs, stru
 
 static void related_task(void *arg);
 
-/* The activation of (tid, key) on this shard, its directory shard: found, or made for `reason`
- * (a message's activation pre-warms the type's related keys, from a task of their own). */
+static struct ventry *remote_new(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts,
+                                 uint32_t tid, uint64_t hash, const unsigned char *key,
+                                 uint32_t klen, unsigned host, const struct how *how);
+
+/* Live activations of type tid on `shard` (its own counter, read from here: a hint). */
+static uint64_t live_on(unsigned shard, uint32_t tid)
+{
+    struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
+    if (ce == NULL || shard >= ce->n)
+        return UINT64_MAX;
+    /* Acquire: pairs with the release stores that published each part. */
+    struct core_shard *cs = atomic_load_explicit(&ce->shards[shard], memory_order_acquire);
+    struct vshard *vs = cs != NULL ? atomic_load_explicit(&cs->vs, memory_order_acquire) : NULL;
+    struct vtype_shard *ts =
+        vs != NULL ? atomic_load_explicit(&vs->types[tid], memory_order_acquire) : NULL;
+    return ts != NULL ? atomic_load_explicit(&ts->live_now, memory_order_relaxed) : 0;
+}
+
+/* The shard for a new activation of (tid, key) by the type's placement; origin is the shard of
+ * the message's sender, or UINT_MAX. Runs on the key's directory shard. */
+static unsigned place_for(struct core_shard *cs, uint32_t tid, const unsigned char *key,
+                          uint32_t klen, unsigned origin)
+{
+    const pith_vtype_t *vt = vtypes[tid].vt;
+    unsigned n = pith_shard_count();
+    switch (vt->placement) {
+    case PITH_PLACE_LOCAL:
+        return origin < n ? origin : cs->id;
+    case PITH_PLACE_FN: {
+        unsigned to = vt->place(key, klen, origin < n ? origin : UINT_MAX, n);
+        return to < n ? to : cs->id;
+    }
+    case PITH_PLACE_LEAST_LOADED:
+    case PITH_PLACE_NUMA: {
+        bool numa = vt->placement == PITH_PLACE_NUMA, any = false;
+        for (unsigned i = 0; numa && i < n && !any; i++)
+            any = shard_numa_node(i) == vt->numa_node;
+        numa = numa && any; /* no shard on that node: all of them */
+        unsigned best = cs->id;
+        uint64_t least =
+            numa && shard_numa_node(cs->id) != vt->numa_node ? UINT64_MAX : live_on(cs->id, tid);
+        for (unsigned i = 0; i < n; i++) {
+            if (i == cs->id || (numa && shard_numa_node(i) != vt->numa_node))
+                continue;
+            uint64_t l = live_on(i, tid);
+            if (l < least) {
+                least = l;
+                best = i;
+            }
+        }
+        return best;
+    }
+    default:
+        return cs->id;
+    }
+}
+
+/* The activation of (tid, key) on this shard, its directory shard: found (an activation here,
+ * or the entry of one elsewhere), or made for `reason` where the placement says (origin: the
+ * sender's shard, or UINT_MAX); a message's activation pre-warms the type's related keys, from
+ * a task of their own. */
 static struct ventry *resolve(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts,
                               uint32_t tid, uint64_t hash, const unsigned char *key, uint32_t klen,
-                              int reason, int *err)
+                              int reason, unsigned origin, int *err)
 {
     if (vtypes[tid].vt->workers != 0)
         return worker_pick(cs, vs, ts, tid, hash, key, klen, reason, err);
@@ -802,7 +974,17 @@ static struct ventry *resolve(struct core_shard *cs, struct vshard *vs, struct v
         }
         return e;
     }
-    e = activate(cs, vs, ts, tid, hash, key, klen, reason, err);
+    const pith_vtype_t *vt = vtypes[tid].vt;
+    unsigned host =
+        vt->placement == PITH_PLACE_HASH ? cs->id : place_for(cs, tid, key, klen, origin);
+    struct how how = {.reason = reason, .placed = (uint8_t)vt->placement};
+    e = NULL;
+    if (host != cs->id)
+        e = remote_new(cs, vs, ts, tid, hash, key, klen, host, &how);
+    if (e == NULL) {
+        how.placed = host != cs->id ? PITH_PLACE_HASH : how.placed; /* it could not go there */
+        e = activate(cs, vs, ts, tid, hash, key, klen, &how, err);
+    }
     if (e != NULL && reason == PITH_VACT_MESSAGE && vtypes[tid].vt->related != NULL) {
         /* Later, not now: the caller still holds e, which a cap could let go. */
         struct vtrail *t = pith_malloc(sizeof(*t) + klen);
@@ -816,6 +998,58 @@ static struct ventry *resolve(struct core_shard *cs, struct vshard *vs, struct v
     return e;
 }
 
+/* The shard of a message's sender, or UINT_MAX (a client, a ref of no shard). */
+static inline unsigned sender_shard(pith_ref_t from)
+{
+    unsigned s = ref_shard(from);
+    return from != PITH_REF_NONE && !ref_is_client(from) && s < pith_shard_count() ? s : UINT_MAX;
+}
+
+/* Whether key points at m's trailer (the callers pass a trailer's key, or a copy when m has
+ * none: messages sent to an activation on its own shard carry none). Integers, not pointers:
+ * a message without a trailer ends before the address. */
+static inline bool has_trail(const struct amsg *m, const unsigned char *key)
+{
+    uintptr_t at = (uintptr_t)(m + 1) + core_msg_extra_off(m->len & AMSG_LEN_MASK) +
+                   offsetof(struct vtrail, key);
+    return (uintptr_t)key == at;
+}
+
+/* m with a trailer for (tid, hash, key): m itself when it has one, else a copy that takes over
+ * m's buffer reference (m is freed). NULL: no memory (m is left as it was). */
+static struct amsg *trailed(struct amsg *m, int dst, uint32_t tid, uint64_t hash,
+                            const unsigned char *key, uint32_t klen)
+{
+    if (has_trail(m, key))
+        return m;
+    uint32_t len = m->len & AMSG_LEN_MASK;
+    struct amsg *n =
+        core_msg_make_ext(dst, m->to, m->from, m->type, m + 1, len, sizeof(struct vtrail) + klen);
+    if (n == NULL)
+        return NULL;
+    n->len |= m->len & AMSG_BUF;
+    n->req = m->req;
+    struct vtrail *t = trail_of(n);
+    *t = (struct vtrail){.hash = hash, .tid = tid, .klen = (uint16_t)klen};
+    memcpy(t->key, key, klen);
+    m->len &= ~AMSG_BUF; /* the copy owns the reference now */
+    core_msg_free(m);
+    return n;
+}
+
+/* A message to another shard that must not be lost on the way: past the mesh's bounds (the
+ * amount is bounded where it is made). Out of memory for the mesh, the sender is told. */
+static void send_msg(struct core_shard *cs, unsigned dst, pith_fn_t fn, struct amsg *m)
+{
+    if (shard_submit_force(dst, fn, m) != 0) {
+        core_undelivered(cs, m, -ENOMEM);
+        core_msg_free(m);
+    }
+}
+
+static void fwd_task(void *arg);
+static void vote(struct core_shard *cs, struct ventry *e, pith_ref_t from);
+
 /* Routes m to the virtual actor (tid, hash, key) on its directory shard, this one, activating
  * it when it is not; key may point into m. Consumes m: delivered, or told to its sender
  * (core_undelivered), whose error is then returned. With a client's lane l, m is the lane
@@ -828,15 +1062,48 @@ static int vdeliver(struct core_shard *cs, struct vshard *vs, uint32_t tid, uint
     struct vtype_shard *ts = vts_get(vs, tid);
     int err = -ENOMEM;
     struct ventry *e = NULL;
+    unsigned origin = sender_shard(m->from);
     if (ts != NULL && m->type == MSG_VPREWARM) {
-        if (resolve(cs, vs, ts, tid, hash, key, klen, PITH_VACT_PREWARM, &err) != NULL)
+        if (resolve(cs, vs, ts, tid, hash, key, klen, PITH_VACT_PREWARM, origin, &err) != NULL)
             err = 0;
         core_msg_free(m); /* an engine message: its failure is not reported back */
         return err;
     }
     if (ts != NULL) {
         core_bump(&ts->messages, 1);
-        e = resolve(cs, vs, ts, tid, hash, key, klen, PITH_VACT_MESSAGE, &err);
+        e = resolve(cs, vs, ts, tid, hash, key, klen, PITH_VACT_MESSAGE, origin, &err);
+    }
+    if (e != NULL && (e->xf & X_REMOTE)) {
+        struct rentry *r = (struct rentry *)e;
+        if (r->state == R_ACTIVE) {
+            struct amsg *f = trailed(m, -1, tid, hash, key, klen);
+            if (f != NULL) {
+                trail_of(f)->vf = (uint16_t)(V_FWD | (moved ? V_MOVED : 0));
+                core_bump(&ts->forwards, 1);
+                send_msg(cs, r->host, fwd_task, f);
+                return 0;
+            }
+            err = -ENOMEM;
+        } else if (r->nheld < HELD_MAX) {
+            /* Held behind what the ended activation gives back, until its marker is back. */
+            m->next = NULL;
+            if (moved && has_trail(m, key))
+                trail_of(m)->vf |= V_MOVED; /* it passes the next activation's bound */
+            if (r->held_tail != NULL)
+                r->held_tail->next = m;
+            else
+                r->held = m;
+            r->held_tail = m;
+            r->nheld++;
+            return 0;
+        } else {
+            err = -EAGAIN;
+        }
+        if (l != NULL && (err == -ENOMEM || err == -EAGAIN))
+            return LANE_RETRY;
+        core_undelivered(cs, m, err);
+        core_msg_free(m);
+        return err;
     }
     if (e != NULL && (e->flags & E_ENDING)) {
         if (l != NULL)
@@ -847,6 +1114,7 @@ static int vdeliver(struct core_shard *cs, struct vshard *vs, uint32_t tid, uint
     struct actor *a = e != NULL ? core_find(cs, e->act) : NULL;
     if (a != NULL) {
         touch(ts, e);
+        vote(cs, e, m->from);
         m->to = e->act;
         if (l != NULL && a->depth >= a->rec->mailbox_max &&
             a->rec->type->overflow != PITH_OVERFLOW_DROP_OLDEST && !(m->len & AMSG_ADMIT))
@@ -894,6 +1162,586 @@ static void held_task(void *arg)
         }
         m = next;
     }
+}
+
+/* ---- activations off their directory shard ----
+ *
+ * The directory shard keeps a struct rentry for the key and forwards (fwd_task) to the host.
+ * The host's activation (a guest) is an ordinary activation there, in the host's table, so
+ * the host's own senders find it. Words between the two (struct vctl, ctl_task):
+ *  ACT    directory -> host: activate (with a moved state, or not), before any forward;
+ *  GMARK  host -> directory, GECHO back: everything the host's senders sent through the
+ *         directory before GMARK has been forwarded when GECHO comes (both rings are FIFO),
+ *         so from then on they reach the guest directly (X_DIRECT); meanwhile they wait here;
+ *  GONE   host -> directory: the guest ended (or failed to begin, or moves: with its state);
+ *         what it had not handled, and forwards that find it gone, come back (ret_task);
+ *  MARK   directory -> host, ECHO back: everything the host gives back has come once ECHO
+ *         does; the directory then hands on what came back, then what it held meanwhile. */
+
+enum { C_ACT = 1, C_GMARK, C_GECHO, C_GONE, C_MARK, C_ECHO };
+
+struct vctl {
+    uint8_t kind;   /* C_* */
+    uint8_t reason; /* C_ACT: on_activate's */
+    uint8_t placed; /* C_ACT: pith_placement_t */
+    uint8_t rebal;  /* C_GONE with a state: the move is rebalancing's */
+    int32_t err;    /* C_GONE: the activation failed with this */
+    uint32_t tid, klen;
+    uint16_t target; /* C_GONE with a state: where it moves */
+    uint16_t from;   /* the shard that sent the word */
+    uint16_t moves;
+    pith_ref_t ref; /* C_GMARK, C_GECHO, C_GONE: the activation */
+    uint64_t hash;
+    void *blob; /* C_ACT, C_GONE: a moving state's bytes */
+    unsigned char key[];
+};
+
+static void ctl_task(void *arg);
+
+static struct vctl *ctl_make(struct core_shard *cs, int kind, uint32_t tid, uint64_t hash,
+                             const unsigned char *key, uint32_t klen)
+{
+    struct vctl *c = pith_malloc(sizeof(*c) + klen);
+    if (c == NULL)
+        return NULL;
+    memset(c, 0, sizeof(*c));
+    c->kind = (uint8_t)kind;
+    c->tid = tid;
+    c->hash = hash;
+    c->klen = klen;
+    c->from = (uint16_t)cs->id;
+    memcpy(c->key, key, klen);
+    return c;
+}
+
+static void ctl_free(struct vctl *c)
+{
+    pith_free(c->blob);
+    pith_free(c);
+}
+
+/* A word to shard dst. Out of memory for the mesh it is lost, said on stderr: the directory
+ * takes the first message given back as the GONE it missed, so nothing waits forever for a
+ * lost GONE, MARK or ECHO but a move's state. */
+static void ctl_send(struct core_shard *cs, unsigned dst, struct vctl *c)
+{
+    if (shard_submit_force(dst, ctl_task, c) != 0) {
+        fprintf(stderr, "pith: shard %u: out of memory, a virtual actor's word to shard %u lost\n",
+                cs->id, dst);
+        ctl_free(c);
+    }
+}
+
+static void ret_task(void *arg);
+
+/* m (with its trailer) goes back to its directory shard, from a guest that ended or moved. */
+static void give_back(struct core_shard *cs, struct amsg *m)
+{
+    struct vtrail *t = trail_of(m);
+    t->vf |= V_MOVED;
+    struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
+    struct vtype_shard *ts =
+        vs != NULL ? atomic_load_explicit(&vs->types[t->tid], memory_order_relaxed) : NULL;
+    if (ts != NULL)
+        core_bump(&ts->returned, 1);
+    send_msg(cs, dir_shard(t->hash, pith_shard_count()), ret_task, m);
+}
+
+/* Makes the entry of (tid, key) for an activation on `host`, and tells host to activate (with
+ * how->blob, which the word owns once this succeeds). NULL: no memory (nothing made). */
+static struct ventry *remote_new(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts,
+                                 uint32_t tid, uint64_t hash, const unsigned char *key,
+                                 uint32_t klen, unsigned host, const struct how *how)
+{
+    if (vs->nentries >= vs->nbuckets)
+        dir_grow(vs);
+    if (vs->nbuckets == 0)
+        return NULL;
+    struct vctl *c = ctl_make(cs, C_ACT, tid, hash, key, klen);
+    struct rentry *r = c != NULL ? pith_malloc(RHDR + klen) : NULL;
+    if (r == NULL) {
+        pith_free(c);
+        return NULL;
+    }
+    memset(r, 0, sizeof(*r));
+    r->e.act = PITH_REF_NONE;
+    r->e.hash = hash;
+    r->e.tid = (uint8_t)tid;
+    r->e.klen = (uint8_t)klen;
+    r->e.xf = X_REMOTE;
+    memcpy(entry_key(&r->e), key, klen);
+    r->host = (uint16_t)host;
+    r->placed = how->placed;
+    r->moves = how->moves;
+    r->state = R_ACTIVE;
+    c->reason = (uint8_t)how->reason;
+    c->placed = how->placed;
+    c->moves = how->moves;
+    c->blob = how->blob;
+    if (shard_submit_force(host, ctl_task, c) != 0) {
+        pith_free(c); /* not the blob: still the caller's */
+        pith_free(r);
+        return NULL;
+    }
+    dir_insert(vs, &r->e);
+    core_bump(&ts->remote, 1);
+    return &r->e;
+}
+
+/* A moved state arrives where it goes (this shard, or another through a new entry). */
+static void land(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts, uint32_t tid,
+                 uint64_t hash, const unsigned char *key, uint32_t klen, unsigned target,
+                 void *blob, uint16_t moves, bool rebal)
+{
+    struct how how = {.reason = PITH_VACT_MIGRATED,
+                      .blob = blob,
+                      .placed = rebal ? PITH_PLACE_REBALANCED : PITH_PLACE_MIGRATED,
+                      .moves = moves};
+    if (target != cs->id && target < pith_shard_count() &&
+        remote_new(cs, vs, ts, tid, hash, key, klen, target, &how) != NULL)
+        return; /* the word owns the blob */
+    int err;
+    if (activate(cs, vs, ts, tid, hash, key, klen, &how, &err) == NULL)
+        core_bump(&ts->migrate_failed, 1);
+    pith_free(blob);
+}
+
+/* On a guest's end (vterminate): GONE to the directory, with the state if it moves, then this
+ * shard's senders' messages that waited for GECHO, behind it. */
+static void guest_gone(struct core_shard *cs, struct vshard *vs, struct ventry *e, int err)
+{
+    unsigned dir = dir_shard(e->hash, pith_shard_count());
+    struct amsg *keep = NULL, *keep_tail = NULL, *mine = NULL, *mine_tail = NULL;
+    for (struct amsg *m = vs->ghold, *next; m != NULL; m = next) {
+        next = m->next;
+        m->next = NULL;
+        struct vtrail *t = trail_of(m);
+        bool it = t->hash == e->hash && t->tid == e->tid && t->klen == e->klen &&
+                  memcmp(t->key, entry_key(e), e->klen) == 0;
+        struct amsg **h = it ? &mine : &keep, **tl = it ? &mine_tail : &keep_tail;
+        if (*tl != NULL)
+            (*tl)->next = m;
+        else
+            *h = m;
+        *tl = m;
+        if (it)
+            vs->nghold--;
+    }
+    vs->ghold = keep;
+    vs->ghold_tail = keep_tail;
+    vs->gone_sent = true;
+    if (cs->closing) {
+        for (struct amsg *m = mine, *next; m != NULL; m = next) {
+            next = m->next;
+            core_msg_free(m);
+        }
+        return;
+    }
+    struct vctl *c = ctl_make(cs, C_GONE, e->tid, e->hash, entry_key(e), e->klen);
+    if (c != NULL) {
+        c->err = err;
+        c->ref = e->act;
+        c->moves = e->moves;
+        if (e->why == PITH_VDEACT_MIGRATED && vs->mig_blob != NULL) {
+            c->blob = vs->mig_blob;
+            vs->mig_blob = NULL;
+            c->target = e->target;
+            c->rebal = (e->xf & X_REBAL) != 0;
+        }
+        ctl_send(cs, dir, c);
+    } else {
+        fprintf(stderr, "pith: shard %u: out of memory, a virtual actor's word to shard %u lost\n",
+                cs->id, dir);
+    }
+    for (struct amsg *m = mine, *next; m != NULL; m = next) {
+        next = m->next;
+        m->next = NULL;
+        send_msg(cs, dir, vdeliver_task, m);
+    }
+}
+
+/* ACT on the host. */
+static void ctl_act(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts,
+                    struct vctl *c)
+{
+    unsigned dir = c->from;
+    int err = -EEXIST;
+    vs->gone_sent = false;
+    struct how how = {.reason = c->reason,
+                      .guest = true,
+                      .blob = c->blob,
+                      .placed = c->placed,
+                      .moves = c->moves};
+    /* None is expected: the directory asks for one activation at a time. */
+    struct ventry *e = dir_find(vs, ts, c->tid, c->hash, c->key, c->klen);
+    e = e == NULL ? activate(cs, vs, ts, c->tid, c->hash, c->key, c->klen, &how, &err) : NULL;
+    if (e == NULL && c->blob != NULL)
+        core_bump(&ts->migrate_failed, 1);
+    pith_free(c->blob); /* copied into the state by vinit, or not needed */
+    c->blob = NULL;
+    c->from = (uint16_t)cs->id;
+    if (e != NULL) {
+        c->kind = C_GMARK;
+        c->ref = e->act;
+        ctl_send(cs, dir, c);
+    } else if (vs->gone_sent) {
+        pith_free(c); /* vterminate said GONE already */
+    } else {
+        c->kind = C_GONE;
+        c->err = err;
+        c->ref = PITH_REF_NONE;
+        ctl_send(cs, dir, c);
+    }
+}
+
+/* GECHO on the host: the guest's own shard reaches it directly from now on; what its senders
+ * sent meanwhile goes in first, in order. */
+static void ctl_gecho(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts,
+                      struct vctl *c)
+{
+    struct ventry *e = dir_find(vs, ts, c->tid, c->hash, c->key, c->klen);
+    if (e == NULL || !(e->xf & X_GUEST) || e->act != c->ref || (e->flags & E_ENDING))
+        return; /* an earlier activation's: its messages went on at its end */
+    e->xf |= X_DIRECT;
+    struct actor *a = core_find(cs, e->act);
+    struct amsg *keep = NULL, *keep_tail = NULL;
+    for (struct amsg *m = vs->ghold, *next; m != NULL; m = next) {
+        next = m->next;
+        m->next = NULL;
+        struct vtrail *t = trail_of(m);
+        if (t->hash != c->hash || t->tid != c->tid || t->klen != c->klen ||
+            memcmp(t->key, c->key, c->klen) != 0) {
+            if (keep_tail != NULL)
+                keep_tail->next = m;
+            else
+                keep = m;
+            keep_tail = m;
+            continue;
+        }
+        vs->nghold--;
+        int err = -ESRCH;
+        if (a != NULL) {
+            m->to = e->act;
+            /* Accepted when sent: past the bound, as mail moved between activations is. */
+            bool admit = !(m->len & AMSG_ADMIT);
+            if (admit)
+                m->len |= AMSG_ADMIT;
+            err = core_enqueue(cs, a, m);
+            if (admit)
+                m->len &= ~AMSG_ADMIT;
+        }
+        if (err != 0) {
+            core_undelivered(cs, m, err);
+            core_msg_free(m);
+        }
+    }
+    vs->ghold = keep;
+    vs->ghold_tail = keep_tail;
+}
+
+/* The directory begins to drain r: MARK to its host (reusing c, or a new word). */
+static void drain(struct core_shard *cs, struct rentry *r, struct vctl *c)
+{
+    r->state = R_DRAIN;
+    if (c == NULL)
+        c = ctl_make(cs, C_MARK, r->e.tid, r->e.hash, entry_key(&r->e), r->e.klen);
+    if (c == NULL) {
+        fprintf(stderr, "pith: shard %u: out of memory, a virtual actor's word to shard %u lost\n",
+                cs->id, r->host);
+        return;
+    }
+    c->kind = C_MARK;
+    c->from = (uint16_t)cs->id;
+    ctl_send(cs, r->host, c);
+}
+
+static struct rentry *rentry_of(struct vshard *vs, struct vtype_shard *ts, struct vctl *c)
+{
+    struct ventry *e = dir_find(vs, ts, c->tid, c->hash, c->key, c->klen);
+    return e != NULL && (e->xf & X_REMOTE) && ((struct rentry *)e)->host == c->from
+               ? (struct rentry *)e
+               : NULL;
+}
+
+/* ECHO on the directory: all that the ended activation gives back is here. The next one (a
+ * moved state's, or the next message's) gets it first, then what waited meanwhile. */
+static void ctl_echo(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts,
+                     struct vctl *c)
+{
+    struct rentry *r = rentry_of(vs, ts, c);
+    if (r == NULL || r->state != R_DRAIN)
+        return;
+    struct amsg *ret = r->ret, *held = r->held;
+    void *blob = r->blob;
+    unsigned target = r->target;
+    int err = r->err;
+    uint16_t moves = r->moves;
+    bool rebal = r->rebal;
+    dir_unlink(vs, &r->e);
+    pith_free(r);
+    if (blob != NULL)
+        land(cs, vs, ts, c->tid, c->hash, c->key, c->klen, target, blob, (uint16_t)(moves + 1),
+             rebal);
+    for (struct amsg *m = ret, *next; m != NULL; m = next) {
+        next = m->next;
+        m->next = NULL;
+        struct vtrail *t = trail_of(m);
+        if (err != 0) {
+            /* It failed to begin: what waited for it fails as a local first message would. */
+            core_undelivered(cs, m, err);
+            core_msg_free(m);
+        } else {
+            (void)vdeliver(cs, vs, t->tid, t->hash, t->key, t->klen, m, NULL, true);
+        }
+    }
+    for (struct amsg *m = held, *next; m != NULL; m = next) {
+        next = m->next;
+        m->next = NULL;
+        struct vtrail *t = trail_of(m);
+        (void)vdeliver(cs, vs, t->tid, t->hash, t->key, t->klen, m, NULL, (t->vf & V_MOVED) != 0);
+    }
+}
+
+static void ctl_task(void *arg)
+{
+    struct vctl *c = arg;
+    struct core_shard *cs = core_shard_get();
+    struct vshard *vs = cs != NULL && !cs->closing ? vshard_get(cs) : NULL;
+    struct vtype_shard *ts = vs != NULL ? vts_get(vs, c->tid) : NULL;
+    if (ts == NULL) {
+        ctl_free(c);
+        return;
+    }
+    unsigned back = c->from;
+    switch (c->kind) {
+    case C_ACT:
+        ctl_act(cs, vs, ts, c);
+        return;
+    case C_GMARK: {
+        /* The directory learns the guest's ref, and echoes. */
+        struct rentry *r = rentry_of(vs, ts, c);
+        if (r != NULL && r->state == R_ACTIVE)
+            r->e.act = c->ref;
+        c->kind = C_GECHO;
+        c->from = (uint16_t)cs->id;
+        ctl_send(cs, back, c);
+        return;
+    }
+    case C_GECHO:
+        ctl_gecho(cs, vs, ts, c);
+        break;
+    case C_GONE: {
+        struct rentry *r = rentry_of(vs, ts, c);
+        if (r == NULL)
+            break;
+        if (c->err != 0)
+            r->err = c->err;
+        if (c->blob != NULL) {
+            r->blob = c->blob;
+            c->blob = NULL;
+            r->target = c->target;
+            r->rebal = c->rebal;
+            r->moves = c->moves;
+        }
+        if (r->state == R_ACTIVE) {
+            drain(cs, r, c);
+            return;
+        }
+        break; /* a message given back began the drain already (this GONE was late) */
+    }
+    case C_MARK:
+        c->kind = C_ECHO;
+        c->from = (uint16_t)cs->id;
+        ctl_send(cs, back, c);
+        return;
+    case C_ECHO:
+        ctl_echo(cs, vs, ts, c);
+        break;
+    default:
+        break;
+    }
+    ctl_free(c);
+}
+
+/* A message the directory forwarded, on the host. */
+static void fwd_task(void *arg)
+{
+    struct amsg *m = arg;
+    struct core_shard *cs = core_shard_get();
+    struct vshard *vs = cs != NULL && !cs->closing ? vshard_get(cs) : NULL;
+    struct vtrail *t = trail_of(m);
+    struct vtype_shard *ts = vs != NULL ? vts_get(vs, t->tid) : NULL;
+    if (ts == NULL) {
+        if (cs != NULL && !cs->closing)
+            core_undelivered(cs, m, -ENOMEM);
+        core_msg_free(m);
+        return;
+    }
+    struct ventry *e = dir_find(vs, ts, t->tid, t->hash, t->key, t->klen);
+    struct actor *a =
+        e != NULL && (e->xf & X_GUEST) && !(e->flags & E_ENDING) ? core_find(cs, e->act) : NULL;
+    if (a == NULL) {
+        give_back(cs, m); /* it ended or moved: the directory hands it on */
+        return;
+    }
+    touch(ts, e);
+    vote(cs, e, m->from);
+    m->to = e->act;
+    bool admit = (t->vf & V_MOVED) && !(m->len & AMSG_ADMIT);
+    if (admit)
+        m->len |= AMSG_ADMIT;
+    int err = core_enqueue(cs, a, m);
+    if (admit)
+        m->len &= ~AMSG_ADMIT;
+    if (err != 0) {
+        core_undelivered(cs, m, err);
+        core_msg_free(m);
+    }
+}
+
+/* A message given back by a guest, on the directory: kept for the next activation. */
+static void ret_task(void *arg)
+{
+    struct amsg *m = arg;
+    struct core_shard *cs = core_shard_get();
+    struct vshard *vs = cs != NULL && !cs->closing ? vshard_get(cs) : NULL;
+    struct vtrail *t = trail_of(m);
+    struct vtype_shard *ts = vs != NULL ? vts_get(vs, t->tid) : NULL;
+    if (ts == NULL) {
+        if (cs != NULL && !cs->closing)
+            core_undelivered(cs, m, -ENOMEM);
+        core_msg_free(m);
+        return;
+    }
+    struct ventry *e = dir_find(vs, ts, t->tid, t->hash, t->key, t->klen);
+    if (e == NULL || !(e->xf & X_REMOTE)) {
+        (void)vdeliver(cs, vs, t->tid, t->hash, t->key, t->klen, m, NULL, true); /* unexpected */
+        return;
+    }
+    struct rentry *r = (struct rentry *)e;
+    m->next = NULL;
+    if (r->ret_tail != NULL)
+        r->ret_tail->next = m;
+    else
+        r->ret = m;
+    r->ret_tail = m;
+    if (r->state == R_ACTIVE)
+        drain(cs, r, NULL); /* its GONE was lost: this says as much */
+}
+
+/* ---- moves ---- */
+
+#define REBAL_VOTES 64u
+
+static void migrate_task(void *arg);
+
+static int migrate_ask(struct core_shard *cs, struct ventry *e, unsigned to, bool rebal)
+{
+    if (!(e->xf & X_MIGRATE)) {
+        int err = shard_submit_force(cs->id, migrate_task, (void *)(uintptr_t)e->act);
+        if (err)
+            return err;
+    }
+    e->xf = (uint16_t)((e->xf & ~X_REBAL) | X_MIGRATE | (rebal ? X_REBAL : 0));
+    e->target = (uint16_t)to;
+    return 0;
+}
+
+/* Rebalancing's vote: a message for e from `from` (see PITH_VTYPE_REBALANCE). */
+static void vote(struct core_shard *cs, struct ventry *e, pith_ref_t from)
+{
+    if (LIKELY(!(vtypes[e->tid].vt->flags & PITH_VTYPE_REBALANCE)))
+        return;
+    unsigned o = sender_shard(from);
+    if (o == UINT_MAX)
+        return;
+    if (o == cs->id) {
+        if (e->votes > 0)
+            e->votes--;
+        return;
+    }
+    if (e->votes == 0)
+        e->cand = (uint16_t)o;
+    if (e->cand != o) {
+        e->votes--;
+        return;
+    }
+    if (e->votes < REBAL_VOTES)
+        e->votes++;
+    /* Of a pair, the one on the higher shard moves: never both. */
+    if (e->votes < REBAL_VOTES || o > cs->id || (e->xf & X_MIGRATE) || !(e->flags & E_ACTIVE))
+        return;
+    uint64_t there = live_on(o, e->tid), here = live_on(cs->id, e->tid);
+    e->votes = 0;
+    if (there > here + here / 4 + 16)
+        return; /* it would unbalance the shards: vote again */
+    (void)migrate_ask(cs, e, o, true);
+}
+
+static void migrate_task(void *arg)
+{
+    pith_ref_t ref = (pith_ref_t)(uintptr_t)arg;
+    struct core_shard *cs = core_self;
+    struct vshard *vs = cs != NULL ? atomic_load_explicit(&cs->vs, memory_order_relaxed) : NULL;
+    struct actor *a = vs != NULL && !cs->closing ? core_find(cs, ref) : NULL;
+    if (a == NULL || rec_of_actor_type(a->rec->type) == NULL)
+        return; /* it ended meanwhile */
+    if (a->gen & A_RUNNING) {
+        /* Asked from a turn still on the stack (a task run inside it): after it. */
+        (void)shard_submit_force(cs->id, migrate_task, arg);
+        return;
+    }
+    struct ventry *e = entry_of_state(a->state);
+    if (!(e->xf & X_MIGRATE) || !(e->flags & E_DIR))
+        return;
+    bool rebal = (e->xf & X_REBAL) != 0, guest = (e->xf & X_GUEST) != 0;
+    unsigned to = e->target;
+    e->xf &= (uint16_t) ~(X_MIGRATE | X_REBAL);
+    if (to == cs->id || to >= pith_shard_count() || !(e->flags & E_ACTIVE) ||
+        (e->flags & (E_LATER | E_OFF)))
+        return;
+    struct vtype_shard *ts = atomic_load_explicit(&vs->types[e->tid], memory_order_relaxed);
+    size_t size = vtypes[e->tid].vt->actor->state_size;
+    void *blob = pith_malloc(size > 0 ? size : 1);
+    if (blob == NULL) {
+        core_bump(&ts->migrate_failed, 1);
+        return;
+    }
+    memcpy(blob, a->state, size);
+    core_bump(&ts->migrations, 1);
+    if (rebal)
+        core_bump(&ts->rebalances, 1);
+    struct amsg *kept = take_mail(cs, a);
+    unsigned char key[PITH_VKEY_MAX];
+    uint32_t tid = e->tid, klen = e->klen;
+    uint64_t hash = e->hash;
+    uint16_t moves = e->moves;
+    memcpy(key, entry_key(e), klen);
+    e->why = PITH_VDEACT_MIGRATED;
+    if (guest) {
+        /* guest_gone sends the state with its GONE. */
+        vs->mig_blob = blob;
+        e->target = (uint16_t)to;
+        if (rebal)
+            e->xf |= X_REBAL;
+    }
+    (void)core_end_now(cs, ref, PITH_EXIT_NORMAL);
+    if (guest) {
+        pith_free(vs->mig_blob); /* not taken: the word found no memory */
+        vs->mig_blob = NULL;
+        give_on(cs, vs, true, tid, hash, key, klen, kept);
+        return;
+    }
+    /* On its directory shard: the entry of its new place first, then what waited, to it. */
+    struct how how = {.reason = PITH_VACT_MIGRATED,
+                      .blob = blob,
+                      .placed = rebal ? PITH_PLACE_REBALANCED : PITH_PLACE_MIGRATED,
+                      .moves = (uint16_t)(moves + 1)};
+    if (remote_new(cs, vs, ts, tid, hash, key, klen, to, &how) == NULL) {
+        pith_free(blob);
+        core_bump(&ts->migrate_failed, 1);
+    }
+    give_on(cs, vs, false, tid, hash, key, klen, kept);
 }
 
 /* A virtual message from another shard. */
@@ -973,6 +1821,52 @@ bool core_vref_ok(const pith_vref_t *to)
     return rec_of_ref(to) != NULL;
 }
 
+/* A send on the shard of guest e. 1: it goes through the directory after all (its actor is
+ * gone); else as vsend_shard. */
+static int guest_send(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts,
+                      struct ventry *e, const pith_vref_t *to, pith_ref_t from, uint32_t type,
+                      const void *data, uint32_t len, uint32_t flag, uint64_t req, bool *made)
+{
+    struct actor *a = core_find(cs, e->act);
+    if (a == NULL)
+        return 1;
+    if (!(e->xf & X_DIRECT)) {
+        /* The directory has not yet confirmed that what this shard sent through it earlier
+         * was forwarded: this one waits here until it has (ctl_gecho). */
+        if (vs->nghold >= HELD_MAX)
+            return -EAGAIN;
+        struct amsg *m = core_vmsg_make(-1, to, from, type, data, len, flag);
+        if (m == NULL)
+            return -ENOMEM;
+        *made = true;
+        m->req = req;
+        if (vs->ghold_tail != NULL)
+            vs->ghold_tail->next = m;
+        else
+            vs->ghold = m;
+        vs->ghold_tail = m;
+        vs->nghold++;
+        return 0;
+    }
+    if (a->depth >= a->rec->mailbox_max && a->rec->type->overflow == PITH_OVERFLOW_REJECT) {
+        core_bump(&core_counters(cs, a->rec)->rejected, 1);
+        return -EAGAIN;
+    }
+    struct amsg *m = core_msg_make_for(-1, e->act, from, type, data, len);
+    if (m == NULL)
+        return -ENOMEM;
+    *made = true;
+    m->len |= flag;
+    m->req = req;
+    touch(ts, e);
+    vote(cs, e, from);
+    core_bump(&ts->direct, 1);
+    int err = core_enqueue(cs, a, m);
+    if (err)
+        core_msg_free(m);
+    return err;
+}
+
 /* pith_vsend, pith_vsend_buf and pith_vask on a shard. flag: AMSG_BUF (data is &buf, and the
  * message owns that reference once made: *made). ask: the request id, 0 for a send. */
 static int vsend_shard(struct core_shard *cs, const pith_vref_t *to, pith_ref_t from, uint32_t type,
@@ -982,6 +1876,19 @@ static int vsend_shard(struct core_shard *cs, const pith_vref_t *to, pith_ref_t 
     /* A stateless worker takes the message on the sender's shard. */
     unsigned dst = to->type->workers != 0 ? cs->id : dir_shard(to->hash, n);
     if (dst != cs->id) {
+        /* An activation that lives here, off its directory shard: no ring at all. */
+        struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
+        if (vs != NULL && vs->nguests > 0 && type != MSG_VPREWARM) {
+            struct vtype_shard *ts =
+                atomic_load_explicit(&vs->types[to->tid - 1], memory_order_relaxed);
+            struct ventry *e =
+                ts != NULL ? dir_find(vs, ts, to->tid - 1, to->hash, to->key, to->len) : NULL;
+            if (e != NULL && (e->xf & X_GUEST) && !(e->flags & E_ENDING)) {
+                int r = guest_send(cs, vs, ts, e, to, from, type, data, len, flag, req, made);
+                if (r <= 0)
+                    return r;
+            }
+        }
         struct amsg *m = core_vmsg_make((int)dst, to, from, type, data, len, flag);
         if (m == NULL)
             return -ENOMEM;
@@ -999,15 +1906,42 @@ static int vsend_shard(struct core_shard *cs, const pith_vref_t *to, pith_ref_t 
         return -ENOMEM;
     int err = 0;
     if (type == MSG_VPREWARM) {
-        struct ventry *w =
-            resolve(cs, vs, ts, to->tid - 1, to->hash, to->key, to->len, PITH_VACT_PREWARM, &err);
+        struct ventry *w = resolve(cs, vs, ts, to->tid - 1, to->hash, to->key, to->len,
+                                   PITH_VACT_PREWARM, cs->id, &err);
         return w != NULL ? 0 : err;
     }
     core_bump(&ts->messages, 1);
-    struct ventry *e =
-        resolve(cs, vs, ts, to->tid - 1, to->hash, to->key, to->len, PITH_VACT_MESSAGE, &err);
+    struct ventry *e = resolve(cs, vs, ts, to->tid - 1, to->hash, to->key, to->len,
+                               PITH_VACT_MESSAGE, cs->id, &err);
     if (e == NULL)
         return err;
+    if (e->xf & X_REMOTE) {
+        struct rentry *r = (struct rentry *)e;
+        bool fwd = r->state == R_ACTIVE;
+        if (!fwd && r->nheld >= HELD_MAX)
+            return -EAGAIN;
+        struct amsg *m = core_vmsg_make(fwd ? (int)r->host : -1, to, from, type, data, len, flag);
+        if (m == NULL)
+            return -ENOMEM;
+        *made = true;
+        m->req = req;
+        if (!fwd) {
+            /* Held behind what the ended activation gives back. */
+            if (r->held_tail != NULL)
+                r->held_tail->next = m;
+            else
+                r->held = m;
+            r->held_tail = m;
+            r->nheld++;
+            return 0;
+        }
+        trail_of(m)->vf = V_FWD;
+        core_bump(&ts->forwards, 1);
+        err = pith_submit(r->host, fwd_task, m);
+        if (err)
+            core_msg_free(m);
+        return err;
+    }
     if (e->flags & E_ENDING) {
         /* Sent from its own end (on_deactivate, terminate): for the next activation. */
         if (vs->nheld >= HELD_MAX)
@@ -1021,6 +1955,7 @@ static int vsend_shard(struct core_shard *cs, const pith_vref_t *to, pith_ref_t 
         return 0;
     }
     touch(ts, e);
+    vote(cs, e, from);
     struct actor *a = core_find(cs, e->act);
     if (a == NULL)
         return -ESRCH;
@@ -1248,6 +2183,16 @@ int pith_vactor_deactivate(pith_actor_t *self)
     return err;
 }
 
+int pith_vactor_migrate(pith_actor_t *self, unsigned shard)
+{
+    struct ventry *e = entry_of(self);
+    if (e == NULL || (e->flags & E_WORKER) || shard >= pith_shard_count())
+        return -EINVAL;
+    if (shard == core_self->id)
+        return -EALREADY;
+    return migrate_ask(core_self, e, shard, false);
+}
+
 int pith_vactor_activated(pith_ref_t act, int err)
 {
     if (err > 0)
@@ -1401,11 +2346,21 @@ static void info_here(struct info_req *q)
     }
     struct ventry *e = dir_find(vs, ts, q->v.tid - 1, q->v.hash, q->v.key, q->v.len);
     q->out.dir_shard = cs->id;
-    if (e != NULL && (e->flags & E_ACTIVE)) {
+    if (e != NULL && (e->xf & X_REMOTE)) {
+        struct rentry *r = (struct rentry *)e;
+        if (r->state == R_ACTIVE) {
+            q->out.active = true;
+            q->out.shard = r->host;
+            q->out.ref = r->e.act;
+            q->out.placement = r->placed;
+            q->out.moves = r->moves;
+        }
+    } else if (e != NULL && (e->flags & E_ACTIVE)) {
         q->out.active = true;
         q->out.shard = cs->id;
         q->out.ref = e->act;
-        q->out.placement = PITH_PLACE_HASH;
+        q->out.placement = e->placed;
+        q->out.moves = e->moves;
     }
 }
 
@@ -1491,6 +2446,13 @@ int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out)
         out->prewarm_wasted += RD(prewarm_wasted);
         out->profile_moves += RD(moves);
         out->profile_failed += RD(moves_failed);
+        out->remote += RD(remote);
+        out->forwards += RD(forwards);
+        out->direct += RD(direct);
+        out->returned += RD(returned);
+        out->migrations += RD(migrations);
+        out->rebalances += RD(rebalances);
+        out->migrate_failed += RD(migrate_failed);
         out->live += RD(live_now);
         out->messages += RD(messages);
         out->lookups += RD(lookups);
@@ -1534,6 +2496,33 @@ void core_vactor_exit(struct core_shard *cs)
         core_msg_free(m);
     }
     vs->held_tail = NULL;
+    while (vs->ghold != NULL) {
+        struct amsg *m = vs->ghold;
+        vs->ghold = m->next;
+        core_msg_free(m);
+    }
+    vs->ghold_tail = NULL;
+    vs->nghold = 0;
+    pith_free(vs->mig_blob);
+    vs->mig_blob = NULL;
+    /* What is left in the table are the entries of activations on other shards. */
+    for (uint64_t b = 0; b < vs->nbuckets; b++) {
+        for (struct ventry *e = vs->buckets[b], *next; e != NULL; e = next) {
+            next = e->chain;
+            if (!(e->xf & X_REMOTE))
+                continue;
+            struct rentry *r = (struct rentry *)e;
+            struct amsg *lists[2] = {r->ret, r->held};
+            for (int k = 0; k < 2; k++) {
+                for (struct amsg *m = lists[k], *mn; m != NULL; m = mn) {
+                    mn = m->next;
+                    core_msg_free(m);
+                }
+            }
+            pith_free(r->blob);
+            pith_free(r);
+        }
+    }
     free(vs->buckets);
     vs->buckets = NULL;
     vs->nbuckets = vs->nentries = 0;
@@ -1548,15 +2537,19 @@ void core_vactor_exit(struct core_shard *cs)
 
 bool core_vactor_release(pith_fn_t fn, void *arg)
 {
-    if (fn == vdeliver_task) {
+    if (fn == vdeliver_task || fn == fwd_task || fn == ret_task) {
         core_msg_free(arg);
+        return true;
+    }
+    if (fn == ctl_task) {
+        ctl_free(arg);
         return true;
     }
     if (fn == related_task || fn == move_task) {
         pith_free(arg);
         return true;
     }
-    return fn == off_task || fn == sweep || fn == held_task;
+    return fn == off_task || fn == sweep || fn == held_task || fn == migrate_task;
 }
 
 void core_vactor_gone(struct core_shard *cs)

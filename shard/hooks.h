@@ -60,6 +60,9 @@ bool shard_engine_stopping(void);
  * -ENOMEM. */
 int shard_submit_force(unsigned shard, pith_fn_t fn, void *arg);
 
+/* On a shard: the NUMA node of `shard`'s CPU, or -1 (not pinned, out of range, unknown). */
+int shard_numa_node(unsigned shard);
+
 /* Readers of per-shard state from any thread: between enter (true) and leave, the engine's
  * memory stays; enter fails once the engine stops. On shard threads both cost nothing. */
 bool shard_reader_enter(void);

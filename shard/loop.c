@@ -37,6 +37,15 @@ bool shard_engine_stopping(void)
     return atomic_load_explicit(&pith_engine.state, memory_order_relaxed) != ENGINE_RUNNING;
 }
 
+int shard_numa_node(unsigned shard)
+{
+    struct shard *s = shard_cur;
+    if (s == NULL || shard >= s->eng->n || s->eng->shards[shard] == NULL)
+        return -1;
+    int cpu = s->eng->shards[shard]->cpu;
+    return cpu >= 0 ? topo_cpu_node(s->eng, (unsigned)cpu) : -1;
+}
+
 bool shard_stopping(void)
 {
     return shard_cur == NULL ||

@@ -215,6 +215,8 @@ void topo_close(struct engine *e);
 int topo_default_cpus(struct engine *e, unsigned **cpus, unsigned *ncpus);
 bool topo_cpu_exists(struct engine *e, unsigned cpu);
 bool topo_cpu_usable(struct engine *e, unsigned cpu);
+/* The NUMA node of a CPU (its os index), or -1 when hwloc does not say. */
+int topo_cpu_node(struct engine *e, unsigned cpu);
 /* The usable CPUs as a list such as "0-3,8", into buf. */
 void topo_usable_list(struct engine *e, char *buf, size_t size);
 bool topo_pin_self(struct engine *e, unsigned cpu);

@@ -116,6 +116,12 @@ bool topo_cpu_usable(struct engine *e, unsigned cpu)
     return hwloc_bitmap_isset(e->usable, cpu);
 }
 
+int topo_cpu_node(struct engine *e, unsigned cpu)
+{
+    hwloc_obj_t pu = hwloc_get_pu_obj_by_os_index(e->topo, cpu);
+    return pu != NULL && pu->nodeset != NULL ? hwloc_bitmap_first(pu->nodeset) : -1;
+}
+
 void topo_usable_list(struct engine *e, char *buf, size_t size)
 {
     if (hwloc_bitmap_list_snprintf(buf, size, e->usable) < 0 && size > 0)

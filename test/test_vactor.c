@@ -417,9 +417,12 @@ Test(vactor, keys_up_to_the_limit_and_the_api_errors, .timeout = 30)
     cr_assert_eq(pith_vtype_register(&counter_type), 0, "registering again is a no-op");
     static const pith_vtype_t same_name = {.name = "counter", .actor = &counter_actor};
     cr_assert_eq(pith_vtype_register(&same_name), -EEXIST);
-    static const pith_vtype_t local = {
-        .name = "local", .actor = &counter_actor, .placement = PITH_PLACE_LOCAL};
-    cr_assert_eq(pith_vtype_register(&local), -ENOTSUP);
+    static const pith_vtype_t odd_place = {
+        .name = "odd-place", .actor = &counter_actor, .placement = (pith_placement_t)99};
+    cr_assert_eq(pith_vtype_register(&odd_place), -EINVAL);
+    static const pith_vtype_t no_fn = {
+        .name = "no-fn", .actor = &counter_actor, .placement = PITH_PLACE_FN};
+    cr_assert_eq(pith_vtype_register(&no_fn), -EINVAL, "PITH_PLACE_FN needs place()");
     static const pith_vtype_t no_actor = {.name = "none"};
     cr_assert_eq(pith_vtype_register(&no_actor), -EINVAL);
     static const pith_vtype_t no_name = {.actor = &counter_actor};

@@ -6,10 +6,16 @@
  *
  * Where an activation lives: each key has a directory shard, picked by a jump consistent hash
  * of the key's hash over the shards. The directory shard owns the key's entry, so only it
- * activates, and only once. With PITH_PLACE_HASH (the default, and for now the only placement)
- * the activation lives on the directory shard too, so every message for a key crosses at most
- * one ring: messages from one sender to one virtual actor arrive in the order sent, across
- * activations (a sender is an actor, a shard's tasks, or a client).
+ * activates, and only once. Its placement picks the activation's shard: with PITH_PLACE_HASH
+ * (the default) the directory shard itself, so a message for the key crosses at most one ring.
+ * An activation placed elsewhere (another placement, pith_vactor_migrate, rebalancing) is
+ * reached through the directory shard, which forwards: two rings from a third shard, none
+ * from the activation's own shard once that shard has confirmed (one round trip to the
+ * directory after the activation begins) that nothing it sent earlier is still on the way.
+ * Messages from one sender to one virtual actor arrive in the order sent, across activations
+ * and moves (a sender is an actor, a shard's tasks, or a client): an activation that ends or
+ * moves away sends what it had not handled back to the directory shard, which hands it on
+ * before anything newer.
  *
  * An activation is an ordinary actor of the type's actor type (behaviour, state, mailbox bound
  * and overflow policy, memory profile, budget): the behaviour answers asks with pith_reply and
@@ -40,16 +46,26 @@ extern "C" {
 
 /* Where a new activation goes. */
 typedef enum pith_placement {
-    PITH_PLACE_HASH = 0, /* the key's directory shard */
-    /* Not built yet (pith_vtype_register answers -ENOTSUP): the sender's shard, the least
-     * loaded shard, a NUMA node, the application's function. */
-    PITH_PLACE_LOCAL = 1,
+    PITH_PLACE_HASH = 0,  /* the key's directory shard */
+    PITH_PLACE_LOCAL = 1, /* the shard of the message's sender (a client's: the directory) */
+    /* The shard with the fewest live activations of the type (read from each shard's counter
+     * when placing: a hint, not a lock; ties go to the directory shard, then the lowest). */
     PITH_PLACE_LEAST_LOADED = 2,
+    /* As PITH_PLACE_LEAST_LOADED among the shards whose CPU is on NUMA node numa_node (all
+     * shards, when none is). */
+    PITH_PLACE_NUMA = 3,
+    PITH_PLACE_FN = 4, /* the type's place() */
+    /* pith_vactor_info's placement of an activation that came by a move, not by placing. */
+    PITH_PLACE_MIGRATED = 5,   /* pith_vactor_migrate */
+    PITH_PLACE_REBALANCED = 6, /* the runtime's rebalancing (PITH_VTYPE_REBALANCE) */
 } pith_placement_t;
 
 /* Why an activation began (on_activate's reason). */
 #define PITH_VACT_MESSAGE 1 /* a message came for the key */
 #define PITH_VACT_PREWARM 2 /* pith_vactor_prewarm, or a related key's activation */
+/* It moved here (pith_vactor_migrate, rebalancing): the state is the old activation's, copied
+ * byte for byte before on_activate; the actor type's init did not run. */
+#define PITH_VACT_MIGRATED 3
 
 /* on_activate's answer when it finishes later (pith_vactor_activated). */
 #define PITH_VACT_LATER 1
@@ -61,7 +77,11 @@ typedef enum pith_placement {
 #define PITH_VDEACT_ENDED    4 /* its behaviour failed, or it was stopped or killed */
 #define PITH_VDEACT_SHUTDOWN 5 /* the engine stopped */
 #define PITH_VDEACT_PRESSURE 6 /* its shard's memory was near its cap (PITH_VTYPE_SHED) */
-#define PITH_VDEACT_REASONS  7 /* reasons are below this */
+/* It moves to another shard (pith_vactor_migrate, rebalancing): its state lives on in the next
+ * activation, so on_deactivate must leave what the state owns (the actor type's terminate
+ * does not run). */
+#define PITH_VDEACT_MIGRATED 7
+#define PITH_VDEACT_REASONS  8 /* reasons are below this */
 
 /* pith_vtype_t.flags */
 /* Under memory pressure (a shard's memory in use past 3/4 of its cap, checked every 64
@@ -70,6 +90,13 @@ typedef enum pith_placement {
  * allocation fails; an activation that finds no memory all the same sheds some and tries
  * once more. */
 #define PITH_VTYPE_SHED (1u << 0)
+/* Locality-aware rebalancing: each activation keeps a majority vote over the shards its
+ * messages come from (a message from its own shard votes against any other); when one other
+ * shard is 64 votes ahead and holds no more live activations of the type than this one does
+ * plus a quarter (and 16), the activation migrates there. Of two
+ * activations that talk only to each other, the one on the higher-numbered shard moves, so
+ * a pair never swaps places. Off by default. */
+#define PITH_VTYPE_REBALANCE (1u << 1)
 
 struct pith_vref;
 
@@ -117,13 +144,19 @@ typedef struct pith_vtype {
      * activating shard after on_activate; each is pre-warmed as pith_vactor_prewarm does, and
      * none of them pre-warms its own related keys. NULL: none. */
     uint32_t (*related)(const void *key, uint32_t len, struct pith_vref *out, uint32_t max);
+    /* PITH_PLACE_FN: the shard for a new activation of key, given the shard of the message's
+     * sender (UINT_MAX for a client or a pre-warm from outside) and the number of shards; a
+     * shard out of range means the directory shard. Runs on the directory shard. */
+    unsigned (*place)(const void *key, uint32_t len, unsigned sender, unsigned shards);
+    int numa_node; /* PITH_PLACE_NUMA: the node */
 } pith_vtype_t;
 
 /* Registers t (copied: t itself must stay, as its address names the type). Any thread, before
  * or while an engine runs. Errors: -EINVAL t, its name or its actor type invalid (as
  * pith_spawn checks), a name too long or empty; -EEXIST a type of that name is registered (t
- * itself: 0, it already is); -ENOTSUP a placement not built yet; -ENOSPC
- * PITH_VTYPES_MAX types are registered. */
+ * itself: 0, it already is); -EINVAL a placement unknown (or PITH_PLACE_MIGRATED or
+ * PITH_PLACE_REBALANCED), PITH_PLACE_FN without place; -ENOSPC PITH_VTYPES_MAX types are
+ * registered. */
 PITH_API int pith_vtype_register(const pith_vtype_t *t);
 
 /* A virtual ref: a value, valid for the life of the process once made by pith_vref. Copy it
@@ -206,6 +239,16 @@ PITH_API int pith_vactor_prewarm(const pith_vref_t *v);
 PITH_API int pith_vactor_list(const pith_vtype_t *t, unsigned shard, uint64_t *cursor,
                               pith_vref_t *out, uint32_t max);
 
+/* Moves the running activation to `shard` once its behaviour returns (a message boundary): its
+ * mailbox and the messages on their way follow it, in order per sender; on_deactivate runs
+ * here with PITH_VDEACT_MIGRATED, the state is copied byte for byte (blocks it points to stay
+ * valid: they do not move, and a shard may free another's), and on_activate runs there with
+ * PITH_VACT_MIGRATED. Its directory shard forwards to it from then on. A move into a shard at
+ * the type's cap with none idle, or out of memory there, ends it instead (the next message
+ * activates afresh). Errors: -EINVAL self is not a virtual actor's activation (a stateless
+ * worker is not one here) or shard out of range; -EALREADY it lives on shard; -ENOMEM. */
+PITH_API int pith_vactor_migrate(pith_actor_t *self, unsigned shard);
+
 /* Moves the running activation's state (with its directory entry) to memory of `profile`
  * (pith/mem.h: hot is prefaulted and locked, cold may be paged out) once its behaviour returns:
  * a profile per activation, not only per type, for the keys that matter now. The state's bytes
@@ -221,8 +264,13 @@ typedef struct pith_vactor_info {
     unsigned dir_shard; /* the key's directory shard */
     bool active;        /* an activation lives now */
     unsigned shard;     /* where it lives, when active */
-    pith_ref_t ref;     /* the activation's ref, when active */
-    uint32_t placement; /* the pith_placement_t that placed it, when active */
+    /* The activation's ref, when active (PITH_REF_NONE for a moment after one begins on
+     * another shard than the directory's, until that shard's first word comes back). */
+    pith_ref_t ref;
+    /* How it came where it is, when active: the placement (pith_placement_t) that chose the
+     * shard, PITH_PLACE_MIGRATED or PITH_PLACE_REBALANCED. */
+    uint32_t placement;
+    uint32_t moves; /* times this key's activations moved since its last fresh activation */
 } pith_vactor_info_t;
 
 /* Asks the key's directory shard and waits (from a thread outside the engine, through its own
@@ -247,6 +295,14 @@ typedef struct pith_vtype_stats {
     uint64_t prewarm_wasted; /* of those, deactivated without a message */
     uint64_t profile_moves;  /* states moved by pith_vactor_set_profile */
     uint64_t profile_failed; /* moves that found no memory of the profile asked for */
+    uint64_t remote;         /* activations placed on another shard than the key's directory */
+    uint64_t forwards;       /* messages the directory shard handed to another shard */
+    uint64_t direct;         /* messages taken on an activation's own shard, without the
+                                directory (the activation lives off its directory shard) */
+    uint64_t returned;       /* messages an ending or moving activation gave back */
+    uint64_t migrations;     /* moves begun (pith_vactor_migrate and rebalancing) */
+    uint64_t rebalances;     /* of those, begun by rebalancing */
+    uint64_t migrate_failed; /* moves that ended the activation instead (cap, memory) */
     /* Time to activate (directory, spawn, init and on_activate), from one activation in 16:
      * samples and percentiles as pith_actor_type_stats's. */
     uint64_t activate_samples;
