@@ -72,6 +72,9 @@ static const bench_row_t rows[] = {
     {"vactor.remote_call_ns", bench_vactor_remote_call, 100000, 1000000, "actor.remote_ask_rtt_ns"},
     {"vactor.activate_ns", bench_vactor_activate, 200000, 1000000, "actor.spawn_ns"},
     {"vactor.bytes_per_idle", bench_vactor_bytes, 1000000, 1000000, NULL},
+    /* n: moves of a 1 KiB state between two shards; round trips of the ping-pong per game. */
+    {"vactor.migrate_ns", bench_vactor_migrate, 2000, 20000, "actor.remote_ask_rtt_ns"},
+    {"vactor.pingpong_rebalanced_ms", bench_vactor_pingpong, 20000, 200000, NULL},
     /* n: round trips of the ping-pong, each with and without the live activations. */
     {"vactor.sweep_rtt_ns", bench_vactor_sweep, 1000000, 2000000, "mesh.rtt_ns"},
     /* Threads outside the engine. n: 16-byte messages from one thread (the raw rings: to one

@@ -184,6 +184,10 @@ int bench_vactor_activate(const bench_env_t *env, uint64_t n, result_t *r, char 
                           size_t whylen);
 int bench_vactor_bytes(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_vactor_sweep(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+/* bench_vmove.c */
+int bench_vactor_migrate(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_vactor_pingpong(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                          size_t whylen);
 /* bench_savina.c */
 int bench_savina_pingpong(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                           size_t whylen);
