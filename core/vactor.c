@@ -269,7 +269,7 @@ struct vtype_shard {
     pith_timer_id_t timer;
     _Atomic uint64_t activations, failed, deact[PITH_VDEACT_REASONS], messages, lookups, collisions,
         refused, prewarms, prewarm_used, prewarm_wasted, moves, moves_failed, remote, forwards,
-        direct, returned, migrations, rebalances, migrate_failed;
+        direct, returned, migrations, rebalances, migrate_failed, cached, stale;
     _Atomic uint64_t live_now, act_max;
     _Atomic uint64_t hist[HIST_BUCKETS];
 };
@@ -298,6 +298,10 @@ struct vshard {
     uint32_t nguests; /* guests here: 0 spares a sender the lookup */
     /* A move in progress (migrate_task to vterminate): the state's copy and where it goes. */
     void *mig_blob;
+    bool blob_taken; /* vinit copied a moved state into a new activation's */
+    /* Where recent keys of other directory shards live (made on first use). */
+    struct lslot *cache;
+    uint32_t nchold; /* messages the cache holds (K_MARK, K_PROBE), at most HELD_MAX */
     /* Made on first use, published with release for counter readers (acquire). */
     _Atomic(struct vtype_shard *) types[PITH_VTYPES_MAX];
 };
@@ -310,8 +314,36 @@ struct vtrail {
     uint16_t vf; /* V_* */
     unsigned char key[];
 };
-#define V_MOVED 1u /* given back by an activation that ended or moved: passes the next's bound */
-#define V_FWD   2u /* forwarded by the directory: a host without the activation gives it back */
+#define V_MOVED  1u /* given back by an activation that ended or moved: passes the next's bound */
+#define V_DIRECT 4u /* sent straight to the host by a sender's location cache */
+
+/* A shard's location cache: a slot per hash (direct-mapped), for keys whose directory is
+ * another shard. A key's slot is claimed when messages to it keep coming (CACHE_AFTER routed
+ * ones); then one word asks where it lives (CMARK, through the directory to the host, answered
+ * by CECHO straight from the host): once the answer comes, everything this shard sent through
+ * the directory before has reached the host, so the next messages go there directly (one ring
+ * instead of two). Meanwhile they wait in the slot. A host that no longer has that activation
+ * sends a direct message back; the slot then probes the host (PROBE, PECHO back: all that
+ * comes back has come) and sends what came back, then what waited, through the directory. A
+ * slot taken by another key that stays unused gives way by the same probe. */
+#define CACHE_SLOTS   1024u
+#define CACHE_AFTER   8u    /* routed messages to a key before its slot asks where it lives */
+#define CACHE_RECHECK 4096u /* routed messages to a key not worth caching before asking again */
+#define CACHE_IDLE    64u   /* messages to other keys of a slot before its unused key gives way */
+enum { K_FREE = 0, K_COUNT, K_MARK, K_DIRECT, K_PROBE, K_NONE };
+struct lslot {
+    uint64_t hash;
+    pith_ref_t act;                /* K_DIRECT, K_PROBE: the activation */
+    struct amsg *held, *held_tail; /* K_MARK, K_PROBE: this shard's newer messages */
+    struct amsg *back, *back_tail; /* K_PROBE: messages the host sent back */
+    uint32_t count;                /* K_COUNT, K_NONE: routed messages; K_DIRECT: misses */
+    uint16_t host;
+    uint8_t state; /* K_* */
+    uint8_t tid, klen;
+    bool evict; /* K_PROBE: the slot is freed after, not kept for the key */
+    unsigned char key[PITH_VKEY_MAX];
+};
+#define V_FWD 2u /* forwarded by the directory: a host without the activation gives it back */
 
 static inline struct vtrail *trail_of(struct amsg *m)
 {
@@ -813,6 +845,7 @@ static int vinit(pith_actor_t *self, void *state, void *arg)
     if (arg != NULL) {
         /* A move: the old activation's state, byte for byte, instead of init. */
         memcpy(state, arg, t->state_size);
+        atomic_load_explicit(&core_self->vs, memory_order_relaxed)->blob_taken = true;
         return 0;
     }
     int err = t->init != NULL ? t->init(self, state, NULL) : 0;
@@ -1178,7 +1211,7 @@ static void held_task(void *arg)
  *  MARK   directory -> host, ECHO back: everything the host gives back has come once ECHO
  *         does; the directory then hands on what came back, then what it held meanwhile. */
 
-enum { C_ACT = 1, C_GMARK, C_GECHO, C_GONE, C_MARK, C_ECHO };
+enum { C_ACT = 1, C_GMARK, C_GECHO, C_GONE, C_MARK, C_ECHO, C_CMARK, C_CECHO, C_PROBE, C_PECHO };
 
 struct vctl {
     uint8_t kind;   /* C_* */
@@ -1190,6 +1223,7 @@ struct vctl {
     uint16_t target; /* C_GONE with a state: where it moves */
     uint16_t from;   /* the shard that sent the word */
     uint16_t moves;
+    uint16_t asker; /* C_CMARK, C_CECHO: the shard whose location cache asks */
     pith_ref_t ref; /* C_GMARK, C_GECHO, C_GONE: the activation */
     uint64_t hash;
     void *blob; /* C_ACT, C_GONE: a moving state's bytes */
@@ -1214,9 +1248,35 @@ static struct vctl *ctl_make(struct core_shard *cs, int kind, uint32_t tid, uint
     return c;
 }
 
+/* A moved state that reaches no activation (the target at its cap with none idle, or out of
+ * memory, or the engine stopping): the actor type's terminate lets go of what it owns, with a
+ * self that names no actor (pith_self PITH_REF_NONE, pith_vactor_key NULL). Then it is freed. */
+static void orphan_end(uint32_t tid, void *blob, int reason)
+{
+    const pith_actor_type_t *t = vtypes[tid].vt->actor;
+    if (blob != NULL && t->terminate != NULL) {
+        static struct type_rec none; /* of no type: not an activation's */
+        struct actor a = {.rec = &none, .state = blob};
+        struct pith_actor self = {&a, PITH_REF_NONE};
+        t->terminate(&self, blob, reason);
+    }
+    pith_free(blob);
+}
+
+/* After an activation with a moved state failed: the state's end, unless it reached an actor
+ * (vinit copied it), whose terminate has run. */
+static void blob_done(struct vshard *vs, uint32_t tid, void *blob, int err)
+{
+    if (vs->blob_taken)
+        pith_free(blob);
+    else
+        orphan_end(tid, blob, err);
+}
+
 static void ctl_free(struct vctl *c)
 {
-    pith_free(c->blob);
+    if (c->blob != NULL)
+        orphan_end(c->tid, c->blob, PITH_EXIT_SHUTDOWN);
     pith_free(c);
 }
 
@@ -1301,9 +1361,13 @@ static void land(struct core_shard *cs, struct vshard *vs, struct vtype_shard *t
         remote_new(cs, vs, ts, tid, hash, key, klen, target, &how) != NULL)
         return; /* the word owns the blob */
     int err;
-    if (activate(cs, vs, ts, tid, hash, key, klen, &how, &err) == NULL)
+    vs->blob_taken = false;
+    if (activate(cs, vs, ts, tid, hash, key, klen, &how, &err) == NULL) {
         core_bump(&ts->migrate_failed, 1);
-    pith_free(blob);
+        blob_done(vs, tid, blob, err);
+    } else {
+        pith_free(blob);
+    }
 }
 
 /* On a guest's end (vterminate): GONE to the directory, with the state if it moves, then this
@@ -1374,10 +1438,14 @@ static void ctl_act(struct core_shard *cs, struct vshard *vs, struct vtype_shard
                       .moves = c->moves};
     /* None is expected: the directory asks for one activation at a time. */
     struct ventry *e = dir_find(vs, ts, c->tid, c->hash, c->key, c->klen);
+    vs->blob_taken = false;
     e = e == NULL ? activate(cs, vs, ts, c->tid, c->hash, c->key, c->klen, &how, &err) : NULL;
-    if (e == NULL && c->blob != NULL)
+    if (e == NULL && c->blob != NULL) {
         core_bump(&ts->migrate_failed, 1);
-    pith_free(c->blob); /* copied into the state by vinit, or not needed */
+        blob_done(vs, c->tid, c->blob, err);
+    } else {
+        pith_free(c->blob); /* copied into the state by vinit */
+    }
     c->blob = NULL;
     c->from = (uint16_t)cs->id;
     if (e != NULL) {
@@ -1502,6 +1570,9 @@ static void ctl_echo(struct core_shard *cs, struct vshard *vs, struct vtype_shar
     }
 }
 
+static void cache_word(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts,
+                       struct vctl *c);
+
 static void ctl_task(void *arg)
 {
     struct vctl *c = arg;
@@ -1557,6 +1628,12 @@ static void ctl_task(void *arg)
     case C_ECHO:
         ctl_echo(cs, vs, ts, c);
         break;
+    case C_CMARK:
+    case C_CECHO:
+    case C_PROBE:
+    case C_PECHO:
+        cache_word(cs, vs, ts, c);
+        return;
     default:
         break;
     }
@@ -1627,6 +1704,300 @@ static void ret_task(void *arg)
     r->ret_tail = m;
     if (r->state == R_ACTIVE)
         drain(cs, r, NULL); /* its GONE was lost: this says as much */
+}
+
+/* ---- the location cache ---- */
+
+static void dfwd_task(void *arg);
+static void bounce_task(void *arg);
+
+static bool slot_is(const struct lslot *k, uint32_t tid, uint64_t hash, const unsigned char *key,
+                    uint32_t klen)
+{
+    return k->state != K_FREE && k->hash == hash && k->tid == tid && k->klen == klen &&
+           memcmp(k->key, key, klen) == 0;
+}
+
+static void slot_append(struct amsg **head, struct amsg **tail, struct amsg *m)
+{
+    m->next = NULL;
+    if (*tail != NULL)
+        (*tail)->next = m;
+    else
+        *head = m;
+    *tail = m;
+}
+
+/* The slot's word to `dst`, or said lost (as ctl_send). */
+static void slot_word(struct core_shard *cs, struct lslot *k, int kind, unsigned dst)
+{
+    struct vctl *c = ctl_make(cs, kind, k->tid, k->hash, k->key, k->klen);
+    if (c == NULL) {
+        fprintf(stderr, "pith: shard %u: out of memory, a virtual actor's word to shard %u lost\n",
+                cs->id, dst);
+        return;
+    }
+    c->asker = (uint16_t)cs->id;
+    ctl_send(cs, dst, c);
+}
+
+/* A direct message: straight to the cached host, for the cached activation. */
+static void slot_direct(struct core_shard *cs, struct lslot *k, struct amsg *m)
+{
+    m->to = k->act;
+    trail_of(m)->vf = V_DIRECT;
+    struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
+    struct vtype_shard *ts = atomic_load_explicit(&vs->types[k->tid], memory_order_relaxed);
+    if (ts != NULL)
+        core_bump(&ts->cached, 1);
+    send_msg(cs, k->host, dfwd_task, m);
+}
+
+/* Ends a probe (or a mark answered "not cached"): what came back, then what waited, through
+ * the directory, in order. */
+static void slot_release(struct core_shard *cs, struct vshard *vs, struct lslot *k)
+{
+    unsigned dir = dir_shard(k->hash, pith_shard_count());
+    struct amsg *lists[2] = {k->back, k->held};
+    k->back = k->back_tail = k->held = k->held_tail = NULL;
+    for (int i = 0; i < 2; i++) {
+        for (struct amsg *m = lists[i], *next; m != NULL; m = next) {
+            next = m->next;
+            m->next = NULL;
+            if (i == 1)
+                vs->nchold--;
+            trail_of(m)->vf = 0;
+            send_msg(cs, dir, vdeliver_task, m);
+        }
+    }
+}
+
+/* The probe of a K_DIRECT slot: its host is asked to echo, and meanwhile new messages wait. */
+static void slot_probe(struct core_shard *cs, struct lslot *k, bool evict)
+{
+    k->state = K_PROBE;
+    k->evict = evict;
+    slot_word(cs, k, C_PROBE, k->host);
+}
+
+/* A send from this shard to (tid, key), whose directory is dir, another shard: 1 to route it
+ * through the directory (the slot may note it), else the send's result (it was sent straight
+ * to the host, or waits in the slot). */
+static int cache_send(struct core_shard *cs, struct vshard *vs, const pith_vref_t *to,
+                      pith_ref_t from, uint32_t type, const void *data, uint32_t len, uint32_t flag,
+                      uint64_t req, bool *made, unsigned dir)
+{
+    if (vs->cache == NULL) {
+        vs->cache = calloc(CACHE_SLOTS, sizeof(*vs->cache));
+        if (vs->cache == NULL)
+            return 1;
+    }
+    uint32_t tid = to->tid - 1;
+    struct lslot *k = &vs->cache[(to->hash >> 32) & (CACHE_SLOTS - 1)];
+    if (!slot_is(k, tid, to->hash, to->key, to->len)) {
+        if (k->state == K_DIRECT && ++k->count >= CACHE_IDLE)
+            slot_probe(cs, k, true); /* unused while others want the slot: it gives way */
+        if (k->state != K_FREE && k->state != K_COUNT && k->state != K_NONE)
+            return 1;
+        k->state = K_COUNT;
+        k->hash = to->hash;
+        k->tid = (uint8_t)tid;
+        k->klen = (uint8_t)to->len;
+        memcpy(k->key, to->key, to->len);
+        k->count = 0;
+    }
+    switch (k->state) {
+    case K_COUNT:
+    case K_NONE:
+        if (++k->count < (k->state == K_COUNT ? CACHE_AFTER : CACHE_RECHECK))
+            return 1;
+        if (k->state == K_NONE) {
+            k->state = K_COUNT;
+            k->count = 0;
+            return 1;
+        }
+        /* Hot: this message goes through the directory, then the word that asks. */
+        k->state = K_MARK;
+        k->count = 0;
+        {
+            struct amsg *m = core_vmsg_make((int)dir, to, from, type, data, len, flag);
+            if (m == NULL) {
+                k->state = K_COUNT;
+                return -ENOMEM;
+            }
+            *made = true;
+            m->req = req;
+            int err = pith_submit(dir, vdeliver_task, m);
+            if (err) {
+                core_msg_free(m);
+                k->state = K_COUNT;
+                return err;
+            }
+        }
+        slot_word(cs, k, C_CMARK, dir);
+        return 0;
+    case K_DIRECT: {
+        k->count = 0;
+        struct amsg *m = core_vmsg_make((int)k->host, to, from, type, data, len, flag);
+        if (m == NULL)
+            return -ENOMEM;
+        *made = true;
+        m->req = req;
+        m->to = k->act;
+        trail_of(m)->vf = V_DIRECT;
+        struct vtype_shard *ts = atomic_load_explicit(&vs->types[tid], memory_order_relaxed);
+        int err = pith_submit(k->host, dfwd_task, m);
+        if (err)
+            core_msg_free(m);
+        else if (ts != NULL)
+            core_bump(&ts->cached, 1);
+        return err;
+    }
+    default: { /* K_MARK, K_PROBE: after what went before */
+        if (vs->nchold >= HELD_MAX)
+            return -EAGAIN;
+        struct amsg *m = core_vmsg_make(-1, to, from, type, data, len, flag);
+        if (m == NULL)
+            return -ENOMEM;
+        *made = true;
+        m->req = req;
+        slot_append(&k->held, &k->held_tail, m);
+        vs->nchold++;
+        return 0;
+    }
+    }
+}
+
+/* The cache's words, on whichever shard they reach. */
+static void cache_word(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts,
+                       struct vctl *c)
+{
+    unsigned asker = c->asker;
+    switch (c->kind) {
+    case C_CMARK: {
+        struct ventry *e = dir_find(vs, ts, c->tid, c->hash, c->key, c->klen);
+        if (e != NULL && (e->xf & X_REMOTE)) {
+            /* The directory: on to the host, behind what it forwarded before. */
+            struct rentry *r = (struct rentry *)e;
+            if (r->state == R_ACTIVE && r->host != asker) {
+                c->from = (uint16_t)cs->id;
+                ctl_send(cs, r->host, c);
+                return;
+            }
+            e = NULL;
+        }
+        /* The host (a guest here), or a directory without a remote activation: the answer. */
+        c->ref = e != NULL && (e->xf & X_GUEST) && !(e->flags & E_ENDING) ? e->act : PITH_REF_NONE;
+        c->kind = C_CECHO;
+        c->from = (uint16_t)cs->id;
+        ctl_send(cs, asker, c);
+        return;
+    }
+    case C_CECHO: {
+        struct lslot *k =
+            vs->cache != NULL ? &vs->cache[(c->hash >> 32) & (CACHE_SLOTS - 1)] : NULL;
+        if (k == NULL || !slot_is(k, c->tid, c->hash, c->key, c->klen) || k->state != K_MARK)
+            break;
+        if (c->ref == PITH_REF_NONE) {
+            k->state = K_NONE; /* it lives on its directory shard, or nowhere now */
+            k->count = 0;
+            slot_release(cs, vs, k);
+            break;
+        }
+        k->state = K_DIRECT;
+        k->host = c->from;
+        k->act = c->ref;
+        k->count = 0;
+        for (struct amsg *m = k->held, *next; m != NULL; m = next) {
+            next = m->next;
+            m->next = NULL;
+            vs->nchold--;
+            slot_direct(cs, k, m);
+        }
+        k->held = k->held_tail = NULL;
+        break;
+    }
+    case C_PROBE:
+        c->kind = C_PECHO;
+        c->from = (uint16_t)cs->id;
+        ctl_send(cs, asker, c);
+        return;
+    case C_PECHO: {
+        struct lslot *k =
+            vs->cache != NULL ? &vs->cache[(c->hash >> 32) & (CACHE_SLOTS - 1)] : NULL;
+        if (k == NULL || !slot_is(k, c->tid, c->hash, c->key, c->klen) || k->state != K_PROBE)
+            break;
+        slot_release(cs, vs, k);
+        k->state = k->evict ? K_FREE : K_NONE;
+        k->count = 0;
+        break;
+    }
+    default:
+        break;
+    }
+    ctl_free(c);
+}
+
+/* A direct message, on the host: for the activation the sender's cache named, else back. */
+static void dfwd_task(void *arg)
+{
+    struct amsg *m = arg;
+    struct core_shard *cs = core_shard_get();
+    struct vshard *vs = cs != NULL && !cs->closing ? vshard_get(cs) : NULL;
+    struct vtrail *t = trail_of(m);
+    struct vtype_shard *ts = vs != NULL ? vts_get(vs, t->tid) : NULL;
+    if (ts == NULL) {
+        if (cs != NULL && !cs->closing)
+            core_undelivered(cs, m, -ENOMEM);
+        core_msg_free(m);
+        return;
+    }
+    struct ventry *e = dir_find(vs, ts, t->tid, t->hash, t->key, t->klen);
+    struct actor *a = e != NULL && (e->xf & X_GUEST) && e->act == m->to && !(e->flags & E_ENDING)
+                          ? core_find(cs, e->act)
+                          : NULL;
+    unsigned back = sender_shard(m->from);
+    if (a == NULL) {
+        core_bump(&ts->stale, 1);
+        if (back != UINT_MAX && back != cs->id)
+            send_msg(cs, back, bounce_task, m); /* the sender's cache sorts it out */
+        else
+            give_back(cs, m);
+        return;
+    }
+    touch(ts, e);
+    vote(cs, e, m->from);
+    int err = core_enqueue(cs, a, m);
+    if (err != 0) {
+        core_undelivered(cs, m, err);
+        core_msg_free(m);
+    }
+}
+
+/* A direct message back from a host without its activation, on the sender's shard. */
+static void bounce_task(void *arg)
+{
+    struct amsg *m = arg;
+    struct core_shard *cs = core_shard_get();
+    struct vshard *vs = cs != NULL && !cs->closing ? vshard_get(cs) : NULL;
+    if (vs == NULL) {
+        if (cs != NULL && !cs->closing)
+            core_undelivered(cs, m, -ENOMEM);
+        core_msg_free(m);
+        return;
+    }
+    struct vtrail *t = trail_of(m);
+    struct lslot *k = vs->cache != NULL ? &vs->cache[(t->hash >> 32) & (CACHE_SLOTS - 1)] : NULL;
+    if (k == NULL || !slot_is(k, t->tid, t->hash, t->key, t->klen) ||
+        (k->state != K_DIRECT && k->state != K_PROBE)) {
+        /* Not expected (a slot stays K_PROBE until its echo): through the directory. */
+        t->vf = 0;
+        send_msg(cs, dir_shard(t->hash, pith_shard_count()), vdeliver_task, m);
+        return;
+    }
+    if (k->state == K_DIRECT)
+        slot_probe(cs, k, false);
+    slot_append(&k->back, &k->back_tail, m);
 }
 
 /* ---- moves ---- */
@@ -1727,7 +2098,8 @@ static void migrate_task(void *arg)
     }
     (void)core_end_now(cs, ref, PITH_EXIT_NORMAL);
     if (guest) {
-        pith_free(vs->mig_blob); /* not taken: the word found no memory */
+        if (vs->mig_blob != NULL)
+            orphan_end(tid, vs->mig_blob, -ENOMEM); /* not taken: the word found no memory */
         vs->mig_blob = NULL;
         give_on(cs, vs, true, tid, hash, key, klen, kept);
         return;
@@ -1738,7 +2110,7 @@ static void migrate_task(void *arg)
                       .placed = rebal ? PITH_PLACE_REBALANCED : PITH_PLACE_MIGRATED,
                       .moves = (uint16_t)(moves + 1)};
     if (remote_new(cs, vs, ts, tid, hash, key, klen, to, &how) == NULL) {
-        pith_free(blob);
+        orphan_end(tid, blob, -ENOMEM);
         core_bump(&ts->migrate_failed, 1);
     }
     give_on(cs, vs, false, tid, hash, key, klen, kept);
@@ -1888,6 +2260,14 @@ static int vsend_shard(struct core_shard *cs, const pith_vref_t *to, pith_ref_t 
                 if (r <= 0)
                     return r;
             }
+        }
+        /* Where it lives, as this shard's cache knows (1: it does not). */
+        if (vs == NULL)
+            vs = vshard_get(cs);
+        if (vs != NULL && type != MSG_VPREWARM) {
+            int r = cache_send(cs, vs, to, from, type, data, len, flag, req, made, dst);
+            if (r <= 0)
+                return r;
         }
         struct amsg *m = core_vmsg_make((int)dst, to, from, type, data, len, flag);
         if (m == NULL)
@@ -2453,6 +2833,8 @@ int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out)
         out->migrations += RD(migrations);
         out->rebalances += RD(rebalances);
         out->migrate_failed += RD(migrate_failed);
+        out->cached += RD(cached);
+        out->stale += RD(stale);
         out->live += RD(live_now);
         out->messages += RD(messages);
         out->lookups += RD(lookups);
@@ -2503,8 +2885,19 @@ void core_vactor_exit(struct core_shard *cs)
     }
     vs->ghold_tail = NULL;
     vs->nghold = 0;
-    pith_free(vs->mig_blob);
-    vs->mig_blob = NULL;
+    vs->mig_blob = NULL; /* only ever set within migrate_task */
+    for (unsigned i = 0; vs->cache != NULL && i < CACHE_SLOTS; i++) {
+        struct amsg *lists[2] = {vs->cache[i].held, vs->cache[i].back};
+        for (int k = 0; k < 2; k++) {
+            for (struct amsg *m = lists[k], *mn; m != NULL; m = mn) {
+                mn = m->next;
+                core_msg_free(m);
+            }
+        }
+    }
+    free(vs->cache);
+    vs->cache = NULL;
+    vs->nchold = 0;
     /* What is left in the table are the entries of activations on other shards. */
     for (uint64_t b = 0; b < vs->nbuckets; b++) {
         for (struct ventry *e = vs->buckets[b], *next; e != NULL; e = next) {
@@ -2519,7 +2912,8 @@ void core_vactor_exit(struct core_shard *cs)
                     core_msg_free(m);
                 }
             }
-            pith_free(r->blob);
+            if (r->blob != NULL)
+                orphan_end(r->e.tid, r->blob, PITH_EXIT_SHUTDOWN);
             pith_free(r);
         }
     }
@@ -2537,7 +2931,8 @@ void core_vactor_exit(struct core_shard *cs)
 
 bool core_vactor_release(pith_fn_t fn, void *arg)
 {
-    if (fn == vdeliver_task || fn == fwd_task || fn == ret_task) {
+    if (fn == vdeliver_task || fn == fwd_task || fn == ret_task || fn == dfwd_task ||
+        fn == bounce_task) {
         core_msg_free(arg);
         return true;
     }

@@ -243,10 +243,13 @@ PITH_API int pith_vactor_list(const pith_vtype_t *t, unsigned shard, uint64_t *c
  * mailbox and the messages on their way follow it, in order per sender; on_deactivate runs
  * here with PITH_VDEACT_MIGRATED, the state is copied byte for byte (blocks it points to stay
  * valid: they do not move, and a shard may free another's), and on_activate runs there with
- * PITH_VACT_MIGRATED. Its directory shard forwards to it from then on. A move into a shard at
- * the type's cap with none idle, or out of memory there, ends it instead (the next message
- * activates afresh). Errors: -EINVAL self is not a virtual actor's activation (a stateless
- * worker is not one here) or shard out of range; -EALREADY it lives on shard; -ENOMEM. */
+ * PITH_VACT_MIGRATED. Its directory shard forwards to it from then on. A move that cannot land
+ * (the shard at the type's cap with none idle, no memory there, on_activate failing, or the
+ * engine stopping meanwhile) ends it instead: the actor type's terminate runs on the state (with
+ * a self that names no actor: pith_self gives PITH_REF_NONE, pith_vactor_key NULL), counted in
+ * migrate_failed, and the next message activates afresh. Errors: -EINVAL self is not a virtual
+ * actor's activation (a stateless worker is not one here) or shard out of range; -EALREADY it lives
+ * on shard; -ENOMEM. */
 PITH_API int pith_vactor_migrate(pith_actor_t *self, unsigned shard);
 
 /* Moves the running activation's state (with its directory entry) to memory of `profile`
@@ -303,6 +306,10 @@ typedef struct pith_vtype_stats {
     uint64_t migrations;     /* moves begun (pith_vactor_migrate and rebalancing) */
     uint64_t rebalances;     /* of those, begun by rebalancing */
     uint64_t migrate_failed; /* moves that ended the activation instead (cap, memory) */
+    /* Messages a sender's location cache sent straight to the activation's shard (not through
+     * the directory), and of those, how many found it gone and went back (stale). */
+    uint64_t cached;
+    uint64_t stale;
     /* Time to activate (directory, spawn, init and on_activate), from one activation in 16:
      * samples and percentiles as pith_actor_type_stats's. */
     uint64_t activate_samples;
