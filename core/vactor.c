@@ -95,6 +95,7 @@ static const struct vtype_rec *rec_of_ref(const pith_vref_t *v)
 
 static int vinit(pith_actor_t *self, void *state, void *arg);
 static void vterminate(pith_actor_t *self, void *state, int reason);
+static int vbehaviour(pith_actor_t *self, void *state, const pith_msg_t *msg);
 
 int pith_vtype_register(const pith_vtype_t *t)
 {
@@ -126,6 +127,7 @@ int pith_vtype_register(const pith_vtype_t *t)
         r->at = *t->actor;
         r->at.init = vinit;
         r->at.terminate = vterminate;
+        r->at.behaviour = vbehaviour;
         uint64_t idle = t->idle_ns == 0 ? PITH_VIDLE_DEFAULT : t->idle_ns;
         r->tick_ns = idle == PITH_VIDLE_NEVER ? 0 : idle / 4 < TICK_MIN ? TICK_MIN : idle / 4;
         r->id = n;
@@ -213,6 +215,7 @@ _Static_assert(PITH_VTYPES_MAX <= 256, "tid fits a byte");
 #define X_DIRECT  4u  /* a guest that this shard's senders reach without the directory */
 #define X_MIGRATE 8u  /* pith_vactor_migrate asked: it moves to target */
 #define X_REBAL   16u /* the move was rebalancing's */
+#define X_TIMED   32u /* its first behaviour call ends a timed activation (vtype_shard.first_*) */
 
 /* A pre-warm travelling as a message (never reaches a behaviour). */
 #define MSG_VPREWARM (PITH_MSG_RESERVED + 0x30u)
@@ -272,6 +275,12 @@ struct vtype_shard {
         direct, returned, migrations, rebalances, migrate_failed, cached, stale;
     _Atomic uint64_t live_now, act_max;
     _Atomic uint64_t hist[HIST_BUCKETS];
+    /* First message to first behaviour call, one activation timed at a time: its ref and
+     * when its first message reached the directory. */
+    pith_ref_t first_ref;
+    uint64_t first_t0;
+    _Atomic uint64_t first_max;
+    _Atomic uint64_t first_hist[HIST_BUCKETS];
 };
 
 struct vshard {
@@ -664,6 +673,7 @@ struct how {
     void *blob;     /* PITH_VACT_MIGRATED: the state's bytes */
     uint8_t placed; /* pith_placement_t */
     uint16_t moves;
+    uint64_t t0; /* timed: when its first message reached the directory (0: not timed) */
 };
 
 struct prep {
@@ -739,6 +749,9 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
             return now; /* an on_deactivate of one that went sent to this key */
     }
     uint64_t t0 = timed ? pith_now_ns() : 0;
+    /* Timed to its first behaviour call too: a message's, or the directory's choice for one
+     * placed here (one at a time per type and shard). */
+    uint64_t first_t0 = how->t0 != 0 ? how->t0 : timed && reason == PITH_VACT_MESSAGE ? t0 : 0;
     vs->app_err = false;
     if (r->vt->workers == 0 && r->vt->max_per_shard != 0 && ts->live >= r->vt->max_per_shard) {
         if (!evict_one(cs, vs, ts)) {
@@ -782,6 +795,11 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
         return NULL;
     }
     struct ventry *e = entry_of_state(a->state);
+    if (first_t0 != 0 && ts->first_ref == PITH_REF_NONE) {
+        ts->first_ref = ref;
+        ts->first_t0 = first_t0;
+        e->xf |= X_TIMED;
+    }
     if (r->vt->on_activate != NULL) {
         struct pith_actor self = {a, ref};
         pith_ref_t outer = core_current;
@@ -838,6 +856,30 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
     return e;
 }
 
+/* The first behaviour call of a timed activation ends its time. */
+static void first_call(struct ventry *e)
+{
+    e->xf &= (uint16_t)~X_TIMED;
+    struct vshard *vs = atomic_load_explicit(&core_self->vs, memory_order_relaxed);
+    struct vtype_shard *ts = atomic_load_explicit(&vs->types[e->tid], memory_order_relaxed);
+    if (ts->first_ref != e->act)
+        return;
+    ts->first_ref = PITH_REF_NONE;
+    uint64_t took = pith_now_ns() - ts->first_t0;
+    core_bump(&ts->first_hist[hist_bucket(took)], 1);
+    if (took > atomic_load_explicit(&ts->first_max, memory_order_relaxed))
+        atomic_store_explicit(&ts->first_max, took, memory_order_relaxed);
+}
+
+/* Every activation's behaviour (until a pith_become): the type's, after the check above. */
+static int vbehaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    struct ventry *e = entry_of_state(state);
+    if (UNLIKELY(e->xf & X_TIMED))
+        first_call(e);
+    return vtypes[e->tid].vt->actor->behaviour(self, state, msg);
+}
+
 static int vinit(pith_actor_t *self, void *state, void *arg)
 {
     struct ventry *e = entry_of_state(state);
@@ -864,6 +906,8 @@ static void vterminate(pith_actor_t *self, void *state, int reason)
     const struct vtype_rec *r = &vtypes[e->tid];
     struct vtype_shard *ts = atomic_load_explicit(&vs->types[r->id], memory_order_relaxed);
     e->flags |= E_ENDING;
+    if ((e->xf & X_TIMED) && ts->first_ref == e->act)
+        ts->first_ref = PITH_REF_NONE; /* it ends before any behaviour call: untimed */
     bool moving = e->why == PITH_VDEACT_MIGRATED;
     if (e->flags & E_ACTIVE) {
         int why = e->why != 0                    ? e->why
@@ -1012,8 +1056,13 @@ static struct ventry *resolve(struct core_shard *cs, struct vshard *vs, struct v
         vt->placement == PITH_PLACE_HASH ? cs->id : place_for(cs, tid, key, klen, origin);
     struct how how = {.reason = reason, .placed = (uint8_t)vt->placement};
     e = NULL;
-    if (host != cs->id)
+    if (host != cs->id) {
+        /* Timed from here, one in HIST_SAMPLE, to the first behaviour call there. */
+        if (reason == PITH_VACT_MESSAGE && ts->sample++ % HIST_SAMPLE == 0)
+            how.t0 = pith_now_ns();
         e = remote_new(cs, vs, ts, tid, hash, key, klen, host, &how);
+        how.t0 = 0;
+    }
     if (e == NULL) {
         how.placed = host != cs->id ? PITH_PLACE_HASH : how.placed; /* it could not go there */
         e = activate(cs, vs, ts, tid, hash, key, klen, &how, err);
@@ -1224,6 +1273,7 @@ struct vctl {
     uint16_t from;   /* the shard that sent the word */
     uint16_t moves;
     uint16_t asker; /* C_CMARK, C_CECHO: the shard whose location cache asks */
+    uint64_t t0;    /* C_ACT: the first message's time at the directory (0: not timed) */
     pith_ref_t ref; /* C_GMARK, C_GECHO, C_GONE: the activation */
     uint64_t hash;
     void *blob; /* C_ACT, C_GONE: a moving state's bytes */
@@ -1338,6 +1388,7 @@ static struct ventry *remote_new(struct core_shard *cs, struct vshard *vs, struc
     c->placed = how->placed;
     c->moves = how->moves;
     c->blob = how->blob;
+    c->t0 = how->t0;
     if (shard_submit_force(host, ctl_task, c) != 0) {
         pith_free(c); /* not the blob: still the caller's */
         pith_free(r);
@@ -1435,7 +1486,8 @@ static void ctl_act(struct core_shard *cs, struct vshard *vs, struct vtype_shard
                       .guest = true,
                       .blob = c->blob,
                       .placed = c->placed,
-                      .moves = c->moves};
+                      .moves = c->moves,
+                      .t0 = c->t0};
     /* None is expected: the directory asks for one activation at a time. */
     struct ventry *e = dir_find(vs, ts, c->tid, c->hash, c->key, c->klen);
     vs->blob_taken = false;
@@ -2791,6 +2843,24 @@ int pith_vactor_info(const pith_vref_t *v, uint64_t timeout_ns, pith_vactor_info
     return err;
 }
 
+/* Samples, p50 and p99 (bucket upper bounds) of a log histogram. */
+static void pcts_of(const uint64_t *hist, uint64_t *samples, uint64_t *p50, uint64_t *p99)
+{
+    uint64_t total = 0, seen = 0;
+    for (unsigned b = 0; b < HIST_BUCKETS; b++)
+        total += hist[b];
+    *samples = total;
+    for (unsigned b = 0; b < HIST_BUCKETS && total > 0; b++) {
+        seen += hist[b];
+        if (*p50 == 0 && seen * 2 >= total)
+            *p50 = hist_upper(b);
+        if (seen * 100 >= total * 99) {
+            *p99 = hist_upper(b);
+            break;
+        }
+    }
+}
+
 int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out)
 {
     if (t == NULL || out == NULL)
@@ -2807,7 +2877,7 @@ int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out)
         return -ESHUTDOWN;
     }
     memset(out, 0, sizeof(*out));
-    uint64_t hist[HIST_BUCKETS] = {0};
+    uint64_t hist[HIST_BUCKETS] = {0}, first[HIST_BUCKETS] = {0};
     for (unsigned i = 0; i < ce->n; i++) {
         /* Acquire: pairs with the release stores that published each part. */
         struct core_shard *cs = atomic_load_explicit(&ce->shards[i], memory_order_acquire);
@@ -2842,25 +2912,17 @@ int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out)
         out->refused += RD(refused);
         if (RD(act_max) > out->activate_max_ns)
             out->activate_max_ns = RD(act_max);
-        for (unsigned b = 0; b < HIST_BUCKETS; b++)
+        for (unsigned b = 0; b < HIST_BUCKETS; b++) {
             hist[b] += RD(hist[b]);
+            first[b] += RD(first_hist[b]);
+        }
+        if (RD(first_max) > out->first_max_ns)
+            out->first_max_ns = RD(first_max);
 #undef RD
     }
     shard_reader_leave();
-    uint64_t total = 0;
-    for (unsigned b = 0; b < HIST_BUCKETS; b++)
-        total += hist[b];
-    out->activate_samples = total;
-    uint64_t seen = 0;
-    for (unsigned b = 0; b < HIST_BUCKETS && total > 0; b++) {
-        seen += hist[b];
-        if (out->activate_p50_ns == 0 && seen * 2 >= total)
-            out->activate_p50_ns = hist_upper(b);
-        if (seen * 100 >= total * 99) {
-            out->activate_p99_ns = hist_upper(b);
-            break;
-        }
-    }
+    pcts_of(hist, &out->activate_samples, &out->activate_p50_ns, &out->activate_p99_ns);
+    pcts_of(first, &out->first_samples, &out->first_p50_ns, &out->first_p99_ns);
     return 0;
 }
 

@@ -316,6 +316,14 @@ typedef struct pith_vtype_stats {
     uint64_t activate_p50_ns; /* see activate_samples */
     uint64_t activate_p99_ns; /* see activate_samples */
     uint64_t activate_max_ns; /* the longest timed activation */
+    /* Activation latency as a caller feels it, from one activation made by a message in 16
+     * (one at a time per shard): from the first message's arrival at the key's directory shard
+     * to the start of the activation's first behaviour call (placement, the hop to another
+     * shard, spawn, init, on_activate, a PITH_VACT_LATER's wait, and the turn's queue). */
+    uint64_t first_samples;
+    uint64_t first_p50_ns; /* see first_samples */
+    uint64_t first_p99_ns; /* see first_samples */
+    uint64_t first_max_ns; /* the longest timed */
 } pith_vtype_stats_t;
 
 /* Errors: -EINVAL t or out NULL; -ENOENT not registered; -ESHUTDOWN no engine. Any thread. */
