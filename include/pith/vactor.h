@@ -305,11 +305,11 @@ typedef struct pith_vtype_stats {
     uint64_t returned;       /* messages an ending or moving activation gave back */
     uint64_t migrations;     /* moves begun (pith_vactor_migrate and rebalancing) */
     uint64_t rebalances;     /* of those, begun by rebalancing */
-    uint64_t migrate_failed; /* moves that ended the activation instead (cap, memory) */
+    uint64_t migrate_failed; /* moves that could not land (pith_vactor_migrate says which) */
     /* Messages a sender's location cache sent straight to the activation's shard (not through
-     * the directory), and of those, how many found it gone and went back (stale). */
+     * the directory). */
     uint64_t cached;
-    uint64_t stale;
+    uint64_t stale; /* of those, messages that found it gone and went back to their sender */
     /* Time to activate (directory, spawn, init and on_activate), from one activation in 16:
      * samples and percentiles as pith_actor_type_stats's. */
     uint64_t activate_samples;
