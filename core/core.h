@@ -249,6 +249,7 @@ struct core_shard {
     /* Virtual actors (vactor.c): the directory part and activations of this shard, made on
      * first use; read by other threads only for counters (release store, acquire load). */
     _Atomic(struct vshard *) vs;
+    struct pins *pins; /* pin.c: pith_mem_pin's, made on first use */
 };
 
 /* The engine-wide part, made by the first shard (or client) that needs it and freed when the
@@ -414,6 +415,9 @@ extern const pith_actor_type_t core_sup_type;
 int core_sup_stop(struct core_shard *cs, struct actor *a, pith_ref_t ref);
 /* A supervisor's task released at stop: true when it was one (its argument freed). */
 bool core_sup_release(pith_fn_t fn, void *arg);
+
+/* pin.c: the shard's pins end with it (their pages unlocked as pith_mem_unpin does). */
+void core_pins_free(struct core_shard *cs);
 
 /* vactor.c: virtual actors */
 void core_vactor_exit(struct core_shard *cs); /* after the shard's actors have ended */

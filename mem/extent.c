@@ -31,6 +31,8 @@
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct extent *pool;
+/* Every extent made, newest first, through extent.known; under pool_lock. */
+static struct extent *registry;
 
 /* /sys/kernel/mm/transparent_hugepage/enabled: "always [madvise] never" and the like. */
 static bool thp_available(void)
@@ -276,8 +278,34 @@ int extent_get(struct extent **out, size_t size, pith_mem_profile_t profile, uns
         free(x);
         return err;
     }
+    pthread_mutex_lock(&pool_lock);
+    x->known = registry;
+    registry = x;
+    pthread_mutex_unlock(&pool_lock);
     *out = x;
     return 0;
+}
+
+unsigned mem_locked_extents(uintptr_t lo, uintptr_t hi, uintptr_t *out, unsigned max)
+{
+    unsigned n = 0;
+    pthread_mutex_lock(&pool_lock);
+    for (struct extent *x = registry; x != NULL && n < max; x = x->known) {
+        uintptr_t b = (uintptr_t)x->base, e = b + x->size;
+        if (!atomic_load(&x->locked) || e <= lo || b >= hi)
+            continue;
+        /* Insertion by base: a handful at most. */
+        unsigned i = n++;
+        while (i > 0 && out[2 * (i - 1)] > b) {
+            out[2 * i] = out[2 * (i - 1)];
+            out[2 * i + 1] = out[2 * (i - 1) + 1];
+            i--;
+        }
+        out[2 * i] = b;
+        out[2 * i + 1] = e;
+    }
+    pthread_mutex_unlock(&pool_lock);
+    return n;
 }
 
 /* Cold extents only: MADV_COLD makes their pages the first the kernel reclaims; MADV_PAGEOUT

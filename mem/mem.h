@@ -34,11 +34,14 @@ struct extent {
     mi_arena_id_t arena;
     pith_mem_profile_t profile;
     pith_mem_backing_t backing;
-    bool locked;
+    /* mlock holds (on fault, or whole for hot); atomic: pith_mem_pin reads it from any shard
+     * (mem_locked_extents) while the owner's shard may relock a pooled extent. */
+    _Atomic bool locked;
     bool prefaulted;
     int node;
     unsigned made_with;  /* PITH_MEM_NO_HUGETLB | PITH_MEM_NO_THP as they were when mapped */
     struct extent *next; /* the pool's list */
+    struct extent *known; /* every extent ever made (they are never unmapped): the registry */
 };
 
 /* What happened while making an extent, for the home's counters and warnings. */
@@ -74,6 +77,10 @@ int extent_get(struct extent **out, size_t size, pith_mem_profile_t profile, uns
                hwloc_topology_t topo, int node, bool strict, unsigned *events);
 void extent_put(struct extent *x);
 int extent_advise_cold(struct extent *x, bool pageout);
+/* The extents whose memory the engine keeps locked that overlap [lo, hi): up to max of them,
+ * as [base, end) pairs in out[2 * i], out[2 * i + 1], sorted by base; returns how many (past
+ * max: max, the rest left out). Any thread. */
+unsigned mem_locked_extents(uintptr_t lo, uintptr_t hi, uintptr_t *out, unsigned max);
 
 /* An account: bytes in live blocks and their high-water mark. `local` is written only by the
  * home's shard (alloc and its own frees); frees from other threads add to `remote` with an

@@ -127,6 +127,24 @@ typedef enum pith_mem_advice {
  * needs Linux 5.4). */
 PITH_API int pith_mem_advise(const void *p, size_t len, pith_mem_advice_t advice, size_t *granted);
 
+/* Pins the whole pages inside [p, p + len) (mlock: faulted in now and kept resident) until
+ * pith_mem_unpin, or for ttl_ns (0: no limit) at most: for a block that must not fault while it
+ * matters (an order book at the open), whatever its profile. *granted (may be NULL) gets the
+ * bytes pinned, 0 when the range holds no whole page (then nothing is pinned, and 0 returns).
+ * A pin belongs to the calling shard: unpins and expiries unlock only the pages that no other
+ * pin of that shard holds and that the engine does not keep locked itself (the hot profile, the
+ * warm one where mlock was allowed); the shard's stop ends its pins. Pins of two shards on one
+ * page do not know of each other: the first to end unlocks it. On a shard. Errors: -EINVAL p
+ * NULL; -EPERM off the shards; -ENOSPC 64 pins on this shard already; -ENOMEM; the kernel's
+ * mlock errors (-EPERM or -ENOMEM past RLIMIT_MEMLOCK without CAP_IPC_LOCK; nothing stays
+ * pinned). */
+PITH_API int pith_mem_pin(const void *p, size_t len, uint64_t ttl_ns, size_t *granted);
+
+/* Ends the calling shard's pin of exactly [p, p + len) (as pith_mem_pin rounded it) before its
+ * time. Errors: -EINVAL p NULL; -EPERM off the shards; -ENOENT no such pin here (it expired,
+ * or was made on another shard). */
+PITH_API int pith_mem_unpin(const void *p, size_t len);
+
 /* What backs an extent, as the kernel granted it. */
 typedef enum pith_mem_backing {
     PITH_MEM_HUGETLB = 0, /* MAP_HUGETLB 2 MiB pages */
