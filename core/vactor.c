@@ -212,10 +212,10 @@ _Static_assert(PITH_VTYPES_MAX <= 256, "tid fits a byte");
 /* ventry.xf */
 #define X_REMOTE  1u  /* a directory entry (struct rentry) of an activation on another shard */
 #define X_GUEST   2u  /* an activation whose directory is another shard */
-#define X_DIRECT  4u  /* a guest that this shard's senders reach without the directory */
 #define X_MIGRATE 8u  /* pith_vactor_migrate asked: it moves to target */
 #define X_REBAL   16u /* the move was rebalancing's */
 #define X_TIMED   32u /* its first behaviour call ends a timed activation (vtype_shard.first_*) */
+#define X_HELD    64u /* muted from its turns until migrate_task (a move asked from its turn) */
 
 /* A pre-warm travelling as a message (never reaches a behaviour). */
 #define MSG_VPREWARM (PITH_MSG_RESERVED + 0x30u)
@@ -249,6 +249,15 @@ struct rentry {
 #define RHDR     ((sizeof(struct rentry) + 15) & ~(size_t)15)
 #define R_ACTIVE 0 /* forwarding to host */
 #define R_DRAIN  1 /* GONE came: holding until the marker is back */
+
+/* Messages a directory holds for one key while its activation elsewhere ends or moves: they
+ * would wait in its mailbox otherwise, so its mailbox's bound (the core's default 4096 when the
+ * type names none), and at least HELD_MAX. */
+static inline uint32_t held_cap(uint32_t tid)
+{
+    uint32_t m = vtypes[tid].vt->actor->mailbox_max;
+    return m > HELD_MAX ? m : HELD_MAX;
+}
 
 static inline unsigned char *entry_key(struct ventry *e)
 {
@@ -299,12 +308,6 @@ struct vshard {
     bool app_err;
     /* vterminate told the directory that a guest is gone (act_task must not again). */
     bool gone_sent;
-    /* This shard's senders' messages to guests whose directory has not yet confirmed that
-     * nothing they sent before is still on its way (X_DIRECT not yet set), each with its
-     * trailer: enqueued once it has, in order. At most HELD_MAX. */
-    struct amsg *ghold, *ghold_tail;
-    uint32_t nghold;
-    uint32_t nguests; /* guests here: 0 spares a sender the lookup */
     /* A move in progress (migrate_task to vterminate): the state's copy and where it goes. */
     void *mig_blob;
     bool blob_taken; /* vinit copied a moved state into a new activation's */
@@ -704,10 +707,8 @@ static void prep_entry(void *block, pith_ref_t ref, void *ctx)
         e->flags |= E_WORKER;
     else
         dir_insert(p->vs, e);
-    if (p->how->guest) {
+    if (p->how->guest)
         e->xf |= X_GUEST;
-        p->vs->nguests++;
-    }
     p->ts->live++;
     core_bump(&p->ts->live_now, 1);
 }
@@ -720,10 +721,7 @@ static void entry_drop(struct vshard *vs, struct ventry *e)
         ts->live--;
         core_bump(&ts->live_now, (uint64_t)0 - 1);
     }
-    if (e->xf & X_GUEST) {
-        vs->nguests--;
-        e->xf &= (uint16_t) ~(X_GUEST | X_DIRECT);
-    }
+    e->xf &= (uint16_t)~X_GUEST;
     dir_unlink(vs, e);
     e->flags &= (uint8_t)~E_WORKER;
     list_unlink(ts, e);
@@ -922,8 +920,12 @@ static void vterminate(pith_actor_t *self, void *state, int reason)
     /* A moving state lives on in the next activation: what it owns is not let go. */
     if (r->vt->actor->terminate != NULL && !moving)
         r->vt->actor->terminate(self, state, reason);
+    /* A fresh activation that failed to begin fails what waited for it; one that ended, or a
+     * move that could not land, hands it on to the next. */
+    bool failed = !(e->flags & E_ACTIVE) && e->placed != PITH_PLACE_MIGRATED &&
+                  e->placed != PITH_PLACE_REBALANCED;
     if (e->xf & X_GUEST)
-        guest_gone(core_self, vs, e, (e->flags & E_ACTIVE) ? 0 : reason < 0 ? reason : -ECANCELED);
+        guest_gone(core_self, vs, e, failed ? (reason < 0 ? reason : -ECANCELED) : 0);
     entry_drop(vs, e); /* the core frees the block, e with it, after this */
 }
 
@@ -1166,7 +1168,7 @@ static int vdeliver(struct core_shard *cs, struct vshard *vs, uint32_t tid, uint
                 return 0;
             }
             err = -ENOMEM;
-        } else if (r->nheld < HELD_MAX) {
+        } else if (r->nheld < held_cap(tid)) {
             /* Held behind what the ended activation gives back, until its marker is back. */
             m->next = NULL;
             if (moved && has_trail(m, key))
@@ -1249,18 +1251,17 @@ static void held_task(void *arg)
 /* ---- activations off their directory shard ----
  *
  * The directory shard keeps a struct rentry for the key and forwards (fwd_task) to the host.
- * The host's activation (a guest) is an ordinary activation there, in the host's table, so
- * the host's own senders find it. Words between the two (struct vctl, ctl_task):
+ * The host's activation (a guest) is an ordinary activation there, in the host's table (the
+ * host's own senders reach it through their location cache, as other shards' do). Words
+ * between the two (struct vctl, ctl_task):
  *  ACT    directory -> host: activate (with a moved state, or not), before any forward;
- *  GMARK  host -> directory, GECHO back: everything the host's senders sent through the
- *         directory before GMARK has been forwarded when GECHO comes (both rings are FIFO),
- *         so from then on they reach the guest directly (X_DIRECT); meanwhile they wait here;
+ *  GMARK  host -> directory: the guest's ref, for pith_vactor_info;
  *  GONE   host -> directory: the guest ended (or failed to begin, or moves: with its state);
  *         what it had not handled, and forwards that find it gone, come back (ret_task);
  *  MARK   directory -> host, ECHO back: everything the host gives back has come once ECHO
  *         does; the directory then hands on what came back, then what it held meanwhile. */
 
-enum { C_ACT = 1, C_GMARK, C_GECHO, C_GONE, C_MARK, C_ECHO, C_CMARK, C_CECHO, C_PROBE, C_PECHO };
+enum { C_ACT = 1, C_GMARK, C_GONE, C_MARK, C_ECHO, C_CMARK, C_CECHO, C_PROBE, C_PECHO };
 
 struct vctl {
     uint8_t kind;   /* C_* */
@@ -1274,7 +1275,7 @@ struct vctl {
     uint16_t moves;
     uint16_t asker; /* C_CMARK, C_CECHO: the shard whose location cache asks */
     uint64_t t0;    /* C_ACT: the first message's time at the directory (0: not timed) */
-    pith_ref_t ref; /* C_GMARK, C_GECHO, C_GONE: the activation */
+    pith_ref_t ref; /* C_GMARK, C_GONE, C_CECHO: the activation */
     uint64_t hash;
     void *blob; /* C_ACT, C_GONE: a moving state's bytes */
     unsigned char key[];
@@ -1425,54 +1426,26 @@ static void land(struct core_shard *cs, struct vshard *vs, struct vtype_shard *t
  * shard's senders' messages that waited for GECHO, behind it. */
 static void guest_gone(struct core_shard *cs, struct vshard *vs, struct ventry *e, int err)
 {
-    unsigned dir = dir_shard(e->hash, pith_shard_count());
-    struct amsg *keep = NULL, *keep_tail = NULL, *mine = NULL, *mine_tail = NULL;
-    for (struct amsg *m = vs->ghold, *next; m != NULL; m = next) {
-        next = m->next;
-        m->next = NULL;
-        struct vtrail *t = trail_of(m);
-        bool it = t->hash == e->hash && t->tid == e->tid && t->klen == e->klen &&
-                  memcmp(t->key, entry_key(e), e->klen) == 0;
-        struct amsg **h = it ? &mine : &keep, **tl = it ? &mine_tail : &keep_tail;
-        if (*tl != NULL)
-            (*tl)->next = m;
-        else
-            *h = m;
-        *tl = m;
-        if (it)
-            vs->nghold--;
-    }
-    vs->ghold = keep;
-    vs->ghold_tail = keep_tail;
     vs->gone_sent = true;
-    if (cs->closing) {
-        for (struct amsg *m = mine, *next; m != NULL; m = next) {
-            next = m->next;
-            core_msg_free(m);
-        }
+    if (cs->closing)
         return;
-    }
+    unsigned dir = dir_shard(e->hash, pith_shard_count());
     struct vctl *c = ctl_make(cs, C_GONE, e->tid, e->hash, entry_key(e), e->klen);
-    if (c != NULL) {
-        c->err = err;
-        c->ref = e->act;
-        c->moves = e->moves;
-        if (e->why == PITH_VDEACT_MIGRATED && vs->mig_blob != NULL) {
-            c->blob = vs->mig_blob;
-            vs->mig_blob = NULL;
-            c->target = e->target;
-            c->rebal = (e->xf & X_REBAL) != 0;
-        }
-        ctl_send(cs, dir, c);
-    } else {
+    if (c == NULL) {
         fprintf(stderr, "pith: shard %u: out of memory, a virtual actor's word to shard %u lost\n",
                 cs->id, dir);
+        return;
     }
-    for (struct amsg *m = mine, *next; m != NULL; m = next) {
-        next = m->next;
-        m->next = NULL;
-        send_msg(cs, dir, vdeliver_task, m);
+    c->err = err;
+    c->ref = e->act;
+    c->moves = e->moves;
+    if (e->why == PITH_VDEACT_MIGRATED && vs->mig_blob != NULL) {
+        c->blob = vs->mig_blob;
+        vs->mig_blob = NULL;
+        c->target = e->target;
+        c->rebal = (e->xf & X_REBAL) != 0;
     }
+    ctl_send(cs, dir, c);
 }
 
 /* ACT on the host. */
@@ -1495,6 +1468,9 @@ static void ctl_act(struct core_shard *cs, struct vshard *vs, struct vtype_shard
     if (e == NULL && c->blob != NULL) {
         core_bump(&ts->migrate_failed, 1);
         blob_done(vs, c->tid, c->blob, err);
+        /* A move that could not land ends the activation: what waited for it goes on to a
+         * fresh one, as after any end, not failed. */
+        err = 0;
     } else {
         pith_free(c->blob); /* copied into the state by vinit */
     }
@@ -1512,51 +1488,6 @@ static void ctl_act(struct core_shard *cs, struct vshard *vs, struct vtype_shard
         c->ref = PITH_REF_NONE;
         ctl_send(cs, dir, c);
     }
-}
-
-/* GECHO on the host: the guest's own shard reaches it directly from now on; what its senders
- * sent meanwhile goes in first, in order. */
-static void ctl_gecho(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts,
-                      struct vctl *c)
-{
-    struct ventry *e = dir_find(vs, ts, c->tid, c->hash, c->key, c->klen);
-    if (e == NULL || !(e->xf & X_GUEST) || e->act != c->ref || (e->flags & E_ENDING))
-        return; /* an earlier activation's: its messages went on at its end */
-    e->xf |= X_DIRECT;
-    struct actor *a = core_find(cs, e->act);
-    struct amsg *keep = NULL, *keep_tail = NULL;
-    for (struct amsg *m = vs->ghold, *next; m != NULL; m = next) {
-        next = m->next;
-        m->next = NULL;
-        struct vtrail *t = trail_of(m);
-        if (t->hash != c->hash || t->tid != c->tid || t->klen != c->klen ||
-            memcmp(t->key, c->key, c->klen) != 0) {
-            if (keep_tail != NULL)
-                keep_tail->next = m;
-            else
-                keep = m;
-            keep_tail = m;
-            continue;
-        }
-        vs->nghold--;
-        int err = -ESRCH;
-        if (a != NULL) {
-            m->to = e->act;
-            /* Accepted when sent: past the bound, as mail moved between activations is. */
-            bool admit = !(m->len & AMSG_ADMIT);
-            if (admit)
-                m->len |= AMSG_ADMIT;
-            err = core_enqueue(cs, a, m);
-            if (admit)
-                m->len &= ~AMSG_ADMIT;
-        }
-        if (err != 0) {
-            core_undelivered(cs, m, err);
-            core_msg_free(m);
-        }
-    }
-    vs->ghold = keep;
-    vs->ghold_tail = keep_tail;
 }
 
 /* The directory begins to drain r: MARK to its host (reusing c, or a new word). */
@@ -1641,18 +1572,12 @@ static void ctl_task(void *arg)
         ctl_act(cs, vs, ts, c);
         return;
     case C_GMARK: {
-        /* The directory learns the guest's ref, and echoes. */
+        /* The directory learns the guest's ref. */
         struct rentry *r = rentry_of(vs, ts, c);
         if (r != NULL && r->state == R_ACTIVE)
             r->e.act = c->ref;
-        c->kind = C_GECHO;
-        c->from = (uint16_t)cs->id;
-        ctl_send(cs, back, c);
-        return;
-    }
-    case C_GECHO:
-        ctl_gecho(cs, vs, ts, c);
         break;
+    }
     case C_GONE: {
         struct rentry *r = rentry_of(vs, ts, c);
         if (r == NULL)
@@ -1749,6 +1674,8 @@ static void ret_task(void *arg)
     }
     struct rentry *r = (struct rentry *)e;
     m->next = NULL;
+    /* Not bounded here: each came out of the ended activation's mailbox, or was on its way to
+     * it past that mailbox's bound already counted. */
     if (r->ret_tail != NULL)
         r->ret_tail->next = m;
     else
@@ -1802,7 +1729,10 @@ static void slot_direct(struct core_shard *cs, struct lslot *k, struct amsg *m)
     struct vtype_shard *ts = atomic_load_explicit(&vs->types[k->tid], memory_order_relaxed);
     if (ts != NULL)
         core_bump(&ts->cached, 1);
-    send_msg(cs, k->host, dfwd_task, m);
+    if (k->host == cs->id)
+        dfwd_task(m); /* now: the next send goes straight into the mailbox (local_send) */
+    else
+        send_msg(cs, k->host, dfwd_task, m);
 }
 
 /* Ends a probe (or a mark answered "not cached"): what came back, then what waited, through
@@ -1830,6 +1760,43 @@ static void slot_probe(struct core_shard *cs, struct lslot *k, bool evict)
     k->state = K_PROBE;
     k->evict = evict;
     slot_word(cs, k, C_PROBE, k->host);
+}
+
+/* K_DIRECT to this shard itself: into the activation's mailbox now, as a send to an actor of
+ * one's own shard. Its end ended the slot's use (what was in its mailbox went back to the
+ * directory then): 1, through the directory now. */
+static int local_send(struct core_shard *cs, struct vshard *vs, struct lslot *k,
+                      const pith_vref_t *to, pith_ref_t from, uint32_t type, const void *data,
+                      uint32_t len, uint32_t flag, uint64_t req, bool *made)
+{
+    uint32_t tid = to->tid - 1;
+    struct vtype_shard *ts = atomic_load_explicit(&vs->types[tid], memory_order_relaxed);
+    struct ventry *e = ts != NULL ? dir_find(vs, ts, tid, to->hash, to->key, to->len) : NULL;
+    struct actor *a = e != NULL && (e->xf & X_GUEST) && e->act == k->act && !(e->flags & E_ENDING)
+                          ? core_find(cs, e->act)
+                          : NULL;
+    if (a == NULL) {
+        k->state = K_NONE;
+        k->count = 0;
+        return 1;
+    }
+    if (a->depth >= a->rec->mailbox_max && a->rec->type->overflow == PITH_OVERFLOW_REJECT) {
+        core_bump(&core_counters(cs, a->rec)->rejected, 1);
+        return -EAGAIN;
+    }
+    struct amsg *m = core_msg_make_for(-1, e->act, from, type, data, len);
+    if (m == NULL)
+        return -ENOMEM;
+    *made = true;
+    m->len |= flag;
+    m->req = req;
+    touch(ts, e);
+    vote(cs, e, from);
+    core_bump(&ts->direct, 1);
+    int err = core_enqueue(cs, a, m);
+    if (err)
+        core_msg_free(m);
+    return err;
 }
 
 /* A send from this shard to (tid, key), whose directory is dir, another shard: 1 to route it
@@ -1890,6 +1857,8 @@ static int cache_send(struct core_shard *cs, struct vshard *vs, const pith_vref_
         return 0;
     case K_DIRECT: {
         k->count = 0;
+        if (k->host == cs->id)
+            return local_send(cs, vs, k, to, from, type, data, len, flag, req, made);
         struct amsg *m = core_vmsg_make((int)k->host, to, from, type, data, len, flag);
         if (m == NULL)
             return -ENOMEM;
@@ -1931,7 +1900,7 @@ static void cache_word(struct core_shard *cs, struct vshard *vs, struct vtype_sh
         if (e != NULL && (e->xf & X_REMOTE)) {
             /* The directory: on to the host, behind what it forwarded before. */
             struct rentry *r = (struct rentry *)e;
-            if (r->state == R_ACTIVE && r->host != asker) {
+            if (r->state == R_ACTIVE) {
                 c->from = (uint16_t)cs->id;
                 ctl_send(cs, r->host, c);
                 return;
@@ -2064,6 +2033,10 @@ static int migrate_ask(struct core_shard *cs, struct ventry *e, unsigned to, boo
         int err = shard_submit_force(cs->id, migrate_task, (void *)(uintptr_t)e->act);
         if (err)
             return err;
+        /* Asked from its own turn: the turn ends with this message (a muted actor's does), and
+         * no other begins before the move, so the next message is handled where it goes. */
+        if (core_current == e->act && core_mute_hold(cs, e->act, true) == 0)
+            e->xf |= X_HELD;
     }
     e->xf = (uint16_t)((e->xf & ~X_REBAL) | X_MIGRATE | (rebal ? X_REBAL : 0));
     e->target = (uint16_t)to;
@@ -2115,6 +2088,10 @@ static void migrate_task(void *arg)
         return;
     }
     struct ventry *e = entry_of_state(a->state);
+    if (e->xf & X_HELD) {
+        e->xf &= (uint16_t)~X_HELD;
+        core_mute_hold(cs, ref, false); /* it turns again, unless it ends below first */
+    }
     if (!(e->xf & X_MIGRATE) || !(e->flags & E_DIR))
         return;
     bool rebal = (e->xf & X_REBAL) != 0, guest = (e->xf & X_GUEST) != 0;
@@ -2224,7 +2201,8 @@ struct amsg *core_vmsg_make(int dst, const pith_vref_t *to, pith_ref_t from, uin
     struct vtrail *t = trail_of(m);
     t->hash = to->hash;
     t->tid = to->tid - 1;
-    t->klen = to->len;
+    t->klen = (uint16_t)to->len;
+    t->vf = 0;
     memcpy(t->key, to->key, to->len);
     return m;
 }
@@ -2245,52 +2223,6 @@ bool core_vref_ok(const pith_vref_t *to)
     return rec_of_ref(to) != NULL;
 }
 
-/* A send on the shard of guest e. 1: it goes through the directory after all (its actor is
- * gone); else as vsend_shard. */
-static int guest_send(struct core_shard *cs, struct vshard *vs, struct vtype_shard *ts,
-                      struct ventry *e, const pith_vref_t *to, pith_ref_t from, uint32_t type,
-                      const void *data, uint32_t len, uint32_t flag, uint64_t req, bool *made)
-{
-    struct actor *a = core_find(cs, e->act);
-    if (a == NULL)
-        return 1;
-    if (!(e->xf & X_DIRECT)) {
-        /* The directory has not yet confirmed that what this shard sent through it earlier
-         * was forwarded: this one waits here until it has (ctl_gecho). */
-        if (vs->nghold >= HELD_MAX)
-            return -EAGAIN;
-        struct amsg *m = core_vmsg_make(-1, to, from, type, data, len, flag);
-        if (m == NULL)
-            return -ENOMEM;
-        *made = true;
-        m->req = req;
-        if (vs->ghold_tail != NULL)
-            vs->ghold_tail->next = m;
-        else
-            vs->ghold = m;
-        vs->ghold_tail = m;
-        vs->nghold++;
-        return 0;
-    }
-    if (a->depth >= a->rec->mailbox_max && a->rec->type->overflow == PITH_OVERFLOW_REJECT) {
-        core_bump(&core_counters(cs, a->rec)->rejected, 1);
-        return -EAGAIN;
-    }
-    struct amsg *m = core_msg_make_for(-1, e->act, from, type, data, len);
-    if (m == NULL)
-        return -ENOMEM;
-    *made = true;
-    m->len |= flag;
-    m->req = req;
-    touch(ts, e);
-    vote(cs, e, from);
-    core_bump(&ts->direct, 1);
-    int err = core_enqueue(cs, a, m);
-    if (err)
-        core_msg_free(m);
-    return err;
-}
-
 /* pith_vsend, pith_vsend_buf and pith_vask on a shard. flag: AMSG_BUF (data is &buf, and the
  * message owns that reference once made: *made). ask: the request id, 0 for a send. */
 static int vsend_shard(struct core_shard *cs, const pith_vref_t *to, pith_ref_t from, uint32_t type,
@@ -2300,22 +2232,9 @@ static int vsend_shard(struct core_shard *cs, const pith_vref_t *to, pith_ref_t 
     /* A stateless worker takes the message on the sender's shard. */
     unsigned dst = to->type->workers != 0 ? cs->id : dir_shard(to->hash, n);
     if (dst != cs->id) {
-        /* An activation that lives here, off its directory shard: no ring at all. */
-        struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
-        if (vs != NULL && vs->nguests > 0 && type != MSG_VPREWARM) {
-            struct vtype_shard *ts =
-                atomic_load_explicit(&vs->types[to->tid - 1], memory_order_relaxed);
-            struct ventry *e =
-                ts != NULL ? dir_find(vs, ts, to->tid - 1, to->hash, to->key, to->len) : NULL;
-            if (e != NULL && (e->xf & X_GUEST) && !(e->flags & E_ENDING)) {
-                int r = guest_send(cs, vs, ts, e, to, from, type, data, len, flag, req, made);
-                if (r <= 0)
-                    return r;
-            }
-        }
-        /* Where it lives, as this shard's cache knows (1: it does not). */
-        if (vs == NULL)
-            vs = vshard_get(cs);
+        /* Where it lives, as this shard's cache knows (1: it does not): straight there, this
+         * shard included, instead of through the directory. */
+        struct vshard *vs = vshard_get(cs);
         if (vs != NULL && type != MSG_VPREWARM) {
             int r = cache_send(cs, vs, to, from, type, data, len, flag, req, made, dst);
             if (r <= 0)
@@ -2350,7 +2269,7 @@ static int vsend_shard(struct core_shard *cs, const pith_vref_t *to, pith_ref_t 
     if (e->xf & X_REMOTE) {
         struct rentry *r = (struct rentry *)e;
         bool fwd = r->state == R_ACTIVE;
-        if (!fwd && r->nheld >= HELD_MAX)
+        if (!fwd && r->nheld >= held_cap(to->tid - 1))
             return -EAGAIN;
         struct amsg *m = core_vmsg_make(fwd ? (int)r->host : -1, to, from, type, data, len, flag);
         if (m == NULL)
@@ -2940,13 +2859,6 @@ void core_vactor_exit(struct core_shard *cs)
         core_msg_free(m);
     }
     vs->held_tail = NULL;
-    while (vs->ghold != NULL) {
-        struct amsg *m = vs->ghold;
-        vs->ghold = m->next;
-        core_msg_free(m);
-    }
-    vs->ghold_tail = NULL;
-    vs->nghold = 0;
     vs->mig_blob = NULL; /* only ever set within migrate_task */
     for (unsigned i = 0; vs->cache != NULL && i < CACHE_SLOTS; i++) {
         struct amsg *lists[2] = {vs->cache[i].held, vs->cache[i].back};

@@ -9,13 +9,14 @@
  * activates, and only once. Its placement picks the activation's shard: with PITH_PLACE_HASH
  * (the default) the directory shard itself, so a message for the key crosses at most one ring.
  * An activation placed elsewhere (another placement, pith_vactor_migrate, rebalancing) is
- * reached through the directory shard, which forwards: two rings from a third shard, none
- * from the activation's own shard once that shard has confirmed (one round trip to the
- * directory after the activation begins) that nothing it sent earlier is still on the way.
- * Messages from one sender to one virtual actor arrive in the order sent, across activations
- * and moves (a sender is an actor, a shard's tasks, or a client): an activation that ends or
- * moves away sends what it had not handled back to the directory shard, which hands it on
- * before anything newer.
+ * reached through the directory shard, which forwards: two rings. A shard that keeps sending to
+ * such a key (8 messages) learns where it lives, in one round trip through the directory, and
+ * then sends straight there: one ring, or none from the activation's own shard. Each shard
+ * keeps 1,024 such places (a slot per hash); a place gone stale costs its messages a trip
+ * back, never their order. Messages from one sender to one virtual actor arrive in the order
+ * sent, across activations and moves (a sender is an actor, a shard's tasks, or a client): an
+ * activation that ends or moves away sends what it had not handled back to the directory
+ * shard, which hands it on before anything newer. Clients always go through the directory.
  *
  * An activation is an ordinary actor of the type's actor type (behaviour, state, mailbox bound
  * and overflow policy, memory profile, budget): the behaviour answers asks with pith_reply and
