@@ -185,20 +185,17 @@ struct ventry {
     struct ventry *prev, *next; /* the type's list on this shard, least recently used first */
     pith_ref_t act;             /* the activation */
     uint64_t hash;
-    uint32_t tick; /* the sweep tick of its last message */
-    uint8_t tid;   /* type index */
-    uint8_t why;   /* PITH_VDEACT_* of a deactivation begun here; 0: none */
-    uint8_t flags;
+    uint32_t tick : 24; /* the sweep tick of its last message (mod 2^24) */
+    uint32_t tid : 8;   /* type index */
+    uint8_t why;        /* PITH_VDEACT_* of a deactivation begun here; 0: none */
+    uint8_t flags;      /* E_* */
     uint8_t klen;
-    uint16_t xf;     /* X_* */
-    uint16_t cand;   /* rebalancing: the shard its messages come from most, by majority vote */
-    uint16_t votes;  /* rebalancing: cand's lead */
-    uint16_t target; /* X_MIGRATE: the shard it moves to */
-    uint16_t moves;  /* moves of the key's activations since the last fresh one */
-    uint8_t placed;  /* pith_placement_t: how it came here */
+    uint8_t xf; /* X_* */
 };
 /* The prefix before an activation's state: the entry, 16-aligned. */
 #define VHDR ((sizeof(struct ventry) + 15) & ~(size_t)15)
+_Static_assert(sizeof(struct ventry) == 48, "an idle activation's entry: 48 bytes");
+#define TICK_MASK 0xffffffu
 _Static_assert(PITH_VKEY_MAX <= 255, "klen fits a byte");
 _Static_assert(PITH_VTYPES_MAX <= 256, "tid fits a byte");
 #define E_ACTIVE 1u   /* on_activate returned 0 */
@@ -212,10 +209,26 @@ _Static_assert(PITH_VTYPES_MAX <= 256, "tid fits a byte");
 /* ventry.xf */
 #define X_REMOTE  1u  /* a directory entry (struct rentry) of an activation on another shard */
 #define X_GUEST   2u  /* an activation whose directory is another shard */
-#define X_MIGRATE 8u  /* pith_vactor_migrate asked: it moves to target */
-#define X_REBAL   16u /* the move was rebalancing's */
-#define X_TIMED   32u /* its first behaviour call ends a timed activation (vtype_shard.first_*) */
-#define X_HELD    64u /* muted from its turns until migrate_task (a move asked from its turn) */
+#define X_MIGRATE 4u  /* pith_vactor_migrate asked: it moves to its extra's target */
+#define X_REBAL   8u  /* the move was rebalancing's */
+#define X_TIMED   16u /* its first behaviour call ends a timed activation (vtype_shard.first_*) */
+#define X_HELD    32u /* muted from its turns until migrate_task (a move asked from its turn) */
+#define X_EXT     64u /* it has extras (vshard.ext) */
+
+/* An entry's extras, which most never need: kept out of the entry (48 bytes for every idle
+ * activation), packed into one word in a side map of the shard, by the activation's ref. */
+#define EXT_CAND(x)   ((unsigned)((x)&0xffff))           /* rebalancing: the shard voted for */
+#define EXT_VOTES(x)  ((unsigned)(((x) >> 16) & 0xffff)) /* rebalancing: its lead */
+#define EXT_TARGET(x) ((unsigned)(((x) >> 32) & 0xffff)) /* X_MIGRATE: where it moves */
+#define EXT_MOVES(x)  ((unsigned)(((x) >> 48) & 0xfff))  /* moves since its last fresh start */
+#define EXT_PLACED(x) ((unsigned)((x) >> 60))            /* pith_placement_t: how it came */
+static inline uint64_t ext_pack(unsigned cand, unsigned votes, unsigned target, unsigned moves,
+                                unsigned placed)
+{
+    return (uint64_t)(cand & 0xffff) | (uint64_t)(votes & 0xffff) << 16 |
+           (uint64_t)(target & 0xffff) << 32 | (uint64_t)(moves > 0xfff ? 0xfff : moves) << 48 |
+           (uint64_t)(placed & 0xf) << 60;
+}
 
 /* A pre-warm travelling as a message (never reaches a behaviour). */
 #define MSG_VPREWARM (PITH_MSG_RESERVED + 0x30u)
@@ -311,6 +324,7 @@ struct vshard {
     /* A move in progress (migrate_task to vterminate): the state's copy and where it goes. */
     void *mig_blob;
     bool blob_taken; /* vinit copied a moved state into a new activation's */
+    struct map ext;  /* activation ref -> its entry's extras (X_EXT), packed */
     /* Where recent keys of other directory shards live (made on first use). */
     struct lslot *cache;
     uint32_t nchold; /* messages the cache holds (K_MARK, K_PROBE), at most HELD_MAX */
@@ -383,6 +397,27 @@ static struct vtype_shard *vts_get(struct vshard *vs, uint32_t tid)
     if (ts != NULL)
         atomic_store_explicit(&vs->types[tid], ts, memory_order_release); /* see struct vshard */
     return ts;
+}
+
+static uint64_t ext_of(struct vshard *vs, const struct ventry *e)
+{
+    return (e->xf & X_EXT) ? (uint64_t)(uintptr_t)map_get(&vs->ext, e->act) : 0;
+}
+
+/* Sets e's extras (all zero: none). Out of memory for the map: false, and nothing changes. */
+static bool ext_set(struct vshard *vs, struct ventry *e, uint64_t x)
+{
+    if (x == 0) {
+        if (e->xf & X_EXT)
+            (void)map_del(&vs->ext, e->act);
+        e->xf &= (uint8_t)~X_EXT;
+        return true;
+    }
+    /* A replace never fails (map_put); a new key may. */
+    if (map_put(&vs->ext, e->act, (void *)(uintptr_t)x) != 0)
+        return false;
+    e->xf |= X_EXT;
+    return true;
 }
 
 static struct ventry *dir_find(struct vshard *vs, struct vtype_shard *ts, uint32_t tid,
@@ -604,7 +639,7 @@ static void sweep(void *arg)
     ts->tick++;
     /* From the cold end while the tick says idle long enough: busy ones count as used now. */
     struct ventry *e;
-    while ((e = ts->head) != NULL && ts->tick - e->tick >= IDLE_TICKS) {
+    while ((e = ts->head) != NULL && ((ts->tick - e->tick) & TICK_MASK) >= IDLE_TICKS) {
         struct actor *a = core_find(cs, e->act);
         if (a != NULL && !idle(a)) {
             touch(ts, e);
@@ -701,8 +736,9 @@ static void prep_entry(void *block, pith_ref_t ref, void *ctx)
     e->tid = (uint8_t)p->tid;
     e->klen = (uint8_t)p->klen;
     memcpy(entry_key(e), p->key, p->klen);
-    e->placed = p->how->placed;
-    e->moves = p->how->moves;
+    /* Out of memory for the extras, an activation placed or moved here says hash and 0 moves
+     * (pith_vactor_info): nothing else depends on them. */
+    (void)ext_set(p->vs, e, ext_pack(0, 0, 0, p->how->moves, p->how->placed));
     if (p->worker)
         e->flags |= E_WORKER;
     else
@@ -721,7 +757,8 @@ static void entry_drop(struct vshard *vs, struct ventry *e)
         ts->live--;
         core_bump(&ts->live_now, (uint64_t)0 - 1);
     }
-    e->xf &= (uint16_t)~X_GUEST;
+    e->xf &= (uint8_t)~X_GUEST;
+    (void)ext_set(vs, e, 0);
     dir_unlink(vs, e);
     e->flags &= (uint8_t)~E_WORKER;
     list_unlink(ts, e);
@@ -857,7 +894,7 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
 /* The first behaviour call of a timed activation ends its time. */
 static void first_call(struct ventry *e)
 {
-    e->xf &= (uint16_t)~X_TIMED;
+    e->xf &= (uint8_t)~X_TIMED;
     struct vshard *vs = atomic_load_explicit(&core_self->vs, memory_order_relaxed);
     struct vtype_shard *ts = atomic_load_explicit(&vs->types[e->tid], memory_order_relaxed);
     if (ts->first_ref != e->act)
@@ -922,8 +959,9 @@ static void vterminate(pith_actor_t *self, void *state, int reason)
         r->vt->actor->terminate(self, state, reason);
     /* A fresh activation that failed to begin fails what waited for it; one that ended, or a
      * move that could not land, hands it on to the next. */
-    bool failed = !(e->flags & E_ACTIVE) && e->placed != PITH_PLACE_MIGRATED &&
-                  e->placed != PITH_PLACE_REBALANCED;
+    unsigned placed = EXT_PLACED(ext_of(vs, e));
+    bool failed =
+        !(e->flags & E_ACTIVE) && placed != PITH_PLACE_MIGRATED && placed != PITH_PLACE_REBALANCED;
     if (e->xf & X_GUEST)
         guest_gone(core_self, vs, e, failed ? (reason < 0 ? reason : -ECANCELED) : 0);
     entry_drop(vs, e); /* the core frees the block, e with it, after this */
@@ -1436,13 +1474,14 @@ static void guest_gone(struct core_shard *cs, struct vshard *vs, struct ventry *
                 cs->id, dir);
         return;
     }
+    uint64_t x = ext_of(vs, e);
     c->err = err;
     c->ref = e->act;
-    c->moves = e->moves;
+    c->moves = (uint16_t)EXT_MOVES(x);
     if (e->why == PITH_VDEACT_MIGRATED && vs->mig_blob != NULL) {
         c->blob = vs->mig_blob;
         vs->mig_blob = NULL;
-        c->target = e->target;
+        c->target = (uint16_t)EXT_TARGET(x);
         c->rebal = (e->xf & X_REBAL) != 0;
     }
     ctl_send(cs, dir, c);
@@ -2029,6 +2068,10 @@ static void migrate_task(void *arg);
 
 static int migrate_ask(struct core_shard *cs, struct ventry *e, unsigned to, bool rebal)
 {
+    struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
+    uint64_t x = ext_of(vs, e);
+    if (!ext_set(vs, e, ext_pack(EXT_CAND(x), EXT_VOTES(x), to, EXT_MOVES(x), EXT_PLACED(x))))
+        return -ENOMEM;
     if (!(e->xf & X_MIGRATE)) {
         int err = shard_submit_force(cs->id, migrate_task, (void *)(uintptr_t)e->act);
         if (err)
@@ -2038,8 +2081,7 @@ static int migrate_ask(struct core_shard *cs, struct ventry *e, unsigned to, boo
         if (core_current == e->act && core_mute_hold(cs, e->act, true) == 0)
             e->xf |= X_HELD;
     }
-    e->xf = (uint16_t)((e->xf & ~X_REBAL) | X_MIGRATE | (rebal ? X_REBAL : 0));
-    e->target = (uint16_t)to;
+    e->xf = (uint8_t)((e->xf & ~X_REBAL) | X_MIGRATE | (rebal ? X_REBAL : 0));
     return 0;
 }
 
@@ -2051,27 +2093,31 @@ static void vote(struct core_shard *cs, struct ventry *e, pith_ref_t from)
     unsigned o = sender_shard(from);
     if (o == UINT_MAX)
         return;
+    struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
+    uint64_t x = ext_of(vs, e);
+    unsigned cand = EXT_CAND(x), votes = EXT_VOTES(x);
+    bool move = false;
     if (o == cs->id) {
-        if (e->votes > 0)
-            e->votes--;
-        return;
+        if (votes > 0)
+            votes--;
+    } else if (votes == 0 || cand == o) {
+        cand = o;
+        if (votes < REBAL_VOTES)
+            votes++;
+        /* Of a pair, the one on the higher shard moves: never both. */
+        move = votes >= REBAL_VOTES && o < cs->id && !(e->xf & X_MIGRATE) && (e->flags & E_ACTIVE);
+    } else {
+        votes--;
     }
-    if (e->votes == 0)
-        e->cand = (uint16_t)o;
-    if (e->cand != o) {
-        e->votes--;
-        return;
+    if (move) {
+        votes = 0;
+        uint64_t there = live_on(o, e->tid), here = live_on(cs->id, e->tid);
+        move = there <= here + here / 4 + 16; /* else it would unbalance the shards: vote again */
     }
-    if (e->votes < REBAL_VOTES)
-        e->votes++;
-    /* Of a pair, the one on the higher shard moves: never both. */
-    if (e->votes < REBAL_VOTES || o > cs->id || (e->xf & X_MIGRATE) || !(e->flags & E_ACTIVE))
-        return;
-    uint64_t there = live_on(o, e->tid), here = live_on(cs->id, e->tid);
-    e->votes = 0;
-    if (there > here + here / 4 + 16)
-        return; /* it would unbalance the shards: vote again */
-    (void)migrate_ask(cs, e, o, true);
+    /* Out of memory for the extras, this vote is not counted. */
+    (void)ext_set(vs, e, ext_pack(cand, votes, EXT_TARGET(x), EXT_MOVES(x), EXT_PLACED(x)));
+    if (move)
+        (void)migrate_ask(cs, e, o, true);
 }
 
 static void migrate_task(void *arg)
@@ -2089,14 +2135,15 @@ static void migrate_task(void *arg)
     }
     struct ventry *e = entry_of_state(a->state);
     if (e->xf & X_HELD) {
-        e->xf &= (uint16_t)~X_HELD;
+        e->xf &= (uint8_t)~X_HELD;
         core_mute_hold(cs, ref, false); /* it turns again, unless it ends below first */
     }
     if (!(e->xf & X_MIGRATE) || !(e->flags & E_DIR))
         return;
     bool rebal = (e->xf & X_REBAL) != 0, guest = (e->xf & X_GUEST) != 0;
-    unsigned to = e->target;
-    e->xf &= (uint16_t) ~(X_MIGRATE | X_REBAL);
+    uint64_t x = ext_of(vs, e);
+    unsigned to = EXT_TARGET(x);
+    e->xf &= (uint8_t) ~(X_MIGRATE | X_REBAL);
     if (to == cs->id || to >= pith_shard_count() || !(e->flags & E_ACTIVE) ||
         (e->flags & (E_LATER | E_OFF)))
         return;
@@ -2115,13 +2162,12 @@ static void migrate_task(void *arg)
     unsigned char key[PITH_VKEY_MAX];
     uint32_t tid = e->tid, klen = e->klen;
     uint64_t hash = e->hash;
-    uint16_t moves = e->moves;
+    uint16_t moves = (uint16_t)EXT_MOVES(x);
     memcpy(key, entry_key(e), klen);
     e->why = PITH_VDEACT_MIGRATED;
     if (guest) {
-        /* guest_gone sends the state with its GONE. */
+        /* guest_gone sends the state with its GONE (and reads the target from the extras). */
         vs->mig_blob = blob;
-        e->target = (uint16_t)to;
         if (rebal)
             e->xf |= X_REBAL;
     }
@@ -2710,8 +2756,9 @@ static void info_here(struct info_req *q)
         q->out.active = true;
         q->out.shard = cs->id;
         q->out.ref = e->act;
-        q->out.placement = e->placed;
-        q->out.moves = e->moves;
+        uint64_t x = ext_of(vs, e);
+        q->out.placement = EXT_PLACED(x);
+        q->out.moves = EXT_MOVES(x);
     }
 }
 
@@ -2894,6 +2941,7 @@ void core_vactor_exit(struct core_shard *cs)
     free(vs->buckets);
     vs->buckets = NULL;
     vs->nbuckets = vs->nentries = 0;
+    map_free(&vs->ext);
     for (unsigned t = 0; t < PITH_VTYPES_MAX; t++) {
         struct vtype_shard *ts = atomic_load_explicit(&vs->types[t], memory_order_relaxed);
         if (ts != NULL && ts->armed) {
