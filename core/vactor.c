@@ -2827,7 +2827,8 @@ static void pcts_of(const uint64_t *hist, uint64_t *samples, uint64_t *p50, uint
     }
 }
 
-int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out)
+/* The counters of t summed over the shards, or of one shard (only < the engine's shards). */
+static int stats_of(const pith_vtype_t *t, unsigned only, pith_vtype_stats_t *out)
 {
     if (t == NULL || out == NULL)
         return -EINVAL;
@@ -2842,9 +2843,13 @@ int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out)
         shard_reader_leave();
         return -ESHUTDOWN;
     }
+    if (only != UINT_MAX && only >= ce->n) {
+        shard_reader_leave();
+        return -EINVAL;
+    }
     memset(out, 0, sizeof(*out));
     uint64_t hist[HIST_BUCKETS] = {0}, first[HIST_BUCKETS] = {0};
-    for (unsigned i = 0; i < ce->n; i++) {
+    for (unsigned i = only != UINT_MAX ? only : 0; i < (only != UINT_MAX ? only + 1 : ce->n); i++) {
         /* Acquire: pairs with the release stores that published each part. */
         struct core_shard *cs = atomic_load_explicit(&ce->shards[i], memory_order_acquire);
         struct vshard *vs = cs != NULL ? atomic_load_explicit(&cs->vs, memory_order_acquire) : NULL;
@@ -2890,6 +2895,16 @@ int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out)
     pcts_of(hist, &out->activate_samples, &out->activate_p50_ns, &out->activate_p99_ns);
     pcts_of(first, &out->first_samples, &out->first_p50_ns, &out->first_p99_ns);
     return 0;
+}
+
+int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out)
+{
+    return stats_of(t, UINT_MAX, out);
+}
+
+int pith_vtype_shard_stats(const pith_vtype_t *t, unsigned shard, pith_vtype_stats_t *out)
+{
+    return stats_of(t, shard == UINT_MAX ? UINT_MAX - 1 : shard, out);
 }
 
 /* ---- the shard hooks ---- */

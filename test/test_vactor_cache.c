@@ -227,6 +227,19 @@ Test(vactor_cache, a_third_shard_sends_straight_to_the_activation_once_it_knows,
                  (unsigned long long)s.cached, each);
     cr_assert_eq(s.stale, 0);
     cr_assert_eq(s.cached + s.forwards, (uint64_t)each + 1, "each message once: the ask too");
+    /* Per shard: the sender's cache sent them, the directory forwarded the rest, the host
+     * holds the one activation. */
+    pith_vtype_stats_t sh[3];
+    for (unsigned i = 0; i < 3; i++)
+        cr_assert_eq(pith_vtype_shard_stats(&c_type, i, &sh[i]), 0);
+    cr_assert_eq(sh[2].cached, s.cached);
+    cr_assert_eq(sh[0].forwards, s.forwards);
+    cr_assert_eq(sh[1].live, 1);
+    cr_assert_eq(sh[0].live + sh[2].live, 0);
+    cr_assert_eq(sh[0].remote, 1, "placed off its directory once");
+    pith_vtype_stats_t none;
+    cr_assert_eq(pith_vtype_shard_stats(&c_type, 3, &none), -EINVAL);
+    cr_assert_eq(pith_vtype_shard_stats(&c_type, UINT32_MAX, &none), -EINVAL);
     test_stop(NULL);
 }
 

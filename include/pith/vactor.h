@@ -196,7 +196,9 @@ PITH_API int pith_vask(const pith_vref_t *to, uint32_t type, const void *data, u
                        uint64_t timeout_ns, pith_reply_fn_t cb, void *ctx, uint64_t *req_out);
 /* As pith_client_send, to a virtual actor: a client's messages to one virtual actor arrive in
  * the order sent, and a full mailbox pushes the client back (its message waits in the lane)
- * instead of refusing it. */
+ * instead of refusing it, while the activation lives on its directory shard. One placed or
+ * moved elsewhere is reached by a forward, and its full mailbox refuses as for any send from
+ * another shard: the message comes back undelivered (pith_client_recv's notice). */
 PITH_API int pith_client_vsend(pith_client_t *c, const pith_vref_t *to, uint32_t type,
                                const void *data, uint32_t len, uint64_t timeout_ns);
 /* As pith_client_ask, to a virtual actor (activated if it is not); a failed activation ends the
@@ -329,6 +331,11 @@ typedef struct pith_vtype_stats {
 
 /* Errors: -EINVAL t or out NULL; -ENOENT not registered; -ESHUTDOWN no engine. Any thread. */
 PITH_API int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out);
+
+/* As pith_vtype_stats, of one shard: what happened there (activations hosted there, messages
+ * its directory routed, its location cache's sends, its own moves and rebalancing). Errors: as
+ * pith_vtype_stats, and -EINVAL shard out of range. */
+PITH_API int pith_vtype_shard_stats(const pith_vtype_t *t, unsigned shard, pith_vtype_stats_t *out);
 
 #ifdef __cplusplus
 }
