@@ -198,7 +198,7 @@ PITH_API int pith_vask(const pith_vref_t *to, uint32_t type, const void *data, u
  * the order sent, and a full mailbox pushes the client back (its message waits in the lane)
  * instead of refusing it, while the activation lives on its directory shard. One placed or
  * moved elsewhere is reached by a forward, and its full mailbox refuses as for any send from
- * another shard: the message comes back undelivered (pith_client_recv's notice). */
+ * another shard: the message comes back undelivered (a PITH_MSG_UNDELIVERED in the inbox). */
 PITH_API int pith_client_vsend(pith_client_t *c, const pith_vref_t *to, uint32_t type,
                                const void *data, uint32_t len, uint64_t timeout_ns);
 /* As pith_client_ask, to a virtual actor (activated if it is not); a failed activation ends the
