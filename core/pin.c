@@ -36,6 +36,8 @@ static void unlock_free_pages(const struct pins *ps, uintptr_t lo, uintptr_t hi)
 {
     uintptr_t ex[2 * EXCL_MAX];
     unsigned n = mem_locked_extents(lo, hi, ex, EXCL_MAX - PINS_MAX);
+    if (n > EXCL_MAX - PINS_MAX)
+        return; /* more locked extents than it can step around: it unlocks nothing */
     for (unsigned i = 0; ps != NULL && i < ps->n; i++) {
         uintptr_t b = ps->p[i].lo, e = ps->p[i].hi;
         if (e <= lo || b >= hi)

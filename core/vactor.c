@@ -207,13 +207,14 @@ _Static_assert(PITH_VTYPES_MAX <= 256, "tid fits a byte");
 #define E_LATER  64u  /* on_activate answered PITH_VACT_LATER: held until pith_vactor_activated */
 #define E_ENDING 128u /* its hooks run as it ends: messages to its key wait for the next one */
 /* ventry.xf */
-#define X_REMOTE  1u  /* a directory entry (struct rentry) of an activation on another shard */
-#define X_GUEST   2u  /* an activation whose directory is another shard */
-#define X_MIGRATE 4u  /* pith_vactor_migrate asked: it moves to its extra's target */
-#define X_REBAL   8u  /* the move was rebalancing's */
-#define X_TIMED   16u /* its first behaviour call ends a timed activation (vtype_shard.first_*) */
-#define X_HELD    32u /* muted from its turns until migrate_task (a move asked from its turn) */
-#define X_EXT     64u /* it has extras (vshard.ext) */
+#define X_REMOTE    1u  /* a directory entry (struct rentry) of an activation on another shard */
+#define X_GUEST     2u  /* an activation whose directory is another shard */
+#define X_MIGRATE   4u  /* pith_vactor_migrate asked: it moves to its extra's target */
+#define X_REBAL     8u  /* the move was rebalancing's */
+#define X_TIMED     16u /* its first behaviour call ends a timed activation (vtype_shard.first_*) */
+#define X_HELD      32u /* muted from its turns until migrate_task (a move asked from its turn) */
+#define X_EXT       64u /* it has extras (vshard.ext) */
+#define X_ANNOUNCED 128u /* a guest its directory knows begun (GMARK sent): its end says GONE */
 
 /* An entry's extras, which most never need: kept out of the entry (48 bytes for every idle
  * activation), packed into one word in a side map of the shard, by the activation's ref. */
@@ -319,8 +320,6 @@ struct vshard {
     /* The last activate() failed in the application's init or on_activate (not for the
      * engine's memory): a client's lane does not retry it. */
     bool app_err;
-    /* vterminate told the directory that a guest is gone (act_task must not again). */
-    bool gone_sent;
     /* A move in progress (migrate_task to vterminate): the state's copy and where it goes. */
     void *mig_blob;
     bool blob_taken; /* vinit copied a moved state into a new activation's */
@@ -335,9 +334,10 @@ struct vshard {
 /* A virtual message's trailer, after its payload (core_msg_extra_off): whom it is for. */
 struct vtrail {
     uint64_t hash;
-    uint32_t tid;
+    uint16_t tid;
     uint16_t klen;
-    uint16_t vf; /* V_* */
+    uint16_t vf;  /* V_* */
+    uint16_t via; /* V_MOVED: the shard that gave it back */
     unsigned char key[];
 };
 #define V_MOVED  1u /* given back by an activation that ended or moved: passes the next's bound */
@@ -830,7 +830,10 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
         return NULL;
     }
     struct ventry *e = entry_of_state(a->state);
-    if (first_t0 != 0 && ts->first_ref == PITH_REF_NONE) {
+    /* One at a time; one whose first call never came (a pith_become before it) gives way
+     * after a second. */
+    if (first_t0 != 0 &&
+        (ts->first_ref == PITH_REF_NONE || first_t0 - ts->first_t0 > 1000ull * 1000 * 1000)) {
         ts->first_ref = ref;
         ts->first_t0 = first_t0;
         e->xf |= X_TIMED;
@@ -951,6 +954,9 @@ static void vterminate(pith_actor_t *self, void *state, int reason)
         if (r->vt->on_deactivate != NULL)
             r->vt->on_deactivate(self, state, why);
         core_bump(&ts->deact[why], 1);
+        /* A move: the state as on_deactivate left it goes on. */
+        if (moving && vs->mig_blob != NULL)
+            memcpy(vs->mig_blob, state, r->vt->actor->state_size);
         if ((e->flags & E_WARM) && !moving)
             core_bump(&ts->prewarm_wasted, 1);
     }
@@ -962,7 +968,8 @@ static void vterminate(pith_actor_t *self, void *state, int reason)
     unsigned placed = EXT_PLACED(ext_of(vs, e));
     bool failed =
         !(e->flags & E_ACTIVE) && placed != PITH_PLACE_MIGRATED && placed != PITH_PLACE_REBALANCED;
-    if (e->xf & X_GUEST)
+    /* A guest that fails inside ctl_act's activate is ctl_act's to report. */
+    if ((e->xf & X_GUEST) && (e->xf & X_ANNOUNCED))
         guest_gone(core_self, vs, e, failed ? (reason < 0 ? reason : -ECANCELED) : 0);
     entry_drop(vs, e); /* the core frees the block, e with it, after this */
 }
@@ -1199,6 +1206,14 @@ static int vdeliver(struct core_shard *cs, struct vshard *vs, uint32_t tid, uint
         struct rentry *r = (struct rentry *)e;
         if (r->state == R_ACTIVE) {
             struct amsg *f = trailed(m, -1, tid, hash, key, klen);
+            if (f != NULL && l != NULL) {
+                /* A client's: within the mesh's bounds, else it waits in its lane. */
+                trail_of(f)->vf = V_FWD;
+                if (pith_submit(r->host, fwd_task, f) != 0)
+                    return LANE_RETRY;
+                core_bump(&ts->forwards, 1);
+                return 0;
+            }
             if (f != NULL) {
                 trail_of(f)->vf = (uint16_t)(V_FWD | (moved ? V_MOVED : 0));
                 core_bump(&ts->forwards, 1);
@@ -1344,7 +1359,10 @@ static void orphan_end(uint32_t tid, void *blob, int reason)
 {
     const pith_actor_type_t *t = vtypes[tid].vt->actor;
     if (blob != NULL && t->terminate != NULL) {
-        static struct type_rec none; /* of no type: not an activation's */
+        /* An actor record of a plain type of no behaviour: not an activation's, so the vactor
+         * calls answer as for another actor, and pith_actor_owner reads a budget of 0. */
+        static const pith_actor_type_t nobody = {.name = "pith.orphaned-state"};
+        static struct type_rec none = {.type = &nobody};
         struct actor a = {.rec = &none, .state = blob};
         struct pith_actor self = {&a, PITH_REF_NONE};
         t->terminate(&self, blob, reason);
@@ -1388,6 +1406,7 @@ static void give_back(struct core_shard *cs, struct amsg *m)
 {
     struct vtrail *t = trail_of(m);
     t->vf |= V_MOVED;
+    t->via = (uint16_t)cs->id;
     struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
     struct vtype_shard *ts =
         vs != NULL ? atomic_load_explicit(&vs->types[t->tid], memory_order_relaxed) : NULL;
@@ -1452,9 +1471,12 @@ static void land(struct core_shard *cs, struct vshard *vs, struct vtype_shard *t
         return; /* the word owns the blob */
     int err;
     vs->blob_taken = false;
-    if (activate(cs, vs, ts, tid, hash, key, klen, &how, &err) == NULL) {
+    struct ventry *e = activate(cs, vs, ts, tid, hash, key, klen, &how, &err);
+    if (e == NULL || !vs->blob_taken) {
+        /* Failed, or a fresh activation of the key began meanwhile (an eviction's
+         * on_deactivate sent to it) and took its place: the state's end. */
         core_bump(&ts->migrate_failed, 1);
-        blob_done(vs, tid, blob, err);
+        blob_done(vs, tid, blob, e == NULL ? err : -EEXIST);
     } else {
         pith_free(blob);
     }
@@ -1464,7 +1486,6 @@ static void land(struct core_shard *cs, struct vshard *vs, struct vtype_shard *t
  * shard's senders' messages that waited for GECHO, behind it. */
 static void guest_gone(struct core_shard *cs, struct vshard *vs, struct ventry *e, int err)
 {
-    vs->gone_sent = true;
     if (cs->closing)
         return;
     unsigned dir = dir_shard(e->hash, pith_shard_count());
@@ -1493,7 +1514,6 @@ static void ctl_act(struct core_shard *cs, struct vshard *vs, struct vtype_shard
 {
     unsigned dir = c->from;
     int err = -EEXIST;
-    vs->gone_sent = false;
     struct how how = {.reason = c->reason,
                       .guest = true,
                       .blob = c->blob,
@@ -1504,7 +1524,13 @@ static void ctl_act(struct core_shard *cs, struct vshard *vs, struct vtype_shard
     struct ventry *e = dir_find(vs, ts, c->tid, c->hash, c->key, c->klen);
     vs->blob_taken = false;
     e = e == NULL ? activate(cs, vs, ts, c->tid, c->hash, c->key, c->klen, &how, &err) : NULL;
-    if (e == NULL && c->blob != NULL) {
+    if (c->blob != NULL && e != NULL && !vs->blob_taken) {
+        /* A fresh activation took its place meanwhile (see land): the state's end, and the
+         * activation stands. */
+        core_bump(&ts->migrate_failed, 1);
+        orphan_end(c->tid, c->blob, -EEXIST);
+        c->blob = NULL;
+    } else if (e == NULL && c->blob != NULL) {
         core_bump(&ts->migrate_failed, 1);
         blob_done(vs, c->tid, c->blob, err);
         /* A move that could not land ends the activation: what waited for it goes on to a
@@ -1516,11 +1542,10 @@ static void ctl_act(struct core_shard *cs, struct vshard *vs, struct vtype_shard
     c->blob = NULL;
     c->from = (uint16_t)cs->id;
     if (e != NULL) {
+        e->xf |= X_ANNOUNCED;
         c->kind = C_GMARK;
         c->ref = e->act;
         ctl_send(cs, dir, c);
-    } else if (vs->gone_sent) {
-        pith_free(c); /* vterminate said GONE already */
     } else {
         c->kind = C_GONE;
         c->err = err;
@@ -1712,6 +1737,11 @@ static void ret_task(void *arg)
         return;
     }
     struct rentry *r = (struct rentry *)e;
+    if (r->state == R_ACTIVE && t->via != r->host) {
+        /* Not from the activation this entry names (not expected): a message like any. */
+        (void)vdeliver(cs, vs, t->tid, t->hash, t->key, t->klen, m, NULL, true);
+        return;
+    }
     m->next = NULL;
     /* Not bounded here: each came out of the ended activation's mailbox, or was on its way to
      * it past that mailbox's bound already counted. */
@@ -1958,6 +1988,13 @@ static void cache_word(struct core_shard *cs, struct vshard *vs, struct vtype_sh
             vs->cache != NULL ? &vs->cache[(c->hash >> 32) & (CACHE_SLOTS - 1)] : NULL;
         if (k == NULL || !slot_is(k, c->tid, c->hash, c->key, c->klen) || k->state != K_MARK)
             break;
+        if (c->ref != PITH_REF_NONE && c->from == cs->id) {
+            /* This shard answered itself through its queue: the activation may have ended
+             * since. Then, as for no answer. */
+            struct ventry *e = dir_find(vs, ts, c->tid, c->hash, c->key, c->klen);
+            if (e == NULL || e->act != c->ref || (e->flags & E_ENDING))
+                c->ref = PITH_REF_NONE;
+        }
         if (c->ref == PITH_REF_NONE) {
             k->state = K_NONE; /* it lives on its directory shard, or nowhere now */
             k->count = 0;
@@ -2019,10 +2056,15 @@ static void dfwd_task(void *arg)
     unsigned back = sender_shard(m->from);
     if (a == NULL) {
         core_bump(&ts->stale, 1);
-        if (back != UINT_MAX && back != cs->id)
+        if (back != UINT_MAX && back != cs->id) {
             send_msg(cs, back, bounce_task, m); /* the sender's cache sorts it out */
-        else
-            give_back(cs, m);
+        } else {
+            /* This shard's own: everything it sent earlier is on the ring to the directory
+             * already (given back at the activation's end, or routed), so this goes there as a
+             * message, behind them. */
+            t->vf = 0;
+            send_msg(cs, dir_shard(t->hash, pith_shard_count()), vdeliver_task, m);
+        }
         return;
     }
     touch(ts, e);
@@ -2078,7 +2120,8 @@ static int migrate_ask(struct core_shard *cs, struct ventry *e, unsigned to, boo
             return err;
         /* Asked from its own turn: the turn ends with this message (a muted actor's does), and
          * no other begins before the move, so the next message is handled where it goes. */
-        if (core_current == e->act && core_mute_hold(cs, e->act, true) == 0)
+        if (core_current == e->act && (e->flags & E_ACTIVE) &&
+            core_mute_hold(cs, e->act, true) == 0)
             e->xf |= X_HELD;
     }
     e->xf = (uint8_t)((e->xf & ~X_REBAL) | X_MIGRATE | (rebal ? X_REBAL : 0));
@@ -2154,7 +2197,6 @@ static void migrate_task(void *arg)
         core_bump(&ts->migrate_failed, 1);
         return;
     }
-    memcpy(blob, a->state, size);
     core_bump(&ts->migrations, 1);
     if (rebal)
         core_bump(&ts->rebalances, 1);
@@ -2165,13 +2207,16 @@ static void migrate_task(void *arg)
     uint16_t moves = (uint16_t)EXT_MOVES(x);
     memcpy(key, entry_key(e), klen);
     e->why = PITH_VDEACT_MIGRATED;
-    if (guest) {
-        /* guest_gone sends the state with its GONE (and reads the target from the extras). */
-        vs->mig_blob = blob;
-        if (rebal)
-            e->xf |= X_REBAL;
-    }
+    /* vterminate copies the state into it once on_deactivate has run; for a guest,
+     * guest_gone then sends it with the GONE (and reads the target from the extras). */
+    vs->mig_blob = blob;
+    if (guest && rebal)
+        e->xf |= X_REBAL;
     (void)core_end_now(cs, ref, PITH_EXIT_NORMAL);
+    if (!guest) {
+        blob = vs->mig_blob;
+        vs->mig_blob = NULL;
+    }
     if (guest) {
         if (vs->mig_blob != NULL)
             orphan_end(tid, vs->mig_blob, -ENOMEM); /* not taken: the word found no memory */
@@ -2583,7 +2628,7 @@ int pith_vactor_deactivate(pith_actor_t *self)
 int pith_vactor_migrate(pith_actor_t *self, unsigned shard)
 {
     struct ventry *e = entry_of(self);
-    if (e == NULL || (e->flags & E_WORKER) || shard >= pith_shard_count())
+    if (e == NULL || (e->flags & (E_WORKER | E_ENDING)) || shard >= pith_shard_count())
         return -EINVAL;
     if (shard == core_self->id)
         return -EALREADY;

@@ -288,12 +288,14 @@ int extent_get(struct extent **out, size_t size, pith_mem_profile_t profile, uns
 
 unsigned mem_locked_extents(uintptr_t lo, uintptr_t hi, uintptr_t *out, unsigned max)
 {
-    unsigned n = 0;
+    unsigned n = 0, all = 0;
     pthread_mutex_lock(&pool_lock);
-    for (struct extent *x = registry; x != NULL && n < max; x = x->known) {
+    for (struct extent *x = registry; x != NULL; x = x->known) {
         uintptr_t b = (uintptr_t)x->base, e = b + x->size;
         if (!atomic_load(&x->locked) || e <= lo || b >= hi)
             continue;
+        if (all++ >= max)
+            continue; /* counted, not kept */
         /* Insertion by base: a handful at most. */
         unsigned i = n++;
         while (i > 0 && out[2 * (i - 1)] > b) {
@@ -305,7 +307,7 @@ unsigned mem_locked_extents(uintptr_t lo, uintptr_t hi, uintptr_t *out, unsigned
         out[2 * i + 1] = e;
     }
     pthread_mutex_unlock(&pool_lock);
-    return n;
+    return all;
 }
 
 /* Cold extents only: MADV_COLD makes their pages the first the kernel reclaims; MADV_PAGEOUT

@@ -78,8 +78,8 @@ int extent_get(struct extent **out, size_t size, pith_mem_profile_t profile, uns
 void extent_put(struct extent *x);
 int extent_advise_cold(struct extent *x, bool pageout);
 /* The extents whose memory the engine keeps locked that overlap [lo, hi): up to max of them,
- * as [base, end) pairs in out[2 * i], out[2 * i + 1], sorted by base; returns how many (past
- * max: max, the rest left out). Any thread. */
+ * as [base, end) pairs in out[2 * i], out[2 * i + 1], sorted by base; returns how many there
+ * are (more than max: only max of them are in out). Any thread. */
 unsigned mem_locked_extents(uintptr_t lo, uintptr_t hi, uintptr_t *out, unsigned max);
 
 /* An account: bytes in live blocks and their high-water mark. `local` is written only by the

@@ -1491,7 +1491,9 @@ Test(vactor_place, idle_deactivation_racing_senders_on_every_shard_loses_nothing
     pith_vtype_stats_t st = stats_of(&flick_type);
     cr_assert_eq(st.activations, atomic_load(&began_fresh));
     cr_assert_eq(atomic_load(&began_fresh), deacts_total(), "every activation that began ended");
-    cr_assert_geq(st.deactivations[PITH_VDEACT_IDLE], 2, "idle deactivations: %llu",
+    /* Under valgrind the pauses between bursts shrink against its slowness: one may be all. */
+    cr_assert_geq(st.deactivations[PITH_VDEACT_IDLE], test_on_valgrind() ? 1 : 2,
+                  "idle deactivations: %llu",
                   (unsigned long long)st.deactivations[PITH_VDEACT_IDLE]);
     cr_assert_geq(st.remote, 1, "no activation was placed off the directory shard");
     cr_log_info("flick: %llu activations, %llu idle, %llu remote, %llu forwards, %llu direct, "
