@@ -251,8 +251,8 @@ PITH_API int pith_vactor_list(const pith_vtype_t *t, unsigned shard, uint64_t *c
  * engine stopping meanwhile) ends it instead: the actor type's terminate runs on the state (with
  * a self that names no actor: pith_self gives PITH_REF_NONE, pith_vactor_key NULL), counted in
  * migrate_failed, and the next message activates afresh. Errors: -EINVAL self is not a virtual
- * actor's activation (a stateless worker is not one here) or shard out of range; -EALREADY it lives
- * on shard; -ENOMEM. */
+ * actor's activation (a stateless worker is not one here), it is ending (on_deactivate), or
+ * shard out of range; -EALREADY it lives on shard; -ENOMEM. */
 PITH_API int pith_vactor_migrate(pith_actor_t *self, unsigned shard);
 
 /* Moves the running activation's state (with its directory entry) to memory of `profile`
