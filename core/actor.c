@@ -277,6 +277,8 @@ static void side_tables_end(struct core_shard *cs, pith_ref_t ref, int reason)
         core_mute_drained(cs, ref);
     if (cs->folded.len)
         map_del(&cs->folded, ref);
+    if (cs->became.len)
+        map_del(&cs->became, ref);
     if (cs->parked.len)
         core_lanes_resume(cs, ref); /* their records find the actor gone */
     if (cs->room.len)
@@ -372,15 +374,18 @@ int core_schedule(struct core_shard *cs, struct actor *a, pith_ref_t ref)
 static inline int behave(struct core_shard *cs, struct actor *a, struct pith_actor *self,
                          const pith_msg_t *msg, struct type_counters *c)
 {
-    atomic_store_explicit(&cs->running_fn, (pith_anyfn_t)a->behaviour, memory_order_relaxed);
+    pith_behaviour_t b = LIKELY(!(a->gen & A_BECAME))
+                             ? a->rec->type->behaviour
+                             : (pith_behaviour_t)(uintptr_t)map_get(&cs->became, self->ref);
+    atomic_store_explicit(&cs->running_fn, (pith_anyfn_t)b, memory_order_relaxed);
     if (UNLIKELY(++cs->sample == HIST_SAMPLE)) {
         cs->sample = 0;
         uint64_t t0 = pith_now_ns();
-        int status = a->behaviour(self, a->state, msg);
+        int status = b(self, a->state, msg);
         core_bump(&c->hist[hist_bucket(pith_now_ns() - t0)], 1);
         return status;
     }
-    return a->behaviour(self, a->state, msg);
+    return b(self, a->state, msg);
 }
 
 /* What follows a turn that handled n messages (from_mailbox of them from the mailbox) and ended
@@ -531,7 +536,7 @@ int core_spawn_ex(const pith_actor_type_t *type, void *arg, size_t prefix, size_
          * the same value. */
         atomic_store_explicit(&r->state_prefix, (uint32_t)prefix, memory_order_relaxed);
     }
-    *a = (struct actor){.rec = r, .behaviour = type->behaviour, .state = state, .gen = gen};
+    *a = (struct actor){.rec = r, .state = state, .gen = gen};
     cs->live++;
     core_bump(&ctr(cs, r)->spawned, 1);
     if (prep != NULL)
@@ -626,8 +631,20 @@ uint64_t pith_actor_owner(const pith_actor_t *self)
 
 void pith_become(pith_actor_t *self, pith_behaviour_t behaviour)
 {
-    if (self != NULL && behaviour != NULL)
-        self->a->behaviour = behaviour;
+    struct core_shard *cs = core_self;
+    if (self == NULL || behaviour == NULL || cs == NULL)
+        return;
+    struct actor *a = self->a;
+    if (behaviour == a->rec->type->behaviour) {
+        if (a->gen & A_BECAME)
+            (void)map_del(&cs->became, self->ref);
+        a->gen &= ~A_BECAME;
+        return;
+    }
+    /* A replace never fails; a new entry may, and then the behaviour stays as it was (the
+     * function returns nothing: the next message shows it). */
+    if (map_put(&cs->became, self->ref, (void *)(uintptr_t)behaviour) == 0)
+        a->gen |= A_BECAME;
 }
 
 unsigned pith_ref_shard(pith_ref_t ref)
@@ -854,6 +871,7 @@ static void core_shard_exit(unsigned shard)
     cs->nexits = cs->exits_cap = 0;
     core_mute_free(cs);
     map_free(&cs->folded);
+    map_free(&cs->became);
     core_lanes_free(cs);
     core_room_free(cs);
     core_slabs_close_all(cs);

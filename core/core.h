@@ -176,19 +176,22 @@ struct type_rec {
 #define A_STOP      (UINT32_C(1) << 26) /* stop when the behaviour returns */
 #define A_TRAP      (UINT32_C(1) << 27) /* traps exits of linked actors */
 #define A_MUTED     (UINT32_C(1) << 28) /* muted by a full mailbox: no turns until unmuted */
+#define A_BECAME    (UINT32_C(1) << 29) /* pith_become gave it a behaviour (core_shard.became) */
 
 /* One actor: 48 bytes of engine overhead, plus its state's allocation. gen holds the 24-bit
  * generation and the A_* flags. A free record has gen 0
  * and links the free list through `head` (as a slot index + 1). */
+/* One actor. Its behaviour is its type's, or (A_BECAME) the one pith_become gave it, kept in
+ * core_shard.became: most actors never change theirs, and every byte here is paid by every
+ * actor. */
 struct actor {
     struct type_rec *rec;
-    pith_behaviour_t behaviour;
     void *state;
     struct amsg *head, *tail;
     uint32_t gen; /* generation (low 20 bits) and A_* flags; 0: free */
     uint32_t depth;
 };
-_Static_assert(sizeof(struct actor) == 48, "actor record");
+_Static_assert(sizeof(struct actor) == 40, "actor record");
 
 /* A linked actor to end once the actor_end on the stack returns. */
 struct core_exit {
@@ -233,6 +236,7 @@ struct core_shard {
     struct map muted;        /* receiver ref -> list of struct muted (it muted them) */
     struct map mutes;        /* sender ref -> receivers muting it now (mute.c) */
     struct map folded;       /* actor ref -> notices folded while its mailbox was full */
+    struct map became;       /* actor ref -> the behaviour pith_become gave it (A_BECAME) */
     struct map parked;       /* actor ref -> client lanes waiting for its mailbox (ingress.c) */
     struct map room;         /* actor ref -> pith_when_room callbacks waiting (room.c) */
     uint32_t ending;         /* actor_end calls on the stack */

@@ -307,9 +307,10 @@ struct vtype_shard {
 };
 
 struct vshard {
-    /* The directory: buckets of entries chained through ventry.chain, by hash; as many
-     * buckets as entries at most (it doubles past that; a failed doubling leaves the chains
-     * longer, nothing fails). 8 bytes of table per entry, or 16 just after a doubling. */
+    /* The directory: buckets of entries chained through ventry.chain, by hash; half as many
+     * buckets as entries at least (it doubles once entries reach twice the buckets; a failed
+     * doubling leaves the chains longer, nothing fails): chains of 1 to 2 entries on average,
+     * 4 bytes of table per entry, or 8 just after a doubling. */
     struct ventry **buckets;
     uint64_t nbuckets, nentries;
     /* Messages sent to a key while its activation ends (from on_deactivate or terminate),
@@ -801,7 +802,7 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
     }
     /* The directory has room before the spawn, so the entry always goes in (a chain grows
      * when a doubling finds no memory). */
-    if (r->vt->workers == 0 && vs->nentries >= vs->nbuckets)
+    if (r->vt->workers == 0 && vs->nentries >= 2 * vs->nbuckets)
         dir_grow(vs);
     if (r->vt->workers == 0 && vs->nbuckets == 0) {
         *err = -ENOMEM;
@@ -1421,7 +1422,7 @@ static struct ventry *remote_new(struct core_shard *cs, struct vshard *vs, struc
                                  uint32_t tid, uint64_t hash, const unsigned char *key,
                                  uint32_t klen, unsigned host, const struct how *how)
 {
-    if (vs->nentries >= vs->nbuckets)
+    if (vs->nentries >= 2 * vs->nbuckets)
         dir_grow(vs);
     if (vs->nbuckets == 0)
         return NULL;

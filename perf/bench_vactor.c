@@ -483,10 +483,10 @@ int bench_vactor_bytes(const bench_env_t *env, uint64_t n, result_t *r, char *wh
     }
     double per_heap = ((double)m1.in_use - (double)m0.in_use) / (double)(n - 1);
     double per_rss = ((double)rss1 - (double)rss0) / (double)(n - 1);
-    /* The directory's buckets (8 B each, libc's): 64, doubled whenever the entries reach the
-     * buckets, as core/vactor.c grows it; derived, not read back. */
+    /* The directory's buckets (8 B each, libc's): 64, doubled whenever the entries reach twice
+     * the buckets, as core/vactor.c grows it; derived, not read back. */
     uint64_t buckets = 64;
-    while (buckets <= vst.live)
+    while (2 * buckets <= vst.live)
         buckets *= 2;
     double per_dir = 8.0 * (double)buckets / (double)vst.live;
     r->value = per_heap + per_dir;
