@@ -632,7 +632,8 @@ uint64_t pith_actor_owner(const pith_actor_t *self)
 void pith_become(pith_actor_t *self, pith_behaviour_t behaviour)
 {
     struct core_shard *cs = core_self;
-    if (self == NULL || behaviour == NULL || cs == NULL)
+    /* A self of no actor (a moved state's end, vactor.c) has no ref to key the map by. */
+    if (self == NULL || behaviour == NULL || cs == NULL || self->ref == PITH_REF_NONE)
         return;
     struct actor *a = self->a;
     if (behaviour == a->rec->type->behaviour) {
