@@ -39,8 +39,8 @@ struct extent {
     _Atomic bool locked;
     bool prefaulted;
     int node;
-    unsigned made_with;  /* PITH_MEM_NO_HUGETLB | PITH_MEM_NO_THP as they were when mapped */
-    struct extent *next; /* the pool's list */
+    unsigned made_with;   /* PITH_MEM_NO_HUGETLB | PITH_MEM_NO_THP as they were when mapped */
+    struct extent *next;  /* the pool's list */
     struct extent *known; /* every extent ever made (they are never unmapped): the registry */
 };
 
