@@ -222,7 +222,9 @@ _Static_assert(PITH_VTYPES_MAX <= 256, "tid fits a byte");
 #define EXT_VOTES(x)  ((unsigned)(((x) >> 16) & 0xffff)) /* rebalancing: its lead */
 #define EXT_TARGET(x) ((unsigned)(((x) >> 32) & 0xffff)) /* X_MIGRATE: where it moves */
 #define EXT_MOVES(x)  ((unsigned)(((x) >> 48) & 0xfff))  /* moves since its last fresh start */
-#define EXT_PLACED(x) ((unsigned)((x) >> 60))            /* pith_placement_t: how it came */
+/* How it came, when not by its type's own placement: that pith_placement_t + 1 (0: by its
+ * type's, which most do, so that they need no extras); see placed_of. */
+#define EXT_PLACED(x) ((unsigned)((x) >> 60))
 static inline uint64_t ext_pack(unsigned cand, unsigned votes, unsigned target, unsigned moves,
                                 unsigned placed)
 {
@@ -244,8 +246,8 @@ static inline uint64_t ext_pack(unsigned cand, unsigned votes, unsigned target, 
 
 /* The directory shard's entry for a key whose activation lives on another shard (the host):
  * it forwards there, and while an activation that ended or moved away gives back what it had
- * not handled (RETURNED, then GONE, then a marker that comes back once all of it did), it keeps
- * those and holds newer messages behind them. The key follows, at RHDR. */
+ * not handled (GONE, the messages given back, then a marker that comes back once all of them
+ * did), it keeps those and holds newer messages behind them. The key follows, at RHDR. */
 struct rentry {
     struct ventry e;               /* E_DIR, X_REMOTE; e.act: the host's activation, once it said */
     struct amsg *ret, *ret_tail;   /* given back, in the order the host had them */
@@ -341,8 +343,7 @@ struct vtrail {
     uint16_t via; /* V_MOVED: the shard that gave it back */
     unsigned char key[];
 };
-#define V_MOVED  1u /* given back by an activation that ended or moved: passes the next's bound */
-#define V_DIRECT 4u /* sent straight to the host by a sender's location cache */
+#define V_MOVED 1u /* given back by an activation that ended or moved: passes the next's bound */
 
 /* A shard's location cache: a slot per hash (direct-mapped), for keys whose directory is
  * another shard. A key's slot is claimed when messages to it keep coming (CACHE_AFTER routed
@@ -370,12 +371,32 @@ struct lslot {
     bool evict; /* K_PROBE: the slot is freed after, not kept for the key */
     unsigned char key[PITH_VKEY_MAX];
 };
-#define V_FWD 2u /* forwarded by the directory: a host without the activation gives it back */
 
 static inline struct vtrail *trail_of(struct amsg *m)
 {
     uint32_t len = m->len & AMSG_LEN_MASK;
     return (struct vtrail *)((char *)(m + 1) + core_msg_extra_off(len));
+}
+
+/* A chain of messages through amsg.next: m goes at its tail. */
+static inline void chain_push(struct amsg **head, struct amsg **tail, struct amsg *m)
+{
+    m->next = NULL;
+    if (*tail != NULL)
+        (*tail)->next = m;
+    else
+        *head = m;
+    *tail = m;
+}
+
+/* Frees a chain (messages the engine's stop leaves behind). */
+static void chain_free(struct amsg *m)
+{
+    while (m != NULL) {
+        struct amsg *next = m->next;
+        core_msg_free(m);
+        m = next;
+    }
 }
 
 static struct vshard *vshard_get(struct core_shard *cs)
@@ -403,6 +424,12 @@ static struct vtype_shard *vts_get(struct vshard *vs, uint32_t tid)
 static uint64_t ext_of(struct vshard *vs, const struct ventry *e)
 {
     return (e->xf & X_EXT) ? (uint64_t)(uintptr_t)map_get(&vs->ext, e->act) : 0;
+}
+
+/* The pith_placement_t that brought e here, from its extras x. */
+static unsigned placed_of(const struct ventry *e, uint64_t x)
+{
+    return EXT_PLACED(x) != 0 ? EXT_PLACED(x) - 1 : (unsigned)vtypes[e->tid].vt->placement;
 }
 
 /* Sets e's extras (all zero: none). Out of memory for the map: false, and nothing changes. */
@@ -560,12 +587,7 @@ static struct amsg *take_mail(struct core_shard *cs, struct actor *a)
             continue;
         }
         core_mailbox_take(cs, a, prev, m);
-        m->next = NULL;
-        if (kept_tail != NULL)
-            kept_tail->next = m;
-        else
-            kept = m;
-        kept_tail = m;
+        chain_push(&kept, &kept_tail, m);
     }
     return kept;
 }
@@ -739,7 +761,10 @@ static void prep_entry(void *block, pith_ref_t ref, void *ctx)
     memcpy(entry_key(e), p->key, p->klen);
     /* Out of memory for the extras, an activation placed or moved here says hash and 0 moves
      * (pith_vactor_info): nothing else depends on them. */
-    (void)ext_set(p->vs, e, ext_pack(0, 0, 0, p->how->moves, p->how->placed));
+    unsigned own = (unsigned)vtypes[p->tid].vt->placement;
+    (void)ext_set(
+        p->vs, e,
+        ext_pack(0, 0, 0, p->how->moves, p->how->placed == own ? 0 : p->how->placed + 1u));
     if (p->worker)
         e->flags |= E_WORKER;
     else
@@ -966,7 +991,7 @@ static void vterminate(pith_actor_t *self, void *state, int reason)
         r->vt->actor->terminate(self, state, reason);
     /* A fresh activation that failed to begin fails what waited for it; one that ended, or a
      * move that could not land, hands it on to the next. */
-    unsigned placed = EXT_PLACED(ext_of(vs, e));
+    unsigned placed = placed_of(e, ext_of(vs, e));
     bool failed =
         !(e->flags & E_ACTIVE) && placed != PITH_PLACE_MIGRATED && placed != PITH_PLACE_REBALANCED;
     /* A guest that fails inside ctl_act's activate is ctl_act's to report. */
@@ -981,12 +1006,7 @@ static void held_task(void *arg);
 static void hold(struct core_shard *cs, struct vshard *vs, struct amsg *m)
 {
     vs->nheld++;
-    m->next = NULL;
-    if (vs->held_tail != NULL)
-        vs->held_tail->next = m;
-    else
-        vs->held = m;
-    vs->held_tail = m;
+    chain_push(&vs->held, &vs->held_tail, m);
     if (!vs->held_armed && shard_submit_force(cs->id, held_task, NULL) == 0)
         vs->held_armed = true;
 }
@@ -1209,14 +1229,14 @@ static int vdeliver(struct core_shard *cs, struct vshard *vs, uint32_t tid, uint
             struct amsg *f = trailed(m, -1, tid, hash, key, klen);
             if (f != NULL && l != NULL) {
                 /* A client's: within the mesh's bounds, else it waits in its lane. */
-                trail_of(f)->vf = V_FWD;
+                trail_of(f)->vf = 0;
                 if (pith_submit(r->host, fwd_task, f) != 0)
                     return LANE_RETRY;
                 core_bump(&ts->forwards, 1);
                 return 0;
             }
             if (f != NULL) {
-                trail_of(f)->vf = (uint16_t)(V_FWD | (moved ? V_MOVED : 0));
+                trail_of(f)->vf = moved ? V_MOVED : 0;
                 core_bump(&ts->forwards, 1);
                 send_msg(cs, r->host, fwd_task, f);
                 return 0;
@@ -1224,14 +1244,9 @@ static int vdeliver(struct core_shard *cs, struct vshard *vs, uint32_t tid, uint
             err = -ENOMEM;
         } else if (r->nheld < held_cap(tid)) {
             /* Held behind what the ended activation gives back, until its marker is back. */
-            m->next = NULL;
             if (moved && has_trail(m, key))
                 trail_of(m)->vf |= V_MOVED; /* it passes the next activation's bound */
-            if (r->held_tail != NULL)
-                r->held_tail->next = m;
-            else
-                r->held = m;
-            r->held_tail = m;
+            chain_push(&r->held, &r->held_tail, m);
             r->nheld++;
             return 0;
         } else {
@@ -1483,8 +1498,7 @@ static void land(struct core_shard *cs, struct vshard *vs, struct vtype_shard *t
     }
 }
 
-/* On a guest's end (vterminate): GONE to the directory, with the state if it moves, then this
- * shard's senders' messages that waited for GECHO, behind it. */
+/* On a guest's end (vterminate): GONE to the directory, with the state if it moves. */
 static void guest_gone(struct core_shard *cs, struct vshard *vs, struct ventry *e, int err)
 {
     if (cs->closing)
@@ -1682,20 +1696,31 @@ static void ctl_task(void *arg)
     ctl_free(c);
 }
 
+/* A message task's arrival: this shard's parts for m's type, or NULL when there are none (the
+ * engine stops; or no memory, and m's sender is told): m is freed then. */
+static struct vtype_shard *arrived(struct amsg *m, struct core_shard **cs, struct vshard **vs)
+{
+    *cs = core_shard_get();
+    *vs = *cs != NULL && !(*cs)->closing ? vshard_get(*cs) : NULL;
+    struct vtype_shard *ts = *vs != NULL ? vts_get(*vs, trail_of(m)->tid) : NULL;
+    if (ts == NULL) {
+        if (*cs != NULL && !(*cs)->closing)
+            core_undelivered(*cs, m, -ENOMEM);
+        core_msg_free(m);
+    }
+    return ts;
+}
+
 /* A message the directory forwarded, on the host. */
 static void fwd_task(void *arg)
 {
     struct amsg *m = arg;
-    struct core_shard *cs = core_shard_get();
-    struct vshard *vs = cs != NULL && !cs->closing ? vshard_get(cs) : NULL;
-    struct vtrail *t = trail_of(m);
-    struct vtype_shard *ts = vs != NULL ? vts_get(vs, t->tid) : NULL;
-    if (ts == NULL) {
-        if (cs != NULL && !cs->closing)
-            core_undelivered(cs, m, -ENOMEM);
-        core_msg_free(m);
+    struct core_shard *cs;
+    struct vshard *vs;
+    struct vtype_shard *ts = arrived(m, &cs, &vs);
+    if (ts == NULL)
         return;
-    }
+    struct vtrail *t = trail_of(m);
     struct ventry *e = dir_find(vs, ts, t->tid, t->hash, t->key, t->klen);
     struct actor *a =
         e != NULL && (e->xf & X_GUEST) && !(e->flags & E_ENDING) ? core_find(cs, e->act) : NULL;
@@ -1722,16 +1747,12 @@ static void fwd_task(void *arg)
 static void ret_task(void *arg)
 {
     struct amsg *m = arg;
-    struct core_shard *cs = core_shard_get();
-    struct vshard *vs = cs != NULL && !cs->closing ? vshard_get(cs) : NULL;
-    struct vtrail *t = trail_of(m);
-    struct vtype_shard *ts = vs != NULL ? vts_get(vs, t->tid) : NULL;
-    if (ts == NULL) {
-        if (cs != NULL && !cs->closing)
-            core_undelivered(cs, m, -ENOMEM);
-        core_msg_free(m);
+    struct core_shard *cs;
+    struct vshard *vs;
+    struct vtype_shard *ts = arrived(m, &cs, &vs);
+    if (ts == NULL)
         return;
-    }
+    struct vtrail *t = trail_of(m);
     struct ventry *e = dir_find(vs, ts, t->tid, t->hash, t->key, t->klen);
     if (e == NULL || !(e->xf & X_REMOTE)) {
         (void)vdeliver(cs, vs, t->tid, t->hash, t->key, t->klen, m, NULL, true); /* unexpected */
@@ -1743,14 +1764,9 @@ static void ret_task(void *arg)
         (void)vdeliver(cs, vs, t->tid, t->hash, t->key, t->klen, m, NULL, true);
         return;
     }
-    m->next = NULL;
     /* Not bounded here: each came out of the ended activation's mailbox, or was on its way to
      * it past that mailbox's bound already counted. */
-    if (r->ret_tail != NULL)
-        r->ret_tail->next = m;
-    else
-        r->ret = m;
-    r->ret_tail = m;
+    chain_push(&r->ret, &r->ret_tail, m);
     if (r->state == R_ACTIVE)
         drain(cs, r, NULL); /* its GONE was lost: this says as much */
 }
@@ -1765,16 +1781,6 @@ static bool slot_is(const struct lslot *k, uint32_t tid, uint64_t hash, const un
 {
     return k->state != K_FREE && k->hash == hash && k->tid == tid && k->klen == klen &&
            memcmp(k->key, key, klen) == 0;
-}
-
-static void slot_append(struct amsg **head, struct amsg **tail, struct amsg *m)
-{
-    m->next = NULL;
-    if (*tail != NULL)
-        (*tail)->next = m;
-    else
-        *head = m;
-    *tail = m;
 }
 
 /* The slot's word to `dst`, or said lost (as ctl_send). */
@@ -1794,7 +1800,7 @@ static void slot_word(struct core_shard *cs, struct lslot *k, int kind, unsigned
 static void slot_direct(struct core_shard *cs, struct lslot *k, struct amsg *m)
 {
     m->to = k->act;
-    trail_of(m)->vf = V_DIRECT;
+    trail_of(m)->vf = 0;
     struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
     struct vtype_shard *ts = atomic_load_explicit(&vs->types[k->tid], memory_order_relaxed);
     if (ts != NULL)
@@ -1935,7 +1941,6 @@ static int cache_send(struct core_shard *cs, struct vshard *vs, const pith_vref_
         *made = true;
         m->req = req;
         m->to = k->act;
-        trail_of(m)->vf = V_DIRECT;
         struct vtype_shard *ts = atomic_load_explicit(&vs->types[tid], memory_order_relaxed);
         int err = pith_submit(k->host, dfwd_task, m);
         if (err)
@@ -1952,7 +1957,7 @@ static int cache_send(struct core_shard *cs, struct vshard *vs, const pith_vref_
             return -ENOMEM;
         *made = true;
         m->req = req;
-        slot_append(&k->held, &k->held_tail, m);
+        chain_push(&k->held, &k->held_tail, m);
         vs->nchold++;
         return 0;
     }
@@ -2040,16 +2045,12 @@ static void cache_word(struct core_shard *cs, struct vshard *vs, struct vtype_sh
 static void dfwd_task(void *arg)
 {
     struct amsg *m = arg;
-    struct core_shard *cs = core_shard_get();
-    struct vshard *vs = cs != NULL && !cs->closing ? vshard_get(cs) : NULL;
-    struct vtrail *t = trail_of(m);
-    struct vtype_shard *ts = vs != NULL ? vts_get(vs, t->tid) : NULL;
-    if (ts == NULL) {
-        if (cs != NULL && !cs->closing)
-            core_undelivered(cs, m, -ENOMEM);
-        core_msg_free(m);
+    struct core_shard *cs;
+    struct vshard *vs;
+    struct vtype_shard *ts = arrived(m, &cs, &vs);
+    if (ts == NULL)
         return;
-    }
+    struct vtrail *t = trail_of(m);
     struct ventry *e = dir_find(vs, ts, t->tid, t->hash, t->key, t->klen);
     struct actor *a = e != NULL && (e->xf & X_GUEST) && e->act == m->to && !(e->flags & E_ENDING)
                           ? core_find(cs, e->act)
@@ -2081,14 +2082,10 @@ static void dfwd_task(void *arg)
 static void bounce_task(void *arg)
 {
     struct amsg *m = arg;
-    struct core_shard *cs = core_shard_get();
-    struct vshard *vs = cs != NULL && !cs->closing ? vshard_get(cs) : NULL;
-    if (vs == NULL) {
-        if (cs != NULL && !cs->closing)
-            core_undelivered(cs, m, -ENOMEM);
-        core_msg_free(m);
+    struct core_shard *cs;
+    struct vshard *vs;
+    if (arrived(m, &cs, &vs) == NULL)
         return;
-    }
     struct vtrail *t = trail_of(m);
     struct lslot *k = vs->cache != NULL ? &vs->cache[(t->hash >> 32) & (CACHE_SLOTS - 1)] : NULL;
     if (k == NULL || !slot_is(k, t->tid, t->hash, t->key, t->klen) ||
@@ -2100,7 +2097,7 @@ static void bounce_task(void *arg)
     }
     if (k->state == K_DIRECT)
         slot_probe(cs, k, false);
-    slot_append(&k->back, &k->back_tail, m);
+    chain_push(&k->back, &k->back_tail, m);
 }
 
 /* ---- moves ---- */
@@ -2214,14 +2211,11 @@ static void migrate_task(void *arg)
     if (guest && rebal)
         e->xf |= X_REBAL;
     (void)core_end_now(cs, ref, PITH_EXIT_NORMAL);
-    if (!guest) {
-        blob = vs->mig_blob;
-        vs->mig_blob = NULL;
-    }
+    blob = vs->mig_blob; /* a guest's went with its GONE, unless no memory was found for it */
+    vs->mig_blob = NULL;
     if (guest) {
-        if (vs->mig_blob != NULL)
-            orphan_end(tid, vs->mig_blob, -ENOMEM); /* not taken: the word found no memory */
-        vs->mig_blob = NULL;
+        if (blob != NULL)
+            orphan_end(tid, blob, -ENOMEM);
         give_on(cs, vs, true, tid, hash, key, klen, kept);
         return;
     }
@@ -2241,14 +2235,10 @@ static void migrate_task(void *arg)
 static void vdeliver_task(void *arg)
 {
     struct amsg *m = arg;
-    struct core_shard *cs = core_shard_get();
-    struct vshard *vs = cs != NULL && !cs->closing ? vshard_get(cs) : NULL;
-    if (vs == NULL) {
-        if (cs != NULL && !cs->closing)
-            core_undelivered(cs, m, -ENOMEM);
-        core_msg_free(m);
+    struct core_shard *cs;
+    struct vshard *vs;
+    if (arrived(m, &cs, &vs) == NULL)
         return;
-    }
     struct vtrail *t = trail_of(m);
     (void)vdeliver(cs, vs, t->tid, t->hash, t->key, t->klen, m, NULL, false);
 }
@@ -2370,15 +2360,10 @@ static int vsend_shard(struct core_shard *cs, const pith_vref_t *to, pith_ref_t 
         m->req = req;
         if (!fwd) {
             /* Held behind what the ended activation gives back. */
-            if (r->held_tail != NULL)
-                r->held_tail->next = m;
-            else
-                r->held = m;
-            r->held_tail = m;
+            chain_push(&r->held, &r->held_tail, m);
             r->nheld++;
             return 0;
         }
-        trail_of(m)->vf = V_FWD;
         core_bump(&ts->forwards, 1);
         err = pith_submit(r->host, fwd_task, m);
         if (err)
@@ -2803,7 +2788,7 @@ static void info_here(struct info_req *q)
         q->out.shard = cs->id;
         q->out.ref = e->act;
         uint64_t x = ext_of(vs, e);
-        q->out.placement = EXT_PLACED(x);
+        q->out.placement = placed_of(e, x);
         q->out.moves = EXT_MOVES(x);
     }
 }
@@ -2873,8 +2858,8 @@ static void pcts_of(const uint64_t *hist, uint64_t *samples, uint64_t *p50, uint
     }
 }
 
-/* The counters of t summed over the shards, or of one shard (only < the engine's shards). */
-static int stats_of(const pith_vtype_t *t, unsigned only, pith_vtype_stats_t *out)
+/* The counters of t summed over the shards, or (one) of `shard` alone. */
+static int stats_of(const pith_vtype_t *t, bool one, unsigned shard, pith_vtype_stats_t *out)
 {
     if (t == NULL || out == NULL)
         return -EINVAL;
@@ -2889,13 +2874,13 @@ static int stats_of(const pith_vtype_t *t, unsigned only, pith_vtype_stats_t *ou
         shard_reader_leave();
         return -ESHUTDOWN;
     }
-    if (only != UINT_MAX && only >= ce->n) {
+    if (one && shard >= ce->n) {
         shard_reader_leave();
         return -EINVAL;
     }
     memset(out, 0, sizeof(*out));
     uint64_t hist[HIST_BUCKETS] = {0}, first[HIST_BUCKETS] = {0};
-    for (unsigned i = only != UINT_MAX ? only : 0; i < (only != UINT_MAX ? only + 1 : ce->n); i++) {
+    for (unsigned i = one ? shard : 0; i < (one ? shard + 1 : ce->n); i++) {
         /* Acquire: pairs with the release stores that published each part. */
         struct core_shard *cs = atomic_load_explicit(&ce->shards[i], memory_order_acquire);
         struct vshard *vs = cs != NULL ? atomic_load_explicit(&cs->vs, memory_order_acquire) : NULL;
@@ -2945,12 +2930,12 @@ static int stats_of(const pith_vtype_t *t, unsigned only, pith_vtype_stats_t *ou
 
 int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out)
 {
-    return stats_of(t, UINT_MAX, out);
+    return stats_of(t, false, 0, out);
 }
 
 int pith_vtype_shard_stats(const pith_vtype_t *t, unsigned shard, pith_vtype_stats_t *out)
 {
-    return stats_of(t, shard == UINT_MAX ? UINT_MAX - 1 : shard, out);
+    return stats_of(t, true, shard, out);
 }
 
 /* ---- the shard hooks ---- */
@@ -2961,21 +2946,12 @@ void core_vactor_exit(struct core_shard *cs)
     if (vs == NULL)
         return;
     /* Every activation has ended, its entry (in its state block) with it. */
-    while (vs->held != NULL) {
-        struct amsg *m = vs->held;
-        vs->held = m->next;
-        core_msg_free(m);
-    }
-    vs->held_tail = NULL;
+    chain_free(vs->held);
+    vs->held = vs->held_tail = NULL;
     vs->mig_blob = NULL; /* only ever set within migrate_task */
     for (unsigned i = 0; vs->cache != NULL && i < CACHE_SLOTS; i++) {
-        struct amsg *lists[2] = {vs->cache[i].held, vs->cache[i].back};
-        for (int k = 0; k < 2; k++) {
-            for (struct amsg *m = lists[k], *mn; m != NULL; m = mn) {
-                mn = m->next;
-                core_msg_free(m);
-            }
-        }
+        chain_free(vs->cache[i].held);
+        chain_free(vs->cache[i].back);
     }
     free(vs->cache);
     vs->cache = NULL;
@@ -2987,13 +2963,8 @@ void core_vactor_exit(struct core_shard *cs)
             if (!(e->xf & X_REMOTE))
                 continue;
             struct rentry *r = (struct rentry *)e;
-            struct amsg *lists[2] = {r->ret, r->held};
-            for (int k = 0; k < 2; k++) {
-                for (struct amsg *m = lists[k], *mn; m != NULL; m = mn) {
-                    mn = m->next;
-                    core_msg_free(m);
-                }
-            }
+            chain_free(r->ret);
+            chain_free(r->held);
             if (r->blob != NULL)
                 orphan_end(r->e.tid, r->blob, PITH_EXIT_SHUTDOWN);
             pith_free(r);
