@@ -368,7 +368,8 @@ struct lslot {
     uint16_t host;
     uint8_t state; /* K_* */
     uint8_t tid, klen;
-    bool evict; /* K_PROBE: the slot is freed after, not kept for the key */
+    bool evict;  /* K_PROBE: the slot is freed after, not kept for the key */
+    bool unsent; /* K_MARK, K_PROBE: its word found no memory (slot_word) */
     unsigned char key[PITH_VKEY_MAX];
 };
 
@@ -1406,13 +1407,14 @@ static void ctl_free(struct vctl *c)
 /* A word to shard dst. Out of memory for the mesh it is lost, said on stderr: the directory
  * takes the first message given back as the GONE it missed, so nothing waits forever for a
  * lost GONE, MARK or ECHO but a move's state. */
-static void ctl_send(struct core_shard *cs, unsigned dst, struct vctl *c)
+static bool ctl_send(struct core_shard *cs, unsigned dst, struct vctl *c)
 {
-    if (shard_submit_force(dst, ctl_task, c) != 0) {
-        fprintf(stderr, "pith: shard %u: out of memory, a virtual actor's word to shard %u lost\n",
-                cs->id, dst);
-        ctl_free(c);
-    }
+    if (shard_submit_force(dst, ctl_task, c) == 0)
+        return true;
+    fprintf(stderr, "pith: shard %u: out of memory, a virtual actor's word to shard %u lost\n",
+            cs->id, dst);
+    ctl_free(c);
+    return false;
 }
 
 static void ret_task(void *arg);
@@ -1783,17 +1785,26 @@ static bool slot_is(const struct lslot *k, uint32_t tid, uint64_t hash, const un
            memcmp(k->key, key, klen) == 0;
 }
 
-/* The slot's word to `dst`, or said lost (as ctl_send). */
-static void slot_word(struct core_shard *cs, struct lslot *k, int kind, unsigned dst)
+static void slot_release(struct core_shard *cs, struct vshard *vs, struct lslot *k);
+
+/* The word a K_MARK or K_PROBE slot waits on: CMARK through the directory, or PROBE to the
+ * host. Out of memory, a mark is given up (nothing was sent straight: what waits goes through
+ * the directory, in order); a probe is not sent (k->unsent) and tried again at the slot's next
+ * send or bounce, since direct messages may still be on their way. */
+static void slot_word(struct core_shard *cs, struct vshard *vs, struct lslot *k)
 {
-    struct vctl *c = ctl_make(cs, kind, k->tid, k->hash, k->key, k->klen);
-    if (c == NULL) {
-        fprintf(stderr, "pith: shard %u: out of memory, a virtual actor's word to shard %u lost\n",
-                cs->id, dst);
-        return;
+    bool mark = k->state == K_MARK;
+    unsigned dst = mark ? dir_shard(k->hash, pith_shard_count()) : k->host;
+    struct vctl *c = ctl_make(cs, mark ? C_CMARK : C_PROBE, k->tid, k->hash, k->key, k->klen);
+    if (c != NULL)
+        c->asker = (uint16_t)cs->id;
+    k->unsent = c == NULL || !ctl_send(cs, dst, c);
+    if (k->unsent && mark) {
+        k->unsent = false;
+        k->state = K_COUNT;
+        k->count = 0;
+        slot_release(cs, vs, k);
     }
-    c->asker = (uint16_t)cs->id;
-    ctl_send(cs, dst, c);
 }
 
 /* A direct message: straight to the cached host, for the cached activation. */
@@ -1831,11 +1842,11 @@ static void slot_release(struct core_shard *cs, struct vshard *vs, struct lslot 
 }
 
 /* The probe of a K_DIRECT slot: its host is asked to echo, and meanwhile new messages wait. */
-static void slot_probe(struct core_shard *cs, struct lslot *k, bool evict)
+static void slot_probe(struct core_shard *cs, struct vshard *vs, struct lslot *k, bool evict)
 {
     k->state = K_PROBE;
     k->evict = evict;
-    slot_word(cs, k, C_PROBE, k->host);
+    slot_word(cs, vs, k);
 }
 
 /* K_DIRECT to this shard itself: into the activation's mailbox now, as a send to an actor of
@@ -1891,7 +1902,7 @@ static int cache_send(struct core_shard *cs, struct vshard *vs, const pith_vref_
     struct lslot *k = &vs->cache[(to->hash >> 32) & (CACHE_SLOTS - 1)];
     if (!slot_is(k, tid, to->hash, to->key, to->len)) {
         if (k->state == K_DIRECT && ++k->count >= CACHE_IDLE)
-            slot_probe(cs, k, true); /* unused while others want the slot: it gives way */
+            slot_probe(cs, vs, k, true); /* unused while others want the slot: it gives way */
         if (k->state != K_FREE && k->state != K_COUNT && k->state != K_NONE)
             return 1;
         k->state = K_COUNT;
@@ -1929,7 +1940,7 @@ static int cache_send(struct core_shard *cs, struct vshard *vs, const pith_vref_
                 return err;
             }
         }
-        slot_word(cs, k, C_CMARK, dir);
+        slot_word(cs, vs, k);
         return 0;
     case K_DIRECT: {
         k->count = 0;
@@ -1950,6 +1961,8 @@ static int cache_send(struct core_shard *cs, struct vshard *vs, const pith_vref_
         return err;
     }
     default: { /* K_MARK, K_PROBE: after what went before */
+        if (k->unsent)
+            slot_word(cs, vs, k); /* a probe that found no memory before */
         if (vs->nchold >= HELD_MAX)
             return -EAGAIN;
         struct amsg *m = core_vmsg_make(-1, to, from, type, data, len, flag);
@@ -2096,7 +2109,9 @@ static void bounce_task(void *arg)
         return;
     }
     if (k->state == K_DIRECT)
-        slot_probe(cs, k, false);
+        slot_probe(cs, vs, k, false);
+    else if (k->unsent)
+        slot_word(cs, vs, k);
     chain_push(&k->back, &k->back_tail, m);
 }
 
