@@ -167,6 +167,7 @@ static int shards_create(struct engine *e)
         s->ring_fd = -1;
         s->efd = -1;
         s->cpu = (e->cfg.flags & PITH_CFG_NO_PIN) ? -1 : (int)e->cpu_list[i % e->cfg.ncpus];
+        s->node = s->cpu >= 0 ? topo_cpu_node(e, (unsigned)s->cpu) : -1;
         e->shards[i] = s;
     }
     return mesh_create(e);

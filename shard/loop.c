@@ -42,8 +42,7 @@ int shard_numa_node(unsigned shard)
     struct shard *s = shard_cur;
     if (s == NULL || shard >= s->eng->n || s->eng->shards[shard] == NULL)
         return -1;
-    int cpu = s->eng->shards[shard]->cpu;
-    return cpu >= 0 ? topo_cpu_node(s->eng, (unsigned)cpu) : -1;
+    return s->eng->shards[shard]->node;
 }
 
 bool shard_stopping(void)

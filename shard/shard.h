@@ -110,6 +110,7 @@ struct engine;
 struct shard {
     unsigned id;
     int cpu;
+    int node; /* its CPU's NUMA node, -1 unknown (set with cpu) */
     bool pinned;
     int ring_fd; /* set before the engine runs, then read by other shards for MSG_RING */
     struct engine *eng;
