@@ -30,27 +30,32 @@ struct pins {
     uint64_t next_id;
 };
 
+/* Adds [b, e) to the n ranges in ex, kept sorted by their start (a handful: insertion). */
+static void range_add(uintptr_t *ex, unsigned *n, uintptr_t b, uintptr_t e)
+{
+    unsigned k = (*n)++;
+    while (k > 0 && ex[2 * (k - 1)] > b) {
+        ex[2 * k] = ex[2 * (k - 1)];
+        ex[2 * k + 1] = ex[2 * (k - 1) + 1];
+        k--;
+    }
+    ex[2 * k] = b;
+    ex[2 * k + 1] = e;
+}
+
 /* Unlocks the pages of [lo, hi) outside the engine's locked extents and the shard's other pins
  * (all of ps's pins: the caller has taken this one out). */
 static void unlock_free_pages(const struct pins *ps, uintptr_t lo, uintptr_t hi)
 {
-    uintptr_t ex[2 * EXCL_MAX];
-    unsigned n = mem_locked_extents(lo, hi, ex, EXCL_MAX - PINS_MAX);
-    if (n > EXCL_MAX - PINS_MAX)
+    uintptr_t found[2 * (EXCL_MAX - PINS_MAX)], ex[2 * EXCL_MAX];
+    unsigned nx = mem_locked_extents(lo, hi, found, EXCL_MAX - PINS_MAX), n = 0;
+    if (nx > EXCL_MAX - PINS_MAX)
         return; /* more locked extents than it can step around: it unlocks nothing */
-    for (unsigned i = 0; ps != NULL && i < ps->n; i++) {
-        uintptr_t b = ps->p[i].lo, e = ps->p[i].hi;
-        if (e <= lo || b >= hi)
-            continue;
-        unsigned k = n++;
-        while (k > 0 && ex[2 * (k - 1)] > b) {
-            ex[2 * k] = ex[2 * (k - 1)];
-            ex[2 * k + 1] = ex[2 * (k - 1) + 1];
-            k--;
-        }
-        ex[2 * k] = b;
-        ex[2 * k + 1] = e;
-    }
+    for (unsigned i = 0; i < nx; i++)
+        range_add(ex, &n, found[2 * i], found[2 * i + 1]);
+    for (unsigned i = 0; ps != NULL && i < ps->n; i++)
+        if (ps->p[i].hi > lo && ps->p[i].lo < hi)
+            range_add(ex, &n, ps->p[i].lo, ps->p[i].hi);
     /* The gaps between the sorted ranges left alone (which may overlap one another). */
     uintptr_t at = lo;
     for (unsigned k = 0; k < n && at < hi; k++) {
@@ -88,16 +93,6 @@ static void pin_expire(void *arg)
     }
 }
 
-/* The whole pages inside [p, p + len): false when there are none. */
-static bool whole_pages(const void *p, size_t len, uintptr_t *lo, uintptr_t *hi)
-{
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t end = (uintptr_t)p + len < (uintptr_t)p ? UINTPTR_MAX : (uintptr_t)p + len;
-    *lo = ((uintptr_t)p + page - 1) & ~(page - 1);
-    *hi = end & ~(page - 1);
-    return *hi > *lo;
-}
-
 int pith_mem_pin(const void *p, size_t len, uint64_t ttl_ns, size_t *granted)
 {
     if (granted != NULL)
@@ -110,7 +105,7 @@ int pith_mem_pin(const void *p, size_t len, uint64_t ttl_ns, size_t *granted)
     if (cs == NULL)
         return -ENOMEM;
     uintptr_t lo, hi;
-    if (!whole_pages(p, len, &lo, &hi))
+    if (!mem_whole_pages(p, len, &lo, &hi))
         return 0;
     if (cs->pins == NULL && (cs->pins = calloc(1, sizeof(*cs->pins))) == NULL)
         return -ENOMEM;
@@ -149,7 +144,7 @@ int pith_mem_unpin(const void *p, size_t len)
     struct core_shard *cs = core_self;
     struct pins *ps = cs != NULL ? cs->pins : NULL;
     uintptr_t lo, hi;
-    if (!whole_pages(p, len, &lo, &hi))
+    if (!mem_whole_pages(p, len, &lo, &hi))
         return -ENOENT;
     for (unsigned i = 0; ps != NULL && i < ps->n; i++) {
         if (ps->p[i].lo == lo && ps->p[i].hi == hi) {

@@ -23,11 +23,8 @@ int pith_mem_advise(const void *p, size_t len, pith_mem_advice_t advice, size_t 
     };
     if (p == NULL || (unsigned)advice >= sizeof(kernel) / sizeof(kernel[0]))
         return -EINVAL;
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1);
-    uintptr_t end = (uintptr_t)p + len < (uintptr_t)p ? UINTPTR_MAX : (uintptr_t)p + len;
-    uintptr_t hi = end & ~(page - 1);
-    if (hi <= lo)
+    uintptr_t lo, hi;
+    if (!mem_whole_pages(p, len, &lo, &hi))
         return 0; /* no whole page inside */
     if (madvise((void *)lo, hi - lo, kernel[advice]) != 0)
         return -errno;

@@ -296,15 +296,9 @@ unsigned mem_locked_extents(uintptr_t lo, uintptr_t hi, uintptr_t *out, unsigned
             continue;
         if (all++ >= max)
             continue; /* counted, not kept */
-        /* Insertion by base: a handful at most. */
-        unsigned i = n++;
-        while (i > 0 && out[2 * (i - 1)] > b) {
-            out[2 * i] = out[2 * (i - 1)];
-            out[2 * i + 1] = out[2 * (i - 1) + 1];
-            i--;
-        }
-        out[2 * i] = b;
-        out[2 * i + 1] = e;
+        out[2 * n] = b;
+        out[2 * n + 1] = e;
+        n++;
     }
     pthread_mutex_unlock(&pool_lock);
     return all;

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <unistd.h>
 
 #include <pith/mem.h>
 
@@ -78,9 +79,20 @@ int extent_get(struct extent **out, size_t size, pith_mem_profile_t profile, uns
 void extent_put(struct extent *x);
 int extent_advise_cold(struct extent *x, bool pageout);
 /* The extents whose memory the engine keeps locked that overlap [lo, hi): up to max of them,
- * as [base, end) pairs in out[2 * i], out[2 * i + 1], sorted by base; returns how many there
- * are (more than max: only max of them are in out). Any thread. */
+ * as [base, end) pairs in out[2 * i], out[2 * i + 1], in no order; returns how many there are
+ * (more than max: only max of them are in out). Any thread. */
 unsigned mem_locked_extents(uintptr_t lo, uintptr_t hi, uintptr_t *out, unsigned max);
+
+/* The whole pages inside [p, p + len) as [*lo, *hi) (pith_mem_advise, pith_mem_pin): false
+ * when there are none. */
+static inline bool mem_whole_pages(const void *p, size_t len, uintptr_t *lo, uintptr_t *hi)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t end = (uintptr_t)p + len < (uintptr_t)p ? UINTPTR_MAX : (uintptr_t)p + len;
+    *lo = ((uintptr_t)p + page - 1) & ~(page - 1);
+    *hi = end & ~(page - 1);
+    return *hi > *lo;
+}
 
 /* An account: bytes in live blocks and their high-water mark. `local` is written only by the
  * home's shard (alloc and its own frees); frees from other threads add to `remote` with an
