@@ -178,12 +178,11 @@ struct type_rec {
 #define A_MUTED     (UINT32_C(1) << 28) /* muted by a full mailbox: no turns until unmuted */
 #define A_BECAME    (UINT32_C(1) << 29) /* pith_become gave it a behaviour (core_shard.became) */
 
-/* One actor: 48 bytes of engine overhead, plus its state's allocation. gen holds the 24-bit
- * generation and the A_* flags. A free record has gen 0
- * and links the free list through `head` (as a slot index + 1). */
-/* One actor. Its behaviour is its type's, or (A_BECAME) the one pith_become gave it, kept in
- * core_shard.became: most actors never change theirs, and every byte here is paid by every
- * actor. */
+/* One actor: 40 bytes of engine overhead, plus its state's allocation. gen holds the 24-bit
+ * generation and the A_* flags. A free record has gen 0 and links the free list through `head`
+ * (as a slot index + 1). Its behaviour is its type's, or (A_BECAME) the one pith_become gave
+ * it, kept in core_shard.became: most actors never change theirs, and every byte here is paid
+ * by every actor. */
 struct actor {
     struct type_rec *rec;
     void *state;

@@ -1711,7 +1711,8 @@ Test(mem, nearing_the_cap_advises_the_cold_profile_when_idle, .timeout = 30)
     cr_assert_eq(pr.advice_at_fill, 0, "advised while busy");
     /* A shard passes through its idle step (mem_home_idle) before every sleep it counts, so
      * the first sleep after the fill must find the advice given. The engine has no event for
-     * "a shard went to sleep": poll its sleep counter, bounded. */
+     * "a shard went to sleep", and the usual wait (round trips to the shard) would keep it
+     * awake: poll its sleep counter from here, a millisecond apart, bounded. */
     uint64_t t0 = pith_now_ns();
     pith_shard_stats_t ss;
     cr_assert_eq(pith_shard_stats(0, &ss), 0);
