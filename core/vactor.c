@@ -2886,8 +2886,16 @@ static int stats_of(const pith_vtype_t *t, bool one, unsigned shard, pith_vtype_
         return -ESHUTDOWN;
     struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
     if (ce == NULL) {
+        /* The actor layer is made by its first use: before that, a running engine has counted
+         * nothing yet. */
         shard_reader_leave();
-        return -ESHUTDOWN;
+        unsigned n = pith_shard_count();
+        if (n == 0)
+            return -ESHUTDOWN;
+        if (one && shard >= n)
+            return -EINVAL;
+        memset(out, 0, sizeof(*out));
+        return 0;
     }
     if (one && shard >= ce->n) {
         shard_reader_leave();

@@ -247,6 +247,12 @@ Test(vactor_cache, a_third_shard_sends_straight_to_the_activation_once_it_knows,
 Test(vactor_cache, a_key_on_its_directory_shard_is_not_cached, .timeout = 60)
 {
     start(2);
+    /* Before any actor was made: a running engine has counted nothing (not -ESHUTDOWN). */
+    pith_vtype_stats_t s0;
+    cr_assert_eq(pith_vtype_stats(&c_hash, &s0), 0);
+    cr_assert_eq(s0.messages + s0.activations + s0.live, 0);
+    cr_assert_eq(pith_vtype_shard_stats(&c_hash, 1, &s0), 0);
+    cr_assert_eq(pith_vtype_shard_stats(&c_hash, 2, &s0), -EINVAL);
     pith_vref_t v = key_on(&c_hash, "k", 0);
     unsigned from[] = {1};
     uint32_t each = (uint32_t)scaled(20000);
