@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "util.h"
+#include "vtest.h"
 
 #define SEC     (1000ull * MS)
 #define SENDERS 4
@@ -107,21 +107,6 @@ static void start(int shards)
     test_start(&cfg);
 }
 
-/* A key of t named prefix<i> whose directory shard is dir. */
-static pith_vref_t key_on(const pith_vtype_t *t, const char *prefix, unsigned dir)
-{
-    for (unsigned i = 0; i < 100000; i++) {
-        char key[32];
-        int kl = snprintf(key, sizeof(key), "%s%u", prefix, i);
-        pith_vref_t v;
-        cr_assert_eq(pith_vref(t, key, (size_t)kl, &v), 0);
-        if (pith_vref_shard(&v) == dir)
-            return v;
-    }
-    cr_assert_fail("no key of directory shard %u", dir);
-    return (pith_vref_t){0};
-}
-
 /* ---- a sender: a task that sends its numbered messages in bursts, then again ---- */
 
 struct sender {
@@ -214,7 +199,7 @@ static unsigned where(const pith_vref_t *v)
 Test(vactor_cache, a_third_shard_sends_straight_to_the_activation_once_it_knows, .timeout = 60)
 {
     start(3);
-    pith_vref_t v = key_on(&c_type, "h", 0);
+    pith_vref_t v = test_vkey_on(&c_type, "h", 0);
     cr_assert_eq(where(&v), 1);
     unsigned from[] = {2};
     uint32_t each = (uint32_t)scaled(20000);
@@ -253,7 +238,7 @@ Test(vactor_cache, a_key_on_its_directory_shard_is_not_cached, .timeout = 60)
     cr_assert_eq(s0.messages + s0.activations + s0.live, 0);
     cr_assert_eq(pith_vtype_shard_stats(&c_hash, 1, &s0), 0);
     cr_assert_eq(pith_vtype_shard_stats(&c_hash, 2, &s0), -EINVAL);
-    pith_vref_t v = key_on(&c_hash, "k", 0);
+    pith_vref_t v = test_vkey_on(&c_hash, "k", 0);
     unsigned from[] = {1};
     uint32_t each = (uint32_t)scaled(20000);
     run_senders(&v, from, 1, each, 64);
@@ -269,7 +254,7 @@ Test(vactor_cache, a_key_on_its_directory_shard_is_not_cached, .timeout = 60)
 Test(vactor_cache, moves_under_cached_senders_keep_order_and_lose_nothing, .timeout = 120)
 {
     start(3);
-    pith_vref_t v = key_on(&c_type, "h", 0);
+    pith_vref_t v = test_vkey_on(&c_type, "h", 0);
     cr_assert_eq(where(&v), 1);
     unsigned from[] = {0, 1, 2, 2};
     uint32_t each = (uint32_t)scaled(40000);
@@ -296,7 +281,7 @@ Test(vactor_cache, moves_under_cached_senders_keep_order_and_lose_nothing, .time
 Test(vactor_cache, idle_ends_under_cached_senders_keep_order_and_lose_nothing, .timeout = 120)
 {
     start(3);
-    pith_vref_t v = key_on(&c_idle, "h", 0);
+    pith_vref_t v = test_vkey_on(&c_idle, "h", 0);
     unsigned from[] = {0, 2};
     uint32_t each = (uint32_t)scaled(20000);
     run_senders(&v, from, 2, each, 8);
@@ -332,7 +317,7 @@ Test(vactor_cache, a_slot_taken_by_another_key_gives_way_in_order, .timeout = 60
 {
     start(3);
     /* Two keys of directory 0, both on shard 1, whose hashes share a slot: (hash >> 32) % 1024. */
-    pith_vref_t a = key_on(&c_type, "h", 0), b;
+    pith_vref_t a = test_vkey_on(&c_type, "h", 0), b;
     unsigned i = 0;
     for (;; i++) {
         char key[32];
@@ -398,7 +383,7 @@ static void batch_task(void *arg)
 Test(vactor_cache, a_move_asked_mid_turn_takes_the_rest_of_the_turn_along, .timeout = 60)
 {
     start(2);
-    batch_to = key_on(&c_hash, "b", 0);
+    batch_to = test_vkey_on(&c_hash, "b", 0);
     cr_assert_eq(where(&batch_to), 0);
     for (int i = 0; i < 4; i++)
         atomic_store(&where_on[i], 0);

@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "util.h"
+#include "vtest.h"
 
 #define SEC (1000ull * MS)
 /* Longer than any wait here: an ask with this timeout that ended, ended early. */
@@ -1125,82 +1125,6 @@ static const pith_vtype_t flicker_type = {
     .on_deactivate = on_deact_count,
 };
 
-/* The senders keep one schedule: round k's burst starts at flick_t0 + k * FLICK_SLOT plus 0 to
- * 3 ms (the same for all, from k) plus a little of each sender's own. The quiet that follows is
- * 2 to 8 ms, on both sides of the 4 to 5 ms after which the activation goes: bursts meet it
- * idle, gone, or going. */
-#define FLICK_SLOT (10 * MS)
-static uint64_t flick_t0;
-
-static uint64_t flick_at(uint32_t round, uint32_t sender)
-{
-    uint64_t shared = ((uint64_t)round * 2654435761u >> 7) % (8 * MS);
-    uint64_t own = ((uint64_t)(round + 1) * (sender + 1) * 40503u) % (200 * 1000);
-    return flick_t0 + round * FLICK_SLOT + shared + own;
-}
-
-static uint64_t flick_wait(uint32_t round, uint32_t sender)
-{
-    uint64_t at = flick_at(round, sender), now = pith_now_ns();
-    return at > now ? at - now : 1000;
-}
-
-struct flick {
-    const pith_vref_t *v;
-    uint32_t sender, rounds, burst, round;
-    uint32_t seq; /* accepted so far: the next one's number */
-    _Atomic int done;
-    test_error_t *err;
-};
-
-/* A burst, then a shard timer for the next round's. */
-static void flick_fn(void *arg)
-{
-    struct flick *q = arg;
-    for (uint32_t i = 0; i < q->burst; i++) {
-        uint64_t x = (uint64_t)q->sender << 32 | q->seq;
-        int rc = pith_vsend(q->v, SEQ, &x, sizeof(x));
-        if (rc == 0)
-            q->seq++;
-        else if (rc == -EAGAIN)
-            break; /* the mesh pushes back: the same number goes next time */
-        else
-            TEST_NOTE(q->err, rc);
-    }
-    if (++q->round < q->rounds) {
-        int rc = pith_timer_add(flick_wait(q->round, q->sender), 0, flick_fn, q, NULL);
-        if (rc == 0)
-            return;
-        TEST_NOTE(q->err, rc);
-    }
-    atomic_store(&q->done, 1);
-}
-
-static void *flick_outside(void *arg)
-{
-    struct flick *q = arg;
-    pith_client_t *c = pith_client_self();
-    for (q->round = 0; q->round < q->rounds; q->round++) {
-        /* The wait: nothing comes to this client, so the receive waits out its timeout. */
-        pith_msg_t m;
-        int rc = pith_client_receive(c, &m, flick_wait(q->round, q->sender));
-        if (rc != -ETIMEDOUT)
-            TEST_NOTE(q->err, rc == 0 ? -EPROTO : rc);
-        for (uint32_t i = 0; i < q->burst; i++, q->seq++) {
-            uint64_t x = (uint64_t)q->sender << 32 | q->seq;
-            rc = pith_client_vsend(c, q->v, SEQ, &x, sizeof(x), PITH_FOREVER);
-            if (rc != 0) {
-                TEST_NOTE(q->err, rc);
-                return NULL;
-            }
-        }
-        if (q->round % 9 == 8 && pith_client_vsend(c, q->v, OFF, NULL, 0, PITH_FOREVER) != 0)
-            TEST_NOTE(q->err, -EPROTO);
-    }
-    atomic_store(&q->done, 1);
-    return NULL;
-}
-
 Test(vactor_edge, idle_deactivation_racing_three_senders_counts_each_message_once_in_order,
      .timeout = 120)
 {
@@ -1209,14 +1133,21 @@ Test(vactor_edge, idle_deactivation_racing_three_senders_counts_each_message_onc
     pith_vref_t v = vref_of(&flicker_type, "flick");
     test_error_t err = {0};
     uint32_t rounds = (uint32_t)scaled(120) < 12 ? 12 : (uint32_t)scaled(120);
-    struct flick f[3];
+    struct test_flick f[3];
     for (uint32_t i = 0; i < 3; i++)
-        f[i] = (struct flick){.v = &v, .sender = i, .rounds = rounds, .burst = 16, .err = &err};
-    flick_t0 = pith_now_ns() + 5 * MS;
+        f[i] = (struct test_flick){.v = &v,
+                                   .seq_type = SEQ,
+                                   .off_type = OFF,
+                                   .own_ns = 200 * 1000,
+                                   .sender = i,
+                                   .rounds = rounds,
+                                   .burst = 16,
+                                   .err = &err};
+    test_flick_t0 = pith_now_ns() + 5 * MS;
     pthread_t t;
-    cr_assert_eq(pthread_create(&t, NULL, flick_outside, &f[2]), 0);
-    cr_assert_eq(pith_submit(0, flick_fn, &f[0]), 0);
-    cr_assert_eq(pith_submit(1, flick_fn, &f[1]), 0);
+    cr_assert_eq(pthread_create(&t, NULL, test_flick_outside, &f[2]), 0);
+    cr_assert_eq(pith_submit(0, test_flick_fn, &f[0]), 0);
+    cr_assert_eq(pith_submit(1, test_flick_fn, &f[1]), 0);
     pthread_join(t, NULL);
     TEST_WAIT_FOR(atomic_load(&f[0].done) && atomic_load(&f[1].done));
     test_assert_no_error(&err);

@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "util.h"
+#include "vtest.h"
 
 #define SEC (1000ull * MS)
 
@@ -200,21 +200,6 @@ static void start(int shards, unsigned budget)
     test_start(&cfg);
 }
 
-/* A key of t named prefix<i> whose directory shard is dir. */
-static pith_vref_t key_on(const pith_vtype_t *t, const char *prefix, unsigned dir)
-{
-    for (unsigned i = 0; i < 100000; i++) {
-        char key[32];
-        int kl = snprintf(key, sizeof(key), "%s%u", prefix, i);
-        pith_vref_t v;
-        cr_assert_eq(pith_vref(t, key, (size_t)kl, &v), 0);
-        if (pith_vref_shard(&v) == dir)
-            return v;
-    }
-    cr_assert_fail("no key of directory shard %u", dir);
-    return (pith_vref_t){0};
-}
-
 static void ask(const pith_vref_t *v, uint32_t type, uint64_t x, pith_msg_t *reply)
 {
     int rc = pith_client_vask(pith_client_self(), v, type, &x, sizeof(x), 20 * SEC, reply);
@@ -256,8 +241,8 @@ static pith_vtype_stats_t stats(const pith_vtype_t *t)
 Test(vactor_hostile, a_state_moved_into_its_directory_shard_at_the_cap_survives, .timeout = 60)
 {
     start(2, 0);
-    pith_vref_t k = key_on(&t_cap, "k", 0);
-    pith_vref_t g1 = key_on(&t_cap, "g1x", 0), g2 = key_on(&t_cap, "g2x", 0);
+    pith_vref_t k = test_vkey_on(&t_cap, "k", 0);
+    pith_vref_t g1 = test_vkey_on(&t_cap, "g1x", 0), g2 = test_vkey_on(&t_cap, "g2x", 0);
     target = k;
     pith_msg_t reply;
     ask(&k, SET, 42, &reply);
@@ -308,10 +293,10 @@ Test(vactor_hostile, a_move_that_cannot_land_gives_terminate_a_usable_self, .tim
 {
     start(2, 0);
     /* Shard 1 at its cap of 1 with a busy activation (finishing later). */
-    pith_vref_t b = key_on(&t_cap1, "Lb", 1);
+    pith_vref_t b = test_vkey_on(&t_cap1, "Lb", 1);
     cr_assert_eq(pith_client_vsend(pith_client_self(), &b, PING, NULL, 0, 10 * SEC), 0);
     TEST_WAIT_FOR(atomic_load(&later_ref) != 0);
-    pith_vref_t a = key_on(&t_cap1, "a", 0);
+    pith_vref_t a = test_vkey_on(&t_cap1, "a", 0);
     pith_msg_t reply;
     ask(&a, SET, 42, &reply);
     ask(&a, HOPTO, 1, &reply);
@@ -333,7 +318,7 @@ Test(vactor_hostile, a_move_that_cannot_land_gives_terminate_a_usable_self, .tim
 Test(vactor_hostile, what_on_deactivate_writes_to_a_moving_state_moves_with_it, .timeout = 60)
 {
     start(2, 0);
-    pith_vref_t k = key_on(&t_handoff, "k", 0);
+    pith_vref_t k = test_vkey_on(&t_handoff, "k", 0);
     pith_msg_t reply;
     ask(&k, SET, 1, &reply);
     ask(&k, HOPTO, 1, &reply);
@@ -355,7 +340,7 @@ static void lane_case(const pith_vtype_t *t, const char *prefix, unsigned host)
 {
     atomic_store(&later_ref, 0);
     atomic_store(&seqs, 0);
-    pith_vref_t k = key_on(t, prefix, 0);
+    pith_vref_t k = test_vkey_on(t, prefix, 0);
     /* A client of its own: a parked record holds up its lane, not this thread's syncs. */
     pith_client_t *c = pith_client_open(NULL);
     cr_assert_not_null(c);
@@ -478,7 +463,7 @@ static void host_sender(void *arg)
 Test(vactor_hostile, a_host_s_cache_answered_late_makes_no_second_activation, .timeout = 60)
 {
     start(3, 1);
-    seq_key = key_on(&t_seq, "s", 0);
+    seq_key = test_vkey_on(&t_seq, "s", 0);
     (void)get(&seq_key); /* A1 on shard 1 */
     cr_assert_eq(atomic_load(&place_calls), 1);
     cr_assert_eq(pith_ref_shard((pith_ref_t)atomic_load(&act_ref)), 1);
