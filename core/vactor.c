@@ -312,9 +312,19 @@ struct vshard {
     /* The directory: buckets of entries chained through ventry.chain, by hash; half as many
      * buckets as entries at least (it doubles once entries reach twice the buckets; a failed
      * doubling leaves the chains longer, nothing fails): chains of 1 to 2 entries on average,
-     * 4 bytes of table per entry, or 8 just after a doubling. */
-    struct ventry **buckets;
+     * 4 bytes of table per entry, or 8 just after a doubling. The table is the shard's memory
+     * (pith_calloc); it shrinks to a quarter when entries fall to an eighth of the buckets,
+     * never below DIR_MIN. A bucket's word is its first
+     * entry's address with, in the 16 bits above it, a filter of the chain's hashes (dir_bit):
+     * a key not in the table is told so by the word alone in about 9 lookups of 10 at the
+     * average chain, without a load from the chain's entries, which are scattered over the
+     * shard's memory (each a cache miss with a million). Removals leave their bit; a lookup
+     * that walks a whole chain in vain writes it again exactly, as does a resize. A shard
+     * whose entry has an address of more than 48 bits (not seen on Linux, which gives those
+     * only to a mapping that asks) stops filtering: `wide`. */
+    uintptr_t *buckets;
     uint64_t nbuckets, nentries;
+    bool wide;
     /* Messages sent to a key while its activation ends (from on_deactivate or terminate),
      * each with its trailer: delivered by held_task once the end is over, in order. */
     struct amsg *held, *held_tail;
@@ -449,46 +459,99 @@ static bool ext_set(struct vshard *vs, struct ventry *e, uint64_t x)
     return true;
 }
 
+#define DIR_PTR (UINTPTR_MAX >> 16) /* an entry address; the filter above it */
+_Static_assert(sizeof(uintptr_t) == 8, "a bucket word holds an address and 16 filter bits");
+
+/* A hash's bit in its bucket's filter: the hash's top 4 bits (the bucket is from its low). */
+static inline uintptr_t dir_bit(uint64_t hash)
+{
+    return (uintptr_t)1 << (48 + (hash >> 60));
+}
+
+/* The first entry of a bucket's word. */
+static inline struct ventry *dir_head(const struct vshard *vs, uintptr_t w)
+{
+    return (struct ventry *)(vs->wide ? w : w & DIR_PTR);
+}
+
+/* A bucket's word: head e, and the filter of the chain from e. */
+static uintptr_t dir_word(const struct vshard *vs, struct ventry *e)
+{
+    uintptr_t w = (uintptr_t)e;
+    for (; !vs->wide && e != NULL; e = e->chain)
+        w |= dir_bit(e->hash);
+    return w;
+}
+
+/* A bucket's word whose head is now e, the rest of its filter kept. */
+static inline uintptr_t dir_rehead(const struct vshard *vs, uintptr_t w, struct ventry *e)
+{
+    return vs->wide ? (uintptr_t)e : (e != NULL ? (w & ~DIR_PTR) | (uintptr_t)e : 0);
+}
+
 static struct ventry *dir_find(struct vshard *vs, struct vtype_shard *ts, uint32_t tid,
                                uint64_t hash, const unsigned char *key, uint32_t klen)
 {
     core_bump(&ts->lookups, 1);
     if (vs->nbuckets == 0)
         return NULL;
-    for (struct ventry *e = vs->buckets[hash & (vs->nbuckets - 1)]; e != NULL; e = e->chain) {
+    uintptr_t *b = &vs->buckets[hash & (vs->nbuckets - 1)];
+    if (!vs->wide && !(*b & dir_bit(hash)))
+        return NULL;
+    for (struct ventry *e = dir_head(vs, *b); e != NULL; e = e->chain) {
         if (e->hash != hash)
             continue;
         if (e->tid == tid && e->klen == klen && memcmp(entry_key(e), key, klen) == 0)
             return e;
         core_bump(&ts->collisions, 1);
     }
+    /* In vain: the filter said maybe for a bit only removals had left; the chain is cached. */
+    *b = dir_word(vs, dir_head(vs, *b));
     return NULL;
 }
 
-static void dir_grow(struct vshard *vs)
+/* An entry address that does not fit below the filter: every bucket's filter goes. */
+static void dir_widen(struct vshard *vs)
 {
-    uint64_t n = vs->nbuckets ? vs->nbuckets * 2 : 64;
-    struct ventry **b = calloc(n, sizeof(*b));
+    for (uint64_t i = 0; i < vs->nbuckets; i++)
+        vs->buckets[i] &= DIR_PTR;
+    vs->wide = true;
+}
+
+/* Moves every entry into a table of n buckets (a power of two). No memory: nothing changes. */
+static void dir_resize(struct vshard *vs, uint64_t n)
+{
+    uintptr_t *b = pith_calloc(n, sizeof(*b));
     if (b == NULL)
-        return; /* longer chains until a later doubling works */
+        return; /* longer chains, or a larger table, until a later resize works */
     for (uint64_t i = 0; i < vs->nbuckets; i++) {
-        for (struct ventry *e = vs->buckets[i], *next; e != NULL; e = next) {
+        for (struct ventry *e = dir_head(vs, vs->buckets[i]), *next; e != NULL; e = next) {
             next = e->chain;
-            e->chain = b[e->hash & (n - 1)];
-            b[e->hash & (n - 1)] = e;
+            uintptr_t *w = &b[e->hash & (n - 1)];
+            e->chain = dir_head(vs, *w);
+            *w = vs->wide ? (uintptr_t)e : ((*w & ~DIR_PTR) | (uintptr_t)e | dir_bit(e->hash));
         }
     }
-    free(vs->buckets);
+    pith_free(vs->buckets);
     vs->buckets = b;
     vs->nbuckets = n;
+}
+
+#define DIR_MIN 64u /* buckets of the smallest table */
+
+static void dir_grow(struct vshard *vs)
+{
+    dir_resize(vs, vs->nbuckets ? vs->nbuckets * 2 : DIR_MIN);
 }
 
 /* The caller made sure there is a table (activate). */
 static void dir_insert(struct vshard *vs, struct ventry *e)
 {
-    struct ventry **b = &vs->buckets[e->hash & (vs->nbuckets - 1)];
-    e->chain = *b;
-    *b = e;
+    if (!vs->wide && ((uintptr_t)e & ~DIR_PTR) != 0)
+        dir_widen(vs);
+    uintptr_t *b = &vs->buckets[e->hash & (vs->nbuckets - 1)];
+    e->chain = dir_head(vs, *b);
+    *b = vs->wide ? (uintptr_t)e : ((*b & ~DIR_PTR) | (uintptr_t)e | dir_bit(e->hash));
     e->flags |= E_DIR;
     vs->nentries++;
 }
@@ -497,15 +560,23 @@ static void dir_unlink(struct vshard *vs, struct ventry *e)
 {
     if (!(e->flags & E_DIR))
         return;
-    for (struct ventry **p = &vs->buckets[e->hash & (vs->nbuckets - 1)]; *p != NULL;
-         p = &(*p)->chain) {
-        if (*p == e) {
-            *p = e->chain;
-            break;
+    uintptr_t *b = &vs->buckets[e->hash & (vs->nbuckets - 1)];
+    if (dir_head(vs, *b) == e) {
+        *b = dir_rehead(vs, *b, e->chain);
+    } else {
+        for (struct ventry *p = dir_head(vs, *b); p != NULL; p = p->chain) {
+            if (p->chain == e) {
+                p->chain = e->chain;
+                break;
+            }
         }
     }
     e->flags &= (uint8_t)~E_DIR;
     vs->nentries--;
+    /* Down to an eighth of an entry a bucket, a quarter of the table (half an entry a bucket,
+     * far from the doubling at two): what a burst of activations grew goes back after it. */
+    if (vs->nbuckets > DIR_MIN && vs->nentries * 8 < vs->nbuckets)
+        dir_resize(vs, vs->nbuckets / 4 > DIR_MIN ? vs->nbuckets / 4 : DIR_MIN);
 }
 
 static void list_unlink(struct vtype_shard *ts, struct ventry *e)
@@ -2510,6 +2581,28 @@ struct list_req {
 
 #define LIST_SCAN 4096u /* buckets one call looks at, at most */
 
+/* x with its bits in reverse order. */
+static inline uint64_t rev64(uint64_t x)
+{
+    x = (x >> 1 & 0x5555555555555555ull) | (x & 0x5555555555555555ull) << 1;
+    x = (x >> 2 & 0x3333333333333333ull) | (x & 0x3333333333333333ull) << 2;
+    x = (x >> 4 & 0x0f0f0f0f0f0f0f0full) | (x & 0x0f0f0f0f0f0f0f0full) << 4;
+    return __builtin_bswap64(x);
+}
+
+/* Whether a listing of type tid returns e. */
+static inline bool listed(const struct ventry *e, uint32_t tid)
+{
+    return e->tid == tid && (e->flags & E_ACTIVE);
+}
+
+/* A listing goes through the entries in the order of their hashes bit-reversed, and the cursor
+ * is where in that order it goes on (0: the beginning). A bucket holds the hashes of its low
+ * bits, so in that order each bucket is one stretch, the buckets follow one another in the
+ * bit-reversed order of their indices, and the stretches of a table of any other size are
+ * those split or merged: the cursor means the same across the directory's resizes, and an entry
+ * that lives through the listing is returned once. Entries of one hash go in one page; when
+ * more than max share a hash, the page takes max of them and the rest are not returned. */
 static void *list_here(void *arg)
 {
     struct list_req *q = arg;
@@ -2519,29 +2612,57 @@ static void *list_here(void *arg)
         q->got = -ENOMEM;
         return NULL;
     }
-    /* The cursor: the bucket, and where in its chain the last call stopped. */
-    uint64_t b = *q->cursor >> 32, skip = *q->cursor & UINT32_MAX;
+    q->got = 0;
+    if (vs->nbuckets == 0) {
+        *q->cursor = 0;
+        return NULL;
+    }
+    if (q->max == 0)
+        return NULL;
+    unsigned shift = 64u - (unsigned)__builtin_ctzll(vs->nbuckets); /* nbuckets >= DIR_MIN */
+    uint64_t at = *q->cursor, j = at >> shift;
     uint32_t got = 0;
-    for (uint64_t scanned = 0; b < vs->nbuckets && scanned < LIST_SCAN; b++, scanned++, skip = 0) {
-        uint64_t pos = 0;
-        for (struct ventry *e = vs->buckets[b]; e != NULL; e = e->chain, pos++) {
-            if (pos < skip || e->tid != q->tid || !(e->flags & E_ACTIVE))
-                continue;
-            if (got == q->max) {
-                *q->cursor = b << 32 | pos;
+    for (uint64_t scanned = 0; j < vs->nbuckets && scanned < LIST_SCAN; j++, scanned++) {
+        struct ventry *head = dir_head(vs, vs->buckets[rev64(j) >> shift]);
+        for (;;) {
+            /* The chain's next hash in the order, at `at` or after: chains are short. */
+            uint64_t next = 0;
+            unsigned run = 0;
+            for (struct ventry *e = head; e != NULL; e = e->chain) {
+                uint64_t r = rev64(e->hash);
+                if (!listed(e, q->tid) || r < at || (run > 0 && r > next))
+                    continue;
+                run = run > 0 && r == next ? run + 1 : 1;
+                next = r;
+            }
+            if (run == 0)
+                break;
+            if (got > 0 && got + run > q->max) {
+                *q->cursor = next; /* the whole run in the next page */
                 q->got = (int)got;
                 return NULL;
             }
-            pith_vref_t *v = &q->out[got++];
-            memset(v, 0, sizeof(*v));
-            v->type = vtypes[e->tid].vt;
-            v->tid = e->tid + 1u;
-            v->hash = e->hash;
-            v->len = e->klen;
-            memcpy(v->key, entry_key(e), e->klen);
+            for (struct ventry *e = head; e != NULL && got < q->max; e = e->chain) {
+                if (!listed(e, q->tid) || rev64(e->hash) != next)
+                    continue;
+                pith_vref_t *v = &q->out[got++];
+                memset(v, 0, sizeof(*v));
+                v->type = vtypes[e->tid].vt;
+                v->tid = e->tid + 1u;
+                v->hash = e->hash;
+                v->len = e->klen;
+                memcpy(v->key, entry_key(e), e->klen);
+            }
+            at = next + 1;
+            if (at == 0 || got == q->max) {
+                *q->cursor = at; /* 0: past the last hash there can be */
+                q->got = (int)got;
+                return NULL;
+            }
         }
+        at = j + 1 < vs->nbuckets ? (j + 1) << shift : 0;
     }
-    *q->cursor = b < vs->nbuckets ? b << 32 : 0;
+    *q->cursor = j < vs->nbuckets ? at : 0;
     q->got = (int)got;
     return NULL;
 }
@@ -2689,11 +2810,17 @@ static void entry_moved(struct vshard *vs, struct vtype_shard *ts, struct ventry
                         struct ventry *to)
 {
     if (to->flags & E_DIR) {
-        for (struct ventry **p = &vs->buckets[to->hash & (vs->nbuckets - 1)]; *p != NULL;
-             p = &(*p)->chain) {
-            if (*p == from) {
-                *p = to;
-                break;
+        uintptr_t *b = &vs->buckets[to->hash & (vs->nbuckets - 1)];
+        if (!vs->wide && ((uintptr_t)to & ~DIR_PTR) != 0)
+            dir_widen(vs);
+        if (dir_head(vs, *b) == from) {
+            *b = dir_rehead(vs, *b, to);
+        } else {
+            for (struct ventry *p = dir_head(vs, *b); p != NULL; p = p->chain) {
+                if (p->chain == from) {
+                    p->chain = to;
+                    break;
+                }
             }
         }
     }
@@ -2981,7 +3108,7 @@ void core_vactor_exit(struct core_shard *cs)
     vs->nchold = 0;
     /* What is left in the table are the entries of activations on other shards. */
     for (uint64_t b = 0; b < vs->nbuckets; b++) {
-        for (struct ventry *e = vs->buckets[b], *next; e != NULL; e = next) {
+        for (struct ventry *e = dir_head(vs, vs->buckets[b]), *next; e != NULL; e = next) {
             next = e->chain;
             if (!(e->xf & X_REMOTE))
                 continue;
@@ -2993,7 +3120,7 @@ void core_vactor_exit(struct core_shard *cs)
             pith_free(r);
         }
     }
-    free(vs->buckets);
+    pith_free(vs->buckets);
     vs->buckets = NULL;
     vs->nbuckets = vs->nentries = 0;
     map_free(&vs->ext);

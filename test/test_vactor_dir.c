@@ -1,0 +1,245 @@
+/* A virtual type's directory (core/vactor.c) as its users see it: keys found after others in
+ * their buckets went (the filter each bucket keeps of its chain's hashes), a table that grows
+ * with a burst and gives its memory back after it, and a listing that returns each activation
+ * living through it exactly once while the table grows and shrinks between its pages.
+ * Shards count into globals (atomics); only the test thread asserts. */
+#include <stdio.h>
+#include <string.h>
+
+#include "vtest.h"
+
+enum { ADD = 1, GET, OFF };
+
+struct dstate {
+    uint64_t n;
+};
+
+static _Atomic uint64_t activations;
+
+static int d_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    struct dstate *st = state;
+    if (msg->type == ADD)
+        st->n++;
+    else if (msg->type == GET)
+        (void)pith_reply(msg, GET, &st->n, sizeof(st->n));
+    else if (msg->type == OFF)
+        (void)pith_vactor_deactivate(self);
+    return 0;
+}
+
+static int d_activate(pith_actor_t *self, void *state, const void *key, uint32_t len, int reason)
+{
+    (void)self;
+    (void)state;
+    (void)key;
+    (void)len;
+    (void)reason;
+    atomic_fetch_add(&activations, 1);
+    return 0;
+}
+
+static const pith_actor_type_t d_actor = {
+    .name = "dir-counter",
+    .behaviour = d_behaviour,
+    .state_size = sizeof(struct dstate),
+};
+
+static const pith_vtype_t d_type = {
+    .name = "dir-counter",
+    .actor = &d_actor,
+    .on_activate = d_activate,
+};
+
+static void start(int shards)
+{
+    cr_assert_eq(pith_vtype_register(&d_type), 0);
+    pith_config_t cfg = test_config(shards);
+    test_start(&cfg);
+}
+
+static pith_vref_t key_ref(const char *prefix, uint64_t i)
+{
+    char key[32];
+    int kl = snprintf(key, sizeof(key), "%s%llu", prefix, (unsigned long long)i);
+    pith_vref_t v;
+    cr_assert_eq(pith_vref(&d_type, key, (size_t)kl, &v), 0);
+    return v;
+}
+
+static pith_vtype_stats_t stats(void)
+{
+    pith_vtype_stats_t st;
+    cr_assert_eq(pith_vtype_stats(&d_type, &st), 0);
+    return st;
+}
+
+/* On shard 0: one message of `type` to each of prefix<from..to), with a stride. */
+struct sends {
+    const char *prefix;
+    uint64_t from, to, stride;
+    uint32_t type;
+    int err;
+};
+
+static void *send_fn(void *arg)
+{
+    struct sends *s = arg;
+    for (uint64_t i = s->from; i < s->to && s->err == 0; i += s->stride) {
+        char key[32];
+        int kl = snprintf(key, sizeof(key), "%s%llu", s->prefix, (unsigned long long)i);
+        pith_vref_t v;
+        s->err = pith_vref(&d_type, key, (size_t)kl, &v);
+        if (s->err == 0)
+            s->err = pith_vsend(&v, s->type, NULL, 0);
+    }
+    return NULL;
+}
+
+/* In tasks of 2,000 keys: no one task holds the shard for long. */
+static void send_on0(const char *prefix, uint64_t from, uint64_t to, uint64_t stride, uint32_t type)
+{
+    for (uint64_t at = from; at < to; at += 2000 * stride) {
+        struct sends s = {prefix, at,   at + 2000 * stride < to ? at + 2000 * stride : to,
+                          stride, type, 0};
+        cr_assert_eq(pith_call_wait(0, send_fn, &s, NULL), 0);
+        cr_assert_eq(s.err, 0, "pith_vsend: %d", s.err);
+    }
+}
+
+static uint64_t ask(const pith_vref_t *v)
+{
+    pith_msg_t reply;
+    int rc = pith_client_vask(pith_client_self(), v, GET, NULL, 0, 5000 * MS, &reply);
+    cr_assert_eq(rc, 0, "pith_client_vask: %d", rc);
+    cr_assert_eq(reply.len, sizeof(uint64_t));
+    uint64_t n;
+    memcpy(&n, reply.data, sizeof(n));
+    return n;
+}
+
+Test(vactor_dir, keys_are_found_after_their_bucket_neighbours_went, .timeout = 60)
+{
+    start(1);
+    uint64_t n = scaled(20000);
+    send_on0("k", 0, n, 1, ADD);
+    TEST_WAIT_FOR(stats().live == n);
+    /* Every other key goes: the bits they leave in their buckets' filters are stale. */
+    send_on0("k", 0, n, 2, OFF);
+    TEST_WAIT_FOR(stats().live == n / 2);
+    pith_vtype_stats_t st = stats();
+    /* The keys left are each still their one activation: a second ADD reaches it. */
+    send_on0("k", 1, n, 2, ADD);
+    test_sync_all();
+    pith_vtype_stats_t now = stats();
+    cr_assert_eq(now.activations, st.activations, "%llu activations after, %llu before",
+                 (unsigned long long)now.activations, (unsigned long long)st.activations);
+    for (uint64_t i = 1; i < n; i += 2 * (n / 200) + 2) {
+        pith_vref_t v = key_ref("k", i);
+        cr_assert_eq(ask(&v), 2, "key k%llu", (unsigned long long)i);
+    }
+    /* And the keys that went come back new, once each: from 0. */
+    for (uint64_t i = 0; i < n; i += 2 * (n / 100)) {
+        pith_vref_t v = key_ref("k", i);
+        cr_assert_eq(ask(&v), 0, "key k%llu", (unsigned long long)i);
+    }
+    test_stop(NULL);
+}
+
+/* Pages of a listing of shard 0, with the table made to double several times, then to shrink
+ * back, between pages: each of the keys that live throughout comes exactly once. */
+Test(vactor_dir, a_listing_returns_each_activation_once_while_the_table_resizes, .timeout = 120)
+{
+    start(2);
+    enum { STAY = 60, PAGE = 3 }; /* few, so that even a small burst resizes the table */
+    static pith_vref_t stay[STAY];
+    static unsigned seen[STAY];
+    /* Keys whose directory shard is 0, sent from a client: they live there. */
+    for (unsigned i = 0; i < STAY; i++) {
+        char prefix[16];
+        snprintf(prefix, sizeof(prefix), "s%u-", i);
+        stay[i] = test_vkey_on(&d_type, prefix, 0);
+        cr_assert_eq(pith_client_vsend(pith_client_self(), &stay[i], ADD, NULL, 0, PITH_FOREVER),
+                     0);
+    }
+    TEST_WAIT_FOR(stats().live == STAY);
+    uint64_t burst = scaled(40000), cursor = 0;
+    unsigned pages = 0, found = 0, others = 0;
+    do {
+        pith_vref_t page[PAGE];
+        int got = pith_vactor_list(&d_type, 0, &cursor, page, PAGE);
+        cr_assert_geq(got, 0, "pith_vactor_list: %d", got);
+        pages++;
+        for (int j = 0; j < got; j++) {
+            unsigned i;
+            if (sscanf((const char *)page[j].key, "s%u-", &i) == 1 && i < STAY &&
+                page[j].len == stay[i].len && memcmp(page[j].key, stay[i].key, stay[i].len) == 0) {
+                if (seen[i]++ == 0)
+                    found++;
+            } else {
+                others++;
+            }
+        }
+        /* A third of the way through: a burst grows the table (shard 0 holds a share of it);
+         * two thirds: the burst goes and the table shrinks back. */
+        if (pages == STAY / PAGE / 3) {
+            send_on0("b", 0, burst, 1, ADD);
+            TEST_WAIT_FOR(stats().live == STAY + burst);
+        } else if (pages == 2 * STAY / PAGE / 3) {
+            send_on0("b", 0, burst, 1, OFF);
+            TEST_WAIT_FOR(stats().live == STAY);
+        }
+    } while (cursor != 0 && pages < 100000);
+    cr_assert_eq(cursor, 0, "the listing did not end in %u pages", pages);
+    cr_assert_gt(pages, 2 * STAY / PAGE / 3, "the listing ended before the table shrank");
+    for (unsigned i = 0; i < STAY; i++)
+        cr_assert_eq(seen[i], 1, "key %u listed %u times (%u pages, %u of the burst listed)", i,
+                     seen[i], pages, others);
+    cr_assert_eq(found, STAY);
+    test_stop(NULL);
+}
+
+/* Keys of one hash (forced, as a 64-bit collision would be) come in one page. */
+Test(vactor_dir, keys_of_one_hash_come_in_one_page, .timeout = 30)
+{
+    start(1);
+    pith_vref_t v[3] = {key_ref("h", 0), key_ref("h", 1), key_ref("h", 2)};
+    v[1].hash = v[2].hash = v[0].hash;
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(ask(&v[i]), 0);
+    pith_vref_t filler = key_ref("f", 0);
+    cr_assert_eq(ask(&filler), 0);
+    /* Pages of 2: a page never splits the three; with room for them they come together. */
+    uint64_t cursor = 0;
+    unsigned same = 0, total = 0, pages = 0;
+    do {
+        pith_vref_t page[4];
+        int got = pith_vactor_list(&d_type, 0, &cursor, page, pages % 2 ? 4 : 3);
+        cr_assert_geq(got, 0);
+        for (int j = 0; j < got; j++) {
+            total++;
+            same += page[j].hash == v[0].hash;
+        }
+        cr_assert(got == 0 || same == 0 || same == 3, "a page split the keys of one hash");
+        pages++;
+    } while (cursor != 0 && pages < 1000);
+    cr_assert_eq(same, 3);
+    cr_assert_eq(total, 4);
+    /* Pages of 2: two of the three, as the header says, and the listing still ends. */
+    cursor = 0;
+    same = total = pages = 0;
+    do {
+        pith_vref_t page[2];
+        int got = pith_vactor_list(&d_type, 0, &cursor, page, 2);
+        cr_assert_geq(got, 0);
+        for (int j = 0; j < got; j++) {
+            total++;
+            same += page[j].hash == v[0].hash;
+        }
+        pages++;
+    } while (cursor != 0 && pages < 1000);
+    cr_assert_eq(cursor, 0);
+    cr_assert_eq(same, 2);
+    cr_assert_eq(total, 3);
+    test_stop(NULL);
+}
