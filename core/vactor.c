@@ -324,6 +324,11 @@ struct vshard {
      * only to a mapping that asks) stops filtering: `wide`. */
     uintptr_t *buckets;
     uint64_t nbuckets, nentries;
+    /* The table a resize left, emptied into `buckets` a few buckets at a time (dir_step):
+     * its buckets below `moved` are empty; a hash whose bucket here is not is found here. */
+    uintptr_t *old;
+    uint64_t nold, moved;
+    uint32_t ticks; /* insertions and removals, for dir_tick */
     bool wide;
     /* Messages sent to a key while its activation ends (from on_deactivate or terminate),
      * each with its trailer: delivered by held_task once the end is over, in order. */
@@ -489,13 +494,29 @@ static inline uintptr_t dir_rehead(const struct vshard *vs, uintptr_t w, struct 
     return vs->wide ? (uintptr_t)e : (e != NULL ? (w & ~DIR_PTR) | (uintptr_t)e : 0);
 }
 
+/* Puts e at the head of the bucket word *w. */
+static inline void dir_push(const struct vshard *vs, uintptr_t *w, struct ventry *e)
+{
+    e->chain = dir_head(vs, *w);
+    *w = vs->wide ? (uintptr_t)e : ((*w & ~DIR_PTR) | (uintptr_t)e | dir_bit(e->hash));
+}
+
+/* The bucket word of a hash: in the table being emptied while its bucket is not yet moved,
+ * else in the table. The caller made sure there is a table. */
+static inline uintptr_t *dir_slot(struct vshard *vs, uint64_t hash)
+{
+    if (vs->old != NULL && (hash & (vs->nold - 1)) >= vs->moved)
+        return &vs->old[hash & (vs->nold - 1)];
+    return &vs->buckets[hash & (vs->nbuckets - 1)];
+}
+
 static struct ventry *dir_find(struct vshard *vs, struct vtype_shard *ts, uint32_t tid,
                                uint64_t hash, const unsigned char *key, uint32_t klen)
 {
     core_bump(&ts->lookups, 1);
     if (vs->nbuckets == 0)
         return NULL;
-    uintptr_t *b = &vs->buckets[hash & (vs->nbuckets - 1)];
+    uintptr_t *b = dir_slot(vs, hash);
     if (!vs->wide && !(*b & dir_bit(hash)))
         return NULL;
     for (struct ventry *e = dir_head(vs, *b); e != NULL; e = e->chain) {
@@ -515,24 +536,82 @@ static void dir_widen(struct vshard *vs)
 {
     for (uint64_t i = 0; i < vs->nbuckets; i++)
         vs->buckets[i] &= DIR_PTR;
+    for (uint64_t i = vs->moved; vs->old != NULL && i < vs->nold; i++)
+        vs->old[i] &= DIR_PTR;
     vs->wide = true;
 }
 
-/* Moves every entry into a table of n buckets (a power of two). No memory: nothing changes. */
+/* Moves buckets of the table being emptied into the table: at most `full` that hold entries,
+ * and `scan` in all; frees it when none is left. The entries are scattered (a cache miss each):
+ * the chains' heads of up to DIR_BATCH buckets are loaded together, then their next ones. */
+#define DIR_BATCH 16u
+static void dir_step(struct vshard *vs, unsigned full, uint64_t scan)
+{
+    while (vs->old != NULL && vs->moved < vs->nold && full > 0 && scan > 0) {
+        struct ventry *batch[DIR_BATCH];
+        unsigned nb = 0;
+        for (; vs->moved < vs->nold && nb < DIR_BATCH && nb < full && scan > 0; scan--) {
+            struct ventry *e = dir_head(vs, vs->old[vs->moved]);
+            vs->old[vs->moved++] = 0;
+            if (e != NULL) {
+                __builtin_prefetch(e, 1);
+                batch[nb++] = e;
+            }
+        }
+        full -= nb;
+        /* Each round moves one entry of each chain left and prefetches its next. */
+        for (unsigned left = nb; left > 0;) {
+            left = 0;
+            for (unsigned i = 0; i < nb; i++) {
+                struct ventry *e = batch[i];
+                if (e == NULL)
+                    continue;
+                batch[i] = e->chain;
+                if (batch[i] != NULL) {
+                    __builtin_prefetch(batch[i], 1);
+                    left++;
+                }
+                dir_push(vs, &vs->buckets[e->hash & (vs->nbuckets - 1)], e);
+            }
+        }
+    }
+    if (vs->old != NULL && vs->moved == vs->nold) {
+        pith_free(vs->old);
+        vs->old = NULL;
+        vs->nold = vs->moved = 0;
+    }
+}
+
+/* Buckets moved, every DIR_EVERY insertions or removals: a doubling's table is empty after half
+ * as many insertions as it has buckets (the next doubling comes after twice as many), and a
+ * shrink's after a twelfth as many removals as its old table has buckets (the next shrink comes
+ * after three thirty-seconds). A resize that finds the last one still being emptied finishes it
+ * first. A step moves about 32 entries (a few microseconds). */
+#define DIR_EVERY     8u
+#define DIR_STEP_FULL (2u * DIR_EVERY)
+#define DIR_STEP_SCAN (64u * DIR_EVERY)
+
+static inline void dir_tick(struct vshard *vs)
+{
+    if (vs->old != NULL && (++vs->ticks % DIR_EVERY) == 0)
+        dir_step(vs, DIR_STEP_FULL, DIR_STEP_SCAN);
+}
+
+/* Makes a table of n buckets (a power of two) that the present one empties into, a few buckets
+ * at each insertion or removal (dir_step), so no one call pays to move them all (35 ms for a
+ * million entries here). No memory: nothing changes. */
 static void dir_resize(struct vshard *vs, uint64_t n)
 {
+    if (vs->old != NULL)
+        dir_step(vs, UINT_MAX, UINT64_MAX);
     uintptr_t *b = pith_calloc(n, sizeof(*b));
     if (b == NULL)
         return; /* longer chains, or a larger table, until a later resize works */
-    for (uint64_t i = 0; i < vs->nbuckets; i++) {
-        for (struct ventry *e = dir_head(vs, vs->buckets[i]), *next; e != NULL; e = next) {
-            next = e->chain;
-            uintptr_t *w = &b[e->hash & (n - 1)];
-            e->chain = dir_head(vs, *w);
-            *w = vs->wide ? (uintptr_t)e : ((*w & ~DIR_PTR) | (uintptr_t)e | dir_bit(e->hash));
-        }
+    if (vs->nbuckets != 0) {
+        vs->old = vs->buckets;
+        vs->nold = vs->nbuckets;
+        vs->moved = 0;
     }
-    pith_free(vs->buckets);
     vs->buckets = b;
     vs->nbuckets = n;
 }
@@ -547,36 +626,44 @@ static void dir_grow(struct vshard *vs)
 /* The caller made sure there is a table (activate). */
 static void dir_insert(struct vshard *vs, struct ventry *e)
 {
+    dir_tick(vs);
     if (!vs->wide && ((uintptr_t)e & ~DIR_PTR) != 0)
         dir_widen(vs);
-    uintptr_t *b = &vs->buckets[e->hash & (vs->nbuckets - 1)];
-    e->chain = dir_head(vs, *b);
-    *b = vs->wide ? (uintptr_t)e : ((*b & ~DIR_PTR) | (uintptr_t)e | dir_bit(e->hash));
+    dir_push(vs, dir_slot(vs, e->hash), e);
     e->flags |= E_DIR;
     vs->nentries++;
+}
+
+/* The word whose chain holds e (of that hash: e may be a moved entry's old address, not to be
+ * read), and e's predecessor in it (NULL: e is its head). */
+static uintptr_t *dir_where(struct vshard *vs, uint64_t hash, const struct ventry *e,
+                            struct ventry **prev)
+{
+    uintptr_t *b = dir_slot(vs, hash);
+    *prev = NULL;
+    for (struct ventry *p = dir_head(vs, *b); p != NULL && p != e; p = p->chain)
+        *prev = p;
+    return b;
 }
 
 static void dir_unlink(struct vshard *vs, struct ventry *e)
 {
     if (!(e->flags & E_DIR))
         return;
-    uintptr_t *b = &vs->buckets[e->hash & (vs->nbuckets - 1)];
-    if (dir_head(vs, *b) == e) {
+    struct ventry *prev;
+    uintptr_t *b = dir_where(vs, e->hash, e, &prev);
+    if (prev == NULL)
         *b = dir_rehead(vs, *b, e->chain);
-    } else {
-        for (struct ventry *p = dir_head(vs, *b); p != NULL; p = p->chain) {
-            if (p->chain == e) {
-                p->chain = e->chain;
-                break;
-            }
-        }
-    }
+    else
+        prev->chain = e->chain;
     e->flags &= (uint8_t)~E_DIR;
     vs->nentries--;
     /* Down to an eighth of an entry a bucket, a quarter of the table (half an entry a bucket,
      * far from the doubling at two): what a burst of activations grew goes back after it. */
     if (vs->nbuckets > DIR_MIN && vs->nentries * 8 < vs->nbuckets)
         dir_resize(vs, vs->nbuckets / 4 > DIR_MIN ? vs->nbuckets / 4 : DIR_MIN);
+    else
+        dir_tick(vs);
 }
 
 static void list_unlink(struct vtype_shard *ts, struct ventry *e)
@@ -2601,8 +2688,10 @@ static inline bool listed(const struct ventry *e, uint32_t tid)
  * bits, so in that order each bucket is one stretch, the buckets follow one another in the
  * bit-reversed order of their indices, and the stretches of a table of any other size are
  * those split or merged: the cursor means the same across the directory's resizes, and an entry
- * that lives through the listing is returned once. Entries of one hash go in one page; when
- * more than max share a hash, the page takes max of them and the rest are not returned. */
+ * that lives through the listing is returned once. While a table empties into another, a
+ * stretch of the finer one has its entries in two chains at most: one bucket of each table.
+ * Entries of one hash go in one page; when more than max share a hash, the page takes max of
+ * them and the rest are not returned. */
 static void *list_here(void *arg)
 {
     struct list_req *q = arg;
@@ -2619,21 +2708,28 @@ static void *list_here(void *arg)
     }
     if (q->max == 0)
         return NULL;
-    unsigned shift = 64u - (unsigned)__builtin_ctzll(vs->nbuckets); /* nbuckets >= DIR_MIN */
+    uint64_t fine = vs->old != NULL && vs->nold > vs->nbuckets ? vs->nold : vs->nbuckets;
+    unsigned shift = 64u - (unsigned)__builtin_ctzll(fine); /* fine >= DIR_MIN */
     uint64_t at = *q->cursor, j = at >> shift;
     uint32_t got = 0;
-    for (uint64_t scanned = 0; j < vs->nbuckets && scanned < LIST_SCAN; j++, scanned++) {
-        struct ventry *head = dir_head(vs, vs->buckets[rev64(j) >> shift]);
+    for (uint64_t scanned = 0; j < fine && scanned < LIST_SCAN; j++, scanned++) {
+        /* The stretch [lo, end]: any hash in it picks the same bucket of either table. */
+        uint64_t h = rev64(j << shift), end = ((j + 1) << shift) - 1;
+        struct ventry *heads[2] = {dir_head(vs, vs->buckets[h & (vs->nbuckets - 1)]), NULL};
+        if (vs->old != NULL && (h & (vs->nold - 1)) >= vs->moved)
+            heads[1] = dir_head(vs, vs->old[h & (vs->nold - 1)]);
         for (;;) {
-            /* The chain's next hash in the order, at `at` or after: chains are short. */
+            /* The next hash in the order, at `at` or after, in the stretch: chains are short. */
             uint64_t next = 0;
             unsigned run = 0;
-            for (struct ventry *e = head; e != NULL; e = e->chain) {
-                uint64_t r = rev64(e->hash);
-                if (!listed(e, q->tid) || r < at || (run > 0 && r > next))
-                    continue;
-                run = run > 0 && r == next ? run + 1 : 1;
-                next = r;
+            for (int k = 0; k < 2; k++) {
+                for (struct ventry *e = heads[k]; e != NULL; e = e->chain) {
+                    uint64_t r = rev64(e->hash);
+                    if (!listed(e, q->tid) || r < at || r > end || (run > 0 && r > next))
+                        continue;
+                    run = run > 0 && r == next ? run + 1 : 1;
+                    next = r;
+                }
             }
             if (run == 0)
                 break;
@@ -2642,16 +2738,18 @@ static void *list_here(void *arg)
                 q->got = (int)got;
                 return NULL;
             }
-            for (struct ventry *e = head; e != NULL && got < q->max; e = e->chain) {
-                if (!listed(e, q->tid) || rev64(e->hash) != next)
-                    continue;
-                pith_vref_t *v = &q->out[got++];
-                memset(v, 0, sizeof(*v));
-                v->type = vtypes[e->tid].vt;
-                v->tid = e->tid + 1u;
-                v->hash = e->hash;
-                v->len = e->klen;
-                memcpy(v->key, entry_key(e), e->klen);
+            for (int k = 0; k < 2; k++) {
+                for (struct ventry *e = heads[k]; e != NULL && got < q->max; e = e->chain) {
+                    if (!listed(e, q->tid) || rev64(e->hash) != next)
+                        continue;
+                    pith_vref_t *v = &q->out[got++];
+                    memset(v, 0, sizeof(*v));
+                    v->type = vtypes[e->tid].vt;
+                    v->tid = e->tid + 1u;
+                    v->hash = e->hash;
+                    v->len = e->klen;
+                    memcpy(v->key, entry_key(e), e->klen);
+                }
             }
             at = next + 1;
             if (at == 0 || got == q->max) {
@@ -2660,9 +2758,9 @@ static void *list_here(void *arg)
                 return NULL;
             }
         }
-        at = j + 1 < vs->nbuckets ? (j + 1) << shift : 0;
+        at = end + 1; /* 0 past the last stretch */
     }
-    *q->cursor = j < vs->nbuckets ? at : 0;
+    *q->cursor = j < fine ? at : 0;
     q->got = (int)got;
     return NULL;
 }
@@ -2810,19 +2908,14 @@ static void entry_moved(struct vshard *vs, struct vtype_shard *ts, struct ventry
                         struct ventry *to)
 {
     if (to->flags & E_DIR) {
-        uintptr_t *b = &vs->buckets[to->hash & (vs->nbuckets - 1)];
         if (!vs->wide && ((uintptr_t)to & ~DIR_PTR) != 0)
             dir_widen(vs);
-        if (dir_head(vs, *b) == from) {
+        struct ventry *prev;
+        uintptr_t *b = dir_where(vs, to->hash, from, &prev);
+        if (prev == NULL)
             *b = dir_rehead(vs, *b, to);
-        } else {
-            for (struct ventry *p = dir_head(vs, *b); p != NULL; p = p->chain) {
-                if (p->chain == from) {
-                    p->chain = to;
-                    break;
-                }
-            }
-        }
+        else
+            prev->chain = to;
     }
     if (to->flags & E_LISTED) {
         if (to->prev != NULL)
@@ -3107,6 +3200,7 @@ void core_vactor_exit(struct core_shard *cs)
     vs->cache = NULL;
     vs->nchold = 0;
     /* What is left in the table are the entries of activations on other shards. */
+    dir_step(vs, UINT_MAX, UINT64_MAX); /* one table */
     for (uint64_t b = 0; b < vs->nbuckets; b++) {
         for (struct ventry *e = dir_head(vs, vs->buckets[b]), *next; e != NULL; e = next) {
             next = e->chain;

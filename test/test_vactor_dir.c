@@ -243,3 +243,60 @@ Test(vactor_dir, keys_of_one_hash_come_in_one_page, .timeout = 30)
     cr_assert_eq(total, 3);
     test_stop(NULL);
 }
+
+/* The keys g<i> listed from shard 0 in pages of 5, each page followed by `then` (an activation
+ * of a new key, or nothing); seen[i] counts each g<i>. */
+static void list_g(unsigned n, unsigned *seen, unsigned *extra)
+{
+    uint64_t cursor = 0;
+    unsigned pages = 0;
+    memset(seen, 0, n * sizeof(*seen));
+    do {
+        pith_vref_t page[5];
+        int got = pith_vactor_list(&d_type, 0, &cursor, page, 5);
+        cr_assert_geq(got, 0, "pith_vactor_list: %d", got);
+        for (int j = 0; j < got; j++) {
+            unsigned i;
+            if (page[j].key[0] == 'g' && sscanf((const char *)page[j].key, "g%u", &i) == 1 && i < n)
+                seen[i]++;
+        }
+        if (extra != NULL) {
+            pith_vref_t v = key_ref("x", (*extra)++);
+            cr_assert_eq(ask(&v), 0);
+        }
+    } while (cursor != 0 && ++pages < 100000);
+    cr_assert_eq(cursor, 0);
+}
+
+/* On one shard the table doubles as the 129th, 257th, 513th and 1025th keys come, and shrinks
+ * to a quarter when 127 are left of 1,024 buckets; each time its old buckets move a few at
+ * each later insertion or removal. A listing made right then finds entries in both tables. */
+Test(vactor_dir, a_listing_finds_every_activation_while_the_table_empties_into_another,
+     .timeout = 60)
+{
+    start(1);
+    enum { G = 1025, LEFT = 127 };
+    static unsigned seen[G];
+    send_on0("g", 0, G, 1, ADD);
+    TEST_WAIT_FOR(stats().live == G);
+    unsigned extra = 0;
+    list_g(G, seen, &extra); /* a new key after each page: the doubling's move goes on */
+    for (unsigned i = 0; i < G; i++)
+        cr_assert_eq(seen[i], 1, "g%u listed %u times", i, seen[i]);
+    /* The extra keys go, then all but LEFT of the g keys. */
+    send_on0("x", 0, extra, 1, OFF);
+    send_on0("g", LEFT, G, 1, OFF);
+    TEST_WAIT_FOR(stats().live == LEFT);
+    list_g(G, seen, NULL);
+    for (unsigned i = 0; i < G; i++)
+        cr_assert_eq(seen[i], i < LEFT ? 1u : 0u, "g%u listed %u times", i, seen[i]);
+    /* And every one left is found by its next message, in whichever table it is. */
+    send_on0("g", 0, LEFT, 1, ADD);
+    test_sync_all();
+    for (unsigned i = 0; i < LEFT; i += 7) {
+        pith_vref_t v = key_ref("g", i);
+        cr_assert_eq(ask(&v), 2, "g%u", i);
+    }
+    cr_assert_eq(stats().live, LEFT);
+    test_stop(NULL);
+}
