@@ -582,13 +582,13 @@ static void dir_step(struct vshard *vs, unsigned full, uint64_t scan)
     }
 }
 
-/* Buckets moved, every DIR_EVERY insertions or removals: a doubling's table is empty after half
- * as many insertions as it has buckets (the next doubling comes after twice as many), and a
- * shrink's after a twelfth as many removals as its old table has buckets (the next shrink comes
- * after three thirty-seconds). A resize that finds the last one still being emptied finishes it
- * first. A step moves about 32 entries (a few microseconds). */
+/* Buckets moved, every DIR_EVERY insertions or removals: a doubling's old table is empty after
+ * a quarter as many insertions as it has buckets (the next doubling comes after twice as many),
+ * and a shrink's after a thirty-second as many removals (the next shrink comes after three
+ * thirty-seconds); both tables are held meanwhile. A resize that finds the last one still
+ * being emptied finishes it first. A step moves about 64 entries (a few microseconds). */
 #define DIR_EVERY     8u
-#define DIR_STEP_FULL (2u * DIR_EVERY)
+#define DIR_STEP_FULL (4u * DIR_EVERY)
 #define DIR_STEP_SCAN (64u * DIR_EVERY)
 
 static inline void dir_tick(struct vshard *vs)
