@@ -200,15 +200,36 @@ int config_resolve(struct engine *e, const pith_config_t *user)
         why = "net_bufs must be a power of two, 1..32768";
     else if (c.net_buf_size != 0 && (c.net_buf_size < 64 || c.net_buf_size > (1u << 20)))
         why = "net_buf_size must be 64..1048576";
+    const char *jdir = c.journal.dir != NULL ? c.journal.dir : getenv("PITH_JOURNAL_DIR");
+    if (jdir != NULL && jdir[0] == '\0')
+        jdir = NULL;
+    if (c.journal.segment_bytes == 0)
+        c.journal.segment_bytes = 64ull << 20;
+    if (c.journal.pending_max == 0)
+        c.journal.pending_max = 16ull << 20;
+    if (!why && (c.journal.segment_bytes < (1ull << 20) || c.journal.segment_bytes > (1ull << 30) ||
+                 c.journal.segment_bytes % 4096 != 0))
+        why = "journal.segment_bytes must be a multiple of 4096, 1 MiB..1 GiB";
+    else if (!why && c.journal.pending_max < (64u << 10))
+        why = "journal.pending_max must be at least 64 KiB";
+    else if (!why && (c.journal.flags & ~PITH_JOURNAL_BUFFERED) != 0)
+        why = "journal.flags has an unknown bit";
     if (why) {
         free(cpus);
         set_last_error("%s", why);
         return -EINVAL;
     }
+    char *jcopy = NULL;
+    if (jdir != NULL && (jcopy = strdup(jdir)) == NULL) {
+        free(cpus);
+        return -ENOMEM;
+    }
+    c.journal.dir = jcopy;
     char mem_why[200];
     int err = mem_config_resolve(&c.mem, (unsigned)c.shards, mem_why, sizeof(mem_why));
     if (err) {
         free(cpus);
+        free(jcopy);
         set_last_error("%s", mem_why);
         return err;
     }

@@ -56,6 +56,13 @@ void shard_hooks_shard_exit(unsigned shard)
             hook_layers[i].shard_exit(shard);
 }
 
+void shard_hooks_flush(unsigned shard)
+{
+    for (unsigned i = 0; i < n_hook_layers; i++)
+        if (hook_layers[i].flush != NULL)
+            hook_layers[i].flush(shard);
+}
+
 void shard_hooks_engine_gone(void)
 {
     for (unsigned i = 0; i < n_hook_layers; i++)
@@ -147,6 +154,8 @@ static void engine_teardown(struct engine *e, pith_stop_report_t *rep)
     e->scan = NULL;
     free(e->cpu_list);
     e->cpu_list = NULL;
+    free((char *)(uintptr_t)e->cfg.journal.dir); /* config.c's copy */
+    e->cfg.journal.dir = NULL;
     topo_close(e);
     e->n = 0;
 }

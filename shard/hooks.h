@@ -28,6 +28,10 @@ struct shard_hooks {
      * layer's (an actor's turn): the label (an actor type's name) and the function to name
      * (its behaviour) through *fn. NULL: not the layer's. */
     const char *(*describe)(unsigned shard, pith_anyfn_t *fn);
+    /* On the shard, after the run step of a loop iteration in which shard_flush_ask was called,
+     * before the ring is entered: what gathered during the step (a journal's group of records)
+     * goes out with the iteration's submissions. */
+    void (*flush)(unsigned shard);
 };
 
 /* Adds a layer's hooks (at most 4 layers); members left NULL are skipped. Each event calls
@@ -39,6 +43,14 @@ void shard_hooks_engine_gone(void);
 bool shard_hooks_release(pith_fn_t fn, void *arg);
 void shard_hooks_stopping(void);
 const char *shard_hooks_describe(unsigned shard, pith_anyfn_t *fn);
+void shard_hooks_flush(unsigned shard);
+
+/* On a shard: the flush hooks run in this loop iteration (or the next, when asked after its
+ * run step). */
+void shard_flush_ask(void);
+
+/* Sets what pith_last_error() says on the calling thread. */
+void set_last_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* On a shard: tells the stall detector that fn runs now (until the task that called this
  * returns). */

@@ -26,6 +26,12 @@ const pith_config_t *shard_config(void)
     return shard_cur != NULL ? &shard_cur->eng->cfg : NULL;
 }
 
+void shard_flush_ask(void)
+{
+    if (shard_cur != NULL)
+        shard_cur->flush_asked = true;
+}
+
 void shard_note_running(pith_anyfn_t fn)
 {
     if (shard_cur != NULL)
@@ -159,6 +165,10 @@ static void shard_loop(struct shard *s)
         work += lanes_drain(s, budget);
         if (s->ndirty > 0)
             work += mesh_publish(s);
+        if (s->flush_asked) {
+            s->flush_asked = false;
+            shard_hooks_flush(s->id);
+        }
         work += io_ring_poll(&s->io);
         bool timers_live = state == ENGINE_RUNNING && s->timers.len > 0;
         if (timers_live && (tsc_per_ns == 0 || tsc_now() >= s->timer_gate)) {
@@ -172,7 +182,7 @@ static void shard_loop(struct shard *s)
                                     ? 0
                                     : tsc_now() + (uint64_t)((double)(next - now) * tsc_per_ns);
         }
-        if (work > 0 || s->ndirty > 0) {
+        if (work > 0 || s->ndirty > 0 || s->flush_asked) {
             /* Batches still waiting for ring space keep us polling: nobody will wake us to
              * retry them. */
             idle_since = 0;

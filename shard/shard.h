@@ -132,6 +132,7 @@ struct shard {
     struct outbound *out; /* [nshards] */
     unsigned *dirty;      /* destinations with something to publish */
     unsigned ndirty;
+    bool flush_asked; /* shard_flush_ask was called: the flush hooks run */
     struct batch *free_batches;
     unsigned next_src;  /* where the next inbound drain starts, for fairness */
     uint64_t *consumed; /* [nshards]: batches taken from each source's ring and finished */

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include <pith/api.h>
+#include <pith/journal.h>
 #include <pith/mem.h>
 
 #ifdef __cplusplus
@@ -96,6 +97,9 @@ typedef struct pith_config {
     void *stall_ctx; /* on_stall's ctx */
     /* Each shard's memory (pith/mem.h); zeros take the defaults. */
     pith_mem_config_t mem;
+    /* Each shard's journal (pith/journal.h); zeros take the defaults, and no directory (nor
+     * $PITH_JOURNAL_DIR) means no journal. */
+    pith_journal_config_t journal;
 } pith_config_t;
 
 /* Fills *cfg with the defaults above (shards = PITH_AUTO, cpus = NULL). */

@@ -1,0 +1,118 @@
+/* The journal's private parts: the record header on disk, one shard's journal, and what the
+ * files (segment.c) and the writer (journal.c) share. log/ sits between core/ and shard/. */
+#ifndef PITH_LOG_H
+#define PITH_LOG_H
+
+#include <pith/journal.h>
+
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fop.h"
+
+/* A record's header on disk, little-endian; the payload follows, then zeros to 8 bytes. The CRC
+ * covers the header from `len` on and the payload. */
+struct jhdr {
+    uint32_t crc;
+    uint32_t len; /* payload bytes */
+    uint64_t seq;
+    uint64_t stream;
+    uint32_t type;
+    uint32_t epoch; /* the run that wrote it (1, 2, ...): never less than the record before */
+};
+_Static_assert(sizeof(struct jhdr) == 32, "a record header is 32 bytes");
+
+#define JBLOCK    4096u /* write unit and alignment */
+#define JALIGN(n) (((n) + 7u) & ~(uint64_t)7u)
+
+static inline uint64_t jround(uint64_t n)
+{
+    return (n + JBLOCK - 1) & ~(uint64_t)(JBLOCK - 1);
+}
+
+uint32_t log_crc32c_sw(uint32_t crc, const void *data, size_t len);
+bool log_crc32c_hw(void);
+
+/* The CRC a header should carry for its payload. */
+uint32_t jhdr_crc(const struct jhdr *h, const void *payload);
+
+/* A segment file. */
+struct jseg {
+    uint64_t index; /* <index>.seg */
+    int fd;         /* for writes (O_DIRECT when the journal is); -1 closed */
+    unsigned users; /* groups still to write or sync to it, and the journal while current */
+    uint64_t first_seq, last_seq; /* records it holds (durable), 0 0: none */
+    uint64_t end;                 /* bytes of records durable in it */
+    struct jseg *next;            /* the shard's segments, oldest first */
+};
+
+/* The next segment, made ahead of need on the ring. */
+enum { MK_NONE, MK_OPEN, MK_ALLOC, MK_SYNC, MK_DIRSYNC, MK_READY, MK_FAILED };
+
+struct jcb {
+    pith_journal_fn_t fn;
+    void *ctx;
+    uint64_t seq;
+};
+
+/* Records bound for one write and one sync: buf holds the file from `off` (block aligned);
+ * its first `head` bytes are the tail block of the group before, already written. */
+enum { G_OPEN, G_WRITING, G_WRITTEN, G_SYNCING, G_DONE, G_FAILED };
+
+struct jgroup {
+    struct jgroup *next;
+    struct jseg *seg;
+    unsigned char *buf;
+    uint32_t cap, head, len; /* buffer bytes; the earlier tail; bytes up to the last record */
+    uint32_t done_bytes;     /* of the write, done so far (short writes go on) */
+    uint64_t off;
+    uint64_t first_seq, last_seq, bytes; /* bytes: of its records, for pending_bytes */
+    struct jcb *cbs;
+    uint32_t ncb, cbcap;
+    int state, err;
+    unsigned inflight; /* its operations on the ring */
+};
+
+struct journal {
+    unsigned shard;
+    int dirfd;
+    char *path; /* <dir>/shard-<id> */
+    bool direct, failed;
+    uint32_t epoch;
+    uint64_t seg_bytes, pending_max;
+    int64_t (*fault)(int op, uint64_t len, void *ctx);
+    void *fault_ctx;
+    struct jseg *segs, *segs_tail; /* all of them, in order; segs_tail is where records go */
+    uint64_t tail;                 /* offset in segs_tail for the next record */
+    /* The segment after segs_tail, made ahead: its state and file. */
+    int mk_state, mk_err, mk_fd;
+    uint64_t mk_index;
+    struct jgroup *open;          /* taking records; NULL: none yet */
+    struct jgroup *qhead, *qtail; /* sealed, in order: writing, written, syncing, done */
+    bool writing;                 /* one write in flight at a time: groups share blocks */
+    uint64_t next_seq, durable_seq;
+    /* Figures for pith_journal_stats (written here, read by any thread). */
+    _Atomic uint64_t st_appended, st_acked, st_failed, st_groups, st_syncs, st_bytes, st_pending,
+        st_segments, st_last, st_durable;
+    uint64_t recovered, recovered_bytes, damaged_segment, damaged_offset;
+    int open_err;          /* first use failed: every call says it (-EIO) */
+    bool closing;          /* the shard left its loop: completions still to come are ignored */
+    struct jgroup *graves; /* groups failed at stop whose operations may still report */
+    /* The bytes of the tail block before `tail`: the next group begins with them. */
+    alignas(64) unsigned char tailblk[JBLOCK];
+};
+
+/* segment.c: reading back at first use, and files. */
+int jseg_recover(struct journal *j, char *why, size_t whylen);
+/* Makes segment `index` now, with plain system calls (first use only). */
+int jseg_make_now(struct journal *j, uint64_t index, int *fd);
+int jseg_open_flags(const struct journal *j);
+/* Reads the records of seg with seq >= from, up to its durable end, calling fn. */
+int jseg_scan(struct journal *j, struct jseg *seg, uint64_t from,
+              int (*fn)(const pith_journal_rec_t *rec, void *ctx), void *ctx);
+void jseg_free_all(struct journal *j);
+
+#endif
