@@ -409,9 +409,11 @@ static void mk_done(struct fop *f, int res)
     (void)mk_submit(j, o->name);
 }
 
+/* Begins making the next segment, unless one is being made, made, or failed (next_segment
+ * takes a failure and begins again: one try per append that needs it, not per append). */
 static void mk_start(struct journal *j)
 {
-    if (j->mk_state != MK_NONE && j->mk_state != MK_FAILED)
+    if (j->mk_state != MK_NONE)
         return;
     j->mk_index = j->segs_tail->index + 1;
     j->mk_fd = -1;
@@ -461,6 +463,28 @@ static int next_segment(struct journal *j)
 
 /* ---- first use ---- */
 
+/* mkdir, and when it made the directory, an fsync of its parent. */
+static int make_dir(const char *path)
+{
+    if (mkdir(path, 0755) != 0)
+        return errno == EEXIST ? 0 : -errno;
+    char parent[4096];
+    snprintf(parent, sizeof(parent), "%s", path);
+    char *slash = strrchr(parent, '/');
+    if (slash == parent)
+        slash[1] = '\0';
+    else if (slash != NULL)
+        *slash = '\0';
+    else
+        snprintf(parent, sizeof(parent), ".");
+    int fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int err = fsync(fd) != 0 ? -errno : 0;
+    close(fd);
+    return err;
+}
+
 static int journal_open(struct journal *j, unsigned shard, const pith_config_t *cfg, char *why,
                         size_t whylen)
 {
@@ -477,17 +501,20 @@ static int journal_open(struct journal *j, unsigned shard, const pith_config_t *
     if (j->path == NULL)
         return -ENOMEM;
     snprintf(j->path, n, "%s/shard-%u", c->dir, shard);
-    if ((mkdir(c->dir, 0755) != 0 && errno != EEXIST) ||
-        (mkdir(j->path, 0755) != 0 && errno != EEXIST)) {
-        snprintf(why, whylen, "making %s: %s", j->path, strerror(errno));
-        return -errno;
+    /* A directory made here is durable once its parent is synced (ALICE's list). */
+    int err = make_dir(c->dir);
+    if (err == 0)
+        err = make_dir(j->path);
+    if (err) {
+        snprintf(why, whylen, "making %s: %s", j->path, strerror(-err));
+        return err;
     }
     j->dirfd = open(j->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (j->dirfd < 0) {
         snprintf(why, whylen, "opening %s: %s", j->path, strerror(errno));
         return -errno;
     }
-    int err = jseg_recover(j, why, whylen);
+    err = jseg_recover(j, why, whylen);
     if (err)
         return err;
     j->segs_tail->users = 1;
@@ -595,7 +622,7 @@ int pith_journal_append(uint64_t stream, uint32_t type, const void *data, uint32
     if (j->tail + rec + sizeof(struct jhdr) > j->seg_bytes && (err = next_segment(j)) != 0)
         return err;
     if (j->tail * 2 > j->seg_bytes)
-        mk_start(j);
+        mk_start(j); /* the next segment, ahead of need */
     if (j->open != NULL && !group_room(j->open, rec))
         seal(j);
     if (j->open == NULL) {
