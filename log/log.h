@@ -81,6 +81,7 @@ struct journal {
     int dirfd;
     char *path; /* <dir>/shard-<id> */
     bool direct, failed;
+    bool dsync; /* writes carry RWF_DSYNC (else each is followed by an fdatasync) */
     uint32_t epoch;
     uint64_t seg_bytes, pending_max;
     int64_t (*fault)(int op, uint64_t len, void *ctx);

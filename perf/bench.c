@@ -98,6 +98,15 @@ static const bench_row_t rows[] = {
      "savina.fjthroughput_ms"},
     {"savina.fjcreation_ms", bench_savina_fjcreation, 4000, 40000, NULL},
     {"savina.threadring_ms", bench_savina_threadring, 10000, 100000, NULL},
+    /* The journal, in $PITH_BENCH_DIR or /var/tmp. n: write+fdatasync pairs and records one at
+     * a time; records with 10,000 in flight; records read back; 4 KiB buffers checksummed. */
+    {"raw.fdatasync_ns", bench_raw_fdatasync, 200, 2000, NULL},
+    {"journal.persist_ns", bench_journal_persist, 200, 2000, "raw.fdatasync_ns"},
+    {"raw.fsync_each_per_s", bench_raw_fsync_each, 200, 2000, NULL},
+    {"journal.events_per_s", bench_journal_events, 200000, 2000000, "raw.fsync_each_per_s"},
+    {"journal.replay_events_per_s", bench_journal_replay, 200000, 2000000, NULL},
+    {"raw.crc32c_bytewise_gbps", bench_raw_crc32c_bytewise, 20000, 200000, NULL},
+    {"journal.crc32c_gbps", bench_journal_crc32c, 20000, 200000, "raw.crc32c_bytewise_gbps"},
     /* n: 4 KiB reads of a page-cached file, one in flight. */
     {"raw.pread_4k_ns", bench_raw_pread_4k, 20000, 200000, NULL},
     {"file.read_4k_ns", bench_file_read_4k, 20000, 200000, "raw.pread_4k_ns"},

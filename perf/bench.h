@@ -173,6 +173,16 @@ int bench_raw_pread_4k_kops(const bench_env_t *env, uint64_t n, result_t *r, cha
 int bench_file_read_4k_qd32(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                             size_t whylen);
 int bench_actor_bytes(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+/* bench_journal.c */
+int bench_raw_fdatasync(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_journal_persist(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                          size_t whylen);
+int bench_raw_fsync_each(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_journal_events(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_journal_replay(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_raw_crc32c_bytewise(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                              size_t whylen);
+int bench_journal_crc32c(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_actor_ask_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_actor_remote_ask_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                                size_t whylen);

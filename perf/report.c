@@ -57,13 +57,16 @@ void result_set_pcts(result_t *r, const samples_t *s)
     r->samples = s->n < s->cap ? s->n : s->cap;
 }
 
-/* The unit is the name's last word ("ns", "mps", "faults"); a "bytes_per_X" row is in bytes. */
+/* The unit is the name's last word ("ns", "mps", "faults"); a "bytes_per_X" row is in bytes, an
+ * "X_per_s" row in X a second. */
 const char *result_unit(const char *name)
 {
     if (strstr(name, "bytes_per_") != NULL)
         return "bytes";
     if (strstr(name, "_us_per_") != NULL)
         return "us";
+    if (strstr(name, "_per_s") != NULL)
+        return "/s";
     const char *u = strrchr(name, '_');
     return u ? u + 1 : "";
 }

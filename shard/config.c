@@ -212,7 +212,7 @@ int config_resolve(struct engine *e, const pith_config_t *user)
         why = "journal.segment_bytes must be a multiple of 4096, 1 MiB..1 GiB";
     else if (!why && c.journal.pending_max < (64u << 10))
         why = "journal.pending_max must be at least 64 KiB";
-    else if (!why && (c.journal.flags & ~PITH_JOURNAL_BUFFERED) != 0)
+    else if (!why && (c.journal.flags & ~(PITH_JOURNAL_BUFFERED | PITH_JOURNAL_FDATASYNC)) != 0)
         why = "journal.flags has an unknown bit";
     if (why) {
         free(cpus);

@@ -199,12 +199,11 @@ Test(journal, crc32c_matches_the_published_check_value)
     cr_assert_eq(pith_crc32c(0, NULL, 0), 0);
 }
 
-Test(journal, appends_are_acknowledged_in_order_once_synced_and_read_back_after_a_restart,
-     .timeout = 60)
+static void in_order_and_read_back(unsigned flags)
 {
     dir_make();
     reset_counts();
-    start();
+    start_with(0, 0, flags);
     uint64_t n = scaled(20000);
     struct appends a = append_on0(0, n);
     cr_assert_eq(a.err, 0, "append: %d", a.err);
@@ -227,7 +226,7 @@ Test(journal, appends_are_acknowledged_in_order_once_synced_and_read_back_after_
 
     /* A new engine reads them back, and goes on after them. */
     reset_counts();
-    start();
+    start_with(0, 0, flags);
     s = scan_on0(1);
     cr_assert_eq(s.n, n);
     cr_assert_eq(s.first, 1);
@@ -242,6 +241,20 @@ Test(journal, appends_are_acknowledged_in_order_once_synced_and_read_back_after_
     cr_assert_eq(s.n, 16);
     test_stop(NULL);
     dir_remove();
+}
+
+Test(journal, appends_are_acknowledged_in_order_once_synced_and_read_back_after_a_restart,
+     .timeout = 60)
+{
+    in_order_and_read_back(0);
+}
+
+Test(journal, the_same_with_buffered_writes_and_separate_fdatasyncs, .timeout = 60)
+{
+    in_order_and_read_back(PITH_JOURNAL_BUFFERED | PITH_JOURNAL_FDATASYNC);
+    /* Each of the two, alone. */
+    in_order_and_read_back(PITH_JOURNAL_FDATASYNC);
+    in_order_and_read_back(PITH_JOURNAL_BUFFERED);
 }
 
 /* The last segment file of shard 0 and the offset of its last record (by reading it back). */
@@ -407,11 +420,11 @@ Test(journal, what_waits_is_bounded_by_pending_max, .timeout = 60)
     dir_remove();
 }
 
-Test(journal, a_failed_sync_fails_what_it_covered_and_the_journal_refuses_after, .timeout = 60)
+static void failed_sync(unsigned flags)
 {
     dir_make();
     reset_counts();
-    start();
+    start_with(0, 0, flags);
     append_on0(0, 30);
     TEST_WAIT_FOR(atomic_load(&acked) == 30);
     atomic_store(&fault_res, -EIO);
@@ -431,12 +444,18 @@ Test(journal, a_failed_sync_fails_what_it_covered_and_the_journal_refuses_after,
     /* What was acknowledged is there after a restart; the failed ones may or may not be (the
      * page cache had them), but nothing else. */
     reset_counts();
-    start();
+    start_with(0, 0, flags);
     struct scan s = scan_on0(1);
     cr_assert_geq(s.n, 30);
     cr_assert_leq(s.n, 50);
     test_stop(NULL);
     dir_remove();
+}
+
+Test(journal, a_failed_sync_fails_what_it_covered_and_the_journal_refuses_after, .timeout = 60)
+{
+    failed_sync(0);
+    failed_sync(PITH_JOURNAL_FDATASYNC);
 }
 
 Test(journal, a_short_write_goes_on_and_loses_nothing, .timeout = 60)

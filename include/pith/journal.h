@@ -1,6 +1,7 @@
 /* Each shard's journal: records appended on a shard go to that shard's files through its own
  * io_uring, with group commit (every record appended in one loop iteration goes in one write
- * and one fdatasync), and each is acknowledged only once the sync that covers it is done. At
+ * that carries its own data sync, RWF_DSYNC, or in one write and one fdatasync), and each is
+ * acknowledged only once the sync that covers it is done. At
  * its first use on a shard the journal reads back what that shard wrote before (in an earlier
  * run) and stops at the first torn or damaged record; pith_journal_scan then reads it.
  *
@@ -25,11 +26,14 @@ extern "C" {
 /* Writes with O_DIRECT (the default): aligned 4 KiB blocks, the page cache bypassed. This flag
  * asks for buffered writes instead; a file system that refuses O_DIRECT gets them anyway. */
 #define PITH_JOURNAL_BUFFERED 1u
+/* Each group's write, then an fdatasync, instead of one write with RWF_DSYNC (the default, and
+ * what a kernel that refuses RWF_DSYNC gets anyway). journal.persist_ns measures both. */
+#define PITH_JOURNAL_FDATASYNC 2u
 
 /* What a fault hook may be asked about (tests): */
 enum {
     PITH_JOURNAL_OP_WRITE = 1, /* a group's write of len bytes */
-    PITH_JOURNAL_OP_SYNC = 2,  /* its fdatasync (len 0) */
+    PITH_JOURNAL_OP_SYNC = 2,  /* its fdatasync, or the sync of its RWF_DSYNC write (len 0) */
     PITH_JOURNAL_OP_CREATE = 3 /* making a segment of len bytes */
 };
 
