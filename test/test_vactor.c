@@ -797,9 +797,13 @@ Test(vactor, an_activation_finishes_later_and_what_waited_follows_in_order, .tim
     for (int i = 0; i < 10; i++)
         cr_assert_eq(
             pith_client_vsend(pith_client_self(), &v, ADD, &one, sizeof(one), PITH_FOREVER), 0);
+    /* The ask comes from another thread (another sender): its order after the adds holds only
+     * once the adds are at the directory, waiting for the activation. */
+    TEST_WAIT_FOR(stats_of(&later_type).messages == 10);
     struct asker q = {&v, 12345, 0};
     pthread_t t;
     cr_assert_eq(pthread_create(&t, NULL, ask_thread, &q), 0);
+    TEST_WAIT_FOR(stats_of(&later_type).messages == 11);
     TEST_WAIT_FOR(atomic_load(&loading) != PITH_REF_NONE);
     pith_vtype_stats_t st = stats_of(&later_type);
     cr_assert_eq(st.live, 1);
