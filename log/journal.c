@@ -14,6 +14,7 @@
 
 #include <pith/engine.h>
 #include <pith/mem.h>
+#include <pith/timer.h>
 
 #include "hooks.h"
 #include "log.h"
@@ -177,6 +178,7 @@ struct jop {
 
 static void write_next(struct journal *j);
 static void seal(struct journal *j);
+static void tick_arm(struct journal *j);
 
 static int64_t fault(struct journal *j, int op, uint64_t len)
 {
@@ -217,6 +219,105 @@ static void submit_sync(struct journal *j, struct jgroup *g)
     g->inflight++;
 }
 
+/* ---- periodic syncs (sync_every_ns) ---- */
+
+struct jbop {
+    struct journal *j;
+    struct jbatch *b;
+};
+
+static void batch_done(struct fop *f, int res)
+{
+    struct jbop *o = (struct jbop *)f->data;
+    struct journal *j = o->j;
+    struct jbatch *b = o->b;
+    j->batches--;
+    bool last = --b->pending == 0;
+    if (j->closing) {
+        if (last)
+            free(b);
+        return;
+    }
+    bump(&j->st_syncs, 1);
+    if (res < 0 || fault(j, PITH_JOURNAL_OP_SYNC, 0) < 0) {
+        /* Its groups fail with every other one not acknowledged; the batch goes once all its
+         * syncs are back. */
+        for (struct jgroup *g = j->qhead; g != NULL; g = g->next)
+            if (g->batch == b)
+                g->batch = NULL;
+        fail_all(j, -EIO);
+    }
+    if (!last)
+        return;
+    for (struct jgroup *g = j->qhead; g != NULL; g = g->next) {
+        if (g->batch == b) {
+            g->batch = NULL;
+            g->state = G_DONE;
+        }
+    }
+    free(b);
+    ack_ready(j);
+}
+
+/* One fdatasync of each segment that written groups wait on; they are acknowledged once all
+ * are back. */
+static void sync_batch(struct journal *j)
+{
+    struct jbatch *b = calloc(1, sizeof(*b));
+    if (b == NULL) {
+        fail_all(j, -EIO);
+        return;
+    }
+    struct jseg *last = NULL;
+    for (struct jgroup *g = j->qhead; g != NULL; g = g->next) {
+        if (g->state != G_WAITSYNC)
+            continue;
+        g->state = G_SYNCING;
+        g->batch = b;
+        if (g->seg == last)
+            continue; /* the queue is in file order: one sync for the segment's run */
+        last = g->seg;
+        struct fop *f = fop_new(shard_fops(), sizeof(struct jbop), batch_done);
+        struct io_uring_sqe *sqe = f != NULL ? fop_sqe(f, false) : NULL;
+        if (sqe == NULL) {
+            if (f != NULL)
+                fop_discard(f);
+            for (struct jgroup *h = j->qhead; h != NULL; h = h->next)
+                if (h->batch == b)
+                    h->batch = NULL;
+            if (b->pending == 0)
+                free(b);
+            fail_all(j, -EIO);
+            return;
+        }
+        *(struct jbop *)f->data = (struct jbop){j, b};
+        io_uring_prep_fsync(sqe, g->seg->fd, IORING_FSYNC_DATASYNC);
+        fop_arm(f, sqe, 0);
+        b->pending++;
+        j->batches++;
+    }
+    if (b->pending == 0)
+        free(b);
+}
+
+static void tick_fn(void *arg)
+{
+    struct journal *j = arg;
+    j->tick_armed = false;
+    if (!j->closing && !j->failed)
+        sync_batch(j);
+}
+
+static void tick_arm(struct journal *j)
+{
+    if (j->tick_armed)
+        return;
+    if (pith_timer_add(j->sync_every_ns, 0, tick_fn, j, NULL) == 0)
+        j->tick_armed = true;
+    else
+        sync_batch(j); /* no timer (the engine stops): now */
+}
+
 static void submit_write(struct journal *j, struct jgroup *g);
 
 static void write_done(struct fop *f, int res)
@@ -249,7 +350,13 @@ static void write_done(struct fop *f, int res)
         return;
     }
     bump(&j->st_bytes, want);
-    if (j->dsync) {
+    if (j->nosync) {
+        g->state = G_DONE; /* in the page cache: as far as this mode goes */
+        ack_ready(j);
+    } else if (j->sync_every_ns != 0) {
+        g->state = G_WAITSYNC; /* the periodic sync takes it */
+        tick_arm(j);
+    } else if (j->dsync) {
         /* The write was its own data sync. */
         bump(&j->st_syncs, 1);
         if (fault(j, PITH_JOURNAL_OP_SYNC, 0) < 0) {
@@ -515,7 +622,10 @@ static int journal_open(struct journal *j, unsigned shard, const pith_config_t *
     j->shard = shard;
     j->dirfd = j->mk_fd = -1;
     j->direct = !(c->flags & PITH_JOURNAL_BUFFERED);
-    j->dsync = !(c->flags & PITH_JOURNAL_FDATASYNC);
+    j->nosync = (c->flags & PITH_JOURNAL_NOSYNC) != 0;
+    j->sync_every_ns = c->sync_every_ns;
+    /* Writes carry their sync only when each group is synced as it goes. */
+    j->dsync = !(c->flags & PITH_JOURNAL_FDATASYNC) && !j->nosync && j->sync_every_ns == 0;
     j->seg_bytes = c->segment_bytes;
     j->pending_max = c->pending_max;
     j->fault = c->fault;
@@ -756,7 +866,13 @@ static void journal_flush(unsigned shard)
 static bool journal_quiet(void *arg)
 {
     struct journal *j = arg;
-    return j->qhead == NULL && !j->writing &&
+    /* Groups written while stopping wait for no timer: synced now. */
+    for (struct jgroup *g = j->qhead; g != NULL && !j->failed; g = g->next)
+        if (g->state == G_WAITSYNC) {
+            sync_batch(j);
+            break;
+        }
+    return j->qhead == NULL && !j->writing && j->batches == 0 &&
            (j->mk_state == MK_NONE || j->mk_state == MK_READY || j->mk_state == MK_FAILED);
 }
 

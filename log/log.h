@@ -60,7 +60,12 @@ struct jcb {
 
 /* Records bound for one write and one sync: buf holds the file from `off` (block aligned);
  * its first `head` bytes are the tail block of the group before, already written. */
-enum { G_OPEN, G_WRITING, G_WRITTEN, G_SYNCING, G_DONE, G_FAILED };
+enum { G_OPEN, G_WRITING, G_WRITTEN, G_SYNCING, G_WAITSYNC, G_DONE, G_FAILED };
+
+/* One periodic sync: an fdatasync of each segment its groups were written to. */
+struct jbatch {
+    unsigned pending; /* syncs not yet back */
+};
 
 struct jgroup {
     struct jgroup *next;
@@ -73,7 +78,8 @@ struct jgroup {
     struct jcb *cbs;
     uint32_t ncb, cbcap;
     int state, err;
-    unsigned inflight; /* its operations on the ring */
+    unsigned inflight;    /* its operations on the ring */
+    struct jbatch *batch; /* the periodic sync that covers it (G_SYNCING then) */
 };
 
 struct journal {
@@ -81,7 +87,11 @@ struct journal {
     int dirfd;
     char *path; /* <dir>/shard-<id> */
     bool direct, failed;
-    bool dsync; /* writes carry RWF_DSYNC (else each is followed by an fdatasync) */
+    bool dsync;             /* writes carry RWF_DSYNC (else each is followed by an fdatasync) */
+    bool nosync;            /* PITH_JOURNAL_NOSYNC */
+    uint64_t sync_every_ns; /* periodic syncs (see pith_journal_config_t) */
+    bool tick_armed;        /* the periodic sync's timer is armed */
+    unsigned batches;       /* periodic syncs in flight */
     uint32_t epoch;
     uint64_t seg_bytes, pending_max;
     int64_t (*fault)(int op, uint64_t len, void *ctx);

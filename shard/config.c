@@ -212,8 +212,11 @@ int config_resolve(struct engine *e, const pith_config_t *user)
         why = "journal.segment_bytes must be a multiple of 4096, 1 MiB..1 GiB";
     else if (!why && c.journal.pending_max < (64u << 10))
         why = "journal.pending_max must be at least 64 KiB";
-    else if (!why && (c.journal.flags & ~(PITH_JOURNAL_BUFFERED | PITH_JOURNAL_FDATASYNC)) != 0)
+    else if (!why && (c.journal.flags &
+                      ~(PITH_JOURNAL_BUFFERED | PITH_JOURNAL_FDATASYNC | PITH_JOURNAL_NOSYNC)) != 0)
         why = "journal.flags has an unknown bit";
+    else if (!why && (c.journal.flags & PITH_JOURNAL_NOSYNC) && c.journal.sync_every_ns != 0)
+        why = "journal.sync_every_ns and PITH_JOURNAL_NOSYNC exclude each other";
     if (why) {
         free(cpus);
         set_last_error("%s", why);

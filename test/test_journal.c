@@ -51,9 +51,12 @@ static int64_t fault_fn(int op, uint64_t len, void *ctx)
     return atomic_load(&fault_res);
 }
 
+static uint64_t sync_every; /* the next engines' journal.sync_every_ns */
+
 static void start_with(uint64_t seg_bytes, uint64_t pending_max, unsigned flags)
 {
     pith_config_t cfg = test_config(1);
+    cfg.journal.sync_every_ns = sync_every;
     cfg.journal.dir = dir;
     cfg.journal.segment_bytes = seg_bytes;
     cfg.journal.pending_max = pending_max;
@@ -199,6 +202,8 @@ Test(journal, crc32c_matches_the_published_check_value)
     cr_assert_eq(pith_crc32c(0, NULL, 0), 0);
 }
 
+static void failed_sync(unsigned flags);
+
 static void in_order_and_read_back(unsigned flags)
 {
     dir_make();
@@ -219,7 +224,13 @@ static void in_order_and_read_back(unsigned flags)
     /* Group commit: appended in one task, they went in few writes. */
     cr_assert_leq(st.groups, 1 + n / 1000, "%llu groups for %llu records",
                   (unsigned long long)st.groups, (unsigned long long)n);
-    cr_assert_geq(st.syncs, st.groups);
+    if (flags & PITH_JOURNAL_NOSYNC)
+        cr_assert_eq(st.syncs, 0);
+    else if (sync_every != 0)
+        cr_assert(st.syncs >= 1 && st.syncs <= st.groups, "%llu syncs for %llu groups",
+                  (unsigned long long)st.syncs, (unsigned long long)st.groups);
+    else
+        cr_assert_geq(st.syncs, st.groups);
     struct scan s = scan_on0(1);
     cr_assert_eq(s.n, n);
     test_stop(NULL);
@@ -247,6 +258,21 @@ Test(journal, appends_are_acknowledged_in_order_once_synced_and_read_back_after_
      .timeout = 60)
 {
     in_order_and_read_back(0);
+}
+
+Test(journal, without_syncs_records_are_acknowledged_once_written_and_read_back, .timeout = 60)
+{
+    in_order_and_read_back(PITH_JOURNAL_NOSYNC);
+    in_order_and_read_back(PITH_JOURNAL_NOSYNC | PITH_JOURNAL_BUFFERED);
+}
+
+Test(journal, with_periodic_syncs_one_sync_covers_many_groups, .timeout = 60)
+{
+    sync_every = 20 * MS;
+    in_order_and_read_back(0);
+    /* The acknowledgements wait for the periodic sync: when it fails, so do they. */
+    failed_sync(0);
+    sync_every = 0;
 }
 
 Test(journal, the_same_with_buffered_writes_and_separate_fdatasyncs, .timeout = 60)
@@ -550,6 +576,10 @@ Test(journal, the_api_errors, .timeout = 30)
     cr_assert_eq(e[2], 0);
     test_stop(NULL);
     cfg.journal.segment_bytes = 12345;
+    cr_assert_eq(pith_engine_start(&cfg), -EINVAL);
+    cfg.journal.segment_bytes = 0;
+    cfg.journal.flags = PITH_JOURNAL_NOSYNC;
+    cfg.journal.sync_every_ns = MS;
     cr_assert_eq(pith_engine_start(&cfg), -EINVAL);
     dir_remove();
 }

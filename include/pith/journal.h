@@ -29,6 +29,10 @@ extern "C" {
 /* Each group's write, then an fdatasync, instead of one write with RWF_DSYNC (the default, and
  * what a kernel that refuses RWF_DSYNC gets anyway). journal.persist_ns measures both. */
 #define PITH_JOURNAL_FDATASYNC 2u
+/* No sync at all: a record is acknowledged once its group is written to the file (the page
+ * cache). A crash of the process loses nothing acknowledged; a crash of the machine may. As
+ * Redis's appendfsync no. */
+#define PITH_JOURNAL_NOSYNC 4u
 
 /* What a fault hook may be asked about (tests): */
 enum {
@@ -49,6 +53,11 @@ typedef struct pith_journal_config {
      * -EAGAIN (default 16 MiB, at least 64 KiB): the journal's bounded queue. */
     uint64_t pending_max;
     unsigned flags; /* PITH_JOURNAL_* */
+    /* 0: each group is synced as it is written. Otherwise groups are written without a sync,
+     * and one fdatasync of each segment written to covers them all at most this long after the
+     * first of them was written (Redis's appendfsync everysec is 1 s); their records are
+     * acknowledged after it. Not with PITH_JOURNAL_NOSYNC. */
+    uint64_t sync_every_ns;
     /* For tests: called on the shard before each write, sync and segment creation. 0 lets it
      * go on; a negative errno makes it fail as if the kernel had said so; for a write, a
      * positive value below len makes the kernel write only that many bytes. */
