@@ -350,6 +350,10 @@ static void write_done(struct fop *f, int res)
         return;
     }
     bump(&j->st_bytes, want);
+    /* Written: the buffer is not needed again (the next group has its tail block), and a
+     * group that waits for a periodic sync holds no more than its callbacks. */
+    pith_free(g->buf);
+    g->buf = NULL;
     if (j->nosync) {
         g->state = G_DONE; /* in the page cache: as far as this mode goes */
         ack_ready(j);

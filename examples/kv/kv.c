@@ -9,6 +9,7 @@
  * command that cannot answer at once holds a slot in the connection's queue, and the queue is
  * written out from its head as slots fill, so pipelining is correct. */
 #include <errno.h>
+#include <sys/stat.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -25,6 +26,7 @@
 
 #include <pith/pith.h>
 
+#include "aof.h"
 #include "config.h"
 #include "locks.h"
 #include "resp.h"
@@ -80,6 +82,8 @@ static struct {
     uint64_t query_limit;                         /* Redis's client-query-buffer-limit */
     uint64_t clients_mem;                         /* maxmemory-clients; 0: a quarter of RAM */
     uint64_t obl_hard, obl_soft, obl_secs;        /* client-output-buffer-limit normal */
+    const char *dir;                              /* --dir: the journal's; NULL: none */
+    int appendfsync;                              /* AOF_* with a dir */
 } opt = {
     .host = "127.0.0.1",
     .port = 6379,
@@ -92,6 +96,7 @@ static struct {
      * 50 µs, 1.29-1.41x at 10 µs, same latencies; 0 saves more CPU but lost req/s at -P1). */
     .poll_us = 10,
     .maxclients = 10000,
+    .appendfsync = AOF_EVERYSEC, /* Redis's default */
 };
 
 static struct resp_limits limits;
@@ -185,6 +190,7 @@ struct slot {
     uint32_t pending, nparts;
     uint8_t combine;
     bool failed;
+    bool jfail;    /* a write whose journal record failed: the reply says so */
     bool mute;     /* CLIENT REPLY OFF or SKIP: made, then not sent */
     bool counted;  /* its bytes are in held (and the connection's slot_bytes) */
     uint8_t stage; /* streaming out: 0 header, 1 parts, 2 trailer */
@@ -264,6 +270,7 @@ struct req {
     unsigned shard;
     unsigned from; /* the connection's shard, where the reply goes */
     int err;
+    bool jfail; /* a journal record it made failed (see slot.jfail) */
     uint8_t phase;
     uint16_t cmd;
     uint32_t argc;  /* arguments in a[] */
@@ -299,6 +306,7 @@ static unsigned owner(const struct resp_arg *key, uint64_t *h)
 }
 
 #define NOT_INT "ERR value is not an integer or out of range"
+#define AOF_ERR "MISCONF Errors writing to the AOF file (the journal): the write is not durable"
 #define OOM_ERR "OOM command not allowed when used memory > 'maxmemory'."
 
 /* SET's options in n */
@@ -350,14 +358,18 @@ static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, l
             if (*n & SET_GET)
                 o->len = 0; /* the old value is not the answer after all */
             err = resp_put_error(o, OOM_ERR);
-        } else if (!(*n & SET_GET)) {
-            err = resp_put_simple(o, "OK");
+        } else {
+            (void)aof_key(st, a[0].p, a[0].len, h, now);
+            if (!(*n & SET_GET))
+                err = resp_put_simple(o, "OK");
         }
         break;
     }
     case C_MSET1:
         if (store_set(st, a[0].p, a[0].len, h, a[1].p, a[1].len, 0) == NULL)
             err = -ENOMEM;
+        else
+            (void)aof_key(st, a[0].p, a[0].len, h, now);
         break;
     case C_INCRBY: {
         e = store_get(st, a[0].p, a[0].len, h, now);
@@ -377,10 +389,12 @@ static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, l
         char buf[24];
         int len = snprintf(buf, sizeof(buf), "%lld", v);
         if (store_set(st, a[0].p, a[0].len, h, buf, (size_t)len, e != NULL ? e->expire_ms : 0) ==
-            NULL)
+            NULL) {
             err = resp_put_error(o, OOM_ERR);
-        else
+        } else {
+            (void)aof_key(st, a[0].p, a[0].len, h, now);
             err = resp_put_int(o, v);
+        }
         break;
     }
     case C_EXPIRE: {
@@ -394,18 +408,24 @@ static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, l
             err = resp_put_int(o, 0);
         } else if (expire_ms <= now) {
             store_del(st, a[0].p, a[0].len, h, now);
+            (void)aof_key(st, a[0].p, a[0].len, h, now);
             err = resp_put_int(o, 1);
         } else if (store_set_expire(st, e, expire_ms) != 0) {
             err = resp_put_error(o, OOM_ERR);
         } else {
+            (void)aof_key(st, a[0].p, a[0].len, h, now);
             err = resp_put_int(o, 1);
         }
         break;
     }
-    case C_PERSIST:
+    case C_PERSIST: {
         e = store_get(st, a[0].p, a[0].len, h, now);
-        err = resp_put_int(o, e != NULL && e->expire_ms != 0 && store_set_expire(st, e, 0) == 0);
+        bool done = e != NULL && e->expire_ms != 0 && store_set_expire(st, e, 0) == 0;
+        if (done)
+            (void)aof_key(st, a[0].p, a[0].len, h, now);
+        err = resp_put_int(o, done);
         break;
+    }
     case C_TTL:
     case C_PTTL:
     case C_EXPIRETIME:
@@ -427,6 +447,8 @@ static int exec_key(struct kshard *ks, unsigned cmd, const struct resp_arg *a, l
         break;
     case C_DEL1:
         *n = store_del(st, a[0].p, a[0].len, h, now);
+        if (*n)
+            (void)aof_key(st, a[0].p, a[0].len, h, now);
         break;
     case C_EXISTS1:
         *n = store_get(st, a[0].p, a[0].len, h, now) != NULL;
@@ -524,6 +546,7 @@ static int exec_shard(struct kshard *ks, unsigned cmd, const struct resp_arg *a,
         break;
     case C_FLUSH1:
         (void)store_clear(&ks->st); /* without memory for a new table: empty, and usable */
+        (void)aof_flushall();
         break;
     case C_CLIST1:
         for (struct kconn *kc = ks->conns; kc != NULL && err == 0; kc = kc->next) {
@@ -661,6 +684,11 @@ static bool push_slot(struct kconn *kc, struct slot *s)
         /* CLIENT REPLY OFF or SKIP: the reply was made, and is dropped */
         kc->slot_bytes -= s->held;
         s->held = 0;
+        return true;
+    }
+    if (s->jfail) {
+        (void)resp_put_error(&t, AOF_ERR);
+        push_small(kc, &t);
         return true;
     }
     if (s->failed) {
@@ -924,9 +952,16 @@ static struct entry **mset_prepare(const struct resp_arg *a, unsigned step, cons
 static int mset_put(struct kshard *ks, struct entry **es, uint32_t nkeys)
 {
     int err = 0;
-    for (uint32_t i = 0; i < nkeys; i++)
+    int64_t now = now_ms();
+    for (uint32_t i = 0; i < nkeys; i++) {
+        const char *k = es[i]->data;
+        size_t kl = es[i]->klen;
+        uint64_t h = es[i]->hash;
         if (!store_put(&ks->st, es[i]))
             err = -ENOMEM;
+        else
+            (void)aof_key(&ks->st, k, kl, h, now);
+    }
     pith_free(es);
     return err;
 }
@@ -1091,7 +1126,91 @@ static void unlock_keys(struct kshard *ks, struct req *q, uint32_t upto)
 }
 
 /* Runs q here, now (nothing it names is locked by another command). */
+/* ---- replies that wait for the journal (--appendfsync always) ----
+ * As Redis replies only after the AOF's fsync, a reply made on a shard goes out only once
+ * everything that shard has appended is durable: the writer's, and a reader's that may have
+ * seen it. */
+
+static bool must_sync(void)
+{
+    return aof_mode == AOF_ALWAYS && aof_pending();
+}
+
+struct local_wait {
+    struct kconn *kc;
+    struct slot *s;
+};
+
+static void kc_release(struct kconn *kc);
+
+/* The slot's part made here is durable: the slot may go out. The slot lives while kc holds. */
+static void local_durable(void *arg, int err)
+{
+    struct local_wait *w = arg;
+    struct kconn *kc = w->kc;
+    struct slot *s = w->s;
+    free(w);
+    if (err != 0)
+        s->jfail = true;
+    s->pending--;
+    if (!kc->closed)
+        flush(kc);
+    kc_release(kc);
+}
+
+/* After a part of slot s ran here: true when it waits for the journal (s->pending stays up
+ * until then); false when it need not, or cannot (then its reply says the write failed). */
+static bool local_sync(struct kconn *kc, struct slot *s)
+{
+    if (!must_sync())
+        return false;
+    struct local_wait *w = malloc(sizeof(*w));
+    if (w != NULL) {
+        *w = (struct local_wait){kc, s};
+        kc->holds++;
+        if (aof_when_durable(local_durable, w) == 0)
+            return true;
+        kc->holds--;
+        free(w);
+    }
+    s->jfail = true;
+    return false;
+}
+
+static void send_back(void *arg);
+
+static void remote_durable(void *arg, int err)
+{
+    struct req *q = arg;
+    if (err != 0)
+        q->jfail = true;
+    send_back(q);
+}
+
+/* A request that ran here: its reply goes back now (q), or once the journal is durable (NULL;
+ * remote_durable sends it). */
+static struct req *remote_sync(struct req *q)
+{
+    if (!must_sync())
+        return q;
+    if (aof_when_durable(remote_durable, q) == 0)
+        return NULL;
+    q->jfail = true;
+    return q;
+}
+
+static void run_here_cmd(struct kshard *ks, struct req *q);
+
+/* Runs q here; a journal record it made that failed shows in its reply. */
 static void run_here(struct kshard *ks, struct req *q)
+{
+    (void)aof_take_error();
+    run_here_cmd(ks, q);
+    if (aof_take_error())
+        q->jfail = true;
+}
+
+static void run_here_cmd(struct kshard *ks, struct req *q)
 {
     if (q->phase == PH_LOCK && shard_cmd(q->cmd)) {
         /* DBSIZE, FLUSHALL: the whole shard; DBSIZE counts as it locks. */
@@ -1173,7 +1292,8 @@ static void wake(struct kshard *ks)
         if (locks_all(p))
             ks->whole_parked--;
         run_here(ks, p);
-        send_back(p);
+        if (remote_sync(p) != NULL)
+            send_back(p);
     }
 }
 
@@ -1182,6 +1302,7 @@ static void *req_run(void *arg)
     struct req *q = arg;
     struct kshard *ks = me();
     if (q->phase == PH_COMMIT || q->phase == PH_RELEASE) {
+        (void)aof_take_error();
         if (q->phase == PH_COMMIT && q->prep != NULL)
             q->err = mset_put(ks, q->prep, q->nkeys);
         else if (q->phase == PH_COMMIT && shard_cmd(q->cmd))
@@ -1190,17 +1311,19 @@ static void *req_run(void *arg)
             q->err = exec_keys(ks, q->cmd, q->a, q->step, NULL, q->nkeys, &q->n, NULL, SIZE_MAX);
         else
             mset_discard(q->prep, q->nkeys); /* an MSET that failed on another shard */
+        if (aof_take_error())
+            q->jfail = true;
         q->prep = NULL;
         unlock_keys(ks, q, q->nkeys);
         wake(ks);
-        return q;
+        return remote_sync(q);
     }
     if (busy(ks) && must_wait(ks, q, false, false)) {
         park(ks, q);
         return NULL; /* the reply goes later, from send_back */
     }
     run_here(ks, q);
-    return q;
+    return remote_sync(q);
 }
 
 static void req_free(struct req *q)
@@ -1229,6 +1352,8 @@ static void req_free(struct req *q)
 static void req_results(struct req *q)
 {
     struct slot *s = q->slot;
+    if (q->jfail)
+        s->jfail = true;
     if (q->err)
         s->failed = true;
     else if (s->combine == SUM || s->combine == KILLED)
@@ -1438,6 +1563,7 @@ static void run_part(struct kconn *kc, struct slot *s, uint32_t part, unsigned s
     if (here && !wait) {
         struct resp_out r = {0};
         int err;
+        (void)aof_take_error();
         if (shard_cmd(cmd))
             err = exec_shard(kc->ks, cmd, a, argc, &n, &r);
         else
@@ -1446,9 +1572,12 @@ static void run_part(struct kconn *kc, struct slot *s, uint32_t part, unsigned s
             s->failed = true;
         else if (s->combine == SUM || s->combine == KILLED)
             s->sum += n;
+        if (aof_take_error())
+            s->jfail = true;
         part_put(s, part, &r);
         resp_out_free(&r);
-        s->pending--;
+        if (!local_sync(kc, s))
+            s->pending--;
         return;
     }
     size_t bytes = 0;
@@ -1508,7 +1637,10 @@ static void keyed(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsi
 {
     uint64_t h;
     unsigned shard = owner(&a[0], &h);
-    if (shard == (unsigned)pith_shard_id() && kc->head == NULL && !local_wait(kc, &a[0])) {
+    /* Straight into the ready buffer, without a journal (whose replies may wait for it, or say
+     * that a record failed). */
+    if (shard == (unsigned)pith_shard_id() && kc->head == NULL && !local_wait(kc, &a[0]) &&
+        aof_mode == AOF_OFF) {
         if (exec_key(kc->ks, cmd, a, &n, expire_ms, &kc->out) != 0)
             (void)resp_put_error(&kc->out, "ERR out of memory");
         return;
@@ -2457,12 +2589,28 @@ static bool denied_for_memory(const struct resp_arg *name)
     return false;
 }
 
+/* The commands that change the data (Redis's "write" flag). */
+static bool writes(const struct resp_arg *name)
+{
+    static const char *const w[] = {"SET",      "MSET",      "INCR",    "DECR",     "INCRBY",
+                                    "DECRBY",   "DEL",       "UNLINK",  "EXPIRE",   "PEXPIRE",
+                                    "EXPIREAT", "PEXPIREAT", "PERSIST", "FLUSHALL", "FLUSHDB"};
+    for (size_t i = 0; i < sizeof(w) / sizeof(w[0]); i++)
+        if (is(name, w[i]))
+            return true;
+    return false;
+}
+
 static void run_command(struct kconn *kc, struct resp_arg *a, unsigned argc)
 {
     count(&kc->ks->commands, 1);
     const struct resp_arg *name = &a[0];
     if (denied_for_memory(name)) {
         reply_error(kc, OOM_ERR);
+        return;
+    }
+    if (aof_broken() && writes(name)) {
+        reply_error(kc, AOF_ERR); /* Redis's MISCONF once its AOF cannot be written */
         return;
     }
     long long n;
@@ -3034,6 +3182,19 @@ static void *shard_up(void *arg)
         return (void *)(intptr_t)-ENOMEM;
     ks->id = (unsigned)pith_shard_id();
     kshards[ks->id] = ks;
+    if (aof_mode != AOF_OFF) {
+        /* The shard's journal, read back into its store before any client comes. */
+        uint64_t n = 0, t0 = pith_now_ns();
+        int err = aof_load(&ks->st, now_ms(), &n);
+        if (err != 0) {
+            fprintf(stderr, "pith-kv: shard %u: reading its journal back: %s\n", ks->id,
+                    pith_strerror(err));
+            return (void *)(intptr_t)err;
+        }
+        fprintf(stderr, "pith-kv: shard %u: %llu journal records read back in %.3f s, %llu keys\n",
+                ks->id, (unsigned long long)n, (double)(pith_now_ns() - t0) / 1e9,
+                (unsigned long long)atomic_load(&ks->st.keys));
+    }
     if (pith_timer_add(TICK_NS, TICK_NS, tick, ks, NULL) != 0)
         return (void *)(intptr_t)-ENOMEM;
     return NULL;
@@ -3088,7 +3249,8 @@ static void usage(void)
             "               [--timeout SECONDS] [--maxclients N] [--maxmemory BYTES]\n"
             "               [--maxmemory-clients BYTES] [--client-query-buffer-limit BYTES]\n"
             "               [--client-output-buffer-limit 'normal HARD SOFT SECONDS']\n"
-            "               [--mesh-ring BATCHES] [--mesh-batch MSGS] [--mesh-backlog N]\n");
+            "               [--mesh-ring BATCHES] [--mesh-batch MSGS] [--mesh-backlog N]\n"
+            "               [--dir PATH [--appendfsync always|everysec|no]]\n");
     exit(2);
 }
 
@@ -3196,6 +3358,13 @@ int main(int argc, char **argv)
             i++;
         } else if (strcmp(argv[i], "--acceptor") == 0) {
             opt.acceptor = true;
+        } else if (strcmp(argv[i], "--dir") == 0 && v && *v) {
+            opt.dir = v;
+            i++;
+        } else if (strcmp(argv[i], "--appendfsync") == 0 && v) {
+            if ((opt.appendfsync = aof_parse(v)) < 0)
+                usage();
+            i++;
         } else {
             usage();
         }
@@ -3220,9 +3389,21 @@ int main(int argc, char **argv)
     kv_cfg.bind = opt.host;
 
     /* The key of the store's hash, new in every process: nobody outside can build keys that
-     * share a bucket or a shard (hash flooding). */
+     * share a bucket or a shard (hash flooding). With a journal it is new in every data
+     * directory instead (kv.meta), so that each key's records stay on one shard's journal. */
     unsigned char key[16];
-    if (getrandom(key, sizeof(key), 0) != (ssize_t)sizeof(key)) {
+    unsigned meta_shards = 0;
+    int meta = 0;
+    if (opt.dir != NULL) {
+        aof_mode = opt.appendfsync;
+        if (mkdir(opt.dir, 0755) != 0 && errno != EEXIST) {
+            fprintf(stderr, "pith-kv: %s: %s\n", opt.dir, strerror(errno));
+            return 1;
+        }
+        if ((meta = aof_meta_read(opt.dir, key, &meta_shards)) < 0)
+            return 1;
+    }
+    if (meta == 0 && getrandom(key, sizeof(key), 0) != (ssize_t)sizeof(key)) {
         perror("pith-kv: getrandom");
         return 1;
     }
@@ -3266,12 +3447,27 @@ int main(int argc, char **argv)
         cfg.backlog_batches = opt.mesh_backlog;
     if (opt.poll_us >= 0)
         cfg.poll_ns = (uint64_t)opt.poll_us * 1000;
+    if (opt.dir != NULL)
+        aof_config(&cfg, opt.dir);
     int err = pith_engine_start(&cfg);
     if (err) {
         fprintf(stderr, "pith-kv: engine: %s (%s)\n", pith_strerror(err), pith_last_error());
         return 1;
     }
     nshards = pith_shard_count();
+    if (meta > 0 && meta_shards != nshards) {
+        fprintf(stderr,
+                "pith-kv: %s holds the journals of %u shards: start it with --shards %u (this "
+                "start has %u)\n",
+                opt.dir, meta_shards, meta_shards, nshards);
+        pith_engine_stop();
+        return 1;
+    }
+    if (opt.dir != NULL && meta == 0 && (err = aof_meta_write(opt.dir, key, nshards)) != 0) {
+        fprintf(stderr, "pith-kv: %s/kv.meta: %s\n", opt.dir, pith_strerror(err));
+        pith_engine_stop();
+        return 1;
+    }
     started_ns = pith_now_ns();
     /* The rings and the listener were sized for this many: CONFIG SET maxclients may lower it
      * and raise it back, not past it. */

@@ -1,0 +1,275 @@
+/* pith-kv's persistence on the engine's journal: the records (a key's state, or FLUSHALL), the
+ * meta file, reading back at start, and the replies that wait for durability (always). */
+#include "aof.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int aof_mode = AOF_OFF;
+
+enum { R_PUT = 1, R_DEL = 2, R_FLUSH = 3 };
+
+/* A record's payload: expiry (ms, 0: none), key length, then the key and (PUT) the value. */
+struct rec {
+    int64_t expire_ms;
+    uint32_t klen;
+};
+
+struct waiter {
+    struct waiter *next;
+    uint64_t seq; /* runs once this is durable */
+    void (*fn)(void *arg, int err);
+    void *arg;
+};
+
+/* Each shard's part, touched by that shard only. */
+struct aof_shard {
+    uint64_t appended, durable; /* the last sequence appended, and acknowledged */
+    int failed;                 /* the error of a failed record, if one failed */
+    bool error;                 /* for aof_take_error */
+    struct waiter *head, *tail;
+};
+
+static struct aof_shard shards[4096];
+
+static struct aof_shard *mine(void)
+{
+    return &shards[pith_shard_id()];
+}
+
+int aof_parse(const char *s)
+{
+    if (strcmp(s, "always") == 0)
+        return AOF_ALWAYS;
+    if (strcmp(s, "everysec") == 0)
+        return AOF_EVERYSEC;
+    if (strcmp(s, "no") == 0)
+        return AOF_NO;
+    return -1;
+}
+
+void aof_config(pith_config_t *cfg, const char *dir)
+{
+    cfg->journal.dir = dir;
+    if (aof_mode == AOF_EVERYSEC)
+        cfg->journal.sync_every_ns = 1000000000ull;
+    else if (aof_mode == AOF_NO)
+        cfg->journal.flags |= PITH_JOURNAL_NOSYNC;
+    /* A second of writes may wait for everysec's sync: room for it, and for always's
+     * pipelines. The bytes are counted, not held (groups free their buffers once written). */
+    cfg->journal.pending_max = 1ull << 30;
+}
+
+/* ---- kv.meta ---- */
+
+int aof_meta_read(const char *dir, unsigned char key[16], unsigned *nshards)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/kv.meta", dir);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        if (errno == ENOENT)
+            return 0;
+        fprintf(stderr, "pith-kv: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char hex[40] = "";
+    unsigned n = 0;
+    int got = fscanf(f, "pith-kv 1\nshards %u\nkey %32s\n", &n, hex);
+    fclose(f);
+    if (got != 2 || strlen(hex) != 32 || n == 0) {
+        fprintf(stderr, "pith-kv: %s is not a pith-kv meta file\n", path);
+        return -1;
+    }
+    for (int i = 0; i < 16; i++) {
+        unsigned b;
+        if (sscanf(hex + 2 * i, "%2x", &b) != 1) {
+            fprintf(stderr, "pith-kv: %s: a bad key\n", path);
+            return -1;
+        }
+        key[i] = (unsigned char)b;
+    }
+    *nshards = n;
+    return 1;
+}
+
+int aof_meta_write(const char *dir, const unsigned char key[16], unsigned nshards)
+{
+    char path[4200], tmp[4200];
+    snprintf(path, sizeof(path), "%s/kv.meta", dir);
+    snprintf(tmp, sizeof(tmp), "%s/kv.meta.tmp", dir);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -errno;
+    char text[128];
+    int len = snprintf(text, sizeof(text), "pith-kv 1\nshards %u\nkey ", nshards);
+    for (int i = 0; i < 16; i++)
+        len += snprintf(text + len, sizeof(text) - (size_t)len, "%02x", key[i]);
+    len += snprintf(text + len, sizeof(text) - (size_t)len, "\n");
+    int err = 0;
+    if (write(fd, text, (size_t)len) != len || fsync(fd) != 0)
+        err = errno ? -errno : -EIO;
+    close(fd);
+    if (err == 0 && rename(tmp, path) != 0)
+        err = -errno;
+    int dfd = err == 0 ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    if (err == 0 && (dfd < 0 || fsync(dfd) != 0))
+        err = -errno;
+    if (dfd >= 0)
+        close(dfd);
+    return err;
+}
+
+/* ---- reading back ---- */
+
+struct load {
+    struct store *st;
+    int64_t now;
+    uint64_t n;
+    int err;
+};
+
+static int apply(const pith_journal_rec_t *r, void *ctx)
+{
+    struct load *l = ctx;
+    struct rec h;
+    l->n++;
+    if (r->type == R_FLUSH) {
+        (void)store_clear(l->st);
+        return 0;
+    }
+    if (r->len < sizeof(h))
+        return -EPROTO;
+    memcpy(&h, r->data, sizeof(h));
+    if (h.klen > r->len - sizeof(h))
+        return -EPROTO;
+    const char *k = (const char *)r->data + sizeof(h);
+    uint64_t hash = kv_hash(k, h.klen);
+    if (r->type == R_DEL || (h.expire_ms != 0 && h.expire_ms <= l->now)) {
+        (void)store_del(l->st, k, h.klen, hash, l->now);
+        return 0;
+    }
+    if (r->type != R_PUT)
+        return -EPROTO;
+    const char *v = k + h.klen;
+    size_t vl = r->len - sizeof(h) - h.klen;
+    return store_set(l->st, k, h.klen, hash, v, vl, h.expire_ms) != NULL ? 0 : -ENOMEM;
+}
+
+int aof_load(struct store *st, int64_t now_ms, uint64_t *records)
+{
+    struct load l = {st, now_ms, 0, 0};
+    int rc = pith_journal_scan(1, apply, &l);
+    *records = l.n;
+    struct aof_shard *a = mine();
+    pith_journal_stats_t js;
+    if (pith_journal_stats((unsigned)pith_shard_id(), &js) == 0)
+        a->appended = a->durable = js.durable_seq;
+    return rc;
+}
+
+/* ---- writing ---- */
+
+/* Every record's acknowledgement: in sequence order. */
+static void acked(int err, uint64_t seq, void *ctx)
+{
+    (void)ctx;
+    struct aof_shard *a = mine();
+    if (err != 0 && a->failed == 0)
+        a->failed = err;
+    a->durable = seq;
+    while (a->head != NULL && a->head->seq <= seq) {
+        struct waiter *w = a->head;
+        a->head = w->next;
+        if (a->head == NULL)
+            a->tail = NULL;
+        w->fn(w->arg, err != 0 ? err : 0);
+        free(w);
+    }
+}
+
+static int append(uint32_t type, const void *payload, uint32_t len)
+{
+    struct aof_shard *a = mine();
+    uint64_t seq;
+    int rc = pith_journal_append(0, type, payload, len, acked, NULL, &seq);
+    if (rc != 0) {
+        a->error = true;
+        if (rc == -EIO)
+            a->failed = rc;
+        return rc;
+    }
+    a->appended = seq;
+    return 0;
+}
+
+int aof_key(struct store *st, const char *k, size_t kl, uint64_t h, int64_t now_ms)
+{
+    if (aof_mode == AOF_OFF)
+        return 0;
+    struct entry *e = store_get(st, k, kl, h, now_ms);
+    size_t vl = e != NULL ? e->vlen : 0;
+    size_t len = sizeof(struct rec) + kl + vl;
+    if (len > UINT32_MAX)
+        return -EINVAL;
+    char small[512];
+    char *buf = len <= sizeof(small) ? small : pith_malloc(len);
+    if (buf == NULL) {
+        mine()->error = true;
+        return -ENOMEM;
+    }
+    struct rec r = {e != NULL ? e->expire_ms : 0, (uint32_t)kl};
+    memcpy(buf, &r, sizeof(r));
+    memcpy(buf + sizeof(r), k, kl);
+    if (e != NULL)
+        memcpy(buf + sizeof(r) + kl, e->data + e->klen, vl);
+    int rc = append(e != NULL ? R_PUT : R_DEL, buf, (uint32_t)len);
+    if (buf != small)
+        pith_free(buf);
+    return rc;
+}
+
+int aof_flushall(void)
+{
+    return aof_mode == AOF_OFF ? 0 : append(R_FLUSH, NULL, 0);
+}
+
+bool aof_pending(void)
+{
+    struct aof_shard *a = mine();
+    return a->durable < a->appended;
+}
+
+bool aof_take_error(void)
+{
+    struct aof_shard *a = mine();
+    bool e = a->error;
+    a->error = false;
+    return e;
+}
+
+bool aof_broken(void)
+{
+    return aof_mode != AOF_OFF && mine()->failed != 0;
+}
+
+int aof_when_durable(void (*fn)(void *arg, int err), void *arg)
+{
+    struct aof_shard *a = mine();
+    if (a->durable >= a->appended)
+        return -EALREADY;
+    struct waiter *w = malloc(sizeof(*w));
+    if (w == NULL)
+        return -ENOMEM;
+    *w = (struct waiter){NULL, a->appended, fn, arg};
+    if (a->tail != NULL)
+        a->tail->next = w;
+    else
+        a->head = w;
+    a->tail = w;
+    return 0;
+}
