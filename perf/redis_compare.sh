@@ -27,6 +27,9 @@ pith-kv / redis.
   --multi             also MSET4 and MGET4: MSET / MGET of 4 random keys of 100,000 (-r);
                       with pith-kv on several shards most of them span shards
   --only-multi        MSET4 and MGET4 only
+  --appendfsync MODE  persistence on both sides with the same policy (always, everysec, no):
+                      pith-kv --dir D --appendfsync MODE, redis-server --appendonly yes
+                      --appendfsync MODE, each in a directory of its own under $TMPDIR
   -h, --help          this text
 
 Environment:
@@ -49,6 +52,7 @@ REDIS_PORT=16379
 CLIENTS=50
 AMPLIFY=1
 TESTS="set get"
+APPENDFSYNC=
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -61,6 +65,12 @@ while [ $# -gt 0 ]; do
     --no-amplify) AMPLIFY=0; shift ;;
     --multi) TESTS="set get mset4 mget4"; shift ;;
     --only-multi) TESTS="mset4 mget4"; shift ;;
+    --appendfsync)
+        APPENDFSYNC=${2:?--appendfsync wants always, everysec or no}
+        case "$APPENDFSYNC" in always | everysec | no) ;; *)
+            echo "redis_compare.sh: --appendfsync $APPENDFSYNC: always, everysec or no" >&2; exit 2 ;;
+        esac
+        shift 2 ;;
     --pith-port) PITH_PORT=${2:?}; shift 2 ;;
     --redis-port) REDIS_PORT=${2:?}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -111,6 +121,12 @@ TCK=$(getconf CLK_TCK)
 
 pids=()
 logdir=$(mktemp -d "${TMPDIR:-/tmp}/redis_compare.XXXXXX")
+if [ -n "$APPENDFSYNC" ]; then
+    mkdir -p "$logdir/pith-data" "$logdir/redis-data"
+    pith_cmd+=(--dir "$logdir/pith-data" --appendfsync "$APPENDFSYNC")
+    redis_cmd=(redis-server --save '' --appendonly yes --appendfsync "$APPENDFSYNC"
+        --dir "$logdir/redis-data" --port "$REDIS_PORT" --daemonize no)
+fi
 cleanup() {
     local pid
     for pid in "${pids[@]}"; do
