@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <pith/engine.h>
@@ -777,8 +778,14 @@ int pith_journal_append(uint64_t stream, uint32_t type, const void *data, uint32
         g->cbs = cbs;
         g->cbcap = cap;
     }
-    struct jhdr h = {
-        .len = len, .seq = j->next_seq, .stream = stream, .type = type, .epoch = j->epoch};
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    struct jhdr h = {.len = len,
+                     .seq = j->next_seq,
+                     .stream = stream,
+                     .type = type,
+                     .epoch = j->epoch,
+                     .time_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec};
     h.crc = jhdr_crc(&h, data);
     memcpy(g->buf + g->len, &h, sizeof(h));
     if (len > 0)

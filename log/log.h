@@ -21,9 +21,10 @@ struct jhdr {
     uint64_t seq;
     uint64_t stream;
     uint32_t type;
-    uint32_t epoch; /* the run that wrote it (1, 2, ...): never less than the record before */
+    uint32_t epoch;   /* the run that wrote it (1, 2, ...): never less than the record before */
+    uint64_t time_ns; /* CLOCK_REALTIME when it was appended */
 };
-_Static_assert(sizeof(struct jhdr) == 32, "a record header is 32 bytes");
+_Static_assert(sizeof(struct jhdr) == 40, "a record header is 40 bytes");
 
 #define JBLOCK    4096u /* write unit and alignment */
 #define JALIGN(n) (((n) + 7u) & ~(uint64_t)7u)

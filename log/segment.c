@@ -288,8 +288,12 @@ int jseg_scan(struct journal *j, struct jseg *seg, uint64_t from,
         off += JALIGN(sizeof(h) + h.len);
         if (h.seq < from)
             continue;
-        pith_journal_rec_t rec = {
-            .seq = h.seq, .stream = h.stream, .type = h.type, .len = h.len, .data = p};
+        pith_journal_rec_t rec = {.seq = h.seq,
+                                  .stream = h.stream,
+                                  .time_ns = h.time_ns,
+                                  .type = h.type,
+                                  .len = h.len,
+                                  .data = p};
         rc = fn(&rec, ctx);
     }
     free(r.buf);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util.h"
@@ -151,8 +152,11 @@ static int scan_rec(const pith_journal_rec_t *r, void *ctx)
     /* Record with seq q holds i = q - 1 + from_i (the tests number i from seq 1 on). */
     uint64_t i = r->stream;
     uint32_t len = payload(i, buf);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    uint64_t now_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
     if (r->len != len || memcmp(r->data, buf, len) != 0 || r->type != i % 5 ||
-        (s->n > 0 && r->seq != s->last + 1))
+        (s->n > 0 && r->seq != s->last + 1) || r->time_ns == 0 || r->time_ns > now_ns)
         s->bad++;
     if (s->n++ == 0)
         s->first = r->seq;
@@ -306,8 +310,8 @@ static long record_at(const char *path, uint64_t want)
     cr_assert_geq(fd, 0);
     long off = 0;
     for (;;) {
-        unsigned char h[32];
-        if (pread(fd, h, 32, off) != 32)
+        unsigned char h[40];
+        if (pread(fd, h, 40, off) != 40)
             break;
         uint32_t len;
         uint64_t seq;
@@ -319,7 +323,7 @@ static long record_at(const char *path, uint64_t want)
         }
         if (seq == 0)
             break;
-        off += (long)((32 + len + 7) & ~7u);
+        off += (long)((40 + len + 7) & ~7u);
     }
     close(fd);
     return -1;
@@ -342,9 +346,9 @@ Test(journal, a_damaged_record_stops_reading_back_there_and_later_appends_go_on_
     cr_assert_geq(off, 0);
     int fd = open(seg, O_RDWR);
     unsigned char b;
-    cr_assert_eq(pread(fd, &b, 1, off + 33), 1);
+    cr_assert_eq(pread(fd, &b, 1, off + 41), 1);
     b ^= 0x40;
-    cr_assert_eq(pwrite(fd, &b, 1, off + 33), 1);
+    cr_assert_eq(pwrite(fd, &b, 1, off + 41), 1);
     close(fd);
 
     reset_counts();

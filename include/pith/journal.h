@@ -6,9 +6,9 @@
  * run) and stops at the first torn or damaged record; pith_journal_scan then reads it.
  *
  * Files: <dir>/shard-<id>/<n>.seg, segments of segment_bytes made ahead of need (fallocate,
- * then an fsync of the file and of the directory). A record is a 32-byte header (CRC32C,
- * length, sequence, stream, type, epoch) and its payload, 8-byte aligned; sequences count from
- * 1 on each shard without gaps, and a record of an earlier run that a later run overwrote in
+ * then an fsync of the file and of the directory). A record is a 40-byte header (CRC32C,
+ * length, sequence, stream, type, epoch, time) and its payload, 8-byte aligned; sequences count
+ * from 1 on each shard without gaps, and a record of an earlier run that a later run overwrote in
  * part is told apart by its epoch (one per run that appended). */
 #ifndef PITH_JOURNAL_H
 #define PITH_JOURNAL_H
@@ -92,6 +92,7 @@ PITH_API int pith_journal_append(uint64_t stream, uint32_t type, const void *dat
 typedef struct pith_journal_rec {
     uint64_t seq;     /* its sequence on the shard (1, 2, ...) */
     uint64_t stream;  /* as appended */
+    uint64_t time_ns; /* when it was appended: CLOCK_REALTIME, ns since the Unix epoch */
     uint32_t type;    /* as appended */
     uint32_t len;     /* bytes of data */
     const void *data; /* the payload, valid during the call */
