@@ -468,6 +468,7 @@ static void fail_all(struct journal *j, int err)
 struct mkop {
     struct journal *j;
     char name[32];
+    char from[32]; /* MK_RENAME: the spare's name */
 };
 
 static void mk_failed(struct journal *j, int err)
@@ -496,6 +497,10 @@ static bool mk_submit(struct journal *j, const char *name)
     o->j = j;
     snprintf(o->name, sizeof(o->name), "%s", name);
     switch (j->mk_state) {
+    case MK_RENAME:
+        snprintf(o->from, sizeof(o->from), "%08llu.spare", (unsigned long long)j->spare[0]);
+        io_uring_prep_renameat(sqe, j->dirfd, o->from, j->dirfd, o->name, 0);
+        break;
     case MK_OPEN:
         io_uring_prep_openat(sqe, j->dirfd, o->name, jseg_open_flags(j) | O_CREAT, 0644);
         break;
@@ -522,11 +527,28 @@ static void mk_done(struct fop *f, int res)
             close(res);
         return;
     }
+    if (res < 0 && j->mk_state == MK_RENAME) {
+        /* The spare is not to be had: dropped, and the segment made as a new file. */
+        j->nspare--;
+        memmove(j->spare, j->spare + 1, j->nspare * sizeof(j->spare[0]));
+        memmove(j->spare_ready, j->spare_ready + 1, j->nspare * sizeof(j->spare_ready[0]));
+        j->mk_state = MK_OPEN;
+        (void)mk_submit(j, o->name);
+        return;
+    }
     if (res < 0) {
         mk_failed(j, res);
         return;
     }
     switch (j->mk_state) {
+    case MK_RENAME:
+        /* Still allocated and synced: fallocate and fsync find nothing to do. */
+        j->nspare--;
+        memmove(j->spare, j->spare + 1, j->nspare * sizeof(j->spare[0]));
+        memmove(j->spare_ready, j->spare_ready + 1, j->nspare * sizeof(j->spare_ready[0]));
+        bump(&j->st_recycled, 1);
+        j->mk_state = MK_OPEN;
+        break;
     case MK_OPEN:
         j->mk_fd = res;
         j->mk_state = MK_ALLOC;
@@ -559,8 +581,66 @@ static void mk_start(struct journal *j)
     }
     char name[32];
     snprintf(name, sizeof(name), "%08llu.seg", (unsigned long long)j->mk_index);
-    j->mk_state = MK_OPEN;
+    /* A released segment's file, when one is ready: renamed, no new blocks allocated. */
+    j->mk_state = j->nspare > 0 && j->spare_ready[0] ? MK_RENAME : MK_OPEN;
     (void)mk_submit(j, name);
+}
+
+/* ---- releasing records ---- */
+
+struct relop {
+    struct journal *j;
+    uint64_t index;
+    bool keep; /* renamed to .spare, else unlinked */
+    char name[32], to[32];
+};
+
+static void release_done(struct fop *f, int res)
+{
+    struct relop *o = (struct relop *)f->data;
+    struct journal *j = o->j;
+    if (j->closing || !o->keep)
+        return;
+    for (unsigned i = 0; i < j->nspare; i++) {
+        if (j->spare[i] != o->index)
+            continue;
+        if (res == 0) {
+            j->spare_ready[i] = true;
+        } else {
+            /* The file keeps its .seg name: reading back finds its records (they are older
+             * than any kept, so it stops there); no reuse. */
+            j->nspare--;
+            memmove(j->spare + i, j->spare + i + 1, (j->nspare - i) * sizeof(j->spare[0]));
+            memmove(j->spare_ready + i, j->spare_ready + i + 1,
+                    (j->nspare - i) * sizeof(j->spare_ready[0]));
+        }
+        return;
+    }
+}
+
+/* Renames (or unlinks, past JSPARES kept) a released segment's file on the ring. */
+static void release_file(struct journal *j, uint64_t index)
+{
+    bool keep = j->nspare < JSPARES;
+    struct fop *f = fop_new(shard_fops(), sizeof(struct relop), release_done);
+    struct io_uring_sqe *sqe = f != NULL ? fop_sqe(f, false) : NULL;
+    if (sqe == NULL) {
+        if (f != NULL)
+            fop_discard(f);
+        return; /* the file stays: read back at the next start, from where it stops */
+    }
+    struct relop *o = (struct relop *)f->data;
+    *o = (struct relop){.j = j, .index = index, .keep = keep};
+    snprintf(o->name, sizeof(o->name), "%08llu.seg", (unsigned long long)index);
+    snprintf(o->to, sizeof(o->to), "%08llu.spare", (unsigned long long)index);
+    if (keep) {
+        j->spare[j->nspare] = index;
+        j->spare_ready[j->nspare++] = false;
+        io_uring_prep_renameat(sqe, j->dirfd, o->name, j->dirfd, o->to, 0);
+    } else {
+        io_uring_prep_unlinkat(sqe, j->dirfd, o->name, 0);
+    }
+    fop_arm(f, sqe, 0);
 }
 
 /* The tail segment is full for a record of rec bytes: the next one takes over. 0, or -EAGAIN
@@ -656,6 +736,7 @@ static int journal_open(struct journal *j, unsigned shard, const pith_config_t *
     err = jseg_recover(j, why, whylen);
     if (err)
         return err;
+    jseg_find_spares(j);
     j->segs_tail->users = 1;
     uint64_t segs = 0;
     for (struct jseg *s = j->segs; s != NULL; s = s->next)
@@ -824,6 +905,30 @@ int pith_journal_scan(uint64_t from, int (*fn)(const pith_journal_rec_t *rec, vo
     return 0;
 }
 
+int pith_journal_release(uint64_t upto)
+{
+    struct journal *j;
+    int err = journal_get(&j);
+    if (err)
+        return err;
+    if (upto > j->durable_seq)
+        return -EINVAL;
+    unsigned n = 0;
+    /* Whole segments only, oldest first, never the one records go to, nor one still written. */
+    while (j->segs != j->segs_tail && j->segs->last_seq <= upto && j->segs->users == 0) {
+        struct jseg *s = j->segs;
+        j->segs = s->next;
+        release_file(j, s->index);
+        if (s->fd >= 0)
+            close(s->fd);
+        free(s);
+        n++;
+    }
+    bump(&j->st_segments, (uint64_t)0 - n);
+    bump(&j->st_released, n);
+    return 0;
+}
+
 int pith_journal_stats(unsigned shard, pith_journal_stats_t *out)
 {
     if (out == NULL)
@@ -853,6 +958,8 @@ int pith_journal_stats(unsigned shard, pith_journal_stats_t *out)
         out->bytes_written = atomic_load_explicit(&j->st_bytes, memory_order_relaxed);
         out->pending_bytes = atomic_load_explicit(&j->st_pending, memory_order_relaxed);
         out->segments = atomic_load_explicit(&j->st_segments, memory_order_relaxed);
+        out->released = atomic_load_explicit(&j->st_released, memory_order_relaxed);
+        out->recycled = atomic_load_explicit(&j->st_recycled, memory_order_relaxed);
         out->recovered = j->recovered;
         out->recovered_bytes = j->recovered_bytes;
         out->damaged_segment = j->damaged_segment;

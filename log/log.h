@@ -51,7 +51,10 @@ struct jseg {
 };
 
 /* The next segment, made ahead of need on the ring. */
-enum { MK_NONE, MK_OPEN, MK_ALLOC, MK_SYNC, MK_DIRSYNC, MK_READY, MK_FAILED };
+enum { MK_NONE, MK_RENAME, MK_OPEN, MK_ALLOC, MK_SYNC, MK_DIRSYNC, MK_READY, MK_FAILED };
+
+/* Released segment files kept for reuse (renamed to <index>.spare), at most: */
+#define JSPARES 2
 
 struct jcb {
     pith_journal_fn_t fn;
@@ -108,8 +111,13 @@ struct journal {
     uint64_t next_seq, durable_seq;
     /* Figures for pith_journal_stats (written here, read by any thread). */
     _Atomic uint64_t st_appended, st_acked, st_failed, st_groups, st_syncs, st_bytes, st_pending,
-        st_segments, st_last, st_durable;
+        st_segments, st_last, st_durable, st_released, st_recycled;
     uint64_t recovered, recovered_bytes, damaged_segment, damaged_offset;
+    /* Released segments' files: spare[0..nspare) can be renamed into the next segment once
+     * their own rename to .spare is done (spare_ready). */
+    uint64_t spare[JSPARES];
+    bool spare_ready[JSPARES];
+    unsigned nspare;
     int open_err;          /* first use failed: every call says it (-EIO) */
     bool closing;          /* the shard left its loop: completions still to come are ignored */
     struct jgroup *graves; /* groups failed at stop whose operations may still report */
@@ -119,6 +127,8 @@ struct journal {
 
 /* segment.c: reading back at first use, and files. */
 int jseg_recover(struct journal *j, char *why, size_t whylen);
+/* The .spare files of the directory, for reuse (first use). */
+void jseg_find_spares(struct journal *j);
 /* Makes segment `index` now, with plain system calls (first use only). */
 int jseg_make_now(struct journal *j, uint64_t index, int *fd);
 int jseg_open_flags(const struct journal *j);

@@ -151,7 +151,7 @@ static int read_record(struct journal *j, struct reader *r, uint64_t off, uint64
     if (h->epoch < epoch)
         return R_STALE; /* an earlier run's: a segment file made again for reuse */
     if (expect != 0 && h->seq != expect)
-        return R_DAMAGE;
+        return h->seq < expect ? R_STALE : R_DAMAGE; /* older: a segment made again from a spare */
     return R_EOF;
 }
 
@@ -299,6 +299,28 @@ int jseg_scan(struct journal *j, struct jseg *seg, uint64_t from,
     free(r.buf);
     close(r.fd);
     return rc;
+}
+
+void jseg_find_spares(struct journal *j)
+{
+    int dfd = dup(j->dirfd);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+    if (d == NULL) {
+        if (dfd >= 0)
+            close(dfd);
+        return; /* none found: new segments are made as they would be */
+    }
+    rewinddir(d);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL && j->nspare < JSPARES) {
+        char *end;
+        unsigned long long x = strtoull(de->d_name, &end, 10);
+        if (end == de->d_name || strcmp(end, ".spare") != 0)
+            continue;
+        j->spare[j->nspare] = x;
+        j->spare_ready[j->nspare++] = true;
+    }
+    closedir(d);
 }
 
 void jseg_free_all(struct journal *j)

@@ -587,3 +587,72 @@ Test(journal, the_api_errors, .timeout = 30)
     cr_assert_eq(pith_engine_start(&cfg), -EINVAL);
     dir_remove();
 }
+
+/* Files in the shard's directory: segments and spares. */
+static unsigned files_in_dir(void)
+{
+    char d[128];
+    snprintf(d, sizeof(d), "%s/shard-0", dir);
+    unsigned n = 0;
+    for (int i = 0; i < 10000; i++) {
+        char p[160];
+        snprintf(p, sizeof(p), "%s/%08d.seg", d, i);
+        n += access(p, F_OK) == 0;
+        snprintf(p, sizeof(p), "%s/%08d.spare", d, i);
+        n += access(p, F_OK) == 0;
+    }
+    return n;
+}
+
+static void *release_fn(void *arg)
+{
+    uint64_t *upto = arg;
+    pith_journal_stats_t st;
+    (void)pith_journal_stats(0, &st);
+    int rc = pith_journal_release(st.durable_seq);
+    *upto = rc == 0 ? st.durable_seq : 0;
+    if (rc == 0 && pith_journal_release(st.durable_seq + 1) != -EINVAL)
+        *upto = 0; /* past the durable end is refused */
+    return NULL;
+}
+
+Test(journal, released_records_keep_the_files_bounded_under_a_steady_load, .timeout = 120)
+{
+    dir_make();
+    reset_counts();
+    start_with(1 << 20, 0, 0);
+    /* 24 rounds of about 0.7 MiB, each then released: 17 MiB in 1 MiB segments. */
+    uint64_t i = 0, upto = 0, most = 0;
+    for (int round = 0; round < 24; round++) {
+        uint64_t want = i + 4000;
+        while (i < want) {
+            struct appends a = append_on0(i, want - i);
+            i += a.done;
+            cr_assert(a.err == 0 || a.err == -EAGAIN, "append: %d", a.err);
+        }
+        TEST_WAIT_FOR(atomic_load(&acked) == i);
+        cr_assert_eq(pith_call_wait(0, release_fn, &upto, NULL), 0);
+        cr_assert_gt(upto, 0, "pith_journal_release");
+        test_sync_all(); /* the renames run on the shard's ring */
+        unsigned n = files_in_dir();
+        most = n > most ? n : most;
+    }
+    pith_journal_stats_t st = jstats();
+    cr_assert_gt(st.released, 10, "%llu segments released", (unsigned long long)st.released);
+    cr_assert_gt(st.recycled, 5, "%llu segments made from spares", (unsigned long long)st.recycled);
+    cr_assert_leq(most, 5, "%llu files at most in the directory", (unsigned long long)most);
+    test_stop(NULL);
+    /* After a restart the records not released are there, whole and in order, from where
+     * the first kept segment begins; none past the last. */
+    reset_counts();
+    start_with(1 << 20, 0, 0);
+    struct scan s = scan_on0(1);
+    cr_assert_gt(s.n, 0);
+    cr_assert_eq(s.last, i);
+    cr_assert_gt(s.first, 1, "released records came back");
+    struct appends a = append_on0(i, 10);
+    cr_assert_eq(a.first_seq, i + 1);
+    TEST_WAIT_FOR(atomic_load(&acked) == 10);
+    test_stop(NULL);
+    dir_remove();
+}

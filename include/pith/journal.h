@@ -107,6 +107,16 @@ PITH_API int pith_journal_scan(uint64_t from, int (*fn)(const pith_journal_rec_t
                                void *ctx);
 
 /* A shard's journal in figures (pith_journal_stats). */
+/* Records of the calling shard up to sequence `upto` are not needed any more (a snapshot covers
+ * them): each segment that holds only such records, from the oldest, leaves the journal; its
+ * file is kept for reuse as a later segment (renamed <n>.spare, two at most; more are removed),
+ * so that a journal whose records are released as fast as they come keeps a bounded number of
+ * files and allocates no new ones. A segment that also holds later records stays whole, and
+ * pith_journal_scan (now and after a restart) still shows its records up to `upto`.
+ * Errors: -EINVAL upto past the last durable record; -EPERM; -ENOTCONN; -EIO (as
+ * pith_journal_append). */
+PITH_API int pith_journal_release(uint64_t upto);
+
 typedef struct pith_journal_stats {
     bool open;                /* the journal is open on this shard */
     bool failed;              /* a write or sync failed: appends are refused */
@@ -121,7 +131,9 @@ typedef struct pith_journal_stats {
     uint64_t syncs;           /* fdatasyncs completed */
     uint64_t bytes_written;   /* bytes of group writes (whole blocks, rewrites included) */
     uint64_t pending_bytes;   /* appended, not yet acknowledged or failed */
-    uint64_t segments;        /* segment files of this shard */
+    uint64_t segments;        /* segment files of this shard holding records */
+    uint64_t released;        /* segments released (pith_journal_release) in this run */
+    uint64_t recycled;        /* segments made from a released one's file in this run */
     uint64_t recovered;       /* records read back at first use */
     uint64_t recovered_bytes; /* their bytes, headers included */
     /* Where reading back stopped at damage (a record whose CRC, length, sequence or epoch is
