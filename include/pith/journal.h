@@ -106,7 +106,6 @@ typedef struct pith_journal_rec {
 PITH_API int pith_journal_scan(uint64_t from, int (*fn)(const pith_journal_rec_t *rec, void *ctx),
                                void *ctx);
 
-/* A shard's journal in figures (pith_journal_stats). */
 /* Records of the calling shard up to sequence `upto` are not needed any more (a snapshot covers
  * them): each segment that holds only such records, from the oldest, leaves the journal; its
  * file is kept for reuse as a later segment (renamed <n>.spare, two at most; more are removed),
@@ -117,6 +116,7 @@ PITH_API int pith_journal_scan(uint64_t from, int (*fn)(const pith_journal_rec_t
  * pith_journal_append). */
 PITH_API int pith_journal_release(uint64_t upto);
 
+/* A shard's journal in figures (pith_journal_stats). */
 typedef struct pith_journal_stats {
     bool open;                /* the journal is open on this shard */
     bool failed;              /* a write or sync failed: appends are refused */
