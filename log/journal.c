@@ -881,6 +881,7 @@ int pith_journal_append(uint64_t stream, uint32_t type, const void *data, uint32
     j->tail += rec;
     j->next_seq++;
     bump(&j->st_appended, 1);
+    bump(&j->st_appended_bytes, rec);
     bump(&j->st_pending, rec);
     put(&j->st_last, h.seq);
     if (seq != NULL)
@@ -951,6 +952,7 @@ int pith_journal_stats(unsigned shard, pith_journal_stats_t *out)
         out->last_seq = atomic_load_explicit(&j->st_last, memory_order_relaxed);
         out->durable_seq = atomic_load_explicit(&j->st_durable, memory_order_relaxed);
         out->appended = atomic_load_explicit(&j->st_appended, memory_order_relaxed);
+        out->appended_bytes = atomic_load_explicit(&j->st_appended_bytes, memory_order_relaxed);
         out->acked = atomic_load_explicit(&j->st_acked, memory_order_relaxed);
         out->failed_records = atomic_load_explicit(&j->st_failed, memory_order_relaxed);
         out->groups = atomic_load_explicit(&j->st_groups, memory_order_relaxed);

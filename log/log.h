@@ -111,7 +111,7 @@ struct journal {
     uint64_t next_seq, durable_seq;
     /* Figures for pith_journal_stats (written here, read by any thread). */
     _Atomic uint64_t st_appended, st_acked, st_failed, st_groups, st_syncs, st_bytes, st_pending,
-        st_segments, st_last, st_durable, st_released, st_recycled;
+        st_segments, st_last, st_durable, st_released, st_recycled, st_appended_bytes;
     uint64_t recovered, recovered_bytes, damaged_segment, damaged_offset;
     /* Released segments' files: spare[0..nspare) can be renamed into the next segment once
      * their own rename to .spare is done (spare_ready). */

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """pith-kv's persistence (--dir, --appendfsync): what a restart brings back after SIGTERM in each
-mode, the shard count a data directory was made with, and kill -9 under concurrent writes with
+mode, the shard count a data directory was made with, BGREWRITEAOF (the journal shrinks to the
+live keys, which come back), and kill -9 under concurrent writes with
 appendfsync always, 20 times: every acknowledged write is there after the restart, and nothing
 that was not sent (an INCR counter is at least its acknowledged count and at most its sent
 count). TAP on stdout.
@@ -18,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kv_integration import (OK, Conn, Failure, Server, Tap, bulk, check,  # noqa: E402
-                            integer)
+                            cmd, integer, wait_until)
 
 COUNTERS = 16
 
@@ -74,6 +75,65 @@ def check_shard_count(exe):
                            timeout=20)
         check(r.returncode == 1, f"a start with 1 shard exited {r.returncode}")
         check(b"start it with --shards 2" in r.stderr, f"stderr: {r.stderr[-300:]!r}")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def info_field(c, name):
+    r = c.call("INFO", "persistence")
+    for line in r[1].decode().split("\r\n"):
+        if line.startswith(name + ":"):
+            return int(line.split(":", 1)[1])
+    raise Failure(f"INFO persistence has no {name}: {r}")
+
+
+def seg_files(d):
+    n = 0
+    for root, _, files in os.walk(d):
+        n += sum(1 for f in files if f.endswith(".seg"))
+    return n
+
+
+def check_rewrite(exe, mode):
+    """BGREWRITEAOF: the journal shrinks to about the live data, and every key's last value
+    comes back after SIGTERM and after kill -9."""
+    d = tempfile.mkdtemp(prefix="pith-kv-rewrite-")
+    args = ["--shards", "2", "--dir", d, "--appendfsync", mode, "--journal-segment-bytes", "1mb"]
+    try:
+        s = Server(exe, args).start()
+        last = {}
+        with Conn(s.port) as c:
+            for rnd in range(60):
+                cmds = []
+                for k in range(100):
+                    v = f"{rnd}:{k}:" + "x" * 1000
+                    last[f"key:{k}"] = v
+                    cmds.append(["SET", f"key:{k}", v])
+                c.send(b"".join(cmd(*a) for a in cmds))
+                for _ in cmds:
+                    check(c.reply() == OK, "SET")
+            before = seg_files(d)
+            check(before >= 6, f"{before} segment files before the rewrite")
+            c.expect(["BGREWRITEAOF"], ("+", "Background append only file rewriting started"))
+            wait_until(lambda: info_field(c, "aof_rewrites") >= 2 and
+                       info_field(c, "aof_rewrite_in_progress") == 0, 30, "the rewrite's end")
+            c.expect(["SET", "after", "rewrite"], OK)
+        after = seg_files(d)
+        check(after <= 4, f"{after} segment files after the rewrite ({before} before)")
+        print(f"# {mode}: {before} segment files of 1 MiB before BGREWRITEAOF, {after} after",
+              flush=True)
+        s.stop()
+        for how in ("SIGTERM", "kill -9"):
+            s = Server(exe, args).start()
+            with Conn(s.port) as c:
+                for k, v in last.items():
+                    c.expect(["GET", k], bulk(v))
+                c.expect(["GET", "after"], bulk("rewrite"))
+                c.expect(["DBSIZE"], integer(len(last) + 1))
+            if how == "SIGTERM":
+                s.stop()
+            else:
+                s.kill()
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -170,6 +230,9 @@ def main(argv):
                 "after a restart", check_restart, exe, mode)
     tap.run("a data directory is refused to a start with another shard count",
             check_shard_count, exe)
+    for mode in ("always", "everysec"):
+        tap.run(f"appendfsync {mode}: BGREWRITEAOF shrinks the journal to the live keys, and "
+                "they come back after SIGTERM and after kill -9", check_rewrite, exe, mode)
     seed = int(time.time())
     tap.run(f"appendfsync always: {kills} kills -9 under 8 writers lose no acknowledged write "
             f"(seed {seed})", check_kill9, exe, kills, seed)

@@ -26,8 +26,14 @@ struct waiter {
     void *arg;
 };
 
-/* Each shard's part, touched by that shard only. */
+/* Each shard's part, touched by that shard only (but for the atomics INFO reads). */
 struct aof_shard {
+    /* A rewrite: scanning from cursor, its records from first_seq on; scanned up to end_seq. */
+    bool rw_active, rw_scanned;
+    uint64_t rw_cursor, rw_first, rw_end;
+    uint64_t rw_bytes_at; /* the journal's bytes_written when the last one ended */
+    _Atomic uint64_t rw_done;
+    _Atomic bool rw_running;
     uint64_t appended, durable; /* the last sequence appended, and acknowledged */
     int failed;                 /* the error of a failed record, if one failed */
     bool error;                 /* for aof_take_error */
@@ -52,9 +58,10 @@ int aof_parse(const char *s)
     return -1;
 }
 
-void aof_config(pith_config_t *cfg, const char *dir)
+void aof_config(pith_config_t *cfg, const char *dir, uint64_t segment_bytes)
 {
     cfg->journal.dir = dir;
+    cfg->journal.segment_bytes = segment_bytes; /* 0: the engine's default, 64 MiB */
     if (aof_mode == AOF_EVERYSEC)
         cfg->journal.sync_every_ns = 1000000000ull;
     else if (aof_mode == AOF_NO)
@@ -272,4 +279,99 @@ int aof_when_durable(void (*fn)(void *arg, int err), void *arg)
         a->head = w;
     a->tail = w;
     return 0;
+}
+
+/* ---- rewriting ---- */
+
+static void put_entry(struct entry *e, void *ctx)
+{
+    int *err = ctx;
+    if (*err != 0)
+        return;
+    size_t len = sizeof(struct rec) + e->klen + e->vlen;
+    char small[512];
+    char *buf = len <= sizeof(small) ? small : pith_malloc(len);
+    if (buf == NULL || len > UINT32_MAX) {
+        *err = -ENOMEM;
+        if (buf != small)
+            pith_free(buf);
+        return;
+    }
+    struct rec r = {e->expire_ms, e->klen};
+    memcpy(buf, &r, sizeof(r));
+    memcpy(buf + sizeof(r), e->data, (size_t)e->klen + e->vlen);
+    *err = append(R_PUT, buf, (uint32_t)len);
+    if (buf != small)
+        pith_free(buf);
+}
+
+int aof_rewrite_start(void)
+{
+    if (aof_mode == AOF_OFF)
+        return -ENOTCONN;
+    struct aof_shard *a = mine();
+    if (a->rw_active)
+        return -EALREADY;
+    a->rw_active = true;
+    a->rw_scanned = false;
+    a->rw_cursor = 0;
+    a->rw_first = a->appended + 1; /* every record from here on is kept */
+    atomic_store_explicit(&a->rw_running, true, memory_order_relaxed);
+    return 0;
+}
+
+static void rewrite_end(struct aof_shard *a, bool released)
+{
+    a->rw_active = false;
+    atomic_store_explicit(&a->rw_running, false, memory_order_relaxed);
+    pith_journal_stats_t js;
+    if (pith_journal_stats((unsigned)pith_shard_id(), &js) == 0)
+        a->rw_bytes_at = js.appended_bytes;
+    if (released)
+        atomic_fetch_add_explicit(&a->rw_done, 1, memory_order_relaxed);
+}
+
+bool aof_rewrite_tick(struct store *st, int64_t now_ms, uint64_t slice_ns, uint64_t data_bytes)
+{
+    if (aof_mode == AOF_OFF)
+        return false;
+    struct aof_shard *a = mine();
+    if (!a->rw_active) {
+        pith_journal_stats_t js;
+        uint64_t floor = 2 * data_bytes > (64ull << 20) ? 2 * data_bytes : 64ull << 20;
+        if (pith_journal_stats((unsigned)pith_shard_id(), &js) != 0 ||
+            js.appended_bytes - a->rw_bytes_at <= floor || aof_rewrite_start() != 0)
+            return false;
+    }
+    uint64_t t0 = pith_now_ns();
+    while (!a->rw_scanned && pith_now_ns() - t0 < slice_ns) {
+        int err = 0;
+        store_scan(st, &a->rw_cursor, 256, now_ms, put_entry, &err);
+        if (err != 0) {
+            rewrite_end(a, false); /* an append failed: nothing released; tried again later */
+            return false;
+        }
+        if (a->rw_cursor == 0) {
+            a->rw_scanned = true;
+            a->rw_end = a->appended;
+        }
+    }
+    if (a->rw_scanned && a->failed != 0) {
+        rewrite_end(a, false);
+    } else if (a->rw_scanned && a->durable >= a->rw_end) {
+        /* Durable: what came before the rewrite's first record is not needed any more. */
+        int rc = a->rw_first > 1 ? pith_journal_release(a->rw_first - 1) : 0;
+        rewrite_end(a, rc == 0);
+    }
+    return a->rw_active;
+}
+
+uint64_t aof_rewrites(unsigned shard)
+{
+    return atomic_load_explicit(&shards[shard].rw_done, memory_order_relaxed);
+}
+
+bool aof_rewriting(unsigned shard)
+{
+    return atomic_load_explicit(&shards[shard].rw_running, memory_order_relaxed);
 }

@@ -32,8 +32,8 @@ int aof_meta_read(const char *dir, unsigned char key[16], unsigned *shards);
  * rename, fsync of the directory). 0 or -errno. */
 int aof_meta_write(const char *dir, const unsigned char key[16], unsigned shards);
 
-/* The engine's journal settings for the mode. */
-void aof_config(pith_config_t *cfg, const char *dir);
+/* The engine's journal settings for the mode (segment_bytes 0: the engine's default). */
+void aof_config(pith_config_t *cfg, const char *dir, uint64_t segment_bytes);
 
 /* On a shard, at start: its journal's records applied to st, in order. 0 or -errno. */
 int aof_load(struct store *st, int64_t now_ms, uint64_t *records);
@@ -54,5 +54,23 @@ bool aof_broken(void);
  * durable (err 0) or has failed (err < 0). 0; -EALREADY nothing is pending (fn never runs);
  * -ENOMEM (fn never runs). */
 int aof_when_durable(void (*fn)(void *arg, int err), void *arg);
+
+/* ---- rewriting: what bounds the journal ----
+ * A rewrite puts every live key's state on the shard's journal again (a few milliseconds of
+ * the store at each tick, in the order store_scan gives), then, once those records are
+ * durable, releases everything before its first record (pith_journal_release): replaying
+ * what is left gives the same keys, since every key alive throughout has a record after that
+ * point, and every change since has its own. BGREWRITEAOF starts one on every shard; a shard
+ * starts one by itself once its journal has grown by more than twice its data (64 MiB at
+ * least) since the last. */
+
+/* Starts a rewrite on this shard: 0, -EALREADY (one runs), -ENOTCONN (no --dir). */
+int aof_rewrite_start(void);
+/* At each tick: goes on with a rewrite for slice_ns at most, or starts one when the journal
+ * has grown enough for data_bytes of data. Whether one is running. */
+bool aof_rewrite_tick(struct store *st, int64_t now_ms, uint64_t slice_ns, uint64_t data_bytes);
+/* Rewrites finished on this shard, and whether one runs (INFO; any thread). */
+uint64_t aof_rewrites(unsigned shard);
+bool aof_rewriting(unsigned shard);
 
 #endif

@@ -54,16 +54,17 @@
  * less than OUT_WINDOW; past that the rest stays here until the queue drains (on_drain), so a
  * reply of any size is neither refused nor held twice. The engine stops reading a connection
  * whose queue passes HIGH_WATER and calls on_drain once it is under LOW_WATER. */
-#define OUT_PIECE    (256u << 10)
-#define OUT_WINDOW   (2u << 20)
-#define HIGH_WATER   (1u << 20)
-#define LOW_WATER    (256u << 10)
-#define ARGS_CAP     65536u     /* the parse scratch's usual room, in arguments */
-#define ARGS_MAX     (1u << 28) /* arguments per command at most (the input bound comes first) */
-#define TICK_NS      (100ull * 1000 * 1000)
-#define BUSY_TICK_NS (10ull * 1000 * 1000) /* the next tick, while expiry or a rehash has more */
-#define EXPIRE_SLICE (1000ull * 1000)      /* the most one tick spends on active expiry, ns */
-#define REHASH_SLICE (250ull * 1000)       /* and on moving buckets of a rehash */
+#define OUT_PIECE     (256u << 10)
+#define OUT_WINDOW    (2u << 20)
+#define HIGH_WATER    (1u << 20)
+#define LOW_WATER     (256u << 10)
+#define ARGS_CAP      65536u     /* the parse scratch's usual room, in arguments */
+#define ARGS_MAX      (1u << 28) /* arguments per command at most (the input bound comes first) */
+#define TICK_NS       (100ull * 1000 * 1000)
+#define BUSY_TICK_NS  (10ull * 1000 * 1000) /* the next tick, while expiry or a rehash has more */
+#define EXPIRE_SLICE  (1000ull * 1000)      /* the most one tick spends on active expiry, ns */
+#define REHASH_SLICE  (250ull * 1000)       /* and on moving buckets of a rehash */
+#define REWRITE_SLICE (2ull * 1000 * 1000)  /* and on a journal rewrite (aof.h) */
 
 /* ---- options and per-shard state ---- */
 
@@ -83,6 +84,7 @@ static struct {
     uint64_t clients_mem;                         /* maxmemory-clients; 0: a quarter of RAM */
     uint64_t obl_hard, obl_soft, obl_secs;        /* client-output-buffer-limit normal */
     const char *dir;                              /* --dir: the journal's; NULL: none */
+    uint64_t segment_bytes;                       /* --journal-segment-bytes; 0: default */
     int appendfsync;                              /* AOF_* with a dir */
 } opt = {
     .host = "127.0.0.1",
@@ -2115,6 +2117,25 @@ static void info(struct kconn *kc, const struct resp_arg *section)
         }
         add(&t, "\r\n");
     }
+    if (SECTION("persistence")) {
+        /* Redis's names where they mean the same; the journal's own counts beside them. */
+        uint64_t rewrites = 0, running = 0, records = 0, segs = 0;
+        for (unsigned i = 0; i < nshards; i++) {
+            rewrites += aof_rewrites(i);
+            running += aof_rewriting(i);
+            pith_journal_stats_t js;
+            if (aof_mode != AOF_OFF && pith_journal_stats(i, &js) == 0) {
+                records += js.appended;
+                segs += js.segments;
+            }
+        }
+        add(&t,
+            "# Persistence\r\naof_enabled:%d\r\naof_rewrite_in_progress:%d\r\n"
+            "aof_rewrites:%llu\r\naof_journal_records_appended:%llu\r\n"
+            "aof_journal_segments:%llu\r\n\r\n",
+            aof_mode != AOF_OFF, running > 0, (unsigned long long)rewrites,
+            (unsigned long long)records, (unsigned long long)segs);
+    }
     if (SECTION("keyspace")) {
         add(&t, "# Keyspace\r\n");
         if (keys > 0)
@@ -2601,10 +2622,35 @@ static bool writes(const struct resp_arg *name)
     return false;
 }
 
+static void rewrite_task(void *arg)
+{
+    (void)arg;
+    (void)aof_rewrite_start(); /* -EALREADY: the one running will do */
+}
+
+/* BGREWRITEAOF: a rewrite on every shard. */
+static void bgrewriteaof(struct kconn *kc)
+{
+    if (aof_mode == AOF_OFF) {
+        reply_error(kc, "ERR no journal: start pith-kv with --dir");
+        return;
+    }
+    for (unsigned i = 0; i < nshards; i++)
+        if (pith_submit(i, rewrite_task, NULL) != 0) {
+            reply_error(kc, "ERR Background append only file rewriting could not start");
+            return;
+        }
+    reply_simple(kc, "Background append only file rewriting started");
+}
+
 static void run_command(struct kconn *kc, struct resp_arg *a, unsigned argc)
 {
     count(&kc->ks->commands, 1);
     const struct resp_arg *name = &a[0];
+    if (is(name, "BGREWRITEAOF") && argc == 1) {
+        bgrewriteaof(kc);
+        return;
+    }
     if (denied_for_memory(name)) {
         reply_error(kc, OOM_ERR);
         return;
@@ -3131,6 +3177,8 @@ static void tick(void *arg)
     uint64_t now = pith_now_ns();
     if (!ks->more_armed)
         housekeeping(ks);
+    (void)aof_rewrite_tick(&ks->st, now_ms(), REWRITE_SLICE,
+                           atomic_load_explicit(&ks->st.bytes, memory_order_relaxed));
     idle_sweep(ks, now);
     /* Replies and transaction steps that found no memory even to wait for room: again. */
     struct req *back = ks->backlog;
@@ -3250,7 +3298,8 @@ static void usage(void)
             "               [--maxmemory-clients BYTES] [--client-query-buffer-limit BYTES]\n"
             "               [--client-output-buffer-limit 'normal HARD SOFT SECONDS']\n"
             "               [--mesh-ring BATCHES] [--mesh-batch MSGS] [--mesh-backlog N]\n"
-            "               [--dir PATH [--appendfsync always|everysec|no]]\n");
+            "               [--dir PATH [--appendfsync always|everysec|no]\n"
+            "                [--journal-segment-bytes BYTES]]\n");
     exit(2);
 }
 
@@ -3361,6 +3410,10 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--dir") == 0 && v && *v) {
             opt.dir = v;
             i++;
+        } else if (strcmp(argv[i], "--journal-segment-bytes") == 0 && v) {
+            if (!parse_memory(v, strlen(v), &opt.segment_bytes))
+                usage();
+            i++;
         } else if (strcmp(argv[i], "--appendfsync") == 0 && v) {
             if ((opt.appendfsync = aof_parse(v)) < 0)
                 usage();
@@ -3448,7 +3501,7 @@ int main(int argc, char **argv)
     if (opt.poll_us >= 0)
         cfg.poll_ns = (uint64_t)opt.poll_us * 1000;
     if (opt.dir != NULL)
-        aof_config(&cfg, opt.dir);
+        aof_config(&cfg, opt.dir, opt.segment_bytes);
     int err = pith_engine_start(&cfg);
     if (err) {
         fprintf(stderr, "pith-kv: engine: %s (%s)\n", pith_strerror(err), pith_last_error());

@@ -73,6 +73,51 @@ size_t store_buckets(const struct store *s)
     return t->b != NULL ? t->mask + 1 : 0;
 }
 
+/* ---- scanning ---- */
+
+static inline uint64_t rev64(uint64_t x)
+{
+    x = (x >> 1 & 0x5555555555555555ull) | (x & 0x5555555555555555ull) << 1;
+    x = (x >> 2 & 0x3333333333333333ull) | (x & 0x3333333333333333ull) << 2;
+    x = (x >> 4 & 0x0f0f0f0f0f0f0f0full) | (x & 0x0f0f0f0f0f0f0f0full) << 4;
+    return __builtin_bswap64(x);
+}
+
+void store_scan(struct store *s, uint64_t *cursor, size_t max, int64_t now,
+                void (*fn)(struct entry *e, void *ctx), void *ctx)
+{
+    if (s->t[0].b == NULL) {
+        *cursor = 0;
+        return;
+    }
+    /* The finer of the tables in use: one of its buckets is one stretch of the order, and
+     * holds the entries of that stretch in it or, while not yet moved, in one bucket of the
+     * other table. */
+    bool two = store_rehashing(s);
+    size_t fine = two && s->t[1].mask > s->t[0].mask ? s->t[1].mask + 1 : s->t[0].mask + 1;
+    unsigned shift = 64u - (unsigned)__builtin_ctzll((unsigned long long)fine);
+    uint64_t j = *cursor >> shift;
+    for (size_t n = 0; j < fine && n < max; j++, n++) {
+        uint64_t h = rev64(j << shift); /* any hash of the stretch picks these buckets */
+        struct entry *heads[2] = {NULL, NULL};
+        size_t b0 = h & s->t[0].mask;
+        if (!two || b0 >= s->rehash)
+            heads[0] = s->t[0].b[b0];
+        if (two)
+            heads[1] = s->t[1].b[h & s->t[1].mask];
+        uint64_t lo = j << shift, hi = ((j + 1) << shift) - 1;
+        for (int k = 0; k < 2; k++) {
+            for (struct entry *e = heads[k], *next; e != NULL; e = next) {
+                next = e->next;
+                uint64_t r = rev64(e->hash);
+                if (r >= lo && r <= hi && (e->expire_ms == 0 || e->expire_ms > now))
+                    fn(e, ctx);
+            }
+        }
+    }
+    *cursor = j < fine ? j << shift : 0;
+}
+
 /* ---- the expiry array ---- */
 
 static int exp_reserve(struct store *s)

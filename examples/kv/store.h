@@ -91,6 +91,14 @@ bool store_rehash_for(struct store *s, uint64_t deadline_ns);
 size_t store_buckets(const struct store *s);
 bool store_rehashing(const struct store *s);
 
+/* Calls fn for live entries from *cursor (0 to begin) in the order of their hashes bit-reversed,
+ * through about `max` buckets, and sets *cursor for the next call (0 when done). An entry that
+ * lives through the whole scan is seen once, whatever the incremental rehash does between
+ * calls (the stretches of a table of one size are those of the other split or merged); one
+ * added or removed meanwhile may or may not be. Expired entries are skipped, not deleted. */
+void store_scan(struct store *s, uint64_t *cursor, size_t max, int64_t now,
+                void (*fn)(struct entry *e, void *ctx), void *ctx);
+
 static inline const char *entry_val(const struct entry *e)
 {
     return e->data + e->klen;

@@ -125,6 +125,7 @@ typedef struct pith_journal_stats {
     uint64_t last_seq;        /* the last sequence given out */
     uint64_t durable_seq;     /* every record up to it is durable */
     uint64_t appended;        /* records appended in this run */
+    uint64_t appended_bytes;  /* their bytes, headers included */
     uint64_t acked;           /* of those, acknowledged durable */
     uint64_t failed_records;  /* of those, failed (done got -errno) */
     uint64_t groups;          /* group writes */
