@@ -237,9 +237,9 @@ PITH_API int pith_vactor_prewarm(const pith_vref_t *v);
  * shard's directory, so a call may return 0 with *cursor not 0: call again. An activation that
  * lives through the whole listing is returned once, whatever the directory does between two
  * calls (it grows and shrinks); one that comes or goes meanwhile may or may not be. Keys of one
- * 64-bit hash come in one page: if more than max share one, the rest of them are left out. From a thread outside the engine (it asks the shard and waits)
- * or on `shard` itself. Errors: -EINVAL; -ENOENT t not registered; -EDEADLK on another shard;
- * -ESHUTDOWN. */
+ * 64-bit hash come in one page: if more than max share one, the rest of them are left out. From a
+ * thread outside the engine (it asks the shard and waits) or on `shard` itself. Errors: -EINVAL;
+ * -ENOENT t not registered; -EDEADLK on another shard; -ESHUTDOWN. */
 PITH_API int pith_vactor_list(const pith_vtype_t *t, unsigned shard, uint64_t *cursor,
                               pith_vref_t *out, uint32_t max);
 
