@@ -81,8 +81,8 @@ static bool group_room(struct jgroup *g, uint32_t n)
     uint64_t need = jround((uint64_t)g->len + n + sizeof(struct jhdr));
     if (need <= g->cap)
         return true;
-    if (need > GROUP_MAX)
-        return false;
+    if (need > GROUP_MAX && g->first_seq != 0)
+        return false; /* sealed, and another begins; a record alone may take more */
     uint32_t cap = g->cap;
     while (cap < need)
         cap *= 2;
@@ -95,6 +95,13 @@ static bool group_room(struct jgroup *g, uint32_t n)
     g->buf = b;
     g->cap = cap;
     return true;
+}
+
+/* Bytes of a group's write: whole blocks, with a zero header after its last record (where
+ * reading back stops). */
+static inline uint32_t group_want(const struct jgroup *g)
+{
+    return (uint32_t)jround((uint64_t)g->len + sizeof(struct jhdr));
 }
 
 static void seg_release(struct jseg *s)
@@ -329,7 +336,7 @@ static void write_done(struct fop *f, int res)
     if (!op_back(j, g, G_WRITING))
         return;
     j->writing = false;
-    uint32_t want = (uint32_t)jround((uint64_t)g->len + sizeof(struct jhdr));
+    uint32_t want = group_want(g);
     if ((res == -EOPNOTSUPP || res == -EINVAL) && j->dsync && g->done_bytes == 0) {
         /* A kernel without RWF_DSYNC here: a write, then an fdatasync, from now on. */
         j->dsync = false;
@@ -380,8 +387,7 @@ static void write_done(struct fop *f, int res)
 
 static void submit_write(struct journal *j, struct jgroup *g)
 {
-    uint32_t want = (uint32_t)jround((uint64_t)g->len + sizeof(struct jhdr));
-    uint32_t len = want - g->done_bytes;
+    uint32_t len = group_want(g) - g->done_bytes;
     int64_t fr = fault(j, PITH_JOURNAL_OP_WRITE, len);
     if (fr < 0) {
         fail_all(j, fr == -ENOSPC ? -ENOSPC : -EIO); /* as if the kernel had said so */
@@ -416,7 +422,7 @@ static void write_next(struct journal *j)
     if (j->writing || j->failed)
         return;
     for (struct jgroup *g = j->qhead; g != NULL; g = g->next) {
-        if (g->state == G_WRITTEN) {
+        if (g->state == G_SEALED) {
             bump(&j->st_groups, 1);
             submit_write(j, g);
             return;
@@ -431,7 +437,7 @@ static void seal(struct journal *j)
     if (g == NULL || g->first_seq == 0)
         return;
     j->open = NULL;
-    g->state = G_WRITTEN; /* "ready to write": written by write_next */
+    g->state = G_SEALED; /* written by write_next, after the groups before it */
     /* The next group begins with the bytes of the block this one ends in. */
     uint64_t end = g->off + g->len, blk = end & ~(uint64_t)(JBLOCK - 1);
     memcpy(j->tailblk, g->buf + (blk - g->off), end - blk);
@@ -448,6 +454,7 @@ static void seal(struct journal *j)
 static void fail_all(struct journal *j, int err)
 {
     j->failed = true;
+    atomic_store_explicit(&j->st_broken, true, memory_order_relaxed); /* for stats readers */
     j->writing = false;
     for (struct jgroup *g = j->qhead; g != NULL; g = g->next) {
         if (g->state != G_DONE) {
@@ -464,6 +471,15 @@ static void fail_all(struct journal *j, int err)
 }
 
 /* ---- the next segment, made ahead on the ring ---- */
+
+/* Spare i is gone (taken, or not to be had). */
+static void spare_drop(struct journal *j, unsigned i)
+{
+    j->nspare--;
+    memmove(j->spare + i, j->spare + i + 1, (j->nspare - i) * sizeof(j->spare[0]));
+    memmove(j->spare_ready + i, j->spare_ready + i + 1,
+            (j->nspare - i) * sizeof(j->spare_ready[0]));
+}
 
 struct mkop {
     struct journal *j;
@@ -529,9 +545,7 @@ static void mk_done(struct fop *f, int res)
     }
     if (res < 0 && j->mk_state == MK_RENAME) {
         /* The spare is not to be had: dropped, and the segment made as a new file. */
-        j->nspare--;
-        memmove(j->spare, j->spare + 1, j->nspare * sizeof(j->spare[0]));
-        memmove(j->spare_ready, j->spare_ready + 1, j->nspare * sizeof(j->spare_ready[0]));
+        spare_drop(j, 0);
         j->mk_state = MK_OPEN;
         (void)mk_submit(j, o->name);
         return;
@@ -543,9 +557,7 @@ static void mk_done(struct fop *f, int res)
     switch (j->mk_state) {
     case MK_RENAME:
         /* Still allocated and synced: fallocate and fsync find nothing to do. */
-        j->nspare--;
-        memmove(j->spare, j->spare + 1, j->nspare * sizeof(j->spare[0]));
-        memmove(j->spare_ready, j->spare_ready + 1, j->nspare * sizeof(j->spare_ready[0]));
+        spare_drop(j, 0);
         bump(&j->st_recycled, 1);
         j->mk_state = MK_OPEN;
         break;
@@ -609,10 +621,7 @@ static void release_done(struct fop *f, int res)
         } else {
             /* The file keeps its .seg name: reading back finds its records (they are older
              * than any kept, so it stops there); no reuse. */
-            j->nspare--;
-            memmove(j->spare + i, j->spare + i + 1, (j->nspare - i) * sizeof(j->spare[0]));
-            memmove(j->spare_ready + i, j->spare_ready + i + 1,
-                    (j->nspare - i) * sizeof(j->spare_ready[0]));
+            spare_drop(j, i);
         }
         return;
     }
@@ -835,8 +844,9 @@ int pith_journal_append(uint64_t stream, uint32_t type, const void *data, uint32
     if (j->failed)
         return -EIO;
     uint32_t rec = (uint32_t)JALIGN(sizeof(struct jhdr) + len);
+    /* A record larger than pending_max goes once nothing else waits. */
     uint64_t pending = atomic_load_explicit(&j->st_pending, memory_order_relaxed);
-    if (pending + rec > j->pending_max)
+    if (pending > 0 && pending + rec > j->pending_max)
         return -EAGAIN;
     /* The record and the zero header after it fit the segment, or the next one takes over. */
     if (j->tail + rec + sizeof(struct jhdr) > j->seg_bytes && (err = next_segment(j)) != 0)
@@ -947,7 +957,7 @@ int pith_journal_stats(unsigned shard, pith_journal_stats_t *out)
     struct journal *j = atomic_load_explicit(&journals[shard], memory_order_acquire);
     if (j != NULL && j->open_err == 0) {
         out->open = true;
-        out->failed = j->failed;
+        out->failed = atomic_load_explicit(&j->st_broken, memory_order_relaxed);
         out->direct = j->direct;
         out->last_seq = atomic_load_explicit(&j->st_last, memory_order_relaxed);
         out->durable_seq = atomic_load_explicit(&j->st_durable, memory_order_relaxed);
@@ -1010,9 +1020,10 @@ static void journal_ring_exit(unsigned shard)
         write_next(j);
     }
     (void)io_ring_settle(shard_io(), cfg != NULL ? cfg->drain_ns : 0, journal_quiet, j);
+    /* Closing first: appends from the callbacks below are refused, and completions that come
+     * later (in fops_drain) touch nothing; a group still in flight waits in graves for
+     * shard_exit. */
     j->closing = true;
-    /* What still has an operation in flight stays until shard_exit (its completion comes in
-     * fops_drain and finds `closing`). */
     seal(j);
     for (struct jgroup *g = j->qhead; g != NULL; g = g->next) {
         if (g->state != G_DONE) {
@@ -1020,18 +1031,7 @@ static void journal_ring_exit(unsigned shard)
             g->err = -ECANCELED;
         }
     }
-    while (j->qhead != NULL) {
-        struct jgroup *g = j->qhead;
-        j->qhead = g->next;
-        int err = g->state == G_DONE ? 0 : g->err;
-        bump(err ? &j->st_failed : &j->st_acked, g->last_seq - g->first_seq + 1);
-        seg_release(g->seg);
-        for (uint32_t i = 0; i < g->ncb; i++)
-            g->cbs[i].fn(err, g->cbs[i].seq, g->cbs[i].ctx);
-        g->next = j->graves;
-        j->graves = g;
-    }
-    j->qtail = NULL;
+    ack_ready(j);
 }
 
 static void journal_shard_exit(unsigned shard)

@@ -64,7 +64,7 @@ struct jcb {
 
 /* Records bound for one write and one sync: buf holds the file from `off` (block aligned);
  * its first `head` bytes are the tail block of the group before, already written. */
-enum { G_OPEN, G_WRITING, G_WRITTEN, G_SYNCING, G_WAITSYNC, G_DONE, G_FAILED };
+enum { G_OPEN, G_WRITING, G_SEALED, G_SYNCING, G_WAITSYNC, G_DONE, G_FAILED };
 
 /* One periodic sync: an fdatasync of each segment its groups were written to. */
 struct jbatch {
@@ -112,6 +112,7 @@ struct journal {
     /* Figures for pith_journal_stats (written here, read by any thread). */
     _Atomic uint64_t st_appended, st_acked, st_failed, st_groups, st_syncs, st_bytes, st_pending,
         st_segments, st_last, st_durable, st_released, st_recycled, st_appended_bytes;
+    _Atomic bool st_broken; /* failed, for readers off the shard */
     uint64_t recovered, recovered_bytes, damaged_segment, damaged_offset;
     /* Released segments' files: spare[0..nspare) can be renamed into the next segment once
      * their own rename to .spare is done (spare_ready). */

@@ -108,21 +108,31 @@ enum { R_ZEROS, R_STALE, R_DAMAGE, R_EOF };
 struct reader {
     int fd;
     uint64_t size;
-    unsigned char *buf; /* READ_CHUNK bytes */
-    uint64_t buf_off;   /* file offset of buf[0] */
+    unsigned char *buf; /* cap bytes: READ_CHUNK, or the largest record met */
+    size_t cap;
+    uint64_t buf_off; /* file offset of buf[0] */
     uint32_t buf_len;
 };
 
-/* Makes [off, off + len) of the file lie in r->buf; false past the end or on a read error. */
+/* Makes [off, off + len) of the file lie in r->buf; false past the end or on a read error
+ * (*err; -ENOMEM when a record is larger than the buffer and it cannot grow). */
 static bool reader_at(struct reader *r, uint64_t off, uint32_t len, int *err)
 {
     if (off + len > r->size)
         return false;
     if (off >= r->buf_off && off + len <= r->buf_off + r->buf_len)
         return true;
-    uint64_t want = r->size - off < READ_CHUNK ? r->size - off : READ_CHUNK;
-    if (len > want)
-        return false;
+    if (len > r->cap) {
+        unsigned char *b = realloc(r->buf, len);
+        if (b == NULL) {
+            *err = -ENOMEM;
+            return false;
+        }
+        r->buf = b;
+        r->cap = len;
+        r->buf_len = 0; /* what it held is not kept */
+    }
+    uint64_t want = r->size - off < r->cap ? r->size - off : r->cap;
     ssize_t got = pread(r->fd, r->buf, want, (off_t)off);
     if (got < (ssize_t)len) {
         *err = got < 0 ? -errno : -EIO;
@@ -164,7 +174,7 @@ int jseg_recover(struct journal *j, char *why, size_t whylen)
         snprintf(why, whylen, "listing %s: %s", j->path, strerror(-err));
         return err;
     }
-    struct reader r = {.fd = -1, .buf = malloc(READ_CHUNK)};
+    struct reader r = {.fd = -1, .buf = malloc(READ_CHUNK), .cap = READ_CHUNK};
     if (r.buf == NULL) {
         free(idx);
         return -ENOMEM;
@@ -276,6 +286,7 @@ int jseg_scan(struct journal *j, struct jseg *seg, uint64_t from,
     if (r.fd < 0)
         return -errno;
     r.buf = malloc(READ_CHUNK);
+    r.cap = READ_CHUNK;
     int rc = r.buf == NULL ? -ENOMEM : 0;
     for (uint64_t off = 0; rc == 0 && off < seg->end;) {
         struct jhdr h;

@@ -656,3 +656,59 @@ Test(journal, released_records_keep_the_files_bounded_under_a_steady_load, .time
     test_stop(NULL);
     dir_remove();
 }
+
+/* Records as large as a segment allows (a quarter of it: 16 MiB of 64), alone past pending_max
+ * and past the journal's group and read buffers: appended, acknowledged, read back. */
+static unsigned char *big_buf;
+#define BIG (16u << 20)
+
+static void *big_fn(void *arg)
+{
+    int *rc = arg;
+    rc[0] = pith_journal_append(7, 1, big_buf, BIG, on_done, NULL, NULL);
+    rc[1] = pith_journal_append(8, 1, big_buf, BIG + 1, NULL, NULL, NULL);
+    return NULL;
+}
+
+static int big_rec(const pith_journal_rec_t *r, void *ctx)
+{
+    int *seen = ctx;
+    if (r->stream == 7 && r->len == BIG && memcmp(r->data, big_buf, BIG) == 0)
+        (*seen)++;
+    else
+        *seen = -1000;
+    return 0;
+}
+
+static void *big_scan_fn(void *arg)
+{
+    int *seen = arg;
+    if (pith_journal_scan(1, big_rec, seen) != 0)
+        *seen = -2000;
+    return NULL;
+}
+
+Test(journal, a_record_of_a_quarter_segment_goes_alone_and_comes_back, .timeout = 60)
+{
+    dir_make();
+    reset_counts();
+    big_buf = malloc(BIG);
+    cr_assert_not_null(big_buf);
+    for (uint32_t k = 0; k < BIG; k++)
+        big_buf[k] = (unsigned char)(k * 131 + (k >> 12));
+    start_with(0, 1 << 20, 0); /* 64 MiB segments; pending_max 1 MiB, less than the record */
+    int rc[2];
+    cr_assert_eq(pith_call_wait(0, big_fn, rc, NULL), 0);
+    cr_assert_eq(rc[0], 0, "append of 16 MiB: %d", rc[0]);
+    cr_assert_eq(rc[1], -EINVAL, "append past a quarter segment: %d", rc[1]);
+    TEST_WAIT_FOR(atomic_load(&acked) == 1);
+    test_stop(NULL);
+    start_with(0, 1 << 20, 0);
+    int seen = 0;
+    cr_assert_eq(pith_call_wait(0, big_scan_fn, &seen, NULL), 0);
+    cr_assert_eq(seen, 1, "read back: %d", seen);
+    cr_assert_eq(jstats().damaged_segment, UINT64_MAX);
+    test_stop(NULL);
+    free(big_buf);
+    dir_remove();
+}
