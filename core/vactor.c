@@ -526,7 +526,8 @@ static struct ventry *dir_find(struct vshard *vs, struct vtype_shard *ts, uint32
             return e;
         core_bump(&ts->collisions, 1);
     }
-    /* In vain: the filter said maybe for a bit only removals had left; the chain is cached. */
+    /* In vain: the bit was another key's, or one a removal left. The chain was just read, so
+     * its filter is made exact again at no cost. */
     *b = dir_word(vs, dir_head(vs, *b));
     return NULL;
 }
