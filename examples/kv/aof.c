@@ -214,20 +214,17 @@ static int append(uint32_t type, const void *payload, uint32_t len)
     return 0;
 }
 
-int aof_key(struct store *st, const char *k, size_t kl, uint64_t h, int64_t now_ms)
+/* A key's state as a record: PUT with e's value and expiry, or DEL when e is NULL. An append
+ * that fails is remembered for aof_take_error. */
+static int append_state(const char *k, size_t kl, const struct entry *e)
 {
-    if (aof_mode == AOF_OFF)
-        return 0;
-    struct entry *e = store_get(st, k, kl, h, now_ms);
     size_t vl = e != NULL ? e->vlen : 0;
     size_t len = sizeof(struct rec) + kl + vl;
-    if (len > UINT32_MAX)
-        return -EINVAL;
     char small[512];
-    char *buf = len <= sizeof(small) ? small : pith_malloc(len);
+    char *buf = len > UINT32_MAX ? NULL : len <= sizeof(small) ? small : pith_malloc(len);
     if (buf == NULL) {
         mine()->error = true;
-        return -ENOMEM;
+        return len > UINT32_MAX ? -EINVAL : -ENOMEM;
     }
     struct rec r = {e != NULL ? e->expire_ms : 0, (uint32_t)kl};
     memcpy(buf, &r, sizeof(r));
@@ -238,6 +235,13 @@ int aof_key(struct store *st, const char *k, size_t kl, uint64_t h, int64_t now_
     if (buf != small)
         pith_free(buf);
     return rc;
+}
+
+int aof_key(struct store *st, const char *k, size_t kl, uint64_t h, int64_t now_ms)
+{
+    if (aof_mode == AOF_OFF)
+        return 0;
+    return append_state(k, kl, store_get(st, k, kl, h, now_ms));
 }
 
 int aof_flushall(void)
@@ -286,23 +290,8 @@ int aof_when_durable(void (*fn)(void *arg, int err), void *arg)
 static void put_entry(struct entry *e, void *ctx)
 {
     int *err = ctx;
-    if (*err != 0)
-        return;
-    size_t len = sizeof(struct rec) + e->klen + e->vlen;
-    char small[512];
-    char *buf = len <= sizeof(small) ? small : pith_malloc(len);
-    if (buf == NULL || len > UINT32_MAX) {
-        *err = -ENOMEM;
-        if (buf != small)
-            pith_free(buf);
-        return;
-    }
-    struct rec r = {e->expire_ms, e->klen};
-    memcpy(buf, &r, sizeof(r));
-    memcpy(buf + sizeof(r), e->data, (size_t)e->klen + e->vlen);
-    *err = append(R_PUT, buf, (uint32_t)len);
-    if (buf != small)
-        pith_free(buf);
+    if (*err == 0)
+        *err = append_state(e->data, e->klen, e);
 }
 
 int aof_rewrite_start(void)
