@@ -92,7 +92,7 @@ CASES = {
         ("EXPIRE", "k", "9223372036854776"), ("PEXPIRE", "k", "9223370399119966000"),
         ("PEXPIRE", "k", "9223372036854775807"), ("EXPIREAT", "k", "9223372036854775"),
         ("EXPIREAT", "k", "9223372036854776"), ("PEXPIREAT", "k", "9223372036854775807"),
-        ("TTL", "k"), ("EXPIRE", "k", "-9223372036854776"), ("EXPIRE", "k", "abc"),
+        ("TTL", "k", {"tol": 1}), ("EXPIRE", "k", "-9223372036854776"), ("EXPIRE", "k", "abc"),
         ("EXPIRE", "k", "10", "NX", "XX"), ("EXPIRE", "k", "10", "GT", "LT"),
         ("EXPIRE", "k", "10", "FOO"), ("EXPIRE", "k", "abc", "FOO"),
         ("EXPIRE", "k", "abc", "NX"), ("EXPIRE", "k", "100", "GT"), ("EXPIRE", "k", "100", "XX"),
