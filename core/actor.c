@@ -4,6 +4,7 @@
  * work while mail remains, so a flooded actor never starves the rest. */
 #include "clients.h"
 #include "core.h"
+#include "vpersist.h"
 #include "hooks.h"
 
 #include <errno.h>
@@ -16,6 +17,7 @@
 _Atomic(struct core_engine *) core_eng;
 __thread struct core_shard *core_self;
 __thread pith_ref_t core_current;
+__thread void (*core_msg_done)(void);
 
 /* Each shard's generation count, carried from one engine to the next (written by the
  * shard thread as it exits, read by the next engine's thread of that index, which the join and
@@ -378,14 +380,22 @@ static inline int behave(struct core_shard *cs, struct actor *a, struct pith_act
                              ? a->rec->type->behaviour
                              : (pith_behaviour_t)(uintptr_t)map_get(&cs->became, self->ref);
     atomic_store_explicit(&cs->running_fn, (pith_anyfn_t)b, memory_order_relaxed);
+    int status;
     if (UNLIKELY(++cs->sample == HIST_SAMPLE)) {
         cs->sample = 0;
         uint64_t t0 = pith_now_ns();
-        int status = b(self, a->state, msg);
+        status = b(self, a->state, msg);
         core_bump(&c->hist[hist_bucket(pith_now_ns() - t0)], 1);
-        return status;
+    } else {
+        status = b(self, a->state, msg);
     }
-    return b(self, a->state, msg);
+    if (UNLIKELY(core_msg_done != NULL)) {
+        /* The message's events (persist/) go to the journal together. */
+        void (*fn)(void) = core_msg_done;
+        core_msg_done = NULL;
+        fn();
+    }
+    return status;
 }
 
 /* What follows a turn that handled n messages (from_mailbox of them from the mailbox) and ended

@@ -18,11 +18,13 @@
 #include <sys/random.h>
 
 #include <pith/hash.h>
+#include <pith/persist.h>
 #include <pith/vactor.h>
 
 #include "clients.h"
 #include "core.h"
 #include "mem.h"
+#include "vpersist.h"
 
 /* ---- types (process-wide) ---- */
 
@@ -108,6 +110,12 @@ int pith_vtype_register(const pith_vtype_t *t)
         return -EINVAL;
     if ((unsigned)t->placement > PITH_PLACE_FN ||
         (t->placement == PITH_PLACE_FN && t->place == NULL))
+        return -EINVAL;
+    /* A persistent type lives where its journal is: not a worker, not placed or moved. */
+    if (t->persist != NULL &&
+        (t->persist->apply == NULL ||
+         (t->persist->snapshot != NULL) != (t->persist->restore != NULL) || t->workers != 0 ||
+         t->placement != PITH_PLACE_HASH || (t->flags & PITH_VTYPE_REBALANCE)))
         return -EINVAL;
     pthread_once(&hash_once, hash_key_init);
     pthread_mutex_lock(&vtypes_lock);
@@ -1024,12 +1032,17 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
         ts->first_t0 = first_t0;
         e->xf |= X_TIMED;
     }
-    if (r->vt->on_activate != NULL) {
+    if (r->vt->on_activate != NULL || (r->vt->persist != NULL && vactor_persist != NULL)) {
         struct pith_actor self = {a, ref};
         pith_ref_t outer = core_current;
         core_current = ref;
         a->gen |= A_RUNNING;
-        int rc = r->vt->on_activate(&self, a->state, entry_key(e), klen, reason);
+        /* A persistent type's state comes back from its journal first. */
+        int rc = r->vt->persist != NULL && vactor_persist != NULL
+                     ? vactor_persist->activate(&self, a->state, r->vt, entry_key(e), klen)
+                     : 0;
+        if (rc == 0 && r->vt->on_activate != NULL && core_find(cs, ref) != NULL)
+            rc = r->vt->on_activate(&self, a->state, entry_key(e), klen, reason);
         if ((a = core_find(cs, ref)) != NULL)
             a->gen &= ~A_RUNNING;
         core_current = outer;
@@ -1139,13 +1152,16 @@ static void vterminate(pith_actor_t *self, void *state, int reason)
                                                  : PITH_VDEACT_ENDED;
         if (r->vt->on_deactivate != NULL)
             r->vt->on_deactivate(self, state, why);
+        if (r->vt->persist != NULL && vactor_persist != NULL)
+            vactor_persist->ended(self, state, r->vt, why, true);
         core_bump(&ts->deact[why], 1);
         /* A move: the state as on_deactivate left it goes on. */
         if (moving && vs->mig_blob != NULL)
             memcpy(vs->mig_blob, state, r->vt->actor->state_size);
         if ((e->flags & E_WARM) && !moving)
             core_bump(&ts->prewarm_wasted, 1);
-    }
+    } else if (r->vt->persist != NULL && vactor_persist != NULL)
+        vactor_persist->ended(self, state, r->vt, 0, false);
     /* A moving state lives on in the next activation: what it owns is not let go. */
     if (r->vt->actor->terminate != NULL && !moving)
         r->vt->actor->terminate(self, state, reason);
@@ -1282,6 +1298,11 @@ static struct ventry *resolve(struct core_shard *cs, struct vshard *vs, struct v
     const pith_vtype_t *vt = vtypes[tid].vt;
     unsigned host =
         vt->placement == PITH_PLACE_HASH ? cs->id : place_for(cs, tid, key, klen, origin);
+    if (vt->persist != NULL && vactor_persist != NULL) {
+        host = vactor_persist->home(vt, key, klen, pith_shard_count());
+        if (host >= pith_shard_count())
+            host = cs->id;
+    }
     struct how how = {.reason = reason, .placed = (uint8_t)vt->placement};
     e = NULL;
     if (host != cs->id) {
@@ -2801,6 +2822,48 @@ static struct ventry *entry_of(const pith_actor_t *self)
     return (e->flags & (E_DIR | E_WORKER)) ? e : NULL;
 }
 
+const struct vpersist_hooks *vactor_persist;
+
+const pith_vtype_t *vactor_type_at(uint32_t i)
+{
+    /* Acquire: pairs with pith_vtype_register's release of the count. */
+    return i < atomic_load_explicit(&nvtypes, memory_order_acquire) ? vtypes[i].vt : NULL;
+}
+
+const pith_vtype_t *vactor_type_of(const pith_actor_t *self)
+{
+    struct ventry *e = entry_of(self);
+    return e != NULL && !(e->flags & E_WORKER) ? vtypes[e->tid].vt : NULL;
+}
+
+void vactor_persist_ready(pith_ref_t act, int err)
+{
+    struct core_shard *cs = core_self;
+    struct actor *a = cs != NULL ? core_find(cs, act) : NULL;
+    if (a == NULL || rec_of_actor_type(a->rec->type) == NULL)
+        return;
+    struct ventry *e = entry_of_state(a->state);
+    const pith_vtype_t *vt = vtypes[e->tid].vt;
+    if (err == 0 && vt->on_activate != NULL) {
+        struct pith_actor self = {a, act};
+        pith_ref_t outer = core_current;
+        core_current = act;
+        a->gen |= A_RUNNING;
+        int rc = vt->on_activate(&self, a->state, entry_key(e), e->klen, PITH_VACT_MESSAGE);
+        if ((a = core_find(cs, act)) != NULL)
+            a->gen &= ~A_RUNNING;
+        core_current = outer;
+        if (rc == PITH_VACT_LATER && a != NULL && !(a->gen & A_STOP))
+            return; /* on_activate's own pith_vactor_activated finishes it */
+        err = rc > 0 ? -EINVAL : rc;
+        if (err == 0 && (a == NULL || (a->gen & A_STOP)))
+            err = -ECANCELED;
+        if (a == NULL)
+            return;
+    }
+    (void)pith_vactor_activated(act, err);
+}
+
 const void *pith_vactor_key(const pith_actor_t *self, uint32_t *len)
 {
     struct ventry *e = entry_of(self);
@@ -2849,7 +2912,8 @@ int pith_vactor_deactivate(pith_actor_t *self)
 int pith_vactor_migrate(pith_actor_t *self, unsigned shard)
 {
     struct ventry *e = entry_of(self);
-    if (e == NULL || (e->flags & (E_WORKER | E_ENDING)) || shard >= pith_shard_count())
+    if (e == NULL || (e->flags & (E_WORKER | E_ENDING)) || shard >= pith_shard_count() ||
+        vtypes[e->tid].vt->persist != NULL)
         return -EINVAL;
     if (shard == core_self->id)
         return -EALREADY;

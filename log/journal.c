@@ -672,6 +672,7 @@ static int next_segment(struct journal *j)
     seal(j);
     s->index = j->mk_index;
     s->fd = j->mk_fd;
+    s->rfd = -1;
     s->users = 1; /* the journal's, while it is the tail */
     j->mk_fd = -1;
     j->mk_state = MK_NONE;
@@ -830,8 +831,38 @@ static int journal_get(struct journal **out)
 
 /* ---- the API ---- */
 
+int log_open(void)
+{
+    struct journal *j;
+    return journal_get(&j);
+}
+
+int log_limits(uint32_t *append_max, uint64_t *segments)
+{
+    struct journal *j;
+    int err = journal_get(&j);
+    if (err)
+        return err;
+    *append_max = (uint32_t)(j->seg_bytes / 4);
+    *segments = atomic_load_explicit(&j->st_segments, memory_order_relaxed);
+    return 0;
+}
+
 int pith_journal_append(uint64_t stream, uint32_t type, const void *data, uint32_t len,
                         pith_journal_fn_t done, void *ctx, uint64_t *seq)
+{
+    if (type >= LOG_TYPE_ENGINE) {
+        if (seq != NULL)
+            *seq = 0;
+        struct journal *j;
+        int err = journal_get(&j);
+        return err ? err : -EINVAL;
+    }
+    return log_append(stream, type, data, len, done, ctx, seq, NULL);
+}
+
+int log_append(uint64_t stream, uint32_t type, const void *data, uint32_t len,
+               pith_journal_fn_t done, void *ctx, uint64_t *seq, struct log_loc *loc)
 {
     if (seq != NULL)
         *seq = 0;
@@ -839,7 +870,7 @@ int pith_journal_append(uint64_t stream, uint32_t type, const void *data, uint32
     int err = journal_get(&j);
     if (err)
         return err;
-    if ((data == NULL && len > 0) || type >= (1u << 31) || len > j->seg_bytes / 4)
+    if ((data == NULL && len > 0) || len > j->seg_bytes / 4)
         return -EINVAL;
     if (j->failed)
         return -EIO;
@@ -886,6 +917,12 @@ int pith_journal_append(uint64_t stream, uint32_t type, const void *data, uint32
     if (g->first_seq == 0)
         g->first_seq = h.seq;
     g->last_seq = h.seq;
+    if (loc != NULL)
+        *loc = (struct log_loc){(uint32_t)g->seg->index, (uint32_t)(g->off + g->len)};
+    if (type >= LOG_TYPE_ENGINE)
+        g->seg->eng_last = h.seq;
+    else
+        g->seg->app_last = h.seq;
     g->len += rec;
     g->bytes += rec;
     j->tail += rec;
@@ -900,20 +937,75 @@ int pith_journal_append(uint64_t stream, uint32_t type, const void *data, uint32
     return 0;
 }
 
+/* pith_journal_scan's callback, through log_scan's. */
+struct scan_app {
+    int (*fn)(const pith_journal_rec_t *rec, void *ctx);
+    void *ctx;
+};
+
+static int scan_app_fn(const pith_journal_rec_t *rec, const struct log_loc *loc, void *ctx)
+{
+    (void)loc;
+    const struct scan_app *a = ctx;
+    return a->fn(rec, a->ctx);
+}
+
 int pith_journal_scan(uint64_t from, int (*fn)(const pith_journal_rec_t *rec, void *ctx), void *ctx)
+{
+    if (fn == NULL) {
+        struct journal *j;
+        int err = journal_get(&j);
+        return err ? err : -EINVAL;
+    }
+    struct scan_app a = {fn, ctx};
+    return log_scan(from, scan_app_fn, &a);
+}
+
+int log_scan(uint64_t from, log_scan_fn fn, void *ctx)
 {
     struct journal *j;
     int err = journal_get(&j);
     if (err)
         return err;
-    if (fn == NULL)
-        return -EINVAL;
     for (struct jseg *s = j->segs; s != NULL; s = s->next) {
         int rc = jseg_scan(j, s, from, fn, ctx);
         if (rc != 0)
             return rc;
     }
     return 0;
+}
+
+int log_read(const struct log_loc *loc, pith_journal_rec_t *rec, unsigned char **buf, uint32_t *cap)
+{
+    struct journal *j;
+    int err = journal_get(&j);
+    if (err)
+        return err;
+    for (struct jseg *s = j->segs; s != NULL; s = s->next)
+        if (s->index == loc->seg)
+            return jseg_read(j, s, loc->off, rec, buf, cap);
+    return -ENOENT;
+}
+
+/* Segments whose records are all released, by the application and by the engine, leave: whole
+ * segments only, oldest first, never the one records go to, nor one still written. */
+static void release_some(struct journal *j)
+{
+    unsigned n = 0;
+    while (j->segs != j->segs_tail && j->segs->users == 0 && j->segs->app_last <= j->app_upto &&
+           j->segs->eng_last <= j->eng_upto) {
+        struct jseg *s = j->segs;
+        j->segs = s->next;
+        release_file(j, s->index);
+        if (s->fd >= 0)
+            close(s->fd);
+        if (s->rfd >= 0)
+            close(s->rfd);
+        free(s);
+        n++;
+    }
+    bump(&j->st_segments, (uint64_t)0 - n);
+    bump(&j->st_released, n);
 }
 
 int pith_journal_release(uint64_t upto)
@@ -924,19 +1016,23 @@ int pith_journal_release(uint64_t upto)
         return err;
     if (upto > j->durable_seq)
         return -EINVAL;
-    unsigned n = 0;
-    /* Whole segments only, oldest first, never the one records go to, nor one still written. */
-    while (j->segs != j->segs_tail && j->segs->last_seq <= upto && j->segs->users == 0) {
-        struct jseg *s = j->segs;
-        j->segs = s->next;
-        release_file(j, s->index);
-        if (s->fd >= 0)
-            close(s->fd);
-        free(s);
-        n++;
-    }
-    bump(&j->st_segments, (uint64_t)0 - n);
-    bump(&j->st_released, n);
+    if (upto > j->app_upto)
+        j->app_upto = upto;
+    release_some(j);
+    return 0;
+}
+
+int log_release_engine(uint64_t upto)
+{
+    struct journal *j;
+    int err = journal_get(&j);
+    if (err)
+        return err;
+    if (upto > j->durable_seq)
+        return -EINVAL;
+    if (upto > j->eng_upto)
+        j->eng_upto = upto;
+    release_some(j);
     return 0;
 }
 

@@ -47,7 +47,11 @@ struct jseg {
     unsigned users; /* groups still to write or sync to it, and the journal while current */
     uint64_t first_seq, last_seq; /* records it holds (durable), 0 0: none */
     uint64_t end;                 /* bytes of records durable in it */
-    struct jseg *next;            /* the shard's segments, oldest first */
+    /* The last record in it of the application's types and of the engine's (0: none): it
+     * leaves the journal once both are released (pith_journal_release, log_release_engine). */
+    uint64_t app_last, eng_last;
+    int rfd;           /* for log_read, opened at its first use; -1 none */
+    struct jseg *next; /* the shard's segments, oldest first */
 };
 
 /* The next segment, made ahead of need on the ring. */
@@ -109,6 +113,7 @@ struct journal {
     struct jgroup *qhead, *qtail; /* sealed, in order: writing, written, syncing, done */
     bool writing;                 /* one write in flight at a time: groups share blocks */
     uint64_t next_seq, durable_seq;
+    uint64_t app_upto, eng_upto; /* released up to: the application's records, the engine's */
     /* Figures for pith_journal_stats (written here, read by any thread). */
     _Atomic uint64_t st_appended, st_acked, st_failed, st_groups, st_syncs, st_bytes, st_pending,
         st_segments, st_last, st_durable, st_released, st_recycled, st_appended_bytes;
@@ -133,9 +138,43 @@ void jseg_find_spares(struct journal *j);
 /* Makes segment `index` now, with plain system calls (first use only). */
 int jseg_make_now(struct journal *j, uint64_t index, int *fd);
 int jseg_open_flags(const struct journal *j);
+/* Where a record lies: its segment's number and the byte offset of its header. */
+struct log_loc {
+    uint32_t seg, off;
+};
+
+/* What jseg_scan and log_scan call for each record. */
+typedef int (*log_scan_fn)(const pith_journal_rec_t *rec, const struct log_loc *loc, void *ctx);
+
 /* Reads the records of seg with seq >= from, up to its durable end, calling fn. */
-int jseg_scan(struct journal *j, struct jseg *seg, uint64_t from,
-              int (*fn)(const pith_journal_rec_t *rec, void *ctx), void *ctx);
+int jseg_scan(struct journal *j, struct jseg *seg, uint64_t from, log_scan_fn fn, void *ctx);
+/* Reads the record at loc of seg (a read descriptor opened at first use) into *buf (grown with
+ * pith_realloc to *cap), checked against its CRC; rec->data points into *buf. */
+int jseg_read(struct journal *j, struct jseg *seg, uint32_t off, pith_journal_rec_t *rec,
+              unsigned char **buf, uint32_t *cap);
 void jseg_free_all(struct journal *j);
+
+/* ---- for the layers above (persist/): the engine's own records ---- */
+
+/* Record types from here up are the engine's (the application's are below). */
+#define LOG_TYPE_ENGINE (1u << 31)
+
+/* Opens the calling shard's journal if it is not (reading it back): 0 or as
+ * pith_journal_append's errors. */
+int log_open(void);
+/* As pith_journal_append, for any type, and *loc (if not NULL) gets where the record will lie
+ * once written. */
+int log_append(uint64_t stream, uint32_t type, const void *data, uint32_t len,
+               pith_journal_fn_t done, void *ctx, uint64_t *seq, struct log_loc *loc);
+/* As pith_journal_scan, for every record, with where each lies. */
+int log_scan(uint64_t from, log_scan_fn fn, void *ctx);
+/* The durable record at loc, as jseg_read: -ENOENT no such segment any more. */
+int log_read(const struct log_loc *loc, pith_journal_rec_t *rec, unsigned char **buf,
+             uint32_t *cap);
+/* The engine's records up to seq `upto` are not needed any more: as pith_journal_release for
+ * the application's (a segment leaves once both are released). */
+int log_release_engine(uint64_t upto);
+/* The shard's journal's bounds: records append_max bytes of payload at most; segments held. */
+int log_limits(uint32_t *append_max, uint64_t *segments);
 
 #endif

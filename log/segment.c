@@ -201,7 +201,7 @@ int jseg_recover(struct journal *j, char *why, size_t whylen)
             break;
         }
         s->index = idx[i];
-        s->fd = -1;
+        s->fd = s->rfd = -1;
         uint64_t off = 0;
         int how;
         for (;;) {
@@ -218,6 +218,10 @@ int jseg_recover(struct journal *j, char *why, size_t whylen)
             if (s->first_seq == 0)
                 s->first_seq = h.seq;
             s->last_seq = h.seq;
+            if (h.type >= LOG_TYPE_ENGINE)
+                s->eng_last = h.seq;
+            else
+                s->app_last = h.seq;
             expect = h.seq + 1;
             epoch = h.epoch;
             off += JALIGN(sizeof(h) + h.len);
@@ -263,7 +267,7 @@ int jseg_recover(struct journal *j, char *why, size_t whylen)
         struct jseg *s = calloc(1, sizeof(*s));
         if (s == NULL)
             return -ENOMEM;
-        s->fd = -1;
+        s->fd = s->rfd = -1;
         j->segs = j->segs_tail = s;
     }
     /* The records go on in the last segment that holds some, on a descriptor for writing. */
@@ -275,8 +279,7 @@ int jseg_recover(struct journal *j, char *why, size_t whylen)
     return err;
 }
 
-int jseg_scan(struct journal *j, struct jseg *seg, uint64_t from,
-              int (*fn)(const pith_journal_rec_t *rec, void *ctx), void *ctx)
+int jseg_scan(struct journal *j, struct jseg *seg, uint64_t from, log_scan_fn fn, void *ctx)
 {
     if (seg->end == 0 || seg->last_seq < from)
         return 0;
@@ -296,6 +299,7 @@ int jseg_scan(struct journal *j, struct jseg *seg, uint64_t from,
             rc = err ? err : -EIO; /* it was good when it was written or read back */
             break;
         }
+        struct log_loc loc = {(uint32_t)seg->index, (uint32_t)off};
         off += JALIGN(sizeof(h) + h.len);
         if (h.seq < from)
             continue;
@@ -305,11 +309,59 @@ int jseg_scan(struct journal *j, struct jseg *seg, uint64_t from,
                                   .type = h.type,
                                   .len = h.len,
                                   .data = p};
-        rc = fn(&rec, ctx);
+        rc = fn(&rec, &loc, ctx);
     }
     free(r.buf);
     close(r.fd);
     return rc;
+}
+
+int jseg_read(struct journal *j, struct jseg *seg, uint32_t off, pith_journal_rec_t *rec,
+              unsigned char **buf, uint32_t *cap)
+{
+    if (off + sizeof(struct jhdr) > seg->end)
+        return -EINVAL;
+    if (seg->rfd < 0) {
+        char name[32];
+        seg_name(seg->index, name, sizeof(name));
+        seg->rfd = openat(j->dirfd, name, O_RDONLY | O_CLOEXEC);
+        if (seg->rfd < 0)
+            return -errno;
+    }
+    /* One read of the header and, usually, the payload: records of the engine are small. */
+    uint32_t want = *cap >= 512 ? *cap : 512;
+    if (off + (uint64_t)want > seg->end)
+        want = (uint32_t)(seg->end - off);
+    for (int pass = 0; pass < 2; pass++) {
+        if (*cap < want) {
+            unsigned char *b = pith_realloc(*buf, want);
+            if (b == NULL)
+                return -ENOMEM;
+            *buf = b;
+            *cap = want;
+        }
+        ssize_t got = pread(seg->rfd, *buf, want, (off_t)off);
+        if (got < (ssize_t)sizeof(struct jhdr))
+            return got < 0 ? -errno : -EIO;
+        struct jhdr h;
+        memcpy(&h, *buf, sizeof(h));
+        if (h.len > j->seg_bytes / 4 || off + sizeof(h) + h.len > seg->end)
+            return -EIO;
+        if ((size_t)got < sizeof(h) + h.len) {
+            want = (uint32_t)(sizeof(h) + h.len);
+            continue;
+        }
+        if (jhdr_crc(&h, *buf + sizeof(h)) != h.crc)
+            return -EIO;
+        *rec = (pith_journal_rec_t){.seq = h.seq,
+                                    .stream = h.stream,
+                                    .time_ns = h.time_ns,
+                                    .type = h.type,
+                                    .len = h.len,
+                                    .data = *buf + sizeof(h)};
+        return 0;
+    }
+    return -EIO;
 }
 
 void jseg_find_spares(struct journal *j)
@@ -340,6 +392,8 @@ void jseg_free_all(struct journal *j)
         next = s->next;
         if (s->fd >= 0)
             close(s->fd);
+        if (s->rfd >= 0)
+            close(s->rfd);
         free(s);
     }
     j->segs = j->segs_tail = NULL;

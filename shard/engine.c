@@ -32,7 +32,7 @@ int pith_shard_id(void)
     return shard_cur ? (int)shard_cur->id : -1;
 }
 
-#define MAX_HOOK_LAYERS 4
+#define MAX_HOOK_LAYERS 8
 static struct shard_hooks hook_layers[MAX_HOOK_LAYERS];
 static unsigned n_hook_layers;
 
@@ -54,6 +54,13 @@ void shard_hooks_shard_exit(unsigned shard)
     for (unsigned i = 0; i < n_hook_layers; i++)
         if (hook_layers[i].shard_exit != NULL)
             hook_layers[i].shard_exit(shard);
+}
+
+void shard_hooks_start(unsigned shard)
+{
+    for (unsigned i = 0; i < n_hook_layers; i++)
+        if (hook_layers[i].start != NULL)
+            hook_layers[i].start(shard);
 }
 
 void shard_hooks_flush(unsigned shard)

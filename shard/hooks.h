@@ -32,9 +32,12 @@ struct shard_hooks {
      * before the ring is entered: what gathered during the step (a journal's group of records)
      * goes out with the iteration's submissions. */
     void (*flush)(unsigned shard);
+    /* On each shard's thread once it is set up, before its loop's first iteration (tasks it
+     * submits to itself run in that iteration). */
+    void (*start)(unsigned shard);
 };
 
-/* Adds a layer's hooks (at most 4 layers); members left NULL are skipped. Each event calls
+/* Adds a layer's hooks (at most 8 layers); members left NULL are skipped. Each event calls
  * the layers in the order they were added; `release` stops at the first that knew the task. */
 void shard_hooks_add(const struct shard_hooks *h);
 void shard_hooks_ring_exit(unsigned shard);
@@ -44,6 +47,7 @@ bool shard_hooks_release(pith_fn_t fn, void *arg);
 void shard_hooks_stopping(void);
 const char *shard_hooks_describe(unsigned shard, pith_anyfn_t *fn);
 void shard_hooks_flush(unsigned shard);
+void shard_hooks_start(unsigned shard);
 
 /* On a shard: the flush hooks run in this loop iteration (or the next, when asked after its
  * run step). */
@@ -91,5 +95,7 @@ bool shard_stopping(void);
  * shards. */
 struct io_ring *shard_io(void);
 const pith_config_t *shard_config(void);
+/* On a shard: the number of shards of its engine (known before pith_shard_count is, at start). */
+unsigned shard_count_here(void);
 
 #endif

@@ -26,6 +26,11 @@ const pith_config_t *shard_config(void)
     return shard_cur != NULL ? &shard_cur->eng->cfg : NULL;
 }
 
+unsigned shard_count_here(void)
+{
+    return shard_cur != NULL ? shard_cur->eng->n : 0;
+}
+
 void shard_flush_ask(void)
 {
     if (shard_cur != NULL)
@@ -273,6 +278,7 @@ void *shard_main(void *arg)
      * needs every shard in its loop to drain it and to see it sleep. */
     if (atomic_load(&e->state) != ENGINE_HALT) {
         arm_efd(s);
+        shard_hooks_start(s->id);
         shard_loop(s);
     }
     /* Sockets end first (their completions reaped by their layer), then operations still in

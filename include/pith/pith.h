@@ -8,8 +8,10 @@
 #include <pith/engine.h>
 #include <pith/file.h>
 #include <pith/hash.h>
+#include <pith/journal.h>
 #include <pith/mem.h>
 #include <pith/net.h>
+#include <pith/persist.h>
 #include <pith/timer.h>
 #include <pith/vactor.h>
 #include <pith/version.h>

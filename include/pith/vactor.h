@@ -100,6 +100,7 @@ typedef enum pith_placement {
 #define PITH_VTYPE_REBALANCE (1u << 1)
 
 struct pith_vref;
+struct pith_persist_type;
 
 /* A virtual actor type. Register it once (pith_vtype_register) and keep the object alive and
  * unchanged for the life of the process (a static object is the usual choice). */
@@ -150,6 +151,11 @@ typedef struct pith_vtype {
      * shard out of range means the directory shard. Runs on the directory shard. */
     unsigned (*place)(const void *key, uint32_t len, unsigned sender, unsigned shards);
     int numa_node; /* PITH_PLACE_NUMA: the node */
+    /* Event sourcing (pith/persist.h): the state is rebuilt from the journal at each
+     * activation. Such a type has hash placement (its activations live on the key's home
+     * shard, where its journal is), no workers, no rebalancing, and pith_vactor_migrate says
+     * -EINVAL. NULL: the state is not kept. */
+    const struct pith_persist_type *persist;
 } pith_vtype_t;
 
 /* Registers t (copied: t itself must stay, as its address names the type). Any thread, before

@@ -1,0 +1,935 @@
+/* Event-sourced virtual actors on each shard's journal: the index of the shard's keys (built by
+ * reading the journal at first use), pith_persist and the acknowledgement that applies events,
+ * recovery at activation, snapshots and compaction. Reminders are in reminder.c, replay in
+ * replay.c, the directory's key in meta.c. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <pith/engine.h>
+#include <pith/mem.h>
+
+#include "core.h"
+#include "hooks.h"
+#include "pst.h"
+#include "vpersist.h"
+
+#define PSHARDS_MAX  4096u
+#define COMPACT_NS   (100ull * 1000 * 1000) /* compaction at most this often */
+#define CARRY_SEGS   4u                     /* past this many segments, old records move on */
+#define CARRY_BUDGET 256u                   /* records copied forward per compaction */
+
+/* The shards' persistence, made at first use and freed when the engine is gone; readers off the
+ * shards hold shard_reader_enter. Published with release (pshard_get), read with acquire. */
+static _Atomic(struct pshard *) pshards[PSHARDS_MAX];
+
+static void compact(struct pshard *ps);
+
+static uint64_t realtime_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* ---- the index ---- */
+
+struct pstream *pstream_find(struct pshard *ps, uint64_t id, uint32_t tag, const void *key,
+                             uint32_t klen)
+{
+    if (ps->nbuckets == 0)
+        return NULL;
+    for (struct pstream *st = ps->buckets[id & (ps->nbuckets - 1)]; st != NULL; st = st->next)
+        if (st->id == id && st->tag == tag && st->klen == klen && memcmp(st->key, key, klen) == 0)
+            return st;
+    return NULL;
+}
+
+struct pstream *pstream_make(struct pshard *ps, uint64_t id, uint32_t tag, const void *key,
+                             uint32_t klen)
+{
+    if (ps->nstreams >= ps->nbuckets) {
+        uint32_t n = ps->nbuckets ? ps->nbuckets * 2 : 64;
+        struct pstream **b = pith_calloc(n, sizeof(*b));
+        if (b == NULL)
+            return NULL;
+        for (uint32_t i = 0; i < ps->nbuckets; i++)
+            for (struct pstream *st = ps->buckets[i], *next; st != NULL; st = next) {
+                next = st->next;
+                st->next = b[st->id & (n - 1)];
+                b[st->id & (n - 1)] = st;
+            }
+        pith_free(ps->buckets);
+        ps->buckets = b;
+        ps->nbuckets = n;
+    }
+    struct pstream *st = pith_calloc(1, sizeof(*st) + klen);
+    if (st == NULL)
+        return NULL;
+    st->id = id;
+    st->tag = tag;
+    st->klen = (uint16_t)klen;
+    st->next_n = 1;
+    st->live = st->waiting = PITH_REF_NONE;
+    memcpy(st->key, key, klen);
+    st->next = ps->buckets[id & (ps->nbuckets - 1)];
+    ps->buckets[id & (ps->nbuckets - 1)] = st;
+    ps->nstreams++;
+    pst_bump(&ps->st_keys, 1);
+    return st;
+}
+
+static int rec_push(struct pstream *st, const struct ploc *r)
+{
+    if (st->nrecs == st->cap) {
+        uint32_t cap = st->cap ? st->cap * 2 : 4;
+        struct ploc *v = pith_realloc(st->recs, cap * sizeof(*v));
+        if (v == NULL)
+            return -ENOMEM;
+        st->recs = v;
+        st->cap = cap;
+    }
+    st->recs[st->nrecs++] = *r;
+    if (r->snap)
+        st->nsnaps++;
+    return 0;
+}
+
+/* Keeps the last `keep` snapshots and the event records after the oldest of them. */
+static void rec_trim(struct pstream *st, uint32_t keep)
+{
+    if (st->nsnaps <= keep)
+        return;
+    uint32_t skip = st->nsnaps - keep, i = 0;
+    uint64_t cover = 0;
+    for (; i < st->nrecs && skip > 0; i++)
+        if (st->recs[i].snap) {
+            skip--;
+            cover = st->recs[i].n;
+        }
+    /* The oldest kept snapshot and what follows it stay, and any event record past what the
+     * dropped snapshots covered (one written while a snapshot was on its way). */
+    uint32_t w = 0;
+    for (uint32_t k = 0; k < st->nrecs; k++) {
+        const struct ploc *r = &st->recs[k];
+        bool drop = k < i && (r->snap || r->n <= cover);
+        if (!drop)
+            st->recs[w++] = *r;
+        else if (r->snap)
+            st->nsnaps--;
+    }
+    st->nrecs = w;
+}
+
+uint32_t pst_keep(const pith_vtype_t *vt)
+{
+    return vt != NULL && vt->persist->keep > 0 ? vt->persist->keep : 1;
+}
+
+unsigned char *pst_payload(const struct pstream *st, uint32_t count, uint64_t first,
+                           const void *body, uint32_t blen, uint32_t *len)
+{
+    *len = (uint32_t)sizeof(struct phdr) + st->klen + blen;
+    unsigned char *p = pith_malloc(*len);
+    if (p == NULL)
+        return NULL;
+    struct phdr h = {
+        .tag = st->tag, .count = count, .first = first, .time_ns = realtime_ns(), .klen = st->klen};
+    memcpy(p, &h, sizeof(h));
+    memcpy(p + sizeof(h), st->key, st->klen);
+    if (blen > 0)
+        memcpy(p + sizeof(h) + st->klen, body, blen);
+    return p;
+}
+
+/* A record's persist header and key, checked. */
+static bool parse(const pith_journal_rec_t *rec, const struct phdr **h, const unsigned char **key,
+                  const unsigned char **body, uint32_t *blen)
+{
+    if (rec->len < sizeof(struct phdr))
+        return false;
+    *h = rec->data;
+    if (rec->len < sizeof(struct phdr) + (*h)->klen || (*h)->klen > PITH_VKEY_MAX)
+        return false;
+    *key = (const unsigned char *)rec->data + sizeof(struct phdr);
+    *body = *key + (*h)->klen;
+    *blen = rec->len - (uint32_t)sizeof(struct phdr) - (*h)->klen;
+    return true;
+}
+
+int pst_read(struct pshard *ps, const struct ploc *r, pith_journal_rec_t *rec,
+             const struct phdr **h, const unsigned char **body, uint32_t *blen)
+{
+    int err = log_read(&r->loc, rec, &ps->rbuf, &ps->rcap);
+    if (err)
+        return err == -ENOENT ? -EIO : err;
+    const unsigned char *key;
+    if (rec->seq != r->seq || !parse(rec, h, &key, body, blen))
+        return -EIO;
+    return 0;
+}
+
+/* Building the index: each record of the journal, in order. */
+static int index_rec(const pith_journal_rec_t *rec, const struct log_loc *loc, void *ctx)
+{
+    struct pshard *ps = ctx;
+    if (rec->type != PT_EVENTS && rec->type != PT_SNAP && rec->type != PT_REMIND)
+        return 0;
+    const struct phdr *h;
+    const unsigned char *key, *body;
+    uint32_t blen;
+    if (!parse(rec, &h, &key, &body, &blen))
+        return 0; /* not ours to understand: left alone */
+    struct pstream *st = pstream_find(ps, rec->stream, h->tag, key, h->klen);
+    if (st == NULL && (st = pstream_make(ps, rec->stream, h->tag, key, h->klen)) == NULL)
+        return -ENOMEM;
+    if (rec->type == PT_REMIND)
+        return blen >= sizeof(struct prem_rec)
+                   ? prem_index(ps, st, (const struct prem_rec *)(const void *)body, rec, loc)
+                   : 0;
+    bool snap = rec->type == PT_SNAP;
+    uint64_t n = snap ? h->first : h->first + h->count - 1;
+    if (!snap && h->count == 0)
+        return 0;
+    /* A copy (compaction carried it forward) replaces its original. */
+    for (uint32_t i = 0; i < st->nrecs; i++) {
+        struct ploc *r = &st->recs[i];
+        if (r->snap == snap && r->n == n) {
+            r->seq = rec->seq;
+            r->loc = *loc;
+            return 0;
+        }
+    }
+    struct ploc r = {.seq = rec->seq, .n = n, .loc = *loc, .snap = snap};
+    if (rec_push(st, &r) != 0)
+        return -ENOMEM;
+    if (n > st->n)
+        st->n = n;
+    st->next_n = st->n + 1;
+    if (snap)
+        st->since_snap = 0;
+    else
+        st->since_snap += h->count;
+    return 0;
+}
+
+static void pshard_free_streams(struct pshard *ps)
+{
+    for (uint32_t i = 0; i < ps->nbuckets; i++)
+        for (struct pstream *st = ps->buckets[i], *next; st != NULL; st = next) {
+            next = st->next;
+            prem_free_all(st);
+            pith_free(st->recs);
+            pith_free(st);
+        }
+    pith_free(ps->buckets);
+    ps->buckets = NULL;
+    ps->nbuckets = 0;
+    ps->nstreams = 0;
+    pith_free(ps->rbuf);
+    ps->rbuf = NULL;
+    ps->rcap = 0;
+}
+
+int pshard_get(struct pshard **out)
+{
+    int id = pith_shard_id();
+    if (id < 0 || (unsigned)id >= PSHARDS_MAX)
+        return -EPERM;
+    struct pshard *ps = atomic_load_explicit(&pshards[id], memory_order_relaxed);
+    if (ps == NULL) {
+        if (shard_engine_stopping())
+            return -ESHUTDOWN;
+        const unsigned char *key;
+        int err = pmeta_key(&key);
+        if (err)
+            return err;
+        err = log_open();
+        if (err)
+            return err;
+        ps = calloc(1, sizeof(*ps)); /* plain memory: freed off the shards at the end */
+        if (ps == NULL)
+            return -ENOMEM;
+        ps->shard = (unsigned)id;
+        uint64_t segs;
+        err = log_limits(&ps->append_max, &segs);
+        if (err == 0)
+            err = log_scan(1, index_rec, ps);
+        if (err) {
+            pshard_free_streams(ps);
+            free(ps);
+            set_last_error("persist: reading the journal back: %s", strerror(-err));
+            return err == -ENOMEM ? -ENOMEM : -EIO;
+        }
+        ps->compact_ns = pith_now_ns();
+        /* Release: a reader off the shard that sees the pointer sees the fields set above. */
+        atomic_store_explicit(&pshards[id], ps, memory_order_release);
+        prem_arm_all(ps);
+    }
+    if (ps->err)
+        return ps->err;
+    *out = ps;
+    return 0;
+}
+
+const pith_vtype_t *pst_type_of_tag(uint32_t tag)
+{
+    for (uint32_t i = 0;; i++) {
+        const pith_vtype_t *vt = vactor_type_at(i);
+        if (vt == NULL)
+            return NULL;
+        if (vt->persist != NULL && pmeta_tag(vt) == tag)
+            return vt;
+    }
+}
+
+/* The calling activation's key in the index (made if new). */
+static int stream_of(const pith_actor_t *self, const pith_vtype_t *vt, struct pshard **ps_out,
+                     struct pstream **out)
+{
+    struct pshard *ps;
+    int err = pshard_get(&ps);
+    if (err)
+        return err;
+    const unsigned char *mk;
+    if ((err = pmeta_key(&mk)) != 0)
+        return err;
+    uint32_t klen;
+    const void *key = pith_vactor_key(self, &klen);
+    uint64_t id = pmeta_stream(mk, vt, key, klen);
+    uint32_t tag = pmeta_tag(vt);
+    struct pstream *st = pstream_find(ps, id, tag, key, klen);
+    if (st == NULL && (st = pstream_make(ps, id, tag, key, klen)) == NULL)
+        return -ENOMEM;
+    st->vt = vt;
+    *ps_out = ps;
+    *out = st;
+    return 0;
+}
+
+/* ---- running the application's code as the actor, outside its turn ---- */
+
+struct as_actor {
+    struct actor *a;
+    pith_ref_t outer;
+    struct pith_actor self;
+};
+
+static bool actor_enter(pith_ref_t ref, struct as_actor *x)
+{
+    struct core_shard *cs = core_self;
+    x->a = cs != NULL && ref != PITH_REF_NONE ? core_find(cs, ref) : NULL;
+    if (x->a == NULL)
+        return false;
+    x->self = (struct pith_actor){x->a, ref};
+    x->outer = core_current;
+    core_current = ref;
+    x->a->gen |= A_RUNNING;
+    return true;
+}
+
+static void actor_leave(struct as_actor *x)
+{
+    struct actor *a = core_find(core_self, x->self.ref);
+    if (a != NULL)
+        a->gen &= ~A_RUNNING;
+    core_current = x->outer;
+    /* Events persisted from here go out now, not with some later message. */
+    if (core_msg_done != NULL) {
+        void (*fn)(void) = core_msg_done;
+        core_msg_done = NULL;
+        fn();
+    }
+}
+
+/* ---- snapshots ---- */
+
+struct snap_op {
+    struct pshard *ps;
+    struct pstream *st;
+    uint64_t n;
+    struct log_loc loc;
+};
+
+static void snap_done(int err, uint64_t seq, void *ctx);
+
+/* Takes a snapshot of st's live state (holding st->n events) now. */
+static void snapshot_take(struct pshard *ps, struct pstream *st, const void *state)
+{
+    const pith_persist_type_t *pt = st->vt->persist;
+    if (pt->snapshot == NULL)
+        return;
+    st->since_snap = 0;
+    st->snap_ns = pith_now_ns();
+    uint32_t room = ps->append_max - (uint32_t)sizeof(struct phdr) - st->klen;
+    uint32_t cap = 1024;
+    unsigned char *buf = NULL;
+    uint32_t need = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        unsigned char *b = pith_realloc(buf, cap);
+        if (b == NULL)
+            break;
+        buf = b;
+        need = pt->snapshot(state, buf, cap);
+        if (need <= cap || need > room)
+            break;
+        cap = need;
+    }
+    struct snap_op *op = NULL;
+    uint32_t len = 0;
+    unsigned char *p = buf != NULL && need <= cap && need <= room
+                           ? pst_payload(st, 0, st->n, buf, need, &len)
+                           : NULL;
+    pith_free(buf);
+    if (p != NULL && (op = pith_malloc(sizeof(*op))) != NULL) {
+        *op = (struct snap_op){.ps = ps, .st = st, .n = st->n};
+        if (log_append(st->id, PT_SNAP, p, len, snap_done, op, NULL, &op->loc) == 0) {
+            st->inflight++;
+            pith_free(p);
+            return;
+        }
+    }
+    pith_free(p);
+    pith_free(op);
+    pst_bump(&ps->st_snap_failed, 1);
+}
+
+static void waiting_go(struct pshard *ps, struct pstream *st);
+
+static void snap_done(int err, uint64_t seq, void *ctx)
+{
+    struct snap_op *op = ctx;
+    struct pstream *st = op->st;
+    struct pshard *ps = op->ps;
+    st->inflight--;
+    if (err == 0) {
+        struct ploc r = {.seq = seq, .n = op->n, .loc = op->loc, .snap = true};
+        if (rec_push(st, &r) == 0) {
+            rec_trim(st, pst_keep(st->vt));
+            pst_bump(&ps->st_snaps, 1);
+        } else {
+            pst_bump(&ps->st_snap_failed, 1);
+        }
+        compact(ps);
+    } else {
+        pst_bump(&ps->st_snap_failed, 1);
+    }
+    pith_free(op);
+    waiting_go(ps, st);
+}
+
+/* After events were applied to the live state: a snapshot if the policy asks for one. */
+static void snapshot_maybe(struct pshard *ps, struct pstream *st, const void *state)
+{
+    const pith_persist_type_t *pt = st->vt->persist;
+    if (pt->snapshot == NULL || st->since_snap == 0)
+        return;
+    if ((pt->snapshot_every > 0 && st->since_snap >= pt->snapshot_every) ||
+        (pt->snapshot_every_ns > 0 && pith_now_ns() - st->snap_ns >= pt->snapshot_every_ns))
+        snapshot_take(ps, st, state);
+}
+
+/* ---- events ---- */
+
+static void batch_free(struct pbatch *b)
+{
+    pith_free(b->buf);
+    pith_free(b->cbs);
+    pith_free(b);
+}
+
+/* Each event's done, with err (the events were not applied), as the actor if it lives. */
+static void batch_fail(struct pshard *ps, struct pbatch *b, int err)
+{
+    pst_bump(&ps->st_failed, b->count);
+    struct as_actor x;
+    bool in = actor_enter(b->act, &x);
+    for (uint32_t i = 0; i < b->count; i++)
+        if (b->cbs[i].fn != NULL)
+            b->cbs[i].fn(in ? &x.self : NULL, in ? x.a->state : NULL, err, b->cbs[i].ctx);
+    if (in)
+        actor_leave(&x);
+    if (b->muted)
+        (void)core_mute_hold(core_self, b->act, false);
+}
+
+struct batch_op {
+    struct pshard *ps;
+    struct pbatch *b;
+    struct log_loc loc;
+    uint64_t first;
+};
+
+/* A message's events are durable (or not): applied to the live state, then each done. */
+static void batch_done(int err, uint64_t seq, void *ctx)
+{
+    struct batch_op *op = ctx;
+    struct pshard *ps = op->ps;
+    struct pbatch *b = op->b;
+    struct pstream *st = b->st;
+    st->inflight--;
+    if (err != 0) {
+        batch_fail(ps, b, err);
+    } else {
+        uint64_t last = op->first + b->count - 1;
+        struct ploc r = {.seq = seq, .n = last, .loc = op->loc};
+        if (rec_push(st, &r) != 0) {
+            /* Durable but not indexed: this run's activations would not see it. Fail the
+             * shard's persistence rather than let a later activation lose it. */
+            ps->err = -ENOMEM;
+        }
+        st->n = last;
+        st->since_snap += b->count;
+        pst_bump(&ps->st_events, b->count);
+        pst_bump(&ps->st_records, 1);
+        struct as_actor x;
+        bool in = st->live == b->act && actor_enter(b->act, &x);
+        const pith_persist_type_t *pt = st->vt->persist;
+        const unsigned char *p = b->buf + sizeof(struct phdr) + st->klen;
+        for (uint32_t i = 0; i < b->count; i++) {
+            uint32_t len;
+            memcpy(&len, p, 4);
+            if (in)
+                pt->apply(x.a->state, p + 4, len);
+            p += 4 + len;
+            if (b->cbs[i].fn != NULL)
+                b->cbs[i].fn(in ? &x.self : NULL, in ? x.a->state : NULL, 0, b->cbs[i].ctx);
+            if (in && core_find(core_self, b->act) == NULL)
+                in = false; /* it ended from a done: the rest run without it */
+        }
+        if (in) {
+            snapshot_maybe(ps, st, x.a->state);
+            actor_leave(&x);
+        }
+        if (b->muted)
+            (void)core_mute_hold(core_self, b->act, false);
+    }
+    batch_free(b);
+    pith_free(op);
+    waiting_go(ps, st);
+}
+
+/* The message has ended: its events go to the journal as one record. */
+static void batch_flush(void)
+{
+    struct pshard *ps;
+    if (pshard_get(&ps) != 0 || ps->open == NULL)
+        return;
+    struct pbatch *b = ps->open;
+    ps->open = NULL;
+    struct pstream *st = b->st;
+    struct phdr h;
+    memcpy(&h, b->buf, sizeof(h));
+    h.count = b->count;
+    h.first = st->next_n;
+    memcpy(b->buf, &h, sizeof(h));
+    struct batch_op *op = pith_malloc(sizeof(*op));
+    int err = op == NULL ? -ENOMEM : 0;
+    if (op != NULL) {
+        *op = (struct batch_op){.ps = ps, .b = b, .first = h.first};
+        err = log_append(st->id, PT_EVENTS, b->buf, b->len, batch_done, op, NULL, &op->loc);
+    }
+    if (err == 0) {
+        st->inflight++;
+        st->next_n += b->count;
+        return;
+    }
+    pith_free(op);
+    batch_fail(ps, b, err);
+    batch_free(b);
+}
+
+static int persist(pith_actor_t *self, const void *event, uint32_t len, pith_persisted_fn_t done,
+                   void *ctx, bool sync)
+{
+    const pith_vtype_t *vt = vactor_type_of(self);
+    if (vt == NULL || vt->persist == NULL || (event == NULL && len > 0))
+        return -EINVAL;
+    if (pith_self(self) != core_current)
+        return -EPERM;
+    struct pshard *ps;
+    struct pstream *st;
+    int err = stream_of(self, vt, &ps, &st);
+    if (err)
+        return err;
+    if (ps->open != NULL && ps->open->st != st)
+        batch_flush(); /* another key's (it cannot be, inside one behaviour; but safe) */
+    struct pbatch *b = ps->open;
+    uint32_t base = b != NULL ? b->len : (uint32_t)sizeof(struct phdr) + st->klen;
+    if ((uint64_t)base + 4 + len > ps->append_max)
+        return -EINVAL;
+    if (b == NULL) {
+        b = pith_calloc(1, sizeof(*b));
+        if (b == NULL)
+            return -ENOMEM;
+        b->st = st;
+        b->act = pith_self(self);
+        b->buf = pst_payload(st, 0, 0, NULL, 0, &b->len);
+        b->cap = b->len;
+        if (b->buf == NULL) {
+            pith_free(b);
+            return -ENOMEM;
+        }
+        ps->open = b;
+    }
+    if (b->len + 4 + len > b->cap) {
+        uint32_t cap = b->cap * 2 > b->len + 4 + len ? b->cap * 2 : b->len + 4 + len;
+        unsigned char *nb = pith_realloc(b->buf, cap);
+        if (nb == NULL)
+            return -ENOMEM;
+        b->buf = nb;
+        b->cap = cap;
+    }
+    if (b->count == b->cbcap) {
+        uint32_t cap = b->cbcap ? b->cbcap * 2 : 4;
+        struct pcb *cbs = pith_realloc(b->cbs, cap * sizeof(*cbs));
+        if (cbs == NULL)
+            return -ENOMEM;
+        b->cbs = cbs;
+        b->cbcap = cap;
+    }
+    if (sync && !b->muted) {
+        if (core_mute_hold(core_self, b->act, true) != 0)
+            return -ENOMEM;
+        b->muted = true;
+    }
+    memcpy(b->buf + b->len, &len, 4);
+    if (len > 0)
+        memcpy(b->buf + b->len + 4, event, len);
+    b->len += 4 + len;
+    b->cbs[b->count++] = (struct pcb){done, ctx};
+    core_msg_done = batch_flush;
+    shard_flush_ask(); /* the shard's flush hook catches a message that ends outside a turn */
+    return 0;
+}
+
+int pith_persist(pith_actor_t *self, const void *event, uint32_t len, pith_persisted_fn_t done,
+                 void *ctx)
+{
+    return persist(self, event, len, done, ctx, true);
+}
+
+int pith_persist_async(pith_actor_t *self, const void *event, uint32_t len,
+                       pith_persisted_fn_t done, void *ctx)
+{
+    return persist(self, event, len, done, ctx, false);
+}
+
+uint64_t pith_persist_events(const pith_actor_t *self)
+{
+    const pith_vtype_t *vt = vactor_type_of(self);
+    struct pshard *ps;
+    struct pstream *st;
+    if (vt == NULL || vt->persist == NULL || stream_of(self, vt, &ps, &st) != 0)
+        return 0;
+    return st->n;
+}
+
+/* ---- activation ---- */
+
+static unsigned hook_home(const pith_vtype_t *vt, const unsigned char *key, uint32_t klen,
+                          unsigned shards)
+{
+    const unsigned char *mk;
+    if (pmeta_key(&mk) != 0)
+        return UINT32_MAX; /* the activation fails where it is, saying why */
+    return pmeta_jump(pmeta_stream(mk, vt, key, klen), shards);
+}
+
+static int recover(struct pshard *ps, struct pstream *st, void *state)
+{
+    uint64_t events = 0;
+    int err = pst_rebuild(ps, st, st->vt->persist, state, UINT64_MAX, PITH_REPLAY_EVENT, &events);
+    if (err == -ENODATA)
+        err = -EIO; /* what the index says is there is not */
+    if (err == 0 && events != st->n)
+        err = -EIO;
+    pst_bump(&ps->st_recoveries, 1);
+    return err;
+}
+
+static int hook_activate(pith_actor_t *self, void *state, const pith_vtype_t *vt, const void *key,
+                         uint32_t klen)
+{
+    (void)key;
+    (void)klen;
+    struct pshard *ps;
+    struct pstream *st;
+    int err = stream_of(self, vt, &ps, &st);
+    if (err)
+        return err;
+    st->live = pith_self(self);
+    st->snap_ns = pith_now_ns();
+    rec_trim(st, pst_keep(vt));
+    if (st->inflight > 0) {
+        /* An earlier activation's events are still on their way: this one waits for them. */
+        st->waiting = st->live;
+        return PITH_VACT_LATER;
+    }
+    if (st->nrecs == 0)
+        return 0;
+    err = recover(ps, st, state);
+    if (err)
+        st->live = PITH_REF_NONE;
+    return err;
+}
+
+/* An activation that waits for its key's records: once none is on its way, it recovers. */
+static void waiting_go(struct pshard *ps, struct pstream *st)
+{
+    if (st->waiting == PITH_REF_NONE || st->inflight > 0)
+        return;
+    pith_ref_t act = st->waiting;
+    st->waiting = PITH_REF_NONE;
+    struct actor *a = core_find(core_self, act);
+    if (a == NULL)
+        return;
+    int err = st->nrecs > 0 ? recover(ps, st, a->state) : 0;
+    if (err)
+        st->live = PITH_REF_NONE;
+    vactor_persist_ready(act, err);
+}
+
+static void hook_ended(pith_actor_t *self, void *state, const pith_vtype_t *vt, int why,
+                       bool active)
+{
+    (void)why;
+    struct pshard *ps;
+    if (pshard_get(&ps) != 0)
+        return;
+    const unsigned char *mk;
+    if (pmeta_key(&mk) != 0)
+        return;
+    uint32_t klen;
+    const void *key = pith_vactor_key(self, &klen);
+    struct pstream *st =
+        pstream_find(ps, pmeta_stream(mk, vt, key, klen), pmeta_tag(vt), key, klen);
+    if (st == NULL || st->live != pith_self(self))
+        return;
+    if (ps->open != NULL && ps->open->st == st)
+        batch_flush();
+    if (active && (vt->persist->flags & PITH_SNAPSHOT_ON_DEACTIVATE) && st->since_snap > 0)
+        snapshot_take(ps, st, state);
+    st->live = PITH_REF_NONE;
+    if (st->waiting == pith_self(self))
+        st->waiting = PITH_REF_NONE;
+}
+
+/* ---- compaction ---- */
+
+struct carry_op {
+    struct pshard *ps;
+    struct pstream *st;
+    uint64_t old_seq;
+    struct log_loc loc;
+};
+
+static void carry_done(int err, uint64_t seq, void *ctx)
+{
+    struct carry_op *op = ctx;
+    struct pstream *st = op->st;
+    st->inflight--;
+    for (uint32_t i = 0; i < st->nrecs; i++) {
+        struct ploc *r = &st->recs[i];
+        if (r->seq != op->old_seq)
+            continue;
+        r->carrying = false;
+        if (err == 0) {
+            r->seq = seq;
+            r->loc = op->loc;
+            pst_bump(&op->ps->st_carried, 1);
+        }
+        break;
+    }
+    struct pshard *ps = op->ps;
+    pith_free(op);
+    waiting_go(ps, st);
+}
+
+/* Copies st's records up to seq `upto` to the journal's end. */
+static unsigned carry(struct pshard *ps, struct pstream *st, uint64_t upto, unsigned budget)
+{
+    unsigned done = 0;
+    for (uint32_t i = 0; i < st->nrecs && done < budget; i++) {
+        struct ploc *r = &st->recs[i];
+        if (r->seq > upto || r->carrying)
+            continue;
+        pith_journal_rec_t rec;
+        const struct phdr *h;
+        const unsigned char *body;
+        uint32_t blen;
+        struct carry_op *op = pith_malloc(sizeof(*op));
+        if (op == NULL || pst_read(ps, r, &rec, &h, &body, &blen) != 0) {
+            pith_free(op);
+            return done;
+        }
+        *op = (struct carry_op){.ps = ps, .st = st, .old_seq = r->seq};
+        if (log_append(st->id, rec.type, rec.data, rec.len, carry_done, op, NULL, &op->loc) != 0) {
+            pith_free(op);
+            return budget; /* the journal pushes back: next time */
+        }
+        r->carrying = true;
+        st->inflight++;
+        done++;
+    }
+    return done;
+}
+
+static void compact_tick(void *arg)
+{
+    struct pshard *ps = arg;
+    ps->compact_armed = false;
+    compact(ps);
+}
+
+/* Lets go of the segments no key needs: the oldest record any key needs bounds them. When the
+ * journal holds many segments, keys whose records pin the oldest copy them forward. */
+static void compact(struct pshard *ps)
+{
+    uint64_t now = pith_now_ns();
+    if (now - ps->compact_ns < COMPACT_NS) {
+        if (!ps->compact_armed &&
+            pith_timer_add(COMPACT_NS - (now - ps->compact_ns), 0, compact_tick, ps, NULL) == 0)
+            ps->compact_armed = true;
+        return;
+    }
+    ps->compact_ns = now;
+    pith_journal_stats_t js;
+    if (pith_journal_stats(ps->shard, &js) != 0 || !js.open)
+        return;
+    uint64_t floor = js.durable_seq + 1;
+    for (uint32_t i = 0; i < ps->nbuckets; i++)
+        for (struct pstream *st = ps->buckets[i]; st != NULL; st = st->next) {
+            for (uint32_t k = 0; k < st->nrecs; k++)
+                if (st->recs[k].seq < floor)
+                    floor = st->recs[k].seq;
+            for (struct prem *m = st->rems; m != NULL; m = m->next)
+                if (m->seq < floor)
+                    floor = m->seq;
+        }
+    (void)log_release_engine(floor - 1);
+    uint32_t amax;
+    uint64_t segs;
+    if (log_limits(&amax, &segs) != 0 || segs <= CARRY_SEGS)
+        return;
+    /* Records in the oldest segments (the first half of the journal's sequence range held):
+     * their keys copy them forward, a bounded number per round. */
+    uint64_t upto = floor + (js.durable_seq - floor) / (segs > 0 ? segs : 1);
+    unsigned budget = CARRY_BUDGET;
+    for (uint32_t i = 0; i < ps->nbuckets && budget > 0; i++)
+        for (struct pstream *st = ps->buckets[i]; st != NULL && budget > 0; st = st->next) {
+            budget -= carry(ps, st, upto, budget);
+            if (budget > 0)
+                prem_carry(ps, st, upto);
+        }
+}
+
+/* ---- stats and hooks ---- */
+
+int pith_persist_stats(unsigned shard, pith_persist_stats_t *out)
+{
+    if (out == NULL)
+        return -EINVAL;
+    memset(out, 0, sizeof(*out));
+    if (!shard_reader_enter())
+        return -ESHUTDOWN;
+    if (shard >= pith_shard_count() || shard >= PSHARDS_MAX) {
+        shard_reader_leave();
+        return -EINVAL;
+    }
+    /* Acquire: pairs with pshard_get's release. */
+    struct pshard *ps = atomic_load_explicit(&pshards[shard], memory_order_acquire);
+    if (ps != NULL) {
+        out->keys = atomic_load_explicit(&ps->st_keys, memory_order_relaxed);
+        out->events = atomic_load_explicit(&ps->st_events, memory_order_relaxed);
+        out->event_records = atomic_load_explicit(&ps->st_records, memory_order_relaxed);
+        out->failed = atomic_load_explicit(&ps->st_failed, memory_order_relaxed);
+        out->snapshots = atomic_load_explicit(&ps->st_snaps, memory_order_relaxed);
+        out->snapshot_failed = atomic_load_explicit(&ps->st_snap_failed, memory_order_relaxed);
+        out->recoveries = atomic_load_explicit(&ps->st_recoveries, memory_order_relaxed);
+        out->replayed = atomic_load_explicit(&ps->st_replayed, memory_order_relaxed);
+        out->restored = atomic_load_explicit(&ps->st_restored, memory_order_relaxed);
+        out->carried = atomic_load_explicit(&ps->st_carried, memory_order_relaxed);
+        out->reminders = atomic_load_explicit(&ps->st_reminders, memory_order_relaxed);
+        out->reminders_fired = atomic_load_explicit(&ps->st_fired, memory_order_relaxed);
+    }
+    shard_reader_leave();
+    return 0;
+}
+
+/* A task at each shard's start when a persistent type is registered: the index is built and
+ * reminders are armed without waiting for a key's first message. */
+static void boot_task(void *arg)
+{
+    (void)arg;
+    struct pshard *ps;
+    (void)pshard_get(&ps);
+}
+
+static void persist_start(unsigned shard)
+{
+    (void)shard;
+    for (uint32_t i = 0;; i++) {
+        const pith_vtype_t *vt = vactor_type_at(i);
+        if (vt == NULL)
+            return;
+        if (vt->persist != NULL) {
+            const pith_config_t *cfg = shard_config();
+            if (cfg != NULL && cfg->journal.dir != NULL)
+                (void)pith_submit(shard, boot_task, NULL);
+            return;
+        }
+    }
+}
+
+static void persist_flush(unsigned shard)
+{
+    struct pshard *ps =
+        shard < PSHARDS_MAX ? atomic_load_explicit(&pshards[shard], memory_order_relaxed) : NULL;
+    if (ps != NULL && ps->open != NULL) {
+        core_msg_done = NULL;
+        batch_flush();
+    }
+}
+
+static void persist_shard_exit(unsigned shard)
+{
+    struct pshard *ps =
+        shard < PSHARDS_MAX ? atomic_load_explicit(&pshards[shard], memory_order_relaxed) : NULL;
+    if (ps == NULL)
+        return;
+    if (ps->open != NULL) {
+        batch_free(ps->open);
+        ps->open = NULL;
+    }
+    core_msg_done = NULL;
+    pshard_free_streams(ps);
+}
+
+static void persist_engine_gone(void)
+{
+    for (unsigned i = 0; i < PSHARDS_MAX; i++) {
+        struct pshard *ps = atomic_exchange_explicit(&pshards[i], NULL, memory_order_relaxed);
+        free(ps);
+    }
+    pmeta_forget();
+}
+
+static const struct vpersist_hooks vhooks = {
+    .home = hook_home,
+    .activate = hook_activate,
+    .ended = hook_ended,
+};
+
+__attribute__((constructor)) static void persist_hooks(void)
+{
+    static const struct shard_hooks h = {
+        .shard_exit = persist_shard_exit,
+        .engine_gone = persist_engine_gone,
+        .flush = persist_flush,
+        .start = persist_start,
+    };
+    shard_hooks_add(&h);
+    vactor_persist = &vhooks;
+}

@@ -1,0 +1,449 @@
+/* Event-sourced virtual actors (pith/persist.h): state rebuilt from the journal after a
+ * deactivation and after a restart, a message's events written as one record, pith_persist
+ * holding the mailbox until durable, snapshots by count and on deactivation with keep K,
+ * compaction keeping the journal's segments bounded under a steady load, time-travel replay
+ * (by event and by time) equal to the state at that point, reminders that fire after a restart,
+ * and errors (no journal, a failed write, bad calls). An "account" type: each event adds an
+ * amount to a balance; the state also folds every amount into a check word, so that a replay
+ * that skipped, repeated or reordered an event would show. */
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <pith/persist.h>
+
+#include "util.h"
+
+enum { ADD = 1, ADD3, ADD_ASYNC, GET, DEACT, REMIND, UNREMIND, TICK, ORDER, STAMP };
+
+struct account {
+    int64_t balance;
+    uint64_t check;
+    uint64_t applied;
+};
+
+struct answer {
+    int64_t balance;
+    uint64_t check;
+    uint64_t applied;
+    uint64_t events; /* pith_persist_events */
+    int err;
+    int pad;
+};
+
+static char dir[64];
+static _Atomic uint64_t ticks[8];   /* reminder messages per key index */
+static _Atomic uint64_t order_bad;  /* a message handled before its predecessor's event */
+static _Atomic uint64_t async_done; /* pith_persist_async callbacks */
+static _Atomic int64_t fault_res;   /* what the journal's next writes get */
+static _Atomic int fault_times;
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void dir_make(void)
+{
+    snprintf(dir, sizeof(dir), "/tmp/pith-persist-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+}
+
+static void dir_remove(void)
+{
+    (void)nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static int64_t fault_fn(int op, uint64_t len, void *ctx)
+{
+    (void)ctx;
+    (void)len;
+    if (op != PITH_JOURNAL_OP_WRITE || atomic_load(&fault_times) <= 0)
+        return 0;
+    atomic_fetch_sub(&fault_times, 1);
+    return atomic_load(&fault_res);
+}
+
+/* ---- the account type ---- */
+
+static void apply(void *state, const void *event, uint32_t len)
+{
+    struct account *a = state;
+    int64_t x;
+    if (len != sizeof(x))
+        return;
+    memcpy(&x, event, sizeof(x));
+    a->balance += x;
+    a->check = a->check * 1099511628211ull + (uint64_t)x;
+    a->applied++;
+}
+
+static uint32_t snapshot(const void *state, void *buf, uint32_t cap)
+{
+    if (cap >= sizeof(struct account))
+        memcpy(buf, state, sizeof(struct account));
+    return sizeof(struct account);
+}
+
+static int restore(void *state, const void *data, uint32_t len)
+{
+    if (len != sizeof(struct account))
+        return -EINVAL;
+    memcpy(state, data, len);
+    return 0;
+}
+
+static void answer(pith_actor_t *self, const struct account *a, const pith_msg_t *req, int err)
+{
+    struct answer r = {.err = err};
+    if (a != NULL) {
+        r.balance = a->balance;
+        r.check = a->check;
+        r.applied = a->applied;
+    }
+    r.events = self != NULL ? pith_persist_events(self) : 0;
+    (void)pith_reply(req, GET, &r, sizeof(r));
+}
+
+/* done of an ADD: the reply goes once the event is durable and applied. */
+static void added(pith_actor_t *self, void *state, int err, void *ctx)
+{
+    pith_msg_t *req = ctx;
+    if (self != NULL)
+        answer(self, state, req, err);
+    free(req);
+}
+
+static void async_added(pith_actor_t *self, void *state, int err, void *ctx)
+{
+    (void)self;
+    (void)state;
+    (void)ctx;
+    if (err == 0)
+        atomic_fetch_add(&async_done, 1);
+}
+
+static pith_msg_t *keep_req(const pith_msg_t *msg)
+{
+    pith_msg_t *req = malloc(sizeof(*req));
+    if (req != NULL)
+        *req = *msg;
+    return req;
+}
+
+static int account_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    struct account *a = state;
+    int64_t x = 0;
+    if (msg->len >= sizeof(x))
+        memcpy(&x, msg->data, sizeof(x));
+    switch (msg->type) {
+    case ADD: {
+        pith_msg_t *req = keep_req(msg);
+        int err = pith_persist(self, &x, sizeof(x), added, req);
+        if (err) {
+            free(req);
+            answer(self, a, msg, err);
+        }
+        break;
+    }
+    case ADD3: {
+        /* Three events of one message: one record; the reply comes with the last. */
+        int64_t y = x + 1, z = x + 2;
+        pith_msg_t *req = keep_req(msg);
+        int err = pith_persist(self, &x, sizeof(x), NULL, NULL);
+        if (err == 0)
+            err = pith_persist(self, &y, sizeof(y), NULL, NULL);
+        if (err == 0)
+            err = pith_persist(self, &z, sizeof(z), added, req);
+        if (err) {
+            free(req);
+            answer(self, a, msg, err);
+        }
+        break;
+    }
+    case ADD_ASYNC:
+        (void)pith_persist_async(self, &x, sizeof(x), async_added, NULL);
+        break;
+    case ORDER: {
+        /* x is this message's index: the balance must show every earlier ORDER's event. */
+        if (a->applied != (uint64_t)x)
+            atomic_fetch_add(&order_bad, 1);
+        int64_t one = 1;
+        (void)pith_persist(self, &one, sizeof(one), NULL, NULL);
+        break;
+    }
+    case GET:
+        answer(self, a, msg, 0);
+        break;
+    case DEACT:
+        (void)pith_vactor_deactivate(self);
+        answer(self, a, msg, 0);
+        break;
+    case REMIND: {
+        uint64_t period = msg->len >= 16 ? ((const uint64_t *)msg->data)[1] : 0;
+        int err = pith_reminder_set(self, 1, (uint64_t)x, period, TICK);
+        answer(self, a, msg, err);
+        break;
+    }
+    case UNREMIND:
+        answer(self, a, msg, pith_reminder_cancel(self, 1));
+        break;
+    case TICK: {
+        uint32_t klen;
+        const char *key = pith_vactor_key(self, &klen);
+        unsigned i = klen > 0 ? (unsigned)(key[klen - 1] - '0') % 8 : 0;
+        atomic_fetch_add(&ticks[i], 1);
+        break;
+    }
+    default:
+        break;
+    }
+    return 0;
+}
+
+static const pith_actor_type_t account_actor = {
+    .name = "account",
+    .behaviour = account_behaviour,
+    .state_size = sizeof(struct account),
+    .mailbox_max = 65536,
+};
+
+/* Each test registers the types it needs with the policy it wants (a type registered once
+ * lives for the process; each test runs in its own process). */
+static pith_persist_type_t account_persist = {.apply = apply};
+static pith_vtype_t account = {
+    .name = "account", .actor = &account_actor, .persist = &account_persist};
+
+static void start_with(unsigned shards, uint64_t seg_bytes)
+{
+    cr_assert_eq(pith_vtype_register(&account), 0);
+    pith_config_t cfg = test_config((int)shards);
+    cfg.journal.dir = dir;
+    cfg.journal.segment_bytes = seg_bytes;
+    cfg.journal.fault = fault_fn;
+    test_start(&cfg);
+}
+
+static pith_vref_t key_of(const char *key)
+{
+    pith_vref_t v;
+    cr_assert_eq(pith_vref(&account, key, strlen(key), &v), 0);
+    return v;
+}
+
+static struct answer ask(const char *key, uint32_t type, int64_t x)
+{
+    pith_vref_t v = key_of(key);
+    pith_msg_t reply;
+    int rc = pith_client_vask(pith_client_self(), &v, type, &x, sizeof(x), 10000 * MS, &reply);
+    cr_assert_eq(rc, 0, "ask %s type %u: %d (%s)", key, type, rc, pith_strerror(rc));
+    cr_assert_eq(reply.len, sizeof(struct answer));
+    struct answer r;
+    memcpy(&r, reply.data, sizeof(r));
+    return r;
+}
+
+static uint64_t fold(uint64_t check, int64_t x)
+{
+    return check * 1099511628211ull + (uint64_t)x;
+}
+
+static pith_persist_stats_t pstats(unsigned shards)
+{
+    pith_persist_stats_t sum = {0};
+    for (unsigned i = 0; i < shards; i++) {
+        pith_persist_stats_t s;
+        cr_assert_eq(pith_persist_stats(i, &s), 0);
+        sum.keys += s.keys;
+        sum.events += s.events;
+        sum.event_records += s.event_records;
+        sum.failed += s.failed;
+        sum.snapshots += s.snapshots;
+        sum.snapshot_failed += s.snapshot_failed;
+        sum.recoveries += s.recoveries;
+        sum.replayed += s.replayed;
+        sum.restored += s.restored;
+        sum.carried += s.carried;
+        sum.reminders += s.reminders;
+        sum.reminders_fired += s.reminders_fired;
+    }
+    return sum;
+}
+
+TestSuite(persist, .init = dir_make, .fini = dir_remove, .timeout = 120);
+
+Test(persist, state_comes_back_after_deactivation_and_restart)
+{
+    start_with(2, 0);
+    const char *keys[] = {"acct-0", "acct-1", "acct-2", "acct-3"};
+    int64_t want[4] = {0};
+    uint64_t check[4] = {0};
+    for (int round = 0; round < 25; round++)
+        for (int k = 0; k < 4; k++) {
+            int64_t x = round * 7 + k - 30;
+            struct answer r = ask(keys[k], ADD, x);
+            want[k] += x;
+            check[k] = fold(check[k], x);
+            cr_assert_eq(r.err, 0);
+            cr_assert_eq(r.balance, want[k], "the reply shows its own event applied");
+            cr_assert_eq(r.events, (uint64_t)round + 1);
+        }
+    /* Deactivated, then activated again by the next message: rebuilt from the journal. */
+    for (int k = 0; k < 4; k++)
+        (void)ask(keys[k], DEACT, 0);
+    for (int k = 0; k < 4; k++) {
+        struct answer r = ask(keys[k], GET, 0);
+        cr_assert_eq(r.balance, want[k]);
+        cr_assert_eq(r.check, check[k]);
+        cr_assert_eq(r.applied, 25);
+        cr_assert_eq(r.events, 25);
+    }
+    pith_persist_stats_t s = pstats(2);
+    cr_assert_eq(s.events, 100);
+    cr_assert_geq(s.recoveries, 4);
+    test_stop(NULL);
+
+    /* A restart: the same states, on their home shards. */
+    pith_config_t cfg = test_config(2);
+    cfg.journal.dir = dir;
+    test_start(&cfg);
+    for (int k = 0; k < 4; k++) {
+        struct answer r = ask(keys[k], GET, 0);
+        cr_assert_eq(r.balance, want[k], "key %d after the restart", k);
+        cr_assert_eq(r.check, check[k]);
+        cr_assert_eq(r.events, 25);
+        r = ask(keys[k], ADD, 1000);
+        cr_assert_eq(r.balance, want[k] + 1000);
+        cr_assert_eq(r.events, 26, "numbers go on across restarts");
+    }
+    s = pstats(2);
+    cr_assert_eq(s.keys, 4);
+    cr_assert_eq(s.replayed, 100);
+    test_stop(NULL);
+}
+
+Test(persist, another_shard_count_is_refused)
+{
+    start_with(2, 0);
+    (void)ask("x1", ADD, 5);
+    test_stop(NULL);
+    pith_config_t cfg = test_config(1);
+    cfg.journal.dir = dir;
+    test_start(&cfg);
+    pith_vref_t v = key_of("x1");
+    pith_msg_t reply;
+    int rc = pith_client_vask(pith_client_self(), &v, GET, NULL, 0, 5000 * MS, &reply);
+    cr_assert_eq(rc, -EXDEV, "activation with another shard count: %d", rc);
+    test_stop(NULL);
+}
+
+Test(persist, no_journal_fails_activation)
+{
+    cr_assert_eq(pith_vtype_register(&account), 0);
+    pith_config_t cfg = test_config(1);
+    test_start(&cfg);
+    pith_vref_t v = key_of("nowhere");
+    pith_msg_t reply;
+    int rc = pith_client_vask(pith_client_self(), &v, GET, NULL, 0, 5000 * MS, &reply);
+    cr_assert_eq(rc, -ENOTCONN);
+    struct account st;
+    cr_assert_eq(pith_replay(&account, "nowhere", 7, UINT64_MAX, PITH_REPLAY_EVENT, &st, NULL),
+                 -ENOTCONN);
+    test_stop(NULL);
+}
+
+Test(persist, one_message_events_are_one_record_and_the_mailbox_waits)
+{
+    start_with(1, 0);
+    struct answer r = ask("multi", ADD3, 10);
+    cr_assert_eq(r.balance, 33);
+    cr_assert_eq(r.events, 3);
+    pith_persist_stats_t s = pstats(1);
+    cr_assert_eq(s.events, 3);
+    cr_assert_eq(s.event_records, 1, "three events of one message: one record");
+    /* pith_persist holds the mailbox: each ORDER sees every earlier one's event applied. */
+    pith_vref_t v = key_of("order");
+    for (int64_t i = 0; i < 200; i++)
+        cr_assert_eq(pith_client_vsend(pith_client_self(), &v, ORDER, &i, sizeof(i), PITH_FOREVER),
+                     0);
+    r = ask("order", GET, 0);
+    cr_assert_eq(r.applied, 200);
+    cr_assert_eq(atomic_load(&order_bad), 0,
+                 "a message ran before the event before it was durable");
+    /* pith_persist_async: the mailbox goes on; the events all land. */
+    for (int64_t i = 0; i < 100; i++)
+        cr_assert_eq(
+            pith_client_vsend(pith_client_self(), &v, ADD_ASYNC, &i, sizeof(i), PITH_FOREVER), 0);
+    TEST_WAIT_FOR(atomic_load(&async_done) == 100);
+    r = ask("order", GET, 0);
+    cr_assert_eq(r.applied, 300);
+    cr_assert_eq(r.balance, 200 + 99 * 100 / 2);
+    test_stop(NULL);
+}
+
+Test(persist, a_failed_write_fails_the_event_and_applies_nothing)
+{
+    start_with(1, 0);
+    struct answer r = ask("f", ADD, 5);
+    cr_assert_eq(r.balance, 5);
+    atomic_store(&fault_res, -EIO);
+    atomic_store(&fault_times, 1);
+    r = ask("f", ADD, 7);
+    cr_assert_eq(r.err, -EIO, "the event's done gets the write's error: %d", r.err);
+    cr_assert_eq(r.balance, 5, "a failed event is not applied");
+    r = ask("f", ADD, 9);
+    cr_assert_eq(r.err, -EIO, "the journal refuses appends after a failed write");
+    cr_assert_eq(pstats(1).failed, 2, "both events failed: %llu",
+                 (unsigned long long)pstats(1).failed);
+    test_stop(NULL);
+    /* After a restart: 5, and what the failed write may have left is not invented past it. */
+    pith_config_t cfg = test_config(1);
+    cfg.journal.dir = dir;
+    test_start(&cfg);
+    r = ask("f", GET, 0);
+    cr_assert(r.balance == 5 || r.balance == 12, "balance %lld", (long long)r.balance);
+    test_stop(NULL);
+}
+
+Test(persist, bad_calls_are_refused)
+{
+    start_with(1, 0);
+    static struct account st;
+    cr_assert_eq(pith_replay(NULL, "k", 1, 0, PITH_REPLAY_EVENT, &st, NULL), -EINVAL);
+    cr_assert_eq(pith_replay(&account, "k", 1, 0, 7, &st, NULL), -EINVAL);
+    cr_assert_eq(pith_replay(&account, "k", 1, 0, PITH_REPLAY_EVENT, NULL, NULL), -EINVAL);
+    cr_assert_eq(pith_replay(&account, "never", 5, UINT64_MAX, PITH_REPLAY_EVENT, &st, NULL),
+                 -ENODATA);
+    static pith_vtype_t plain = {.name = "plain", .actor = &account_actor};
+    cr_assert_eq(pith_vtype_register(&plain), 0);
+    cr_assert_eq(pith_replay(&plain, "k", 1, 0, PITH_REPLAY_EVENT, &st, NULL), -ENOENT);
+    /* A persistent type cannot be a worker pool, placed elsewhere, or rebalanced. */
+    static pith_persist_type_t p = {.apply = apply};
+    static pith_vtype_t w = {.name = "w", .actor = &account_actor, .persist = &p, .workers = 2};
+    static pith_vtype_t l = {
+        .name = "l", .actor = &account_actor, .persist = &p, .placement = PITH_PLACE_LOCAL};
+    static pith_vtype_t rb = {
+        .name = "rb", .actor = &account_actor, .persist = &p, .flags = PITH_VTYPE_REBALANCE};
+    static pith_persist_type_t half = {.apply = apply, .snapshot = snapshot};
+    static pith_vtype_t h = {.name = "h", .actor = &account_actor, .persist = &half};
+    static pith_persist_type_t none = {.snapshot = snapshot, .restore = restore};
+    static pith_vtype_t n = {.name = "n", .actor = &account_actor, .persist = &none};
+    cr_assert_eq(pith_vtype_register(&w), -EINVAL);
+    cr_assert_eq(pith_vtype_register(&l), -EINVAL);
+    cr_assert_eq(pith_vtype_register(&rb), -EINVAL);
+    cr_assert_eq(pith_vtype_register(&h), -EINVAL);
+    cr_assert_eq(pith_vtype_register(&n), -EINVAL);
+    pith_persist_stats_t s;
+    cr_assert_eq(pith_persist_stats(99, &s), -EINVAL);
+    cr_assert_eq(pith_persist_stats(0, NULL), -EINVAL);
+    test_stop(NULL);
+}
