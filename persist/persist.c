@@ -385,7 +385,6 @@ static void snapshot_take(struct pshard *ps, struct pstream *st, const void *sta
     if (p != NULL && (op = pith_malloc(sizeof(*op))) != NULL) {
         *op = (struct snap_op){.ps = ps, .st = st, .n = st->n};
         if (log_append(st->id, PT_SNAP, p, len, snap_done, op, NULL, &op->loc) == 0) {
-            st->inflight++;
             pith_free(p);
             return;
         }
@@ -395,14 +394,11 @@ static void snapshot_take(struct pshard *ps, struct pstream *st, const void *sta
     pst_bump(&ps->st_snap_failed, 1);
 }
 
-static void waiting_go(struct pshard *ps, struct pstream *st);
-
 static void snap_done(int err, uint64_t seq, void *ctx)
 {
     struct snap_op *op = ctx;
     struct pstream *st = op->st;
     struct pshard *ps = op->ps;
-    st->inflight--;
     if (err == 0) {
         struct ploc r = {.seq = seq, .n = op->n, .loc = op->loc, .snap = true};
         if (rec_push(st, &r) == 0) {
@@ -416,7 +412,6 @@ static void snap_done(int err, uint64_t seq, void *ctx)
         pst_bump(&ps->st_snap_failed, 1);
     }
     pith_free(op);
-    waiting_go(ps, st);
 }
 
 /* After events were applied to the live state: a snapshot if the policy asks for one. */
@@ -507,7 +502,7 @@ static void batch_done(int err, uint64_t seq, void *ctx)
     }
     batch_free(b);
     pith_free(op);
-    waiting_go(ps, st);
+    pst_waiting_go(ps, st);
 }
 
 /* The message has ended: its events go to the journal as one record. */
@@ -676,7 +671,7 @@ static int hook_activate(pith_actor_t *self, void *state, const pith_vtype_t *vt
 }
 
 /* An activation that waits for its key's records: once none is on its way, it recovers. */
-static void waiting_go(struct pshard *ps, struct pstream *st)
+void pst_waiting_go(struct pshard *ps, struct pstream *st)
 {
     if (st->waiting == PITH_REF_NONE || st->inflight > 0)
         return;
@@ -729,7 +724,6 @@ static void carry_done(int err, uint64_t seq, void *ctx)
 {
     struct carry_op *op = ctx;
     struct pstream *st = op->st;
-    st->inflight--;
     for (uint32_t i = 0; i < st->nrecs; i++) {
         struct ploc *r = &st->recs[i];
         if (r->seq != op->old_seq)
@@ -742,9 +736,7 @@ static void carry_done(int err, uint64_t seq, void *ctx)
         }
         break;
     }
-    struct pshard *ps = op->ps;
     pith_free(op);
-    waiting_go(ps, st);
 }
 
 /* Copies st's records up to seq `upto` to the journal's end. */
@@ -770,7 +762,6 @@ static unsigned carry(struct pshard *ps, struct pstream *st, uint64_t upto, unsi
             return budget; /* the journal pushes back: next time */
         }
         r->carrying = true;
-        st->inflight++;
         done++;
     }
     return done;

@@ -148,6 +148,9 @@ struct pstream *pstream_make(struct pshard *ps, uint64_t id, uint32_t tag, const
 /* Reads the record at r into ps->rbuf: its header (the persist one) and body. */
 int pst_read(struct pshard *ps, const struct ploc *r, pith_journal_rec_t *rec,
              const struct phdr **h, const unsigned char **body, uint32_t *blen);
+/* After one of st's event records is durable or failed: an activation that waited for them
+ * recovers once none is left on its way. */
+void pst_waiting_go(struct pshard *ps, struct pstream *st);
 /* Snapshots kept per key of vt. */
 uint32_t pst_keep(const pith_vtype_t *vt);
 /* The registered type whose tag is tag (NULL: none yet). */

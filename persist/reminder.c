@@ -116,7 +116,6 @@ static void rem_done(int err, uint64_t seq, void *ctx)
 {
     struct rem_op *op = ctx;
     struct pstream *st = op->st;
-    st->inflight--;
     struct prem *m = find(st, op->r.id, NULL);
     if (op->carry) {
         /* A copy: the reminder now lives at the copy, if it is still the one copied. */
@@ -154,7 +153,6 @@ static int rem_append(struct pshard *ps, struct pstream *st, const struct prem_r
         pith_free(op);
         return err;
     }
-    st->inflight++;
     return 0;
 }
 
