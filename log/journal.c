@@ -987,13 +987,131 @@ int log_read(const struct log_loc *loc, pith_journal_rec_t *rec, unsigned char *
     return -ENOENT;
 }
 
+/* ---- reading records on the ring ---- */
+
+struct many {
+    struct journal *j;
+    const struct log_rd *rds;
+    unsigned char *buf;
+    log_many_fn done;
+    void *ctx;
+    uint32_t n, pending;
+    int err;
+    struct jseg **segs; /* [n]: each read's segment, held (readers) until it is back */
+};
+
+struct many_op {
+    struct many *m;
+    uint32_t i;
+};
+
+static void many_end(struct many *m)
+{
+    struct journal *j = m->j;
+    for (uint32_t i = 0; i < m->n; i++)
+        if (m->segs[i] != NULL)
+            m->segs[i]->readers--;
+    int err = m->err;
+    for (uint32_t i = 0; i < m->n && err == 0; i++) {
+        const struct log_rd *r = &m->rds[i];
+        struct jhdr h;
+        memcpy(&h, m->buf + r->at, sizeof(h));
+        if (h.seq != r->seq || sizeof(h) + (uint64_t)h.len != r->len ||
+            jhdr_crc(&h, m->buf + r->at + sizeof(h)) != h.crc)
+            err = -EIO;
+    }
+    if (j->closing && err == 0)
+        err = -ECANCELED;
+    log_many_fn done = m->done;
+    void *ctx = m->ctx;
+    pith_free(m->segs);
+    pith_free(m);
+    done(err, ctx);
+}
+
+static void many_back(struct fop *f, int res)
+{
+    struct many_op *o = (struct many_op *)f->data;
+    struct many *m = o->m;
+    if (res != (int)m->rds[o->i].len && m->err == 0)
+        m->err = res < 0 ? (res == -ECANCELED ? -ECANCELED : -EIO) : -EIO;
+    if (--m->pending == 0)
+        many_end(m);
+}
+
+int log_read_many(const struct log_rd *rds, uint32_t n, unsigned char *buf, log_many_fn done,
+                  void *ctx)
+{
+    struct journal *j;
+    int err = journal_get(&j);
+    if (err)
+        return err;
+    if (n == 0 || done == NULL)
+        return -EINVAL;
+    struct many *m = pith_calloc(1, sizeof(*m));
+    struct jseg **segs = m != NULL ? pith_calloc(n, sizeof(*segs)) : NULL;
+    if (segs == NULL) {
+        pith_free(m);
+        return -ENOMEM;
+    }
+    *m = (struct many){j, rds, buf, done, ctx, n, 0, 0, segs};
+    /* Find each read's segment (records come mostly in order: the search goes on from the
+     * last one found) and its read descriptor. */
+    struct jseg *s = j->segs;
+    for (uint32_t i = 0; i < n && err == 0; i++) {
+        if (s == NULL || s->index > rds[i].loc.seg)
+            s = j->segs;
+        while (s != NULL && s->index != rds[i].loc.seg)
+            s = s->next;
+        if (s == NULL || rds[i].loc.off + (uint64_t)rds[i].len > s->end) {
+            err = s == NULL ? -ENOENT : -EINVAL;
+            break;
+        }
+        if (s->rfd < 0) {
+            char name[32];
+            snprintf(name, sizeof(name), "%08llu.seg", (unsigned long long)s->index);
+            s->rfd = openat(j->dirfd, name, O_RDONLY | O_CLOEXEC);
+            if (s->rfd < 0)
+                err = -errno;
+        }
+        segs[i] = s;
+    }
+    if (err) {
+        pith_free(segs);
+        pith_free(m);
+        return err;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        segs[i]->readers++;
+    /* One read each; the whole set counts as pending until the last is submitted, so that a
+     * read that cannot be queued ends it (with what came back) without a gap. */
+    m->pending = 1;
+    for (uint32_t i = 0; i < n; i++) {
+        struct fop *f = fop_new(shard_fops(), sizeof(struct many_op), many_back);
+        struct io_uring_sqe *sqe = f != NULL ? fop_sqe(f, false) : NULL;
+        if (sqe == NULL) {
+            if (f != NULL)
+                fop_discard(f);
+            m->err = -ENOMEM;
+            break;
+        }
+        *(struct many_op *)f->data = (struct many_op){m, i};
+        io_uring_prep_read(sqe, segs[i]->rfd, buf + rds[i].at, rds[i].len, rds[i].loc.off);
+        fop_arm(f, sqe, 0);
+        m->pending++;
+    }
+    if (--m->pending == 0)
+        many_end(m);
+    return 0;
+}
+
 /* Segments whose records are all released, by the application and by the engine, leave: whole
  * segments only, oldest first, never the one records go to, nor one still written. */
 static void release_some(struct journal *j)
 {
     unsigned n = 0;
-    while (j->segs != j->segs_tail && j->segs->users == 0 && j->segs->app_last <= j->app_upto &&
-           j->segs->eng_last <= j->eng_upto) {
+    while (j->segs != j->segs_tail && j->segs->users == 0 && j->segs->readers == 0 &&
+           j->segs->app_last <= j->app_upto && j->segs->eng_last <= j->eng_upto) {
         struct jseg *s = j->segs;
         j->segs = s->next;
         release_file(j, s->index);

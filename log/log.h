@@ -51,6 +51,7 @@ struct jseg {
      * leaves the journal once both are released (pith_journal_release, log_release_engine). */
     uint64_t app_last, eng_last;
     int rfd;           /* for log_read, opened at its first use; -1 none */
+    unsigned readers;  /* log_read_many reads in flight: it stays until they are back */
     struct jseg *next; /* the shard's segments, oldest first */
 };
 
@@ -171,6 +172,22 @@ int log_scan(uint64_t from, log_scan_fn fn, void *ctx);
 /* The durable record at loc, as jseg_read: -ENOENT no such segment any more. */
 int log_read(const struct log_loc *loc, pith_journal_rec_t *rec, unsigned char **buf,
              uint32_t *cap);
+/* One record for log_read_many: where, its bytes (header included) and its sequence, and
+ * where in the caller's buffer it goes. */
+struct log_rd {
+    struct log_loc loc;
+    uint32_t len;
+    uint32_t at;
+    uint64_t seq;
+};
+typedef void (*log_many_fn)(int err, void *ctx);
+/* Reads n durable records into buf (at rds[i].at, rds[i].len bytes each) through the shard's
+ * ring, without waiting: done(err, ctx) runs on the shard once every read is back, each record
+ * checked (CRC, length, sequence): err 0, -EIO (a read failed or was short, or a record is not
+ * what was asked), -ENOENT (a segment has left), -ECANCELED (the engine stopped). rds and buf
+ * stay the caller's and must stay until done. Returns 0, or -errno and done never runs. */
+int log_read_many(const struct log_rd *rds, uint32_t n, unsigned char *buf, log_many_fn done,
+                  void *ctx);
 /* The engine's records up to seq `upto` are not needed any more: as pith_journal_release for
  * the application's (a segment leaves once both are released). */
 int log_release_engine(uint64_t upto);

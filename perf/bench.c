@@ -105,6 +105,12 @@ static const bench_row_t rows[] = {
     {"raw.fsync_each_per_s", bench_raw_fsync_each, 200, 2000, NULL},
     {"journal.events_per_s", bench_journal_events, 200000, 2000000, "raw.fsync_each_per_s"},
     {"journal.replay_events_per_s", bench_journal_replay, 200000, 2000000, NULL},
+    /* Event-sourced actors. n: events one at a time by one actor; events by 10,000 actors;
+     * keys activated from a 1 KiB snapshot and 100 events each. */
+    {"persist.event_ns", bench_persist_event, 200, 2000, "raw.fdatasync_ns"},
+    {"persist.events_per_s", bench_persist_events, 200000, 2000000, "raw.fsync_each_per_s"},
+    {"vactor.activate_persisted_ns", bench_vactor_activate_persisted, 500, 5000,
+     "vactor.activate_ns"},
     {"raw.crc32c_bytewise_gbps", bench_raw_crc32c_bytewise, 20000, 200000, NULL},
     {"journal.crc32c_gbps", bench_journal_crc32c, 20000, 200000, "raw.crc32c_bytewise_gbps"},
     /* n: 4 KiB reads of a page-cached file, one in flight. */

@@ -173,6 +173,18 @@ int bench_raw_pread_4k_kops(const bench_env_t *env, uint64_t n, result_t *r, cha
 int bench_file_read_4k_qd32(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                             size_t whylen);
 int bench_actor_bytes(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+/* bench_journal.c: a fresh directory in $PITH_BENCH_DIR or /var/tmp (made, removed, its path,
+ * its file system's name), and the floor: n writes of len bytes each followed by fdatasync. */
+int bench_jdir_make(char *why, size_t whylen);
+void bench_jdir_drop(void);
+const char *bench_jdir(void);
+const char *bench_jdir_fs(void);
+int bench_jraw_sync(uint64_t n, uint32_t len, samples_t *s, uint64_t *total_ns);
+/* bench_persist.c: event-sourced virtual actors (pith/persist.h). */
+int bench_persist_event(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_persist_events(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_vactor_activate_persisted(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                                    size_t whylen);
 /* bench_journal.c */
 int bench_raw_fdatasync(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_journal_persist(const bench_env_t *env, uint64_t n, result_t *r, char *why,

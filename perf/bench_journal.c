@@ -452,3 +452,30 @@ int bench_journal_crc32c(const bench_env_t *env, uint64_t n, result_t *r, char *
                c);
     return 0;
 }
+
+/* ---- for bench_persist.c: the same directory and floor ---- */
+
+int bench_jdir_make(char *why, size_t whylen)
+{
+    return dir_make(why, whylen);
+}
+
+void bench_jdir_drop(void)
+{
+    dir_drop();
+}
+
+const char *bench_jdir(void)
+{
+    return bdir;
+}
+
+const char *bench_jdir_fs(void)
+{
+    return fs_name(bdir);
+}
+
+int bench_jraw_sync(uint64_t n, uint32_t len, samples_t *s, uint64_t *total_ns)
+{
+    return raw_sync_loop(n, len, s, total_ns);
+}

@@ -198,10 +198,15 @@ static int index_rec(const pith_journal_rec_t *rec, const struct log_loc *loc, v
         if (r->snap == snap && r->n == n) {
             r->seq = rec->seq;
             r->loc = *loc;
+            r->len = (uint32_t)(sizeof(struct jhdr) + rec->len);
             return 0;
         }
     }
-    struct ploc r = {.seq = rec->seq, .n = n, .loc = *loc, .snap = snap};
+    struct ploc r = {.seq = rec->seq,
+                     .n = n,
+                     .loc = *loc,
+                     .len = (uint32_t)(sizeof(struct jhdr) + rec->len),
+                     .snap = snap};
     if (rec_push(st, &r) != 0)
         return -ENOMEM;
     if (n > st->n)
@@ -350,6 +355,7 @@ struct snap_op {
     struct pstream *st;
     uint64_t n;
     struct log_loc loc;
+    uint32_t len;
 };
 
 static void snap_done(int err, uint64_t seq, void *ctx);
@@ -383,7 +389,8 @@ static void snapshot_take(struct pshard *ps, struct pstream *st, const void *sta
                            : NULL;
     pith_free(buf);
     if (p != NULL && (op = pith_malloc(sizeof(*op))) != NULL) {
-        *op = (struct snap_op){.ps = ps, .st = st, .n = st->n};
+        *op = (struct snap_op){
+            .ps = ps, .st = st, .n = st->n, .len = (uint32_t)sizeof(struct jhdr) + len};
         if (log_append(st->id, PT_SNAP, p, len, snap_done, op, NULL, &op->loc) == 0) {
             pith_free(p);
             return;
@@ -400,7 +407,7 @@ static void snap_done(int err, uint64_t seq, void *ctx)
     struct pstream *st = op->st;
     struct pshard *ps = op->ps;
     if (err == 0) {
-        struct ploc r = {.seq = seq, .n = op->n, .loc = op->loc, .snap = true};
+        struct ploc r = {.seq = seq, .n = op->n, .loc = op->loc, .len = op->len, .snap = true};
         if (rec_push(st, &r) == 0) {
             rec_trim(st, pst_keep(st->vt));
             pst_bump(&ps->st_snaps, 1);
@@ -468,7 +475,8 @@ static void batch_done(int err, uint64_t seq, void *ctx)
         batch_fail(ps, b, err);
     } else {
         uint64_t last = op->first + b->count - 1;
-        struct ploc r = {.seq = seq, .n = last, .loc = op->loc};
+        struct ploc r = {
+            .seq = seq, .n = last, .loc = op->loc, .len = (uint32_t)sizeof(struct jhdr) + b->len};
         if (rec_push(st, &r) != 0) {
             /* Durable but not indexed: this run's activations would not see it. Fail the
              * shard's persistence rather than let a later activation lose it. */
@@ -632,15 +640,146 @@ static unsigned hook_home(const pith_vtype_t *vt, const unsigned char *key, uint
     return pmeta_jump(pmeta_stream(mk, vt, key, klen), shards);
 }
 
-static int recover(struct pshard *ps, struct pstream *st, void *state)
+/* An activation's recovery: its key's latest snapshot and the event records after it, read on
+ * the ring while its messages wait, then restored and applied. */
+struct recov {
+    struct pshard *ps;
+    struct pstream *st;
+    pith_ref_t act;
+    uint32_t n;
+    bool snap;     /* rds[0] is a snapshot */
+    bool starting; /* log_read_many has not returned yet */
+    bool finished; /* it ended while starting: err */
+    int err;
+    struct log_rd *rds;
+    unsigned char *buf;
+};
+
+static void recov_free(struct recov *rc)
 {
-    uint64_t events = 0;
-    int err = pst_rebuild(ps, st, st->vt->persist, state, UINT64_MAX, PITH_REPLAY_EVENT, &events);
-    if (err == -ENODATA)
-        err = -EIO; /* what the index says is there is not */
-    if (err == 0 && events != st->n)
-        err = -EIO;
+    pith_free(rc->rds);
+    pith_free(rc->buf);
+    pith_free(rc);
+}
+
+/* Restores and applies what was read into the activation's state. */
+static int recov_apply(struct recov *rc, void *state)
+{
+    struct pstream *st = rc->st;
+    struct pshard *ps = rc->ps;
+    const pith_persist_type_t *pt = st->vt->persist;
+    uint64_t applied = 0;
+    for (uint32_t i = 0; i < rc->n; i++) {
+        struct jhdr jh;
+        memcpy(&jh, rc->buf + rc->rds[i].at, sizeof(jh));
+        pith_journal_rec_t rec = {.seq = jh.seq,
+                                  .stream = jh.stream,
+                                  .type = jh.type,
+                                  .len = jh.len,
+                                  .data = rc->buf + rc->rds[i].at + sizeof(jh)};
+        const struct phdr *h;
+        const unsigned char *key, *body;
+        uint32_t blen;
+        if (!parse(&rec, &h, &key, &body, &blen))
+            return -EIO;
+        if (i == 0 && rc->snap) {
+            if (pt->restore == NULL || jh.type != PT_SNAP)
+                return -EIO;
+            int err = pt->restore(state, body, blen);
+            if (err)
+                return err < 0 ? err : -EINVAL;
+            applied = h->first;
+            pst_bump(&ps->st_restored, 1);
+            continue;
+        }
+        bool stop = false;
+        int err = pst_apply_events(ps, pt, state, body, blen, h->first, h->count, UINT64_MAX,
+                                   PITH_REPLAY_EVENT, &applied, &stop);
+        if (err)
+            return err == -ENODATA ? -EIO : err; /* what the index says is there is not */
+    }
+    return applied == st->n ? 0 : -EIO;
+}
+
+static void recov_done(int err, void *ctx)
+{
+    struct recov *rc = ctx;
+    if (rc->starting) {
+        rc->finished = true;
+        rc->err = err;
+        return;
+    }
+    struct actor *a = core_self != NULL ? core_find(core_self, rc->act) : NULL;
+    if (a != NULL) {
+        if (err == 0)
+            err = recov_apply(rc, a->state);
+        pst_bump(&rc->ps->st_recoveries, 1);
+        if (err && rc->st->live == rc->act)
+            rc->st->live = PITH_REF_NONE;
+    }
+    pith_ref_t act = rc->act;
+    recov_free(rc);
+    if (a != NULL)
+        vactor_persist_ready(act, err);
+}
+
+/* Starts act's recovery: 0 nothing to read (or read and applied at once), PITH_VACT_LATER
+ * (recov_done finishes it), or a negative errno. */
+static int recover_start(struct pshard *ps, struct pstream *st, pith_ref_t act, void *state)
+{
+    int si = -1;
+    for (uint32_t i = st->nrecs; i-- > 0;)
+        if (st->recs[i].snap) {
+            si = (int)i;
+            break;
+        }
+    uint64_t base = si >= 0 ? st->recs[si].n : 0;
+    uint32_t n = si >= 0 ? 1 : 0;
+    uint64_t bytes = si >= 0 ? st->recs[si].len : 0;
+    for (uint32_t i = 0; i < st->nrecs; i++)
+        if (!st->recs[i].snap && st->recs[i].n > base) {
+            n++;
+            bytes += st->recs[i].len;
+        }
+    if (n == 0)
+        return 0;
+    if (bytes > UINT32_MAX)
+        return -ENOMEM;
+    struct recov *rc = pith_calloc(1, sizeof(*rc));
+    if (rc == NULL)
+        return -ENOMEM;
+    *rc = (struct recov){.ps = ps, .st = st, .act = act, .n = n, .snap = si >= 0, .starting = true};
+    rc->rds = pith_malloc(n * sizeof(*rc->rds));
+    rc->buf = pith_malloc(bytes);
+    if (rc->rds == NULL || rc->buf == NULL) {
+        recov_free(rc);
+        return -ENOMEM;
+    }
+    uint32_t k = 0, at = 0;
+    if (si >= 0) {
+        const struct ploc *r = &st->recs[si];
+        rc->rds[k++] = (struct log_rd){r->loc, r->len, at, r->seq};
+        at += r->len;
+    }
+    for (uint32_t i = 0; i < st->nrecs; i++) {
+        const struct ploc *r = &st->recs[i];
+        if (r->snap || r->n <= base)
+            continue;
+        rc->rds[k++] = (struct log_rd){r->loc, r->len, at, r->seq};
+        at += r->len;
+    }
+    int err = log_read_many(rc->rds, n, rc->buf, recov_done, rc);
+    if (err) {
+        recov_free(rc);
+        return err;
+    }
+    rc->starting = false;
+    if (!rc->finished)
+        return PITH_VACT_LATER;
+    /* Every read ended before log_read_many returned (it could not queue them all). */
+    err = rc->err == 0 ? recov_apply(rc, state) : rc->err;
     pst_bump(&ps->st_recoveries, 1);
+    recov_free(rc);
     return err;
 }
 
@@ -662,10 +801,8 @@ static int hook_activate(pith_actor_t *self, void *state, const pith_vtype_t *vt
         st->waiting = st->live;
         return PITH_VACT_LATER;
     }
-    if (st->nrecs == 0)
-        return 0;
-    err = recover(ps, st, state);
-    if (err)
+    err = recover_start(ps, st, st->live, state);
+    if (err < 0)
         st->live = PITH_REF_NONE;
     return err;
 }
@@ -680,7 +817,9 @@ void pst_waiting_go(struct pshard *ps, struct pstream *st)
     struct actor *a = core_find(core_self, act);
     if (a == NULL)
         return;
-    int err = st->nrecs > 0 ? recover(ps, st, a->state) : 0;
+    int err = recover_start(ps, st, act, a->state);
+    if (err == PITH_VACT_LATER)
+        return;
     if (err)
         st->live = PITH_REF_NONE;
     vactor_persist_ready(act, err);
@@ -780,8 +919,8 @@ static void compact(struct pshard *ps)
 {
     uint64_t now = pith_now_ns();
     if (now - ps->compact_ns < COMPACT_NS) {
-        if (!ps->compact_armed &&
-            pith_timer_add(COMPACT_NS - (now - ps->compact_ns), 0, compact_tick, ps, NULL) == 0)
+        if (!ps->compact_armed && pith_timer_add(COMPACT_NS - (now - ps->compact_ns), 0,
+                                                 compact_tick, ps, &ps->compact_timer) == 0)
             ps->compact_armed = true;
         return;
     }
@@ -884,6 +1023,21 @@ static void persist_flush(unsigned shard)
     }
 }
 
+/* The shard leaves its loop: its timers go now, so that the stop finds none left. */
+static void persist_ring_exit(unsigned shard)
+{
+    struct pshard *ps =
+        shard < PSHARDS_MAX ? atomic_load_explicit(&pshards[shard], memory_order_relaxed) : NULL;
+    if (ps == NULL)
+        return;
+    if (ps->compact_armed)
+        (void)pith_timer_cancel(ps->compact_timer);
+    ps->compact_armed = false;
+    for (uint32_t i = 0; i < ps->nbuckets; i++)
+        for (struct pstream *st = ps->buckets[i]; st != NULL; st = st->next)
+            prem_disarm_all(st);
+}
+
 static void persist_shard_exit(unsigned shard)
 {
     struct pshard *ps =
@@ -916,6 +1070,7 @@ static const struct vpersist_hooks vhooks = {
 __attribute__((constructor)) static void persist_hooks(void)
 {
     static const struct shard_hooks h = {
+        .ring_exit = persist_ring_exit,
         .shard_exit = persist_shard_exit,
         .engine_gone = persist_engine_gone,
         .flush = persist_flush,

@@ -47,6 +47,7 @@ struct ploc {
     uint64_t seq;
     uint64_t n;
     struct log_loc loc;
+    uint32_t len; /* the record's bytes, its journal header included */
     bool snap;
     bool carrying; /* a copy of it is on its way (compaction) */
 };
@@ -116,6 +117,7 @@ struct pshard {
     uint32_t rcap;
     uint64_t compact_ns; /* the last compaction (pith_now_ns) */
     bool compact_armed;
+    pith_timer_id_t compact_timer;
     uint32_t append_max;
     _Atomic uint64_t st_keys, st_events, st_records, st_failed, st_snaps, st_snap_failed,
         st_recoveries, st_replayed, st_restored, st_carried, st_reminders, st_fired;
@@ -168,6 +170,16 @@ void prem_arm_all(struct pshard *ps);
 /* Copies reminder records at or before seq forward (compaction). */
 void prem_carry(struct pshard *ps, struct pstream *st, uint64_t upto);
 void prem_free_all(struct pstream *st);
+/* Cancels st's reminders' timers (the shard stops). */
+void prem_disarm_all(struct pstream *st);
+
+/* Applies the events of an event record (body, blen; first event number first) numbered after
+ * *applied and up to until (how PITH_REPLAY_EVENT) to state, moving *applied on: 0, -ENODATA
+ * (events between *applied and this record's are missing), -EIO (the body is damaged). *stop:
+ * an event past until was met. */
+int pst_apply_events(struct pshard *ps, const pith_persist_type_t *pt, void *state,
+                     const unsigned char *body, uint32_t blen, uint64_t first, uint32_t count,
+                     uint64_t until, int how, uint64_t *applied, bool *stop);
 
 /* replay.c: rebuilds st's state into `state` (after its type's init or zeroed) up to `until`
  * (how: PITH_REPLAY_*; UINT64_MAX: everything); *events the last event applied. */

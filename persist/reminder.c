@@ -209,6 +209,12 @@ void prem_carry(struct pshard *ps, struct pstream *st, uint64_t upto)
     }
 }
 
+void prem_disarm_all(struct pstream *st)
+{
+    for (struct prem *m = st->rems; m != NULL; m = m->next)
+        disarm(m);
+}
+
 void prem_free_all(struct pstream *st)
 {
     for (struct prem *m = st->rems, *next; m != NULL; m = next) {

@@ -11,6 +11,35 @@
 #include "pst.h"
 #include "vpersist.h"
 
+int pst_apply_events(struct pshard *ps, const pith_persist_type_t *pt, void *state,
+                     const unsigned char *body, uint32_t blen, uint64_t first, uint32_t count,
+                     uint64_t until, int how, uint64_t *applied, bool *stop)
+{
+    if (first > *applied + 1)
+        return -ENODATA; /* what came between has left the journal */
+    const unsigned char *p = body, *end = body + blen;
+    for (uint32_t k = 0; k < count; k++) {
+        uint32_t len;
+        if (end - p < 4)
+            return -EIO;
+        memcpy(&len, p, 4);
+        if ((uint64_t)(end - p - 4) < len)
+            return -EIO;
+        uint64_t num = first + k;
+        if (how == PITH_REPLAY_EVENT && num > until) {
+            *stop = true;
+            return 0;
+        }
+        if (num == *applied + 1) {
+            pt->apply(state, p + 4, len);
+            *applied = num;
+            pst_bump(&ps->st_replayed, 1);
+        }
+        p += 4 + len;
+    }
+    return 0;
+}
+
 int pst_rebuild(struct pshard *ps, struct pstream *st, const pith_persist_type_t *pt, void *state,
                 uint64_t until, int how, uint64_t *events)
 {
@@ -50,30 +79,13 @@ int pst_rebuild(struct pshard *ps, struct pstream *st, const pith_persist_type_t
             return err;
         if (how == PITH_REPLAY_TIME && h->time_ns > until)
             break;
-        if (h->first > applied + 1)
-            return -ENODATA; /* what came between has left the journal */
-        const unsigned char *p = body, *end = body + blen;
+        uint64_t before = applied;
         bool stop = false;
-        for (uint32_t k = 0; k < h->count; k++) {
-            uint32_t len;
-            if (end - p < 4)
-                return -EIO;
-            memcpy(&len, p, 4);
-            if ((uint64_t)(end - p - 4) < len)
-                return -EIO;
-            uint64_t num = h->first + k;
-            if (how == PITH_REPLAY_EVENT && num > until) {
-                stop = true;
-                break;
-            }
-            if (num == applied + 1) {
-                pt->apply(state, p + 4, len);
-                applied = num;
-                any = true;
-                pst_bump(&ps->st_replayed, 1);
-            }
-            p += 4 + len;
-        }
+        err = pst_apply_events(ps, pt, state, body, blen, h->first, h->count, until, how, &applied,
+                               &stop);
+        if (err)
+            return err;
+        any = any || applied > before;
         if (stop)
             break;
     }
