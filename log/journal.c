@@ -947,6 +947,8 @@ static int scan_app_fn(const pith_journal_rec_t *rec, const struct log_loc *loc,
 {
     (void)loc;
     const struct scan_app *a = ctx;
+    if (rec->type >= LOG_TYPE_ENGINE)
+        return 0; /* the engine's own (persist/): not the application's to read */
     return a->fn(rec, a->ctx);
 }
 

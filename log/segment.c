@@ -328,8 +328,9 @@ int jseg_read(struct journal *j, struct jseg *seg, uint32_t off, pith_journal_re
         if (seg->rfd < 0)
             return -errno;
     }
-    /* One read of the header and, usually, the payload: records of the engine are small. */
-    uint32_t want = *cap >= 512 ? *cap : 512;
+    /* One read of the header and, usually, the payload (the engine's records are mostly
+     * small); a longer one is read again whole. */
+    uint32_t want = 512;
     if (off + (uint64_t)want > seg->end)
         want = (uint32_t)(seg->end - off);
     for (int pass = 0; pass < 2; pass++) {

@@ -19,12 +19,14 @@
 #define COMPACT_NS   (100ull * 1000 * 1000) /* compaction at most this often */
 #define CARRY_SEGS   4u                     /* past this many segments, old records move on */
 #define CARRY_BUDGET 256u                   /* records copied forward per compaction */
+#define RETRY_NS     (1000ull * 1000)       /* a record the journal pushed back: tried again */
+#define RETRY_MAX    (16u << 20)            /* bytes waiting so, past which pith_persist refuses */
 
 /* The shards' persistence, made at first use and freed when the engine is gone; readers off the
  * shards hold shard_reader_enter. Published with release (pshard_get), read with acquire. */
 static _Atomic(struct pshard *) pshards[PSHARDS_MAX];
 
-static void compact(struct pshard *ps);
+static void compact_soon(struct pshard *ps);
 
 static uint64_t realtime_ns(void)
 {
@@ -80,8 +82,36 @@ struct pstream *pstream_make(struct pshard *ps, uint64_t id, uint32_t tag, const
     return st;
 }
 
+/* A key's records stay sorted by what they cover: n, an event record before a snapshot of the
+ * same n. Records come mostly in that order; a copy that compaction made while a newer snapshot
+ * was on its way (or one read back after the original left) may come later than newer ones. */
+static inline bool rec_before(const struct ploc *a, uint64_t n, bool snap)
+{
+    return a->n < n || (a->n == n && !a->snap && snap);
+}
+
+/* Enters r in its place: 0; 1 when a record of the same n and kind was there (its copy: r
+ * replaces it); -ENOMEM. */
 static int rec_push(struct pstream *st, const struct ploc *r)
 {
+    uint32_t lo = 0, hi = st->nrecs;
+    if (hi > 0 && rec_before(&st->recs[hi - 1], r->n, r->snap)) {
+        lo = hi; /* the usual case: after the last */
+    } else {
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (rec_before(&st->recs[mid], r->n, r->snap))
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo < st->nrecs && st->recs[lo].n == r->n && st->recs[lo].snap == r->snap) {
+            st->recs[lo].seq = r->seq;
+            st->recs[lo].loc = r->loc;
+            st->recs[lo].len = r->len;
+            return 1;
+        }
+    }
     if (st->nrecs == st->cap) {
         uint32_t cap = st->cap ? st->cap * 2 : 4;
         struct ploc *v = pith_realloc(st->recs, cap * sizeof(*v));
@@ -90,36 +120,29 @@ static int rec_push(struct pstream *st, const struct ploc *r)
         st->recs = v;
         st->cap = cap;
     }
-    st->recs[st->nrecs++] = *r;
+    memmove(&st->recs[lo + 1], &st->recs[lo], (st->nrecs - lo) * sizeof(*r));
+    st->recs[lo] = *r;
+    st->nrecs++;
     if (r->snap)
         st->nsnaps++;
     return 0;
 }
 
-/* Keeps the last `keep` snapshots and the event records after the oldest of them. */
+/* Keeps the last `keep` snapshots and the records after the oldest of them. */
 static void rec_trim(struct pstream *st, uint32_t keep)
 {
     if (st->nsnaps <= keep)
         return;
-    uint32_t skip = st->nsnaps - keep, i = 0;
-    uint64_t cover = 0;
-    for (; i < st->nrecs && skip > 0; i++)
-        if (st->recs[i].snap) {
-            skip--;
-            cover = st->recs[i].n;
-        }
-    /* The oldest kept snapshot and what follows it stay, and any event record past what the
-     * dropped snapshots covered (one written while a snapshot was on its way). */
-    uint32_t w = 0;
-    for (uint32_t k = 0; k < st->nrecs; k++) {
-        const struct ploc *r = &st->recs[k];
-        bool drop = k < i && (r->snap || r->n <= cover);
-        if (!drop)
-            st->recs[w++] = *r;
-        else if (r->snap)
-            st->nsnaps--;
-    }
-    st->nrecs = w;
+    uint32_t skip = st->nsnaps - keep + 1, k0 = 0;
+    for (; k0 < st->nrecs; k0++)
+        if (st->recs[k0].snap && --skip == 0)
+            break; /* the oldest kept snapshot */
+    uint32_t dropped = 0;
+    for (uint32_t k = 0; k < k0; k++)
+        dropped += st->recs[k].snap;
+    memmove(st->recs, &st->recs[k0], (st->nrecs - k0) * sizeof(*st->recs));
+    st->nrecs -= k0;
+    st->nsnaps -= dropped;
 }
 
 uint32_t pst_keep(const pith_vtype_t *vt)
@@ -130,8 +153,9 @@ uint32_t pst_keep(const pith_vtype_t *vt)
 unsigned char *pst_payload(const struct pstream *st, uint32_t count, uint64_t first,
                            const void *body, uint32_t blen, uint32_t *len)
 {
-    *len = (uint32_t)sizeof(struct phdr) + st->klen + blen;
-    unsigned char *p = pith_malloc(*len);
+    uint32_t kpad = (uint32_t)JALIGN(st->klen);
+    *len = (uint32_t)sizeof(struct phdr) + kpad + blen;
+    unsigned char *p = pith_calloc(1, *len);
     if (p == NULL)
         return NULL;
     struct phdr h = {
@@ -139,7 +163,7 @@ unsigned char *pst_payload(const struct pstream *st, uint32_t count, uint64_t fi
     memcpy(p, &h, sizeof(h));
     memcpy(p + sizeof(h), st->key, st->klen);
     if (blen > 0)
-        memcpy(p + sizeof(h) + st->klen, body, blen);
+        memcpy(p + sizeof(h) + kpad, body, blen);
     return p;
 }
 
@@ -150,11 +174,12 @@ static bool parse(const pith_journal_rec_t *rec, const struct phdr **h, const un
     if (rec->len < sizeof(struct phdr))
         return false;
     *h = rec->data;
-    if (rec->len < sizeof(struct phdr) + (*h)->klen || (*h)->klen > PITH_VKEY_MAX)
+    uint32_t kpad = (uint32_t)JALIGN((*h)->klen);
+    if ((*h)->klen > PITH_VKEY_MAX || rec->len < sizeof(struct phdr) + kpad)
         return false;
     *key = (const unsigned char *)rec->data + sizeof(struct phdr);
-    *body = *key + (*h)->klen;
-    *blen = rec->len - (uint32_t)sizeof(struct phdr) - (*h)->klen;
+    *body = *key + kpad;
+    *blen = rec->len - (uint32_t)sizeof(struct phdr) - kpad;
     return true;
 }
 
@@ -184,36 +209,32 @@ static int index_rec(const pith_journal_rec_t *rec, const struct log_loc *loc, v
     struct pstream *st = pstream_find(ps, rec->stream, h->tag, key, h->klen);
     if (st == NULL && (st = pstream_make(ps, rec->stream, h->tag, key, h->klen)) == NULL)
         return -ENOMEM;
-    if (rec->type == PT_REMIND)
-        return blen >= sizeof(struct prem_rec)
-                   ? prem_index(ps, st, (const struct prem_rec *)(const void *)body, rec, loc)
-                   : 0;
+    if (rec->type == PT_REMIND) {
+        struct prem_rec r;
+        if (blen < sizeof(r))
+            return 0;
+        memcpy(&r, body, sizeof(r));
+        return prem_index(ps, st, &r, rec, loc);
+    }
     bool snap = rec->type == PT_SNAP;
     uint64_t n = snap ? h->first : h->first + h->count - 1;
     if (!snap && h->count == 0)
         return 0;
-    /* A copy (compaction carried it forward) replaces its original. */
-    for (uint32_t i = 0; i < st->nrecs; i++) {
-        struct ploc *r = &st->recs[i];
-        if (r->snap == snap && r->n == n) {
-            r->seq = rec->seq;
-            r->loc = *loc;
-            r->len = (uint32_t)(sizeof(struct jhdr) + rec->len);
-            return 0;
-        }
-    }
     struct ploc r = {.seq = rec->seq,
                      .n = n,
                      .loc = *loc,
                      .len = (uint32_t)(sizeof(struct jhdr) + rec->len),
                      .snap = snap};
-    if (rec_push(st, &r) != 0)
+    int pushed = rec_push(st, &r); /* a copy replaces its original */
+    if (pushed < 0)
         return -ENOMEM;
+    if (pushed == 1)
+        return 0;
     if (n > st->n)
         st->n = n;
     st->next_n = st->n + 1;
     if (snap)
-        st->since_snap = 0;
+        st->since_snap = n < st->n ? st->n - n : 0;
     else
         st->since_snap += h->count;
     return 0;
@@ -318,6 +339,7 @@ static int stream_of(const pith_actor_t *self, const pith_vtype_t *vt, struct ps
 struct as_actor {
     struct actor *a;
     pith_ref_t outer;
+    bool was_running; /* inside its own turn already (a failure at a message's end) */
     struct pith_actor self;
 };
 
@@ -329,6 +351,7 @@ static bool actor_enter(pith_ref_t ref, struct as_actor *x)
         return false;
     x->self = (struct pith_actor){x->a, ref};
     x->outer = core_current;
+    x->was_running = (x->a->gen & A_RUNNING) != 0;
     core_current = ref;
     x->a->gen |= A_RUNNING;
     return true;
@@ -336,12 +359,18 @@ static bool actor_enter(pith_ref_t ref, struct as_actor *x)
 
 static void actor_leave(struct as_actor *x)
 {
-    struct actor *a = core_find(core_self, x->self.ref);
-    if (a != NULL)
-        a->gen &= ~A_RUNNING;
+    struct core_shard *cs = core_self;
     core_current = x->outer;
+    struct actor *a = core_find(cs, x->self.ref);
+    if (a != NULL && !x->was_running) {
+        a->gen &= ~A_RUNNING;
+        /* A pith_stop(self) from the callback: no turn follows to act on it. */
+        if (a->gen & A_STOP)
+            (void)core_end_now(cs, x->self.ref,
+                               (int)(intptr_t)map_get(&cs->stop_reasons, x->self.ref));
+    }
     /* Events persisted from here go out now, not with some later message. */
-    if (core_msg_done != NULL) {
+    if (!x->was_running && core_msg_done != NULL) {
         void (*fn)(void) = core_msg_done;
         core_msg_done = NULL;
         fn();
@@ -368,7 +397,7 @@ static void snapshot_take(struct pshard *ps, struct pstream *st, const void *sta
         return;
     st->since_snap = 0;
     st->snap_ns = pith_now_ns();
-    uint32_t room = ps->append_max - (uint32_t)sizeof(struct phdr) - st->klen;
+    uint32_t room = ps->append_max - (uint32_t)sizeof(struct phdr) - (uint32_t)JALIGN(st->klen);
     uint32_t cap = 1024;
     unsigned char *buf = NULL;
     uint32_t need = 0;
@@ -392,6 +421,7 @@ static void snapshot_take(struct pshard *ps, struct pstream *st, const void *sta
         *op = (struct snap_op){
             .ps = ps, .st = st, .n = st->n, .len = (uint32_t)sizeof(struct jhdr) + len};
         if (log_append(st->id, PT_SNAP, p, len, snap_done, op, NULL, &op->loc) == 0) {
+            st->snap_inflight++;
             pith_free(p);
             return;
         }
@@ -406,15 +436,16 @@ static void snap_done(int err, uint64_t seq, void *ctx)
     struct snap_op *op = ctx;
     struct pstream *st = op->st;
     struct pshard *ps = op->ps;
+    st->snap_inflight--;
     if (err == 0) {
         struct ploc r = {.seq = seq, .n = op->n, .loc = op->loc, .len = op->len, .snap = true};
-        if (rec_push(st, &r) == 0) {
+        if (rec_push(st, &r) >= 0) {
             rec_trim(st, pst_keep(st->vt));
             pst_bump(&ps->st_snaps, 1);
         } else {
             pst_bump(&ps->st_snap_failed, 1);
         }
-        compact(ps);
+        compact_soon(ps);
     } else {
         pst_bump(&ps->st_snap_failed, 1);
     }
@@ -477,7 +508,7 @@ static void batch_done(int err, uint64_t seq, void *ctx)
         uint64_t last = op->first + b->count - 1;
         struct ploc r = {
             .seq = seq, .n = last, .loc = op->loc, .len = (uint32_t)sizeof(struct jhdr) + b->len};
-        if (rec_push(st, &r) != 0) {
+        if (rec_push(st, &r) < 0) {
             /* Durable but not indexed: this run's activations would not see it. Fail the
              * shard's persistence rather than let a later activation lose it. */
             ps->err = -ENOMEM;
@@ -489,13 +520,13 @@ static void batch_done(int err, uint64_t seq, void *ctx)
         struct as_actor x;
         bool in = st->live == b->act && actor_enter(b->act, &x);
         const pith_persist_type_t *pt = st->vt->persist;
-        const unsigned char *p = b->buf + sizeof(struct phdr) + st->klen;
+        const unsigned char *p = b->buf + sizeof(struct phdr) + JALIGN(st->klen);
         for (uint32_t i = 0; i < b->count; i++) {
             uint32_t len;
             memcpy(&len, p, 4);
             if (in)
-                pt->apply(x.a->state, p + 4, len);
-            p += 4 + len;
+                pt->apply(x.a->state, p + PEV_HDR, len);
+            p += PEV_HDR + JALIGN(len);
             if (b->cbs[i].fn != NULL)
                 b->cbs[i].fn(in ? &x.self : NULL, in ? x.a->state : NULL, 0, b->cbs[i].ctx);
             if (in && core_find(core_self, b->act) == NULL)
@@ -513,14 +544,11 @@ static void batch_done(int err, uint64_t seq, void *ctx)
     pst_waiting_go(ps, st);
 }
 
-/* The message has ended: its events go to the journal as one record. */
-static void batch_flush(void)
+static void retry_tick(void *arg);
+
+/* Appends b's record: 0, or the journal's error. */
+static int batch_append(struct pshard *ps, struct pbatch *b)
 {
-    struct pshard *ps;
-    if (pshard_get(&ps) != 0 || ps->open == NULL)
-        return;
-    struct pbatch *b = ps->open;
-    ps->open = NULL;
     struct pstream *st = b->st;
     struct phdr h;
     memcpy(&h, b->buf, sizeof(h));
@@ -528,19 +556,87 @@ static void batch_flush(void)
     h.first = st->next_n;
     memcpy(b->buf, &h, sizeof(h));
     struct batch_op *op = pith_malloc(sizeof(*op));
-    int err = op == NULL ? -ENOMEM : 0;
-    if (op != NULL) {
-        *op = (struct batch_op){.ps = ps, .b = b, .first = h.first};
-        err = log_append(st->id, PT_EVENTS, b->buf, b->len, batch_done, op, NULL, &op->loc);
+    if (op == NULL)
+        return -ENOMEM;
+    *op = (struct batch_op){.ps = ps, .b = b, .first = h.first};
+    int err = log_append(st->id, PT_EVENTS, b->buf, b->len, batch_done, op, NULL, &op->loc);
+    if (err) {
+        pith_free(op);
+        return err;
     }
-    if (err == 0) {
-        st->inflight++;
-        st->next_n += b->count;
+    st->next_n += b->count;
+    return 0;
+}
+
+/* A record the journal could not take yet (its queue is full, or its next segment is still
+ * being made) waits, with those after it, in order, and is tried again shortly. */
+static void batch_retry_later(struct pshard *ps, struct pbatch *b)
+{
+    b->next = NULL;
+    if (ps->retry_tail != NULL)
+        ps->retry_tail->next = b;
+    else
+        ps->retry_head = b;
+    ps->retry_tail = b;
+    ps->retry_bytes += b->len;
+    if (!ps->retry_armed && pith_timer_add(RETRY_NS, 0, retry_tick, ps, &ps->retry_timer) == 0)
+        ps->retry_armed = true;
+}
+
+static void batch_give_up(struct pshard *ps, struct pbatch *b, int err)
+{
+    b->st->inflight--;
+    batch_fail(ps, b, err);
+    struct pstream *st = b->st;
+    batch_free(b);
+    pst_waiting_go(ps, st);
+}
+
+static void retry_tick(void *arg)
+{
+    struct pshard *ps = arg;
+    ps->retry_armed = false;
+    while (ps->retry_head != NULL) {
+        struct pbatch *b = ps->retry_head;
+        int err = batch_append(ps, b);
+        if (err == -EAGAIN)
+            break;
+        ps->retry_head = b->next;
+        if (ps->retry_head == NULL)
+            ps->retry_tail = NULL;
+        ps->retry_bytes -= b->len;
+        if (err)
+            batch_give_up(ps, b, err);
+    }
+    if (ps->retry_head != NULL && !ps->retry_armed &&
+        pith_timer_add(RETRY_NS, 0, retry_tick, ps, &ps->retry_timer) == 0)
+        ps->retry_armed = true;
+}
+
+/* The message has ended: its events go to the journal as one record. */
+static void batch_flush(void)
+{
+    int id = pith_shard_id();
+    struct pshard *ps = id >= 0 && (unsigned)id < PSHARDS_MAX
+                            ? atomic_load_explicit(&pshards[id], memory_order_relaxed)
+                            : NULL;
+    if (ps == NULL || ps->open == NULL)
+        return;
+    struct pbatch *b = ps->open;
+    ps->open = NULL;
+    if (b->count == 0) {
+        /* Nothing came of it (memory ran out after it was opened). */
+        if (b->muted)
+            (void)core_mute_hold(core_self, b->act, false);
+        batch_free(b);
         return;
     }
-    pith_free(op);
-    batch_fail(ps, b, err);
-    batch_free(b);
+    b->st->inflight++; /* from here until its outcome: an activation of the key waits */
+    int err = ps->retry_head != NULL ? -EAGAIN : batch_append(ps, b);
+    if (err == -EAGAIN)
+        batch_retry_later(ps, b);
+    else if (err)
+        batch_give_up(ps, b, err);
 }
 
 static int persist(pith_actor_t *self, const void *event, uint32_t len, pith_persisted_fn_t done,
@@ -556,11 +652,14 @@ static int persist(pith_actor_t *self, const void *event, uint32_t len, pith_per
     int err = stream_of(self, vt, &ps, &st);
     if (err)
         return err;
+    if (ps->retry_bytes > RETRY_MAX)
+        return -EAGAIN; /* the journal pushes back, and this much already waits for it */
     if (ps->open != NULL && ps->open->st != st)
         batch_flush(); /* another key's (it cannot be, inside one behaviour; but safe) */
     struct pbatch *b = ps->open;
-    uint32_t base = b != NULL ? b->len : (uint32_t)sizeof(struct phdr) + st->klen;
-    if ((uint64_t)base + 4 + len > ps->append_max)
+    uint32_t base = b != NULL ? b->len : (uint32_t)(sizeof(struct phdr) + JALIGN(st->klen));
+    uint32_t room = (uint32_t)(PEV_HDR + JALIGN(len));
+    if (len > ps->append_max || (uint64_t)base + room > ps->append_max)
         return -EINVAL;
     if (b == NULL) {
         b = pith_calloc(1, sizeof(*b));
@@ -576,8 +675,8 @@ static int persist(pith_actor_t *self, const void *event, uint32_t len, pith_per
         }
         ps->open = b;
     }
-    if (b->len + 4 + len > b->cap) {
-        uint32_t cap = b->cap * 2 > b->len + 4 + len ? b->cap * 2 : b->len + 4 + len;
+    if (b->len + room > b->cap) {
+        uint32_t cap = b->cap * 2 > b->len + room ? b->cap * 2 : b->len + room;
         unsigned char *nb = pith_realloc(b->buf, cap);
         if (nb == NULL)
             return -ENOMEM;
@@ -597,10 +696,11 @@ static int persist(pith_actor_t *self, const void *event, uint32_t len, pith_per
             return -ENOMEM;
         b->muted = true;
     }
+    memset(b->buf + b->len, 0, room);
     memcpy(b->buf + b->len, &len, 4);
     if (len > 0)
-        memcpy(b->buf + b->len + 4, event, len);
-    b->len += 4 + len;
+        memcpy(b->buf + b->len + PEV_HDR, event, len);
+    b->len += room;
     b->cbs[b->count++] = (struct pcb){done, ctx};
     core_msg_done = batch_flush;
     shard_flush_ask(); /* the shard's flush hook catches a message that ends outside a turn */
@@ -735,11 +835,12 @@ static int recover_start(struct pshard *ps, struct pstream *st, pith_ref_t act, 
         }
     uint64_t base = si >= 0 ? st->recs[si].n : 0;
     uint32_t n = si >= 0 ? 1 : 0;
-    uint64_t bytes = si >= 0 ? st->recs[si].len : 0;
+    /* Each record at an 8-byte boundary of the buffer, as the headers want. */
+    uint64_t bytes = si >= 0 ? JALIGN(st->recs[si].len) : 0;
     for (uint32_t i = 0; i < st->nrecs; i++)
         if (!st->recs[i].snap && st->recs[i].n > base) {
             n++;
-            bytes += st->recs[i].len;
+            bytes += JALIGN(st->recs[i].len);
         }
     if (n == 0)
         return 0;
@@ -759,14 +860,14 @@ static int recover_start(struct pshard *ps, struct pstream *st, pith_ref_t act, 
     if (si >= 0) {
         const struct ploc *r = &st->recs[si];
         rc->rds[k++] = (struct log_rd){r->loc, r->len, at, r->seq};
-        at += r->len;
+        at += (uint32_t)JALIGN(r->len);
     }
     for (uint32_t i = 0; i < st->nrecs; i++) {
         const struct ploc *r = &st->recs[i];
         if (r->snap || r->n <= base)
             continue;
         rc->rds[k++] = (struct log_rd){r->loc, r->len, at, r->seq};
-        at += r->len;
+        at += (uint32_t)JALIGN(r->len);
     }
     int err = log_read_many(rc->rds, n, rc->buf, recov_done, rc);
     if (err) {
@@ -875,6 +976,7 @@ static void carry_done(int err, uint64_t seq, void *ctx)
         }
         break;
     }
+    compact_soon(op->ps);
     pith_free(op);
 }
 
@@ -882,6 +984,8 @@ static void carry_done(int err, uint64_t seq, void *ctx)
 static unsigned carry(struct pshard *ps, struct pstream *st, uint64_t upto, unsigned budget)
 {
     unsigned done = 0;
+    if (st->snap_inflight > 0)
+        return 0; /* a newer snapshot is on its way: a copy of an older one could outlive it */
     for (uint32_t i = 0; i < st->nrecs && done < budget; i++) {
         struct ploc *r = &st->recs[i];
         if (r->seq > upto || r->carrying)
@@ -906,6 +1010,8 @@ static unsigned carry(struct pshard *ps, struct pstream *st, uint64_t upto, unsi
     return done;
 }
 
+static void compact(struct pshard *ps);
+
 static void compact_tick(void *arg)
 {
     struct pshard *ps = arg;
@@ -913,18 +1019,22 @@ static void compact_tick(void *arg)
     compact(ps);
 }
 
+/* A compaction once COMPACT_NS has passed since the last (it walks every key of the shard). */
+static void compact_soon(struct pshard *ps)
+{
+    if (ps->compact_armed)
+        return;
+    uint64_t since = pith_now_ns() - ps->compact_ns;
+    if (pith_timer_add(since >= COMPACT_NS ? 0 : COMPACT_NS - since, 0, compact_tick, ps,
+                       &ps->compact_timer) == 0)
+        ps->compact_armed = true;
+}
+
 /* Lets go of the segments no key needs: the oldest record any key needs bounds them. When the
  * journal holds many segments, keys whose records pin the oldest copy them forward. */
 static void compact(struct pshard *ps)
 {
-    uint64_t now = pith_now_ns();
-    if (now - ps->compact_ns < COMPACT_NS) {
-        if (!ps->compact_armed && pith_timer_add(COMPACT_NS - (now - ps->compact_ns), 0,
-                                                 compact_tick, ps, &ps->compact_timer) == 0)
-            ps->compact_armed = true;
-        return;
-    }
-    ps->compact_ns = now;
+    ps->compact_ns = pith_now_ns();
     pith_journal_stats_t js;
     if (pith_journal_stats(ps->shard, &js) != 0 || !js.open)
         return;
@@ -935,8 +1045,8 @@ static void compact(struct pshard *ps)
                 if (st->recs[k].seq < floor)
                     floor = st->recs[k].seq;
             for (struct prem *m = st->rems; m != NULL; m = m->next)
-                if (m->seq < floor)
-                    floor = m->seq;
+                if (!m->cancelled && m->seq < floor)
+                    floor = m->seq; /* a cancel's record outlives the sets before it anyway */
         }
     (void)log_release_engine(floor - 1);
     uint32_t amax;
@@ -1033,6 +1143,16 @@ static void persist_ring_exit(unsigned shard)
     if (ps->compact_armed)
         (void)pith_timer_cancel(ps->compact_timer);
     ps->compact_armed = false;
+    if (ps->retry_armed)
+        (void)pith_timer_cancel(ps->retry_timer);
+    ps->retry_armed = false;
+    while (ps->retry_head != NULL) {
+        struct pbatch *b = ps->retry_head;
+        ps->retry_head = b->next;
+        batch_give_up(ps, b, -ECANCELED);
+    }
+    ps->retry_tail = NULL;
+    ps->retry_bytes = 0;
     for (uint32_t i = 0; i < ps->nbuckets; i++)
         for (struct pstream *st = ps->buckets[i]; st != NULL; st = st->next)
             prem_disarm_all(st);

@@ -19,8 +19,10 @@
 #define PT_SNAP   (LOG_TYPE_ENGINE | 2u) /* a snapshot */
 #define PT_REMIND (LOG_TYPE_ENGINE | 3u) /* a reminder set or cancelled */
 
-/* Every record's payload begins with this, then the key's bytes, then its body:
- * PT_EVENTS: count events, each a u32 length and its bytes (first: the first one's number);
+/* Every record's payload begins with this, then the key's bytes (zeros to 8 bytes), then its
+ * body, so that bodies and events lie at 8-byte boundaries:
+ * PT_EVENTS: count events, each a u32 length, 4 zero bytes, and its bytes (zeros to 8) (first:
+ * the first one's number);
  * PT_SNAP: the snapshot's bytes (first: the number of events it covers);
  * PT_REMIND: a struct prem_rec. */
 struct phdr {
@@ -32,6 +34,8 @@ struct phdr {
     uint16_t pad[3];
 };
 _Static_assert(sizeof(struct phdr) == 32, "a record's persist header is 32 bytes");
+
+#define PEV_HDR 8u /* an event's length word and padding */
 
 struct prem_rec {
     uint32_t id, type;
@@ -62,9 +66,13 @@ struct prem {
     uint64_t due_ns, period_ns; /* as recorded */
     uint64_t next_due;          /* the next time it sends (CLOCK_REALTIME) */
     uint64_t seq;               /* its record */
+    uint64_t ver;               /* the operation that set or cancelled it (pstream.rem_ver) */
     struct log_loc loc;
     pith_timer_id_t timer;
-    bool armed, carrying;
+    bool armed;
+    /* Cancelled, its record on its way: kept so that an earlier set landing after the cancel
+     * was asked is not taken for a newer one. Freed when the cancel is durable. */
+    bool cancelled;
 };
 
 /* A key of a persistent type on its home shard. Never freed while the shard runs. */
@@ -85,6 +93,9 @@ struct pstream {
     pith_ref_t waiting;     /* an activation waiting for inflight to drain */
     const pith_vtype_t *vt; /* its type, once known (an activation or reminder met it) */
     struct prem *rems;
+    uint64_t rem_ver;       /* reminder operations asked in this run */
+    uint32_t rem_inflight;  /* its reminder records on their way: no copies meanwhile */
+    uint32_t snap_inflight; /* its snapshots on their way: no copies meanwhile */
     unsigned char key[];
 };
 
@@ -94,6 +105,7 @@ struct pcb {
     void *ctx;
 };
 struct pbatch {
+    struct pbatch *next; /* waiting for the journal to take it (pshard.retry_head) */
     struct pstream *st;
     pith_ref_t act;
     unsigned char *buf; /* the record's payload: phdr, key, events */
@@ -116,8 +128,10 @@ struct pshard {
     unsigned char *rbuf; /* for log_read */
     uint32_t rcap;
     uint64_t compact_ns; /* the last compaction (pith_now_ns) */
-    bool compact_armed;
-    pith_timer_id_t compact_timer;
+    bool compact_armed, retry_armed;
+    pith_timer_id_t compact_timer, retry_timer;
+    struct pbatch *retry_head, *retry_tail; /* records the journal pushed back, in order */
+    uint64_t retry_bytes;
     uint32_t append_max;
     _Atomic uint64_t st_keys, st_events, st_records, st_failed, st_snaps, st_snap_failed,
         st_recoveries, st_replayed, st_restored, st_carried, st_reminders, st_fired;

@@ -49,10 +49,13 @@ static void drop(struct pshard *ps, struct pstream *st, uint32_t id)
         return;
     disarm(m);
     *l = m->next;
+    if (!m->cancelled)
+        pst_bump(&ps->st_reminders, -1);
     pith_free(m);
-    pst_bump(&ps->st_reminders, -1);
 }
 
+/* Reading the journal back: records come in the order they were asked, so the last word on an
+ * id wins. */
 int prem_index(struct pshard *ps, struct pstream *st, const struct prem_rec *r,
                const pith_journal_rec_t *rec, const struct log_loc *loc)
 {
@@ -72,7 +75,7 @@ int prem_index(struct pshard *ps, struct pstream *st, const struct prem_rec *r,
     }
     m->type = r->type;
     m->due_ns = r->due_ns;
-    m->period_ns = r->period_ns;
+    m->period_ns = r->period_ns < PERIOD_MIN_NS && r->period_ns != 0 ? PERIOD_MIN_NS : r->period_ns;
     m->next_due = 0;
     m->seq = rec->seq;
     m->loc = *loc;
@@ -101,7 +104,8 @@ void prem_arm_all(struct pshard *ps)
     for (uint32_t i = 0; i < ps->nbuckets; i++)
         for (struct pstream *st = ps->buckets[i]; st != NULL; st = st->next)
             for (struct prem *m = st->rems; m != NULL; m = m->next)
-                arm_due(m);
+                if (!m->cancelled)
+                    arm_due(m);
 }
 
 struct rem_op {
@@ -109,6 +113,7 @@ struct rem_op {
     struct pstream *st;
     struct prem_rec r;
     struct log_loc loc;
+    uint64_t ver; /* the operation's place among the key's reminder operations */
     bool carry;
 };
 
@@ -116,28 +121,37 @@ static void rem_done(int err, uint64_t seq, void *ctx)
 {
     struct rem_op *op = ctx;
     struct pstream *st = op->st;
+    struct pshard *ps = op->ps;
+    st->rem_inflight--;
     struct prem *m = find(st, op->r.id, NULL);
     if (op->carry) {
-        /* A copy: the reminder now lives at the copy, if it is still the one copied. */
-        if (m != NULL && m->carrying && m->due_ns == op->r.due_ns && m->type == op->r.type) {
-            m->carrying = false;
-            if (err == 0) {
-                m->seq = seq;
-                m->loc = op->loc;
-                pst_bump(&op->ps->st_carried, 1);
-            }
+        /* A copy: the reminder lives at the copy now, unless something newer was asked. */
+        if (err == 0 && m != NULL && !m->cancelled && m->ver == op->ver) {
+            m->seq = seq;
+            m->loc = op->loc;
+            pst_bump(&ps->st_carried, 1);
         }
-    } else if (err == 0 && !op->r.cancel) {
+    } else if (op->r.cancel) {
+        if (m != NULL && m->cancelled && m->ver == op->ver)
+            drop(ps, st, op->r.id); /* the tombstone is no longer needed */
+    } else if (err == 0 && (m == NULL || m->ver < op->ver)) {
         pith_journal_rec_t rec = {.seq = seq};
-        if (prem_index(op->ps, st, &op->r, &rec, &op->loc) == 0 &&
-            (m = find(st, op->r.id, NULL)) != NULL)
+        if (m != NULL && m->cancelled) {
+            m->cancelled = false; /* set again after a cancel */
+            pst_bump(&ps->st_reminders, 1);
+        }
+        if (prem_index(ps, st, &op->r, &rec, &op->loc) == 0 &&
+            (m = find(st, op->r.id, NULL)) != NULL) {
+            m->ver = op->ver;
             arm_due(m);
+        }
     }
     pith_free(op);
 }
 
-/* Appends a reminder record for st. */
-static int rem_append(struct pshard *ps, struct pstream *st, const struct prem_rec *r, bool carry)
+/* Appends a reminder record for st, as operation ver. */
+static int rem_append(struct pshard *ps, struct pstream *st, const struct prem_rec *r, uint64_t ver,
+                      bool carry)
 {
     struct rem_op *op = pith_malloc(sizeof(*op));
     uint32_t len;
@@ -146,13 +160,29 @@ static int rem_append(struct pshard *ps, struct pstream *st, const struct prem_r
         pith_free(op);
         return -ENOMEM;
     }
-    *op = (struct rem_op){.ps = ps, .st = st, .r = *r, .carry = carry};
+    *op = (struct rem_op){.ps = ps, .st = st, .r = *r, .ver = ver, .carry = carry};
     int err = log_append(st->id, PT_REMIND, p, len, rem_done, op, NULL, &op->loc);
     pith_free(p);
     if (err) {
         pith_free(op);
         return err;
     }
+    st->rem_inflight++;
+    return 0;
+}
+
+/* Cancels m (durably): a tombstone until the record is durable. */
+static int cancel(struct pshard *ps, struct pstream *st, struct prem *m)
+{
+    struct prem_rec r = {.id = m->id, .cancel = 1};
+    uint64_t ver = ++st->rem_ver;
+    int err = rem_append(ps, st, &r, ver, false);
+    if (err)
+        return err;
+    disarm(m);
+    m->cancelled = true;
+    m->ver = ver;
+    pst_bump(&ps->st_reminders, -1);
     return 0;
 }
 
@@ -160,9 +190,10 @@ static void fire(void *arg)
 {
     struct prem *m = arg;
     struct pstream *st = m->st;
+    uint32_t id = m->id;
     m->armed = false;
     struct pshard *ps;
-    if (pshard_get(&ps) != 0)
+    if (pshard_get(&ps) != 0 || m->cancelled)
         return;
     if (st->vt == NULL)
         st->vt = pst_type_of_tag(st->tag);
@@ -175,37 +206,42 @@ static void fire(void *arg)
     uint64_t missed = 0;
     if (m->period_ns > 0 && now > m->next_due)
         missed = (now - m->next_due) / m->period_ns;
-    pith_reminder_msg_t msg = {.id = m->id,
+    pith_reminder_msg_t msg = {.id = id,
                                .missed = missed > UINT32_MAX ? UINT32_MAX : (uint32_t)missed,
                                .due_ns = m->next_due};
+    uint64_t period = m->period_ns, ver = m->ver;
+    /* The send may activate the key at once, and its code may cancel or set this reminder
+     * again: m is looked up afresh after it. */
     int err = pith_vsend(&v, m->type, &msg, sizeof(msg));
+    m = find(st, id, NULL);
+    if (m == NULL || m->cancelled || m->ver != ver || m->armed)
+        return; /* changed meanwhile: what changed it armed it as it wants */
     if (err == -EAGAIN || err == -ENOMEM) {
         arm(m, RETRY_NS);
         return;
     }
     pst_bump(&ps->st_fired, 1);
-    if (m->period_ns > 0) {
-        m->next_due += (missed + 1) * m->period_ns;
+    if (period > 0) {
+        m->next_due += (missed + 1) * period;
         arm_due(m);
         return;
     }
     /* Once: it goes, durably (a crash before that record is durable sends it again). */
-    struct prem_rec r = {.id = m->id, .cancel = 1};
-    uint32_t id = m->id;
-    drop(ps, st, id);
-    (void)rem_append(ps, st, &r, false);
+    if (cancel(ps, st, m) != 0)
+        arm(m, RETRY_NS);
 }
 
 void prem_carry(struct pshard *ps, struct pstream *st, uint64_t upto)
 {
+    if (st->rem_inflight > 0)
+        return; /* a set or cancel on its way: a copy now could carry what it replaces */
     for (struct prem *m = st->rems; m != NULL; m = m->next) {
-        if (m->seq > upto || m->carrying)
+        if (m->seq > upto || m->cancelled)
             continue;
         struct prem_rec r = {
             .id = m->id, .type = m->type, .due_ns = m->due_ns, .period_ns = m->period_ns};
-        if (rem_append(ps, st, &r, true) != 0)
+        if (rem_append(ps, st, &r, m->ver, true) != 0)
             return;
-        m->carrying = true;
     }
 }
 
@@ -259,9 +295,12 @@ int pith_reminder_set(pith_actor_t *self, uint32_t id, uint64_t delay_ns, uint64
     int err = rem_stream(self, &ps, &st);
     if (err)
         return err;
-    struct prem_rec r = {
-        .id = id, .type = type, .due_ns = realtime_ns() + delay_ns, .period_ns = period_ns};
-    return rem_append(ps, st, &r, false);
+    uint64_t now = realtime_ns();
+    struct prem_rec r = {.id = id,
+                         .type = type,
+                         .due_ns = delay_ns > UINT64_MAX - now ? UINT64_MAX : now + delay_ns,
+                         .period_ns = period_ns};
+    return rem_append(ps, st, &r, ++st->rem_ver, false);
 }
 
 int pith_reminder_cancel(pith_actor_t *self, uint32_t id)
@@ -271,11 +310,8 @@ int pith_reminder_cancel(pith_actor_t *self, uint32_t id)
     int err = rem_stream(self, &ps, &st);
     if (err)
         return err;
-    if (find(st, id, NULL) == NULL)
+    struct prem *m = find(st, id, NULL);
+    if (m == NULL || m->cancelled)
         return -ENOENT;
-    struct prem_rec r = {.id = id, .cancel = 1};
-    err = rem_append(ps, st, &r, false);
-    if (err == 0)
-        drop(ps, st, id);
-    return err;
+    return cancel(ps, st, m);
 }

@@ -20,10 +20,10 @@ int pst_apply_events(struct pshard *ps, const pith_persist_type_t *pt, void *sta
     const unsigned char *p = body, *end = body + blen;
     for (uint32_t k = 0; k < count; k++) {
         uint32_t len;
-        if (end - p < 4)
+        if (end - p < PEV_HDR)
             return -EIO;
         memcpy(&len, p, 4);
-        if ((uint64_t)(end - p - 4) < len)
+        if ((uint64_t)(end - p - PEV_HDR) < len)
             return -EIO;
         uint64_t num = first + k;
         if (how == PITH_REPLAY_EVENT && num > until) {
@@ -31,11 +31,13 @@ int pst_apply_events(struct pshard *ps, const pith_persist_type_t *pt, void *sta
             return 0;
         }
         if (num == *applied + 1) {
-            pt->apply(state, p + 4, len);
+            pt->apply(state, p + PEV_HDR, len);
             *applied = num;
             pst_bump(&ps->st_replayed, 1);
         }
-        p += 4 + len;
+        p += PEV_HDR + JALIGN(len);
+        if (p > end)
+            p = end;
     }
     return 0;
 }

@@ -283,9 +283,9 @@ static pith_persist_stats_t pstats(unsigned shards)
     return sum;
 }
 
-TestSuite(persist, .init = dir_make, .fini = dir_remove, .timeout = 120);
+#define SUITE .init = dir_make, .fini = dir_remove, .timeout = 120
 
-Test(persist, state_comes_back_after_deactivation_and_restart)
+Test(persist, state_comes_back_after_deactivation_and_restart, SUITE)
 {
     start_with(2, 0);
     const char *keys[] = {"acct-0", "acct-1", "acct-2", "acct-3"};
@@ -335,7 +335,7 @@ Test(persist, state_comes_back_after_deactivation_and_restart)
     test_stop(NULL);
 }
 
-Test(persist, another_shard_count_is_refused)
+Test(persist, another_shard_count_is_refused, SUITE)
 {
     start_with(2, 0);
     (void)ask("x1", ADD, 5);
@@ -350,7 +350,7 @@ Test(persist, another_shard_count_is_refused)
     test_stop(NULL);
 }
 
-Test(persist, no_journal_fails_activation)
+Test(persist, no_journal_fails_activation, SUITE)
 {
     cr_assert_eq(pith_vtype_register(&account), 0);
     pith_config_t cfg = test_config(1);
@@ -365,7 +365,7 @@ Test(persist, no_journal_fails_activation)
     test_stop(NULL);
 }
 
-Test(persist, one_message_events_are_one_record_and_the_mailbox_waits)
+Test(persist, one_message_events_are_one_record_and_the_mailbox_waits, SUITE)
 {
     start_with(1, 0);
     struct answer r = ask("multi", ADD3, 10);
@@ -394,7 +394,7 @@ Test(persist, one_message_events_are_one_record_and_the_mailbox_waits)
     test_stop(NULL);
 }
 
-Test(persist, a_failed_write_fails_the_event_and_applies_nothing)
+Test(persist, a_failed_write_fails_the_event_and_applies_nothing, SUITE)
 {
     start_with(1, 0);
     struct answer r = ask("f", ADD, 5);
@@ -418,7 +418,7 @@ Test(persist, a_failed_write_fails_the_event_and_applies_nothing)
     test_stop(NULL);
 }
 
-Test(persist, bad_calls_are_refused)
+Test(persist, bad_calls_are_refused, SUITE)
 {
     start_with(1, 0);
     static struct account st;
@@ -466,7 +466,7 @@ static void restart(unsigned shards, uint64_t seg_bytes)
     test_start(&cfg);
 }
 
-Test(persist, snapshots_by_count_keep_the_last_k_and_shorten_recovery)
+Test(persist, snapshots_by_count_keep_the_last_k_and_shorten_recovery, SUITE)
 {
     account_persist.snapshot = snapshot;
     account_persist.restore = restore;
@@ -502,7 +502,7 @@ Test(persist, snapshots_by_count_keep_the_last_k_and_shorten_recovery)
     test_stop(NULL);
 }
 
-Test(persist, a_snapshot_on_deactivation)
+Test(persist, a_snapshot_on_deactivation, SUITE)
 {
     account_persist.snapshot = snapshot;
     account_persist.restore = restore;
@@ -527,7 +527,7 @@ Test(persist, a_snapshot_on_deactivation)
     test_stop(NULL);
 }
 
-Test(persist, replay_rebuilds_the_state_at_an_event_or_a_time)
+Test(persist, replay_rebuilds_the_state_at_an_event_or_a_time, SUITE)
 {
     account_persist.snapshot = snapshot;
     account_persist.restore = restore;
@@ -588,7 +588,7 @@ static void send_big(const char *key, int64_t x)
     cr_assert_eq(pith_client_vsend(pith_client_self(), &v, BIG, buf, sizeof(buf), PITH_FOREVER), 0);
 }
 
-Test(persist, compaction_keeps_the_journal_bounded_under_a_steady_load)
+Test(persist, compaction_keeps_the_journal_bounded_under_a_steady_load, SUITE)
 {
     account_persist.snapshot = snapshot;
     account_persist.restore = restore;
@@ -643,7 +643,7 @@ static void remind(const char *key, uint64_t delay_ns, uint64_t period_ns)
     cr_assert_eq(r.err, 0, "pith_reminder_set: %d", r.err);
 }
 
-Test(persist, reminders_fire_after_a_restart_and_stop_when_cancelled)
+Test(persist, reminders_fire_after_a_restart_and_stop_when_cancelled, SUITE)
 {
     start_with(2, 0);
     /* Due in 300 ms; the engine stops before then and starts again. */

@@ -43,7 +43,8 @@ extern "C" {
 #endif
 
 /* pith_persist_type_t.flags: a snapshot when an activation ends (idle, cap, pressure, its own
- * deactivation, the engine stopping), if it has events since its last. */
+ * deactivation, a failure), if it has events since its last. Not when the engine stops: the
+ * journal takes no more records by then, and the next activation replays those events. */
 #define PITH_SNAPSHOT_ON_DEACTIVATE (1u << 0)
 
 /* The persistence part of a virtual actor type (pith_vtype_t.persist). */
@@ -51,15 +52,15 @@ typedef struct pith_persist_type {
     /* Applies one event to the state (required): after pith_persist once the event is
      * durable, at each activation for the events after the latest snapshot, and in
      * pith_replay. It must do the same from the same state and event each time, and cannot
-     * fail. */
+     * fail. The event's bytes start at an 8-byte boundary. */
     void (*apply)(void *state, const void *event, uint32_t len);
     /* Writes the state's bytes to buf[0..cap) and returns how many it needs: called again with
      * a buffer that large when that is more than cap (at most the journal's record limit,
      * segment_bytes / 4; past it the snapshot is skipped and counted as failed). NULL: no
      * snapshots (every event is replayed at each activation, and none leaves the journal). */
     uint32_t (*snapshot)(const void *state, void *buf, uint32_t cap);
-    /* Sets the state from a snapshot's bytes (required with snapshot): 0, or a negative errno
-     * (the activation fails with it). */
+    /* Sets the state from a snapshot's bytes (at an 8-byte boundary; required with
+     * snapshot): 0, or a negative errno (the activation fails with it). */
     int (*restore)(void *state, const void *data, uint32_t len);
     uint32_t snapshot_every;    /* a snapshot after this many events (0: not by count) */
     uint64_t snapshot_every_ns; /* a snapshot at the next event once this long has passed since
@@ -74,13 +75,17 @@ typedef struct pith_persist_type {
  * before (only possible with pith_persist_async), self and state are NULL. */
 typedef void (*pith_persisted_fn_t)(pith_actor_t *self, void *state, int err, void *ctx);
 
-/* Appends an event (len bytes, copied) for the running activation, from its behaviour; done
- * (may be NULL) runs once it is durable and applied. The activation takes no new message until
- * every event it persisted this way is done. Errors (nothing appended, done never runs):
- * -EINVAL self is not an activation of a persistent type, data NULL with len > 0, or the
- * message's events would pass the journal's record limit; -EPERM not from the behaviour;
- * -EAGAIN the journal's bounded queue is full (pith_journal_append's pending_max); -EIO the
- * journal failed; -ENOMEM. done's err: those of pith_journal_append's done. */
+/* Appends an event (len bytes, copied) for the running activation, from its behaviour (or
+ * from a done, which runs as the actor); done (may be NULL) runs once it is durable and
+ * applied. The activation takes no new message until every event it persisted this way is
+ * done. The message's events become one record when it ends; a record the journal pushes back
+ * then (its bounded queue is full, or its next segment is still being made) waits, in order
+ * with the shard's later ones, and is tried again every millisecond.
+ * Errors (nothing appended, done never runs): -EINVAL self is not an activation of a
+ * persistent type, data NULL with len > 0, or the message's events would pass the journal's
+ * record limit; -EPERM not from the behaviour; -EAGAIN 16 MiB of records already wait for the
+ * journal on this shard; -ENOTCONN, -EXDEV, -EIO (as activation); -ENOMEM. done's err: those
+ * of pith_journal_append (and of its done): -EIO, -ENOSPC, -ENOMEM, -ECANCELED. */
 PITH_API int pith_persist(pith_actor_t *self, const void *event, uint32_t len,
                           pith_persisted_fn_t done, void *ctx);
 /* As pith_persist, but the activation goes on taking messages meanwhile (its state shows the
@@ -94,8 +99,9 @@ PITH_API uint64_t pith_persist_events(const pith_actor_t *self);
 
 /* pith_replay's `how`. */
 #define PITH_REPLAY_EVENT 0 /* until is an event number: the state after that event */
-#define PITH_REPLAY_TIME  1 /* until is a CLOCK_REALTIME time in ns: after the events made by then \
-                             */
+#define PITH_REPLAY_TIME                                                                           \
+    1 /* until is a CLOCK_REALTIME time in ns: after the events made by then                       \
+       */
 
 /* Rebuilds the state of (t, key[0..len)) as it was after event `until` (or at time `until`),
  * into state (t's actor state_size bytes, zeroed first), from the latest snapshot at or before
@@ -112,8 +118,11 @@ PITH_API int pith_replay(const pith_vtype_t *t, const void *key, uint32_t len, u
 
 /* A reminder's message (type as given to pith_reminder_set): */
 typedef struct pith_reminder_msg {
-    uint32_t id;     /* the reminder's id */
-    uint32_t missed; /* periods that passed while nothing ran (the engine was down) */
+    uint32_t id; /* the reminder's id */
+    /* Periods that passed without a message since the one before in this run (the shard was
+     * busy, a send was pushed back), or since the reminder was first due when none was sent in
+     * this run (so after a restart, every period since it was set, less one) */
+    uint32_t missed;
     uint64_t due_ns; /* when it was due, CLOCK_REALTIME ns */
 } pith_reminder_msg_t;
 
@@ -127,8 +136,9 @@ typedef struct pith_reminder_msg {
  * 0, type reserved; -EPERM not from the behaviour; -EAGAIN, -EIO, -ENOMEM as pith_persist. */
 PITH_API int pith_reminder_set(pith_actor_t *self, uint32_t id, uint64_t delay_ns,
                                uint64_t period_ns, uint32_t type);
-/* Cancels reminder `id` of the running activation's key (durably). Errors: -ENOENT none with
- * that id; as pith_reminder_set. */
+/* Cancels reminder `id` of the running activation's key (durably: a crash before its record
+ * is durable keeps the reminder). Errors: -ENOENT none with that id (or its set is not durable
+ * yet); as pith_reminder_set. */
 PITH_API int pith_reminder_cancel(pith_actor_t *self, uint32_t id);
 
 /* Persistence's figures on `shard` (pith_persist_stats). */
