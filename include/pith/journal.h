@@ -98,7 +98,8 @@ typedef struct pith_journal_rec {
     const void *data; /* the payload, valid during the call */
 } pith_journal_rec_t;
 
-/* Calls fn for each record of the calling shard's journal with seq >= from, in order: those
+/* Calls fn for each of the application's records (not the engine's own, pith/persist.h) of the
+ * calling shard's journal with seq >= from, in order: those
  * read back at first use, then those acknowledged since. fn returns 0 to go on; anything else
  * stops the scan and is returned. Reads the files with plain reads on the shard, which waits
  * meanwhile: for start-up (a server loading its state) and tools, not for a hot path.
@@ -106,8 +107,10 @@ typedef struct pith_journal_rec {
 PITH_API int pith_journal_scan(uint64_t from, int (*fn)(const pith_journal_rec_t *rec, void *ctx),
                                void *ctx);
 
-/* Records of the calling shard up to sequence `upto` are not needed any more (a snapshot covers
- * them): each segment that holds only such records, from the oldest, leaves the journal; its
+/* The application's records of the calling shard up to sequence `upto` are not needed any more
+ * (a snapshot covers them): each segment that holds only such records (and records of the
+ * engine's own, event-sourced actors' (pith/persist.h), that it released itself), from the
+ * oldest, leaves the journal; its
  * file is kept for reuse as a later segment (renamed <n>.spare, two at most; more are removed),
  * so that a journal whose records are released as fast as they come keeps a bounded number of
  * files and allocates no new ones. A segment that also holds later records stays whole, and
