@@ -2849,7 +2849,8 @@ void vactor_persist_ready(pith_ref_t act, int err)
         pith_ref_t outer = core_current;
         core_current = act;
         a->gen |= A_RUNNING;
-        int rc = vt->on_activate(&self, a->state, entry_key(e), e->klen, PITH_VACT_MESSAGE);
+        int reason = (e->flags & E_WARM) ? PITH_VACT_PREWARM : PITH_VACT_MESSAGE;
+        int rc = vt->on_activate(&self, a->state, entry_key(e), e->klen, reason);
         if ((a = core_find(cs, act)) != NULL)
             a->gen &= ~A_RUNNING;
         core_current = outer;

@@ -15,12 +15,13 @@
 #include "pst.h"
 #include "vpersist.h"
 
-#define PSHARDS_MAX  4096u
-#define COMPACT_NS   (100ull * 1000 * 1000) /* compaction at most this often */
-#define CARRY_SEGS   4u                     /* past this many segments, old records move on */
-#define CARRY_BUDGET 256u                   /* records copied forward per compaction */
-#define RETRY_NS     (1000ull * 1000)       /* a record the journal pushed back: tried again */
-#define RETRY_MAX    (16u << 20)            /* bytes waiting so, past which pith_persist refuses */
+#define PSHARDS_MAX      4096u
+#define COMPACT_NS       (100ull * 1000 * 1000) /* compaction at most this often, but: */
+#define COMPACT_GROWN_NS (5ull * 1000 * 1000)   /* when a segment was added since the last */
+#define CARRY_SEGS       4u                     /* past this many segments, old records move on */
+#define CARRY_BUDGET     256u                   /* records copied forward per compaction */
+#define RETRY_NS         (1000ull * 1000)       /* a record the journal pushed back: tried again */
+#define RETRY_MAX        (16u << 20) /* bytes waiting so, past which pith_persist refuses */
 
 /* The shards' persistence, made at first use and freed when the engine is gone; readers off the
  * shards hold shard_reader_enter. Published with release (pshard_get), read with acquire. */
@@ -1019,15 +1020,24 @@ static void compact_tick(void *arg)
     compact(ps);
 }
 
-/* A compaction once COMPACT_NS has passed since the last (it walks every key of the shard). */
+/* A compaction once COMPACT_NS has passed since the last (it walks every key of the shard),
+ * or COMPACT_GROWN_NS when the journal has grown by a segment since: so that a burst of writes
+ * does not outrun it by more than a segment or so. */
 static void compact_soon(struct pshard *ps)
 {
-    if (ps->compact_armed)
+    uint32_t amax;
+    uint64_t segs = 0;
+    (void)log_limits(&amax, &segs);
+    bool grown = segs > ps->compact_segs;
+    if (ps->compact_armed && (ps->compact_soon || !grown))
         return;
+    uint64_t gap = grown ? COMPACT_GROWN_NS : COMPACT_NS;
     uint64_t since = pith_now_ns() - ps->compact_ns;
-    if (pith_timer_add(since >= COMPACT_NS ? 0 : COMPACT_NS - since, 0, compact_tick, ps,
-                       &ps->compact_timer) == 0)
-        ps->compact_armed = true;
+    if (ps->compact_armed) /* armed for later: sooner now */
+        (void)pith_timer_cancel(ps->compact_timer);
+    ps->compact_armed = pith_timer_add(since >= gap ? 0 : gap - since, 0, compact_tick, ps,
+                                       &ps->compact_timer) == 0;
+    ps->compact_soon = grown;
 }
 
 /* Lets go of the segments no key needs: the oldest record any key needs bounds them. When the
@@ -1051,7 +1061,10 @@ static void compact(struct pshard *ps)
     (void)log_release_engine(floor - 1);
     uint32_t amax;
     uint64_t segs;
-    if (log_limits(&amax, &segs) != 0 || segs <= CARRY_SEGS)
+    if (log_limits(&amax, &segs) != 0)
+        return;
+    ps->compact_segs = segs;
+    if (segs <= CARRY_SEGS)
         return;
     /* Records in the oldest segments (the first half of the journal's sequence range held):
      * their keys copy them forward, a bounded number per round. */

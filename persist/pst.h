@@ -127,8 +127,10 @@ struct pshard {
     struct pbatch *open;
     unsigned char *rbuf; /* for log_read */
     uint32_t rcap;
-    uint64_t compact_ns; /* the last compaction (pith_now_ns) */
+    uint64_t compact_ns;   /* the last compaction (pith_now_ns) */
+    uint64_t compact_segs; /* the journal's segments after it */
     bool compact_armed, retry_armed;
+    bool compact_soon; /* the compaction armed is the sooner one (the journal grew) */
     pith_timer_id_t compact_timer, retry_timer;
     struct pbatch *retry_head, *retry_tail; /* records the journal pushed back, in order */
     uint64_t retry_bytes;

@@ -597,7 +597,7 @@ Test(persist, compaction_keeps_the_journal_bounded_under_a_steady_load, SUITE)
     /* An idle key whose records sit in the first segment: they must move for it to go. */
     for (int64_t i = 1; i <= 3; i++)
         (void)ask("idle", ADD, i);
-    enum { KEYS = 20, PER = 400 };
+    enum { KEYS = 20, PER = 1000 };
     int64_t want[KEYS] = {0};
     char name[KEYS][16];
     for (int k = 0; k < KEYS; k++)
@@ -618,11 +618,14 @@ Test(persist, compaction_keeps_the_journal_bounded_under_a_steady_load, SUITE)
     }
     for (int k = 0; k < KEYS; k++)
         cr_assert_eq(get_once(name[k]).balance, want[k]);
-    /* About 8 MiB of events went through 1 MiB segments. */
+    /* About 20 MiB of events went through 1 MiB segments (21 of them without compaction).
+     * While they poured in, compaction (every 100 ms at most) kept the journal at a fraction of
+     * that; once they stop, it comes down to what the keys need: their last snapshots and the
+     * events after them (about 1 MiB), the idle key's records carried forward, and the tail. */
+    cr_assert_leq(most, 9, "the journal held %llu segments at most", (unsigned long long)most);
     pith_journal_stats_t js;
-    cr_assert_eq(pith_journal_stats(0, &js), 0);
-    cr_assert_geq(js.released, 4, "segments released: %llu", (unsigned long long)js.released);
-    cr_assert_leq(most, 7, "the journal held %llu segments at most", (unsigned long long)most);
+    TEST_WAIT_FOR(pith_journal_stats(0, &js) == 0 && js.segments <= 5);
+    cr_assert_geq(js.released, 16, "segments released: %llu", (unsigned long long)js.released);
     cr_assert_geq(pstats(1).carried, 1, "the idle key's records moved forward");
     restart(1, 1 << 20);
     cr_assert_eq(get_once("idle").balance, 6);
