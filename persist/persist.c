@@ -810,6 +810,7 @@ static void recov_done(int err, void *ctx)
         rc->err = err;
         return;
     }
+    rc->st->recovering = false;
     struct actor *a = core_self != NULL ? core_find(core_self, rc->act) : NULL;
     if (a != NULL) {
         if (err == 0)
@@ -876,8 +877,10 @@ static int recover_start(struct pshard *ps, struct pstream *st, pith_ref_t act, 
         return err;
     }
     rc->starting = false;
-    if (!rc->finished)
+    if (!rc->finished) {
+        st->recovering = true; /* its state is not whole until recov_done */
         return PITH_VACT_LATER;
+    }
     /* Every read ended before log_read_many returned (it could not queue them all). */
     err = rc->err == 0 ? recov_apply(rc, state) : rc->err;
     pst_bump(&ps->st_recoveries, 1);
@@ -1146,6 +1149,27 @@ static void persist_flush(unsigned shard)
     }
 }
 
+/* The shard has left its loop, its actors still live: the activations of types that snapshot
+ * on deactivation take theirs now, while the journal still takes records (it writes and syncs
+ * them as it closes); their ends (PITH_VDEACT_SHUTDOWN) then find nothing new to snapshot. */
+static void persist_leaving(unsigned shard)
+{
+    struct pshard *ps =
+        shard < PSHARDS_MAX ? atomic_load_explicit(&pshards[shard], memory_order_relaxed) : NULL;
+    if (ps == NULL || ps->err)
+        return;
+    for (uint32_t i = 0; i < ps->nbuckets; i++)
+        for (struct pstream *st = ps->buckets[i]; st != NULL; st = st->next) {
+            if (st->live == PITH_REF_NONE || st->recovering || st->waiting != PITH_REF_NONE ||
+                st->since_snap == 0 || st->vt == NULL ||
+                !(st->vt->persist->flags & PITH_SNAPSHOT_ON_DEACTIVATE))
+                continue;
+            struct actor *a = core_find(core_self, st->live);
+            if (a != NULL)
+                snapshot_take(ps, st, a->state);
+        }
+}
+
 /* The shard leaves its loop: its timers go now, so that the stop finds none left. */
 static void persist_ring_exit(unsigned shard)
 {
@@ -1203,6 +1227,7 @@ static const struct vpersist_hooks vhooks = {
 __attribute__((constructor)) static void persist_hooks(void)
 {
     static const struct shard_hooks h = {
+        .leaving = persist_leaving,
         .ring_exit = persist_ring_exit,
         .shard_exit = persist_shard_exit,
         .engine_gone = persist_engine_gone,

@@ -91,6 +91,7 @@ struct pstream {
     uint64_t snap_ns;       /* when that was (pith_now_ns) */
     pith_ref_t live;        /* its activation (PITH_REF_NONE: none) */
     pith_ref_t waiting;     /* an activation waiting for inflight to drain */
+    bool recovering;        /* live's records are being read: its state is not whole yet */
     const pith_vtype_t *vt; /* its type, once known (an activation or reminder met it) */
     struct prem *rems;
     uint64_t rem_ver;       /* reminder operations asked in this run */

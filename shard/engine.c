@@ -63,6 +63,13 @@ void shard_hooks_start(unsigned shard)
             hook_layers[i].start(shard);
 }
 
+void shard_hooks_leaving(unsigned shard)
+{
+    for (unsigned i = 0; i < n_hook_layers; i++)
+        if (hook_layers[i].leaving != NULL)
+            hook_layers[i].leaving(shard);
+}
+
 void shard_hooks_flush(unsigned shard)
 {
     for (unsigned i = 0; i < n_hook_layers; i++)

@@ -35,6 +35,10 @@ struct shard_hooks {
     /* On each shard's thread once it is set up, before its loop's first iteration (tasks it
      * submits to itself run in that iteration). */
     void (*start)(unsigned shard);
+    /* On each shard's thread when it has left its loop for good, before ring_exit: actors
+     * still live, and what is appended to the journal now is written and synced by its
+     * ring_exit (within drain_ns). */
+    void (*leaving)(unsigned shard);
 };
 
 /* Adds a layer's hooks (at most 8 layers); members left NULL are skipped. Each event calls
@@ -48,6 +52,7 @@ void shard_hooks_stopping(void);
 const char *shard_hooks_describe(unsigned shard, pith_anyfn_t *fn);
 void shard_hooks_flush(unsigned shard);
 void shard_hooks_start(unsigned shard);
+void shard_hooks_leaving(unsigned shard);
 
 /* On a shard: the flush hooks run in this loop iteration (or the next, when asked after its
  * run step). */

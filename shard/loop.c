@@ -280,6 +280,7 @@ void *shard_main(void *arg)
         arm_efd(s);
         shard_hooks_start(s->id);
         shard_loop(s);
+        shard_hooks_leaving(s->id);
     }
     /* Sockets end first (their completions reaped by their layer), then operations still in
      * flight report (cancelled), while what they report to lives. */

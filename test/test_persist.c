@@ -524,6 +524,18 @@ Test(persist, a_snapshot_on_deactivation, SUITE)
     (void)get_once("d");
     test_sync_all();
     cr_assert_eq(pstats(1).snapshots, 1);
+    /* The engine stopping ends the activation too: three more events, then a stop, and the
+     * next run restores them from that snapshot without replaying any. */
+    for (int64_t i = 8; i <= 10; i++)
+        (void)ask("d", ADD, i);
+    restart(1, 0);
+    r = get_once("d");
+    cr_assert_eq(r.balance, 55);
+    cr_assert_eq(r.events, 10);
+    s = pstats(1);
+    cr_assert_eq(s.restored, 1);
+    cr_assert_eq(s.replayed, 0, "the stop's snapshot covered the last events: %llu replayed",
+                 (unsigned long long)s.replayed);
     test_stop(NULL);
 }
 

@@ -43,8 +43,9 @@ extern "C" {
 #endif
 
 /* pith_persist_type_t.flags: a snapshot when an activation ends (idle, cap, pressure, its own
- * deactivation, a failure), if it has events since its last. Not when the engine stops: the
- * journal takes no more records by then, and the next activation replays those events. */
+ * deactivation, a failure, the engine stopping), if it has events since its last. At a stop
+ * they are written and synced within the config's drain_ns; one that misses it is counted in
+ * snapshot_failed, and the next activation replays those events instead. */
 #define PITH_SNAPSHOT_ON_DEACTIVATE (1u << 0)
 
 /* The persistence part of a virtual actor type (pith_vtype_t.persist). */
