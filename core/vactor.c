@@ -2824,6 +2824,11 @@ static struct ventry *entry_of(const pith_actor_t *self)
 
 const struct vpersist_hooks *vactor_persist;
 
+unsigned vactor_jump(uint64_t h, unsigned n)
+{
+    return dir_shard(h, n);
+}
+
 const pith_vtype_t *vactor_type_at(uint32_t i)
 {
     /* Acquire: pairs with pith_vtype_register's release of the count. */

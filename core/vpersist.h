@@ -30,6 +30,9 @@ extern const struct vpersist_hooks *vactor_persist;
  * begins unless that answers PITH_VACT_LATER too), else the activation fails with err. */
 void vactor_persist_ready(pith_ref_t act, int err);
 
+/* The directory's jump consistent hash: h over n shards (meta.c places keys with it too). */
+unsigned vactor_jump(uint64_t h, unsigned n);
+
 /* The i-th registered virtual type (0, 1, ...), NULL past the last. Any thread. */
 const pith_vtype_t *vactor_type_at(uint32_t i);
 

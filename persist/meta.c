@@ -17,6 +17,7 @@
 
 #include "hooks.h"
 #include "pst.h"
+#include "vpersist.h"
 
 #define META_MAGIC "PITHACT1"
 
@@ -138,14 +139,7 @@ uint32_t pmeta_tag(const pith_vtype_t *vt)
     return pith_crc32c(0, vt->name, strlen(vt->name));
 }
 
-/* Lamping and Veach's jump consistent hash. */
 unsigned pmeta_jump(uint64_t h, unsigned n)
 {
-    int64_t b = -1, j = 0;
-    while (j < (int64_t)n) {
-        b = j;
-        h = h * 2862933555777941757ull + 1;
-        j = (int64_t)((double)(b + 1) * ((double)(1ll << 31) / (double)((h >> 33) + 1)));
-    }
-    return (unsigned)b;
+    return vactor_jump(h, n); /* the directory's own jump consistent hash */
 }

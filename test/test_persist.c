@@ -703,6 +703,7 @@ Test(persist, reminders_fire_after_a_restart_and_stop_when_cancelled, SUITE)
     memcpy(&r, reply.data, sizeof(r));
     cr_assert_eq(r.err, -ENOENT);
     restart(2, 0);
+    /* As above: a cancelled reminder shows only by not firing, so five periods pass. */
     usleep(100 * 1000);
     test_sync_all();
     cr_assert_leq(atomic_load(&ticks[2]), at + 1, "a cancelled reminder stays cancelled");
