@@ -427,6 +427,45 @@ void shard_reader_leave(void)
     reader_leave(&pith_engine, shard_cur == NULL);
 }
 
+/* Busy and elapsed time of a shard's loop, from its utilisation counters: the seqlock's reader
+ * side (loop.c says how they are written). The acquire load of the count pairs with the
+ * writer's release store of the even count; the acquire loads of the data keep the second load
+ * of the count after them, and pair with the writer's release stores of the data. A count that
+ * is odd or changed means a write overlapped: read again. */
+static void util_read(struct shard_counters *c, uint64_t *busy, uint64_t *elapsed)
+{
+    uint64_t start = atomic_load_explicit(&c->util_start, memory_order_relaxed);
+    uint64_t idle, from, now;
+    for (;;) {
+        uint32_t q0 = atomic_load_explicit(&c->idle_seq, memory_order_acquire);
+        idle = atomic_load_explicit(&c->idle, memory_order_acquire);
+        from = atomic_load_explicit(&c->idle_from, memory_order_acquire);
+        now = util_now(); /* inside: the pair held at this time */
+        uint32_t q1 = atomic_load_explicit(&c->idle_seq, memory_order_relaxed);
+        if (q0 == q1 && (q0 & 1) == 0)
+            break;
+        sched_yield();
+    }
+    *busy = *elapsed = 0;
+    if (start == 0)
+        return; /* the loop has not begun */
+    if (from != 0 && now > from)
+        idle += now - from;
+    uint64_t all = now > start ? now - start : 0;
+    uint64_t b = all > idle ? all - idle : 0;
+    /* A reading taken just as the shard went idle may have counted a little of that idle time
+     * as busy (the shard notes the time, then writes it): what readers have been told is kept
+     * (a CAS on the highest), and no reading goes below it, so busy never goes back. */
+    uint64_t seen = atomic_load_explicit(&c->busy_seen, memory_order_relaxed);
+    while (b > seen && !atomic_compare_exchange_weak_explicit(
+                           &c->busy_seen, &seen, b, memory_order_relaxed, memory_order_relaxed))
+        ;
+    if (b < seen)
+        b = seen < all ? seen : all;
+    *elapsed = util_ns(all);
+    *busy = util_ns(b);
+}
+
 int pith_shard_stats(unsigned shard, pith_shard_stats_t *out)
 {
     struct engine *e = &pith_engine;
@@ -439,8 +478,8 @@ int pith_shard_stats(unsigned shard, pith_shard_stats_t *out)
     if (shard >= e->n) {
         err = -EINVAL;
     } else {
-        const struct shard *s = e->shards[shard];
-        const struct shard_counters *c = &s->st;
+        struct shard *s = e->shards[shard];
+        struct shard_counters *c = &s->st;
         memset(out, 0, sizeof(*out));
         out->shard = shard;
         out->cpu = s->pinned ? s->cpu : -1;
@@ -465,6 +504,7 @@ int pith_shard_stats(unsigned shard, pith_shard_stats_t *out)
         out->lanes = atomic_load_explicit(&c->lanes, memory_order_relaxed);
         out->lanes_dormant = atomic_load_explicit(&c->lanes_dormant, memory_order_relaxed);
         out->lanes_orphaned = atomic_load_explicit(&s->orphans, memory_order_relaxed);
+        util_read(c, &out->busy_ns, &out->elapsed_ns);
     }
     reader_leave(e, outside);
     return err;

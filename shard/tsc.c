@@ -12,6 +12,7 @@
 #include <time.h>
 
 double tsc_per_ns;
+double tsc_rate_ns;
 
 static bool invariant_tsc(void)
 {
@@ -47,7 +48,8 @@ static void calibrate(void)
     uint64_t n1 = pith_now_ns(), t1 = tsc_now();
     if (n1 <= n0 || t1 <= t0)
         return;
-    tsc_per_ns = (double)(t1 - t0) / (double)(n1 - n0) * 0.99;
+    tsc_rate_ns = (double)(t1 - t0) / (double)(n1 - n0);
+    tsc_per_ns = tsc_rate_ns * 0.99;
 }
 
 void tsc_calibrate(void)

@@ -214,6 +214,13 @@ typedef struct pith_shard_stats {
     uint64_t timers_fired;   /* timer callbacks run */
     uint64_t timers_pending; /* timers waiting now */
     uint64_t stalls;         /* stalls the detector saw on this shard */
+    /* Time since the shard's loop began, and of it the time the loop was not idle (idle:
+     * polling with nothing to do, or asleep, from 16 iterations into a run of empty ones to the
+     * one that finds work; a shorter gap counts as busy). Between two reads,
+     * Δbusy_ns / Δelapsed_ns is the shard's utilisation; busy_ns never goes down. Measured with
+     * the TSC where the CPU has an invariant one. */
+    uint64_t busy_ns;
+    uint64_t elapsed_ns; /* see busy_ns */
 } pith_shard_stats_t;
 
 /* Copies shard `shard`'s counters. Any thread while the engine runs.
