@@ -4,6 +4,7 @@
  * work while mail remains, so a flooded actor never starves the rest. */
 #include "clients.h"
 #include "core.h"
+#include "metrics.h"
 #include "vpersist.h"
 #include "hooks.h"
 
@@ -385,7 +386,9 @@ static inline int behave(struct core_shard *cs, struct actor *a, struct pith_act
         cs->sample = 0;
         uint64_t t0 = pith_now_ns();
         status = b(self, a->state, msg);
-        core_bump(&c->hist[hist_bucket(pith_now_ns() - t0)], 1);
+        uint64_t took = pith_now_ns() - t0;
+        core_bump(&c->hist[hist_bucket(took)], 1);
+        core_bump(&c->hist_sum, took);
     } else {
         status = b(self, a->state, msg);
     }
@@ -753,20 +756,20 @@ static uint64_t hist_quantile(const uint64_t *h, uint64_t total, unsigned q)
     return 0;
 }
 
-int pith_actor_type_stats(const pith_actor_type_t *type, pith_actor_type_stats_t *out)
+/* Sums type's counters over shards [from, to) into *out (zeroed first), and its handler
+ * histogram into hist (and its sum into *sum). The caller holds a reader's pass. */
+static void type_sum(const struct core_engine *ce, const pith_actor_type_t *type, unsigned from,
+                     unsigned to, pith_actor_type_stats_t *out, uint64_t *hist, uint64_t *sum)
 {
-    if (type == NULL || out == NULL)
-        return -EINVAL;
-    if (!shard_reader_enter())
-        return -ESHUTDOWN;
     memset(out, 0, sizeof(*out));
-    uint64_t hist[HIST_BUCKETS] = {0};
-    struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
+    memset(hist, 0, HIST_BUCKETS * sizeof(*hist));
+    *sum = 0;
+    /* A type can have two records: two shards may have added it at once (type_get). */
     for (struct type_rec *r = ce ? atomic_load_explicit(&ce->types, memory_order_acquire) : NULL;
          r != NULL; r = r->next) {
         if (r->type != type)
             continue;
-        for (unsigned i = 0; i < ce->n; i++) {
+        for (unsigned i = from; i < to && i < ce->n; i++) {
             const struct type_counters *c = &r->per_shard[i];
             out->spawned += atomic_load_explicit(&c->spawned, memory_order_relaxed);
             out->stopped += atomic_load_explicit(&c->stopped, memory_order_relaxed);
@@ -778,6 +781,7 @@ int pith_actor_type_stats(const pith_actor_type_t *type, pith_actor_type_stats_t
             out->restarts += atomic_load_explicit(&c->restarts, memory_order_relaxed);
             out->mutes += atomic_load_explicit(&c->mutes, memory_order_relaxed);
             out->mailbox_now += atomic_load_explicit(&c->depth_now, memory_order_relaxed);
+            *sum += atomic_load_explicit(&c->hist_sum, memory_order_relaxed);
             for (unsigned b = 0; b < HIST_BUCKETS; b++) {
                 uint64_t k = atomic_load_explicit(&c->hist[b], memory_order_relaxed);
                 hist[b] += k;
@@ -792,8 +796,61 @@ int pith_actor_type_stats(const pith_actor_type_t *type, pith_actor_type_stats_t
     out->handler_p50_ns = hist_quantile(hist, out->handler_samples, 500);
     out->handler_p99_ns = hist_quantile(hist, out->handler_samples, 990);
     out->handler_p999_ns = hist_quantile(hist, out->handler_samples, 999);
+}
+
+int pith_actor_type_stats(const pith_actor_type_t *type, pith_actor_type_stats_t *out)
+{
+    if (type == NULL || out == NULL)
+        return -EINVAL;
+    if (!shard_reader_enter())
+        return -ESHUTDOWN;
+    uint64_t hist[HIST_BUCKETS], sum;
+    struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
+    type_sum(ce, type, 0, ce != NULL ? ce->n : 0, out, hist, &sum);
     shard_reader_leave();
     return 0;
+}
+
+int core_type_shard(const pith_actor_type_t *type, unsigned shard, struct core_type_shard *out)
+{
+    if (type == NULL || out == NULL)
+        return -EINVAL;
+    if (!shard_reader_enter())
+        return -ESHUTDOWN;
+    int err = 0;
+    struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
+    if (shard >= pith_shard_count())
+        err = -EINVAL;
+    else
+        type_sum(ce, type, shard, shard + 1, &out->st, out->hist, &out->sum_ns);
+    shard_reader_leave();
+    return err;
+}
+
+size_t core_types(const pith_actor_type_t **types, size_t cap)
+{
+    if (!shard_reader_enter())
+        return 0;
+    size_t n = 0;
+    struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
+    for (struct type_rec *r = ce ? atomic_load_explicit(&ce->types, memory_order_acquire) : NULL;
+         r != NULL; r = r->next) {
+        bool seen = false;
+        for (size_t i = 0; i < n && i < cap && !seen; i++)
+            seen = types[i] == r->type;
+        if (seen)
+            continue;
+        if (n < cap)
+            types[n] = r->type;
+        n++;
+    }
+    shard_reader_leave();
+    return n;
+}
+
+uint64_t core_hist_upper(unsigned b)
+{
+    return hist_upper(b);
 }
 
 int pith_dead_letters(unsigned shard, uint64_t *out)

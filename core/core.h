@@ -155,6 +155,7 @@ struct type_counters {
     alignas(CORE_LINE) _Atomic uint64_t spawned, stopped, failed, messages, rejected, dropped,
         mailbox_max, turns, restarts, mutes, depth_now;
     _Atomic uint64_t hist[HIST_BUCKETS];
+    _Atomic uint64_t hist_sum; /* ns of the samples in hist */
 };
 
 /* One actor type seen by this engine, with a counter block per shard. Listed once, never

@@ -23,6 +23,7 @@
 
 #include "clients.h"
 #include "core.h"
+#include "metrics.h"
 #include "mem.h"
 #include "vpersist.h"
 
@@ -306,7 +307,7 @@ struct vtype_shard {
     _Atomic uint64_t activations, failed, deact[PITH_VDEACT_REASONS], messages, lookups, collisions,
         refused, prewarms, prewarm_used, prewarm_wasted, moves, moves_failed, remote, forwards,
         direct, returned, migrations, rebalances, migrate_failed, cached, stale;
-    _Atomic uint64_t live_now, act_max;
+    _Atomic uint64_t live_now, act_max, act_sum, first_sum; /* sums: ns of the samples */
     _Atomic uint64_t hist[HIST_BUCKETS];
     /* First message to first behaviour call, one activation timed at a time: its ref and
      * when its first message reached the directory. */
@@ -1087,6 +1088,7 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
     if (timed) {
         uint64_t took = pith_now_ns() - t0;
         core_bump(&ts->hist[hist_bucket(took)], 1);
+        core_bump(&ts->act_sum, took);
         if (took > atomic_load_explicit(&ts->act_max, memory_order_relaxed))
             atomic_store_explicit(&ts->act_max, took, memory_order_relaxed);
     }
@@ -1104,6 +1106,7 @@ static void first_call(struct ventry *e)
     ts->first_ref = PITH_REF_NONE;
     uint64_t took = pith_now_ns() - ts->first_t0;
     core_bump(&ts->first_hist[hist_bucket(took)], 1);
+    core_bump(&ts->first_sum, took);
     if (took > atomic_load_explicit(&ts->first_max, memory_order_relaxed))
         atomic_store_explicit(&ts->first_max, took, memory_order_relaxed);
 }
@@ -3240,6 +3243,39 @@ static int stats_of(const pith_vtype_t *t, bool one, unsigned shard, pith_vtype_
     pcts_of(hist, &out->activate_samples, &out->activate_p50_ns, &out->activate_p99_ns);
     pcts_of(first, &out->first_samples, &out->first_p50_ns, &out->first_p99_ns);
     return 0;
+}
+
+int vactor_type_hists(const pith_vtype_t *t, unsigned shard, struct vtype_hists *out)
+{
+    if (t == NULL || out == NULL)
+        return -EINVAL;
+    const struct vtype_rec *r = rec_of_vt(t);
+    if (r == NULL)
+        return -ENOENT;
+    if (!shard_reader_enter())
+        return -ESHUTDOWN;
+    memset(out, 0, sizeof(*out));
+    int err = 0;
+    struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
+    if (shard >= pith_shard_count()) {
+        err = -EINVAL;
+    } else if (ce != NULL) {
+        /* Acquire: pairs with the release stores that published each part. */
+        struct core_shard *cs = atomic_load_explicit(&ce->shards[shard], memory_order_acquire);
+        struct vshard *vs = cs != NULL ? atomic_load_explicit(&cs->vs, memory_order_acquire) : NULL;
+        struct vtype_shard *ts =
+            vs != NULL ? atomic_load_explicit(&vs->types[r->id], memory_order_acquire) : NULL;
+        if (ts != NULL) {
+            for (unsigned b = 0; b < HIST_BUCKETS; b++) {
+                out->act[b] = atomic_load_explicit(&ts->hist[b], memory_order_relaxed);
+                out->first[b] = atomic_load_explicit(&ts->first_hist[b], memory_order_relaxed);
+            }
+            out->act_sum_ns = atomic_load_explicit(&ts->act_sum, memory_order_relaxed);
+            out->first_sum_ns = atomic_load_explicit(&ts->first_sum, memory_order_relaxed);
+        }
+    }
+    shard_reader_leave();
+    return err;
 }
 
 int pith_vtype_stats(const pith_vtype_t *t, pith_vtype_stats_t *out)
