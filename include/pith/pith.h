@@ -10,6 +10,7 @@
 #include <pith/hash.h>
 #include <pith/journal.h>
 #include <pith/mem.h>
+#include <pith/metrics.h>
 #include <pith/net.h>
 #include <pith/persist.h>
 #include <pith/timer.h>
