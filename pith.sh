@@ -10,8 +10,10 @@ cd "$(dirname "$0")"
 # redis-tools: redis-cli for the pith-kv integration test; redis-server: the kv-redis test
 # compares pith-kv's replies with it (the test starts its own on a loopback port and stops it);
 # clang and libclang-rt-14-dev: the libFuzzer target of the RESP parser (.ci/run); libck-dev: Concurrency Kit, for the ck_ring row of
-# pith-bench that the ingress lanes are measured against; doxygen: the API reference and its check.
-PACKAGES="gcc libc6-dev meson ninja-build pkg-config python3 liburing-dev libhwloc-dev libmimalloc-dev libcriterion-dev libck-dev doxygen valgrind redis-tools redis-server clang libclang-rt-14-dev"
+# pith-bench that the ingress lanes are measured against; doxygen: the API reference and its check;
+# prometheus: promtool checks the metrics text, and a prometheus server scrapes pith-kv in a test
+# (which starts it on a loopback port and stops it).
+PACKAGES="gcc libc6-dev meson ninja-build pkg-config python3 liburing-dev libhwloc-dev libmimalloc-dev libcriterion-dev libck-dev doxygen valgrind redis-tools redis-server clang libclang-rt-14-dev prometheus"
 BUILD_DIR=${BUILD_DIR:-build}
 
 deps() {
@@ -25,16 +27,19 @@ deps() {
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing
-    # Debian starts redis-server as a system service on port 6379 when systemd runs; the tests
-    # start their own, so the service this install started is stopped and disabled again.
-    case " $missing " in
-    *" redis-server "*)
-        if [ -d /run/systemd/system ]; then
-            $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
-            echo "pith.sh: redis-server installed for the tests; its system service is left off"
-        fi
-        ;;
-    esac
+    # Debian starts redis-server (port 6379) and prometheus (port 9090) as
+    # system services when systemd runs; the tests start their own, so the services this install
+    # started are stopped and disabled again.
+    for svc in redis-server prometheus; do
+        case " $missing " in
+        *" $svc "*)
+            if [ -d /run/systemd/system ]; then
+                $sudo systemctl disable --now "$svc" >/dev/null 2>&1 || true
+                echo "pith.sh: $svc installed for the tests; its system service is left off"
+            fi
+            ;;
+        esac
+    done
 }
 
 build() {

@@ -233,7 +233,8 @@ class Server:
                     rc = self.proc.wait(timeout=STOP_TIMEOUT)
                     raise Failure(f"exited with {rc} before its ready line: {self.stderr()}")
                 buf += chunk
-        return buf.split(b"\n")[0].decode(errors="replace")
+        line, self.rest = buf.split(b"\n", 1)  # rest: what followed it (kv_prometheus.py)
+        return line.decode(errors="replace")
 
     def stderr(self):
         """The server's stderr: from a sanitizer's report where there is one, else its end."""

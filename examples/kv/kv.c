@@ -86,9 +86,11 @@ static struct {
     const char *dir;                              /* --dir: the journal's; NULL: none */
     uint64_t segment_bytes;                       /* --journal-segment-bytes; 0: default */
     int appendfsync;                              /* AOF_* with a dir */
+    int metrics_port; /* --metrics-port: /metrics over HTTP on --host; -1: off */
 } opt = {
     .host = "127.0.0.1",
     .port = 6379,
+    .metrics_port = -1,
     .shards = PITH_AUTO,
     .max_bulk = 512u << 20,
     .query_limit = 1u << 30,
@@ -3299,7 +3301,7 @@ static void usage(void)
             "               [--client-output-buffer-limit 'normal HARD SOFT SECONDS']\n"
             "               [--mesh-ring BATCHES] [--mesh-batch MSGS] [--mesh-backlog N]\n"
             "               [--dir PATH [--appendfsync always|everysec|no]\n"
-            "                [--journal-segment-bytes BYTES]]\n");
+            "                [--journal-segment-bytes BYTES]] [--metrics-port N]\n");
     exit(2);
 }
 
@@ -3334,6 +3336,12 @@ int main(int argc, char **argv)
             if (*end || p < 0 || p > 65535)
                 usage();
             opt.port = (int)p;
+            i++;
+        } else if (strcmp(argv[i], "--metrics-port") == 0 && v) {
+            long p = strtol(v, &end, 10);
+            if (*end || p < 0 || p > 65535)
+                usage();
+            opt.metrics_port = (int)p;
             i++;
         } else if (strcmp(argv[i], "--host") == 0 && v) {
             opt.host = v;
@@ -3557,6 +3565,19 @@ int main(int argc, char **argv)
     }
     printf("pith-kv: listening on %s:%d with %u shards (%s)\n", opt.host, pith_tcp_listener_port(l),
            nshards, opt.acceptor ? "acceptor" : "reuseport");
+    /* The engine's metrics (pith_metrics_serve), at /metrics for Prometheus. */
+    pith_listener_t ml = 0;
+    if (opt.metrics_port >= 0) {
+        err = pith_metrics_serve(opt.host, (uint16_t)opt.metrics_port, &ml);
+        if (err) {
+            fprintf(stderr, "pith-kv: metrics on %s:%d: %s\n", opt.host, opt.metrics_port,
+                    pith_strerror(err));
+            (void)pith_tcp_unlisten(l);
+            pith_engine_stop();
+            return 1;
+        }
+        printf("pith-kv: metrics on http://%s:%d/metrics\n", opt.host, pith_tcp_listener_port(ml));
+    }
     fflush(stdout);
     int sig;
     while (sigwait(&sigs, &sig) != 0)
@@ -3564,6 +3585,8 @@ int main(int argc, char **argv)
     /* Prompt shutdown: no new clients, every connection reset (its unsent replies dropped, as
      * when Redis exits), then the engine stops. */
     (void)pith_tcp_unlisten(l);
+    if (ml != 0)
+        (void)pith_tcp_unlisten(ml);
     for (unsigned i = 0; i < nshards; i++)
         (void)pith_call_wait(i, close_all, NULL, NULL);
     pith_engine_stop();
