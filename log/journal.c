@@ -71,6 +71,7 @@ static struct jgroup *group_new(struct journal *j, uint64_t at)
     g->head = g->len = (uint32_t)(at - g->off);
     g->seg = j->segs_tail;
     g->state = G_OPEN;
+    g->t_open = pith_now_ns();
     memcpy(g->buf, j->tailblk, g->head);
     memset(g->buf + g->head, 0, g->cap - g->head);
     g->seg->users++;
@@ -136,6 +137,12 @@ static void ack_ready(struct journal *j)
             j->durable_seq = g->last_seq;
             put(&j->st_durable, g->last_seq);
             bump(&j->st_acked, g->last_seq - g->first_seq + 1);
+            uint64_t now = pith_now_ns();
+            uint64_t commit = now - g->t_open, sync = g->t_write != 0 ? now - g->t_write : 0;
+            bump(&j->h_commit[hist_bucket(commit)], 1);
+            bump(&j->h_commit_sum, commit);
+            bump(&j->h_sync[hist_bucket(sync)], 1);
+            bump(&j->h_sync_sum, sync);
         } else {
             bump(&j->st_failed, g->last_seq - g->first_seq + 1);
         }
@@ -408,6 +415,8 @@ static void submit_write(struct journal *j, struct jgroup *g)
     *(struct jop *)f->data = (struct jop){j, g};
     g->state = G_WRITING;
     j->writing = true;
+    if (g->t_write == 0)
+        g->t_write = pith_now_ns();
     io_uring_prep_write(sqe, g->seg->fd, g->buf + g->done_bytes, len, g->off + g->done_bytes);
     /* The data sync in the write itself (what pwritev2's RWF_DSYNC does): one operation
      * instead of a write and then an fdatasync, half the time for one record here. Each part
@@ -1197,6 +1206,32 @@ int pith_journal_stats(unsigned shard, pith_journal_stats_t *out)
         out->recovered_bytes = j->recovered_bytes;
         out->damaged_segment = j->damaged_segment;
         out->damaged_offset = j->damaged_offset;
+    }
+    shard_reader_leave();
+    return 0;
+}
+
+int log_hists(unsigned shard, uint64_t *commit, uint64_t *commit_sum, uint64_t *sync,
+              uint64_t *sync_sum)
+{
+    memset(commit, 0, HIST_BUCKETS * sizeof(*commit));
+    memset(sync, 0, HIST_BUCKETS * sizeof(*sync));
+    *commit_sum = *sync_sum = 0;
+    if (!shard_reader_enter())
+        return -ESHUTDOWN;
+    if (shard >= pith_shard_count() || shard >= JSHARDS_MAX) {
+        shard_reader_leave();
+        return -EINVAL;
+    }
+    /* Acquire: as pith_journal_stats's. */
+    struct journal *j = atomic_load_explicit(&journals[shard], memory_order_acquire);
+    if (j != NULL && j->open_err == 0) {
+        for (unsigned b = 0; b < HIST_BUCKETS; b++) {
+            commit[b] = atomic_load_explicit(&j->h_commit[b], memory_order_relaxed);
+            sync[b] = atomic_load_explicit(&j->h_sync[b], memory_order_relaxed);
+        }
+        *commit_sum = atomic_load_explicit(&j->h_commit_sum, memory_order_relaxed);
+        *sync_sum = atomic_load_explicit(&j->h_sync_sum, memory_order_relaxed);
     }
     shard_reader_leave();
     return 0;

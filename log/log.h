@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "fop.h"
+#include "hist.h"
 
 /* A record's header on disk, little-endian; the payload follows, then zeros to 8 bytes. The CRC
  * covers the header from `len` on and the payload. */
@@ -89,6 +90,8 @@ struct jgroup {
     int state, err;
     unsigned inflight;    /* its operations on the ring */
     struct jbatch *batch; /* the periodic sync that covers it (G_SYNCING then) */
+    uint64_t t_open;      /* when it was made (its first record came) */
+    uint64_t t_write;     /* when its write was first submitted */
 };
 
 struct journal {
@@ -119,6 +122,9 @@ struct journal {
     _Atomic uint64_t st_appended, st_acked, st_failed, st_groups, st_syncs, st_bytes, st_pending,
         st_segments, st_last, st_durable, st_released, st_recycled, st_appended_bytes;
     _Atomic bool st_broken; /* failed, for readers off the shard */
+    /* Per group made durable (log_hists): from its first record to its acknowledgement, and
+     * from its write's submission to its durability; with their sums in ns. */
+    _Atomic uint64_t h_commit[HIST_BUCKETS], h_sync[HIST_BUCKETS], h_commit_sum, h_sync_sum;
     uint64_t recovered, recovered_bytes, damaged_segment, damaged_offset;
     /* Released segments' files: spare[0..nspare) can be renamed into the next segment once
      * their own rename to .spare is done (spare_ready). */
@@ -193,5 +199,12 @@ int log_read_many(const struct log_rd *rds, uint32_t n, unsigned char *buf, log_
 int log_release_engine(uint64_t upto);
 /* The shard's journal's bounds: records append_max bytes of payload at most; segments held. */
 int log_limits(uint32_t *append_max, uint64_t *segments);
+/* The journal's latency histograms on `shard` (HIST_BUCKETS each, hist.h), one sample per group
+ * made durable: commit, from the group's first record to its acknowledgement (the longest an
+ * appender of it waited); sync, from its write's submission to its durability (the write with
+ * its data sync, or the periodic sync that covered it). Zeros where the journal is not open.
+ * Any thread. Errors: -EINVAL shard out of range, -ESHUTDOWN. */
+int log_hists(unsigned shard, uint64_t *commit, uint64_t *commit_sum, uint64_t *sync,
+              uint64_t *sync_sum);
 
 #endif

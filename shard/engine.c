@@ -102,6 +102,13 @@ const char *shard_hooks_describe(unsigned shard, pith_anyfn_t *fn)
     return NULL;
 }
 
+void shard_hooks_stalled(unsigned shard, pith_anyfn_t fn)
+{
+    for (unsigned i = 0; i < n_hook_layers; i++)
+        if (hook_layers[i].stalled != NULL)
+            hook_layers[i].stalled(shard, fn);
+}
+
 void shard_quiesce(void)
 {
     struct engine *e = &pith_engine;
@@ -505,6 +512,25 @@ int pith_shard_stats(unsigned shard, pith_shard_stats_t *out)
         out->lanes_dormant = atomic_load_explicit(&c->lanes_dormant, memory_order_relaxed);
         out->lanes_orphaned = atomic_load_explicit(&s->orphans, memory_order_relaxed);
         util_read(c, &out->busy_ns, &out->elapsed_ns);
+    }
+    reader_leave(e, outside);
+    return err;
+}
+
+int shard_stall_hist(unsigned shard, uint64_t *hist, uint64_t *sum_ns)
+{
+    struct engine *e = &pith_engine;
+    bool outside = shard_cur == NULL;
+    if (!reader_enter(e, outside))
+        return -ESHUTDOWN;
+    int err = 0;
+    if (shard >= e->n) {
+        err = -EINVAL;
+    } else {
+        const struct shard_counters *c = &e->shards[shard]->st;
+        for (unsigned b = 0; b < HIST_BUCKETS; b++)
+            hist[b] = atomic_load_explicit(&c->stall_hist[b], memory_order_relaxed);
+        *sum_ns = atomic_load_explicit(&c->stall_sum, memory_order_relaxed);
     }
     reader_leave(e, outside);
     return err;

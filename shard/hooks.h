@@ -28,6 +28,9 @@ struct shard_hooks {
      * layer's (an actor's turn): the label (an actor type's name) and the function to name
      * (its behaviour) through *fn. NULL: not the layer's. */
     const char *(*describe)(unsigned shard, pith_anyfn_t *fn);
+    /* From the stall detector's thread, once per stall it counts on `shard`, while the task
+     * still runs: the layer whose task it is counts it (an actor type's stalls). */
+    void (*stalled)(unsigned shard, pith_anyfn_t fn);
     /* On the shard, after the run step of a loop iteration in which shard_flush_ask was called,
      * before the ring is entered: what gathered during the step (a journal's group of records)
      * goes out with the iteration's submissions. */
@@ -50,6 +53,7 @@ void shard_hooks_engine_gone(void);
 bool shard_hooks_release(pith_fn_t fn, void *arg);
 void shard_hooks_stopping(void);
 const char *shard_hooks_describe(unsigned shard, pith_anyfn_t *fn);
+void shard_hooks_stalled(unsigned shard, pith_anyfn_t fn);
 void shard_hooks_flush(unsigned shard);
 void shard_hooks_start(unsigned shard);
 void shard_hooks_leaving(unsigned shard);
@@ -102,5 +106,11 @@ struct io_ring *shard_io(void);
 const pith_config_t *shard_config(void);
 /* On a shard: the number of shards of its engine (known before pith_shard_count is, at start). */
 unsigned shard_count_here(void);
+
+/* How long the stalls the detector saw on `shard` lasted, as the watchdog measured them (to
+ * within its sampling period, a quarter of stall_ns and at least 1 ms): a log histogram of
+ * HIST_BUCKETS (hist.h) and the sum in ns. A stall still running is not in it. Any thread while
+ * the engine runs; -EINVAL shard out of range, -ESHUTDOWN. */
+int shard_stall_hist(unsigned shard, uint64_t *hist, uint64_t *sum_ns);
 
 #endif

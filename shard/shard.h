@@ -15,6 +15,7 @@
 #include <pith/error.h>
 #include <pith/timer.h>
 
+#include "hist.h"
 #include "hooks.h"
 #include "fop.h"
 #include "io.h"
@@ -109,6 +110,9 @@ struct shard_counters {
     _Atomic uint64_t util_start, idle, idle_from;
     _Atomic uint32_t idle_seq;
     _Atomic uint64_t busy_seen; /* the most busy time a reader was told (engine.c) */
+    /* How long the stalls lasted (shard_stall_hist), written by the watchdog thread alone. */
+    _Atomic uint64_t stall_hist[HIST_BUCKETS];
+    _Atomic uint64_t stall_sum;
 };
 
 struct engine;

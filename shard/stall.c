@@ -17,6 +17,7 @@
 struct watch {
     uint64_t seq;      /* task_seq when this task was first seen running */
     uint64_t since;    /* when it was first seen */
+    bool stalled;      /* it was counted as a stall: its length goes in the histogram */
     uint64_t epoch;    /* sleep_epoch at the last sample */
     uint64_t reported; /* task_seq of the last report, to report a task once */
     uint64_t last_report_ns;
@@ -104,6 +105,19 @@ static void *watchdog_main(void *arg)
             pith_anyfn_t fn = atomic_load_explicit(&s->cur_fn, memory_order_relaxed);
             uint64_t seq = atomic_load_explicit(&s->task_seq, memory_order_relaxed);
             if (fn == NULL || seq != w[i].seq) {
+                if (w[i].stalled) {
+                    /* The stalled task ended since the last sample. The watchdog alone writes
+                     * these: relaxed stores for the readers. */
+                    uint64_t ran = now - w[i].since;
+                    _Atomic uint64_t *b = &s->st.stall_hist[hist_bucket(ran)];
+                    atomic_store_explicit(b, atomic_load_explicit(b, memory_order_relaxed) + 1,
+                                          memory_order_relaxed);
+                    atomic_store_explicit(
+                        &s->st.stall_sum,
+                        atomic_load_explicit(&s->st.stall_sum, memory_order_relaxed) + ran,
+                        memory_order_relaxed);
+                    w[i].stalled = false;
+                }
                 w[i].seq = seq;
                 w[i].since = now;
                 continue;
@@ -112,7 +126,9 @@ static void *watchdog_main(void *arg)
             if (ran < e->cfg.stall_ns || w[i].reported == seq)
                 continue;
             w[i].reported = seq;
+            w[i].stalled = true;
             stat_add(&s->st.stalls, 1);
+            shard_hooks_stalled(i, fn);
             if (now - w[i].last_report_ns >= 1000000000u || w[i].last_report_ns == 0) {
                 w[i].last_report_ns = now;
                 report(e, i, fn, ran);
