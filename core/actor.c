@@ -5,6 +5,9 @@
 #include "clients.h"
 #include "core.h"
 #include "metrics.h"
+
+_Static_assert(CORE_HIST_BUCKETS == HIST_BUCKETS && CORE_DEPTH_BUCKETS == DEPTH_BUCKETS,
+               "core/metrics.h sizes its arrays as the counters are");
 #include "vpersist.h"
 #include "hooks.h"
 
@@ -117,6 +120,11 @@ static struct type_rec *type_get(struct core_shard *cs, const pith_actor_type_t 
                                                   memory_order_relaxed))
         ;
     return cs->last = r;
+}
+
+struct type_rec *core_type_rec(struct core_shard *cs, const pith_actor_type_t *type)
+{
+    return type_get(cs, type);
 }
 
 /* ---- the table of records ---- */
@@ -449,10 +457,22 @@ static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
         if (a->head == NULL)
             a->tail = NULL;
         a->depth--;
+        uint64_t sent = m->sent;
+        if (UNLIKELY(sent != 0)) {
+            uint64_t waited = pith_now_ns() - sent;
+            core_bump(&c->mbox[hist_bucket(waited)], 1);
+            core_bump(&c->mbox_sum, waited);
+        }
         pith_msg_t msg;
         core_msg_view(m, &msg);
         status = behave(cs, a, &self, &msg, c);
         core_msg_free(m);
+        if (UNLIKELY(sent != 0)) {
+            /* The type's SLA on this shard, if any, takes the whole latency. */
+            struct sla_shard *ss = atomic_load_explicit(&c->sla, memory_order_relaxed);
+            if (ss != NULL)
+                core_sla_note(ss, pith_now_ns() - sent);
+        }
         n++;
         if (status != 0 || (a->gen & (A_STOP | A_MUTED)))
             break; /* a sender muted by this message gets no more of this turn */
@@ -474,7 +494,21 @@ bool core_run_now(struct core_shard *cs, struct actor *a, pith_ref_t ref, const 
     atomic_store_explicit(&cs->running, r, memory_order_release); /* see core_describe */
     /* The stall detector names this as a turn (core_describe). */
     shard_note_running((pith_anyfn_t)turn_task);
+    /* Handled as it arrives: no time in the mailbox, sampled as the made messages are. */
+    uint64_t t0 = 0;
+    if (UNLIKELY(++core_mbox_sample >= HIST_SAMPLE)) {
+        core_mbox_sample = 0;
+        core_bump(&ctr(cs, r)->mbox[0], 1);
+        if (atomic_load_explicit(&ctr(cs, r)->sla, memory_order_relaxed) != NULL)
+            t0 = pith_now_ns();
+    }
     int status = behave(cs, a, &self, msg, ctr(cs, r));
+    if (UNLIKELY(t0 != 0)) {
+        /* The actor may have ended: its type's counters stay. */
+        struct sla_shard *ss = atomic_load_explicit(&ctr(cs, r)->sla, memory_order_relaxed);
+        if (ss != NULL)
+            core_sla_note(ss, pith_now_ns() - t0);
+    }
     turn_end(cs, a, ref, status, 1, 0);
     return true;
 }
@@ -756,14 +790,13 @@ static uint64_t hist_quantile(const uint64_t *h, uint64_t total, unsigned q)
     return 0;
 }
 
-/* Sums type's counters over shards [from, to) into *out (zeroed first), and its handler
- * histogram into hist (and its sum into *sum). The caller holds a reader's pass. */
+/* Sums type's counters and histograms over shards [from, to) into *out (zeroed first). The
+ * caller holds a reader's pass. */
 static void type_sum(const struct core_engine *ce, const pith_actor_type_t *type, unsigned from,
-                     unsigned to, pith_actor_type_stats_t *out, uint64_t *hist, uint64_t *sum)
+                     unsigned to, struct core_type_shard *all)
 {
-    memset(out, 0, sizeof(*out));
-    memset(hist, 0, HIST_BUCKETS * sizeof(*hist));
-    *sum = 0;
+    memset(all, 0, sizeof(*all));
+    pith_actor_type_stats_t *out = &all->st;
     /* A type can have two records: two shards may have added it at once (type_get). */
     for (struct type_rec *r = ce ? atomic_load_explicit(&ce->types, memory_order_acquire) : NULL;
          r != NULL; r = r->next) {
@@ -771,43 +804,56 @@ static void type_sum(const struct core_engine *ce, const pith_actor_type_t *type
             continue;
         for (unsigned i = from; i < to && i < ce->n; i++) {
             const struct type_counters *c = &r->per_shard[i];
-            out->spawned += atomic_load_explicit(&c->spawned, memory_order_relaxed);
-            out->stopped += atomic_load_explicit(&c->stopped, memory_order_relaxed);
-            out->failed += atomic_load_explicit(&c->failed, memory_order_relaxed);
-            out->messages += atomic_load_explicit(&c->messages, memory_order_relaxed);
-            out->rejected += atomic_load_explicit(&c->rejected, memory_order_relaxed);
-            out->dropped += atomic_load_explicit(&c->dropped, memory_order_relaxed);
-            out->turns += atomic_load_explicit(&c->turns, memory_order_relaxed);
-            out->restarts += atomic_load_explicit(&c->restarts, memory_order_relaxed);
-            out->mutes += atomic_load_explicit(&c->mutes, memory_order_relaxed);
-            out->mailbox_now += atomic_load_explicit(&c->depth_now, memory_order_relaxed);
-            *sum += atomic_load_explicit(&c->hist_sum, memory_order_relaxed);
+#define RD(f) atomic_load_explicit(&c->f, memory_order_relaxed)
+            out->spawned += RD(spawned);
+            out->stopped += RD(stopped);
+            out->failed += RD(failed);
+            out->messages += RD(messages);
+            out->rejected += RD(rejected);
+            out->dropped += RD(dropped);
+            out->turns += RD(turns);
+            out->restarts += RD(restarts);
+            out->mutes += RD(mutes);
+            out->mailbox_now += RD(depth_now);
+            all->sum_ns += RD(hist_sum);
+            all->mbox_sum_ns += RD(mbox_sum);
+            all->stalls += RD(stalls);
+            all->depth_sum += RD(depth_sum);
             for (unsigned b = 0; b < HIST_BUCKETS; b++) {
-                uint64_t k = atomic_load_explicit(&c->hist[b], memory_order_relaxed);
-                hist[b] += k;
+                uint64_t k = RD(hist[b]);
+                all->hist[b] += k;
                 out->handler_samples += k;
+                all->mbox[b] += RD(mbox[b]);
             }
-            uint64_t mx = atomic_load_explicit(&c->mailbox_max, memory_order_relaxed);
-            if (mx > out->mailbox_max)
-                out->mailbox_max = mx;
+            for (unsigned b = 0; b < DEPTH_BUCKETS; b++)
+                all->depth[b] += RD(depth[b]);
+            if (RD(mailbox_max) > out->mailbox_max)
+                out->mailbox_max = RD(mailbox_max);
+#undef RD
         }
     }
     out->live = out->spawned > out->stopped ? out->spawned - out->stopped : 0;
-    out->handler_p50_ns = hist_quantile(hist, out->handler_samples, 500);
-    out->handler_p99_ns = hist_quantile(hist, out->handler_samples, 990);
-    out->handler_p999_ns = hist_quantile(hist, out->handler_samples, 999);
+    out->handler_p50_ns = hist_quantile(all->hist, out->handler_samples, 500);
+    out->handler_p99_ns = hist_quantile(all->hist, out->handler_samples, 990);
+    out->handler_p999_ns = hist_quantile(all->hist, out->handler_samples, 999);
 }
 
 int pith_actor_type_stats(const pith_actor_type_t *type, pith_actor_type_stats_t *out)
 {
     if (type == NULL || out == NULL)
         return -EINVAL;
-    if (!shard_reader_enter())
+    struct core_type_shard *all = malloc(sizeof(*all));
+    if (all == NULL)
+        return -ENOMEM;
+    if (!shard_reader_enter()) {
+        free(all);
         return -ESHUTDOWN;
-    uint64_t hist[HIST_BUCKETS], sum;
+    }
     struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
-    type_sum(ce, type, 0, ce != NULL ? ce->n : 0, out, hist, &sum);
+    type_sum(ce, type, 0, ce != NULL ? ce->n : 0, all);
     shard_reader_leave();
+    *out = all->st;
+    free(all);
     return 0;
 }
 
@@ -822,7 +868,7 @@ int core_type_shard(const pith_actor_type_t *type, unsigned shard, struct core_t
     if (shard >= pith_shard_count())
         err = -EINVAL;
     else
-        type_sum(ce, type, shard, shard + 1, &out->st, out->hist, &out->sum_ns);
+        type_sum(ce, type, shard, shard + 1, out);
     shard_reader_leave();
     return err;
 }
@@ -962,6 +1008,8 @@ static void core_engine_gone(void)
     struct type_rec *r = atomic_load_explicit(&ce->types, memory_order_relaxed);
     while (r != NULL) {
         struct type_rec *next = r->next;
+        for (unsigned i = 0; i < ce->n; i++)
+            core_sla_free(atomic_load_explicit(&r->per_shard[i].sla, memory_order_relaxed));
         free(r->per_shard);
         free(r);
         r = next;
@@ -1003,6 +1051,22 @@ static const char *core_describe(unsigned shard, pith_anyfn_t *fn)
     return r->type->name != NULL ? r->type->name : "";
 }
 
+/* The stall detector counts a stall: when it is an actor's turn, its type's. */
+static void core_stalled(unsigned shard, pith_anyfn_t fn)
+{
+    if (fn != (pith_anyfn_t)turn_task)
+        return;
+    struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
+    struct core_shard *cs = ce != NULL && shard < ce->n
+                                ? atomic_load_explicit(&ce->shards[shard], memory_order_acquire)
+                                : NULL;
+    /* Acquire: as core_describe's. */
+    const struct type_rec *r =
+        cs != NULL ? atomic_load_explicit(&cs->running, memory_order_acquire) : NULL;
+    if (r != NULL) /* an add: the watchdog writes this counter, not the shard */
+        atomic_fetch_add_explicit(&r->per_shard[shard].stalls, 1, memory_order_relaxed);
+}
+
 __attribute__((constructor)) static void core_hooks(void)
 {
     static const struct shard_hooks h = {
@@ -1011,6 +1075,7 @@ __attribute__((constructor)) static void core_hooks(void)
         .release = core_release,
         .stopping = core_clients_stopping,
         .describe = core_describe,
+        .stalled = core_stalled,
     };
     shard_hooks_add(&h);
 }

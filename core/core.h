@@ -12,6 +12,7 @@
 #include <pith/actor.h>
 #include <pith/engine.h>
 
+#include "hist.h"
 #include "hooks.h"
 #include "map.h"
 
@@ -92,8 +93,12 @@ struct amsg {
     uint32_t type;
     uint32_t len;
     struct mslab *slab; /* NULL: its own pith_malloc block */
+    /* When it was made (pith_now_ns), for one message in HIST_SAMPLE that a thread makes; 0
+     * for the others. Its handling counts its time in the mailbox (type_counters.mbox). */
+    uint64_t sent;
+    uint64_t pad_; /* the payload stays 16-byte aligned */
 };
-_Static_assert(sizeof(struct amsg) == 48, "message header: payload 16-byte aligned");
+_Static_assert(sizeof(struct amsg) == 64, "message header: payload 16-byte aligned");
 /* In amsg.len, above the payload's length: the payload is a pith_buf_t reference (buf.c), owned
  * by the message; the message comes in past the mailbox's bound (the receiver asked for it:
  * replies, DOWN, timeouts, io results, notices within their own bound). */
@@ -126,29 +131,11 @@ static inline void core_msg_view(const struct amsg *m, pith_msg_t *out)
     }
 }
 
-/* Handler times: bucket b covers [lo(b), lo(b + 1)) ns, 4 buckets per power of two. */
-#define HIST_BUCKETS 256
-#define HIST_SAMPLE  16 /* one message in HIST_SAMPLE is timed */
+#define HIST_SAMPLE   16 /* one message in HIST_SAMPLE is timed */
+#define DEPTH_BUCKETS 33 /* mailbox depths up to 2^32 */
 
-static inline unsigned hist_bucket(uint64_t ns)
-{
-    if (ns < 4)
-        return (unsigned)ns;
-    unsigned e = 63u - (unsigned)__builtin_clzll(ns); /* ns in [2^e, 2^(e+1)) */
-    unsigned b = e * 4 + (unsigned)((ns >> (e - 2)) & 3);
-    return b < HIST_BUCKETS ? b : HIST_BUCKETS - 1;
-}
-/* The smallest value of the next bucket: the upper edge of b. */
-static inline uint64_t hist_upper(unsigned b)
-{
-    if (b < 8)
-        return b < 4 ? b + 1 : 4; /* 0..3 hold one value each; 4..7 are never used */
-    if (b >= HIST_BUCKETS - 1)
-        return UINT64_MAX;
-    b++;
-    unsigned e = b / 4;
-    return (UINT64_C(1) << e) + ((uint64_t)(b & 3) << (e - 2));
-}
+/* Messages made by this thread since the last one stamped with its send time (send.c). */
+extern __thread uint32_t core_mbox_sample;
 
 /* Counters of one type on one shard: written by that shard only, relaxed, read by any thread. */
 struct type_counters {
@@ -156,6 +143,23 @@ struct type_counters {
         mailbox_max, turns, restarts, mutes, depth_now;
     _Atomic uint64_t hist[HIST_BUCKETS];
     _Atomic uint64_t hist_sum; /* ns of the samples in hist */
+    /* Time in the mailbox, from the send to the start of handling, of the messages timed
+     * (amsg.sent), and its sum in ns. */
+    _Atomic uint64_t mbox[HIST_BUCKETS];
+    _Atomic uint64_t mbox_sum;
+    /* The depth of the mailbox one enqueue in HIST_SAMPLE left (itself counted): bucket b
+     * holds depths in [2^(b-1), 2^b). */
+    _Atomic uint64_t depth[DEPTH_BUCKETS];
+    _Atomic uint64_t depth_sum; /* of the depths counted in depth */
+    /* Stalls the detector saw in a behaviour of the type: counted by the watchdog thread
+     * (core_stalled), with an atomic add since it is a second writer. */
+    _Atomic uint64_t stalls;
+    /* The type's SLA on this shard (sla.c): made and set by the shard (release), read by it
+     * and by readers (acquire); and, while its PITH_SLA_SHED acts, the flag core_enqueue reads
+     * (the shard's own) and the messages refused. */
+    _Atomic(struct sla_shard *) sla;
+    bool shedding;
+    _Atomic uint64_t shed;
 };
 
 /* One actor type seen by this engine, with a counter block per shard. Listed once, never
@@ -226,6 +230,7 @@ struct core_shard {
     struct type_rec *last; /* the type of the last spawn */
     uint64_t ask_seq;
     uint32_t sample;         /* messages since the last timed one */
+    uint32_t depth_sample;   /* enqueues since the last whose depth was counted */
     struct map asks;         /* ask id -> struct ask (asks made here, waiting) */
     struct map timers;       /* ref -> list of struct atimer (actors that have timers) */
     struct map watchers;     /* ref -> list of struct watch (watched actors) */
@@ -291,7 +296,14 @@ static inline struct actor *core_find(const struct core_shard *cs, pith_ref_t re
 
 /* actor.c, for the other files of core/ */
 struct core_engine *core_engine_get(void); /* made on first use; NULL: no engine, or ENOMEM */
-struct core_shard *core_shard_get(void);   /* the calling shard's, made on first use */
+struct core_shard *core_shard_get(void);
+/* The record of an actor type, listed on first use (actor.c); NULL on ENOMEM. */
+struct type_rec *core_type_rec(struct core_shard *cs, const pith_actor_type_t *type);
+/* sla.c: a latency (send to the end of handling) of a timed message of a type with an SLA on
+ * the calling shard; the engine's end frees what the shards left. */
+struct sla_shard;
+void core_sla_note(struct sla_shard *ss, uint64_t ns);
+void core_sla_free(struct sla_shard *ss); /* the calling shard's, made on first use */
 struct actor *core_lookup(const struct core_shard *cs, pith_ref_t ref);
 struct amsg *core_msg_make(pith_ref_t to, pith_ref_t from, uint32_t type, const void *data,
                            uint32_t len);

@@ -19,12 +19,23 @@ uint64_t core_hist_upper(unsigned b);
  * found (more than cap: ask again with room for that many); 0 without an engine. */
 size_t core_types(const pith_actor_type_t **types, size_t cap);
 
-/* One actor type on one shard: its counters (as pith_actor_type_stats's, of that shard), and
- * the handler-time histogram (one message in 16) with the sum of its samples. */
+/* Buckets of the mailbox-depth histogram: bucket b holds the depths in [2^(b-1), 2^b). */
+#define CORE_DEPTH_BUCKETS 33
+
+/* One actor type on one shard: its counters (as pith_actor_type_stats's, of that shard); the
+ * handler-time histogram (one message in 16) with the sum of its samples; the time in the
+ * mailbox, from the send to the start of handling (one message in 16 that a thread makes; a
+ * message handled as it arrives, with no mailbox, counts as 0) with its sum; the depth one
+ * enqueue in 16 left; and the stalls the detector saw in its behaviours. */
 struct core_type_shard {
     pith_actor_type_stats_t st;
     uint64_t hist[CORE_HIST_BUCKETS];
     uint64_t sum_ns;
+    uint64_t mbox[CORE_HIST_BUCKETS];
+    uint64_t mbox_sum_ns;
+    uint64_t depth[CORE_DEPTH_BUCKETS];
+    uint64_t depth_sum;
+    uint64_t stalls;
 };
 /* Errors: -EINVAL, -ESHUTDOWN. */
 int core_type_shard(const pith_actor_type_t *type, unsigned shard, struct core_type_shard *out);

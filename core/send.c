@@ -8,6 +8,8 @@
 #include <errno.h>
 #include <string.h>
 
+__thread uint32_t core_mbox_sample;
+
 void *core_alloc(size_t size)
 {
     return mem_malloc_lib(size);
@@ -35,6 +37,11 @@ struct amsg *core_msg_make_ext(int dst, pith_ref_t to, pith_ref_t from, uint32_t
     m->req = 0;
     m->type = type;
     m->len = len;
+    m->sent = 0;
+    if (UNLIKELY(++core_mbox_sample >= HIST_SAMPLE)) {
+        core_mbox_sample = 0;
+        m->sent = pith_now_ns();
+    }
     if (len)
         memcpy(m + 1, data, len);
     return m;
@@ -86,6 +93,11 @@ int core_enqueue(struct core_shard *cs, struct actor *a, struct amsg *m)
 {
     struct type_rec *r = a->rec;
     struct type_counters *c = core_counters(cs, r);
+    if (UNLIKELY(c->shedding) && !(m->len & AMSG_ADMIT)) {
+        /* The type's SLA is missed on this shard and it sheds (sla.c). */
+        core_bump(&c->shed, 1);
+        return -EBUSY;
+    }
     if (UNLIKELY(a->depth >= r->mailbox_max) && !(m->len & AMSG_ADMIT)) {
         pith_overflow_t policy = r->type->overflow;
         if (policy == PITH_OVERFLOW_MUTE_SENDER) {
@@ -106,6 +118,11 @@ int core_enqueue(struct core_shard *cs, struct actor *a, struct amsg *m)
     a->tail = m;
     a->depth++;
     core_bump(&c->depth_now, 1);
+    if (UNLIKELY(++cs->depth_sample >= HIST_SAMPLE)) {
+        cs->depth_sample = 0;
+        core_bump(&c->depth[64 - __builtin_clzll(a->depth)], 1); /* depth >= 1 */
+        core_bump(&c->depth_sum, a->depth);
+    }
     if (a->depth > atomic_load_explicit(&c->mailbox_max, memory_order_relaxed))
         atomic_store_explicit(&c->mailbox_max, a->depth, memory_order_relaxed);
     if (!(a->gen & (A_SCHEDULED | A_MUTED))) {

@@ -1363,6 +1363,7 @@ static struct amsg *trailed(struct amsg *m, int dst, uint32_t tid, uint64_t hash
         return NULL;
     n->len |= m->len & AMSG_BUF;
     n->req = m->req;
+    n->sent = m->sent; /* the copy's time in the mailbox began with the original's */
     struct vtrail *t = trail_of(n);
     *t = (struct vtrail){.hash = hash, .tid = tid, .klen = (uint16_t)klen};
     memcpy(t->key, key, klen);

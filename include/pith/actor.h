@@ -80,7 +80,8 @@ typedef struct pith_undelivered {
     /* -EAGAIN: the receiver's mailbox was full and its type rejects (or mutes, and the message
      * came past the hard bound); -ESRCH: no such actor when it arrived; -ENOBUFS: pushed out of
      * a full PITH_OVERFLOW_DROP_OLDEST mailbox; -ECANCELED: the receiver ended with it still in
-     * its mailbox. */
+     * its mailbox; -EBUSY: the receiver's type missed its SLA on its shard and sheds new
+     * messages (pith/sla.h). */
     int32_t reason;
     /* Messages this notice stands for: 1, or more in a summary. When notices themselves find
      * no room (the sender's mailbox is past twice its bound, or a client's inbox is full), they
@@ -173,7 +174,9 @@ PITH_API int pith_spawn_on(unsigned shard, const pith_actor_type_t *type, void *
  * receiver's shard, and for clients; otherwise the message comes back undelivered); -EAGAIN the
  * receiver's mailbox is full and its type rejects (same shard; otherwise the message comes back
  * undelivered), a client's inbox from this shard is full, or the mesh or the caller's lane
- * pushes back (pith_when_room, pith_client_send with a timeout); -ENOMEM; -ESHUTDOWN no engine,
+ * pushes back (pith_when_room, pith_client_send with a timeout); -EBUSY the receiver's type
+ * misses its SLA on the receiver's shard and sheds new messages (pith/sla.h; same shard,
+ * otherwise the message comes back undelivered with -EBUSY); -ENOMEM; -ESHUTDOWN no engine,
  * or it is stopping. On any error nothing was sent. */
 PITH_API int pith_send(pith_ref_t to, uint32_t type, const void *data, uint32_t len);
 

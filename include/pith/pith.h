@@ -13,6 +13,7 @@
 #include <pith/metrics.h>
 #include <pith/net.h>
 #include <pith/persist.h>
+#include <pith/sla.h>
 #include <pith/timer.h>
 #include <pith/vactor.h>
 #include <pith/version.h>
