@@ -9,6 +9,8 @@
  * Families are written whole, one after another, as the text format wants. */
 #include "obs.h"
 
+#include "hooks.h"
+#include "log.h"
 #include "metrics.h"
 #include "vpersist.h"
 
@@ -18,9 +20,11 @@
 #include <pith/metrics.h>
 #include <pith/net.h>
 #include <pith/persist.h>
+#include <pith/sla.h>
 #include <pith/version.h>
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -268,6 +272,51 @@ static void w_hist(struct writer *w, const struct label *l, unsigned n, const ui
     w->any_sample = true;
 }
 
+/* A histogram of counts (a mailbox's depth): bucket b of h (n of them) holds the values in
+ * [2^(b-1), 2^b), so `le` is 2^b - 1 and exact. */
+static void w_hist_pow2(struct writer *w, const struct label *l, unsigned n, const uint64_t *h,
+                        unsigned nb, uint64_t sum)
+{
+    struct obuf *b = w->b;
+    uint64_t count = 0;
+    for (unsigned i = 0; i < nb; i++)
+        count += h[i];
+    if (w->f == OBS_PROMETHEUS) {
+        uint64_t below = h[0];
+        for (unsigned i = 1; i < nb; i++) {
+            below += h[i];
+            char le[32];
+            snprintf(le, sizeof(le), "%llu", (unsigned long long)((UINT64_C(1) << i) - 1));
+            obuf_printf(b, "%s_bucket", w->name);
+            w_labels(w, l, n, le);
+            obuf_printf(b, " %llu\n", (unsigned long long)below);
+        }
+        obuf_printf(b, "%s_bucket", w->name);
+        w_labels(w, l, n, "+Inf");
+        obuf_printf(b, " %llu\n%s_sum", (unsigned long long)count, w->name);
+        w_labels(w, l, n, NULL);
+        obuf_printf(b, " %llu\n%s_count", (unsigned long long)sum, w->name);
+        w_labels(w, l, n, NULL);
+        obuf_printf(b, " %llu\n", (unsigned long long)count);
+        return;
+    }
+    obuf_puts(b, w->any_sample ? ",{" : "{");
+    w_labels(w, l, n, NULL);
+    obuf_printf(b, ",\"count\":%llu,\"sum\":%llu,\"buckets\":[", (unsigned long long)count,
+                (unsigned long long)sum);
+    bool first = true;
+    for (unsigned i = 0; i < nb; i++) {
+        if (h[i] == 0)
+            continue;
+        obuf_printf(b, "%s[%llu,%llu]", first ? "" : ",",
+                    (unsigned long long)(i == 0 ? 0 : (UINT64_C(1) << i) - 1),
+                    (unsigned long long)h[i]);
+        first = false;
+    }
+    obuf_puts(b, "]}");
+    w->any_sample = true;
+}
+
 /* ---- the tables ---- */
 
 enum conv { V_NUM, V_NS };
@@ -495,6 +544,30 @@ static const struct field type_fields[] = {
         "Restarts by a supervisor."),
     CTR(struct core_type_shard, st.mutes, "pith_actor_type_mutes_total",
         "Senders muted by a full mailbox."),
+    CTR(struct core_type_shard, stalls, "pith_actor_type_stalls_total",
+        "Stalls the detector saw in a behaviour of the type."),
+};
+
+static const struct field sla_fields[] = {
+    FLD(pith_sla_stats_t, p99_ns, "pith_sla_p99_seconds", M_GAUGE, V_NS,
+        "p99 of time in the mailbox + handler over the SLA's window on the shard (0: too few "
+        "samples)."),
+    FLD(pith_sla_stats_t, p999_ns, "pith_sla_p999_seconds", M_GAUGE, V_NS,
+        "p999 of time in the mailbox + handler over the SLA's window on the shard (0: too few "
+        "samples)."),
+    FLD(pith_sla_stats_t, p99_target_ns, "pith_sla_p99_target_seconds", M_GAUGE, V_NS,
+        "The SLA's p99 target (0: none)."),
+    FLD(pith_sla_stats_t, p999_target_ns, "pith_sla_p999_target_seconds", M_GAUGE, V_NS,
+        "The SLA's p999 target (0: none)."),
+    GAU(pith_sla_stats_t, samples, "pith_sla_window_samples", "Messages timed in the window."),
+    GAU(pith_sla_stats_t, violated, "pith_sla_violated", "1 while the SLA is missed."),
+    GAU(pith_sla_stats_t, shedding, "pith_sla_shedding", "1 while the type sheds new messages."),
+    CTR(pith_sla_stats_t, evaluations, "pith_sla_evaluations_total", "Windows judged."),
+    CTR(pith_sla_stats_t, violations, "pith_sla_violations_total",
+        "Times the SLA went from met to missed."),
+    CTR(pith_sla_stats_t, recoveries, "pith_sla_recoveries_total",
+        "Times the SLA was met again after a miss."),
+    CTR(pith_sla_stats_t, shed, "pith_sla_shed_total", "Messages refused while shedding."),
 };
 
 /* A virtual type on one shard: its counters and its histograms. */
@@ -550,6 +623,27 @@ static const char *const deact_names[PITH_VDEACT_REASONS] = {
     [PITH_VDEACT_CAP] = "cap",           [PITH_VDEACT_ENDED] = "ended",
     [PITH_VDEACT_SHUTDOWN] = "shutdown", [PITH_VDEACT_PRESSURE] = "pressure",
     [PITH_VDEACT_MIGRATED] = "migrated",
+};
+
+/* Per-shard histograms of the layers below: stalls (shard/), the journal's (log/). */
+struct shard_hists {
+    uint64_t stall[CORE_HIST_BUCKETS], stall_sum;
+    uint64_t commit[CORE_HIST_BUCKETS], commit_sum, sync[CORE_HIST_BUCKETS], sync_sum;
+};
+
+static const struct {
+    const char *name, *help;
+    size_t off, sum;
+} shard_hist_fams[] = {
+    {"pith_shard_stall_seconds",
+     "How long the stalls the detector saw lasted (to within its sampling period).",
+     offsetof(struct shard_hists, stall), offsetof(struct shard_hists, stall_sum)},
+    {"pith_journal_commit_seconds",
+     "Per group of records made durable: from its first record to its acknowledgement.",
+     offsetof(struct shard_hists, commit), offsetof(struct shard_hists, commit_sum)},
+    {"pith_journal_write_sync_seconds",
+     "Per group of records made durable: from its write's submission to its durability.",
+     offsetof(struct shard_hists, sync), offsetof(struct shard_hists, sync_sum)},
 };
 
 /* ---- reading ---- */
@@ -692,6 +786,42 @@ int obs_render(struct obuf *b, enum obs_format fmt)
                 err = core_type_shard(tlist[t], i, &rs[i]);
         }
     }
+    /* The types with an SLA on some shard, with its figures per shard. */
+    struct named *slas = NULL;
+    size_t nslas = 0;
+    if (err == 0 && ntypes > 0) {
+        slas = calloc(ntypes, sizeof(*slas));
+        err = slas == NULL ? -ENOMEM : 0;
+        for (size_t t = 0; t < ntypes && err == 0; t++) {
+            pith_sla_stats_t *st = calloc(n, sizeof(*st));
+            if (st == NULL) {
+                err = -ENOMEM;
+                break;
+            }
+            bool any = false;
+            for (unsigned i = 0; i < n && err == 0; i++) {
+                err = pith_sla_stats(tlist[t], i, &st[i]);
+                any |= st[i].set;
+            }
+            if (!any || err != 0) {
+                free(st);
+                continue;
+            }
+            memcpy(slas[nslas].label, types[t].label, sizeof(slas[nslas].label));
+            slas[nslas++].per_shard = st;
+        }
+    }
+    /* Per-shard histograms: stalls, and the journal's commit and sync. */
+    struct shard_hists *hs = NULL;
+    if (err == 0) {
+        hs = calloc(n, sizeof(*hs));
+        err = hs == NULL ? -ENOMEM : 0;
+        for (unsigned i = 0; i < n && err == 0; i++) {
+            err = shard_stall_hist(i, hs[i].stall, &hs[i].stall_sum);
+            if (err == 0)
+                err = log_hists(i, hs[i].commit, &hs[i].commit_sum, hs[i].sync, &hs[i].sync_sum);
+        }
+    }
     while (err == 0 && vactor_type_at((uint32_t)nvtypes) != NULL)
         nvtypes++;
     if (err == 0 && nvtypes > 0) {
@@ -722,6 +852,17 @@ int obs_render(struct obuf *b, enum obs_format fmt)
         for (size_t s = 0; s < NSOURCES; s++)
             emit_table(&w, shard_sources[s].f, shard_sources[s].nf, recs[s], shard_sources[s].size,
                        n, NULL, NULL, 0);
+        char shl[16];
+        for (size_t k = 0; k < sizeof(shard_hist_fams) / sizeof(shard_hist_fams[0]); k++) {
+            w_family(&w, shard_hist_fams[k].name, M_HISTOGRAM, shard_hist_fams[k].help);
+            for (unsigned i = 0; i < n; i++) {
+                const char *base = (const char *)&hs[i];
+                snprintf(shl, sizeof(shl), "%u", i);
+                struct label l[1] = {{"shard", shl}};
+                w_hist(&w, l, 1, (const uint64_t *)(base + shard_hist_fams[k].off),
+                       *(const uint64_t *)(base + shard_hist_fams[k].sum));
+            }
+        }
         char sh[16];
         if (ntypes > 0) {
             emit_table(&w, type_fields, sizeof(type_fields) / sizeof(type_fields[0]), NULL,
@@ -736,7 +877,32 @@ int obs_render(struct obuf *b, enum obs_format fmt)
                     struct label l[2] = {{"shard", sh}, {"type", types[t].label}};
                     w_hist(&w, l, 2, r->hist, r->sum_ns);
                 }
+            w_family(&w, "pith_actor_type_mailbox_seconds", M_HISTOGRAM,
+                     "Time in the mailbox, from the send to the start of handling, from one "
+                     "message in 16 (one handled as it arrives counts as 0).");
+            for (size_t t = 0; t < ntypes; t++)
+                for (unsigned i = 0; i < n; i++) {
+                    const struct core_type_shard *r =
+                        (struct core_type_shard *)types[t].per_shard + i;
+                    snprintf(sh, sizeof(sh), "%u", i);
+                    struct label l[2] = {{"shard", sh}, {"type", types[t].label}};
+                    w_hist(&w, l, 2, r->mbox, r->mbox_sum_ns);
+                }
+            w_family(&w, "pith_actor_type_enqueue_depth", M_HISTOGRAM,
+                     "Depth of the mailbox a message joined (itself counted), from one enqueue "
+                     "in 16.");
+            for (size_t t = 0; t < ntypes; t++)
+                for (unsigned i = 0; i < n; i++) {
+                    const struct core_type_shard *r =
+                        (struct core_type_shard *)types[t].per_shard + i;
+                    snprintf(sh, sizeof(sh), "%u", i);
+                    struct label l[2] = {{"shard", sh}, {"type", types[t].label}};
+                    w_hist_pow2(&w, l, 2, r->depth, CORE_DEPTH_BUCKETS, r->depth_sum);
+                }
         }
+        if (nslas > 0)
+            emit_table(&w, sla_fields, sizeof(sla_fields) / sizeof(sla_fields[0]), NULL,
+                       sizeof(pith_sla_stats_t), n, "type", slas, nslas);
         if (nvtypes > 0) {
             emit_table(&w, vtype_fields, sizeof(vtype_fields) / sizeof(vtype_fields[0]), NULL,
                        sizeof(struct vtype_shard_rec), n, "type", vtypes, nvtypes);
@@ -787,8 +953,12 @@ int obs_render(struct obuf *b, enum obs_format fmt)
         free(types[t].per_shard);
     for (size_t t = 0; vtypes != NULL && t < nvtypes; t++)
         free(vtypes[t].per_shard);
+    for (size_t t = 0; slas != NULL && t < nslas; t++)
+        free(slas[t].per_shard);
+    free(slas);
     free(types);
     free(vtypes);
+    free(hs);
     free(tlist);
     return err;
 }

@@ -280,7 +280,10 @@ static double check_text(const char *text, const char *want)
         }
         f->samples++;
         char key[700];
-        snprintf(key, sizeof(key), "%s{%s}", name, labels);
+        if (le[0] != '\0')
+            snprintf(key, sizeof(key), "%s{%s%sle=%s}", name, labels, labels[0] ? "," : "", le);
+        else
+            snprintf(key, sizeof(key), "%s{%s}", name, labels);
         if (want != NULL && strcmp(key, want) == 0)
             found = v;
         p = eol + 1;
@@ -327,7 +330,7 @@ static void docs_list_every_family(const char *text)
     int listed = 0;
     for (const char *p = strstr(doc, "\n| `pith_"); p != NULL; p = strstr(p + 1, "\n| `pith_")) {
         char name[128], line[140];
-        cr_assert_eq(sscanf(p + 4, "%127[a-z_]", name), 1);
+        cr_assert_eq(sscanf(p + 4, "%127[a-z0-9_]", name), 1);
         snprintf(line, sizeof(line), "# TYPE %s ", name);
         cr_assert_not_null(strstr(text, line), "docs/metrics.md lists %s, which is not written",
                            name);
@@ -344,6 +347,8 @@ Test(metrics, the_text_is_prometheus_format_and_counts_what_happened, .timeout =
     test_start(&cfg);
     load_both_shards();
     load_vtype();
+    /* An SLA, for its families. */
+    cr_assert_eq(pith_sla_set(&counted, &(pith_sla_t){.p99_ns = 1000 * MS}), 0);
     char *text = metrics_text();
     /* The escaped name reads back, with the messages each shard handled. */
     for (unsigned s = 0; s < 2; s++) {
@@ -361,6 +366,25 @@ Test(metrics, the_text_is_prometheus_format_and_counts_what_happened, .timeout =
     double c0 = check_text(text, "pith_actor_type_handler_seconds_count{shard=0,type=metrics "
                                  "\"quoted\"\\type}");
     cr_assert(c0 >= MSGS / 16 - 2 && c0 <= MSGS / 16 + 2, "sampled %g of %d", c0, MSGS);
+    /* Time in the mailbox: one message in 16 that the shard made; the 1000 sent in one task
+     * joined a mailbox that grew to 1000 before the actor ran, so the depths counted
+     * (every 16th enqueue) pass 511. */
+    for (unsigned s = 0; s < 2; s++) {
+        char want[256];
+        snprintf(want, sizeof(want), "pith_actor_type_mailbox_seconds_count{shard=%u,type=%s}", s,
+                 "metrics \"quoted\"\\type");
+        double mc = check_text(text, want);
+        cr_assert(mc >= MSGS / 16 - 2 && mc <= MSGS / 16 + 4, "%s: %g", want, mc);
+        snprintf(want, sizeof(want), "pith_actor_type_enqueue_depth_count{shard=%u,type=%s}", s,
+                 "metrics \"quoted\"\\type");
+        double dc = check_text(text, want);
+        cr_assert(dc >= MSGS / 16 - 2 && dc <= MSGS / 16 + 4, "%s: %g", want, dc);
+        snprintf(want, sizeof(want),
+                 "pith_actor_type_enqueue_depth_bucket{shard=%u,type=%s,le=511}", s,
+                 "metrics \"quoted\"\\type");
+        double d511 = check_text(text, want);
+        cr_assert(d511 >= 0 && d511 < dc, "%s: %g of %g", want, d511, dc);
+    }
     double busy = check_text(text, "pith_shard_busy_seconds_total{shard=0}");
     double elapsed = check_text(text, "pith_shard_elapsed_seconds_total{shard=0}");
     cr_assert(busy > 0 && elapsed > 0 && busy <= elapsed, "busy %g elapsed %g", busy, elapsed);
@@ -769,4 +793,120 @@ Test(metrics, utilisation_counts_busy_and_idle_time_and_never_goes_back, .timeou
         last_el = a.elapsed_ns;
     }
     test_stop(NULL);
+}
+
+/* ---- stalls and the journal ---- */
+
+static int stall_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)self;
+    (void)state;
+    (void)msg;
+    (void)spin_ms((void *)(uintptr_t)100);
+    return 0;
+}
+
+static const pith_actor_type_t staller = {.name = "metrics-staller", .behaviour = stall_behaviour};
+
+static void *spawn_staller(void *arg)
+{
+    (void)arg;
+    pith_ref_t r;
+    int rc = pith_spawn(&staller, NULL, &r);
+    if (rc == 0)
+        rc = pith_send(r, 1, NULL, 0);
+    return (void *)(intptr_t)rc;
+}
+
+static void quiet_stall(const pith_stall_t *st, void *ctx)
+{
+    (void)st;
+    atomic_fetch_add((atomic_int *)ctx, 1);
+}
+
+/* The value of `want` in a fresh reading (-1 when absent). */
+static double read_one(const char *want)
+{
+    char *text = metrics_text();
+    double v = check_text(text, want);
+    free(text);
+    return v;
+}
+
+Test(metrics, a_stall_is_counted_for_its_type_and_timed_on_its_shard, .timeout = 120)
+{
+    static atomic_int reports;
+    pith_config_t cfg = test_config(2);
+    cfg.stall_ns = 20 * MS;
+    cfg.on_stall = quiet_stall;
+    cfg.stall_ctx = &reports;
+    test_start(&cfg);
+    void *res = NULL;
+    cr_assert_eq(pith_call_wait(1, spawn_staller, NULL, &res), 0);
+    cr_assert_eq((intptr_t)res, 0);
+    /* The behaviour spins 100 ms: one stall, counted for its type once it is seen, and timed
+     * on its shard once it has ended. */
+    TEST_WAIT_FOR(read_one("pith_shard_stall_seconds_count{shard=1}") == 1);
+    cr_assert_eq(read_one("pith_actor_type_stalls_total{shard=1,type=metrics-staller}"), 1);
+    cr_assert_eq(read_one("pith_actor_type_stalls_total{shard=0,type=metrics-staller}"), 0);
+    cr_assert_eq(read_one("pith_shard_stalls_total{shard=1}"), 1);
+    cr_assert_eq(read_one("pith_shard_stall_seconds_count{shard=0}"), 0);
+    double sum = read_one("pith_shard_stall_seconds_sum{shard=1}");
+    cr_assert(sum >= 0.02 && sum < 10, "the stall lasted %g s as the watchdog saw it", sum);
+    cr_assert_eq(atomic_load(&reports), 1);
+    test_stop(NULL);
+}
+
+static void on_durable(int err, uint64_t seq, void *ctx)
+{
+    (void)seq;
+    if (err == 0)
+        atomic_fetch_add((atomic_int *)ctx, 1);
+}
+
+struct jload {
+    atomic_int *acked;
+    int err;
+};
+
+static void *append_100(void *arg)
+{
+    struct jload *l = arg;
+    for (int i = 0; i < 100 && l->err == 0; i++)
+        l->err = pith_journal_append((uint64_t)i, 1, &i, sizeof(i), on_durable, l->acked, NULL);
+    return NULL;
+}
+
+Test(metrics, the_journal_times_each_group_it_makes_durable, .timeout = 120)
+{
+    char dir[] = "/tmp/pith-metrics-journal-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    static atomic_int acked;
+    pith_config_t cfg = test_config(2);
+    cfg.journal.dir = dir;
+    cfg.journal.segment_bytes = 1 << 20;
+    test_start(&cfg);
+    /* Ten tasks of 100 records each: ten groups or more, each written and synced. */
+    for (int k = 0; k < 10; k++) {
+        struct jload l = {.acked = &acked};
+        cr_assert_eq(pith_call_wait(0, append_100, &l, NULL), 0);
+        cr_assert_eq(l.err, 0, "append: %d", l.err);
+        TEST_WAIT_FOR(atomic_load(&acked) == 100 * (k + 1));
+    }
+    pith_journal_stats_t js;
+    cr_assert_eq(pith_journal_stats(0, &js), 0);
+    double commits = read_one("pith_journal_commit_seconds_count{shard=0}");
+    double syncs = read_one("pith_journal_write_sync_seconds_count{shard=0}");
+    cr_assert(commits >= 10 && commits <= (double)js.groups, "%g groups timed of %llu", commits,
+              (unsigned long long)js.groups);
+    cr_assert_eq(syncs, commits);
+    cr_assert_eq(read_one("pith_journal_commit_seconds_count{shard=1}"), 0);
+    double csum = read_one("pith_journal_commit_seconds_sum{shard=0}");
+    double ssum = read_one("pith_journal_write_sync_seconds_sum{shard=0}");
+    cr_assert(csum >= ssum && ssum > 0, "commit %g s, write and sync %g s", csum, ssum);
+    cr_assert_eq(read_one("pith_journal_acked_total{shard=0}"), 1000);
+    test_stop(NULL);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    cr_assert_eq(run(cmd), 0);
 }

@@ -1,0 +1,310 @@
+/* The SLA monitor (pith/sla.h): a type driven over its p99 target by a handler that becomes
+ * slow, and by a noisy neighbour on the same shard; each time the hook reports the miss with
+ * its figures, the counters show it, PITH_SLA_SHED refuses new messages (they come back to
+ * their sender undelivered, with -EBUSY), and once the load is gone the SLA is met again,
+ * reported, and shedding stops. And the API's errors. The actors live on shard 1; their
+ * feeders are timers on shard 0 that send 2 messages per millisecond elapsed, however late
+ * they fire, so that the load does not depend on how busy shard 1 keeps the machine. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+#define WINDOW (800 * MS)
+
+static uint64_t window(void)
+{
+    double w = 800e6 * test_timeout_multiplier();
+    return w < 8e9 ? (uint64_t)w : 8000 * MS;
+}
+
+/* ---- the actors: one whose handler spins `delay` ns, a neighbour that does the same ---- */
+
+static _Atomic uint64_t delay_ns, neighbour_ns;
+
+static void spin(uint64_t ns)
+{
+    uint64_t until = pith_now_ns() + ns;
+    while (pith_now_ns() < until)
+        ;
+}
+
+static int watched_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)self;
+    (void)state;
+    (void)msg;
+    spin(atomic_load(&delay_ns));
+    return 0;
+}
+
+static int neighbour_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)self;
+    (void)state;
+    (void)msg;
+    spin(atomic_load(&neighbour_ns));
+    return 0;
+}
+
+static const pith_actor_type_t watched = {.name = "sla-watched", .behaviour = watched_behaviour};
+static const pith_actor_type_t neighbour = {.name = "sla-neighbour",
+                                            .behaviour = neighbour_behaviour};
+
+/* A feeder: 2 messages per millisecond to `to` (when on); what comes back undelivered is
+ * counted by reason (on_undelivered). */
+struct feeder {
+    pith_ref_t to;
+    _Atomic bool on;
+    _Atomic uint64_t sent, busy, other, refused, pushed_back;
+    uint64_t last; /* when it last sent */
+    pith_timer_id_t timer;
+};
+
+static struct feeder *feeders[2];
+
+static void feed(void *arg)
+{
+    struct feeder *f = arg;
+    uint64_t now = pith_now_ns();
+    uint64_t n = 2 * ((now - f->last) / MS);
+    if (!atomic_load(&f->on) || n == 0)
+        return;
+    f->last += n / 2 * MS;
+    for (uint64_t i = 0; i < n && i < 400; i++) {
+        int rc = pith_send(f->to, 1, &i, sizeof(i));
+        /* -EAGAIN: the mesh pushes back (400 at once after a late tick); not sent. */
+        atomic_fetch_add(rc == 0 ? &f->sent : rc == -EAGAIN ? &f->pushed_back : &f->refused, 1);
+    }
+}
+
+static void on_undelivered(const pith_undelivered_t *u, void *ctx)
+{
+    (void)ctx;
+    for (int i = 0; i < 2; i++)
+        if (feeders[i] != NULL && feeders[i]->to == u->to)
+            atomic_fetch_add(u->reason == -EBUSY ? &feeders[i]->busy : &feeders[i]->other,
+                             u->count);
+}
+
+struct start {
+    const pith_actor_type_t *type;
+    struct feeder *f;
+    int err;
+};
+
+static void *spawn_fed(void *arg)
+{
+    struct start *s = arg;
+    s->err = pith_spawn(s->type, NULL, &s->f->to);
+    return NULL;
+}
+
+static void *start_feeder(void *arg)
+{
+    struct start *s = arg;
+    s->f->last = pith_now_ns();
+    s->err = pith_timer_add(MS, MS, feed, s->f, &s->f->timer);
+    return NULL;
+}
+
+static void *stop_feeder(void *arg)
+{
+    struct feeder *f = arg;
+    (void)pith_timer_cancel(f->timer);
+    return NULL;
+}
+
+/* An actor of `type` on shard 1, fed from shard 0. */
+static void feeder_on(const pith_actor_type_t *type, struct feeder *f)
+{
+    atomic_store(&f->on, true);
+    struct start s = {.type = type, .f = f};
+    cr_assert_eq(pith_call_wait(1, spawn_fed, &s, NULL), 0);
+    cr_assert_eq(s.err, 0, "spawn: %d", s.err);
+    cr_assert_eq(pith_call_wait(0, start_feeder, &s, NULL), 0);
+    cr_assert_eq(s.err, 0, "feeder: %d", s.err);
+}
+
+static void feeder_off(struct feeder *f)
+{
+    atomic_store(&f->on, false);
+    cr_assert_eq(pith_call_wait(0, stop_feeder, f, NULL), 0);
+}
+
+/* ---- the hook: the reports, kept in order ---- */
+
+static pith_sla_report_t reports[64];
+static _Atomic unsigned nreports;
+
+static void on_report(const pith_sla_report_t *r, void *ctx)
+{
+    (void)ctx;
+    unsigned i = atomic_load(&nreports);
+    if (i < 64) {
+        reports[i] = *r;
+        atomic_store(&nreports, i + 1); /* the test reads after it sees the count */
+    }
+}
+
+static pith_sla_stats_t sla_of(const pith_actor_type_t *t, unsigned shard)
+{
+    pith_sla_stats_t st;
+    int rc = pith_sla_stats(t, shard, &st);
+    cr_assert_eq(rc, 0, "pith_sla_stats: %d", rc);
+    return st;
+}
+
+static uint64_t target(void)
+{
+    return (uint64_t)(5e6 * test_timeout_multiplier());
+}
+
+/* Healthy, then a miss caused by `overload` (which sets a handler's delay), then healthy
+ * again: the reports, the counters and the shedding at each step. */
+static void drive(void (*overload)(bool on), struct feeder *f)
+{
+    const pith_sla_t sla = {.p99_ns = target(),
+                            .window_ns = window(),
+                            .remedies = PITH_SLA_SHED,
+                            .on_report = on_report};
+    cr_assert_eq(pith_sla_set(&watched, &sla), 0);
+
+    /* Healthy: windows judged, none missed. */
+    TEST_WAIT_FOR(sla_of(&watched, 1).evaluations >= 10 && sla_of(&watched, 1).samples >= 16);
+    pith_sla_stats_t st = sla_of(&watched, 1);
+    cr_assert(st.set && !st.violated && !st.shedding && st.violations == 0, "healthy");
+    cr_assert(st.p99_ns > 0 && st.p99_ns <= target(), "p99 %llu ns, target %llu",
+              (unsigned long long)st.p99_ns, (unsigned long long)target());
+    cr_assert_eq(st.p99_target_ns, target());
+    cr_assert_eq(atomic_load(&nreports), 0u);
+    cr_assert_eq(sla_of(&watched, 0).set, true, "set on every shard");
+    cr_assert_eq(sla_of(&watched, 0).samples, 0u);
+
+    /* Overloaded: the miss is reported with its figures, and new messages are shed: they come
+     * back to their sender with -EBUSY. */
+    overload(true);
+    TEST_WAIT_FOR(sla_of(&watched, 1).violations >= 1 && sla_of(&watched, 1).shedding);
+    TEST_WAIT_FOR(atomic_load(&f->busy) > 0);
+    cr_assert_geq(atomic_load(&nreports), 1u);
+    pith_sla_report_t r = reports[0];
+    cr_assert(r.type == &watched && r.shard == 1 && !r.met && r.action == PITH_SLA_SHED,
+              "report: shard %u met %d action %u", r.shard, r.met, r.action);
+    cr_assert(r.p99_ns > r.p99_target_ns && r.p99_target_ns == target() && r.samples >= 16,
+              "the miss's figures: p99 %llu of %llu target, %llu samples",
+              (unsigned long long)r.p99_ns, (unsigned long long)r.p99_target_ns,
+              (unsigned long long)r.samples);
+
+    /* The load goes: met again, reported, shedding stops and messages go in again. */
+    overload(false);
+    TEST_WAIT_FOR(!sla_of(&watched, 1).violated && !sla_of(&watched, 1).shedding &&
+                  sla_of(&watched, 1).recoveries == sla_of(&watched, 1).violations);
+    unsigned n = atomic_load(&nreports);
+    cr_assert_geq(n, 2u);
+    r = reports[n - 1];
+    cr_assert(r.met && r.action == PITH_SLA_SHED && r.shard == 1, "met again, shedding undone");
+    /* Every refused message came back to its sender as -EBUSY, and nothing else did. */
+    TEST_WAIT_FOR(atomic_load(&f->busy) == sla_of(&watched, 1).shed);
+    cr_assert_eq(atomic_load(&f->other), 0u);
+    cr_assert_eq(atomic_load(&f->refused), 0u);
+    uint64_t sent = atomic_load(&f->sent);
+    TEST_WAIT_FOR(atomic_load(&f->sent) > sent + 100);
+    /* The metrics say the same. */
+    st = sla_of(&watched, 1);
+    char *text = malloc(1 << 20);
+    cr_assert_not_null(text);
+    cr_assert_gt(pith_metrics_text(text, 1 << 20), 0);
+    char want[128];
+    snprintf(want, sizeof(want),
+             "pith_sla_violations_total{shard=\"1\",type=\"sla-watched\"} %llu\n",
+             (unsigned long long)st.violations);
+    cr_assert_not_null(strstr(text, want), "%s", want);
+    snprintf(want, sizeof(want), "pith_sla_shed_total{shard=\"1\",type=\"sla-watched\"} %llu\n",
+             (unsigned long long)st.shed);
+    cr_assert_not_null(strstr(text, want), "%s", want);
+    free(text);
+    /* Removed: nothing set, nothing shed. */
+    cr_assert_eq(pith_sla_set(&watched, NULL), 0);
+    cr_assert_eq(sla_of(&watched, 1).set, false);
+}
+
+static void slow_handler(bool on)
+{
+    atomic_store(&delay_ns, on ? 2 * MS : 0);
+}
+
+static struct feeder neighbour_feed;
+
+static void noisy_neighbour(bool on)
+{
+    if (on) {
+        atomic_store(&neighbour_ns, 2 * MS);
+        feeder_on(&neighbour, &neighbour_feed);
+    } else {
+        feeder_off(&neighbour_feed);
+        atomic_store(&neighbour_ns, 0);
+    }
+}
+
+static void start(void)
+{
+    pith_config_t cfg = test_config(2);
+    cfg.stall_ns = 0; /* the handlers spin on purpose */
+    pith_on_undelivered(on_undelivered, NULL);
+    test_start(&cfg);
+}
+
+Test(sla, a_handler_that_becomes_slow_misses_is_shed_and_recovers, .timeout = 240)
+{
+    start();
+    static struct feeder f;
+    feeders[0] = &f;
+    feeder_on(&watched, &f);
+    drive(slow_handler, &f);
+    feeder_off(&f);
+    test_stop(NULL);
+}
+
+Test(sla, a_noisy_neighbour_on_the_shard_misses_it_and_its_going_meets_it, .timeout = 240)
+{
+    start();
+    static struct feeder f;
+    feeders[0] = &f;
+    feeders[1] = &neighbour_feed;
+    feeder_on(&watched, &f);
+    drive(noisy_neighbour, &f);
+    /* The neighbour's own messages were never shed: the SLA is the watched type's. */
+    cr_assert_eq(atomic_load(&neighbour_feed.busy), 0u);
+    feeder_off(&f);
+    test_stop(NULL);
+}
+
+Test(sla, the_api_refuses_what_it_cannot_do, .timeout = 60)
+{
+    const pith_sla_t ok = {.p99_ns = MS};
+    cr_assert_eq(pith_sla_set(&watched, &ok), -ESHUTDOWN);
+    pith_config_t cfg = test_config(2);
+    test_start(&cfg);
+    cr_assert_eq(pith_sla_set(NULL, &ok), -EINVAL);
+    cr_assert_eq(pith_sla_set(&watched, &(pith_sla_t){.window_ns = WINDOW}), -EINVAL);
+    cr_assert_eq(pith_sla_set(&watched, &(pith_sla_t){.p99_ns = MS, .window_ns = MS}), -EINVAL);
+    cr_assert_eq(pith_sla_set(&watched, &(pith_sla_t){.p99_ns = MS, .remedies = PITH_SLA_MIGRATE}),
+                 -EOPNOTSUPP);
+    cr_assert_eq(pith_sla_set(&watched, &(pith_sla_t){.p99_ns = MS, .remedies = PITH_SLA_PROFILE}),
+                 -EOPNOTSUPP);
+    pith_sla_stats_t st;
+    cr_assert_eq(pith_sla_stats(&watched, 2, &st), -EINVAL);
+    cr_assert_eq(pith_sla_stats(NULL, 0, &st), -EINVAL);
+    cr_assert_eq(pith_sla_stats(&watched, 0, &st), 0);
+    cr_assert_eq(st.set, false);
+    cr_assert_eq(pith_sla_set(&watched, &ok), 0);
+    cr_assert_eq(pith_sla_stats(&watched, 0, &st), 0);
+    cr_assert(st.set && st.p99_target_ns == MS);
+    /* Set again: replaced, a fresh window. */
+    cr_assert_eq(pith_sla_set(&watched, &(pith_sla_t){.p999_ns = 2 * MS}), 0);
+    cr_assert_eq(pith_sla_stats(&watched, 1, &st), 0);
+    cr_assert(st.set && st.p99_target_ns == 0 && st.p999_target_ns == 2 * MS);
+    test_stop(NULL);
+    cr_assert_eq(pith_sla_stats(&watched, 0, &st), -ESHUTDOWN);
+}
