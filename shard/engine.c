@@ -447,7 +447,7 @@ static void util_read(struct shard_counters *c, uint64_t *busy, uint64_t *elapse
         uint32_t q0 = atomic_load_explicit(&c->idle_seq, memory_order_acquire);
         idle = atomic_load_explicit(&c->idle, memory_order_acquire);
         from = atomic_load_explicit(&c->idle_from, memory_order_acquire);
-        now = util_now(); /* inside: the pair held at this time */
+        now = ticks_now(); /* inside: the pair held at this time */
         uint32_t q1 = atomic_load_explicit(&c->idle_seq, memory_order_relaxed);
         if (q0 == q1 && (q0 & 1) == 0)
             break;
@@ -469,8 +469,8 @@ static void util_read(struct shard_counters *c, uint64_t *busy, uint64_t *elapse
         ;
     if (b < seen)
         b = seen < all ? seen : all;
-    *elapsed = util_ns(all);
-    *busy = util_ns(b);
+    *elapsed = ticks_ns(all);
+    *busy = ticks_ns(b);
 }
 
 int pith_shard_stats(unsigned shard, pith_shard_stats_t *out)

@@ -162,16 +162,16 @@ static void util_write(struct shard *s, uint64_t idle, uint64_t from)
     atomic_store_explicit(&c->idle_seq, q + 2, memory_order_release);
 }
 
-/* An idle spell begins (from: util_now()). */
-static void util_idle(struct shard *s)
+/* An idle spell begins (from: ticks_now()). */
+__attribute__((noinline)) static void util_idle(struct shard *s)
 {
     uint64_t idle = atomic_load_explicit(&s->st.idle, memory_order_relaxed);
-    uint64_t from = util_now();
+    uint64_t from = ticks_now();
     util_write(s, idle, from != 0 ? from : 1); /* 0 means busy */
 }
 
-/* The idle spell ended at `now` (util_now()): its length joins the total. */
-static void util_busy(struct shard *s, uint64_t now)
+/* The idle spell ended at `now` (ticks_now()): its length joins the total. */
+__attribute__((noinline)) static void util_busy(struct shard *s, uint64_t now)
 {
     uint64_t idle = atomic_load_explicit(&s->st.idle, memory_order_relaxed);
     uint64_t from = atomic_load_explicit(&s->st.idle_from, memory_order_relaxed);
@@ -185,7 +185,8 @@ static void shard_loop(struct shard *s)
     struct engine *e = s->eng;
     const unsigned budget = e->cfg.budget;
     uint64_t idle_since = 0;
-    bool spell = false; /* an idle spell is open (util_idle) */
+    bool spell = false;      /* an idle spell is open (util_idle) */
+    uint64_t spell_last = 0; /* ticks at the end of its last empty iteration */
     unsigned idle_spins = 0;
 
     for (;;) {
@@ -199,9 +200,6 @@ static void shard_loop(struct shard *s)
          * either the closer sees the new count and waits for the next, or this iteration sees
          * its store. It also publishes the end of the last iteration (a release). */
         atomic_fetch_add(&s->st.loops, 1);
-        /* In an idle spell, each iteration notes when it began: if it finds work, the spell
-         * ended there, before the work ran. */
-        uint64_t iter_at = spell ? util_now() : 0;
         unsigned work = run_local(s, budget);
         /* What that work sent leaves now, not after the drains: a reply is on its way while
          * we look at the rings. */
@@ -231,14 +229,19 @@ static void shard_loop(struct shard *s)
         if (work > 0 || s->ndirty > 0 || s->flush_asked) {
             /* Batches still waiting for ring space keep us polling: nobody will wake us to
              * retry them. */
-            if (spell)
-                util_busy(s, iter_at);
-            spell = false;
+            if (__builtin_expect(spell, 0)) {
+                util_busy(s, spell_last);
+                spell = false;
+            }
             idle_since = 0;
             continue;
         }
         /* Reading the clock costs more than an empty iteration (tens of ns under kvm-clock)
          * and delays noticing the next message: while polling, look at it every 16th turn. */
+        /* In an idle spell, each empty iteration notes when it ended: when the next finds
+         * work, the spell ended there (within an iteration), before the work ran. */
+        if (spell)
+            spell_last = ticks_now();
         if (idle_since != 0 && (++idle_spins & 15) != 0)
             continue;
 
@@ -252,6 +255,7 @@ static void shard_loop(struct shard *s)
         } else if (!spell) {
             util_idle(s);
             spell = true;
+            spell_last = ticks_now();
         }
         uint64_t next = timers_live ? timers_next(&s->timers) : UINT64_MAX;
         /* While draining for stop, sleep at once so the stopper can see quiescence. */
@@ -269,7 +273,7 @@ static void shard_loop(struct shard *s)
             util_idle(s); /* no poll window (a stop's drain): asleep at the first look */
         shard_sleep(s, timeout);
         /* Woken: busy again until the next idle spell. */
-        util_busy(s, util_now());
+        util_busy(s, ticks_now());
         spell = false;
         idle_since = 0;
     }
@@ -336,7 +340,7 @@ void *shard_main(void *arg)
     if (atomic_load(&e->state) != ENGINE_HALT) {
         arm_efd(s);
         shard_hooks_start(s->id);
-        atomic_store_explicit(&s->st.util_start, util_now(), memory_order_relaxed);
+        atomic_store_explicit(&s->st.util_start, ticks_now(), memory_order_relaxed);
         shard_loop(s);
         shard_hooks_leaving(s->id);
     }

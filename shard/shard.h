@@ -16,6 +16,7 @@
 #include <pith/timer.h>
 
 #include "hist.h"
+#include "ticks.h"
 #include "hooks.h"
 #include "fop.h"
 #include "io.h"
@@ -104,7 +105,7 @@ struct shard_counters {
     _Atomic uint64_t loops, sleeps, msgs_out, msgs_in, batches_out, batches_in, ring_full,
         backpressure, wakes_sent, external_in, timers_fired, timers_pending, stalls;
     _Atomic uint32_t lanes, lanes_dormant; /* copies of nlanes and ndormant for readers */
-    /* Utilisation (util_*, loop.c): in util_now() units, the loop's start, the idle time of
+    /* Utilisation (util_*, loop.c): in ticks_now() units, the loop's start, the idle time of
      * closed idle periods, and the start of the open one (0: busy). idle_seq is a seqlock
      * over idle and idle_from, which a reader needs together. */
     _Atomic uint64_t util_start, idle, idle_from;
@@ -259,31 +260,8 @@ void timers_fini(struct timers *t);
 unsigned timers_fire(struct shard *s, uint64_t now, unsigned budget);
 uint64_t timers_next(const struct timers *t); /* UINT64_MAX when none */
 
-/* tsc.c: set once by tsc_calibrate before the first engine runs; 0: no usable TSC.
- * tsc_per_ns is 1% under the measured rate (the timer gate opens early, never late);
- * tsc_rate_ns is the measured rate, for turning tick counts into time. */
-extern double tsc_per_ns;
-extern double tsc_rate_ns;
+/* tsc.c */
 void tsc_calibrate(void);
-static inline uint64_t tsc_now(void)
-{
-#if defined(__x86_64__)
-    return __builtin_ia32_rdtsc();
-#else
-    return 0;
-#endif
-}
-/* The clock of the utilisation counters: the TSC where it is usable (~10 ns to read, against
- * ~22 for CLOCK_MONOTONIC: the loop reads it each time work ends an idle spell), else
- * nanoseconds. util_ns turns its units into nanoseconds. */
-static inline uint64_t util_now(void)
-{
-    return tsc_per_ns != 0 ? tsc_now() : pith_now_ns();
-}
-static inline uint64_t util_ns(uint64_t units)
-{
-    return tsc_per_ns != 0 ? (uint64_t)((double)units / tsc_rate_ns) : units;
-}
 
 /* stall.c */
 int stall_start(struct engine *e);
