@@ -381,24 +381,24 @@ int core_schedule(struct core_shard *cs, struct actor *a, pith_ref_t ref)
 }
 
 /* One turn of a scheduled actor: up to turn_msgs messages. */
-/* One message through the behaviour; one in HIST_SAMPLE is timed. */
+/* One message through the behaviour. *timed is the ticks at which the caller began timing
+ * this message (one in HIST_SAMPLE on average: a stamped one, or one handled as it arrives that
+ * the stamp gap picked), or 0 not to time it; a timed one's handler time is counted and *timed
+ * gets the ticks at its end. */
 static inline int behave(struct core_shard *cs, struct actor *a, struct pith_actor *self,
-                         const pith_msg_t *msg, struct type_counters *c)
+                         const pith_msg_t *msg, struct type_counters *c, uint64_t *timed)
 {
     pith_behaviour_t b = LIKELY(!(a->gen & A_BECAME))
                              ? a->rec->type->behaviour
                              : (pith_behaviour_t)(uintptr_t)map_get(&cs->became, self->ref);
     atomic_store_explicit(&cs->running_fn, (pith_anyfn_t)b, memory_order_relaxed);
-    int status;
-    if (UNLIKELY(++cs->sample == HIST_SAMPLE)) {
-        cs->sample = 0;
-        uint64_t t0 = pith_now_ns();
-        status = b(self, a->state, msg);
-        uint64_t took = pith_now_ns() - t0;
+    int status = b(self, a->state, msg);
+    if (UNLIKELY(*timed != 0)) {
+        uint64_t end = ticks_now();
+        uint64_t took = end > *timed ? ticks_ns(end - *timed) : 0;
         core_bump(&c->hist[hist_bucket(took)], 1);
         core_bump(&c->hist_sum, took);
-    } else {
-        status = b(self, a->state, msg);
+        *timed = end;
     }
     if (UNLIKELY(core_msg_done != NULL)) {
         /* The message's events (persist/) go to the journal together. */
@@ -457,21 +457,24 @@ static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
         if (a->head == NULL)
             a->tail = NULL;
         a->depth--;
-        uint64_t sent = m->sent;
+        /* A message stamped with its send time is timed: its wait in the mailbox, its
+         * handler, and for an SLA the two together. */
+        uint64_t sent = m->sent, t = 0;
         if (UNLIKELY(sent != 0)) {
-            uint64_t waited = pith_now_ns() - sent;
+            t = ticks_now();
+            uint64_t waited = t > sent ? ticks_ns(t - sent) : 0;
             core_bump(&c->mbox[hist_bucket(waited)], 1);
             core_bump(&c->mbox_sum, waited);
         }
         pith_msg_t msg;
         core_msg_view(m, &msg);
-        status = behave(cs, a, &self, &msg, c);
+        status = behave(cs, a, &self, &msg, c, &t);
         core_msg_free(m);
         if (UNLIKELY(sent != 0)) {
             /* The type's SLA on this shard, if any, takes the whole latency. */
             struct sla_shard *ss = atomic_load_explicit(&c->sla, memory_order_relaxed);
             if (ss != NULL)
-                core_sla_note(ss, pith_now_ns() - sent);
+                core_sla_note(ss, t > sent ? ticks_ns(t - sent) : 0);
         }
         n++;
         if (status != 0 || (a->gen & (A_STOP | A_MUTED)))
@@ -494,20 +497,21 @@ bool core_run_now(struct core_shard *cs, struct actor *a, pith_ref_t ref, const 
     atomic_store_explicit(&cs->running, r, memory_order_release); /* see core_describe */
     /* The stall detector names this as a turn (core_describe). */
     shard_note_running((pith_anyfn_t)turn_task);
-    /* Handled as it arrives: no time in the mailbox, sampled as the made messages are. */
-    uint64_t t0 = 0;
-    if (UNLIKELY(++core_mbox_sample >= HIST_SAMPLE)) {
-        core_mbox_sample = 0;
+    /* Handled as it arrives: no time in the mailbox; timed as a stamped message would be,
+     * one in HIST_SAMPLE on average. */
+    uint64_t t = 0;
+    if (UNLIKELY(--core_stamp_gap == 0)) {
+        core_stamp_gap = core_stamp_next_gap();
         core_bump(&ctr(cs, r)->mbox[0], 1);
-        if (atomic_load_explicit(&ctr(cs, r)->sla, memory_order_relaxed) != NULL)
-            t0 = pith_now_ns();
+        t = ticks_now();
     }
-    int status = behave(cs, a, &self, msg, ctr(cs, r));
+    uint64_t t0 = t;
+    int status = behave(cs, a, &self, msg, ctr(cs, r), &t);
     if (UNLIKELY(t0 != 0)) {
         /* The actor may have ended: its type's counters stay. */
         struct sla_shard *ss = atomic_load_explicit(&ctr(cs, r)->sla, memory_order_relaxed);
         if (ss != NULL)
-            core_sla_note(ss, pith_now_ns() - t0);
+            core_sla_note(ss, t > t0 ? ticks_ns(t - t0) : 0);
     }
     turn_end(cs, a, ref, status, 1, 0);
     return true;

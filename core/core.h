@@ -13,6 +13,7 @@
 #include <pith/engine.h>
 
 #include "hist.h"
+#include "ticks.h"
 #include "hooks.h"
 #include "map.h"
 
@@ -93,8 +94,9 @@ struct amsg {
     uint32_t type;
     uint32_t len;
     struct mslab *slab; /* NULL: its own pith_malloc block */
-    /* When it was made (pith_now_ns), for one message in HIST_SAMPLE that a thread makes; 0
-     * for the others. Its handling counts its time in the mailbox (type_counters.mbox). */
+    /* When it was made (ticks_now(), never 0), for one message in HIST_SAMPLE on average that
+     * a thread makes; 0 for the others. Its handling counts its time in the mailbox, its
+     * handler's time and, with an SLA, the whole (type_counters). */
     uint64_t sent;
     uint64_t pad_; /* the payload stays 16-byte aligned */
 };
@@ -134,8 +136,11 @@ static inline void core_msg_view(const struct amsg *m, pith_msg_t *out)
 #define HIST_SAMPLE   16 /* one message in HIST_SAMPLE is timed */
 #define DEPTH_BUCKETS 33 /* mailbox depths up to 2^32 */
 
-/* Messages made by this thread since the last one stamped with its send time (send.c). */
-extern __thread uint32_t core_mbox_sample;
+/* Messages this thread makes before it stamps one with its send time (send.c): a gap drawn
+ * from 1 to 32 each time (16.5 on average), so that a sender that takes turns between receivers
+ * does not always stamp the same one's. */
+extern __thread uint32_t core_stamp_gap;
+uint32_t core_stamp_next_gap(void);
 
 /* Counters of one type on one shard: written by that shard only, relaxed, read by any thread. */
 struct type_counters {
@@ -229,7 +234,6 @@ struct core_shard {
     pith_timer_id_t trim_timer;
     struct type_rec *last; /* the type of the last spawn */
     uint64_t ask_seq;
-    uint32_t sample;         /* messages since the last timed one */
     uint32_t depth_sample;   /* enqueues since the last whose depth was counted */
     struct map asks;         /* ask id -> struct ask (asks made here, waiting) */
     struct map timers;       /* ref -> list of struct atimer (actors that have timers) */

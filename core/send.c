@@ -8,7 +8,18 @@
 #include <errno.h>
 #include <string.h>
 
-__thread uint32_t core_mbox_sample;
+__thread uint32_t core_stamp_gap = 1;
+static __thread uint64_t stamp_rng;
+
+uint32_t core_stamp_next_gap(void)
+{
+    uint64_t x = stamp_rng != 0 ? stamp_rng : (uint64_t)(uintptr_t)&stamp_rng | 1;
+    x ^= x << 13; /* xorshift64 */
+    x ^= x >> 7;
+    x ^= x << 17;
+    stamp_rng = x;
+    return 1 + (uint32_t)(x >> 59); /* 1..32, 16.5 on average */
+}
 
 void *core_alloc(size_t size)
 {
@@ -38,9 +49,10 @@ struct amsg *core_msg_make_ext(int dst, pith_ref_t to, pith_ref_t from, uint32_t
     m->type = type;
     m->len = len;
     m->sent = 0;
-    if (UNLIKELY(++core_mbox_sample >= HIST_SAMPLE)) {
-        core_mbox_sample = 0;
-        m->sent = pith_now_ns();
+    if (UNLIKELY(--core_stamp_gap == 0)) {
+        core_stamp_gap = core_stamp_next_gap();
+        uint64_t t = ticks_now();
+        m->sent = t != 0 ? t : 1;
     }
     if (len)
         memcpy(m + 1, data, len);

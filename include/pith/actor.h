@@ -411,7 +411,8 @@ typedef struct pith_actor_type_stats {
     uint64_t turns;       /* times an actor of the type was scheduled */
     uint64_t restarts;    /* restarts by a supervisor */
     uint64_t mutes;       /* senders muted by a full mailbox (MUTE_SENDER) */
-    /* Time in the behaviour, from one message in 16 (timing every one would cost more than
+    /* Time in the behaviour, from one message in 16 on average, the ones a sending thread
+     * stamped with their send time at random gaps (timing every one would cost more than
      * many behaviours): samples, and percentiles as the upper edge of a log-scale bucket
      * (4 buckets per power of two, so within 19% above the true value). 0 without samples. */
     uint64_t handler_samples;

@@ -5,7 +5,8 @@
  *
  * Each shard judges its own window: a type violates on shard 3 when the messages shard 3
  * handled missed the target, whatever the other shards did, and the remedies act there. The
- * latencies come from one message in 16 (those pith/metrics.h's mailbox histogram times), as
+ * latencies come from one message in 16 on average (those pith/metrics.h's mailbox histogram
+ * times), as
  * log buckets: a percentile is its bucket's upper edge, within 19% above the true value. A
  * window of fewer than 16 samples gives no verdict; with fewer than 100 (1000) samples the
  * p99 (p999) is their largest.
