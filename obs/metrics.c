@@ -868,7 +868,7 @@ int obs_render(struct obuf *b, enum obs_format fmt)
             emit_table(&w, type_fields, sizeof(type_fields) / sizeof(type_fields[0]), NULL,
                        sizeof(struct core_type_shard), n, "type", types, ntypes);
             w_family(&w, "pith_actor_type_handler_seconds", M_HISTOGRAM,
-                     "Time in the behaviour, from one message in 16.");
+                     "Time in the behaviour, from one message in 16 on average.");
             for (size_t t = 0; t < ntypes; t++)
                 for (unsigned i = 0; i < n; i++) {
                     const struct core_type_shard *r =

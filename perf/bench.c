@@ -56,6 +56,8 @@ static const bench_row_t rows[] = {
     /* n: 8-byte messages from a producer actor to a counter actor (tasks for the raw row). */
     {"raw.local_task_mps", bench_raw_local_task, 5000000, 40000000, NULL},
     {"actor.local_send_mps", bench_actor_local_send, 5000000, 40000000, "raw.local_task_mps"},
+    {"actor.local_send_sla_mps", bench_actor_local_send_sla, 5000000, 40000000,
+     "actor.local_send_mps"},
     {"actor.remote_send_mps", bench_actor_remote_send, 2000000, 20000000, "mesh.throughput_mps"},
     /* n: actors spawned, sent one message and stopped, 1000 to a sample (items for the raw). */
     {"raw.local_oneshot_ns", bench_raw_local_oneshot, 200000, 2000000, NULL},

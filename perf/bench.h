@@ -161,6 +161,8 @@ int bench_mesh_wake_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *w
 int bench_raw_local_task(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_actor_local_send(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                            size_t whylen);
+int bench_actor_local_send_sla(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                               size_t whylen);
 int bench_actor_remote_send(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                             size_t whylen);
 int bench_raw_local_oneshot(const bench_env_t *env, uint64_t n, result_t *r, char *why,
