@@ -15,6 +15,8 @@
 #include <pith/pith.h>
 
 #include "bench.h"
+#include "build_info.h"
+#include "compare.h"
 #include "machine.h"
 #include "report.h"
 
@@ -306,16 +308,29 @@ bench_stats_t bench_stats_delta(bench_stats_t a, bench_stats_t b)
 
 static void usage(FILE *f)
 {
-    fputs("usage: pith-bench [--quick] [--json] [--filter NAME] [--shards N]\n"
+    fputs("usage: pith-bench [--quick] [--json] [--filter NAME] [--shards N] [--repetitions N]\n"
+          "                  [--out FILE] [--compare BASE.json [--with NEW.json]]\n"
           "\n"
           "Per-core microbenchmarks of the Pith engine, each beside a baseline measured in the\n"
           "same run.\n"
           "\n"
-          "  --quick        fewer iterations (well under a minute on 2 CPUs)\n"
-          "  --json         print one JSON object on stdout instead of the table\n"
-          "  --filter NAME  run only rows whose name contains NAME, plus their baselines\n"
-          "  --shards N     shards per engine (default 2; cross-shard rows need >= 2)\n"
-          "  --help         this text\n"
+          "  --quick            fewer iterations (well under a minute on 2 CPUs)\n"
+          "  --json             print one JSON object on stdout instead of the table\n"
+          "                     (its schema: docs/bench-json.md)\n"
+          "  --filter NAME      run only rows whose name contains NAME, plus their baselines\n"
+          "  --shards N         shards per engine (default 2; cross-shard rows need >= 2)\n"
+          "  --repetitions N    run every selected row N times (1 to 16, default 1), all rows\n"
+          "                     once before any twice; each row reports the median, the MAD,\n"
+          "                     min and max, and is flagged noisy when the MAD passes 5%\n"
+          "  --out FILE         also write the JSON to FILE\n"
+          "  --compare BASE     after the run, print it beside BASE (a saved --json or --out):\n"
+          "                     ratios, which way is better, and a verdict within the noise\n"
+          "  --with NEW         with --compare: compare BASE with NEW, two saved runs, and run\n"
+          "                     nothing\n"
+          "  --help             this text\n"
+          "\n"
+          "Every row says whether the machine was busy while it ran: others' share of the CPU\n"
+          "time (other processes and a hypervisor's steal), flagged busy past 10%.\n"
           "\n"
           "rows:\n",
           f);
@@ -325,6 +340,75 @@ static void usage(FILE *f)
         else
             fprintf(f, "  %s\n", rows[i].name);
     }
+}
+
+#define REPS_MAX 16
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* A row's repetitions as one result: the median value (of an even count, the mean of the
+ * middle two), the MAD, the extremes, the percentiles of the repetition nearest the median,
+ * noisy past a 5% MAD, busy past 10% of the CPU time taken by others. */
+static result_t aggregate(const result_t *runs, unsigned n, double others)
+{
+    double v[REPS_MAX], d[REPS_MAX];
+    for (unsigned k = 0; k < n; k++)
+        v[k] = runs[k].value;
+    qsort(v, n, sizeof(v[0]), cmp_double);
+    double med = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+    for (unsigned k = 0; k < n; k++)
+        d[k] = fabs(v[k] - med);
+    qsort(d, n, sizeof(d[0]), cmp_double);
+    double mad = n % 2 ? d[n / 2] : (d[n / 2 - 1] + d[n / 2]) / 2;
+    unsigned near = 0;
+    for (unsigned k = 1; k < n; k++)
+        if (fabs(runs[k].value - med) < fabs(runs[near].value - med))
+            near = k;
+    result_t r = runs[near];
+    r.value = med;
+    r.reps = n;
+    r.mad = mad;
+    r.min = v[0];
+    r.max = v[n - 1];
+    r.noisy = n >= 3 && med != 0 && mad / fabs(med) > 0.05;
+    r.others_pct = others;
+    r.busy = !isnan(others) && others > 10.0;
+    for (unsigned k = 0; k < n && k < 16; k++)
+        r.values[k] = runs[k].value;
+    return r;
+}
+
+/* The whole run as JSON (docs/bench-json.md). */
+static void print_json(FILE *f, const bench_env_t *env, const machine_t *m, unsigned reps,
+                       const result_t *results, size_t n, const skipped_t *skips, size_t nskips)
+{
+    char date[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    fprintf(f, "{\"pith_bench\":2,\"version\":");
+    json_string(f, pith_version());
+    fputs(",\"git\":", f);
+    json_string(f, PITH_BENCH_GIT);
+    fputs(",\"build_type\":", f);
+    json_string(f, PITH_BENCH_BUILDTYPE);
+    fputs(",\"compiler\":", f);
+    json_string(f, PITH_BENCH_CC);
+    fputs(",\"sanitize\":", f);
+    json_string(f, PITH_BENCH_SANITIZE);
+    fputs(",\"date\":", f);
+    json_string(f, date);
+    fprintf(f, ",\"quick\":%s,\"repetitions\":%u,\"shards_asked\":%u,",
+            env->quick ? "true" : "false", reps, env->shards);
+    machine_print_json(f, m);
+    fputc(',', f);
+    report_json_results(f, results, n, skips, nskips);
+    fputs("}\n", f);
 }
 
 static int row_index(const char *name)
@@ -397,12 +481,20 @@ int main(int argc, char **argv)
 {
     bench_env_t env = {.shards = 2};
     bool json = false;
-    const char *filter = NULL;
+    const char *filter = NULL, *out_path = NULL, *compare_path = NULL, *with_path = NULL;
+    unsigned reps = 1;
 
     static const struct option opts[] = {
-        {"quick", no_argument, NULL, 'q'},        {"json", no_argument, NULL, 'j'},
-        {"filter", required_argument, NULL, 'f'}, {"shards", required_argument, NULL, 's'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+        {"quick", no_argument, NULL, 'q'},
+        {"json", no_argument, NULL, 'j'},
+        {"filter", required_argument, NULL, 'f'},
+        {"shards", required_argument, NULL, 's'},
+        {"repetitions", required_argument, NULL, 'r'},
+        {"out", required_argument, NULL, 'o'},
+        {"compare", required_argument, NULL, 'c'},
+        {"with", required_argument, NULL, 'w'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -428,6 +520,27 @@ int main(int argc, char **argv)
             env.shards = (unsigned)v;
             break;
         }
+        case 'r': {
+            char *end;
+            errno = 0;
+            unsigned long v = strtoul(optarg, &end, 10);
+            if (errno || end == optarg || *end || optarg[0] == '-' || v < 1 || v > REPS_MAX) {
+                fprintf(stderr, "pith-bench: --repetitions wants a number from 1 to %d, not '%s'\n",
+                        REPS_MAX, optarg);
+                return 2;
+            }
+            reps = (unsigned)v;
+            break;
+        }
+        case 'o':
+            out_path = optarg;
+            break;
+        case 'c':
+            compare_path = optarg;
+            break;
+        case 'w':
+            with_path = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -441,6 +554,20 @@ int main(int argc, char **argv)
         return 2;
     }
     env.wait_s = env.quick ? 60.0 : 600.0;
+    if (with_path != NULL) {
+        /* Two saved runs: nothing runs. */
+        char why[512];
+        if (compare_path == NULL) {
+            fputs("pith-bench: --with goes with --compare BASE.json\n", stderr);
+            return 2;
+        }
+        int rc = compare_files(stdout, compare_path, with_path, why, sizeof(why));
+        if (rc != 0) {
+            fprintf(stderr, "pith-bench: --compare: %s\n", why);
+            return 2;
+        }
+        return 0;
+    }
 
     bool selected[NROWS] = {0};
     unsigned nselected = 0;
@@ -469,34 +596,58 @@ int main(int argc, char **argv)
     if (env.shards > (unsigned)m.cpus_online)
         bench_note("%u shards on %ld CPUs: shards share CPUs", env.shards, m.cpus_online);
 
-    result_t results[NROWS];
+    /* Each repetition runs every selected row once, in order; a row that fails or is
+     * skipped once is not run again. */
+    static result_t runs[NROWS][REPS_MAX];
+    unsigned nruns[NROWS] = {0};
+    double others[NROWS];
+    bool dropped[NROWS] = {0};
     skipped_t skips[NROWS];
-    size_t nresults = 0, nskips = 0;
+    size_t nskips = 0;
     bool failed = false;
     unsigned done = 0;
-    for (size_t i = 0; i < NROWS; i++) {
-        if (!selected[i])
-            continue;
-        progress(++done, nselected, rows[i].name);
-        result_t r = {.name = rows[i].name, .baseline = rows[i].baseline};
-        r.p50 = r.p99 = r.p999 = r.ratio = NAN;
-        char why[sizeof(skips[0].reason)] = "";
-        int rc =
-            rows[i].fn(&env, env.quick ? rows[i].n_quick : rows[i].n_full, &r, why, sizeof(why));
-        if (rc == 0) {
-            results[nresults++] = r;
-            continue;
+    for (size_t i = 0; i < NROWS; i++)
+        others[i] = NAN;
+    for (unsigned rep = 0; rep < reps; rep++) {
+        for (size_t i = 0; i < NROWS; i++) {
+            if (!selected[i] || dropped[i])
+                continue;
+            progress(++done, nselected * reps, rows[i].name);
+            result_t r = {.name = rows[i].name, .baseline = rows[i].baseline};
+            r.p50 = r.p99 = r.p999 = r.ratio = NAN;
+            char why[sizeof(skips[0].reason)] = "";
+            machine_cpu_t c0 = machine_cpu_now();
+            int rc = rows[i].fn(&env, env.quick ? rows[i].n_quick : rows[i].n_full, &r, why,
+                                sizeof(why));
+            double o = machine_others_pct(&m, c0, machine_cpu_now());
+            if (rc == 0) {
+                runs[i][nruns[i]++] = r;
+                if (!isnan(o) && (isnan(others[i]) || o > others[i]))
+                    others[i] = o;
+                continue;
+            }
+            if (rc < 0)
+                failed = true;
+            dropped[i] = true;
+            skips[nskips].name = rows[i].name;
+            skips[nskips].failed = rc < 0;
+            snprintf(skips[nskips].reason, sizeof(skips[nskips].reason), "%s",
+                     why[0] ? why : "no reason given");
+            bench_note("%s %s: %s", rc < 0 ? "failed" : "skipped", rows[i].name,
+                       skips[nskips].reason);
+            nskips++;
         }
-        if (rc < 0)
-            failed = true;
-        skips[nskips].name = rows[i].name;
-        skips[nskips].failed = rc < 0;
-        snprintf(skips[nskips].reason, sizeof(skips[nskips].reason), "%s",
-                 why[0] ? why : "no reason given");
-        bench_note("%s %s: %s", rc < 0 ? "failed" : "skipped", rows[i].name, skips[nskips].reason);
-        nskips++;
     }
     progress_clear();
+
+    /* Each row: the median of its repetitions, the one closest to it for the percentiles. */
+    result_t results[NROWS];
+    size_t nresults = 0;
+    for (size_t i = 0; i < NROWS; i++) {
+        if (!selected[i] || dropped[i] || nruns[i] == 0)
+            continue;
+        results[nresults++] = aggregate(runs[i], nruns[i], others[i]);
+    }
 
     for (size_t i = 0; i < nresults; i++) {
         if (!results[i].baseline)
@@ -513,19 +664,37 @@ int main(int argc, char **argv)
     }
     m.load_end = machine_loadavg();
 
+    if (out_path != NULL) {
+        FILE *f = fopen(out_path, "w");
+        if (f == NULL) {
+            fprintf(stderr, "pith-bench: --out %s: %s\n", out_path, strerror(errno));
+            return 2;
+        }
+        print_json(f, &env, &m, reps, results, nresults, skips, nskips);
+        if (fclose(f) != 0) {
+            fprintf(stderr, "pith-bench: --out %s: %s\n", out_path, strerror(errno));
+            return 2;
+        }
+    }
     if (json) {
-        fputs("{\"pith_bench\":1,", stdout);
-        fprintf(stdout, "\"quick\":%s,", env.quick ? "true" : "false");
-        machine_print_json(stdout, &m);
-        fputc(',', stdout);
-        report_json_results(stdout, results, nresults, skips, nskips);
-        fputs("}\n", stdout);
+        print_json(stdout, &env, &m, reps, results, nresults, skips, nskips);
     } else {
         machine_print_text(stdout, &m);
         report_table(stdout, results, nresults);
         for (size_t i = 0; i < nskips; i++)
             printf("%s: %s: %s\n", skips[i].failed ? "failed" : "skipped", skips[i].name,
                    skips[i].reason);
+    }
+    if (compare_path != NULL) {
+        char why[512];
+        fflush(stdout);
+        FILE *cf = json ? stderr : stdout; /* JSON on stdout stays one object */
+        fputc('\n', cf);
+        if (compare_with_results(cf, compare_path, results, nresults, m.cpu_model, env.quick, why,
+                                 sizeof(why)) != 0) {
+            fprintf(stderr, "pith-bench: --compare: %s\n", why);
+            return 2;
+        }
     }
     fflush(stdout);
     return failed ? 1 : 0;

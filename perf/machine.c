@@ -3,7 +3,10 @@
 #include <ctype.h>
 #include <math.h>
 #include <string.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <sys/utsname.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <hwloc.h>
@@ -68,6 +71,50 @@ double machine_loadavg(void)
     return getloadavg(l, 1) == 1 ? l[0] : NAN;
 }
 
+machine_cpu_t machine_cpu_now(void)
+{
+    machine_cpu_t c = {0};
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    c.at_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    char line[512];
+    read_line("/proc/stat", line, sizeof(line)); /* "cpu  user nice system idle iowait irq ..." */
+    unsigned long long v[8] = {0};
+    if (sscanf(line, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+               &v[4], &v[5], &v[6], &v[7]) != 8)
+        return c;
+    c.busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (f == NULL)
+        return c;
+    char buf[1024];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* After the command's closing parenthesis: state is field 3, utime 14, stime 15. */
+    const char *p = strrchr(buf, ')');
+    unsigned long long ut, st;
+    if (p == NULL ||
+        sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return c;
+    c.self = ut + st;
+    c.ok = true;
+    return c;
+}
+
+double machine_others_pct(const machine_t *m, machine_cpu_t a, machine_cpu_t b)
+{
+    long hz = sysconf(_SC_CLK_TCK);
+    if (!a.ok || !b.ok || b.at_ns <= a.at_ns || hz <= 0 || m->cpus_online <= 0)
+        return NAN;
+    double cap = (double)(b.at_ns - a.at_ns) / 1e9 * (double)hz * (double)m->cpus_online;
+    double others = (double)(b.busy - a.busy) - (double)(b.self - a.self);
+    if (others < 0)
+        others = 0;
+    /* Ticks are coarse (10 ms): a row shorter than a few of them tells little. */
+    return cap >= 10 ? 100.0 * others / cap : NAN;
+}
+
 void machine_collect_host(machine_t *m)
 {
     memset(m, 0, sizeof(*m));
@@ -94,6 +141,19 @@ void machine_collect_host(machine_t *m)
     m->hugetlb = line[0] ? strtol(line, NULL, 10) : -1;
     m->load_start = machine_loadavg();
     m->load_end = NAN;
+    m->smt = m->hwloc_pus > 0 && m->hwloc_cores > 0 ? m->hwloc_pus / m->hwloc_cores : -1;
+    read_line("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor", m->governor,
+              sizeof(m->governor));
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char buf[4096];
+    while (f != NULL && fgets(buf, sizeof(buf), f) != NULL) {
+        if (strncmp(buf, "flags", 5) == 0) {
+            m->vm = strstr(buf, " hypervisor") != NULL;
+            break;
+        }
+    }
+    if (f != NULL)
+        fclose(f);
 }
 
 void machine_collect_shards(machine_t *m)
@@ -293,6 +353,8 @@ void machine_print_text(FILE *f, const machine_t *m)
     } else {
         fprintf(f, " shards=%u (engine did not start)", m->shards);
     }
+    fprintf(f, " smt=%d governor=%s vm=%s", m->smt, m->governor[0] ? m->governor : "?",
+            m->vm ? "yes" : "no");
     fprintf(f, " thp=%s hugetlb=%ld load1=%.2f->%.2f\n", m->thp, m->hugetlb, m->load_start,
             m->load_end);
     /* What each shard's memory got when the probe engine started: hugepages or not, locked or
@@ -366,6 +428,12 @@ void machine_print_json(FILE *f, const machine_t *m)
     } else {
         fputs(",\"shard_cpus\":null,\"shard_pinned\":null,\"ring_flags\":null,\"mem\":null", f);
     }
+    fprintf(f, ",\"smt\":%d,\"governor\":", m->smt);
+    if (m->governor[0])
+        json_string(f, m->governor);
+    else
+        fputs("null", f);
+    fprintf(f, ",\"vm\":%s", m->vm ? "true" : "false");
     fputs(",\"thp\":", f);
     json_string(f, m->thp);
     fprintf(f, ",\"hugetlb_pages\":%ld,\"load1_start\":", m->hugetlb);

@@ -29,6 +29,9 @@ typedef struct machine {
     char thp[24];                /* the bracketed mode of transparent_hugepage/enabled, or "?" */
     long hugetlb;                /* vm.nr_hugepages, -1 unreadable */
     double load_start, load_end; /* 1-minute load average before and after the run */
+    int smt;                     /* hardware threads per core (hwloc PUs / cores), -1 unknown */
+    char governor[32];           /* cpu0's cpufreq scaling governor, "" where unreadable */
+    bool vm;                     /* the CPU says it runs under a hypervisor */
 
     bool engine_seen; /* shard facts below come from a started engine */
     unsigned shards;
@@ -55,6 +58,17 @@ void machine_ring_flags_name(uint32_t flags, char *buf, size_t len);
 
 /* 1-minute load average, or NAN. */
 double machine_loadavg(void);
+
+/* CPU time in clock ticks: busy on the whole machine (user, nice, system, irq, softirq and a
+ * hypervisor's steal, from /proc/stat) and this process's (utime + stime), and when (ns). */
+typedef struct machine_cpu {
+    bool ok;
+    uint64_t busy, self, at_ns;
+} machine_cpu_t;
+machine_cpu_t machine_cpu_now(void);
+/* The share (percent) of the machine's CPU time between a and b that went to others than this
+ * process, or NAN. */
+double machine_others_pct(const machine_t *m, machine_cpu_t a, machine_cpu_t b);
 
 void machine_print_text(FILE *f, const machine_t *m);
 /* Prints "\"machine\":{...}". */

@@ -71,6 +71,13 @@ const char *result_unit(const char *name)
     return u ? u + 1 : "";
 }
 
+bool result_higher_better(const char *name)
+{
+    const char *u = result_unit(name);
+    return strcmp(u, "mps") == 0 || strcmp(u, "rps") == 0 || strcmp(u, "kops") == 0 ||
+           strcmp(u, "gbps") == 0 || strcmp(u, "/s") == 0;
+}
+
 /* Enough digits to read, few enough to line up: integers for large figures (nanoseconds),
  * decimals for small ones (ratios, percentages, millions per second). */
 static void fmt_num(char *buf, size_t len, double x)
@@ -100,8 +107,9 @@ void report_table(FILE *f, const result_t *rows, size_t nrows)
             wbase = l;
     }
 
-    fprintf(f, "%-*s %12s %-5s %12s %12s %12s %9s  %-*s %8s\n", (int)wname, "name", "value", "unit",
-            "p50", "p99", "p999", "n", (int)wbase, "baseline", "ratio");
+    fprintf(f, "%-*s %12s %-5s %12s %12s %12s %9s  %-*s %8s %7s %4s  %s\n", (int)wname, "name",
+            "value", "unit", "p50", "p99", "p999", "n", (int)wbase, "baseline", "ratio", "mad",
+            "reps", "flags");
     for (size_t i = 0; i < nrows; i++) {
         const result_t *r = &rows[i];
         char v[32], p50[32], p99[32], p999[32], n[32], ratio[32];
@@ -117,9 +125,19 @@ void report_table(FILE *f, const result_t *rows, size_t nrows)
             snprintf(ratio, sizeof(ratio), "-");
         else
             snprintf(ratio, sizeof(ratio), "%.2fx", r->ratio);
-        fprintf(f, "%-*s %12s %-5s %12s %12s %12s %9s  %-*s %8s\n", (int)wname, r->name, v,
-                result_unit(r->name), p50, p99, p999, n, (int)wbase,
-                r->baseline ? r->baseline : "-", ratio);
+        char mad[32], flags[64] = "";
+        if (r->reps > 1 && r->value != 0)
+            snprintf(mad, sizeof(mad), "%.1f%%", 100.0 * r->mad / fabs(r->value));
+        else
+            snprintf(mad, sizeof(mad), "-");
+        if (r->noisy)
+            strcat(flags, "noisy ");
+        if (r->busy)
+            snprintf(flags + strlen(flags), sizeof(flags) - strlen(flags), "busy(%.0f%%)",
+                     r->others_pct);
+        fprintf(f, "%-*s %12s %-5s %12s %12s %12s %9s  %-*s %8s %7s %4u  %s\n", (int)wname, r->name,
+                v, result_unit(r->name), p50, p99, p999, n, (int)wbase,
+                r->baseline ? r->baseline : "-", ratio, mad, r->reps, flags);
     }
 }
 
@@ -170,7 +188,24 @@ void report_json_results(FILE *f, const result_t *rows, size_t nrows, const skip
             fputs("null", f);
         fputs(",\"ratio\":", f);
         json_number(f, r->ratio);
-        fputc('}', f);
+        fprintf(f, ",\"higher_is_better\":%s,\"reps\":%u,\"median\":",
+                result_higher_better(r->name) ? "true" : "false", r->reps);
+        json_number(f, r->value);
+        fputs(",\"mad\":", f);
+        json_number(f, r->mad);
+        fputs(",\"min\":", f);
+        json_number(f, r->min);
+        fputs(",\"max\":", f);
+        json_number(f, r->max);
+        fprintf(f, ",\"noisy\":%s,\"others_cpu_pct\":", r->noisy ? "true" : "false");
+        json_number(f, r->others_pct);
+        fprintf(f, ",\"busy\":%s,\"values\":[", r->busy ? "true" : "false");
+        for (unsigned k = 0; k < r->reps && k < 16; k++) {
+            if (k)
+                fputc(',', f);
+            json_number(f, r->values[k]);
+        }
+        fputs("]}", f);
     }
     fputs("],\"skipped\":[", f);
     for (size_t i = 0; i < nskips; i++) {

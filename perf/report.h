@@ -38,13 +38,26 @@ bool samples_pct(const samples_t *s, double q, double *out);
 
 /* One row of the output. p50/p99/p999 hold NAN where they do not apply. */
 typedef struct result {
-    const char *name;     /* "layer.figure_unit"; the unit is what follows the last '_' */
-    const char *baseline; /* name of the row this one is compared with, or NULL */
-    double value;
-    double p50, p99, p999;
-    size_t samples; /* samples behind the percentiles, 0 when the value is a single figure */
-    double ratio;   /* value / baseline's value, NAN when there is none */
+    const char *name;      /* "layer.figure_unit"; the unit is what follows the last '_' */
+    const char *baseline;  /* name of the row this one is compared with, or NULL */
+    double value;          /* with repetitions: the median of theirs */
+    double p50, p99, p999; /* of the repetition whose value is the median */
+    size_t samples;        /* samples behind the percentiles, 0 when the value is a single figure */
+    double ratio;          /* value / baseline's value, NAN when there is none */
+    /* Over the repetitions (reps of them; 1: mad 0, min = max = value): the median absolute
+     * deviation, the extremes, and noisy when the MAD passes 5% of the median. */
+    unsigned reps;
+    double mad, min, max;
+    bool noisy;
+    /* The share of the machine's CPU time that other processes (and a hypervisor's steal)
+     * took while the row ran, the largest over its repetitions; busy past 10%. NAN unknown. */
+    double others_pct;
+    bool busy;
+    double values[16]; /* each repetition's value, in run order (the first 16) */
 } result_t;
+
+/* Is a higher value better for this row (rates: mps, rps, kops, gbps, per_s)? Else lower is. */
+bool result_higher_better(const char *name);
 
 /* Fills r's percentiles and sample count from sorted samples. */
 void result_set_pcts(result_t *r, const samples_t *s);
