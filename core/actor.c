@@ -1033,7 +1033,7 @@ static bool core_release(pith_fn_t fn, void *arg)
         return true;
     }
     return fn == turn_task || fn == stop_task || fn == kill_task || core_sup_release(fn, arg) ||
-           core_vactor_release(fn, arg);
+           core_vactor_release(fn, arg) || core_sla_release(fn, arg);
 }
 
 /* The stall detector's question: what runs on `shard`, when it is an actor's turn. */

@@ -307,7 +307,9 @@ struct type_rec *core_type_rec(struct core_shard *cs, const pith_actor_type_t *t
  * the calling shard; the engine's end frees what the shards left. */
 struct sla_shard;
 void core_sla_note(struct sla_shard *ss, uint64_t ns);
-void core_sla_free(struct sla_shard *ss); /* the calling shard's, made on first use */
+void core_sla_free(struct sla_shard *ss);
+/* The engine's stop released a task: true (and its argument freed) when it was sla.c's. */
+bool core_sla_release(pith_fn_t fn, void *arg); /* the calling shard's, made on first use */
 struct actor *core_lookup(const struct core_shard *cs, pith_ref_t ref);
 struct amsg *core_msg_make(pith_ref_t to, pith_ref_t from, uint32_t type, const void *data,
                            uint32_t len);

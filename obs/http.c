@@ -20,8 +20,12 @@
 #define MAX_CONNS 64
 #define IDLE_NS   (60ull * 1000 * 1000 * 1000)
 /* A response is queued whole: it must fit under the connection's max_buffered with OUT_MAX
- * already waiting. */
+ * already waiting. Reading pauses only past HIGH_WATER, above OUT_MAX: a client that pipelines
+ * without reading has its next request read (and is cut off) once OUT_MAX waits, rather than
+ * sitting paused below it until the idle timeout. */
 #define BUFFERED_MAX (64u << 20)
+#define HIGH_WATER   (8u << 20)
+#define LOW_WATER    (2u << 20)
 
 static void answer(pith_conn_t c, int status, const char *reason, const char *ctype,
                    const char *body, size_t len, bool head_only, bool keep)
@@ -218,7 +222,11 @@ int pith_metrics_serve(const char *host, uint16_t port, pith_listener_t *out)
         .host = host,
         .port = port,
         .max_conns = MAX_CONNS,
-        .conn = {.handler = &handler, .idle_timeout_ns = IDLE_NS, .max_buffered = BUFFERED_MAX},
+        .conn = {.handler = &handler,
+                 .idle_timeout_ns = IDLE_NS,
+                 .max_buffered = BUFFERED_MAX,
+                 .high_watermark = HIGH_WATER,
+                 .low_watermark = LOW_WATER},
     };
     return pith_tcp_listen(&cfg, out);
 }

@@ -45,8 +45,10 @@ PITH_API long pith_metrics_json(char *buf, size_t cap);
  * (HTTP/1.0: only when asked); a request is answered 400 when malformed or when it carries a
  * body, 404 for another path, 405 for another method, 431 when its head passes 8 KiB, 505 for
  * another HTTP major version, and the connection is closed after any of those. At most 64
- * connections per shard; one idle for 60 s is closed. *out names the listener: pith_tcp_unlisten
- * stops it. Errors: as pith_tcp_listen. */
+ * connections per shard; one idle for 60 s is closed; a client that pipelines requests and does
+ * not read the answers is cut off once 4 MiB of them wait for it (reading pauses only past
+ * 8 MiB, so its next request is seen). *out names the listener: pith_tcp_unlisten stops it.
+ * Errors: as pith_tcp_listen. */
 PITH_API int pith_metrics_serve(const char *host, uint16_t port, pith_listener_t *out);
 
 #ifdef __cplusplus
