@@ -5,9 +5,6 @@
 #include "clients.h"
 #include "core.h"
 #include "metrics.h"
-
-_Static_assert(CORE_HIST_BUCKETS == HIST_BUCKETS && CORE_DEPTH_BUCKETS == DEPTH_BUCKETS,
-               "core/metrics.h sizes its arrays as the counters are");
 #include "vpersist.h"
 #include "hooks.h"
 
@@ -126,6 +123,9 @@ struct type_rec *core_type_rec(struct core_shard *cs, const pith_actor_type_t *t
 {
     return type_get(cs, type);
 }
+
+_Static_assert(CORE_HIST_BUCKETS == HIST_BUCKETS && CORE_DEPTH_BUCKETS == DEPTH_BUCKETS,
+               "core/metrics.h sizes its arrays as the counters are");
 
 /* ---- the table of records ---- */
 
@@ -781,18 +781,6 @@ int pith_stop(pith_ref_t ref)
 }
 
 /* ---- stats ---- */
-
-/* The upper edge of the bucket holding the q-quantile (q in thousandths) of h. */
-static uint64_t hist_quantile(const uint64_t *h, uint64_t total, unsigned q)
-{
-    uint64_t want = (total * q + 999) / 1000, seen = 0;
-    for (unsigned b = 0; b < HIST_BUCKETS; b++) {
-        seen += h[b];
-        if (seen >= want && want > 0)
-            return hist_upper(b);
-    }
-    return 0;
-}
 
 /* Sums type's counters and histograms over shards [from, to) into *out (zeroed first). The
  * caller holds a reader's pass. */

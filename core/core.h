@@ -300,7 +300,7 @@ static inline struct actor *core_find(const struct core_shard *cs, pith_ref_t re
 
 /* actor.c, for the other files of core/ */
 struct core_engine *core_engine_get(void); /* made on first use; NULL: no engine, or ENOMEM */
-struct core_shard *core_shard_get(void);
+struct core_shard *core_shard_get(void);   /* the calling shard's, made on first use */
 /* The record of an actor type, listed on first use (actor.c); NULL on ENOMEM. */
 struct type_rec *core_type_rec(struct core_shard *cs, const pith_actor_type_t *type);
 /* sla.c: a latency (send to the end of handling) of a timed message of a type with an SLA on
@@ -309,7 +309,7 @@ struct sla_shard;
 void core_sla_note(struct sla_shard *ss, uint64_t ns);
 void core_sla_free(struct sla_shard *ss);
 /* The engine's stop released a task: true (and its argument freed) when it was sla.c's. */
-bool core_sla_release(pith_fn_t fn, void *arg); /* the calling shard's, made on first use */
+bool core_sla_release(pith_fn_t fn, void *arg);
 struct actor *core_lookup(const struct core_shard *cs, pith_ref_t ref);
 struct amsg *core_msg_make(pith_ref_t to, pith_ref_t from, uint32_t type, const void *data,
                            uint32_t len);

@@ -80,18 +80,6 @@ static void report(struct sla_shard *ss, bool met, unsigned action)
             action == PITH_SLA_SHED ? (met ? "; shedding stops" : "; shedding new messages") : "");
 }
 
-/* The upper edge of the bucket that holds the q-quantile (q in thousandths). */
-static uint64_t quantile(const uint64_t *h, uint64_t total, unsigned q)
-{
-    uint64_t want = (total * q + 999) / 1000, seen = 0;
-    for (unsigned b = 0; b < HIST_BUCKETS; b++) {
-        seen += h[b];
-        if (seen >= want && want > 0)
-            return hist_upper(b);
-    }
-    return 0;
-}
-
 /* The timer: judge the window, then start the next slot. */
 static void sla_tick(void *arg)
 {
@@ -106,8 +94,8 @@ static void sla_tick(void *arg)
         total += h[b];
     /* With few samples the quantiles are the largest ones: a p99 of 50 samples is their
      * maximum. */
-    uint64_t p99 = total >= SLA_MIN ? quantile(h, total, 990) : 0;
-    uint64_t p999 = total >= SLA_MIN ? quantile(h, total, 999) : 0;
+    uint64_t p99 = total >= SLA_MIN ? hist_quantile(h, total, 990) : 0;
+    uint64_t p999 = total >= SLA_MIN ? hist_quantile(h, total, 999) : 0;
     put(&ss->p99, p99);
     put(&ss->p999, p999);
     put(&ss->samples, total);
@@ -159,7 +147,6 @@ struct sla_req {
     const pith_actor_type_t *type;
     bool remove;
     pith_sla_t cfg;
-    _Atomic int err;
 };
 
 static int apply(struct sla_req *q)

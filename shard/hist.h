@@ -29,4 +29,17 @@ static inline uint64_t hist_upper(unsigned b)
     return (UINT64_C(1) << e) + ((uint64_t)(b & 3) << (e - 2));
 }
 
+/* The upper edge of the bucket of h that holds the q-quantile (q in thousandths) of its total
+ * samples; 0 without samples. */
+static inline uint64_t hist_quantile(const uint64_t *h, uint64_t total, unsigned q)
+{
+    uint64_t want = (total * q + 999) / 1000, seen = 0;
+    for (unsigned b = 0; b < HIST_BUCKETS; b++) {
+        seen += h[b];
+        if (seen >= want && want > 0)
+            return hist_upper(b);
+    }
+    return 0;
+}
+
 #endif

@@ -145,12 +145,11 @@ static void shard_sleep(struct shard *s, uint64_t timeout_ns)
 
 /* Utilisation: the loop counts the time it spends idle (polling with nothing to do, or asleep)
  * in idle spells, from 16 iterations into a run of empty ones to the one that finds work, and
- * pith_shard_stats gives
- * busy = elapsed - idle. A reader needs the closed spells' total and the open spell's start
- * together, so the two are written under a seqlock, without fences (which TSan does not model):
- * the odd count; the data with release stores, so that a reader whose acquire load sees either
- * new value also sees the odd count when it reads the count again; then the even count with a
- * release store, so that a reader whose acquire load sees it sees both new values. Only this
+ * pith_shard_stats gives busy = elapsed - idle. A reader needs the closed spells' total and the
+ * open spell's start together, so the two are written under a seqlock, without fences (which TSan
+ * does not model): the odd count; the data with release stores, so that a reader whose acquire load
+ * sees either new value also sees the odd count when it reads the count again; then the even count
+ * with a release store, so that a reader whose acquire load sees it sees both new values. Only this
  * shard writes. */
 static void util_write(struct shard *s, uint64_t idle, uint64_t from)
 {
@@ -236,12 +235,12 @@ static void shard_loop(struct shard *s)
             idle_since = 0;
             continue;
         }
-        /* Reading the clock costs more than an empty iteration (tens of ns under kvm-clock)
-         * and delays noticing the next message: while polling, look at it every 16th turn. */
         /* In an idle spell, each empty iteration notes when it ended: when the next finds
          * work, the spell ended there (within an iteration), before the work ran. */
         if (spell)
             spell_last = ticks_now();
+        /* Reading the clock costs more than an empty iteration (tens of ns under kvm-clock)
+         * and delays noticing the next message: while polling, look at it every 16th turn. */
         if (idle_since != 0 && (++idle_spins & 15) != 0)
             continue;
 

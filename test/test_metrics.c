@@ -771,7 +771,9 @@ Test(metrics, utilisation_counts_busy_and_idle_time_and_never_goes_back, .timeou
     cr_assert_geq(busy, 190 * MS, "busy %llu ns of %llu while spinning", (unsigned long long)busy,
                   (unsigned long long)el);
     cr_assert_leq(busy, el);
-    /* Idle: nothing to do for 300 ms; the shard polls a little, then sleeps. */
+    /* Idle: nothing to do for 300 ms; the shard polls a little, then sleeps. A sleep here,
+     * not a wait on the engine: the figure under test is time during which nothing happens,
+     * and nothing signals its end. */
     cr_assert_eq(pith_shard_stats(1, &a), 0);
     struct timespec ts = {0, 300 * 1000 * 1000};
     nanosleep(&ts, NULL);
