@@ -474,7 +474,7 @@ static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
             /* The type's SLA on this shard, if any, takes the whole latency. */
             struct sla_shard *ss = atomic_load_explicit(&c->sla, memory_order_relaxed);
             if (ss != NULL)
-                core_sla_note(ss, t > sent ? ticks_ns(t - sent) : 0);
+                core_sla_note(ss, ref, t > sent ? ticks_ns(t - sent) : 0);
         }
         n++;
         if (status != 0 || (a->gen & (A_STOP | A_MUTED)))
@@ -511,7 +511,7 @@ bool core_run_now(struct core_shard *cs, struct actor *a, pith_ref_t ref, const 
         /* The actor may have ended: its type's counters stay. */
         struct sla_shard *ss = atomic_load_explicit(&ctr(cs, r)->sla, memory_order_relaxed);
         if (ss != NULL)
-            core_sla_note(ss, t > t0 ? ticks_ns(t - t0) : 0);
+            core_sla_note(ss, ref, t > t0 ? ticks_ns(t - t0) : 0);
     }
     turn_end(cs, a, ref, status, 1, 0);
     return true;

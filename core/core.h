@@ -306,7 +306,7 @@ struct type_rec *core_type_rec(struct core_shard *cs, const pith_actor_type_t *t
 /* sla.c: a latency (send to the end of handling) of a timed message of a type with an SLA on
  * the calling shard; the engine's end frees what the shards left. */
 struct sla_shard;
-void core_sla_note(struct sla_shard *ss, uint64_t ns);
+void core_sla_note(struct sla_shard *ss, pith_ref_t ref, uint64_t ns);
 void core_sla_free(struct sla_shard *ss);
 /* The engine's stop released a task: true (and its argument freed) when it was sla.c's. */
 bool core_sla_release(pith_fn_t fn, void *arg);
@@ -445,6 +445,17 @@ void core_pins_free(struct core_shard *cs);
 void core_vactor_exit(struct core_shard *cs); /* after the shard's actors have ended */
 bool core_vactor_release(pith_fn_t fn, void *arg);
 void core_vactor_gone(struct core_shard *cs); /* the engine is gone: cs's part is freed */
+/* For the SLA monitor's remedies (sla.c), on the activation's shard, with t the type the SLA
+ * names. vactor_sla_check: -EINVAL when t is not a virtual type's activations' type, or the
+ * remedies need what its type lacks (related keys to pre-warm; a type that can move). The
+ * others act on the live activation `ref` of type t, outside its turn: 1 (or, pre-warming, the
+ * keys asked) when they did something, 0 when there was nothing to do (it went, it is hot
+ * already, it is moving), or a negative errno. */
+int vactor_sla_check(const pith_actor_type_t *t, unsigned remedies);
+int vactor_sla_profile(struct core_shard *cs, pith_ref_t ref, const pith_actor_type_t *t);
+int vactor_sla_prewarm(struct core_shard *cs, pith_ref_t ref, const pith_actor_type_t *t);
+int vactor_sla_migrate(struct core_shard *cs, pith_ref_t ref, const pith_actor_type_t *t,
+                       unsigned to);
 /* As core_msg_make_for, with `extra` more bytes after the payload (from offset
  * core_msg_extra_off(len)), which the payload's length does not count. */
 struct amsg *core_msg_make_ext(int dst, pith_ref_t to, pith_ref_t from, uint32_t type,

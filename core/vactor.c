@@ -19,6 +19,7 @@
 
 #include <pith/hash.h>
 #include <pith/persist.h>
+#include <pith/sla.h>
 #include <pith/vactor.h>
 
 #include "clients.h"
@@ -3052,6 +3053,87 @@ int pith_vactor_set_profile(pith_actor_t *self, pith_mem_profile_t profile)
     if (err)
         pith_free(q);
     return err;
+}
+
+/* ---- the SLA monitor's remedies (sla.c) ---- */
+
+const pith_actor_type_t *pith_vtype_actor(const pith_vtype_t *t)
+{
+    const struct vtype_rec *r = t != NULL ? rec_of_vt(t) : NULL;
+    return r != NULL ? &r->at : NULL;
+}
+
+int vactor_sla_check(const pith_actor_type_t *t, unsigned remedies)
+{
+    const struct vtype_rec *r = rec_of_actor_type(t);
+    if (r == NULL)
+        return -EINVAL; /* not an activation's type: nothing of it can move or pre-warm */
+    if ((remedies & PITH_SLA_PREWARM) && r->vt->related == NULL)
+        return -EINVAL;
+    if ((remedies & PITH_SLA_MIGRATE) && (r->vt->persist != NULL || r->vt->workers != 0))
+        return -EINVAL;
+    return 0;
+}
+
+/* The live activation `ref` of type t on this shard, between its turns or in one, or NULL. */
+static struct ventry *sla_entry(struct core_shard *cs, pith_ref_t ref, const pith_actor_type_t *t)
+{
+    struct vshard *vs = atomic_load_explicit(&cs->vs, memory_order_relaxed);
+    struct actor *a =
+        vs != NULL && !cs->closing && ref_shard(ref) == cs->id ? core_find(cs, ref) : NULL;
+    if (a == NULL || a->rec->type != t || a->state == NULL)
+        return NULL;
+    struct ventry *e = entry_of_state(a->state);
+    if (!(e->flags & E_ACTIVE) || (e->flags & (E_OFF | E_ENDING | E_LATER)) ||
+        !(e->flags & (E_DIR | E_WORKER)))
+        return NULL;
+    return e;
+}
+
+int vactor_sla_profile(struct core_shard *cs, pith_ref_t ref, const pith_actor_type_t *t)
+{
+    struct ventry *e = sla_entry(cs, ref, t);
+    if (e == NULL || pith_mem_profile_of(e) == PITH_MEM_HOT)
+        return 0;
+    struct move_req *q = pith_malloc(sizeof(*q));
+    if (q == NULL)
+        return -ENOMEM;
+    q->act = ref;
+    q->profile = PITH_MEM_HOT;
+    int err = shard_submit_force(cs->id, move_task, q);
+    if (err) {
+        pith_free(q);
+        return err;
+    }
+    return 1;
+}
+
+int vactor_sla_prewarm(struct core_shard *cs, pith_ref_t ref, const pith_actor_type_t *t)
+{
+    struct ventry *e = sla_entry(cs, ref, t);
+    if (e == NULL || (e->flags & E_WORKER))
+        return 0;
+    const pith_vtype_t *vt = vtypes[e->tid].vt;
+    if (vt->related == NULL)
+        return 0;
+    pith_vref_t out[16];
+    uint32_t n = vt->related(entry_key(e), e->klen, out, 16);
+    int done = 0;
+    for (uint32_t i = 0; i < n && i < 16; i++)
+        if (pith_vactor_prewarm(&out[i]) == 0)
+            done++;
+    return done;
+}
+
+int vactor_sla_migrate(struct core_shard *cs, pith_ref_t ref, const pith_actor_type_t *t,
+                       unsigned to)
+{
+    struct ventry *e = sla_entry(cs, ref, t);
+    if (e == NULL || (e->flags & E_WORKER) || (e->xf & X_MIGRATE) || to == cs->id ||
+        to >= pith_shard_count() || vtypes[e->tid].vt->persist != NULL)
+        return 0;
+    int err = migrate_ask(cs, e, to, false);
+    return err != 0 ? err : 1;
 }
 
 /* ---- info and counters ---- */

@@ -720,6 +720,19 @@ size_t pith_malloc_usable_size(const void *p)
     return (m >> 56) == KIND_SMALL ? meta_size(m) : blk_usable(b, m) - MEM_HDR;
 }
 
+int pith_mem_profile_of(const void *p)
+{
+    if (p == NULL)
+        return -EINVAL;
+    const struct blk *b = (const struct blk *)p - 1;
+    uint64_t m = live_meta(b);
+    if (m == 0)
+        return -EINVAL;
+    if (word_owner(b->word) == &outside)
+        return -ENOENT; /* the process heap's: no profile backs it */
+    return (int)meta_prof(m);
+}
+
 void *pith_realloc(void *p, size_t size)
 {
     if (p == NULL)

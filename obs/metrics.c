@@ -568,6 +568,12 @@ static const struct field sla_fields[] = {
     CTR(pith_sla_stats_t, recoveries, "pith_sla_recoveries_total",
         "Times the SLA was met again after a miss."),
     CTR(pith_sla_stats_t, shed, "pith_sla_shed_total", "Messages refused while shedding."),
+    CTR(pith_sla_stats_t, upgraded, "pith_sla_upgraded_total",
+        "Activations the SLA's profile remedy moved to hot memory."),
+    CTR(pith_sla_stats_t, prewarmed, "pith_sla_prewarmed_total",
+        "Related keys the SLA's pre-warm remedy asked to pre-warm."),
+    CTR(pith_sla_stats_t, migrated, "pith_sla_migrated_total",
+        "Activations the SLA's migrate remedy moved to another shard."),
 };
 
 /* A virtual type on one shard: its counters and its histograms. */

@@ -1002,6 +1002,8 @@ static struct {
     void *bad_profile;
     int bad_profile_err;
     size_t usable_short[6];
+    int prof_of[4]; /* pith_mem_profile_of: small warm, big warm, hot, cold */
+    int prof_freed;
     pith_mem_stats_t s0, s1;
 } ed;
 
@@ -1043,6 +1045,13 @@ static void *edges_fn(void *arg)
         ed.usable_short[i] = p == NULL ? 0 : pith_malloc_usable_size(p);
         pith_free(p);
     }
+    void *by[4] = {pith_malloc(24), pith_malloc(100000), pith_malloc_ex(100, 0, PITH_MEM_HOT, 0),
+                   pith_malloc_ex(5000, 0, PITH_MEM_COLD, 0)};
+    for (int i = 0; i < 4; i++) {
+        ed.prof_of[i] = pith_mem_profile_of(by[i]);
+        pith_free(by[i]);
+    }
+    ed.prof_freed = pith_mem_profile_of(ed.aligned_big); /* still live here: freed below */
     pith_free(ed.aligned);
     pith_free(ed.aligned_big);
     pith_free(NULL);
@@ -1074,6 +1083,13 @@ Test(mem, malloc_family_edge_cases, .timeout = 30)
     for (int i = 0; i < 6; i++)
         cr_assert_geq(ed.usable_short[i], usable_sizes[i], "usable size %zu for %zu bytes",
                       ed.usable_short[i], usable_sizes[i]);
+    /* Each block says the profile it was made in. */
+    cr_assert_eq(ed.prof_of[0], PITH_MEM_WARM);
+    cr_assert_eq(ed.prof_of[1], PITH_MEM_WARM);
+    cr_assert_eq(ed.prof_of[2], PITH_MEM_HOT);
+    cr_assert_eq(ed.prof_of[3], PITH_MEM_COLD);
+    cr_assert_eq(ed.prof_freed, PITH_MEM_WARM);
+    cr_assert_eq(pith_mem_profile_of(NULL), -EINVAL);
     /* Everything was freed; pith_free(NULL) counted nothing. */
     cr_assert_eq(ed.s1.in_use, ed.s0.in_use);
     cr_assert_eq(ed.s1.allocs - ed.s0.allocs, ed.s1.frees - ed.s0.frees);
@@ -1307,6 +1323,7 @@ Test(mem, allocation_outside_the_engine_uses_the_process_heap, .timeout = 30)
     cr_assert_not_null(p, "pith_malloc with no engine");
     memset(p, 4, 1000);
     cr_assert_geq(pith_malloc_usable_size(p), 1000);
+    cr_assert_eq(pith_mem_profile_of(p), -ENOENT, "the process heap's: no profile");
     pith_mem_stats_t o1 = stats_of(PITH_MEM_OUTSIDE);
     cr_assert_eq(o1.allocs, o0.allocs + 1);
     cr_assert_eq(o1.in_use, o0.in_use + 1000 + HDR);

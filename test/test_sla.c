@@ -4,7 +4,9 @@
  * their sender undelivered, with -EBUSY), and once the load is gone the SLA is met again,
  * reported, and shedding stops. And the API's errors. The actors live on shard 1; their
  * feeders are timers on shard 0 that send 2 messages per millisecond elapsed, however late
- * they fire, so that the load does not depend on how busy shard 1 keeps the machine. */
+ * they fire, so that the load does not depend on how busy shard 1 keeps the machine. A virtual
+ * type takes every remedy in order: its busiest activations moved to hot memory, their related
+ * keys pre-warmed, shedding, its busiest activations moved to the idle shard. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -285,6 +287,181 @@ Test(sla, a_noisy_neighbour_on_the_shard_misses_it_and_its_going_meets_it, .time
     test_stop(NULL);
 }
 
+/* ---- the remedies that act on activations, on a virtual type ---- */
+
+#define VKEYS 8
+
+static _Atomic uint64_t handled_on[2]; /* messages of vwatched handled per shard */
+
+static int vwatched_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)self;
+    (void)state;
+    (void)msg;
+    int sh = pith_shard_id();
+    if (sh >= 0 && sh < 2)
+        atomic_fetch_add(&handled_on[sh], 1);
+    spin(atomic_load(&delay_ns));
+    return 0;
+}
+
+static const pith_actor_type_t vwatched_actor = {
+    .name = "sla-vwatched", .behaviour = vwatched_behaviour, .state_size = 64};
+
+static uint32_t vwatched_related(const void *key, uint32_t len, pith_vref_t *out, uint32_t max);
+
+static const pith_vtype_t vwatched = {
+    .name = "sla-vwatched",
+    .actor = &vwatched_actor,
+    .related = vwatched_related,
+    .idle_ns = PITH_VIDLE_NEVER,
+};
+
+/* Each key's two related keys: "<key>/a" and "<key>/b". */
+static uint32_t vwatched_related(const void *key, uint32_t len, pith_vref_t *out, uint32_t max)
+{
+    uint32_t n = 0;
+    for (char c = 'a'; c <= 'b' && n < max && len + 2 <= PITH_VKEY_MAX; c++) {
+        char k[PITH_VKEY_MAX];
+        memcpy(k, key, len);
+        k[len] = '/';
+        k[len + 1] = c;
+        if (pith_vref(&vwatched, k, len + 2, &out[n]) == 0)
+            n++;
+    }
+    return n;
+}
+
+static pith_vref_t vkeys[VKEYS];
+
+/* The virtual feeder: 2 messages per millisecond over the keys in turn (from shard 0). */
+static struct feeder vfeed;
+static unsigned vnext;
+
+static void vfeed_tick(void *arg)
+{
+    struct feeder *f = arg;
+    uint64_t now = pith_now_ns();
+    uint64_t n = 2 * ((now - f->last) / MS);
+    if (!atomic_load(&f->on) || n == 0)
+        return;
+    f->last += n / 2 * MS;
+    for (uint64_t i = 0; i < n && i < 400; i++) {
+        int rc = pith_vsend(&vkeys[vnext++ % VKEYS], 1, &i, sizeof(i));
+        atomic_fetch_add(rc == 0 ? &f->sent : rc == -EAGAIN ? &f->pushed_back : &f->refused, 1);
+    }
+}
+
+static void *start_vfeed(void *arg)
+{
+    struct feeder *f = arg;
+    f->last = pith_now_ns();
+    return (void *)(intptr_t)pith_timer_add(MS, MS, vfeed_tick, f, &f->timer);
+}
+
+static void on_vundelivered(const pith_undelivered_t *u, void *ctx)
+{
+    (void)ctx;
+    atomic_fetch_add(u->reason == -EBUSY ? &vfeed.busy : &vfeed.other, u->count);
+}
+
+static pith_vtype_stats_t vstats(unsigned shard)
+{
+    pith_vtype_stats_t st;
+    cr_assert_eq(pith_vtype_shard_stats(&vwatched, shard, &st), 0);
+    return st;
+}
+
+/* The first report after `from` with action a on shard 1; fails the test if there is none. */
+static pith_sla_report_t report_of(unsigned a, unsigned *from)
+{
+    unsigned n = atomic_load(&nreports);
+    for (unsigned i = *from; i < n; i++)
+        if (reports[i].shard == 1 && !reports[i].met && reports[i].action == a) {
+            *from = i + 1;
+            return reports[i];
+        }
+    cr_assert_fail("no report of remedy %u after report %u of %u", a, *from, n);
+    return reports[0];
+}
+
+Test(sla, a_virtual_type_gets_each_remedy_in_order_then_meets_its_sla, .timeout = 240)
+{
+    cr_assert_eq(pith_vtype_register(&vwatched), 0);
+    pith_config_t cfg = test_config(2);
+    cfg.stall_ns = 0; /* the handler spins on purpose */
+    pith_on_undelivered(on_vundelivered, NULL);
+    test_start(&cfg);
+    const pith_actor_type_t *t = pith_vtype_actor(&vwatched);
+    cr_assert_not_null(t);
+    cr_assert_eq(pith_vtype_actor(NULL), NULL);
+    /* Keys whose activations live on shard 1 (hash placement). */
+    for (unsigned i = 0, k = 0; k < VKEYS; i++) {
+        char key[16];
+        int len = snprintf(key, sizeof(key), "k%u", i);
+        cr_assert_eq(pith_vref(&vwatched, key, (size_t)len, &vkeys[k]), 0);
+        if (pith_vref_shard(&vkeys[k]) == 1)
+            k++;
+    }
+    const unsigned all = PITH_SLA_PROFILE | PITH_SLA_PREWARM | PITH_SLA_SHED | PITH_SLA_MIGRATE;
+    const pith_sla_t sla = {
+        .p99_ns = target(), .window_ns = window(), .remedies = all, .on_report = on_report};
+    cr_assert_eq(pith_sla_set(t, &sla), 0);
+
+    atomic_store(&vfeed.on, true);
+    void *res = NULL;
+    cr_assert_eq(pith_call_wait(0, start_vfeed, &vfeed, &res), 0);
+    cr_assert_eq((intptr_t)res, 0);
+    TEST_WAIT_FOR(sla_of(t, 1).evaluations >= 10 && sla_of(t, 1).samples >= 16);
+    cr_assert(!sla_of(t, 1).violated, "healthy before the handler slows");
+    cr_assert_eq(atomic_load(&nreports), 0u);
+    cr_assert_eq(vstats(1).profile_moves, 0u);
+
+    /* Slow: the misses take the remedies one per evaluation, in order. Shedding empties the
+     * window, which is then met; the miss after that goes on to migrating. */
+    atomic_store(&delay_ns, 2 * MS);
+    TEST_WAIT_FOR(sla_of(t, 1).migrated >= 1);
+    TEST_WAIT_FOR(vstats(1).migrations >= 1);
+    unsigned from = 0;
+    pith_sla_report_t r = report_of(PITH_SLA_PROFILE, &from);
+    cr_assert(r.acted >= 1 && r.acted <= 4 && r.p99_ns > r.p99_target_ns && r.samples >= 16,
+              "profile: %u activations, p99 %llu", r.acted, (unsigned long long)r.p99_ns);
+    r = report_of(PITH_SLA_PREWARM, &from);
+    /* Two related keys for each of the busiest. */
+    cr_assert(r.acted >= 2 && r.acted <= 8 && r.acted % 2 == 0, "prewarm: %u keys", r.acted);
+    r = report_of(PITH_SLA_SHED, &from);
+    r = report_of(PITH_SLA_MIGRATE, &from);
+    cr_assert(r.acted >= 1 && r.acted <= 4 && r.to_shard == 0, "migrate: %u to shard %u", r.acted,
+              r.to_shard);
+
+    /* Each took effect: states moved to hot memory, related keys activated, messages shed back
+     * to the sender with -EBUSY, activations moved to shard 0 and handling messages there. */
+    pith_sla_stats_t st = sla_of(t, 1);
+    pith_vtype_stats_t v1 = vstats(1);
+    cr_assert(st.upgraded >= 1 && v1.profile_moves >= 1, "upgraded %llu, moved %llu",
+              (unsigned long long)st.upgraded, (unsigned long long)v1.profile_moves);
+    pith_vtype_stats_t all_shards;
+    cr_assert_eq(pith_vtype_stats(&vwatched, &all_shards), 0);
+    cr_assert(st.prewarmed >= 2 && all_shards.prewarms >= 1, "prewarmed %llu, made %llu",
+              (unsigned long long)st.prewarmed, (unsigned long long)all_shards.prewarms);
+    cr_assert(atomic_load(&vfeed.busy) > 0 && st.shed > 0, "shed");
+    cr_assert(st.migrated >= 1 && v1.migrations >= 1);
+    uint64_t there = atomic_load(&handled_on[0]);
+    TEST_WAIT_FOR(atomic_load(&handled_on[0]) > there);
+
+    /* The handler is fast again: met on both shards, nothing shed any more. */
+    atomic_store(&delay_ns, 0);
+    TEST_WAIT_FOR(!sla_of(t, 1).violated && !sla_of(t, 1).shedding && !sla_of(t, 0).violated &&
+                  !sla_of(t, 0).shedding);
+    TEST_WAIT_FOR(atomic_load(&nreports) >= 1 && reports[atomic_load(&nreports) - 1].met);
+    cr_assert_eq(atomic_load(&vfeed.other), 0u, "nothing lost but what was shed");
+    uint64_t sent = atomic_load(&vfeed.sent);
+    TEST_WAIT_FOR(atomic_load(&vfeed.sent) > sent + 100);
+    atomic_store(&vfeed.on, false);
+    cr_assert_eq(pith_call_wait(0, stop_feeder, &vfeed, NULL), 0);
+    test_stop(NULL);
+}
+
 Test(sla, the_api_refuses_what_it_cannot_do, .timeout = 60)
 {
     const pith_sla_t ok = {.p99_ns = MS};
@@ -294,10 +471,12 @@ Test(sla, the_api_refuses_what_it_cannot_do, .timeout = 60)
     cr_assert_eq(pith_sla_set(NULL, &ok), -EINVAL);
     cr_assert_eq(pith_sla_set(&watched, &(pith_sla_t){.window_ns = WINDOW}), -EINVAL);
     cr_assert_eq(pith_sla_set(&watched, &(pith_sla_t){.p99_ns = MS, .window_ns = MS}), -EINVAL);
+    /* The remedies that act on activations need a virtual type's. */
     cr_assert_eq(pith_sla_set(&watched, &(pith_sla_t){.p99_ns = MS, .remedies = PITH_SLA_MIGRATE}),
-                 -EOPNOTSUPP);
+                 -EINVAL);
     cr_assert_eq(pith_sla_set(&watched, &(pith_sla_t){.p99_ns = MS, .remedies = PITH_SLA_PROFILE}),
-                 -EOPNOTSUPP);
+                 -EINVAL);
+    cr_assert_eq(pith_sla_set(&watched, &(pith_sla_t){.p99_ns = MS, .remedies = 1u << 9}), -EINVAL);
     pith_sla_stats_t st;
     cr_assert_eq(pith_sla_stats(&watched, 2, &st), -EINVAL);
     cr_assert_eq(pith_sla_stats(NULL, 0, &st), -EINVAL);

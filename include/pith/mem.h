@@ -82,6 +82,11 @@ PITH_API void *pith_malloc_ex(size_t size, size_t align, pith_mem_profile_t prof
 /* Usable bytes of a live block: at least what was asked for. */
 PITH_API size_t pith_malloc_usable_size(const void *p);
 
+/* The profile whose memory holds the live block p (a block moved to another profile is a new
+ * block). Any thread. Errors: -EINVAL p NULL or not a live block of pith_malloc's; -ENOENT a
+ * block made outside the engine (the process heap's, no profile). */
+PITH_API int pith_mem_profile_of(const void *p);
+
 /* Owners live on the shard that charges them: these act on the calling shard's view. Owner 0
  * is the shard's untagged allocations (pith_malloc and the mesh's batches among them).
  * Sets the most bytes `owner` may hold on this shard (0: no limit). An allocation that would go

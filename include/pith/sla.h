@@ -11,13 +11,28 @@
  * window of fewer than 16 samples gives no verdict; with fewer than 100 (1000) samples the
  * p99 (p999) is their largest.
  *
- * Remedies, opt-in per type, taken one per evaluation while the SLA stays violated, in this
- * order: PITH_SLA_SHED refuses new messages to the type on that shard (senders get -EBUSY, as
- * pith_send's errors and undelivered notices carry it), until the SLA is met again. A window
- * with too few samples while shedding counts as met (nothing waits long: the backlog is gone).
- * Not yet: raising the memory profile of a virtual type's activations, pre-warming related
- * keys, migrating the busiest activations, and a memory guarantee; pith_sla_set refuses those
- * remedy bits with -EOPNOTSUPP. */
+ * Remedies, opt-in per type, taken one per evaluation that misses, in this order (a remedy
+ * not asked for, or with nothing to act on now, is passed over in the same evaluation):
+ * - PITH_SLA_PROFILE moves the states of the busiest activations to the hot profile
+ *   (pith/mem.h: prefaulted and locked), as pith_vactor_set_profile does;
+ * - PITH_SLA_PREWARM pre-warms the related keys (pith_vtype_t.related) of the busiest
+ *   activations, as pith_vactor_prewarm does;
+ * - PITH_SLA_SHED refuses new messages to the type on that shard (senders get -EBUSY, as
+ *   pith_send's errors and undelivered notices carry it), until the SLA is met again. A window
+ *   with too few samples while shedding counts as met (nothing waits long: the backlog is gone);
+ * - PITH_SLA_MIGRATE moves the busiest activations to the least-loaded shard (utilisation over
+ *   the last eighth of the window, pith_shard_stats_t.busy_ns), as pith_vactor_migrate does,
+ *   when that shard is 10 points of utilisation below this one; it is the last step, tried
+ *   again at each evaluation that misses.
+ * The busiest activations are the 4 that the most timed messages went to lately (a count over
+ * the timed messages that halves at each evaluation). Only shedding is undone when the SLA is
+ * met again; a window without a miss sends the next miss back to the first remedy. Each
+ * remedy taken is reported (the hook's report, or a line on stderr) with the figures that
+ * caused it and what it did. PROFILE, PREWARM and MIGRATE act on activations: the type must be
+ * a virtual type's (pith_vtype_actor), with related keys for PREWARM, and one that can move
+ * (not event-sourced, not stateless workers) for MIGRATE.
+ *
+ * Not done: a memory guarantee. */
 #ifndef PITH_SLA_H
 #define PITH_SLA_H
 
@@ -33,9 +48,9 @@ extern "C" {
 
 /* Remedies (pith_sla_t.remedies). */
 #define PITH_SLA_SHED    (1u << 0) /* refuse new messages to the type on the shard: -EBUSY */
-#define PITH_SLA_PROFILE (1u << 1) /* not yet: -EOPNOTSUPP */
-#define PITH_SLA_PREWARM (1u << 2) /* not yet: -EOPNOTSUPP */
-#define PITH_SLA_MIGRATE (1u << 3) /* not yet: -EOPNOTSUPP */
+#define PITH_SLA_PROFILE (1u << 1) /* the busiest activations' states to the hot profile */
+#define PITH_SLA_PREWARM (1u << 2) /* pre-warm the busiest activations' related keys */
+#define PITH_SLA_MIGRATE (1u << 3) /* the busiest activations to the least-loaded shard */
 
 /* What the monitor tells: a violation (met false) or the SLA met again after one (met true),
  * with the figures that decided it. */
@@ -49,6 +64,10 @@ typedef struct pith_sla_report {
     uint64_t p99_target_ns;        /* the SLA's targets */
     uint64_t p999_target_ns;       /* see p99_target_ns */
     unsigned action; /* the PITH_SLA_* remedy taken (or, met again, undone) now; 0: none */
+    /* What it did: activations moved to hot memory (PROFILE) or to another shard (MIGRATE),
+     * keys asked to pre-warm (PREWARM); 0 for SHED and none. */
+    unsigned acted;
+    unsigned to_shard; /* MIGRATE: where they went; else UINT_MAX */
 } pith_sla_report_t;
 
 /* An SLA: targets for the p99 and p999 of (time in the mailbox + handler), 0 for none (not
@@ -68,8 +87,8 @@ typedef struct pith_sla {
  * must outlive the engine. A new SLA replaces the old, with a fresh window; removing one stops
  * its shedding. From a thread outside the engine it returns once every shard took it; from a
  * shard, once every shard was asked (its own and the others take it in their next loop).
- * Errors: -EINVAL type NULL, both targets 0, window out of range; -EOPNOTSUPP a remedy not
- * done yet; -ESHUTDOWN no engine; -ENOMEM. */
+ * Errors: -EINVAL type NULL, both targets 0, window out of range, a remedy unknown or one
+ * that type cannot take (see above); -ESHUTDOWN no engine; -ENOMEM. */
 PITH_API int pith_sla_set(const pith_actor_type_t *type, const pith_sla_t *sla);
 
 /* The SLA's figures for `type` on `shard`. */
@@ -86,6 +105,9 @@ typedef struct pith_sla_stats {
     uint64_t violations;     /* times it went from met to missed */
     uint64_t recoveries;     /* times it was met again after a miss */
     uint64_t shed;           /* messages refused while shedding */
+    uint64_t upgraded;       /* activations moved to hot memory by PITH_SLA_PROFILE */
+    uint64_t prewarmed;      /* related keys PITH_SLA_PREWARM asked to pre-warm */
+    uint64_t migrated;       /* activations PITH_SLA_MIGRATE moved away */
 } pith_sla_stats_t;
 
 /* Any thread. Errors: -EINVAL type or out NULL, shard out of range; -ESHUTDOWN. */

@@ -176,6 +176,11 @@ typedef struct pith_vref {
     unsigned char key[PITH_VKEY_MAX]; /* the key's bytes, len of them */
 } pith_vref_t;
 
+/* The actor type t's activations run as: a copy of t->actor with the engine's hooks, so not
+ * t->actor itself. It is the type that pith_actor_type_stats, the metrics' `type` label and
+ * pith_sla_set (pith/sla.h) know the virtual type by. NULL: t is not registered. Any thread. */
+PITH_API const pith_actor_type_t *pith_vtype_actor(const pith_vtype_t *t);
+
 /* Makes *out name (type, key[0..len)). Any thread. Errors: -EINVAL out NULL, key NULL with
  * len > 0, len > PITH_VKEY_MAX; -ENOENT type is not registered. */
 PITH_API int pith_vref(const pith_vtype_t *type, const void *key, size_t len, pith_vref_t *out);
