@@ -532,16 +532,18 @@ static void turn_task(void *arg)
 
 int pith_spawn(const pith_actor_type_t *type, void *arg, pith_ref_t *out)
 {
-    return core_spawn_ex(type, arg, 0, 0, NULL, NULL, out);
+    return core_spawn_ex(type, arg, 0, 0, type != NULL ? type->profile : PITH_MEM_WARM, NULL, NULL,
+                         out);
 }
 
 int core_spawn_ex(const pith_actor_type_t *type, void *arg, size_t prefix, size_t tail,
-                  core_prep_fn prep, void *ctx, pith_ref_t *out)
+                  pith_mem_profile_t profile, core_prep_fn prep, void *ctx, pith_ref_t *out)
 {
     if (out != NULL)
         *out = PITH_REF_NONE;
     if (type == NULL || type->behaviour == NULL || (unsigned)type->profile >= PITH_MEM_PROFILES ||
-        (unsigned)type->overflow > PITH_OVERFLOW_MUTE_SENDER)
+        (unsigned)type->overflow > PITH_OVERFLOW_MUTE_SENDER ||
+        (unsigned)profile >= PITH_MEM_PROFILES)
         return -EINVAL;
     if (pith_shard_id() < 0)
         return -EPERM;
@@ -573,8 +575,7 @@ int core_spawn_ex(const pith_actor_type_t *type, void *arg, size_t prefix, size_
     }
     if (type->state_size > 0 || prefix > 0) {
         size_t span = prefix > 0 ? core_state_span(type->state_size) : type->state_size;
-        block =
-            pith_malloc_ex(prefix + span + tail, 0, type->profile, type->mem_budget > 0 ? ref : 0);
+        block = pith_malloc_ex(prefix + span + tail, 0, profile, type->mem_budget > 0 ? ref : 0);
         if (block == NULL) {
             if (type->mem_budget > 0)
                 pith_mem_owner_forget(ref);

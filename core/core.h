@@ -316,10 +316,11 @@ struct amsg *core_msg_make(pith_ref_t to, pith_ref_t from, uint32_t type, const 
 /* As pith_spawn on the calling shard, with the state in a block of prefix + state_size
  * (rounded up to 16) + tail bytes: the state is at block + prefix (16-aligned; not NULL even
  * when state_size is 0), prefix bytes are zeroed, and prep(block, ref, ctx) runs before init
- * (which gets arg). Every spawn of one type must use one prefix (a multiple of 16). */
+ * (which gets arg), in memory of `profile` (pith_spawn: the type's). Every spawn of one type
+ * must use one prefix (a multiple of 16). */
 typedef void (*core_prep_fn)(void *block, pith_ref_t ref, void *ctx);
 int core_spawn_ex(const pith_actor_type_t *type, void *arg, size_t prefix, size_t tail,
-                  core_prep_fn prep, void *ctx, pith_ref_t *out);
+                  pith_mem_profile_t profile, core_prep_fn prep, void *ctx, pith_ref_t *out);
 static inline size_t core_state_span(size_t state_size)
 {
     return (state_size + 15) & ~(size_t)15;
@@ -452,6 +453,15 @@ void core_vactor_gone(struct core_shard *cs); /* the engine is gone: cs's part i
  * keys asked) when they did something, 0 when there was nothing to do (it went, it is hot
  * already, it is moving), or a negative errno. */
 int vactor_sla_check(const pith_actor_type_t *t, unsigned remedies);
+/* An SLA's memory guarantee for t on this shard: reserves (or gives back the promise of) hot
+ * memory, and from then on the type's activations here go to hot memory while its states in
+ * hot memory stay within `bytes`, and memory pressure leaves those be. Errors: -EINVAL t is
+ * not a virtual type's; -ENOMEM (nothing changes). */
+int vactor_sla_guarantee(struct core_shard *cs, const pith_actor_type_t *t, size_t bytes);
+/* Any thread, as a reader (shard_reader_enter): the bytes of t's states in hot memory on cs's
+ * shard, and the activations within the guarantee that found no hot memory. */
+void vactor_sla_mem(struct core_shard *cs, const pith_actor_type_t *t, uint64_t *hot,
+                    uint64_t *misses);
 int vactor_sla_profile(struct core_shard *cs, pith_ref_t ref, const pith_actor_type_t *t);
 int vactor_sla_prewarm(struct core_shard *cs, pith_ref_t ref, const pith_actor_type_t *t);
 int vactor_sla_migrate(struct core_shard *cs, pith_ref_t ref, const pith_actor_type_t *t,

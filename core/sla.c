@@ -58,7 +58,8 @@ struct sla_shard {
     uint64_t *load;
     /* For readers (pith_sla_stats, metrics): written by the shard, relaxed. */
     _Atomic uint64_t p99, p999, samples, evaluations, violations, recoveries, t99, t999;
-    _Atomic uint64_t upgraded, prewarmed, migrated;
+    _Atomic uint64_t upgraded, prewarmed, migrated, guarantee;
+    uint64_t misses_seen; /* the memory guarantee's misses at the last evaluation */
     _Atomic bool set, violated, shedding;
 };
 
@@ -131,7 +132,13 @@ static void report(struct sla_shard *ss, bool met, unsigned action, unsigned act
         .action = action,
         .acted = acted,
         .to_shard = to,
+        .mem_guarantee = ss->cfg.mem_bytes,
     };
+    if (ss->cfg.mem_bytes > 0) {
+        uint64_t misses;
+        vactor_sla_mem(core_shard_get(), ss->type, &r.mem_hot, &misses);
+        r.mem_misses = misses - ss->misses_seen;
+    }
     if (ss->cfg.on_report != NULL) {
         ss->cfg.on_report(&r, ss->cfg.ctx);
         return;
@@ -145,6 +152,12 @@ static void report(struct sla_shard *ss, bool met, unsigned action, unsigned act
     else if (action != 0)
         snprintf(what, sizeof(what), "; %s: %u of the busiest activations", remedy_name(action),
                  acted);
+    else if (r.mem_misses > 0)
+        snprintf(what, sizeof(what),
+                 "; memory guarantee: %llu activations found no hot memory (%llu of %llu bytes "
+                 "held)",
+                 (unsigned long long)r.mem_misses, (unsigned long long)r.mem_hot,
+                 (unsigned long long)r.mem_guarantee);
     fprintf(stderr,
             "pith: sla: actor type \"%s\" on shard %u %s: p99 %.1f us (target %.1f), p999 %.1f us "
             "(target %.1f), %llu samples%s\n",
@@ -306,6 +319,14 @@ static void sla_tick(void *arg)
             report(ss, true, action, 0, UINT_MAX);
         }
     }
+    if (ss->cfg.mem_bytes > 0) {
+        /* The guarantee broken since the last evaluation: told once with its figures. */
+        uint64_t hot, misses;
+        vactor_sla_mem(core_shard_get(), ss->type, &hot, &misses);
+        if (misses > ss->misses_seen)
+            report(ss, false, 0, 0, UINT_MAX);
+        ss->misses_seen = misses;
+    }
     for (unsigned i = 0; i < SLA_TOP; i++)
         ss->top[i].n /= 2;
 }
@@ -320,6 +341,7 @@ static void sla_off(struct sla_shard *ss)
     shed(ss, false);
     atomic_store_explicit(&ss->set, false, memory_order_relaxed);
     atomic_store_explicit(&ss->violated, false, memory_order_relaxed);
+    put(&ss->guarantee, 0);
 }
 
 /* What a shard is asked to take: the type and a copy of the SLA (NULL: remove it). */
@@ -341,6 +363,12 @@ static int apply(struct sla_req *q)
     struct sla_shard *ss = atomic_load_explicit(&c->sla, memory_order_relaxed);
     if (ss != NULL)
         sla_off(ss);
+    /* The memory guarantee first: one that cannot be reserved sets nothing. A type that is
+     * not a virtual type's has none to give back. */
+    size_t bytes = q->remove ? 0 : q->cfg.mem_bytes;
+    int err = vactor_sla_guarantee(cs, q->type, bytes);
+    if (err != 0 && (bytes > 0 || err != -EINVAL))
+        return err;
     if (q->remove)
         return 0;
     if (ss == NULL) {
@@ -371,8 +399,11 @@ static int apply(struct sla_req *q)
     put(&ss->p99, 0);
     put(&ss->p999, 0);
     put(&ss->samples, 0);
+    put(&ss->guarantee, q->cfg.mem_bytes);
+    uint64_t hot;
+    vactor_sla_mem(cs, q->type, &hot, &ss->misses_seen);
     uint64_t slot = ss->cfg.window_ns / SLA_SLOTS;
-    int err = pith_timer_add(slot, slot, sla_tick, ss, &ss->timer);
+    err = pith_timer_add(slot, slot, sla_tick, ss, &ss->timer);
     if (err != 0)
         return err;
     ss->on = true;
@@ -401,12 +432,13 @@ int pith_sla_set(const pith_actor_type_t *type, const pith_sla_t *sla)
         q.cfg = *sla;
         if (q.cfg.window_ns == 0)
             q.cfg.window_ns = SLA_WINDOW_DEF;
-        if ((q.cfg.p99_ns == 0 && q.cfg.p999_ns == 0) || q.cfg.window_ns < SLA_WINDOW_MIN ||
-            q.cfg.window_ns > SLA_WINDOW_MAX)
+        if ((q.cfg.p99_ns == 0 && q.cfg.p999_ns == 0 && q.cfg.mem_bytes == 0) ||
+            q.cfg.window_ns < SLA_WINDOW_MIN || q.cfg.window_ns > SLA_WINDOW_MAX)
             return -EINVAL;
         if (q.cfg.remedies & ~SLA_REMEDIES_OK)
             return -EINVAL;
-        if ((q.cfg.remedies & SLA_PER_ACT) && vactor_sla_check(type, q.cfg.remedies) != 0)
+        if (((q.cfg.remedies & SLA_PER_ACT) || q.cfg.mem_bytes > 0) &&
+            vactor_sla_check(type, q.cfg.remedies) != 0)
             return -EINVAL;
     }
     unsigned n = pith_shard_count();
@@ -419,8 +451,13 @@ int pith_sla_set(const pith_actor_type_t *type, const pith_sla_t *sla)
             int err = pith_call_wait(i, apply_call, &q, &res);
             if (err == 0)
                 err = (int)(intptr_t)res;
-            if (err != 0)
+            if (err != 0) {
+                /* None or all: the shards that took it give it up. */
+                struct sla_req off = {.type = type, .remove = true};
+                for (unsigned j = 0; j <= i && !q.remove; j++)
+                    (void)pith_call_wait(j, apply_call, &off, NULL);
                 return err;
+            }
         }
         return 0;
     }
@@ -475,7 +512,12 @@ int pith_sla_stats(const pith_actor_type_t *type, unsigned shard, pith_sla_stats
             out->upgraded = RD(upgraded);
             out->prewarmed = RD(prewarmed);
             out->migrated = RD(migrated);
+            out->mem_guarantee = RD(guarantee);
 #undef RD
+            /* Acquire: pairs with the release that published the shard's part. */
+            struct core_shard *cs = atomic_load_explicit(&ce->shards[shard], memory_order_acquire);
+            if (out->mem_guarantee > 0 && cs != NULL)
+                vactor_sla_mem(cs, type, &out->mem_hot, &out->mem_misses);
         }
     }
     shard_reader_leave();

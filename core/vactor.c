@@ -297,6 +297,12 @@ static inline struct ventry *entry_of_state(void *state)
     return (struct ventry *)((char *)state - VHDR);
 }
 
+/* Bytes of an activation's block: its entry, its state, its key. */
+static inline size_t entry_size(const struct ventry *e)
+{
+    return VHDR + core_state_span(vtypes[e->tid].vt->actor->state_size) + e->klen;
+}
+
 /* One type on one shard. Counters: written by the shard, relaxed; read by any thread. */
 struct vtype_shard {
     struct ventry *head, *tail;
@@ -309,6 +315,11 @@ struct vtype_shard {
         refused, prewarms, prewarm_used, prewarm_wasted, moves, moves_failed, remote, forwards,
         direct, returned, migrations, rebalances, migrate_failed, cached, stale;
     _Atomic uint64_t live_now, act_max, act_sum, first_sum; /* sums: ns of the samples */
+    /* An SLA's memory guarantee here (bytes; 0: none), the bytes of the type's states in hot
+     * memory here (every one, whatever put it there), and activations within the guarantee
+     * that found no hot memory. */
+    size_t guarantee;
+    _Atomic uint64_t hot, hot_misses;
     _Atomic uint64_t hist[HIST_BUCKETS];
     /* First message to first behaviour call, one activation timed at a time: its ref and
      * when its first message reached the directory. */
@@ -847,6 +858,12 @@ static void sweep(void *arg)
     }
 }
 
+/* An activation an SLA's memory guarantee keeps: its state is in the hot memory promised. */
+static inline bool guaranteed(const struct vtype_shard *ts, const struct ventry *e)
+{
+    return ts->guarantee > 0 && pith_mem_profile_of(e) == PITH_MEM_HOT;
+}
+
 /* Memory pressure: past 3/4 of the shard's cap in use, the idle activations of types that
  * shed (PITH_VTYPE_SHED) go, coldest first, 64 at a time, until under 1/2 or none is idle
  * (the cap bounds what the shard reserves, and the heap's own room and fragmentation need the
@@ -871,7 +888,7 @@ static void pressure_check(struct core_shard *cs, struct vshard *vs, bool force)
                 struct actor *a = NULL;
                 unsigned looked = 0;
                 while (e != NULL && looked++ < SHED_SCAN &&
-                       ((a = core_find(cs, e->act)) == NULL || !idle(a)))
+                       ((a = core_find(cs, e->act)) == NULL || !idle(a) || guaranteed(ts, e)))
                     e = e->next;
                 if (e == NULL || looked > SHED_SCAN)
                     break;
@@ -911,6 +928,7 @@ struct prep {
     struct vshard *vs;
     struct vtype_shard *ts;
     bool worker;
+    bool hot; /* the block is hot memory */
     uint32_t tid;
     uint64_t hash;
     const unsigned char *key;
@@ -943,6 +961,8 @@ static void prep_entry(void *block, pith_ref_t ref, void *ctx)
         e->xf |= X_GUEST;
     p->ts->live++;
     core_bump(&p->ts->live_now, 1);
+    if (p->hot)
+        core_bump(&p->ts->hot, entry_size(e));
 }
 
 /* An entry leaves: the directory, its type's list, the live count. */
@@ -952,6 +972,8 @@ static void entry_drop(struct vshard *vs, struct ventry *e)
     if (e->flags & (E_DIR | E_WORKER)) {
         ts->live--;
         core_bump(&ts->live_now, (uint64_t)0 - 1);
+        if (pith_mem_profile_of(e) == PITH_MEM_HOT)
+            core_bump(&ts->hot, (uint64_t)0 - entry_size(e));
     }
     e->xf &= (uint8_t)~X_GUEST;
     (void)ext_set(vs, e, 0);
@@ -1003,9 +1025,22 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
         *err = -ENOMEM;
         return NULL;
     }
-    struct prep p = {vs, ts, r->vt->workers != 0, tid, hash, key, klen, how};
+    /* Within an SLA's memory guarantee, in hot memory (reserved when it was set). */
+    pith_mem_profile_t prof = r->at.profile;
+    size_t size = VHDR + core_state_span(r->vt->actor->state_size) + klen;
+    if (ts->guarantee > 0 && prof != PITH_MEM_HOT &&
+        atomic_load_explicit(&ts->hot, memory_order_relaxed) + size <= ts->guarantee)
+        prof = PITH_MEM_HOT;
+    struct prep p = {vs, ts, r->vt->workers != 0, prof == PITH_MEM_HOT, tid, hash, key, klen, how};
     pith_ref_t ref;
-    *err = core_spawn_ex(&r->at, how->blob, VHDR, klen, prep_entry, &p, &ref);
+    *err = core_spawn_ex(&r->at, how->blob, VHDR, klen, prof, prep_entry, &p, &ref);
+    if (*err == -ENOMEM && !vs->app_err && prof != r->at.profile) {
+        /* No hot memory left for the guarantee: the type's own profile, counted. */
+        core_bump(&ts->hot_misses, 1);
+        prof = r->at.profile;
+        p.hot = prof == PITH_MEM_HOT;
+        *err = core_spawn_ex(&r->at, how->blob, VHDR, klen, prof, prep_entry, &p, &ref);
+    }
     if (*err == -ENOMEM && !vs->app_err) {
         /* Out of the engine's memory: idle activations that may shed go, and one more try
          * (unless what they ran in going made this key's activation already). */
@@ -1013,7 +1048,7 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
         struct ventry *now = r->vt->workers == 0 ? dir_find(vs, ts, tid, hash, key, klen) : NULL;
         if (now != NULL)
             return now;
-        *err = core_spawn_ex(&r->at, how->blob, VHDR, klen, prep_entry, &p, &ref);
+        *err = core_spawn_ex(&r->at, how->blob, VHDR, klen, prof, prep_entry, &p, &ref);
     }
     if (*err != 0) {
         core_bump(&ts->failed, 1);
@@ -3034,6 +3069,9 @@ static void move_task(void *arg)
     memcpy(n, e, size);
     entry_moved(vs, ts, e, n);
     a->state = (char *)n + VHDR;
+    bool was_hot = pith_mem_profile_of(e) == PITH_MEM_HOT, hot = q->profile == PITH_MEM_HOT;
+    if (was_hot != hot)
+        core_bump(&ts->hot, hot ? size : (uint64_t)0 - size);
     pith_free(e);
     core_bump(&ts->moves, 1);
     pith_free(q);
@@ -3061,6 +3099,34 @@ const pith_actor_type_t *pith_vtype_actor(const pith_vtype_t *t)
 {
     const struct vtype_rec *r = t != NULL ? rec_of_vt(t) : NULL;
     return r != NULL ? &r->at : NULL;
+}
+
+int vactor_sla_guarantee(struct core_shard *cs, const pith_actor_type_t *t, size_t bytes)
+{
+    const struct vtype_rec *r = rec_of_actor_type(t);
+    struct vshard *vs = r != NULL ? vshard_get(cs) : NULL;
+    struct vtype_shard *ts = vs != NULL ? vts_get(vs, r->id) : NULL;
+    if (ts == NULL)
+        return r == NULL ? -EINVAL : -ENOMEM;
+    if (bytes == ts->guarantee)
+        return 0;
+    int err = mem_self_promise_hot((int64_t)bytes - (int64_t)ts->guarantee);
+    if (err == 0)
+        ts->guarantee = bytes;
+    return err;
+}
+
+void vactor_sla_mem(struct core_shard *cs, const pith_actor_type_t *t, uint64_t *hot,
+                    uint64_t *misses)
+{
+    const struct vtype_rec *r = rec_of_actor_type(t);
+    /* Acquire: pairs with the release stores that published each part (struct vshard). */
+    struct vshard *vs =
+        r != NULL && cs != NULL ? atomic_load_explicit(&cs->vs, memory_order_acquire) : NULL;
+    struct vtype_shard *ts =
+        vs != NULL ? atomic_load_explicit(&vs->types[r->id], memory_order_acquire) : NULL;
+    *hot = ts != NULL ? atomic_load_explicit(&ts->hot, memory_order_relaxed) : 0;
+    *misses = ts != NULL ? atomic_load_explicit(&ts->hot_misses, memory_order_relaxed) : 0;
 }
 
 int vactor_sla_check(const pith_actor_type_t *t, unsigned remedies)

@@ -308,6 +308,24 @@ int mem_prof_grow(struct mem_home *h, pith_mem_profile_t prof, size_t need)
     return 0;
 }
 
+int mem_self_promise_hot(int64_t delta)
+{
+    struct mem_home *h = mem_self;
+    if (h == NULL)
+        return -EPERM;
+    int64_t want = (int64_t)h->hot_promised + delta;
+    if (want < 0)
+        want = 0;
+    struct mem_prof *p = &h->prof[PITH_MEM_HOT];
+    while (delta > 0 && p->reserved < (size_t)want) {
+        int err = mem_prof_grow(h, PITH_MEM_HOT, (size_t)want - p->reserved);
+        if (err)
+            return err;
+    }
+    h->hot_promised = (size_t)want;
+    return 0;
+}
+
 /* The current heap is full: try the profile's other heaps (frees may have made room), then
  * grow, then (only when mimalloc has no arena left) the thread's own heap. */
 static struct blk *alloc_slow(struct mem_home *h, pith_mem_profile_t prof, size_t n, size_t align,

@@ -135,6 +135,7 @@ struct mem_home {
 
     struct mem_prof prof[PITH_MEM_PROFILES];
     size_t reserved;
+    size_t hot_promised; /* hot bytes promised to SLAs' memory guarantees (mem_self_promise_hot) */
     /* Every extent in creation order, for readers on other threads: the shard stores the
      * pointer, then publishes the count with release; readers load it with acquire. */
     struct extent *all[PITH_MEM_PROFILES * MEM_MAX_EXTENTS];
@@ -198,6 +199,12 @@ extern bool mem_plain; /* under valgrind: blocks from libc, no mimalloc heaps */
 void *mem_alloc(struct mem_home *h, size_t size, size_t align, pith_mem_profile_t prof,
                 struct mem_owner *o, bool zero);
 int mem_prof_grow(struct mem_home *h, pith_mem_profile_t prof, size_t need);
+/* Moves the calling shard's hot bytes promised by `delta` and, when it grows, the hot profile
+ * until it has reserved that much (prefaulted and locked, as hot extents are): an SLA's memory
+ * guarantee, reserved when it is set rather than on the activation that needs it. Errors:
+ * -EPERM off a shard; -ENOMEM the cap or the kernel refused (the promise is unchanged; what
+ * grew stays, as extents do). */
+int mem_self_promise_hot(int64_t delta);
 struct mem_owner *mem_owner_get(struct mem_home *h, uint64_t tag, bool create);
 void mem_owner_table_free(struct mem_home *h);
 void mem_bins_flush(struct mem_home *h);

@@ -574,6 +574,12 @@ static const struct field sla_fields[] = {
         "Related keys the SLA's pre-warm remedy asked to pre-warm."),
     CTR(pith_sla_stats_t, migrated, "pith_sla_migrated_total",
         "Activations the SLA's migrate remedy moved to another shard."),
+    GAU(pith_sla_stats_t, mem_guarantee, "pith_sla_memory_guarantee_bytes",
+        "The SLA's memory guarantee on the shard (0: none)."),
+    GAU(pith_sla_stats_t, mem_hot, "pith_sla_memory_hot_bytes",
+        "Bytes of the type's states in hot memory on the shard (with a guarantee)."),
+    CTR(pith_sla_stats_t, mem_misses, "pith_sla_memory_misses_total",
+        "Activations within the memory guarantee that found no hot memory."),
 };
 
 /* A virtual type on one shard: its counters and its histograms. */

@@ -404,8 +404,10 @@ Test(sla, a_virtual_type_gets_each_remedy_in_order_then_meets_its_sla, .timeout 
             k++;
     }
     const unsigned all = PITH_SLA_PROFILE | PITH_SLA_PREWARM | PITH_SLA_SHED | PITH_SLA_MIGRATE;
+    /* A target far above what scheduling noise on a busy machine makes (a shard descheduled
+     * for some milliseconds), and far below the seconds an overloaded mailbox soon waits. */
     const pith_sla_t sla = {
-        .p99_ns = target(), .window_ns = window(), .remedies = all, .on_report = on_report};
+        .p99_ns = 5 * target(), .window_ns = window(), .remedies = all, .on_report = on_report};
     cr_assert_eq(pith_sla_set(t, &sla), 0);
 
     atomic_store(&vfeed.on, true);
@@ -444,7 +446,8 @@ Test(sla, a_virtual_type_gets_each_remedy_in_order_then_meets_its_sla, .timeout 
     cr_assert_eq(pith_vtype_stats(&vwatched, &all_shards), 0);
     cr_assert(st.prewarmed >= 2 && all_shards.prewarms >= 1, "prewarmed %llu, made %llu",
               (unsigned long long)st.prewarmed, (unsigned long long)all_shards.prewarms);
-    cr_assert(atomic_load(&vfeed.busy) > 0 && st.shed > 0, "shed");
+    cr_assert_gt(st.shed, 0u, "shed");
+    TEST_WAIT_FOR(atomic_load(&vfeed.busy) > 0); /* the notices come back in their time */
     cr_assert(st.migrated >= 1 && v1.migrations >= 1);
     uint64_t there = atomic_load(&handled_on[0]);
     TEST_WAIT_FOR(atomic_load(&handled_on[0]) > there);
@@ -459,6 +462,104 @@ Test(sla, a_virtual_type_gets_each_remedy_in_order_then_meets_its_sla, .timeout 
     TEST_WAIT_FOR(atomic_load(&vfeed.sent) > sent + 100);
     atomic_store(&vfeed.on, false);
     cr_assert_eq(pith_call_wait(0, stop_feeder, &vfeed, NULL), 0);
+    test_stop(NULL);
+}
+
+/* ---- the memory guarantee ---- */
+
+#define HELD_STATE (64u << 10)
+
+static _Atomic unsigned guarded_gone; /* "G" keys deactivated */
+static _Atomic unsigned others_gone;  /* other keys deactivated by memory pressure */
+
+static int held_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)self;
+    ((unsigned char *)state)[0]++;
+    (void)pith_reply(msg, 1, state, 1);
+    return 0;
+}
+
+static void held_gone(pith_actor_t *self, void *state, int reason)
+{
+    (void)state;
+    uint32_t len;
+    const char *key = pith_vactor_key(self, &len);
+    if (len > 0 && key[0] == 'G')
+        atomic_fetch_add(&guarded_gone, 1);
+    else if (reason == PITH_VDEACT_PRESSURE)
+        atomic_fetch_add(&others_gone, 1);
+}
+
+static const pith_actor_type_t held_actor = {
+    .name = "sla-held", .behaviour = held_behaviour, .state_size = HELD_STATE};
+static const pith_vtype_t held_type = {.name = "sla-held",
+                                       .actor = &held_actor,
+                                       .flags = PITH_VTYPE_SHED,
+                                       .on_deactivate = held_gone,
+                                       .idle_ns = PITH_VIDLE_NEVER};
+
+static void touch_key(const char *prefix, unsigned i)
+{
+    char key[16];
+    int len = snprintf(key, sizeof(key), "%s%u", prefix, i);
+    pith_vref_t v;
+    cr_assert_eq(pith_vref(&held_type, key, (size_t)len, &v), 0);
+    pith_msg_t reply;
+    int rc = pith_client_vask(pith_client_self(), &v, 1, NULL, 0, 5000 * MS, &reply);
+    cr_assert_eq(rc, 0, "%s: %d (%s)", key, rc, pith_strerror(rc));
+}
+
+Test(sla, a_memory_guarantee_keeps_states_hot_and_out_of_memory_pressure, .timeout = 120)
+{
+    cr_assert_eq(pith_vtype_register(&held_type), 0);
+    pith_config_t cfg = test_config(1);
+    cfg.mem.cap = 128u << 20;
+    test_start(&cfg);
+    const pith_actor_type_t *t = pith_vtype_actor(&held_type);
+    const size_t guarantee = 1u << 20;
+    /* A guarantee alone (no latency target), reserved at once. */
+    cr_assert_eq(pith_sla_set(t, &(pith_sla_t){.mem_bytes = guarantee, .on_report = on_report}), 0);
+    pith_mem_stats_t ms;
+    cr_assert_eq(pith_mem_stats(0, &ms), 0);
+    cr_assert_geq(ms.profile_reserved[PITH_MEM_HOT], guarantee, "hot reserved at the set");
+    pith_sla_stats_t st = sla_of(t, 0);
+    cr_assert(st.set && st.mem_guarantee == guarantee && st.mem_hot == 0 && st.mem_misses == 0);
+
+    /* The first activations fill the guarantee, in hot memory; two thousand more (128 MiB of
+     * states against what is left of the cap) make memory pressure, which lets idle ones go,
+     * the oldest first: but not those the guarantee holds. */
+    for (unsigned i = 0; i < 8; i++)
+        touch_key("G", i);
+    st = sla_of(t, 0);
+    cr_assert(st.mem_hot >= 8 * HELD_STATE && st.mem_hot <= guarantee, "hot %llu",
+              (unsigned long long)st.mem_hot);
+    for (unsigned i = 0; i < 2000; i++)
+        touch_key("B", i);
+    TEST_WAIT_FOR(atomic_load(&others_gone) > 0);
+    cr_assert_eq(atomic_load(&guarded_gone), 0u, "the guarantee's activations stayed");
+    st = sla_of(t, 0);
+    /* Full to within one state's block, and no more. */
+    cr_assert(st.mem_hot <= guarantee && st.mem_hot + HELD_STATE + 256 > guarantee, "hot %llu",
+              (unsigned long long)st.mem_hot);
+    cr_assert_eq(st.mem_misses, 0u);
+    cr_assert_eq(atomic_load(&nreports), 0u, "nothing to report");
+    for (unsigned i = 0; i < 8; i++)
+        touch_key("G", i); /* still active: reached, not made again */
+    pith_vtype_stats_t vs;
+    cr_assert_eq(pith_vtype_stats(&held_type, &vs), 0);
+    cr_assert_eq(vs.activations, 2008u);
+    cr_assert_eq(vs.activate_failed, 0u);
+
+    /* Removed: no guarantee; what is hot stays hot until it goes. */
+    cr_assert_eq(pith_sla_set(t, NULL), 0);
+    st = sla_of(t, 0);
+    cr_assert(!st.set && st.mem_guarantee == 0);
+    /* More than the cap: refused, and no shard keeps it. */
+    cr_assert_eq(pith_sla_set(t, &(pith_sla_t){.mem_bytes = (size_t)1 << 30}), -ENOMEM);
+    cr_assert_eq(sla_of(t, 0).set, false);
+    /* Not a virtual type's: nothing to keep. */
+    cr_assert_eq(pith_sla_set(&watched, &(pith_sla_t){.mem_bytes = guarantee}), -EINVAL);
     test_stop(NULL);
 }
 

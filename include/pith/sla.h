@@ -32,11 +32,19 @@
  * a virtual type's (pith_vtype_actor), with related keys for PREWARM, and one that can move
  * (not event-sourced, not stateless workers) for MIGRATE.
  *
- * Not done: a memory guarantee. */
+ * A memory guarantee (pith_sla_t.mem_bytes, a virtual type's only): each shard reserves that
+ * many bytes of hot memory (prefaulted and locked) when the SLA is set, and from then on the
+ * type's new activations there are made in hot memory while its states in hot memory stay
+ * within the guarantee (an activation's state, entry and key count), so they take no page
+ * fault; memory pressure does not deactivate them. The hot profile grows by the guarantees'
+ * sum; other hot blocks of the shard share it. An activation within the guarantee that still
+ * found no hot memory is made in its type's profile, counted (mem_misses) and reported at the
+ * next evaluation. */
 #ifndef PITH_SLA_H
 #define PITH_SLA_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <pith/actor.h>
@@ -67,16 +75,22 @@ typedef struct pith_sla_report {
     /* What it did: activations moved to hot memory (PROFILE) or to another shard (MIGRATE),
      * keys asked to pre-warm (PREWARM); 0 for SHED and none. */
     unsigned acted;
-    unsigned to_shard; /* MIGRATE: where they went; else UINT_MAX */
+    unsigned to_shard;      /* MIGRATE: where they went; else UINT_MAX */
+    uint64_t mem_guarantee; /* the memory guarantee (0: none) */
+    uint64_t mem_hot;       /* bytes of the type's states in hot memory on this shard */
+    /* Activations within the guarantee that found no hot memory since the last evaluation:
+     * a report with action 0 and this above 0 says the guarantee was broken. */
+    uint64_t mem_misses;
 } pith_sla_report_t;
 
-/* An SLA: targets for the p99 and p999 of (time in the mailbox + handler), 0 for none (not
- * both). */
+/* An SLA: targets for the p99 and p999 of (time in the mailbox + handler), 0 for none, and a
+ * memory guarantee; at least one of the three. */
 typedef struct pith_sla {
     uint64_t p99_ns;    /* target for the p99 (0: none) */
     uint64_t p999_ns;   /* target for the p999 (0: none) */
     uint64_t window_ns; /* the sliding window (default 10 s; 8 ms to 1 h), judged every eighth */
     unsigned remedies;  /* PITH_SLA_* */
+    size_t mem_bytes;   /* the memory guarantee per shard, in bytes (0: none); see above */
     /* Runs on the shard, outside any actor's turn, for each report. NULL: a line on stderr.
      * It must not block. */
     void (*on_report)(const pith_sla_report_t *r, void *ctx);
@@ -87,8 +101,10 @@ typedef struct pith_sla {
  * must outlive the engine. A new SLA replaces the old, with a fresh window; removing one stops
  * its shedding. From a thread outside the engine it returns once every shard took it; from a
  * shard, once every shard was asked (its own and the others take it in their next loop).
- * Errors: -EINVAL type NULL, both targets 0, window out of range, a remedy unknown or one
- * that type cannot take (see above); -ESHUTDOWN no engine; -ENOMEM. */
+ * Errors: -EINVAL type NULL, no target and no guarantee, window out of range, a remedy
+ * unknown or one that type cannot take, a guarantee for a type that is not a virtual type's
+ * (see above); -ESHUTDOWN no engine; -ENOMEM (a shard could not reserve the guarantee: from
+ * outside the engine, no shard keeps the SLA then; from a shard, that shard alone lacks it). */
 PITH_API int pith_sla_set(const pith_actor_type_t *type, const pith_sla_t *sla);
 
 /* The SLA's figures for `type` on `shard`. */
@@ -108,6 +124,9 @@ typedef struct pith_sla_stats {
     uint64_t upgraded;       /* activations moved to hot memory by PITH_SLA_PROFILE */
     uint64_t prewarmed;      /* related keys PITH_SLA_PREWARM asked to pre-warm */
     uint64_t migrated;       /* activations PITH_SLA_MIGRATE moved away */
+    uint64_t mem_guarantee;  /* the memory guarantee (0: none) */
+    uint64_t mem_hot;        /* bytes of the type's states in hot memory on this shard */
+    uint64_t mem_misses;     /* activations within the guarantee that found no hot memory */
 } pith_sla_stats_t;
 
 /* Any thread. Errors: -EINVAL type or out NULL, shard out of range; -ESHUTDOWN. */
