@@ -92,9 +92,9 @@ static const bench_row_t rows[] = {
     {"ingress.send_batch_mps", bench_ingress_send_batch, 5000000, 50000000, "raw.ingress_ring_mps"},
     {"ingress.rtt_ns", bench_ingress_rtt, 100000, 1000000, "raw.c2c_rtt_ns"},
     {"ingress.fanout_mps", bench_ingress_fanout, 2000000, 20000000, "ingress.send_mps"},
-    /* Savina (Imam & Sarkar 2014) with its default sizes, the whole run in ms; quick takes a
-     * tenth. n: round trips, messages, messages per actor (60 actors), actors, token hops
-     * (100 actors). */
+    /* Savina (Imam & Sarkar 2014) with its default sizes, the whole run in ms on the driving
+     * thread; quick takes a tenth. n: round trips, messages, messages per actor (60 actors),
+     * actors, token hops (100 actors). */
     {"savina.pingpong_ms", bench_savina_pingpong, 4000, 40000, NULL},
     {"savina.counting_ms", bench_savina_counting, 100000, 1000000, NULL},
     {"savina.fjthroughput_ms", bench_savina_fjthroughput, 1000, 10000, NULL},

@@ -217,6 +217,9 @@ int bench_savina_pingpong(const bench_env_t *env, uint64_t n, result_t *r, char 
                           size_t whylen);
 int bench_savina_counting(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                           size_t whylen);
+int bench_savina_threadring(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                            size_t whylen);
+/* bench_savina_fj.c */
 int bench_savina_fjthroughput(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                               size_t whylen);
 int bench_savina_fjcreation(const bench_env_t *env, uint64_t n, result_t *r, char *why,
@@ -236,8 +239,6 @@ int bench_ingress_send_batch(const bench_env_t *env, uint64_t n, result_t *r, ch
                              size_t whylen);
 int bench_ingress_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_ingress_fanout(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
-int bench_savina_threadring(const bench_env_t *env, uint64_t n, result_t *r, char *why,
-                            size_t whylen);
 /* bench_timer.c */
 int bench_timer_jitter(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 /* bench_net.c */
