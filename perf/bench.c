@@ -94,7 +94,7 @@ static const bench_row_t rows[] = {
     {"ingress.fanout_mps", bench_ingress_fanout, 2000000, 20000000, "ingress.send_mps"},
     /* Savina (Imam & Sarkar 2014) with its default sizes, the whole run in ms on the driving
      * thread; quick takes a tenth. n: round trips, messages, messages per actor (60 actors),
-     * actors, token hops (100 actors), meetings (100 creatures). */
+     * actors, token hops (100 actors), meetings (100 creatures), pings per actor (120 actors). */
     {"savina.pingpong_ms", bench_savina_pingpong, 4000, 40000, NULL},
     {"savina.counting_ms", bench_savina_counting, 100000, 1000000, NULL},
     {"savina.fjthroughput_ms", bench_savina_fjthroughput, 1000, 10000, NULL},
@@ -103,6 +103,7 @@ static const bench_row_t rows[] = {
     {"savina.fjcreation_ms", bench_savina_fjcreation, 4000, 40000, NULL},
     {"savina.threadring_ms", bench_savina_threadring, 10000, 100000, NULL},
     {"savina.chameneos_ms", bench_savina_chameneos, 20000, 200000, NULL},
+    {"savina.big_ms", bench_savina_big, 2000, 20000, NULL},
     /* The journal, in $PITH_BENCH_DIR or /var/tmp. n: write+fdatasync pairs and records one at
      * a time; records with 10,000 in flight; records read back; 4 KiB buffers checksummed. */
     {"raw.fdatasync_ns", bench_raw_fdatasync, 200, 2000, NULL},

@@ -226,9 +226,10 @@ int bench_savina_fjcreation(const bench_env_t *env, uint64_t n, result_t *r, cha
                             size_t whylen);
 int bench_savina_fjthroughput_main(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                                    size_t whylen);
-/* bench_savina_chameneos.c */
+/* bench_savina_chameneos.c, bench_savina_big.c */
 int bench_savina_chameneos(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                            size_t whylen);
+int bench_savina_big(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 /* bench_ingress.c */
 int bench_raw_ingress_ring(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                            size_t whylen);

@@ -1,6 +1,7 @@
 /* Savina actor benchmarks (Imam & Sarkar, 2014) with the suite's default sizes: ping-pong,
  * counting and the thread ring here; fork-join throughput and creation in bench_savina_fj.c,
- * chameneos in bench_savina_chameneos.c; the harness they share in savina.c.
+ * chameneos and big in bench_savina_chameneos.c and bench_savina_big.c; the harness they share
+ * in savina.c.
  * Each row is the time of the whole run in milliseconds, taken on the main thread that drives
  * it (as Savina's and CAF's harnesses time an iteration), the median of a few runs after one
  * warm-up run, with the actors spread over every shard where the benchmark allows it. Every run
