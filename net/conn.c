@@ -12,6 +12,7 @@
 #include <arpa/inet.h>
 
 #include "net.h"
+#include "ticks.h"
 
 #define DEF_MAX_BUF (8u << 20)
 #define DEF_HIGH    (1u << 20)
@@ -132,6 +133,7 @@ void conn_start(struct conn *c)
     struct net_shard *ns = c->ns;
     c->state = C_OPEN;
     stat_inc(&ns->st.conns_open);
+    c->born = ticks_now();
     if (c->o.idle_ns != 0) {
         c->last_rx = pith_now_ns();
         arm_idle(c, c->o.idle_ns);
@@ -170,6 +172,25 @@ void conn_fail(struct conn *c, int reason)
     conn_maybe_free(c);
 }
 
+/* The bucket of a byte count: [2^(b-1), 2^b), 0 for none. */
+static unsigned pow2_bucket(uint64_t v)
+{
+    unsigned b = v == 0 ? 0 : 64 - (unsigned)__builtin_clzll(v);
+    return b < NET_POW2 ? b : NET_POW2 - 1;
+}
+
+/* A connection that opened ends: its life and its bytes into the shard's histograms. */
+static void conn_count(struct net_shard *ns, const struct conn *c)
+{
+    uint64_t now = ticks_now(), life = now > c->born ? ticks_ns(now - c->born) : 0;
+    stat_add(&ns->st.life[hist_bucket(life)], 1);
+    stat_add(&ns->st.life_sum, life);
+    stat_add(&ns->st.in[pow2_bucket(c->bytes_in)], 1);
+    stat_add(&ns->st.in_sum, c->bytes_in);
+    stat_add(&ns->st.out[pow2_bucket(c->bytes_out)], 1);
+    stat_add(&ns->st.out_sum, c->bytes_out);
+}
+
 void conn_maybe_free(struct conn *c)
 {
     if (c->state != C_DEAD || c->ops > 0 || c->in_cb > 0)
@@ -183,8 +204,10 @@ void conn_maybe_free(struct conn *c)
         close(c->fd);
         c->fd = -1;
     }
-    if (c->opened)
+    if (c->opened) {
         stat_add(&ns->st.conns_open, (uint64_t)-1);
+        conn_count(ns, c);
+    }
     /* The id finds nothing from here: on_close sees the connection gone. */
     conn_release_slot(c);
     if (c->o.handler->on_close != NULL)

@@ -13,6 +13,7 @@
 #include <pith/net.h>
 #include <pith/pith.h>
 
+#include "hist.h"
 #include "hooks.h"
 #include "fop.h"
 #include "io.h"
@@ -28,10 +29,26 @@
 #define NET_CQE_PER_CONN  3
 #define NET_MAX_LISTENERS 256
 
+/* Buckets of the per-connection byte histograms: bucket b holds [2^(b-1), 2^b). */
+#define NET_POW2 49
+
 struct net_counters {
     _Atomic uint64_t conns_open, accepted, connected, refused, over_limit, idle_closed, resets,
         bytes_in, bytes_out, recv_nobufs, recv_rearms, accept_rearms, partial_sends, paused;
+    /* Per connection, counted as one that opened is freed: how long it lived (log buckets of
+     * ns, hist.h) and its bytes each way, with their sums. */
+    _Atomic uint64_t life[HIST_BUCKETS], life_sum;
+    _Atomic uint64_t in[NET_POW2], in_sum, out[NET_POW2], out_sum;
 };
+
+/* The per-connection histograms of one shard (obs/ reads them): as struct net_counters's. */
+struct net_conn_hists {
+    uint64_t life[HIST_BUCKETS], life_sum;
+    uint64_t in[NET_POW2], in_sum, out[NET_POW2], out_sum;
+};
+/* Any thread while the engine runs (zeros for a shard that never used TCP). Errors: -EINVAL
+ * shard out of range, -ESHUTDOWN no engine. */
+int net_conn_hists(unsigned shard, struct net_conn_hists *out);
 
 /* Connection options after defaults. */
 struct conn_opts {
@@ -84,6 +101,7 @@ struct conn {
     uint64_t last_rx;
     pith_timer_id_t idle_timer, linger_timer;
     uint64_t bytes_in, bytes_out;
+    uint64_t born; /* when it opened (ticks) */
     struct conn *starved_next;
     struct fop *connect; /* an outbound connect in flight (connect.c) */
     /* The peer's numeric address, looked up by the first pith_conn_info that finds it (a

@@ -131,6 +131,35 @@ int pith_net_stats(unsigned shard, pith_net_stats_t *out)
     return err;
 }
 
+int net_conn_hists(unsigned shard, struct net_conn_hists *out)
+{
+    if (!shard_reader_enter())
+        return -ESHUTDOWN;
+    int err = 0;
+    if (shard >= pith_shard_count()) {
+        err = -EINVAL;
+    } else {
+        memset(out, 0, sizeof(*out));
+        struct net_shard *ns = net_shard_peek(shard);
+        const struct net_counters *s = ns != NULL ? &ns->st : NULL;
+#define RD(f) atomic_load_explicit(&s->f, memory_order_relaxed)
+        for (unsigned b = 0; s != NULL && b < HIST_BUCKETS; b++)
+            out->life[b] = RD(life[b]);
+        for (unsigned b = 0; s != NULL && b < NET_POW2; b++) {
+            out->in[b] = RD(in[b]);
+            out->out[b] = RD(out[b]);
+        }
+        if (s != NULL) {
+            out->life_sum = RD(life_sum);
+            out->in_sum = RD(in_sum);
+            out->out_sum = RD(out_sum);
+        }
+#undef RD
+    }
+    shard_reader_leave();
+    return err;
+}
+
 /* Every socket of the shard has had its last completion: connections and listeners are freed. */
 static bool sockets_gone(void *arg)
 {

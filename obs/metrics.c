@@ -12,6 +12,7 @@
 #include "hooks.h"
 #include "log.h"
 #include "metrics.h"
+#include "net.h"
 #include "vpersist.h"
 
 #include <pith/engine.h>
@@ -637,10 +638,12 @@ static const char *const deact_names[PITH_VDEACT_REASONS] = {
     [PITH_VDEACT_MIGRATED] = "migrated",
 };
 
-/* Per-shard histograms of the layers below: stalls (shard/), the journal's (log/). */
+/* Per-shard histograms of the layers below: stalls (shard/), the journal's (log/), and the
+ * connections' (net/: their lives, in the time table below, and their bytes). */
 struct shard_hists {
     uint64_t stall[CORE_HIST_BUCKETS], stall_sum;
     uint64_t commit[CORE_HIST_BUCKETS], commit_sum, sync[CORE_HIST_BUCKETS], sync_sum;
+    struct net_conn_hists net;
 };
 
 static const struct {
@@ -656,6 +659,21 @@ static const struct {
     {"pith_journal_write_sync_seconds",
      "Per group of records made durable: from its write's submission to its durability.",
      offsetof(struct shard_hists, sync), offsetof(struct shard_hists, sync_sum)},
+    {"pith_net_conn_lifetime_seconds",
+     "Per TCP connection that ended: from its opening to its end.",
+     offsetof(struct shard_hists, net.life), offsetof(struct shard_hists, net.life_sum)},
+};
+
+/* Per TCP connection that ended, its bytes: in buckets [2^(b-1), 2^b). */
+static const struct {
+    const char *name, *help;
+    size_t off, sum;
+} shard_bytes_fams[] = {
+    {"pith_net_conn_received_bytes", "Per TCP connection that ended: the bytes it received.",
+     offsetof(struct shard_hists, net.in), offsetof(struct shard_hists, net.in_sum)},
+    {"pith_net_conn_sent_bytes",
+     "Per TCP connection that ended: the bytes the kernel took from it to send.",
+     offsetof(struct shard_hists, net.out), offsetof(struct shard_hists, net.out_sum)},
 };
 
 /* ---- reading ---- */
@@ -832,6 +850,8 @@ int obs_render(struct obuf *b, enum obs_format fmt)
             err = shard_stall_hist(i, hs[i].stall, &hs[i].stall_sum);
             if (err == 0)
                 err = log_hists(i, hs[i].commit, &hs[i].commit_sum, hs[i].sync, &hs[i].sync_sum);
+            if (err == 0)
+                err = net_conn_hists(i, &hs[i].net);
         }
     }
     while (err == 0 && vactor_type_at((uint32_t)nvtypes) != NULL)
@@ -873,6 +893,16 @@ int obs_render(struct obuf *b, enum obs_format fmt)
                 struct label l[1] = {{"shard", shl}};
                 w_hist(&w, l, 1, (const uint64_t *)(base + shard_hist_fams[k].off),
                        *(const uint64_t *)(base + shard_hist_fams[k].sum));
+            }
+        }
+        for (size_t k = 0; k < sizeof(shard_bytes_fams) / sizeof(shard_bytes_fams[0]); k++) {
+            w_family(&w, shard_bytes_fams[k].name, M_HISTOGRAM, shard_bytes_fams[k].help);
+            for (unsigned i = 0; i < n; i++) {
+                const char *base = (const char *)&hs[i];
+                snprintf(shl, sizeof(shl), "%u", i);
+                struct label l[1] = {{"shard", shl}};
+                w_hist_pow2(&w, l, 1, (const uint64_t *)(base + shard_bytes_fams[k].off), NET_POW2,
+                            *(const uint64_t *)(base + shard_bytes_fams[k].sum));
             }
         }
         char sh[16];

@@ -294,6 +294,14 @@ static double check_text(const char *text, const char *want)
     return found;
 }
 
+static double read_one(const char *want)
+{
+    char *text = metrics_text();
+    double v = check_text(text, want);
+    free(text);
+    return v;
+}
+
 static void write_file(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
@@ -742,6 +750,59 @@ Test(metrics, a_client_that_pipelines_and_never_reads_is_cut_off, .timeout = 120
     test_stop(NULL);
 }
 
+/* Each connection that ended is one sample of each per-connection histogram, on its shard:
+ * with every one closed, the counts are the connections accepted, the sums the bytes each way,
+ * and the buckets put a silent connection and one that sent 25 bytes where they belong. */
+static double both_shards(const char *fmt, const char *le)
+{
+    double v = 0;
+    for (int i = 0; i < 2; i++) {
+        char want[160];
+        snprintf(want, sizeof(want), fmt, i, le);
+        double x = read_one(want);
+        cr_assert_geq(x, 0, "%s is missing", want);
+        v += x;
+    }
+    return v;
+}
+
+Test(metrics, each_connection_that_ended_is_counted_once_with_its_bytes, .timeout = 120)
+{
+    pith_config_t cfg = test_config(2);
+    test_start(&cfg);
+    pith_listener_t l;
+    cr_assert_eq(pith_metrics_serve("127.0.0.1", 0, &l), 0);
+    int port = pith_tcp_listener_port(l);
+    const char *get = "GET /metrics HTTP/1.0\r\n\r\n"; /* 25 bytes; answered, then closed */
+    cr_assert_eq(strlen(get), 25u);
+    for (int i = 0; i < 6; i++) {
+        int fd = connect_to(port);
+        send_all(fd, get, strlen(get));
+        assert_closed(fd);
+        close(fd);
+    }
+    close(connect_to(port)); /* one that says nothing */
+    pith_net_stats_t s0, s1;
+    TEST_WAIT_FOR(pith_net_stats(0, &s0) == 0 && pith_net_stats(1, &s1) == 0 &&
+                  s0.accepted + s1.accepted == 7 && s0.conns_open + s1.conns_open == 0);
+    cr_assert_eq(pith_tcp_unlisten(l), 0);
+    cr_assert_eq(both_shards("pith_net_conn_received_bytes_count{shard=%d}", ""), 7);
+    cr_assert_eq(both_shards("pith_net_conn_sent_bytes_count{shard=%d}", ""), 7);
+    cr_assert_eq(both_shards("pith_net_conn_lifetime_seconds_count{shard=%d}", ""), 7);
+    cr_assert_eq(both_shards("pith_net_conn_received_bytes_sum{shard=%d}", ""), 6 * 25);
+    cr_assert_eq(both_shards("pith_net_conn_received_bytes_sum{shard=%d}", ""),
+                 (double)(s0.bytes_in + s1.bytes_in));
+    cr_assert_eq(both_shards("pith_net_conn_sent_bytes_sum{shard=%d}", ""),
+                 (double)(s0.bytes_out + s1.bytes_out));
+    /* Buckets [2^(b-1), 2^b): 0 bytes under le=1, 25 bytes in [16, 32). */
+    cr_assert_eq(both_shards("pith_net_conn_received_bytes_bucket{shard=%d,le=%s}", "1"), 1);
+    cr_assert_eq(both_shards("pith_net_conn_received_bytes_bucket{shard=%d,le=%s}", "15"), 1);
+    cr_assert_eq(both_shards("pith_net_conn_received_bytes_bucket{shard=%d,le=%s}", "31"), 7);
+    double life = both_shards("pith_net_conn_lifetime_seconds_sum{shard=%d}", "");
+    cr_assert(life > 0 && life < 60, "the connections lived %g s in all", life);
+    test_stop(NULL);
+}
+
 /* ---- utilisation ---- */
 
 static void *spin_ms(void *arg)
@@ -836,14 +897,6 @@ static void quiet_stall(const pith_stall_t *st, void *ctx)
 }
 
 /* The value of `want` in a fresh reading (-1 when absent). */
-static double read_one(const char *want)
-{
-    char *text = metrics_text();
-    double v = check_text(text, want);
-    free(text);
-    return v;
-}
-
 Test(metrics, a_stall_is_counted_for_its_type_and_timed_on_its_shard, .timeout = 120)
 {
     static atomic_int reports;
