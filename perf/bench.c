@@ -18,6 +18,7 @@
 #include "build_info.h"
 #include "compare.h"
 #include "machine.h"
+#include "plot.h"
 #include "report.h"
 
 /* One row of the registry. A baseline must come before the rows that quote it, so that it is
@@ -312,6 +313,7 @@ static void usage(FILE *f)
 {
     fputs("usage: pith-bench [--quick] [--json] [--filter NAME] [--shards N] [--repetitions N]\n"
           "                  [--out FILE] [--compare BASE.json [--with NEW.json]]\n"
+          "                  [--histogram NAME [--plot FILE.svg]]\n"
           "\n"
           "Per-core microbenchmarks of the Pith engine, each beside a baseline measured in the\n"
           "same run.\n"
@@ -329,6 +331,12 @@ static void usage(FILE *f)
           "                     ratios, which way is better, and a verdict within the noise\n"
           "  --with NEW         with --compare: compare BASE with NEW, two saved runs, and run\n"
           "                     nothing\n"
+          "  --histogram NAME   print the distribution of row NAME's samples: log buckets (4 per\n"
+          "                     power of two) with edges, count, cumulative %, a bar; NAME runs\n"
+          "                     even where --filter leaves it out, and alone (with its baseline)\n"
+          "                     without --filter. Rows that time each operation have one\n"
+          "  --plot FILE.svg    with --histogram: also draw it as an SVG (log x axis, p50, p99,\n"
+          "                     p999, the machine and the date)\n"
           "  --help             this text\n"
           "\n"
           "Every row says whether the machine was busy while it ran: others' share of the CPU\n"
@@ -384,15 +392,21 @@ static result_t aggregate(const result_t *runs, unsigned n, double others)
     return r;
 }
 
+/* When the run ended, UTC, ISO 8601. */
+static void run_date(char *buf, size_t len)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
 /* The whole run as JSON (docs/bench-json.md). */
 static void print_json(FILE *f, const bench_env_t *env, const machine_t *m, unsigned reps,
                        const result_t *results, size_t n, const skipped_t *skips, size_t nskips)
 {
     char date[32];
-    time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    run_date(date, sizeof(date));
     fprintf(f, "{\"pith_bench\":2,\"version\":");
     json_string(f, pith_version());
     fputs(",\"git\":", f);
@@ -411,6 +425,55 @@ static void print_json(FILE *f, const bench_env_t *env, const machine_t *m, unsi
     fputc(',', f);
     report_json_results(f, results, n, skips, nskips);
     fputs("}\n", f);
+}
+
+/* --histogram: the row's distribution as text on f, and with --plot as an SVG in plot_path.
+ * Returns 0, 1 when the row has none (it did not run, or reports a single figure), 2 when the
+ * SVG could not be written. */
+static int show_histogram(FILE *f, const char *name, const char *plot_path, const machine_t *m,
+                          const bench_env_t *env, unsigned reps, const result_t *results, size_t n)
+{
+    const result_t *r = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(results[i].name, name) == 0)
+            r = &results[i];
+    if (r == NULL) {
+        fprintf(stderr, "pith-bench: --histogram: %s did not run (skipped or failed: see above)\n",
+                name);
+        return 1;
+    }
+    if (!r->hist.present) {
+        fprintf(stderr,
+                "pith-bench: --histogram: %s has no histogram: it reports one figure, not the "
+                "time of each operation (rows such as raw.c2c_rtt_ns, mesh.rtt_ns, "
+                "actor.ask_rtt_ns and timer.jitter_p99_ns have one)\n",
+                name);
+        return 1;
+    }
+    fputc('\n', f);
+    report_hist_text(f, r);
+    if (plot_path == NULL)
+        return 0;
+    char line1[512], line2[512], date[32], cpus[96] = "";
+    run_date(date, sizeof(date));
+    if (m->engine_seen && m->shards >= 2)
+        snprintf(cpus, sizeof(cpus), "; shards 0 and 1 on CPUs %d and %d", m->shard_cpu[0],
+                 m->shard_cpu[1]);
+    snprintf(line1, sizeof(line1), "%s, %ld CPUs, %s%s%s", m->cpu_model, m->cpus_online, m->kernel,
+             m->vm ? ", a VM" : "", cpus);
+    snprintf(line2, sizeof(line2), "pith-bench %s (%s, %s), %s%s, %u repetition%s", PITH_BENCH_GIT,
+             PITH_BENCH_BUILDTYPE, PITH_BENCH_CC, date, env->quick ? ", --quick" : "", reps,
+             reps == 1 ? "" : "s");
+    const char *caption[] = {line1, line2};
+    FILE *pf = fopen(plot_path, "w");
+    int rc = pf == NULL ? -errno : plot_svg(pf, r, caption, 2);
+    if (pf != NULL && fclose(pf) != 0 && rc == 0)
+        rc = -errno;
+    if (rc != 0) {
+        fprintf(stderr, "pith-bench: --plot %s: %s\n", plot_path, strerror(-rc));
+        return 2;
+    }
+    return 0;
 }
 
 static int row_index(const char *name)
@@ -484,6 +547,7 @@ int main(int argc, char **argv)
     bench_env_t env = {.shards = 2};
     bool json = false;
     const char *filter = NULL, *out_path = NULL, *compare_path = NULL, *with_path = NULL;
+    const char *hist_name = NULL, *plot_path = NULL;
     unsigned reps = 1;
 
     static const struct option opts[] = {
@@ -495,6 +559,8 @@ int main(int argc, char **argv)
         {"out", required_argument, NULL, 'o'},
         {"compare", required_argument, NULL, 'c'},
         {"with", required_argument, NULL, 'w'},
+        {"histogram", required_argument, NULL, 'H'},
+        {"plot", required_argument, NULL, 'p'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -543,6 +609,12 @@ int main(int argc, char **argv)
         case 'w':
             with_path = optarg;
             break;
+        case 'H':
+            hist_name = optarg;
+            break;
+        case 'p':
+            plot_path = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -556,6 +628,20 @@ int main(int argc, char **argv)
         return 2;
     }
     env.wait_s = env.quick ? 60.0 : 600.0;
+    int hist_row = -1;
+    if (plot_path != NULL && hist_name == NULL) {
+        fputs("pith-bench: --plot draws the row that --histogram NAME names\n", stderr);
+        return 2;
+    }
+    if (hist_name != NULL && with_path != NULL) {
+        fputs("pith-bench: --histogram needs a run; --with runs nothing\n", stderr);
+        return 2;
+    }
+    if (hist_name != NULL && (hist_row = row_index(hist_name)) < 0) {
+        fprintf(stderr, "pith-bench: --histogram: no row is named '%s'; --help lists the rows\n",
+                hist_name);
+        return 2;
+    }
     if (with_path != NULL) {
         /* Two saved runs: nothing runs. */
         char why[512];
@@ -574,7 +660,10 @@ int main(int argc, char **argv)
     bool selected[NROWS] = {0};
     unsigned nselected = 0;
     for (size_t i = 0; i < NROWS; i++)
-        selected[i] = !filter || strstr(rows[i].name, filter);
+        selected[i] =
+            filter ? strstr(rows[i].name, filter) != NULL : hist_row < 0 || (int)i == hist_row;
+    if (hist_row >= 0)
+        selected[hist_row] = true;
     for (size_t i = 0; i < NROWS; i++) {
         if (!selected[i] || !rows[i].baseline)
             continue;
@@ -687,6 +776,12 @@ int main(int argc, char **argv)
             printf("%s: %s: %s\n", skips[i].failed ? "failed" : "skipped", skips[i].name,
                    skips[i].reason);
     }
+    int hist_rc = 0;
+    if (hist_name != NULL) {
+        fflush(stdout);
+        hist_rc = show_histogram(json ? stderr : stdout, hist_name, plot_path, &m, &env, reps,
+                                 results, nresults);
+    }
     if (compare_path != NULL) {
         char why[512];
         fflush(stdout);
@@ -699,5 +794,7 @@ int main(int argc, char **argv)
         }
     }
     fflush(stdout);
+    if (hist_rc != 0)
+        return hist_rc;
     return failed ? 1 : 0;
 }

@@ -1219,6 +1219,7 @@ static int run_ask(const bench_env_t *env, bool remote, uint64_t n, result_t *r,
         return BENCH_FAIL;
     }
     set_per_item(r, &s, k);
+    result_set_hist(r, &s, k);
     bench_note("%s: %llu round trips of an 8 B pith_ask (cb NULL; a %llu s timeout that never "
                "fired) answered by an 8 B pith_reply, one in flight, the next ask sent when the "
                "reply message arrives; asker on shard %u (CPU %d), replier on shard %u (CPU %d) "

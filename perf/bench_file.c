@@ -146,6 +146,7 @@ int bench_raw_pread_4k(const bench_env_t *env, uint64_t n, result_t *r, char *wh
     if (rc == 0) {
         samples_sort(&b.s);
         result_set_pcts(r, &b.s);
+        result_set_hist(r, &b.s, 1);
         r->value = r->p50;
         bench_note("%s: %llu reads of 4 KiB at random page-aligned offsets of a 64 MiB "
                    "page-cached file, pread(2) on one thread pinned to CPU %d%s",
@@ -270,6 +271,7 @@ int bench_file_read_4k(const bench_env_t *env, uint64_t n, result_t *r, char *wh
     if (rc == 0) {
         samples_sort(&b.s);
         result_set_pcts(r, &b.s);
+        result_set_hist(r, &b.s, 1);
         r->value = r->p50;
         bench_note("%s: %llu reads of 4 KiB at the same offsets of the same file as the "
                    "baseline, one in flight, on shard 0 (CPU %d) of %u; each timed from "

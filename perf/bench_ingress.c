@@ -490,6 +490,7 @@ int bench_ingress_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why
     }
     samples_sort(&s);
     result_set_pcts(r, &s);
+    result_set_hist(r, &s, 1);
     r->value = r->p50;
     samples_free(&s);
     bench_note("%s: a client thread on CPU %d asks an actor on a shard on CPU %d and waits for the "

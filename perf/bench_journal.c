@@ -108,6 +108,7 @@ int bench_raw_fdatasync(const bench_env_t *env, uint64_t n, result_t *r, char *w
     if (rc == 0) {
         samples_sort(&s);
         result_set_pcts(r, &s);
+        result_set_hist(r, &s, 1);
         r->value = r->p50;
         bench_note("%s: %llu times pwrite(2) of 128 B at the next offset of a preallocated file "
                    "and fdatasync(2), from one thread, in %s (%s)",
@@ -262,6 +263,7 @@ int bench_journal_persist(const bench_env_t *env, uint64_t n, result_t *r, char 
     }
     if (rc == 0) {
         result_set_pcts(r, &s[1]);
+        result_set_hist(r, &s[1], 1);
         r->value = r->p50;
         bench_note("%s: %llu records of %u B, one at a time (the next appended from the last "
                    "one's acknowledgement) on shard 0 of %u, from pith_journal_append to the "

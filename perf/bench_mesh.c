@@ -115,6 +115,7 @@ static int run_pingpong(const bench_env_t *env, uint64_t poll_ns, uint64_t n, re
                    (unsigned long long)d1.wakes_sent);
         samples_sort(&pp.s);
         result_set_pcts(r, &pp.s);
+        result_set_hist(r, &pp.s, 1);
         r->value = r->p50;
     }
     sem_destroy(&pp.finished);

@@ -161,6 +161,7 @@ int bench_persist_event(const bench_env_t *env, uint64_t n, result_t *r, char *w
         samples_pct(&s, 0.5, &p50);
         samples_pct(&s, 0.99, &p99);
         result_set_pcts(r, &s);
+        result_set_hist(r, &s, 1);
         r->value = r->p50;
         bench_note("%s: %llu events of %u B, one at a time by one virtual actor (the next "
                    "persisted from the last one's done) on 1 shard, from pith_persist to its done "
@@ -459,6 +460,7 @@ int bench_vactor_activate_persisted(const bench_env_t *env, uint64_t n, result_t
     }
     samples_sort(&one);
     result_set_pcts(r, &one);
+    result_set_hist(r, &one, 1);
     r->value = r->p50;
     double bulk = (double)(t_last - t0) / (double)n;
     bench_note("%s: %llu keys, each with a %u B snapshot (after its 101st event) and %u events "

@@ -174,6 +174,7 @@ static int run_pair(const bench_env_t *env, const char *name, uint64_t n, void *
                    p->cpu_b, strerror(-p->pin_err));
     samples_sort(&p->s);
     result_set_pcts(r, &p->s);
+    result_set_hist(r, &p->s, 1);
     r->value = r->p50;
     samples_free(&p->s);
     return 0;
@@ -265,6 +266,7 @@ int bench_raw_nanosleep_jitter(const bench_env_t *env, uint64_t n, result_t *r, 
                    (long long)sl.early, (unsigned long long)n);
     samples_sort(&sl.s);
     result_set_pcts(r, &sl.s);
+    result_set_hist(r, &sl.s, 1);
     r->value = r->p99;
     samples_free(&sl.s);
     return 0;

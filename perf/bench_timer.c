@@ -160,6 +160,7 @@ int bench_timer_jitter(const bench_env_t *env, uint64_t n, result_t *r, char *wh
                        (long long)j.early, (unsigned long long)n);
         samples_sort(&j.s);
         result_set_pcts(r, &j.s);
+        result_set_hist(r, &j.s, 1);
         r->value = r->p99;
     }
     sem_destroy(&j.step_done);

@@ -235,6 +235,7 @@ static int run_call(const bench_env_t *env, bool remote, uint64_t n, result_t *r
                 samples_add(&all, sv[i].v[j]);
         samples_sort(&all);
         result_set_pcts(r, &all);
+        result_set_hist(r, &all, k);
         r->p50 /= k;
         r->p99 /= k;
         r->p999 /= k;

@@ -164,6 +164,7 @@ int bench_vactor_migrate(const bench_env_t *env, uint64_t n, result_t *r, char *
     samples_sort(&sg);
     samples_sort(&sh);
     result_set_pcts(r, &all);
+    result_set_hist(r, &all, 1);
     r->value = r->p50;
     result_t rg = {0}, rh = {0};
     result_set_pcts(&rg, &sg);

@@ -1,5 +1,6 @@
 /* Sample percentiles and the output of result rows (text table, JSON). No engine code here. */
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +56,25 @@ void result_set_pcts(result_t *r, const samples_t *s)
     samples_pct(s, 0.99, &r->p99);
     samples_pct(s, 0.999, &r->p999);
     r->samples = s->n < s->cap ? s->n : s->cap;
+}
+
+void result_set_hist(result_t *r, const samples_t *s, unsigned per)
+{
+    hist_t *h = &r->hist;
+    memset(h, 0, sizeof(*h));
+    h->present = true;
+    h->per = per ? per : 1;
+    size_t n = s->n < s->cap ? s->n : s->cap;
+    for (size_t i = 0; i < n; i++) {
+        int64_t v = s->v[i];
+        if (v < 0) {
+            h->below++;
+            continue;
+        }
+        uint64_t x = ((uint64_t)v + h->per / 2) / h->per;
+        h->count[hist_bucket(x)]++;
+    }
+    h->total = n;
 }
 
 /* The unit is the name's last word ("ns", "mps", "faults"); a "bytes_per_X" row is in bytes, an
@@ -141,6 +161,64 @@ void report_table(FILE *f, const result_t *rows, size_t nrows)
     }
 }
 
+#define HIST_BAR 50 /* '#'s of the fullest bucket */
+
+static void hist_line(FILE *f, const char *from, const char *to, uint64_t c, uint64_t seen,
+                      uint64_t total, uint64_t max)
+{
+    char bar[HIST_BAR + 1];
+    size_t w = max ? (size_t)llround((double)HIST_BAR * (double)c / (double)max) : 0;
+    memset(bar, '#', w);
+    if (w == 0 && c > 0)
+        bar[w++] = '.';
+    bar[w] = '\0';
+    fprintf(f, "%12s %12s %10" PRIu64 " %8.3f%%  %s\n", from, to, c,
+            total ? 100.0 * (double)seen / (double)total : 0.0, bar);
+}
+
+void report_hist_text(FILE *f, const result_t *r)
+{
+    const hist_t *h = &r->hist;
+    const char *unit = result_unit(r->name);
+    char p50[32], p99[32], p999[32];
+    fmt_num(p50, sizeof(p50), r->p50);
+    fmt_num(p99, sizeof(p99), r->p99);
+    fmt_num(p999, sizeof(p999), r->p999);
+    fprintf(f, "%s: %" PRIu64 " samples in %s, p50 %s, p99 %s, p999 %s", r->name, h->total, unit,
+            p50, p99, p999);
+    if (h->per > 1)
+        fprintf(f, "; a sample is the mean of %u operations", h->per);
+    if (r->reps > 1)
+        fprintf(f, "; the repetition nearest the median of %u", r->reps);
+    fprintf(f, "\n(log buckets, 4 per power of two: [from, to) %s)\n", unit);
+    fprintf(f, "%12s %12s %10s %9s\n", "from", "to", "count", "cum%");
+    uint64_t max = h->below;
+    for (unsigned b = 0; b < HIST_BUCKETS; b++)
+        if (h->count[b] > max)
+            max = h->count[b];
+    uint64_t seen = h->below;
+    if (h->below > 0)
+        hist_line(f, "-inf", "0", h->below, seen, h->total, max);
+    unsigned first, last;
+    if (!hist_span(h, &first, &last))
+        return;
+    for (unsigned b = first; b <= last; b++) {
+        /* A run of empty buckets is one line: a long tail stays readable. */
+        unsigned e = b;
+        while (h->count[e] == 0 && e + 1 <= last && h->count[e + 1] == 0)
+            e++;
+        char from[24], to[24];
+        snprintf(from, sizeof(from), "%" PRIu64, hist_lower(b));
+        if (hist_upper(e) == UINT64_MAX)
+            snprintf(to, sizeof(to), "inf");
+        else
+            snprintf(to, sizeof(to), "%" PRIu64, hist_upper(e));
+        seen += h->count[b];
+        hist_line(f, from, to, h->count[b], seen, h->total, max);
+        b = e;
+    }
+}
+
 void json_string(FILE *f, const char *s)
 {
     fputc('"', f);
@@ -161,6 +239,29 @@ void json_number(FILE *f, double x)
         fputs("null", f);
     else
         fprintf(f, "%.10g", x);
+}
+
+/* ,"hist":{...}: the buckets with samples, each [lower, upper, count] (upper null for the last
+ * bucket, which ends at 2^64). */
+static void json_hist(FILE *f, const hist_t *h)
+{
+    fprintf(f,
+            ",\"hist\":{\"per_sample\":%u,\"total\":%" PRIu64 ",\"below_zero\":%" PRIu64
+            ",\"buckets\":[",
+            h->per, h->total, h->below);
+    bool any = false;
+    for (unsigned b = 0; b < HIST_BUCKETS; b++) {
+        if (h->count[b] == 0)
+            continue;
+        fprintf(f, "%s[%" PRIu64 ",", any ? "," : "", hist_lower(b));
+        if (hist_upper(b) == UINT64_MAX)
+            fputs("null", f);
+        else
+            fprintf(f, "%" PRIu64, hist_upper(b));
+        fprintf(f, ",%" PRIu64 "]", h->count[b]);
+        any = true;
+    }
+    fputs("]}", f);
 }
 
 void report_json_results(FILE *f, const result_t *rows, size_t nrows, const skipped_t *skips,
@@ -205,7 +306,10 @@ void report_json_results(FILE *f, const result_t *rows, size_t nrows, const skip
                 fputc(',', f);
             json_number(f, r->values[k]);
         }
-        fputs("]}", f);
+        fputc(']', f);
+        if (r->hist.present)
+            json_hist(f, &r->hist);
+        fputc('}', f);
     }
     fputs("],\"skipped\":[", f);
     for (size_t i = 0; i < nskips; i++) {

@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "hist.h"
+
 /* Samples of one row, preallocated so that recording never allocates on a measured path. */
 typedef struct samples {
     int64_t *v;
@@ -54,6 +56,9 @@ typedef struct result {
     double others_pct;
     bool busy;
     double values[16]; /* each repetition's value, in run order (the first 16) */
+    /* The distribution of the samples behind the percentiles (the same repetition's), where the
+     * row attached one (result_set_hist); hist.present is false otherwise. */
+    hist_t hist;
 } result_t;
 
 /* Is a higher value better for this row (rates: mps, rps, kops, gbps, per_s)? Else lower is. */
@@ -61,6 +66,11 @@ bool result_higher_better(const char *name);
 
 /* Fills r's percentiles and sample count from sorted samples. */
 void result_set_pcts(result_t *r, const samples_t *s);
+
+/* Attaches the distribution of sorted samples s to r. per: operations each sample timed; a
+ * sample is divided by it (rounded to nearest), as the row divides its percentiles. For rows
+ * whose samples are per operation (per = 1) or means of a few (per > 1, said in the output). */
+void result_set_hist(result_t *r, const samples_t *s, unsigned per);
 
 /* The unit of a row: the suffix of its name after the last '_'. */
 const char *result_unit(const char *name);
@@ -74,6 +84,11 @@ typedef struct skipped {
 } skipped_t;
 
 void report_table(FILE *f, const result_t *rows, size_t nrows);
+/* r's histogram as text: a head (samples, unit, percentiles, which repetition), then one line
+ * per bucket from the first with samples to the last (a run of empty ones as one line): edges
+ * [from, to), count, cumulative %, a bar of '#' scaled to the fullest bucket ('.' for a count too
+ * small for one '#'); samples below 0 on a line of their own first. r->hist must be present. */
+void report_hist_text(FILE *f, const result_t *r);
 void report_json_results(FILE *f, const result_t *rows, size_t nrows, const skipped_t *skips,
                          size_t nskips);
 
