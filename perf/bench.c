@@ -136,35 +136,151 @@ static const bench_row_t rows[] = {
 };
 #define NROWS (sizeof(rows) / sizeof(rows[0]))
 
-static bool progress_shown;
+/* The progress line on stderr: "[3/10] mesh.rtt_ns ... 45% 2 s", redrawn with \r on a
+ * terminal; with --progress elsewhere, whole lines every 5 s instead (a log gets no carriage
+ * returns); nothing at all otherwise, and then no watcher thread runs either. Rows report how
+ * far they are through bench_progress (bench.h); the watcher thread reads that a few times a
+ * second, so a measured loop pays a relaxed store every few thousand iterations at most. */
+bench_progress_t bench_progress_now;
 
-static void progress_clear(void)
+#define PROGRESS_TTY_NS  250000000ull  /* redraws of the \r line */
+#define PROGRESS_LOG_NS  5000000000ull /* whole lines when stderr is not a terminal */
+#define PROGRESS_SHOW_NS 1000000000ull /* a row's % and time once it has run this long */
+
+enum progress_mode { PROGRESS_AUTO, PROGRESS_ON, PROGRESS_OFF };
+
+static struct {
+    /* Held while stderr is written by the watcher, bench_note or the run loop, so that a note
+     * never lands in the middle of the line and the line is cleared before a note. */
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    bool enabled, tty, shown, stop, started;
+    pthread_t thread;
+    const char *row; /* the running row, NULL between rows */
+    unsigned i, n;   /* its place in the run */
+    uint64_t t_row, t_line;
+} prog = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void progress_clear_locked(void)
 {
-    if (progress_shown) {
+    if (prog.shown) {
         fputs("\r\033[K", stderr);
-        progress_shown = false;
+        prog.shown = false;
     }
 }
 
-static void progress(unsigned i, unsigned n, const char *name)
+static void progress_clear(void)
 {
-    /* Only for a person watching: a log file gets the notes, not a stream of carriage returns. */
-    if (!isatty(STDERR_FILENO))
-        return;
-    fprintf(stderr, "\r\033[K[%u/%u] %s ...", i, n, name);
+    pthread_mutex_lock(&prog.lock);
+    progress_clear_locked();
     fflush(stderr);
-    progress_shown = true;
+    pthread_mutex_unlock(&prog.lock);
+}
+
+/* The line for the running row; its % and time only after PROGRESS_SHOW_NS. */
+static void progress_draw_locked(uint64_t now)
+{
+    char tail[64] = "";
+    uint64_t ran = now - prog.t_row;
+    if (ran >= PROGRESS_SHOW_NS) {
+        /* Relaxed, as the row stores them: a figure to show, nothing read through it. */
+        uint64_t total = atomic_load_explicit(&bench_progress_now.total, memory_order_relaxed);
+        uint64_t done = atomic_load_explicit(&bench_progress_now.done, memory_order_relaxed);
+        if (total > 0 && done <= total)
+            snprintf(tail, sizeof(tail), " %3.0f%%", 100.0 * (double)done / (double)total);
+        snprintf(tail + strlen(tail), sizeof(tail) - strlen(tail), " %.0f s", (double)ran / 1e9);
+    }
+    if (prog.tty) {
+        fprintf(stderr, "\r\033[K[%u/%u] %s ...%s", prog.i, prog.n, prog.row, tail);
+        prog.shown = true;
+    } else {
+        fprintf(stderr, "progress: [%u/%u] %s%s\n", prog.i, prog.n, prog.row, tail);
+    }
+    fflush(stderr);
+    prog.t_line = now;
+}
+
+static void *progress_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&prog.lock);
+    while (!prog.stop) {
+        struct timespec dl;
+        clock_gettime(CLOCK_MONOTONIC, &dl); /* the condition's clock (progress_start) */
+        dl.tv_nsec += (long)PROGRESS_TTY_NS;
+        if (dl.tv_nsec >= 1000000000L) {
+            dl.tv_sec++;
+            dl.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&prog.wake, &prog.lock, &dl);
+        uint64_t now = bench_clock_ns();
+        if (prog.stop || prog.row == NULL || now - prog.t_row < PROGRESS_SHOW_NS)
+            continue;
+        if (prog.tty || now - prog.t_line >= PROGRESS_LOG_NS)
+            progress_draw_locked(now);
+    }
+    pthread_mutex_unlock(&prog.lock);
+    return NULL;
+}
+
+/* Shows progress per mode (auto: when stderr is a terminal) and starts the watcher. */
+static void progress_start(enum progress_mode mode)
+{
+    prog.tty = isatty(STDERR_FILENO);
+    prog.enabled = mode == PROGRESS_ON || (mode == PROGRESS_AUTO && prog.tty);
+    if (!prog.enabled)
+        return;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&prog.wake, &ca);
+    pthread_condattr_destroy(&ca);
+    /* Without its thread the line still shows each row as it starts. */
+    prog.started = pthread_create(&prog.thread, NULL, progress_main, NULL) == 0;
+}
+
+static void progress_stop(void)
+{
+    if (prog.started) {
+        pthread_mutex_lock(&prog.lock);
+        prog.stop = true;
+        pthread_cond_signal(&prog.wake);
+        pthread_mutex_unlock(&prog.lock);
+        pthread_join(prog.thread, NULL);
+        prog.started = false;
+    }
+    progress_clear();
+}
+
+/* Row i of n (from 1) starts, or (name NULL) the row that ran has ended. */
+static void progress_row(unsigned i, unsigned n, const char *name)
+{
+    if (!prog.enabled)
+        return;
+    pthread_mutex_lock(&prog.lock);
+    prog.row = name;
+    if (name != NULL) {
+        bench_progress(0, 0);
+        prog.i = i;
+        prog.n = n;
+        prog.t_row = bench_clock_ns();
+        progress_draw_locked(prog.t_row);
+    }
+    pthread_mutex_unlock(&prog.lock);
 }
 
 void bench_note(const char *fmt, ...)
 {
-    progress_clear();
+    pthread_mutex_lock(&prog.lock);
+    progress_clear_locked();
     va_list ap;
     va_start(ap, fmt);
     fputs("note: ", stderr);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
+    fflush(stderr);
+    pthread_mutex_unlock(&prog.lock);
 }
 
 int bench_engine_start(const pith_config_t *cfg, char *why, size_t whylen)
@@ -313,7 +429,7 @@ static void usage(FILE *f)
 {
     fputs("usage: pith-bench [--quick] [--json] [--filter NAME] [--shards N] [--repetitions N]\n"
           "                  [--out FILE] [--compare BASE.json [--with NEW.json]]\n"
-          "                  [--histogram NAME [--plot FILE.svg]]\n"
+          "                  [--histogram NAME [--plot FILE.svg]] [--progress | --no-progress]\n"
           "\n"
           "Per-core microbenchmarks of the Pith engine, each beside a baseline measured in the\n"
           "same run.\n"
@@ -337,6 +453,10 @@ static void usage(FILE *f)
           "                     without --filter. Rows that time each operation have one\n"
           "  --plot FILE.svg    with --histogram: also draw it as an SVG (log x axis, p50, p99,\n"
           "                     p999, the machine and the date)\n"
+          "  --progress         show progress inside each row on stderr even when it is not a\n"
+          "                     terminal (a line every 5 s); on a terminal it is on by default,\n"
+          "                     one line redrawn: the row, % done where the row tells, seconds\n"
+          "  --no-progress      none, on a terminal too (no watcher thread)\n"
           "  --help             this text\n"
           "\n"
           "Every row says whether the machine was busy while it ran: others' share of the CPU\n"
@@ -548,6 +668,7 @@ int main(int argc, char **argv)
     bool json = false;
     const char *filter = NULL, *out_path = NULL, *compare_path = NULL, *with_path = NULL;
     const char *hist_name = NULL, *plot_path = NULL;
+    enum progress_mode progress_mode = PROGRESS_AUTO;
     unsigned reps = 1;
 
     static const struct option opts[] = {
@@ -561,6 +682,8 @@ int main(int argc, char **argv)
         {"with", required_argument, NULL, 'w'},
         {"histogram", required_argument, NULL, 'H'},
         {"plot", required_argument, NULL, 'p'},
+        {"progress", no_argument, NULL, 'P'},
+        {"no-progress", no_argument, NULL, 'N'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -614,6 +737,12 @@ int main(int argc, char **argv)
             break;
         case 'p':
             plot_path = optarg;
+            break;
+        case 'P':
+            progress_mode = PROGRESS_ON;
+            break;
+        case 'N':
+            progress_mode = PROGRESS_OFF;
             break;
         case 'h':
             usage(stdout);
@@ -686,6 +815,7 @@ int main(int argc, char **argv)
     pick_raw_cpus(&m, &env);
     if (env.shards > (unsigned)m.cpus_online)
         bench_note("%u shards on %ld CPUs: shards share CPUs", env.shards, m.cpus_online);
+    progress_start(progress_mode);
 
     /* Each repetition runs every selected row once, in order; a row that fails or is
      * skipped once is not run again. */
@@ -703,13 +833,14 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < NROWS; i++) {
             if (!selected[i] || dropped[i])
                 continue;
-            progress(++done, nselected * reps, rows[i].name);
+            progress_row(++done, nselected * reps, rows[i].name);
             result_t r = {.name = rows[i].name, .baseline = rows[i].baseline};
             r.p50 = r.p99 = r.p999 = r.ratio = NAN;
             char why[sizeof(skips[0].reason)] = "";
             machine_cpu_t c0 = machine_cpu_now();
             int rc = rows[i].fn(&env, env.quick ? rows[i].n_quick : rows[i].n_full, &r, why,
                                 sizeof(why));
+            progress_row(0, 0, NULL);
             double o = machine_others_pct(&m, c0, machine_cpu_now());
             if (rc == 0) {
                 runs[i][nruns[i]++] = r;
@@ -729,7 +860,7 @@ int main(int argc, char **argv)
             nskips++;
         }
     }
-    progress_clear();
+    progress_stop();
 
     /* Each row: the median of its repetitions, the one closest to it for the percentiles. */
     result_t results[NROWS];

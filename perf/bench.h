@@ -4,6 +4,7 @@
 #define PITH_PERF_BENCH_H
 
 #include <semaphore.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -30,6 +31,29 @@ typedef struct bench_env {
  * percentiles where it has samples. r->name and r->baseline are set by the caller. */
 typedef int (*bench_fn_t)(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                           size_t whylen);
+
+/* How far the running row is, for the progress line (bench.c): done of total, in whatever unit
+ * the row counts (messages, round trips, firings). A watcher thread reads it a few times a second
+ * while progress is shown; bench.c zeroes it before each row. Alone on its cache line, so that
+ * the watcher's reads take away no line that a row works on. */
+typedef struct bench_progress {
+    _Alignas(64) _Atomic uint64_t done;
+    _Atomic uint64_t total;
+} bench_progress_t;
+extern bench_progress_t bench_progress_now;
+
+/* A measured loop calls bench_progress when (i & BENCH_PROGRESS_MASK) == 0, outside its timed
+ * section: one relaxed store pair every 16384 iterations. Loops of slow iterations (a firing a
+ * millisecond, an fdatasync) may call it every time. */
+#define BENCH_PROGRESS_MASK ((UINT64_C(1) << 14) - 1)
+
+static inline void bench_progress(uint64_t done, uint64_t total)
+{
+    /* Relaxed: a figure to show a person; the watcher orders nothing by it, and a stale or torn
+     * pair (done of the previous total) only shows a wrong % for 250 ms, which it clamps. */
+    atomic_store_explicit(&bench_progress_now.total, total, memory_order_relaxed);
+    atomic_store_explicit(&bench_progress_now.done, done, memory_order_relaxed);
+}
 
 /* Prints "note: ..." on stderr, clearing the progress line first. */
 void bench_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

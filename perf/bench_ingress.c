@@ -479,6 +479,8 @@ int bench_ingress_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why
         uint64_t t1 = pith_now_ns();
         if (rc == 0 && i >= warmup)
             samples_add(&s, (int64_t)(t1 - t0));
+        if ((i & BENCH_PROGRESS_MASK) == 0)
+            bench_progress(i, warmup + n);
     }
     pith_client_close(c);
     unpin_self();

@@ -89,6 +89,7 @@ static int raw_sync_loop(uint64_t n, uint32_t len, samples_t *s, uint64_t *total
         }
         if (s != NULL)
             samples_add(s, (int64_t)(bench_clock_ns() - a));
+        bench_progress(i + 1, n); /* a store an fdatasync */
     }
     *total_ns = bench_clock_ns() - t0;
     close(fd);

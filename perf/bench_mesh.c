@@ -54,6 +54,8 @@ static void ping_fn(void *arg)
         pp->done++;
         if (pp->done > pp->warmup)
             samples_add(&pp->s, (int64_t)(now - pp->t_sent));
+        if ((pp->done & BENCH_PROGRESS_MASK) == 0) /* before t_sent: not in a round trip */
+            bench_progress(pp->done, pp->warmup + pp->n);
     }
     if (pp->done == pp->warmup + pp->n) {
         sem_post(&pp->finished);
@@ -180,6 +182,7 @@ static void producer_fn(void *arg)
         }
         st->sent++;
     }
+    bench_progress(st->sent, st->total); /* once a turn of up to STREAM_PER_TURN */
     if (st->sent < st->total) {
         int rc = pith_submit(0, producer_fn, st);
         if (rc != 0) {

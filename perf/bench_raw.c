@@ -62,6 +62,8 @@ static void *c2c_ping(void *arg)
         uint64_t t1 = bench_clock_ns();
         if (i >= p->warmup)
             samples_add(&p->s, (int64_t)(t1 - t0));
+        if ((i & BENCH_PROGRESS_MASK) == 0) /* after t1: not in the round trip it times */
+            bench_progress(i, p->warmup + p->n);
     }
     return NULL;
 }
@@ -115,6 +117,8 @@ static void *wake_ping(void *arg)
         uint64_t t1 = bench_clock_ns();
         if (i >= p->warmup)
             samples_add(&p->s, (int64_t)(t1 - t0));
+        if ((i & BENCH_PROGRESS_MASK) == 0)
+            bench_progress(i, p->warmup + p->n);
     }
     return NULL;
 }
@@ -237,6 +241,7 @@ static void *sleeper_main(void *arg)
             samples_add(&sl->s, late);
             sl->early += late < 0;
         }
+        bench_progress(i + 1, BENCH_TIMER_WARMUP + sl->n); /* a store a millisecond */
         deadline += BENCH_TIMER_PERIOD_NS;
     }
     return NULL;

@@ -60,6 +60,7 @@ static void tick_fn(void *arg)
         samples_add(&j->s, late);
         j->early += late < 0;
     }
+    bench_progress(j->fired, BENCH_TIMER_WARMUP + j->n); /* a store a millisecond */
     if (j->fired == BENCH_TIMER_WARMUP + j->n) {
         sem_post(&j->step_done);
         return;
