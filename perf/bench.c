@@ -33,9 +33,11 @@ typedef struct bench_row {
 static const bench_row_t rows[] = {
     {"raw.c2c_rtt_ns", bench_raw_c2c_rtt, 200000, 2000000, NULL},
     {"mesh.rtt_ns", bench_mesh_rtt, 200000, 2000000, "raw.c2c_rtt_ns"},
-    {"mesh.throughput_batch1_mps", bench_mesh_throughput_batch1, 20000000, 100000000, NULL},
-    {"mesh.throughput_mps", bench_mesh_throughput, 20000000, 100000000,
-     "mesh.throughput_batch1_mps"},
+    /* n: 16-byte messages from shard 0's CPU to shard 1's (the mesh rows: tasks). */
+    {"raw.spsc_ring_mps", bench_raw_spsc_ring, 20000000, 100000000, NULL},
+    {"mesh.throughput_batch1_mps", bench_mesh_throughput_batch1, 20000000, 100000000,
+     "raw.spsc_ring_mps"},
+    {"mesh.throughput_mps", bench_mesh_throughput, 20000000, 100000000, "raw.spsc_ring_mps"},
     {"raw.wake_rtt_ns", bench_raw_wake_rtt, 20000, 200000, NULL},
     {"mesh.wake_rtt_ns", bench_mesh_wake_rtt, 20000, 200000, "raw.wake_rtt_ns"},
     {"raw.nanosleep_jitter_p99_ns", bench_raw_nanosleep_jitter, 500, 3000, NULL},

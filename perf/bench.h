@@ -153,6 +153,7 @@ int bench_alloc_faults(const bench_env_t *env, const bench_allocator_t *a, uint6
 /* bench_raw.c */
 int bench_raw_c2c_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_raw_wake_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_raw_spsc_ring(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_raw_nanosleep_jitter(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                                size_t whylen);
 int bench_raw_malloc_free(const bench_env_t *env, uint64_t n, result_t *r, char *why,

@@ -1,5 +1,6 @@
 /* The raw baselines: what the hardware and kernel give two plain threads without the engine —
- * a cache-line ping-pong, an eventfd wake-up ping-pong, and clock_nanosleep lateness. They run
+ * a cache-line ping-pong, an eventfd wake-up ping-pong, a minimal SPSC ring streaming from one to
+ * the other, and clock_nanosleep lateness. They run
  * while no engine runs, on the CPUs the shards use, so the engine's figures have a floor.
  * The allocator baselines (glibc's malloc, mimalloc) are the exception: they run on shard 0's
  * thread through bench_mem.c's harness, the very thread and loop pith_malloc is timed on. */
@@ -9,6 +10,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
@@ -210,6 +212,150 @@ int bench_raw_wake_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *wh
     if (p.efd_pong >= 0)
         close(p.efd_pong);
     return rc;
+}
+
+/* --- a minimal SPSC ring: the floor under mesh.throughput_mps --- */
+
+/* What the ring carries: 16 bytes, the size of a task on the mesh (a function and its argument,
+ * what mesh.throughput_mps sends with pith_submit). */
+struct spsc_msg {
+    uint64_t seq;
+    uint64_t value;
+};
+
+/* 1024 entries, 16 KiB: 256 cache lines, as many as the mesh ring's 256 one-line slots (the
+ * default cfg.ring_batches). A power of two: positions wrap with a mask. */
+#define SPSC_SLOTS 1024u
+/* Messages between two progress stores: the producer's inner loop is the plain loop. */
+#define SPSC_CHUNK 16384u
+
+/* The textbook cached-index ring (as Rigtorp's SPSCQueue): each side publishes its own index
+ * with one release store per message and reads the other's, with acquire, only when its copy
+ * says the ring is full (producer) or empty (consumer). The copies live in each thread's
+ * registers; the two indices sit on lines of their own, so neither side's store takes the
+ * other's line unless the other is reading it. */
+struct spsc {
+    struct spsc_msg *slots; /* read-only while the threads run, like the fields up to tail */
+    uint64_t n;
+    int cpu_a, cpu_b;
+    pthread_barrier_t ready;
+    int pin_err;
+    uint64_t t_start;
+    _Alignas(64) _Atomic uint32_t tail; /* next position the producer writes */
+    _Alignas(64) _Atomic uint32_t head; /* next position the consumer reads */
+    uint64_t t_end, sum;                /* the consumer's, written once at its end */
+};
+
+static void spsc_pin(struct spsc *q, int cpu)
+{
+    int rc = bench_pin_self(cpu);
+    if (rc != 0)
+        q->pin_err = rc; /* racy between the two threads, but any one error is enough to note */
+    pthread_barrier_wait(&q->ready);
+}
+
+static void *spsc_producer(void *arg)
+{
+    struct spsc *q = arg;
+    spsc_pin(q, q->cpu_a);
+    uint32_t tail = 0, head_seen = 0; /* tail: only this thread writes it, so a copy is exact */
+    q->t_start = bench_clock_ns();
+    for (uint64_t i = 0; i < q->n;) {
+        uint64_t end = q->n - i > SPSC_CHUNK ? i + SPSC_CHUNK : q->n;
+        for (; i < end; i++) {
+            while (tail - head_seen == SPSC_SLOTS)
+                /* Acquire pairs with the consumer's release store of head: its read of the
+                 * entry we are about to overwrite happened before. Without it the write below
+                 * could land while the consumer still reads the old message. */
+                head_seen = atomic_load_explicit(&q->head, memory_order_acquire);
+            q->slots[tail & (SPSC_SLOTS - 1)] = (struct spsc_msg){.seq = i, .value = i * 3};
+            /* Release pairs with the consumer's acquire load of tail: the entry is written
+             * before the index that hands it over is seen. */
+            atomic_store_explicit(&q->tail, ++tail, memory_order_release);
+        }
+        bench_progress(i, q->n);
+    }
+    return NULL;
+}
+
+/* Busy-polls without a pause instruction, as the c2c ping-pong does: the row is the floor. */
+static void *spsc_consumer(void *arg)
+{
+    struct spsc *q = arg;
+    spsc_pin(q, q->cpu_b);
+    uint32_t head = 0, tail_seen = 0; /* head: only this thread writes it */
+    uint64_t sum = 0;
+    for (uint64_t got = 0; got < q->n;) {
+        if (head == tail_seen) {
+            /* Acquire pairs with the producer's release store of tail: the entries below it
+             * are written before we read them. */
+            tail_seen = atomic_load_explicit(&q->tail, memory_order_acquire);
+            continue;
+        }
+        sum += q->slots[head & (SPSC_SLOTS - 1)].value;
+        /* Release pairs with the producer's acquire load of head: our read of the entry is
+         * done before the producer may write the slot again. */
+        atomic_store_explicit(&q->head, ++head, memory_order_release);
+        got++;
+    }
+    q->t_end = bench_clock_ns();
+    q->sum = sum;
+    return NULL;
+}
+
+int bench_raw_spsc_ring(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen)
+{
+    if (env->cpu_a < 0 || env->cpu_b < 0) {
+        snprintf(why, whylen, "needs two CPUs this process may run on");
+        return BENCH_SKIP;
+    }
+    static struct spsc q; /* static: its index lines stay aligned whatever the stack does */
+    memset(&q, 0, sizeof(q));
+    q.n = n;
+    q.cpu_a = env->cpu_a;
+    q.cpu_b = env->cpu_b;
+    atomic_init(&q.tail, 0);
+    atomic_init(&q.head, 0);
+    q.slots = aligned_alloc(64, SPSC_SLOTS * sizeof(struct spsc_msg));
+    if (q.slots == NULL) {
+        snprintf(why, whylen, "out of memory for the ring");
+        return BENCH_FAIL;
+    }
+    memset(q.slots, 0, SPSC_SLOTS * sizeof(struct spsc_msg));
+    pthread_barrier_init(&q.ready, NULL, 2);
+    pthread_t tp, tc;
+    int rc = pthread_create(&tc, NULL, spsc_consumer, &q);
+    if (rc == 0) {
+        rc = pthread_create(&tp, NULL, spsc_producer, &q);
+        if (rc != 0)
+            pthread_cancel(tc); /* it waits at the barrier for a partner that never comes */
+        else
+            pthread_join(tp, NULL);
+        pthread_join(tc, NULL);
+    }
+    pthread_barrier_destroy(&q.ready);
+    free(q.slots);
+    if (rc != 0) {
+        snprintf(why, whylen, "pthread_create: %s", strerror(rc));
+        return BENCH_FAIL;
+    }
+    uint64_t want = 3 * (n * (n - 1) / 2);
+    if (q.sum != want) {
+        snprintf(why, whylen, "the consumer summed %llu, not %llu", (unsigned long long)q.sum,
+                 (unsigned long long)want);
+        return BENCH_FAIL;
+    }
+    r->value = (double)n / ((double)(q.t_end - q.t_start) / 1e9) / 1e6;
+    if (q.pin_err)
+        bench_note("%s: could not pin to CPUs %d and %d (%s); measured unpinned", r->name, q.cpu_a,
+                   q.cpu_b, strerror(-q.pin_err));
+    bench_note("%s: one thread on CPU %d writes %zu-byte messages (a mesh task's size) into a "
+               "%u-entry ring that a thread on CPU %d drains busy-polling, one release store per "
+               "message on each side, the other's index read only when the ring looks full or "
+               "empty; no engine, no batching: the floor under mesh.throughput_mps (shard 0 to "
+               "shard 1 on the same CPUs)",
+               r->name, q.cpu_a, sizeof(struct spsc_msg), SPSC_SLOTS, q.cpu_b);
+    return 0;
 }
 
 struct sleeper {

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """pith-bench as a comparison tool: --repetitions, --out and the JSON schema (docs/bench-json.md)
-on a real run of one short row; --compare of two saved runs, with verdicts checked on runs
-written here with known figures (better, worse, within the noise, no spread, rows on one side
-only, a lower-is-better row); and the errors for bad arguments and files. TAP on stdout.
+on a real run of one short row; the mesh throughput rows beside raw.spsc_ring_mps; --compare of
+two saved runs, with verdicts checked on runs written here with known figures (better, worse,
+within the noise, no spread, rows on one side only, a lower-is-better row); and the errors for
+bad arguments and files. TAP on stdout.
 
     bench_compare.py PITH_BENCH"""
 
@@ -98,6 +99,27 @@ def main(argv):
         tap("--compare after a run prints the comparison",
             p.returncode == 0 and "compare: base" in p.stdout and "raw.malloc_free_ns" in
             verdicts(p.stdout), p.stdout[-2000:] + p.stderr[-1000:])
+
+        # The mesh's throughput beside the raw SPSC ring between the same two CPUs: the
+        # baseline runs first and the ratio is the two values'.
+        p = run(bench, "--quick", "--json", "--filter", "mesh.throughput_mps")
+        try:
+            rows = json.loads(p.stdout).get("results", [])
+        except ValueError:
+            rows = []
+        names = [r["name"] for r in rows]
+        ok = names == ["raw.spsc_ring_mps", "mesh.throughput_mps"]
+        if ok:
+            base, mesh = rows
+            ok = (mesh["baseline"] == "raw.spsc_ring_mps" and base["value"] > 0
+                  and abs(mesh["ratio"] - mesh["value"] / base["value"]) < 1e-6 * mesh["ratio"])
+        tap("mesh.throughput_mps is quoted beside raw.spsc_ring_mps, run before it", ok,
+            p.stdout[-2000:] + p.stderr[-1000:])
+        h = run(bench, "--help", timeout=60).stdout
+        tap("--help lists raw.spsc_ring_mps as the baseline of both mesh throughput rows",
+            "mesh.throughput_batch1_mps   (baseline raw.spsc_ring_mps)" in h
+            and "mesh.throughput_mps          (baseline raw.spsc_ring_mps)" in h
+            and h.index("  raw.spsc_ring_mps") < h.index("mesh.throughput_batch1_mps"), h)
 
         # Known figures: each verdict.
         base = saved([("mesh.throughput_mps", 100, 1), ("mesh.rtt_ns", 100, 1),
