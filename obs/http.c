@@ -3,7 +3,9 @@
  * answers anything else with an error status and a close. Everything a peer can make it hold is
  * bounded: an unfinished head by HEAD_MAX (the connection is answered 431 and closed), output
  * by OUT_MAX before another request is taken (a client that pipelines requests without reading
- * the answers is cut off), connections by MAX_CONNS per shard, idle ones by IDLE_NS. */
+ * the answers is cut off), connections by MAX_CONNS per shard, idle ones by IDLE_NS. The CPU
+ * a flood of requests can take is bounded too: each shard renders each form at most once per
+ * REUSE_NS and answers from that rendering meanwhile. */
 #include "obs.h"
 
 #include <pith/engine.h>
@@ -11,7 +13,9 @@
 #include <pith/net.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -26,6 +30,65 @@
 #define BUFFERED_MAX (64u << 20)
 #define HIGH_WATER   (8u << 20)
 #define LOW_WATER    (2u << 20)
+/* A rendering costs about a millisecond with two shards (most of it the kernel's account of
+ * the mappings): answers within this long of one reuse it, so that scrapers see figures at
+ * most this old and a client that asks in a loop costs a copy per answer, not a rendering. */
+#define REUSE_NS (100ull * 1000 * 1000)
+
+/* The last rendering of each form on this shard: its thread's own (a key whose destructor
+ * frees it as the shard's thread ends). */
+struct rendered {
+    struct obuf b[2];
+    uint64_t at[2];
+};
+static pthread_key_t rendered_key;
+static pthread_once_t rendered_once = PTHREAD_ONCE_INIT;
+
+static void rendered_free(void *p)
+{
+    struct rendered *r = p;
+    obuf_free(&r->b[0]);
+    obuf_free(&r->b[1]);
+    free(r);
+}
+
+static void rendered_init(void)
+{
+    if (pthread_key_create(&rendered_key, rendered_free) != 0)
+        rendered_key = (pthread_key_t)-1;
+}
+
+/* The metrics in form f, rendered now or within REUSE_NS on this shard: owned by the shard's
+ * cache, valid until its next call. NULL: no engine, or no memory (*err says). */
+static const struct obuf *render(enum obs_format f, int *err)
+{
+    pthread_once(&rendered_once, rendered_init);
+    struct rendered *r =
+        rendered_key != (pthread_key_t)-1 ? pthread_getspecific(rendered_key) : NULL;
+    if (r == NULL && rendered_key != (pthread_key_t)-1) {
+        r = calloc(1, sizeof(*r));
+        if (r != NULL && pthread_setspecific(rendered_key, r) != 0) {
+            free(r);
+            r = NULL;
+        }
+    }
+    if (r == NULL) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    if (r->at[f] != 0 && pith_now_ns() - r->at[f] < REUSE_NS)
+        return &r->b[f];
+    struct obuf b = {0};
+    *err = obs_render(&b, f);
+    if (*err != 0) {
+        obuf_free(&b);
+        return NULL;
+    }
+    obuf_free(&r->b[f]);
+    r->b[f] = b;
+    r->at[f] = pith_now_ns(); /* from its end: however slow it was, the next request reuses it */
+    return &r->b[f];
+}
 
 static void answer(pith_conn_t c, int status, const char *reason, const char *ctype,
                    const char *body, size_t len, bool head_only, bool keep)
@@ -168,17 +231,15 @@ static bool request(pith_conn_t c, const char *h, size_t n)
         fail(c, 405, "Method Not Allowed");
         return false;
     }
-    struct obuf b = {0};
-    int err = obs_render(&b, f);
-    if (err != 0) {
-        obuf_free(&b);
+    int err;
+    const struct obuf *b = render(f, &err);
+    if (b == NULL) {
         fail(c, 503, "Service Unavailable");
         return false;
     }
     answer(c, 200, "OK",
            f == OBS_PROMETHEUS ? "text/plain; version=0.0.4; charset=utf-8" : "application/json",
-           b.p, b.len, head, keep);
-    obuf_free(&b);
+           b->p, b->len, head, keep);
     return keep;
 }
 

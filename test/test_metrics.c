@@ -640,21 +640,34 @@ Test(metrics, the_http_endpoint_keeps_alive_and_refuses_what_it_must, .timeout =
     cr_assert_eq(a.status, 200);
     cr_assert_gt(a.length, 100, "HEAD tells the body's length");
     cr_assert_not_null(strstr(buf, "application/json"));
-    /* Two pipelined in one write: two answers. */
+    /* Two pipelined in one write: two answers, the second from the first's rendering (the
+     * shard renders at most once per 100 ms: the elapsed time in it would differ). */
     char two[256];
     snprintf(two, sizeof(two), "%s%s", get, get);
     send_all(fd, two, strlen(two));
     size_t have = 0;
+    static char bodies[2][1 << 20];
     for (int i = 0; i < 2; i++) {
         a = read_answer_at(fd, buf, sizeof(buf), false, &have);
         cr_assert_eq(a.status, 200);
         char keep = buf[a.next];
         buf[a.next] = '\0'; /* the text alone, without the next answer */
         cr_assert_eq(check_text(buf + a.head, "pith_shards{}"), 2);
+        cr_assert_lt(strlen(buf + a.head), sizeof(bodies[i]));
+        snprintf(bodies[i], sizeof(bodies[i]), "%s", buf + a.head);
         buf[a.next] = keep;
         next_answer(buf, &a, have);
     }
     cr_assert_eq(have, 0);
+    cr_assert_str_eq(bodies[0], bodies[1], "the second answer rendered again");
+    /* Later, a fresh one. */
+    struct timespec pause = {0, 150 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    send_all(fd, get, strlen(get));
+    buf[0] = '\0';
+    a = read_answer(fd, buf, sizeof(buf), false);
+    cr_assert_eq(a.status, 200);
+    cr_assert_str_neq(buf + a.head, bodies[0], "an answer 150 ms later is a new rendering");
     /* Connection: close is honoured. */
     const char *last = "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n";
     send_all(fd, last, strlen(last));
