@@ -41,7 +41,9 @@ PITH_API long pith_metrics_json(char *buf, size_t cap);
 /* Serves the metrics over HTTP/1.1 on host:port (numeric; NULL: every IPv4 address; port 0:
  * the kernel picks one, see pith_tcp_listener_port) from the engine's own TCP layer, on every
  * shard: GET /metrics answers the text format (Content-Type text/plain; version=0.0.4),
- * GET /metrics.json the JSON form; HEAD as GET without the body. Connections are kept alive
+ * GET /metrics.json the JSON form; HEAD as GET without the body. Each shard renders each form
+ * at most once per 100 ms and answers from that rendering meanwhile: figures up to 100 ms old,
+ * and a client asking in a loop costs a copy per answer. Connections are kept alive
  * (HTTP/1.0: only when asked); a request is answered 400 when malformed or when it carries a
  * body, 404 for another path, 405 for another method, 431 when its head passes 8 KiB, 505 for
  * another HTTP major version, and the connection is closed after any of those. At most 64
