@@ -329,6 +329,15 @@ struct field {
     unsigned short off, size;
 };
 
+/* A histogram family read from a record: its buckets at `off` (CORE_HIST_BUCKETS of ns; or,
+ * with pow2 > 0, that many buckets of counts, bucket b holding [2^(b-1), 2^b)) and their sum
+ * at `sum`. */
+struct hist_fam {
+    const char *name, *help;
+    size_t off, sum;
+    unsigned pow2;
+};
+
 #define FLD(st, fld, nm, k, cv, help)                                                              \
     {                                                                                              \
         nm, help, k, cv, offsetof(st, fld), sizeof(((st *)0)->fld)                                 \
@@ -589,6 +598,17 @@ struct vtype_shard_rec {
     struct vtype_hists h;
 };
 
+static const struct hist_fam vtype_hist_fams[] = {
+    {"pith_vactor_activation_seconds",
+     "Time to activate (directory, spawn, init, on_activate), from one activation in 16.",
+     offsetof(struct vtype_shard_rec, h.act), offsetof(struct vtype_shard_rec, h.act_sum_ns), 0},
+    {"pith_vactor_first_message_seconds",
+     "From a first message's arrival at the directory to the start of the activation's first "
+     "behaviour call, from one activation in 16.",
+     offsetof(struct vtype_shard_rec, h.first), offsetof(struct vtype_shard_rec, h.first_sum_ns),
+     0},
+};
+
 static const struct field vtype_fields[] = {
     CTR(struct vtype_shard_rec, st.activations, "pith_vactor_activations_total",
         "Activations that began."),
@@ -646,34 +666,37 @@ struct shard_hists {
     struct net_conn_hists net;
 };
 
-static const struct {
-    const char *name, *help;
-    size_t off, sum;
-} shard_hist_fams[] = {
+static const struct hist_fam shard_hist_fams[] = {
     {"pith_shard_stall_seconds",
      "How long the stalls the detector saw lasted (to within its sampling period).",
-     offsetof(struct shard_hists, stall), offsetof(struct shard_hists, stall_sum)},
+     offsetof(struct shard_hists, stall), offsetof(struct shard_hists, stall_sum), 0},
     {"pith_journal_commit_seconds",
      "Per group of records made durable: from its first record to its acknowledgement.",
-     offsetof(struct shard_hists, commit), offsetof(struct shard_hists, commit_sum)},
+     offsetof(struct shard_hists, commit), offsetof(struct shard_hists, commit_sum), 0},
     {"pith_journal_write_sync_seconds",
      "Per group of records made durable: from its write's submission to its durability.",
-     offsetof(struct shard_hists, sync), offsetof(struct shard_hists, sync_sum)},
+     offsetof(struct shard_hists, sync), offsetof(struct shard_hists, sync_sum), 0},
     {"pith_net_conn_lifetime_seconds",
      "Per TCP connection that ended: from its opening to its end.",
-     offsetof(struct shard_hists, net.life), offsetof(struct shard_hists, net.life_sum)},
-};
-
-/* Per TCP connection that ended, its bytes: in buckets [2^(b-1), 2^b). */
-static const struct {
-    const char *name, *help;
-    size_t off, sum;
-} shard_bytes_fams[] = {
+     offsetof(struct shard_hists, net.life), offsetof(struct shard_hists, net.life_sum), 0},
     {"pith_net_conn_received_bytes", "Per TCP connection that ended: the bytes it received.",
-     offsetof(struct shard_hists, net.in), offsetof(struct shard_hists, net.in_sum)},
+     offsetof(struct shard_hists, net.in), offsetof(struct shard_hists, net.in_sum), NET_POW2},
     {"pith_net_conn_sent_bytes",
      "Per TCP connection that ended: the bytes the kernel took from it to send.",
-     offsetof(struct shard_hists, net.out), offsetof(struct shard_hists, net.out_sum)},
+     offsetof(struct shard_hists, net.out), offsetof(struct shard_hists, net.out_sum), NET_POW2},
+};
+
+static const struct hist_fam type_hist_fams[] = {
+    {"pith_actor_type_handler_seconds", "Time in the behaviour, from one message in 16 on average.",
+     offsetof(struct core_type_shard, hist), offsetof(struct core_type_shard, sum_ns), 0},
+    {"pith_actor_type_mailbox_seconds",
+     "Time in the mailbox, from the send to the start of handling, from one message in 16 (one "
+     "handled as it arrives counts as 0).",
+     offsetof(struct core_type_shard, mbox), offsetof(struct core_type_shard, mbox_sum_ns), 0},
+    {"pith_actor_type_enqueue_depth",
+     "Depth of the mailbox a message joined (itself counted), from one enqueue in 16.",
+     offsetof(struct core_type_shard, depth), offsetof(struct core_type_shard, depth_sum),
+     CORE_DEPTH_BUCKETS},
 };
 
 /* ---- reading ---- */
@@ -761,6 +784,32 @@ static void emit_table(struct writer *w, const struct field *f, size_t nf, const
                 struct label l[2] = {{"shard", sh}, {key, named != NULL ? named[t].label : ""}};
                 w_value(w, l, named != NULL ? 2 : 1, field_value(&f[k], base + i * size),
                         f[k].conv == V_NS);
+            }
+        }
+    }
+}
+
+/* As emit_table, for histogram families. */
+static void emit_hists(struct writer *w, const struct hist_fam *f, size_t nf, const void *recs,
+                       size_t size, unsigned n, const char *key, const struct named *named,
+                       size_t nnamed)
+{
+    char sh[16];
+    for (size_t k = 0; k < nf; k++) {
+        w_family(w, f[k].name, M_HISTOGRAM, f[k].help);
+        for (size_t t = 0; t < (named != NULL ? nnamed : 1); t++) {
+            const char *base =
+                named != NULL ? (const char *)named[t].per_shard : (const char *)recs;
+            for (unsigned i = 0; i < n; i++) {
+                snprintf(sh, sizeof(sh), "%u", i);
+                struct label l[2] = {{"shard", sh}, {key, named != NULL ? named[t].label : ""}};
+                const char *r = base + i * size;
+                const uint64_t *h = (const uint64_t *)(r + f[k].off);
+                uint64_t sum = *(const uint64_t *)(r + f[k].sum);
+                if (f[k].pow2 > 0)
+                    w_hist_pow2(w, l, named != NULL ? 2 : 1, h, f[k].pow2, sum);
+                else
+                    w_hist(w, l, named != NULL ? 2 : 1, h, sum);
             }
         }
     }
@@ -884,63 +933,13 @@ int obs_render(struct obuf *b, enum obs_format fmt)
         for (size_t s = 0; s < NSOURCES; s++)
             emit_table(&w, shard_sources[s].f, shard_sources[s].nf, recs[s], shard_sources[s].size,
                        n, NULL, NULL, 0);
-        char shl[16];
-        for (size_t k = 0; k < sizeof(shard_hist_fams) / sizeof(shard_hist_fams[0]); k++) {
-            w_family(&w, shard_hist_fams[k].name, M_HISTOGRAM, shard_hist_fams[k].help);
-            for (unsigned i = 0; i < n; i++) {
-                const char *base = (const char *)&hs[i];
-                snprintf(shl, sizeof(shl), "%u", i);
-                struct label l[1] = {{"shard", shl}};
-                w_hist(&w, l, 1, (const uint64_t *)(base + shard_hist_fams[k].off),
-                       *(const uint64_t *)(base + shard_hist_fams[k].sum));
-            }
-        }
-        for (size_t k = 0; k < sizeof(shard_bytes_fams) / sizeof(shard_bytes_fams[0]); k++) {
-            w_family(&w, shard_bytes_fams[k].name, M_HISTOGRAM, shard_bytes_fams[k].help);
-            for (unsigned i = 0; i < n; i++) {
-                const char *base = (const char *)&hs[i];
-                snprintf(shl, sizeof(shl), "%u", i);
-                struct label l[1] = {{"shard", shl}};
-                w_hist_pow2(&w, l, 1, (const uint64_t *)(base + shard_bytes_fams[k].off), NET_POW2,
-                            *(const uint64_t *)(base + shard_bytes_fams[k].sum));
-            }
-        }
-        char sh[16];
+        emit_hists(&w, shard_hist_fams, sizeof(shard_hist_fams) / sizeof(shard_hist_fams[0]), hs,
+                   sizeof(*hs), n, NULL, NULL, 0);
         if (ntypes > 0) {
             emit_table(&w, type_fields, sizeof(type_fields) / sizeof(type_fields[0]), NULL,
                        sizeof(struct core_type_shard), n, "type", types, ntypes);
-            w_family(&w, "pith_actor_type_handler_seconds", M_HISTOGRAM,
-                     "Time in the behaviour, from one message in 16 on average.");
-            for (size_t t = 0; t < ntypes; t++)
-                for (unsigned i = 0; i < n; i++) {
-                    const struct core_type_shard *r =
-                        (struct core_type_shard *)types[t].per_shard + i;
-                    snprintf(sh, sizeof(sh), "%u", i);
-                    struct label l[2] = {{"shard", sh}, {"type", types[t].label}};
-                    w_hist(&w, l, 2, r->hist, r->sum_ns);
-                }
-            w_family(&w, "pith_actor_type_mailbox_seconds", M_HISTOGRAM,
-                     "Time in the mailbox, from the send to the start of handling, from one "
-                     "message in 16 (one handled as it arrives counts as 0).");
-            for (size_t t = 0; t < ntypes; t++)
-                for (unsigned i = 0; i < n; i++) {
-                    const struct core_type_shard *r =
-                        (struct core_type_shard *)types[t].per_shard + i;
-                    snprintf(sh, sizeof(sh), "%u", i);
-                    struct label l[2] = {{"shard", sh}, {"type", types[t].label}};
-                    w_hist(&w, l, 2, r->mbox, r->mbox_sum_ns);
-                }
-            w_family(&w, "pith_actor_type_enqueue_depth", M_HISTOGRAM,
-                     "Depth of the mailbox a message joined (itself counted), from one enqueue "
-                     "in 16.");
-            for (size_t t = 0; t < ntypes; t++)
-                for (unsigned i = 0; i < n; i++) {
-                    const struct core_type_shard *r =
-                        (struct core_type_shard *)types[t].per_shard + i;
-                    snprintf(sh, sizeof(sh), "%u", i);
-                    struct label l[2] = {{"shard", sh}, {"type", types[t].label}};
-                    w_hist_pow2(&w, l, 2, r->depth, CORE_DEPTH_BUCKETS, r->depth_sum);
-                }
+            emit_hists(&w, type_hist_fams, sizeof(type_hist_fams) / sizeof(type_hist_fams[0]), NULL,
+                       sizeof(struct core_type_shard), n, "type", types, ntypes);
         }
         if (nslas > 0)
             emit_table(&w, sla_fields, sizeof(sla_fields) / sizeof(sla_fields[0]), NULL,
@@ -950,6 +949,7 @@ int obs_render(struct obuf *b, enum obs_format fmt)
                        sizeof(struct vtype_shard_rec), n, "type", vtypes, nvtypes);
             w_family(&w, "pith_vactor_deactivations_total", M_COUNTER,
                      "Activations ended, by reason.");
+            char sh[16];
             for (size_t t = 0; t < nvtypes; t++)
                 for (unsigned i = 0; i < n; i++) {
                     const struct vtype_shard_rec *r =
@@ -961,28 +961,8 @@ int obs_render(struct obuf *b, enum obs_format fmt)
                         w_value(&w, l, 3, r->st.deactivations[k], false);
                     }
                 }
-            for (int which = 0; which < 2; which++) {
-                w_family(&w,
-                         which == 0 ? "pith_vactor_activation_seconds"
-                                    : "pith_vactor_first_message_seconds",
-                         M_HISTOGRAM,
-                         which == 0
-                             ? "Time to activate (directory, spawn, init, on_activate), from one "
-                               "activation in 16."
-                             : "From a first message's arrival at the directory to the start of "
-                               "the activation's first behaviour call, from one activation in 16.");
-                for (size_t t = 0; t < nvtypes; t++)
-                    for (unsigned i = 0; i < n; i++) {
-                        const struct vtype_shard_rec *r =
-                            (struct vtype_shard_rec *)vtypes[t].per_shard + i;
-                        snprintf(sh, sizeof(sh), "%u", i);
-                        struct label l[2] = {{"shard", sh}, {"type", vtypes[t].label}};
-                        if (which == 0)
-                            w_hist(&w, l, 2, r->h.act, r->h.act_sum_ns);
-                        else
-                            w_hist(&w, l, 2, r->h.first, r->h.first_sum_ns);
-                    }
-            }
+            emit_hists(&w, vtype_hist_fams, sizeof(vtype_hist_fams) / sizeof(vtype_hist_fams[0]),
+                       NULL, sizeof(struct vtype_shard_rec), n, "type", vtypes, nvtypes);
         }
         w_end(&w);
         if (b->failed)
