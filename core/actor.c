@@ -963,6 +963,7 @@ static void core_shard_exit(unsigned shard)
             actor_end(cs, a, slot, PITH_EXIT_SHUTDOWN);
     }
     core_vactor_exit(cs);
+    core_sla_exit(cs);
     core_pins_free(cs);
     table_trim(cs);
     if (cs->trim_armed)

@@ -308,6 +308,9 @@ struct type_rec *core_type_rec(struct core_shard *cs, const pith_actor_type_t *t
 struct sla_shard;
 void core_sla_note(struct sla_shard *ss, pith_ref_t ref, uint64_t ns);
 void core_sla_free(struct sla_shard *ss);
+/* The shard leaves its loop: its SLAs' timers go (they are the engine's, not the
+ * application's, and not counted as released by the stop). */
+void core_sla_exit(struct core_shard *cs);
 /* The engine's stop released a task: true (and its argument freed) when it was sla.c's. */
 bool core_sla_release(pith_fn_t fn, void *arg);
 struct actor *core_lookup(const struct core_shard *cs, pith_ref_t ref);

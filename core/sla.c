@@ -524,6 +524,22 @@ int pith_sla_stats(const pith_actor_type_t *type, unsigned shard, pith_sla_stats
     return err;
 }
 
+void core_sla_exit(struct core_shard *cs)
+{
+    struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
+    for (struct type_rec *r = ce != NULL ? atomic_load_explicit(&ce->types, memory_order_acquire)
+                                         : NULL;
+         r != NULL; r = r->next) {
+        struct sla_shard *ss =
+            atomic_load_explicit(&r->per_shard[cs->id].sla, memory_order_relaxed);
+        if (ss != NULL && ss->timer != 0) {
+            (void)pith_timer_cancel(ss->timer);
+            ss->timer = 0;
+            ss->on = false;
+        }
+    }
+}
+
 void core_sla_free(struct sla_shard *ss)
 {
     if (ss != NULL)
