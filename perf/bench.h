@@ -279,6 +279,12 @@ int bench_net_echo_rps(const bench_env_t *env, uint64_t n, result_t *r, char *wh
 int bench_net_echo_cpu(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_net_echo_2shards_rps(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                                size_t whylen);
+/* bench_obs.c */
+int bench_raw_smaps_read(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_obs_metrics_text(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                           size_t whylen);
+int bench_obs_metrics_get(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                          size_t whylen);
 /* bench_idle.c */
 int bench_idle_cpu(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 
