@@ -28,6 +28,7 @@
 
 #include "aof.h"
 #include "config.h"
+#include "engineinfo.h"
 #include "locks.h"
 #include "resp.h"
 #include "store.h"
@@ -1996,9 +1997,21 @@ __attribute__((format(printf, 2, 3))) static void add(struct resp_out *o, const 
         (void)resp_put_raw(o, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
 
-/* INFO [section]: Redis's sections and the fields clients read, with pith-kv's own "Shards"
- * section (one line per shard). Figures are read from every shard's relaxed counters. */
-static void info(struct kconn *kc, const struct resp_arg *section)
+/* Whether one of the n sections asked for is `name`. */
+static bool named(const struct resp_arg *sections, unsigned n, const char *name)
+{
+    for (unsigned i = 0; i < n; i++)
+        if (is(&sections[i], name))
+            return true;
+    return false;
+}
+
+/* INFO [section ...]: Redis's sections and the fields clients read, with pith-kv's own "Shards"
+ * section (one line per shard). Figures are read from every shard's relaxed counters. As in
+ * Redis 7: no section or "default" is the default set; "all" and "everything" add the sections
+ * outside it (the engine's: engine, enginememory, enginenet, enginejournal, enginelatency); any
+ * other names one section. */
+static void info(struct kconn *kc, const struct resp_arg *sections, unsigned n)
 {
     uint64_t keys = 0, expires = 0, bytes = 0, conns = 0, cmds = 0, total = 0, expired = 0;
     uint64_t used = 0, peak = 0, cmem = 0, evicted = 0, obl_kills = 0, hits = 0, misses = 0;
@@ -2025,9 +2038,10 @@ static void info(struct kconn *kc, const struct resp_arg *section)
             peak += ms.peak;
         }
     }
-    bool all = section == NULL || is(section, "all") || is(section, "everything") ||
-               is(section, "default");
-#define SECTION(name) (all || is(section, name))
+    bool dflt = n == 0 || named(sections, n, "default");
+    bool every = named(sections, n, "all") || named(sections, n, "everything");
+#define SECTION(name) (every || dflt || named(sections, n, name))
+#define EXTRA(name)   (every || named(sections, n, name))
     struct resp_out t = {0};
     uint64_t now = pith_now_ns();
     if (SECTION("server")) {
@@ -2119,6 +2133,12 @@ static void info(struct kconn *kc, const struct resp_arg *section)
         }
         add(&t, "\r\n");
     }
+    unsigned engine = (EXTRA("engine") ? EI_ENGINE : 0) | (EXTRA("enginememory") ? EI_MEMORY : 0) |
+                      (EXTRA("enginenet") ? EI_NET : 0) |
+                      (EXTRA("enginejournal") ? EI_JOURNAL : 0) |
+                      (EXTRA("enginelatency") ? EI_LATENCY : 0);
+    if (engine != 0)
+        (void)engine_info(&t, nshards, engine);
     if (SECTION("persistence")) {
         /* Redis's names where they mean the same; the journal's own counts beside them. */
         uint64_t rewrites = 0, running = 0, records = 0, segs = 0;
@@ -2146,6 +2166,7 @@ static void info(struct kconn *kc, const struct resp_arg *section)
                 (unsigned long long)(expires > 0 ? ttl_weighted / (double)expires : 0));
     }
 #undef SECTION
+#undef EXTRA
     /* Redis ends the text without the last section's blank line. */
     if (t.len >= 4 && memcmp(t.p + t.len - 4, "\r\n\r\n", 4) == 0)
         t.len -= 2;
@@ -2741,9 +2762,7 @@ static void run_command(struct kconn *kc, struct resp_arg *a, unsigned argc)
             return;
         }
         if (is(name, "INFO")) {
-            if (argc > 2)
-                break;
-            info(kc, argc == 2 ? &a[1] : NULL);
+            info(kc, &a[1], argc - 1);
             return;
         }
         if (is(name, "QUIT")) {
@@ -3179,6 +3198,7 @@ static void tick(void *arg)
     uint64_t now = pith_now_ns();
     if (!ks->more_armed)
         housekeeping(ks);
+    engine_sample();
     (void)aof_rewrite_tick(&ks->st, now_ms(), REWRITE_SLICE,
                            atomic_load_explicit(&ks->st.bytes, memory_order_relaxed));
     idle_sweep(ks, now);
