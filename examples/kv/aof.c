@@ -9,6 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "latency.h"
+
 int aof_mode = AOF_OFF;
 
 enum { R_PUT = 1, R_DEL = 2, R_FLUSH = 3 };
@@ -21,7 +23,8 @@ struct rec {
 
 struct waiter {
     struct waiter *next;
-    uint64_t seq; /* runs once this is durable */
+    uint64_t since; /* when it began to wait (pith_now_ns) */
+    uint64_t seq;   /* runs once this is durable */
     void (*fn)(void *arg, int err);
     void *arg;
 };
@@ -189,6 +192,9 @@ static void acked(int err, uint64_t seq, void *ctx)
     if (err != 0 && a->failed == 0)
         a->failed = err;
     a->durable = seq;
+    /* The oldest waiter waited longest: the latency monitor's aof-fsync-always event. */
+    if (a->head != NULL && a->head->seq <= seq)
+        latency_add(LAT_AOF_FSYNC_ALWAYS, (pith_now_ns() - a->head->since) / 1000000);
     while (a->head != NULL && a->head->seq <= seq) {
         struct waiter *w = a->head;
         a->head = w->next;
@@ -276,7 +282,7 @@ int aof_when_durable(void (*fn)(void *arg, int err), void *arg)
     struct waiter *w = malloc(sizeof(*w));
     if (w == NULL)
         return -ENOMEM;
-    *w = (struct waiter){NULL, a->appended, fn, arg};
+    *w = (struct waiter){NULL, pith_now_ns(), a->appended, fn, arg};
     if (a->tail != NULL)
         a->tail->next = w;
     else

@@ -18,6 +18,7 @@ static _Atomic uint64_t other_limits[2][3] = {{268435456, 67108864, 60}, {335544
 
 enum kind {
     MUTABLE_INT,  /* an integer in [lo, hi] */
+    SIGNED_INT,   /* an integer in [-1, hi], kept as an int64_t's bits */
     MUTABLE_MEM,  /* a memory value (parse_memory) in [lo, hi] */
     FIXED,        /* read-only here: CONFIG SET is "can't set immutable config" */
     OUTPUT_LIMIT, /* client-output-buffer-limit: "class hard soft seconds", normal settable */
@@ -46,6 +47,13 @@ static struct setting_def defs[] = {
     {"maxmemory-clients", MUTABLE_MEM, &kv_cfg.maxmemory_clients, 0, 9223372036854775807ull, NULL},
     {"client-query-buffer-limit", FIXED, &kv_cfg.query_limit, 0, 0, NULL},
     {"client-output-buffer-limit", OUTPUT_LIMIT, NULL, 0, 0, NULL},
+    {"slowlog-log-slower-than", SIGNED_INT, &kv_cfg.slowlog_slower_than, 0, 9223372036854775807ull,
+     NULL},
+    {"slowlog-max-len", MUTABLE_INT, &kv_cfg.slowlog_max_len, 0, 9223372036854775807ull, NULL},
+    {"latency-monitor-threshold", MUTABLE_INT, &kv_cfg.latency_threshold_ms, 0,
+     9223372036854775807ull, NULL},
+    {"latency-tracking", FIXED, NULL, 0, 0, "yes"},
+    {"latency-tracking-info-percentiles", FIXED, NULL, 0, 0, "50 99 99.9"},
 };
 #define NDEFS (sizeof(defs) / sizeof(defs[0]))
 
@@ -65,6 +73,8 @@ static int value_of(const struct setting_def *d, char *buf, size_t size)
                         setting(&other_limits[0][1]), setting(&other_limits[0][2]),
                         setting(&other_limits[1][0]), setting(&other_limits[1][1]),
                         setting(&other_limits[1][2]));
+    if (d->kind == SIGNED_INT)
+        return snprintf(buf, size, "%" PRId64, signed_setting(d->v));
     if (d->v != NULL)
         return snprintf(buf, size, "%" PRIu64, setting(d->v));
     return snprintf(buf, size, "%s", d->text);
@@ -173,11 +183,11 @@ const char *config_set(const struct resp_arg *a, unsigned n, char *buf, size_t s
         } else if (!resp_parse_ll(a[i + 1].p, a[i + 1].len, &v)) {
             return failed(buf, size, &a[i], "argument couldn't be parsed into an integer");
         }
-        if (v < 0 || (uint64_t)v < d->lo || (uint64_t)v > d->hi) {
+        long long lo = d->kind == SIGNED_INT ? -1 : (long long)d->lo;
+        if (v < lo || (v >= 0 && ((uint64_t)v < d->lo || (uint64_t)v > d->hi))) {
             char why[96];
-            snprintf(why, sizeof(why),
-                     "argument must be between %" PRIu64 " and %" PRIu64 " inclusive", d->lo,
-                     d->hi);
+            snprintf(why, sizeof(why), "argument must be between %lld and %" PRIu64 " inclusive",
+                     lo, d->hi);
             return failed(buf, size, &a[i], why);
         }
         if (d->v == &kv_cfg.maxclients && (uint64_t)v > kv_cfg.maxclients_limit) {

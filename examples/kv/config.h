@@ -24,6 +24,9 @@ struct kv_settings {
     /* client-output-buffer-limit for normal clients: past hard, closed; past soft for longer
      * than soft_secs, closed. 0: no such limit. */
     _Atomic uint64_t obl_hard, obl_soft, obl_secs;
+    /* slowlog-log-slower-than: µs, an int64_t's bits (negative: no slowlog; 0: every command);
+     * slowlog-max-len: entries each shard keeps; latency-monitor-threshold: ms, 0: off. */
+    _Atomic uint64_t slowlog_slower_than, slowlog_max_len, latency_threshold_ms;
     uint64_t maxclients_limit; /* the start value, which the rings were sized for */
     int port;
     const char *bind;
@@ -34,6 +37,12 @@ extern struct kv_settings kv_cfg;
 static inline uint64_t setting(_Atomic uint64_t *v)
 {
     return atomic_load_explicit(v, memory_order_relaxed);
+}
+
+/* A setting that may be negative (slowlog-log-slower-than). */
+static inline int64_t signed_setting(_Atomic uint64_t *v)
+{
+    return (int64_t)atomic_load_explicit(v, memory_order_relaxed);
 }
 
 /* CONFIG GET pattern [pattern ...]: appends the array of matching names and values (glob

@@ -27,10 +27,13 @@
 #include <pith/pith.h>
 
 #include "aof.h"
+#include "cmdstats.h"
 #include "config.h"
 #include "engineinfo.h"
+#include "latency.h"
 #include "locks.h"
 #include "resp.h"
+#include "slowlog.h"
 #include "store.h"
 
 #define MAX_SLOTS     1024u /* replies a connection may wait for before it stops reading */
@@ -88,6 +91,8 @@ static struct {
     uint64_t segment_bytes;                       /* --journal-segment-bytes; 0: default */
     int appendfsync;                              /* AOF_* with a dir */
     int metrics_port; /* --metrics-port: /metrics over HTTP on --host; -1: off */
+    /* Redis's slowlog-log-slower-than (µs), slowlog-max-len, latency-monitor-threshold (ms) */
+    long long slowlog_slower_than, slowlog_max_len, latency_threshold_ms;
 } opt = {
     .host = "127.0.0.1",
     .port = 6379,
@@ -101,7 +106,9 @@ static struct {
      * 50 µs, 1.29-1.41x at 10 µs, same latencies; 0 saves more CPU but lost req/s at -P1). */
     .poll_us = 10,
     .maxclients = 10000,
-    .appendfsync = AOF_EVERYSEC, /* Redis's default */
+    .appendfsync = AOF_EVERYSEC,  /* Redis's default */
+    .slowlog_slower_than = 10000, /* Redis's defaults */
+    .slowlog_max_len = 128,
 };
 
 static struct resp_limits limits;
@@ -176,8 +183,12 @@ enum cmd {
     /* one shard's part of a whole-space command */
     C_DBSIZE1,
     C_FLUSH1,
-    C_CLIST1, /* CLIENT LIST: the lines of this shard's connections (a: ids, or none: all) */
-    C_CKILL1, /* CLIENT KILL: a = id, addr, laddr, the id to spare ("" for any); n: killed */
+    C_CLIST1,     /* CLIENT LIST: the lines of this shard's connections (a: ids, or none: all) */
+    C_CKILL1,     /* CLIENT KILL: a = id, addr, laddr, the id to spare ("" for any); n: killed */
+    C_SLOWGET1,   /* SLOWLOG GET: this shard's newest entries (a: the count) */
+    C_SLOWRESET1, /* SLOWLOG RESET */
+    C_LATDUMP1,   /* LATENCY LATEST, HISTORY, DOCTOR: this shard's samples */
+    C_LATRESET1,  /* LATENCY RESET: a = the events (none: all); the mask of those reset */
 };
 
 static bool shard_cmd(unsigned cmd)
@@ -187,8 +198,12 @@ static bool shard_cmd(unsigned cmd)
 
 /* How a slot's parts make one reply: as they are, an array of them, the sum of their integers,
  * +OK, one bulk string of their bytes (CLIENT LIST), +OK when the sum is not 0 or else "No
- * such client" (the old form of CLIENT KILL). */
-enum combine { RAW, ARRAY, SUM, OK, CONCAT, KILLED };
+ * such client" (the old form of CLIENT KILL), or a reply that the slot's `merge` makes from
+ * every shard's part (SLOWLOG GET, LATENCY). */
+enum combine { RAW, ARRAY, SUM, OK, CONCAT, KILLED, MERGED };
+
+/* MERGED's replies. */
+enum merge { M_SLOWGET = 1, M_LATEST, M_HISTORY, M_DOCTOR, M_LATRESET };
 
 struct slot {
     struct slot *next;
@@ -205,6 +220,16 @@ struct slot {
     long long sum;
     struct resp_out *parts; /* [nparts] */
     struct resp_out one;    /* parts when nparts == 1 */
+    uint8_t merge;          /* MERGED: enum merge */
+    long long arg;          /* MERGED: SLOWLOG GET's count, LATENCY HISTORY's event */
+    /* The command whose reply it is, while its duration adds up (cmdstats.h: its time on this
+     * shard, then each of its requests' where it ran): 1 + its index in cmdstats's table, or 0;
+     * and its slowlog entry made in advance (it may be logged once done), charged to the
+     * connection's req_bytes. */
+    uint16_t timed;
+    uint64_t exec_ns;
+    struct slow_entry *slow;
+    size_t slow_bytes;
 };
 
 /* A connection's requests in one shard's park list, and the last wake pass that kept one there.
@@ -248,6 +273,8 @@ struct kconn {
     uint64_t bytes_out;            /* at the last idle check */
     char *name;                    /* CLIENT SETNAME, NUL-terminated; NULL: none */
     char cmd[32];                  /* the last command, for CLIENT LIST */
+    bool rejected;                 /* the command running was refused before it ran */
+    char addr[SLOWLOG_ADDR_MAX];   /* "ip:port" once the slowlog asked; "" before */
 };
 
 enum { REPLY_ON, REPLY_OFF };
@@ -286,6 +313,7 @@ struct req {
     struct entry **prep; /* [nkeys] an MSET's entries, made at LOCK and put at COMMIT */
     long long n;         /* integer operand (INCRBY, EXPIRE) or result (DEL1, EXISTS1, DBSIZE1) */
     int64_t expire_ms;
+    uint64_t exec_ns;      /* its time running where it went, for its command's duration */
     size_t budget;         /* what its replies may hold (exec_keys) */
     size_t bytes;          /* charged to its connection (req_bytes) while it lives */
     struct resp_out r;     /* a single request's reply */
@@ -581,6 +609,21 @@ static int exec_shard(struct kshard *ks, unsigned cmd, const struct resp_arg *a,
         }
         break;
     }
+    case C_SLOWGET1: {
+        long long count = -1;
+        (void)parse_ll(&a[0], &count);
+        err = slowlog_dump(count, o);
+        break;
+    }
+    case C_SLOWRESET1:
+        slowlog_reset();
+        break;
+    case C_LATDUMP1:
+        err = latency_dump(o);
+        break;
+    case C_LATRESET1:
+        err = latency_reset(a, argc, o);
+        break;
     default:
         break;
     }
@@ -591,6 +634,7 @@ static int exec_shard(struct kshard *ks, unsigned cmd, const struct resp_arg *a,
 
 static void slot_free(struct slot *s)
 {
+    slowlog_entry_free(s->slow);
     if (s->parts != &s->one) {
         for (uint32_t i = 0; i < s->nparts; i++)
             resp_out_free(&s->parts[i]);
@@ -681,6 +725,48 @@ static bool push_out(struct kconn *kc)
     return true;
 }
 
+/* A MERGED slot's reply, made from its parts (one per shard), which go: the slot is then one
+ * RAW part. No memory for it: an error reply. */
+static void merge_parts(struct slot *s)
+{
+    struct resp_out m = {0};
+    int err;
+    switch (s->merge) {
+    case M_SLOWGET:
+        err = slowlog_merge(s->parts, s->nparts, s->arg, &m);
+        break;
+    case M_LATEST:
+        err = latency_latest_reply(s->parts, s->nparts, &m);
+        break;
+    case M_HISTORY:
+        err = latency_history_reply(s->parts, s->nparts, (int)s->arg, &m);
+        break;
+    case M_DOCTOR:
+        err = latency_doctor_reply(s->parts, s->nparts, &m);
+        break;
+    case M_LATRESET:
+        err = latency_reset_reply(s->parts, s->nparts, &m);
+        break;
+    default:
+        err = -EINVAL;
+        break;
+    }
+    if (err != 0) {
+        resp_out_free(&m);
+        (void)resp_put_error(&m, "ERR out of memory");
+    }
+    if (s->parts != &s->one) {
+        for (uint32_t i = 0; i < s->nparts; i++)
+            resp_out_free(&s->parts[i]);
+        pith_free(s->parts);
+        s->parts = &s->one;
+        s->nparts = 1;
+    }
+    resp_out_free(&s->one);
+    s->one = m;
+    s->off = 0;
+}
+
 /* Streams slot s (ready) from where it stopped: true when all of it went. */
 static bool push_slot(struct kconn *kc, struct slot *s)
 {
@@ -730,6 +816,12 @@ static bool push_slot(struct kconn *kc, struct slot *s)
             push_small(kc, &t);
         }
         return true;
+    case MERGED:
+        if (s->stage == 0) {
+            merge_parts(s);
+            s->stage = 1;
+        }
+        return push(kc, &s->one, &s->off, s);
     case KILLED:
         if (s->sum > 0)
             (void)resp_put_simple(&t, "OK");
@@ -858,6 +950,27 @@ static size_t held_bytes(const struct kconn *kc)
     return kc->slot_bytes + (size_t)kc->reqs * kc->reply_est;
 }
 
+static void timed_done(struct kconn *kc, int cmd, uint64_t ns, bool failed, struct slow_entry *e,
+                       const struct resp_arg *a, unsigned argc);
+
+/* Whether slot s (done) answers with an error. */
+static bool slot_error(const struct slot *s)
+{
+    return s->failed || s->jfail || (s->combine == KILLED && s->sum == 0) ||
+           (s->combine == RAW && s->one.len > 0 && s->one.p[0] == '-');
+}
+
+/* The command whose reply slot s is has run everywhere: its duration is counted. */
+static void slot_timed(struct kconn *kc, struct slot *s)
+{
+    struct slow_entry *e = s->slow;
+    kc->req_bytes -= s->slow_bytes;
+    s->slow = NULL;
+    s->slow_bytes = 0;
+    timed_done(kc, s->timed - 1, s->exec_ns, slot_error(s), e, NULL, 0);
+    s->timed = 0;
+}
+
 /* Writes out every reply that is ready, in order, as far as the engine's window allows; the
  * rest goes when the queue drains (on_drain). */
 static void flush(struct kconn *kc)
@@ -867,6 +980,8 @@ static void flush(struct kconn *kc)
     bool all = push_out(kc);
     while (all && kc->head != NULL && kc->head->pending == 0) {
         struct slot *s = kc->head;
+        if (s->timed != 0)
+            slot_timed(kc, s);
         if (!push_slot(kc, s)) {
             all = false;
             break;
@@ -1209,10 +1324,12 @@ static void run_here_cmd(struct kshard *ks, struct req *q);
 /* Runs q here; a journal record it made that failed shows in its reply. */
 static void run_here(struct kshard *ks, struct req *q)
 {
+    uint64_t t0 = pith_now_ns();
     (void)aof_take_error();
     run_here_cmd(ks, q);
     if (aof_take_error())
         q->jfail = true;
+    q->exec_ns += pith_now_ns() - t0;
 }
 
 static void run_here_cmd(struct kshard *ks, struct req *q)
@@ -1307,6 +1424,7 @@ static void *req_run(void *arg)
     struct req *q = arg;
     struct kshard *ks = me();
     if (q->phase == PH_COMMIT || q->phase == PH_RELEASE) {
+        uint64_t t0 = pith_now_ns();
         (void)aof_take_error();
         if (q->phase == PH_COMMIT && q->prep != NULL)
             q->err = mset_put(ks, q->prep, q->nkeys);
@@ -1320,6 +1438,7 @@ static void *req_run(void *arg)
             q->jfail = true;
         q->prep = NULL;
         unlock_keys(ks, q, q->nkeys);
+        q->exec_ns += pith_now_ns() - t0; /* the requests wake runs time themselves */
         wake(ks);
         return remote_sync(q);
     }
@@ -1357,6 +1476,8 @@ static void req_free(struct req *q)
 static void req_results(struct req *q)
 {
     struct slot *s = q->slot;
+    s->exec_ns += q->exec_ns;
+    q->exec_ns = 0;
     if (q->jfail)
         s->jfail = true;
     if (q->err)
@@ -1658,8 +1779,10 @@ static void keyed(struct kconn *kc, unsigned cmd, const struct resp_arg *a, unsi
     run_part(kc, s, 0, shard, cmd, a, argc, n, expire_ms);
 }
 
+/* Arity errors are refusals (Redis's rejected_calls), not failures of the command. */
 static void wrong_args(struct kconn *kc, const struct resp_arg *name)
 {
+    kc->rejected = true;
     char lower[33];
     size_t n = name->len < 32 ? name->len : 32;
     for (size_t i = 0; i < n; i++)
@@ -1913,19 +2036,20 @@ out:
     pith_free(bytes);
 }
 
-/* A command every shard does its part of, with the same arguments. */
-static void whole(struct kconn *kc, unsigned cmd, uint8_t combine, const struct resp_arg *a,
-                  unsigned argc)
+/* A command every shard does its part of, with the same arguments: its slot, or NULL (then
+ * the reply says there was no memory). */
+static struct slot *whole(struct kconn *kc, unsigned cmd, uint8_t combine, const struct resp_arg *a,
+                          unsigned argc)
 {
     struct slot *s = slot_new(kc, nshards, combine);
     if (s == NULL) {
         reply_error(kc, "ERR out of memory");
-        return;
+        return NULL;
     }
     if (nshards == 1 || (cmd != C_DBSIZE1 && cmd != C_FLUSH1)) {
         for (unsigned i = 0; i < nshards; i++)
             run_part(kc, s, i, i, cmd, a, argc, 0, 0);
-        return;
+        return s;
     }
     /* DBSIZE and FLUSHALL touch every key: a transaction that takes every shard whole, in
      * shard order, so that neither lands between the shards of an MSET or DEL (see "Commands
@@ -1938,13 +2062,13 @@ static void whole(struct kconn *kc, unsigned cmd, uint8_t combine, const struct 
     if (t == NULL) {
         s->failed = true;
         s->pending--;
-        return;
+        return s;
     }
     for (unsigned i = 0; i < nshards; i++) {
         struct req *q = req_new(kc, s, i, cmd, argc, bytes);
         if (q == NULL) {
             txn_drop(t);
-            return;
+            return s;
         }
         q->part = i;
         char *p = (char *)&q->a[argc];
@@ -1954,6 +2078,7 @@ static void whole(struct kconn *kc, unsigned cmd, uint8_t combine, const struct 
         t->q[t->n++] = q;
     }
     txn_start(t);
+    return s;
 }
 
 static char run_id[41]; /* INFO's run_id: 40 hex digits, new in every process */
@@ -2009,8 +2134,8 @@ static bool named(const struct resp_arg *sections, unsigned n, const char *name)
 /* INFO [section ...]: Redis's sections and the fields clients read, with pith-kv's own "Shards"
  * section (one line per shard). Figures are read from every shard's relaxed counters. As in
  * Redis 7: no section or "default" is the default set; "all" and "everything" add the sections
- * outside it (the engine's: engine, enginememory, enginenet, enginejournal, enginelatency); any
- * other names one section. */
+ * outside it (commandstats, latencystats, and the engine's: engine, enginememory, enginenet,
+ * enginejournal, enginelatency); any other names one section. */
 static void info(struct kconn *kc, const struct resp_arg *sections, unsigned n)
 {
     uint64_t keys = 0, expires = 0, bytes = 0, conns = 0, cmds = 0, total = 0, expired = 0;
@@ -2158,6 +2283,10 @@ static void info(struct kconn *kc, const struct resp_arg *sections, unsigned n)
             aof_mode != AOF_OFF, running > 0, (unsigned long long)rewrites,
             (unsigned long long)records, (unsigned long long)segs);
     }
+    if (EXTRA("commandstats"))
+        (void)cmd_info_commandstats(&t, nshards);
+    if (EXTRA("latencystats"))
+        (void)cmd_info_latencystats(&t, nshards);
     if (SECTION("keyspace")) {
         add(&t, "# Keyspace\r\n");
         if (keys > 0)
@@ -2324,6 +2453,7 @@ static void unknown(struct kconn *kc, const struct resp_arg *a, unsigned argc)
 static void wrong_sub_args(struct kconn *kc, const struct resp_arg *name,
                            const struct resp_arg *sub)
 {
+    kc->rejected = true;
     char msg[160];
     int len = snprintf(msg, sizeof(msg), "ERR wrong number of arguments for '");
     for (size_t i = 0; i < name->len && i < 16; i++)
@@ -2396,6 +2526,7 @@ static void config_cmd(struct kconn *kc, const struct resp_arg *a, unsigned argc
             atomic_store_explicit(&kshards[i]->misses, 0, memory_order_relaxed);
         }
         atomic_store_explicit(&clients_refused, 0, memory_order_relaxed);
+        cmd_stats_reset(); /* commandstats and latencystats, as Redis's RESETSTAT */
         reply_simple(kc, "OK");
     } else if (is(&a[1], "HELP") && argc == 2) {
         help(kc, lines);
@@ -2571,6 +2702,131 @@ static void client_cmd(struct kconn *kc, const struct resp_arg *a, unsigned argc
     }
 }
 
+/* ---- SLOWLOG and LATENCY: each shard keeps its own (slowlog.h, latency.h); GET, LATEST,
+ * HISTORY, DOCTOR and RESET ask every shard for its part (whole) and merge the parts into
+ * Redis's reply (merge_parts); SLOWLOG LEN and LATENCY HISTOGRAM read counters. ---- */
+
+/* Every shard's part of cmd, merged into the reply `merge` makes (with arg) once all came. */
+static void merged(struct kconn *kc, unsigned cmd, uint8_t merge, long long arg,
+                   const struct resp_arg *a, unsigned argc)
+{
+    struct slot *s = whole(kc, cmd, MERGED, a, argc);
+    if (s != NULL) {
+        s->merge = merge;
+        s->arg = arg;
+    }
+}
+
+/* Redis's words when a subcommand's arguments do not fit (its addReplySubcommandSyntaxError). */
+static void sub_syntax(struct kconn *kc, const char *cmd, const struct resp_arg *sub)
+{
+    char msg[256];
+    snprintf(msg, sizeof(msg),
+             "ERR unknown subcommand or wrong number of arguments for '%.*s'. Try %s HELP.",
+             (int)(sub->len < 128 ? sub->len : 128), sub->p, cmd);
+    reply_error(kc, msg);
+}
+
+/* SLOWLOG GET [count] | LEN | RESET | HELP */
+static void slowlog_cmd(struct kconn *kc, const struct resp_arg *a, unsigned argc)
+{
+    static const char *const lines[] = {
+        "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+        "GET [<count>]",
+        "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
+        "    Entries are made of:",
+        "    id, timestamp, time in microseconds, arguments array, client IP and port,",
+        "    client name",
+        "LEN",
+        "    Return the length of the slowlog.",
+        "RESET",
+        "    Reset the slowlog.",
+        "HELP",
+        "    Prints this help.",
+        NULL};
+    if (argc < 2) {
+        wrong_args(kc, &a[0]);
+        return;
+    }
+    const struct resp_arg *sub = &a[1];
+    struct resp_out *o;
+    if (is(sub, "GET")) {
+        long long count = 10;
+        if (argc > 3) {
+            sub_syntax(kc, "SLOWLOG", sub);
+        } else if (argc == 3 && (!parse_ll(&a[2], &count) || count < -1)) {
+            reply_error(kc, "ERR count should be greater than or equal to -1");
+        } else {
+            char buf[24];
+            struct resp_arg n = {buf, (size_t)snprintf(buf, sizeof(buf), "%lld", count)};
+            merged(kc, C_SLOWGET1, M_SLOWGET, count, &n, 1);
+        }
+    } else if (is(sub, "LEN") || is(sub, "RESET") || is(sub, "HELP")) {
+        if (argc != 2)
+            wrong_sub_args(kc, &a[0], sub);
+        else if (is(sub, "RESET"))
+            (void)whole(kc, C_SLOWRESET1, OK, NULL, 0);
+        else if (is(sub, "HELP"))
+            help(kc, lines);
+        else if ((o = reply_buf(kc)) != NULL)
+            (void)resp_put_int(o, (long long)slowlog_len(nshards));
+    } else {
+        unknown_sub(kc, "SLOWLOG", sub);
+    }
+}
+
+/* LATENCY LATEST | HISTORY event | RESET [event ...] | DOCTOR | HISTOGRAM [command ...] | HELP */
+static void latency_cmd(struct kconn *kc, const struct resp_arg *a, unsigned argc)
+{
+    static const char *const lines[] = {
+        "LATENCY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+        "DOCTOR",
+        "    Return a human readable latency analysis report.",
+        "HISTORY <event>",
+        "    Return time-latency samples for the <event> class.",
+        "LATEST",
+        "    Return the latest latency samples for all events.",
+        "RESET [<event> ...]",
+        "    Reset latency data of one or more <event> classes.",
+        "    (default: reset all data for all event classes)",
+        "HISTOGRAM [COMMAND ...]",
+        "    Return a cumulative distribution of latencies in the format of a histogram for the "
+        "specified command names.",
+        "    If no commands are specified then all histograms are replied.",
+        "HELP",
+        "    Prints this help.",
+        NULL};
+    if (argc < 2) {
+        wrong_args(kc, &a[0]);
+        return;
+    }
+    const struct resp_arg *sub = &a[1];
+    struct resp_out *o;
+    if (is(sub, "RESET")) {
+        merged(kc, C_LATRESET1, M_LATRESET, 0, &a[2], argc - 2);
+    } else if (is(sub, "HISTOGRAM")) {
+        if ((o = reply_buf(kc)) != NULL)
+            (void)cmd_histogram_reply(o, nshards, &a[2], argc - 2);
+    } else if (is(sub, "HISTORY")) {
+        int ev = argc == 3 ? latency_event(&a[2]) : -1;
+        if (argc != 3)
+            wrong_sub_args(kc, &a[0], sub);
+        else if (ev < 0 && (o = reply_buf(kc)) != NULL)
+            (void)resp_put_array(o, 0); /* an event never seen, as Redis answers it */
+        else if (ev >= 0)
+            merged(kc, C_LATDUMP1, M_HISTORY, ev, NULL, 0);
+    } else if (is(sub, "LATEST") || is(sub, "DOCTOR") || is(sub, "HELP")) {
+        if (argc != 2)
+            wrong_sub_args(kc, &a[0], sub);
+        else if (is(sub, "HELP"))
+            help(kc, lines);
+        else
+            merged(kc, C_LATDUMP1, is(sub, "LATEST") ? M_LATEST : M_DOCTOR, 0, NULL, 0);
+    } else {
+        unknown_sub(kc, "LATENCY", sub);
+    }
+}
+
 static void run_command(struct kconn *kc, struct resp_arg *a, unsigned argc);
 
 /* The name CLIENT LIST shows as cmd=: lower case, with the subcommand after '|'. */
@@ -2588,25 +2844,92 @@ static void remember_name(struct kconn *kc, const struct resp_arg *a, unsigned a
     kc->cmd[n] = 0;
 }
 
-/* Runs one command; under CLIENT REPLY OFF or SKIP its reply is made and then dropped: the
- * bytes it added to the ready buffer are cut off, and the slots it opened are marked mute. (A
- * command writes to the buffer or opens slots, and a new slot first sends what the buffer
- * held, so the mark stays right.) */
-static void command(struct kconn *kc, struct resp_arg *a, unsigned argc)
+/* kc's "ip:port", asked of the engine once (a system call) and kept. */
+static const char *client_addr(struct kconn *kc)
+{
+    pith_conn_info_t ci;
+    if (kc->addr[0] == 0 && pith_conn_info(kc->id, &ci) == 0)
+        snprintf(kc->addr, sizeof(kc->addr), "%s:%d", ci.peer, ci.peer_port);
+    return kc->addr;
+}
+
+/* A command of kc (cmd: its place in cmdstats's table) ran for ns, answering with an error or
+ * not: its figures, the latency monitor's command events, and the slowlog, which logs e (made
+ * in advance) or, without it, an entry of a[0..argc). Takes e. */
+static void timed_done(struct kconn *kc, int cmd, uint64_t ns, bool failed, struct slow_entry *e,
+                       const struct resp_arg *a, unsigned argc)
+{
+    cmd_record(cmd, ns, failed);
+    latency_add(cmd_fast(cmd) ? LAT_FAST_COMMAND : LAT_COMMAND, ns / 1000000);
+    int64_t slower = signed_setting(&kv_cfg.slowlog_slower_than);
+    if (slower >= 0 && ns / 1000 >= (uint64_t)slower && setting(&kv_cfg.slowlog_max_len) > 0) {
+        size_t bytes;
+        if (e == NULL && a != NULL)
+            e = slowlog_entry_new(a, argc, kc->name, &bytes);
+        if (e != NULL)
+            slowlog_push(e, ns / 1000, client_addr(kc));
+        return;
+    }
+    slowlog_entry_free(e);
+}
+
+/* Command a[0..argc) of kc (cmd in cmdstats's table) ran here for ns: counted now when its
+ * reply is made (no slot of it waits), else once its slot is done (slot_timed), with what its
+ * requests add on their shards. Such a command's slowlog entry is made now, while its arguments
+ * are at hand (they are the input's, which goes when on_data returns): one allocation per
+ * command that waits for another shard or for the journal, of at most SLOWLOG_ENTRY_MAX bytes,
+ * charged to the client until the command is done. */
+static void count_command(struct kconn *kc, int cmd, const struct resp_arg *a, unsigned argc,
+                          struct slot *tail, size_t mark, uint64_t ns)
+{
+    if (kc->rejected) {
+        cmd_reject(cmd);
+        return;
+    }
+    struct slot *last = NULL;
+    bool waits = false;
+    for (struct slot *s = tail != NULL ? tail->next : kc->head; s != NULL; s = s->next) {
+        last = s;
+        waits |= s->pending > 0;
+    }
+    if (!waits) {
+        bool failed =
+            last != NULL ? slot_error(last) : kc->out.len > mark && kc->out.p[mark] == '-';
+        timed_done(kc, cmd, ns, failed, NULL, a, argc);
+        return;
+    }
+    last->timed = (uint16_t)(cmd + 1);
+    last->exec_ns = ns; /* what its requests did here already is in ns */
+    if (signed_setting(&kv_cfg.slowlog_slower_than) >= 0 && setting(&kv_cfg.slowlog_max_len) > 0 &&
+        (last->slow = slowlog_entry_new(a, argc, kc->name, &last->slow_bytes)) != NULL)
+        kc->req_bytes += last->slow_bytes;
+}
+
+/* Runs one command, whose parsing began at t0, and returns when it ended; under CLIENT REPLY
+ * OFF or SKIP its reply is made and then dropped: the bytes it added to the ready buffer are
+ * cut off, and the slots it opened are marked mute. (A command writes to the buffer or opens
+ * slots, and a new slot first sends what the buffer held, so the mark stays right.) */
+static uint64_t command(struct kconn *kc, struct resp_arg *a, unsigned argc, uint64_t t0)
 {
     remember_name(kc, a, argc);
     kc->skip_now = kc->skip_next;
     kc->skip_next = false;
+    kc->rejected = false;
+    int cmd = cmd_find(a, argc);
     size_t mark = kc->out.len;
     struct slot *tail = kc->tail;
     run_command(kc, a, argc);
+    uint64_t t1 = pith_now_ns();
+    if (cmd >= 0)
+        count_command(kc, cmd, a, argc, tail, mark, t1 - t0);
     if (kc->reply_mode == REPLY_ON && !kc->skip_now)
-        return;
+        return t1;
     struct slot *s = tail != NULL ? tail->next : kc->head;
     if (s == NULL && kc->out.len >= mark)
         kc->out.len = mark;
     for (; s != NULL; s = s->next)
         s->mute = true;
+    return t1;
 }
 
 /* The data's memory over all shards (entries, tables, expiry arrays): what maxmemory bounds. */
@@ -2675,10 +2998,12 @@ static void run_command(struct kconn *kc, struct resp_arg *a, unsigned argc)
         return;
     }
     if (denied_for_memory(name)) {
+        kc->rejected = true;
         reply_error(kc, OOM_ERR);
         return;
     }
     if (aof_broken() && writes(name)) {
+        kc->rejected = true;
         reply_error(kc, AOF_ERR); /* Redis's MISCONF once its AOF cannot be written */
         return;
     }
@@ -2845,6 +3170,14 @@ static void run_command(struct kconn *kc, struct resp_arg *a, unsigned argc)
             flush_cmd(kc, a, argc);
             return;
         }
+        if (is(name, "SLOWLOG")) {
+            slowlog_cmd(kc, a, argc);
+            return;
+        }
+        if (is(name, "LATENCY")) {
+            latency_cmd(kc, a, argc);
+            return;
+        }
         goto unknown;
     case 8:
         if (is(name, "FLUSHALL")) {
@@ -3000,6 +3333,7 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
         return len; /* after QUIT or a protocol error, input is dropped */
     struct kshard *ks = kc->ks;
     uint64_t t0 = pith_now_ns();
+    uint64_t at = t0; /* when the last command ended: the next one's parsing begins */
     kc->active_ns = t0;
     const char *buf = data;
     size_t off = 0, made = 0;
@@ -3031,12 +3365,13 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
             size_t before = kc->out.len - kc->out_off;
             (void)push_out(kc);
             made += before - (kc->out.len - kc->out_off);
+            at = pith_now_ns(); /* sending is not the next command's time */
         }
         /* The slice is over: the rest of the input waits, and this connection queues behind
          * the shard's other work (yield), so one pipeline cannot hold the shard, nor build
          * its whole reply before any of it leaves. */
         if (cmds >= SLICE_CMDS || made + kc->out.len - kc->out_off >= SLICE_BYTES ||
-            (cmds % 32 == 31 && pith_now_ns() - t0 >= SLICE_NS)) {
+            (cmds % 32 == 31 && at - t0 >= SLICE_NS)) {
             yielded = yield(kc);
             if (yielded)
                 break;
@@ -3061,7 +3396,7 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
         }
         off += (size_t)r;
         if (argc > 0)
-            command(kc, ks->args, argc);
+            at = command(kc, ks->args, argc, at);
         args_shrink(ks);
         /* Replies made into slots (behind a reply still coming from another shard) count
          * toward the slice's bytes too, and from now on toward the client's memory. */
@@ -3157,7 +3492,9 @@ static void housekeeping(void *arg)
     struct kshard *ks = arg;
     ks->more_armed = false;
     bool more;
-    size_t gone = store_expire_cycle(&ks->st, now_ms(), pith_now_ns() + EXPIRE_SLICE, &more);
+    uint64_t t0 = pith_now_ns();
+    size_t gone = store_expire_cycle(&ks->st, now_ms(), t0 + EXPIRE_SLICE, &more);
+    latency_add(LAT_EXPIRE_CYCLE, (pith_now_ns() - t0) / 1000000);
     count(&ks->expired, (int64_t)gone);
     more |= store_rehash_for(&ks->st, pith_now_ns() + REHASH_SLICE);
     atomic_store_explicit(&ks->buckets, store_buckets(&ks->st), memory_order_relaxed);
@@ -3252,6 +3589,8 @@ static void *shard_up(void *arg)
         return (void *)(intptr_t)-ENOMEM;
     ks->id = (unsigned)pith_shard_id();
     kshards[ks->id] = ks;
+    if (cmd_stats_init() != 0)
+        return (void *)(intptr_t)-ENOMEM;
     if (aof_mode != AOF_OFF) {
         /* The shard's journal, read back into its store before any client comes. */
         uint64_t n = 0, t0 = pith_now_ns();
@@ -3321,7 +3660,9 @@ static void usage(void)
             "               [--client-output-buffer-limit 'normal HARD SOFT SECONDS']\n"
             "               [--mesh-ring BATCHES] [--mesh-batch MSGS] [--mesh-backlog N]\n"
             "               [--dir PATH [--appendfsync always|everysec|no]\n"
-            "                [--journal-segment-bytes BYTES]] [--metrics-port N]\n");
+            "                [--journal-segment-bytes BYTES]] [--metrics-port N]\n"
+            "               [--slowlog-log-slower-than US] [--slowlog-max-len N]\n"
+            "               [--latency-monitor-threshold MS]\n");
     exit(2);
 }
 
@@ -3335,6 +3676,15 @@ static void *close_all(void *arg)
         (void)pith_conn_abort(kc->id);
     }
     return NULL;
+}
+
+/* An integer flag in [lo, LLONG_MAX]. */
+static long long ll_arg(const char *v, long long lo)
+{
+    long long n;
+    if (!resp_parse_ll(v, strlen(v), &n) || n < lo)
+        usage();
+    return n;
 }
 
 static unsigned mesh_arg(const char *v)
@@ -3446,6 +3796,15 @@ int main(int argc, char **argv)
             if ((opt.appendfsync = aof_parse(v)) < 0)
                 usage();
             i++;
+        } else if (strcmp(argv[i], "--slowlog-log-slower-than") == 0 && v) {
+            opt.slowlog_slower_than = ll_arg(v, -1);
+            i++;
+        } else if (strcmp(argv[i], "--slowlog-max-len") == 0 && v) {
+            opt.slowlog_max_len = ll_arg(v, 0);
+            i++;
+        } else if (strcmp(argv[i], "--latency-monitor-threshold") == 0 && v) {
+            opt.latency_threshold_ms = ll_arg(v, 0);
+            i++;
         } else {
             usage();
         }
@@ -3466,6 +3825,9 @@ int main(int argc, char **argv)
     atomic_store(&kv_cfg.obl_hard, opt.obl_hard);
     atomic_store(&kv_cfg.obl_soft, opt.obl_soft);
     atomic_store(&kv_cfg.obl_secs, opt.obl_secs);
+    atomic_store(&kv_cfg.slowlog_slower_than, (uint64_t)opt.slowlog_slower_than);
+    atomic_store(&kv_cfg.slowlog_max_len, (uint64_t)opt.slowlog_max_len);
+    atomic_store(&kv_cfg.latency_threshold_ms, (uint64_t)opt.latency_threshold_ms);
     kv_cfg.port = opt.port;
     kv_cfg.bind = opt.host;
 
