@@ -778,6 +778,21 @@ Test(resp, writer_grows_across_many_values_and_keeps_them_all)
     resp_out_free(&want);
 }
 
+Test(resp, formatted_text_goes_in_whole_however_long)
+{
+    struct resp_out o = {0};
+    char big[3000];
+    memset(big, 'k', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    cr_assert_eq(resp_put_fmt(&o, "# A\r\nn:%d\r\n", 42), 0);
+    cr_assert_eq(resp_put_fmt(&o, "long:%s\r\n", big), 0);
+    cr_assert_eq(resp_put_fmt(&o, "%s", ""), 0);
+    cr_assert_eq(o.len, 11 + 5 + sizeof(big) - 1 + 2, "nothing cut: %zu bytes", o.len);
+    cr_assert_eq(memcmp(o.p, "# A\r\nn:42\r\nlong:kkk", 19), 0);
+    cr_assert_eq(memcmp(o.p + o.len - 3, "k\r\n", 3), 0);
+    resp_out_free(&o);
+}
+
 Test(resp, writer_failure_leaves_the_buffer_unchanged)
 {
     struct resp_out o = {0};

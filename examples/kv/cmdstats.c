@@ -283,52 +283,40 @@ static uint64_t quantile(const uint64_t h[CMD_HIST_BUCKETS], uint64_t total, dou
     return upper(CMD_HIST_BUCKETS - 1);
 }
 
-__attribute__((format(printf, 2, 3))) static int put(struct resp_out *o, const char *fmt, ...)
-{
-    char line[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return -EINVAL;
-    return resp_put_raw(o, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
-}
-
 int cmd_info_commandstats(struct resp_out *o, unsigned nshards)
 {
     /* Redis lists a command once it was called, rejected or failed. */
-    int err = put(o, "# Commandstats\r\n");
+    int err = resp_put_fmt(o, "# Commandstats\r\n");
     for (int i = 0; i < NCMDS && err == 0; i++) {
         struct sum t = sum_of(i, nshards);
         if (t.calls == 0 && t.rejected == 0 && t.failed == 0)
             continue;
         uint64_t usec = t.ns / 1000;
-        err = put(o,
-                  "cmdstat_%s:calls=%llu,usec=%llu,usec_per_call=%.2f,rejected_calls=%llu,"
-                  "failed_calls=%llu\r\n",
-                  defs[i].name, (unsigned long long)t.calls, (unsigned long long)usec,
-                  t.calls > 0 ? (double)t.ns / 1000.0 / (double)t.calls : 0.0,
-                  (unsigned long long)t.rejected, (unsigned long long)t.failed);
+        err = resp_put_fmt(o,
+                           "cmdstat_%s:calls=%llu,usec=%llu,usec_per_call=%.2f,rejected_calls=%llu,"
+                           "failed_calls=%llu\r\n",
+                           defs[i].name, (unsigned long long)t.calls, (unsigned long long)usec,
+                           t.calls > 0 ? (double)t.ns / 1000.0 / (double)t.calls : 0.0,
+                           (unsigned long long)t.rejected, (unsigned long long)t.failed);
     }
-    return err != 0 ? err : put(o, "\r\n");
+    return err != 0 ? err : resp_put_fmt(o, "\r\n");
 }
 
 int cmd_info_latencystats(struct resp_out *o, unsigned nshards)
 {
     /* Redis 7's default latency-tracking-info-percentiles: 50 99 99.9, in µs. */
-    int err = put(o, "# Latencystats\r\n");
+    int err = resp_put_fmt(o, "# Latencystats\r\n");
     uint64_t h[CMD_HIST_BUCKETS];
     for (int i = 0; i < NCMDS && err == 0; i++) {
         uint64_t total = hist_of(i, nshards, h);
         if (total == 0)
             continue;
-        err =
-            put(o, "latency_percentiles_usec_%s:p50=%.3f,p99=%.3f,p99.9=%.3f\r\n", defs[i].name,
-                (double)quantile(h, total, 0.5) / 1000.0, (double)quantile(h, total, 0.99) / 1000.0,
-                (double)quantile(h, total, 0.999) / 1000.0);
+        err = resp_put_fmt(o, "latency_percentiles_usec_%s:p50=%.3f,p99=%.3f,p99.9=%.3f\r\n",
+                           defs[i].name, (double)quantile(h, total, 0.5) / 1000.0,
+                           (double)quantile(h, total, 0.99) / 1000.0,
+                           (double)quantile(h, total, 0.999) / 1000.0);
     }
-    return err != 0 ? err : put(o, "\r\n");
+    return err != 0 ? err : resp_put_fmt(o, "\r\n");
 }
 
 /* One command's entry of LATENCY HISTOGRAM: name, [calls, n, histogram_usec, [edge, count ...]]

@@ -43,104 +43,94 @@ void engine_sample(void)
     u->at = now;
 }
 
-__attribute__((format(printf, 2, 3))) static int put(struct resp_out *o, const char *fmt, ...)
-{
-    char line[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return -EINVAL;
-    return resp_put_raw(o, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
-}
-
 typedef unsigned long long ull;
 
 static int engine(struct resp_out *o, unsigned nshards)
 {
-    int err = put(o, "# Engine\r\n");
+    int err = resp_put_fmt(o, "# Engine\r\n");
     for (unsigned i = 0; i < nshards && err == 0; i++) {
         pith_shard_stats_t s;
         if (pith_shard_stats(i, &s) != 0)
             continue;
         double util = s.elapsed_ns > 0 ? (double)s.busy_ns / (double)s.elapsed_ns : 0;
-        err = put(o,
-                  "shard%u:cpu=%d,pinned=%d,utilisation=%.4f,utilisation_1s=%.4f,busy_ns=%llu,"
-                  "elapsed_ns=%llu,loops=%llu,sleeps=%llu,tasks=%llu,mesh_sent=%llu,"
-                  "mesh_received=%llu,mesh_batches_sent=%llu,mesh_batches_received=%llu,"
-                  "ring_full=%llu,backpressure=%llu,wakes_sent=%llu,wake_failures=%llu,"
-                  "external_tasks=%llu,lanes=%u,timers_fired=%llu,timers_pending=%llu,"
-                  "stalls=%llu\r\n",
-                  i, s.cpu, s.pinned, util,
-                  (double)atomic_load_explicit(&utils[i].ppm, memory_order_relaxed) / 1e6,
-                  (ull)s.busy_ns, (ull)s.elapsed_ns, (ull)s.loops, (ull)s.sleeps, (ull)s.tasks_run,
-                  (ull)s.msgs_out, (ull)s.msgs_in, (ull)s.batches_out, (ull)s.batches_in,
-                  (ull)s.ring_full, (ull)s.backpressure, (ull)s.wakes_sent, (ull)s.wake_failures,
-                  (ull)s.external_in, s.lanes, (ull)s.timers_fired, (ull)s.timers_pending,
-                  (ull)s.stalls);
+        err = resp_put_fmt(
+            o,
+            "shard%u:cpu=%d,pinned=%d,utilisation=%.4f,utilisation_1s=%.4f,busy_ns=%llu,"
+            "elapsed_ns=%llu,loops=%llu,sleeps=%llu,tasks=%llu,mesh_sent=%llu,"
+            "mesh_received=%llu,mesh_batches_sent=%llu,mesh_batches_received=%llu,"
+            "ring_full=%llu,backpressure=%llu,wakes_sent=%llu,wake_failures=%llu,"
+            "external_tasks=%llu,lanes=%u,timers_fired=%llu,timers_pending=%llu,"
+            "stalls=%llu\r\n",
+            i, s.cpu, s.pinned, util,
+            (double)atomic_load_explicit(&utils[i].ppm, memory_order_relaxed) / 1e6, (ull)s.busy_ns,
+            (ull)s.elapsed_ns, (ull)s.loops, (ull)s.sleeps, (ull)s.tasks_run, (ull)s.msgs_out,
+            (ull)s.msgs_in, (ull)s.batches_out, (ull)s.batches_in, (ull)s.ring_full,
+            (ull)s.backpressure, (ull)s.wakes_sent, (ull)s.wake_failures, (ull)s.external_in,
+            s.lanes, (ull)s.timers_fired, (ull)s.timers_pending, (ull)s.stalls);
     }
-    return err != 0 ? err : put(o, "\r\n");
+    return err != 0 ? err : resp_put_fmt(o, "\r\n");
 }
 
 static int memory(struct resp_out *o, unsigned nshards)
 {
-    int err = put(o, "# Enginememory\r\n");
+    int err = resp_put_fmt(o, "# Enginememory\r\n");
     for (unsigned i = 0; i < nshards && err == 0; i++) {
         pith_mem_stats_t m;
         if (pith_mem_stats((int)i, &m) != 0)
             continue;
-        err = put(o,
-                  "shard%u:node=%d,cap=%zu,reserved=%zu,committed=%zu,locked=%zu,huge=%zu,"
-                  "in_use=%zu,peak=%zu,extents=%u,reserved_hot=%zu,reserved_warm=%zu,"
-                  "reserved_cold=%zu,allocs=%llu,frees=%llu,remote_frees=%llu,grows=%llu,"
-                  "cap_refusals=%llu,budget_refusals=%llu,lock_failures=%llu,"
-                  "bind_failures=%llu\r\n",
-                  i, m.node, m.cap, m.reserved, m.committed, m.locked, m.huge, m.in_use, m.peak,
-                  m.extents, m.profile_reserved[PITH_MEM_HOT], m.profile_reserved[PITH_MEM_WARM],
-                  m.profile_reserved[PITH_MEM_COLD], (ull)m.allocs, (ull)m.frees,
-                  (ull)m.remote_frees, (ull)m.grows, (ull)m.cap_refusals, (ull)m.budget_refusals,
-                  (ull)m.lock_failures, (ull)m.bind_failures);
+        err = resp_put_fmt(o,
+                           "shard%u:node=%d,cap=%zu,reserved=%zu,committed=%zu,locked=%zu,huge=%zu,"
+                           "in_use=%zu,peak=%zu,extents=%u,reserved_hot=%zu,reserved_warm=%zu,"
+                           "reserved_cold=%zu,allocs=%llu,frees=%llu,remote_frees=%llu,grows=%llu,"
+                           "cap_refusals=%llu,budget_refusals=%llu,lock_failures=%llu,"
+                           "bind_failures=%llu\r\n",
+                           i, m.node, m.cap, m.reserved, m.committed, m.locked, m.huge, m.in_use,
+                           m.peak, m.extents, m.profile_reserved[PITH_MEM_HOT],
+                           m.profile_reserved[PITH_MEM_WARM], m.profile_reserved[PITH_MEM_COLD],
+                           (ull)m.allocs, (ull)m.frees, (ull)m.remote_frees, (ull)m.grows,
+                           (ull)m.cap_refusals, (ull)m.budget_refusals, (ull)m.lock_failures,
+                           (ull)m.bind_failures);
     }
-    return err != 0 ? err : put(o, "\r\n");
+    return err != 0 ? err : resp_put_fmt(o, "\r\n");
 }
 
 static int net(struct resp_out *o, unsigned nshards)
 {
-    int err = put(o, "# Enginenet\r\n");
+    int err = resp_put_fmt(o, "# Enginenet\r\n");
     for (unsigned i = 0; i < nshards && err == 0; i++) {
         pith_net_stats_t n;
         if (pith_net_stats(i, &n) != 0)
             continue;
-        err = put(o,
-                  "shard%u:connections=%llu,accepted=%llu,refused=%llu,over_limit=%llu,"
-                  "idle_closed=%llu,resets=%llu,bytes_in=%llu,bytes_out=%llu,recv_nobufs=%llu,"
-                  "partial_sends=%llu,paused=%llu\r\n",
-                  i, (ull)n.conns_open, (ull)n.accepted, (ull)n.refused, (ull)n.over_limit,
-                  (ull)n.idle_closed, (ull)n.resets, (ull)n.bytes_in, (ull)n.bytes_out,
-                  (ull)n.recv_nobufs, (ull)n.partial_sends, (ull)n.paused);
+        err = resp_put_fmt(
+            o,
+            "shard%u:connections=%llu,accepted=%llu,refused=%llu,over_limit=%llu,"
+            "idle_closed=%llu,resets=%llu,bytes_in=%llu,bytes_out=%llu,recv_nobufs=%llu,"
+            "partial_sends=%llu,paused=%llu\r\n",
+            i, (ull)n.conns_open, (ull)n.accepted, (ull)n.refused, (ull)n.over_limit,
+            (ull)n.idle_closed, (ull)n.resets, (ull)n.bytes_in, (ull)n.bytes_out,
+            (ull)n.recv_nobufs, (ull)n.partial_sends, (ull)n.paused);
     }
-    return err != 0 ? err : put(o, "\r\n");
+    return err != 0 ? err : resp_put_fmt(o, "\r\n");
 }
 
 static int journal(struct resp_out *o, unsigned nshards)
 {
-    int err = put(o, "# Enginejournal\r\n");
+    int err = resp_put_fmt(o, "# Enginejournal\r\n");
     for (unsigned i = 0; i < nshards && err == 0; i++) {
         pith_journal_stats_t j;
         if (pith_journal_stats(i, &j) != 0)
             continue;
-        err = put(o,
-                  "shard%u:open=%d,failed=%d,appended=%llu,appended_bytes=%llu,acked=%llu,"
-                  "failed_records=%llu,groups=%llu,syncs=%llu,bytes_written=%llu,"
-                  "pending_bytes=%llu,segments=%llu,released=%llu,recycled=%llu,"
-                  "recovered=%llu\r\n",
-                  i, j.open, j.failed, (ull)j.appended, (ull)j.appended_bytes, (ull)j.acked,
-                  (ull)j.failed_records, (ull)j.groups, (ull)j.syncs, (ull)j.bytes_written,
-                  (ull)j.pending_bytes, (ull)j.segments, (ull)j.released, (ull)j.recycled,
-                  (ull)j.recovered);
+        err = resp_put_fmt(o,
+                           "shard%u:open=%d,failed=%d,appended=%llu,appended_bytes=%llu,acked=%llu,"
+                           "failed_records=%llu,groups=%llu,syncs=%llu,bytes_written=%llu,"
+                           "pending_bytes=%llu,segments=%llu,released=%llu,recycled=%llu,"
+                           "recovered=%llu\r\n",
+                           i, j.open, j.failed, (ull)j.appended, (ull)j.appended_bytes,
+                           (ull)j.acked, (ull)j.failed_records, (ull)j.groups, (ull)j.syncs,
+                           (ull)j.bytes_written, (ull)j.pending_bytes, (ull)j.segments,
+                           (ull)j.released, (ull)j.recycled, (ull)j.recovered);
     }
-    return err != 0 ? err : put(o, "\r\n");
+    return err != 0 ? err : resp_put_fmt(o, "\r\n");
 }
 
 /* ---- the histograms, from pith_metrics_json ----
@@ -259,7 +249,7 @@ static int latency(struct resp_out *o, unsigned nshards)
         {"pith_journal_write_sync_seconds", "journal_write_sync"},
     };
     enum { NFAMS = sizeof(fams) / sizeof(fams[0]) };
-    int err = put(o, "# Enginelatency\r\n");
+    int err = resp_put_fmt(o, "# Enginelatency\r\n");
     long need = pith_metrics_json(NULL, 0);
     char *json = NULL;
     for (int tries = 0; need > 0 && tries < 3; tries++) {
@@ -274,7 +264,7 @@ static int latency(struct resp_out *o, unsigned nshards)
     struct hist *h = json != NULL ? pith_calloc((size_t)NFAMS * nshards, sizeof(*h)) : NULL;
     if (h == NULL) {
         pith_free(json);
-        return err != 0 ? err : put(o, "\r\n");
+        return err != 0 ? err : resp_put_fmt(o, "\r\n");
     }
     for (unsigned f = 0; f < NFAMS; f++)
         (void)read_family(json, fams[f].family, &h[(size_t)f * nshards], nshards);
@@ -290,11 +280,11 @@ static int latency(struct resp_out *o, unsigned nshards)
                          f > 0 ? "," : "", fams[f].name, (ull)x->count, fams[f].name, usec(x, 0.5),
                          fams[f].name, usec(x, 0.99), fams[f].name, usec(x, 0.999));
         }
-        err = put(o, "%s\r\n", line);
+        err = resp_put_fmt(o, "%s\r\n", line);
     }
     pith_free(h);
     pith_free(json);
-    return err != 0 ? err : put(o, "\r\n");
+    return err != 0 ? err : resp_put_fmt(o, "\r\n");
 }
 
 int engine_info(struct resp_out *o, unsigned nshards, unsigned which)

@@ -2111,17 +2111,6 @@ static uint64_t rss_bytes(void)
 }
 
 /* Appends printf-style text to o (INFO's body); errors only lose the text. */
-__attribute__((format(printf, 2, 3))) static void add(struct resp_out *o, const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        (void)resp_put_raw(o, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
-}
-
 /* Whether one of the n sections asked for is `name`. */
 static bool named(const struct resp_arg *sections, unsigned n, const char *name)
 {
@@ -2176,12 +2165,14 @@ static void info(struct kconn *kc, const struct resp_arg *sections, unsigned n)
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         uint64_t up = (now - started_ns) / 1000000000u;
-        add(&t,
+        (void)resp_put_fmt(
+            &t,
             "# Server\r\nredis_version:7.0.0\r\nredis_git_sha1:00000000\r\nredis_git_dirty:0\r\n"
             "redis_build_id:0\r\nredis_mode:standalone\r\nos:%s %s %s\r\narch_bits:%d\r\n"
             "multiplexing_api:io_uring\r\nprocess_id:%d\r\nprocess_supervised:no\r\n",
             u.sysname, u.release, u.machine, (int)(sizeof(void *) * 8), (int)getpid());
-        add(&t,
+        (void)resp_put_fmt(
+            &t,
             "run_id:%s\r\ntcp_port:%d\r\nserver_time_usec:%lld\r\nuptime_in_seconds:%llu\r\n"
             "uptime_in_days:%llu\r\nhz:10\r\nexecutable:\r\nconfig_file:\r\n"
             "pith_kv_version:0.1.0\r\npith_version:%s\r\nshards:%u\r\n\r\n",
@@ -2189,7 +2180,8 @@ static void info(struct kconn *kc, const struct resp_arg *sections, unsigned n)
             (unsigned long long)up, (unsigned long long)(up / 86400), pith_version(), nshards);
     }
     if (SECTION("clients"))
-        add(&t,
+        (void)resp_put_fmt(
+            &t,
             "# Clients\r\nconnected_clients:%llu\r\nmaxclients:%llu\r\nblocked_clients:0\r\n\r\n",
             (unsigned long long)conns, (unsigned long long)setting(&kv_cfg.maxclients));
     if (SECTION("memory")) {
@@ -2199,7 +2191,8 @@ static void info(struct kconn *kc, const struct resp_arg *sections, unsigned n)
         human(h_used, sizeof(h_used), used);
         human(h_rss, sizeof(h_rss), rss);
         human(h_peak, sizeof(h_peak), peak);
-        add(&t,
+        (void)resp_put_fmt(
+            &t,
             "# Memory\r\nused_memory:%llu\r\nused_memory_human:%s\r\nused_memory_rss:%llu\r\n"
             "used_memory_rss_human:%s\r\nused_memory_peak:%llu\r\nused_memory_peak_human:%s\r\n"
             "used_memory_dataset:%llu\r\nmaxmemory:%llu\r\nmaxmemory_human:%s\r\n"
@@ -2211,7 +2204,8 @@ static void info(struct kconn *kc, const struct resp_arg *sections, unsigned n)
             (unsigned long long)setting(&kv_cfg.maxmemory_clients));
     }
     if (SECTION("stats"))
-        add(&t,
+        (void)resp_put_fmt(
+            &t,
             "# Stats\r\ntotal_connections_received:%llu\r\ntotal_commands_processed:%llu\r\n"
             "rejected_connections:%llu\r\nexpired_keys:%llu\r\nevicted_keys:0\r\n"
             "evicted_clients:%llu\r\nclient_output_buffer_limit_disconnections:%llu\r\n"
@@ -2227,20 +2221,22 @@ static void info(struct kconn *kc, const struct resp_arg *sections, unsigned n)
         if (getrusage(RUSAGE_CHILDREN, &rc) != 0)
             memset(&rc, 0, sizeof(rc));
 #define SECS(tv) ((double)(tv).tv_sec + (double)(tv).tv_usec / 1e6)
-        add(&t,
+        (void)resp_put_fmt(
+            &t,
             "# CPU\r\nused_cpu_sys:%.6f\r\nused_cpu_user:%.6f\r\nused_cpu_sys_children:%.6f\r\n"
             "used_cpu_user_children:%.6f\r\n\r\n",
             SECS(ru.ru_stime), SECS(ru.ru_utime), SECS(rc.ru_stime), SECS(rc.ru_utime));
 #undef SECS
     }
     if (SECTION("shards")) {
-        add(&t, "# Shards\r\n");
+        (void)resp_put_fmt(&t, "# Shards\r\n");
         for (unsigned i = 0; i < nshards; i++) {
             struct kshard *ks = kshards[i];
             pith_mem_stats_t ms;
             if (pith_mem_stats((int)i, &ms) != 0)
                 memset(&ms, 0, sizeof(ms));
-            add(&t,
+            (void)resp_put_fmt(
+                &t,
                 "shard%u:keys=%llu,expires=%llu,clients=%llu,commands=%llu,expired=%llu,"
                 "used_memory=%llu,buckets=%zu,room_waits=%llu,client_memory=%llu,"
                 "multi_shard=%llu,lock_waits=%llu\r\n",
@@ -2256,7 +2252,7 @@ static void info(struct kconn *kc, const struct resp_arg *sections, unsigned n)
                 (unsigned long long)atomic_load_explicit(&ks->txns, memory_order_relaxed),
                 (unsigned long long)atomic_load_explicit(&ks->parked, memory_order_relaxed));
         }
-        add(&t, "\r\n");
+        (void)resp_put_fmt(&t, "\r\n");
     }
     unsigned engine = (EXTRA("engine") ? EI_ENGINE : 0) | (EXTRA("enginememory") ? EI_MEMORY : 0) |
                       (EXTRA("enginenet") ? EI_NET : 0) |
@@ -2276,21 +2272,22 @@ static void info(struct kconn *kc, const struct resp_arg *sections, unsigned n)
                 segs += js.segments;
             }
         }
-        add(&t,
-            "# Persistence\r\naof_enabled:%d\r\naof_rewrite_in_progress:%d\r\n"
-            "aof_rewrites:%llu\r\naof_journal_records_appended:%llu\r\n"
-            "aof_journal_segments:%llu\r\n\r\n",
-            aof_mode != AOF_OFF, running > 0, (unsigned long long)rewrites,
-            (unsigned long long)records, (unsigned long long)segs);
+        (void)resp_put_fmt(&t,
+                           "# Persistence\r\naof_enabled:%d\r\naof_rewrite_in_progress:%d\r\n"
+                           "aof_rewrites:%llu\r\naof_journal_records_appended:%llu\r\n"
+                           "aof_journal_segments:%llu\r\n\r\n",
+                           aof_mode != AOF_OFF, running > 0, (unsigned long long)rewrites,
+                           (unsigned long long)records, (unsigned long long)segs);
     }
     if (EXTRA("commandstats"))
         (void)cmd_info_commandstats(&t, nshards);
     if (EXTRA("latencystats"))
         (void)cmd_info_latencystats(&t, nshards);
     if (SECTION("keyspace")) {
-        add(&t, "# Keyspace\r\n");
+        (void)resp_put_fmt(&t, "# Keyspace\r\n");
         if (keys > 0)
-            add(&t, "db0:keys=%llu,expires=%llu,avg_ttl=%llu\r\n", (unsigned long long)keys,
+            (void)resp_put_fmt(
+                &t, "db0:keys=%llu,expires=%llu,avg_ttl=%llu\r\n", (unsigned long long)keys,
                 (unsigned long long)expires,
                 (unsigned long long)(expires > 0 ? ttl_weighted / (double)expires : 0));
     }

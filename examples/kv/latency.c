@@ -243,18 +243,6 @@ int latency_history_reply(const struct resp_out *parts, unsigned n, int ev, stru
     return err;
 }
 
-__attribute__((format(printf, 2, 3))) static int put(struct resp_out *o, const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return -EINVAL;
-    return resp_put_raw(o, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
-}
-
 /* What to look at for each event. */
 static const char *const advice[LAT_EVENTS] = {
     "command, fast-command: SLOWLOG GET names the slow commands. A command runs on the shards "
@@ -279,16 +267,17 @@ int latency_doctor_reply(const struct resp_out *parts, unsigned n, struct resp_o
     for (int ev = 0; ev < LAT_EVENTS; ev++)
         events += m[ev].live && m[ev].n > 0;
     if (threshold == 0 && events == 0) {
-        err = put(&t, "The latency monitor is off: CONFIG SET latency-monitor-threshold "
-                      "<milliseconds> turns it on.\n");
+        err = resp_put_fmt(&t, "The latency monitor is off: CONFIG SET latency-monitor-threshold "
+                               "<milliseconds> turns it on.\n");
     } else if (events == 0) {
-        err = put(&t,
-                  "No latency spike of %llu ms or more was seen since the start or the last "
-                  "LATENCY RESET, on any of the %u shards.\n",
-                  (unsigned long long)threshold, n);
+        err =
+            resp_put_fmt(&t,
+                         "No latency spike of %llu ms or more was seen since the start or the last "
+                         "LATENCY RESET, on any of the %u shards.\n",
+                         (unsigned long long)threshold, n);
     } else {
-        err = put(&t, "Latency spikes of %llu ms or more, over all %u shards:\n\n",
-                  (unsigned long long)threshold, n);
+        err = resp_put_fmt(&t, "Latency spikes of %llu ms or more, over all %u shards:\n\n",
+                           (unsigned long long)threshold, n);
         int k = 0;
         int64_t now = (int64_t)time(NULL);
         for (int ev = 0; ev < LAT_EVENTS && err == 0; ev++) {
@@ -305,19 +294,20 @@ int latency_doctor_reply(const struct resp_out *parts, unsigned n, struct resp_o
                 dev +=
                     (double)x->s[s].ms > avg ? (double)x->s[s].ms - avg : avg - (double)x->s[s].ms;
             int64_t span = now - x->s[0].time;
-            err = put(&t,
-                      "%d. %s: %u latency spikes (average %.0fms, mean deviation %.0fms, period "
-                      "%.2f sec). Worst all time event %llums.\n",
-                      ++k, names[ev], x->n, avg, dev / x->n, (double)(span > 0 ? span : 1) / x->n,
-                      (unsigned long long)x->max);
+            err = resp_put_fmt(
+                &t,
+                "%d. %s: %u latency spikes (average %.0fms, mean deviation %.0fms, period "
+                "%.2f sec). Worst all time event %llums.\n",
+                ++k, names[ev], x->n, avg, dev / x->n, (double)(span > 0 ? span : 1) / x->n,
+                (unsigned long long)x->max);
         }
-        err = err ? err : put(&t, "\nAdvice:\n");
+        err = err ? err : resp_put_fmt(&t, "\nAdvice:\n");
         for (int ev = 0; ev < LAT_EVENTS && err == 0; ev++) {
             int about = ev == LAT_FAST_COMMAND ? LAT_COMMAND : ev;
             bool seen = m[ev].live && m[ev].n > 0;
             bool told = ev == LAT_FAST_COMMAND && m[LAT_COMMAND].live && m[LAT_COMMAND].n > 0;
             if (seen && !told)
-                err = put(&t, "- %s\n", advice[about]);
+                err = resp_put_fmt(&t, "- %s\n", advice[about]);
         }
     }
     pith_free(m);

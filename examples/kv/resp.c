@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -477,6 +478,24 @@ int resp_put_raw(struct resp_out *o, const void *p, size_t n)
         return -ENOMEM;
     memcpy(o->p + o->len, p, n);
     o->len += n;
+    return 0;
+}
+
+int resp_put_fmt(struct resp_out *o, const char *fmt, ...)
+{
+    /* Measured first, then written in place: no line is cut, and nothing is copied twice. */
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n <= 0)
+        return n < 0 ? -EINVAL : 0;
+    if (reserve(o, (size_t)n + 1) != 0) /* vsnprintf writes a NUL after the text */
+        return -ENOMEM;
+    va_start(ap, fmt);
+    vsnprintf(o->p + o->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    o->len += (size_t)n;
     return 0;
 }
 

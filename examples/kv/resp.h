@@ -76,6 +76,8 @@ int resp_put_bulk(struct resp_out *o, const void *p, size_t n); /* $n\r\n<n byte
 int resp_put_null(struct resp_out *o);                          /* $-1\r\n */
 int resp_put_array(struct resp_out *o, long long n);            /* *n\r\n (then n values) */
 int resp_put_raw(struct resp_out *o, const void *p, size_t n);  /* n bytes as they are */
+/* printf-style text as it is, however long (INFO's lines): -EINVAL a format error. */
+__attribute__((format(printf, 2, 3))) int resp_put_fmt(struct resp_out *o, const char *fmt, ...);
 
 /* Frees o's buffer and zeroes it, ready for reuse. NULL is a no-op. */
 void resp_out_free(struct resp_out *o);
