@@ -13,22 +13,7 @@ import subprocess
 import sys
 import tempfile
 
-N = 0
-FAILED = 0
-
-
-def tap(name, ok, detail=""):
-    global N, FAILED
-    N += 1
-    if ok:
-        print(f"ok {N} - {name}", flush=True)
-    else:
-        FAILED += 1
-        print(f"not ok {N} - {name}")
-        for line in str(detail).splitlines()[:40]:
-            print(f"# {line}")
-        sys.stdout.flush()
-
+from tap import plan, tap
 
 def run(bench, *args, timeout=300):
     return subprocess.run([bench, *args], capture_output=True, text=True, timeout=timeout)
@@ -178,8 +163,7 @@ def main(argv):
             p = run(bench, *args, timeout=60)
             tap(f"{name}: status 2 and a message", p.returncode == 2 and want in p.stderr,
                 f"status {p.returncode}: {p.stderr[-500:]}")
-    print(f"1..{N}", flush=True)
-    return 1 if FAILED else 0
+    return plan()
 
 
 if __name__ == "__main__":

@@ -15,24 +15,11 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 
-N = 0
-FAILED = 0
+from tap import plan, tap
+
 SVG = "{http://www.w3.org/2000/svg}"
 # "        from           to      count      cum%  bar"
 LINE = re.compile(r"^\s*(-inf|\d+)\s+(\d+|inf)\s+(\d+)\s+(\d+\.\d+)%\s*([#.]*)$")
-
-
-def tap(name, ok, detail=""):
-    global N, FAILED
-    N += 1
-    if ok:
-        print(f"ok {N} - {name}", flush=True)
-    else:
-        FAILED += 1
-        print(f"not ok {N} - {name}")
-        for line in str(detail).splitlines()[:40]:
-            print(f"# {line}")
-        sys.stdout.flush()
 
 
 def run(bench, *args, timeout=300):
@@ -168,8 +155,7 @@ def main(argv):
             tap(f"{name}: status 2, a message, nothing run",
                 p.returncode == 2 and want in p.stderr and p.stdout == "",
                 f"status {p.returncode}: {p.stderr[-500:]}")
-    print(f"1..{N}", flush=True)
-    return 1 if FAILED else 0
+    return plan()
 
 
 if __name__ == "__main__":

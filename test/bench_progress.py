@@ -13,21 +13,8 @@ import select
 import subprocess
 import sys
 
-N = 0
-FAILED = 0
+from tap import plan, tap
 
-
-def tap(name, ok, detail=""):
-    global N, FAILED
-    N += 1
-    if ok:
-        print(f"ok {N} - {name}", flush=True)
-    else:
-        FAILED += 1
-        print(f"not ok {N} - {name}")
-        for line in str(detail).splitlines()[:40]:
-            print(f"# {line}")
-        sys.stdout.flush()
 
 
 def run(bench, *args, timeout=120):
@@ -94,8 +81,7 @@ def main(argv):
         p.returncode == 0 and "\r" not in p.stderr
         and lines[:2] == ["progress: [1/2] raw.c2c_rtt_ns", "progress: [2/2] mesh.rtt_ns"],
         repr(p.stderr[-600:]))
-    print(f"1..{N}", flush=True)
-    return 1 if FAILED else 0
+    return plan()
 
 
 if __name__ == "__main__":
