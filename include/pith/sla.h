@@ -26,7 +26,7 @@
  *   again at each evaluation that misses.
  * The busiest activations are the 4 that the most timed messages went to lately (a count over
  * the timed messages that halves at each evaluation). Only shedding is undone when the SLA is
- * met again; a window without a miss sends the next miss back to the first remedy. Each
+ * met again; a whole window without a miss sends the next miss back to the first remedy. Each
  * remedy taken is reported (the hook's report, or a line on stderr) with the figures that
  * caused it and what it did. PROFILE, PREWARM and MIGRATE act on activations: the type must be
  * a virtual type's (pith_vtype_actor), with related keys for PREWARM, and one that can move
