@@ -660,7 +660,8 @@ Test(metrics, the_http_endpoint_keeps_alive_and_refuses_what_it_must, .timeout =
     }
     cr_assert_eq(have, 0);
     cr_assert_str_eq(bodies[0], bodies[1], "the second answer rendered again");
-    /* Later, a fresh one. */
+    /* Later, a fresh one. A sleep, not an engine primitive: what is tested is the wall-clock
+     * reuse period (100 ms) passing, and no event of the engine marks it. */
     struct timespec pause = {0, 150 * 1000 * 1000};
     nanosleep(&pause, NULL);
     send_all(fd, get, strlen(get));
