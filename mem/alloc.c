@@ -326,6 +326,16 @@ int mem_self_promise_hot(int64_t delta)
     return 0;
 }
 
+int mem_self_hot_ready(void)
+{
+    struct mem_home *h = mem_self;
+    if (h == NULL)
+        return -EPERM;
+    if (h->prof[PITH_MEM_HOT].n > 0)
+        return 0;
+    return mem_prof_grow(h, PITH_MEM_HOT, 0);
+}
+
 /* The current heap is full: try the profile's other heaps (frees may have made room), then
  * grow, then (only when mimalloc has no arena left) the thread's own heap. */
 static struct blk *alloc_slow(struct mem_home *h, pith_mem_profile_t prof, size_t n, size_t align,

@@ -205,6 +205,10 @@ int mem_prof_grow(struct mem_home *h, pith_mem_profile_t prof, size_t need);
  * -EPERM off a shard; -ENOMEM the cap or the kernel refused (the promise is unchanged; what
  * grew stays, as extents do). */
 int mem_self_promise_hot(int64_t delta);
+/* Makes the calling shard's first hot extent (prefaulted and locked: milliseconds) now if it
+ * has none, so that what later moves into hot memory finds it ready instead of faulting it in
+ * on the shard's loop. Errors: -EPERM off a shard; -ENOMEM as mem_prof_grow. */
+int mem_self_hot_ready(void);
 struct mem_owner *mem_owner_get(struct mem_home *h, uint64_t tag, bool create);
 void mem_owner_table_free(struct mem_home *h);
 void mem_bins_flush(struct mem_home *h);
