@@ -360,6 +360,7 @@ pith_client_t *pith_client_open(const pith_client_config_t *cfg)
     int err = config_resolve(cfg, &c->cfg);
     if (err == 0) {
         producer_init(&c->own, 0);
+        c->own.spin_ns = c->cfg.spin_ns;
         c->p = &c->own;
         err = producer_enter(c->p);
         if (err == 0) {

@@ -351,6 +351,25 @@ static bool lane_room(struct lane *l, uint32_t total)
  * (outside). */
 static int wait_room(struct producer *p, struct lane *l, uint32_t total, uint64_t deadline)
 {
+    if (p->spin_ns > 0) {
+        /* Poll first, as the producer's owner asked: a thread with a CPU of its own (a feed
+         * handler) keeps up with a shard that frees a few slots at a time, where sleeping
+         * would cost a futex wake-up per slot freed, on the shard's side too. lane_room reads
+         * head_pub with acquire (see there); room_wait stays 0 meanwhile, so the shard does
+         * not wake anyone. The clock is read once in 64 looks; a stop ends the spin. */
+        uint64_t until = pith_now_ns() + p->spin_ns;
+        if (until > deadline)
+            until = deadline;
+        for (unsigned k = 1;; k++) {
+            if (lane_room(l, total))
+                return 0;
+            if ((k & 63) == 0 && (pith_now_ns() >= until || shard_engine_stopping()))
+                break;
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        }
+    }
     /* Dekker with the consumer (drain_one): our exchange of room_wait and load of head_pub,
      * its store of head_pub and load of room_wait, all seq_cst. Either we see the room or it
      * sees us waiting and wakes us. */

@@ -92,6 +92,9 @@ struct producer {
     unsigned n;
     uint64_t owner;    /* copied into each lane it makes */
     uint32_t lane_cap; /* slots per lane (a power of two) */
+    /* How long a push that finds its lane full polls for room before it sleeps (0: it sleeps
+     * at once). A client's spin_ns (pith_client_config_t). */
+    uint64_t spin_ns;
     /* What the layer above keeps for this producer (core/: the thread's client), and how it
      * lets go of it when the thread exits; for the thread's own producer only. */
     void *upper;

@@ -904,3 +904,64 @@ Test(client, idle_clients_lanes_leave_the_shards_list_and_come_back, .timeout = 
     TEST_WAIT_FOR(pith_shard_stats(0, &st) == 0 && st.lanes_dormant + st.lanes <= 2);
     test_stop(NULL);
 }
+
+/* Handles T_DATA after spinning for the ns its payload's second word asks, checking that the
+ * first words come in order. */
+static _Atomic uint64_t slow_next, slow_bad;
+
+static int slow_in_order(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)self;
+    (void)state;
+    uint64_t w[2];
+    if (msg->type != T_DATA || msg->len != sizeof(w))
+        return 0;
+    memcpy(w, msg->data, sizeof(w));
+    for (uint64_t until = pith_now_ns() + w[1]; pith_now_ns() < until;)
+        ;
+    if (w[0] != atomic_load(&slow_next))
+        atomic_fetch_add(&slow_bad, 1);
+    atomic_store(&slow_next, w[0] + 1);
+    return 0;
+}
+
+static const pith_actor_type_t slow_order_type = {.name = "client.slow_in_order",
+                                                  .behaviour = slow_in_order};
+
+Test(client, a_spinning_sender_waits_out_a_full_lane_by_polling_or_sleeping_and_loses_nothing,
+     .timeout = 120)
+{
+    pith_config_t cfg = test_config(1);
+    cfg.lane_slots = 16; /* a few records fill it */
+    test_start(&cfg);
+    atomic_store(&slow_next, 0);
+    atomic_store(&slow_bad, 0);
+    pith_client_config_t ccfg;
+    pith_client_config_init(&ccfg);
+    /* First a spin longer than the actor's turns (room comes while polling), then a spin far
+     * shorter than them (the sender ends up asleep and is woken). */
+    const uint64_t spins[2] = {5 * MS, 10 * 1000};
+    const uint64_t work[2] = {2000, 300 * 1000};
+    const uint64_t counts[2] = {scaled(20000), 200};
+    uint64_t seq = 0;
+    pith_ref_t a;
+    for (int round = 0; round < 2; round++) {
+        ccfg.spin_ns = spins[round];
+        pith_client_t *c = pith_client_open(&ccfg);
+        cr_assert_not_null(c);
+        if (round == 0)
+            cr_assert_eq(pith_client_spawn(c, 0, &slow_order_type, NULL, 5 * SEC, &a), 0);
+        for (uint64_t i = 0; i < counts[round]; i++, seq++) {
+            uint64_t w[2] = {seq, work[round]};
+            cr_assert_eq(pith_client_send(c, a, T_DATA, w, sizeof(w), 30 * SEC), 0);
+        }
+        pith_client_stats_t st;
+        cr_assert_eq(pith_client_stats(c, &st), 0);
+        cr_assert_gt(st.pushed_back, 0, "round %d: the lane never filled", round);
+        cr_assert_geq(st.sent, counts[round]); /* and the spawn */
+        TEST_WAIT_FOR(atomic_load(&slow_next) == seq);
+        pith_client_close(c);
+    }
+    cr_assert_eq(atomic_load(&slow_bad), 0u);
+    test_stop(NULL);
+}

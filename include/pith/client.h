@@ -49,9 +49,11 @@ typedef struct pith_client_config {
     /* Messages each shard may queue for this client before its sends to it fail with -EAGAIN
      * (default 1024; rounded up to a power of two, 4..65536). */
     uint32_t inbox_max;
-    /* How long a blocking call polls before it sleeps, in ns (default 0: sleep at once). A
-     * client on a CPU of its own trades that CPU for latency here: a sleeping client costs a
-     * futex wake-up, several microseconds on most machines. */
+    /* How long a blocking call polls before it sleeps, in ns (default 0: sleep at once): a
+     * receive, ask, spawn or call waiting for its answer, and a send waiting for room in a full
+     * lane. A client on a CPU of its own trades that CPU for latency here: a sleeping client
+     * costs a futex wake-up, several microseconds on most machines, and a sender that sleeps on
+     * a full lane costs the shard a wake-up each time it frees room. */
     uint64_t spin_ns;
 } pith_client_config_t;
 
