@@ -156,11 +156,11 @@ static char check_order(const struct order_msg *m)
         return ORDER_REJ_SYMBOL;
     if (m->account >= ACCOUNTS)
         return ORDER_REJ_ACCOUNT;
-    if (opt.reject_every != 0 &&
-        (atomic_fetch_add_explicit(&passed_checks, 1, memory_order_relaxed) + 1) %
-                opt.reject_every ==
-            0)
-        return ORDER_REJ_HALTED;
+    if (opt.reject_every != 0) {
+        uint64_t k = atomic_fetch_add_explicit(&passed_checks, 1, memory_order_relaxed) + 1;
+        if (k % opt.reject_every == 0)
+            return ORDER_REJ_HALTED;
+    }
     return 0;
 }
 
