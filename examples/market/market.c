@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "feed.h"
+#include "floor.h"
 #include "gen.h"
 #include "itch.h"
 #include "mkt.h"
@@ -32,6 +33,7 @@ struct options {
     const char *json;
     bool positions;
     bool progress;
+    bool floor;
 };
 
 static void usage(FILE *f)
@@ -387,6 +389,50 @@ static int positions(pith_client_t *c, unsigned accounts)
     return rc;
 }
 
+/* --floor: the day through a plain ring, no engine (floor.h). */
+static int run_floor(const struct options *o, const uint8_t *day, size_t len)
+{
+    int book_cpu = o->cpus != NULL ? atoi(o->cpus) : -1;
+    struct floor_result *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return 1;
+    mkt_epoch_ns = pith_now_ns();
+    int err = floor_run(day, len, o->rate, o->feed_cpu, book_cpu, r);
+    if (err != 0) {
+        fprintf(stderr, "pith-market: floor: %s\n", strerror(-err));
+        free(r);
+        return 1;
+    }
+    double secs = (double)(r->end_ns - r->start_ns) / 1e9;
+    printf("floor: no engine, feed %s, %" PRIu64
+           " book messages in %.3f s (%.0f/s), ring_full %" PRIu64 " refused %" PRIu64 "\n",
+           o->rate ? "at a fixed rate" : "as fast as possible", r->msgs, secs,
+           secs > 0 ? (double)r->msgs / secs : 0.0, r->ring_full, r->refused);
+    lat_print(stdout, "feed_lateness", &r->late);
+    lat_print(stdout, "tick_to_book", &r->to_book);
+    int rc = r->refused != 0;
+    if (o->json != NULL) {
+        FILE *f = fopen(o->json, "w");
+        if (f == NULL) {
+            fprintf(stderr, "pith-market: %s: %s\n", o->json, strerror(errno));
+            rc = 1;
+        } else {
+            fprintf(f,
+                    "{\"floor\": true, \"rate\": %" PRIu64 ", \"messages\": %" PRIu64
+                    ", \"seconds\": %.6f, \"ring_full\": %" PRIu64
+                    ", \"stages\": {\"feed_lateness\": ",
+                    o->rate, r->msgs, secs, r->ring_full);
+            lat_json(f, &r->late);
+            fprintf(f, ", \"tick_to_book\": ");
+            lat_json(f, &r->to_book);
+            fprintf(f, "}}\n");
+            fclose(f);
+        }
+    }
+    free(r);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     struct options o = {.gen = {.seed = 1, .symbols = 200, .messages = 100000},
@@ -420,6 +466,8 @@ int main(int argc, char **argv)
         O_POS,
         O_PROGRESS,
         O_SPIN,
+        O_FLOOR,
+        O_COOLDOWN,
         O_HELP
     };
     static const struct option longs[] = {{"file", required_argument, 0, O_FILE},
@@ -439,6 +487,8 @@ int main(int argc, char **argv)
                                           {"positions", no_argument, 0, O_POS},
                                           {"progress", no_argument, 0, O_PROGRESS},
                                           {"book-spin-ns", required_argument, 0, O_SPIN},
+                                          {"floor", no_argument, 0, O_FLOOR},
+                                          {"cooldown", required_argument, 0, O_COOLDOWN},
                                           {"help", no_argument, 0, O_HELP},
                                           {0, 0, 0, 0}};
     int c;
@@ -504,6 +554,14 @@ int main(int argc, char **argv)
         case O_PROGRESS:
             o.progress = true;
             break;
+        case O_FLOOR:
+            o.floor = true;
+            break;
+        case O_COOLDOWN:
+            if (parse_u64(optarg, &v) < 0 || v > UINT32_MAX)
+                goto bad;
+            mkt_cfg.cooldown = (uint32_t)v;
+            break;
         case O_SPIN:
             if (parse_u64(optarg, &mkt_cfg.book_spin_ns) < 0 || mkt_cfg.book_spin_ns > 1000000000)
                 goto bad;
@@ -549,6 +607,9 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+
+    if (o.floor)
+        return run_floor(&o, day, len);
 
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
