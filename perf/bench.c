@@ -439,6 +439,7 @@ static void usage(FILE *f)
     fputs("usage: pith-bench [--quick] [--json] [--filter NAME] [--shards N] [--repetitions N]\n"
           "                  [--out FILE] [--compare BASE.json [--with NEW.json]]\n"
           "                  [--histogram NAME [--plot FILE.svg]] [--progress | --no-progress]\n"
+          "                  [--plot-market FILE.json:STAGE --plot FILE.svg]\n"
           "\n"
           "Per-core microbenchmarks of the Pith engine, each beside a baseline measured in the\n"
           "same run.\n"
@@ -462,6 +463,9 @@ static void usage(FILE *f)
           "                     without --filter. Rows that time each operation have one\n"
           "  --plot FILE.svg    with --histogram: also draw it as an SVG (log x axis, p50, p99,\n"
           "                     p999, the machine and the date)\n"
+          "  --plot-market F.json:STAGE\n"
+          "                     with --plot: draw a stage's latencies from pith-market --json\n"
+          "                     (examples/market) as --histogram draws a row's; nothing runs\n"
           "  --progress         show progress inside each row on stderr even when it is not a\n"
           "                     terminal (a line every 5 s); on a terminal it is on by default,\n"
           "                     one line redrawn: the row, % done where the row tells, seconds\n"
@@ -605,6 +609,96 @@ static int show_histogram(FILE *f, const char *name, const char *plot_path, cons
     return 0;
 }
 
+/* --plot-market F.json:STAGE: the stage's histogram from pith-market's --json (lat_json's
+ * layout: "STAGE": {"count", ..., "p50_ns", "p99_ns", "p999_ns", "buckets": [[upper edge ns,
+ * samples], ...]}, in the buckets of hist.h) drawn by plot_svg. 0, or 2 with why on stderr. */
+static int plot_market(const char *spec, const char *plot_path)
+{
+    const char *colon = strrchr(spec, ':');
+    char path[512], stage[64], key[80], name[96];
+    if (colon == NULL || (size_t)(colon - spec) >= sizeof(path) || strlen(colon + 1) == 0 ||
+        strlen(colon + 1) >= sizeof(stage)) {
+        fputs("pith-bench: --plot-market wants FILE.json:STAGE\n", stderr);
+        return 2;
+    }
+    memcpy(path, spec, (size_t)(colon - spec));
+    path[colon - spec] = '\0';
+    snprintf(stage, sizeof(stage), "%s", colon + 1);
+    FILE *f = fopen(path, "r");
+    char *text = NULL;
+    long len = -1;
+    if (f != NULL && fseek(f, 0, SEEK_END) == 0 && (len = ftell(f)) >= 0 &&
+        fseek(f, 0, SEEK_SET) == 0 && (text = malloc((size_t)len + 1)) != NULL &&
+        fread(text, 1, (size_t)len, f) == (size_t)len)
+        text[len] = '\0';
+    else
+        len = -1;
+    if (f != NULL)
+        fclose(f);
+    if (len < 0) {
+        fprintf(stderr, "pith-bench: --plot-market: cannot read %s\n", path);
+        free(text);
+        return 2;
+    }
+    snprintf(key, sizeof(key), "\"%s\": {", stage);
+    const char *at = strstr(text, key);
+    const char *b = at != NULL ? strstr(at, "\"buckets\": [") : NULL;
+    const char *end = b != NULL ? strstr(b, "]]") : NULL;
+    result_t r;
+    memset(&r, 0, sizeof(r));
+    snprintf(name, sizeof(name), "market.%s_ns", stage);
+    r.name = name;
+    r.reps = 1;
+    r.ratio = NAN;
+    r.others_pct = NAN;
+    r.hist.present = true;
+    r.hist.per = 1;
+    const struct {
+        const char *field;
+        double *to;
+    } pcts[] = {{"\"p50_ns\": ", &r.p50}, {"\"p99_ns\": ", &r.p99}, {"\"p999_ns\": ", &r.p999}};
+    for (size_t i = 0; at != NULL && i < sizeof(pcts) / sizeof(pcts[0]); i++) {
+        const char *p = strstr(at, pcts[i].field);
+        if (p != NULL && (b == NULL || p < b))
+            *pcts[i].to = strtod(p + strlen(pcts[i].field), NULL);
+    }
+    for (const char *p = b != NULL ? b + strlen("\"buckets\": [") : NULL; p != NULL && p < end;) {
+        const char *open = strchr(p, '[');
+        if (open == NULL || open > end)
+            break;
+        char *q;
+        unsigned long long edge = strtoull(open + 1, &q, 10);
+        unsigned long long count = strtoull(q + 1, &q, 10);
+        if (edge == 0)
+            break;
+        r.hist.count[hist_bucket(edge - 1)] += count;
+        r.hist.total += count;
+        p = q;
+    }
+    free(text);
+    r.samples = r.hist.total;
+    r.value = r.p50;
+    if (r.hist.total == 0) {
+        fprintf(stderr, "pith-bench: --plot-market: no samples of '%s' in %s\n", stage, path);
+        return 2;
+    }
+    char line1[600], date[32];
+    run_date(date, sizeof(date));
+    snprintf(line1, sizeof(line1), "from pith-market --json %s", path);
+    char line2[256];
+    snprintf(line2, sizeof(line2), "drawn by pith-bench %s, %s", PITH_BENCH_GIT, date);
+    const char *caption[] = {line1, line2};
+    FILE *pf = fopen(plot_path, "w");
+    int rc = pf == NULL ? -errno : plot_svg(pf, &r, caption, 2);
+    if (pf != NULL && fclose(pf) != 0 && rc == 0)
+        rc = -errno;
+    if (rc != 0) {
+        fprintf(stderr, "pith-bench: --plot %s: %s\n", plot_path, strerror(-rc));
+        return 2;
+    }
+    return 0;
+}
+
 static int row_index(const char *name)
 {
     for (size_t i = 0; i < NROWS; i++)
@@ -676,7 +770,7 @@ int main(int argc, char **argv)
     bench_env_t env = {.shards = 2};
     bool json = false;
     const char *filter = NULL, *out_path = NULL, *compare_path = NULL, *with_path = NULL;
-    const char *hist_name = NULL, *plot_path = NULL;
+    const char *hist_name = NULL, *plot_path = NULL, *market_spec = NULL;
     enum progress_mode progress_mode = PROGRESS_AUTO;
     unsigned reps = 1;
 
@@ -691,6 +785,7 @@ int main(int argc, char **argv)
         {"with", required_argument, NULL, 'w'},
         {"histogram", required_argument, NULL, 'H'},
         {"plot", required_argument, NULL, 'p'},
+        {"plot-market", required_argument, NULL, 'M'},
         {"progress", no_argument, NULL, 'P'},
         {"no-progress", no_argument, NULL, 'N'},
         {"help", no_argument, NULL, 'h'},
@@ -747,6 +842,9 @@ int main(int argc, char **argv)
         case 'p':
             plot_path = optarg;
             break;
+        case 'M':
+            market_spec = optarg;
+            break;
         case 'P':
             progress_mode = PROGRESS_ON;
             break;
@@ -767,6 +865,13 @@ int main(int argc, char **argv)
     }
     env.wait_s = env.quick ? 60.0 : 600.0;
     int hist_row = -1;
+    if (market_spec != NULL) {
+        if (plot_path == NULL) {
+            fputs("pith-bench: --plot-market goes with --plot FILE.svg\n", stderr);
+            return 2;
+        }
+        return plot_market(market_spec, plot_path);
+    }
     if (plot_path != NULL && hist_name == NULL) {
         fputs("pith-bench: --plot draws the row that --histogram NAME names\n", stderr);
         return 2;
