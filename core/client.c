@@ -1074,12 +1074,46 @@ static int push_vmsg(struct pith_client *c, unsigned dst, struct amsg *m, uint64
     return err;
 }
 
+/* A small message goes whole in the lane record (core_lane_vmsg_inline): no message made here
+ * and freed there. Returns 1 when it does not fit (the caller sends it by pointer). */
+static int push_vinline(struct pith_client *c, const pith_vref_t *to, uint32_t type,
+                        const void *data, uint32_t len, uint64_t timeout_ns)
+{
+    struct core_vinline h = {.hash = to->hash, .tid = to->tid - 1, .klen = (uint16_t)to->len};
+    unsigned char head[sizeof(h) + PITH_VKEY_MAX];
+    uint32_t hlen = (uint32_t)sizeof(h) + ((to->len + 7u) & ~7u);
+    if (hlen > lane_max_len(c->p) || len > lane_max_len(c->p) - hlen)
+        return 1;
+    memcpy(head, &h, sizeof(h));
+    memcpy(head + sizeof(h), to->key, to->len);
+    memset(head + sizeof(h) + to->len, 0, hlen - sizeof(h) - to->len);
+    unsigned dst = core_vref_shard(to, c->p->n);
+    int err = lane_push(c->p, dst, core_lane_vmsg_inline, NULL, type, head, hlen, data, len, 0);
+    if (err == -EAGAIN) {
+        c->st.pushed_back++;
+        if (timeout_ns != 0)
+            err = lane_push(c->p, dst, core_lane_vmsg_inline, NULL, type, head, hlen, data, len,
+                            timeout_ns);
+    }
+    if (err == 0)
+        c->st.sent++;
+    return err;
+}
+
 int client_vsend(struct pith_client *c, const pith_vref_t *to, uint32_t type, uint32_t flag,
                  const void *data, uint32_t len, uint64_t timeout_ns)
 {
     int err = client_enter(c);
     if (err)
         return err;
+    if (flag == 0 && type < PITH_MSG_RESERVED) {
+        err = push_vinline(c, to, type, data, len, timeout_ns);
+        if (err != 1) {
+            if (err != -ESHUTDOWN)
+                producer_leave(c->p);
+            return err;
+        }
+    }
     struct amsg *m = core_vmsg_make(-1, to, c->ref, type, data, len, flag);
     if (m == NULL) {
         producer_leave(c->p);

@@ -153,6 +153,15 @@ void core_lanes_free(struct core_shard *cs);
 /* Virtual actors (vactor.c) */
 /* A lane record carrying a virtual message by pointer (its data: the struct amsg *). */
 int core_lane_vmsg(struct lane *l, void *arg, uint64_t aux, const void *data, uint32_t len);
+/* A lane record carrying a virtual message whole: a struct core_vinline, the key (padded to 8
+ * bytes), then the payload; the tag in aux. Made by client_vsend for what fits a lane. */
+struct core_vinline {
+    uint64_t hash;
+    uint32_t tid; /* the type's registration, less 1 (as a trailer's) */
+    uint16_t klen;
+    uint16_t pad;
+};
+int core_lane_vmsg_inline(struct lane *l, void *arg, uint64_t aux, const void *data, uint32_t len);
 /* The record waits in lane l until `to`'s mailbox has drained to half. Errors: -ENOMEM. */
 int core_lane_park(struct core_shard *cs, struct lane *l, pith_ref_t to);
 /* A message for virtual actor `to` made by the calling thread for shard dst (-1: unknown),

@@ -2504,6 +2504,63 @@ int core_lane_vmsg(struct lane *l, void *arg, uint64_t aux, const void *data, ui
     return r == LANE_PARK || r == LANE_RETRY ? r : 0;
 }
 
+int core_lane_vmsg_inline(struct lane *l, void *arg, uint64_t aux, const void *data, uint32_t len)
+{
+    (void)arg;
+    if (l == NULL)
+        return 0; /* the record holds nothing beyond its bytes */
+    struct core_shard *cs = core_shard_get();
+    if (cs == NULL)
+        return LANE_RETRY;
+    if (cs->closing)
+        return 0;
+    struct vshard *vs = vshard_get(cs);
+    if (vs == NULL)
+        return LANE_RETRY;
+    struct core_vinline h;
+    memcpy(&h, data, sizeof(h));
+    const unsigned char *key = (const unsigned char *)data + sizeof(h);
+    uint32_t off = (uint32_t)sizeof(h) + ((h.klen + 7u) & ~7u);
+    const void *payload = (const char *)data + off;
+    uint32_t plen = len - off;
+    pith_ref_t from = atomic_load_explicit(&l->owner, memory_order_relaxed);
+    uint32_t type = (uint32_t)aux;
+    /* The common case, where it lies: the key's activation lives here, idle (no mail, no turn
+     * queued or running, not muted: so not activating later, not held for a move), not ending,
+     * its type not shedding. Running it now is what enqueueing it into the empty mailbox and
+     * running the turn would do, in the same order, without the message's copy, the turn's
+     * task or their memory. Anything else takes the general path below. */
+    struct vtype_shard *ts = vts_get(vs, h.tid);
+    if (ts != NULL && vtypes[h.tid].vt->workers == 0) {
+        struct ventry *e = dir_find(vs, ts, h.tid, h.hash, key, h.klen);
+        if (e != NULL && !(e->xf & X_REMOTE) && !(e->flags & (E_ENDING | E_WARM))) {
+            struct actor *a = core_find(cs, e->act);
+            if (a != NULL && idle(a) && !core_counters(cs, a->rec)->shedding) {
+                core_bump(&ts->messages, 1);
+                touch(ts, e);
+                vote(cs, e, from);
+                pith_msg_t msg = {.type = type, .len = plen, .from = from, .data = payload};
+                if (core_run_now(cs, a, e->act, &msg))
+                    return 0;
+                core_bump(&ts->messages, (uint64_t)0 - 1); /* counted again below */
+            }
+        }
+    }
+    struct amsg *m = core_msg_make_ext(-1, PITH_REF_NONE, from, type, payload, plen,
+                                       sizeof(struct vtrail) + h.klen);
+    if (m == NULL)
+        return LANE_RETRY;
+    struct vtrail *t = trail_of(m);
+    *t = (struct vtrail){.hash = h.hash, .tid = (uint16_t)h.tid, .klen = h.klen};
+    memcpy(t->key, key, h.klen);
+    int r = vdeliver(cs, vs, h.tid, h.hash, t->key, h.klen, m, l, false);
+    if (r == LANE_PARK || r == LANE_RETRY) {
+        core_msg_free(m); /* the record stays in its lane, and is made again when it runs */
+        return r;
+    }
+    return 0;
+}
+
 /* ---- sends ---- */
 
 /* A virtual message for shard dst (or, dst -1, made here), with its trailer. */

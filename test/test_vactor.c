@@ -4,6 +4,7 @@
  * keys that share a hash, the key limit and the API's errors, the cap per shard, activations
  * alive at engine stop, and many activations coming and going.
  * Behaviours report in globals (atomics) read by the test thread; nothing asserts on a shard. */
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -908,5 +909,132 @@ Test(vactor, what_an_ending_activation_sends_to_its_key_is_bounded, .timeout = 3
     cr_assert_eq(atomic_load(&flood_full), 5000 - 4096);
     TEST_WAIT_FOR(atomic_load(&flood_seen) == 4096);
     cr_assert_eq(stats_of(&flood_type).activations, 2, "the held ones made one activation");
+    test_stop(NULL);
+}
+
+/* ---- a client's small messages ride their lane whole ---- */
+
+enum { LANE_SEQ = 40, LANE_SELF = 41 };
+
+static _Atomic uint64_t lane_next, lane_bad, lane_got, lane_self;
+
+/* LANE_SEQ carries a sequence number, then bytes that follow from it; from 100 on, every tenth
+ * sends the activation a LANE_SELF, a turn of its own between the client's messages. */
+static int lane_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg)
+{
+    (void)state;
+    if (msg->type == LANE_SELF) {
+        atomic_fetch_add(&lane_self, 1);
+        return 0;
+    }
+    uint64_t v;
+    if (msg->type != LANE_SEQ || msg->len < sizeof(v))
+        return 0;
+    memcpy(&v, msg->data, sizeof(v));
+    if (v != atomic_load(&lane_next))
+        atomic_fetch_add(&lane_bad, 1);
+    const unsigned char *b = msg->data;
+    for (uint32_t i = sizeof(v); i < msg->len; i++)
+        if (b[i] != (unsigned char)(v + i))
+            atomic_fetch_add(&lane_bad, 1);
+    atomic_store(&lane_next, v + 1);
+    atomic_fetch_add(&lane_got, 1);
+    if (v >= 100 && v % 10 == 0 && pith_send(pith_self(self), LANE_SELF, NULL, 0) != 0)
+        atomic_fetch_add(&lane_bad, 1);
+    return 0;
+}
+
+static void lane_activated(void *arg)
+{
+    (void)pith_vactor_activated((pith_ref_t)(uintptr_t)arg, 0);
+}
+
+/* Key "later" finishes its activation 50 ms on: its messages meanwhile wait in its mailbox. */
+static int lane_activate(pith_actor_t *self, void *state, const void *key, uint32_t len, int reason)
+{
+    (void)state;
+    (void)reason;
+    if (len != 5 || memcmp(key, "later", 5) != 0)
+        return 0;
+    pith_ref_t ref = pith_self(self);
+    return pith_timer_add(50 * MS, 0, lane_activated, (void *)(uintptr_t)ref, NULL) == 0
+               ? PITH_VACT_LATER
+               : -ENOMEM;
+}
+
+static const pith_actor_type_t lane_actor = {.name = "vactor.lane", .behaviour = lane_behaviour};
+static const pith_vtype_t lane_vtype = {
+    .name = "vactor.lane", .actor = &lane_actor, .on_activate = lane_activate};
+
+static void *lane_barrier(void *arg)
+{
+    return arg;
+}
+
+static void lane_send(pith_client_t *c, const pith_vref_t *v, uint64_t seq, uint32_t len)
+{
+    unsigned char buf[1024];
+    memcpy(buf, &seq, sizeof(seq));
+    for (uint32_t i = sizeof(seq); i < len; i++)
+        buf[i] = (unsigned char)(seq + i);
+    cr_assert_eq(pith_client_vsend(c, v, LANE_SEQ, buf, len, 10 * 1000 * MS), 0);
+}
+
+/* An idle activation runs a client's message where it lies in the lane: never queued. One that
+ * is not idle (its activation finishes later) gets it in its mailbox, behind what was there.
+ * Messages too large for half a lane travel by pointer. Through all three, one client's
+ * messages arrive in order, whole. */
+Test(vactor, a_clients_small_messages_ride_the_lane_whole_and_keep_their_order, .timeout = 60)
+{
+    pith_config_t cfg = test_config(2);
+    cfg.lane_slots = 16; /* records of up to 512 bytes, head included */
+    test_start(&cfg);
+    cr_assert_eq(pith_vtype_register(&lane_vtype), 0);
+    atomic_store(&lane_next, 0);
+    pith_client_t *c = pith_client_open(NULL);
+    cr_assert_not_null(c);
+    pith_vref_t v;
+    cr_assert_eq(pith_vref(&lane_vtype, "lane", 4, &v), 0);
+    unsigned dir = pith_vref_shard(&v);
+    uint64_t seq = 0;
+    /* The first message activates the key (and waits in its mailbox for that). */
+    lane_send(c, &v, seq++, 16);
+    cr_assert_eq(pith_client_call(c, dir, lane_barrier, NULL, 5000 * MS, NULL), 0);
+    /* Then one at a time, each followed by a call through the same lane: the activation is
+     * idle whenever a message comes, so each runs as its lane record does, with no turn of its
+     * own queued (a queued turn is a task the shard runs besides its lane records). */
+    pith_shard_stats_t before, after;
+    cr_assert_eq(pith_shard_stats(dir, &before), 0);
+    for (int i = 0; i < 100; i++) {
+        lane_send(c, &v, seq++, 16);
+        cr_assert_eq(pith_client_call(c, dir, lane_barrier, NULL, 5000 * MS, NULL), 0);
+    }
+    cr_assert_eq(pith_shard_stats(dir, &after), 0);
+    uint64_t turns =
+        (after.tasks_run - before.tasks_run) - (after.external_in - before.external_in);
+    cr_assert_lt(turns, 20u, "%" PRIu64 " tasks besides the lane's records for 100 messages",
+                 turns);
+    pith_actor_type_stats_t st;
+    cr_assert_eq(pith_actor_type_stats(pith_vtype_actor(&lane_vtype), &st), 0);
+    cr_assert_eq(st.mailbox_max, 1u, "only the first message, during its activation, waited");
+    /* Then in bursts, small and large in turn. */
+    const uint64_t n = scaled(20000);
+    for (uint64_t i = 0; i < n; i++)
+        lane_send(c, &v, seq++, i % 7 == 3 ? 900 : 8 + (uint32_t)(i % 64));
+    TEST_WAIT_FOR(atomic_load(&lane_got) == seq);
+    cr_assert_eq(atomic_load(&lane_bad), 0u);
+    cr_assert_eq(atomic_load(&lane_next), seq);
+    /* An activation that finishes later is not idle: what comes meanwhile waits in its
+     * mailbox, small and large alike, and is handled in order once it is done. */
+    pith_vref_t later;
+    cr_assert_eq(pith_vref(&lane_vtype, "later", 5, &later), 0);
+    for (int i = 0; i < 200; i++)
+        lane_send(c, &later, seq++, i % 5 == 2 ? 700 : 24);
+    TEST_WAIT_FOR(atomic_load(&lane_got) == seq);
+    cr_assert_eq(atomic_load(&lane_bad), 0u);
+    TEST_WAIT_FOR(atomic_load(&lane_self) == (seq + 9) / 10 - 10);
+    cr_assert_eq(pith_actor_type_stats(pith_vtype_actor(&lane_vtype), &st), 0);
+    cr_assert_geq(st.mailbox_max, 100u, "what came during the activation did not wait for it");
+    pith_client_close(c);
     test_stop(NULL);
 }
