@@ -1079,21 +1079,19 @@ static int push_vmsg(struct pith_client *c, unsigned dst, struct amsg *m, uint64
 static int push_vinline(struct pith_client *c, const pith_vref_t *to, uint32_t type,
                         const void *data, uint32_t len, uint64_t timeout_ns)
 {
-    struct core_vinline h = {.hash = to->hash, .tid = to->tid - 1, .klen = (uint16_t)to->len};
-    unsigned char head[sizeof(h) + PITH_VKEY_MAX];
-    uint32_t hlen = (uint32_t)sizeof(h) + ((to->len + 7u) & ~7u);
-    if (hlen > lane_max_len(c->p) || len > lane_max_len(c->p) - hlen)
+    if (to->len > lane_max_len(c->p) || len > lane_max_len(c->p) - to->len)
         return 1;
-    memcpy(head, &h, sizeof(h));
-    memcpy(head + sizeof(h), to->key, to->len);
-    memset(head + sizeof(h) + to->len, 0, hlen - sizeof(h) - to->len);
+    void *hash = (void *)(uintptr_t)to->hash;
+    uint64_t aux =
+        type | (uint64_t)to->len << VLREC_KLEN_SHIFT | (uint64_t)(to->tid - 1) << VLREC_TID_SHIFT;
     unsigned dst = core_vref_shard(to, c->p->n);
-    int err = lane_push(c->p, dst, core_lane_vmsg_inline, NULL, type, head, hlen, data, len, 0);
+    int err =
+        lane_push(c->p, dst, core_lane_vmsg_inline, hash, aux, data, len, to->key, to->len, 0);
     if (err == -EAGAIN) {
         c->st.pushed_back++;
         if (timeout_ns != 0)
-            err = lane_push(c->p, dst, core_lane_vmsg_inline, NULL, type, head, hlen, data, len,
-                            timeout_ns);
+            err = lane_push(c->p, dst, core_lane_vmsg_inline, hash, aux, data, len, to->key,
+                            to->len, timeout_ns);
     }
     if (err == 0)
         c->st.sent++;

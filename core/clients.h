@@ -153,14 +153,14 @@ void core_lanes_free(struct core_shard *cs);
 /* Virtual actors (vactor.c) */
 /* A lane record carrying a virtual message by pointer (its data: the struct amsg *). */
 int core_lane_vmsg(struct lane *l, void *arg, uint64_t aux, const void *data, uint32_t len);
-/* A lane record carrying a virtual message whole: a struct core_vinline, the key (padded to 8
- * bytes), then the payload; the tag in aux. Made by client_vsend for what fits a lane. */
-struct core_vinline {
-    uint64_t hash;
-    uint32_t tid; /* the type's registration, less 1 (as a trailer's) */
-    uint16_t klen;
-    uint16_t pad;
-};
+/* A lane record carrying a virtual message whole, made by client_vsend for what fits a lane:
+ * its bytes are the payload (so that it keeps the record's 16-byte alignment) and then the
+ * key; the key's hash rides in the record's arg, and its aux holds the tag (bits 0..31), the
+ * key's length (32..39) and the type's registration less 1 (40..47). A 2-byte key and a
+ * 30-byte payload fill one 64-byte slot. */
+#define VLREC_KLEN_SHIFT 32
+#define VLREC_TID_SHIFT  40
+_Static_assert(sizeof(void *) == sizeof(uint64_t), "a lane record's arg carries a 64-bit hash");
 int core_lane_vmsg_inline(struct lane *l, void *arg, uint64_t aux, const void *data, uint32_t len);
 /* The record waits in lane l until `to`'s mailbox has drained to half. Errors: -ENOMEM. */
 int core_lane_park(struct core_shard *cs, struct lane *l, pith_ref_t to);

@@ -2506,7 +2506,6 @@ int core_lane_vmsg(struct lane *l, void *arg, uint64_t aux, const void *data, ui
 
 int core_lane_vmsg_inline(struct lane *l, void *arg, uint64_t aux, const void *data, uint32_t len)
 {
-    (void)arg;
     if (l == NULL)
         return 0; /* the record holds nothing beyond its bytes */
     struct core_shard *cs = core_shard_get();
@@ -2517,12 +2516,14 @@ int core_lane_vmsg_inline(struct lane *l, void *arg, uint64_t aux, const void *d
     struct vshard *vs = vshard_get(cs);
     if (vs == NULL)
         return LANE_RETRY;
-    struct core_vinline h;
-    memcpy(&h, data, sizeof(h));
-    const unsigned char *key = (const unsigned char *)data + sizeof(h);
-    uint32_t off = (uint32_t)sizeof(h) + ((h.klen + 7u) & ~7u);
-    const void *payload = (const char *)data + off;
-    uint32_t plen = len - off;
+    struct {
+        uint64_t hash;
+        uint32_t tid, klen;
+    } h = {(uint64_t)(uintptr_t)arg, (uint32_t)(aux >> VLREC_TID_SHIFT) & 0xff,
+           (uint32_t)(aux >> VLREC_KLEN_SHIFT) & 0xff};
+    const void *payload = data;
+    uint32_t plen = len - h.klen;
+    const unsigned char *key = (const unsigned char *)data + plen;
     pith_ref_t from = atomic_load_explicit(&l->owner, memory_order_relaxed);
     uint32_t type = (uint32_t)aux;
     /* The common case, where it lies: the key's activation lives here, idle (no mail, no turn
@@ -2551,7 +2552,7 @@ int core_lane_vmsg_inline(struct lane *l, void *arg, uint64_t aux, const void *d
     if (m == NULL)
         return LANE_RETRY;
     struct vtrail *t = trail_of(m);
-    *t = (struct vtrail){.hash = h.hash, .tid = (uint16_t)h.tid, .klen = h.klen};
+    *t = (struct vtrail){.hash = h.hash, .tid = (uint16_t)h.tid, .klen = (uint16_t)h.klen};
     memcpy(t->key, key, h.klen);
     int r = vdeliver(cs, vs, h.tid, h.hash, t->key, h.klen, m, l, false);
     if (r == LANE_PARK || r == LANE_RETRY) {
