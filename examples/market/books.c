@@ -23,7 +23,7 @@ static void tick_to_itch(const struct tick *t, uint16_t locate, struct itch_msg 
     case 'A':
     case 'F':
         m->add.ref = t->ref;
-        m->add.side = t->side;
+        m->add.side = tick_side(t);
         m->add.shares = t->shares;
         m->add.price = t->price;
         break;
@@ -80,14 +80,16 @@ static int book_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg
         pith_reply(msg, MT_BOOKQ, &r, sizeof r);
         return 0;
     }
-    if (msg->type != MT_TICK || msg->len != sizeof(struct tick))
+    if (msg->type != MT_TICK || msg->len != TICK_LEN)
         return 0;
     struct mkt_shard *sh = mkt_here();
-    const struct tick *t = msg->data;
+    struct tick tk;
+    memcpy(&tk, msg->data, TICK_LEN);
+    const struct tick *t = &tk;
     uint64_t at = 0;
     if (mkt_cfg.timing) {
         at = mkt_now();
-        lat_add(&sh->to_book, at - tick_due(t));
+        lat_add(&sh->to_book, tick_age(tick_due(t), at));
     }
     if (mkt_cfg.book_spin_ns > 0)
         for (uint64_t until = pith_now_ns() + mkt_cfg.book_spin_ns; pith_now_ns() < until;)

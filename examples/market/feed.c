@@ -1,5 +1,5 @@
 /* The feed handler (feed.h): decodes each message, keeps system events and the directory to
- * itself, and sends each book message as a 32-byte tick stamped with its due time. At a fixed
+ * itself, and sends each book message as a 30-byte tick stamped with its due time. At a fixed
  * rate, message i is due at start + i / rate whether or not the engine kept up, so the stages'
  * latencies, measured from that time, include any queueing a slow stage causes (no coordinated
  * omission). A full lane makes the send wait: the feed slows, nothing is dropped. */
@@ -11,15 +11,17 @@
 
 #include "itch.h"
 
-static void to_tick(const struct itch_msg *m, struct tick *t)
+/* The tick for m, due at `due`. */
+static void to_tick(const struct itch_msg *m, uint64_t due, struct tick *t)
 {
     memset(t, 0, sizeof *t);
+    char side = 'B';
     t->type = m->type;
     switch (m->type) {
     case 'A':
     case 'F':
         t->ref = m->add.ref;
-        t->side = m->add.side;
+        side = m->add.side;
         t->shares = m->add.shares;
         t->price = m->add.price;
         break;
@@ -44,13 +46,14 @@ static void to_tick(const struct itch_msg *m, struct tick *t)
         break;
     case 'P':
         t->ref = m->trade.ref;
-        t->side = m->trade.side;
+        side = m->trade.side;
         t->shares = m->trade.shares;
         t->price = m->trade.price;
         break;
     default:
         break;
     }
+    tick_set(t, due, side);
 }
 
 static bool for_books(char type)
@@ -98,16 +101,15 @@ int feed_run(pith_client_t *c, const struct feed_config *cfg, struct feed_result
                 break;
             made[m.locate] = true;
         }
-        struct tick t;
-        to_tick(&m, &t);
         uint64_t now = mkt_now(), due = now;
         if (period > 0) {
             due = start + (uint64_t)((double)r->book_msgs * period);
             while (now < due)
                 now = mkt_now();
         }
-        tick_set_due(&t, due);
-        err = pith_client_vsend(c, &refs[m.locate], MT_TICK, &t, sizeof t, PITH_FOREVER);
+        struct tick t;
+        to_tick(&m, due, &t);
+        err = pith_client_vsend(c, &refs[m.locate], MT_TICK, &t, TICK_LEN, PITH_FOREVER);
         if (err != 0)
             break;
         lat_add(&r->late, now - due);

@@ -7,6 +7,7 @@
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <pith/pith.h>
@@ -34,28 +35,44 @@ enum {
 };
 
 /* A book message as the feed hands it over: what the book needs of the ITCH message, and when
- * the tick was due. 32 bytes, so that it rides a lane inline. The locate is the actor's key. */
+ * the tick was due. TICK_LEN (30) bytes travel: with the 2-byte key, one 64-byte lane slot (the
+ * engine carries a client's small virtual message whole in its lane record). The locate is the
+ * actor's key. The due time is kept in 39 bits of nanoseconds (9 minutes), and ages are taken
+ * modulo that (tick_age): right for any latency under 9 minutes, in a run of any length. */
 struct tick {
     uint64_t ref;     /* the order's reference (A F E C X D U P) */
     uint64_t new_ref; /* U: the new reference */
     uint32_t shares;  /* A F E C X U P */
     uint32_t price;   /* A F C U P */
+    uint32_t due_lo;  /* when the tick was due, ns since mkt_epoch_ns: bits 0..31 */
     char type;        /* the ITCH type */
-    char side;        /* A F P: 'B' or 'S' */
-    uint16_t due_hi;  /* when the tick was due, ns since mkt_epoch_ns: bits 32..47 */
-    uint32_t due_lo;  /* bits 0..31 */
+    uint8_t due_hi;   /* bits 32..38 of the due time; bit 7: the side is 'S' (A F P) */
 };
-_Static_assert(sizeof(struct tick) == 32, "a tick rides a lane in 32 bytes");
+#define TICK_LEN      (offsetof(struct tick, due_hi) + 1)
+#define TICK_DUE_MASK ((UINT64_C(1) << 39) - 1)
+_Static_assert(TICK_LEN == 30, "a tick and its 2-byte key fill one lane slot");
 
+/* The due time, in TICK_DUE_MASK's bits. */
 static inline uint64_t tick_due(const struct tick *t)
 {
-    return ((uint64_t)t->due_hi << 32 | t->due_lo);
+    return ((uint64_t)(t->due_hi & 0x7f) << 32 | t->due_lo);
 }
 
-static inline void tick_set_due(struct tick *t, uint64_t ns)
+static inline char tick_side(const struct tick *t)
 {
-    t->due_hi = (uint16_t)(ns >> 32);
-    t->due_lo = (uint32_t)ns;
+    return (t->due_hi & 0x80) ? 'S' : 'B';
+}
+
+static inline void tick_set(struct tick *t, uint64_t due_ns, char side)
+{
+    t->due_lo = (uint32_t)due_ns;
+    t->due_hi = (uint8_t)((due_ns >> 32) & 0x7f) | (side == 'S' ? 0x80 : 0);
+}
+
+/* How long ago, at now (ns since mkt_epoch_ns), something due at `due` (a tick_due) was due. */
+static inline uint64_t tick_age(uint64_t due, uint64_t now)
+{
+    return (now - due) & TICK_DUE_MASK;
 }
 
 /* A book's figures, for the check against the reference books and for the summary. */
@@ -74,7 +91,7 @@ struct tob {
     uint64_t bid_sz, ask_sz; /* shares at them */
     uint32_t trade_px;       /* a trade or execution's price, 0 when the tick was none */
     uint32_t trade_sz;       /* its shares */
-    uint64_t due;            /* the tick's due time (ns since mkt_epoch_ns) */
+    uint64_t due;            /* the tick's due time (tick_due) */
     uint64_t at_book;        /* when the book took it */
 };
 

@@ -157,7 +157,7 @@ static void order(struct risk_state *s, const struct order_req *r)
     uint64_t at = 0;
     if (mkt_cfg.timing) {
         at = mkt_now();
-        lat_add(&sh->to_risk, at - r->due);
+        lat_add(&sh->to_risk, tick_age(r->due, at));
         lat_add(&sh->hop_risk, at - r->at_signal);
     }
     int64_t q = r->side == 'B' ? (int64_t)r->qty : -(int64_t)r->qty;
@@ -192,7 +192,7 @@ static void order(struct risk_state *s, const struct order_req *r)
     s->open_notional += notional;
     mkt_inc(&sh->orders_sent, 1);
     if (mkt_cfg.timing) {
-        lat_add(&sh->to_order, sent - r->due);
+        lat_add(&sh->to_order, tick_age(r->due, sent));
         lat_add(&sh->hop_wire, sent - at);
     }
 }

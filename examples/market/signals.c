@@ -71,7 +71,7 @@ static int signal_behaviour(pith_actor_t *self, void *state, const pith_msg_t *m
     if (mkt_cfg.timing) {
         struct mkt_shard *sh = mkt_here();
         at = mkt_now();
-        lat_add(&sh->to_signal, at - u->due);
+        lat_add(&sh->to_signal, tick_age(u->due, at));
         lat_add(&sh->hop_signal, at - u->at_book);
     }
     if (u->trade_sz != 0) {
