@@ -85,6 +85,32 @@ floor() { # rate json
 }
 
 echo "machine: $(nproc) CPUs, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+# How often the machine itself takes the CPU away: a thread on CPU 1 reads the clock in a loop
+# for 2 s and counts the gaps between two reads. Every latency below sits on top of these.
+python3 - <<'PY'
+import os, time
+try:
+    os.sched_setaffinity(0, {1})
+except OSError:
+    pass
+gaps = {100000: 0, 1000000: 0}
+lost = worst = 0
+now = time.perf_counter_ns
+t0 = last = now()
+while last - t0 < 2000000000:
+    t = now()
+    g = t - last
+    last = t
+    if g > 20000:
+        lost += g
+    for k in gaps:
+        if g > k:
+            gaps[k] += 1
+    worst = max(worst, g)
+print("machine stalls on CPU 1 over 2 s (a clock-reading loop): %d gaps over 100 us, %d over 1 ms, "
+      "the longest %.0f us; %.2f%% of the time in gaps over 20 us" %
+      (gaps[100000], gaps[1000000], worst / 1000, lost / 2e7))
+PY
 for rep in $(seq "$REPS"); do
     for rate in $RATES; do
         echo "run $rep at $rate/s: floor, application" >&2
