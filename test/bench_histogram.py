@@ -2,8 +2,8 @@
 """pith-bench --histogram and --plot on real runs of short rows: the text's buckets add up to the
 row's samples and its cumulative % ends at 100, the JSON's hist member (docs/bench-json.md)
 agrees with the text, the SVG parses as XML and has a bar per bucket with samples; a row without
-a histogram, an unknown row and --plot without --histogram are errors with a message. TAP on
-stdout.
+a histogram, an unknown row and --plot without --histogram are errors with a message; and
+--plot-market draws a stage of pith-market's --json the same way. TAP on stdout.
 
     bench_histogram.py PITH_BENCH"""
 
@@ -153,6 +153,42 @@ def main(argv):
         ]:
             p = run(bench, *args, timeout=60)
             tap(f"{name}: status 2, a message, nothing run",
+                p.returncode == 2 and want in p.stderr and p.stdout == "",
+                f"status {p.returncode}: {p.stderr[-500:]}")
+
+        # --plot-market: a stage of pith-market --json (lat_json's layout), drawn without a run.
+        market = os.path.join(d, "market.json")
+        buckets = [[640, 3], [768, 40], [1024, 7], [40960, 2], [1048576, 1]]
+        stage = {"count": 53, "sum_ns": 99999, "max_ns": 900000, "p50_ns": 768, "p99_ns": 40960,
+                 "p999_ns": 900000, "p9999_ns": 900000, "buckets": buckets}
+        with open(market, "w") as f:
+            json.dump({"rate": 1000, "stages": {"feed_lateness": {"count": 1, "buckets": [[4, 1]]},
+                                                "tick_to_book": stage}}, f)
+        msvg = os.path.join(d, "market.svg")
+        p = run(bench, "--plot-market", market + ":tick_to_book", "--plot", msvg, timeout=60)
+        ok = p.returncode == 0 and p.stdout == ""
+        bars, title = [], ""
+        try:
+            root = ET.parse(msvg).getroot()
+            bars = [e for e in root.iter(SVG + "rect") if e.get("class") == "bar"]
+            title = "".join(root.itertext())
+        except (OSError, ET.ParseError) as e:
+            ok, title = False, str(e)
+        tap("--plot-market draws a bar per bucket of the stage, its name and count in the title",
+            ok and len(bars) == len(buckets) and "market.tick_to_book_ns" in title
+            and "53 samples" in title, f"status {p.returncode} {p.stderr[-300:]} bars "
+            f"{len(bars)} {title[:200]}")
+        for name, args, want in [
+            ("--plot-market without --plot", ["--plot-market", market + ":tick_to_book"],
+             "--plot-market goes with --plot"),
+            ("--plot-market of a stage the file lacks",
+             ["--plot-market", market + ":tick_to_order", "--plot", msvg], "no samples"),
+            ("--plot-market of a missing file",
+             ["--plot-market", os.path.join(d, "none.json") + ":x", "--plot", msvg],
+             "cannot read"),
+        ]:
+            p = run(bench, *args, timeout=60)
+            tap(f"{name}: status 2 and a message",
                 p.returncode == 2 and want in p.stderr and p.stdout == "",
                 f"status {p.returncode}: {p.stderr[-500:]}")
     return plan()
