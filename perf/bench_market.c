@@ -25,28 +25,7 @@
 static uint8_t *day_bytes(uint64_t n, size_t *len, uint64_t *count)
 {
     struct gen_config cfg = {.seed = 18, .symbols = SYMBOLS, .messages = n};
-    gen_t *g = gen_create(&cfg);
-    size_t cap = (size_t)(n + SYMBOLS + 16) * 52, at = 0; /* 2 + the longest message, 50 */
-    uint8_t *buf = g != NULL ? malloc(cap) : NULL;
-    struct itch_msg m;
-    int r = 0;
-    *count = 0;
-    while (buf != NULL && (r = gen_next(g, &m)) == 1) {
-        ssize_t k = itch_encode(&m, buf + at, cap - at);
-        if (k < 0) {
-            r = (int)k;
-            break;
-        }
-        at += (size_t)k;
-        (*count)++;
-    }
-    gen_destroy(g);
-    if (r != 0) {
-        free(buf);
-        return NULL;
-    }
-    *len = at;
-    return buf;
+    return gen_day(&cfg, len, count);
 }
 
 int bench_raw_book_update(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen)

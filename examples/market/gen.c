@@ -379,3 +379,32 @@ int gen_next(gen_t *g, struct itch_msg *m)
     }
     return 0;
 }
+
+uint8_t *gen_day(const struct gen_config *cfg, size_t *len, uint64_t *count)
+{
+    gen_t *g = gen_create(cfg);
+    if (g == NULL)
+        return NULL;
+    /* Every message of the day and its directory, each at most the longest frame. */
+    size_t cap = (size_t)(cfg->messages + cfg->symbols + 16) * ITCH_MAX_FRAME, at = 0;
+    uint8_t *buf = malloc(cap);
+    uint64_t n = 0;
+    struct itch_msg m;
+    int r = buf != NULL ? 0 : -ENOMEM;
+    while (r == 0 && (r = gen_next(g, &m)) == 1) {
+        ssize_t k = itch_encode(&m, buf + at, cap - at);
+        r = k < 0 ? (int)k : 0;
+        at += k > 0 ? (size_t)k : 0;
+        n++;
+    }
+    gen_destroy(g);
+    if (r != 0) {
+        free(buf);
+        errno = r == -ENOMEM ? ENOMEM : EINVAL;
+        return NULL;
+    }
+    *len = at;
+    if (count != NULL)
+        *count = n;
+    return buf;
+}

@@ -3,6 +3,7 @@
 #ifndef MARKET_GEN_H
 #define MARKET_GEN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "itch.h"
@@ -35,5 +36,10 @@ void gen_destroy(gen_t *g);
 
 /* The day's next message into *m: returns 1, or 0 once the day is over, or -ENOMEM. */
 int gen_next(gen_t *g, struct itch_msg *m);
+
+/* cfg's whole day in one buffer, framed as Nasdaq's files are (itch_encode): *len bytes and,
+ * if count is not NULL, *count messages. The caller frees it. NULL with errno EINVAL or
+ * ENOMEM. */
+uint8_t *gen_day(const struct gen_config *cfg, size_t *len, uint64_t *count);
 
 #endif

@@ -5,24 +5,10 @@
 #include <errno.h>
 #include <string.h>
 
+#include "be.h"
+
 /* The common header: type, stock locate, tracking number, timestamp. */
 #define HDR 11
-
-static uint64_t get_be(const uint8_t *p, unsigned bytes)
-{
-    uint64_t v = 0;
-    for (unsigned i = 0; i < bytes; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static void put_be(uint8_t *p, uint64_t v, unsigned bytes)
-{
-    for (unsigned i = bytes; i-- > 0;) {
-        p[i] = (uint8_t)v;
-        v >>= 8;
-    }
-}
 
 size_t itch_msg_len(char type)
 {

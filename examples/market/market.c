@@ -115,27 +115,10 @@ static uint8_t *read_file(const char *path, size_t *len)
 
 static uint8_t *generate(const struct gen_config *cfg, size_t *len)
 {
-    gen_t *g = gen_create(cfg);
-    size_t cap = (size_t)(cfg->messages + cfg->symbols + 16) * ITCH_MAX_FRAME, at = 0;
-    uint8_t *buf = g != NULL ? malloc(cap) : NULL;
-    struct itch_msg m;
-    int r = 0;
-    while (buf != NULL && (r = gen_next(g, &m)) == 1) {
-        ssize_t k = itch_encode(&m, buf + at, cap - at);
-        if (k < 0) {
-            r = (int)k;
-            break;
-        }
-        at += (size_t)k;
-    }
-    gen_destroy(g);
-    if (buf == NULL || r != 0) {
-        fprintf(stderr, "pith-market: cannot generate the day: %s\n", strerror(r ? -r : ENOMEM));
-        free(buf);
-        return NULL;
-    }
-    *len = at;
-    return buf;
+    uint8_t *day = gen_day(cfg, len, NULL);
+    if (day == NULL)
+        fprintf(stderr, "pith-market: cannot generate the day: %s\n", strerror(errno));
+    return day;
 }
 
 struct scan {

@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <string.h>
 
+#include "be.h"
+
 /* Where each field lies in a frame (the same in every type that has it). */
 #define OFF_TYPE    2
 #define OFF_ID      3
@@ -17,22 +19,6 @@
 #define OFF_TICK    26 /* 'O' */
 #define OFF_SEQ     26 /* 'F' */
 #define OFF_RESERVE 34 /* 'O', 'F': zeros to the frame's end */
-
-static uint64_t get_be(const uint8_t *p, unsigned bytes)
-{
-    uint64_t v = 0;
-    for (unsigned i = 0; i < bytes; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static void put_be(uint8_t *p, uint64_t v, unsigned bytes)
-{
-    for (unsigned i = bytes; i-- > 0;) {
-        p[i] = (uint8_t)v;
-        v >>= 8;
-    }
-}
 
 size_t order_frame_len(char type)
 {
