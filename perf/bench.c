@@ -560,6 +560,21 @@ static void print_json(FILE *f, const bench_env_t *env, const machine_t *m, unsi
     fputs("}\n", f);
 }
 
+/* r's histogram as an SVG in path, captioned with two lines: 0, or 2 with why on stderr. */
+static int write_plot(const char *path, const result_t *r, const char *line1, const char *line2)
+{
+    const char *caption[] = {line1, line2};
+    FILE *pf = fopen(path, "w");
+    int rc = pf == NULL ? -errno : plot_svg(pf, r, caption, 2);
+    if (pf != NULL && fclose(pf) != 0 && rc == 0)
+        rc = -errno;
+    if (rc != 0) {
+        fprintf(stderr, "pith-bench: --plot %s: %s\n", path, strerror(-rc));
+        return 2;
+    }
+    return 0;
+}
+
 /* --histogram: the row's distribution as text on f, and with --plot as an SVG in plot_path.
  * Returns 0, 1 when the row has none (it did not run, or reports a single figure), 2 when the
  * SVG could not be written. */
@@ -597,16 +612,7 @@ static int show_histogram(FILE *f, const char *name, const char *plot_path, cons
     snprintf(line2, sizeof(line2), "pith-bench %s (%s, %s), %s%s, %u repetition%s", PITH_BENCH_GIT,
              PITH_BENCH_BUILDTYPE, PITH_BENCH_CC, date, env->quick ? ", --quick" : "", reps,
              reps == 1 ? "" : "s");
-    const char *caption[] = {line1, line2};
-    FILE *pf = fopen(plot_path, "w");
-    int rc = pf == NULL ? -errno : plot_svg(pf, r, caption, 2);
-    if (pf != NULL && fclose(pf) != 0 && rc == 0)
-        rc = -errno;
-    if (rc != 0) {
-        fprintf(stderr, "pith-bench: --plot %s: %s\n", plot_path, strerror(-rc));
-        return 2;
-    }
-    return 0;
+    return write_plot(plot_path, r, line1, line2);
 }
 
 /* --plot-market F.json:STAGE: the stage's histogram from pith-market's --json (lat_json's
@@ -687,16 +693,7 @@ static int plot_market(const char *spec, const char *plot_path)
     snprintf(line1, sizeof(line1), "from pith-market --json %s", path);
     char line2[256];
     snprintf(line2, sizeof(line2), "drawn by pith-bench %s, %s", PITH_BENCH_GIT, date);
-    const char *caption[] = {line1, line2};
-    FILE *pf = fopen(plot_path, "w");
-    int rc = pf == NULL ? -errno : plot_svg(pf, &r, caption, 2);
-    if (pf != NULL && fclose(pf) != 0 && rc == 0)
-        rc = -errno;
-    if (rc != 0) {
-        fprintf(stderr, "pith-bench: --plot %s: %s\n", plot_path, strerror(-rc));
-        return 2;
-    }
-    return 0;
+    return write_plot(plot_path, &r, line1, line2);
 }
 
 static int row_index(const char *name)
