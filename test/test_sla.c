@@ -596,3 +596,35 @@ Test(sla, the_api_refuses_what_it_cannot_do, .timeout = 60)
     test_stop(NULL);
     cr_assert_eq(pith_sla_stats(&watched, 0, &st), -ESHUTDOWN);
 }
+
+/* PITH_SLA_PROFILE has the hot memory it moves states into made when the SLA is set, on every
+ * shard, not when the remedy first runs on a shard already missing its SLA (making it there
+ * prefaults and locks an extent: milliseconds on the shard's loop). A latency target alone
+ * makes none. */
+Test(sla, the_profile_remedy_has_its_hot_memory_made_when_the_sla_is_set, .timeout = 60)
+{
+    cr_assert_eq(pith_vtype_register(&held_type), 0);
+    pith_config_t cfg = test_config(2);
+    test_start(&cfg);
+    const pith_actor_type_t *t = pith_vtype_actor(&held_type);
+    pith_mem_stats_t ms;
+    for (unsigned s = 0; s < 2; s++) {
+        cr_assert_eq(pith_mem_stats((int)s, &ms), 0);
+        cr_assert_eq(ms.profile_reserved[PITH_MEM_HOT], 0u, "shard %u: hot memory before", s);
+    }
+    cr_assert_eq(pith_sla_set(t, &(pith_sla_t){.p99_ns = 1000000, .on_report = on_report}), 0);
+    for (unsigned s = 0; s < 2; s++) {
+        cr_assert_eq(pith_mem_stats((int)s, &ms), 0);
+        cr_assert_eq(ms.profile_reserved[PITH_MEM_HOT], 0u, "shard %u: a target alone", s);
+    }
+    cr_assert_eq(pith_sla_set(t, &(pith_sla_t){.p99_ns = 1000000,
+                                               .remedies = PITH_SLA_PROFILE,
+                                               .on_report = on_report}),
+                 0);
+    for (unsigned s = 0; s < 2; s++) {
+        cr_assert_eq(pith_mem_stats((int)s, &ms), 0);
+        cr_assert_gt(ms.profile_reserved[PITH_MEM_HOT], 0u, "shard %u: no hot memory at the set",
+                     s);
+    }
+    test_stop(NULL);
+}
