@@ -99,7 +99,7 @@ struct tob {
 struct order_req {
     uint16_t locate;
     char side;
-    char why; /* 'E' EMA crossover */
+    char why; /* 'E' EMA crossover, 'I' imbalance */
     uint32_t qty;
     uint32_t price;
     uint32_t pad;

@@ -1,7 +1,8 @@
 /* The signal actors: one per instrument, spawned by its book actor on the book's shard. Each
  * keeps the instrument's VWAP (from executions and trades), a fast and a slow EMA of the mid
- * price and the book's imbalance, and asks its account's risk actor for an order when the EMAs
- * cross, the imbalance does not lean against it and the price is near the VWAP. */
+ * price and the book's imbalance, and asks its account's risk actor for an order, when the
+ * price is near the VWAP, on either of two signals: the EMAs cross (and the imbalance does not
+ * lean against it), or the imbalance crosses out past its threshold. */
 #include <math.h>
 #include <string.h>
 
@@ -11,12 +12,15 @@
 #define WARMUP 32
 /* An order only within this fraction of the VWAP. */
 #define VWAP_BAND 0.05
-/* The imbalance must not lean harder than this against the order's side. */
+/* The imbalance must not lean harder than this against a crossover's side. */
 #define IMBALANCE_MAX 0.3
+/* The imbalance past this (either way) is a signal of its own when it crosses out to it. */
+#define IMBALANCE_FIRE 0.6
 
 struct signal_state {
     uint16_t locate;
     int last_sign; /* the fast EMA above (1) or below (-1) the slow one; 0 before warm-up */
+    int last_zone; /* the imbalance past IMBALANCE_FIRE on the bid's side (1), the ask's (-1) */
     uint32_t updates, since_order;
     double ema_fast, ema_slow;
     double vwap_num, vwap_den;
@@ -31,12 +35,13 @@ static int signal_init(pith_actor_t *self, void *state, void *arg)
     return 0;
 }
 
-static void want_order(struct signal_state *s, const struct tob *u, char side, uint64_t at)
+static void want_order(struct signal_state *s, const struct tob *u, char side, char why,
+                       uint64_t at)
 {
     struct mkt_shard *sh = mkt_here();
     struct order_req r = {.locate = s->locate,
                           .side = side,
-                          .why = 'E',
+                          .why = why,
                           .qty = mkt_cfg.qty,
                           .price = side == 'B' ? u->ask : u->bid,
                           .due = u->due,
@@ -93,16 +98,21 @@ static int signal_behaviour(pith_actor_t *self, void *state, const pith_msg_t *m
     int sign = s->ema_fast > s->ema_slow ? 1 : -1;
     int last = s->last_sign;
     s->last_sign = sign;
-    if (last == 0 || sign == last || s->since_order < mkt_cfg.cooldown)
-        return 0;
     double depth = (double)u->bid_sz + (double)u->ask_sz;
     double imbalance = depth > 0 ? ((double)u->bid_sz - (double)u->ask_sz) / depth : 0;
+    int zone = imbalance > IMBALANCE_FIRE ? 1 : imbalance < -IMBALANCE_FIRE ? -1 : 0;
+    int last_zone = s->last_zone;
+    s->last_zone = zone;
+    if (s->since_order < mkt_cfg.cooldown)
+        return 0;
     if (s->vwap_den > 0 && fabs(mid - s->vwap_num / s->vwap_den) > VWAP_BAND * mid)
         return 0;
-    if (sign > 0 && imbalance >= -IMBALANCE_MAX)
-        want_order(s, u, 'B', at);
-    else if (sign < 0 && imbalance <= IMBALANCE_MAX)
-        want_order(s, u, 'S', at);
+    /* An EMA crossover the imbalance does not lean against, or the imbalance crossing out
+     * past its threshold: buy on the bid's side, sell on the ask's. */
+    if (last != 0 && sign != last && sign * imbalance >= -IMBALANCE_MAX)
+        want_order(s, u, sign > 0 ? 'B' : 'S', 'E', at);
+    else if (zone != 0 && zone != last_zone)
+        want_order(s, u, zone > 0 ? 'B' : 'S', 'I', at);
     return 0;
 }
 
