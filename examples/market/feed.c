@@ -56,11 +56,6 @@ static void to_tick(const struct itch_msg *m, uint64_t due, struct tick *t)
     tick_set(t, due, side);
 }
 
-static bool for_books(char type)
-{
-    return strchr("AFECXDUP", type) != NULL && type != '\0';
-}
-
 int feed_run(pith_client_t *c, const struct feed_config *cfg, struct feed_result *r)
 {
     pith_vref_t *refs = calloc(MKT_MAX_LOCATE + 1, sizeof *refs);
@@ -90,7 +85,7 @@ int feed_run(pith_client_t *c, const struct feed_config *cfg, struct feed_result
         }
         if (err != 0)
             break;
-        if (!for_books(m.type) || m.locate == 0 || m.locate > MKT_MAX_LOCATE) {
+        if (!mkt_book_msg(m.type) || m.locate == 0 || m.locate > MKT_MAX_LOCATE) {
             at += used;
             r->other++;
             continue;

@@ -105,11 +105,11 @@ int floor_run(const uint8_t *day, size_t len, uint64_t rate, int feed_cpu, int b
     while (at < len) {
         struct itch_msg m;
         size_t used;
-        if (itch_decode(day + at, len - at, &m, &used) != 0 && used == 0)
-            break;
+        int err = itch_decode(day + at, len - at, &m, &used);
+        if (err != 0 && err != -ENOMSG)
+            break; /* not reached: the day was checked whole before */
         at += used;
-        if (strchr("AFECXDUP", m.type) == NULL || m.type == '\0' || m.locate == 0 ||
-            m.locate > MKT_MAX_LOCATE)
+        if (err != 0 || !mkt_book_msg(m.type) || m.locate == 0 || m.locate > MKT_MAX_LOCATE)
             continue;
         uint64_t now = mkt_now(), due = now;
         if (period > 0) {

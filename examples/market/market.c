@@ -131,7 +131,7 @@ static int scan_visit(const struct itch_msg *m, size_t offset, void *arg)
 {
     struct scan *s = arg;
     (void)offset;
-    if (strchr("AFECXDUP", m->type) != NULL && m->locate != 0) {
+    if (mkt_book_msg(m->type) && m->locate != 0) {
         if (m->locate > MKT_MAX_LOCATE)
             return -ERANGE;
         s->book_msgs++;
@@ -173,7 +173,7 @@ static int ref_visit(const struct itch_msg *m, size_t offset, void *arg)
 {
     struct ref_check *rc = arg;
     (void)offset;
-    if (strchr("AFECXDUP", m->type) == NULL || m->locate == 0)
+    if (!mkt_book_msg(m->type) || m->locate == 0)
         return 0;
     rc->refused += book_set_apply(rc->books, m) != 0;
     struct book_top top = {0};
@@ -357,17 +357,20 @@ static int positions(pith_client_t *c, unsigned accounts)
         printf("account %" PRIu32 " fills %" PRIu64 " last_seq %" PRIu64 " seq_gaps %" PRIu64
                " cash %" PRId64 " gross %" PRIu64 " symbols %" PRIu64 " events %" PRIu64 "\n",
                r.account, r.fills, r.last_seq, r.seq_gaps, r.cash, r.gross, r.nonzero, r.events);
-        for (uint16_t l = 1; l <= MKT_MAX_LOCATE && r.nonzero > 0; l++) {
-            int64_t p;
-            err = pith_client_vask(c, &v, MT_POSQ, &l, sizeof l, 30000000000, &reply);
-            if (err != 0 || reply.len != sizeof p) {
-                rc = 1;
-                break;
-            }
-            memcpy(&p, reply.data, sizeof p);
-            if (p != 0)
-                printf("pos %" PRIu32 " %u %" PRId64 "\n", a, l, p);
+        if (r.nonzero == 0)
+            continue;
+        /* Every symbol's position in one answer. */
+        int64_t pos[MKT_MAX_LOCATE + 1];
+        err = pith_client_vask(c, &v, MT_POSQ, NULL, 0, 30000000000, &reply);
+        if (err != 0 || reply.len != sizeof pos) {
+            fprintf(stderr, "pith-market: account %u's positions: %s\n", a, pith_strerror(err));
+            rc = 1;
+            continue;
         }
+        memcpy(pos, reply.data, sizeof pos);
+        for (unsigned l = 1; l <= MKT_MAX_LOCATE; l++)
+            if (pos[l] != 0)
+                printf("pos %" PRIu32 " %u %" PRId64 "\n", a, l, pos[l]);
     }
     return rc;
 }
@@ -720,7 +723,6 @@ int main(int argc, char **argv)
     struct feed_result *fr = calloc(1, sizeof *fr);
     if (fr == NULL)
         rc = 1;
-    uint64_t t0 = mkt_now();
     if (rc == 0) {
         struct feed_config fc = {
             .day = day, .len = len, .rate = o.rate, .progress = o.progress ? progress : NULL};
@@ -732,7 +734,6 @@ int main(int argc, char **argv)
         }
     }
     bool settled = rc == 0 && settle(fr->book_msgs, orders, 30000000000);
-    uint64_t t1 = mkt_now();
     if (rc == 0 && !settled) {
         fprintf(stderr, "pith-market: the run did not settle within 30 s\n");
         rc = 1;
@@ -767,9 +768,9 @@ int main(int argc, char **argv)
     uint64_t fed = fr != NULL ? fr->book_msgs : 0;
     uint64_t lost = (fed > t.ticks ? fed - t.ticks : 0) + t.undelivered + t.fill_failed;
     double secs = (double)(fr->end_ns - fr->start_ns) / 1e9;
-    printf("pith-market: %u shard(s), feed %s, %" PRIu64 " book messages in %.3f s (%.0f/s)%s\n",
+    printf("pith-market: %u shard(s), feed %s, %" PRIu64 " book messages in %.3f s (%.0f/s)\n",
            mkt_cfg.shards, o.rate ? "at a fixed rate" : "as fast as possible", fed, secs,
-           secs > 0 ? (double)fed / secs : 0.0, o.rate ? "" : "");
+           secs > 0 ? (double)fed / secs : 0.0);
     printf("messages %" PRIu64 " handled %" PRIu64 " refused %" PRIu64 " pushed_back %" PRIu64
            " tob_updates %" PRIu64 "\n",
            fed, t.ticks, t.refused, fr->pushed_back, t.tobs);
@@ -811,8 +812,6 @@ int main(int argc, char **argv)
             fclose(f);
         }
     }
-    (void)t0;
-    (void)t1;
     if (lost != 0 || t.refused != 0)
         rc = rc ? rc : 1;
     free(fr);

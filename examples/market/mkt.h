@@ -31,7 +31,7 @@ enum {
     MT_ORDER,    /* signal -> risk: struct order_req */
     MT_EXCH,     /* gateway -> risk: struct order_msg (an 'A', 'J' or 'F') */
     MT_RISKQ,    /* main -> risk (ask): replied with struct risk_report */
-    MT_POSQ,     /* main -> risk (ask), payload uint16_t locate: replied with int64_t */
+    MT_POSQ,     /* main -> risk (ask): replied with int64_t[MKT_MAX_LOCATE + 1], by locate */
 };
 
 /* A book message as the feed hands it over: what the book needs of the ITCH message, and when
@@ -73,6 +73,24 @@ static inline void tick_set(struct tick *t, uint64_t due_ns, char side)
 static inline uint64_t tick_age(uint64_t due, uint64_t now)
 {
     return (now - due) & TICK_DUE_MASK;
+}
+
+/* Whether an ITCH message type is one the books take (the feed hands these over). */
+static inline bool mkt_book_msg(char type)
+{
+    switch (type) {
+    case 'A':
+    case 'F':
+    case 'E':
+    case 'C':
+    case 'X':
+    case 'D':
+    case 'U':
+    case 'P':
+        return true;
+    default:
+        return false;
+    }
 }
 
 /* A book's figures, for the check against the reference books and for the summary. */

@@ -126,9 +126,11 @@ static void apply(void *state, const void *event, uint32_t len)
     memcpy(&f, event, sizeof f);
     if (f.locate > MKT_MAX_LOCATE)
         return;
-    int64_t q = f.side == 'B' ? (int64_t)f.qty : -(int64_t)f.qty;
-    d->pos[f.locate] += q;
-    d->cash -= q * (int64_t)f.price;
+    /* Unsigned, wrapping arithmetic: a fill's figures come from the network, and a crafted one
+     * (qty and price near 2^32) must not overflow a signed integer. */
+    uint64_t q = f.side == 'B' ? (uint64_t)f.qty : (uint64_t)0 - f.qty;
+    d->pos[f.locate] = (int64_t)((uint64_t)d->pos[f.locate] + q);
+    d->cash = (int64_t)((uint64_t)d->cash - q * f.price);
     d->fills++;
     if (f.seq != d->last_seq + 1)
         d->seq_gaps++;
@@ -282,17 +284,9 @@ static int risk_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg
         pith_reply(msg, MT_RISKQ, &r, sizeof r);
         break;
     }
-    case MT_POSQ: {
-        uint16_t l;
-        int64_t p = 0;
-        if (msg->len == sizeof l) {
-            memcpy(&l, msg->data, sizeof l);
-            if (l <= MKT_MAX_LOCATE)
-                p = s->d.pos[l];
-        }
-        pith_reply(msg, MT_POSQ, &p, sizeof p);
+    case MT_POSQ:
+        pith_reply(msg, MT_POSQ, s->d.pos, sizeof s->d.pos);
         break;
-    }
     default:
         break;
     }
