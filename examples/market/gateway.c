@@ -15,7 +15,6 @@ struct gateway {
      * read by main and by gateway_send (acquire), so that main sees the connection id set
      * before it sees the state that says it is open. */
     _Atomic int state;
-    uint64_t protocol_errors;
 };
 
 static struct gateway *gateways;
@@ -49,7 +48,10 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
         if (err == -EAGAIN)
             break;
         if (err != 0 || m.type == 'O' || m.account >= mkt_cfg.accounts) {
-            g->protocol_errors++;
+            /* The exchange is not speaking the protocol: nothing more from it is trusted, and
+             * the orders that follow are refused for want of a connection (no_gateway). */
+            fprintf(stderr, "pith-market: shard %d: a bad frame from the exchange at %zu; closed\n",
+                    pith_shard_id(), at);
             pith_conn_abort(c);
             return len;
         }
@@ -58,8 +60,10 @@ static size_t on_data(pith_conn_t c, void *cctx, const void *data, size_t len)
         if (err == 0)
             err = pith_vsend(&risk, MT_EXCH, &m, sizeof m);
         if (err == -EAGAIN) {
-            /* The mesh to the risk actor's shard is full: keep the rest, stop reading, and
-             * take it up again once there is room (the kept bytes are offered first). */
+            /* The mesh to the risk actor's shard is full, or, on this shard, the risk actor's
+             * mailbox: keep the rest, stop reading, and take it up again once the mesh has
+             * room (at once on this shard, after the risk actor's turns): the kept bytes are
+             * offered first. */
             mkt_inc(&mkt_here()->routed_late, 1);
             if (pith_conn_pause(c) == 0 &&
                 pith_when_shard_room(pith_vref_shard(&risk), resume, g) != 0)
