@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -92,25 +94,40 @@ static int parse_gen(const char *s, struct gen_config *g)
 
 /* ---- the day ---- */
 
+/* A day from a file is mapped, not read: Nasdaq's files run to gigabytes, and the feed only
+ * walks them once (after the check). day_mapped says how day_free gives it back. */
+static bool day_mapped;
+
 static uint8_t *read_file(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
         fprintf(stderr, "pith-market: %s: %s\n", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
         return NULL;
     }
-    struct stat st;
-    uint8_t *buf = NULL;
-    if (fstat(fileno(f), &st) == 0 && (buf = malloc((size_t)st.st_size + 1)) != NULL &&
-        fread(buf, 1, (size_t)st.st_size, f) == (size_t)st.st_size) {
-        *len = (size_t)st.st_size;
-    } else {
-        fprintf(stderr, "pith-market: %s: cannot read it\n", path);
-        free(buf);
-        buf = NULL;
+    *len = (size_t)st.st_size;
+    void *p = *len > 0 ? mmap(NULL, *len, PROT_READ, MAP_PRIVATE, fd, 0) : malloc(1);
+    int err = errno;
+    close(fd);
+    if (p == MAP_FAILED || p == NULL) {
+        fprintf(stderr, "pith-market: %s: cannot map it: %s\n", path, strerror(err));
+        return NULL;
     }
-    fclose(f);
-    return buf;
+    day_mapped = *len > 0;
+    if (day_mapped)
+        (void)madvise(p, *len, MADV_SEQUENTIAL);
+    return p;
+}
+
+static void day_free(uint8_t *day, size_t len)
+{
+    if (day_mapped)
+        munmap(day, len);
+    else
+        free(day);
 }
 
 static uint8_t *generate(const struct gen_config *cfg, size_t *len)
@@ -589,13 +606,16 @@ int main(int argc, char **argv)
         if (day == NULL)
             return 2;
         if (check_day(o.file != NULL ? o.file : "generated day", day, len, &scan) != 0) {
-            free(day);
+            day_free(day, len);
             return 2;
         }
     }
 
-    if (o.floor)
-        return run_floor(&o, day, len);
+    if (o.floor) {
+        int rc = run_floor(&o, day, len);
+        day_free(day, len);
+        return rc;
+    }
 
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -815,7 +835,7 @@ int main(int argc, char **argv)
     if (lost != 0 || t.refused != 0)
         rc = rc ? rc : 1;
     free(fr);
-    free(day);
+    day_free(day, len);
     free(mkt_shards);
     gateway_fini();
     return rc;
