@@ -190,9 +190,24 @@ static void append_one(uint64_t slot)
     jr.sent++;
 }
 
+static int scan_none(const pith_journal_rec_t *rec, void *ctx)
+{
+    (void)rec;
+    (void)ctx;
+    return 0;
+}
+
 static void *start_fn(void *arg)
 {
     (void)arg;
+    /* The journal's first use (reading back, making its first segment) is not timed: a scan
+     * of nothing opens it. */
+    int rc = pith_journal_scan(UINT64_MAX, scan_none, NULL);
+    if (rc != 0) {
+        jr.err = rc;
+        sem_post(&jr.fin);
+        return NULL;
+    }
     jr.t0 = pith_now_ns();
     for (uint64_t i = 0; i < jr.depth && jr.sent < jr.n && jr.err == 0; i++)
         append_one(i);
