@@ -534,6 +534,12 @@ static bool mk_submit(struct journal *j, const char *name)
     case MK_ALLOC:
         io_uring_prep_fallocate(sqe, j->mk_fd, 0, 0, (off_t)j->seg_bytes);
         break;
+    case MK_ZERO: {
+        uint64_t left = j->seg_bytes - j->mk_zeroed;
+        io_uring_prep_write(sqe, j->mk_fd, j->zeros,
+                            left < JZERO_CHUNK ? (unsigned)left : JZERO_CHUNK, j->mk_zeroed);
+        break;
+    }
     case MK_SYNC:
         io_uring_prep_fsync(sqe, j->mk_fd, 0);
         break;
@@ -571,13 +577,31 @@ static void mk_done(struct fop *f, int res)
         spare_drop(j, 0);
         bump(&j->st_recycled, 1);
         j->mk_state = MK_OPEN;
+        j->mk_new = false; /* its blocks were written as a segment before */
         break;
     case MK_OPEN:
         j->mk_fd = res;
         j->mk_state = MK_ALLOC;
         break;
     case MK_ALLOC:
-        j->mk_state = MK_SYNC;
+        if (j->mk_new && j->zeros == NULL) {
+            j->zeros = pith_aligned_alloc(JBLOCK, JZERO_CHUNK);
+            if (j->zeros != NULL)
+                memset(j->zeros, 0, JZERO_CHUNK);
+        }
+        /* Without the memory for zeros the segment is only allocated: slower syncs, no harm. */
+        j->mk_state = j->mk_new && j->zeros != NULL ? MK_ZERO : MK_SYNC;
+        j->mk_zeroed = 0;
+        break;
+    case MK_ZERO:
+        if (res == 0) {
+            mk_failed(j, -EIO);
+            return;
+        }
+        j->mk_zeroed +=
+            (uint64_t)res; /* short: the rest next (O_DIRECT: an unaligned rest fails) */
+        if (j->mk_zeroed >= j->seg_bytes)
+            j->mk_state = MK_SYNC;
         break;
     case MK_SYNC:
         j->mk_state = MK_DIRSYNC;
@@ -606,6 +630,7 @@ static void mk_start(struct journal *j)
     snprintf(name, sizeof(name), "%08llu.seg", (unsigned long long)j->mk_index);
     /* A released segment's file, when one is ready: renamed, no new blocks allocated. */
     j->mk_state = j->nspare > 0 && j->spare_ready[0] ? MK_RENAME : MK_OPEN;
+    j->mk_new = j->mk_state == MK_OPEN;
     (void)mk_submit(j, name);
 }
 
@@ -793,6 +818,8 @@ static void journal_close_files(struct journal *j)
     if (j->mk_fd >= 0)
         close(j->mk_fd);
     j->mk_fd = -1;
+    pith_free(j->zeros);
+    j->zeros = NULL;
     jseg_free_all(j);
     if (j->dirfd >= 0)
         close(j->dirfd);

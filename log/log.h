@@ -56,8 +56,12 @@ struct jseg {
     struct jseg *next; /* the shard's segments, oldest first */
 };
 
-/* The next segment, made ahead of need on the ring. */
-enum { MK_NONE, MK_RENAME, MK_OPEN, MK_ALLOC, MK_SYNC, MK_DIRSYNC, MK_READY, MK_FAILED };
+/* The next segment, made ahead of need on the ring: a released one's file renamed, or a new
+ * file allocated and then written with zeros (MK_ZERO), so that the blocks records go to are
+ * already written: a data-synced write over written blocks changes no file system metadata, so
+ * it needs no file system journal commit (about a third less time per sync on ext4 here). */
+enum { MK_NONE, MK_RENAME, MK_OPEN, MK_ALLOC, MK_ZERO, MK_SYNC, MK_DIRSYNC, MK_READY, MK_FAILED };
+#define JZERO_CHUNK (1u << 20) /* bytes of zeros per write while making a segment */
 
 /* Released segment files kept for reuse (renamed to <index>.spare), at most: */
 #define JSPARES 2
@@ -113,6 +117,9 @@ struct journal {
     /* The segment after segs_tail, made ahead: its state and file. */
     int mk_state, mk_err, mk_fd;
     uint64_t mk_index;
+    bool mk_new;                  /* a new file (not a released one's): written with zeros */
+    uint64_t mk_zeroed;           /* MK_ZERO: bytes written so far */
+    unsigned char *zeros;         /* JZERO_CHUNK zero bytes, block aligned, made at first need */
     struct jgroup *open;          /* taking records; NULL: none yet */
     struct jgroup *qhead, *qtail; /* sealed, in order: writing, written, syncing, done */
     bool writing;                 /* one write in flight at a time: groups share blocks */

@@ -32,6 +32,26 @@ static void seg_name(uint64_t index, char *out, size_t n)
     snprintf(out, n, "%08llu.seg", (unsigned long long)index);
 }
 
+/* Writes len bytes of zeros from the file's start (buffered: the fsync after makes them
+ * durable). 0 or -errno. */
+static int write_zeros(int fd, uint64_t len)
+{
+    unsigned char *z = calloc(1, JZERO_CHUNK);
+    if (z == NULL)
+        return 0; /* only allocated, then: slower syncs, no harm */
+    int err = 0;
+    for (uint64_t off = 0; off < len && err == 0;) {
+        size_t n = len - off < JZERO_CHUNK ? (size_t)(len - off) : JZERO_CHUNK;
+        ssize_t w = pwrite(fd, z, n, (off_t)off);
+        if (w > 0)
+            off += (uint64_t)w;
+        else if (w == 0 || errno != EINTR)
+            err = w == 0 ? -EIO : -errno;
+    }
+    free(z);
+    return err;
+}
+
 int jseg_make_now(struct journal *j, uint64_t index, int *fd)
 {
     char name[32];
@@ -39,9 +59,18 @@ int jseg_make_now(struct journal *j, uint64_t index, int *fd)
     int f = openat(j->dirfd, name, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (f < 0)
         return -errno;
-    int err = 0;
-    if (fallocate(f, 0, 0, (off_t)j->seg_bytes) != 0 || fsync(f) != 0 || fsync(j->dirfd) != 0)
+    struct stat st;
+    int err = fstat(f, &st) != 0 || fallocate(f, 0, 0, (off_t)j->seg_bytes) != 0 ? -errno : 0;
+    /* A new file is written with zeros, as journal.c makes the next ones (log.h, MK_ZERO);
+     * one that holds records already is left as it is. */
+    if (err == 0 && st.st_size == 0)
+        err = write_zeros(f, j->seg_bytes);
+    if (err == 0 && (fsync(f) != 0 || fsync(j->dirfd) != 0))
         err = -errno;
+    /* The zeros leave the page cache: an O_DIRECT write over cached pages has the kernel drop
+     * them first, a cost on every group's write. */
+    if (err == 0 && st.st_size == 0)
+        (void)posix_fadvise(f, 0, (off_t)j->seg_bytes, POSIX_FADV_DONTNEED);
     close(f);
     if (err)
         return err;

@@ -2,11 +2,15 @@
  * a restart, damage found and gone past, segments rolled over, the bound on what waits, and
  * faults (a failed sync, a short write, no room for a segment) as errors that lose nothing
  * acknowledged. Shards record into globals; only the test thread asserts. */
+#include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -427,6 +431,90 @@ Test(journal, records_roll_over_segments_and_read_back_across_them, .timeout = 1
     cr_assert_eq(jstats().recovered, want);
     s = scan_on0(want - 100);
     cr_assert_eq(s.n, 101);
+    test_stop(NULL);
+    dir_remove();
+}
+
+/* Whether every byte of the file at path lies in written extents (not merely allocated ones):
+ * 1 yes, 0 no (*why says where), -1 the file system cannot say (no FIEMAP). */
+static int all_written(const char *path, char *why, size_t whylen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
+    struct stat st;
+    cr_assert_eq(fstat(fd, &st), 0);
+    enum { N = 64 };
+    struct fiemap *fm = calloc(1, sizeof(*fm) + N * sizeof(struct fiemap_extent));
+    cr_assert_not_null(fm);
+    uint64_t at = 0;
+    int res = 1;
+    while (at < (uint64_t)st.st_size && res == 1) {
+        *fm = (struct fiemap){.fm_start = at,
+                              .fm_length = (uint64_t)st.st_size - at,
+                              .fm_flags = FIEMAP_FLAG_SYNC,
+                              .fm_extent_count = N};
+        if (ioctl(fd, FS_IOC_FIEMAP, fm) != 0) {
+            cr_assert(errno == EOPNOTSUPP || errno == ENOTTY, "FIEMAP: %s", strerror(errno));
+            res = -1;
+            break;
+        }
+        if (fm->fm_mapped_extents == 0) {
+            snprintf(why, whylen, "%s: nothing mapped from %llu", path, (unsigned long long)at);
+            res = 0;
+            break;
+        }
+        for (uint32_t i = 0; i < fm->fm_mapped_extents && res == 1; i++) {
+            const struct fiemap_extent *e = &fm->fm_extents[i];
+            if (e->fe_logical > at || (e->fe_flags & FIEMAP_EXTENT_UNWRITTEN)) {
+                snprintf(why, whylen, "%s: %s at %llu", path,
+                         e->fe_logical > at ? "a hole" : "an unwritten extent",
+                         (unsigned long long)at);
+                res = 0;
+            }
+            at = e->fe_logical + e->fe_length;
+        }
+    }
+    free(fm);
+    close(fd);
+    return res;
+}
+
+Test(journal, new_segments_are_written_with_zeros_so_a_sync_changes_no_metadata, .timeout = 60)
+{
+    dir_make();
+    reset_counts();
+    start_with(1 << 20, 0, 0);
+    /* About 2 MiB of records in 1 MiB segments: the first segment is made at first use, the
+     * next ones on the ring ahead of need. */
+    uint64_t want = 12000, i = 0;
+    while (i < want) {
+        struct appends a = append_on0(i, want - i < 2000 ? want - i : 2000);
+        i += a.done;
+        cr_assert(a.err == 0 || a.err == -EAGAIN, "append: %d", a.err);
+    }
+    TEST_WAIT_FOR(atomic_load(&acked) == want);
+    cr_assert_geq(jstats().segments, 2);
+    test_stop(NULL);
+    char path[128];
+    unsigned files = 0;
+    for (unsigned k = 0; k < 8; k++) {
+        snprintf(path, sizeof(path), "%s/shard-0/%08u.seg", dir, k);
+        if (access(path, F_OK) != 0)
+            continue;
+        files++;
+        char why[256] = "";
+        int w = all_written(path, why, sizeof(why));
+        if (w < 0) {
+            dir_remove();
+            cr_skip_test("the file system of %s does not map extents (FIEMAP)", dir);
+        }
+        cr_assert_eq(w, 1, "%s", why);
+    }
+    cr_assert_geq(files, 3, "%u segment files", files);
+    /* What they hold reads back. */
+    reset_counts();
+    start_with(1 << 20, 0, 0);
+    cr_assert_eq(scan_on0(1).n, want);
     test_stop(NULL);
     dir_remove();
 }

@@ -6,10 +6,12 @@
  * run) and stops at the first torn or damaged record; pith_journal_scan then reads it.
  *
  * Files: <dir>/shard-<id>/<n>.seg, segments of segment_bytes made ahead of need (fallocate,
- * then an fsync of the file and of the directory). A record is a 40-byte header (CRC32C,
- * length, sequence, stream, type, epoch, time) and its payload, 8-byte aligned; sequences count
- * from 1 on each shard without gaps, and a record of an earlier run that a later run overwrote in
- * part is told apart by its epoch (one per run that appended). */
+ * then written with zeros, so that a synced write over them changes no file system metadata,
+ * then an fsync of the file and of the directory; a released segment's file is reused as it
+ * is). A new segment is thus written twice: once with zeros, once with records. A record is a
+ * 40-byte header (CRC32C, length, sequence, stream, type, epoch, time) and its payload, 8-byte
+ * aligned; sequences count from 1 on each shard without gaps, and a record of an earlier run that a
+ * later run overwrote in part is told apart by its epoch (one per run that appended). */
 #ifndef PITH_JOURNAL_H
 #define PITH_JOURNAL_H
 
