@@ -268,11 +268,13 @@ bench() {
         exit 1
     fi
     # other: what the machine ran besides this server and redis-benchmark, in % of one CPU.
+    # bench: redis-benchmark's own CPU, in % of one CPU (it is one thread).
     echo "$line" | awk -F, -v name="$name" -v p="$p" -v n="$N" -v ticks=$((t1 - t0)) \
-        -v tck="$TCK" -v other=$((m1 - m0 - (t1 - t0) - (c1 - c0))) -v wall=$((w1 - w0)) '{
+        -v tck="$TCK" -v other=$((m1 - m0 - (t1 - t0) - (c1 - c0))) -v wall=$((w1 - w0)) \
+        -v bench=$((c1 - c0)) '{
             cpu = ticks / tck
             print name, $1, p, $2, $5, $7, cpu, (cpu > 0 ? n / cpu : "inf"),
-                other / tck / (wall / 1e9) * 100 }' >>"$results"
+                other / tck / (wall / 1e9) * 100, bench / tck / (wall / 1e9) * 100 }' >>"$results"
 }
 
 for p in 16 1; do
@@ -285,16 +287,19 @@ done
 awk -v pl="$pith_label" '
     { key = $2 " " $3; v[$1, key] = $0; if (!(key in seen)) { seen[key] = 1; order[++k] = key } }
     END {
-        printf "%-8s %-4s %3s %12s %9s %9s %8s %14s %7s\n", "server", "test", "P", "req/s",
-            "p50_ms", "p99_ms", "cpu_s", "req/cpu_s", "other%"
+        printf "%-8s %-4s %3s %12s %9s %9s %8s %14s %7s %7s\n", "server", "test", "P", "req/s",
+            "p50_ms", "p99_ms", "cpu_s", "req/cpu_s", "other%", "bench%"
         for (i = 1; i <= k; i++)
             for (s = 1; s <= 2; s++) {
                 name = s == 1 ? "pith" : "redis"
                 split(v[name, order[i]], f, " ")
-                printf "%-8s %-4s %3s %12.0f %9.3f %9.3f %8.2f %14s %7.0f\n", name, f[2], f[3],
-                    f[4], f[5], f[6], f[7], f[8] == "inf" ? "inf" : sprintf("%.0f", f[8]), f[9]
+                printf "%-8s %-4s %3s %12.0f %9.3f %9.3f %8.2f %14s %7.0f %7.0f\n", name, f[2],
+                    f[3], f[4], f[5], f[6], f[7], f[8] == "inf" ? "inf" : sprintf("%.0f", f[8]),
+                    f[9], f[10]
                 if (f[9] > 10)
                     busy = 1
+                if (f[10] >= 90)
+                    bound = 1
             }
         printf "\npith / redis (%s):\n", pl
         printf "%-4s %3s %8s %10s %8s\n", "test", "P", "req/s", "req/cpu_s", "p99"
@@ -309,12 +314,16 @@ awk -v pl="$pith_label" '
         if (busy)
             print "\nwarning: other work took over 10% of a CPU during some tests: their " \
                 "req/s and latencies are disturbed (req/cpu_s less so)"
+        if (bound)
+            print "\nnote: redis-benchmark used 90% or more of its CPU in some tests: their " \
+                "req/s is the client'"'"'s ceiling as much as the server'"'"'s (compare req/cpu_s)"
     }' "$results"
 echo
 echo "req/cpu_s: requests over the server's CPU-seconds in that test (higher is better);" \
     "p99 ratio: lower is better. CPU counts at 1/$TCK s, so short runs (-n small) are coarse." \
     "other%: the machine's busy time besides the server and redis-benchmark, in % of one CPU" \
-    "(tick-sampled: a few % either way)."
+    "(tick-sampled: a few % either way). bench%: redis-benchmark's own CPU time in % of one" \
+    "CPU; it is one thread, so near 100 it, not the server, sets the pace."
 
 # The amplification rows: the victims' latency beside one client that pipelines GETs of a large
 # value, alone and attacked, on pith-kv (one shard, so all share the attacker's) and on
