@@ -143,6 +143,18 @@ static pith_journal_stats_t jstats(void)
     return st;
 }
 
+/* Records 0..want on shard 0 in tasks of 2,000, all acknowledged (a full segment refuses with
+ * -EAGAIN while the next is made: the task stops there and the next goes on). */
+static void append_across_segments(uint64_t want)
+{
+    for (uint64_t i = 0; i < want;) {
+        struct appends a = append_on0(i, want - i < 2000 ? want - i : 2000);
+        i += a.done;
+        cr_assert(a.err == 0 || a.err == -EAGAIN, "append: %d", a.err);
+    }
+    TEST_WAIT_FOR(atomic_load(&acked) == want);
+}
+
 /* ---- reading back ---- */
 
 struct scan {
@@ -411,16 +423,10 @@ Test(journal, records_roll_over_segments_and_read_back_across_them, .timeout = 1
     dir_make();
     reset_counts();
     start_with(1 << 20, 0, 0);
-    /* About 3.5 MiB of records in 1 MiB segments, in tasks of 2,000 (a full segment refuses
-     * with -EAGAIN while the next is made: the task stops there and the next goes on). */
-    uint64_t want = 20000, i = 0;
-    while (i < want) {
-        struct appends a = append_on0(i, want - i < 2000 ? want - i : 2000);
-        i += a.done;
-        cr_assert(a.err == 0 || a.err == -EAGAIN, "append: %d", a.err);
-    }
+    /* About 3.5 MiB of records in 1 MiB segments. */
+    uint64_t want = 20000;
+    append_across_segments(want);
     pith_journal_stats_t st;
-    TEST_WAIT_FOR(atomic_load(&acked) == want);
     st = jstats();
     cr_assert_geq(st.segments, 4, "%llu segments", (unsigned long long)st.segments);
     test_stop(NULL);
@@ -486,13 +492,8 @@ Test(journal, new_segments_are_written_with_zeros_so_a_sync_changes_no_metadata,
     start_with(1 << 20, 0, 0);
     /* About 2 MiB of records in 1 MiB segments: the first segment is made at first use, the
      * next ones on the ring ahead of need. */
-    uint64_t want = 12000, i = 0;
-    while (i < want) {
-        struct appends a = append_on0(i, want - i < 2000 ? want - i : 2000);
-        i += a.done;
-        cr_assert(a.err == 0 || a.err == -EAGAIN, "append: %d", a.err);
-    }
-    TEST_WAIT_FOR(atomic_load(&acked) == want);
+    uint64_t want = 12000;
+    append_across_segments(want);
     cr_assert_geq(jstats().segments, 2);
     test_stop(NULL);
     char path[128];
