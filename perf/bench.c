@@ -113,6 +113,7 @@ static const bench_row_t rows[] = {
     {"savina.big_ms", bench_savina_big, 2000, 20000, NULL},
     /* n: ITCH messages of the synthetic day (besides its directory and system events). */
     {"raw.book_update_ns", bench_raw_book_update, 200000, 2000000, NULL},
+    {"raw.book_update_spsc_ns", bench_raw_book_update_spsc, 200000, 2000000, "raw.book_update_ns"},
     {"market.book_update_ns", bench_market_book_update, 200000, 2000000, "raw.book_update_ns"},
     /* The journal, in $PITH_BENCH_DIR or /var/tmp. n: write+fdatasync pairs and records one at
      * a time; records with 10,000 in flight; records read back; 4 KiB buffers checksummed. */

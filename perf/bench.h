@@ -288,6 +288,8 @@ int bench_obs_metrics_get(const bench_env_t *env, uint64_t n, result_t *r, char 
 /* bench_market.c */
 int bench_raw_book_update(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                           size_t whylen);
+int bench_raw_book_update_spsc(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                               size_t whylen);
 int bench_market_book_update(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                              size_t whylen);
 /* bench_idle.c */

@@ -12,6 +12,7 @@
 #include "bench.h"
 #include "book.h"
 #include "feed.h"
+#include "floor.h"
 #include "gen.h"
 #include "itch.h"
 #include "mkt.h"
@@ -83,6 +84,44 @@ int bench_raw_book_update(const bench_env_t *env, uint64_t n, result_t *r, char 
                "day; percentiles over chunks of %u messages (each a chunk's mean)",
                r->name, (unsigned long long)done, len, SYMBOLS, r->value, CHUNK);
     samples_free(&s);
+    return 0;
+}
+
+/* ---- the same day handed from one thread to another through a plain ring ---- */
+
+int bench_raw_book_update_spsc(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                               size_t whylen)
+{
+    size_t len;
+    uint64_t count;
+    uint8_t *day = day_bytes(n, &len, &count);
+    struct floor_result *fr = calloc(1, sizeof *fr);
+    if (day == NULL || fr == NULL) {
+        snprintf(why, whylen, "no memory for the day");
+        free(day);
+        free(fr);
+        return BENCH_FAIL;
+    }
+    uint64_t t0 = bench_clock_ns();
+    int rc = floor_run(day, len, 0, false, env->cpu_a, env->cpu_b, fr);
+    uint64_t t1 = bench_clock_ns();
+    free(day);
+    uint64_t msgs = fr->msgs, refused = fr->refused, full = fr->ring_full;
+    free(fr);
+    if (rc != 0 || refused != 0 || msgs == 0) {
+        snprintf(why, whylen, "%s, %llu refused", rc != 0 ? strerror(-rc) : "fed",
+                 (unsigned long long)refused);
+        return BENCH_FAIL;
+    }
+    r->value = (double)(t1 - t0) / (double)msgs;
+    bench_note("%s: the same day (%llu book messages, %u symbols) decoded on a thread on CPU %d "
+               "and handed through a plain single-producer ring of 1024 entries (pith-market's "
+               "--floor, no clock read per message) to a thread on CPU %d that spins on it, "
+               "applies each with the same book code and takes its top of book: the floor for "
+               "a hand-off between two threads, without an engine; from the start to the last "
+               "message applied; the ring was full at %llu pushes",
+               r->name, (unsigned long long)msgs, SYMBOLS, env->cpu_a, env->cpu_b,
+               (unsigned long long)full);
     return 0;
 }
 

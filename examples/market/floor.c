@@ -30,6 +30,7 @@ struct ring {
     _Atomic bool done;                 /* the producer has pushed its last entry */
     uint64_t tail_seen;                /* the consumer's copy of tail */
     int cpu;
+    bool timed;
     struct floor_result *r;
 };
 
@@ -69,7 +70,8 @@ static void *consume(void *arg)
         book_t *b = book_set_get(books, e->m.locate);
         if (b != NULL)
             book_top(b, &top);
-        lat_add(&q->r->to_book, mkt_now() - e->due);
+        if (q->timed)
+            lat_add(&q->r->to_book, mkt_now() - e->due);
         q->r->msgs++;
         head++;
         /* Release: our reads of the entry happen before the producer reuses its slot. */
@@ -79,7 +81,7 @@ static void *consume(void *arg)
     return NULL;
 }
 
-int floor_run(const uint8_t *day, size_t len, uint64_t rate, int feed_cpu, int book_cpu,
+int floor_run(const uint8_t *day, size_t len, uint64_t rate, bool timed, int feed_cpu, int book_cpu,
               struct floor_result *r)
 {
     struct ring *q = aligned_alloc(64, sizeof *q);
@@ -88,6 +90,7 @@ int floor_run(const uint8_t *day, size_t len, uint64_t rate, int feed_cpu, int b
     memset(q, 0, sizeof *q);
     q->slots = calloc(RING, sizeof *q->slots);
     q->cpu = book_cpu;
+    q->timed = timed;
     q->r = r;
     pthread_t t;
     if (q->slots == NULL || pthread_create(&t, NULL, consume, q) != 0) {
@@ -111,7 +114,7 @@ int floor_run(const uint8_t *day, size_t len, uint64_t rate, int feed_cpu, int b
         at += used;
         if (err != 0 || !mkt_book_msg(m.type) || m.locate == 0 || m.locate > MKT_MAX_LOCATE)
             continue;
-        uint64_t now = mkt_now(), due = now;
+        uint64_t now = timed ? mkt_now() : 0, due = now;
         if (period > 0) {
             due = start + (uint64_t)((double)n * period);
             while (now < due)
@@ -128,12 +131,13 @@ int floor_run(const uint8_t *day, size_t len, uint64_t rate, int feed_cpu, int b
         tail++;
         /* Release: the entry is written before the consumer can see it. */
         atomic_store_explicit(&q->tail, tail, memory_order_release);
-        lat_add(&r->late, now - due);
+        if (timed)
+            lat_add(&r->late, now - due);
         if (r->start_ns == UINT64_MAX)
-            r->start_ns = now;
-        r->end_ns = now;
+            r->start_ns = timed ? now : mkt_now();
         n++;
     }
+    r->end_ns = mkt_now(); /* the last hand-over */
     atomic_store_explicit(&q->done, true, memory_order_release);
     void *ret;
     pthread_join(t, &ret);

@@ -400,7 +400,7 @@ static int run_floor(const struct options *o, const uint8_t *day, size_t len)
     if (r == NULL)
         return 1;
     mkt_epoch_ns = pith_now_ns();
-    int err = floor_run(day, len, o->rate, o->feed_cpu, book_cpu, r);
+    int err = floor_run(day, len, o->rate, true, o->feed_cpu, book_cpu, r);
     if (err != 0) {
         fprintf(stderr, "pith-market: floor: %s\n", strerror(-err));
         free(r);
