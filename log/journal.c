@@ -564,6 +564,7 @@ static void mk_done(struct fop *f, int res)
         /* The spare is not to be had: dropped, and the segment made as a new file. */
         spare_drop(j, 0);
         j->mk_state = MK_OPEN;
+        j->mk_new = true; /* written with zeros, as any new file */
         (void)mk_submit(j, o->name);
         return;
     }
