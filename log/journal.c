@@ -599,8 +599,8 @@ static void mk_done(struct fop *f, int res)
             mk_failed(j, -EIO);
             return;
         }
-        j->mk_zeroed +=
-            (uint64_t)res; /* short: the rest next (O_DIRECT: an unaligned rest fails) */
+        /* A short write: the rest goes next (with O_DIRECT, an unaligned rest fails). */
+        j->mk_zeroed += (uint64_t)res;
         if (j->mk_zeroed >= j->seg_bytes)
             j->mk_state = MK_SYNC;
         break;
