@@ -63,13 +63,14 @@ int jseg_make_now(struct journal *j, uint64_t index, int *fd)
     int err = fstat(f, &st) != 0 || fallocate(f, 0, 0, (off_t)j->seg_bytes) != 0 ? -errno : 0;
     /* A new file is written with zeros, as journal.c makes the next ones (log.h, MK_ZERO);
      * one that holds records already is left as it is. */
-    if (err == 0 && st.st_size == 0)
+    bool fresh = err == 0 && st.st_size == 0;
+    if (fresh)
         err = write_zeros(f, j->seg_bytes);
     if (err == 0 && (fsync(f) != 0 || fsync(j->dirfd) != 0))
         err = -errno;
     /* The zeros leave the page cache: an O_DIRECT write over cached pages has the kernel drop
      * them first, a cost on every group's write. */
-    if (err == 0 && st.st_size == 0)
+    if (err == 0 && fresh)
         (void)posix_fadvise(f, 0, (off_t)j->seg_bytes, POSIX_FADV_DONTNEED);
     close(f);
     if (err)

@@ -24,8 +24,7 @@ struct floor_result {
  * to feed_cpu and the applying thread to book_cpu (each -1: not pinned). timed false: no clock
  * is read per message and to_book and late stay empty (pith-bench's hand-off floor under
  * market.book_update_ns, which reads none either); start_ns and end_ns (the first and the last
- * hand-over) are still set. 0, or
- * -errno when a thread or memory could not be had. */
+ * hand-over) are still set. 0, or -errno when a thread or memory could not be had. */
 int floor_run(const uint8_t *day, size_t len, uint64_t rate, bool timed, int feed_cpu, int book_cpu,
               struct floor_result *r);
 
