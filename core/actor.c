@@ -79,11 +79,6 @@ static inline struct type_counters *ctr(const struct core_shard *cs, const struc
     return &r->per_shard[cs->id];
 }
 
-struct type_counters *core_counters(const struct core_shard *cs, const struct type_rec *r)
-{
-    return ctr(cs, r);
-}
-
 pith_ref_t core_current_ref(void)
 {
     return core_current;
@@ -386,10 +381,11 @@ int core_schedule(struct core_shard *cs, struct actor *a, pith_ref_t ref)
  * the stamp gap picked), or 0 not to time it; a timed one's handler time is counted and *timed
  * gets the ticks at its end. */
 static inline int behave(struct core_shard *cs, struct actor *a, struct pith_actor *self,
-                         const pith_msg_t *msg, struct type_counters *c, uint64_t *timed)
+                         const pith_msg_t *msg, struct type_counters *c, uint64_t *timed,
+                         pith_behaviour_t own)
 {
     pith_behaviour_t b = LIKELY(!(a->gen & A_BECAME))
-                             ? a->rec->type->behaviour
+                             ? own
                              : (pith_behaviour_t)(uintptr_t)map_get(&cs->became, self->ref);
     atomic_store_explicit(&cs->running_fn, (pith_anyfn_t)b, memory_order_relaxed);
     int status = b(self, a->state, msg);
@@ -411,8 +407,9 @@ static inline int behave(struct core_shard *cs, struct actor *a, struct pith_act
 
 /* What follows a turn that handled n messages (from_mailbox of them from the mailbox) and ended
  * with `status`: waiters on the mailbox, the actor's end, or its next turn. */
-static void turn_end(struct core_shard *cs, struct actor *a, pith_ref_t ref, int status, uint32_t n,
-                     uint32_t from_mailbox)
+static inline __attribute__((always_inline)) void turn_end(struct core_shard *cs, struct actor *a,
+                                                           pith_ref_t ref, int status, uint32_t n,
+                                                           uint32_t from_mailbox)
 {
     struct type_counters *c = ctr(cs, a->rec);
     core_current = PITH_REF_NONE;
@@ -468,7 +465,7 @@ static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
         }
         pith_msg_t msg;
         core_msg_view(m, &msg);
-        status = behave(cs, a, &self, &msg, c, &t);
+        status = behave(cs, a, &self, &msg, c, &t, r->type->behaviour);
         core_msg_free(m);
         if (UNLIKELY(sent != 0)) {
             /* The type's SLA on this shard, if any, takes the whole latency. */
@@ -483,7 +480,8 @@ static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
     turn_end(cs, a, ref, status, n, n);
 }
 
-bool core_run_now(struct core_shard *cs, struct actor *a, pith_ref_t ref, const pith_msg_t *msg)
+bool core_run_now(struct core_shard *cs, struct actor *a, pith_ref_t ref, const pith_msg_t *msg,
+                  pith_behaviour_t b)
 {
     if (a->head != NULL || (a->gen & (A_SCHEDULED | A_RUNNING | A_MUTED | A_STOP)))
         return false;
@@ -506,7 +504,7 @@ bool core_run_now(struct core_shard *cs, struct actor *a, pith_ref_t ref, const 
         t = ticks_now();
     }
     uint64_t t0 = t;
-    int status = behave(cs, a, &self, msg, ctr(cs, r), &t);
+    int status = behave(cs, a, &self, msg, ctr(cs, r), &t, b != NULL ? b : r->type->behaviour);
     if (UNLIKELY(t0 != 0)) {
         /* The actor may have ended: its type's counters stay. */
         struct sla_shard *ss = atomic_load_explicit(&ctr(cs, r)->sla, memory_order_relaxed);

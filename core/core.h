@@ -379,13 +379,21 @@ static inline void core_bump(_Atomic uint64_t *c, uint64_t n)
     atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
                           memory_order_relaxed);
 }
-struct type_counters *core_counters(const struct core_shard *cs, const struct type_rec *r);
+/* A type's counters on this shard. */
+static inline struct type_counters *core_counters(const struct core_shard *cs,
+                                                  const struct type_rec *r)
+{
+    return &r->per_shard[cs->id];
+}
 
 int core_schedule(struct core_shard *cs, struct actor *a, pith_ref_t ref);
 /* Runs an idle actor's behaviour now on msg, a message that never entered its mailbox (a
  * client's, still in its lane): as a turn of one, ended as any turn. false: the actor is not
- * idle (mail waits, or a turn is queued or running, or it is muted or stopping): queue msg. */
-bool core_run_now(struct core_shard *cs, struct actor *a, pith_ref_t ref, const pith_msg_t *msg);
+ * idle (mail waits, or a turn is queued or running, or it is muted or stopping): queue msg.
+ * b: the behaviour to call when the actor has not become another, NULL for its type's (a
+ * virtual actor's caller names the application's, skipping the type's wrapper). */
+bool core_run_now(struct core_shard *cs, struct actor *a, pith_ref_t ref, const pith_msg_t *msg,
+                  pith_behaviour_t b);
 
 /* mute.c: the MUTE_SENDER policy */
 int core_mute_full(struct core_shard *cs, struct actor *a, struct amsg *m); /* 0: take m */

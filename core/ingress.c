@@ -320,7 +320,7 @@ int client_lane_msg(struct lane *l, void *arg, uint64_t aux, const void *data, u
             msg.data = data;
             msg.len = len;
         }
-        if (core_run_now(cs, a, to, &msg)) {
+        if (core_run_now(cs, a, to, &msg, NULL)) {
             pith_buf_release(b); /* the record's reference */
             return 0;
         }

@@ -35,9 +35,18 @@ struct vtype_rec {
     pith_actor_type_t at; /* vt->actor's, with init and terminate wrapped */
     uint64_t tick_ns;     /* the idle sweep's period: idle_ns / 4; 0: no sweep */
     uint32_t id;
+    uint32_t key_off; /* where a long key (over VKEY_IN) lies in an activation's block */
+    /* Whether anything reads the order of the type's list (the cap, the idle sweep, shedding
+     * under memory pressure): if not, a message leaves its activation where it is in it. */
+    bool lru;
+    /* What a client's message reads of the type, here rather than three loads away:
+     * vt->workers == 0, vt->flags & PITH_VTYPE_REBALANCE, vt->actor->behaviour. */
+    bool keyed, rebalance;
+    pith_behaviour_t behaviour;
 };
 
 static struct vtype_rec vtypes[PITH_VTYPES_MAX];
+static uint32_t key_off_of(size_t state_size);
 /* Types registered: a record is whole before its index is published (release; readers load
  * with acquire), and never changes after. */
 static _Atomic uint32_t nvtypes;
@@ -141,6 +150,11 @@ int pith_vtype_register(const pith_vtype_t *t)
         uint64_t idle = t->idle_ns == 0 ? PITH_VIDLE_DEFAULT : t->idle_ns;
         r->tick_ns = idle == PITH_VIDLE_NEVER ? 0 : idle / 4 < TICK_MIN ? TICK_MIN : idle / 4;
         r->id = n;
+        r->key_off = key_off_of(t->actor->state_size);
+        r->lru = t->max_per_shard != 0 || r->tick_ns != 0 || (t->flags & PITH_VTYPE_SHED);
+        r->keyed = t->workers == 0;
+        r->rebalance = (t->flags & PITH_VTYPE_REBALANCE) != 0;
+        r->behaviour = t->actor->behaviour;
         /* Release: the record is whole for whoever sees the new count (acquire). */
         atomic_store_explicit(&nvtypes, n + 1, memory_order_release);
     }
@@ -204,6 +218,22 @@ struct ventry {
 };
 /* The prefix before an activation's state: the entry, 16-aligned. */
 #define VHDR ((sizeof(struct ventry) + 15) & ~(size_t)15)
+/* A key of up to VKEY_IN bytes lies between the entry and the state: in the entry's cache line
+ * or the state's first, both read by a message anyway. A longer one follows the state. Block:
+ * [entry VHDR][short key VKEY_IN][state, 16-aligned][long key]. */
+#define VKEY_IN 16u
+#define VPRE    (VHDR + VKEY_IN)
+
+static uint32_t key_off_of(size_t state_size)
+{
+    return (uint32_t)(VPRE + core_state_span(state_size));
+}
+
+/* The bytes after the state: a long key's. */
+static inline uint32_t key_tail(uint32_t klen)
+{
+    return klen > VKEY_IN ? klen : 0;
+}
 _Static_assert(sizeof(struct ventry) == 48, "an idle activation's entry: 48 bytes");
 #define TICK_MASK 0xffffffu
 _Static_assert(PITH_VKEY_MAX <= 255, "klen fits a byte");
@@ -289,18 +319,18 @@ static inline unsigned char *entry_key(struct ventry *e)
 {
     if (UNLIKELY(e->xf & X_REMOTE))
         return (unsigned char *)e + RHDR;
-    return (unsigned char *)e + VHDR + core_state_span(vtypes[e->tid].vt->actor->state_size);
+    return (unsigned char *)e + (e->klen <= VKEY_IN ? VHDR : vtypes[e->tid].key_off);
 }
 
 static inline struct ventry *entry_of_state(void *state)
 {
-    return (struct ventry *)((char *)state - VHDR);
+    return (struct ventry *)((char *)state - VPRE);
 }
 
 /* Bytes of an activation's block: its entry, its state, its key. */
 static inline size_t entry_size(const struct ventry *e)
 {
-    return VHDR + core_state_span(vtypes[e->tid].vt->actor->state_size) + e->klen;
+    return vtypes[e->tid].key_off + key_tail(e->klen);
 }
 
 /* One type on one shard. Counters: written by the shard, relaxed; read by any thread. */
@@ -333,7 +363,10 @@ struct vshard {
     /* The directory: buckets of entries chained through ventry.chain, by hash; half as many
      * buckets as entries at least (it doubles once entries reach twice the buckets; a failed
      * doubling leaves the chains longer, nothing fails): chains of 1 to 2 entries on average,
-     * 4 bytes of table per entry, or 8 just after a doubling. The table is the shard's memory
+     * 4 bytes of table per entry, or 8 just after a doubling. A lookup that finds its entry
+     * behind others moves it to the front of its chain, so a key that keeps getting messages
+     * costs one entry's read, whatever the chain's length (a table twice as large would cost
+     * every idle activation 4 bytes more for about the same). The table is the shard's memory
      * (pith_calloc); it shrinks to a quarter when entries fall to an eighth of the buckets,
      * never below DIR_MIN. A bucket's word is its first
      * entry's address with, in the 16 bits above it, a filter of the chain's hashes (dir_bit):
@@ -531,8 +564,36 @@ static inline uintptr_t *dir_slot(struct vshard *vs, uint64_t hash)
     return &vs->buckets[hash & (vs->nbuckets - 1)];
 }
 
-static struct ventry *dir_find(struct vshard *vs, struct vtype_shard *ts, uint32_t tid,
-                               uint64_t hash, const unsigned char *key, uint32_t klen)
+/* Whether the first and the last w bytes (w <= n, a constant once inlined: one load each) of
+ * a and b are the same: for w <= n <= 2w, whether all n are. */
+static inline bool ends_eq(const unsigned char *a, const unsigned char *b, uint32_t n, unsigned w)
+{
+    uint64_t a0 = 0, a1 = 0, b0 = 0, b1 = 0;
+    memcpy(&a0, a, w);
+    memcpy(&b0, b, w);
+    memcpy(&a1, a + n - w, w);
+    memcpy(&b1, b + n - w, w);
+    return ((a0 ^ b0) | (a1 ^ b1)) == 0;
+}
+
+/* Whether n bytes at a and b are the same. Keys are mostly short: up to 16 bytes take two
+ * loads from each side (overlapping when n is not a power of two), not a call. */
+static inline bool key_eq(const unsigned char *a, const unsigned char *b, uint32_t n)
+{
+    if (n > 16)
+        return memcmp(a, b, n) == 0;
+    if (n >= 8)
+        return ends_eq(a, b, n, 8);
+    if (n >= 4)
+        return ends_eq(a, b, n, 4);
+    if (n >= 2)
+        return ends_eq(a, b, n, 2);
+    return n == 0 || a[0] == b[0];
+}
+
+static inline __attribute__((always_inline)) struct ventry *
+dir_lookup(struct vshard *vs, struct vtype_shard *ts, uint32_t tid, uint64_t hash,
+           const unsigned char *key, uint32_t klen)
 {
     core_bump(&ts->lookups, 1);
     if (vs->nbuckets == 0)
@@ -540,17 +601,34 @@ static struct ventry *dir_find(struct vshard *vs, struct vtype_shard *ts, uint32
     uintptr_t *b = dir_slot(vs, hash);
     if (!vs->wide && !(*b & dir_bit(hash)))
         return NULL;
-    for (struct ventry *e = dir_head(vs, *b); e != NULL; e = e->chain) {
+    struct ventry *prev = NULL;
+    for (struct ventry *e = dir_head(vs, *b); e != NULL; prev = e, e = e->chain) {
         if (e->hash != hash)
             continue;
-        if (e->tid == tid && e->klen == klen && memcmp(entry_key(e), key, klen) == 0)
+        if (e->tid == tid && e->klen == klen && key_eq(entry_key(e), key, klen)) {
+            if (prev != NULL) {
+                /* To the front of its chain: a key that keeps getting messages is found at
+                 * the first entry read, not after its neighbours' (each a cache miss). The
+                 * filter stays: the chain holds the same entries. */
+                prev->chain = e->chain;
+                e->chain = dir_head(vs, *b);
+                *b = dir_rehead(vs, *b, e);
+            }
             return e;
+        }
         core_bump(&ts->collisions, 1);
     }
     /* In vain: the bit was another key's, or one a removal left. The chain was just read, so
      * its filter is made exact again at no cost. */
     *b = dir_word(vs, dir_head(vs, *b));
     return NULL;
+}
+
+/* dir_lookup, called: for every caller but a client's message (core_lane_vmsg_inline). */
+static struct ventry *dir_find(struct vshard *vs, struct vtype_shard *ts, uint32_t tid,
+                               uint64_t hash, const unsigned char *key, uint32_t klen)
+{
+    return dir_lookup(vs, ts, tid, hash, key, klen);
 }
 
 /* An entry address that does not fit below the filter: every bucket's filter goes. */
@@ -720,7 +798,9 @@ static void list_append(struct vtype_shard *ts, struct ventry *e)
  * lets the coldest go) and of tick (the sweep reads from the cold end). */
 static inline void touch(struct vtype_shard *ts, struct ventry *e)
 {
-    if (ts->tail != e && (e->flags & E_LISTED)) {
+    /* Unless nothing reads the order (vtype_rec.lru): then the move would only write the
+     * neighbours' entries, two or three cache lines a message. */
+    if (vtypes[e->tid].lru && ts->tail != e && (e->flags & E_LISTED)) {
         list_unlink(ts, e);
         list_append(ts, e);
     }
@@ -1027,19 +1107,19 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
     }
     /* Within an SLA's memory guarantee, in hot memory (reserved when it was set). */
     pith_mem_profile_t prof = r->at.profile;
-    size_t size = VHDR + core_state_span(r->vt->actor->state_size) + klen;
+    size_t size = r->key_off + key_tail(klen);
     if (ts->guarantee > 0 && prof != PITH_MEM_HOT &&
         atomic_load_explicit(&ts->hot, memory_order_relaxed) + size <= ts->guarantee)
         prof = PITH_MEM_HOT;
     struct prep p = {vs, ts, r->vt->workers != 0, prof == PITH_MEM_HOT, tid, hash, key, klen, how};
     pith_ref_t ref;
-    *err = core_spawn_ex(&r->at, how->blob, VHDR, klen, prof, prep_entry, &p, &ref);
+    *err = core_spawn_ex(&r->at, how->blob, VPRE, key_tail(klen), prof, prep_entry, &p, &ref);
     if (*err == -ENOMEM && !vs->app_err && prof != r->at.profile) {
         /* No hot memory left for the guarantee: the type's own profile, counted. */
         core_bump(&ts->hot_misses, 1);
         prof = r->at.profile;
         p.hot = prof == PITH_MEM_HOT;
-        *err = core_spawn_ex(&r->at, how->blob, VHDR, klen, prof, prep_entry, &p, &ref);
+        *err = core_spawn_ex(&r->at, how->blob, VPRE, key_tail(klen), prof, prep_entry, &p, &ref);
     }
     if (*err == -ENOMEM && !vs->app_err) {
         /* Out of the engine's memory: idle activations that may shed go, and one more try
@@ -1048,7 +1128,7 @@ static struct ventry *activate(struct core_shard *cs, struct vshard *vs, struct 
         struct ventry *now = r->vt->workers == 0 ? dir_find(vs, ts, tid, hash, key, klen) : NULL;
         if (now != NULL)
             return now;
-        *err = core_spawn_ex(&r->at, how->blob, VHDR, klen, prof, prep_entry, &p, &ref);
+        *err = core_spawn_ex(&r->at, how->blob, VPRE, key_tail(klen), prof, prep_entry, &p, &ref);
     }
     if (*err != 0) {
         core_bump(&ts->failed, 1);
@@ -2364,7 +2444,7 @@ static int migrate_ask(struct core_shard *cs, struct ventry *e, unsigned to, boo
 /* Rebalancing's vote: a message for e from `from` (see PITH_VTYPE_REBALANCE). */
 static void vote(struct core_shard *cs, struct ventry *e, pith_ref_t from)
 {
-    if (LIKELY(!(vtypes[e->tid].vt->flags & PITH_VTYPE_REBALANCE)))
+    if (LIKELY(!vtypes[e->tid].rebalance))
         return;
     unsigned o = sender_shard(from);
     if (o == UINT_MAX)
@@ -2508,8 +2588,8 @@ int core_lane_vmsg_inline(struct lane *l, void *arg, uint64_t aux, const void *d
 {
     if (l == NULL)
         return 0; /* the record holds nothing beyond its bytes */
-    struct core_shard *cs = core_shard_get();
-    if (cs == NULL)
+    struct core_shard *cs = core_self;
+    if (UNLIKELY(cs == NULL) && (cs = core_shard_get()) == NULL)
         return LANE_RETRY;
     if (cs->closing)
         return 0;
@@ -2532,16 +2612,27 @@ int core_lane_vmsg_inline(struct lane *l, void *arg, uint64_t aux, const void *d
      * running the turn would do, in the same order, without the message's copy, the turn's
      * task or their memory. Anything else takes the general path below. */
     struct vtype_shard *ts = vts_get(vs, h.tid);
-    if (ts != NULL && vtypes[h.tid].vt->workers == 0) {
-        struct ventry *e = dir_find(vs, ts, h.tid, h.hash, key, h.klen);
+    if (ts != NULL && vtypes[h.tid].keyed) {
+        struct ventry *e = dir_lookup(vs, ts, h.tid, h.hash, key, h.klen);
         if (e != NULL && !(e->xf & X_REMOTE) && !(e->flags & (E_ENDING | E_WARM))) {
             struct actor *a = core_find(cs, e->act);
             if (a != NULL && idle(a) && !core_counters(cs, a->rec)->shedding) {
                 core_bump(&ts->messages, 1);
                 touch(ts, e);
                 vote(cs, e, from);
-                pith_msg_t msg = {.type = type, .len = plen, .from = from, .data = payload};
-                if (core_run_now(cs, a, e->act, &msg))
+                /* Field by field: an initializer's zeroing came out as a rep stos, whose
+                 * start-up alone is tens of cycles here. */
+                pith_msg_t msg;
+                msg.type = type;
+                msg.len = plen;
+                msg.from = from;
+                msg.req = 0;
+                msg.data = payload;
+                msg.buf = NULL;
+                /* The application's behaviour straight, unless vbehaviour has a first call
+                 * to time. */
+                pith_behaviour_t b = LIKELY(!(e->xf & X_TIMED)) ? vtypes[h.tid].behaviour : NULL;
+                if (core_run_now(cs, a, e->act, &msg, b))
                     return 0;
                 core_bump(&ts->messages, (uint64_t)0 - 1); /* counted again below */
             }
@@ -3117,7 +3208,7 @@ static void move_task(void *arg)
     struct ventry *e = entry_of_state(a->state);
     const pith_actor_type_t *t = vtypes[e->tid].vt->actor;
     struct vtype_shard *ts = atomic_load_explicit(&vs->types[e->tid], memory_order_relaxed);
-    size_t size = VHDR + core_state_span(t->state_size) + e->klen;
+    size_t size = entry_size(e);
     struct ventry *n = pith_malloc_ex(size, 0, q->profile, t->mem_budget > 0 ? q->act : 0);
     if (n == NULL) {
         core_bump(&ts->moves_failed, 1);
@@ -3126,7 +3217,7 @@ static void move_task(void *arg)
     }
     memcpy(n, e, size);
     entry_moved(vs, ts, e, n);
-    a->state = (char *)n + VHDR;
+    a->state = (char *)n + VPRE;
     bool was_hot = pith_mem_profile_of(e) == PITH_MEM_HOT, hot = q->profile == PITH_MEM_HOT;
     if (was_hot != hot)
         core_bump(&ts->hot, hot ? size : (uint64_t)0 - size);

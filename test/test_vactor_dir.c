@@ -300,3 +300,97 @@ Test(vactor_dir, a_listing_finds_every_activation_while_the_table_empties_into_a
     cr_assert_eq(stats().live, LEFT);
     test_stop(NULL);
 }
+
+/* A lookup that finds its entry behind others in its chain moves it to the front. Keys sent
+ * in one order, then the reverse, then a stride, with new keys coming between them (so the
+ * table doubles, and its buckets move, while chains are reordered): each key is still its one
+ * activation, with every message it was sent. */
+Test(vactor_dir, keys_keep_their_messages_while_lookups_reorder_their_chains, .timeout = 120)
+{
+    start(1);
+    uint64_t n = scaled(6000);
+    send_on0("m", 0, n, 1, ADD);
+    TEST_WAIT_FOR(stats().live == n);
+    /* Reverse order, each key then a new one: the new keys double the table twice. */
+    for (uint64_t hi = n, lo; hi > 0; hi = lo) {
+        lo = hi > 500 ? hi - 500 : 0;
+        send_on0("m", lo, hi, 1, ADD);
+        send_on0("new", lo, hi, 1, ADD);
+    }
+    for (uint64_t s0 = 0; s0 < 7; s0++)
+        send_on0("m", s0, n, 7, ADD);
+    test_sync_all();
+    TEST_WAIT_FOR(stats().live == 2 * n);
+    cr_assert_eq(stats().activations, 2 * n);
+    for (uint64_t i = 0; i < n; i += n / 150 + 1) {
+        pith_vref_t v = key_ref("m", i);
+        cr_assert_eq(ask(&v), 3, "key m%llu", (unsigned long long)i);
+        pith_vref_t w = key_ref("new", i);
+        cr_assert_eq(ask(&w), 1, "key new%llu", (unsigned long long)i);
+    }
+    test_stop(NULL);
+}
+
+/* Keys of every length around the inline limit (16 bytes: in the entry's block before the
+ * state; longer ones after it) and the 8-, 4- and 2-byte loads of the comparison: keys that
+ * differ in their first, a middle or their last byte are each their own activation, and a
+ * listing gives each back byte for byte. Pairs are forced onto one hash, as a 64-bit collision
+ * would be, so the comparison of the keys decides. */
+Test(vactor_dir, keys_of_every_length_near_the_inline_limit_stay_apart, .timeout = 60)
+{
+    start(1);
+    static const uint32_t lens[] = {1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 31, 64, PITH_VKEY_MAX};
+    enum { L = sizeof(lens) / sizeof(lens[0]), V = 4 };
+    static pith_vref_t refs[L][V];
+    for (unsigned i = 0; i < L; i++) {
+        unsigned char key[PITH_VKEY_MAX];
+        for (uint32_t b = 0; b < lens[i]; b++)
+            key[b] = (unsigned char)('a' + (b + i) % 26);
+        for (unsigned k = 0; k < V; k++) {
+            unsigned char kk[PITH_VKEY_MAX];
+            memcpy(kk, key, lens[i]);
+            /* 0: as made; 1: its first byte changed; 2: a middle one; 3: its last one. */
+            if (k == 1)
+                kk[0] ^= 0x40;
+            else if (k == 2)
+                kk[lens[i] / 2] ^= 0x01;
+            else if (k == 3)
+                kk[lens[i] - 1] ^= 0x20;
+            if (lens[i] == 1 && k > 1)
+                kk[0] ^= (unsigned char)(k * 3); /* one byte: still four different keys */
+            cr_assert_eq(pith_vref(&d_type, kk, lens[i], &refs[i][k]), 0);
+            if (k > 0)
+                refs[i][k].hash = refs[i][0].hash; /* one chain, one hash: only the key tells */
+        }
+    }
+    /* Key k of length i gets i * V + k + 1 messages. */
+    for (unsigned i = 0; i < L; i++)
+        for (unsigned k = 0; k < V; k++)
+            for (unsigned m = 0; m < i * V + k + 1; m++)
+                cr_assert_eq(
+                    pith_client_vsend(pith_client_self(), &refs[i][k], ADD, NULL, 0, PITH_FOREVER),
+                    0);
+    for (unsigned i = 0; i < L; i++)
+        for (unsigned k = 0; k < V; k++)
+            cr_assert_eq(ask(&refs[i][k]), i * V + k + 1, "length %u, variant %u", lens[i], k);
+    cr_assert_eq(stats().live, L * V);
+    /* The listing's keys are the ones sent, byte for byte. */
+    static unsigned seen[L][V];
+    uint64_t cursor = 0;
+    unsigned pages = 0;
+    do {
+        pith_vref_t page[8];
+        int got = pith_vactor_list(&d_type, 0, &cursor, page, 8);
+        cr_assert_geq(got, 0);
+        for (int j = 0; j < got; j++)
+            for (unsigned i = 0; i < L; i++)
+                for (unsigned k = 0; k < V; k++)
+                    if (page[j].len == lens[i] && memcmp(page[j].key, refs[i][k].key, lens[i]) == 0)
+                        seen[i][k]++;
+    } while (cursor != 0 && ++pages < 1000);
+    for (unsigned i = 0; i < L; i++)
+        for (unsigned k = 0; k < V; k++)
+            cr_assert_eq(seen[i][k], 1, "length %u, variant %u listed %u times", lens[i], k,
+                         seen[i][k]);
+    test_stop(NULL);
+}
