@@ -8,7 +8,8 @@
 
 struct book_state {
     book_t *book;
-    pith_ref_t signal; /* the instrument's signal actor, PITH_REF_NONE with signals off */
+    struct mkt_shard *sh; /* the shard's counters, where the activation lives */
+    pith_ref_t signal;    /* the instrument's signal actor, PITH_REF_NONE with signals off */
     uint16_t locate;
     uint64_t msgs, refused, tob_changes;
     uint32_t digest;
@@ -82,7 +83,7 @@ static int book_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg
     }
     if (msg->type != MT_TICK || msg->len != TICK_LEN)
         return 0;
-    struct mkt_shard *sh = mkt_here();
+    struct mkt_shard *sh = s->sh;
     struct tick tk;
     memcpy(&tk, msg->data, TICK_LEN);
     const struct tick *t = &tk;
@@ -139,6 +140,7 @@ static int book_behaviour(pith_actor_t *self, void *state, const pith_msg_t *msg
 static int book_activate(pith_actor_t *self, void *state, const void *key, uint32_t len, int reason)
 {
     struct book_state *s = state;
+    s->sh = mkt_here();
     if (reason == PITH_VACT_MIGRATED)
         return 0; /* the state came whole, its book and signal actor with it */
     if (len != sizeof(uint16_t))
