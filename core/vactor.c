@@ -37,7 +37,8 @@ struct vtype_rec {
     uint32_t id;
     uint32_t key_off; /* where a long key (over VKEY_IN) lies in an activation's block */
     /* Whether anything reads the order of the type's list (the cap, the idle sweep, shedding
-     * under memory pressure): if not, a message leaves its activation where it is in it. */
+     * under memory pressure, a worker pool's pick of its warmest): if not, a message leaves its
+     * activation where it is in it. */
     bool lru;
     /* What a client's message reads of the type, here rather than three loads away:
      * vt->workers == 0, vt->flags & PITH_VTYPE_REBALANCE, vt->actor->behaviour. */
@@ -151,7 +152,8 @@ int pith_vtype_register(const pith_vtype_t *t)
         r->tick_ns = idle == PITH_VIDLE_NEVER ? 0 : idle / 4 < TICK_MIN ? TICK_MIN : idle / 4;
         r->id = n;
         r->key_off = key_off_of(t->actor->state_size);
-        r->lru = t->max_per_shard != 0 || r->tick_ns != 0 || (t->flags & PITH_VTYPE_SHED);
+        r->lru = t->max_per_shard != 0 || r->tick_ns != 0 || (t->flags & PITH_VTYPE_SHED) ||
+                 t->workers != 0;
         r->keyed = t->workers == 0;
         r->rebalance = (t->flags & PITH_VTYPE_REBALANCE) != 0;
         r->behaviour = t->actor->behaviour;
