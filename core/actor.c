@@ -74,11 +74,6 @@ struct core_shard *core_shard_get(void)
     return cs;
 }
 
-static inline struct type_counters *ctr(const struct core_shard *cs, const struct type_rec *r)
-{
-    return &r->per_shard[cs->id];
-}
-
 pith_ref_t core_current_ref(void)
 {
     return core_current;
@@ -265,8 +260,8 @@ static void mailbox_drop_all(struct core_shard *cs, struct actor *a, pith_ref_t 
         n++;
     }
     if (n) {
-        core_bump(&ctr(cs, a->rec)->dropped, n);
-        core_bump(&ctr(cs, a->rec)->depth_now, (uint64_t)0 - n);
+        core_bump(&core_counters(cs, a->rec)->dropped, n);
+        core_bump(&core_counters(cs, a->rec)->depth_now, (uint64_t)0 - n);
     }
 }
 
@@ -321,9 +316,9 @@ static void actor_end(struct core_shard *cs, struct actor *a, uint32_t slot, int
      * so that their frees still find it). */
     if (r->type->mem_budget > 0)
         pith_mem_owner_forget(ref);
-    core_bump(&ctr(cs, r)->stopped, 1);
+    core_bump(&core_counters(cs, r)->stopped, 1);
     if (reason != PITH_EXIT_NORMAL && reason != PITH_EXIT_SHUTDOWN)
-        core_bump(&ctr(cs, r)->failed, 1);
+        core_bump(&core_counters(cs, r)->failed, 1);
     memset(a, 0, sizeof(*a));
     a->head = (struct amsg *)(uintptr_t)cs->free_head; /* gen 0: free */
     cs->free_head = slot + 1;
@@ -370,7 +365,7 @@ int core_schedule(struct core_shard *cs, struct actor *a, pith_ref_t ref)
     int err = shard_submit_force(cs->id, turn_task, (void *)(uintptr_t)ref);
     if (err == 0) {
         a->gen |= A_SCHEDULED;
-        core_bump(&ctr(cs, a->rec)->turns, 1);
+        core_bump(&core_counters(cs, a->rec)->turns, 1);
     }
     return err;
 }
@@ -411,7 +406,7 @@ static inline __attribute__((always_inline)) void turn_end(struct core_shard *cs
                                                            pith_ref_t ref, int status, uint32_t n,
                                                            uint32_t from_mailbox)
 {
-    struct type_counters *c = ctr(cs, a->rec);
+    struct type_counters *c = core_counters(cs, a->rec);
     core_current = PITH_REF_NONE;
     atomic_store_explicit(&cs->running, NULL, memory_order_relaxed);
     a->gen &= ~A_RUNNING;
@@ -436,7 +431,7 @@ static inline __attribute__((always_inline)) void turn_end(struct core_shard *cs
 static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
 {
     struct type_rec *r = a->rec;
-    struct type_counters *c = ctr(cs, r);
+    struct type_counters *c = core_counters(cs, r);
     if (a->gen & A_MUTED) {
         a->gen &= ~A_SCHEDULED; /* the unmute schedules it again */
         return;
@@ -490,7 +485,7 @@ bool core_run_now(struct core_shard *cs, struct actor *a, pith_ref_t ref, const 
     /* Scheduled while it runs, so that a send to itself queues no turn of its own before
      * turn_end has looked at the mailbox. */
     a->gen |= A_RUNNING | A_SCHEDULED;
-    core_bump(&ctr(cs, r)->turns, 1);
+    core_bump(&core_counters(cs, r)->turns, 1);
     core_current = ref;
     atomic_store_explicit(&cs->running, r, memory_order_release); /* see core_describe */
     /* The stall detector names this as a turn (core_describe). */
@@ -500,14 +495,16 @@ bool core_run_now(struct core_shard *cs, struct actor *a, pith_ref_t ref, const 
     uint64_t t = 0;
     if (UNLIKELY(--core_stamp_gap == 0)) {
         core_stamp_gap = core_stamp_next_gap();
-        core_bump(&ctr(cs, r)->mbox[0], 1);
+        core_bump(&core_counters(cs, r)->mbox[0], 1);
         t = ticks_now();
     }
     uint64_t t0 = t;
-    int status = behave(cs, a, &self, msg, ctr(cs, r), &t, b != NULL ? b : r->type->behaviour);
+    int status =
+        behave(cs, a, &self, msg, core_counters(cs, r), &t, b != NULL ? b : r->type->behaviour);
     if (UNLIKELY(t0 != 0)) {
         /* The actor may have ended: its type's counters stay. */
-        struct sla_shard *ss = atomic_load_explicit(&ctr(cs, r)->sla, memory_order_relaxed);
+        struct sla_shard *ss =
+            atomic_load_explicit(&core_counters(cs, r)->sla, memory_order_relaxed);
         if (ss != NULL)
             core_sla_note(ss, ref, t > t0 ? ticks_ns(t - t0) : 0);
     }
@@ -588,7 +585,7 @@ int core_spawn_ex(const pith_actor_type_t *type, void *arg, size_t prefix, size_
     }
     *a = (struct actor){.rec = r, .state = state, .gen = gen};
     cs->live++;
-    core_bump(&ctr(cs, r)->spawned, 1);
+    core_bump(&core_counters(cs, r)->spawned, 1);
     if (prep != NULL)
         prep(block, ref, ctx);
     if (type->init != NULL) {
@@ -605,7 +602,7 @@ int core_spawn_ex(const pith_actor_type_t *type, void *arg, size_t prefix, size_
             pith_free(block);
             if (type->mem_budget > 0)
                 pith_mem_owner_forget(ref);
-            core_bump(&ctr(cs, r)->spawned, (uint64_t)-1);
+            core_bump(&core_counters(cs, r)->spawned, (uint64_t)-1);
             slot_free(cs, slot);
             cs->live--;
             /* What init set up for it goes too: a stop asked for, timers, names (taken back),
