@@ -64,12 +64,16 @@ uint64_t test_wait_deadline(void);
  * busy on purpose (a round trip to that one would not come back until it is let go). */
 #define TEST_WAIT_FOR_ON(shard, cond) TEST_WAIT_WITH(test_sync_shard(shard), cond)
 
+/* cond is evaluated once a round, and the wait ends on the round that saw it hold: looking
+ * again for the assertion could catch a state that has moved on since (a value that holds only
+ * for a while, or two looks at the engine that straddle a change). */
 #define TEST_WAIT_WITH(sync, cond)                                                                 \
     do {                                                                                           \
         uint64_t deadline_ = test_wait_deadline();                                                 \
-        while (!(cond) && pith_now_ns() < deadline_)                                               \
+        bool held_;                                                                                \
+        while (!(held_ = (cond)) && pith_now_ns() < deadline_)                                     \
             sync;                                                                                  \
-        cr_assert(cond, "timed out waiting for %s", #cond);                                        \
+        cr_assert(held_, "timed out waiting for %s", #cond);                                       \
     } while (0)
 
 /* Runs `rounds` round trips a -> b -> a (a task on a submits to b, whose task submits back) and
