@@ -4,6 +4,7 @@
  * work while mail remains, so a flooded actor never starves the rest. */
 #include "clients.h"
 #include "core.h"
+#include "turn.h"
 #include "metrics.h"
 #include "vpersist.h"
 #include "hooks.h"
@@ -64,6 +65,7 @@ struct core_shard *core_shard_get(void)
         return NULL;
     cs->id = (unsigned)id;
     cs->last_gen = gen_carry[id];
+    cs->note = shard_running_slot(); /* not NULL: pith_shard_id said this is a shard */
     if (core_slabs_init(cs, ce->n) != 0) {
         free(cs);
         return NULL;
@@ -339,10 +341,16 @@ static void actor_end(struct core_shard *cs, struct actor *a, uint32_t slot, int
     trim_soon(cs, slot >> CHUNK_SHIFT);
 }
 
+/* actor_end, for a turn's end in turn.h. */
+void core_turn_ended(struct core_shard *cs, struct actor *a, uint32_t slot, int reason)
+{
+    actor_end(cs, a, slot, reason);
+}
+
 /* ---- turns ---- */
 
 /* After a turn: what waits for this actor's mailbox to have room. */
-static void mailbox_drained(struct core_shard *cs, struct actor *a, pith_ref_t ref)
+void core_mailbox_drained(struct core_shard *cs, struct actor *a, pith_ref_t ref)
 {
     if (a->depth <= a->rec->mailbox_max / 2) {
         if (cs->muted.len)
@@ -356,13 +364,11 @@ static void mailbox_drained(struct core_shard *cs, struct actor *a, pith_ref_t r
         core_folded_flush(cs, a, ref);
 }
 
-static void turn_task(void *arg);
-
 /* Forced past local_queue_max: an actor has at most one turn queued, so the live actors bound
  * them, and a refused turn would strand its mail. */
 int core_schedule(struct core_shard *cs, struct actor *a, pith_ref_t ref)
 {
-    int err = shard_submit_force(cs->id, turn_task, (void *)(uintptr_t)ref);
+    int err = shard_submit_force(cs->id, core_turn_task, (void *)(uintptr_t)ref);
     if (err == 0) {
         a->gen |= A_SCHEDULED;
         core_bump(&core_counters(cs, a->rec)->turns, 1);
@@ -371,63 +377,6 @@ int core_schedule(struct core_shard *cs, struct actor *a, pith_ref_t ref)
 }
 
 /* One turn of a scheduled actor: up to turn_msgs messages. */
-/* One message through the behaviour. *timed is the ticks at which the caller began timing
- * this message (one in HIST_SAMPLE on average: a stamped one, or one handled as it arrives that
- * the stamp gap picked), or 0 not to time it; a timed one's handler time is counted and *timed
- * gets the ticks at its end. */
-static inline int behave(struct core_shard *cs, struct actor *a, struct pith_actor *self,
-                         const pith_msg_t *msg, struct type_counters *c, uint64_t *timed,
-                         pith_behaviour_t own)
-{
-    pith_behaviour_t b = LIKELY(!(a->gen & A_BECAME))
-                             ? own
-                             : (pith_behaviour_t)(uintptr_t)map_get(&cs->became, self->ref);
-    atomic_store_explicit(&cs->running_fn, (pith_anyfn_t)b, memory_order_relaxed);
-    int status = b(self, a->state, msg);
-    if (UNLIKELY(*timed != 0)) {
-        uint64_t end = ticks_now();
-        uint64_t took = end > *timed ? ticks_ns(end - *timed) : 0;
-        core_bump(&c->hist[hist_bucket(took)], 1);
-        core_bump(&c->hist_sum, took);
-        *timed = end;
-    }
-    if (UNLIKELY(core_msg_done != NULL)) {
-        /* The message's events (persist/) go to the journal together. */
-        void (*fn)(void) = core_msg_done;
-        core_msg_done = NULL;
-        fn();
-    }
-    return status;
-}
-
-/* What follows a turn that handled n messages (from_mailbox of them from the mailbox) and ended
- * with `status`: waiters on the mailbox, the actor's end, or its next turn. */
-static inline __attribute__((always_inline)) void turn_end(struct core_shard *cs, struct actor *a,
-                                                           pith_ref_t ref, int status, uint32_t n,
-                                                           uint32_t from_mailbox)
-{
-    struct type_counters *c = core_counters(cs, a->rec);
-    core_current = PITH_REF_NONE;
-    atomic_store_explicit(&cs->running, NULL, memory_order_relaxed);
-    a->gen &= ~A_RUNNING;
-    core_bump(&c->messages, n);
-    if (from_mailbox)
-        core_bump(&c->depth_now, (uint64_t)0 - from_mailbox);
-    if (UNLIKELY(core_waiters(cs)))
-        mailbox_drained(cs, a, ref);
-    if (status == 0 && (a->gen & A_STOP))
-        status = (int)(intptr_t)map_get(&cs->stop_reasons, ref); /* 0 when not there: normal */
-    if (status != 0 || (a->gen & A_STOP)) {
-        actor_end(cs, a, ref_slot(ref), status);
-        return;
-    }
-    a->gen &= ~A_SCHEDULED;
-    if (a->head != NULL && !(a->gen & A_MUTED) && core_schedule(cs, a, ref) != 0) {
-        /* Out of memory for the local queue: the mail waits for the next message to schedule
-         * the actor again. */
-    }
-}
-
 static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
 {
     struct type_rec *r = a->rec;
@@ -460,7 +409,7 @@ static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
         }
         pith_msg_t msg;
         core_msg_view(m, &msg);
-        status = behave(cs, a, &self, &msg, c, &t, r->type->behaviour);
+        status = core_behave(cs, a, &self, &msg, c, &t, r->type->behaviour);
         core_msg_free(m);
         if (UNLIKELY(sent != 0)) {
             /* The type's SLA on this shard, if any, takes the whole latency. */
@@ -472,47 +421,10 @@ static void turn_run(struct core_shard *cs, struct actor *a, pith_ref_t ref)
         if (status != 0 || (a->gen & (A_STOP | A_MUTED)))
             break; /* a sender muted by this message gets no more of this turn */
     }
-    turn_end(cs, a, ref, status, n, n);
+    core_turn_end(cs, a, c, ref, status, n, n);
 }
 
-bool core_run_now(struct core_shard *cs, struct actor *a, pith_ref_t ref, const pith_msg_t *msg,
-                  pith_behaviour_t b)
-{
-    if (a->head != NULL || (a->gen & (A_SCHEDULED | A_RUNNING | A_MUTED | A_STOP)))
-        return false;
-    struct type_rec *r = a->rec;
-    struct pith_actor self = {a, ref};
-    /* Scheduled while it runs, so that a send to itself queues no turn of its own before
-     * turn_end has looked at the mailbox. */
-    a->gen |= A_RUNNING | A_SCHEDULED;
-    core_bump(&core_counters(cs, r)->turns, 1);
-    core_current = ref;
-    atomic_store_explicit(&cs->running, r, memory_order_release); /* see core_describe */
-    /* The stall detector names this as a turn (core_describe). */
-    shard_note_running((pith_anyfn_t)turn_task);
-    /* Handled as it arrives: no time in the mailbox; timed as a stamped message would be,
-     * one in HIST_SAMPLE on average. */
-    uint64_t t = 0;
-    if (UNLIKELY(--core_stamp_gap == 0)) {
-        core_stamp_gap = core_stamp_next_gap();
-        core_bump(&core_counters(cs, r)->mbox[0], 1);
-        t = ticks_now();
-    }
-    uint64_t t0 = t;
-    int status =
-        behave(cs, a, &self, msg, core_counters(cs, r), &t, b != NULL ? b : r->type->behaviour);
-    if (UNLIKELY(t0 != 0)) {
-        /* The actor may have ended: its type's counters stay. */
-        struct sla_shard *ss =
-            atomic_load_explicit(&core_counters(cs, r)->sla, memory_order_relaxed);
-        if (ss != NULL)
-            core_sla_note(ss, ref, t > t0 ? ticks_ns(t - t0) : 0);
-    }
-    turn_end(cs, a, ref, status, 1, 0);
-    return true;
-}
-
-static void turn_task(void *arg)
+void core_turn_task(void *arg)
 {
     pith_ref_t ref = (pith_ref_t)(uintptr_t)arg;
     struct core_shard *cs = core_self;
@@ -1017,14 +929,14 @@ static bool core_release(pith_fn_t fn, void *arg)
         pith_free(arg);
         return true;
     }
-    return fn == turn_task || fn == stop_task || fn == kill_task || core_sup_release(fn, arg) ||
-           core_vactor_release(fn, arg) || core_sla_release(fn, arg);
+    return fn == core_turn_task || fn == stop_task || fn == kill_task ||
+           core_sup_release(fn, arg) || core_vactor_release(fn, arg) || core_sla_release(fn, arg);
 }
 
 /* The stall detector's question: what runs on `shard`, when it is an actor's turn. */
 static const char *core_describe(unsigned shard, pith_anyfn_t *fn)
 {
-    if (*fn != (pith_anyfn_t)turn_task)
+    if (*fn != (pith_anyfn_t)core_turn_task)
         return NULL;
     struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
     struct core_shard *cs = ce != NULL && shard < ce->n
@@ -1043,7 +955,7 @@ static const char *core_describe(unsigned shard, pith_anyfn_t *fn)
 /* The stall detector counts a stall: when it is an actor's turn, its type's. */
 static void core_stalled(unsigned shard, pith_anyfn_t fn)
 {
-    if (fn != (pith_anyfn_t)turn_task)
+    if (fn != (pith_anyfn_t)core_turn_task)
         return;
     struct core_engine *ce = atomic_load_explicit(&core_eng, memory_order_acquire);
     struct core_shard *cs = ce != NULL && shard < ce->n

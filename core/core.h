@@ -259,6 +259,9 @@ struct core_shard {
      * watchdog; relaxed, as the watchdog's reads are best effort. */
     _Atomic(const struct type_rec *) running;
     _Atomic(pith_anyfn_t) running_fn;
+    /* The shard's word for what its task runs (shard_running_slot): a turn run at once
+     * (core_run_now) stores there itself, where a call to shard_note_running cost more. */
+    _Atomic(pith_anyfn_t) *note;
     /* Virtual actors (vactor.c): the directory part and activations of this shard, made on
      * first use; read by other threads only for counters (release store, acquire load). */
     _Atomic(struct vshard *) vs;
@@ -374,26 +377,20 @@ int core_end_now(struct core_shard *cs, pith_ref_t ref, int reason);
 pith_ref_t core_current_ref(void);
 /* A counter that only the calling shard writes: a relaxed load and store (a plain add and a
  * plain store on x86); readers on other threads never see torn values. */
-static inline void core_bump(_Atomic uint64_t *c, uint64_t n)
+static inline __attribute__((always_inline)) void core_bump(_Atomic uint64_t *c, uint64_t n)
 {
     atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
                           memory_order_relaxed);
 }
 /* A type's counters on this shard. */
-static inline struct type_counters *core_counters(const struct core_shard *cs,
-                                                  const struct type_rec *r)
+static inline __attribute__((always_inline)) struct type_counters *
+core_counters(const struct core_shard *cs, const struct type_rec *r)
 {
     return &r->per_shard[cs->id];
 }
 
 int core_schedule(struct core_shard *cs, struct actor *a, pith_ref_t ref);
-/* Runs an idle actor's behaviour now on msg, a message that never entered its mailbox (a
- * client's, still in its lane): as a turn of one, ended as any turn. false: the actor is not
- * idle (mail waits, or a turn is queued or running, or it is muted or stopping): queue msg.
- * b: the behaviour to call when the actor has not become another, NULL for its type's (a
- * virtual actor's caller names the application's, skipping the type's wrapper). */
-bool core_run_now(struct core_shard *cs, struct actor *a, pith_ref_t ref, const pith_msg_t *msg,
-                  pith_behaviour_t b);
+/* core_run_now: turn.h. */
 
 /* mute.c: the MUTE_SENDER policy */
 int core_mute_full(struct core_shard *cs, struct actor *a, struct amsg *m); /* 0: take m */

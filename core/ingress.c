@@ -4,6 +4,7 @@
  * mailbox has room: that is how a client is pushed back without anything being lost. */
 #include "clients.h"
 #include "core.h"
+#include "turn.h"
 
 #include <errno.h>
 #include <linux/futex.h>
@@ -320,7 +321,7 @@ int client_lane_msg(struct lane *l, void *arg, uint64_t aux, const void *data, u
             msg.data = data;
             msg.len = len;
         }
-        if (core_run_now(cs, a, to, &msg, NULL)) {
+        if (core_run_now(cs, a, core_counters(cs, a->rec), to, &msg, NULL)) {
             pith_buf_release(b); /* the record's reference */
             return 0;
         }

@@ -24,6 +24,7 @@
 
 #include "clients.h"
 #include "core.h"
+#include "turn.h"
 #include "metrics.h"
 #include "mem.h"
 #include "vpersist.h"
@@ -2618,7 +2619,8 @@ int core_lane_vmsg_inline(struct lane *l, void *arg, uint64_t aux, const void *d
         struct ventry *e = dir_lookup(vs, ts, h.tid, h.hash, key, h.klen);
         if (e != NULL && !(e->xf & X_REMOTE) && !(e->flags & (E_ENDING | E_WARM))) {
             struct actor *a = core_find(cs, e->act);
-            if (a != NULL && idle(a) && !core_counters(cs, a->rec)->shedding) {
+            struct type_counters *c = a != NULL ? core_counters(cs, a->rec) : NULL;
+            if (a != NULL && idle(a) && !c->shedding) {
                 core_bump(&ts->messages, 1);
                 touch(ts, e);
                 vote(cs, e, from);
@@ -2634,7 +2636,7 @@ int core_lane_vmsg_inline(struct lane *l, void *arg, uint64_t aux, const void *d
                 /* The application's behaviour straight, unless vbehaviour has a first call
                  * to time. */
                 pith_behaviour_t b = LIKELY(!(e->xf & X_TIMED)) ? vtypes[h.tid].behaviour : NULL;
-                if (core_run_now(cs, a, e->act, &msg, b))
+                if (core_run_now(cs, a, c, e->act, &msg, b))
                     return 0;
                 core_bump(&ts->messages, (uint64_t)0 - 1); /* counted again below */
             }

@@ -68,6 +68,9 @@ void set_last_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* On a shard: tells the stall detector that fn runs now (until the task that called this
  * returns). */
 void shard_note_running(pith_anyfn_t fn);
+/* On a shard: the word shard_note_running writes (a relaxed store there does the same), for a
+ * caller that notes at every message. */
+_Atomic(pith_anyfn_t) *shard_running_slot(void);
 
 /* Off the shards, while the engine runs: returns once every shard has finished the loop
  * iteration it was in when this was called (it began another, or it sleeps). What a shard

@@ -43,6 +43,11 @@ void shard_note_running(pith_anyfn_t fn)
         atomic_store_explicit(&shard_cur->cur_fn, fn, memory_order_relaxed);
 }
 
+_Atomic(pith_anyfn_t) *shard_running_slot(void)
+{
+    return shard_cur != NULL ? &shard_cur->cur_fn : NULL;
+}
+
 bool shard_engine_stopping(void)
 {
     return atomic_load_explicit(&pith_engine.state, memory_order_relaxed) != ENGINE_RUNNING;
