@@ -801,9 +801,13 @@ static void list_append(struct vtype_shard *ts, struct ventry *e)
  * lets the coldest go) and of tick (the sweep reads from the cold end). */
 static inline void touch(struct vtype_shard *ts, struct ventry *e)
 {
-    /* Unless nothing reads the order (vtype_rec.lru): then the move would only write the
-     * neighbours' entries, two or three cache lines a message. */
-    if (vtypes[e->tid].lru && ts->tail != e && (e->flags & E_LISTED)) {
+    /* Unless nothing reads the order or the tick (vtype_rec.lru: the sweep is one of its
+     * readers): then the move would only write the neighbours' entries, two or three cache
+     * lines a message, and the tick would make the entry's line dirty, to be written back
+     * when it leaves the cache. */
+    if (!vtypes[e->tid].lru)
+        return;
+    if (ts->tail != e && (e->flags & E_LISTED)) {
         list_unlink(ts, e);
         list_append(ts, e);
     }
