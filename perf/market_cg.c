@@ -32,7 +32,8 @@
 #include "itch.h"
 #include "mkt.h"
 
-#define SYMBOLS 3000u /* as bench_market.c */
+/* The day's instruments: 3000 as bench_market.c, or the run's third argument. */
+static unsigned symbols = 3000;
 
 static int run_raw(const uint8_t *day, size_t len, uint64_t *msgs)
 {
@@ -57,7 +58,7 @@ static int run_raw(const uint8_t *day, size_t len, uint64_t *msgs)
             n++;
     }
     /* Every book made first, as the engine run activates them before its day. */
-    for (unsigned l = 1; l <= SYMBOLS; l++) {
+    for (unsigned l = 1; l <= symbols; l++) {
         struct itch_msg m = {.type = 'D', .locate = (uint16_t)l, .del = {.ref = 0}};
         (void)book_set_apply(books, &m);
     }
@@ -102,7 +103,7 @@ static int run_engine(const uint8_t *day, size_t len, uint64_t *msgs)
     cc.spin_ns = 0;
     pith_client_t *c = pith_client_open(&cc);
     err = c == NULL ? -errno : 0;
-    for (unsigned l = 1; l <= SYMBOLS && err == 0; l++) {
+    for (unsigned l = 1; l <= symbols && err == 0; l++) {
         pith_vref_t v;
         pith_msg_t reply;
         err = books_vref((uint16_t)l, &v);
@@ -132,11 +133,21 @@ static int run_engine(const uint8_t *day, size_t len, uint64_t *msgs)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3 || (strcmp(argv[1], "raw") != 0 && strcmp(argv[1], "engine") != 0)) {
-        fprintf(stderr, "usage: %s raw|engine MESSAGES (run it with perf/market_cg.sh)\n", argv[0]);
+    if ((argc != 3 && argc != 4) ||
+        (strcmp(argv[1], "raw") != 0 && strcmp(argv[1], "engine") != 0)) {
+        fprintf(stderr, "usage: %s raw|engine MESSAGES [SYMBOLS] (run it with perf/market_cg.sh)\n",
+                argv[0]);
         return 2;
     }
-    struct gen_config g = {.seed = 18, .symbols = SYMBOLS, .messages = strtoull(argv[2], NULL, 10)};
+    if (argc == 4) {
+        unsigned long k = strtoul(argv[3], NULL, 10);
+        if (k == 0 || k >= MKT_MAX_LOCATE) {
+            fprintf(stderr, "SYMBOLS: 1 to %u\n", MKT_MAX_LOCATE - 1);
+            return 2;
+        }
+        symbols = (unsigned)k;
+    }
+    struct gen_config g = {.seed = 18, .symbols = symbols, .messages = strtoull(argv[2], NULL, 10)};
     size_t len;
     uint64_t count, msgs = 0;
     uint8_t *day = gen_day(&g, &len, &count);

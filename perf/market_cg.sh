@@ -5,7 +5,9 @@
 # both times. Prints per book message the instructions (Ir) and simulated L1 data and
 # last-level misses of the raw run and of each engine thread, the shard thread less the raw
 # run, and the shard thread's functions that execute the most.
-#   perf/market_cg.sh [MESSAGES] [BUILD_DIR]     (defaults: 200000, build)
+#   perf/market_cg.sh [MESSAGES] [BUILD_DIR] [SYMBOLS]     (defaults: 200000, build, 3000)
+# Fewer symbols (300) keep every book and activation in the caches: what is left of the
+# difference is then the path's own work, not its per-symbol memory.
 # Needs valgrind (./pith.sh deps installs it) and a build with pith-market-cg in it. The cache
 # model is callgrind's (one cache for all threads, sized from this CPU's), so the miss columns
 # are a rough guide; the instruction counts are exact and barely move from run to run.
@@ -13,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-200000}
 build=${2:-build}
+symbols=${3:-3000}
 bin=$build/perf/pith-market-cg
 if [ ! -x "$bin" ]; then
     echo "market_cg.sh: $bin is missing (meson builds it where valgrind/callgrind.h is)" >&2
@@ -39,13 +42,13 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for mode in raw engine; do
     valgrind --tool=callgrind --cache-sim=yes "${sim[@]}" --instr-atstart=no --separate-threads=yes \
-        --callgrind-out-file="$out/$mode.cg" "$bin" "$mode" "$n" >"$out/$mode.txt" 2>"$out/$mode.err" ||
+        --callgrind-out-file="$out/$mode.cg" "$bin" "$mode" "$n" "$symbols" >"$out/$mode.txt" 2>"$out/$mode.err" ||
         {
             cat "$out/$mode.err" >&2
             exit 1
         }
 done
-python3 - "$out" <<'EOF'
+python3 - "$out" "$symbols" <<'EOF'
 import glob, re, subprocess, sys
 out = sys.argv[1]
 
@@ -84,7 +87,7 @@ if len(raw) != 1 or len(shard) != 1 or n_raw != n_eng:
 rows = [("raw: the books alone", per(raw[0][1], n_raw)),
         ("engine: the shard thread", per(shard[0][1], n_eng))]
 rows += [("engine: the feed thread", per(t, n_eng)) for f, t, s in eng if not s]
-print(f"per book message ({n_eng} messages; callgrind, the same day in both runs):")
+print(f"per book message ({n_eng} messages over {sys.argv[2]} symbols; callgrind, the same day in both runs):")
 print(f"  {'':28s} {'Ir':>8s} {'D1 miss':>8s} {'LL miss':>8s}")
 for name, (ir, d1, ll) in rows:
     print(f"  {name:28s} {ir:8.1f} {d1:8.2f} {ll:8.3f}")
