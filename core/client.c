@@ -513,7 +513,7 @@ static int push_msg_run(struct pith_client *c, pith_ref_t to, uint32_t type, uin
      * can be (lane_push_quick). */
     int err = 0;
     if (hlen != 0 || !lane_push_quick(c->p, dest_shard(c, to), client_lane_msg,
-                                      (void *)(uintptr_t)to, aux, data, len, more))
+                                      (void *)(uintptr_t)to, aux, NULL, 0, data, len, more))
         err = push_try(c, to, aux, head, hlen, data, len, 0, more);
     if (err == -EAGAIN) {
         c->st.pushed_back++;
@@ -1060,14 +1060,19 @@ int pith_client_ask(pith_client_t *c, pith_ref_t to, uint32_t type, const void *
  * pointer through the lane to the key's directory shard (core_lane_vmsg): one lane per shard
  * keeps the client's messages to one virtual actor in order. */
 
-/* Pushes m for shard dst, waiting up to timeout_ns; m is the lane's on success. */
-static int push_vmsg(struct pith_client *c, unsigned dst, struct amsg *m, uint64_t timeout_ns)
+/* Pushes m for shard dst, waiting up to timeout_ns, or up to *deadline where deadline is not
+ * NULL (a batch's); m is the lane's on success. more: not the last of a run to its shard. */
+static int push_vmsg(struct pith_client *c, unsigned dst, struct amsg *m, uint64_t timeout_ns,
+                     const uint64_t *deadline, bool more)
 {
-    int err = lane_push(c->p, dst, core_lane_vmsg, NULL, 0, NULL, 0, &m, sizeof(m), 0);
+    int (*push)(struct producer *, unsigned, lane_fn_t, void *, uint64_t, const void *, uint32_t,
+                const void *, uint32_t, uint64_t) = more ? lane_push_more : lane_push;
+    int err = push(c->p, dst, core_lane_vmsg, NULL, 0, NULL, 0, &m, sizeof(m), 0);
     if (err == -EAGAIN) {
         c->st.pushed_back++;
         if (timeout_ns != 0)
-            err = lane_push(c->p, dst, core_lane_vmsg, NULL, 0, NULL, 0, &m, sizeof(m), timeout_ns);
+            err = push(c->p, dst, core_lane_vmsg, NULL, 0, NULL, 0, &m, sizeof(m),
+                       deadline != NULL ? time_left(*deadline) : timeout_ns);
     }
     if (err == 0)
         c->st.sent++;
@@ -1075,26 +1080,57 @@ static int push_vmsg(struct pith_client *c, unsigned dst, struct amsg *m, uint64
 }
 
 /* A small message goes whole in the lane record (core_lane_vmsg_inline): no message made here
- * and freed there. Returns 1 when it does not fit (the caller sends it by pointer). */
-static int push_vinline(struct pith_client *c, const pith_vref_t *to, uint32_t type,
-                        const void *data, uint32_t len, uint64_t timeout_ns)
+ * and freed there; its bytes, then the key. Returns 1 when it does not fit (the caller sends it
+ * by pointer). Waits and runs as push_vmsg. */
+static int push_vinline(struct pith_client *c, const pith_vref_t *to, unsigned dst, uint32_t type,
+                        const void *data, uint32_t len, uint64_t timeout_ns,
+                        const uint64_t *deadline, bool more)
 {
     if (to->len > lane_max_len(c->p) || len > lane_max_len(c->p) - to->len)
         return 1;
     void *hash = (void *)(uintptr_t)to->hash;
     uint64_t aux =
         type | (uint64_t)to->len << VLREC_KLEN_SHIFT | (uint64_t)(to->tid - 1) << VLREC_TID_SHIFT;
-    unsigned dst = core_vref_shard(to, c->p->n);
-    int err =
-        lane_push(c->p, dst, core_lane_vmsg_inline, hash, aux, data, len, to->key, to->len, 0);
+    /* A first try that does not wait, inline (lane_push_quick), as push_msg_run's. */
+    if (lane_push_quick(c->p, dst, core_lane_vmsg_inline, hash, aux, data, len, to->key, to->len,
+                        more)) {
+        c->st.sent++;
+        return 0;
+    }
+    int (*push)(struct producer *, unsigned, lane_fn_t, void *, uint64_t, const void *, uint32_t,
+                const void *, uint32_t, uint64_t) = more ? lane_push_more : lane_push;
+    int err = push(c->p, dst, core_lane_vmsg_inline, hash, aux, data, len, to->key, to->len, 0);
     if (err == -EAGAIN) {
         c->st.pushed_back++;
         if (timeout_ns != 0)
-            err = lane_push(c->p, dst, core_lane_vmsg_inline, hash, aux, data, len, to->key,
-                            to->len, timeout_ns);
+            err = push(c->p, dst, core_lane_vmsg_inline, hash, aux, data, len, to->key, to->len,
+                       deadline != NULL ? time_left(*deadline) : timeout_ns);
     }
     if (err == 0)
         c->st.sent++;
+    return err;
+}
+
+/* One virtual message pushed, whole in the record or by pointer; inside (-ESHUTDOWN: left).
+ * flag: AMSG_BUF (data is &buf: see client_vsend), only with more false. */
+static int push_v(struct pith_client *c, const pith_vref_t *to, uint32_t type, uint32_t flag,
+                  const void *data, uint32_t len, uint64_t timeout_ns, const uint64_t *deadline,
+                  bool more)
+{
+    unsigned dst = core_vref_shard(to, c->p->n);
+    if (flag == 0 && type < PITH_MSG_RESERVED) {
+        int err = push_vinline(c, to, dst, type, data, len, timeout_ns, deadline, more);
+        if (err != 1)
+            return err;
+    }
+    struct amsg *m = core_vmsg_make(-1, to, c->ref, type, data, len, flag);
+    if (m == NULL)
+        return -ENOMEM;
+    int err = push_vmsg(c, dst, m, timeout_ns, deadline, more);
+    if (err) {
+        m->len &= ~AMSG_BUF; /* the caller keeps its buffer's reference */
+        core_msg_free(m);
+    }
     return err;
 }
 
@@ -1104,24 +1140,7 @@ int client_vsend(struct pith_client *c, const pith_vref_t *to, uint32_t type, ui
     int err = client_enter(c);
     if (err)
         return err;
-    if (flag == 0 && type < PITH_MSG_RESERVED) {
-        err = push_vinline(c, to, type, data, len, timeout_ns);
-        if (err != 1) {
-            if (err != -ESHUTDOWN)
-                producer_leave(c->p);
-            return err;
-        }
-    }
-    struct amsg *m = core_vmsg_make(-1, to, c->ref, type, data, len, flag);
-    if (m == NULL) {
-        producer_leave(c->p);
-        return -ENOMEM;
-    }
-    err = push_vmsg(c, core_vref_shard(to, c->p->n), m, timeout_ns);
-    if (err) {
-        m->len &= ~AMSG_BUF; /* the caller keeps its buffer's reference */
-        core_msg_free(m);
-    }
+    err = push_v(c, to, type, flag, data, len, timeout_ns, NULL, false);
     if (err != -ESHUTDOWN)
         producer_leave(c->p);
     return err;
@@ -1136,6 +1155,45 @@ int pith_client_vsend(pith_client_t *c, const pith_vref_t *to, uint32_t type, co
         len >= PITH_MSG_MAX)
         return -EINVAL;
     return client_vsend(c, to, type, 0, data, len, timeout_ns);
+}
+
+int pith_client_vsend_batch(pith_client_t *c, const pith_client_vmsg_t *msgs, unsigned n,
+                            uint64_t timeout_ns)
+{
+    if (pith_shard_id() >= 0)
+        return -EDEADLK;
+    if (c == NULL || (msgs == NULL && n > 0))
+        return -EINVAL;
+    if (n == 0)
+        return 0;
+    int err = client_enter(c);
+    if (err)
+        return err;
+    /* As pith_client_send_batch: each record without the look at whether its shard sleeps
+     * (lane_push_more), and that look, with its full barrier, once per shard touched. */
+    uint64_t touched[(MAX_CLIENT_SHARDS + 63) / 64] = {0};
+    uint64_t deadline = deadline_of(timeout_ns);
+    unsigned sent = 0;
+    for (; sent < n; sent++) {
+        const pith_client_vmsg_t *m = &msgs[sent];
+        if (!core_vref_ok(m->to) || m->type >= PITH_MSG_RESERVED ||
+            (m->data == NULL && m->len > 0) || m->len >= PITH_MSG_MAX) {
+            err = -EINVAL;
+            break;
+        }
+        err = push_v(c, m->to, m->type, 0, m->data, m->len, timeout_ns, &deadline, true);
+        if (err)
+            break;
+        unsigned d = core_vref_shard(m->to, c->p->n);
+        touched[d / 64] |= UINT64_C(1) << (d % 64);
+    }
+    if (err == -ESHUTDOWN)
+        return sent > 0 ? (int)sent : err; /* outside: the stop drains what was sent */
+    for (unsigned w = 0; w < (MAX_CLIENT_SHARDS + 63) / 64; w++)
+        for (uint64_t bits = touched[w]; bits != 0; bits &= bits - 1)
+            lane_flush(c->p, w * 64 + (unsigned)__builtin_ctzll(bits));
+    producer_leave(c->p);
+    return sent > 0 ? (int)sent : err;
 }
 
 int pith_client_vask(pith_client_t *c, const pith_vref_t *to, uint32_t type, const void *data,
@@ -1157,7 +1215,7 @@ int pith_client_vask(pith_client_t *c, const pith_vref_t *to, uint32_t type, con
         return -ENOMEM;
     }
     m->req = req;
-    err = push_vmsg(c, core_vref_shard(to, c->p->n), m, time_left(deadline));
+    err = push_vmsg(c, core_vref_shard(to, c->p->n), m, time_left(deadline), NULL, false);
     if (err) {
         core_msg_free(m);
         if (err == -ESHUTDOWN)

@@ -145,29 +145,34 @@ void lane_flush(struct producer *p, unsigned shard);
 void lane_published(struct lane *l, unsigned shard);
 
 /* The part of lane_push (more: lane_push_more) that most records take, inline in the caller:
- * a lane that exists, room as last seen, no padding, no head bytes, len <= lane_max_len (the
- * caller's check). False where it did nothing: lane_push then does all of it. Inline because
- * the record's stores are what the producer waits on (for their lines to come over from the
- * shard), and every store of a call's frame and spilled arguments, queued behind them, is one
- * fewer record in flight. Inside. */
+ * a lane that exists, room as last seen, no padding, hlen + len <= lane_max_len (the caller's
+ * check); the record's bytes are head's then data's, as lane_push's. False where it did
+ * nothing: lane_push then does all of it. Inline because the record's stores are what the
+ * producer waits on (for their lines to come over from the shard), and every store of a
+ * call's frame and spilled arguments, queued behind them, is one fewer record in flight.
+ * Inside. */
 static inline bool lane_push_quick(struct producer *p, unsigned shard, lane_fn_t fn, void *arg,
-                                   uint64_t aux, const void *data, uint32_t len, bool more)
+                                   uint64_t aux, const void *head, uint32_t hlen, const void *data,
+                                   uint32_t len, bool more)
 {
     struct lane *l = p->lanes[shard];
     if (l == NULL)
         return false;
-    uint32_t need = (LANE_HDR + len + LANE_SLOT - 1) / LANE_SLOT, cap = l->mask + 1;
+    uint32_t need = (LANE_HDR + hlen + len + LANE_SLOT - 1) / LANE_SLOT, cap = l->mask + 1;
     uint32_t pos = l->tail;
     if ((pos & l->mask) + need > cap || pos + need - l->head_seen > cap)
         return false;
     struct lane_slot *r =
         (struct lane_slot *)((char *)l->slots + (size_t)(pos & l->mask) * LANE_SLOT);
-    r->len = len;
+    r->len = hlen + len;
     r->fn = fn;
     r->arg = arg;
     r->aux = aux;
-    if (len > 0) /* data may be NULL then, which memcpy may not be given */
-        __builtin_memcpy((char *)r + LANE_HDR, data, len);
+    /* Either may be NULL with no bytes, which memcpy may not be given. */
+    if (hlen > 0)
+        __builtin_memcpy((char *)r + LANE_HDR, head, hlen);
+    if (len > 0)
+        __builtin_memcpy((char *)r + LANE_HDR + hlen, data, len);
     l->tail = pos + need;
     if (more) {
         /* Release: as lane_push_more's. */

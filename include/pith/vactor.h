@@ -212,6 +212,23 @@ PITH_API int pith_vask(const pith_vref_t *to, uint32_t type, const void *data, u
  * another shard: the message comes back undelivered (a PITH_MSG_UNDELIVERED in the inbox). */
 PITH_API int pith_client_vsend(pith_client_t *c, const pith_vref_t *to, uint32_t type,
                                const void *data, uint32_t len, uint64_t timeout_ns);
+/* One message of pith_client_vsend_batch. */
+typedef struct pith_client_vmsg {
+    const pith_vref_t *to; /* made by pith_vref */
+    uint32_t type;         /* below PITH_MSG_RESERVED */
+    uint32_t len;          /* bytes at data */
+    const void *data;      /* copied at send */
+} pith_client_vmsg_t;
+
+/* Sends msgs[0..n) in order, each as pith_client_vsend would, waiting for room up to
+ * timeout_ns for the whole batch (0: not at all). As pith_client_send_batch: the messages to
+ * one shard are published with one check of whether that shard sleeps (a full barrier) instead
+ * of one each; the way for a feed handler to pass on what one packet carried to its
+ * instruments' actors. Returns how many were sent, from the first: n, or fewer when one failed
+ * (the rest are not sent); the first's -errno when none was. Errors: as pith_client_vsend
+ * (-ETIMEDOUT when room did not come in time), and -EINVAL msgs NULL with n > 0. */
+PITH_API int pith_client_vsend_batch(pith_client_t *c, const pith_client_vmsg_t *msgs, unsigned n,
+                                     uint64_t timeout_ns);
 /* As pith_client_ask, to a virtual actor (activated if it is not); a failed activation ends the
  * ask with on_activate's error. */
 PITH_API int pith_client_vask(pith_client_t *c, const pith_vref_t *to, uint32_t type,
