@@ -97,6 +97,8 @@ static const bench_row_t rows[] = {
     {"ck.ring_spsc_mps", bench_ck_ring, 20000000, 100000000, "raw.ingress_ring_mps"},
     {"ingress.send_mps", bench_ingress_send, 5000000, 50000000, "raw.ingress_ring_mps"},
     {"ingress.send_batch_mps", bench_ingress_send_batch, 5000000, 50000000, "raw.ingress_ring_mps"},
+    {"ingress.vsend_mps", bench_ingress_vsend, 5000000, 50000000, "ingress.send_mps"},
+    {"ingress.vsend_batch_mps", bench_ingress_vsend_batch, 5000000, 50000000, "ingress.vsend_mps"},
     {"ingress.rtt_ns", bench_ingress_rtt, 100000, 1000000, "raw.c2c_rtt_ns"},
     {"ingress.fanout_mps", bench_ingress_fanout, 2000000, 20000000, "ingress.send_mps"},
     /* Savina (Imam & Sarkar 2014) with its default sizes, the whole run in ms on the driving

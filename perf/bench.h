@@ -264,6 +264,9 @@ int bench_raw_slotseq_wake_ring(const bench_env_t *env, uint64_t n, result_t *r,
                                 size_t whylen);
 int bench_ck_ring(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
 int bench_ingress_send(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_ingress_vsend(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
+int bench_ingress_vsend_batch(const bench_env_t *env, uint64_t n, result_t *r, char *why,
+                              size_t whylen);
 int bench_ingress_send_batch(const bench_env_t *env, uint64_t n, result_t *r, char *why,
                              size_t whylen);
 int bench_ingress_rtt(const bench_env_t *env, uint64_t n, result_t *r, char *why, size_t whylen);
