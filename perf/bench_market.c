@@ -219,8 +219,9 @@ int bench_market_book_update(const bench_env_t *env, uint64_t n, result_t *r, ch
     }
     r->value = (double)(t1 - t0) / (double)msgs;
     bench_note("%s: the same day (%llu book messages, %u symbols) decoded on a client thread on "
-               "CPU %d and sent one pith_client_vsend each to its symbol's book actor (a virtual "
-               "actor) on one shard on CPU %d, which applies it with the same book code and "
+               "CPU %d and sent in pith_client_vsend_batch runs of up to 16 (pith-market's feed) "
+               "to its symbol's book actor (a virtual actor) on one shard on CPU %d, which "
+               "applies it with the same book code and "
                "takes its top of book; from the first send to the last message applied, the "
                "books made beforehand; the lane pushed back %llu times",
                r->name, (unsigned long long)msgs, SYMBOLS, env->cpu_a, env->cpu_b,

@@ -56,13 +56,60 @@ static void to_tick(const struct itch_msg *m, uint64_t due, struct tick *t)
     tick_set(t, due, side);
 }
 
+/* Ticks decoded and not yet handed over: at most FEED_BATCH, sent together. */
+#define FEED_BATCH 16
+struct pending {
+    unsigned n;
+    struct tick t[FEED_BATCH];
+    uint64_t due[FEED_BATCH]; /* as mkt_now(): the tick holds it masked (TICK_DUE_MASK) */
+    size_t off[FEED_BATCH];   /* where its message lies in the day */
+    uint16_t locate[FEED_BATCH];
+    pith_client_vmsg_t v[FEED_BATCH];
+};
+
+/* Hands the pending ticks over in one pith_client_vsend_batch (one look at whether the shard
+ * sleeps for all of them, not one each); counts them as handed over now. On an error,
+ * r->err_offset is where the first one not sent lies. */
+static int flush(pith_client_t *c, struct pending *q, struct feed_result *r)
+{
+    if (q->n == 0)
+        return 0;
+    /* A batch stops at the first message it could not send, and says only how many went: the
+     * rest again, for that one's error. */
+    unsigned sent = 0;
+    int err = 0;
+    while (sent < q->n) {
+        int k = pith_client_vsend_batch(c, q->v + sent, q->n - sent, PITH_FOREVER);
+        if (k < 0) {
+            err = k;
+            break;
+        }
+        sent += (unsigned)k;
+    }
+    uint64_t now = mkt_now();
+    for (unsigned i = 0; i < sent; i++) {
+        lat_add(&r->late, now > q->due[i] ? now - q->due[i] : 0);
+        r->book_msgs++;
+        r->fed[q->locate[i]]++;
+    }
+    if (r->start_ns == UINT64_MAX)
+        r->start_ns = now;
+    r->end_ns = now;
+    if (err)
+        r->err_offset = q->off[sent];
+    q->n = 0;
+    return err;
+}
+
 int feed_run(pith_client_t *c, const struct feed_config *cfg, struct feed_result *r)
 {
     pith_vref_t *refs = calloc(MKT_MAX_LOCATE + 1, sizeof *refs);
     bool *made = calloc(MKT_MAX_LOCATE + 1, sizeof *made);
-    if (refs == NULL || made == NULL) {
+    struct pending *q = calloc(1, sizeof *q);
+    if (refs == NULL || made == NULL || q == NULL) {
         free(refs);
         free(made);
+        free(q);
         r->err = -ENOMEM;
         return r->err;
     }
@@ -72,8 +119,9 @@ int feed_run(pith_client_t *c, const struct feed_config *cfg, struct feed_result
     uint64_t start = mkt_now() + 1000000; /* the first tick is due 1 ms from now */
     r->start_ns = UINT64_MAX;
     uint64_t next_progress = mkt_now() + 1000000000;
+    uint64_t decoded = 0; /* book messages decoded: the next one's place in the schedule */
     size_t at = 0;
-    int err = 0;
+    int err = 0, serr = 0; /* decoding's, sending's */
     while (at < cfg->len) {
         struct itch_msg m;
         size_t used;
@@ -98,33 +146,44 @@ int feed_run(pith_client_t *c, const struct feed_config *cfg, struct feed_result
         }
         uint64_t now = mkt_now(), due = now;
         if (period > 0) {
-            due = start + (uint64_t)((double)r->book_msgs * period);
-            while (now < due)
-                now = mkt_now();
+            due = start + (uint64_t)((double)decoded * period);
+            if (now < due) {
+                /* Not due yet: what is due goes now, not after this one's wait. */
+                if ((serr = flush(c, q, r)) != 0)
+                    break;
+                while (now < due)
+                    now = mkt_now();
+            }
         }
-        struct tick t;
-        to_tick(&m, due, &t);
-        err = pith_client_vsend(c, &refs[m.locate], MT_TICK, &t, TICK_LEN, PITH_FOREVER);
-        if (err != 0)
-            break;
-        lat_add(&r->late, now - due);
-        if (r->start_ns == UINT64_MAX)
-            r->start_ns = now;
-        r->end_ns = now;
-        r->book_msgs++;
-        r->fed[m.locate]++;
+        /* Ticks that are due together (as fast as possible, or behind the schedule) go in one
+         * batch, as a feed handler passes on what one packet carried. */
+        unsigned i = q->n++;
+        to_tick(&m, due, &q->t[i]);
+        q->due[i] = due;
+        q->off[i] = at;
+        q->locate[i] = m.locate;
+        q->v[i] = (pith_client_vmsg_t){
+            .to = &refs[m.locate], .type = MT_TICK, .len = TICK_LEN, .data = &q->t[i]};
+        decoded++;
         at += used;
-        if (cfg->progress != NULL && (r->book_msgs & 1023) == 0 && now >= next_progress) {
+        if (q->n == FEED_BATCH && (serr = flush(c, q, r)) != 0)
+            break;
+        if (cfg->progress != NULL && (decoded & 1023) == 0 && now >= next_progress) {
             cfg->progress(r);
             next_progress = now + 1000000000;
         }
     }
+    /* What was decoded before a bad message still goes, as it would have one by one. */
+    if (serr == 0)
+        serr = flush(c, q, r);
     pith_client_stats_t after;
     pith_client_stats(c, &after);
     r->pushed_back = after.pushed_back - before.pushed_back;
-    r->err = err;
-    r->err_offset = at;
+    r->err = serr != 0 ? serr : err;
+    if (serr == 0)
+        r->err_offset = at; /* else flush said where */
     free(refs);
     free(made);
-    return err;
+    free(q);
+    return r->err;
 }
