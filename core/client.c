@@ -534,8 +534,16 @@ static int push_msg(struct pith_client *c, pith_ref_t to, uint32_t type, uint64_
     return push_msg_run(c, to, type, flags, req, data, len, timeout_ns, NULL, false);
 }
 
-int pith_client_send_batch(pith_client_t *c, const pith_client_msg_t *msgs, unsigned n,
-                           uint64_t timeout_ns)
+/* One message of a batch, msgs[i], pushed as part of a run to its shard (lane_push_more),
+ * waiting for room up to *deadline; *dst: that shard. Inside (-ESHUTDOWN: left). */
+typedef int (*batch_push_fn)(struct pith_client *c, const void *msgs, unsigned i,
+                             uint64_t timeout_ns, const uint64_t *deadline, unsigned *dst);
+
+/* pith_client_send_batch and pith_client_vsend_batch: every record goes in without the look at
+ * whether its shard sleeps (lane_push_more); the shards touched get that look, and the full
+ * barrier it needs, once each at the end: one barrier per shard instead of one per message. */
+static int client_batch(pith_client_t *c, const void *msgs, unsigned n, uint64_t timeout_ns,
+                        batch_push_fn push)
 {
     if (pith_shard_id() >= 0)
         return -EDEADLK;
@@ -546,24 +554,12 @@ int pith_client_send_batch(pith_client_t *c, const pith_client_msg_t *msgs, unsi
     int err = client_enter(c);
     if (err)
         return err;
-    /* Every record goes in without the look at whether its shard sleeps (lane_push_more);
-     * the shards touched get that look, and the full barrier it needs, once each at the end:
-     * one barrier per shard instead of one per message. */
     uint64_t touched[(MAX_CLIENT_SHARDS + 63) / 64] = {0};
     uint64_t deadline = deadline_of(timeout_ns);
     unsigned sent = 0;
     for (; sent < n; sent++) {
-        const pith_client_msg_t *m = &msgs[sent];
-        if (m->type >= PITH_MSG_RESERVED || (m->data == NULL && m->len > 0) ||
-            m->len >= PITH_MSG_MAX) {
-            err = -EINVAL;
-            break;
-        }
-        if ((err = check_to(c, m->to)) != 0)
-            break;
-        unsigned d = dest_shard(c, m->to);
-        err = push_msg_run(c, m->to, m->type, 0, 0, m->data, m->len, timeout_ns, &deadline, true);
-        if (err)
+        unsigned d = 0;
+        if ((err = push(c, msgs, sent, timeout_ns, &deadline, &d)) != 0)
             break;
         touched[d / 64] |= UINT64_C(1) << (d % 64);
     }
@@ -574,6 +570,25 @@ int pith_client_send_batch(pith_client_t *c, const pith_client_msg_t *msgs, unsi
             lane_flush(c->p, w * 64 + (unsigned)__builtin_ctzll(bits));
     producer_leave(c->p);
     return sent > 0 ? (int)sent : err;
+}
+
+static int batch_msg(struct pith_client *c, const void *msgs, unsigned i, uint64_t timeout_ns,
+                     const uint64_t *deadline, unsigned *dst)
+{
+    const pith_client_msg_t *m = (const pith_client_msg_t *)msgs + i;
+    if (m->type >= PITH_MSG_RESERVED || (m->data == NULL && m->len > 0) || m->len >= PITH_MSG_MAX)
+        return -EINVAL;
+    int err = check_to(c, m->to);
+    if (err)
+        return err;
+    *dst = dest_shard(c, m->to);
+    return push_msg_run(c, m->to, m->type, 0, 0, m->data, m->len, timeout_ns, deadline, true);
+}
+
+int pith_client_send_batch(pith_client_t *c, const pith_client_msg_t *msgs, unsigned n,
+                           uint64_t timeout_ns)
+{
+    return client_batch(c, msgs, n, timeout_ns, batch_msg);
 }
 
 static int client_send(struct pith_client *c, pith_ref_t to, uint32_t type, uint64_t flags,
@@ -1157,43 +1172,21 @@ int pith_client_vsend(pith_client_t *c, const pith_vref_t *to, uint32_t type, co
     return client_vsend(c, to, type, 0, data, len, timeout_ns);
 }
 
+static int batch_vmsg(struct pith_client *c, const void *msgs, unsigned i, uint64_t timeout_ns,
+                      const uint64_t *deadline, unsigned *dst)
+{
+    const pith_client_vmsg_t *m = (const pith_client_vmsg_t *)msgs + i;
+    if (!core_vref_ok(m->to) || m->type >= PITH_MSG_RESERVED || (m->data == NULL && m->len > 0) ||
+        m->len >= PITH_MSG_MAX)
+        return -EINVAL;
+    *dst = core_vref_shard(m->to, c->p->n);
+    return push_v(c, m->to, m->type, 0, m->data, m->len, timeout_ns, deadline, true);
+}
+
 int pith_client_vsend_batch(pith_client_t *c, const pith_client_vmsg_t *msgs, unsigned n,
                             uint64_t timeout_ns)
 {
-    if (pith_shard_id() >= 0)
-        return -EDEADLK;
-    if (c == NULL || (msgs == NULL && n > 0))
-        return -EINVAL;
-    if (n == 0)
-        return 0;
-    int err = client_enter(c);
-    if (err)
-        return err;
-    /* As pith_client_send_batch: each record without the look at whether its shard sleeps
-     * (lane_push_more), and that look, with its full barrier, once per shard touched. */
-    uint64_t touched[(MAX_CLIENT_SHARDS + 63) / 64] = {0};
-    uint64_t deadline = deadline_of(timeout_ns);
-    unsigned sent = 0;
-    for (; sent < n; sent++) {
-        const pith_client_vmsg_t *m = &msgs[sent];
-        if (!core_vref_ok(m->to) || m->type >= PITH_MSG_RESERVED ||
-            (m->data == NULL && m->len > 0) || m->len >= PITH_MSG_MAX) {
-            err = -EINVAL;
-            break;
-        }
-        err = push_v(c, m->to, m->type, 0, m->data, m->len, timeout_ns, &deadline, true);
-        if (err)
-            break;
-        unsigned d = core_vref_shard(m->to, c->p->n);
-        touched[d / 64] |= UINT64_C(1) << (d % 64);
-    }
-    if (err == -ESHUTDOWN)
-        return sent > 0 ? (int)sent : err; /* outside: the stop drains what was sent */
-    for (unsigned w = 0; w < (MAX_CLIENT_SHARDS + 63) / 64; w++)
-        for (uint64_t bits = touched[w]; bits != 0; bits &= bits - 1)
-            lane_flush(c->p, w * 64 + (unsigned)__builtin_ctzll(bits));
-    producer_leave(c->p);
-    return sent > 0 ? (int)sent : err;
+    return client_batch(c, msgs, n, timeout_ns, batch_vmsg);
 }
 
 int pith_client_vask(pith_client_t *c, const pith_vref_t *to, uint32_t type, const void *data,

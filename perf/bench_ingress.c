@@ -355,6 +355,60 @@ static void unpin_self(void)
         pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }
 
+/* A stream's end: waits for the sink to have it all (rc 0), stops the engine, checks the sum
+ * and sets r->value (millions a second, from t0 to the last message). 0 or BENCH_FAIL. */
+static int stream_end(const bench_env_t *env, pith_client_t *c, int rc, uint64_t t0, result_t *r,
+                      char *why, size_t whylen)
+{
+    uint64_t n = sk.n;
+    if (rc == 0)
+        rc = bench_wait(env, &sk.finished);
+    pith_client_close(c);
+    unpin_self();
+    bench_engine_stop(r->name);
+    sem_destroy(&sk.finished);
+    if (rc != 0) {
+        snprintf(why, whylen, "%s after %llu of %llu delivered", bench_wait_strerror(rc),
+                 (unsigned long long)sk.got, (unsigned long long)n);
+        return BENCH_FAIL;
+    }
+    if (sk.sum != 3 * (n * (n - 1) / 2)) {
+        snprintf(why, whylen, "the sink summed %llu, not what was sent",
+                 (unsigned long long)sk.sum);
+        return BENCH_FAIL;
+    }
+    r->value = (double)n / ((double)(sk.t_end - t0) / 1e9) / 1e6;
+    return 0;
+}
+
+/* pith_client_send_batch and pith_client_vsend_batch, as one kind. */
+typedef int (*batch_fn)(pith_client_t *c, const void *msgs, unsigned n, uint64_t timeout_ns);
+
+static int send_batch(pith_client_t *c, const void *msgs, unsigned n, uint64_t timeout_ns)
+{
+    return pith_client_send_batch(c, msgs, n, timeout_ns);
+}
+
+static int vsend_batch(pith_client_t *c, const void *msgs, unsigned n, uint64_t timeout_ns)
+{
+    return pith_client_vsend_batch(c, msgs, n, timeout_ns);
+}
+
+/* k messages (of `size` bytes each, from msgs) through send: at once, then what is left with up
+ * to 10 s to wait, counted in *pushed. 0 or -errno. */
+static int batch_all(batch_fn send, pith_client_t *c, const void *msgs, size_t size, unsigned k,
+                     uint64_t *pushed)
+{
+    int sent = send(c, msgs, k, 0);
+    if (sent == -EAGAIN || (sent >= 0 && (unsigned)sent < k)) {
+        (*pushed)++;
+        unsigned done = sent > 0 ? (unsigned)sent : 0;
+        int more = send(c, (const char *)msgs + done * size, k - done, 10 * SEC);
+        sent = more < 0 ? more : (int)(done + (unsigned)more);
+    }
+    return sent < 0 ? sent : (unsigned)sent < k ? -ETIMEDOUT : 0;
+}
+
 /* Streams n messages to a sink actor, one pith_client_send each (batch 1) or batch at a time
  * with pith_client_send_batch. */
 static int ingress_stream(const bench_env_t *env, uint64_t n, unsigned batch, result_t *r,
@@ -391,37 +445,12 @@ static int ingress_stream(const bench_env_t *env, uint64_t n, unsigned batch, re
             unsigned k = n - i < batch ? (unsigned)(n - i) : batch;
             for (unsigned j = 0; j < k; j++)
                 m[j] = (struct msg16){.seq = i + j, .value = (i + j) * 3};
-            int sent = pith_client_send_batch(c, b, k, 0);
-            if (sent == -EAGAIN || (sent >= 0 && (unsigned)sent < k)) {
-                pushed++;
-                unsigned done = sent > 0 ? (unsigned)sent : 0;
-                int more = pith_client_send_batch(c, b + done, k - done, 10 * SEC);
-                sent = more < 0 ? more : (int)(done + (unsigned)more);
-            }
-            if (sent < 0)
-                rc = sent;
-            else if ((unsigned)sent < k)
-                rc = -ETIMEDOUT;
+            rc = batch_all(send_batch, c, b, sizeof(b[0]), k, &pushed);
             i += k;
         }
     }
-    if (rc == 0)
-        rc = bench_wait(env, &sk.finished);
-    pith_client_close(c);
-    unpin_self();
-    bench_engine_stop(r->name);
-    sem_destroy(&sk.finished);
-    if (rc != 0) {
-        snprintf(why, whylen, "%s after %llu of %llu delivered", bench_wait_strerror(rc),
-                 (unsigned long long)sk.got, (unsigned long long)n);
+    if (stream_end(env, c, rc, t0, r, why, whylen) != 0)
         return BENCH_FAIL;
-    }
-    if (sk.sum != 3 * (n * (n - 1) / 2)) {
-        snprintf(why, whylen, "the actor summed %llu, not what was sent",
-                 (unsigned long long)sk.sum);
-        return BENCH_FAIL;
-    }
-    r->value = (double)n / ((double)(sk.t_end - t0) / 1e9) / 1e6;
     bench_note("%s: a client thread on CPU %d sends %llu 16-byte messages to one actor on a shard "
                "on CPU %d (busy-polling), %s, waiting for room when its lane is full (%llu times); "
                "from the first send to the actor's last message",
@@ -482,46 +511,19 @@ static int ingress_vstream(const bench_env_t *env, uint64_t n, unsigned batch, r
             b[j] = (pith_client_vmsg_t){
                 .to = &keys[(i + j) % VKEYS], .type = MSG_DATA, .len = sizeof(m[j]), .data = &m[j]};
         }
-        int sent;
         if (batch <= 1) {
-            sent = pith_client_vsend(c, b[0].to, MSG_DATA, &m[0], sizeof(m[0]), 0);
-            if (sent == -EAGAIN) {
+            rc = pith_client_vsend(c, b[0].to, MSG_DATA, &m[0], sizeof(m[0]), 0);
+            if (rc == -EAGAIN) {
                 pushed++;
-                sent = pith_client_vsend(c, b[0].to, MSG_DATA, &m[0], sizeof(m[0]), 10 * SEC);
+                rc = pith_client_vsend(c, b[0].to, MSG_DATA, &m[0], sizeof(m[0]), 10 * SEC);
             }
-            sent = sent == 0 ? 1 : sent;
         } else {
-            sent = pith_client_vsend_batch(c, b, k, 0);
-            if (sent == -EAGAIN || (sent >= 0 && (unsigned)sent < k)) {
-                pushed++;
-                unsigned done = sent > 0 ? (unsigned)sent : 0;
-                int more = pith_client_vsend_batch(c, b + done, k - done, 10 * SEC);
-                sent = more < 0 ? more : (int)(done + (unsigned)more);
-            }
+            rc = batch_all(vsend_batch, c, b, sizeof(b[0]), k, &pushed);
         }
-        if (sent < 0)
-            rc = sent;
-        else if ((unsigned)sent < k)
-            rc = -ETIMEDOUT;
         i += k;
     }
-    if (rc == 0)
-        rc = bench_wait(env, &sk.finished);
-    pith_client_close(c);
-    unpin_self();
-    bench_engine_stop(r->name);
-    sem_destroy(&sk.finished);
-    if (rc != 0) {
-        snprintf(why, whylen, "%s after %llu of %llu delivered", bench_wait_strerror(rc),
-                 (unsigned long long)sk.got, (unsigned long long)n);
+    if (stream_end(env, c, rc, t0, r, why, whylen) != 0)
         return BENCH_FAIL;
-    }
-    if (sk.sum != 3 * (n * (n - 1) / 2)) {
-        snprintf(why, whylen, "the actors summed %llu, not what was sent",
-                 (unsigned long long)sk.sum);
-        return BENCH_FAIL;
-    }
-    r->value = (double)n / ((double)(sk.t_end - t0) / 1e9) / 1e6;
     bench_note("%s: a client thread on CPU %d sends %llu 16-byte messages to %u virtual actors in "
                "turn on a shard on CPU %d (busy-polling), %s, waiting for room when its lane is "
                "full (%llu times; it polls for room for 1 ms before it sleeps); from the first "

@@ -35,26 +35,19 @@ static int seq_activate(pith_actor_t *self, void *state, const void *key, uint32
     return 0;
 }
 
-/* Payload: the sequence number first, then (for the large ones) a fill of its low byte. */
+/* Payload: the sequence number first, then (for the large ones) a fill of its low byte
+ * (test_seq_payload). */
 static int seq_check(pith_actor_t *self, void *state, const pith_msg_t *msg)
 {
     (void)self;
     unsigned i = *(unsigned *)state;
-    uint64_t v;
-    if (msg->type != T_SEQ || msg->len < sizeof(v)) {
+    bool big;
+    int r = test_seq_payload(msg, T_SEQ, atomic_load(&seen[i]), &big);
+    if (r != 0)
         atomic_fetch_add(&wrong[i], 1);
+    if (r < 0)
         return 0;
-    }
-    memcpy(&v, msg->data, sizeof(v));
-    if (v != atomic_load(&seen[i]))
-        atomic_fetch_add(&wrong[i], 1);
-    const unsigned char *b = msg->data;
-    for (uint32_t k = sizeof(v); k < msg->len; k++)
-        if (b[k] != (unsigned char)v) {
-            atomic_fetch_add(&wrong[i], 1);
-            break;
-        }
-    if (msg->len > sizeof(v))
+    if (big)
         atomic_fetch_add(&big_seen, 1);
     atomic_fetch_add(&seen[i], 1);
     return 0;

@@ -262,3 +262,21 @@ void test_pingpong(unsigned a, unsigned b, uint64_t rounds)
     cr_assert_eq(pp.done, rounds);
     sem_destroy(&pp.finished);
 }
+
+int test_seq_payload(const pith_msg_t *msg, uint32_t type, uint64_t want, bool *big)
+{
+    uint64_t v;
+    *big = false;
+    if (msg->type != type || msg->len < sizeof(v))
+        return -1;
+    memcpy(&v, msg->data, sizeof(v));
+    int bad = v != want;
+    const unsigned char *b = msg->data;
+    for (uint32_t k = sizeof(v); k < msg->len; k++)
+        if (b[k] != (unsigned char)v) {
+            bad = 1;
+            break;
+        }
+    *big = msg->len > sizeof(v);
+    return bad;
+}

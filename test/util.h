@@ -80,6 +80,11 @@ uint64_t test_wait_deadline(void);
  * blocks on a semaphore until the last one is back on a. Asserts no submit failed. */
 void test_pingpong(unsigned a, unsigned b, uint64_t rounds);
 
+/* A numbered payload as the batch tests send it: the number first (8 bytes), then, in a large
+ * one, a fill of the number's low byte. -1: msg is not of `type` or too short to hold a number;
+ * 1: its number is not `want`, or its fill is damaged; 0: as expected. *big: it has a fill. */
+int test_seq_payload(const pith_msg_t *msg, uint32_t type, uint64_t want, bool *big);
+
 /* Fills *out for every shard of the running engine (after a sync round trip to each) and
  * asserts the calls succeeded. */
 void test_stats(pith_shard_stats_t *out, unsigned shards);
