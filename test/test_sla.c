@@ -158,9 +158,13 @@ static pith_sla_stats_t sla_of(const pith_actor_type_t *t, unsigned shard)
     return st;
 }
 
+/* The p99 target. Each window holds a few dozen samples, so its p99 is about its slowest: the
+ * target must stand above how long a loaded machine can keep a shard off its CPU (the suite
+ * runs beside others on two CPUs; 5 ms was crossed there). An overload still misses it at
+ * once: its mailbox waits grow by about a millisecond each millisecond. */
 static uint64_t target(void)
 {
-    return (uint64_t)(5e6 * test_timeout_multiplier());
+    return (uint64_t)(40e6 * test_timeout_multiplier());
 }
 
 /* Healthy, then a miss caused by `overload` (which sets a handler's delay), then healthy
@@ -407,7 +411,7 @@ Test(sla, a_virtual_type_gets_each_remedy_in_order_then_meets_its_sla, .timeout 
     /* A target far above what scheduling noise on a busy machine makes (a shard descheduled
      * for some milliseconds), and far below the seconds an overloaded mailbox soon waits. */
     const pith_sla_t sla = {
-        .p99_ns = 5 * target(), .window_ns = window(), .remedies = all, .on_report = on_report};
+        .p99_ns = 3 * target(), .window_ns = window(), .remedies = all, .on_report = on_report};
     cr_assert_eq(pith_sla_set(t, &sla), 0);
 
     atomic_store(&vfeed.on, true);
