@@ -55,8 +55,11 @@ static int seq_check(pith_actor_t *self, void *state, const pith_msg_t *msg)
 
 static const pith_actor_type_t seq_actor = {
     .name = "vbatch.seq", .behaviour = seq_check, .state_size = sizeof(unsigned)};
-static const pith_vtype_t seq_type = {
-    .name = "vbatch.seq", .actor = &seq_actor, .on_activate = seq_activate};
+/* Never idle: a key that gets messages is activated once, however slowly the test runs. */
+static const pith_vtype_t seq_type = {.name = "vbatch.seq",
+                                      .actor = &seq_actor,
+                                      .on_activate = seq_activate,
+                                      .idle_ns = PITH_VIDLE_NEVER};
 
 /* Holds its shard in its turn until the gate opens. */
 static _Atomic int gate;
@@ -146,7 +149,10 @@ Test(client_vbatch, virtual_batches_reach_every_shard_in_order_and_wake_them, .t
     for (unsigned i = 0; i < KEYS; i++) {
         TEST_WAIT_FOR(atomic_load(&seen[i]) == next[i]);
         cr_assert_eq(atomic_load(&wrong[i]), 0u, "key %u: out of order or damaged", i);
-        cr_assert_eq(atomic_load(&activations[i]), 1u, "key %u: one activation", i);
+        /* (With few rounds, under valgrind, a key may get nothing and stay inactive.) */
+        cr_assert_eq(atomic_load(&activations[i]), next[i] > 0 ? 1u : 0u,
+                     "key %u: one activation, not %llu", i,
+                     (unsigned long long)atomic_load(&activations[i]));
     }
     cr_assert_eq(atomic_load(&big_seen), big);
     pith_client_stats_t st;
