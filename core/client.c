@@ -1075,18 +1075,20 @@ int pith_client_ask(pith_client_t *c, pith_ref_t to, uint32_t type, const void *
  * pointer through the lane to the key's directory shard (core_lane_vmsg): one lane per shard
  * keeps the client's messages to one virtual actor in order. */
 
-/* Pushes m for shard dst, waiting up to timeout_ns, or up to *deadline where deadline is not
- * NULL (a batch's); m is the lane's on success. more: not the last of a run to its shard. */
-static int push_vmsg(struct pith_client *c, unsigned dst, struct amsg *m, uint64_t timeout_ns,
-                     const uint64_t *deadline, bool more)
+/* A record for shard dst (lane_push's arguments): a try that does not wait, then, when the
+ * lane is full, one that waits up to timeout_ns, or up to *deadline where deadline is not NULL
+ * (a batch's); counted in the client's stats. more: not the last of a run to its shard. */
+static int push_wait(struct pith_client *c, unsigned dst, lane_fn_t fn, void *arg, uint64_t aux,
+                     const void *head, uint32_t hlen, const void *data, uint32_t len,
+                     uint64_t timeout_ns, const uint64_t *deadline, bool more)
 {
     int (*push)(struct producer *, unsigned, lane_fn_t, void *, uint64_t, const void *, uint32_t,
                 const void *, uint32_t, uint64_t) = more ? lane_push_more : lane_push;
-    int err = push(c->p, dst, core_lane_vmsg, NULL, 0, NULL, 0, &m, sizeof(m), 0);
+    int err = push(c->p, dst, fn, arg, aux, head, hlen, data, len, 0);
     if (err == -EAGAIN) {
         c->st.pushed_back++;
         if (timeout_ns != 0)
-            err = push(c->p, dst, core_lane_vmsg, NULL, 0, NULL, 0, &m, sizeof(m),
+            err = push(c->p, dst, fn, arg, aux, head, hlen, data, len,
                        deadline != NULL ? time_left(*deadline) : timeout_ns);
     }
     if (err == 0)
@@ -1094,9 +1096,17 @@ static int push_vmsg(struct pith_client *c, unsigned dst, struct amsg *m, uint64
     return err;
 }
 
+/* Pushes m for shard dst, waiting as push_wait; m is the lane's on success. */
+static int push_vmsg(struct pith_client *c, unsigned dst, struct amsg *m, uint64_t timeout_ns,
+                     const uint64_t *deadline, bool more)
+{
+    return push_wait(c, dst, core_lane_vmsg, NULL, 0, NULL, 0, &m, sizeof(m), timeout_ns, deadline,
+                     more);
+}
+
 /* A small message goes whole in the lane record (core_lane_vmsg_inline): no message made here
  * and freed there; its bytes, then the key. Returns 1 when it does not fit (the caller sends it
- * by pointer). Waits and runs as push_vmsg. */
+ * by pointer). Waits as push_wait. */
 static int push_vinline(struct pith_client *c, const pith_vref_t *to, unsigned dst, uint32_t type,
                         const void *data, uint32_t len, uint64_t timeout_ns,
                         const uint64_t *deadline, bool more)
@@ -1112,27 +1122,17 @@ static int push_vinline(struct pith_client *c, const pith_vref_t *to, unsigned d
         c->st.sent++;
         return 0;
     }
-    int (*push)(struct producer *, unsigned, lane_fn_t, void *, uint64_t, const void *, uint32_t,
-                const void *, uint32_t, uint64_t) = more ? lane_push_more : lane_push;
-    int err = push(c->p, dst, core_lane_vmsg_inline, hash, aux, data, len, to->key, to->len, 0);
-    if (err == -EAGAIN) {
-        c->st.pushed_back++;
-        if (timeout_ns != 0)
-            err = push(c->p, dst, core_lane_vmsg_inline, hash, aux, data, len, to->key, to->len,
-                       deadline != NULL ? time_left(*deadline) : timeout_ns);
-    }
-    if (err == 0)
-        c->st.sent++;
-    return err;
+    return push_wait(c, dst, core_lane_vmsg_inline, hash, aux, data, len, to->key, to->len,
+                     timeout_ns, deadline, more);
 }
 
-/* One virtual message pushed, whole in the record or by pointer; inside (-ESHUTDOWN: left).
- * flag: AMSG_BUF (data is &buf: see client_vsend), only with more false. */
-static int push_v(struct pith_client *c, const pith_vref_t *to, uint32_t type, uint32_t flag,
-                  const void *data, uint32_t len, uint64_t timeout_ns, const uint64_t *deadline,
-                  bool more)
+/* One virtual message pushed to dst (to's directory shard), whole in the record or by pointer;
+ * inside (-ESHUTDOWN: left). flag: AMSG_BUF (data is &buf: see client_vsend), only with more
+ * false. */
+static int push_v(struct pith_client *c, const pith_vref_t *to, unsigned dst, uint32_t type,
+                  uint32_t flag, const void *data, uint32_t len, uint64_t timeout_ns,
+                  const uint64_t *deadline, bool more)
 {
-    unsigned dst = core_vref_shard(to, c->p->n);
     if (flag == 0 && type < PITH_MSG_RESERVED) {
         int err = push_vinline(c, to, dst, type, data, len, timeout_ns, deadline, more);
         if (err != 1)
@@ -1155,7 +1155,8 @@ int client_vsend(struct pith_client *c, const pith_vref_t *to, uint32_t type, ui
     int err = client_enter(c);
     if (err)
         return err;
-    err = push_v(c, to, type, flag, data, len, timeout_ns, NULL, false);
+    err =
+        push_v(c, to, core_vref_shard(to, c->p->n), type, flag, data, len, timeout_ns, NULL, false);
     if (err != -ESHUTDOWN)
         producer_leave(c->p);
     return err;
@@ -1180,7 +1181,7 @@ static int batch_vmsg(struct pith_client *c, const void *msgs, unsigned i, uint6
         m->len >= PITH_MSG_MAX)
         return -EINVAL;
     *dst = core_vref_shard(m->to, c->p->n);
-    return push_v(c, m->to, m->type, 0, m->data, m->len, timeout_ns, deadline, true);
+    return push_v(c, m->to, *dst, m->type, 0, m->data, m->len, timeout_ns, deadline, true);
 }
 
 int pith_client_vsend_batch(pith_client_t *c, const pith_client_vmsg_t *msgs, unsigned n,
