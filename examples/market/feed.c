@@ -92,9 +92,10 @@ static int flush(pith_client_t *c, struct pending *q, struct feed_result *r)
         r->book_msgs++;
         r->fed[q->locate[i]]++;
     }
-    if (r->start_ns == UINT64_MAX)
+    if (sent > 0 && r->start_ns == UINT64_MAX)
         r->start_ns = now;
-    r->end_ns = now;
+    if (sent > 0)
+        r->end_ns = now;
     if (err)
         r->err_offset = q->off[sent];
     q->n = 0;
